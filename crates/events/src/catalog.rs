@@ -1,0 +1,585 @@
+//! The event catalog: every event Cairn writes, as typed payloads with a JSON
+//! Schema each. Names and fields are persisted API: add, never rename; a
+//! changed meaning is a new schema version with an upcaster (see `upcast`).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::RecordedEvent;
+use crate::upcast::{DecodeError, Upcasters};
+
+/// Where a child run came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ParentRun {
+    /// The parent run.
+    pub run_id: Uuid,
+    /// The parent's `workflow` step that started this run.
+    pub step_id: String,
+}
+
+/// Where a forked run came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForkOrigin {
+    /// The source run (never changed by the fork).
+    pub run_id: Uuid,
+    /// The source stream version the fork was taken at.
+    pub stream_version: u64,
+    /// The step the fork re-runs from.
+    pub step_id: String,
+}
+
+/// A run began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunStarted {
+    /// The run's id (its stream is `run-<id>`).
+    pub run_id: Uuid,
+    /// Workflow name.
+    pub workflow: String,
+    /// Definition version the run is pinned to.
+    pub workflow_version: u32,
+    /// SHA-256 of the definition source, hex.
+    pub definition_hash: String,
+    /// The run's inputs after defaults were applied.
+    pub inputs: Value,
+    /// Identity that started the run.
+    pub started_by: String,
+    /// The caller's idempotency key, if any.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Set when this run is a child of another run.
+    #[serde(default)]
+    pub parent: Option<ParentRun>,
+    /// Set when this run was forked from another run.
+    #[serde(default)]
+    pub fork_of: Option<ForkOrigin>,
+}
+
+/// A step attempt began; recorded before any effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepStarted {
+    /// Step id.
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The step's input after templates were rendered (secrets redacted).
+    pub input: Value,
+}
+
+/// A step attempt succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepCompleted {
+    /// Step id.
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The step's output.
+    pub output: Value,
+    /// Wall time of the attempt in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A step attempt failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepFailed {
+    /// Step id.
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Stable error kind, e.g. `http.status`, `timeout`, `contract`.
+    pub error_kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether the retry policy may try again.
+    pub retryable: bool,
+}
+
+/// A failed attempt will be retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RetryScheduled {
+    /// Step id.
+    pub step_id: String,
+    /// The attempt that will run next.
+    pub next_attempt: u32,
+    /// When it becomes due.
+    pub due_at: DateTime<Utc>,
+    /// The backoff that was applied, in milliseconds.
+    pub backoff_ms: u64,
+}
+
+/// A branch or switch decided where to go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchTaken {
+    /// The branch or switch step.
+    pub step_id: String,
+    /// The expression that was evaluated.
+    pub expression: String,
+    /// The value it had.
+    pub value: Value,
+    /// The step jumped to (or `end`).
+    pub target: String,
+}
+
+/// A step was passed over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepSkipped {
+    /// Step id.
+    pub step_id: String,
+    /// Why, e.g. `branch not taken`.
+    pub reason: String,
+}
+
+/// One chat message sent to a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Rendered text (secrets redacted).
+    pub content: String,
+}
+
+/// Token counts reported by a provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// Money spent on one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Cost {
+    /// ISO 4217 currency code of the price table.
+    pub currency: String,
+    /// Amount in millionths of the currency unit.
+    pub micros: u64,
+    /// Which price table priced it (name and version).
+    pub price_table: String,
+}
+
+/// An AI call is about to be made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiAttemptStarted {
+    /// Step id.
+    pub step_id: String,
+    /// AI attempt number within the step, from 1.
+    pub attempt: u32,
+    /// Provider name from the providers config.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// The rendered messages, including fed-back errors.
+    pub messages: Vec<AiMessage>,
+    /// Request parameters (temperature, structured-output mode, …).
+    pub params: Value,
+}
+
+/// An AI call returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiAttemptCompleted {
+    /// Step id.
+    pub step_id: String,
+    /// AI attempt number within the step, from 1.
+    pub attempt: u32,
+    /// The model's raw text.
+    pub raw_output: String,
+    /// Tokens used.
+    pub usage: TokenUsage,
+    /// What it cost, when a price is known.
+    #[serde(default)]
+    pub cost: Option<Cost>,
+    /// Latency in milliseconds.
+    pub latency_ms: u64,
+    /// The provider's finish reason.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// One JSON-Schema violation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SchemaViolation {
+    /// JSON Pointer to the offending value.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An AI output failed the step's output contract; the errors are fed back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiOutputRejected {
+    /// Step id.
+    pub step_id: String,
+    /// The rejected AI attempt.
+    pub attempt: u32,
+    /// Every violation found.
+    pub errors: Vec<SchemaViolation>,
+}
+
+/// A form field shown to a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FormField {
+    /// Field name (key in the submitted values).
+    pub name: String,
+    /// `text`, `textarea`, `number`, `integer`, `boolean`, `select`,
+    /// `multiselect`, `date`, `email` or `url`.
+    pub field_type: String,
+    /// Label shown to the person.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Whether a value is required.
+    #[serde(default)]
+    pub required: bool,
+    /// Help text.
+    #[serde(default)]
+    pub help: Option<String>,
+    /// The remaining constraints (default, min, max, lengths, pattern, options).
+    #[serde(default)]
+    pub constraints: Value,
+}
+
+/// A form is waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InputRequested {
+    /// Step id.
+    pub step_id: String,
+    /// Fields asked for.
+    pub fields: Vec<FormField>,
+    /// Who may submit (empty: anyone holding the token).
+    #[serde(default)]
+    pub assignees: Vec<String>,
+    /// SHA-256 of the resume token, hex (the token itself is never stored).
+    pub token_hash: String,
+    /// When the request expires, if ever.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A person submitted a form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InputSubmitted {
+    /// Step id.
+    pub step_id: String,
+    /// Identity of the submitter.
+    pub submitted_by: String,
+    /// The validated values.
+    pub values: Value,
+}
+
+/// An approval is waiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRequested {
+    /// Step id.
+    pub step_id: String,
+    /// Identities allowed to decide.
+    pub approvers: Vec<String>,
+    /// Quorum as written: `any`, `all` or a number.
+    pub quorum: String,
+    /// Approvals needed.
+    pub required_approvals: u32,
+    /// Summary shown to approvers.
+    pub summary: String,
+    /// The content being approved.
+    pub content: Value,
+    /// SHA-256 of the canonical content, hex: decisions bind to it.
+    pub content_hash: String,
+    /// Deadline, if any.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+    /// SHA-256 of the resume token, hex.
+    #[serde(default)]
+    pub token_hash: Option<String>,
+}
+
+/// An approver decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalDecided {
+    /// Step id.
+    pub step_id: String,
+    /// Identity of the approver.
+    pub decided_by: String,
+    /// `approved` or `rejected`.
+    pub decision: String,
+    /// Optional comment.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Hash of the content the approver saw.
+    pub content_hash: String,
+}
+
+/// An approval deadline passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalExpired {
+    /// Step id.
+    pub step_id: String,
+    /// The deadline that passed.
+    pub deadline: DateTime<Utc>,
+    /// What happens now: `reject`, `fail` or `escalate`.
+    pub on_timeout: String,
+}
+
+/// A notification was handed to its channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationSent {
+    /// Step id the notification is about.
+    pub step_id: String,
+    /// Channel, e.g. `email`.
+    pub channel: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// The channel's message id, if it gives one.
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+/// A durable timer was set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TimerStarted {
+    /// Timer id, unique within the run.
+    pub timer_id: String,
+    /// The step it belongs to.
+    #[serde(default)]
+    pub step_id: Option<String>,
+    /// When it fires.
+    pub due_at: DateTime<Utc>,
+    /// What it is for: `wait`, `retry`, `deadline`, `reminder`, `timeout`.
+    pub purpose: String,
+}
+
+/// A durable timer fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TimerFired {
+    /// Timer id.
+    pub timer_id: String,
+    /// When it was due.
+    pub due_at: DateTime<Utc>,
+}
+
+/// A `workflow` step started a child run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChildRunStarted {
+    /// The parent's step.
+    pub step_id: String,
+    /// The child run.
+    pub child_run_id: Uuid,
+    /// Child workflow name.
+    pub workflow: String,
+    /// Child workflow version.
+    pub workflow_version: u32,
+}
+
+/// A child run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChildRunCompleted {
+    /// The parent's step.
+    pub step_id: String,
+    /// The child run.
+    pub child_run_id: Uuid,
+    /// `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// The child's output or error.
+    pub result: Value,
+}
+
+/// The plan a resume follows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumePlan {
+    /// Steps that run again.
+    pub rerun: Vec<String>,
+    /// Steps whose recorded outputs are kept.
+    pub kept: Vec<String>,
+    /// Steps newly reached compared to the original path.
+    #[serde(default)]
+    pub newly_reached: Vec<String>,
+    /// Steps no longer reached.
+    #[serde(default)]
+    pub no_longer_reached: Vec<String>,
+    /// Approvals that must be requested again.
+    #[serde(default)]
+    pub stale_approvals: Vec<String>,
+}
+
+/// A failed run was resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunResumed {
+    /// The step the resume starts from.
+    pub from_step: String,
+    /// `failed-only` or `downstream`.
+    pub policy: String,
+    /// The plan.
+    pub plan: ResumePlan,
+    /// Who asked.
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A run succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunCompleted {
+    /// The run's output.
+    pub output: Value,
+}
+
+/// A run failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunFailed {
+    /// Stable error kind.
+    pub error_kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The step whose failure failed the run.
+    #[serde(default)]
+    pub failed_step: Option<String>,
+}
+
+/// A run was cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunCancelled {
+    /// Who cancelled it.
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A workflow definition version was published (stream `workflow-<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowVersionPublished {
+    /// Workflow name.
+    pub name: String,
+    /// Version number, from 1.
+    pub version: u32,
+    /// SHA-256 of `source`, hex.
+    pub definition_hash: String,
+    /// The definition exactly as written.
+    pub source: String,
+    /// Who published it.
+    pub published_by: String,
+}
+
+/// A workflow was archived: no new runs, history kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowArchived {
+    /// Workflow name.
+    pub name: String,
+    /// Who archived it.
+    pub by: String,
+}
+
+/// One entry of the catalog, for docs and schema listings.
+#[derive(Debug, Clone)]
+pub struct EventInfo {
+    /// Event type name.
+    pub event_type: &'static str,
+    /// Current schema version.
+    pub schema_version: u32,
+    /// JSON Schema of the current payload.
+    pub schema: schemars::Schema,
+    /// Which group of streams it belongs to.
+    pub group: &'static str,
+}
+
+macro_rules! catalog {
+    ($( $group:literal : $( $name:ident = $version:literal ),* ;)*) => {
+        /// Every event of the catalog, typed.
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Event {
+            $($(
+                #[doc = concat!("See [`", stringify!($name), "`].")]
+                $name($name),
+            )*)*
+        }
+
+        $($(
+            impl From<$name> for Event {
+                fn from(e: $name) -> Self { Event::$name(e) }
+            }
+        )*)*
+
+        impl Event {
+            /// The catalog name.
+            pub fn event_type(&self) -> &'static str {
+                match self { $($( Event::$name(_) => stringify!($name), )*)* }
+            }
+
+            /// The current schema version of this event type.
+            pub fn schema_version(&self) -> u32 {
+                match self { $($( Event::$name(_) => $version, )*)* }
+            }
+
+            /// The payload as compact JSON text.
+            pub fn payload_json(&self) -> String {
+                let r = match self { $($( Event::$name(e) => serde_json::to_string(e), )*)* };
+                // Serializing these plain structs cannot fail: no maps with
+                // non-string keys, no custom serializers.
+                r.unwrap_or_else(|e| unreachable!("catalog payloads always serialize: {e}"))
+            }
+
+            /// Current schema version of a type name, if the catalog has it.
+            pub fn current_version(event_type: &str) -> Option<u32> {
+                match event_type { $($( stringify!($name) => Some($version), )*)* _ => None }
+            }
+
+            fn from_current(event_type: &str, payload: Value) -> Result<Event, (bool, serde_json::Error)> {
+                match event_type {
+                    $($( stringify!($name) => serde_json::from_value::<$name>(payload).map(Event::$name).map_err(|e| (true, e)), )*)*
+                    _ => Err((false, serde::de::Error::custom("unknown"))),
+                }
+            }
+        }
+
+        /// The whole catalog with schemas, in documentation order.
+        pub fn catalog() -> Vec<EventInfo> {
+            vec![ $($( EventInfo {
+                event_type: stringify!($name),
+                schema_version: $version,
+                schema: schemars::schema_for!($name),
+                group: $group,
+            }, )*)* ]
+        }
+    };
+}
+
+catalog! {
+    "run":
+        RunStarted = 1, StepStarted = 1, StepCompleted = 1, StepFailed = 2, RetryScheduled = 1,
+        BranchTaken = 1, StepSkipped = 1, AiAttemptStarted = 1, AiAttemptCompleted = 1,
+        AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
+        ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, TimerStarted = 1,
+        TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1,
+        RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
+    "workflow":
+        WorkflowVersionPublished = 1, WorkflowArchived = 1;
+}
+
+impl Event {
+    /// Decodes a stored event with the default upcasters.
+    pub fn decode(recorded: &RecordedEvent) -> Result<Event, DecodeError> {
+        Event::decode_with(recorded, Upcasters::standard())
+    }
+
+    /// Decodes a stored event, upgrading old payloads with `upcasters`. The
+    /// stored row is never changed.
+    pub fn decode_with(recorded: &RecordedEvent, upcasters: &Upcasters) -> Result<Event, DecodeError> {
+        let at = crate::upcast::Location::of(recorded);
+        let Some(current) = Event::current_version(&recorded.event_type) else {
+            return Err(DecodeError::UnknownEventType { event_type: recorded.event_type.clone(), at });
+        };
+        let value: Value = serde_json::from_str(&recorded.payload).map_err(|e| DecodeError::InvalidPayload {
+            event_type: recorded.event_type.clone(),
+            at: at.clone(),
+            message: e.to_string(),
+        })?;
+        let value = upcasters.upcast(&recorded.event_type, recorded.schema_version, current, value, &at)?;
+        Event::from_current(&recorded.event_type, value).map_err(|(_, e)| DecodeError::InvalidPayload {
+            event_type: recorded.event_type.clone(),
+            at,
+            message: e.to_string(),
+        })
+    }
+}

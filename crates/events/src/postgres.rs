@@ -1,0 +1,254 @@
+//! The scale-out event store on PostgreSQL.
+//!
+//! Gap-free global order: an append is one statement that increments the
+//! single row of `event_log_head` and inserts its events at the positions it
+//! reserved. The row lock is held until the transaction has committed and
+//! become visible, so the next appender can only take later positions after
+//! every earlier one is visible: readers of `read_all` never see position
+//! p + 1 before p, even with many concurrent writers. (Plain sequences do not
+//! give this: their values become visible in commit order, not value order.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::envelope::{AppendResult, RecordedEvent, StreamAppend};
+use crate::rows::{EVENT_COLUMNS, decode_row, to_i64};
+use crate::store::{
+    Backend, EventStore, Head, HeadCache, PreparedRow, RowWriter, StoreError, StoreResult, append_many_with, redact_url,
+};
+
+/// The LISTEN/NOTIFY channel appends notify on commit.
+pub const NOTIFY_CHANNEL: &str = "cairn_events";
+
+const APPEND_SQL: &str = "WITH head AS ( \
+        UPDATE event_log_head SET position = position + $1 WHERE id RETURNING position - $1 AS base \
+    ), ins AS ( \
+        INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) \
+        SELECT head.base + e.ord, e.stream_id, e.stream_version, e.event_id, e.event_type, e.schema_version, e.recorded_at, e.metadata, e.payload, e.prev_hash, e.hash \
+        FROM head, unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
+            WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash, ord) \
+        RETURNING global_position \
+    ) \
+    SELECT min(ins.global_position) FROM ins, (SELECT pg_notify('cairn_events', '')) AS notified";
+
+/// Options for the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig { max_connections: 16 }
+    }
+}
+
+/// The PostgreSQL event store.
+pub struct PgStore {
+    pool: PgPool,
+    cache: HeadCache,
+    wake: Arc<watch::Sender<u64>>,
+    listener: Option<JoinHandle<()>>,
+    label: String,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(h) = self.listener.take() {
+            h.abort();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects to a `postgres://` URL and migrates the database.
+    pub async fn connect(url: &str, config: PgConfig) -> StoreResult<Arc<PgStore>> {
+        let label = redact_url(url);
+        let opts: PgConnectOptions =
+            url.parse().map_err(|source| StoreError::Unavailable { database: label.clone(), source })?;
+        Self::connect_with(opts, label, config).await
+    }
+
+    /// Connects with explicit options; `label` names the database in errors
+    /// and must not contain a password.
+    pub async fn connect_with(opts: PgConnectOptions, label: String, config: PgConfig) -> StoreResult<Arc<PgStore>> {
+        let opts = opts.application_name("cairn");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Unavailable { database: label.clone(), source })?;
+        crate::migrate::run_postgres(&pool, &label).await?;
+        let (wake, _) = watch::channel(0);
+        let wake = Arc::new(wake);
+        let listener = match PgListener::connect_with(&pool).await {
+            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => Some(tokio::spawn(listen(l, wake.clone()))),
+                Err(e) => {
+                    tracing::warn!(database = %label, error = %e, "LISTEN failed; subscriptions fall back to polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(database = %label, error = %e, "no listener connection; subscriptions fall back to polling");
+                None
+            }
+        };
+        Ok(Arc::new(PgStore { pool, cache: HeadCache::default(), wake, listener, label }))
+    }
+
+    /// The pool, for tests and tools that need raw access (tamper tests,
+    /// benchmarks). Never use it to change events.
+    pub fn raw_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn head_of(&self, stream_id: &str) -> StoreResult<Head> {
+        let row = sqlx::query(
+            "SELECT stream_version, hash FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db_err(e))?;
+        match row {
+            None => Ok(Head::empty()),
+            Some(r) => {
+                let v: i64 = r.try_get(0).map_err(|e| self.db_err(e))?;
+                Ok(Head { version: u64::try_from(v).unwrap_or(0), hash: r.try_get(1).map_err(|e| self.db_err(e))? })
+            }
+        }
+    }
+
+    async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
+        let col = |f: fn(&PreparedRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+        let first: Option<i64> = sqlx::query_scalar(APPEND_SQL)
+            .bind(to_i64(rows.len() as u64))
+            .bind(col(|r| r.stream_id.clone()))
+            .bind(rows.iter().map(|r| to_i64(r.stream_version)).collect::<Vec<i64>>())
+            .bind(col(|r| r.event_id.clone()))
+            .bind(col(|r| r.event_type.clone()))
+            .bind(rows.iter().map(|r| i32::try_from(r.schema_version).unwrap_or(i32::MAX)).collect::<Vec<i32>>())
+            .bind(col(|r| r.recorded_at.clone()))
+            .bind(col(|r| r.metadata.clone()))
+            .bind(col(|r| r.payload.clone()))
+            .bind(col(|r| r.prev_hash.clone()))
+            .bind(col(|r| r.hash.clone()))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(first.and_then(|f| u64::try_from(f).ok()).unwrap_or(0))
+    }
+}
+
+async fn listen(mut listener: PgListener, wake: Arc<watch::Sender<u64>>) {
+    loop {
+        match listener.recv().await {
+            Ok(_) => wake.send_modify(|v| *v = v.wrapping_add(1)),
+            Err(e) => {
+                tracing::debug!(error = %e, "listener connection lost; reconnecting");
+                // Wake readers so they poll; the listener reconnects on recv.
+                wake.send_modify(|v| *v = v.wrapping_add(1));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl EventStore for PgStore {
+    fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        Box::pin(async move {
+            let out = append_many_with(self, appends).await?;
+            let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
+            self.wake.send_modify(|v| *v = (*v).max(last));
+            Ok(out)
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(stream_id)
+                .bind(to_i64(from_version))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            let events = rows.iter().map(decode_row).collect::<StoreResult<Vec<_>>>()?;
+            self.cache.remember_read(&events);
+            Ok(events)
+        })
+    }
+
+    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'_, StoreResult<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 ORDER BY global_position LIMIT $2"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(to_i64(from_position))
+                .bind(to_i64(limit as u64))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            rows.iter().map(decode_row).collect()
+        })
+    }
+
+    fn head_position(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let v: Option<i64> = sqlx::query_scalar("SELECT MAX(global_position) FROM events")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+        })
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move { Ok(self.head_of(stream_id).await?.version) })
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    fn describe(&self) -> &str {
+        &self.label
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+}
+
+impl RowWriter for PgStore {
+    fn cache(&self) -> &HeadCache {
+        &self.cache
+    }
+
+    fn read_head<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<Head>> {
+        Box::pin(self.head_of(stream_id))
+    }
+
+    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(self.insert_rows(rows))
+    }
+
+    fn db_err(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Database { database: self.label.clone(), source }
+    }
+}

@@ -1,0 +1,304 @@
+//! The embedded event store: one SQLite file in WAL mode.
+//!
+//! Writes go through a single connection (SQLite has one writer anyway), so
+//! `global_position` is the rowid, assigned as max + 1: gap-free and committed
+//! in order. An append is one multi-row `INSERT … RETURNING` in autocommit
+//! mode, exactly the work of a raw insert; expected versions are checked
+//! against the head cache and enforced by the `(stream_id, stream_version)`
+//! unique constraint.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Executor, Row};
+use tokio::sync::watch;
+
+use crate::envelope::{AppendResult, RecordedEvent, StreamAppend};
+use crate::rows::{EVENT_COLUMNS, decode_row, to_i64};
+use crate::store::{
+    Backend, EventStore, Head, HeadCache, PreparedRow, RowWriter, StoreError, StoreResult, append_many_with,
+};
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process crash, but the last
+    /// transactions before a power loss or OS crash may be lost. Faster.
+    Normal,
+}
+
+/// Options for opening the SQLite store.
+#[derive(Debug, Clone, Default)]
+pub struct SqliteConfig {
+    /// Commit durability.
+    pub durability: Durability,
+}
+
+/// Rows per INSERT statement; larger appends use an explicit transaction.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// The SQLite event store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    cache: HeadCache,
+    wake: watch::Sender<u64>,
+    label: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(path: impl AsRef<Path>, config: SqliteConfig) -> StoreResult<Arc<SqliteStore>> {
+        let path = path.as_ref();
+        let label = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            return Err(StoreError::Unavailable { database: label, source: sqlx::Error::Io(e) });
+        }
+        let opts = SqliteConnectOptions::new().filename(path);
+        Self::open_with(opts, label, config).await
+    }
+
+    /// Opens a `sqlite:` URL (e.g. `sqlite://.cairn/cairn.db`).
+    pub async fn open_url(url: &str, config: SqliteConfig) -> StoreResult<Arc<SqliteStore>> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let (path, _query) = path.split_once('?').unwrap_or((path, ""));
+        if path.is_empty() || path == ":memory:" {
+            return Err(StoreError::Unavailable {
+                database: url.to_owned(),
+                source: sqlx::Error::Configuration(
+                    "an in-memory SQLite database cannot hold a durable log; give a file path".into(),
+                ),
+            });
+        }
+        Self::open(PathBuf::from(path), config).await
+    }
+
+    async fn open_with(
+        opts: SqliteConnectOptions,
+        label: String,
+        config: SqliteConfig,
+    ) -> StoreResult<Arc<SqliteStore>> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match config.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let unavailable = |source| StoreError::Unavailable { database: label.clone(), source };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.clone())
+            .await
+            .map_err(unavailable)?;
+        crate::migrate::run_sqlite(&writer, &label).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts)
+            .await
+            .map_err(unavailable)?;
+        let (wake, _) = watch::channel(0);
+        Ok(Arc::new(SqliteStore { writer, reader, cache: HeadCache::default(), wake, label }))
+    }
+
+    /// The writer pool, for tests and tools that need raw access (tamper
+    /// tests, benchmarks). Never use it to change events.
+    pub fn raw_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn head_of(&self, stream_id: &str) -> StoreResult<Head> {
+        let row = sqlx::query(
+            "SELECT stream_version, hash FROM events WHERE stream_id = ? ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(|e| self.db_err(e))?;
+        match row {
+            None => Ok(Head::empty()),
+            Some(r) => {
+                let v: i64 = r.try_get(0).map_err(|e| self.db_err(e))?;
+                Ok(Head { version: u64::try_from(v).unwrap_or(0), hash: r.try_get(1).map_err(|e| self.db_err(e))? })
+            }
+        }
+    }
+
+    /// Inserts `rows` atomically and returns the first global position.
+    async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
+        let positions = if rows.len() <= ROWS_PER_STATEMENT {
+            insert_statement(rows.len()).bind_rows(rows).fetch_all(&self.writer).await?
+        } else {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut all = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                all.extend(insert_statement(chunk.len()).bind_rows(chunk).fetch_all(&mut *tx).await?);
+            }
+            tx.commit().await?;
+            all
+        };
+        let mut positions: Vec<i64> = positions.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<_, _>>()?;
+        positions.sort_unstable();
+        let first = positions.first().copied().unwrap_or(0);
+        debug_assert_eq!(positions.last().copied().unwrap_or(0) - first + 1, rows.len() as i64);
+        Ok(u64::try_from(first).unwrap_or(0))
+    }
+}
+
+/// A prepared multi-row insert, cached per row count.
+struct InsertStatement(Arc<str>);
+
+fn insert_statement(n: usize) -> InsertStatement {
+    static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        (0..=ROWS_PER_STATEMENT)
+            .map(|n| {
+                let values = vec!["(?,?,?,?,?,?,?,?,?,?)"; n.max(1)].join(",");
+                Arc::from(format!(
+                    "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) VALUES {values} RETURNING global_position"
+                ))
+            })
+            .collect()
+    });
+    InsertStatement(cache[n.min(ROWS_PER_STATEMENT)].clone())
+}
+
+impl InsertStatement {
+    fn bind_rows(
+        self,
+        rows: &[PreparedRow],
+    ) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut q = sqlx::query(AssertSqlSafe(self.0));
+        for r in rows {
+            q = q
+                .bind(r.stream_id.clone())
+                .bind(to_i64(r.stream_version))
+                .bind(r.event_id.clone())
+                .bind(r.event_type.clone())
+                .bind(i64::from(r.schema_version))
+                .bind(r.recorded_at.clone())
+                .bind(r.metadata.clone())
+                .bind(r.payload.clone())
+                .bind(r.prev_hash.clone())
+                .bind(r.hash.clone());
+        }
+        q
+    }
+}
+
+impl EventStore for SqliteStore {
+    fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        Box::pin(async move {
+            let out = append_many_with(self, appends).await?;
+            let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
+            self.wake.send_replace(last);
+            Ok(out)
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version")
+            });
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(stream_id)
+                .bind(to_i64(from_version))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            let events = rows.iter().map(decode_row).collect::<StoreResult<Vec<_>>>()?;
+            self.cache.remember_read(&events);
+            Ok(events)
+        })
+    }
+
+    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'_, StoreResult<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= ? ORDER BY global_position LIMIT ?"
+                )
+            });
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(to_i64(from_position))
+                .bind(to_i64(limit as u64))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            rows.iter().map(decode_row).collect()
+        })
+    }
+
+    fn head_position(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let v: Option<i64> = sqlx::query_scalar("SELECT MAX(global_position) FROM events")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+        })
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move { Ok(self.head_of(stream_id).await?.version) })
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    fn describe(&self) -> &str {
+        &self.label
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+}
+
+impl SqliteStore {
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        let _ = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+impl RowWriter for SqliteStore {
+    fn cache(&self) -> &HeadCache {
+        &self.cache
+    }
+
+    fn read_head<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<Head>> {
+        Box::pin(self.head_of(stream_id))
+    }
+
+    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(self.insert_rows(rows))
+    }
+
+    fn db_err(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Database { database: self.label.clone(), source }
+    }
+}

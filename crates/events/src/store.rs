@@ -1,0 +1,471 @@
+//! The `EventStore` trait, its errors, and the append preparation shared by
+//! both backends (validation, the stream-head cache, the hash chain).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::chain::{GENESIS_HASH, HashedFields, event_hash};
+use crate::envelope::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend, format_timestamp};
+use crate::subscription::Subscription;
+
+/// Longest accepted stream id, in bytes.
+pub const MAX_STREAM_ID_LEN: usize = 256;
+
+/// Which database a store writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// What kind of failure a [`StoreError`] is, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The stream moved on; re-read and decide again.
+    Conflict,
+    /// The database could not be reached or opened.
+    Unavailable,
+    /// The database was written by a newer Cairn.
+    SchemaTooNew,
+    /// Applying migrations failed.
+    Migration,
+    /// The request was malformed.
+    InvalidAppend,
+    /// A stored row could not be read.
+    CorruptRow,
+    /// Any other database error.
+    Database,
+}
+
+/// Errors of the event store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written.
+    #[error(
+        "conflict on stream `{stream_id}`: expected version {expected}, but the stream is at version {actual}; nothing was written (re-read the stream and decide again)"
+    )]
+    Conflict {
+        /// The stream that moved on.
+        stream_id: String,
+        /// The version the caller expected.
+        expected: u64,
+        /// The stream's actual version.
+        actual: u64,
+    },
+    /// The database could not be reached or opened.
+    #[error("cannot open the event store at {database}: {source}")]
+    Unavailable {
+        /// The database, without its password.
+        database: String,
+        /// The underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database schema is newer than this build.
+    #[error(
+        "the event store at {database} has schema migration {found}, which this build of Cairn does not know (it knows up to {supported}); it was written by a newer Cairn: upgrade Cairn to use it"
+    )]
+    SchemaTooNew {
+        /// The database, without its password.
+        database: String,
+        /// The unknown migration version found in the database.
+        found: i64,
+        /// The newest migration this build knows.
+        supported: i64,
+    },
+    /// Migrations failed.
+    #[error("cannot migrate the event store at {database}: {source}")]
+    Migration {
+        /// The database, without its password.
+        database: String,
+        /// The underlying error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// The append request itself is invalid; nothing was written.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// A stored row could not be read into an event.
+    #[error("the stored event at position {position} cannot be read: {message}")]
+    CorruptRow {
+        /// Global position of the row.
+        position: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another database error.
+    #[error("database error on {database}: {source}")]
+    Database {
+        /// The database, without its password.
+        database: String,
+        /// The underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    /// The kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            StoreError::Conflict { .. } => StoreErrorKind::Conflict,
+            StoreError::Unavailable { .. } => StoreErrorKind::Unavailable,
+            StoreError::SchemaTooNew { .. } => StoreErrorKind::SchemaTooNew,
+            StoreError::Migration { .. } => StoreErrorKind::Migration,
+            StoreError::InvalidAppend(_) => StoreErrorKind::InvalidAppend,
+            StoreError::CorruptRow { .. } => StoreErrorKind::CorruptRow,
+            StoreError::Database { .. } => StoreErrorKind::Database,
+        }
+    }
+
+    /// Whether this is an optimistic-concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        self.kind() == StoreErrorKind::Conflict
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An append-only, totally ordered, hash-chained event log.
+///
+/// Architecture invariant: an event, once appended, is never rewritten.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends to several streams in one transaction: all or nothing. Fails
+    /// with [`StoreError::Conflict`] if any stream is not at its expected
+    /// version, and then writes nothing.
+    fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>>;
+
+    /// The events of a stream from `from_version` (inclusive, versions start at 1).
+    fn read_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordedEvent>>>;
+
+    /// Up to `limit` events from global position `from_position` (inclusive,
+    /// positions start at 1) in order. Never skips a committed event.
+    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'_, StoreResult<Vec<RecordedEvent>>>;
+
+    /// The highest committed global position (0 for an empty log).
+    fn head_position(&self) -> BoxFuture<'_, StoreResult<u64>>;
+
+    /// The current version of a stream (0 if it does not exist).
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// A receiver that changes when new events may have been committed.
+    /// Wake-ups may be spurious or (for other processes' writes) missing;
+    /// [`Subscription`] polls as the floor.
+    fn wakeups(&self) -> watch::Receiver<u64>;
+
+    /// The database this store writes to, without any password.
+    fn describe(&self) -> &str;
+
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Appends `events` to one stream.
+    fn append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'a, StoreResult<AppendResult>> {
+        Box::pin(async move {
+            let mut r =
+                self.append_many(vec![StreamAppend { stream_id: stream_id.to_owned(), expected, events }]).await?;
+            r.pop().ok_or_else(|| StoreError::InvalidAppend("store returned no result".into()))
+        })
+    }
+}
+
+/// Tails the log from `from_position`, yielding every committed event once,
+/// in order, waking on commits and polling as the floor.
+pub fn subscribe(store: std::sync::Arc<dyn EventStore>, from_position: u64) -> Subscription {
+    Subscription::new(store, from_position)
+}
+
+/// One row ready to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedRow {
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub recorded_at: String,
+    pub metadata: String,
+    pub payload: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A stream's head as known to the store: its version and the hash of its
+/// last event. Immutable facts, so a cached head is never wrong, only old.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub version: u64,
+    pub hash: String,
+}
+
+impl Head {
+    pub(crate) fn empty() -> Self {
+        Head { version: 0, hash: GENESIS_HASH.to_owned() }
+    }
+}
+
+/// Remembers the last head this process saw per stream, so an append whose
+/// expected version matches needs no read. Safe across processes: the head
+/// `(stream, version) -> hash` never changes once written, and the unique
+/// `(stream_id, stream_version)` constraint rejects an append to a stream
+/// that another writer moved on.
+#[derive(Debug, Default)]
+pub(crate) struct HeadCache {
+    heads: Mutex<HashMap<String, Head>>,
+}
+
+const HEAD_CACHE_CAPACITY: usize = 100_000;
+
+impl HeadCache {
+    pub(crate) fn get(&self, stream_id: &str, version: u64) -> Option<Head> {
+        if version == 0 {
+            return Some(Head::empty());
+        }
+        let heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.get(stream_id).filter(|h| h.version == version).cloned()
+    }
+
+    pub(crate) fn put(&self, stream_id: &str, head: Head) {
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() >= HEAD_CACHE_CAPACITY && !heads.contains_key(stream_id) {
+            heads.clear();
+        }
+        match heads.get(stream_id) {
+            Some(h) if h.version >= head.version => {}
+            _ => {
+                heads.insert(stream_id.to_owned(), head);
+            }
+        }
+    }
+
+    pub(crate) fn forget(&self, stream_id: &str) {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).remove(stream_id);
+    }
+
+    pub(crate) fn remember_read(&self, events: &[RecordedEvent]) {
+        if let Some(last) = events.last() {
+            self.put(&last.stream_id, Head { version: last.stream_version, hash: last.hash.clone() });
+        }
+    }
+}
+
+/// Checks an append request before touching the database.
+pub(crate) fn validate(appends: &[StreamAppend]) -> StoreResult<()> {
+    if appends.is_empty() {
+        return Err(StoreError::InvalidAppend("no streams given".into()));
+    }
+    let mut seen = HashSet::new();
+    for a in appends {
+        if a.stream_id.is_empty() || a.stream_id.len() > MAX_STREAM_ID_LEN {
+            return Err(StoreError::InvalidAppend(format!(
+                "stream id must be 1 to {MAX_STREAM_ID_LEN} bytes, got {} bytes",
+                a.stream_id.len()
+            )));
+        }
+        if a.stream_id.chars().any(char::is_control) {
+            return Err(StoreError::InvalidAppend(format!("stream id {:?} contains control characters", a.stream_id)));
+        }
+        if !seen.insert(a.stream_id.as_str()) {
+            return Err(StoreError::InvalidAppend(format!(
+                "stream `{}` appears twice in one group commit; put its events in one entry",
+                a.stream_id
+            )));
+        }
+        if a.events.is_empty() {
+            return Err(StoreError::InvalidAppend(format!("no events given for stream `{}`", a.stream_id)));
+        }
+        for e in &a.events {
+            if e.event_type.is_empty() {
+                return Err(StoreError::InvalidAppend(format!("an event for `{}` has an empty type", a.stream_id)));
+            }
+            if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&e.payload) {
+                return Err(StoreError::InvalidAppend(format!(
+                    "payload of `{}` for stream `{}` is not valid JSON: {err}",
+                    e.event_type, a.stream_id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the rows for one stream on top of `head`.
+pub(crate) fn prepare_rows(append: &StreamAppend, head: &Head, out: &mut Vec<PreparedRow>) {
+    let recorded_at = format_timestamp(Utc::now());
+    let mut prev = head.hash.clone();
+    for (i, e) in append.events.iter().enumerate() {
+        let stream_version = head.version + 1 + i as u64;
+        let event_id = e.event_id.to_string();
+        // Metadata is a plain struct of strings: serializing cannot fail.
+        let metadata = serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned());
+        let hash = event_hash(
+            &prev,
+            &HashedFields {
+                stream_id: &append.stream_id,
+                stream_version,
+                event_id: &event_id,
+                event_type: &e.event_type,
+                schema_version: e.schema_version,
+                recorded_at: &recorded_at,
+                metadata: &metadata,
+                payload: &e.payload,
+            },
+        );
+        out.push(PreparedRow {
+            stream_id: append.stream_id.clone(),
+            stream_version,
+            event_id,
+            event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            recorded_at: recorded_at.clone(),
+            metadata,
+            payload: e.payload.clone(),
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
+    }
+}
+
+/// Turns inserted rows and their first global position into results, and
+/// updates the head cache.
+pub(crate) fn results(
+    appends: &[StreamAppend],
+    rows: &[PreparedRow],
+    first_position: u64,
+    cache: &HeadCache,
+) -> Vec<AppendResult> {
+    let mut out = Vec::with_capacity(appends.len());
+    let mut offset = 0u64;
+    let mut idx = 0usize;
+    for a in appends {
+        let n = a.events.len();
+        let first = &rows[idx];
+        let last = &rows[idx + n - 1];
+        out.push(AppendResult {
+            stream_id: a.stream_id.clone(),
+            first_version: first.stream_version,
+            last_version: last.stream_version,
+            first_position: first_position + offset,
+            last_position: first_position + offset + n as u64 - 1,
+            head_hash: last.hash.clone(),
+        });
+        cache.put(&a.stream_id, Head { version: last.stream_version, hash: last.hash.clone() });
+        offset += n as u64;
+        idx += n;
+    }
+    out
+}
+
+/// Hides the password of a database URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return format!("{scheme}://{authority}{}", redact_query_password(tail));
+    };
+    let user = userinfo.split(':').next().unwrap_or("");
+    let redacted = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+    // Query parameters may carry a password too (`?password=`).
+    let tail = redact_query_password(tail);
+    format!("{scheme}://{redacted}@{host}{tail}")
+}
+
+fn redact_query_password(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let q: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", q.join("&"))
+}
+
+/// The two primitives a backend supplies; [`append_many_with`] does the rest.
+pub(crate) trait RowWriter: Sync {
+    fn cache(&self) -> &HeadCache;
+    fn read_head<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<Head>>;
+    /// Inserts rows atomically; returns the first global position.
+    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+    fn db_err(&self, e: sqlx::Error) -> StoreError;
+}
+
+/// Validation, expected-version checks, hashing, insert and conflict
+/// reporting, shared by both backends.
+pub(crate) async fn append_many_with<W: RowWriter>(
+    w: &W,
+    appends: Vec<StreamAppend>,
+) -> StoreResult<Vec<AppendResult>> {
+    validate(&appends)?;
+    // Streams appended with `Any` may lose a race and retry; exact ones never do.
+    for _ in 0..8 {
+        let mut rows = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
+        for a in &appends {
+            let head = match a.expected.exact() {
+                Some(v) => match w.cache().get(&a.stream_id, v) {
+                    Some(h) => h,
+                    None => {
+                        let h = w.read_head(&a.stream_id).await?;
+                        if h.version != v {
+                            return Err(StoreError::Conflict {
+                                stream_id: a.stream_id.clone(),
+                                expected: v,
+                                actual: h.version,
+                            });
+                        }
+                        h
+                    }
+                },
+                None => w.read_head(&a.stream_id).await?,
+            };
+            prepare_rows(a, &head, &mut rows);
+        }
+        match w.insert(&rows).await {
+            Ok(first) => return Ok(results(&appends, &rows, first, w.cache())),
+            Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
+                for a in &appends {
+                    w.cache().forget(&a.stream_id);
+                    if let Some(v) = a.expected.exact() {
+                        let actual = w.read_head(&a.stream_id).await?.version;
+                        if actual != v {
+                            return Err(StoreError::Conflict { stream_id: a.stream_id.clone(), expected: v, actual });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // The outcome may be unknown (connection lost at commit):
+                // forget the heads so the next append reads them.
+                for a in &appends {
+                    w.cache().forget(&a.stream_id);
+                }
+                return Err(w.db_err(e));
+            }
+        }
+    }
+    Err(StoreError::InvalidAppend("gave up after 8 contended appends with ExpectedVersion::Any".into()))
+}

@@ -1,0 +1,361 @@
+//! The event store contract, run against SQLite and PostgreSQL alike.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cairn_events::{
+    Event, ExpectedVersion, GENESIS_HASH, Metadata, NewEvent, RecordedEvent, StepStarted, StoreError, StreamAppend,
+};
+use common::Harness;
+use serde_json::json;
+
+fn ev(n: u64) -> NewEvent {
+    NewEvent::from_event(
+        &Event::StepStarted(StepStarted { step_id: format!("s{n}"), attempt: 1, input: json!({ "n": n }) }),
+        Metadata::by("tester"),
+    )
+}
+
+fn evs(range: std::ops::Range<u64>) -> Vec<NewEvent> {
+    range.map(ev).collect()
+}
+
+async fn all_events(h: &Harness) -> Vec<RecordedEvent> {
+    h.store().read_all(1, 1_000_000).await.expect("read_all")
+}
+
+async fn append_and_read_back_byte_exact(h: Harness) {
+    let store = h.store();
+    // Odd key order, whitespace and non-ASCII: stored and returned as given.
+    let payload = "{\"z\": 1,  \"a\": [\"é\", \"\\u00e9\", 2.50]}";
+    let mut odd = NewEvent::raw("Custom", 1, &json!({}), Metadata::by("tester"));
+    odd.payload = payload.to_owned();
+    let r = store.append("s-1", ExpectedVersion::NoStream, vec![ev(1), odd, ev(3)]).await.expect("append");
+    assert_eq!((r.first_version, r.last_version), (1, 3));
+    assert_eq!(r.last_position - r.first_position, 2);
+
+    let read = store.read_stream("s-1", 1).await.expect("read");
+    assert_eq!(read.len(), 3);
+    assert_eq!(read.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(read[1].payload, payload, "payload must come back byte for byte");
+    assert_eq!(read[0].prev_hash, GENESIS_HASH);
+    assert_eq!(read[1].prev_hash, read[0].hash);
+    assert_eq!(read[2].prev_hash, read[1].hash);
+    assert_eq!(read[2].hash, r.head_hash);
+    assert_eq!(read[0].metadata().expect("metadata").actor.as_deref(), Some("tester"));
+    assert!(read[0].recorded_at().is_some(), "recorded_at parses: {}", read[0].recorded_at);
+    match Event::decode(&read[0]).expect("decode") {
+        Event::StepStarted(s) => assert_eq!(s.input, json!({ "n": 1 })),
+        other => panic!("decoded {other:?}"),
+    }
+
+    let tail = store.read_stream("s-1", 3).await.expect("read from 3");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(store.stream_version("s-1").await.expect("version"), 3);
+    assert_eq!(store.stream_version("nope").await.expect("version"), 0);
+    assert!(store.read_stream("nope", 1).await.expect("read").is_empty());
+}
+
+async fn wrong_expected_version_is_a_conflict_and_writes_nothing(h: Harness) {
+    let store = h.store();
+    store.append("s", ExpectedVersion::NoStream, evs(0..3)).await.expect("append");
+    let before = all_events(&h).await;
+
+    for expected in [ExpectedVersion::Exact(5), ExpectedVersion::Exact(2), ExpectedVersion::NoStream] {
+        let err = store.append("s", expected, evs(10..12)).await.expect_err("must conflict");
+        match err {
+            StoreError::Conflict { ref stream_id, expected: e, actual } => {
+                assert_eq!(stream_id, "s");
+                assert_eq!(actual, 3);
+                assert_eq!(Some(e), match expected {
+                    ExpectedVersion::Exact(v) => Some(v),
+                    ExpectedVersion::NoStream => Some(0),
+                    ExpectedVersion::Any => None,
+                });
+                assert!(err.is_conflict());
+                assert!(err.to_string().contains("nothing was written"), "{err}");
+            }
+            other => panic!("expected conflict, got {other}"),
+        }
+    }
+    assert_eq!(all_events(&h).await, before, "a conflict must write nothing");
+}
+
+async fn stale_writer_in_another_process_gets_a_conflict(h: Harness) {
+    // Two store instances share one database; each has its own head cache.
+    let a = h.store();
+    let b = h.reopen().await;
+    a.append("s", ExpectedVersion::NoStream, evs(0..1)).await.expect("a appends v1");
+    b.append("s", ExpectedVersion::Exact(1), evs(1..2)).await.expect("b appends v2");
+    // `a` still believes the stream is at 1.
+    let err = a.append("s", ExpectedVersion::Exact(1), evs(2..3)).await.expect_err("stale");
+    assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }), "{err}");
+    // And it recovers once it has re-read.
+    let v = a.read_stream("s", 1).await.expect("read").len() as u64;
+    a.append("s", ExpectedVersion::Exact(v), evs(2..3)).await.expect("append after re-read");
+    let read = b.read_stream("s", 1).await.expect("read");
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2].prev_hash, read[1].hash, "chain continues across writers");
+    assert!(cairn_events::verify(&*b).await.expect("verify").is_intact());
+}
+
+async fn group_commit_is_all_or_nothing(h: Harness) {
+    let store = h.store();
+    store.append("b", ExpectedVersion::NoStream, evs(0..2)).await.expect("seed");
+    let before = all_events(&h).await;
+    let batch = |b_expected| {
+        vec![
+            StreamAppend { stream_id: "a".into(), expected: ExpectedVersion::NoStream, events: evs(0..2) },
+            StreamAppend { stream_id: "b".into(), expected: b_expected, events: evs(2..3) },
+            StreamAppend { stream_id: "c".into(), expected: ExpectedVersion::Exact(0), events: evs(0..1) },
+        ]
+    };
+    let err = store.append_many(batch(ExpectedVersion::Exact(1))).await.expect_err("b is at 2");
+    assert!(matches!(err, StoreError::Conflict { ref stream_id, expected: 1, actual: 2 } if stream_id == "b"), "{err}");
+    assert_eq!(all_events(&h).await, before, "no stream of a failed group commit is written");
+
+    let res = store.append_many(batch(ExpectedVersion::Exact(2))).await.expect("group commit");
+    assert_eq!(res.len(), 3);
+    assert_eq!(res[0].first_position, before.len() as u64 + 1);
+    assert_eq!(res[1].first_position, res[0].last_position + 1);
+    assert_eq!(res[2].first_position, res[1].last_position + 1);
+    assert_eq!(res[1].last_version, 3);
+    assert_eq!(all_events(&h).await.len(), before.len() + 4);
+}
+
+async fn stale_stream_inside_group_commit_rolls_back_the_others(h: Harness) {
+    // The conflict is only found by the database (cache says OK): the whole
+    // statement must still roll back.
+    let a = h.store();
+    let b = h.reopen().await;
+    a.append("x", ExpectedVersion::NoStream, evs(0..1)).await.expect("seed");
+    b.append("x", ExpectedVersion::Exact(1), evs(1..2)).await.expect("other writer");
+    let before = all_events(&h).await;
+    let err = a
+        .append_many(vec![
+            StreamAppend { stream_id: "fresh".into(), expected: ExpectedVersion::NoStream, events: evs(0..3) },
+            StreamAppend { stream_id: "x".into(), expected: ExpectedVersion::Exact(1), events: evs(5..6) },
+        ])
+        .await
+        .expect_err("x moved on");
+    assert!(matches!(err, StoreError::Conflict { ref stream_id, expected: 1, actual: 2 } if stream_id == "x"), "{err}");
+    assert_eq!(all_events(&h).await, before);
+    assert_eq!(a.stream_version("fresh").await.expect("v"), 0);
+    // Positions stay gap-free after the rolled-back attempt.
+    a.append("fresh", ExpectedVersion::NoStream, evs(0..1)).await.expect("append");
+    let all = all_events(&h).await;
+    assert_eq!(all.last().map(|e| e.global_position), Some(all.len() as u64));
+}
+
+async fn invalid_appends_are_refused_and_write_nothing(h: Harness) {
+    let store = h.store();
+    let mut bad_json = ev(0);
+    bad_json.payload = "{not json".into();
+    let cases: Vec<(Vec<StreamAppend>, &str)> = vec![
+        (vec![], "no streams"),
+        (vec![StreamAppend { stream_id: "s".into(), expected: ExpectedVersion::NoStream, events: vec![] }], "no events"),
+        (vec![StreamAppend { stream_id: "".into(), expected: ExpectedVersion::NoStream, events: evs(0..1) }], "stream id"),
+        (
+            vec![
+                StreamAppend { stream_id: "d".into(), expected: ExpectedVersion::NoStream, events: evs(0..1) },
+                StreamAppend { stream_id: "d".into(), expected: ExpectedVersion::Exact(1), events: evs(1..2) },
+            ],
+            "appears twice",
+        ),
+        (
+            vec![StreamAppend { stream_id: "s".into(), expected: ExpectedVersion::NoStream, events: vec![bad_json] }],
+            "not valid JSON",
+        ),
+    ];
+    for (appends, needle) in cases {
+        let err = store.append_many(appends).await.expect_err("invalid");
+        assert!(matches!(err, StoreError::InvalidAppend(_)), "{err}");
+        assert!(err.to_string().contains(needle), "`{err}` should mention `{needle}`");
+    }
+    assert!(all_events(&h).await.is_empty());
+}
+
+async fn any_version_appends_at_the_end(h: Harness) {
+    let store = h.store();
+    store.append("w", ExpectedVersion::Any, evs(0..2)).await.expect("any on new stream");
+    let r = store.append("w", ExpectedVersion::Any, evs(2..3)).await.expect("any on existing");
+    assert_eq!(r.last_version, 3);
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
+
+async fn read_all_pages_in_order_from_an_inclusive_position(h: Harness) {
+    let store = h.store();
+    for i in 0..10 {
+        store.append(&format!("p{}", i % 3), ExpectedVersion::Any, evs(i..i + 2)).await.expect("append");
+    }
+    let mut got = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 7).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        from = page.last().map(|e| e.global_position + 1).unwrap_or(from);
+        got.extend(page);
+    }
+    assert_eq!(got.len(), 20);
+    assert!(got.iter().enumerate().all(|(i, e)| e.global_position == i as u64 + 1));
+    assert_eq!(store.head_position().await.expect("head"), 20);
+    assert_eq!(store.read_all(20, 5).await.expect("last").len(), 1);
+    assert!(store.read_all(21, 5).await.expect("past end").is_empty());
+}
+
+async fn large_appends_span_statements_atomically(h: Harness) {
+    let store = h.store();
+    let r = store.append("big", ExpectedVersion::NoStream, evs(0..700)).await.expect("700 events");
+    assert_eq!((r.first_position, r.last_position, r.last_version), (1, 700, 700));
+    let read = store.read_stream("big", 1).await.expect("read");
+    assert_eq!(read.len(), 700);
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
+
+async fn subscription_sees_later_commits_in_order(h: Harness) {
+    let store = h.store();
+    store.append("sub", ExpectedVersion::NoStream, evs(0..2)).await.expect("before");
+    let mut sub = cairn_events::subscribe(store.clone(), 1).with_poll_interval(Duration::from_secs(30));
+    let first = sub.next().await.expect("first");
+    assert_eq!(first.global_position, 1);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 2..12u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                store.append("sub", ExpectedVersion::Exact(i), evs(i..i + 1)).await.expect("append");
+            }
+        })
+    };
+    // With a 30 s polling floor, only wake-ups can deliver these in time.
+    let mut positions = vec![first.global_position];
+    while positions.len() < 12 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("woken in time").expect("next");
+        positions.push(e.global_position);
+    }
+    writer.await.expect("writer");
+    assert_eq!(positions, (1..=12).collect::<Vec<_>>());
+}
+
+async fn subscription_polls_writes_of_other_processes(h: Harness) {
+    let store = h.store();
+    let other = h.reopen().await;
+    let mut sub = cairn_events::subscribe(store, 1).with_poll_interval(Duration::from_millis(50));
+    other.append("o", ExpectedVersion::NoStream, evs(0..3)).await.expect("other writes");
+    let mut n = 0;
+    while n < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next_batch()).await.expect("in time").expect("batch");
+        n += batch.len();
+    }
+    assert_eq!(n, 3);
+}
+
+async fn events_survive_reopening(h: Harness) {
+    let store = h.store();
+    store.append("d", ExpectedVersion::NoStream, evs(0..5)).await.expect("append");
+    drop(store);
+    let again = h.reopen().await;
+    let read = again.read_stream("d", 1).await.expect("read");
+    assert_eq!(read.len(), 5);
+    again.append("d", ExpectedVersion::Exact(5), evs(5..6)).await.expect("continue after reopen");
+    assert!(cairn_events::verify(&*again).await.expect("verify").is_intact());
+}
+
+async fn events_cannot_be_updated_or_deleted(h: Harness) {
+    let store = h.store();
+    store.append("i", ExpectedVersion::NoStream, evs(0..2)).await.expect("append");
+    let upd = h.try_exec("UPDATE events SET payload = '{}' WHERE stream_version = 1").await;
+    assert!(upd.expect_err("update refused").to_string().contains("immutable"));
+    let del = h.try_exec("DELETE FROM events WHERE stream_version = 2").await;
+    assert!(del.expect_err("delete refused").to_string().contains("immutable"));
+    if h.is_postgres() {
+        assert!(h.try_exec("TRUNCATE events").await.is_err(), "truncate refused");
+    }
+    assert_eq!(all_events(&h).await.len(), 2);
+}
+
+async fn concurrent_writers_and_a_tailer_see_every_event_once_in_order(h: Harness) {
+    const WRITERS: usize = 8;
+    const APPENDS: u64 = 60;
+    let store = h.store();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let own = format!("own-{w}");
+            let mut committed = 0u64;
+            for i in 0..APPENDS {
+                // Own stream: exact versions, never conflicts.
+                store.append(&own, ExpectedVersion::Exact(i), evs(i..i + 1)).await.expect("own stream");
+                committed += 1;
+                // Shared streams: contended; retry on conflict.
+                let shared = format!("shared-{}", i % 3);
+                loop {
+                    let v = store.stream_version(&shared).await.expect("version");
+                    match store.append(&shared, ExpectedVersion::Exact(v), evs(i..i + 2)).await {
+                        Ok(_) => {
+                            committed += 2;
+                            break;
+                        }
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => panic!("shared append: {e}"),
+                    }
+                }
+            }
+            committed
+        }));
+    }
+    let tailer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut sub = cairn_events::subscribe(store, 1).with_poll_interval(Duration::from_millis(20));
+            let mut seen = Vec::new();
+            let total = WRITERS as u64 * APPENDS * 3;
+            while (seen.len() as u64) < total {
+                let batch = tokio::time::timeout(Duration::from_secs(60), sub.next_batch())
+                    .await
+                    .expect("tailer stalled")
+                    .expect("batch");
+                seen.extend(batch.into_iter().map(|e| (e.global_position, e.event_id)));
+            }
+            seen
+        })
+    };
+    let mut committed = 0;
+    for t in tasks {
+        committed += t.await.expect("writer");
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(120), tailer).await.expect("tailer finished").expect("tailer");
+    assert_eq!(committed, WRITERS as u64 * APPENDS * 3);
+    // Strictly increasing and gap-free positions, each event once.
+    for (i, (pos, _)) in seen.iter().enumerate() {
+        assert_eq!(*pos, i as u64 + 1, "tailer saw positions out of order or with a gap at index {i}");
+    }
+    let ids: HashSet<_> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids.len(), seen.len(), "an event was delivered twice");
+    let full: Vec<_> = all_events(&h).await.into_iter().map(|e| (e.global_position, e.event_id)).collect();
+    assert_eq!(full, seen, "the tailer saw exactly the final log");
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
+
+conformance!(
+    append_and_read_back_byte_exact,
+    wrong_expected_version_is_a_conflict_and_writes_nothing,
+    stale_writer_in_another_process_gets_a_conflict,
+    group_commit_is_all_or_nothing,
+    stale_stream_inside_group_commit_rolls_back_the_others,
+    invalid_appends_are_refused_and_write_nothing,
+    any_version_appends_at_the_end,
+    read_all_pages_in_order_from_an_inclusive_position,
+    large_appends_span_statements_atomically,
+    subscription_sees_later_commits_in_order,
+    subscription_polls_writes_of_other_processes,
+    events_survive_reopening,
+    events_cannot_be_updated_or_deleted,
+    concurrent_writers_and_a_tailer_see_every_event_once_in_order,
+);
