@@ -1,1 +1,60 @@
-fn main() {}
+//! `cairn`: the command-line face of Cairn, a durable, event-sourced workflow
+//! engine. The outer ring: it composes the event log, the engine and the
+//! projections and depends on all of them; nothing depends on it.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: a durable, event-sourced workflow engine for work that mixes AI,
+/// people and services. Every transition, AI attempt, approval and retry is
+/// an immutable, hash-chained event.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, propagate_version = true)]
+struct Cli {
+    /// The database: `sqlite://PATH[?synchronous=full|normal]` (embedded,
+    /// the default) or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, global = true, env = "CAIRN_DATABASE_URL", default_value = cairn_events::DEFAULT_DATABASE_URL)]
+    database: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a demo run to the log, read it back and verify the hash chain.
+    Demo,
+    /// Check the whole log: hash chains, stream versions, global positions.
+    /// Exits 1 naming the first broken stream and version.
+    Verify(commands::verify::Args),
+    /// Print stored events as JSON lines (a stream, or the whole log).
+    Events(commands::events::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo => commands::demo::run(&cli.database).await,
+            Command::Verify(args) => commands::verify::run(&cli.database, args).await,
+            Command::Events(args) => commands::events::run(&cli.database, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

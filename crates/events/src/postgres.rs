@@ -1,19 +1,20 @@
 //! The scale-out event store on PostgreSQL.
 //!
-//! Gap-free global order: an append is one statement that increments the
-//! single row of `event_log_head` and inserts its events at the positions it
-//! reserved. The row lock is held until the transaction has committed and
-//! become visible, so the next appender can only take later positions after
-//! every earlier one is visible: readers of `read_all` never see position
-//! p + 1 before p, even with many concurrent writers. (Plain sequences do not
-//! give this: their values become visible in commit order, not value order.)
+//! Gap-free global order: an append is one call of the `cairn_append`
+//! function, which takes a transaction-scoped advisory lock, reads the
+//! highest position with a fresh snapshot and inserts after it. The lock is
+//! held until the transaction has committed and become visible, so the next
+//! appender can only take later positions after every earlier one is
+//! visible: readers of `read_all` never see position p + 1 before p, even
+//! with many concurrent writers. (Plain sequences do not give this: their
+//! values become visible in commit order, not value order.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,16 +27,9 @@ use crate::store::{
 /// The LISTEN/NOTIFY channel appends notify on commit.
 pub const NOTIFY_CHANNEL: &str = "cairn_events";
 
-const APPEND_SQL: &str = "WITH head AS ( \
-        UPDATE event_log_head SET position = position + $1 WHERE id RETURNING position - $1 AS base \
-    ), ins AS ( \
-        INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) \
-        SELECT head.base + e.ord, e.stream_id, e.stream_version, e.event_id, e.event_type, e.schema_version, e.recorded_at, e.metadata, e.payload, e.prev_hash, e.hash \
-        FROM head, unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
-            WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash, ord) \
-        RETURNING global_position \
-    ) \
-    SELECT min(ins.global_position) FROM ins, (SELECT pg_notify('cairn_events', '')) AS notified";
+/// One round trip per append: `cairn_append` (see the migration) takes the
+/// ordering lock, assigns positions and inserts.
+const APPEND_SQL: &str = "SELECT cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Options for the PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -55,15 +49,25 @@ pub struct PgStore {
     pool: PgPool,
     cache: HeadCache,
     wake: Arc<watch::Sender<u64>>,
+    /// The last position this process committed; the notifier NOTIFYs on change.
+    commits: watch::Sender<u64>,
     listener: Option<JoinHandle<()>>,
+    notifier: JoinHandle<()>,
     label: String,
 }
+
+/// Shortest time between two NOTIFYs this process sends. Commits wake
+/// in-process subscribers at once; other processes hear of a burst of
+/// commits within this time, with one NOTIFY instead of one per commit
+/// (each NOTIFY signals every listening backend: costly on small machines).
+pub const NOTIFY_COALESCE: Duration = Duration::from_millis(5);
 
 impl Drop for PgStore {
     fn drop(&mut self) {
         if let Some(h) = self.listener.take() {
             h.abort();
         }
+        self.notifier.abort();
     }
 }
 
@@ -80,6 +84,12 @@ impl PgStore {
     /// and must not contain a password.
     pub async fn connect_with(opts: PgConnectOptions, label: String, config: PgConfig) -> StoreResult<Arc<PgStore>> {
         let opts = opts.application_name("cairn");
+        // One direct attempt first: the pool would retry an unreachable
+        // server until its acquire timeout and then hide the cause.
+        let probe = PgConnection::connect_with(&opts)
+            .await
+            .map_err(|source| StoreError::Unavailable { database: label.clone(), source })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -102,7 +112,9 @@ impl PgStore {
                 None
             }
         };
-        Ok(Arc::new(PgStore { pool, cache: HeadCache::default(), wake, listener, label }))
+        let (commits, commit_rx) = watch::channel(0);
+        let notifier = tokio::spawn(notify_others(pool.clone(), commit_rx));
+        Ok(Arc::new(PgStore { pool, cache: HeadCache::default(), wake, commits, listener, notifier, label }))
     }
 
     /// The pool, for tests and tools that need raw access (tamper tests,
@@ -131,7 +143,6 @@ impl PgStore {
     async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
         let col = |f: fn(&PreparedRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
         let first: Option<i64> = sqlx::query_scalar(APPEND_SQL)
-            .bind(to_i64(rows.len() as u64))
             .bind(col(|r| r.stream_id.clone()))
             .bind(rows.iter().map(|r| to_i64(r.stream_version)).collect::<Vec<i64>>())
             .bind(col(|r| r.event_id.clone()))
@@ -145,6 +156,17 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(first.and_then(|f| u64::try_from(f).ok()).unwrap_or(0))
+    }
+}
+
+/// Sends one NOTIFY per burst of local commits, at most every [`NOTIFY_COALESCE`].
+async fn notify_others(pool: PgPool, mut commits: watch::Receiver<u64>) {
+    while commits.changed().await.is_ok() {
+        commits.borrow_and_update();
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&pool).await {
+            tracing::debug!(error = %e, "NOTIFY failed; other processes fall back to polling");
+        }
+        tokio::time::sleep(NOTIFY_COALESCE).await;
     }
 }
 
@@ -168,6 +190,7 @@ impl EventStore for PgStore {
             let out = append_many_with(self, appends).await?;
             let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
             self.wake.send_modify(|v| *v = (*v).max(last));
+            self.commits.send_replace(last);
             Ok(out)
         })
     }

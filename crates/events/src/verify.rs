@@ -81,6 +81,15 @@ const PAGE: usize = 2_000;
 struct StreamState {
     version: u64,
     hash: String,
+    position: u64,
+}
+
+/// A stream's version gap: versions missing between two present events.
+struct VersionGap {
+    stream_id: String,
+    first_missing: u64,
+    after_position: u64,
+    before_position: u64,
 }
 
 /// Checks the whole log: every stream's versions are 1, 2, 3, … in global
@@ -89,6 +98,7 @@ struct StreamState {
 pub async fn verify(store: &dyn EventStore) -> StoreResult<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut streams: HashMap<String, StreamState> = HashMap::new();
+    let mut gaps: Vec<VersionGap> = Vec::new();
     let mut next_position = 1u64;
     let mut push = |report: &mut VerifyReport, b: ChainBreak| {
         if report.breaks.len() < MAX_BREAKS {
@@ -112,7 +122,7 @@ pub async fn verify(store: &dyn EventStore) -> StoreResult<VerifyReport> {
                 // Read the rows before the bad one, then skip it.
                 let before =
                     store.read_all(next_position, (position - next_position) as usize).await.unwrap_or_default();
-                check_page(&before, &mut streams, &mut next_position, &mut report, &mut push);
+                check_page(&before, &mut streams, &mut gaps, &mut next_position, &mut report, &mut push);
                 next_position = position + 1;
                 continue;
             }
@@ -121,9 +131,19 @@ pub async fn verify(store: &dyn EventStore) -> StoreResult<VerifyReport> {
         if page.is_empty() {
             break;
         }
-        check_page(&page, &mut streams, &mut next_position, &mut report, &mut push);
+        check_page(&page, &mut streams, &mut gaps, &mut next_position, &mut report, &mut push);
     }
     report.streams = streams.len() as u64;
+    // Name the stream behind a position gap when a stream's version gap
+    // spans it: a deleted row then reads "stream S version V" too.
+    for b in report.breaks.iter_mut().filter(|b| b.kind == BreakKind::MissingPositions) {
+        if let Some(g) =
+            gaps.iter().find(|g| g.after_position < b.global_position && g.before_position > b.global_position)
+        {
+            b.stream_id = Some(g.stream_id.clone());
+            b.stream_version = Some(g.first_missing);
+        }
+    }
     report.breaks.sort_by_key(|b| b.global_position);
     Ok(report)
 }
@@ -131,6 +151,7 @@ pub async fn verify(store: &dyn EventStore) -> StoreResult<VerifyReport> {
 fn check_page(
     page: &[crate::RecordedEvent],
     streams: &mut HashMap<String, StreamState>,
+    gaps: &mut Vec<VersionGap>,
     next_position: &mut u64,
     report: &mut VerifyReport,
     push: &mut impl FnMut(&mut VerifyReport, ChainBreak),
@@ -158,7 +179,7 @@ fn check_page(
 
         let state = streams
             .entry(e.stream_id.clone())
-            .or_insert_with(|| StreamState { version: 0, hash: GENESIS_HASH.to_owned() });
+            .or_insert_with(|| StreamState { version: 0, hash: GENESIS_HASH.to_owned(), position: 0 });
         let brk = |kind, version, detail: String| ChainBreak {
             kind,
             stream_id: Some(e.stream_id.clone()),
@@ -180,6 +201,12 @@ fn check_page(
                 ),
             );
         } else if !contiguous {
+            gaps.push(VersionGap {
+                stream_id: e.stream_id.clone(),
+                first_missing: state.version + 1,
+                after_position: state.position,
+                before_position: e.global_position,
+            });
             push(
                 report,
                 brk(
@@ -235,6 +262,7 @@ fn check_page(
         if e.stream_version > state.version {
             state.version = e.stream_version;
             state.hash = e.hash.clone();
+            state.position = e.global_position;
         }
     }
 }

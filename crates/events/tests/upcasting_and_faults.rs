@@ -1,0 +1,132 @@
+//! Old schema versions are upcast on read without rewriting rows; unknown or
+//! newer events, unreachable databases and newer database schemas give clear
+//! typed errors.
+#![allow(missing_docs)]
+
+mod common;
+
+use cairn_events::{
+    DecodeError, Event, ExpectedVersion, Metadata, NewEvent, StepFailed, StoreErrorKind, Upcasters,
+};
+use common::Harness;
+use serde_json::json;
+
+async fn v1_payload_is_read_as_v2_and_never_rewritten(h: Harness) {
+    let store = h.store();
+    let v1 = json!({ "step_id": "publish", "attempt": 2, "error": "http.status: 503 Service Unavailable" });
+    store
+        .append("run-old", ExpectedVersion::NoStream, vec![NewEvent::raw("StepFailed", 1, &v1, Metadata::by("engine"))])
+        .await
+        .expect("append v1");
+    let stored = store.read_stream("run-old", 1).await.expect("read").remove(0);
+    assert_eq!(stored.schema_version, 1);
+    match Event::decode(&stored).expect("decode") {
+        Event::StepFailed(StepFailed { step_id, attempt, error_kind, message, retryable }) => {
+            assert_eq!((step_id.as_str(), attempt), ("publish", 2));
+            assert_eq!(error_kind, "http.status");
+            assert_eq!(message, "503 Service Unavailable");
+            assert!(!retryable);
+        }
+        other => panic!("decoded {other:?}"),
+    }
+    // The row is untouched: same payload, same version, chain intact.
+    let again = store.read_stream("run-old", 1).await.expect("read").remove(0);
+    assert_eq!(again, stored);
+    assert_eq!(again.payload_value().expect("json"), v1);
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
+
+async fn unknown_and_newer_events_are_typed_errors(h: Harness) {
+    let store = h.store();
+    let events = vec![
+        NewEvent::raw("FromTheFuture", 1, &json!({}), Metadata::default()),
+        NewEvent::raw("StepFailed", 9, &json!({}), Metadata::default()),
+        NewEvent::raw("StepStarted", 1, &json!({ "step_id": 5 }), Metadata::default()),
+    ];
+    store.append("run-x", ExpectedVersion::NoStream, events).await.expect("append");
+    let read = store.read_stream("run-x", 1).await.expect("read");
+
+    let err = Event::decode(&read[0]).expect_err("unknown type");
+    assert!(matches!(err, DecodeError::UnknownEventType { ref event_type, ref at } if event_type == "FromTheFuture" && at.stream_version == 1));
+    assert!(err.to_string().contains("FromTheFuture") && err.to_string().contains("run-x"), "{err}");
+
+    let err = Event::decode(&read[1]).expect_err("newer schema");
+    assert!(matches!(err, DecodeError::SchemaTooNew { found: 9, supported: 2, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade Cairn"), "{err}");
+
+    let err = Event::decode(&read[2]).expect_err("bad shape");
+    assert!(matches!(err, DecodeError::InvalidPayload { .. }), "{err}");
+}
+
+async fn database_schema_newer_than_the_binary_is_refused(h: Harness) {
+    h.store().append("s", ExpectedVersion::NoStream, vec![NewEvent::raw("X", 1, &json!({}), Metadata::default())]).await.expect("append");
+    let checksum = if h.is_postgres() { "'\\x00'::bytea" } else { "x'00'" };
+    h.exec(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (29991231000000, 'from a newer cairn', true, {checksum}, 0)"
+    ))
+    .await;
+    let err = match &h {
+        Harness::Sqlite { path, .. } => {
+            cairn_events::sqlite::SqliteStore::open(path, Default::default()).await.err().expect("refused")
+        }
+        Harness::Postgres { opts, .. } => {
+            cairn_events::postgres::PgStore::connect_with(opts.clone(), "the test db".into(), Default::default())
+                .await
+                .err()
+                .expect("refused")
+        }
+    };
+    assert_eq!(err.kind(), StoreErrorKind::SchemaTooNew, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("29991231000000") && msg.contains("upgrade Cairn"), "{msg}");
+}
+
+conformance!(
+    v1_payload_is_read_as_v2_and_never_rewritten,
+    unknown_and_newer_events_are_typed_errors,
+    database_schema_newer_than_the_binary_is_refused,
+);
+
+#[test]
+fn upcasters_chain_versions_and_refuse_gaps() {
+    let mut u = Upcasters::new();
+    u.register("T", 1, |mut v| {
+        v["b"] = v["a"].clone();
+        Ok(v)
+    });
+    let at = cairn_events::Location { stream_id: "s".into(), stream_version: 1, global_position: 1 };
+    assert_eq!(u.upcast("T", 1, 2, json!({"a": 1}), &at).expect("1->2"), json!({"a": 1, "b": 1}));
+    assert!(matches!(u.upcast("T", 1, 3, json!({}), &at), Err(DecodeError::NoUpcaster { found: 2, .. })));
+    assert!(matches!(u.upcast("T", 4, 3, json!({}), &at), Err(DecodeError::SchemaTooNew { .. })));
+}
+
+#[tokio::test]
+async fn unreachable_postgres_names_the_database_without_its_password() {
+    let url = "postgres://cairn:hunter2secret@127.0.0.1:1/events?password=alsosecret";
+    let err = cairn_events::open(url).await.err().expect("unreachable");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("127.0.0.1:1/events"), "names the database: {msg}");
+    assert!(!msg.contains("hunter2secret") && !msg.contains("alsosecret"), "leaks the password: {msg}");
+}
+
+#[tokio::test]
+async fn unopenable_sqlite_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let db = file.join("cairn.db");
+    let err = cairn_events::open(&format!("sqlite://{}", db.display())).await.err().expect("cannot open");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    assert!(err.to_string().contains(&db.display().to_string()), "{err}");
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![7u8; 8192]).expect("write");
+    let err = cairn_events::open(&garbage.display().to_string()).await.err().expect("not a database");
+    assert!(err.to_string().contains("garbage.db"), "{err}");
+
+    let err = cairn_events::open("mysql://x@y/z").await.err().expect("unsupported");
+    assert!(err.to_string().contains("sqlite://") , "{err}");
+    let err = cairn_events::open("sqlite://x.db?journal=off").await.err().expect("unknown param");
+    assert!(err.to_string().contains("synchronous"), "{err}");
+}
