@@ -47,7 +47,8 @@ async fn verify_finds_tampering_on_sqlite() {
     conn.execute("UPDATE events SET payload = '{\"output\":{\"published\":false}}' WHERE stream_version = 11")
         .await
         .expect("tamper");
-    let stream: String = sqlx::query_scalar("SELECT stream_id FROM events LIMIT 1").fetch_one(&mut conn).await.expect("id");
+    let stream: String =
+        sqlx::query_scalar("SELECT stream_id FROM events LIMIT 1").fetch_one(&mut conn).await.expect("id");
     conn.close().await.expect("close");
 
     let bad = cairn(&url, &["verify"]);
@@ -58,14 +59,18 @@ async fn verify_finds_tampering_on_sqlite() {
 
 #[tokio::test]
 async fn verify_finds_tampering_on_postgres() {
-    let base = std::env::var("CAIRN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base =
+        std::env::var("CAIRN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut admin = match sqlx::PgConnection::connect(&base).await {
         Ok(c) => c,
         Err(e) if under_ci() => panic!("PostgreSQL unreachable under CI=true: {e}"),
         Err(e) => return eprintln!("SKIPPED: PostgreSQL unreachable: {e}"),
     };
     let schema = format!("cairn_cli_{}", std::process::id());
-    admin.execute(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))).await.expect("schema");
+    admin
+        .execute(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")))
+        .await
+        .expect("schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
 

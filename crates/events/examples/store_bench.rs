@@ -88,6 +88,9 @@ fn fmt(v: f64) -> String {
     out
 }
 
+/// Every column of an event row, decoded like `read_all` decodes it.
+type FloorRow = (i64, String, i64, String, String, i64, String, String, String, String, String);
+
 enum Raw {
     Sqlite(sqlx::SqlitePool),
     Pg(sqlx::PgPool),
@@ -115,19 +118,40 @@ impl Raw {
     async fn insert_batch(&self, first_pos: i64, rows: &[RawRow]) {
         match self {
             Raw::Sqlite(p) => {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO raw_events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) ");
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO raw_events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) ",
+                );
                 qb.push_values(rows, |mut b, r| {
-                    b.push_bind(r.stream_id.clone()).push_bind(r.version).push_bind(r.event_id.clone()).push_bind("StepCompleted")
-                        .push_bind(1i64).push_bind(AT).push_bind(r.metadata.clone()).push_bind(r.payload.clone()).push_bind(HASH).push_bind(HASH);
+                    b.push_bind(r.stream_id.clone())
+                        .push_bind(r.version)
+                        .push_bind(r.event_id.clone())
+                        .push_bind("StepCompleted")
+                        .push_bind(1i64)
+                        .push_bind(AT)
+                        .push_bind(r.metadata.clone())
+                        .push_bind(r.payload.clone())
+                        .push_bind(HASH)
+                        .push_bind(HASH);
                 });
                 qb.build().execute(p).await.unwrap();
             }
             Raw::Pg(p) => {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO raw_events (global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) ");
+                let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "INSERT INTO raw_events (global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) ",
+                );
                 let mut pos = first_pos;
                 qb.push_values(rows, |mut b, r| {
-                    b.push_bind(pos).push_bind(r.stream_id.clone()).push_bind(r.version).push_bind(r.event_id.clone()).push_bind("StepCompleted")
-                        .push_bind(1i32).push_bind(AT).push_bind(r.metadata.clone()).push_bind(r.payload.clone()).push_bind(HASH).push_bind(HASH);
+                    b.push_bind(pos)
+                        .push_bind(r.stream_id.clone())
+                        .push_bind(r.version)
+                        .push_bind(r.event_id.clone())
+                        .push_bind("StepCompleted")
+                        .push_bind(1i32)
+                        .push_bind(AT)
+                        .push_bind(r.metadata.clone())
+                        .push_bind(r.payload.clone())
+                        .push_bind(HASH)
+                        .push_bind(HASH);
                     pos += 1;
                 });
                 qb.build().execute(p).await.unwrap();
@@ -140,7 +164,7 @@ impl Raw {
         let mut got = 0;
         let mut from = 0i64;
         while got < n {
-            let rows: Vec<(i64, String, i64, String, String, i64, String, String, String, String, String)> = match self {
+            let rows: Vec<FloorRow> = match self {
                 Raw::Sqlite(p) => sqlx::query_as("SELECT global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash FROM raw_events WHERE global_position > ? ORDER BY global_position LIMIT ?")
                     .bind(from).bind(page).fetch_all(p).await.unwrap(),
                 Raw::Pg(p) => sqlx::query_as("SELECT global_position, stream_id, stream_version, event_id, event_type, CAST(schema_version AS BIGINT), recorded_at, metadata, payload, prev_hash, hash FROM raw_events WHERE global_position > $1 ORDER BY global_position LIMIT $2")
@@ -247,8 +271,15 @@ async fn main() {
         .and_then(|i| args.get(i + 1).cloned())
         .or_else(|| std::env::var("CAIRN_TEST_POSTGRES_URL").ok())
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
-    let cfg = if quick { Cfg { singles: 200, batches: 20, rounds: 3 } } else { Cfg { singles: 2000, batches: 150, rounds: 3 } };
-    println!("cairn event store benchmark: median of {} alternating rounds; floor = raw sqlx INSERT/SELECT of the same bytes into an identical table", cfg.rounds);
+    let cfg = if quick {
+        Cfg { singles: 200, batches: 20, rounds: 3 }
+    } else {
+        Cfg { singles: 2000, batches: 150, rounds: 3 }
+    };
+    println!(
+        "cairn event store benchmark: median of {} alternating rounds; floor = raw sqlx INSERT/SELECT of the same bytes into an identical table",
+        cfg.rounds
+    );
 
     // SQLite on the working directory's disk (not tmpfs), synchronous=FULL.
     let dir = tempfile::tempdir_in(".").unwrap();

@@ -177,9 +177,11 @@ fn check_page(
         report.events += 1;
         report.head_position = e.global_position;
 
-        let state = streams
-            .entry(e.stream_id.clone())
-            .or_insert_with(|| StreamState { version: 0, hash: GENESIS_HASH.to_owned(), position: 0 });
+        let state = streams.entry(e.stream_id.clone()).or_insert_with(|| StreamState {
+            version: 0,
+            hash: GENESIS_HASH.to_owned(),
+            position: 0,
+        });
         let brk = |kind, version, detail: String| ChainBreak {
             kind,
             stream_id: Some(e.stream_id.clone()),

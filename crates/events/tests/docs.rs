@@ -46,10 +46,17 @@ async fn documented_python_verifier_checks_a_real_log() {
     let db = dir.path().join("cairn.db");
     let store = cairn_events::sqlite::SqliteStore::open(&db, Default::default()).await.expect("open");
     for i in 0..4u64 {
-        let e = Event::StepStarted(StepStarted { step_id: format!("s{i}"), attempt: 1, input: serde_json::json!({"é": i}) });
+        let e = Event::StepStarted(StepStarted {
+            step_id: format!("s{i}"),
+            attempt: 1,
+            input: serde_json::json!({"é": i}),
+        });
         let mut meta = Metadata::by("tester");
         meta.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());
-        store.append(&format!("run-{}", i % 2), ExpectedVersion::Any, vec![NewEvent::from_event(&e, meta)]).await.expect("append");
+        store
+            .append(&format!("run-{}", i % 2), ExpectedVersion::Any, vec![NewEvent::from_event(&e, meta)])
+            .await
+            .expect("append");
     }
     store.close().await;
     let run = |script: &str| {

@@ -70,11 +70,14 @@ async fn wrong_expected_version_is_a_conflict_and_writes_nothing(h: Harness) {
             StoreError::Conflict { ref stream_id, expected: e, actual } => {
                 assert_eq!(stream_id, "s");
                 assert_eq!(actual, 3);
-                assert_eq!(Some(e), match expected {
-                    ExpectedVersion::Exact(v) => Some(v),
-                    ExpectedVersion::NoStream => Some(0),
-                    ExpectedVersion::Any => None,
-                });
+                assert_eq!(
+                    Some(e),
+                    match expected {
+                        ExpectedVersion::Exact(v) => Some(v),
+                        ExpectedVersion::NoStream => Some(0),
+                        ExpectedVersion::Any => None,
+                    }
+                );
                 assert!(err.is_conflict());
                 assert!(err.to_string().contains("nothing was written"), "{err}");
             }
@@ -156,8 +159,14 @@ async fn invalid_appends_are_refused_and_write_nothing(h: Harness) {
     bad_json.payload = "{not json".into();
     let cases: Vec<(Vec<StreamAppend>, &str)> = vec![
         (vec![], "no streams"),
-        (vec![StreamAppend { stream_id: "s".into(), expected: ExpectedVersion::NoStream, events: vec![] }], "no events"),
-        (vec![StreamAppend { stream_id: "".into(), expected: ExpectedVersion::NoStream, events: evs(0..1) }], "stream id"),
+        (
+            vec![StreamAppend { stream_id: "s".into(), expected: ExpectedVersion::NoStream, events: vec![] }],
+            "no events",
+        ),
+        (
+            vec![StreamAppend { stream_id: "".into(), expected: ExpectedVersion::NoStream, events: evs(0..1) }],
+            "stream id",
+        ),
         (
             vec![
                 StreamAppend { stream_id: "d".into(), expected: ExpectedVersion::NoStream, events: evs(0..1) },
@@ -249,7 +258,8 @@ async fn subscription_polls_writes_of_other_processes(h: Harness) {
     other.append("o", ExpectedVersion::NoStream, evs(0..3)).await.expect("other writes");
     let mut n = 0;
     while n < 3 {
-        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next_batch()).await.expect("in time").expect("batch");
+        let batch =
+            tokio::time::timeout(Duration::from_secs(10), sub.next_batch()).await.expect("in time").expect("batch");
         n += batch.len();
     }
     assert_eq!(n, 3);

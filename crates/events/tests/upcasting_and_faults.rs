@@ -5,9 +5,7 @@
 
 mod common;
 
-use cairn_events::{
-    DecodeError, Event, ExpectedVersion, Metadata, NewEvent, StepFailed, StoreErrorKind, Upcasters,
-};
+use cairn_events::{DecodeError, Event, ExpectedVersion, Metadata, NewEvent, StepFailed, StoreErrorKind, Upcasters};
 use common::Harness;
 use serde_json::json;
 
@@ -47,7 +45,9 @@ async fn unknown_and_newer_events_are_typed_errors(h: Harness) {
     let read = store.read_stream("run-x", 1).await.expect("read");
 
     let err = Event::decode(&read[0]).expect_err("unknown type");
-    assert!(matches!(err, DecodeError::UnknownEventType { ref event_type, ref at } if event_type == "FromTheFuture" && at.stream_version == 1));
+    assert!(
+        matches!(err, DecodeError::UnknownEventType { ref event_type, ref at } if event_type == "FromTheFuture" && at.stream_version == 1)
+    );
     assert!(err.to_string().contains("FromTheFuture") && err.to_string().contains("run-x"), "{err}");
 
     let err = Event::decode(&read[1]).expect_err("newer schema");
@@ -59,7 +59,10 @@ async fn unknown_and_newer_events_are_typed_errors(h: Harness) {
 }
 
 async fn database_schema_newer_than_the_binary_is_refused(h: Harness) {
-    h.store().append("s", ExpectedVersion::NoStream, vec![NewEvent::raw("X", 1, &json!({}), Metadata::default())]).await.expect("append");
+    h.store()
+        .append("s", ExpectedVersion::NoStream, vec![NewEvent::raw("X", 1, &json!({}), Metadata::default())])
+        .await
+        .expect("append");
     let checksum = if h.is_postgres() { "'\\x00'::bytea" } else { "x'00'" };
     h.exec(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (29991231000000, 'from a newer cairn', true, {checksum}, 0)"
@@ -126,7 +129,7 @@ async fn unopenable_sqlite_file_is_a_clear_error() {
     assert!(err.to_string().contains("garbage.db"), "{err}");
 
     let err = cairn_events::open("mysql://x@y/z").await.err().expect("unsupported");
-    assert!(err.to_string().contains("sqlite://") , "{err}");
+    assert!(err.to_string().contains("sqlite://"), "{err}");
     let err = cairn_events::open("sqlite://x.db?journal=off").await.err().expect("unknown param");
     assert!(err.to_string().contains("synchronous"), "{err}");
 }

@@ -37,7 +37,10 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 attempt: 1,
                 provider: "scripted".into(),
                 model: "demo".into(),
-                messages: vec![AiMessage { role: "user".into(), content: "Draft a post about durable workflows".into() }],
+                messages: vec![AiMessage {
+                    role: "user".into(),
+                    content: "Draft a post about durable workflows".into(),
+                }],
                 params: json!({ "structured_output": "json_schema" }),
             }),
             "engine",

@@ -5,7 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). When the server cannot be
 //! reached they are skipped with a message, except under `CI=true`, where
 //! they fail.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::large_enum_variant)]
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -44,9 +44,10 @@ impl Harness {
     /// unreachable outside CI.
     pub async fn postgres() -> Option<Harness> {
         let (opts, schema) = fresh_pg_schema().await?;
-        let store = PgStore::connect_with(opts.clone(), format!("test schema {schema}"), PgConfig { max_connections: 12 })
-            .await
-            .expect("connect to test schema");
+        let store =
+            PgStore::connect_with(opts.clone(), format!("test schema {schema}"), PgConfig { max_connections: 12 })
+                .await
+                .expect("connect to test schema");
         Some(Harness::Postgres { opts, schema, store })
     }
 
