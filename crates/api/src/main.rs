@@ -25,6 +25,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a workflow file to its end on the database and print its output.
+    Run(commands::run::Args),
+    /// Check workflow files; exit 1 listing every problem with file:line:column.
+    Validate(commands::validate::Args),
+    /// Print the JSON Schema of the workflow language.
+    Schema,
     /// Write a demo run to the log, read it back and verify the hash chain.
     Demo,
     /// Check the whole log: hash chains, stream versions, global positions.
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => commands::run::run(&cli.database, args).await,
+            Command::Validate(args) => commands::validate::run(args),
+            Command::Schema => commands::validate::schema(),
             Command::Demo => commands::demo::run(&cli.database).await,
             Command::Verify(args) => commands::verify::run(&cli.database, args).await,
             Command::Events(args) => commands::events::run(&cli.database, args).await,

@@ -1,3 +1,20 @@
-//! The write side of Cairn: the workflow language, validation, the pure
-//! decider and the durable runner. Depends on `cairn-events` only; it never
-//! reads a projection.
+//! The write side of Cairn: the workflow language, validation, templating,
+//! conditions, the pure decider and the durable runner.
+//!
+//! Depends on `cairn-events` only; it never reads a projection.
+//!
+//! Architecture invariant: the decider ([`decider`]) does no I/O, reads no
+//! clock and draws no random numbers: the same events and the same `now`
+//! always give the same decision, which is what makes replay exact.
+
+pub mod decider;
+pub mod expr;
+pub mod lang;
+pub mod model;
+pub mod runner;
+pub mod tasks;
+pub mod template;
+
+pub use model::{RetryPolicy, Step, StepKind, Target, Workflow};
+pub use runner::{Engine, RunError};
+pub use tasks::{TaskContext, TaskError, TaskHandler, TaskRegistry};

@@ -2,4 +2,6 @@
 
 pub mod demo;
 pub mod events;
+pub mod run;
+pub mod validate;
 pub mod verify;

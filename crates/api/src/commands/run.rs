@@ -1,0 +1,107 @@
+//! `cairn run FILE`: validate, publish, start and drive a run to its end.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_engine::decider::RunStatus;
+use cairn_engine::{Engine, TaskRegistry};
+use cairn_events::Event;
+use serde_json::Value;
+
+/// Arguments of `cairn run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The workflow file.
+    pub file: std::path::PathBuf,
+    /// An input, `name=value`; the value is parsed as JSON when it is JSON
+    /// (`count=3`, `tags=["a"]`) and taken as a string otherwise.
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+    /// A JSON file with the inputs (an object); `--input` values override it.
+    #[arg(long)]
+    pub input_file: Option<std::path::PathBuf>,
+}
+
+/// Parses `--input` and `--input-file` into one JSON object.
+pub fn parse_inputs(inputs: &[String], file: Option<&std::path::Path>) -> anyhow::Result<Value> {
+    let mut obj = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading input file {}", f.display()))?;
+            match serde_json::from_str::<Value>(&text).with_context(|| format!("{} is not JSON", f.display()))? {
+                Value::Object(m) => m,
+                _ => anyhow::bail!("{} must hold a JSON object of inputs", f.display()),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    for i in inputs {
+        let (k, v) = i.split_once('=').with_context(|| format!("`--input {i}` is not NAME=VALUE"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+        obj.insert(k.to_owned(), v);
+    }
+    Ok(Value::Object(obj))
+}
+
+/// Runs the command.
+pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
+    let source = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
+    let store = cairn_events::open(database).await?;
+    let engine = Engine::new(store, TaskRegistry::builtin());
+    let file = args.file.display().to_string();
+    let workflow = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
+        Ok(w) => w,
+        Err(d) => {
+            eprintln!("{d}");
+            eprintln!("{} problem(s); nothing was run", d.0.len());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    // Runs a crash interrupted continue first.
+    for run_id in engine.unfinished_runs().await? {
+        eprintln!("continuing interrupted run {run_id}");
+        let mut quiet = |_: &Event| {};
+        engine.drive(run_id, &mut quiet).await?;
+    }
+    let version = engine.publish(&workflow, "cli").await?;
+    let run_id = engine.start(&workflow, version, inputs, "cli").await?;
+    let tty = std::io::stderr().is_terminal();
+    eprintln!("run {run_id}: {} v{version}", workflow.name);
+    let mut progress = |e: &Event| progress_line(e, tty);
+    let state = engine.drive(run_id, &mut progress).await?;
+    match state.status {
+        RunStatus::Completed => {
+            println!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let (kind, message, step) =
+                state.error.unwrap_or_else(|| ("cancelled".into(), "the run was cancelled".into(), None));
+            eprintln!(
+                "run {run_id} failed{}: [{kind}] {message}",
+                step.map(|s| format!(" at step `{s}`")).unwrap_or_default()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn progress_line(e: &Event, tty: bool) {
+    let (mark, text) = match e {
+        Event::StepStarted(s) if s.attempt > 1 => ("…", format!("{} (attempt {})", s.step_id, s.attempt)),
+        Event::StepStarted(_) => return,
+        Event::StepCompleted(s) => ("✓", format!("{} ({} ms)", s.step_id, s.duration_ms)),
+        Event::StepFailed(s) => ("✗", format!("{} attempt {}: [{}] {}", s.step_id, s.attempt, s.error_kind, s.message)),
+        Event::RetryScheduled(r) => ("↻", format!("{} retry {} in {} ms", r.step_id, r.next_attempt, r.backoff_ms)),
+        Event::BranchTaken(b) => ("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)),
+        Event::RunCompleted(_) => ("●", "completed".to_owned()),
+        Event::RunFailed(f) => ("●", format!("failed: {}", f.message)),
+        _ => return,
+    };
+    if tty {
+        eprintln!("  \x1b[1m{mark}\x1b[0m {text}");
+    } else {
+        eprintln!("  {mark} {text}");
+    }
+}

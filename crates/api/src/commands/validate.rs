@@ -1,0 +1,58 @@
+//! `cairn validate FILE...` and `cairn schema`.
+
+use std::process::ExitCode;
+
+use cairn_engine::TaskRegistry;
+
+/// Arguments of `cairn validate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Workflow files.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// `text` (default) or `json` (one array of diagnostics).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+/// Runs `validate`: exit 0 when every file is valid, 1 otherwise.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let tasks = TaskRegistry::builtin();
+    let names = tasks.names();
+    let mut all = Vec::new();
+    for f in &args.files {
+        let file = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Err(e) => all.push(cairn_engine::lang::Diagnostic {
+                code: "io",
+                file,
+                line: 0,
+                column: 0,
+                message: format!("cannot read the file: {e}"),
+                help: None,
+            }),
+            Ok(src) => match cairn_engine::lang::parse(&src, &file, &names) {
+                Ok(_) => {
+                    if args.format == "text" {
+                        println!("{file}: valid");
+                    }
+                }
+                Err(d) => all.extend(d.0),
+            },
+        }
+    }
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for d in &all {
+            eprintln!("{d}");
+        }
+    }
+    Ok(if all.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Runs `schema`: prints the workflow language's JSON Schema.
+pub fn schema() -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&cairn_engine::lang::schema())?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,598 @@
+//! Turns a [`RawWorkflow`] into a validated [`Workflow`], finding every
+//! problem at once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
+use super::raw::{RawStep, RawWorkflow};
+use crate::expr::Condition;
+use crate::model::{RetryPolicy, Step, StepKind, Target, Workflow, parse_duration};
+use crate::template;
+
+/// Reserved target name that ends the run.
+pub const END: &str = "end";
+
+struct Ctx<'a> {
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn at<T>(&mut self, span: &Spanned<T>, code: &'static str, message: String, help: Option<String>) {
+        self.diags.push(Diagnostic {
+            code,
+            file: self.file.to_owned(),
+            line: span.referenced.line(),
+            column: span.referenced.column(),
+            message,
+            help,
+        });
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+}
+
+/// Compiles a parsed file. `tasks` are the task handler names available.
+pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
+    let mut cx = Ctx { file, diags: Vec::new() };
+    if !valid_ident(&raw.name.value) {
+        cx.at(
+            &raw.name,
+            "bad-name",
+            format!("workflow name `{}` is not valid", raw.name.value),
+            Some("use 1 to 64 letters, digits, `-` or `_`, starting with a letter".into()),
+        );
+    }
+    if raw.steps.is_empty() {
+        cx.at(
+            &raw.name,
+            "no-steps",
+            "the workflow has no steps".into(),
+            Some("add at least one step under `steps:`".into()),
+        );
+    }
+    if let Some(schema) = &raw.inputs
+        && !schema.is_object()
+    {
+        cx.at(
+            &raw.name,
+            "bad-schema",
+            "`inputs` must be a JSON Schema object".into(),
+            Some("for example `inputs: { type: object, properties: { topic: { type: string } } }`".into()),
+        );
+    }
+
+    // Ids: valid and unique.
+    let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
+    for s in &raw.steps {
+        let id = s.id.value.as_str();
+        if !valid_ident(id) || id == END {
+            cx.at(
+                &s.id,
+                "bad-step-id",
+                format!("step id `{id}` is not valid"),
+                Some("use 1 to 64 letters, digits, `-` or `_`, starting with a letter; `end` is reserved".into()),
+            );
+        }
+        if let Some(first) = seen.get(id) {
+            let line = first.referenced.line();
+            cx.at(
+                &s.id,
+                "duplicate-step",
+                format!("step id `{id}` is already used on line {line}"),
+                Some("give each step its own id".into()),
+            );
+        } else {
+            seen.insert(id, &s.id);
+        }
+    }
+    let ids: Vec<&str> = raw.steps.iter().map(|s| s.id.value.as_str()).collect();
+
+    let mut steps = Vec::new();
+    for (i, s) in raw.steps.iter().enumerate() {
+        let following = match ids.get(i + 1) {
+            Some(n) => Target::Step((*n).to_owned()),
+            None => Target::End,
+        };
+        if let Some(step) = compile_step(&mut cx, s, following, &ids, tasks) {
+            steps.push(step);
+        }
+    }
+
+    let workflow = Workflow {
+        name: raw.name.value.clone(),
+        description: raw.description.clone(),
+        inputs_schema: raw.inputs.clone(),
+        steps,
+        output: raw.output.clone(),
+        source: source.to_owned(),
+        definition_hash: hex::encode(Sha256::digest(source.as_bytes())),
+    };
+    if let Some(out) = &raw.output
+        && let Err(e) = template::check(out)
+    {
+        cx.at(&raw.name, "bad-template", format!("workflow output: {e}"), None);
+    }
+
+    if cx.diags.is_empty() {
+        check_graph(&mut cx, &raw, &workflow);
+    }
+    if cx.diags.is_empty() { Ok(workflow) } else { Err(Diagnostics(cx.diags)) }
+}
+
+fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Target> {
+    let name = span.value.as_str();
+    if name == END {
+        return Some(Target::End);
+    }
+    if ids.contains(&name) {
+        return Some(Target::Step(name.to_owned()));
+    }
+    let help = match did_you_mean(name, ids.iter().copied().chain([END])) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("known steps: {}; or `end`", ids.join(", ")),
+    };
+    cx.at(span, "unknown-step", format!("no step with id `{name}`"), Some(help));
+    None
+}
+
+fn condition(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<Condition> {
+    match Condition::compile(&span.value) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.at(
+                span,
+                "bad-expression",
+                format!("condition `{}` does not parse: {e}", span.value),
+                Some("conditions use CEL: `inputs.count > 3 && steps.check.output.ok`".into()),
+            );
+            None
+        }
+    }
+}
+
+fn duration(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<std::time::Duration> {
+    match parse_duration(&span.value) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.at(span, "bad-duration", e, None);
+            None
+        }
+    }
+}
+
+fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], tasks: &[&str]) -> Option<Step> {
+    let id = s.id.value.clone();
+    let kinds: Vec<&str> = [
+        s.task.as_ref().map(|_| "task"),
+        s.transform.as_ref().map(|_| "transform"),
+        s.branch.as_ref().map(|_| "branch"),
+        s.switch.as_ref().map(|_| "switch"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if kinds.len() != 1 {
+        let message = if kinds.is_empty() {
+            format!("step `{id}` does not say what it does")
+        } else {
+            format!("step `{id}` has {}; a step does one thing", kinds.join(" and "))
+        };
+        cx.at(
+            &s.id,
+            "step-kind",
+            message,
+            Some("give it exactly one of `task`, `transform`, `branch` or `switch`".into()),
+        );
+        return None;
+    }
+    if s.with_input.is_some() && s.task.is_none() {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has `with`, which only a `task` step takes"),
+            Some("remove `with`, or make the step a task".into()),
+        );
+    }
+    let jumps = s.branch.is_some() || s.switch.is_some();
+    if jumps && (s.next.is_some() || s.end) {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` is a {} and also has `next` or `end`", kinds[0]),
+            Some("a branch or switch chooses its own target; remove `next`/`end`".into()),
+        );
+    }
+    if s.next.is_some() && s.end {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has both `next` and `end: true`"),
+            Some("keep one".into()),
+        );
+    }
+    for (what, v) in [("with", &s.with_input), ("transform", &s.transform)] {
+        if let Some(v) = v
+            && let Err(e) = template::check(v)
+        {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `{what}`: {e}"), None);
+        }
+    }
+    let then = match (&s.next, s.end) {
+        (_, true) => Some(Target::End),
+        (Some(n), false) => target(cx, n, ids),
+        (None, false) => Some(following.clone()),
+    };
+
+    let kind = if let Some(handler) = &s.task {
+        if !tasks.contains(&handler.value.as_str()) {
+            let help = match did_you_mean(&handler.value, tasks.iter().copied()) {
+                Some(t) => format!("did you mean `{t}`?"),
+                None => format!("available task handlers: {}", tasks.join(", ")),
+            };
+            cx.at(handler, "unknown-task", format!("no task handler named `{}`", handler.value), Some(help));
+        }
+        Some(StepKind::Task { handler: handler.value.clone(), input: s.with_input.clone().unwrap_or(Value::Null) })
+    } else if let Some(t) = &s.transform {
+        Some(StepKind::Transform { output: t.clone() })
+    } else if let Some(b) = &s.branch {
+        let c = condition(cx, &b.condition);
+        let t = target(cx, &b.then, ids);
+        let o = match &b.otherwise {
+            Some(o) => target(cx, o, ids),
+            None => Some(following.clone()),
+        };
+        match (c, t, o) {
+            (Some(condition), Some(then), Some(otherwise)) => Some(StepKind::Branch { condition, then, otherwise }),
+            _ => None,
+        }
+    } else if let Some(sw) = &s.switch {
+        if sw.cases.is_empty() {
+            cx.at(
+                &s.id,
+                "empty-switch",
+                format!("switch `{id}` has no cases"),
+                Some("add `cases: [{ when: ..., goto: ... }]`".into()),
+            );
+        }
+        let mut cases = Vec::new();
+        let mut ok = true;
+        for c in &sw.cases {
+            match (condition(cx, &c.when), target(cx, &c.goto, ids)) {
+                (Some(cond), Some(t)) => cases.push((cond, t)),
+                _ => ok = false,
+            }
+        }
+        let default = match &sw.default {
+            Some(d) => target(cx, d, ids),
+            None => Some(following.clone()),
+        };
+        match (ok, default) {
+            (true, Some(default)) => Some(StepKind::Switch { cases, default }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+
+    let mut retry = RetryPolicy::default();
+    if let Some(r) = &s.retry {
+        retry.max_attempts = r.max_attempts.unwrap_or(3);
+        if retry.max_attempts == 0 {
+            cx.at(
+                &s.id,
+                "bad-retry",
+                format!("step `{id}`: `max_attempts` must be at least 1"),
+                Some("1 means no retry".into()),
+            );
+        }
+        if let Some(d) = r.initial_interval.as_ref().and_then(|d| duration(cx, d)) {
+            retry.initial_interval = d;
+        }
+        if let Some(d) = r.max_interval.as_ref().and_then(|d| duration(cx, d)) {
+            retry.max_interval = d;
+        }
+        if let Some(c) = r.backoff_coefficient {
+            if !(1.0..=100.0).contains(&c) {
+                cx.at(&s.id, "bad-retry", format!("step `{id}`: `backoff_coefficient` {c} is outside 1 to 100"), None);
+            }
+            retry.backoff_coefficient = c;
+        }
+        if let Some(j) = r.jitter {
+            if !(0.0..=1.0).contains(&j) {
+                cx.at(&s.id, "bad-retry", format!("step `{id}`: `jitter` {j} is outside 0 to 1"), None);
+            }
+            retry.jitter = j;
+        }
+        retry.non_retryable = r.non_retryable.clone();
+    }
+    let timeout = s.timeout.as_ref().and_then(|t| duration(cx, t));
+    if s.max_visits == Some(0) {
+        cx.at(&s.id, "bad-max-visits", format!("step `{id}`: `max_visits` must be at least 1"), None);
+    }
+    if let Some(c) = &s.output_contract
+        && !c.is_object()
+    {
+        cx.at(&s.id, "bad-schema", format!("step `{id}`: `output_contract` must be a JSON Schema object"), None);
+    }
+    Some(Step {
+        id,
+        kind: kind?,
+        then: then?,
+        retry,
+        timeout,
+        max_visits: s.max_visits,
+        output_contract: s.output_contract.clone(),
+    })
+}
+
+/// Successor step indices (`None` = end) of a step.
+fn successors(w: &Workflow, step: &Step) -> Vec<Option<usize>> {
+    let idx = |t: &Target| match t {
+        Target::End => None,
+        Target::Step(s) => w.steps.iter().position(|x| &x.id == s),
+    };
+    match &step.kind {
+        StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
+        StepKind::Switch { cases, default } => cases.iter().map(|(_, t)| idx(t)).chain([idx(default)]).collect(),
+        _ => vec![idx(&step.then)],
+    }
+}
+
+fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
+    let n = w.steps.len();
+    let end = n; // virtual exit node
+    let succ: Vec<Vec<usize>> =
+        w.steps.iter().map(|s| successors(w, s).into_iter().map(|t| t.unwrap_or(end)).collect()).collect();
+
+    // Reachability from the first step.
+    let mut reach = vec![false; n + 1];
+    let mut stack = vec![0usize];
+    while let Some(v) = stack.pop() {
+        if std::mem::replace(&mut reach[v], true) {
+            continue;
+        }
+        if v < n {
+            stack.extend(succ[v].iter().copied());
+        }
+    }
+    for (i, s) in raw.steps.iter().enumerate() {
+        if !reach[i] {
+            cx.at(
+                &s.id,
+                "unreachable-step",
+                format!("step `{}` can never run: no path from the first step reaches it", s.id.value),
+                Some("jump to it with `next`, a branch or a switch, or remove it".into()),
+            );
+        }
+    }
+
+    // Loops must be bounded: every cycle needs a step with max_visits.
+    let reaches = |from: usize, to: usize| -> bool {
+        let mut seen = vec![false; n + 1];
+        let mut st = succ[from].clone();
+        while let Some(v) = st.pop() {
+            if v == to {
+                return true;
+            }
+            if v < n && !std::mem::replace(&mut seen[v], true) {
+                st.extend(succ[v].iter().copied());
+            }
+        }
+        false
+    };
+    let mut reported: HashSet<usize> = HashSet::new();
+    for v in 0..n {
+        if !reach[v] || reported.contains(&v) || !reaches(v, v) {
+            continue;
+        }
+        let cycle: Vec<usize> = (0..n).filter(|&u| u == v || (reaches(v, u) && reaches(u, v))).collect();
+        reported.extend(cycle.iter().copied());
+        if cycle.iter().all(|&u| w.steps[u].max_visits.is_none()) {
+            let names: Vec<&str> = cycle.iter().map(|&u| w.steps[u].id.as_str()).collect();
+            cx.at(
+                &raw.steps[v].id,
+                "unbounded-loop",
+                format!(
+                    "steps {} form a loop with no bound",
+                    names.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                ),
+                Some(format!("add `max_visits: N` to one of them, e.g. to `{}`", names[0])),
+            );
+        }
+    }
+
+    // Dominators: the steps every path from the start passes through.
+    let all: BTreeSet<usize> = (0..=n).collect();
+    let mut dom: Vec<BTreeSet<usize>> = (0..=n).map(|v| if v == 0 { [0].into() } else { all.clone() }).collect();
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+    for (v, ss) in succ.iter().enumerate() {
+        if reach[v] {
+            for &s in ss {
+                preds[s].push(v);
+            }
+        }
+    }
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for v in 1..=n {
+            if !reach[v] {
+                continue;
+            }
+            let mut new: Option<BTreeSet<usize>> = None;
+            for &p in &preds[v] {
+                new = Some(match new {
+                    None => dom[p].clone(),
+                    Some(acc) => acc.intersection(&dom[p]).copied().collect(),
+                });
+            }
+            let mut new = new.unwrap_or_default();
+            new.insert(v);
+            if new != dom[v] {
+                dom[v] = new;
+                changed = true;
+            }
+        }
+    }
+
+    // References in templates and conditions.
+    let index: HashMap<&str, usize> = w.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let input_props: Option<Vec<String>> = w
+        .inputs_schema
+        .as_ref()
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect());
+    let check_refs = |cx: &mut Ctx<'_>, at: &Spanned<String>, user: Option<usize>, text: &str| {
+        for r in references(text) {
+            match r {
+                Ref::Input(name) => {
+                    if let Some(props) = &input_props
+                        && !props.contains(&name)
+                    {
+                        let help = did_you_mean(&name, props.iter().map(String::as_str))
+                            .map(|s| format!("did you mean `inputs.{s}`?"));
+                        cx.at(
+                            at,
+                            "unknown-input",
+                            format!("`inputs.{name}` is not declared in the workflow's `inputs` schema"),
+                            help.or(Some("declare it under `inputs.properties`".into())),
+                        );
+                    }
+                }
+                Ref::Step { step, field } => {
+                    let Some(&target) = index.get(step.as_str()) else {
+                        let help =
+                            did_you_mean(&step, index.keys().copied()).map(|s| format!("did you mean `steps.{s}`?"));
+                        cx.at(at, "unknown-step-reference", format!("`steps.{step}` refers to no step"), help);
+                        continue;
+                    };
+                    let user_node = user.unwrap_or(end);
+                    if user == Some(target) {
+                        cx.at(
+                            at,
+                            "self-reference",
+                            format!("step `{step}` refers to its own output"),
+                            Some("a step's output exists only after it completes".into()),
+                        );
+                    } else if !dom[user_node].contains(&target) {
+                        let whom = user
+                            .map(|u| format!("step `{}`", w.steps[u].id))
+                            .unwrap_or_else(|| "the workflow output".into());
+                        cx.at(at, "maybe-not-run", format!("{whom} uses `steps.{step}`, but `{step}` does not run on every path to it"), Some(format!("move the reference after a point every path passes, or guard it: `steps.{step}.output if 'steps.{step}' is defined`")));
+                    }
+                    if let (Some(field), Some(props)) = (
+                        field,
+                        w.steps[target]
+                            .output_contract
+                            .as_ref()
+                            .and_then(|c| c.get("properties"))
+                            .and_then(Value::as_object),
+                    ) && !props.contains_key(&field)
+                    {
+                        let help = did_you_mean(&field, props.keys().map(String::as_str))
+                            .map(|s| format!("did you mean `{s}`?"));
+                        cx.at(at, "unknown-output-field", format!("`steps.{step}.output.{field}`: the output contract of `{step}` declares no field `{field}`"), help.or(Some(format!("declared fields: {}", props.keys().cloned().collect::<Vec<_>>().join(", ")))));
+                    }
+                }
+            }
+        }
+    };
+    for (i, (s, rs)) in w.steps.iter().zip(&raw.steps).enumerate() {
+        let mut texts: Vec<(&Spanned<String>, String)> = Vec::new();
+        match &s.kind {
+            StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
+            StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
+            StepKind::Branch { .. } | StepKind::Switch { .. } => {}
+        }
+        if let Some(b) = &rs.branch {
+            texts.push((&b.condition, b.condition.value.clone()));
+        }
+        if let Some(sw) = &rs.switch {
+            for c in &sw.cases {
+                texts.push((&c.when, c.when.value.clone()));
+            }
+        }
+        for (at, t) in texts {
+            check_refs(cx, at, Some(i), &t);
+        }
+    }
+    if let Some(out) = &w.output {
+        let mut texts = Vec::new();
+        collect_strings(out, &raw.name, &mut texts);
+        for (at, t) in texts {
+            check_refs(cx, at, None, &t);
+        }
+    }
+}
+
+fn collect_strings<'a>(v: &Value, at: &'a Spanned<String>, out: &mut Vec<(&'a Spanned<String>, String)>) {
+    let _ = template::walk_strings::<()>(v, &mut |s| {
+        out.push((at, s.to_owned()));
+        Ok(())
+    });
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ref {
+    Input(String),
+    Step { step: String, field: Option<String> },
+}
+
+fn ident_at(s: &str) -> &str {
+    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Finds `inputs.NAME` and `steps.ID[.output.FIELD]` in a template or condition.
+fn references(text: &str) -> Vec<Ref> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let boundary =
+        |i: usize| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+    for (i, _) in text.match_indices("inputs.") {
+        if boundary(i) {
+            let name = ident_at(&text[i + 7..]);
+            if !name.is_empty() {
+                out.push(Ref::Input(name.to_owned()));
+            }
+        }
+    }
+    for (i, _) in text.match_indices("steps.") {
+        if !boundary(i) {
+            continue;
+        }
+        let rest = &text[i + 6..];
+        let step = ident_at(rest);
+        if step.is_empty() {
+            continue;
+        }
+        let after = &rest[step.len()..];
+        let field = after.strip_prefix(".output.").map(ident_at).filter(|f| !f.is_empty()).map(str::to_owned);
+        out.push(Ref::Step { step: step.to_owned(), field });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_references() {
+        assert_eq!(
+            references("{{ steps.draft.output.title }} and inputs.topic, mysteps.x"),
+            vec![Ref::Input("topic".into()), Ref::Step { step: "draft".into(), field: Some("title".into()) }]
+        );
+    }
+}

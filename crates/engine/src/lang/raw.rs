@@ -1,0 +1,148 @@
+//! The workflow file as written: plain serde structs that mirror the YAML,
+//! with source locations on the nodes diagnostics point at. Nothing outside
+//! `lang` sees these; `compile` turns them into a [`crate::Workflow`].
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+/// A workflow file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    /// Workflow name: letters, digits, `-` and `_`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// What the workflow does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema of the run's inputs; `default`s in its properties fill
+    /// missing inputs.
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// The steps, run in the order listed unless a step jumps.
+    pub steps: Vec<RawStep>,
+    /// The run's output: a template over `inputs` and `steps`. Defaults to
+    /// the output of the last step that ran.
+    #[serde(default)]
+    pub output: Option<Value>,
+}
+
+/// One step. Exactly one of `task`, `transform`, `branch` and `switch` says
+/// what it does.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Unique step id: letters, digits, `-` and `_`.
+    #[schemars(with = "String")]
+    pub id: Spanned<String>,
+    /// What the step is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Run a native task handler by name (built in: `echo`, `log`, `fail`,
+    /// `increment`; an embedding program registers its own).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub task: Option<Spanned<String>>,
+    /// The task's input: a template.
+    #[serde(default, rename = "with")]
+    pub with_input: Option<Value>,
+    /// Compute an output from a template, with no side effect.
+    #[serde(default)]
+    pub transform: Option<Value>,
+    /// Jump on a condition.
+    #[serde(default)]
+    pub branch: Option<RawBranch>,
+    /// Jump to the first case whose condition holds.
+    #[serde(default)]
+    pub switch: Option<RawSwitch>,
+    /// Retry policy for failed attempts.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Longest an attempt may take, e.g. `30s`, `5m`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// The step to go to after this one (instead of the next listed).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub next: Option<Spanned<String>>,
+    /// End the run after this step.
+    #[serde(default)]
+    pub end: bool,
+    /// How often the step may run in one run; required on every loop.
+    #[serde(default)]
+    pub max_visits: Option<u32>,
+    /// JSON Schema the step's output must satisfy; references to
+    /// `steps.<id>.output.<field>` are checked against its properties.
+    #[serde(default)]
+    pub output_contract: Option<Value>,
+}
+
+/// `branch: { if, then, else }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranch {
+    /// A condition over `inputs` and `steps`.
+    #[serde(rename = "if")]
+    #[schemars(with = "String")]
+    pub condition: Spanned<String>,
+    /// Step to go to when it holds (`end` ends the run).
+    #[schemars(with = "String")]
+    pub then: Spanned<String>,
+    /// Step to go to otherwise; the next listed step when absent.
+    #[serde(default, rename = "else")]
+    #[schemars(with = "Option<String>")]
+    pub otherwise: Option<Spanned<String>>,
+}
+
+/// `switch: { cases: [{ when, goto }], default }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwitch {
+    /// Checked in order; the first that holds decides.
+    pub cases: Vec<RawCase>,
+    /// Step to go to when no case holds; the next listed step when absent.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub default: Option<Spanned<String>>,
+}
+
+/// One case of a switch.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCase {
+    /// A condition.
+    #[schemars(with = "String")]
+    pub when: Spanned<String>,
+    /// Step to go to (`end` ends the run).
+    #[schemars(with = "String")]
+    pub goto: Spanned<String>,
+}
+
+/// Retry policy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, including the first (default 3).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Wait before the second attempt (default `1s`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub initial_interval: Option<Spanned<String>>,
+    /// Each wait is the previous one times this (default 2.0).
+    #[serde(default)]
+    pub backoff_coefficient: Option<f64>,
+    /// Longest wait (default `5m`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub max_interval: Option<Spanned<String>>,
+    /// Fraction of each wait that is randomised, 0 to 1 (default 0.1).
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// Error kinds that are never retried.
+    #[serde(default)]
+    pub non_retryable: Vec<String>,
+}

@@ -1,0 +1,206 @@
+//! The compiled, validated workflow the engine runs. Built only by
+//! [`crate::lang::compile`]; nothing here can be malformed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::expr::Condition;
+
+/// A validated workflow definition.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// JSON Schema of the inputs.
+    pub inputs_schema: Option<Value>,
+    /// Steps in listed order; the first is where a run starts.
+    pub steps: Vec<Step>,
+    /// Output template, if any.
+    pub output: Option<Value>,
+    /// The source text it was compiled from.
+    pub source: String,
+    /// SHA-256 of the source, hex.
+    pub definition_hash: String,
+}
+
+impl Workflow {
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// Applies input defaults from the inputs schema's properties.
+    pub fn inputs_with_defaults(&self, given: &Value) -> Value {
+        let mut out = match given {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        if let Some(props) = self.inputs_schema.as_ref().and_then(|s| s.get("properties")).and_then(Value::as_object) {
+            for (k, p) in props {
+                if let (false, Some(d)) = (out.contains_key(k), p.get("default")) {
+                    out.insert(k.clone(), d.clone());
+                }
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// Where control goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// To the step with this id.
+    Step(String),
+    /// The run ends.
+    End,
+}
+
+impl Target {
+    /// The step id, or `end`.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Step(s) => s,
+            Target::End => "end",
+        }
+    }
+}
+
+/// One step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Id.
+    pub id: String,
+    /// What it does.
+    pub kind: StepKind,
+    /// Where control goes after it completes (branches and switches decide
+    /// for themselves).
+    pub then: Target,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Attempt timeout.
+    pub timeout: Option<Duration>,
+    /// Most visits in one run.
+    pub max_visits: Option<u32>,
+    /// JSON Schema of the output.
+    pub output_contract: Option<Value>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// A native handler; its input is a template.
+    Task {
+        /// Handler name.
+        handler: String,
+        /// Input template.
+        input: Value,
+    },
+    /// A pure computation of the output from a template.
+    Transform {
+        /// Output template.
+        output: Value,
+    },
+    /// If/else.
+    Branch {
+        /// The condition.
+        condition: Condition,
+        /// Target when it holds.
+        then: Target,
+        /// Target otherwise.
+        otherwise: Target,
+    },
+    /// First matching case.
+    Switch {
+        /// Conditions and targets, in order.
+        cases: Vec<(Condition, Target)>,
+        /// Target when none holds.
+        default: Target,
+    },
+}
+
+impl StepKind {
+    /// Whether the step runs an effect outside the engine (and so is
+    /// recorded as started before it runs).
+    pub fn has_effect(&self) -> bool {
+        matches!(self, StepKind::Task { .. })
+    }
+
+    /// The kind's name in the language.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Task { .. } => "task",
+            StepKind::Transform { .. } => "transform",
+            StepKind::Branch { .. } => "branch",
+            StepKind::Switch { .. } => "switch",
+        }
+    }
+}
+
+/// When and how often a failed attempt is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// First wait.
+    pub initial_interval: Duration,
+    /// Growth factor.
+    pub backoff_coefficient: f64,
+    /// Longest wait.
+    pub max_interval: Duration,
+    /// Randomised fraction of each wait, 0..=1.
+    pub jitter: f64,
+    /// Error kinds never retried.
+    pub non_retryable: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            initial_interval: Duration::from_secs(1),
+            backoff_coefficient: 2.0,
+            max_interval: Duration::from_secs(300),
+            jitter: 0.1,
+            non_retryable: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next_attempt` (2, 3, …), with jitter drawn
+    /// from `seed` so the decision is reproducible on replay.
+    pub fn backoff(&self, next_attempt: u32, seed: u64) -> Duration {
+        let exp = i32::try_from(next_attempt.saturating_sub(2)).unwrap_or(i32::MAX);
+        let base = self.initial_interval.as_secs_f64() * self.backoff_coefficient.powi(exp);
+        let base = base.min(self.max_interval.as_secs_f64());
+        // seed → [-1, 1)
+        let unit = (seed % 2_000_001) as f64 / 1_000_000.0 - 1.0;
+        let secs = (base * (1.0 + self.jitter * unit)).max(0.0);
+        Duration::from_secs_f64(secs)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 =
+        num.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `30s`, `5m`, `2h`, `1d`"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        "" => return Err(format!("`{s}` has no unit; write e.g. `{s}s` for seconds")),
+        u => return Err(format!("unknown unit `{u}` in `{s}`; use ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("`{s}` is out of range (0 to 10 years)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}

@@ -1,0 +1,297 @@
+//! The durable runner: loads a run's events, folds them, asks the decider,
+//! performs the decision and appends the outcome with the expected version.
+//! `StepStarted` is recorded before an effect and the outcome after it; after
+//! a crash an attempt with no outcome runs again (effects at-least-once,
+//! recorded outcomes exactly once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_events::{
+    Event, EventStore, ExpectedVersion, Metadata, NewEvent, RunCancelled, RunStarted, StepCompleted, StepFailed,
+    StoreError, WorkflowVersionPublished,
+};
+use chrono::Utc;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::decider::{Decision, RunState, decide, evolve};
+use crate::lang;
+use crate::model::Workflow;
+use crate::tasks::{TaskContext, TaskRegistry};
+
+/// Errors of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] cairn_events::DecodeError),
+    /// No such run.
+    #[error("no run with id {0}")]
+    UnknownRun(Uuid),
+    /// The pinned definition is missing or no longer compiles.
+    #[error("workflow `{name}` version {version}: {message}")]
+    Definition {
+        /// Workflow.
+        name: String,
+        /// Version.
+        version: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// The run cannot be changed in its state.
+    #[error("run {run_id} is {status}: {message}")]
+    InvalidState {
+        /// Run.
+        run_id: Uuid,
+        /// Its status.
+        status: String,
+        /// What to do instead.
+        message: String,
+    },
+}
+
+/// Receives every event the runner appends, for progress displays.
+pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
+
+/// Runs workflows durably against an event store.
+pub struct Engine {
+    store: Arc<dyn EventStore>,
+    tasks: TaskRegistry,
+    definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    actor: String,
+}
+
+impl Engine {
+    /// An engine over `store` with these task handlers.
+    pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
+        Engine { store, tasks, definitions: Mutex::new(HashMap::new()), actor: "engine".into() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The task handler names, for validation.
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.names()
+    }
+
+    /// Publishes a definition as a new version of its workflow unless the
+    /// latest version has the same source; returns the version.
+    pub async fn publish(&self, w: &Workflow, by: &str) -> Result<u32, RunError> {
+        let stream = cairn_events::workflow_stream(&w.name);
+        let events = self.store.read_stream(&stream, 1).await?;
+        let mut latest: Option<WorkflowVersionPublished> = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)? {
+                latest = Some(p);
+            }
+        }
+        if let Some(l) = &latest
+            && l.definition_hash == w.definition_hash
+        {
+            return Ok(l.version);
+        }
+        let version = latest.map(|l| l.version + 1).unwrap_or(1);
+        let event = Event::WorkflowVersionPublished(WorkflowVersionPublished {
+            name: w.name.clone(),
+            version,
+            definition_hash: w.definition_hash.clone(),
+            source: w.source.clone(),
+            published_by: by.to_owned(),
+        });
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(events.len() as u64),
+                vec![NewEvent::from_event(&event, Metadata::by(by))],
+            )
+            .await?;
+        self.definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((w.name.clone(), version), Arc::new(w.clone()));
+        Ok(version)
+    }
+
+    /// The definition a run is pinned to, compiled from the stored source.
+    pub async fn definition(&self, name: &str, version: u32) -> Result<Arc<Workflow>, RunError> {
+        if let Some(w) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&(name.to_owned(), version)) {
+            return Ok(w.clone());
+        }
+        let err = |message: String| RunError::Definition { name: name.to_owned(), version, message };
+        let events = self.store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
+        let mut source = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)?
+                && p.version == version
+            {
+                source = Some(p.source);
+            }
+        }
+        let source = source.ok_or_else(|| err("this version was never published".into()))?;
+        let w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
+            .map_err(|d| err(format!("no longer compiles: {d}")))?;
+        let w = Arc::new(w);
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
+        Ok(w)
+    }
+
+    /// Starts a run of a published version; returns its id.
+    pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
+        let run_id = Uuid::now_v7();
+        let event = Event::RunStarted(RunStarted {
+            run_id,
+            workflow: w.name.clone(),
+            workflow_version: version,
+            definition_hash: w.definition_hash.clone(),
+            inputs: w.inputs_with_defaults(&inputs),
+            started_by: started_by.to_owned(),
+            idempotency_key: None,
+            parent: None,
+            fork_of: None,
+        });
+        self.store
+            .append(
+                &cairn_events::run_stream(run_id),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::from_event(&event, Metadata::by(started_by))],
+            )
+            .await?;
+        Ok(run_id)
+    }
+
+    /// The folded state of a run.
+    pub async fn state(&self, run_id: Uuid) -> Result<RunState, RunError> {
+        let events = self.store.read_stream(&cairn_events::run_stream(run_id), 1).await?;
+        if events.is_empty() {
+            return Err(RunError::UnknownRun(run_id));
+        }
+        let mut s = RunState::default();
+        for e in &events {
+            s = evolve(s, &Event::decode(e)?);
+        }
+        Ok(s)
+    }
+
+    /// Cancels a running run.
+    pub async fn cancel(&self, run_id: Uuid, by: &str, reason: Option<String>) -> Result<(), RunError> {
+        let s = self.state(run_id).await?;
+        if s.status.is_terminal() {
+            return Err(RunError::InvalidState {
+                run_id,
+                status: format!("{:?}", s.status).to_lowercase(),
+                message: "only a running run can be cancelled".into(),
+            });
+        }
+        let e = Event::RunCancelled(RunCancelled { by: by.to_owned(), reason });
+        self.store
+            .append(
+                &cairn_events::run_stream(run_id),
+                ExpectedVersion::Exact(s.version),
+                vec![NewEvent::from_event(&e, Metadata::by(by))],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drives a run until it ends, sleeping through retry waits. Safe to call
+    /// for a run another process also drives: the expected version decides
+    /// who records each outcome, and the loser re-reads.
+    pub async fn drive(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+        let stream = cairn_events::run_stream(run_id);
+        let mut state = self.state(run_id).await?;
+        let w = self.definition(&state.workflow, state.workflow_version).await?;
+        loop {
+            let events = match decide(&w, &state, Utc::now()) {
+                Decision::Done => return Ok(state),
+                Decision::WaitUntil(t) => {
+                    let wait = (t - Utc::now()).to_std().unwrap_or_default();
+                    // Re-read at least every second so a cancel is noticed.
+                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))).await;
+                    state = self.state(run_id).await?;
+                    continue;
+                }
+                Decision::Append(events) => events,
+                Decision::Execute { step_id, attempt, handler, input, timeout } => {
+                    let ctx = TaskContext { run_id, step_id: step_id.clone(), attempt };
+                    let started = Instant::now();
+                    let outcome = match self.tasks.get(&handler) {
+                        None => Err(crate::tasks::TaskError {
+                            kind: "unknown-task".into(),
+                            message: format!("no task handler named `{handler}` in this process"),
+                            retryable: false,
+                        }),
+                        Some(h) => {
+                            let fut = h.call(input, ctx);
+                            match timeout {
+                                Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                                    Err(crate::tasks::TaskError {
+                                        kind: "timeout".into(),
+                                        message: format!("attempt took longer than {t:?}"),
+                                        retryable: true,
+                                    })
+                                }),
+                                None => fut.await,
+                            }
+                        }
+                    };
+                    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    vec![match outcome {
+                        Ok(output) => Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms }),
+                        Err(e) => Event::StepFailed(StepFailed {
+                            step_id,
+                            attempt,
+                            error_kind: e.kind,
+                            message: e.message,
+                            retryable: e.retryable,
+                        }),
+                    }]
+                }
+            };
+            let new: Vec<NewEvent> =
+                events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
+            match self.store.append(&stream, ExpectedVersion::Exact(state.version), new).await {
+                Ok(_) => {
+                    for e in &events {
+                        observer(e);
+                        state = evolve(state, e);
+                    }
+                }
+                Err(e) if e.is_conflict() => state = self.state(run_id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs that started and have not ended, oldest first.
+    pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
+        let mut open: Vec<Uuid> = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = self.store.read_all(from, 2000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.global_position + 1;
+            for e in &page {
+                match e.event_type.as_str() {
+                    "RunStarted" => {
+                        if let Some(id) = e.stream_id.strip_prefix("run-").and_then(|s| s.parse().ok()) {
+                            open.push(id);
+                        }
+                    }
+                    "RunCompleted" | "RunFailed" | "RunCancelled" => {
+                        open.retain(|id| e.stream_id != cairn_events::run_stream(*id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(open)
+    }
+}

@@ -1,0 +1,142 @@
+//! Native task handlers: Cairn's activities. An embedding program registers
+//! its own with [`TaskRegistry::register`]; the built-ins are `echo`, `log`,
+//! `fail`, `increment` and `sleep`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// What a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: String,
+    /// The attempt, from 1.
+    pub attempt: u32,
+}
+
+impl TaskContext {
+    /// A key that is the same for every execution of this attempt (a retry
+    /// of the same attempt after a crash reuses it): send it to services as
+    /// an idempotency key.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}:{}", self.run_id, self.step_id, self.attempt)
+    }
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct TaskError {
+    /// Stable kind, matched by `retry.non_retryable`.
+    pub kind: String,
+    /// Message.
+    pub message: String,
+    /// Whether a retry may help.
+    pub retryable: bool,
+}
+
+/// A native step implementation.
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs one attempt.
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>>;
+}
+
+impl<F> TaskHandler for F
+where
+    F: Fn(Value, TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync + 'static,
+{
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+        self(input, ctx)
+    }
+}
+
+/// The handlers a runner can call, by name.
+#[derive(Clone, Default)]
+pub struct TaskRegistry {
+    handlers: BTreeMap<String, Arc<dyn TaskHandler>>,
+}
+
+impl std::fmt::Debug for TaskRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl TaskRegistry {
+    /// The built-in handlers.
+    pub fn builtin() -> Self {
+        let mut r = TaskRegistry::default();
+        r.register("echo", |input: Value, _ctx| -> BoxFuture<'static, _> { Box::pin(async move { Ok(input) }) });
+        r.register("log", |input: Value, ctx: TaskContext| -> BoxFuture<'static, _> {
+            Box::pin(async move {
+                let msg = input
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| input.to_string());
+                tracing::info!(step = %ctx.step_id, "{msg}");
+                Ok(input)
+            })
+        });
+        r.register("fail", fail);
+        r.register("increment", |input: Value, _ctx| -> BoxFuture<'static, _> {
+            Box::pin(async move {
+                let mut out = input;
+                let n = out.get("counter").and_then(Value::as_i64).unwrap_or(0);
+                match out.as_object_mut() {
+                    Some(o) => {
+                        o.insert("counter".into(), json!(n + 1));
+                    }
+                    None => out = json!({ "counter": n + 1 }),
+                }
+                Ok(out)
+            })
+        });
+        r.register("sleep", |input: Value, _ctx| -> BoxFuture<'static, _> {
+            Box::pin(async move {
+                let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({ "slept_ms": ms }))
+            })
+        });
+        r
+    }
+
+    /// Adds or replaces a handler.
+    pub fn register(&mut self, name: &str, handler: impl TaskHandler) {
+        self.handlers.insert(name.to_owned(), Arc::new(handler));
+    }
+
+    /// The handler with this name.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn TaskHandler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    /// Names of all handlers, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.handlers.keys().map(String::as_str).collect()
+    }
+}
+
+/// `fail`: fails with `{kind, message, retryable}` while the attempt is below
+/// `succeed_on_attempt` (always, when absent); then returns `{attempt}`.
+fn fail(input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
+    Box::pin(async move {
+        let succeed_on = input.get("succeed_on_attempt").and_then(Value::as_u64);
+        if succeed_on.is_some_and(|n| u64::from(ctx.attempt) >= n) {
+            return Ok(json!({ "attempt": ctx.attempt }));
+        }
+        Err(TaskError {
+            kind: input.get("kind").and_then(Value::as_str).unwrap_or("task.failed").to_owned(),
+            message: input.get("message").and_then(Value::as_str).unwrap_or("the fail task failed as asked").to_owned(),
+            retryable: input.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+        })
+    })
+}
