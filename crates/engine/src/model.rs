@@ -199,7 +199,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(format!("`{s}` has no unit; write e.g. `{s}s` for seconds")),
         u => return Err(format!("unknown unit `{u}` in `{s}`; use ms, s, m, h or d")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("`{s}` is out of range (0 to 10 years)"));
     }
     Ok(Duration::from_secs_f64(secs))

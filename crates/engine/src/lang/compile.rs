@@ -391,8 +391,8 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
         false
     };
     let mut reported: HashSet<usize> = HashSet::new();
-    for v in 0..n {
-        if !reach[v] || reported.contains(&v) || !reaches(v, v) {
+    for (v, reachable) in reach.iter().enumerate().take(n) {
+        if !reachable || reported.contains(&v) || !reaches(v, v) {
             continue;
         }
         let cycle: Vec<usize> = (0..n).filter(|&u| u == v || (reaches(v, u) && reaches(u, v))).collect();
