@@ -19,6 +19,7 @@ mod rows;
 pub mod sqlite;
 mod store;
 mod subscription;
+pub mod testing;
 mod upcast;
 mod verify;
 

@@ -1,31 +1,15 @@
 //! Test harness shared by the event store tests: a fresh SQLite file or a
-//! fresh PostgreSQL schema per test.
-//!
-//! PostgreSQL tests read `CAIRN_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`). When the server cannot be
-//! reached they are skipped with a message, except under `CI=true`, where
-//! they fail.
+//! fresh PostgreSQL schema per test (see `cairn_events::testing`).
 #![allow(dead_code, missing_docs, clippy::large_enum_variant)]
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 
+use cairn_events::EventStore;
 use cairn_events::postgres::{PgConfig, PgStore};
 use cairn_events::sqlite::{SqliteConfig, SqliteStore};
-use cairn_events::{EventStore, redact_url};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
-
-pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-pub fn pg_url() -> String {
-    std::env::var("CAIRN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
-}
-
-pub fn under_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
-}
+use sqlx::{AssertSqlSafe, Executor};
 
 pub enum Harness {
     Sqlite { dir: tempfile::TempDir, path: PathBuf, store: Arc<SqliteStore> },
@@ -109,34 +93,7 @@ impl Harness {
     }
 }
 
-/// Creates a fresh schema and returns options whose search_path is it.
-/// Drops test schemas older than an hour left by earlier runs.
-pub async fn fresh_pg_schema() -> Option<(PgConnectOptions, String)> {
-    let url = pg_url();
-    let mut conn = match PgConnection::connect(&url).await {
-        Ok(c) => c,
-        Err(e) if under_ci() => panic!("PostgreSQL at {} is unreachable and CI=true: {e}", redact_url(&url)),
-        Err(e) => {
-            eprintln!("SKIPPED: PostgreSQL at {} is unreachable ({e}); set CAIRN_TEST_POSTGRES_URL", redact_url(&url));
-            return None;
-        }
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let stale: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'cairn\\_t\\_%' AND split_part(nspname, '_', 3)::bigint < $1",
-    )
-    .bind((now - 3600) as i64)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap_or_default();
-    for s in stale {
-        let _ = conn.execute(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {s} CASCADE"))).await;
-    }
-    let schema = format!("cairn_t_{now}_{}", uuid::Uuid::now_v7().simple());
-    conn.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.expect("create schema");
-    let opts = PgConnectOptions::from_str(&url).expect("parse url").options([("search_path", schema.as_str())]);
-    Some((opts, schema))
-}
+pub use cairn_events::testing::fresh_pg_schema;
 
 /// Generates one `#[tokio::test]` per backend for each named async fn taking
 /// a [`Harness`].

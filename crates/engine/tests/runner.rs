@@ -1,0 +1,247 @@
+//! The durable runner against real stores (SQLite and PostgreSQL): retries,
+//! timeouts, cancel, pinned versions, crash recovery, concurrent drivers,
+//! custom task handlers.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cairn_engine::decider::RunStatus;
+use cairn_engine::{Engine, TaskContext, TaskError, TaskRegistry};
+use cairn_events::{Event, EventStore, ExpectedVersion, Metadata, NewEvent, StepStarted};
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn EventStore>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store =
+        cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
+    (dir, store)
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite().await;
+                    super::$name(store).await
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(store) = cairn_events::testing::pg_store().await else { return };
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
+
+fn engine(store: &Arc<dyn EventStore>) -> Engine {
+    Engine::new(store.clone(), TaskRegistry::builtin())
+}
+
+async fn run(engine: &Engine, src: &str, inputs: Value) -> (uuid::Uuid, cairn_engine::decider::RunState) {
+    let w = cairn_engine::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
+    let v = engine.publish(&w, "test").await.expect("publish");
+    let id = engine.start(&w, v, inputs, "test").await.expect("start");
+    let mut quiet = |_: &Event| {};
+    let state = engine.drive(id, &mut quiet).await.expect("drive");
+    (id, state)
+}
+
+async fn events(store: &Arc<dyn EventStore>, id: uuid::Uuid) -> Vec<Event> {
+    store
+        .read_stream(&cairn_events::run_stream(id), 1)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| Event::decode(e).expect("decode"))
+        .collect()
+}
+
+fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| f(e)).count()
+}
+
+async fn retries_until_success_and_records_every_attempt(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = include_str!("../../../examples/branch-on-input.yaml");
+    let (id, state) = run(&e, src, json!({ "total": 250 })).await;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
+    assert_eq!(state.output, Some(json!({ "customer": "ada", "charged": 300.0 })));
+    let evs = events(&store, id).await;
+    let failures = count(&evs, |e| matches!(e, Event::StepFailed(f) if f.step_id == "standard"));
+    let retries = count(&evs, |e| matches!(e, Event::RetryScheduled(_)));
+    assert_eq!((failures, retries), (2, 2));
+    assert_eq!(count(&evs, |e| matches!(e, Event::BranchTaken(_))), 2);
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
+
+async fn a_slow_attempt_times_out_and_fails_the_run(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = "name: slow\nsteps:\n  - id: wait\n    task: sleep\n    with: { ms: 5000 }\n    timeout: 50ms\n    retry: { max_attempts: 2, initial_interval: 10ms }\n";
+    let (id, state) = run(&e, src, json!({})).await;
+    assert_eq!(state.status, RunStatus::Failed);
+    let (kind, message, step) = state.error.expect("error");
+    assert_eq!((kind.as_str(), step.as_deref()), ("timeout", Some("wait")));
+    assert!(message.contains("after 2 attempt"), "{message}");
+    let evs = events(&store, id).await;
+    assert_eq!(count(&evs, |e| matches!(e, Event::StepFailed(f) if f.error_kind == "timeout")), 2);
+}
+
+async fn a_cancelled_run_stops(store: Arc<dyn EventStore>) {
+    let e = Arc::new(engine(&store));
+    let src =
+        "name: waits\nsteps:\n  - id: flaky\n    task: fail\n    retry: { max_attempts: 5, initial_interval: 1h }\n";
+    let w = cairn_engine::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    let v = e.publish(&w, "t").await.expect("publish");
+    let id = e.start(&w, v, json!({}), "t").await.expect("start");
+    let driver = {
+        let e = e.clone();
+        tokio::spawn(async move {
+            let mut quiet = |_: &Event| {};
+            e.drive(id, &mut quiet).await
+        })
+    };
+    // Wait until the retry is scheduled an hour away, then cancel.
+    for _ in 0..100 {
+        if matches!(e.state(id).await.expect("state").cursor, cairn_engine::decider::Cursor::RetryWait { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.cancel(id, "operator", Some("no longer needed".into())).await.expect("cancel");
+    let state = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("driver stops")
+        .expect("join")
+        .expect("drive");
+    assert_eq!(state.status, RunStatus::Cancelled);
+    let err = e.cancel(id, "operator", None).await.expect_err("already cancelled");
+    assert!(err.to_string().contains("only a running run"), "{err}");
+}
+
+async fn a_run_keeps_the_version_it_started_with(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let v1 = "name: pinned\nsteps:\n  - id: a\n    transform: { version: 1 }\n";
+    let v2 = "name: pinned\nsteps:\n  - id: a\n    transform: { version: 2 }\n";
+    let w1 = cairn_engine::lang::parse(v1, "t", &e.task_names()).expect("v1");
+    let n1 = e.publish(&w1, "t").await.expect("publish v1");
+    let id = e.start(&w1, n1, json!({}), "t").await.expect("start");
+    let w2 = cairn_engine::lang::parse(v2, "t", &e.task_names()).expect("v2");
+    let n2 = e.publish(&w2, "t").await.expect("publish v2");
+    assert_eq!((n1, n2), (1, 2));
+    assert_eq!(e.publish(&w2, "t").await.expect("same source"), 2, "an unchanged source is not a new version");
+    // A fresh engine (no cached definitions) drives the run: it loads v1.
+    let fresh = engine(&store);
+    let mut quiet = |_: &Event| {};
+    let state = fresh.drive(id, &mut quiet).await.expect("drive");
+    assert_eq!(state.output, Some(json!({ "version": 1 })));
+}
+
+async fn an_interrupted_attempt_runs_again_and_is_recorded_once(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = "name: crash\nsteps:\n  - id: a\n    task: echo\n    with: { n: 1 }\n  - id: b\n    task: echo\n";
+    let w = cairn_engine::lang::parse(src, "t", &e.task_names()).expect("parse");
+    let v = e.publish(&w, "t").await.expect("publish");
+    let id = e.start(&w, v, json!({}), "t").await.expect("start");
+    // The process "crashed" after recording StepStarted, before the outcome.
+    let started = Event::StepStarted(StepStarted { step_id: "a".into(), attempt: 1, input: json!({ "n": 1 }) });
+    store
+        .append(
+            &cairn_events::run_stream(id),
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::from_event(&started, Metadata::by("engine"))],
+        )
+        .await
+        .expect("append");
+    assert_eq!(e.unfinished_runs().await.expect("unfinished"), vec![id]);
+    let mut quiet = |_: &Event| {};
+    let state = engine(&store).drive(id, &mut quiet).await.expect("drive");
+    assert_eq!(state.status, RunStatus::Completed);
+    let evs = events(&store, id).await;
+    assert_eq!(count(&evs, |e| matches!(e, Event::StepStarted(s) if s.step_id == "a")), 1, "not started twice");
+    assert_eq!(count(&evs, |e| matches!(e, Event::StepCompleted(s) if s.step_id == "a")), 1);
+    assert!(e.unfinished_runs().await.expect("unfinished").is_empty());
+}
+
+async fn two_drivers_record_each_outcome_once(store: Arc<dyn EventStore>) {
+    let e = Arc::new(engine(&store));
+    let steps: String =
+        (0..8).map(|i| format!("  - id: s{i}\n    task: increment\n    with: {{ counter: {i} }}\n")).collect();
+    let src = format!("name: race\nsteps:\n{steps}");
+    let w = cairn_engine::lang::parse(&src, "t", &e.task_names()).expect("parse");
+    let v = e.publish(&w, "t").await.expect("publish");
+    let id = e.start(&w, v, json!({}), "t").await.expect("start");
+    let drivers: Vec<_> = (0..2)
+        .map(|_| {
+            let other = Arc::new(engine(e.store()));
+            tokio::spawn(async move {
+                let mut quiet = |_: &Event| {};
+                other.drive(id, &mut quiet).await
+            })
+        })
+        .collect();
+    for d in drivers {
+        assert_eq!(d.await.expect("join").expect("drive").status, RunStatus::Completed);
+    }
+    let evs = events(&store, id).await;
+    for i in 0..8 {
+        let step = format!("s{i}");
+        assert_eq!(count(&evs, |e| matches!(e, Event::StepCompleted(s) if s.step_id == step)), 1, "{step}");
+    }
+    assert_eq!(count(&evs, |e| matches!(e, Event::RunCompleted(_))), 1);
+}
+
+async fn embedded_programs_add_their_own_task_handlers(store: Arc<dyn EventStore>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut tasks = TaskRegistry::builtin();
+    let seen = calls.clone();
+    tasks.register(
+        "charge-card",
+        move |input: Value, ctx: TaskContext| -> BoxFuture<'static, Result<Value, TaskError>> {
+            let seen = seen.clone();
+            Box::pin(async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let amount = input.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
+                if amount <= 0.0 {
+                    return Err(TaskError {
+                        kind: "card.invalid_amount".into(),
+                        message: format!("cannot charge {amount}"),
+                        retryable: false,
+                    });
+                }
+                Ok(json!({ "charged": amount, "idempotency_key": ctx.idempotency_key() }))
+            })
+        },
+    );
+    let e = Engine::new(store.clone(), tasks);
+    let src = "name: pay\ninputs: { type: object, properties: { amount: { type: number } } }\nsteps:\n  - id: charge\n    task: charge-card\n    with: { amount: '{{ inputs.amount }}' }\n    retry: { max_attempts: 3 }\n";
+    let (id, state) = run(&e, src, json!({ "amount": 12.5 })).await;
+    assert_eq!(state.output.as_ref().and_then(|o| o.get("charged")), Some(&json!(12.5)));
+    assert_eq!(
+        state.output.as_ref().and_then(|o| o.get("idempotency_key")).and_then(Value::as_str),
+        Some(format!("{id}:charge:1").as_str())
+    );
+    let (_, failed) = run(&e, src, json!({ "amount": -1 })).await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(failed.error.map(|e| e.0), Some("card.invalid_amount".to_owned()));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "a non-retryable error is not retried");
+}
+
+both_backends!(
+    retries_until_success_and_records_every_attempt,
+    a_slow_attempt_times_out_and_fails_the_run,
+    a_cancelled_run_stops,
+    a_run_keeps_the_version_it_started_with,
+    an_interrupted_attempt_runs_again_and_is_recorded_once,
+    two_drivers_record_each_outcome_once,
+    embedded_programs_add_their_own_task_handlers,
+);

@@ -1,0 +1,171 @@
+//! Validation finds every problem before anything runs, each with
+//! file:line:column, what is wrong and how to fix it.
+#![allow(missing_docs)]
+
+use cairn_engine::TaskRegistry;
+use cairn_engine::lang::{Diagnostic, parse};
+
+fn diags(src: &str) -> Vec<Diagnostic> {
+    let tasks = TaskRegistry::builtin();
+    match parse(src, "wf.yaml", &tasks.names()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0,
+    }
+}
+
+/// Expects a diagnostic with `code` on `line` whose message or help contains
+/// every one of `words`.
+fn check(src: &str, code: &str, line: u64, words: &[&str]) {
+    let all = diags(src);
+    let found = all.iter().find(|d| d.code == code && d.line == line);
+    let Some(d) = found else {
+        panic!(
+            "expected `{code}` on line {line}, got:\n{}",
+            all.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+        );
+    };
+    let text = d.to_string();
+    assert!(text.starts_with(&format!("wf.yaml:{line}:")), "{text}");
+    assert!(d.column > 0, "{text}");
+    for w in words {
+        assert!(text.contains(w), "`{text}` should contain `{w}`");
+    }
+}
+
+#[test]
+fn duplicate_step_ids() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: a\n    task: echo\n",
+        "duplicate-step",
+        5,
+        &["`a`", "line 3"],
+    );
+}
+
+#[test]
+fn unknown_jump_target_suggests_the_closest() {
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n    next: publsh\n  - id: publish\n    task: echo\n",
+        "unknown-step",
+        5,
+        &["publsh", "did you mean `publish`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'true', then: nowhere, else: end }\n",
+        "unknown-step",
+        4,
+        &["nowhere"],
+    );
+}
+
+#[test]
+fn unreachable_steps() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    end: true\n  - id: orphan\n    task: echo\n",
+        "unreachable-step",
+        6,
+        &["orphan", "never run"],
+    );
+}
+
+#[test]
+fn loops_need_max_visits() {
+    let looping =
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n";
+    check(looping, "unbounded-loop", 3, &["`a`", "`again`", "max_visits"]);
+    let bounded = looping.replace("    task: echo\n  - id: again", "    task: echo\n    max_visits: 3\n  - id: again");
+    assert!(diags(&bounded).is_empty(), "{:?}", diags(&bounded));
+}
+
+#[test]
+fn references_to_steps_that_may_not_have_run() {
+    let src = "name: w\nsteps:\n  - id: pick\n    branch: { if: 'true', then: maybe, else: after }\n  - id: maybe\n    task: echo\n  - id: after\n    task: echo\n    with: { x: '{{ steps.maybe.output }}' }\n";
+    check(src, "maybe-not-run", 7, &["`after`", "steps.maybe", "every path"]);
+    // On every path: fine.
+    let ok = "name: w\nsteps:\n  - id: first\n    task: echo\n  - id: second\n    task: echo\n    with: { x: '{{ steps.first.output }}' }\n";
+    assert!(diags(ok).is_empty());
+}
+
+#[test]
+fn references_to_unknown_steps_and_fields() {
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n  - id: use\n    task: echo\n    with: { x: '{{ steps.drafts.output }}' }\n",
+        "unknown-step-reference",
+        5,
+        &["steps.drafts", "did you mean `steps.draft`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n    output_contract: { type: object, properties: { title: { type: string }, body: { type: string } } }\n  - id: use\n    task: echo\n    with: { x: '{{ steps.draft.output.titel }}' }\n",
+        "unknown-output-field",
+        6,
+        &["titel", "did you mean `title`"],
+    );
+    check(
+        "name: w\ninputs: { type: object, properties: { topic: { type: string } } }\nsteps:\n  - id: a\n    task: echo\n    with: { t: '{{ inputs.topik }}' }\n",
+        "unknown-input",
+        4,
+        &["inputs.topik", "did you mean `inputs.topic`"],
+    );
+}
+
+#[test]
+fn bad_expressions_templates_and_durations() {
+    check(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.x >', then: end }\n",
+        "bad-expression",
+        4,
+        &["inputs.x >"],
+    );
+    check("name: w\nsteps:\n  - id: t\n    transform: { x: '{{ inputs.x + }}' }\n", "bad-template", 3, &["inputs.x +"]);
+    check("name: w\nsteps:\n  - id: t\n    task: echo\n    timeout: 30 seconds\n", "bad-duration", 5, &["30 seconds"]);
+    check(
+        "name: w\nsteps:\n  - id: t\n    task: echo\n    retry: { initial_interval: 5 }\n",
+        "bad-duration",
+        5,
+        &["no unit"],
+    );
+}
+
+#[test]
+fn step_kinds_and_handlers() {
+    check("name: w\nsteps:\n  - id: t\n    task: ecko\n", "unknown-task", 4, &["ecko", "did you mean `echo`"]);
+    check(
+        "name: w\nsteps:\n  - id: t\n    task: echo\n    transform: { a: 1 }\n",
+        "step-kind",
+        3,
+        &["task and transform", "one thing"],
+    );
+    check("name: w\nsteps:\n  - id: t\n    description: nothing\n", "step-kind", 3, &["does not say"]);
+}
+
+#[test]
+fn yaml_errors_have_a_location() {
+    check("name: w\nsteps:\n  - id: t\n    task: echo\n    colour: blue\n", "yaml", 5, &["colour"]);
+    check("name: w\nname: x\nsteps: []\n", "yaml", 2, &["name"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let src =
+        "name: w\nsteps:\n  - id: a\n    task: nope\n    next: b2\n  - id: a\n    task: echo\n    timeout: soon\n";
+    let codes: Vec<&str> = diags(src).iter().map(|d| d.code).collect();
+    for c in ["unknown-task", "unknown-step", "duplicate-step", "bad-duration"] {
+        assert!(codes.contains(&c), "{codes:?} lacks {c}");
+    }
+}
+
+#[test]
+fn examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let src = std::fs::read_to_string(&path).expect("read");
+            let d = diags(&src);
+            assert!(d.is_empty(), "{}: {:?}", path.display(), d);
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
