@@ -190,7 +190,10 @@ fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
 
 /// Simulates a run: decisions in order, with task outcomes taken from
 /// `outcomes` (0 succeed, 1 retryable failure, 2 fatal failure).
-fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<(usize, DateTime<Utc>, Decision)>) {
+/// A decision as recorded: taken after this many events, at this time.
+type Recorded = (usize, DateTime<Utc>, Decision);
+
+fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>) {
     let mut events = vec![started(json!({ "x": x }))];
     let mut decisions = Vec::new();
     let mut now = t0();
