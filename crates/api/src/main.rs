@@ -2,6 +2,15 @@
 //! engine. The outer ring: it composes the event log, the engine and the
 //! projections and depends on all of them; nothing depends on it.
 
+/// Writes a line to stdout, returning the error (a closed pipe) instead of
+/// panicking like `println!`.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+
 mod commands;
 
 use std::process::ExitCode;
@@ -27,6 +36,14 @@ struct Cli {
 enum Command {
     /// Run a workflow file to its end on the database and print its output.
     Run(commands::run::Args),
+    /// Continue every run a crash interrupted, to its end.
+    Continue,
+    /// List runs with their status.
+    Runs,
+    /// Show one run, event by event.
+    Show(commands::runs::ShowArgs),
+    /// Cancel a running run.
+    Cancel(commands::runs::CancelArgs),
     /// Check workflow files; exit 1 listing every problem with file:line:column.
     Validate(commands::validate::Args),
     /// Print the JSON Schema of the workflow language.
@@ -52,6 +69,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => commands::run::run(&cli.database, args).await,
+            Command::Continue => commands::run::continue_command(&cli.database).await,
+            Command::Runs => commands::runs::list(&cli.database).await,
+            Command::Show(args) => commands::runs::show(&cli.database, args).await,
+            Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
             Command::Validate(args) => commands::validate::run(args),
             Command::Schema => commands::validate::schema(),
             Command::Demo => commands::demo::run(&cli.database).await,
@@ -61,6 +82,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // `cairn … | head`: the reader left; that is not a failure.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -18,10 +18,6 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn under_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
-}
-
 #[test]
 fn help_describes_cairn() {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn")).arg("--help").output().expect("run");
@@ -59,11 +55,10 @@ async fn verify_finds_tampering_on_sqlite() {
 
 #[tokio::test]
 async fn verify_finds_tampering_on_postgres() {
-    let base =
-        std::env::var("CAIRN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = cairn_events::testing::pg_url();
     let mut admin = match sqlx::PgConnection::connect(&base).await {
         Ok(c) => c,
-        Err(e) if under_ci() => panic!("PostgreSQL unreachable under CI=true: {e}"),
+        Err(e) if cairn_events::testing::under_ci() => panic!("PostgreSQL unreachable under CI=true: {e}"),
         Err(e) => return eprintln!("SKIPPED: PostgreSQL unreachable: {e}"),
     };
     let schema = format!("cairn_cli_{}", std::process::id());

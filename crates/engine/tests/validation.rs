@@ -169,3 +169,14 @@ fn examples_are_valid() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn guarded_references_are_accepted() {
+    // A loop reading its previous visit; a join reading an optional step.
+    let looping = "name: w\nsteps:\n  - id: count\n    task: increment\n    with: \"{{ steps.count.output if steps.count is defined else {} }}\"\n    max_visits: 5\n  - id: again\n    branch: { if: 'steps.count.output.counter < 3', then: count }\n";
+    assert!(diags(looping).is_empty(), "{:?}", diags(looping));
+    let optional = "name: w\nsteps:\n  - id: pick\n    branch: { if: 'true', then: maybe, else: after }\n  - id: maybe\n    task: echo\n  - id: after\n    branch: { if: 'has(steps.maybe)', then: end, else: end }\n";
+    assert!(diags(optional).is_empty(), "{:?}", diags(optional));
+    // Unguarded, the same references are refused.
+    check(&looping.replace(" if steps.count is defined else {} ", " "), "self-reference", 3, &["previous visit"]);
+}

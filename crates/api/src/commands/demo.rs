@@ -97,16 +97,17 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
     ];
     let new: Vec<NewEvent> = events.iter().map(|(e, actor)| NewEvent::from_event(e, Metadata::by(*actor))).collect();
     let appended = store.append(&stream, ExpectedVersion::NoStream, new).await?;
-    println!("appended {} events to {stream} in {}", appended.last_version, store.describe());
+    out!("appended {} events to {stream} in {}", appended.last_version, store.describe());
     for e in store.read_stream(&stream, 1).await? {
         let typed = Event::decode(&e)?;
-        println!("  {:>3}  {:<20} {}…", e.stream_version, typed.event_type(), &e.hash[..16]);
+        out!("  {:>3}  {:<20} {}…", e.stream_version, typed.event_type(), &e.hash[..16]);
     }
     let report = cairn_events::verify(&*store).await?;
     if report.is_intact() {
-        println!(
+        out!(
             "verified: {} events in {} streams, every hash chain intact (run `cairn verify` to check again)",
-            report.events, report.streams
+            report.events,
+            report.streams
         );
         Ok(ExitCode::SUCCESS)
     } else {

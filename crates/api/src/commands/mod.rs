@@ -3,5 +3,6 @@
 pub mod demo;
 pub mod events;
 pub mod run;
+pub mod runs;
 pub mod validate;
 pub mod verify;

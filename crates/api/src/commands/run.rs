@@ -59,11 +59,7 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     // Runs a crash interrupted continue first.
-    for run_id in engine.unfinished_runs().await? {
-        eprintln!("continuing interrupted run {run_id}");
-        let mut quiet = |_: &Event| {};
-        engine.drive(run_id, &mut quiet).await?;
-    }
+    continue_interrupted(&engine).await?;
     let version = engine.publish(&workflow, "cli").await?;
     let run_id = engine.start(&workflow, version, inputs, "cli").await?;
     let tty = std::io::stderr().is_terminal();
@@ -72,7 +68,7 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let state = engine.drive(run_id, &mut progress).await?;
     match state.status {
         RunStatus::Completed => {
-            println!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
+            out!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
             Ok(ExitCode::SUCCESS)
         }
         _ => {
@@ -104,4 +100,25 @@ fn progress_line(e: &Event, tty: bool) {
     } else {
         eprintln!("  {mark} {text}");
     }
+}
+
+/// Drives every run that started and has not ended to its end.
+pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
+    let runs = engine.unfinished_runs().await?;
+    for run_id in &runs {
+        eprintln!("continuing interrupted run {run_id}");
+        let mut quiet = |_: &Event| {};
+        let state = engine.drive(*run_id, &mut quiet).await?;
+        eprintln!("  run {run_id} {}", format!("{:?}", state.status).to_lowercase());
+    }
+    Ok(runs.len())
+}
+
+/// `cairn continue`.
+pub async fn continue_command(database: &str) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open(database).await?;
+    let engine = Engine::new(store, TaskRegistry::builtin());
+    let n = continue_interrupted(&engine).await?;
+    out!("{n} interrupted run(s) continued");
+    Ok(ExitCode::SUCCESS)
 }

@@ -34,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(src) => match cairn_engine::lang::parse(&src, &file, &names) {
                 Ok(_) => {
                     if args.format == "text" {
-                        println!("{file}: valid");
+                        out!("{file}: valid");
                     }
                 }
                 Err(d) => all.extend(d.0),
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.format == "json" {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        out!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for d in &all {
             eprintln!("{d}");
@@ -53,6 +53,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Runs `schema`: prints the workflow language's JSON Schema.
 pub fn schema() -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&cairn_engine::lang::schema())?);
+    out!("{}", serde_json::to_string_pretty(&cairn_engine::lang::schema())?);
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open(database).await?;
     let report = cairn_events::verify(&*store).await.with_context(|| format!("verifying {}", store.describe()))?;
     if report.is_intact() {
-        println!(
+        out!(
             "intact: {} events in {} streams, positions 1..={}, every hash chain verified ({})",
             report.events,
             report.streams,

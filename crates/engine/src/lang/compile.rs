@@ -126,7 +126,12 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     if cx.diags.is_empty() {
         check_graph(&mut cx, &raw, &workflow);
     }
-    if cx.diags.is_empty() { Ok(workflow) } else { Err(Diagnostics(cx.diags)) }
+    if cx.diags.is_empty() {
+        return Ok(workflow);
+    }
+    // In file order, as a person reads them.
+    cx.diags.sort_by_key(|d| (d.line, d.column));
+    Err(Diagnostics(cx.diags))
 }
 
 fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Target> {
@@ -454,6 +459,7 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect());
     let check_refs = |cx: &mut Ctx<'_>, at: &Spanned<String>, user: Option<usize>, text: &str| {
+        let guarded = guarded_steps(text);
         for r in references(text) {
             match r {
                 Ref::Input(name) => {
@@ -478,18 +484,21 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
                         continue;
                     };
                     let user_node = user.unwrap_or(end);
-                    if user == Some(target) {
+                    if guarded.contains(&step) {
+                        // `steps.X is defined` / `has(steps.X)`: the author
+                        // handles the case where X has not run.
+                    } else if user == Some(target) {
                         cx.at(
                             at,
                             "self-reference",
                             format!("step `{step}` refers to its own output"),
-                            Some("a step's output exists only after it completes".into()),
+                            Some(format!("a step's output exists only after it completes; in a loop, read the previous visit's output with a guard: `steps.{step}.output if steps.{step} is defined else ...`")),
                         );
                     } else if !dom[user_node].contains(&target) {
                         let whom = user
                             .map(|u| format!("step `{}`", w.steps[u].id))
                             .unwrap_or_else(|| "the workflow output".into());
-                        cx.at(at, "maybe-not-run", format!("{whom} uses `steps.{step}`, but `{step}` does not run on every path to it"), Some(format!("move the reference after a point every path passes, or guard it: `steps.{step}.output if 'steps.{step}' is defined`")));
+                        cx.at(at, "maybe-not-run", format!("{whom} uses `steps.{step}`, but `{step}` does not run on every path to it"), Some(format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
                     }
                     if let (Some(field), Some(props)) = (
                         field,
@@ -547,6 +556,22 @@ fn collect_strings<'a>(v: &Value, at: &'a Spanned<String>, out: &mut Vec<(&'a Sp
 enum Ref {
     Input(String),
     Step { step: String, field: Option<String> },
+}
+
+/// Steps whose absence the text tests for (`steps.X is defined`,
+/// `steps.X is not defined`, `has(steps.X)`).
+fn guarded_steps(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("steps.") {
+        let step = ident_at(&text[i + 6..]);
+        let after = text[i + 6 + step.len()..].trim_start();
+        let tested = after.starts_with("is defined") || after.starts_with("is not defined");
+        let has = text[..i].trim_end().ends_with("has(") && after.starts_with(')');
+        if !step.is_empty() && (tested || has) {
+            out.push(step.to_owned());
+        }
+    }
+    out
 }
 
 fn ident_at(s: &str) -> &str {

@@ -7,9 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-/// A workflow file.
+/// A Cairn workflow file.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Cairn workflow")]
 pub struct RawWorkflow {
     /// Workflow name: letters, digits, `-` and `_`.
     #[schemars(with = "String")]

@@ -1,0 +1,139 @@
+//! `cairn runs`, `cairn show RUN`, `cairn cancel RUN`.
+//!
+//! Until the read models exist these scan the log; they answer from events,
+//! never from anything the engine keeps in memory.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_engine::{Engine, TaskRegistry};
+use cairn_events::Event;
+use uuid::Uuid;
+
+/// Arguments of `cairn show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The run id.
+    pub run: Uuid,
+}
+
+/// Arguments of `cairn cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The run id.
+    pub run: Uuid,
+    /// Why.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who is cancelling.
+    #[arg(long = "as", default_value = "cli")]
+    pub actor: String,
+}
+
+struct Row {
+    workflow: String,
+    version: u32,
+    status: &'static str,
+    started: String,
+    last_step: String,
+}
+
+/// Lists every run, newest last.
+pub async fn list(database: &str) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open(database).await?;
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 2000).await?;
+        let Some(last) = page.last() else { break };
+        from = last.global_position + 1;
+        for e in page.iter().filter(|e| e.stream_id.starts_with("run-")) {
+            let typed = Event::decode(e)?;
+            if let Event::RunStarted(s) = &typed {
+                rows.insert(
+                    e.stream_id.clone(),
+                    Row {
+                        workflow: s.workflow.clone(),
+                        version: s.workflow_version,
+                        status: "running",
+                        started: e.recorded_at.chars().take(19).collect(),
+                        last_step: String::new(),
+                    },
+                );
+            }
+            let Some(row) = rows.get_mut(&e.stream_id) else { continue };
+            match typed {
+                Event::StepStarted(s) => row.last_step = s.step_id,
+                Event::RunCompleted(_) => row.status = "completed",
+                Event::RunFailed(_) => row.status = "failed",
+                Event::RunCancelled(_) => row.status = "cancelled",
+                _ => {}
+            }
+        }
+    }
+    out!("{:<40} {:<24} {:>3} {:<10} {:<20} last step", "run", "workflow", "v", "status", "started (UTC)");
+    for (stream, r) in &rows {
+        out!(
+            "{:<40} {:<24} {:>3} {:<10} {:<20} {}",
+            stream.trim_start_matches("run-"),
+            r.workflow,
+            r.version,
+            r.status,
+            r.started,
+            r.last_step
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows one run with its steps.
+pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open(database).await?;
+    let events = store.read_stream(&cairn_events::run_stream(args.run), 1).await?;
+    if events.is_empty() {
+        eprintln!("error: no run with id {} in {}", args.run, store.describe());
+        return Ok(ExitCode::from(1));
+    }
+    for e in &events {
+        let at: String = e.recorded_at.chars().skip(11).take(12).collect();
+        let line = match Event::decode(e).with_context(|| format!("event {} of the run", e.stream_version))? {
+            Event::RunStarted(s) => {
+                format!("run started: {} v{} by {} with {}", s.workflow, s.workflow_version, s.started_by, s.inputs)
+            }
+            Event::StepStarted(s) => format!("  {} attempt {} started", s.step_id, s.attempt),
+            Event::StepCompleted(s) => {
+                format!("  {} attempt {} completed in {} ms: {}", s.step_id, s.attempt, s.duration_ms, s.output)
+            }
+            Event::StepFailed(s) => {
+                format!("  {} attempt {} failed [{}]: {}", s.step_id, s.attempt, s.error_kind, s.message)
+            }
+            Event::RetryScheduled(r) => format!("  {} retry {} due {}", r.step_id, r.next_attempt, r.due_at),
+            Event::BranchTaken(b) => format!("  {}: `{}` = {} → {}", b.step_id, b.expression, b.value, b.target),
+            Event::RunCompleted(c) => format!("run completed: {}", c.output),
+            Event::RunFailed(f) => format!("run failed [{}]: {}", f.error_kind, f.message),
+            Event::RunCancelled(c) => {
+                format!("run cancelled by {}{}", c.by, c.reason.map(|r| format!(": {r}")).unwrap_or_default())
+            }
+            other => format!("  {}", other.event_type()),
+        };
+        out!("{:>4} {at} {line}", e.stream_version);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels a running run.
+pub async fn cancel(database: &str, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open(database).await?;
+    let engine = Engine::new(store, TaskRegistry::builtin());
+    match engine.cancel(args.run, &args.actor, args.reason).await {
+        Ok(()) => {
+            out!("cancelled run {}", args.run);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

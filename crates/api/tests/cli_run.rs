@@ -1,0 +1,142 @@
+//! The real `cairn` binary runs workflows: output and exit codes, validation
+//! output, and crash safety under SIGKILL.
+#![allow(missing_docs)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cairn_events::Event;
+
+fn cairn(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .output()
+        .expect("run cairn")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
+}
+
+#[test]
+fn run_prints_the_output_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let out = cairn(&db, &["run", &example("branch-on-input.yaml"), "--input", "total=250"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let output: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the output JSON");
+    assert_eq!(output, serde_json::json!({ "customer": "ada", "charged": 300.0 }));
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("standard retry 2"), "{progress}");
+    assert!(progress.contains("completed"), "{progress}");
+
+    let runs = cairn(&db, &["runs"]);
+    assert!(text(&runs).contains("order-routing") && text(&runs).contains("completed"), "{}", text(&runs));
+    let id = text(&runs).lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("a run id").to_owned();
+    let show = cairn(&db, &["show", &id]);
+    assert!(text(&show).contains("standard attempt 1 failed [service.unavailable]"), "{}", text(&show));
+}
+
+#[test]
+fn a_failed_run_exits_1_naming_the_step_and_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let wf = dir.path().join("fails.yaml");
+    std::fs::write(&wf, "name: fails\nsteps:\n  - id: charge\n    task: fail\n    with: { kind: card.declined, message: insufficient funds, retryable: false }\n").expect("write");
+    let out = cairn(&db, &["run", &wf.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("at step `charge`") && msg.contains("card.declined") && msg.contains("insufficient funds"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_invalid_workflow_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let wf = dir.path().join("bad.yaml");
+    std::fs::write(&wf, "name: bad\nsteps:\n  - id: a\n    task: ecko\n    next: b\n").expect("write");
+    let path = wf.display().to_string();
+    let out = cairn(&db, &["run", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains(&format!("{path}:4:")) && text(&out).contains("nothing was run"), "{}", text(&out));
+    assert!(!db.exists() || text(&cairn(&db, &["runs"])).lines().count() <= 1, "no run was started");
+
+    let v = cairn(&db, &["validate", "--format", "json", &path, &example("branch-on-input.yaml")]);
+    assert_eq!(v.status.code(), Some(1));
+    let diags: serde_json::Value = serde_json::from_slice(&v.stdout).expect("json diagnostics");
+    let codes: Vec<&str> = diags.as_array().expect("array").iter().filter_map(|d| d["code"].as_str()).collect();
+    assert_eq!(codes, vec!["unknown-task", "unknown-step"]);
+    assert_eq!(diags[0]["line"], 4);
+    assert!(diags[0]["help"].as_str().is_some_and(|h| h.contains("echo")));
+    let ok = cairn(&db, &["validate", &example("branch-on-input.yaml")]);
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+#[test]
+fn schema_prints_the_language_schema() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn")).arg("schema").output().expect("run");
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(schema["title"], "Cairn workflow");
+    assert!(schema["properties"]["steps"].is_object());
+}
+
+/// SIGKILL `cairn run` at several points of a long run; `cairn continue`
+/// finishes every run, and every step is recorded as completed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_survive_sigkill_at_any_point() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let wf = dir.path().join("long.yaml");
+    let steps: String = (0..8)
+        .map(|i| {
+            format!(
+                "  - id: s{i}\n    task: sleep\n    with: {{ ms: 120 }}\n  - id: t{i}\n    transform: {{ i: {i} }}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&wf, format!("name: long\nsteps:\n{steps}")).expect("write");
+    for kill_after_ms in [150u64, 420, 700, 990] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["run", &wf.display().to_string()])
+            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        child.kill().expect("SIGKILL"); // SIGKILL on Unix
+        child.wait().expect("reap");
+    }
+    let cont = cairn(&db, &["continue"]);
+    assert!(cont.status.success(), "{}", text(&cont));
+    assert!(text(&cont).contains("continued"), "{}", text(&cont));
+
+    let store = cairn_events::open(&format!("sqlite://{}", db.display())).await.expect("open");
+    let all = store.read_all(1, 100_000).await.expect("read");
+    let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
+    assert!(runs.len() >= 3, "the runs started before being killed: {}", runs.len());
+    for run in &runs {
+        let events: Vec<Event> =
+            store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
+        assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{run} did not complete: {:?}", events.last());
+        for i in 0..8 {
+            for step in [format!("s{i}"), format!("t{i}")] {
+                let completed =
+                    events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id == step)).count();
+                assert_eq!(completed, 1, "{run}: {step} completed {completed} times");
+            }
+        }
+    }
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact(), "no event lost or changed");
+    let again = cairn(&db, &["continue"]);
+    assert!(text(&again).contains("0 interrupted run(s)"), "{}", text(&again));
+}
