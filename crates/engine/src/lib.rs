@@ -7,6 +7,7 @@
 //! clock and draws no random numbers: the same events and the same `now`
 //! always give the same decision, which is what makes replay exact.
 
+pub mod commit;
 pub mod decider;
 pub mod expr;
 pub mod lang;

@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use cairn_events::{
     Event, EventStore, ExpectedVersion, Metadata, NewEvent, RunCancelled, RunStarted, StepCompleted, StepFailed,
-    StoreError, WorkflowVersionPublished,
+    StoreError, StreamAppend, WorkflowVersionPublished,
 };
 use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::commit::GroupCommit;
 use crate::decider::{Decision, RunState, decide, evolve};
 use crate::lang;
 use crate::model::Workflow;
@@ -61,6 +62,7 @@ pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 /// Runs workflows durably against an event store.
 pub struct Engine {
     store: Arc<dyn EventStore>,
+    commits: GroupCommit,
     tasks: TaskRegistry,
     definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
     actor: String,
@@ -69,7 +71,13 @@ pub struct Engine {
 impl Engine {
     /// An engine over `store` with these task handlers.
     pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
-        Engine { store, tasks, definitions: Mutex::new(HashMap::new()), actor: "engine".into() }
+        Engine {
+            commits: GroupCommit::new(store.clone()),
+            store,
+            tasks,
+            definitions: Mutex::new(HashMap::new()),
+            actor: "engine".into(),
+        }
     }
 
     /// The store.
@@ -143,7 +151,8 @@ impl Engine {
         Ok(w)
     }
 
-    /// Starts a run of a published version; returns its id.
+    /// Starts a run of a published version; returns its id. The run's first
+    /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
         let run_id = Uuid::now_v7();
         let event = Event::RunStarted(RunStarted {
@@ -157,14 +166,23 @@ impl Engine {
             parent: None,
             fork_of: None,
         });
-        self.store
-            .append(
-                &cairn_events::run_stream(run_id),
-                ExpectedVersion::NoStream,
-                vec![NewEvent::from_event(&event, Metadata::by(started_by))],
-            )
-            .await?;
+        let state = evolve(RunState::default(), &event);
+        let mut events = vec![event];
+        settle(w, state, &mut events);
+        let mut new = vec![NewEvent::from_event(&events[0], Metadata::by(started_by))];
+        new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))));
+        self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
         Ok(run_id)
+    }
+
+    /// Appends through the group commit.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<cairn_events::AppendResult, StoreError> {
+        self.commits.append(StreamAppend { stream_id: stream.to_owned(), expected, events }).await
     }
 
     /// The folded state of a run.
@@ -255,9 +273,13 @@ impl Engine {
                     }]
                 }
             };
+            // Record the pure decisions that follow in the same commit: the
+            // outcome is still durable before the next effect starts.
+            let mut events = events;
+            settle(&w, events.iter().fold(state.clone(), evolve), &mut events);
             let new: Vec<NewEvent> =
                 events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
-            match self.store.append(&stream, ExpectedVersion::Exact(state.version), new).await {
+            match self.append(&stream, ExpectedVersion::Exact(state.version), new).await {
                 Ok(_) => {
                     for e in &events {
                         observer(e);
@@ -293,5 +315,23 @@ impl Engine {
             }
         }
         Ok(open)
+    }
+}
+
+/// Extends `events` with the pure decisions that follow `state` (the state
+/// after `events`), stopping before any effect, wait or end of decisions.
+/// Time-dependent decisions (retry due times) use the current time, exactly
+/// as deciding them one append later would.
+fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) {
+    for _ in 0..1_000 {
+        match decide(w, &state, Utc::now()) {
+            Decision::Append(more) => {
+                for e in &more {
+                    state = evolve(state, e);
+                }
+                events.extend(more);
+            }
+            _ => return,
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cairn_engine::decider::RunStatus;
 use cairn_engine::{Engine, TaskContext, TaskError, TaskRegistry};
-use cairn_events::{Event, EventStore, ExpectedVersion, Metadata, NewEvent, StepStarted};
+use cairn_events::{Event, EventStore};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -152,16 +152,10 @@ async fn an_interrupted_attempt_runs_again_and_is_recorded_once(store: Arc<dyn E
     let w = cairn_engine::lang::parse(src, "t", &e.task_names()).expect("parse");
     let v = e.publish(&w, "t").await.expect("publish");
     let id = e.start(&w, v, json!({}), "t").await.expect("start");
-    // The process "crashed" after recording StepStarted, before the outcome.
-    let started = Event::StepStarted(StepStarted { step_id: "a".into(), attempt: 1, input: json!({ "n": 1 }) });
-    store
-        .append(
-            &cairn_events::run_stream(id),
-            ExpectedVersion::Exact(1),
-            vec![NewEvent::from_event(&started, Metadata::by("engine"))],
-        )
-        .await
-        .expect("append");
+    // `start` records RunStarted and the first StepStarted together; the
+    // process "crashes" here, before the attempt's outcome.
+    let recorded = events(&store, id).await;
+    assert!(matches!(recorded.last(), Some(Event::StepStarted(s)) if s.step_id == "a"), "{recorded:?}");
     assert_eq!(e.unfinished_runs().await.expect("unfinished"), vec![id]);
     let mut quiet = |_: &Event| {};
     let state = engine(&store).drive(id, &mut quiet).await.expect("drive");

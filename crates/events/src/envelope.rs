@@ -127,6 +127,25 @@ impl RecordedEvent {
         serde_json::from_str(&self.metadata)
     }
 
+    /// The stored fields the hash chain covers.
+    pub fn hashed_fields(&self) -> crate::chain::HashedFields<'_> {
+        crate::chain::HashedFields {
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at: &self.recorded_at,
+            metadata: &self.metadata,
+            payload: &self.payload,
+        }
+    }
+
+    /// The hash recomputed from the stored fields and the stored `prev_hash`.
+    pub fn computed_hash(&self) -> String {
+        crate::chain::event_hash(&self.prev_hash, &self.hashed_fields())
+    }
+
     /// The time the event was recorded.
     pub fn recorded_at(&self) -> Option<DateTime<Utc>> {
         DateTime::parse_from_rfc3339(&self.recorded_at).ok().map(|t| t.with_timezone(&Utc))

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::chain::{GENESIS_HASH, HashedFields, event_hash};
+use crate::chain::GENESIS_HASH;
 use crate::store::{EventStore, StoreError, StoreResult};
 
 /// What kind of break was found.
@@ -235,19 +235,7 @@ fn check_page(
                 ),
             );
         }
-        let computed = event_hash(
-            &e.prev_hash,
-            &HashedFields {
-                stream_id: &e.stream_id,
-                stream_version: e.stream_version,
-                event_id: &e.event_id,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                recorded_at: &e.recorded_at,
-                metadata: &e.metadata,
-                payload: &e.payload,
-            },
-        );
+        let computed = e.computed_hash();
         if computed != e.hash {
             push(
                 report,

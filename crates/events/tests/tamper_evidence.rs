@@ -97,19 +97,7 @@ async fn recomputed_but_wrong_hash_is_detected(h: Harness) {
     let store = h.store();
     let mut e = store.read_stream("run-a", 2).await.expect("read").remove(0);
     e.payload = r#"{"step_id":"s1","attempt":1,"output":{"n":"forged"},"duration_ms":1}"#.into();
-    let forged = cairn_events::event_hash(
-        &e.prev_hash,
-        &cairn_events::HashedFields {
-            stream_id: &e.stream_id,
-            stream_version: e.stream_version,
-            event_id: &e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at: &e.recorded_at,
-            metadata: &e.metadata,
-            payload: &e.payload,
-        },
-    );
+    let forged = e.computed_hash();
     h.exec(&format!(
         "UPDATE events SET payload = '{}', hash = '{forged}' WHERE stream_id = 'run-a' AND stream_version = 2",
         e.payload

@@ -65,6 +65,10 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     eprintln!("run {run_id}: {} v{version}", workflow.name);
     let mut progress = |e: &Event| progress_line(e, tty);
+    // What `start` already recorded (the first pure steps), then the rest live.
+    for e in engine.store().read_stream(&cairn_events::run_stream(run_id), 1).await? {
+        progress(&Event::decode(&e)?);
+    }
     let state = engine.drive(run_id, &mut progress).await?;
     match state.status {
         RunStatus::Completed => {
