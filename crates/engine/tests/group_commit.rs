@@ -63,7 +63,8 @@ impl EventStore for Observed {
 
 async fn observed(hold_first: Option<Duration>) -> (tempfile::TempDir, Arc<Observed>) {
     let dir = tempfile::tempdir().expect("tmp");
-    let inner = cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
+    let inner =
+        cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
     let store = Arc::new(Observed {
         inner,
         transactions: AtomicUsize::new(0),
@@ -82,8 +83,11 @@ fn ev() -> NewEvent {
 async fn concurrent_runs_share_transactions_and_each_step_is_recorded_once() {
     let (_dir, store) = observed(None).await;
     let engine = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()));
-    let steps: String = (0..5).map(|i| format!("  - id: s{i}\n    task: increment\n    with: {{ counter: {i} }}\n")).collect();
-    let w = Arc::new(cairn_engine::lang::parse(&format!("name: many\nsteps:\n{steps}"), "t", &engine.task_names()).expect("parse"));
+    let steps: String =
+        (0..5).map(|i| format!("  - id: s{i}\n    task: increment\n    with: {{ counter: {i} }}\n")).collect();
+    let w = Arc::new(
+        cairn_engine::lang::parse(&format!("name: many\nsteps:\n{steps}"), "t", &engine.task_names()).expect("parse"),
+    );
     let v = engine.publish(&w, "t").await.expect("publish");
     let tasks: Vec<_> = (0..32)
         .map(|_| {
