@@ -140,3 +140,38 @@ async fn runs_survive_sigkill_at_any_point() {
     let again = cairn(&db, &["continue"]);
     assert!(text(&again).contains("0 interrupted run(s)"), "{}", text(&again));
 }
+
+/// A wait's timer survives SIGKILL: the restarted process waits out the
+/// recorded due time instead of starting the wait over.
+#[test]
+fn a_wait_survives_sigkill_without_restarting() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let wf = dir.path().join("pause.yaml");
+    std::fs::write(
+        &wf,
+        "name: pause\nsteps:\n  - id: pause\n    wait: { for: 1500ms }\n  - id: done\n    transform: { ok: true }\n",
+    )
+    .expect("write");
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["run", &wf.display().to_string()])
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let cont = cairn(&db, &["continue"]);
+    assert!(cont.status.success(), "{}", text(&cont));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1500), "the wait was cut short: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2900), "the wait started over after the crash: {elapsed:?}");
+    let events = cairn(&db, &["events"]);
+    let log = text(&events);
+    assert_eq!(log.matches("\"TimerStarted\"").count(), 1, "{log}");
+    assert_eq!(log.matches("\"TimerFired\"").count(), 1, "{log}");
+    assert!(log.contains("\"RunCompleted\""), "{log}");
+}

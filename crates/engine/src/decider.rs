@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_events::{
-    BranchTaken, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed, StepStarted,
+    BranchTaken, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed, StepStarted, TimerFired,
+    TimerStarted,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -76,6 +77,17 @@ pub enum Cursor {
         message: String,
         /// Whether the error allows a retry.
         retryable: bool,
+    },
+    /// A wait step's timer is running.
+    Waiting {
+        /// Step.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+        /// Timer id.
+        timer_id: String,
+        /// When it fires.
+        due_at: DateTime<Utc>,
     },
     /// Waiting for a retry.
     RetryWait {
@@ -151,6 +163,16 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 retryable: e.retryable,
             };
         }
+        Event::TimerStarted(e) => {
+            if let (Some(step), Cursor::InFlight { attempt, .. }) = (&e.step_id, &s.cursor) {
+                s.cursor = Cursor::Waiting {
+                    step: step.clone(),
+                    attempt: *attempt,
+                    timer_id: e.timer_id.clone(),
+                    due_at: e.due_at,
+                };
+            }
+        }
         Event::RetryScheduled(e) => {
             s.cursor = Cursor::RetryWait { step: e.step_id.clone(), next_attempt: e.next_attempt, due_at: e.due_at };
         }
@@ -225,7 +247,7 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
     match &s.cursor {
         Cursor::Idle => Decision::Done,
         Cursor::Start => match w.steps.first() {
-            Some(first) => enter(w, s, &first.id),
+            Some(first) => enter(w, s, &first.id, now),
             None => complete(w, s),
         },
         Cursor::After { step, jump } => {
@@ -243,7 +265,7 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             };
             match target {
                 Target::End => complete(w, s),
-                Target::Step(next) => enter(w, s, &next),
+                Target::Step(next) => enter(w, s, &next, now),
             }
         }
         Cursor::InFlight { step, attempt, input } => match w.step(step).map(|st| (&st.kind, st.timeout)) {
@@ -256,7 +278,7 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             },
             // Pure steps record start and outcome together; an in-flight
             // pure step can only come from an interrupted older engine.
-            Some(_) => start(w, s, step, *attempt),
+            Some(_) => start(w, s, step, *attempt, now),
             None => fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step)),
         },
         Cursor::Failed { step, attempt, error_kind, message, retryable } => {
@@ -283,9 +305,24 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
                 fail_run(error_kind, format!("step `{step}` failed ({why}): {message}"), Some(step))
             }
         }
+        Cursor::Waiting { step, attempt, timer_id, due_at } => {
+            if now >= *due_at {
+                Decision::Append(vec![
+                    Event::TimerFired(TimerFired { timer_id: timer_id.clone(), due_at: *due_at }),
+                    Event::StepCompleted(StepCompleted {
+                        step_id: step.clone(),
+                        attempt: *attempt,
+                        output: json!({ "waited_until": due_at }),
+                        duration_ms: 0,
+                    }),
+                ])
+            } else {
+                Decision::WaitUntil(*due_at)
+            }
+        }
         Cursor::RetryWait { step, next_attempt, due_at } => {
             if now >= *due_at {
-                start(w, s, step, *next_attempt)
+                start(w, s, step, *next_attempt, now)
             } else {
                 Decision::WaitUntil(*due_at)
             }
@@ -302,7 +339,7 @@ fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-fn enter(w: &Workflow, s: &RunState, step: &str) -> Decision {
+fn enter(w: &Workflow, s: &RunState, step: &str, now: DateTime<Utc>) -> Decision {
     let Some(st) = w.step(step) else {
         return fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step));
     };
@@ -316,7 +353,7 @@ fn enter(w: &Workflow, s: &RunState, step: &str) -> Decision {
             Some(step),
         );
     }
-    start(w, s, step, 1)
+    start(w, s, step, 1, now)
 }
 
 fn started(step: &str, attempt: u32, input: Value) -> Event {
@@ -333,7 +370,7 @@ fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
     })
 }
 
-fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32) -> Decision {
+fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32, now: DateTime<Utc>) -> Decision {
     let Some(st) = w.step(step) else {
         return fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step));
     };
@@ -365,6 +402,35 @@ fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32) -> Decision {
                 Decision::Append(vec![started(step, attempt, Value::Null), failed(step, attempt, "condition", e)])
             }
         },
+        StepKind::Wait { duration, until } => {
+            let due_at = match (duration, until) {
+                (Some(d), _) => Ok(now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::zero())),
+                (None, Some(u)) => template::render(u, &ctx).map_err(|e| e.to_string()).and_then(|v| match v {
+                    Value::String(t) => DateTime::parse_from_rfc3339(&t)
+                        .map(|d| d.with_timezone(&Utc))
+                        .map_err(|_| format!("`until` rendered to `{t}`, which is not an RFC 3339 instant")),
+                    other => Err(format!("`until` rendered to {other}, not an RFC 3339 string")),
+                }),
+                (None, None) => Ok(now),
+            };
+            match due_at {
+                Ok(due_at) => {
+                    let timer_id = format!("{step}#{attempt}");
+                    Decision::Append(vec![
+                        started(step, attempt, json!({ "until": due_at })),
+                        Event::TimerStarted(TimerStarted {
+                            timer_id,
+                            step_id: Some(step.to_owned()),
+                            due_at,
+                            purpose: "wait".into(),
+                        }),
+                    ])
+                }
+                Err(e) => {
+                    Decision::Append(vec![started(step, attempt, Value::Null), failed(step, attempt, "template", e)])
+                }
+            }
+        }
         StepKind::Switch { cases, default } => {
             for (c, target) in cases {
                 match c.holds(&ctx) {

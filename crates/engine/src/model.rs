@@ -112,6 +112,13 @@ pub enum StepKind {
         /// Target otherwise.
         otherwise: Target,
     },
+    /// A durable timer.
+    Wait {
+        /// How long, from when the step starts.
+        duration: Option<Duration>,
+        /// Or until this instant (a template rendering to RFC 3339).
+        until: Option<Value>,
+    },
     /// First matching case.
     Switch {
         /// Conditions and targets, in order.
@@ -135,6 +142,7 @@ impl StepKind {
             StepKind::Transform { .. } => "transform",
             StepKind::Branch { .. } => "branch",
             StepKind::Switch { .. } => "switch",
+            StepKind::Wait { .. } => "wait",
         }
     }
 }

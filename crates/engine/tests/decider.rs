@@ -256,3 +256,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_wait_records_its_due_time_and_fires_when_due() {
+    let w = wf("name: w\nsteps:\n  - id: pause\n    wait: { for: 90s }\n  - id: after\n    task: echo\n");
+    let mut events = vec![started(json!({}))];
+    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    match &next[..] {
+        [Event::StepStarted(_), Event::TimerStarted(t)] => {
+            assert_eq!(t.due_at, t0() + Duration::seconds(90));
+            assert_eq!((t.purpose.as_str(), t.step_id.as_deref()), ("wait", Some("pause")));
+        }
+        other => panic!("{other:?}"),
+    }
+    events.extend(next);
+    // A later decision (another process, after a restart) keeps the recorded due time.
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(30)),
+        Decision::WaitUntil(t0() + Duration::seconds(90))
+    );
+    let Decision::Append(fired) = decide(&w, &fold(&events), t0() + Duration::seconds(90)) else { panic!() };
+    assert!(matches!(&fired[..], [Event::TimerFired(_), Event::StepCompleted(c)] if c.step_id == "pause"), "{fired:?}");
+    events.extend(fired);
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(91)),
+        Decision::Append(vec![step_started("after", 1, Value::Null)])
+    );
+}
+
+#[test]
+fn a_wait_until_renders_its_instant() {
+    let w = wf(
+        "name: w\ninputs: { type: object, properties: { at: { type: string } } }\nsteps:\n  - id: pause\n    wait: { until: '{{ inputs.at }}' }\n",
+    );
+    let s = fold(&[started(json!({ "at": "2026-12-01T09:00:00Z" }))]);
+    let Decision::Append(next) = decide(&w, &s, t0()) else { panic!() };
+    assert!(
+        matches!(&next[1], Event::TimerStarted(t) if t.due_at.to_rfc3339() == "2026-12-01T09:00:00+00:00"),
+        "{next:?}"
+    );
+    let bad = fold(&[started(json!({ "at": "next tuesday" }))]);
+    let Decision::Append(next) = decide(&w, &bad, t0()) else { panic!() };
+    assert!(matches!(&next[1], Event::StepFailed(f) if f.message.contains("next tuesday")), "{next:?}");
+}

@@ -230,7 +230,20 @@ async fn embedded_programs_add_their_own_task_handlers(store: Arc<dyn EventStore
     assert_eq!(calls.load(Ordering::SeqCst), 2, "a non-retryable error is not retried");
 }
 
+async fn a_wait_step_waits_durably(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = "name: pause\nsteps:\n  - id: pause\n    wait: { for: 300ms }\n  - id: after\n    task: echo\n    with: { done: true }\n";
+    let t = std::time::Instant::now();
+    let (id, state) = run(&e, src, json!({})).await;
+    assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
+    assert_eq!(state.output, Some(json!({ "done": true })));
+    let evs = events(&store, id).await;
+    assert_eq!(count(&evs, |e| matches!(e, Event::TimerStarted(_))), 1);
+    assert_eq!(count(&evs, |e| matches!(e, Event::TimerFired(_))), 1);
+}
+
 both_backends!(
+    a_wait_step_waits_durably,
     retries_until_success_and_records_every_attempt,
     a_slow_attempt_times_out_and_fails_the_run,
     a_cancelled_run_stops,

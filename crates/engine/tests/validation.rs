@@ -180,3 +180,16 @@ fn guarded_references_are_accepted() {
     // Unguarded, the same references are refused.
     check(&looping.replace(" if steps.count is defined else {} ", " "), "self-reference", 3, &["previous visit"]);
 }
+
+#[test]
+fn waits_need_one_valid_duration_or_instant() {
+    check("name: w\nsteps:\n  - id: p\n    wait: {}\n", "bad-wait", 3, &["`for`", "`until`"]);
+    check("name: w\nsteps:\n  - id: p\n    wait: { for: soon }\n", "bad-duration", 4, &["soon"]);
+    check(
+        "name: w\nsteps:\n  - id: p\n    wait: { until: 'tomorrow' }\n",
+        "bad-instant",
+        3,
+        &["tomorrow", "2026-12-01T09:00:00Z"],
+    );
+    assert!(diags("name: w\nsteps:\n  - id: p\n    wait: { until: '2026-12-01T09:00:00Z' }\n").is_empty());
+}

@@ -182,6 +182,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.transform.as_ref().map(|_| "transform"),
         s.branch.as_ref().map(|_| "branch"),
         s.switch.as_ref().map(|_| "switch"),
+        s.wait.as_ref().map(|_| "wait"),
     ]
     .into_iter()
     .flatten()
@@ -196,7 +197,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             &s.id,
             "step-kind",
             message,
-            Some("give it exactly one of `task`, `transform`, `branch` or `switch`".into()),
+            Some("give it exactly one of `task`, `transform`, `branch`, `switch` or `wait`".into()),
         );
         return None;
     }
@@ -285,6 +286,35 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             (true, Some(default)) => Some(StepKind::Switch { cases, default }),
             _ => None,
         }
+    } else if let Some(wt) = &s.wait {
+        let duration = wt.duration.as_ref().and_then(|d| duration(cx, d));
+        match (&wt.duration, &wt.until) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => cx.at(
+                &s.id,
+                "bad-wait",
+                format!("wait `{id}` needs exactly one of `for` and `until`"),
+                Some("`wait: { for: 30s }` or `wait: { until: \"2026-12-01T09:00:00Z\" }`".into()),
+            ),
+        }
+        if let Some(u) = &wt.until {
+            match u {
+                Value::String(text) if text.contains("{{") => {
+                    if let Err(e) = template::check(u) {
+                        cx.at(&s.id, "bad-template", format!("wait `{id}` `until`: {e}"), None);
+                    }
+                }
+                Value::String(text) if chrono::DateTime::parse_from_rfc3339(text).is_err() => cx.at(
+                    &s.id,
+                    "bad-instant",
+                    format!("wait `{id}`: `{text}` is not an RFC 3339 instant"),
+                    Some("write e.g. `2026-12-01T09:00:00Z`".into()),
+                ),
+                Value::String(_) => {}
+                _ => cx.at(&s.id, "bad-instant", format!("wait `{id}`: `until` must be a string"), None),
+            }
+        }
+        Some(StepKind::Wait { duration, until: wt.until.clone() })
     } else {
         None
     };
@@ -522,7 +552,8 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
         match &s.kind {
             StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
             StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
-            StepKind::Branch { .. } | StepKind::Switch { .. } => {}
+            StepKind::Wait { until: Some(u), .. } => collect_strings(u, &rs.id, &mut texts),
+            StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } => {}
         }
         if let Some(b) = &rs.branch {
             texts.push((&b.condition, b.condition.value.clone()));

@@ -30,8 +30,8 @@ pub struct RawWorkflow {
     pub output: Option<Value>,
 }
 
-/// One step. Exactly one of `task`, `transform`, `branch` and `switch` says
-/// what it does.
+/// One step. Exactly one of `task`, `transform`, `branch`, `switch` and
+/// `wait` says what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -58,6 +58,9 @@ pub struct RawStep {
     /// Jump to the first case whose condition holds.
     #[serde(default)]
     pub switch: Option<RawSwitch>,
+    /// Wait durably for a duration or until an instant.
+    #[serde(default)]
+    pub wait: Option<RawWait>,
     /// Retry policy for failed attempts.
     #[serde(default)]
     pub retry: Option<RawRetry>,
@@ -120,6 +123,19 @@ pub struct RawCase {
     /// Step to go to (`end` ends the run).
     #[schemars(with = "String")]
     pub goto: Spanned<String>,
+}
+
+/// `wait: { for: 30s }` or `wait: { until: "2026-12-01T09:00:00Z" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWait {
+    /// How long to wait, e.g. `30s`, `2h`, `7d`.
+    #[serde(default, rename = "for")]
+    #[schemars(with = "Option<String>")]
+    pub duration: Option<Spanned<String>>,
+    /// An RFC 3339 instant to wait until; may be a template.
+    #[serde(default)]
+    pub until: Option<Value>,
 }
 
 /// Retry policy.
