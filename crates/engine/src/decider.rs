@@ -77,6 +77,8 @@ pub enum Cursor {
         message: String,
         /// Whether the error allows a retry.
         retryable: bool,
+        /// The least wait the failing service asked for.
+        retry_after_ms: Option<u64>,
     },
     /// A wait step's timer is running.
     Waiting {
@@ -161,6 +163,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 error_kind: e.error_kind.clone(),
                 message: e.message.clone(),
                 retryable: e.retryable,
+                retry_after_ms: e.retry_after_ms,
             };
         }
         Event::TimerStarted(e) => {
@@ -281,14 +284,16 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             Some(_) => start(w, s, step, *attempt, now),
             None => fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step)),
         },
-        Cursor::Failed { step, attempt, error_kind, message, retryable } => {
+        Cursor::Failed { step, attempt, error_kind, message, retryable, retry_after_ms } => {
             let Some(st) = w.step(step) else {
                 return fail_run(error_kind, message.clone(), Some(step));
             };
             let policy = &st.retry;
             if *retryable && *attempt < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
                 let next = attempt + 1;
-                let backoff = policy.backoff(next, seed(s.run_id, step, next));
+                let backoff = policy
+                    .backoff(next, seed(s.run_id, step, next))
+                    .max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                 let due_at = now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::zero());
                 Decision::Append(vec![Event::RetryScheduled(RetryScheduled {
                     step_id: step.clone(),
@@ -367,6 +372,7 @@ fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
         error_kind: kind.to_owned(),
         message,
         retryable: false,
+        retry_after_ms: None,
     })
 }
 

@@ -241,20 +241,20 @@ impl Engine {
                     let ctx = TaskContext { run_id, step_id: step_id.clone(), attempt };
                     let started = Instant::now();
                     let outcome = match self.tasks.get(&handler) {
-                        None => Err(crate::tasks::TaskError {
-                            kind: "unknown-task".into(),
-                            message: format!("no task handler named `{handler}` in this process"),
-                            retryable: false,
-                        }),
+                        None => Err(crate::tasks::TaskError::new(
+                            "unknown-task",
+                            format!("no task handler named `{handler}` in this process"),
+                            false,
+                        )),
                         Some(h) => {
                             let fut = h.call(input, ctx);
                             match timeout {
                                 Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
-                                    Err(crate::tasks::TaskError {
-                                        kind: "timeout".into(),
-                                        message: format!("attempt took longer than {t:?}"),
-                                        retryable: true,
-                                    })
+                                    Err(crate::tasks::TaskError::new(
+                                        "timeout",
+                                        format!("attempt took longer than {t:?}"),
+                                        true,
+                                    ))
                                 }),
                                 None => fut.await,
                             }
@@ -269,6 +269,7 @@ impl Engine {
                             error_kind: e.kind,
                             message: e.message,
                             retryable: e.retryable,
+                            retry_after_ms: e.retry_after_ms,
                         }),
                     }]
                 }

@@ -40,6 +40,15 @@ pub struct TaskError {
     pub message: String,
     /// Whether a retry may help.
     pub retryable: bool,
+    /// The least wait before a retry (a service's `Retry-After`).
+    pub retry_after_ms: Option<u64>,
+}
+
+impl TaskError {
+    /// An error of `kind`.
+    pub fn new(kind: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        TaskError { kind: kind.into(), message: message.into(), retryable, retry_after_ms: None }
+    }
 }
 
 /// A native step implementation.
@@ -133,10 +142,10 @@ fn fail(input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, Task
         if succeed_on.is_some_and(|n| u64::from(ctx.attempt) >= n) {
             return Ok(json!({ "attempt": ctx.attempt }));
         }
-        Err(TaskError {
-            kind: input.get("kind").and_then(Value::as_str).unwrap_or("task.failed").to_owned(),
-            message: input.get("message").and_then(Value::as_str).unwrap_or("the fail task failed as asked").to_owned(),
-            retryable: input.get("retryable").and_then(Value::as_bool).unwrap_or(true),
-        })
+        Err(TaskError::new(
+            input.get("kind").and_then(Value::as_str).unwrap_or("task.failed"),
+            input.get("message").and_then(Value::as_str).unwrap_or("the fail task failed as asked"),
+            input.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+        ))
     })
 }

@@ -44,6 +44,7 @@ fn step_failed(step: &str, attempt: u32, retryable: bool) -> Event {
         error_kind: "boom".into(),
         message: "it broke".into(),
         retryable,
+        retry_after_ms: None,
     })
 }
 

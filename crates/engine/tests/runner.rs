@@ -206,11 +206,7 @@ async fn embedded_programs_add_their_own_task_handlers(store: Arc<dyn EventStore
                 seen.fetch_add(1, Ordering::SeqCst);
                 let amount = input.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
                 if amount <= 0.0 {
-                    return Err(TaskError {
-                        kind: "card.invalid_amount".into(),
-                        message: format!("cannot charge {amount}"),
-                        retryable: false,
-                    });
+                    return Err(TaskError::new("card.invalid_amount", format!("cannot charge {amount}"), false));
                 }
                 Ok(json!({ "charged": amount, "idempotency_key": ctx.idempotency_key() }))
             })

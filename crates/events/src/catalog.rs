@@ -94,6 +94,10 @@ pub struct StepFailed {
     pub message: String,
     /// Whether the retry policy may try again.
     pub retryable: bool,
+    /// The least wait before a retry that the failing service asked for
+    /// (HTTP `Retry-After`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A failed attempt will be retried.

@@ -19,7 +19,8 @@ async fn v1_payload_is_read_as_v2_and_never_rewritten(h: Harness) {
     let stored = store.read_stream("run-old", 1).await.expect("read").remove(0);
     assert_eq!(stored.schema_version, 1);
     match Event::decode(&stored).expect("decode") {
-        Event::StepFailed(StepFailed { step_id, attempt, error_kind, message, retryable }) => {
+        Event::StepFailed(StepFailed { step_id, attempt, error_kind, message, retryable, retry_after_ms }) => {
+            assert_eq!(retry_after_ms, None);
             assert_eq!((step_id.as_str(), attempt), ("publish", 2));
             assert_eq!(error_kind, "http.status");
             assert_eq!(message, "503 Service Unavailable");
