@@ -208,14 +208,14 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
 pub enum Decision {
     /// Append these events (pure progress: no effect outside the log).
     Append(Vec<Event>),
-    /// Run a task handler for the in-flight attempt, then record its outcome.
+    /// Perform the in-flight attempt's effect, then record its outcome.
     Execute {
         /// Step.
         step_id: String,
         /// Attempt.
         attempt: u32,
-        /// Handler name.
-        handler: String,
+        /// What to do.
+        effect: Effect,
         /// The recorded input.
         input: Value,
         /// Attempt timeout.
@@ -227,11 +227,41 @@ pub enum Decision {
     Done,
 }
 
+/// An effect outside the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Call a native task handler.
+    Task {
+        /// Handler name.
+        handler: String,
+    },
+    /// Send an HTTP request.
+    Http {
+        /// 4xx statuses retried anyway.
+        retry_on_status: Vec<u16>,
+    },
+}
+
 /// The template and condition context: `{ inputs, steps: { id: { output } } }`.
 pub fn context(s: &RunState) -> Value {
     let steps: serde_json::Map<String, Value> =
         s.outputs.iter().map(|(k, v)| (k.clone(), json!({ "output": v }))).collect();
     json!({ "inputs": s.inputs, "steps": steps })
+}
+
+/// The context with `secrets.NAME` as `[redacted:NAME]`: what is recorded
+/// never holds a secret.
+fn context_with_placeholders(w: &Workflow, s: &RunState) -> Value {
+    let mut ctx = context(s);
+    if !w.secret_refs.is_empty() {
+        let secrets: serde_json::Map<String, Value> = w
+            .secret_refs
+            .iter()
+            .map(|r| (r.name.clone(), Value::String(crate::secrets::placeholder(&r.name))))
+            .collect();
+        ctx["secrets"] = Value::Object(secrets);
+    }
+    ctx
 }
 
 fn fail_run(kind: &str, message: String, step: Option<&str>) -> Decision {
@@ -275,9 +305,17 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             Some((StepKind::Task { handler, .. }, timeout)) => Decision::Execute {
                 step_id: step.clone(),
                 attempt: *attempt,
-                handler: handler.clone(),
+                effect: Effect::Task { handler: handler.clone() },
                 input: input.clone(),
                 timeout,
+            },
+            Some((StepKind::Http { timeout, retry_on_status, .. }, step_timeout)) => Decision::Execute {
+                step_id: step.clone(),
+                attempt: *attempt,
+                effect: Effect::Http { retry_on_status: retry_on_status.clone() },
+                input: input.clone(),
+                // The step's timeout bounds the whole attempt; the request's its own.
+                timeout: Some(step_timeout.map_or(*timeout, |t| t.min(*timeout))),
             },
             // Pure steps record start and outcome together; an in-flight
             // pure step can only come from an interrupted older engine.
@@ -380,8 +418,15 @@ fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32, now: DateTime<Utc
     let Some(st) = w.step(step) else {
         return fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step));
     };
-    let ctx = context(s);
+    let ctx = context_with_placeholders(w, s);
     match &st.kind {
+        StepKind::Http { request, .. } => match template::render(request, &ctx) {
+            Ok(input) => Decision::Append(vec![started(step, attempt, input)]),
+            Err(e) => Decision::Append(vec![
+                started(step, attempt, Value::Null),
+                failed(step, attempt, "template", e.to_string()),
+            ]),
+        },
         StepKind::Task { input, .. } => match template::render(input, &ctx) {
             Ok(input) => Decision::Append(vec![started(step, attempt, input)]),
             Err(e) => Decision::Append(vec![
@@ -476,7 +521,7 @@ fn branch(step: &str, attempt: u32, expression: &str, value: Value, target: &Tar
 
 fn complete(w: &Workflow, s: &RunState) -> Decision {
     let output = match &w.output {
-        Some(t) => match template::render(t, &context(s)) {
+        Some(t) => match template::render(t, &context_with_placeholders(w, s)) {
             Ok(v) => v,
             Err(e) => return fail_run("template", format!("workflow output: {e}"), None),
         },

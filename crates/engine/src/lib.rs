@@ -10,9 +10,11 @@
 pub mod commit;
 pub mod decider;
 pub mod expr;
+pub mod http;
 pub mod lang;
 pub mod model;
 pub mod runner;
+pub mod secrets;
 pub mod tasks;
 pub mod template;
 

@@ -24,6 +24,19 @@ pub struct Workflow {
     pub source: String,
     /// SHA-256 of the source, hex.
     pub definition_hash: String,
+    /// Every `secrets.NAME` the templates use.
+    pub secret_refs: Vec<SecretRef>,
+}
+
+/// A use of `secrets.NAME`, for checking that the secret exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The secret's name.
+    pub name: String,
+    /// Line of the step (or workflow name) that uses it.
+    pub line: u64,
+    /// Column.
+    pub column: u64,
 }
 
 impl Workflow {
@@ -112,6 +125,15 @@ pub enum StepKind {
         /// Target otherwise.
         otherwise: Target,
     },
+    /// An HTTP call.
+    Http {
+        /// `{method, url, headers, query, body}` with templates.
+        request: Value,
+        /// Request timeout.
+        timeout: Duration,
+        /// 4xx statuses retried anyway.
+        retry_on_status: Vec<u16>,
+    },
     /// A durable timer.
     Wait {
         /// How long, from when the step starts.
@@ -132,7 +154,7 @@ impl StepKind {
     /// Whether the step runs an effect outside the engine (and so is
     /// recorded as started before it runs).
     pub fn has_effect(&self) -> bool {
-        matches!(self, StepKind::Task { .. })
+        matches!(self, StepKind::Task { .. } | StepKind::Http { .. })
     }
 
     /// The kind's name in the language.
@@ -143,6 +165,7 @@ impl StepKind {
             StepKind::Branch { .. } => "branch",
             StepKind::Switch { .. } => "switch",
             StepKind::Wait { .. } => "wait",
+            StepKind::Http { .. } => "http",
         }
     }
 }

@@ -17,10 +17,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
-use crate::decider::{Decision, RunState, decide, evolve};
+use crate::decider::{Decision, Effect, RunState, decide, evolve};
 use crate::lang;
-use crate::model::Workflow;
-use crate::tasks::{TaskContext, TaskRegistry};
+use crate::model::{StepKind, Workflow};
+use crate::secrets::Secrets;
+use crate::tasks::{TaskContext, TaskError, TaskRegistry};
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,8 @@ pub struct Engine {
     tasks: TaskRegistry,
     definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
     actor: String,
+    secrets: Secrets,
+    http: reqwest::Client,
 }
 
 impl Engine {
@@ -77,7 +80,20 @@ impl Engine {
             tasks,
             definitions: Mutex::new(HashMap::new()),
             actor: "engine".into(),
+            secrets: Secrets::default(),
+            http: crate::http::client(),
         }
+    }
+
+    /// Uses these secrets for `{{ secrets.NAME }}`.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The names of the secrets this engine has.
+    pub fn secret_names(&self) -> Vec<&str> {
+        self.secrets.names()
     }
 
     /// The store.
@@ -237,37 +253,21 @@ impl Engine {
                     continue;
                 }
                 Decision::Append(events) => events,
-                Decision::Execute { step_id, attempt, handler, input, timeout } => {
-                    let ctx = TaskContext { run_id, step_id: step_id.clone(), attempt };
+                Decision::Execute { step_id, attempt, effect, input, timeout } => {
                     let started = Instant::now();
-                    let outcome = match self.tasks.get(&handler) {
-                        None => Err(crate::tasks::TaskError::new(
-                            "unknown-task",
-                            format!("no task handler named `{handler}` in this process"),
-                            false,
-                        )),
-                        Some(h) => {
-                            let fut = h.call(input, ctx);
-                            match timeout {
-                                Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
-                                    Err(crate::tasks::TaskError::new(
-                                        "timeout",
-                                        format!("attempt took longer than {t:?}"),
-                                        true,
-                                    ))
-                                }),
-                                None => fut.await,
-                            }
-                        }
-                    };
+                    let input = self.effective_input(&w, &state, &step_id, input);
+                    let outcome = self.perform(run_id, &step_id, attempt, effect, input, timeout).await;
                     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     vec![match outcome {
-                        Ok(output) => Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms }),
+                        Ok(mut output) => {
+                            self.secrets.scrub(&mut output);
+                            Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
+                        }
                         Err(e) => Event::StepFailed(StepFailed {
                             step_id,
                             attempt,
                             error_kind: e.kind,
-                            message: e.message,
+                            message: self.secrets.scrub_str(&e.message),
                             retryable: e.retryable,
                             retry_after_ms: e.retry_after_ms,
                         }),
@@ -290,6 +290,66 @@ impl Engine {
                 Err(e) if e.is_conflict() => state = self.state(run_id).await?,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// The input to execute with: the recorded input, or, when the step
+    /// uses secrets, its templates rendered again with the real values (the
+    /// recorded input holds placeholders).
+    fn effective_input(&self, w: &Workflow, state: &RunState, step_id: &str, recorded: Value) -> Value {
+        if w.secret_refs.is_empty() {
+            return recorded;
+        }
+        let template = match w.step(step_id).map(|s| &s.kind) {
+            Some(StepKind::Task { input, .. }) => input,
+            Some(StepKind::Http { request, .. }) => request,
+            _ => return recorded,
+        };
+        let mut text_uses_secrets = false;
+        let _ = crate::template::walk_strings::<()>(template, &mut |t| {
+            text_uses_secrets |= t.contains("secrets.");
+            Ok(())
+        });
+        if !text_uses_secrets {
+            return recorded;
+        }
+        let mut ctx = crate::decider::context(state);
+        ctx["secrets"] = self.secrets.template_value();
+        crate::template::render(template, &ctx).unwrap_or(recorded)
+    }
+
+    async fn perform(
+        &self,
+        run_id: Uuid,
+        step_id: &str,
+        attempt: u32,
+        effect: Effect,
+        input: Value,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Value, TaskError> {
+        let ctx = TaskContext { run_id, step_id: step_id.to_owned(), attempt };
+        let fut = match effect {
+            Effect::Http { retry_on_status } => {
+                let key = ctx.idempotency_key();
+                let t = timeout.unwrap_or(crate::http::DEFAULT_TIMEOUT);
+                return crate::http::send(&self.http, &input, t, &key, &retry_on_status).await;
+            }
+            Effect::Task { handler } => match self.tasks.get(&handler) {
+                None => {
+                    return Err(TaskError::new(
+                        "unknown-task",
+                        format!("no task handler named `{handler}` in this process"),
+                        false,
+                    ));
+                }
+                Some(h) => h.call(input, ctx),
+            },
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| Err(TaskError::new("timeout", format!("attempt took longer than {t:?}"), true))),
+            None => fut.await,
         }
     }
 

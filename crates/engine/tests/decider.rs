@@ -2,7 +2,7 @@
 //! this decision. Plus property tests over generated workflows and outcomes.
 #![allow(missing_docs)]
 
-use cairn_engine::decider::{Cursor, Decision, RunStatus, decide, evolve, fold};
+use cairn_engine::decider::{Cursor, Decision, Effect, RunStatus, decide, evolve, fold};
 use cairn_engine::{TaskRegistry, Workflow};
 use cairn_events::{Event, RunStarted, StepCompleted, StepFailed, StepStarted};
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -66,8 +66,9 @@ fn an_attempt_without_outcome_is_executed_again_after_a_crash() {
     let w = wf(TWO_TASKS);
     let s = fold(&[started(json!({ "n": 5 })), step_started("a", 1, json!({ "n": 5 }))]);
     match decide(&w, &s, t0()) {
-        Decision::Execute { step_id, attempt, handler, input, .. } => {
-            assert_eq!((step_id.as_str(), attempt, handler.as_str()), ("a", 1, "echo"));
+        Decision::Execute { step_id, attempt, effect, input, .. } => {
+            assert_eq!((step_id.as_str(), attempt), ("a", 1));
+            assert_eq!(effect, Effect::Task { handler: "echo".into() });
             assert_eq!(input, json!({ "n": 5 }), "the recorded input is reused, not re-rendered");
         }
         d => panic!("{d:?}"),

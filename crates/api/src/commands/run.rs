@@ -21,6 +21,20 @@ pub struct Args {
     /// A JSON file with the inputs (an object); `--input` values override it.
     #[arg(long)]
     pub input_file: Option<std::path::PathBuf>,
+    /// A file of `NAME=value` secret lines, added to the `CAIRN_SECRET_<NAME>`
+    /// environment variables.
+    #[arg(long)]
+    pub secrets_file: Option<std::path::PathBuf>,
+}
+
+/// Secrets from the environment and an optional file.
+pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_engine::secrets::Secrets> {
+    let mut secrets = cairn_engine::secrets::Secrets::from_env();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading secrets file {}", f.display()))?;
+        secrets.add_file(&text).map_err(|e| anyhow::anyhow!("secrets file {}: {e}", f.display()))?;
+    }
+    Ok(secrets)
 }
 
 /// Parses `--input` and `--input-file` into one JSON object.
@@ -48,13 +62,23 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let store = cairn_events::open(database).await?;
-    let engine = Engine::new(store, TaskRegistry::builtin());
+    let secrets = load_secrets(args.secrets_file.as_deref())?;
+    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets);
     let file = args.file.display().to_string();
-    let workflow = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
+    let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
+        Ok(w) => {
+            let missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
+            if missing.is_empty() { Ok(w) } else { Err(missing) }
+        }
+        Err(d) => Err(d.0),
+    };
+    let workflow = match problems {
         Ok(w) => w,
         Err(d) => {
-            eprintln!("{d}");
-            eprintln!("{} problem(s); nothing was run", d.0.len());
+            for p in &d {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s); nothing was run", d.len());
             return Ok(ExitCode::from(1));
         }
     };
@@ -121,7 +145,7 @@ pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
 /// `cairn continue`.
 pub async fn continue_command(database: &str) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open(database).await?;
-    let engine = Engine::new(store, TaskRegistry::builtin());
+    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(load_secrets(None)?);
     let n = continue_interrupted(&engine).await?;
     out!("{n} interrupted run(s) continued");
     Ok(ExitCode::SUCCESS)

@@ -32,10 +32,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 help: None,
             }),
             Ok(src) => match cairn_engine::lang::parse(&src, &file, &names) {
-                Ok(_) => {
-                    if args.format == "text" {
+                Ok(w) => {
+                    // Secrets are checked against this environment (CAIRN_SECRET_<NAME>).
+                    let secrets = cairn_engine::secrets::Secrets::from_env();
+                    let missing = cairn_engine::lang::check_secrets(&w, &secrets.names(), &file);
+                    if missing.is_empty() && args.format == "text" {
                         out!("{file}: valid");
                     }
+                    all.extend(missing);
                 }
                 Err(d) => all.extend(d.0),
             },

@@ -108,7 +108,51 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         }
     }
 
+    let mut secret_refs = Vec::new();
+    for rs in &raw.steps {
+        let mut texts: Vec<String> = Vec::new();
+        let mut push = |v: &Value| {
+            let _ = template::walk_strings::<()>(v, &mut |t| {
+                texts.push(t.to_owned());
+                Ok(())
+            });
+        };
+        for v in [&rs.with_input, &rs.transform].into_iter().flatten() {
+            push(v);
+        }
+        if let Some(h) = &rs.http {
+            for v in [Some(&h.url), h.headers.as_ref(), h.query.as_ref(), h.body.as_ref()].into_iter().flatten() {
+                push(v);
+            }
+        }
+        if let Some(u) = rs.wait.as_ref().and_then(|w| w.until.as_ref()) {
+            push(u);
+        }
+        for t in texts {
+            for name in secret_names(&t) {
+                secret_refs.push(crate::model::SecretRef {
+                    name,
+                    line: rs.id.referenced.line(),
+                    column: rs.id.referenced.column(),
+                });
+            }
+        }
+    }
+    if let Some(out) = &raw.output {
+        let _ = template::walk_strings::<()>(out, &mut |t| {
+            if !secret_names(t).is_empty() {
+                cx.at(
+                    &raw.name,
+                    "secret-in-output",
+                    "the workflow output uses a secret; outputs are recorded and shown".into(),
+                    Some("pass secrets only to steps that need them".into()),
+                );
+            }
+            Ok(())
+        });
+    }
     let workflow = Workflow {
+        secret_refs,
         name: raw.name.value.clone(),
         description: raw.description.clone(),
         inputs_schema: raw.inputs.clone(),
@@ -183,6 +227,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.branch.as_ref().map(|_| "branch"),
         s.switch.as_ref().map(|_| "switch"),
         s.wait.as_ref().map(|_| "wait"),
+        s.http.as_ref().map(|_| "http"),
     ]
     .into_iter()
     .flatten()
@@ -197,7 +242,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             &s.id,
             "step-kind",
             message,
-            Some("give it exactly one of `task`, `transform`, `branch`, `switch` or `wait`".into()),
+            Some("give it exactly one of `task`, `transform`, `branch`, `switch`, `wait` or `http`".into()),
         );
         return None;
     }
@@ -286,6 +331,35 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             (true, Some(default)) => Some(StepKind::Switch { cases, default }),
             _ => None,
         }
+    } else if let Some(h) = &s.http {
+        let mut request = serde_json::Map::new();
+        if let Some(m) = &h.method {
+            let up = m.value.to_ascii_uppercase();
+            if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&up.as_str()) {
+                cx.at(
+                    m,
+                    "bad-method",
+                    format!("`{}` is not an HTTP method Cairn sends", m.value),
+                    Some("use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS".into()),
+                );
+            }
+            request.insert("method".into(), Value::String(up));
+        }
+        request.insert("url".into(), h.url.clone());
+        for (k, v) in [("headers", &h.headers), ("query", &h.query), ("body", &h.body)] {
+            if let Some(v) = v {
+                if k != "body" && !v.is_object() {
+                    cx.at(&s.id, "bad-http", format!("step `{id}`: `{k}` must be a map of names to values"), None);
+                }
+                request.insert(k.into(), v.clone());
+            }
+        }
+        let request = Value::Object(request);
+        if let Err(e) = template::check(&request) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `http`: {e}"), None);
+        }
+        let timeout = h.timeout.as_ref().and_then(|t| duration(cx, t)).unwrap_or(crate::http::DEFAULT_TIMEOUT);
+        Some(StepKind::Http { request, timeout, retry_on_status: h.retry_on_status.clone() })
     } else if let Some(wt) = &s.wait {
         let duration = wt.duration.as_ref().and_then(|d| duration(cx, d));
         match (&wt.duration, &wt.until) {
@@ -553,6 +627,7 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
             StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
             StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
             StepKind::Wait { until: Some(u), .. } => collect_strings(u, &rs.id, &mut texts),
+            StepKind::Http { request, .. } => collect_strings(request, &rs.id, &mut texts),
             StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } => {}
         }
         if let Some(b) = &rs.branch {
@@ -603,6 +678,40 @@ fn guarded_steps(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Names in `secrets.NAME` occurrences.
+fn secret_names(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    text.match_indices("secrets.")
+        .filter(|(i, _)| {
+            *i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.')
+        })
+        .map(|(i, _)| ident_at(&text[i + 8..]).to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Diagnostics for secrets the workflow uses that `available` lacks.
+pub fn check_secrets(w: &Workflow, available: &[&str], file: &str) -> Vec<Diagnostic> {
+    let mut seen = HashSet::new();
+    w.secret_refs
+        .iter()
+        .filter(|r| !available.contains(&r.name.as_str()) && seen.insert(r.name.clone()))
+        .map(|r| Diagnostic {
+            code: "unknown-secret",
+            file: file.to_owned(),
+            line: r.line,
+            column: r.column,
+            message: format!("secret `{}` is not set", r.name),
+            help: Some(format!(
+                "set the environment variable {}{} or add `{}=...` to the secrets file",
+                crate::secrets::ENV_PREFIX,
+                r.name,
+                r.name
+            )),
+        })
+        .collect()
 }
 
 fn ident_at(s: &str) -> &str {

@@ -5,7 +5,7 @@ mod compile;
 mod diagnostic;
 pub mod raw;
 
-pub use compile::{END, compile};
+pub use compile::{END, check_secrets, compile};
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 
 use crate::model::Workflow;

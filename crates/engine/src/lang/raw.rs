@@ -30,8 +30,8 @@ pub struct RawWorkflow {
     pub output: Option<Value>,
 }
 
-/// One step. Exactly one of `task`, `transform`, `branch`, `switch` and
-/// `wait` says what it does.
+/// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`
+/// and `http` says what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -61,6 +61,9 @@ pub struct RawStep {
     /// Wait durably for a duration or until an instant.
     #[serde(default)]
     pub wait: Option<RawWait>,
+    /// Call an HTTP endpoint.
+    #[serde(default)]
+    pub http: Option<RawHttp>,
     /// Retry policy for failed attempts.
     #[serde(default)]
     pub retry: Option<RawRetry>,
@@ -136,6 +139,34 @@ pub struct RawWait {
     /// An RFC 3339 instant to wait until; may be a template.
     #[serde(default)]
     pub until: Option<Value>,
+}
+
+/// An HTTP request; every string may be a template.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// `GET` (default), `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub method: Option<Spanned<String>>,
+    /// The URL.
+    pub url: Value,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: Option<Value>,
+    /// Query parameters, appended to the URL.
+    #[serde(default)]
+    pub query: Option<Value>,
+    /// The body: JSON (sent as `application/json`) or a string.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Request timeout (default `30s`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// 4xx statuses that are retried anyway (5xx and 429 always are).
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
 }
 
 /// Retry policy.
