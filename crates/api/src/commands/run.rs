@@ -118,6 +118,9 @@ fn progress_line(e: &Event, tty: bool) {
         Event::StepCompleted(s) => ("✓", format!("{} ({} ms)", s.step_id, s.duration_ms)),
         Event::StepFailed(s) => ("✗", format!("{} attempt {}: [{}] {}", s.step_id, s.attempt, s.error_kind, s.message)),
         Event::RetryScheduled(r) => ("↻", format!("{} retry {} in {} ms", r.step_id, r.next_attempt, r.backoff_ms)),
+        Event::TimerStarted(t) => {
+            ("⏲", format!("{} waits until {}", t.step_id.as_deref().unwrap_or("timer"), t.due_at))
+        }
         Event::BranchTaken(b) => ("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)),
         Event::RunCompleted(_) => ("●", "completed".to_owned()),
         Event::RunFailed(f) => ("●", format!("failed: {}", f.message)),
