@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_events::{
-    BranchTaken, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed, StepStarted, TimerFired,
-    TimerStarted,
+    BranchTaken, CompensationStarted, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed,
+    StepStarted, TimerFired, TimerStarted,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -91,6 +91,8 @@ pub enum Cursor {
         /// When it fires.
         due_at: DateTime<Utc>,
     },
+    /// The run is failing; the next compensation is to start.
+    Compensating,
     /// Waiting for a retry.
     RetryWait {
         /// Step.
@@ -129,7 +131,22 @@ pub struct RunState {
     pub error: Option<(String, String, Option<String>)>,
     /// Events folded (= the stream version).
     pub version: u64,
+    /// Steps in order of their last completion.
+    pub completed: Vec<String>,
+    /// Set while a failing run undoes its work.
+    pub compensating: Option<Compensating>,
     pending_jump: Option<String>,
+}
+
+/// A failing run undoing its completed steps.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Compensating {
+    /// Compensation steps to run, in order.
+    pub queue: Vec<String>,
+    /// How many have completed.
+    pub done: usize,
+    /// The error the run fails with afterwards: kind, message, step.
+    pub error: (String, String, Option<String>),
 }
 
 /// Folds one event into the state.
@@ -152,6 +169,13 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
         }
         Event::BranchTaken(e) => s.pending_jump = Some(e.target.clone()),
         Event::StepCompleted(e) => {
+            s.completed.retain(|c| c != &e.step_id);
+            s.completed.push(e.step_id.clone());
+            if let Some(c) = s.compensating.as_mut()
+                && c.queue.get(c.done) == Some(&e.step_id)
+            {
+                c.done += 1;
+            }
             s.outputs.insert(e.step_id.clone(), e.output.clone());
             s.last_output = e.output.clone();
             s.cursor = Cursor::After { step: e.step_id.clone(), jump: s.pending_jump.take() };
@@ -178,6 +202,14 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
         }
         Event::RetryScheduled(e) => {
             s.cursor = Cursor::RetryWait { step: e.step_id.clone(), next_attempt: e.next_attempt, due_at: e.due_at };
+        }
+        Event::CompensationStarted(e) => {
+            s.compensating = Some(Compensating {
+                queue: e.compensations.clone(),
+                done: 0,
+                error: (e.error_kind.clone(), e.message.clone(), e.failed_step.clone()),
+            });
+            s.cursor = Cursor::Compensating;
         }
         Event::RunCompleted(e) => {
             s.status = RunStatus::Completed;
@@ -283,6 +315,8 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             Some(first) => enter(w, s, &first.id, now),
             None => complete(w, s),
         },
+        Cursor::After { .. } | Cursor::Compensating if s.compensating.is_some() => next_compensation(w, s, now),
+        Cursor::Compensating => Decision::Done,
         Cursor::After { step, jump } => {
             let target = match (jump, w.step(step)) {
                 (Some(j), _) if j == "end" => Target::End,
@@ -345,7 +379,14 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
                 } else {
                     format!("after {attempt} attempt(s)")
                 };
-                fail_run(error_kind, format!("step `{step}` failed ({why}): {message}"), Some(step))
+                fail_or_compensate(
+                    w,
+                    s,
+                    error_kind,
+                    format!("step `{step}` failed ({why}): {message}"),
+                    Some(step),
+                    now,
+                )
             }
         }
         Cursor::Waiting { step, attempt, timer_id, due_at } => {
@@ -369,6 +410,55 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
             } else {
                 Decision::WaitUntil(*due_at)
             }
+        }
+    }
+}
+
+/// Fails the run, first undoing its completed steps that have a
+/// `compensate` (in reverse order of completion). A failure while
+/// compensating fails the run at once, naming both errors.
+fn fail_or_compensate(
+    w: &Workflow,
+    s: &RunState,
+    kind: &str,
+    message: String,
+    step: Option<&str>,
+    now: DateTime<Utc>,
+) -> Decision {
+    if let Some(c) = &s.compensating {
+        let (k, m, st) = &c.error;
+        return Decision::Append(vec![Event::RunFailed(RunFailed {
+            error_kind: k.clone(),
+            message: format!("{m}; then compensation failed: {message}"),
+            failed_step: st.clone(),
+        })]);
+    }
+    let queue: Vec<String> =
+        s.completed.iter().rev().filter_map(|id| w.step(id).and_then(|st| st.compensate.clone())).collect();
+    if queue.is_empty() {
+        return fail_run(kind, message, step);
+    }
+    let started = Event::CompensationStarted(CompensationStarted {
+        failed_step: step.map(str::to_owned),
+        error_kind: kind.to_owned(),
+        message,
+        compensations: queue,
+    });
+    let next = evolve(s.clone(), &started);
+    let mut events = vec![started];
+    if let Decision::Append(more) = next_compensation(w, &next, now) {
+        events.extend(more);
+    }
+    Decision::Append(events)
+}
+
+fn next_compensation(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
+    let Some(c) = &s.compensating else { return Decision::Done };
+    match c.queue.get(c.done) {
+        Some(id) => start(w, s, id, 1, now),
+        None => {
+            let (kind, message, step) = c.error.clone();
+            Decision::Append(vec![Event::RunFailed(RunFailed { error_kind: kind, message, failed_step: step })])
         }
     }
 }

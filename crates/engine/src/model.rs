@@ -26,6 +26,8 @@ pub struct Workflow {
     pub definition_hash: String,
     /// Every `secrets.NAME` the templates use.
     pub secret_refs: Vec<SecretRef>,
+    /// Compensation steps (run only while a failing run undoes its work).
+    pub compensations: Vec<Step>,
 }
 
 /// A use of `secrets.NAME`, for checking that the secret exists.
@@ -40,9 +42,9 @@ pub struct SecretRef {
 }
 
 impl Workflow {
-    /// The step with this id.
+    /// The step (or compensation step) with this id.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id == id)
+        self.steps.iter().chain(&self.compensations).find(|s| s.id == id)
     }
 
     /// Applies input defaults from the inputs schema's properties.
@@ -99,6 +101,8 @@ pub struct Step {
     pub max_visits: Option<u32>,
     /// JSON Schema of the output.
     pub output_contract: Option<Value>,
+    /// The compensation step that undoes this one.
+    pub compensate: Option<String>,
 }
 
 /// What a step does.

@@ -238,7 +238,75 @@ async fn a_wait_step_waits_durably(store: Arc<dyn EventStore>) {
     assert_eq!(count(&evs, |e| matches!(e, Event::TimerFired(_))), 1);
 }
 
+async fn a_failing_run_undoes_its_completed_steps_in_reverse_order(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = include_str!("../../../examples/saga-booking.yaml");
+    let (id, state) = run(&e, src, json!({})).await;
+    assert_eq!(state.status, RunStatus::Failed);
+    let (kind, _, step) = state.error.expect("error");
+    assert_eq!(
+        (kind.as_str(), step.as_deref()),
+        ("card.declined", Some("declined")),
+        "the run fails with the original error"
+    );
+    let evs = events(&store, id).await;
+    let order: Vec<String> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::CompensationStarted(c) => Some(format!("compensate {:?}", c.compensations)),
+            Event::StepCompleted(c) if c.step_id.starts_with("cancel") => Some(c.step_id.clone()),
+            Event::RunFailed(_) => Some("failed".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![r#"compensate ["cancel_hotel", "cancel_flight"]"#, "cancel_hotel", "cancel_flight", "failed"]
+    );
+    // A compensation sees the output of the step it undoes.
+    let undone = evs.iter().find_map(|e| match e {
+        Event::StepCompleted(c) if c.step_id == "cancel_hotel" => Some(c.output.clone()),
+        _ => None,
+    });
+    assert_eq!(undone, Some(json!({ "message": "cancelling HT-456" })));
+    // A successful run compensates nothing.
+    let (ok_id, ok) = run(&e, src, json!({ "card": "valid" })).await;
+    assert_eq!(ok.status, RunStatus::Completed);
+    assert!(!events(&store, ok_id).await.iter().any(|e| matches!(e, Event::CompensationStarted(_))));
+}
+
+async fn only_completed_steps_are_compensated_and_a_failing_compensation_is_reported(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = "name: partial
+steps:
+  - id: a
+    task: echo
+    compensate: undo_a
+  - id: b
+    task: fail
+    with: { retryable: false }
+    compensate: undo_b
+compensations:
+  - id: undo_a
+    task: fail
+    with: { kind: undo.failed, message: cannot undo, retryable: false }
+  - id: undo_b
+    task: echo
+";
+    let (id, state) = run(&e, src, json!({})).await;
+    let (kind, message, step) = state.error.expect("error");
+    assert_eq!((kind.as_str(), step.as_deref()), ("task.failed", Some("b")));
+    assert!(message.contains("then compensation failed") && message.contains("cannot undo"), "{message}");
+    let evs = events(&store, id).await;
+    assert!(
+        !evs.iter().any(|e| matches!(e, Event::StepStarted(s) if s.step_id == "undo_b")),
+        "b never completed: not undone"
+    );
+}
+
 both_backends!(
+    a_failing_run_undoes_its_completed_steps_in_reverse_order,
+    only_completed_steps_are_compensated_and_a_failing_compensation_is_reported,
     a_wait_step_waits_durably,
     retries_until_success_and_records_every_attempt,
     a_slow_attempt_times_out_and_fails_the_run,

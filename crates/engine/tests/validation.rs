@@ -193,3 +193,35 @@ fn waits_need_one_valid_duration_or_instant() {
     );
     assert!(diags("name: w\nsteps:\n  - id: p\n    wait: { until: '2026-12-01T09:00:00Z' }\n").is_empty());
 }
+
+#[test]
+fn step_ids_must_be_referable_from_templates() {
+    check(
+        "name: w\nsteps:\n  - id: book-hotel\n    task: echo\n",
+        "bad-step-id",
+        3,
+        &["book-hotel", "`book_hotel` would work"],
+    );
+}
+
+#[test]
+fn compensations_are_checked() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    compensate: undo_b\ncompensations:\n  - id: undo_a\n    task: echo\n",
+        "unknown-compensation",
+        5,
+        &["undo_b", "did you mean `undo_a`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    compensate: undo\ncompensations:\n  - id: undo\n    task: echo\n    next: a\n",
+        "bad-compensation",
+        7,
+        &["only do work"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\ncompensations:\n  - id: a\n    task: echo\n",
+        "duplicate-step",
+        6,
+        &["`a`"],
+    );
+}

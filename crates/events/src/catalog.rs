@@ -421,6 +421,22 @@ pub struct RunResumed {
     pub reason: Option<String>,
 }
 
+/// A run is failing and will first undo its completed steps (a saga): the
+/// compensations run in the listed order (reverse order of completion),
+/// then the run fails with this error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CompensationStarted {
+    /// The step whose failure fails the run.
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    /// The error kind the run will fail with.
+    pub error_kind: String,
+    /// The error message the run will fail with.
+    pub message: String,
+    /// Compensation step ids to run, in order.
+    pub compensations: Vec<String>,
+}
+
 /// A run succeeded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunCompleted {
@@ -556,7 +572,7 @@ catalog! {
         AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
         ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, TimerStarted = 1,
         TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1,
-        RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
+        CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
 }

@@ -34,6 +34,12 @@ impl Ctx<'_> {
     }
 }
 
+/// A step id: letters, digits and `_`, so templates and conditions can
+/// refer to it as `steps.ID` (a `-` would read as a minus sign).
+fn valid_step_id(s: &str) -> bool {
+    valid_ident(s) && !s.contains('-')
+}
+
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -73,14 +79,18 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
 
     // Ids: valid and unique.
     let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
-    for s in &raw.steps {
+    for s in raw.steps.iter().chain(&raw.compensations) {
         let id = s.id.value.as_str();
-        if !valid_ident(id) || id == END {
+        if !valid_step_id(id) || id == END {
+            let hint =
+                if id.contains('-') { format!("; `{}` would work", id.replace('-', "_")) } else { String::new() };
             cx.at(
                 &s.id,
                 "bad-step-id",
                 format!("step id `{id}` is not valid"),
-                Some("use 1 to 64 letters, digits, `-` or `_`, starting with a letter; `end` is reserved".into()),
+                Some(format!(
+                    "use 1 to 64 letters, digits or `_`, starting with a letter, so templates can say `steps.ID` (`-` reads as minus; `end` is reserved){hint}"
+                )),
             );
         }
         if let Some(first) = seen.get(id) {
@@ -96,6 +106,38 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         }
     }
     let ids: Vec<&str> = raw.steps.iter().map(|s| s.id.value.as_str()).collect();
+    let comp_ids: Vec<&str> = raw.compensations.iter().map(|s| s.id.value.as_str()).collect();
+    for s in &raw.steps {
+        if let Some(c) = &s.compensate
+            && !comp_ids.contains(&c.value.as_str())
+        {
+            let help = match did_you_mean(&c.value, comp_ids.iter().copied()) {
+                Some(d) => format!("did you mean `{d}`?"),
+                None => "list the compensating step under `compensations:`".to_owned(),
+            };
+            cx.at(c, "unknown-compensation", format!("no compensation step `{}`", c.value), Some(help));
+        }
+    }
+    let mut compensations = Vec::new();
+    for s in &raw.compensations {
+        let jumps = s.branch.is_some()
+            || s.switch.is_some()
+            || s.wait.is_some()
+            || s.next.is_some()
+            || s.end
+            || s.compensate.is_some();
+        if jumps {
+            cx.at(
+                &s.id,
+                "bad-compensation",
+                format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
+                Some("remove `branch`, `switch`, `wait`, `next`, `end` and `compensate` from it".into()),
+            );
+        }
+        if let Some(step) = compile_step(&mut cx, s, Target::End, &ids, tasks) {
+            compensations.push(step);
+        }
+    }
 
     let mut steps = Vec::new();
     for (i, s) in raw.steps.iter().enumerate() {
@@ -109,7 +151,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     }
 
     let mut secret_refs = Vec::new();
-    for rs in &raw.steps {
+    for rs in raw.steps.iter().chain(&raw.compensations) {
         let mut texts: Vec<String> = Vec::new();
         let mut push = |v: &Value| {
             let _ = template::walk_strings::<()>(v, &mut |t| {
@@ -152,6 +194,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         });
     }
     let workflow = Workflow {
+        compensations,
         secret_refs,
         name: raw.name.value.clone(),
         description: raw.description.clone(),
@@ -441,6 +484,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         timeout,
         max_visits: s.max_visits,
         output_contract: s.output_contract.clone(),
+        compensate: s.compensate.as_ref().map(|c| c.value.clone()),
     })
 }
 
@@ -715,7 +759,7 @@ pub fn check_secrets(w: &Workflow, available: &[&str], file: &str) -> Vec<Diagno
 }
 
 fn ident_at(s: &str) -> &str {
-    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
     &s[..end]
 }
 

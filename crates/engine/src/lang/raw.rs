@@ -28,6 +28,10 @@ pub struct RawWorkflow {
     /// the output of the last step that ran.
     #[serde(default)]
     pub output: Option<Value>,
+    /// Steps that undo others (sagas): named by a step's `compensate`, run
+    /// only when the run fails after that step completed.
+    #[serde(default)]
+    pub compensations: Vec<RawStep>,
 }
 
 /// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`
@@ -35,7 +39,7 @@ pub struct RawWorkflow {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
-    /// Unique step id: letters, digits, `-` and `_`.
+    /// Unique step id: letters, digits and `_` (templates say `steps.ID`).
     #[schemars(with = "String")]
     pub id: Spanned<String>,
     /// What the step is for.
@@ -81,6 +85,11 @@ pub struct RawStep {
     /// How often the step may run in one run; required on every loop.
     #[serde(default)]
     pub max_visits: Option<u32>,
+    /// The `compensations` entry that undoes this step if the run fails
+    /// after it completed.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub compensate: Option<Spanned<String>>,
     /// JSON Schema the step's output must satisfy; references to
     /// `steps.<id>.output.<field>` are checked against its properties.
     #[serde(default)]
