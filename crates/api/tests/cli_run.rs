@@ -175,3 +175,106 @@ fn a_wait_survives_sigkill_without_restarting() {
     assert_eq!(log.matches("\"TimerFired\"").count(), 1, "{log}");
     assert!(log.contains("\"RunCompleted\""), "{log}");
 }
+
+/// A loopback HTTP server that answers 200 after a short delay and records
+/// the Idempotency-Key of every request.
+async fn key_recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let keys: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let log = keys.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                if let Some(k) = head.lines().find_map(|l| l.strip_prefix("idempotency-key:")) {
+                    log.lock().expect("lock").push(k.trim().to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}")
+                    .await;
+            });
+        }
+    });
+    (port, keys)
+}
+
+/// SIGKILL a run of waits and HTTP calls at several points; `cairn continue`
+/// completes it: every step completed exactly once, the chain intact, and a
+/// call repeated after a crash carried the same idempotency key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
+    let (port, keys) = key_recording_server().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let wf = dir.path().join("mixed.yaml");
+    let steps: String = (0..6)
+        .map(|i| format!("  - id: call{i}\n    http: {{ method: POST, url: 'http://127.0.0.1:{port}/n/{i}', body: {{ i: {i} }} }}\n    retry: {{ max_attempts: 3, initial_interval: 20ms }}\n  - id: pause{i}\n    wait: {{ for: 60ms }}\n"))
+        .collect();
+    std::fs::write(&wf, format!("name: mixed\nsteps:\n{steps}")).expect("write");
+    let url = format!("sqlite://{}", db.display());
+    for kill_after_ms in [120u64, 330, 560, 800] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["run", &wf.display().to_string()])
+            .env("CAIRN_DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let cont = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || cairn(&db, &["continue"])
+    })
+    .await
+    .expect("join");
+    assert!(cont.status.success(), "{}", text(&cont));
+
+    let store = cairn_events::open(&url).await.expect("open");
+    let all = store.read_all(1, 100_000).await.expect("read");
+    let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
+    assert!(runs.len() >= 3, "runs started before the kills: {}", runs.len());
+    for run in &runs {
+        let events: Vec<Event> =
+            store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
+        assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{run}: {:?}", events.last());
+        for i in 0..6 {
+            for step in [format!("call{i}"), format!("pause{i}")] {
+                let n = events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id == step)).count();
+                assert_eq!(n, 1, "{run}: {step} completed {n} times");
+            }
+        }
+    }
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+    // Every request carried RUN:STEP:ATTEMPT of a recorded attempt; a call
+    // made again after a crash carried the same key as before.
+    let keys = keys.lock().expect("lock").clone();
+    let started: std::collections::HashSet<String> = all
+        .iter()
+        .filter(|e| e.event_type == "StepStarted")
+        .filter_map(|e| {
+            let v = e.payload_value().ok()?;
+            Some(format!("{}:{}:{}", e.stream_id.trim_start_matches("run-"), v["step_id"].as_str()?, v["attempt"]))
+        })
+        .collect();
+    for k in &keys {
+        assert!(started.contains(k), "request key {k} matches no recorded attempt");
+    }
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert!(distinct.len() <= started.len());
+    eprintln!("{} requests, {} distinct keys (repeats = calls re-sent after a crash)", keys.len(), distinct.len());
+}
