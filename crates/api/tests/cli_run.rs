@@ -278,3 +278,30 @@ async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
     assert!(distinct.len() <= started.len());
     eprintln!("{} requests, {} distinct keys (repeats = calls re-sent after a crash)", keys.len(), distinct.len());
 }
+
+/// On a terminal a running step is one line rewritten with its outcome;
+/// without one, plain lines (no escape codes).
+#[test]
+fn progress_rewrites_a_line_per_step_on_a_terminal_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let plain = cairn(&db, &["run", &example("branch-on-input.yaml"), "--input", "total=250"]);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(!stderr.contains('\x1b'), "escape codes without a terminal: {stderr:?}");
+    assert!(stderr.contains("  ✓ price"), "{stderr}");
+
+    // `script` gives the binary a real pseudo-terminal.
+    let cmd = format!(
+        "CAIRN_DATABASE_URL=sqlite://{} {} run {} --input total=250",
+        db.display(),
+        env!("CARGO_BIN_EXE_cairn"),
+        example("branch-on-input.yaml")
+    );
+    let Ok(tty) = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output() else {
+        assert!(!cairn_events::testing::under_ci(), "`script` (util-linux) is needed under CI");
+        return eprintln!("SKIPPED: no `script` to make a terminal");
+    };
+    let out = String::from_utf8_lossy(&tty.stdout);
+    assert!(out.contains("\r\x1b[2K  \x1b[2m⋯ standard"), "the running step is shown: {out:?}");
+    assert!(out.contains("\r\x1b[2K  \x1b[1m✓\x1b[0m standard"), "and rewritten with its outcome: {out:?}");
+}

@@ -88,7 +88,8 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let run_id = engine.start(&workflow, version, inputs, "cli").await?;
     let tty = std::io::stderr().is_terminal();
     eprintln!("run {run_id}: {} v{version}", workflow.name);
-    let mut progress = |e: &Event| progress_line(e, tty);
+    let mut display = Progress::new(tty);
+    let mut progress = |e: &Event| display.show(e);
     // What `start` already recorded (the first pure steps), then the rest live.
     for e in engine.store().read_stream(&cairn_events::run_stream(run_id), 1).await? {
         progress(&Event::decode(&e)?);
@@ -111,25 +112,75 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn progress_line(e: &Event, tty: bool) {
-    let (mark, text) = match e {
-        Event::StepStarted(s) if s.attempt > 1 => ("…", format!("{} (attempt {})", s.step_id, s.attempt)),
-        Event::StepStarted(_) => return,
-        Event::StepCompleted(s) => ("✓", format!("{} ({} ms)", s.step_id, s.duration_ms)),
-        Event::StepFailed(s) => ("✗", format!("{} attempt {}: [{}] {}", s.step_id, s.attempt, s.error_kind, s.message)),
-        Event::RetryScheduled(r) => ("↻", format!("{} retry {} in {} ms", r.step_id, r.next_attempt, r.backoff_ms)),
-        Event::TimerStarted(t) => {
-            ("⏲", format!("{} waits until {}", t.step_id.as_deref().unwrap_or("timer"), t.due_at))
+/// Progress display: on a terminal each running step is one line that is
+/// rewritten in place with its outcome; otherwise one plain line per fact.
+pub struct Progress {
+    tty: bool,
+    open_line: bool,
+}
+
+impl Progress {
+    /// A display for stderr.
+    pub fn new(tty: bool) -> Self {
+        Progress { tty, open_line: false }
+    }
+
+    /// Shows one event.
+    pub fn show(&mut self, e: &Event) {
+        use std::io::Write as _;
+        let running = match e {
+            Event::StepStarted(s) if s.attempt > 1 => Some(format!("{} (attempt {})", s.step_id, s.attempt)),
+            Event::StepStarted(s) => Some(s.step_id.clone()),
+            Event::TimerStarted(t) => Some(format!(
+                "{} waits until {}",
+                t.step_id.as_deref().unwrap_or("timer"),
+                t.due_at.format("%H:%M:%S%.3f")
+            )),
+            _ => None,
+        };
+        let done = match e {
+            Event::StepCompleted(s) => Some(("✓", format!("{} ({} ms)", s.step_id, s.duration_ms))),
+            Event::StepFailed(s) => {
+                Some(("✗", format!("{} attempt {}: [{}] {}", s.step_id, s.attempt, s.error_kind, s.message)))
+            }
+            Event::RetryScheduled(r) => {
+                Some(("↻", format!("{} retry {} in {} ms", r.step_id, r.next_attempt, r.backoff_ms)))
+            }
+            Event::BranchTaken(b) => {
+                Some(("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)))
+            }
+            Event::CompensationStarted(c) => Some(("↩", format!("undoing: {}", c.compensations.join(", ")))),
+            Event::RunCompleted(_) => Some(("●", "completed".to_owned())),
+            Event::RunFailed(f) => Some(("●", format!("failed: {}", f.message))),
+            _ => None,
+        };
+        let mut err = std::io::stderr().lock();
+        if !self.tty {
+            if let (Some(text), Event::StepStarted(s)) = (&running, e)
+                && s.attempt > 1
+            {
+                let _ = writeln!(err, "  … {text}");
+            }
+            if let Event::TimerStarted(_) = e
+                && let Some(text) = &running
+            {
+                let _ = writeln!(err, "  ⏲ {text}");
+            }
+            if let Some((mark, text)) = done {
+                let _ = writeln!(err, "  {mark} {text}");
+            }
+            return;
         }
-        Event::BranchTaken(b) => ("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)),
-        Event::RunCompleted(_) => ("●", "completed".to_owned()),
-        Event::RunFailed(f) => ("●", format!("failed: {}", f.message)),
-        _ => return,
-    };
-    if tty {
-        eprintln!("  \x1b[1m{mark}\x1b[0m {text}");
-    } else {
-        eprintln!("  {mark} {text}");
+        if let Some(text) = running {
+            // Rewrite the open line: the step is running (or waiting).
+            let _ = write!(err, "\r\x1b[2K  \x1b[2m⋯ {text}\x1b[0m");
+            self.open_line = true;
+        } else if let Some((mark, text)) = done {
+            let clear = if self.open_line { "\r\x1b[2K" } else { "" };
+            let _ = writeln!(err, "{clear}  \x1b[1m{mark}\x1b[0m {text}");
+            self.open_line = false;
+        }
+        let _ = err.flush();
     }
 }
 
