@@ -24,6 +24,31 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
 }
 
+/// Starts `cairn run FILE`, waits until it has written `events` more events
+/// to the log (so the kill lands mid-run, however slow the machine), then
+/// SIGKILLs it.
+async fn run_and_kill_mid_run(wf: &Path, url: &str, events: u64) {
+    let store = cairn_events::open(url).await.expect("open");
+    let before = store.head_position().await.expect("head");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["run", &wf.display().to_string()])
+        .env("CAIRN_DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.head_position().await.expect("head") < before + events {
+        assert!(std::time::Instant::now() < deadline, "the run made no progress in 60 s");
+        if child.try_wait().expect("poll child").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL"); // SIGKILL on Unix
+    child.wait().expect("reap");
+}
+
 #[test]
 fn run_prints_the_output_and_exits_0() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -104,17 +129,10 @@ async fn runs_survive_sigkill_at_any_point() {
         })
         .collect();
     std::fs::write(&wf, format!("name: long\nsteps:\n{steps}")).expect("write");
-    for kill_after_ms in [150u64, 420, 700, 990] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["run", &wf.display().to_string()])
-            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(kill_after_ms));
-        child.kill().expect("SIGKILL"); // SIGKILL on Unix
-        child.wait().expect("reap");
+    let url = format!("sqlite://{}", db.display());
+    // Kill points: after the first event of a run, and at several depths.
+    for events in [2u64, 9, 17, 26] {
+        run_and_kill_mid_run(&wf, &url, events).await;
     }
     let cont = cairn(&db, &["continue"]);
     assert!(cont.status.success(), "{}", text(&cont));
@@ -123,7 +141,9 @@ async fn runs_survive_sigkill_at_any_point() {
     let store = cairn_events::open(&format!("sqlite://{}", db.display())).await.expect("open");
     let all = store.read_all(1, 100_000).await.expect("read");
     let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
-    assert!(runs.len() >= 3, "the runs started before being killed: {}", runs.len());
+    // Each `cairn run` first continues the run the previous kill interrupted,
+    // so later kills land in continued runs as well as in new ones.
+    assert!(runs.len() >= 2, "the runs started before being killed: {}", runs.len());
     for run in &runs {
         let events: Vec<Event> =
             store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
@@ -143,37 +163,39 @@ async fn runs_survive_sigkill_at_any_point() {
 
 /// A wait's timer survives SIGKILL: the restarted process waits out the
 /// recorded due time instead of starting the wait over.
-#[test]
-fn a_wait_survives_sigkill_without_restarting() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_survives_sigkill_without_restarting() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("c.db");
+    let url = format!("sqlite://{}", db.display());
     let wf = dir.path().join("pause.yaml");
     std::fs::write(
         &wf,
         "name: pause\nsteps:\n  - id: pause\n    wait: { for: 1500ms }\n  - id: done\n    transform: { ok: true }\n",
     )
     .expect("write");
-    let started = std::time::Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["run", &wf.display().to_string()])
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    std::thread::sleep(Duration::from_millis(500));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    let cont = cairn(&db, &["continue"]);
+    // Killed once the timer is recorded (RunStarted, StepStarted, TimerStarted).
+    run_and_kill_mid_run(&wf, &url, 3).await;
+    let cont = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || cairn(&db, &["continue"])
+    })
+    .await
+    .expect("join");
     assert!(cont.status.success(), "{}", text(&cont));
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(1500), "the wait was cut short: {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(2900), "the wait started over after the crash: {elapsed:?}");
-    let events = cairn(&db, &["events"]);
-    let log = text(&events);
-    assert_eq!(log.matches("\"TimerStarted\"").count(), 1, "{log}");
-    assert_eq!(log.matches("\"TimerFired\"").count(), 1, "{log}");
-    assert!(log.contains("\"RunCompleted\""), "{log}");
+    let store = cairn_events::open(&url).await.expect("open");
+    let log = store.read_all(1, 1000).await.expect("read");
+    let timers: Vec<Event> =
+        log.iter().filter(|e| e.event_type.starts_with("Timer")).map(|e| Event::decode(e).expect("decode")).collect();
+    let (Some(Event::TimerStarted(started)), Some(Event::TimerFired(_))) = (timers.first(), timers.get(1)) else {
+        panic!("one TimerStarted then one TimerFired expected: {timers:?}");
+    };
+    assert_eq!(timers.len(), 2, "the timer was started once and fired once");
+    let completed =
+        log.iter().find(|e| e.event_type == "RunCompleted").and_then(|e| e.recorded_at()).expect("completed");
+    let late = completed - started.due_at;
+    assert!(late >= chrono::Duration::zero(), "woke {late} before the due time");
+    assert!(late < chrono::Duration::milliseconds(1200), "woke {late} after the due time: the wait started over");
 }
 
 /// A loopback HTTP server that answers 200 after a short delay and records
@@ -224,17 +246,8 @@ async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
         .collect();
     std::fs::write(&wf, format!("name: mixed\nsteps:\n{steps}")).expect("write");
     let url = format!("sqlite://{}", db.display());
-    for kill_after_ms in [120u64, 330, 560, 800] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["run", &wf.display().to_string()])
-            .env("CAIRN_DATABASE_URL", &url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+    for events in [2u64, 7, 13, 20] {
+        run_and_kill_mid_run(&wf, &url, events).await;
     }
     let cont = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -247,7 +260,7 @@ async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
     let store = cairn_events::open(&url).await.expect("open");
     let all = store.read_all(1, 100_000).await.expect("read");
     let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
-    assert!(runs.len() >= 3, "runs started before the kills: {}", runs.len());
+    assert!(runs.len() >= 2, "runs started before the kills: {}", runs.len());
     for run in &runs {
         let events: Vec<Event> =
             store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
