@@ -353,9 +353,11 @@ impl Engine {
         }
     }
 
-    /// Runs that started and have not ended, oldest first.
+    /// Runs that started and have not ended, oldest first. Scans the log
+    /// (the runs read model replaces this scan once it exists).
     pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
-        let mut open: Vec<Uuid> = Vec::new();
+        let mut started: Vec<(String, Uuid)> = Vec::new();
+        let mut ended: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut from = 1;
         loop {
             let page = self.store.read_all(from, 2000).await?;
@@ -365,17 +367,17 @@ impl Engine {
                 match e.event_type.as_str() {
                     "RunStarted" => {
                         if let Some(id) = e.stream_id.strip_prefix("run-").and_then(|s| s.parse().ok()) {
-                            open.push(id);
+                            started.push((e.stream_id.clone(), id));
                         }
                     }
                     "RunCompleted" | "RunFailed" | "RunCancelled" => {
-                        open.retain(|id| e.stream_id != cairn_events::run_stream(*id));
+                        ended.insert(e.stream_id.clone());
                     }
                     _ => {}
                 }
             }
         }
-        Ok(open)
+        Ok(started.into_iter().filter(|(stream, _)| !ended.contains(stream)).map(|(_, id)| id).collect())
     }
 }
 
