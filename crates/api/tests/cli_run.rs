@@ -24,6 +24,29 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
 }
 
+/// Every run in the log completed, each of `steps` exactly once; at least two
+/// runs started (each `cairn run` first continues the run the previous kill
+/// interrupted, so later kills land in continued runs as well as new ones).
+async fn assert_every_run_completed_each_step_once(
+    url: &str,
+    steps: &[String],
+) -> std::sync::Arc<dyn cairn_events::EventStore> {
+    let store = cairn_events::open(url).await.expect("open");
+    let all = store.read_all(1, 100_000).await.expect("read");
+    let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
+    assert!(runs.len() >= 2, "runs started before the kills: {}", runs.len());
+    for run in &runs {
+        let events: Vec<Event> =
+            store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
+        assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{run} did not complete: {:?}", events.last());
+        for step in steps {
+            let n = events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if &c.step_id == step)).count();
+            assert_eq!(n, 1, "{run}: {step} completed {n} times");
+        }
+    }
+    store
+}
+
 /// Starts `cairn run FILE`, waits until it has written `events` more events
 /// to the log (so the kill lands mid-run, however slow the machine), then
 /// SIGKILLs it.
@@ -138,24 +161,8 @@ async fn runs_survive_sigkill_at_any_point() {
     assert!(cont.status.success(), "{}", text(&cont));
     assert!(text(&cont).contains("continued"), "{}", text(&cont));
 
-    let store = cairn_events::open(&format!("sqlite://{}", db.display())).await.expect("open");
-    let all = store.read_all(1, 100_000).await.expect("read");
-    let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
-    // Each `cairn run` first continues the run the previous kill interrupted,
-    // so later kills land in continued runs as well as in new ones.
-    assert!(runs.len() >= 2, "the runs started before being killed: {}", runs.len());
-    for run in &runs {
-        let events: Vec<Event> =
-            store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
-        assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{run} did not complete: {:?}", events.last());
-        for i in 0..8 {
-            for step in [format!("s{i}"), format!("t{i}")] {
-                let completed =
-                    events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id == step)).count();
-                assert_eq!(completed, 1, "{run}: {step} completed {completed} times");
-            }
-        }
-    }
+    let steps: Vec<String> = (0..8).flat_map(|i| [format!("s{i}"), format!("t{i}")]).collect();
+    let store = assert_every_run_completed_each_step_once(&format!("sqlite://{}", db.display()), &steps).await;
     assert!(cairn_events::verify(&*store).await.expect("verify").is_intact(), "no event lost or changed");
     let again = cairn(&db, &["continue"]);
     assert!(text(&again).contains("0 interrupted run(s)"), "{}", text(&again));
@@ -257,21 +264,9 @@ async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
     .expect("join");
     assert!(cont.status.success(), "{}", text(&cont));
 
-    let store = cairn_events::open(&url).await.expect("open");
+    let steps: Vec<String> = (0..6).flat_map(|i| [format!("call{i}"), format!("pause{i}")]).collect();
+    let store = assert_every_run_completed_each_step_once(&url, &steps).await;
     let all = store.read_all(1, 100_000).await.expect("read");
-    let runs: Vec<String> = all.iter().filter(|e| e.event_type == "RunStarted").map(|e| e.stream_id.clone()).collect();
-    assert!(runs.len() >= 2, "runs started before the kills: {}", runs.len());
-    for run in &runs {
-        let events: Vec<Event> =
-            store.read_stream(run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
-        assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{run}: {:?}", events.last());
-        for i in 0..6 {
-            for step in [format!("call{i}"), format!("pause{i}")] {
-                let n = events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id == step)).count();
-                assert_eq!(n, 1, "{run}: {step} completed {n} times");
-            }
-        }
-    }
     assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
     // Every request carried RUN:STEP:ATTEMPT of a recorded attempt; a call
     // made again after a crash carried the same key as before.

@@ -86,33 +86,27 @@ struct Figures {
     runs_per_s: f64,
 }
 
-async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
-    let w = Arc::new(cairn_engine::lang::parse(&w10_source(), "w10.yaml", &engine.task_names()).unwrap());
-    let version = engine.publish(&w, "bench").await.unwrap();
-    let one = move |engine: Arc<Engine>, w: Arc<cairn_engine::Workflow>| async move {
-        let id = engine.start(&w, version, json!({}), "bench").await.unwrap();
-        let mut quiet = |_: &Event| {};
-        let s = engine.drive(id, &mut quiet).await.unwrap();
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_eq!(s.output, Some(json!({ "counter": 10 })));
-    };
-    for _ in 0..10 {
-        one(engine.clone(), w.clone()).await; // warm-up
-    }
+/// Latency of `runs_latency` runs one at a time, then throughput of
+/// `runs_tput` runs `concurrency` at a time; `one(i)` performs run `i`.
+async fn measure<F, Fut>(runs_latency: usize, runs_tput: usize, concurrency: usize, one: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut lat = Vec::with_capacity(runs_latency);
-    for _ in 0..runs_latency {
+    for i in 0..runs_latency {
         let t = Instant::now();
-        one(engine.clone(), w.clone()).await;
+        one(i).await;
         lat.push(t.elapsed());
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let t = Instant::now();
     let mut tasks = Vec::with_capacity(runs_tput);
-    for _ in 0..runs_tput {
+    for i in 0..runs_tput {
         let permit = sem.clone().acquire_owned().await.unwrap();
-        let (engine, w) = (engine.clone(), w.clone());
+        let one = one.clone();
         tasks.push(tokio::spawn(async move {
-            one(engine, w).await;
+            one(runs_latency + i).await;
             drop(permit);
         }));
     }
@@ -123,29 +117,31 @@ async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usiz
     Figures { median_ms: pct(&mut lat, 0.5), p99_ms: pct(&mut lat, 0.99), runs_per_s }
 }
 
+async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
+    let w = Arc::new(cairn_engine::lang::parse(&w10_source(), "w10.yaml", &engine.task_names()).unwrap());
+    let version = engine.publish(&w, "bench").await.unwrap();
+    let one = move |_: usize| {
+        let (engine, w) = (engine.clone(), w.clone());
+        async move {
+            let id = engine.start(&w, version, json!({}), "bench").await.unwrap();
+            let mut quiet = |_: &Event| {};
+            let s = engine.drive(id, &mut quiet).await.unwrap();
+            assert_eq!(s.status, RunStatus::Completed);
+            assert_eq!(s.output, Some(json!({ "counter": 10 })));
+        }
+    };
+    for i in 0..10 {
+        one(i).await; // warm-up
+    }
+    measure(runs_latency, runs_tput, concurrency, one).await
+}
+
 async fn measure_floor(floor: Floor, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
-    let mut lat = Vec::with_capacity(runs_latency);
-    for i in 0..runs_latency {
-        let t = Instant::now();
-        floor.run(&format!("l{i}")).await;
-        lat.push(t.elapsed());
-    }
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let t = Instant::now();
-    let mut tasks = Vec::with_capacity(runs_tput);
-    for i in 0..runs_tput {
-        let permit = sem.clone().acquire_owned().await.unwrap();
+    measure(runs_latency, runs_tput, concurrency, move |i| {
         let floor = floor.clone();
-        tasks.push(tokio::spawn(async move {
-            floor.run(&format!("t{i}")).await;
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let runs_per_s = runs_tput as f64 / t.elapsed().as_secs_f64();
-    Figures { median_ms: pct(&mut lat, 0.5), p99_ms: pct(&mut lat, 0.99), runs_per_s }
+        async move { floor.run(&format!("r{i}")).await }
+    })
+    .await
 }
 
 fn report(backend: &str, ours: &Figures, floor: &Figures, concurrency: usize) {
