@@ -313,3 +313,13 @@ fn progress_rewrites_a_line_per_step_on_a_terminal_only() {
     assert!(out.contains("\r\x1b[2K  \x1b[2m⋯ standard"), "the running step is shown: {out:?}");
     assert!(out.contains("\r\x1b[2K  \x1b[1m✓\x1b[0m standard"), "and rewritten with its outcome: {out:?}");
 }
+
+#[test]
+fn invalid_inputs_are_refused_naming_each_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let out = cairn(&db, &["run", &example("branch-on-input.yaml"), "--input", "total=lots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("/total") && msg.contains("nothing was run"), "{msg}");
+}

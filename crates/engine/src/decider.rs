@@ -525,6 +525,21 @@ fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32, now: DateTime<Utc
             ]),
         },
         StepKind::Transform { output } => match template::render(output, &ctx) {
+            Ok(output)
+                if st.output_contract.as_ref().is_some_and(|c| !crate::contract::violations(c, &output).is_empty()) =>
+            {
+                let v =
+                    st.output_contract.as_ref().map(|c| crate::contract::violations(c, &output)).unwrap_or_default();
+                Decision::Append(vec![
+                    started(step, attempt, Value::Null),
+                    failed(
+                        step,
+                        attempt,
+                        "contract",
+                        format!("the output does not satisfy the output_contract: {}", crate::contract::describe(&v)),
+                    ),
+                ])
+            }
             Ok(output) => Decision::Append(vec![
                 started(step, attempt, Value::Null),
                 Event::StepCompleted(StepCompleted { step_id: step.to_owned(), attempt, output, duration_ms: 0 }),

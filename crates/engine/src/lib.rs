@@ -8,6 +8,7 @@
 //! always give the same decision, which is what makes replay exact.
 
 pub mod commit;
+pub mod contract;
 pub mod decider;
 pub mod expr;
 pub mod http;

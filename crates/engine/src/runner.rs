@@ -45,6 +45,14 @@ pub enum RunError {
         /// What is wrong.
         message: String,
     },
+    /// The inputs do not satisfy the workflow's `inputs` schema; nothing was started.
+    #[error("the inputs do not satisfy the `inputs` schema of `{workflow}`: {}", crate::contract::describe(.errors))]
+    InvalidInputs {
+        /// Workflow.
+        workflow: String,
+        /// Every violation.
+        errors: Vec<cairn_events::SchemaViolation>,
+    },
     /// The run cannot be changed in its state.
     #[error("run {run_id} is {status}: {message}")]
     InvalidState {
@@ -170,13 +178,20 @@ impl Engine {
     /// Starts a run of a published version; returns its id. The run's first
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
+        let inputs = w.inputs_with_defaults(&inputs);
+        if let Some(schema) = &w.inputs_schema {
+            let errors = crate::contract::violations(schema, &inputs);
+            if !errors.is_empty() {
+                return Err(RunError::InvalidInputs { workflow: w.name.clone(), errors });
+            }
+        }
         let run_id = Uuid::now_v7();
         let event = Event::RunStarted(RunStarted {
             run_id,
             workflow: w.name.clone(),
             workflow_version: version,
             definition_hash: w.definition_hash.clone(),
-            inputs: w.inputs_with_defaults(&inputs),
+            inputs,
             started_by: started_by.to_owned(),
             idempotency_key: None,
             parent: None,
@@ -258,6 +273,19 @@ impl Engine {
                     let input = self.effective_input(&w, &state, &step_id, input);
                     let outcome = self.perform(run_id, &step_id, attempt, effect, input, timeout).await;
                     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let contract = w.step(&step_id).and_then(|s| s.output_contract.as_ref());
+                    let outcome =
+                        outcome.and_then(|output| match contract.map(|c| crate::contract::violations(c, &output)) {
+                            Some(v) if !v.is_empty() => Err(TaskError::new(
+                                "contract",
+                                format!(
+                                    "the output does not satisfy the output_contract: {}",
+                                    crate::contract::describe(&v)
+                                ),
+                                false,
+                            )),
+                            _ => Ok(output),
+                        });
                     vec![match outcome {
                         Ok(mut output) => {
                             self.secrets.scrub(&mut output);

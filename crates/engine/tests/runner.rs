@@ -304,7 +304,36 @@ compensations:
     );
 }
 
+async fn inputs_and_outputs_are_checked_against_their_schemas(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = "name: typed\ninputs: { type: object, properties: { total: { type: number }, who: { type: string } }, required: [total] }\nsteps:\n  - id: a\n    task: echo\n    with: { title: '{{ inputs.who }}', count: '{{ inputs.total }}' }\n    output_contract: { type: object, properties: { count: { type: number, maximum: 100 } }, required: [count] }\n";
+    let w = cairn_engine::lang::parse(src, "t", &e.task_names()).expect("parse");
+    let v = e.publish(&w, "t").await.expect("publish");
+    let before = store.head_position().await.expect("head");
+    let err = e.start(&w, v, json!({ "total": "lots", "who": 3 }), "t").await.expect_err("invalid inputs");
+    let msg = err.to_string();
+    assert!(msg.contains("/total") && msg.contains("/who"), "every violation is named: {msg}");
+    assert!(matches!(err, cairn_engine::RunError::InvalidInputs { ref errors, .. } if errors.len() == 2));
+    assert_eq!(store.head_position().await.expect("head"), before, "nothing was started");
+    let err = e.start(&w, v, json!({}), "t").await.expect_err("missing required");
+    assert!(err.to_string().contains("total"), "{err}");
+
+    // A task output that breaks its contract fails the step, naming the path.
+    let (_, state) = run(&e, src, json!({ "total": 250, "who": "ada" })).await;
+    let (kind, message, step) = state.error.expect("error");
+    assert_eq!((kind.as_str(), step.as_deref()), ("contract", Some("a")));
+    assert!(message.contains("/count") && message.contains("250"), "{message}");
+    let (_, ok) = run(&e, src, json!({ "total": 25, "who": "ada" })).await;
+    assert_eq!(ok.status, RunStatus::Completed);
+
+    // So does a transform's.
+    let t = "name: tr\nsteps:\n  - id: t\n    transform: { n: 'many' }\n    output_contract: { type: object, properties: { n: { type: integer } } }\n";
+    let (_, state) = run(&e, t, json!({})).await;
+    assert_eq!(state.error.map(|e| e.0), Some("contract".to_owned()));
+}
+
 both_backends!(
+    inputs_and_outputs_are_checked_against_their_schemas,
     a_failing_run_undoes_its_completed_steps_in_reverse_order,
     only_completed_steps_are_compensated_and_a_failing_compensation_is_reported,
     a_wait_step_waits_durably,

@@ -225,3 +225,19 @@ fn compensations_are_checked() {
         &["`a`"],
     );
 }
+
+#[test]
+fn schemas_must_be_valid_json_schemas() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    output_contract: { type: 12 }\n",
+        "bad-schema",
+        3,
+        &["output_contract", "not a valid JSON Schema"],
+    );
+    check(
+        "name: w\ninputs: { type: object, properties: { n: { minimum: x } } }\nsteps:\n  - id: a\n    task: echo\n",
+        "bad-schema",
+        1,
+        &["`inputs`"],
+    );
+}

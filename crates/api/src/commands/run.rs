@@ -85,7 +85,18 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     // Runs a crash interrupted continue first.
     continue_interrupted(&engine).await?;
     let version = engine.publish(&workflow, "cli").await?;
-    let run_id = engine.start(&workflow, version, inputs, "cli").await?;
+    let run_id = match engine.start(&workflow, version, inputs, "cli").await {
+        Ok(id) => id,
+        Err(cairn_engine::RunError::InvalidInputs { workflow, errors }) => {
+            eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
+            for e in &errors {
+                eprintln!("  {}: {}", e.path, e.message);
+            }
+            eprintln!("nothing was run; pass valid values with --input NAME=VALUE");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let tty = std::io::stderr().is_terminal();
     eprintln!("run {run_id}: {} v{version}", workflow.name);
     let mut display = Progress::new(tty);

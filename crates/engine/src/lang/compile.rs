@@ -67,6 +67,12 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         );
     }
     if let Some(schema) = &raw.inputs
+        && schema.is_object()
+        && let Err(e) = crate::contract::check_schema(schema)
+    {
+        cx.at(&raw.name, "bad-schema", format!("`inputs` is not a valid JSON Schema: {e}"), None);
+    }
+    if let Some(schema) = &raw.inputs
         && !schema.is_object()
     {
         cx.at(
@@ -470,6 +476,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
     let timeout = s.timeout.as_ref().and_then(|t| duration(cx, t));
     if s.max_visits == Some(0) {
         cx.at(&s.id, "bad-max-visits", format!("step `{id}`: `max_visits` must be at least 1"), None);
+    }
+    if let Some(c) = &s.output_contract
+        && c.is_object()
+        && let Err(e) = crate::contract::check_schema(c)
+    {
+        cx.at(&s.id, "bad-schema", format!("step `{id}`: `output_contract` is not a valid JSON Schema: {e}"), None);
     }
     if let Some(c) = &s.output_contract
         && !c.is_object()
