@@ -24,6 +24,13 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
 }
 
+/// Runs `cairn continue` (off the async runtime) and expects success.
+async fn continue_runs(db: &Path) {
+    let db = db.to_path_buf();
+    let cont = tokio::task::spawn_blocking(move || cairn(&db, &["continue"])).await.expect("join");
+    assert!(cont.status.success(), "{}", text(&cont));
+}
+
 /// Every run in the log completed, each of `steps` exactly once; at least two
 /// runs started (each `cairn run` first continues the run the previous kill
 /// interrupted, so later kills land in continued runs as well as new ones).
@@ -183,13 +190,7 @@ async fn a_wait_survives_sigkill_without_restarting() {
     .expect("write");
     // Killed once the timer is recorded (RunStarted, StepStarted, TimerStarted).
     run_and_kill_mid_run(&wf, &url, 3).await;
-    let cont = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || cairn(&db, &["continue"])
-    })
-    .await
-    .expect("join");
-    assert!(cont.status.success(), "{}", text(&cont));
+    continue_runs(&db).await;
     let store = cairn_events::open(&url).await.expect("open");
     let log = store.read_all(1, 1000).await.expect("read");
     let timers: Vec<Event> =
@@ -256,13 +257,7 @@ async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
     for events in [2u64, 7, 13, 20] {
         run_and_kill_mid_run(&wf, &url, events).await;
     }
-    let cont = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || cairn(&db, &["continue"])
-    })
-    .await
-    .expect("join");
-    assert!(cont.status.success(), "{}", text(&cont));
+    continue_runs(&db).await;
 
     let steps: Vec<String> = (0..6).flat_map(|i| [format!("call{i}"), format!("pause{i}")]).collect();
     let store = assert_every_run_completed_each_step_once(&url, &steps).await;
