@@ -2,20 +2,26 @@
 //! [`decide`] says what happens next given the workflow, the state and the
 //! current time. No I/O, no clock, no randomness: jitter comes from a hash of
 //! the run, step and attempt, so replaying a run reproduces every decision.
+//!
+//! A run has one thread of control for its top-level steps and one more for
+//! every running parallel branch and map iteration. Steps inside a map
+//! iteration are recorded under an instance id that names the iteration,
+//! `<map>[<index>].<step>`; the thread an instance runs in is recorded in
+//! its `StepStarted` (`scope`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use cairn_events::{
     BranchTaken, CompensationStarted, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed,
-    StepStarted, TimerFired, TimerStarted,
+    StepSkipped, StepStarted, TimerFired, TimerStarted,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::model::{StepKind, Target, Workflow};
+use crate::model::{Step, StepKind, Target, Workflow};
 use crate::template;
 
 /// Where a run is.
@@ -41,7 +47,8 @@ impl RunStatus {
     }
 }
 
-/// Where inside the steps a running run is.
+/// Where inside its steps a thread of control is. `step` is always the
+/// step's instance id (its id, prefixed inside map iterations).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Cursor {
     /// Nothing to do (not started, or ended).
@@ -65,7 +72,7 @@ pub enum Cursor {
         /// The target a branch or switch chose.
         jump: Option<String>,
     },
-    /// An attempt failed; retry or fail the run.
+    /// An attempt failed; retry or fail.
     Failed {
         /// Step.
         step: String,
@@ -102,6 +109,41 @@ pub enum Cursor {
         /// When.
         due_at: DateTime<Utc>,
     },
+    /// A `workflow` step's child run was started; waiting for it to end.
+    Child {
+        /// Step.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+        /// The child run.
+        child_run_id: Uuid,
+    },
+}
+
+impl Cursor {
+    /// The step instance the cursor is at, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Cursor::InFlight { step, .. }
+            | Cursor::After { step, .. }
+            | Cursor::Failed { step, .. }
+            | Cursor::Waiting { step, .. }
+            | Cursor::RetryWait { step, .. }
+            | Cursor::Child { step, .. } => Some(step),
+            Cursor::Idle | Cursor::Start | Cursor::Compensating => None,
+        }
+    }
+}
+
+/// One thread of control: the run's top-level steps, a parallel branch or a
+/// map iteration.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Thread {
+    /// Where it is.
+    pub cursor: Cursor,
+    /// Output of its last completed step.
+    pub last_output: Value,
+    pending_jump: Option<String>,
 }
 
 /// Everything the decider knows about a run, folded from its events.
@@ -117,13 +159,13 @@ pub struct RunState {
     pub status: RunStatus,
     /// Inputs after defaults.
     pub inputs: Value,
-    /// Latest output of every completed step.
+    /// Latest output of every completed step instance.
     pub outputs: BTreeMap<String, Value>,
-    /// Visits per step (attempt 1 starts).
+    /// Visits per step instance (attempt 1 starts).
     pub visits: BTreeMap<String, u32>,
-    /// Position inside the steps.
-    pub cursor: Cursor,
-    /// Output of the last completed step.
+    /// Threads of control by scope: `""` is the top level.
+    pub threads: BTreeMap<String, Thread>,
+    /// Output of the last completed top-level step.
     pub last_output: Value,
     /// The run's output, once completed.
     pub output: Option<Value>,
@@ -131,11 +173,12 @@ pub struct RunState {
     pub error: Option<(String, String, Option<String>)>,
     /// Events folded (= the stream version).
     pub version: u64,
-    /// Steps in order of their last completion.
+    /// Step instances in order of their last completion.
     pub completed: Vec<String>,
     /// Set while a failing run undoes its work.
     pub compensating: Option<Compensating>,
-    pending_jump: Option<String>,
+    /// The scope of every step instance outside the top level.
+    scopes: HashMap<String, String>,
 }
 
 /// A failing run undoing its completed steps.
@@ -149,6 +192,84 @@ pub struct Compensating {
     pub error: (String, String, Option<String>),
 }
 
+static IDLE: Cursor = Cursor::Idle;
+
+impl RunState {
+    /// The top-level thread's cursor.
+    pub fn cursor(&self) -> &Cursor {
+        self.threads.get("").map_or(&IDLE, |t| &t.cursor)
+    }
+
+    /// The scope (thread) a step instance runs in.
+    pub fn scope_of(&self, instance: &str) -> &str {
+        self.scopes.get(instance).map_or("", String::as_str)
+    }
+
+    /// Whether this attempt of this instance still awaits its outcome (it
+    /// may have been cancelled by a failing parallel branch, or recorded by
+    /// another process).
+    pub fn awaits(&self, instance: &str, attempt: u32) -> bool {
+        self.status == RunStatus::Running
+            && self.threads.get(self.scope_of(instance)).is_some_and(|t| match &t.cursor {
+                Cursor::InFlight { step, attempt: a, .. } | Cursor::Child { step, attempt: a, .. } => {
+                    step == instance && *a == attempt
+                }
+                _ => false,
+            })
+    }
+
+    fn thread_mut(&mut self, instance: &str) -> Option<&mut Thread> {
+        match self.scopes.get(instance) {
+            Some(k) => self.threads.get_mut(k.as_str()),
+            None => self.threads.get_mut(""),
+        }
+    }
+
+    /// Removes the threads inside a container instance, recursively.
+    fn drop_children(&mut self, instance: &str) {
+        if self.threads.len() <= 1 {
+            return;
+        }
+        let (dot, bracket) = (format!("{instance}."), format!("{instance}["));
+        let gone: Vec<String> =
+            self.threads.keys().filter(|k| k.starts_with(&dot) || k.starts_with(&bracket)).cloned().collect();
+        for k in gone {
+            if let Some(t) = self.threads.remove(&k)
+                && let Some(step) = t.cursor.step()
+            {
+                self.drop_children(step);
+            }
+        }
+    }
+
+    /// The step instances still running inside a thread, nested ones included.
+    fn live_steps(&self, key: &str, out: &mut Vec<String>) {
+        let Some(t) = self.threads.get(key) else { return };
+        let step = match &t.cursor {
+            Cursor::InFlight { step, .. }
+            | Cursor::Waiting { step, .. }
+            | Cursor::RetryWait { step, .. }
+            | Cursor::Child { step, .. } => step,
+            _ => return,
+        };
+        out.push(step.clone());
+        let (dot, bracket) = (format!("{step}."), format!("{step}["));
+        for k in self.threads.keys().filter(|k| k.starts_with(&dot) || k.starts_with(&bracket)) {
+            self.live_steps(k, out);
+        }
+    }
+}
+
+/// The step id of an instance id (`m[2].price` → `price`).
+pub fn bare(instance: &str) -> &str {
+    instance.rsplit_once('.').map_or(instance, |(_, b)| b)
+}
+
+/// The instance prefix of an instance id (`m[2].price` → `m[2].`).
+fn prefix(instance: &str) -> &str {
+    instance.rsplit_once('.').map_or("", |(p, _)| &instance[..p.len() + 1])
+}
+
 /// Folds one event into the state.
 pub fn evolve(mut s: RunState, event: &Event) -> RunState {
     s.version += 1;
@@ -159,15 +280,30 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.workflow_version = e.workflow_version;
             s.status = RunStatus::Running;
             s.inputs = e.inputs.clone();
-            s.cursor = Cursor::Start;
+            s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
         Event::StepStarted(e) => {
             if e.attempt == 1 {
                 *s.visits.entry(e.step_id.clone()).or_default() += 1;
             }
-            s.cursor = Cursor::InFlight { step: e.step_id.clone(), attempt: e.attempt, input: e.input.clone() };
+            if s.threads.len() > 1 {
+                // A container starting again starts its insides afresh.
+                s.drop_children(&e.step_id);
+                let bracket = format!("{}[", e.step_id);
+                s.outputs.retain(|k, _| !k.starts_with(&bracket));
+                s.visits.retain(|k, _| !k.starts_with(&bracket));
+            }
+            if !e.scope.is_empty() {
+                s.scopes.insert(e.step_id.clone(), e.scope.clone());
+            }
+            let t = s.threads.entry(e.scope.clone()).or_default();
+            t.cursor = Cursor::InFlight { step: e.step_id.clone(), attempt: e.attempt, input: e.input.clone() };
         }
-        Event::BranchTaken(e) => s.pending_jump = Some(e.target.clone()),
+        Event::BranchTaken(e) => {
+            if let Some(t) = s.thread_mut(&e.step_id) {
+                t.pending_jump = Some(e.target.clone());
+            }
+        }
         Event::StepCompleted(e) => {
             s.completed.retain(|c| c != &e.step_id);
             s.completed.push(e.step_id.clone());
@@ -177,22 +313,35 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 c.done += 1;
             }
             s.outputs.insert(e.step_id.clone(), e.output.clone());
-            s.last_output = e.output.clone();
-            s.cursor = Cursor::After { step: e.step_id.clone(), jump: s.pending_jump.take() };
+            s.drop_children(&e.step_id);
+            let top = !s.scopes.contains_key(&e.step_id);
+            if let Some(t) = s.thread_mut(&e.step_id) {
+                t.last_output = e.output.clone();
+                t.cursor = Cursor::After { step: e.step_id.clone(), jump: t.pending_jump.take() };
+                if top {
+                    s.last_output = e.output.clone();
+                }
+            }
         }
         Event::StepFailed(e) => {
-            s.cursor = Cursor::Failed {
-                step: e.step_id.clone(),
-                attempt: e.attempt,
-                error_kind: e.error_kind.clone(),
-                message: e.message.clone(),
-                retryable: e.retryable,
-                retry_after_ms: e.retry_after_ms,
-            };
+            s.drop_children(&e.step_id);
+            if let Some(t) = s.thread_mut(&e.step_id) {
+                t.cursor = Cursor::Failed {
+                    step: e.step_id.clone(),
+                    attempt: e.attempt,
+                    error_kind: e.error_kind.clone(),
+                    message: e.message.clone(),
+                    retryable: e.retryable,
+                    retry_after_ms: e.retry_after_ms,
+                };
+            }
         }
         Event::TimerStarted(e) => {
-            if let (Some(step), Cursor::InFlight { attempt, .. }) = (&e.step_id, &s.cursor) {
-                s.cursor = Cursor::Waiting {
+            if let Some(step) = &e.step_id
+                && let Some(t) = s.thread_mut(step)
+                && let Cursor::InFlight { attempt, .. } = &t.cursor
+            {
+                t.cursor = Cursor::Waiting {
                     step: step.clone(),
                     attempt: *attempt,
                     timer_id: e.timer_id.clone(),
@@ -201,7 +350,17 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
         }
         Event::RetryScheduled(e) => {
-            s.cursor = Cursor::RetryWait { step: e.step_id.clone(), next_attempt: e.next_attempt, due_at: e.due_at };
+            if let Some(t) = s.thread_mut(&e.step_id) {
+                t.cursor =
+                    Cursor::RetryWait { step: e.step_id.clone(), next_attempt: e.next_attempt, due_at: e.due_at };
+            }
+        }
+        Event::ChildRunStarted(e) => {
+            if let Some(t) = s.thread_mut(&e.step_id)
+                && let Cursor::InFlight { attempt, .. } = &t.cursor
+            {
+                t.cursor = Cursor::Child { step: e.step_id.clone(), attempt: *attempt, child_run_id: e.child_run_id };
+            }
         }
         Event::CompensationStarted(e) => {
             s.compensating = Some(Compensating {
@@ -209,25 +368,33 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 done: 0,
                 error: (e.error_kind.clone(), e.message.clone(), e.failed_step.clone()),
             });
-            s.cursor = Cursor::Compensating;
+            s.threads.retain(|k, _| k.is_empty());
+            s.threads.entry(String::new()).or_default().cursor = Cursor::Compensating;
         }
         Event::RunCompleted(e) => {
             s.status = RunStatus::Completed;
             s.output = Some(e.output.clone());
-            s.cursor = Cursor::Idle;
+            s.end_threads();
         }
         Event::RunFailed(e) => {
             s.status = RunStatus::Failed;
             s.error = Some((e.error_kind.clone(), e.message.clone(), e.failed_step.clone()));
-            s.cursor = Cursor::Idle;
+            s.end_threads();
         }
         Event::RunCancelled(_) => {
             s.status = RunStatus::Cancelled;
-            s.cursor = Cursor::Idle;
+            s.end_threads();
         }
         _ => {}
     }
     s
+}
+
+impl RunState {
+    fn end_threads(&mut self) {
+        self.threads.retain(|k, _| k.is_empty());
+        self.threads.entry(String::new()).or_default().cursor = Cursor::Idle;
+    }
 }
 
 /// Folds many events.
@@ -235,28 +402,68 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> RunState {
     events.into_iter().fold(RunState::default(), evolve)
 }
 
-/// What should happen next.
+/// What should happen next. Events in `append` are pure progress, recorded
+/// before anything else (then decide again); `execute` lists the recorded,
+/// still open attempts whose effects are to run (concurrently); `wake_at`
+/// is the earliest time a timer or retry falls due. All empty: the run has
+/// ended (or never started).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// Events to record now.
+    pub append: Vec<Event>,
+    /// Effects to perform, each then recording its outcome.
+    pub execute: Vec<Execution>,
+    /// When to decide again if nothing else happens.
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+impl Decision {
+    /// Record these events.
+    pub fn append(events: Vec<Event>) -> Self {
+        Decision { append: events, ..Decision::default() }
+    }
+
+    /// Nothing to do before `t`.
+    pub fn wait_until(t: DateTime<Utc>) -> Self {
+        Decision { wake_at: Some(t), ..Decision::default() }
+    }
+
+    /// Nothing to do, ever: the run has ended.
+    pub fn done() -> Self {
+        Decision::default()
+    }
+
+    /// Whether there is nothing to do at all.
+    pub fn is_done(&self) -> bool {
+        self.append.is_empty() && self.execute.is_empty() && self.wake_at.is_none()
+    }
+
+    fn wake(&mut self, t: DateTime<Utc>) {
+        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    fn merge(&mut self, other: Decision) {
+        self.append.extend(other.append);
+        self.execute.extend(other.execute);
+        if let Some(t) = other.wake_at {
+            self.wake(t);
+        }
+    }
+}
+
+/// An effect to perform for a recorded attempt.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Append these events (pure progress: no effect outside the log).
-    Append(Vec<Event>),
-    /// Perform the in-flight attempt's effect, then record its outcome.
-    Execute {
-        /// Step.
-        step_id: String,
-        /// Attempt.
-        attempt: u32,
-        /// What to do.
-        effect: Effect,
-        /// The recorded input.
-        input: Value,
-        /// Attempt timeout.
-        timeout: Option<Duration>,
-    },
-    /// Nothing to do before this time (a retry is due then).
-    WaitUntil(DateTime<Utc>),
-    /// The run has ended (or never started).
-    Done,
+pub struct Execution {
+    /// Step instance.
+    pub step_id: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// What to do.
+    pub effect: Effect,
+    /// The recorded input.
+    pub input: Value,
+    /// Attempt timeout.
+    pub timeout: Option<Duration>,
 }
 
 /// An effect outside the engine.
@@ -272,19 +479,69 @@ pub enum Effect {
         /// 4xx statuses retried anyway.
         retry_on_status: Vec<u16>,
     },
+    /// Start (or find, after a crash) the child run and record
+    /// `ChildRunStarted`.
+    StartChild {
+        /// Child workflow.
+        workflow: String,
+        /// Its version; the latest when `None`.
+        version: Option<u32>,
+        /// The child's id, derived from run, step and attempt.
+        child_run_id: Uuid,
+    },
+    /// Wait for the child run to end and record its result.
+    AwaitChild {
+        /// The child run.
+        child_run_id: Uuid,
+    },
 }
 
-/// The template and condition context: `{ inputs, steps: { id: { output } } }`.
-pub fn context(s: &RunState) -> Value {
-    let steps: serde_json::Map<String, Value> =
-        s.outputs.iter().map(|(k, v)| (k.clone(), json!({ "output": v }))).collect();
-    json!({ "inputs": s.inputs, "steps": steps })
+type Failure = (String, String, Option<String>);
+
+enum End {
+    Running,
+    Completed(Value),
+    Failed(Failure),
+}
+
+/// The template and condition context of a step instance:
+/// `{ inputs, steps: { id: { output } } }`, plus `item` and `index` inside a
+/// map iteration. Steps of enclosing iterations are visible by their ids.
+pub fn context(s: &RunState, instance: &str) -> Value {
+    scope_context(s, prefix(instance))
+}
+
+fn scope_context(s: &RunState, pre: &str) -> Value {
+    let steps: serde_json::Map<String, Value> = s
+        .outputs
+        .iter()
+        .filter(|(k, _)| pre.starts_with(prefix(k)))
+        .map(|(k, v)| (bare(k).to_owned(), json!({ "output": v })))
+        .collect();
+    let mut ctx = json!({ "inputs": s.inputs, "steps": steps });
+    // Inside a map iteration: `item` and `index` of the innermost one.
+    if let Some(iteration) = pre.strip_suffix('.')
+        && let Some((map, index)) = iteration.strip_suffix(']').and_then(|i| i.rsplit_once('['))
+        && let Ok(index) = index.parse::<usize>()
+    {
+        let item = s
+            .threads
+            .get(s.scope_of(map))
+            .and_then(|t| match &t.cursor {
+                Cursor::InFlight { step, input, .. } if step == map => input.get("items")?.get(index).cloned(),
+                _ => None,
+            })
+            .unwrap_or(Value::Null);
+        ctx["item"] = item;
+        ctx["index"] = json!(index);
+    }
+    ctx
 }
 
 /// The context with `secrets.NAME` as `[redacted:NAME]`: what is recorded
 /// never holds a secret.
-fn context_with_placeholders(w: &Workflow, s: &RunState) -> Value {
-    let mut ctx = context(s);
+fn context_with_placeholders(w: &Workflow, s: &RunState, pre: &str) -> Value {
+    let mut ctx = scope_context(s, pre);
     if !w.secret_refs.is_empty() {
         let secrets: serde_json::Map<String, Value> = w
             .secret_refs
@@ -296,69 +553,118 @@ fn context_with_placeholders(w: &Workflow, s: &RunState) -> Value {
     ctx
 }
 
-fn fail_run(kind: &str, message: String, step: Option<&str>) -> Decision {
-    Decision::Append(vec![Event::RunFailed(RunFailed {
-        error_kind: kind.to_owned(),
-        message,
-        failed_step: step.map(str::to_owned),
-    })])
+fn fail_run(kind: &str, message: String, step: Option<&str>) -> Vec<Event> {
+    vec![Event::RunFailed(RunFailed { error_kind: kind.to_owned(), message, failed_step: step.map(str::to_owned) })]
+}
+
+fn missing(step: &str, version: u32) -> Failure {
+    (
+        "definition".to_owned(),
+        format!("step `{}` is not in version {version} of the workflow", bare(step)),
+        Some(step.to_owned()),
+    )
 }
 
 /// Decides the next thing to do. Pure.
 pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
+    let mut d = Decision::default();
     if s.status != RunStatus::Running {
-        return Decision::Done;
+        return d;
     }
-    match &s.cursor {
-        Cursor::Idle => Decision::Done,
+    match thread(w, s, "", now, &mut d) {
+        End::Running => {}
+        End::Completed(_) => d.append.extend(complete(w, s)),
+        End::Failed((kind, message, step)) => {
+            d.append.extend(fail_or_compensate(w, s, &kind, message, step.as_deref(), now));
+        }
+    }
+    d
+}
+
+/// Decides for one thread, adding to `d`; says whether the thread has ended.
+fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Decision) -> End {
+    let Some(t) = s.threads.get(key) else { return End::Running };
+    match &t.cursor {
+        Cursor::Idle => End::Running,
         Cursor::Start => match w.steps.first() {
-            Some(first) => enter(w, s, &first.id, now),
-            None => complete(w, s),
+            Some(first) => match enter(w, s, "", "", &first.id, now) {
+                Ok(events) => {
+                    d.append.extend(events);
+                    End::Running
+                }
+                Err(f) => End::Failed(f),
+            },
+            None => End::Completed(Value::Null),
         },
-        Cursor::After { .. } | Cursor::Compensating if s.compensating.is_some() => next_compensation(w, s, now),
-        Cursor::Compensating => Decision::Done,
+        Cursor::After { .. } | Cursor::Compensating if key.is_empty() && s.compensating.is_some() => {
+            d.append.extend(next_compensation(w, s, now));
+            End::Running
+        }
+        Cursor::Compensating => End::Running,
         Cursor::After { step, jump } => {
-            let target = match (jump, w.step(step)) {
+            let target = match (jump, w.step(bare(step))) {
                 (Some(j), _) if j == "end" => Target::End,
                 (Some(j), _) => Target::Step(j.clone()),
                 (None, Some(st)) => st.then.clone(),
-                (None, None) => {
-                    return fail_run(
-                        "definition",
-                        format!("step `{step}` is not in version {} of the workflow", s.workflow_version),
-                        Some(step),
-                    );
-                }
+                (None, None) => return End::Failed(missing(step, s.workflow_version)),
             };
             match target {
-                Target::End => complete(w, s),
-                Target::Step(next) => enter(w, s, &next, now),
+                Target::End => End::Completed(t.last_output.clone()),
+                Target::Step(next) => match enter(w, s, key, prefix(step), &next, now) {
+                    Ok(events) => {
+                        d.append.extend(events);
+                        End::Running
+                    }
+                    Err(f) => End::Failed(f),
+                },
             }
         }
-        Cursor::InFlight { step, attempt, input } => match w.step(step).map(|st| (&st.kind, st.timeout)) {
-            Some((StepKind::Task { handler, .. }, timeout)) => Decision::Execute {
+        Cursor::InFlight { step, attempt, input } => {
+            let Some(st) = w.step(bare(step)) else { return End::Failed(missing(step, s.workflow_version)) };
+            let exec = |effect, timeout| Execution {
                 step_id: step.clone(),
                 attempt: *attempt,
-                effect: Effect::Task { handler: handler.clone() },
+                effect,
                 input: input.clone(),
                 timeout,
-            },
-            Some((StepKind::Http { timeout, retry_on_status, .. }, step_timeout)) => Decision::Execute {
+            };
+            match &st.kind {
+                StepKind::Task { handler, .. } => {
+                    d.execute.push(exec(Effect::Task { handler: handler.clone() }, st.timeout));
+                }
+                StepKind::Http { timeout, retry_on_status, .. } => d.execute.push(exec(
+                    Effect::Http { retry_on_status: retry_on_status.clone() },
+                    // The step's timeout bounds the whole attempt; the request's its own.
+                    Some(st.timeout.map_or(*timeout, |t| t.min(*timeout))),
+                )),
+                StepKind::Workflow { name, version, .. } => d.execute.push(exec(
+                    Effect::StartChild {
+                        workflow: name.clone(),
+                        version: *version,
+                        child_run_id: child_id(s.run_id, step, *attempt),
+                    },
+                    None,
+                )),
+                StepKind::Parallel { .. } | StepKind::Map { .. } => container(w, s, st, step, *attempt, input, now, d),
+                // Pure steps record start and outcome together; an in-flight
+                // pure step can only come from an interrupted older engine.
+                _ => d.append.extend(start(w, s, key, prefix(step), st, *attempt, now)),
+            }
+            End::Running
+        }
+        Cursor::Child { step, attempt, child_run_id } => {
+            d.execute.push(Execution {
                 step_id: step.clone(),
                 attempt: *attempt,
-                effect: Effect::Http { retry_on_status: retry_on_status.clone() },
-                input: input.clone(),
-                // The step's timeout bounds the whole attempt; the request's its own.
-                timeout: Some(step_timeout.map_or(*timeout, |t| t.min(*timeout))),
-            },
-            // Pure steps record start and outcome together; an in-flight
-            // pure step can only come from an interrupted older engine.
-            Some(_) => start(w, s, step, *attempt, now),
-            None => fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step)),
-        },
+                effect: Effect::AwaitChild { child_run_id: *child_run_id },
+                input: Value::Null,
+                timeout: None,
+            });
+            End::Running
+        }
         Cursor::Failed { step, attempt, error_kind, message, retryable, retry_after_ms } => {
-            let Some(st) = w.step(step) else {
-                return fail_run(error_kind, message.clone(), Some(step));
+            let Some(st) = w.step(bare(step)) else {
+                return End::Failed((error_kind.clone(), message.clone(), Some(step.clone())));
             };
             let policy = &st.retry;
             if *retryable && *attempt < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
@@ -367,31 +673,25 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
                     .backoff(next, seed(s.run_id, step, next))
                     .max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                 let due_at = now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::zero());
-                Decision::Append(vec![Event::RetryScheduled(RetryScheduled {
+                d.append.push(Event::RetryScheduled(RetryScheduled {
                     step_id: step.clone(),
                     next_attempt: next,
                     due_at,
                     backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                })])
+                }));
+                End::Running
             } else {
                 let why = if !*retryable || policy.non_retryable.iter().any(|k| k == error_kind) {
                     "not retryable".to_owned()
                 } else {
                     format!("after {attempt} attempt(s)")
                 };
-                fail_or_compensate(
-                    w,
-                    s,
-                    error_kind,
-                    format!("step `{step}` failed ({why}): {message}"),
-                    Some(step),
-                    now,
-                )
+                End::Failed((error_kind.clone(), format!("step `{step}` failed ({why}): {message}"), Some(step.clone())))
             }
         }
         Cursor::Waiting { step, attempt, timer_id, due_at } => {
             if now >= *due_at {
-                Decision::Append(vec![
+                d.append.extend([
                     Event::TimerFired(TimerFired { timer_id: timer_id.clone(), due_at: *due_at }),
                     Event::StepCompleted(StepCompleted {
                         step_id: step.clone(),
@@ -399,19 +699,180 @@ pub fn decide(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
                         output: json!({ "waited_until": due_at }),
                         duration_ms: 0,
                     }),
-                ])
+                ]);
             } else {
-                Decision::WaitUntil(*due_at)
+                d.wake(*due_at);
             }
+            End::Running
         }
         Cursor::RetryWait { step, next_attempt, due_at } => {
             if now >= *due_at {
-                start(w, s, step, *next_attempt, now)
+                match w.step(bare(step)) {
+                    Some(st) => d.append.extend(start(w, s, key, prefix(step), st, *next_attempt, now)),
+                    None => return End::Failed(missing(step, s.workflow_version)),
+                }
             } else {
-                Decision::WaitUntil(*due_at)
+                d.wake(*due_at);
+            }
+            End::Running
+        }
+    }
+}
+
+/// One thread inside a container: its scope, instance prefix, first step
+/// and name in messages.
+struct Kid<'w> {
+    key: String,
+    prefix: String,
+    first: &'w str,
+    label: String,
+}
+
+/// Decides for an in-flight `parallel` or `map`: starts its threads up to
+/// `max_concurrency`, decides inside the running ones, and completes (or
+/// fails) the step once they have ended.
+#[allow(clippy::too_many_arguments)]
+fn container(
+    w: &Workflow,
+    s: &RunState,
+    st: &Step,
+    inst: &str,
+    attempt: u32,
+    input: &Value,
+    now: DateTime<Utc>,
+    d: &mut Decision,
+) {
+    let (kids, fail_fast, max) = match &st.kind {
+        StepKind::Parallel { branches, fail_fast, max_concurrency } => (
+            branches
+                .iter()
+                .filter_map(|(name, steps)| {
+                    Some(Kid {
+                        key: format!("{inst}.{name}"),
+                        prefix: prefix(inst).to_owned(),
+                        first: &steps.first()?.id,
+                        label: format!("branch `{name}`"),
+                    })
+                })
+                .collect::<Vec<_>>(),
+            *fail_fast,
+            *max_concurrency,
+        ),
+        StepKind::Map { steps, fail_fast, max_concurrency, .. } => {
+            let n = input.get("items").and_then(Value::as_array).map_or(0, Vec::len);
+            let Some(first) = steps.first() else { return };
+            (
+                (0..n)
+                    .map(|i| Kid {
+                        key: format!("{inst}[{i}]"),
+                        prefix: format!("{inst}[{i}]."),
+                        first: &first.id,
+                        label: format!("item {i}"),
+                    })
+                    .collect(),
+                *fail_fast,
+                *max_concurrency,
+            )
+        }
+        _ => return,
+    };
+    let mut inner = Decision::default();
+    let mut ends: Vec<Option<End>> = Vec::with_capacity(kids.len());
+    for k in &kids {
+        ends.push(s.threads.contains_key(&k.key).then(|| thread(w, s, &k.key, now, &mut inner)));
+    }
+    let running = ends.iter().filter(|e| matches!(e, Some(End::Running))).count();
+    let waiting = ends.iter().filter(|e| e.is_none()).count();
+    let failures: Vec<(&Kid<'_>, &Failure)> = kids
+        .iter()
+        .zip(&ends)
+        .filter_map(|(k, e)| match e {
+            Some(End::Failed(f)) => Some((k, f)),
+            _ => None,
+        })
+        .collect();
+    if let Some((first_kid, (kind, message, _))) = failures.first()
+        && (fail_fast || running + waiting == 0)
+    {
+        let mut message = format!("{} failed: {message}", first_kid.label);
+        if failures.len() > 1 {
+            message.push_str(&format!(" (and {} more failed)", failures.len() - 1));
+        }
+        let mut live = Vec::new();
+        for (k, e) in kids.iter().zip(&ends) {
+            if matches!(e, Some(End::Running)) {
+                s.live_steps(&k.key, &mut live);
+            }
+        }
+        for l in live {
+            d.append.push(Event::StepSkipped(StepSkipped {
+                step_id: l,
+                reason: format!("cancelled: `{inst}` failed fast ({} failed)", first_kid.label),
+            }));
+        }
+        d.append.push(Event::StepFailed(StepFailed {
+            step_id: inst.to_owned(),
+            attempt,
+            error_kind: kind.clone(),
+            message,
+            retryable: true,
+            retry_after_ms: None,
+        }));
+        return;
+    }
+    if running + waiting == 0 {
+        let results = ends.into_iter().map(|e| match e {
+            Some(End::Completed(v)) => v,
+            _ => Value::Null,
+        });
+        let output = match &st.kind {
+            StepKind::Parallel { branches, .. } => {
+                Value::Object(branches.iter().map(|(n, _)| n.clone()).zip(results).collect())
+            }
+            _ => Value::Array(results.collect()),
+        };
+        d.append.extend(completed_or_contract(st, inst, attempt, output));
+        return;
+    }
+    d.merge(inner);
+    let mut free = max.map_or(usize::MAX, |m| (m as usize).saturating_sub(running));
+    for (k, e) in kids.iter().zip(&ends) {
+        if free == 0 {
+            break;
+        }
+        if e.is_some() {
+            continue;
+        }
+        free -= 1;
+        match enter(w, s, &k.key, &k.prefix, k.first, now) {
+            Ok(events) => d.append.extend(events),
+            Err((kind, message, _)) => {
+                d.append.push(Event::StepFailed(StepFailed {
+                    step_id: inst.to_owned(),
+                    attempt,
+                    error_kind: kind,
+                    message: format!("{} could not start: {message}", k.label),
+                    retryable: false,
+                    retry_after_ms: None,
+                }));
+                return;
             }
         }
     }
+}
+
+/// The child run id of a `workflow` step's attempt: derived, so a crashed
+/// and re-run attempt finds the child it already started.
+fn child_id(run: Option<Uuid>, step: &str, attempt: u32) -> Uuid {
+    let mut h = Sha256::new();
+    h.update(b"cairn-child");
+    h.update(run.map(|r| r.into_bytes()).unwrap_or_default());
+    h.update(step.as_bytes());
+    h.update(attempt.to_be_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid()
 }
 
 /// Fails the run, first undoing its completed steps that have a
@@ -424,17 +885,17 @@ fn fail_or_compensate(
     message: String,
     step: Option<&str>,
     now: DateTime<Utc>,
-) -> Decision {
+) -> Vec<Event> {
     if let Some(c) = &s.compensating {
         let (k, m, st) = &c.error;
-        return Decision::Append(vec![Event::RunFailed(RunFailed {
+        return vec![Event::RunFailed(RunFailed {
             error_kind: k.clone(),
             message: format!("{m}; then compensation failed: {message}"),
             failed_step: st.clone(),
-        })]);
+        })];
     }
     let queue: Vec<String> =
-        s.completed.iter().rev().filter_map(|id| w.step(id).and_then(|st| st.compensate.clone())).collect();
+        s.completed.iter().rev().filter_map(|id| w.step(bare(id)).and_then(|st| st.compensate.clone())).collect();
     if queue.is_empty() {
         return fail_run(kind, message, step);
     }
@@ -446,19 +907,17 @@ fn fail_or_compensate(
     });
     let next = evolve(s.clone(), &started);
     let mut events = vec![started];
-    if let Decision::Append(more) = next_compensation(w, &next, now) {
-        events.extend(more);
-    }
-    Decision::Append(events)
+    events.extend(next_compensation(w, &next, now));
+    events
 }
 
-fn next_compensation(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Decision {
-    let Some(c) = &s.compensating else { return Decision::Done };
-    match c.queue.get(c.done) {
-        Some(id) => start(w, s, id, 1, now),
+fn next_compensation(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Vec<Event> {
+    let Some(c) = &s.compensating else { return Vec::new() };
+    match c.queue.get(c.done).and_then(|id| w.step(id)) {
+        Some(st) => start(w, s, "", "", st, 1, now),
         None => {
             let (kind, message, step) = c.error.clone();
-            Decision::Append(vec![Event::RunFailed(RunFailed { error_kind: kind, message, failed_step: step })])
+            vec![Event::RunFailed(RunFailed { error_kind: kind, message, failed_step: step })]
         }
     }
 }
@@ -472,25 +931,26 @@ fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-fn enter(w: &Workflow, s: &RunState, step: &str, now: DateTime<Utc>) -> Decision {
-    let Some(st) = w.step(step) else {
-        return fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step));
-    };
-    let visits = s.visits.get(step).copied().unwrap_or(0);
+/// Enters step `id` in thread `key` (instance prefix `pre`): checks
+/// `max_visits`, then starts attempt 1.
+fn enter(w: &Workflow, s: &RunState, key: &str, pre: &str, id: &str, now: DateTime<Utc>) -> Result<Vec<Event>, Failure> {
+    let instance = format!("{pre}{id}");
+    let Some(st) = w.step(id) else { return Err(missing(&instance, s.workflow_version)) };
+    let visits = s.visits.get(&instance).copied().unwrap_or(0);
     if let Some(max) = st.max_visits
         && visits >= max
     {
-        return fail_run(
-            "max_visits",
-            format!("step `{step}` would run a {}th time; its max_visits is {max}", visits + 1),
-            Some(step),
-        );
+        return Err((
+            "max_visits".to_owned(),
+            format!("step `{instance}` would run a {}th time; its max_visits is {max}", visits + 1),
+            Some(instance),
+        ));
     }
-    start(w, s, step, 1, now)
+    Ok(start(w, s, key, pre, st, 1, now))
 }
 
-fn started(step: &str, attempt: u32, input: Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.to_owned(), attempt, input })
+fn started(step: &str, key: &str, attempt: u32, input: Value) -> Event {
+    Event::StepStarted(StepStarted { step_id: step.to_owned(), attempt, input, scope: key.to_owned() })
 }
 
 fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
@@ -504,59 +964,64 @@ fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
     })
 }
 
-fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32, now: DateTime<Utc>) -> Decision {
-    let Some(st) = w.step(step) else {
-        return fail_run("definition", format!("step `{step}` is not in the workflow"), Some(step));
-    };
-    let ctx = context_with_placeholders(w, s);
+/// `StepCompleted`, or `StepFailed` when the output breaks the step's
+/// `output_contract`.
+fn completed_or_contract(st: &Step, inst: &str, attempt: u32, output: Value) -> Vec<Event> {
+    if let Some(c) = &st.output_contract {
+        let v = crate::contract::violations(c, &output);
+        if !v.is_empty() {
+            return vec![failed(
+                inst,
+                attempt,
+                "contract",
+                format!("the output does not satisfy the output_contract: {}", crate::contract::describe(&v)),
+            )];
+        }
+    }
+    vec![Event::StepCompleted(StepCompleted { step_id: inst.to_owned(), attempt, output, duration_ms: 0 })]
+}
+
+/// Starts an attempt of step `st` in thread `key`: records it and, for a
+/// pure step, its outcome.
+fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u32, now: DateTime<Utc>) -> Vec<Event> {
+    let instance = format!("{pre}{}", st.id);
+    let step = instance.as_str();
+    let ctx = context_with_placeholders(w, s, pre);
+    let render_failed = |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
     match &st.kind {
-        StepKind::Http { request, .. } => match template::render(request, &ctx) {
-            Ok(input) => Decision::Append(vec![started(step, attempt, input)]),
-            Err(e) => Decision::Append(vec![
-                started(step, attempt, Value::Null),
-                failed(step, attempt, "template", e.to_string()),
-            ]),
-        },
-        StepKind::Task { input, .. } => match template::render(input, &ctx) {
-            Ok(input) => Decision::Append(vec![started(step, attempt, input)]),
-            Err(e) => Decision::Append(vec![
-                started(step, attempt, Value::Null),
-                failed(step, attempt, "template", e.to_string()),
-            ]),
+        StepKind::Http { request: t, .. } | StepKind::Task { input: t, .. } | StepKind::Workflow { inputs: t, .. } => {
+            match template::render(t, &ctx) {
+                Ok(input) => vec![started(step, key, attempt, input)],
+                Err(e) => render_failed(e.to_string()),
+            }
+        }
+        StepKind::Parallel { .. } => vec![started(step, key, attempt, Value::Null)],
+        StepKind::Map { items, .. } => match template::render(items, &ctx) {
+            Ok(Value::Array(items)) => {
+                let n = items.len();
+                let mut events = vec![started(step, key, attempt, json!({ "items": items }))];
+                if n == 0 {
+                    events.extend(completed_or_contract(st, step, attempt, json!([])));
+                }
+                events
+            }
+            Ok(other) => render_failed(format!("`items` rendered to {}, not a list", short(&other))),
+            Err(e) => render_failed(e.to_string()),
         },
         StepKind::Transform { output } => match template::render(output, &ctx) {
-            Ok(output)
-                if st.output_contract.as_ref().is_some_and(|c| !crate::contract::violations(c, &output).is_empty()) =>
-            {
-                let v =
-                    st.output_contract.as_ref().map(|c| crate::contract::violations(c, &output)).unwrap_or_default();
-                Decision::Append(vec![
-                    started(step, attempt, Value::Null),
-                    failed(
-                        step,
-                        attempt,
-                        "contract",
-                        format!("the output does not satisfy the output_contract: {}", crate::contract::describe(&v)),
-                    ),
-                ])
+            Ok(output) => {
+                let mut events = vec![started(step, key, attempt, Value::Null)];
+                events.extend(completed_or_contract(st, step, attempt, output));
+                events
             }
-            Ok(output) => Decision::Append(vec![
-                started(step, attempt, Value::Null),
-                Event::StepCompleted(StepCompleted { step_id: step.to_owned(), attempt, output, duration_ms: 0 }),
-            ]),
-            Err(e) => Decision::Append(vec![
-                started(step, attempt, Value::Null),
-                failed(step, attempt, "template", e.to_string()),
-            ]),
+            Err(e) => render_failed(e.to_string()),
         },
         StepKind::Branch { condition, then, otherwise } => match condition.holds(&ctx) {
             Ok(v) => {
                 let target = if v { then } else { otherwise };
-                branch(step, attempt, condition.source(), json!(v), target)
+                branch(step, key, attempt, condition.source(), json!(v), target)
             }
-            Err(e) => {
-                Decision::Append(vec![started(step, attempt, Value::Null), failed(step, attempt, "condition", e)])
-            }
+            Err(e) => vec![started(step, key, attempt, Value::Null), failed(step, attempt, "condition", e)],
         },
         StepKind::Wait { duration, until } => {
             let due_at = match (duration, until) {
@@ -572,43 +1037,44 @@ fn start(w: &Workflow, s: &RunState, step: &str, attempt: u32, now: DateTime<Utc
             match due_at {
                 Ok(due_at) => {
                     let timer_id = format!("{step}#{attempt}");
-                    Decision::Append(vec![
-                        started(step, attempt, json!({ "until": due_at })),
+                    vec![
+                        started(step, key, attempt, json!({ "until": due_at })),
                         Event::TimerStarted(TimerStarted {
                             timer_id,
                             step_id: Some(step.to_owned()),
                             due_at,
                             purpose: "wait".into(),
                         }),
-                    ])
+                    ]
                 }
-                Err(e) => {
-                    Decision::Append(vec![started(step, attempt, Value::Null), failed(step, attempt, "template", e)])
-                }
+                Err(e) => render_failed(e),
             }
         }
         StepKind::Switch { cases, default } => {
             for (c, target) in cases {
                 match c.holds(&ctx) {
-                    Ok(true) => return branch(step, attempt, c.source(), json!(true), target),
+                    Ok(true) => return branch(step, key, attempt, c.source(), json!(true), target),
                     Ok(false) => {}
                     Err(e) => {
-                        return Decision::Append(vec![
-                            started(step, attempt, Value::Null),
-                            failed(step, attempt, "condition", e),
-                        ]);
+                        return vec![started(step, key, attempt, Value::Null), failed(step, attempt, "condition", e)];
                     }
                 }
             }
-            branch(step, attempt, "default", json!(false), default)
+            branch(step, key, attempt, "default", json!(false), default)
         }
     }
 }
 
-fn branch(step: &str, attempt: u32, expression: &str, value: Value, target: &Target) -> Decision {
+/// A value, shortened for a message.
+fn short(v: &Value) -> String {
+    let t = v.to_string();
+    if t.len() > 80 { format!("{}…", &t[..t.floor_char_boundary(80)]) } else { t }
+}
+
+fn branch(step: &str, key: &str, attempt: u32, expression: &str, value: Value, target: &Target) -> Vec<Event> {
     let target = target.name().to_owned();
-    Decision::Append(vec![
-        started(step, attempt, Value::Null),
+    vec![
+        started(step, key, attempt, Value::Null),
         Event::BranchTaken(BranchTaken {
             step_id: step.to_owned(),
             expression: expression.to_owned(),
@@ -621,16 +1087,16 @@ fn branch(step: &str, attempt: u32, expression: &str, value: Value, target: &Tar
             output: json!({ "target": target, "value": value }),
             duration_ms: 0,
         }),
-    ])
+    ]
 }
 
-fn complete(w: &Workflow, s: &RunState) -> Decision {
+fn complete(w: &Workflow, s: &RunState) -> Vec<Event> {
     let output = match &w.output {
-        Some(t) => match template::render(t, &context_with_placeholders(w, s)) {
+        Some(t) => match template::render(t, &context_with_placeholders(w, s, "")) {
             Ok(v) => v,
             Err(e) => return fail_run("template", format!("workflow output: {e}"), None),
         },
         None => s.last_output.clone(),
     };
-    Decision::Append(vec![Event::RunCompleted(RunCompleted { output })])
+    vec![Event::RunCompleted(RunCompleted { output })]
 }

@@ -1,6 +1,7 @@
 //! The compiled, validated workflow the engine runs. Built only by
 //! [`crate::lang::compile`]; nothing here can be malformed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,6 +29,31 @@ pub struct Workflow {
     pub secret_refs: Vec<SecretRef>,
     /// Compensation steps (run only while a failing run undoes its work).
     pub compensations: Vec<Step>,
+    /// Every step, nested ones included, by id.
+    pub(crate) index: HashMap<String, (Step, Block)>,
+    /// Names of the workflows its `workflow` steps start.
+    pub children: Vec<String>,
+}
+
+/// The sequence of steps a step belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Block {
+    /// The workflow's `steps`.
+    Top,
+    /// A branch of a `parallel` step.
+    Branch {
+        /// The parallel step.
+        parallel: String,
+        /// The branch name.
+        branch: String,
+    },
+    /// The body of a `map` step.
+    Map {
+        /// The map step.
+        map: String,
+    },
+    /// The workflow's `compensations`.
+    Compensation,
 }
 
 /// A use of `secrets.NAME`, for checking that the secret exists.
@@ -42,9 +68,37 @@ pub struct SecretRef {
 }
 
 impl Workflow {
-    /// The step (or compensation step) with this id.
+    /// The step (or compensation step) with this id, nested ones included.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().chain(&self.compensations).find(|s| s.id == id)
+        self.index.get(id).map(|(s, _)| s)
+    }
+
+    /// The sequence the step with this id belongs to.
+    pub fn block_of(&self, id: &str) -> Option<&Block> {
+        self.index.get(id).map(|(_, b)| b)
+    }
+
+    /// Indexes every step by id; called once the steps are final.
+    pub(crate) fn build_index(&mut self) {
+        fn walk(steps: &[Step], block: &Block, out: &mut HashMap<String, (Step, Block)>) {
+            for s in steps {
+                out.insert(s.id.clone(), (s.clone(), block.clone()));
+                match &s.kind {
+                    StepKind::Parallel { branches, .. } => {
+                        for (name, inner) in branches {
+                            let b = Block::Branch { parallel: s.id.clone(), branch: name.clone() };
+                            walk(inner, &b, out);
+                        }
+                    }
+                    StepKind::Map { steps: inner, .. } => walk(inner, &Block::Map { map: s.id.clone() }, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut index = HashMap::new();
+        walk(&self.steps, &Block::Top, &mut index);
+        walk(&self.compensations, &Block::Compensation, &mut index);
+        self.index = index;
     }
 
     /// Applies input defaults from the inputs schema's properties.
@@ -152,13 +206,49 @@ pub enum StepKind {
         /// Target when none holds.
         default: Target,
     },
+    /// Branches that run at the same time; the output maps each branch's
+    /// name to the output of its last step.
+    Parallel {
+        /// Branch names and their steps, in listed order.
+        branches: Vec<(String, Vec<Step>)>,
+        /// Fail as soon as one branch fails, cancelling the others.
+        fail_fast: bool,
+        /// Most branches running at once.
+        max_concurrency: Option<u32>,
+    },
+    /// The same steps for every item of a list; the output lists each
+    /// iteration's last output in item order.
+    Map {
+        /// Template rendering to the list.
+        items: Value,
+        /// The steps each iteration runs (`item` and `index` in templates).
+        steps: Vec<Step>,
+        /// Most iterations running at once.
+        max_concurrency: Option<u32>,
+        /// Fail as soon as one iteration fails, cancelling the others.
+        fail_fast: bool,
+    },
+    /// A child run of another published workflow; the step waits for it.
+    Workflow {
+        /// The child workflow's name.
+        name: String,
+        /// Its version (default: the latest when the step starts).
+        version: Option<u32>,
+        /// The child's inputs: a template.
+        inputs: Value,
+    },
 }
 
 impl StepKind {
     /// Whether the step runs an effect outside the engine (and so is
     /// recorded as started before it runs).
     pub fn has_effect(&self) -> bool {
-        matches!(self, StepKind::Task { .. } | StepKind::Http { .. })
+        matches!(self, StepKind::Task { .. } | StepKind::Http { .. } | StepKind::Workflow { .. })
+    }
+
+    /// Whether the step holds nested steps.
+    pub fn is_container(&self) -> bool {
+        matches!(self, StepKind::Parallel { .. } | StepKind::Map { .. })
     }
 
     /// The kind's name in the language.
@@ -170,6 +260,9 @@ impl StepKind {
             StepKind::Switch { .. } => "switch",
             StepKind::Wait { .. } => "wait",
             StepKind::Http { .. } => "http",
+            StepKind::Parallel { .. } => "parallel",
+            StepKind::Map { .. } => "map",
+            StepKind::Workflow { .. } => "workflow",
         }
     }
 }

@@ -9,15 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cairn_events::{
-    Event, EventStore, ExpectedVersion, Metadata, NewEvent, RunCancelled, RunStarted, StepCompleted, StepFailed,
-    StoreError, StreamAppend, WorkflowVersionPublished,
+    ChildRunCompleted, ChildRunStarted, Event, EventStore, ExpectedVersion, Metadata, NewEvent, ParentRun,
+    RunCancelled, RunStarted, StepCompleted, StepFailed, StoreError, StreamAppend, WorkflowVersionPublished,
 };
+use futures_util::future::{AbortHandle, Aborted, BoxFuture, FutureExt, abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
-use crate::decider::{Decision, Effect, RunState, decide, evolve};
+use crate::decider::{Cursor, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
 use crate::lang;
 use crate::model::{StepKind, Workflow};
 use crate::secrets::Secrets;
@@ -178,6 +180,19 @@ impl Engine {
     /// Starts a run of a published version; returns its id. The run's first
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
+        self.check_children(w).await?;
+        self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await
+    }
+
+    async fn start_run(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        run_id: Uuid,
+        parent: Option<ParentRun>,
+    ) -> Result<Uuid, RunError> {
         let inputs = w.inputs_with_defaults(&inputs);
         if let Some(schema) = &w.inputs_schema {
             let errors = crate::contract::violations(schema, &inputs);
@@ -185,7 +200,6 @@ impl Engine {
                 return Err(RunError::InvalidInputs { workflow: w.name.clone(), errors });
             }
         }
-        let run_id = Uuid::now_v7();
         let event = Event::RunStarted(RunStarted {
             run_id,
             workflow: w.name.clone(),
@@ -194,7 +208,7 @@ impl Engine {
             inputs,
             started_by: started_by.to_owned(),
             idempotency_key: None,
-            parent: None,
+            parent,
             fork_of: None,
         });
         let state = evolve(RunState::default(), &event);
@@ -239,7 +253,7 @@ impl Engine {
                 message: "only a running run can be cancelled".into(),
             });
         }
-        let e = Event::RunCancelled(RunCancelled { by: by.to_owned(), reason });
+        let e = Event::RunCancelled(RunCancelled { by: by.to_owned(), reason: reason.clone() });
         self.store
             .append(
                 &cairn_events::run_stream(run_id),
@@ -247,78 +261,302 @@ impl Engine {
                 vec![NewEvent::from_event(&e, Metadata::by(by))],
             )
             .await?;
+        // Child runs go with their parent.
+        for t in s.threads.values() {
+            if let Cursor::Child { child_run_id, .. } = &t.cursor {
+                let why = Some(format!("parent run {run_id} was cancelled"));
+                match Box::pin(self.cancel(*child_run_id, by, why)).await {
+                    Ok(()) | Err(RunError::InvalidState { .. } | RunError::UnknownRun(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Drives a run until it ends, sleeping through retry waits. Safe to call
-    /// for a run another process also drives: the expected version decides
-    /// who records each outcome, and the loser re-reads.
-    pub async fn drive(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+    /// Drives a run until it ends, sleeping through waits. Effects of
+    /// parallel branches and map iterations run concurrently; outcomes that
+    /// are ready together are recorded in one commit. Safe to call for a run
+    /// another process also drives: the expected version decides who records
+    /// each outcome, and the loser re-reads.
+    pub fn drive<'a>(&'a self, run_id: Uuid, observer: Observer<'a>) -> BoxFuture<'a, Result<RunState, RunError>> {
+        Box::pin(self.drive_run(run_id, observer))
+    }
+
+    async fn drive_run(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
         let stream = cairn_events::run_stream(run_id);
         let mut state = self.state(run_id).await?;
         let w = self.definition(&state.workflow, state.workflow_version).await?;
+        let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, Result<Result<Vec<Event>, RunError>, Aborted>)>> =
+            FuturesUnordered::new();
+        let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
         loop {
-            let events = match decide(&w, &state, Utc::now()) {
-                Decision::Done => return Ok(state),
-                Decision::WaitUntil(t) => {
-                    let wait = (t - Utc::now()).to_std().unwrap_or_default();
-                    // Re-read at least every second so a cancel is noticed.
-                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))).await;
-                    state = self.state(run_id).await?;
+            let d = decide(&w, &state, Utc::now());
+            if !d.append.is_empty() {
+                self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
+                continue;
+            }
+            // Start what is newly due; stop what no longer is (a branch
+            // cancelled by a failing sibling, a run cancelled elsewhere).
+            let wanted: Vec<EffectKey> = d.execute.iter().map(EffectKey::of).collect();
+            handles.retain(|k, h| {
+                let keep = wanted.contains(k);
+                if !keep {
+                    h.abort();
+                }
+                keep
+            });
+            for ex in d.execute {
+                let key = EffectKey::of(&ex);
+                if handles.contains_key(&key) {
                     continue;
                 }
-                Decision::Append(events) => events,
-                Decision::Execute { step_id, attempt, effect, input, timeout } => {
-                    let started = Instant::now();
-                    let input = self.effective_input(&w, &state, &step_id, input);
-                    let outcome = self.perform(run_id, &step_id, attempt, effect, input, timeout).await;
-                    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let contract = w.step(&step_id).and_then(|s| s.output_contract.as_ref());
-                    let outcome =
-                        outcome.and_then(|output| match contract.map(|c| crate::contract::violations(c, &output)) {
-                            Some(v) if !v.is_empty() => Err(TaskError::new(
-                                "contract",
-                                format!(
-                                    "the output does not satisfy the output_contract: {}",
-                                    crate::contract::describe(&v)
-                                ),
-                                false,
-                            )),
-                            _ => Ok(output),
-                        });
-                    vec![match outcome {
-                        Ok(mut output) => {
-                            self.secrets.scrub(&mut output);
-                            Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
-                        }
-                        Err(e) => Event::StepFailed(StepFailed {
-                            step_id,
-                            attempt,
-                            error_kind: e.kind,
-                            message: self.secrets.scrub_str(&e.message),
-                            retryable: e.retryable,
-                            retry_after_ms: e.retry_after_ms,
-                        }),
-                    }]
-                }
-            };
-            // Record the pure decisions that follow in the same commit: the
-            // outcome is still durable before the next effect starts.
-            let mut events = events;
-            settle(&w, events.iter().fold(state.clone(), evolve), &mut events);
-            let new: Vec<NewEvent> =
-                events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
-            match self.append(&stream, ExpectedVersion::Exact(state.version), new).await {
-                Ok(_) => {
-                    for e in &events {
-                        observer(e);
-                        state = evolve(state, e);
+                let input = self.effective_input(&w, &state, &ex.step_id, ex.input.clone());
+                let (fut, handle) = abortable(self.execute(&w, run_id, ex, input));
+                handles.insert(key.clone(), handle);
+                running.push(Box::pin(async move { (key, fut.await) }));
+            }
+            if handles.is_empty() {
+                let Some(t) = d.wake_at else { return Ok(state) };
+                let wait = (t - Utc::now()).to_std().unwrap_or_default();
+                // Re-read at least every second so a cancel is noticed.
+                tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))).await;
+                state = self.state(run_id).await?;
+                continue;
+            }
+            let first = match d.wake_at {
+                Some(t) => {
+                    let wait = (t - Utc::now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        r = running.next() => r,
+                        () = tokio::time::sleep(wait) => None,
                     }
                 }
-                Err(e) if e.is_conflict() => state = self.state(run_id).await?,
-                Err(e) => return Err(e.into()),
+                None => running.next().await,
+            };
+            let mut ready = Vec::new();
+            ready.extend(first);
+            // Whatever else has finished goes into the same commit.
+            while let Some(Some(r)) = running.next().now_or_never() {
+                ready.push(r);
+            }
+            let mut outcomes = Vec::new();
+            for (key, result) in ready {
+                let Ok(result) = result else { continue }; // aborted
+                handles.remove(&key);
+                let events = result?;
+                // A cancelled branch's late result is not recorded.
+                if state.awaits(&key.step_id, key.attempt) {
+                    outcomes.extend(events);
+                }
+            }
+            if !outcomes.is_empty() {
+                self.commit(&w, &stream, run_id, &mut state, outcomes, observer).await?;
             }
         }
+    }
+
+    /// Records `events` and the pure decisions that follow them in one
+    /// commit: each outcome is durable before anything it enables starts.
+    async fn commit(
+        &self,
+        w: &Workflow,
+        stream: &str,
+        run_id: Uuid,
+        state: &mut RunState,
+        mut events: Vec<Event>,
+        observer: Observer<'_>,
+    ) -> Result<(), RunError> {
+        settle(w, events.iter().fold(state.clone(), evolve), &mut events);
+        let new: Vec<NewEvent> = events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
+        match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
+            Ok(_) => {
+                for e in &events {
+                    observer(e);
+                    *state = evolve(std::mem::take(state), e);
+                }
+            }
+            Err(e) if e.is_conflict() => *state = self.state(run_id).await?,
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Performs one effect and returns the events that record its outcome.
+    async fn execute(&self, w: &Workflow, run_id: Uuid, ex: Execution, input: Value) -> Result<Vec<Event>, RunError> {
+        let Execution { step_id, attempt, effect, timeout, .. } = ex;
+        let started = Instant::now();
+        let outcome = match effect {
+            Effect::StartChild { workflow, version, child_run_id } => {
+                return self.start_child(run_id, step_id, attempt, &workflow, version, child_run_id, input).await;
+            }
+            Effect::AwaitChild { child_run_id } => return self.await_child(step_id, attempt, child_run_id).await,
+            effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
+        let outcome = outcome.and_then(|output| match contract.map(|c| crate::contract::violations(c, &output)) {
+            Some(v) if !v.is_empty() => Err(TaskError::new(
+                "contract",
+                format!("the output does not satisfy the output_contract: {}", crate::contract::describe(&v)),
+                false,
+            )),
+            _ => Ok(output),
+        });
+        Ok(vec![match outcome {
+            Ok(mut output) => {
+                self.secrets.scrub(&mut output);
+                Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
+            }
+            Err(e) => Event::StepFailed(StepFailed {
+                step_id,
+                attempt,
+                error_kind: e.kind,
+                message: self.secrets.scrub_str(&e.message),
+                retryable: e.retryable,
+                retry_after_ms: e.retry_after_ms,
+            }),
+        }])
+    }
+
+    /// The latest published version of a workflow.
+    pub async fn latest_version(&self, name: &str) -> Result<Option<u32>, RunError> {
+        let events = self.store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
+        let mut latest = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)? {
+                latest = Some(p.version);
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Checks that every child workflow `w` starts is published.
+    pub async fn check_children(&self, w: &Workflow) -> Result<(), RunError> {
+        for name in &w.children {
+            if self.latest_version(name).await?.is_none() {
+                return Err(RunError::Definition {
+                    name: name.clone(),
+                    version: 0,
+                    message: format!(
+                        "`{}` starts it as a child run, but it was never published; publish it first (`cairn publish FILE`)",
+                        w.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the child run of a `workflow` step (or finds the one an
+    /// interrupted attempt started: its id is derived from the attempt).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_child(
+        &self,
+        parent: Uuid,
+        step_id: String,
+        attempt: u32,
+        workflow: &str,
+        version: Option<u32>,
+        child_run_id: Uuid,
+        inputs: Value,
+    ) -> Result<Vec<Event>, RunError> {
+        let fail = |kind: &str, message: String| {
+            Ok(vec![Event::StepFailed(StepFailed {
+                step_id: step_id.clone(),
+                attempt,
+                error_kind: kind.to_owned(),
+                message,
+                retryable: false,
+                retry_after_ms: None,
+            })])
+        };
+        let started = |workflow_version: u32| {
+            Ok(vec![Event::ChildRunStarted(ChildRunStarted {
+                step_id: step_id.clone(),
+                child_run_id,
+                workflow: workflow.to_owned(),
+                workflow_version,
+            })])
+        };
+        let existing = self.store.read_stream(&cairn_events::run_stream(child_run_id), 1).await?;
+        if let Some(first) = existing.first()
+            && let Event::RunStarted(r) = Event::decode(first)?
+        {
+            return started(r.workflow_version);
+        }
+        let version = match version {
+            Some(v) => v,
+            None => match self.latest_version(workflow).await? {
+                Some(v) => v,
+                None => return fail("child.unknown-workflow", format!("workflow `{workflow}` was never published")),
+            },
+        };
+        let w = match self.definition(workflow, version).await {
+            Ok(w) => w,
+            Err(RunError::Definition { message, .. }) => {
+                return fail("child.unknown-workflow", format!("workflow `{workflow}` version {version}: {message}"));
+            }
+            Err(e) => return Err(e),
+        };
+        let parent = ParentRun { run_id: parent, step_id: step_id.clone() };
+        match self.start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent)).await {
+            Ok(_) => started(version),
+            Err(RunError::InvalidInputs { errors, .. }) => fail(
+                "child.invalid-inputs",
+                format!(
+                    "the inputs do not satisfy the `inputs` schema of `{workflow}`: {}",
+                    crate::contract::describe(&errors)
+                ),
+            ),
+            // Another process started it first.
+            Err(RunError::Store(e)) if e.is_conflict() => started(version),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drives a child run to its end and records its result in the parent.
+    async fn await_child(&self, step_id: String, attempt: u32, child: Uuid) -> Result<Vec<Event>, RunError> {
+        let started = Instant::now();
+        let s = self.drive(child, &mut |_| {}).await?;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (status, result, outcome) = match s.status {
+            RunStatus::Completed => {
+                let output = s.output.clone().unwrap_or(Value::Null);
+                (
+                    "completed",
+                    output.clone(),
+                    Event::StepCompleted(StepCompleted { step_id: step_id.clone(), attempt, output, duration_ms }),
+                )
+            }
+            status => {
+                let (kind, message, failed_step) =
+                    s.error.clone().unwrap_or_else(|| ("cancelled".into(), "the child run was cancelled".into(), None));
+                let name = if status == RunStatus::Cancelled { "cancelled" } else { "failed" };
+                let at = failed_step.as_deref().map(|f| format!(" at step `{f}`")).unwrap_or_default();
+                (
+                    name,
+                    serde_json::json!({ "error_kind": kind, "message": message, "failed_step": failed_step }),
+                    Event::StepFailed(StepFailed {
+                        step_id: step_id.clone(),
+                        attempt,
+                        error_kind: format!("child.{}", if name == "cancelled" { "cancelled" } else { &kind }),
+                        message: format!("child run {child} {name}{at}: {message}"),
+                        retryable: true,
+                        retry_after_ms: None,
+                    }),
+                )
+            }
+        };
+        Ok(vec![
+            Event::ChildRunCompleted(ChildRunCompleted {
+                step_id,
+                child_run_id: child,
+                status: status.to_owned(),
+                result,
+            }),
+            outcome,
+        ])
     }
 
     /// The input to execute with: the recorded input, or, when the step
@@ -328,7 +566,7 @@ impl Engine {
         if w.secret_refs.is_empty() {
             return recorded;
         }
-        let template = match w.step(step_id).map(|s| &s.kind) {
+        let template = match w.step(bare(step_id)).map(|s| &s.kind) {
             Some(StepKind::Task { input, .. }) => input,
             Some(StepKind::Http { request, .. }) => request,
             _ => return recorded,
@@ -341,7 +579,7 @@ impl Engine {
         if !text_uses_secrets {
             return recorded;
         }
-        let mut ctx = crate::decider::context(state);
+        let mut ctx = crate::decider::context(state, step_id);
         ctx["secrets"] = self.secrets.template_value();
         crate::template::render(template, &ctx).unwrap_or(recorded)
     }
@@ -372,6 +610,9 @@ impl Engine {
                 }
                 Some(h) => h.call(input, ctx),
             },
+            Effect::StartChild { .. } | Effect::AwaitChild { .. } => {
+                return Err(TaskError::new("internal", "child runs are not performed as tasks".to_owned(), false));
+            }
         };
         match timeout {
             Some(t) => tokio::time::timeout(t, fut)
@@ -381,7 +622,8 @@ impl Engine {
         }
     }
 
-    /// Runs that started and have not ended, oldest first. Scans the log
+    /// Top-level runs that started and have not ended, oldest first (child
+    /// runs are driven by their parents). Scans the log
     /// (the runs read model replaces this scan once it exists).
     pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
         let mut started: Vec<(String, Uuid)> = Vec::new();
@@ -393,7 +635,8 @@ impl Engine {
             from = last.global_position + 1;
             for e in &page {
                 match e.event_type.as_str() {
-                    "RunStarted" => {
+                    // Child runs are driven by their parent's `workflow` step.
+                    "RunStarted" if !e.payload.contains("\"parent\":{") => {
                         if let Some(id) = e.stream_id.strip_prefix("run-").and_then(|s| s.parse().ok()) {
                             started.push((e.stream_id.clone(), id));
                         }
@@ -415,14 +658,31 @@ impl Engine {
 /// as deciding them one append later would.
 fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) {
     for _ in 0..1_000 {
-        match decide(w, &state, Utc::now()) {
-            Decision::Append(more) => {
-                for e in &more {
-                    state = evolve(state, e);
-                }
-                events.extend(more);
-            }
-            _ => return,
+        let more = decide(w, &state, Utc::now()).append;
+        if more.is_empty() {
+            return;
+        }
+        for e in &more {
+            state = evolve(state, e);
+        }
+        events.extend(more);
+    }
+}
+
+/// Identifies one running effect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EffectKey {
+    step_id: String,
+    attempt: u32,
+    child: bool,
+}
+
+impl EffectKey {
+    fn of(ex: &Execution) -> Self {
+        EffectKey {
+            step_id: ex.step_id.clone(),
+            attempt: ex.attempt,
+            child: matches!(ex.effect, Effect::AwaitChild { .. }),
         }
     }
 }

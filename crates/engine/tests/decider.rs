@@ -2,7 +2,7 @@
 //! this decision. Plus property tests over generated workflows and outcomes.
 #![allow(missing_docs)]
 
-use cairn_engine::decider::{Cursor, Decision, Effect, RunStatus, decide, evolve, fold};
+use cairn_engine::decider::{Cursor, Decision, Effect, Execution, RunStatus, decide, evolve, fold};
 use cairn_engine::{TaskRegistry, Workflow};
 use cairn_events::{Event, RunStarted, StepCompleted, StepFailed, StepStarted};
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -34,7 +34,7 @@ fn started(inputs: Value) -> Event {
 }
 
 fn step_started(step: &str, attempt: u32, input: Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.into(), attempt, input })
+    Event::StepStarted(StepStarted { step_id: step.into(), attempt, input, scope: String::new() })
 }
 
 fn step_failed(step: &str, attempt: u32, retryable: bool) -> Event {
@@ -58,20 +58,21 @@ const TWO_TASKS: &str = "name: w\nsteps:\n  - id: a\n    task: echo\n    with: {
 fn a_new_run_records_the_first_step_with_its_rendered_input() {
     let w = wf(TWO_TASKS);
     let s = fold(&[started(json!({ "n": 5 }))]);
-    assert_eq!(decide(&w, &s, t0()), Decision::Append(vec![step_started("a", 1, json!({ "n": 5 }))]));
+    assert_eq!(decide(&w, &s, t0()), Decision::append(vec![step_started("a", 1, json!({ "n": 5 }))]));
 }
 
 #[test]
 fn an_attempt_without_outcome_is_executed_again_after_a_crash() {
     let w = wf(TWO_TASKS);
     let s = fold(&[started(json!({ "n": 5 })), step_started("a", 1, json!({ "n": 5 }))]);
-    match decide(&w, &s, t0()) {
-        Decision::Execute { step_id, attempt, effect, input, .. } => {
-            assert_eq!((step_id.as_str(), attempt), ("a", 1));
-            assert_eq!(effect, Effect::Task { handler: "echo".into() });
-            assert_eq!(input, json!({ "n": 5 }), "the recorded input is reused, not re-rendered");
+    let d = decide(&w, &s, t0());
+    match (&d.append[..], &d.execute[..]) {
+        ([], [Execution { step_id, attempt, effect, input, .. }]) => {
+            assert_eq!((step_id.as_str(), *attempt), ("a", 1));
+            assert_eq!(*effect, Effect::Task { handler: "echo".into() });
+            assert_eq!(*input, json!({ "n": 5 }), "the recorded input is reused, not re-rendered");
         }
-        d => panic!("{d:?}"),
+        _ => panic!("{d:?}"),
     }
 }
 
@@ -79,7 +80,7 @@ fn an_attempt_without_outcome_is_executed_again_after_a_crash() {
 fn a_retryable_failure_schedules_a_retry_with_backoff() {
     let w = wf(TWO_TASKS);
     let mut events = vec![started(json!({ "n": 5 })), step_started("a", 1, json!({})), step_failed("a", 1, true)];
-    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    let next = decide(&w, &fold(&events), t0()).append;
     let Event::RetryScheduled(r) = &next[0] else { panic!("{next:?}") };
     assert_eq!((r.next_attempt, r.backoff_ms), (2, 10_000));
     assert_eq!(r.due_at, t0() + Duration::seconds(10));
@@ -87,15 +88,15 @@ fn a_retryable_failure_schedules_a_retry_with_backoff() {
     // Before it is due: wait. When due: attempt 2.
     assert_eq!(
         decide(&w, &fold(&events), t0() + Duration::seconds(5)),
-        Decision::WaitUntil(t0() + Duration::seconds(10))
+        Decision::wait_until(t0() + Duration::seconds(10))
     );
     assert_eq!(
         decide(&w, &fold(&events), t0() + Duration::seconds(10)),
-        Decision::Append(vec![step_started("a", 2, json!({ "n": 5 }))])
+        Decision::append(vec![step_started("a", 2, json!({ "n": 5 }))])
     );
     // The second wait doubles.
     events.extend([step_started("a", 2, json!({})), step_failed("a", 2, true)]);
-    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    let next = decide(&w, &fold(&events), t0()).append;
     assert!(matches!(&next[0], Event::RetryScheduled(r) if r.backoff_ms == 20_000));
 }
 
@@ -106,7 +107,7 @@ fn exhausted_or_non_retryable_failures_fail_the_run_naming_the_step() {
         vec![started(json!({})), step_started("a", 1, json!({})), step_failed("a", 1, false)],
         vec![started(json!({})), step_started("a", 3, json!({})), step_failed("a", 3, true)],
     ] {
-        let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+        let next = decide(&w, &fold(&events), t0()).append;
         match &next[..] {
             [Event::RunFailed(f)] => {
                 assert_eq!(f.failed_step.as_deref(), Some("a"));
@@ -123,7 +124,7 @@ fn branches_record_the_expression_value_and_target() {
     let w = wf(
         "name: w\nsteps:\n  - id: big\n    branch: { if: 'inputs.n > 3', then: yes, else: no }\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n",
     );
-    let Decision::Append(next) = decide(&w, &fold(&[started(json!({ "n": 5 }))]), t0()) else { panic!() };
+    let next = decide(&w, &fold(&[started(json!({ "n": 5 }))]), t0()).append;
     match &next[..] {
         [Event::StepStarted(_), Event::BranchTaken(b), Event::StepCompleted(_)] => {
             assert_eq!((b.expression.as_str(), &b.value, b.target.as_str()), ("inputs.n > 3", &json!(true), "yes"));
@@ -132,7 +133,7 @@ fn branches_record_the_expression_value_and_target() {
     }
     let mut events = vec![started(json!({ "n": 5 }))];
     events.extend(next);
-    assert_eq!(decide(&w, &fold(&events), t0()), Decision::Append(vec![step_started("yes", 1, Value::Null)]));
+    assert_eq!(decide(&w, &fold(&events), t0()), Decision::append(vec![step_started("yes", 1, Value::Null)]));
 }
 
 #[test]
@@ -143,10 +144,10 @@ fn max_visits_stops_a_loop() {
     let mut events = vec![started(json!({}))];
     for _ in 0..2 {
         events.extend([step_started("a", 1, Value::Null), step_completed("a", 1, json!(1))]);
-        let Decision::Append(b) = decide(&w, &fold(&events), t0()) else { panic!() };
+        let b = decide(&w, &fold(&events), t0()).append;
         events.extend(b);
     }
-    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    let next = decide(&w, &fold(&events), t0()).append;
     assert!(matches!(&next[..], [Event::RunFailed(f)] if f.error_kind == "max_visits"), "{next:?}");
 }
 
@@ -155,12 +156,12 @@ fn the_run_output_renders_from_step_outputs() {
     let w = wf("name: w\nsteps:\n  - id: a\n    task: echo\noutput: { got: '{{ steps.a.output.x }}' }\n");
     let events =
         [started(json!({})), step_started("a", 1, Value::Null), step_completed("a", 1, json!({ "x": [1, 2] }))];
-    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    let next = decide(&w, &fold(&events), t0()).append;
     assert!(matches!(&next[..], [Event::RunCompleted(c)] if c.output == json!({ "got": [1, 2] })));
     let done = events.iter().chain(&next).fold(Default::default(), evolve);
     assert_eq!(done.status, RunStatus::Completed);
-    assert_eq!(done.cursor, Cursor::Idle);
-    assert_eq!(decide(&w, &done, t0()), Decision::Done);
+    assert_eq!(*done.cursor(), Cursor::Idle);
+    assert_eq!(decide(&w, &done, t0()), Decision::done());
 }
 
 // ---- property tests -------------------------------------------------------
@@ -204,11 +205,10 @@ fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>
         let state = fold(&events);
         let d = decide(w, &state, now);
         decisions.push((events.len(), now, d.clone()));
-        match d {
-            Decision::Done => break,
-            Decision::Append(e) => events.extend(e),
-            Decision::WaitUntil(t) => now = t,
-            Decision::Execute { step_id, attempt, .. } => {
+        if !d.append.is_empty() {
+            events.extend(d.append);
+        } else if let Some(Execution { step_id, attempt, .. }) = d.execute.into_iter().next() {
+            {
                 let o = outcomes.get(k).copied().unwrap_or(0) % 3;
                 k += 1;
                 now += Duration::milliseconds(3);
@@ -218,6 +218,10 @@ fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>
                     _ => step_failed(&step_id, attempt, false),
                 });
             }
+        } else if let Some(t) = d.wake_at {
+            now = t;
+        } else {
+            break;
         }
     }
     (events, decisions)
@@ -249,7 +253,7 @@ proptest! {
         let w = wf(&workflow_source(&kinds));
         let (events, decisions) = simulate(&w, x, &outcomes);
         let last = fold(&events);
-        prop_assert!(last.status.is_terminal(), "run did not end: {:?}", last.cursor);
+        prop_assert!(last.status.is_terminal(), "run did not end: {:?}", last.cursor());
         // A fresh engine (recompiled definition) replaying the log decides
         // exactly as recorded at every point.
         let replayed = wf(&workflow_source(&kinds));
@@ -263,7 +267,7 @@ proptest! {
 fn a_wait_records_its_due_time_and_fires_when_due() {
     let w = wf("name: w\nsteps:\n  - id: pause\n    wait: { for: 90s }\n  - id: after\n    task: echo\n");
     let mut events = vec![started(json!({}))];
-    let Decision::Append(next) = decide(&w, &fold(&events), t0()) else { panic!() };
+    let next = decide(&w, &fold(&events), t0()).append;
     match &next[..] {
         [Event::StepStarted(_), Event::TimerStarted(t)] => {
             assert_eq!(t.due_at, t0() + Duration::seconds(90));
@@ -275,14 +279,14 @@ fn a_wait_records_its_due_time_and_fires_when_due() {
     // A later decision (another process, after a restart) keeps the recorded due time.
     assert_eq!(
         decide(&w, &fold(&events), t0() + Duration::seconds(30)),
-        Decision::WaitUntil(t0() + Duration::seconds(90))
+        Decision::wait_until(t0() + Duration::seconds(90))
     );
-    let Decision::Append(fired) = decide(&w, &fold(&events), t0() + Duration::seconds(90)) else { panic!() };
+    let fired = decide(&w, &fold(&events), t0() + Duration::seconds(90)).append;
     assert!(matches!(&fired[..], [Event::TimerFired(_), Event::StepCompleted(c)] if c.step_id == "pause"), "{fired:?}");
     events.extend(fired);
     assert_eq!(
         decide(&w, &fold(&events), t0() + Duration::seconds(91)),
-        Decision::Append(vec![step_started("after", 1, Value::Null)])
+        Decision::append(vec![step_started("after", 1, Value::Null)])
     );
 }
 
@@ -292,12 +296,12 @@ fn a_wait_until_renders_its_instant() {
         "name: w\ninputs: { type: object, properties: { at: { type: string } } }\nsteps:\n  - id: pause\n    wait: { until: '{{ inputs.at }}' }\n",
     );
     let s = fold(&[started(json!({ "at": "2026-12-01T09:00:00Z" }))]);
-    let Decision::Append(next) = decide(&w, &s, t0()) else { panic!() };
+    let next = decide(&w, &s, t0()).append;
     assert!(
         matches!(&next[1], Event::TimerStarted(t) if t.due_at.to_rfc3339() == "2026-12-01T09:00:00+00:00"),
         "{next:?}"
     );
     let bad = fold(&[started(json!({ "at": "next tuesday" }))]);
-    let Decision::Append(next) = decide(&w, &bad, t0()) else { panic!() };
+    let next = decide(&w, &bad, t0()).append;
     assert!(matches!(&next[1], Event::StepFailed(f) if f.message.contains("next tuesday")), "{next:?}");
 }

@@ -112,7 +112,7 @@ async fn a_cancelled_run_stops(store: Arc<dyn EventStore>) {
     };
     // Wait until the retry is scheduled an hour away, then cancel.
     for _ in 0..100 {
-        if matches!(e.state(id).await.expect("state").cursor, cairn_engine::decider::Cursor::RetryWait { .. }) {
+        if matches!(e.state(id).await.expect("state").cursor(), cairn_engine::decider::Cursor::RetryWait { .. }) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

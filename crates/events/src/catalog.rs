@@ -66,6 +66,12 @@ pub struct StepStarted {
     pub attempt: u32,
     /// The step's input after templates were rendered (secrets redacted).
     pub input: Value,
+    /// The thread of control the step runs in: empty for the run's main
+    /// sequence; `<parallel>.<branch>` for a parallel branch and
+    /// `<map>[<index>]` for a map iteration (nested ones prefixed by their
+    /// enclosing iteration, as step ids are).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
 
 /// A step attempt succeeded.

@@ -50,6 +50,7 @@ async fn documented_python_verifier_checks_a_real_log() {
             step_id: format!("s{i}"),
             attempt: 1,
             input: serde_json::json!({"é": i}),
+            scope: String::new(),
         });
         let mut meta = Metadata::by("tester");
         meta.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());

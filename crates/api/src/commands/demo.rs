@@ -117,7 +117,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn step_started(step: &str, input: serde_json::Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.into(), attempt: 1, input })
+    Event::StepStarted(StepStarted { step_id: step.into(), attempt: 1, input, scope: String::new() })
 }
 
 fn step_completed(step: &str, output: serde_json::Value) -> Event {

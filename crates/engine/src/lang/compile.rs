@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use super::raw::{RawStep, RawWorkflow};
 use crate::expr::Condition;
-use crate::model::{RetryPolicy, Step, StepKind, Target, Workflow, parse_duration};
+use crate::model::{Block, RetryPolicy, Step, StepKind, Target, Workflow, parse_duration};
 use crate::template;
 
 /// Reserved target name that ends the run.
@@ -19,6 +19,25 @@ pub const END: &str = "end";
 struct Ctx<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
+    /// Every step id in the file, nested ones included.
+    all_ids: Vec<&'a str>,
+    tasks: &'a [&'a str],
+    children: Vec<String>,
+}
+
+/// Every step in `steps`, nested ones included, in file order.
+fn walk_raw<'a>(steps: &'a [RawStep], out: &mut Vec<&'a RawStep>) {
+    for s in steps {
+        out.push(s);
+        if let Some(p) = &s.parallel {
+            for b in &p.branches {
+                walk_raw(&b.steps, out);
+            }
+        }
+        if let Some(m) = &s.map {
+            walk_raw(&m.steps, out);
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -49,7 +68,12 @@ fn valid_ident(s: &str) -> bool {
 
 /// Compiles a parsed file. `tasks` are the task handler names available.
 pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
-    let mut cx = Ctx { file, diags: Vec::new() };
+    let mut every: Vec<&RawStep> = Vec::new();
+    walk_raw(&raw.steps, &mut every);
+    let nested_and_top = every.len();
+    walk_raw(&raw.compensations, &mut every);
+    let all_ids: Vec<&str> = every.iter().map(|s| s.id.value.as_str()).collect();
+    let mut cx = Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new() };
     if !valid_ident(&raw.name.value) {
         cx.at(
             &raw.name,
@@ -85,7 +109,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
 
     // Ids: valid and unique.
     let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
-    for s in raw.steps.iter().chain(&raw.compensations) {
+    for s in every.iter().copied() {
         let id = s.id.value.as_str();
         if !valid_step_id(id) || id == END {
             let hint =
@@ -111,9 +135,8 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             seen.insert(id, &s.id);
         }
     }
-    let ids: Vec<&str> = raw.steps.iter().map(|s| s.id.value.as_str()).collect();
     let comp_ids: Vec<&str> = raw.compensations.iter().map(|s| s.id.value.as_str()).collect();
-    for s in &raw.steps {
+    for s in every[..nested_and_top].iter().copied() {
         if let Some(c) = &s.compensate
             && !comp_ids.contains(&c.value.as_str())
         {
@@ -131,33 +154,30 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             || s.wait.is_some()
             || s.next.is_some()
             || s.end
-            || s.compensate.is_some();
+            || s.compensate.is_some()
+            || s.parallel.is_some()
+            || s.map.is_some()
+            || s.workflow.is_some();
         if jumps {
             cx.at(
                 &s.id,
                 "bad-compensation",
                 format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
-                Some("remove `branch`, `switch`, `wait`, `next`, `end` and `compensate` from it".into()),
+                Some(
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `next`, `end` and `compensate` from it"
+                        .into(),
+                ),
             );
         }
-        if let Some(step) = compile_step(&mut cx, s, Target::End, &ids, tasks) {
+        if let Some(step) = compile_step(&mut cx, s, Target::End, &comp_ids, false) {
             compensations.push(step);
         }
     }
 
-    let mut steps = Vec::new();
-    for (i, s) in raw.steps.iter().enumerate() {
-        let following = match ids.get(i + 1) {
-            Some(n) => Target::Step((*n).to_owned()),
-            None => Target::End,
-        };
-        if let Some(step) = compile_step(&mut cx, s, following, &ids, tasks) {
-            steps.push(step);
-        }
-    }
+    let steps = compile_block(&mut cx, &raw.steps, false);
 
     let mut secret_refs = Vec::new();
-    for rs in raw.steps.iter().chain(&raw.compensations) {
+    for rs in every.iter().copied() {
         let mut texts: Vec<String> = Vec::new();
         let mut push = |v: &Value| {
             let _ = template::walk_strings::<()>(v, &mut |t| {
@@ -167,6 +187,12 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         };
         for v in [&rs.with_input, &rs.transform].into_iter().flatten() {
             push(v);
+        }
+        if let Some(m) = &rs.map {
+            push(&m.items);
+        }
+        if let Some(i) = rs.workflow.as_ref().and_then(|c| c.inputs.as_ref()) {
+            push(i);
         }
         if let Some(h) = &rs.http {
             for v in [Some(&h.url), h.headers.as_ref(), h.query.as_ref(), h.body.as_ref()].into_iter().flatten() {
@@ -199,9 +225,14 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             Ok(())
         });
     }
-    let workflow = Workflow {
+    let mut children = std::mem::take(&mut cx.children);
+    children.sort();
+    children.dedup();
+    let mut workflow = Workflow {
         compensations,
         secret_refs,
+        children,
+        index: HashMap::new(),
         name: raw.name.value.clone(),
         description: raw.description.clone(),
         inputs_schema: raw.inputs.clone(),
@@ -210,6 +241,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         source: source.to_owned(),
         definition_hash: hex::encode(Sha256::digest(source.as_bytes())),
     };
+    workflow.build_index();
     if let Some(out) = &raw.output
         && let Err(e) = template::check(out)
     {
@@ -227,6 +259,21 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     Err(Diagnostics(cx.diags))
 }
 
+fn compile_block(cx: &mut Ctx<'_>, raw_steps: &[RawStep], in_map: bool) -> Vec<Step> {
+    let ids: Vec<&str> = raw_steps.iter().map(|s| s.id.value.as_str()).collect();
+    let mut steps = Vec::new();
+    for (i, s) in raw_steps.iter().enumerate() {
+        let following = match ids.get(i + 1) {
+            Some(n) => Target::Step((*n).to_owned()),
+            None => Target::End,
+        };
+        if let Some(step) = compile_step(cx, s, following, &ids, in_map) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
 fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Target> {
     let name = span.value.as_str();
     if name == END {
@@ -234,6 +281,15 @@ fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Targ
     }
     if ids.contains(&name) {
         return Some(Target::Step(name.to_owned()));
+    }
+    if cx.all_ids.contains(&name) {
+        cx.at(
+            span,
+            "jump-across-blocks",
+            format!("step `{name}` is not in the same sequence of steps as this jump"),
+            Some("jumps stay inside the steps they are listed with: a parallel branch, a map body or the top-level steps; `end` ends that sequence".into()),
+        );
+        return None;
     }
     let help = match did_you_mean(name, ids.iter().copied().chain([END])) {
         Some(s) => format!("did you mean `{s}`?"),
@@ -268,8 +324,9 @@ fn duration(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<std::time::Durat
     }
 }
 
-fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], tasks: &[&str]) -> Option<Step> {
+fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], in_map: bool) -> Option<Step> {
     let id = s.id.value.clone();
+    let tasks = cx.tasks;
     let kinds: Vec<&str> = [
         s.task.as_ref().map(|_| "task"),
         s.transform.as_ref().map(|_| "transform"),
@@ -277,6 +334,9 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.switch.as_ref().map(|_| "switch"),
         s.wait.as_ref().map(|_| "wait"),
         s.http.as_ref().map(|_| "http"),
+        s.parallel.as_ref().map(|_| "parallel"),
+        s.map.as_ref().map(|_| "map"),
+        s.workflow.as_ref().map(|_| "workflow"),
     ]
     .into_iter()
     .flatten()
@@ -291,7 +351,10 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             &s.id,
             "step-kind",
             message,
-            Some("give it exactly one of `task`, `transform`, `branch`, `switch`, `wait` or `http`".into()),
+            Some(
+                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map` or `workflow`"
+                    .into(),
+            ),
         );
         return None;
     }
@@ -326,6 +389,22 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         {
             cx.at(&s.id, "bad-template", format!("step `{id}` `{what}`: {e}"), None);
         }
+    }
+    if in_map && let Some(c) = &s.compensate {
+        cx.at(
+            c,
+            "misplaced-field",
+            format!("step `{id}` is inside a `map` and has `compensate`"),
+            Some("compensate the `map` step as a whole instead: give it `compensate`".into()),
+        );
+    }
+    if let (Some(t), true) = (&s.timeout, s.parallel.is_some() || s.map.is_some() || s.workflow.is_some()) {
+        cx.at(
+            t,
+            "misplaced-field",
+            format!("step `{id}` is a {} and has `timeout`, which bounds one attempt of a task or HTTP call", kinds[0]),
+            Some("put `timeout` on the steps inside it (or in the child workflow)".into()),
+        );
     }
     let then = match (&s.next, s.end) {
         (_, true) => Some(Target::End),
@@ -438,6 +517,88 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             }
         }
         Some(StepKind::Wait { duration, until: wt.until.clone() })
+    } else if let Some(p) = &s.parallel {
+        if p.branches.is_empty() {
+            cx.at(
+                &s.id,
+                "empty-parallel",
+                format!("parallel `{id}` has no branches"),
+                Some("add `branches: [{ name: a, steps: [...] }, ...]`".into()),
+            );
+        }
+        let mut names: HashMap<&str, u64> = HashMap::new();
+        let mut branches = Vec::new();
+        let mut ok = true;
+        for b in &p.branches {
+            let name = b.name.value.as_str();
+            if !valid_step_id(name) {
+                cx.at(
+                    &b.name,
+                    "bad-branch-name",
+                    format!("branch name `{name}` is not valid"),
+                    Some("use letters, digits or `_`, starting with a letter: it is a key of the step's output".into()),
+                );
+            }
+            if let Some(line) = names.insert(name, b.name.referenced.line()) {
+                cx.at(
+                    &b.name,
+                    "duplicate-branch",
+                    format!("parallel `{id}` already has a branch `{name}` (line {line})"),
+                    Some("give each branch its own name".into()),
+                );
+            }
+            if b.steps.is_empty() {
+                cx.at(&b.name, "empty-branch", format!("branch `{name}` has no steps"), None);
+            }
+            let inner = compile_block(cx, &b.steps, in_map);
+            ok &= inner.len() == b.steps.len();
+            branches.push((name.to_owned(), inner));
+        }
+        concurrency(cx, s, p.max_concurrency);
+        ok.then(|| StepKind::Parallel {
+            branches,
+            fail_fast: p.fail_fast.unwrap_or(true),
+            max_concurrency: p.max_concurrency,
+        })
+    } else if let Some(m) = &s.map {
+        match &m.items {
+            Value::String(t) if t.contains("{{") => {
+                if let Err(e) = template::check(&m.items) {
+                    cx.at(&s.id, "bad-template", format!("map `{id}` `items`: {e}"), None);
+                }
+            }
+            Value::Array(_) => {}
+            other => cx.at(
+                &s.id,
+                "bad-items",
+                format!("map `{id}`: `items` is {other}, not a list or a template that renders to one"),
+                Some("write e.g. `items: \"{{ inputs.orders }}\"` or `items: [1, 2, 3]`".into()),
+            ),
+        }
+        if m.steps.is_empty() {
+            cx.at(&s.id, "empty-map", format!("map `{id}` has no steps"), Some("list the steps each item runs through under `steps:`".into()));
+        }
+        concurrency(cx, s, m.max_concurrency);
+        let inner = compile_block(cx, &m.steps, true);
+        (inner.len() == m.steps.len()).then(|| StepKind::Map {
+            items: m.items.clone(),
+            steps: inner,
+            max_concurrency: m.max_concurrency,
+            fail_fast: m.fail_fast.unwrap_or(true),
+        })
+    } else if let Some(c) = &s.workflow {
+        if !valid_ident(&c.name.value) {
+            cx.at(&c.name, "bad-name", format!("`{}` is not a workflow name", c.name.value), None);
+        }
+        if c.version == Some(0) {
+            cx.at(&s.id, "bad-version", format!("step `{id}`: versions start at 1"), Some("omit `version` to run the latest".into()));
+        }
+        let inputs = c.inputs.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        if let Err(e) = template::check(&inputs) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `workflow.inputs`: {e}"), None);
+        }
+        cx.children.push(c.name.value.clone());
+        Some(StepKind::Workflow { name: c.name.value.clone(), version: c.version, inputs })
     } else {
         None
     };
@@ -500,11 +661,22 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
     })
 }
 
-/// Successor step indices (`None` = end) of a step.
-fn successors(w: &Workflow, step: &Step) -> Vec<Option<usize>> {
+fn concurrency(cx: &mut Ctx<'_>, s: &RawStep, max: Option<u32>) {
+    if max == Some(0) {
+        cx.at(
+            &s.id,
+            "bad-concurrency",
+            format!("step `{}`: `max_concurrency` must be at least 1", s.id.value),
+            Some("omit it to run everything at once".into()),
+        );
+    }
+}
+
+/// Successor step indices (`None` = end) of a step within its block.
+fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
     let idx = |t: &Target| match t {
         Target::End => None,
-        Target::Step(s) => w.steps.iter().position(|x| &x.id == s),
+        Target::Step(s) => block.iter().position(|x| &x.id == s),
     };
     match &step.kind {
         StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
@@ -514,10 +686,28 @@ fn successors(w: &Workflow, step: &Step) -> Vec<Option<usize>> {
 }
 
 fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
-    let n = w.steps.len();
+    let output = raw.output.as_ref().map(|o| (o, &raw.name));
+    check_block(cx, w, &raw.steps, &w.steps, &HashSet::new(), output, None);
+}
+
+/// Checks one sequence of steps (the top level, a parallel branch or a map
+/// body) and, recursively, the sequences inside it. `outer` holds the steps
+/// that have completed on every path to the enclosing step; `output` is the
+/// workflow output, checked at the end of the top level; `within` is the
+/// step holding this sequence.
+fn check_block(
+    cx: &mut Ctx<'_>,
+    w: &Workflow,
+    raw_steps: &[RawStep],
+    steps: &[Step],
+    outer: &HashSet<String>,
+    output: Option<(&Value, &Spanned<String>)>,
+    within: Option<&str>,
+) {
+    let n = steps.len();
     let end = n; // virtual exit node
     let succ: Vec<Vec<usize>> =
-        w.steps.iter().map(|s| successors(w, s).into_iter().map(|t| t.unwrap_or(end)).collect()).collect();
+        steps.iter().map(|s| successors(steps, s).into_iter().map(|t| t.unwrap_or(end)).collect()).collect();
 
     // Reachability from the first step.
     let mut reach = vec![false; n + 1];
@@ -530,7 +720,7 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
             stack.extend(succ[v].iter().copied());
         }
     }
-    for (i, s) in raw.steps.iter().enumerate() {
+    for (i, s) in raw_steps.iter().enumerate() {
         if !reach[i] {
             cx.at(
                 &s.id,
@@ -562,10 +752,10 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
         }
         let cycle: Vec<usize> = (0..n).filter(|&u| u == v || (reaches(v, u) && reaches(u, v))).collect();
         reported.extend(cycle.iter().copied());
-        if cycle.iter().all(|&u| w.steps[u].max_visits.is_none()) {
-            let names: Vec<&str> = cycle.iter().map(|&u| w.steps[u].id.as_str()).collect();
+        if cycle.iter().all(|&u| steps[u].max_visits.is_none()) {
+            let names: Vec<&str> = cycle.iter().map(|&u| steps[u].id.as_str()).collect();
             cx.at(
-                &raw.steps[v].id,
+                &raw_steps[v].id,
                 "unbounded-loop",
                 format!(
                     "steps {} form a loop with no bound",
@@ -611,7 +801,7 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
     }
 
     // References in templates and conditions.
-    let index: HashMap<&str, usize> = w.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
     let input_props: Option<Vec<String>> = w
         .inputs_schema
         .as_ref()
@@ -637,37 +827,68 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
                     }
                 }
                 Ref::Step { step, field } => {
-                    let Some(&target) = index.get(step.as_str()) else {
-                        let help =
-                            did_you_mean(&step, index.keys().copied()).map(|s| format!("did you mean `steps.{s}`?"));
+                    let Some(referenced) = w.step(&step) else {
+                        let help = did_you_mean(&step, cx.all_ids.iter().copied())
+                            .map(|s| format!("did you mean `steps.{s}`?"));
                         cx.at(at, "unknown-step-reference", format!("`steps.{step}` refers to no step"), help);
                         continue;
                     };
+                    let contract = referenced.output_contract.clone();
                     let user_node = user.unwrap_or(end);
-                    if guarded.contains(&step) {
-                        // `steps.X is defined` / `has(steps.X)`: the author
-                        // handles the case where X has not run.
-                    } else if user == Some(target) {
+                    let whom = || {
+                        user.map(|u| format!("step `{}`", steps[u].id)).unwrap_or_else(|| match within {
+                            Some(c) => format!("step `{c}`"),
+                            None => "the workflow output".into(),
+                        })
+                    };
+                    let local = index.get(step.as_str()).copied();
+                    if guarded.contains(&step) || (local.is_none() && outer.contains(&step)) {
+                        // Guarded (`steps.X is defined` / `has(steps.X)`), or
+                        // completed before the enclosing step started.
+                    } else if local.is_none() {
+                        let (code, message, help) = match w.block_of(&step) {
+                            Some(Block::Branch { parallel, branch }) if within == Some(parallel.as_str()) => (
+                                "maybe-not-run",
+                                format!("{} uses `steps.{step}`, which runs in branch `{branch}` of parallel `{parallel}`: branches run at the same time, so it may not have run yet", whom()),
+                                format!("read it after the parallel step, as `steps.{parallel}.output.{branch}`"),
+                            ),
+                            Some(Block::Branch { parallel, branch }) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, which is inside parallel `{parallel}`", whom()),
+                                format!("after the parallel step, read its branch's result as `steps.{parallel}.output.{branch}`"),
+                            ),
+                            Some(Block::Map { map }) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, which runs once per item inside map `{map}`", whom()),
+                                format!("after the map step, `steps.{map}.output` lists each item's result in order"),
+                            ),
+                            Some(Block::Compensation) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, a compensation step, which runs only while a failing run undoes its work", whom()),
+                                "steps cannot read a compensation's output".to_owned(),
+                            ),
+                            _ => (
+                                "maybe-not-run",
+                                format!("{} uses `steps.{step}`, but `{step}` does not run on every path to it", whom()),
+                                format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition"),
+                            ),
+                        };
+                        cx.at(at, code, message, Some(help));
+                    } else if local.is_some() && user == local {
                         cx.at(
                             at,
                             "self-reference",
                             format!("step `{step}` refers to its own output"),
                             Some(format!("a step's output exists only after it completes; in a loop, read the previous visit's output with a guard: `steps.{step}.output if steps.{step} is defined else ...`")),
                         );
-                    } else if !dom[user_node].contains(&target) {
-                        let whom = user
-                            .map(|u| format!("step `{}`", w.steps[u].id))
-                            .unwrap_or_else(|| "the workflow output".into());
-                        cx.at(at, "maybe-not-run", format!("{whom} uses `steps.{step}`, but `{step}` does not run on every path to it"), Some(format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
+                    } else if let Some(target) = local
+                        && !dom[user_node].contains(&target)
+                    {
+                        cx.at(at, "maybe-not-run", format!("{} uses `steps.{step}`, but `{step}` does not run on every path to it", whom()), Some(format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
                     }
-                    if let (Some(field), Some(props)) = (
-                        field,
-                        w.steps[target]
-                            .output_contract
-                            .as_ref()
-                            .and_then(|c| c.get("properties"))
-                            .and_then(Value::as_object),
-                    ) && !props.contains_key(&field)
+                    if let (Some(field), Some(props)) =
+                        (field, contract.as_ref().and_then(|c| c.get("properties")).and_then(Value::as_object))
+                        && !props.contains_key(&field)
                     {
                         let help = did_you_mean(&field, props.keys().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"));
@@ -677,14 +898,16 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
             }
         }
     };
-    for (i, (s, rs)) in w.steps.iter().zip(&raw.steps).enumerate() {
+    for (i, (s, rs)) in steps.iter().zip(raw_steps).enumerate() {
         let mut texts: Vec<(&Spanned<String>, String)> = Vec::new();
         match &s.kind {
             StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
             StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
             StepKind::Wait { until: Some(u), .. } => collect_strings(u, &rs.id, &mut texts),
             StepKind::Http { request, .. } => collect_strings(request, &rs.id, &mut texts),
-            StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } => {}
+            StepKind::Map { items, .. } => collect_strings(items, &rs.id, &mut texts),
+            StepKind::Workflow { inputs, .. } => collect_strings(inputs, &rs.id, &mut texts),
+            StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
         }
         if let Some(b) = &rs.branch {
             texts.push((&b.condition, b.condition.value.clone()));
@@ -698,11 +921,30 @@ fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
             check_refs(cx, at, Some(i), &t);
         }
     }
-    if let Some(out) = &w.output {
+    if let Some((out, at)) = output {
         let mut texts = Vec::new();
-        collect_strings(out, &raw.name, &mut texts);
+        collect_strings(out, at, &mut texts);
         for (at, t) in texts {
             check_refs(cx, at, None, &t);
+        }
+    }
+
+    // The sequences inside containers see what completed before them.
+    for (i, (s, rs)) in steps.iter().zip(raw_steps).enumerate() {
+        let inner: Vec<(&[RawStep], &[Step])> = match (&s.kind, &rs.parallel, &rs.map) {
+            (StepKind::Parallel { branches, .. }, Some(rp), _) => {
+                branches.iter().zip(&rp.branches).map(|((_, st), rb)| (rb.steps.as_slice(), st.as_slice())).collect()
+            }
+            (StepKind::Map { steps: st, .. }, _, Some(rm)) => vec![(rm.steps.as_slice(), st.as_slice())],
+            _ => continue,
+        };
+        if !reach[i] {
+            continue;
+        }
+        let mut seen = outer.clone();
+        seen.extend(dom[i].iter().filter(|&&d| d != i && d < n).map(|&d| steps[d].id.clone()));
+        for (rsteps, st) in inner {
+            check_block(cx, w, rsteps, st, &seen, None, Some(&s.id));
         }
     }
 }

@@ -34,8 +34,8 @@ pub struct RawWorkflow {
     pub compensations: Vec<RawStep>,
 }
 
-/// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`
-/// and `http` says what it does.
+/// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`,
+/// `http`, `parallel`, `map` and `workflow` says what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -68,6 +68,15 @@ pub struct RawStep {
     /// Call an HTTP endpoint.
     #[serde(default)]
     pub http: Option<RawHttp>,
+    /// Run branches of steps at the same time.
+    #[serde(default)]
+    pub parallel: Option<RawParallel>,
+    /// Run the same steps for every item of a list.
+    #[serde(default)]
+    pub map: Option<RawMap>,
+    /// Start a run of another published workflow and wait for it.
+    #[serde(default)]
+    pub workflow: Option<RawChild>,
     /// Retry policy for failed attempts.
     #[serde(default)]
     pub retry: Option<RawRetry>,
@@ -202,4 +211,62 @@ pub struct RawRetry {
     /// Error kinds that are never retried.
     #[serde(default)]
     pub non_retryable: Vec<String>,
+}
+
+/// `parallel: { branches: [{ name, steps }], fail_fast, max_concurrency }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParallel {
+    /// The branches; each runs its steps in order, all branches at once.
+    pub branches: Vec<RawParallelBranch>,
+    /// Fail the step as soon as one branch fails, cancelling the others
+    /// (default `true`); when `false`, every branch runs to its end first.
+    #[serde(default)]
+    pub fail_fast: Option<bool>,
+    /// Most branches running at once (default: all).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+}
+
+/// One branch of a `parallel` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParallelBranch {
+    /// Branch name: the key of its result in the step's output.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Its steps; jumps stay inside the branch, `end` ends the branch.
+    pub steps: Vec<RawStep>,
+}
+
+/// `map: { items, steps, max_concurrency, fail_fast }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMap {
+    /// A template that renders to a list, e.g. `"{{ inputs.orders }}"`.
+    pub items: Value,
+    /// The steps each item runs through; templates see `item` and `index`.
+    pub steps: Vec<RawStep>,
+    /// Most items in progress at once (default: all).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Fail the step as soon as one item fails, cancelling the others
+    /// (default `true`).
+    #[serde(default)]
+    pub fail_fast: Option<bool>,
+}
+
+/// `workflow: { name, version, inputs }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawChild {
+    /// The published workflow to run as a child.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Its version (default: the latest published when the step starts).
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// The child's inputs; every string may be a template.
+    #[serde(default)]
+    pub inputs: Option<Value>,
 }
