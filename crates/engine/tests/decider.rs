@@ -166,7 +166,8 @@ fn the_run_output_renders_from_step_outputs() {
 
 // ---- property tests -------------------------------------------------------
 
-/// A generated step: 0 echo task, 1 flaky task, 2 transform, 3 branch.
+/// A generated step: 0 echo task, 1 flaky task, 2 transform, 3 branch,
+/// 4 parallel, 5 map.
 fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
     let n = kinds.len();
     let mut s = String::from("name: gen\ninputs: { type: object, properties: { x: { type: integer } } }\nsteps:\n");
@@ -176,7 +177,7 @@ fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
             let t = i + 1 + usize::from(k) % (n - i);
             if t >= n { "end".to_owned() } else { format!("s{t}") }
         };
-        match kind % 4 {
+        match kind % 6 {
             0 => s.push_str("    task: echo\n    with: { x: '{{ inputs.x }}' }\n"),
             1 => s.push_str(&format!(
                 "    task: fail\n    with: {{ succeed_on_attempt: {} }}\n    retry: {{ max_attempts: {}, initial_interval: 1s, jitter: 0.5 }}\n",
@@ -184,15 +185,28 @@ fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
                 1 + b % 3
             )),
             2 => s.push_str("    transform: { y: '{{ inputs.x * 2 }}' }\n"),
-            // `else` falls through to the next step, so every step stays reachable.
-            _ => s.push_str(&format!("    branch: {{ if: 'inputs.x > {}', then: {} }}\n", a % 10, forward(*b))),
+            3 => s.push_str(&format!("    branch: {{ if: 'inputs.x > {}', then: {} }}\n", a % 10, forward(*b))),
+            // Two branches: a flaky task; an echo then a transform.
+            4 => s.push_str(&format!(
+                "    parallel:\n      fail_fast: {}\n      max_concurrency: {}\n      branches:\n        - name: x\n          steps:\n            - id: s{i}_x\n              task: fail\n              with: {{ succeed_on_attempt: {} }}\n              retry: {{ max_attempts: 2, initial_interval: 1s }}\n        - name: y\n          steps:\n            - id: s{i}_y\n              task: echo\n            - id: s{i}_z\n              transform: {{ v: '{{{{ steps.s{i}_y.output }}}}' }}\n",
+                a % 2 == 0,
+                1 + b % 2,
+                1 + a % 3,
+            )),
+            // A flaky task per item.
+            _ => s.push_str(&format!(
+                "    map:\n      items: [1, 2, 3]\n      max_concurrency: {}\n      steps:\n        - id: s{i}_m\n          task: fail\n          with: {{ succeed_on_attempt: {} }}\n          retry: {{ max_attempts: 2, initial_interval: 1s }}\n",
+                1 + a % 3,
+                1 + b % 3,
+            )),
         }
     }
     s
 }
 
 /// Simulates a run: decisions in order, with task outcomes taken from
-/// `outcomes` (0 succeed, 1 retryable failure, 2 fatal failure).
+/// `outcomes` (`o % 3`: 0 succeed, 1 retryable failure, 2 fatal failure;
+/// `o / 3` picks which of the running effects finishes).
 /// A decision as recorded: taken after this many events, at this time.
 type Recorded = (usize, DateTime<Utc>, Decision);
 
@@ -207,9 +221,12 @@ fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>
         decisions.push((events.len(), now, d.clone()));
         if !d.append.is_empty() {
             events.extend(d.append);
-        } else if let Some(Execution { step_id, attempt, .. }) = d.execute.into_iter().next() {
+        } else if !d.execute.is_empty() {
+            // Which of the concurrent effects finishes first, and how.
+            let pick = outcomes.get(k).copied().unwrap_or(0);
+            let Execution { step_id, attempt, .. } = d.execute[usize::from(pick / 3) % d.execute.len()].clone();
             {
-                let o = outcomes.get(k).copied().unwrap_or(0) % 3;
+                let o = pick % 3;
                 k += 1;
                 now += Duration::milliseconds(3);
                 events.push(match o {
@@ -232,9 +249,9 @@ proptest! {
 
     #[test]
     fn folding_at_once_equals_folding_in_pieces(
-        kinds in prop::collection::vec((0u8..4, any::<u8>(), any::<u8>()), 1..7),
+        kinds in prop::collection::vec((0u8..6, any::<u8>(), any::<u8>()), 1..7),
         x in -5i64..15,
-        outcomes in prop::collection::vec(0u8..3, 0..20),
+        outcomes in prop::collection::vec(0u8..9, 0..30),
         split in any::<prop::sample::Index>(),
     ) {
         let w = wf(&workflow_source(&kinds));
@@ -246,9 +263,9 @@ proptest! {
 
     #[test]
     fn deciding_again_on_every_prefix_reproduces_the_recorded_decisions(
-        kinds in prop::collection::vec((0u8..4, any::<u8>(), any::<u8>()), 1..7),
+        kinds in prop::collection::vec((0u8..6, any::<u8>(), any::<u8>()), 1..7),
         x in -5i64..15,
-        outcomes in prop::collection::vec(0u8..3, 0..20),
+        outcomes in prop::collection::vec(0u8..9, 0..30),
     ) {
         let w = wf(&workflow_source(&kinds));
         let (events, decisions) = simulate(&w, x, &outcomes);

@@ -66,6 +66,16 @@ fn every_field_and_code_is_documented() {
         "self-reference",
         "maybe-not-run",
         "unknown-output-field",
+        "empty-parallel",
+        "empty-branch",
+        "bad-branch-name",
+        "duplicate-branch",
+        "empty-map",
+        "bad-items",
+        "bad-concurrency",
+        "bad-version",
+        "jump-across-blocks",
+        "nested-step-reference",
     ] {
         assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
     }

@@ -845,6 +845,13 @@ fn check_block(
                     if guarded.contains(&step) || (local.is_none() && outer.contains(&step)) {
                         // Guarded (`steps.X is defined` / `has(steps.X)`), or
                         // completed before the enclosing step started.
+                    } else if local.is_none() && within == Some(step.as_str()) {
+                        cx.at(
+                            at,
+                            "self-reference",
+                            format!("{} is inside `{step}` and uses `steps.{step}`, whose output exists only once everything inside it has finished", whom()),
+                            Some("inside a map, use `item` and `index`; read the map's or parallel's output after it".into()),
+                        );
                     } else if local.is_none() {
                         let (code, message, help) = match w.block_of(&step) {
                             Some(Block::Branch { parallel, branch }) if within == Some(parallel.as_str()) => (
