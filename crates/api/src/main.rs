@@ -38,6 +38,9 @@ enum Command {
     Run(commands::run::Args),
     /// Continue every run a crash interrupted, to its end.
     Continue,
+    /// Validate workflow files and publish each as a new version (when
+    /// changed), e.g. child workflows that `workflow` steps start.
+    Publish(commands::run::PublishArgs),
     /// List runs with their status.
     Runs,
     /// Show one run, event by event.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => commands::run::run(&cli.database, args).await,
             Command::Continue => commands::run::continue_command(&cli.database).await,
+            Command::Publish(args) => commands::run::publish(&cli.database, args).await,
             Command::Runs => commands::runs::list(&cli.database).await,
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
             Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,

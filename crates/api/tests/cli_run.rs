@@ -240,26 +240,56 @@ async fn key_recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Str
     (port, keys)
 }
 
-/// SIGKILL a run of waits and HTTP calls at several points; `cairn continue`
-/// completes it: every step completed exactly once, the chain intact, and a
-/// call repeated after a crash carried the same idempotency key.
+/// SIGKILL a run of waits, HTTP calls and a parallel block (one branch a
+/// call and a wait, the other a map of calls) at several points; `cairn
+/// continue` completes it: every step completed exactly once, the chain
+/// intact, and a call repeated after a crash carried the same idempotency
+/// key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waits_and_http_calls_survive_sigkill_with_stable_idempotency_keys() {
+async fn waits_http_calls_and_parallel_blocks_survive_sigkill_with_stable_idempotency_keys() {
     let (port, keys) = key_recording_server().await;
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("c.db");
     let wf = dir.path().join("mixed.yaml");
-    let steps: String = (0..6)
-        .map(|i| format!("  - id: call{i}\n    http: {{ method: POST, url: 'http://127.0.0.1:{port}/n/{i}', body: {{ i: {i} }} }}\n    retry: {{ max_attempts: 3, initial_interval: 20ms }}\n  - id: pause{i}\n    wait: {{ for: 60ms }}\n"))
-        .collect();
-    std::fs::write(&wf, format!("name: mixed\nsteps:\n{steps}")).expect("write");
+    let call = |id: &str, path: &str, indent: &str| {
+        format!(
+            "{indent}- id: {id}\n{indent}  http: {{ method: POST, url: 'http://127.0.0.1:{port}/{path}', body: {{ at: '{path}' }} }}\n{indent}  retry: {{ max_attempts: 3, initial_interval: 20ms }}\n"
+        )
+    };
+    let mut src = String::from("name: mixed\nsteps:\n");
+    for i in 0..2 {
+        src.push_str(&call(&format!("call{i}"), &format!("n/{i}"), "  "));
+        src.push_str(&format!("  - id: pause{i}\n    wait: {{ for: 60ms }}\n"));
+    }
+    src.push_str("  - id: fan\n    parallel:\n      branches:\n        - name: left\n          steps:\n");
+    src.push_str(&call("l_call", "left", "            "));
+    src.push_str("            - id: l_pause\n              wait: { for: 150ms }\n");
+    src.push_str("        - name: right\n          steps:\n            - id: each\n              map:\n                items: [1, 2, 3]\n                max_concurrency: 2\n                steps:\n");
+    src.push_str(&call("r_call", "item/{{ item }}", "                  "));
+    src.push_str(&call("call2", "n/2", "  "));
+    std::fs::write(&wf, src).expect("write");
     let url = format!("sqlite://{}", db.display());
-    for events in [2u64, 7, 13, 20] {
+    for events in [2u64, 9, 12, 15, 18, 22] {
         run_and_kill_mid_run(&wf, &url, events).await;
     }
     continue_runs(&db).await;
 
-    let steps: Vec<String> = (0..6).flat_map(|i| [format!("call{i}"), format!("pause{i}")]).collect();
+    let steps: Vec<String> = [
+        "call0",
+        "pause0",
+        "call1",
+        "pause1",
+        "fan",
+        "l_call",
+        "l_pause",
+        "each",
+        "each[0].r_call",
+        "each[1].r_call",
+        "each[2].r_call",
+        "call2",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let store = assert_every_run_completed_each_step_once(&url, &steps).await;
     let all = store.read_all(1, 100_000).await.expect("read");
     assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
@@ -317,4 +347,38 @@ fn invalid_inputs_are_refused_naming_each_field() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("/total") && msg.contains("nothing was run"), "{msg}");
+}
+
+/// Every `cairn run` command in an example's header comment works as
+/// written (from the repository root): exit 0, or 1 where the comment says
+/// `exits 1`.
+#[test]
+fn every_example_runs_as_its_header_says() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut ran = 0;
+    let mut files: Vec<_> = std::fs::read_dir(root.join("examples"))
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let source = std::fs::read_to_string(&file).expect("read");
+        for line in source.lines().take_while(|l| l.starts_with('#')) {
+            let Some(cmd) = line.trim_start_matches('#').trim().strip_prefix("cairn run ") else { continue };
+            let (cmd, comment) = cmd.split_once("  #").unwrap_or((cmd, ""));
+            let dir = tempfile::tempdir().expect("tmp");
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("'{}' run {cmd}", env!("CARGO_BIN_EXE_cairn")))
+                .current_dir(&root)
+                .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
+                .output()
+                .expect("sh");
+            let expected = if comment.contains("exits 1") { 1 } else { 0 };
+            assert_eq!(out.status.code(), Some(expected), "{}: `cairn run {cmd}`\n{}", file.display(), text(&out));
+            ran += 1;
+        }
+    }
+    assert!(ran >= 9, "only {ran} example commands found");
 }

@@ -686,7 +686,11 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 } else {
                     format!("after {attempt} attempt(s)")
                 };
-                End::Failed((error_kind.clone(), format!("step `{step}` failed ({why}): {message}"), Some(step.clone())))
+                End::Failed((
+                    error_kind.clone(),
+                    format!("step `{step}` failed ({why}): {message}"),
+                    Some(step.clone()),
+                ))
             }
         }
         Cursor::Waiting { step, attempt, timer_id, due_at } => {
@@ -933,7 +937,14 @@ fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
 
 /// Enters step `id` in thread `key` (instance prefix `pre`): checks
 /// `max_visits`, then starts attempt 1.
-fn enter(w: &Workflow, s: &RunState, key: &str, pre: &str, id: &str, now: DateTime<Utc>) -> Result<Vec<Event>, Failure> {
+fn enter(
+    w: &Workflow,
+    s: &RunState,
+    key: &str,
+    pre: &str,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, Failure> {
     let instance = format!("{pre}{id}");
     let Some(st) = w.step(id) else { return Err(missing(&instance, s.workflow_version)) };
     let visits = s.visits.get(&instance).copied().unwrap_or(0);
@@ -987,7 +998,8 @@ fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u
     let instance = format!("{pre}{}", st.id);
     let step = instance.as_str();
     let ctx = context_with_placeholders(w, s, pre);
-    let render_failed = |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
+    let render_failed =
+        |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
     match &st.kind {
         StepKind::Http { request: t, .. } | StepKind::Task { input: t, .. } | StepKind::Workflow { inputs: t, .. } => {
             match template::render(t, &ctx) {

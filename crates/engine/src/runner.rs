@@ -12,9 +12,9 @@ use cairn_events::{
     ChildRunCompleted, ChildRunStarted, Event, EventStore, ExpectedVersion, Metadata, NewEvent, ParentRun,
     RunCancelled, RunStarted, StepCompleted, StepFailed, StoreError, StreamAppend, WorkflowVersionPublished,
 };
+use chrono::Utc;
 use futures_util::future::{AbortHandle, Aborted, BoxFuture, FutureExt, abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -287,8 +287,7 @@ impl Engine {
         let stream = cairn_events::run_stream(run_id);
         let mut state = self.state(run_id).await?;
         let w = self.definition(&state.workflow, state.workflow_version).await?;
-        let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, Result<Result<Vec<Event>, RunError>, Aborted>)>> =
-            FuturesUnordered::new();
+        let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
         let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
         loop {
             let d = decide(&w, &state, Utc::now());
@@ -668,6 +667,10 @@ fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) {
         events.extend(more);
     }
 }
+
+/// What a running effect ends with: its outcome events, a failure of the
+/// store, or `Aborted` when it was cancelled.
+type EffectResult = Result<Result<Vec<Event>, RunError>, Aborted>;
 
 /// Identifies one running effect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

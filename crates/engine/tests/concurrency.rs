@@ -58,19 +58,22 @@ impl Probe {
     fn engine(&self, store: &Arc<dyn EventStore>) -> Engine {
         let mut tasks = TaskRegistry::builtin();
         let p = self.clone();
-        tasks.register("probe", move |input: Value, _ctx: TaskContext| -> BoxFuture<'static, Result<Value, TaskError>> {
-            let p = p.clone();
-            Box::pin(async move {
-                p.calls.fetch_add(1, Ordering::SeqCst);
-                let running = p.now.fetch_add(1, Ordering::SeqCst) + 1;
-                p.max.fetch_max(running, Ordering::SeqCst);
-                let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                p.now.fetch_sub(1, Ordering::SeqCst);
-                let x = input.get("x").and_then(Value::as_i64).unwrap_or(0);
-                Ok(json!({ "x": x * 10 }))
-            })
-        });
+        tasks.register(
+            "probe",
+            move |input: Value, _ctx: TaskContext| -> BoxFuture<'static, Result<Value, TaskError>> {
+                let p = p.clone();
+                Box::pin(async move {
+                    p.calls.fetch_add(1, Ordering::SeqCst);
+                    let running = p.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.max.fetch_max(running, Ordering::SeqCst);
+                    let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    p.now.fetch_sub(1, Ordering::SeqCst);
+                    let x = input.get("x").and_then(Value::as_i64).unwrap_or(0);
+                    Ok(json!({ "x": x * 10 }))
+                })
+            },
+        );
         Engine::new(store.clone(), tasks)
     }
 
@@ -280,7 +283,8 @@ async fn a_failing_branch_fails_fast_cancelling_its_siblings(store: Arc<dyn Even
     assert_eq!(completions(&evs, "unbook"), 1, "work before the parallel is compensated");
 
     // Without fail_fast every branch runs to its end first.
-    let patient = FAIL_FAST.replace("      branches:", "      fail_fast: false\n      branches:").replace("3000", "200");
+    let patient =
+        FAIL_FAST.replace("      branches:", "      fail_fast: false\n      branches:").replace("3000", "200");
     let (id, state) = run(&e, &patient, json!({})).await;
     assert_eq!(state.status, RunStatus::Failed);
     let evs = events(&store, id).await;
@@ -391,11 +395,7 @@ async fn a_workflow_step_runs_a_child_run_and_waits_for_it(store: Arc<dyn EventS
 
 async fn cancelling_a_parent_cancels_its_running_child(store: Arc<dyn EventStore>) {
     let e = Arc::new(Probe::default().engine(&store));
-    publish(
-        &e,
-        "name: slow_child\nsteps:\n  - id: pause\n    wait: { for: 1h }\n",
-    )
-    .await;
+    publish(&e, "name: slow_child\nsteps:\n  - id: pause\n    wait: { for: 1h }\n").await;
     let (w, v) = publish(&e, "name: waiting_parent\nsteps:\n  - id: sub\n    workflow: { name: slow_child }\n").await;
     let id = e.start(&w, v, json!({}), "test").await.expect("start");
     let driver = e.clone();

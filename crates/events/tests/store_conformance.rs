@@ -14,7 +14,12 @@ use serde_json::json;
 
 fn ev(n: u64) -> NewEvent {
     NewEvent::from_event(
-        &Event::StepStarted(StepStarted { step_id: format!("s{n}"), attempt: 1, input: json!({ "n": n }), scope: String::new() }),
+        &Event::StepStarted(StepStarted {
+            step_id: format!("s{n}"),
+            attempt: 1,
+            input: json!({ "n": n }),
+            scope: String::new(),
+        }),
         Metadata::by("tester"),
     )
 }

@@ -25,6 +25,70 @@ pub struct Args {
     /// environment variables.
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Publish this workflow file first: a child workflow the run starts
+    /// with a `workflow` step. Repeatable.
+    #[arg(long = "with", value_name = "FILE")]
+    pub with: Vec<std::path::PathBuf>,
+}
+
+/// Arguments of `cairn publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Workflow files.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Validates a file against this engine (task handlers, secrets), printing
+/// every problem to stderr; `None` when there were any.
+fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_engine::Workflow>> {
+    let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = path.display().to_string();
+    let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
+        Ok(w) => {
+            let missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
+            if missing.is_empty() { Ok(w) } else { Err(missing) }
+        }
+        Err(d) => Err(d.0),
+    };
+    match problems {
+        Ok(w) => Ok(Some(w)),
+        Err(d) => {
+            for p in &d {
+                eprintln!("{p}");
+            }
+            eprintln!("{}: {} problem(s); nothing was run or published", file, d.len());
+            Ok(None)
+        }
+    }
+}
+
+/// Validates and publishes each file; `false` when any was invalid (then
+/// none is published).
+async fn publish_all(engine: &Engine, files: &[std::path::PathBuf], quiet: bool) -> anyhow::Result<bool> {
+    let mut workflows = Vec::new();
+    for f in files {
+        match load(engine, f)? {
+            Some(w) => workflows.push(w),
+            None => return Ok(false),
+        }
+    }
+    for w in &workflows {
+        let before = engine.latest_version(&w.name).await?;
+        let v = engine.publish(w, "cli").await?;
+        if !quiet {
+            let what = if before == Some(v) { "unchanged" } else { "published" };
+            out!("{} v{v} ({what})", w.name);
+        }
+    }
+    Ok(true)
+}
+
+/// `cairn publish FILE...`.
+pub async fn publish(database: &str, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open(database).await?;
+    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(load_secrets(None)?);
+    Ok(if publish_all(&engine, &args.files, false).await? { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Secrets from the environment and an optional file.
@@ -59,29 +123,14 @@ pub fn parse_inputs(inputs: &[String], file: Option<&std::path::Path>) -> anyhow
 
 /// Runs the command.
 pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
-    let source = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let store = cairn_events::open(database).await?;
     let secrets = load_secrets(args.secrets_file.as_deref())?;
     let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets);
-    let file = args.file.display().to_string();
-    let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
-        Ok(w) => {
-            let missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
-            if missing.is_empty() { Ok(w) } else { Err(missing) }
-        }
-        Err(d) => Err(d.0),
-    };
-    let workflow = match problems {
-        Ok(w) => w,
-        Err(d) => {
-            for p in &d {
-                eprintln!("{p}");
-            }
-            eprintln!("{} problem(s); nothing was run", d.len());
-            return Ok(ExitCode::from(1));
-        }
-    };
+    let Some(workflow) = load(&engine, &args.file)? else { return Ok(ExitCode::from(1)) };
+    if !publish_all(&engine, &args.with, true).await? {
+        return Ok(ExitCode::from(1));
+    }
     // Runs a crash interrupted continue first.
     continue_interrupted(&engine).await?;
     let version = engine.publish(&workflow, "cli").await?;
@@ -93,6 +142,11 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("  {}: {}", e.path, e.message);
             }
             eprintln!("nothing was run; pass valid values with --input NAME=VALUE");
+            return Ok(ExitCode::from(1));
+        }
+        Err(cairn_engine::RunError::Definition { name, message, .. }) => {
+            eprintln!("error: child workflow `{name}`: {message}");
+            eprintln!("nothing was run; or pass its file with `--with FILE`");
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e.into()),
@@ -161,6 +215,11 @@ impl Progress {
                 Some(("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)))
             }
             Event::CompensationStarted(c) => Some(("↩", format!("undoing: {}", c.compensations.join(", ")))),
+            Event::StepSkipped(s) => Some(("–", format!("{} {}", s.step_id, s.reason))),
+            Event::ChildRunStarted(c) => Some((
+                "↳",
+                format!("{} started child run {} ({} v{})", c.step_id, c.child_run_id, c.workflow, c.workflow_version),
+            )),
             Event::RunCompleted(_) => Some(("●", "completed".to_owned())),
             Event::RunFailed(f) => Some(("●", format!("failed: {}", f.message))),
             _ => None,

@@ -99,7 +99,12 @@ pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         let at: String = e.recorded_at.chars().skip(11).take(12).collect();
         let line = match Event::decode(e).with_context(|| format!("event {} of the run", e.stream_version))? {
             Event::RunStarted(s) => {
-                format!("run started: {} v{} by {} with {}", s.workflow, s.workflow_version, s.started_by, s.inputs)
+                let parent =
+                    s.parent.map(|p| format!(" (child of run {} step `{}`)", p.run_id, p.step_id)).unwrap_or_default();
+                format!(
+                    "run started: {} v{} by {} with {}{parent}",
+                    s.workflow, s.workflow_version, s.started_by, s.inputs
+                )
             }
             Event::StepStarted(s) => format!("  {} attempt {} started", s.step_id, s.attempt),
             Event::StepCompleted(s) => {
@@ -110,6 +115,13 @@ pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
             }
             Event::RetryScheduled(r) => format!("  {} retry {} due {}", r.step_id, r.next_attempt, r.due_at),
             Event::BranchTaken(b) => format!("  {}: `{}` = {} → {}", b.step_id, b.expression, b.value, b.target),
+            Event::StepSkipped(s) => format!("  {} skipped: {}", s.step_id, s.reason),
+            Event::ChildRunStarted(c) => {
+                format!("  {} started child run {} ({} v{})", c.step_id, c.child_run_id, c.workflow, c.workflow_version)
+            }
+            Event::ChildRunCompleted(c) => {
+                format!("  {} child run {} {}: {}", c.step_id, c.child_run_id, c.status, c.result)
+            }
             Event::RunCompleted(c) => format!("run completed: {}", c.output),
             Event::RunFailed(f) => format!("run failed [{}]: {}", f.error_kind, f.message),
             Event::RunCancelled(c) => {

@@ -576,7 +576,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             ),
         }
         if m.steps.is_empty() {
-            cx.at(&s.id, "empty-map", format!("map `{id}` has no steps"), Some("list the steps each item runs through under `steps:`".into()));
+            cx.at(
+                &s.id,
+                "empty-map",
+                format!("map `{id}` has no steps"),
+                Some("list the steps each item runs through under `steps:`".into()),
+            );
         }
         concurrency(cx, s, m.max_concurrency);
         let inner = compile_block(cx, &m.steps, true);
@@ -591,7 +596,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             cx.at(&c.name, "bad-name", format!("`{}` is not a workflow name", c.name.value), None);
         }
         if c.version == Some(0) {
-            cx.at(&s.id, "bad-version", format!("step `{id}`: versions start at 1"), Some("omit `version` to run the latest".into()));
+            cx.at(
+                &s.id,
+                "bad-version",
+                format!("step `{id}`: versions start at 1"),
+                Some("omit `version` to run the latest".into()),
+            );
         }
         let inputs = c.inputs.clone().unwrap_or_else(|| Value::Object(Default::default()));
         if let Err(e) = template::check(&inputs) {
@@ -856,13 +866,18 @@ fn check_block(
                         let (code, message, help) = match w.block_of(&step) {
                             Some(Block::Branch { parallel, branch }) if within == Some(parallel.as_str()) => (
                                 "maybe-not-run",
-                                format!("{} uses `steps.{step}`, which runs in branch `{branch}` of parallel `{parallel}`: branches run at the same time, so it may not have run yet", whom()),
+                                format!(
+                                    "{} uses `steps.{step}`, which runs in branch `{branch}` of parallel `{parallel}`: branches run at the same time, so it may not have run yet",
+                                    whom()
+                                ),
                                 format!("read it after the parallel step, as `steps.{parallel}.output.{branch}`"),
                             ),
                             Some(Block::Branch { parallel, branch }) => (
                                 "nested-step-reference",
                                 format!("{} uses `steps.{step}`, which is inside parallel `{parallel}`", whom()),
-                                format!("after the parallel step, read its branch's result as `steps.{parallel}.output.{branch}`"),
+                                format!(
+                                    "after the parallel step, read its branch's result as `steps.{parallel}.output.{branch}`"
+                                ),
                             ),
                             Some(Block::Map { map }) => (
                                 "nested-step-reference",
@@ -871,13 +886,21 @@ fn check_block(
                             ),
                             Some(Block::Compensation) => (
                                 "nested-step-reference",
-                                format!("{} uses `steps.{step}`, a compensation step, which runs only while a failing run undoes its work", whom()),
+                                format!(
+                                    "{} uses `steps.{step}`, a compensation step, which runs only while a failing run undoes its work",
+                                    whom()
+                                ),
                                 "steps cannot read a compensation's output".to_owned(),
                             ),
                             _ => (
                                 "maybe-not-run",
-                                format!("{} uses `steps.{step}`, but `{step}` does not run on every path to it", whom()),
-                                format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition"),
+                                format!(
+                                    "{} uses `steps.{step}`, but `{step}` does not run on every path to it",
+                                    whom()
+                                ),
+                                format!(
+                                    "move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition"
+                                ),
                             ),
                         };
                         cx.at(at, code, message, Some(help));
