@@ -4,6 +4,9 @@
 //! mid-flight, and child runs are streams of their own.
 #![allow(missing_docs)]
 
+#[macro_use]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -14,36 +17,6 @@ use cairn_events::{Event, EventStore};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn sqlite() -> (tempfile::TempDir, Arc<dyn EventStore>) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store =
-        cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
-    (dir, store)
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_dir, store) = super::sqlite().await;
-                    super::$name(store).await
-                }
-            )*
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(store) = cairn_events::testing::pg_store().await else { return };
-                    super::$name(store).await
-                }
-            )*
-        }
-    };
-}
 
 /// Counts how many `probe` calls run at once; a probe sleeps `ms` and
 /// returns `{ x: x * 10 }`.
@@ -95,16 +68,6 @@ async fn run(engine: &Engine, src: &str, inputs: Value) -> (Uuid, cairn_engine::
     (id, state)
 }
 
-async fn events(store: &Arc<dyn EventStore>, id: Uuid) -> Vec<Event> {
-    store
-        .read_stream(&cairn_events::run_stream(id), 1)
-        .await
-        .expect("read")
-        .iter()
-        .map(|e| Event::decode(e).expect("decode"))
-        .collect()
-}
-
 fn completions(events: &[Event], step: &str) -> usize {
     events.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id == step)).count()
 }
@@ -146,7 +109,7 @@ async fn parallel_branches_run_at_the_same_time_and_join(store: Arc<dyn EventSto
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
     assert_eq!(state.output, Some(json!({ "got": 21, "a": 10 })));
     assert_eq!(probe.max(), 3, "the three branches ran at once");
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     for step in ["a1", "b1", "b2", "c1", "checks"] {
         assert_eq!(completions(&evs, step), 1, "{step}");
     }
@@ -192,7 +155,7 @@ steps:
         ]))
     );
     assert_eq!(probe.max(), 2, "max_concurrency bounds the iterations in progress");
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     for i in 0..5 {
         assert_eq!(completions(&evs, &format!("each[{i}].work")), 1);
     }
@@ -235,7 +198,7 @@ steps:
             { "left": { "v": 2 }, "right": { "v": 4, "i": 1 } }
         ]))
     );
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert_eq!(completions(&evs, "rows[1].r"), 1);
 }
 
@@ -274,7 +237,7 @@ async fn a_failing_branch_fails_fast_cancelling_its_siblings(store: Arc<dyn Even
     let (kind, message, step) = state.error.expect("error");
     assert_eq!((kind.as_str(), step.as_deref()), ("card.declined", Some("both")));
     assert!(message.contains("branch `quick` failed"), "{message}");
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert!(
         evs.iter().any(|e| matches!(e, Event::StepSkipped(s) if s.step_id == "nap" && s.reason.contains("cancelled"))),
         "{evs:#?}"
@@ -287,7 +250,7 @@ async fn a_failing_branch_fails_fast_cancelling_its_siblings(store: Arc<dyn Even
         FAIL_FAST.replace("      branches:", "      fail_fast: false\n      branches:").replace("3000", "200");
     let (id, state) = run(&e, &patient, json!({})).await;
     assert_eq!(state.status, RunStatus::Failed);
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert_eq!(completions(&evs, "nap"), 1);
     assert!(!evs.iter().any(|e| matches!(e, Event::StepSkipped(_))));
 }
@@ -307,13 +270,13 @@ async fn a_parallel_interrupted_mid_flight_completes_each_branch_once(store: Arc
     }
     crashed.abort();
     let _ = crashed.await;
-    let before = events(&store, id).await;
+    let before = common::events(&store, id).await;
     assert_eq!(completions(&before, "checks"), 0, "interrupted before the join");
     let fresh = probe.engine(&store);
     let state = fresh.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
     assert_eq!(state.output, Some(json!({ "got": 21, "a": 10 })));
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     for step in ["a1", "b1", "b2", "c1", "checks", "after"] {
         assert_eq!(completions(&evs, step), 1, "{step} completed exactly once");
     }
@@ -361,7 +324,7 @@ async fn a_workflow_step_runs_a_child_run_and_waits_for_it(store: Arc<dyn EventS
     let (id, state) = run(&e, PARENT, json!({})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
     assert_eq!(state.output, Some(json!({ "answer": 42 })));
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     let child = evs
         .iter()
         .find_map(|e| match e {
@@ -370,7 +333,7 @@ async fn a_workflow_step_runs_a_child_run_and_waits_for_it(store: Arc<dyn EventS
         })
         .expect("ChildRunStarted");
     assert!(evs.iter().any(|e| matches!(e, Event::ChildRunCompleted(c) if c.status == "completed")));
-    let child_events = events(&store, child).await;
+    let child_events = common::events(&store, child).await;
     match child_events.first() {
         Some(Event::RunStarted(r)) => {
             let p = r.parent.as_ref().expect("parent");
@@ -390,7 +353,7 @@ async fn a_workflow_step_runs_a_child_run_and_waits_for_it(store: Arc<dyn EventS
     // Inputs the child refuses fail the step without starting a child.
     let (id, refused) = run(&e, PARENT, json!({ "n": "many" })).await;
     assert_eq!(refused.error.map(|e| e.0).as_deref(), Some("child.invalid-inputs"));
-    assert!(!events(&store, id).await.iter().any(|e| matches!(e, Event::ChildRunStarted(_))));
+    assert!(!common::events(&store, id).await.iter().any(|e| matches!(e, Event::ChildRunStarted(_))));
 }
 
 async fn cancelling_a_parent_cancels_its_running_child(store: Arc<dyn EventStore>) {

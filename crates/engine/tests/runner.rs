@@ -3,6 +3,9 @@
 //! custom task handlers.
 #![allow(missing_docs)]
 
+#[macro_use]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -12,36 +15,6 @@ use cairn_engine::{Engine, TaskContext, TaskError, TaskRegistry};
 use cairn_events::{Event, EventStore};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-
-async fn sqlite() -> (tempfile::TempDir, Arc<dyn EventStore>) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store =
-        cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
-    (dir, store)
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_dir, store) = super::sqlite().await;
-                    super::$name(store).await
-                }
-            )*
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(store) = cairn_events::testing::pg_store().await else { return };
-                    super::$name(store).await
-                }
-            )*
-        }
-    };
-}
 
 fn engine(store: &Arc<dyn EventStore>) -> Engine {
     Engine::new(store.clone(), TaskRegistry::builtin())
@@ -56,16 +29,6 @@ async fn run(engine: &Engine, src: &str, inputs: Value) -> (uuid::Uuid, cairn_en
     (id, state)
 }
 
-async fn events(store: &Arc<dyn EventStore>, id: uuid::Uuid) -> Vec<Event> {
-    store
-        .read_stream(&cairn_events::run_stream(id), 1)
-        .await
-        .expect("read")
-        .iter()
-        .map(|e| Event::decode(e).expect("decode"))
-        .collect()
-}
-
 fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
     events.iter().filter(|e| f(e)).count()
 }
@@ -76,7 +39,7 @@ async fn retries_until_success_and_records_every_attempt(store: Arc<dyn EventSto
     let (id, state) = run(&e, src, json!({ "total": 250 })).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
     assert_eq!(state.output, Some(json!({ "customer": "ada", "charged": 300.0 })));
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     let failures = count(&evs, |e| matches!(e, Event::StepFailed(f) if f.step_id == "standard"));
     let retries = count(&evs, |e| matches!(e, Event::RetryScheduled(_)));
     assert_eq!((failures, retries), (2, 2));
@@ -92,7 +55,7 @@ async fn a_slow_attempt_times_out_and_fails_the_run(store: Arc<dyn EventStore>) 
     let (kind, message, step) = state.error.expect("error");
     assert_eq!((kind.as_str(), step.as_deref()), ("timeout", Some("wait")));
     assert!(message.contains("after 2 attempt"), "{message}");
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert_eq!(count(&evs, |e| matches!(e, Event::StepFailed(f) if f.error_kind == "timeout")), 2);
 }
 
@@ -154,13 +117,13 @@ async fn an_interrupted_attempt_runs_again_and_is_recorded_once(store: Arc<dyn E
     let id = e.start(&w, v, json!({}), "t").await.expect("start");
     // `start` records RunStarted and the first StepStarted together; the
     // process "crashes" here, before the attempt's outcome.
-    let recorded = events(&store, id).await;
+    let recorded = common::events(&store, id).await;
     assert!(matches!(recorded.last(), Some(Event::StepStarted(s)) if s.step_id == "a"), "{recorded:?}");
     assert_eq!(e.unfinished_runs().await.expect("unfinished"), vec![id]);
     let mut quiet = |_: &Event| {};
     let state = engine(&store).drive(id, &mut quiet).await.expect("drive");
     assert_eq!(state.status, RunStatus::Completed);
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert_eq!(count(&evs, |e| matches!(e, Event::StepStarted(s) if s.step_id == "a")), 1, "not started twice");
     assert_eq!(count(&evs, |e| matches!(e, Event::StepCompleted(s) if s.step_id == "a")), 1);
     assert!(e.unfinished_runs().await.expect("unfinished").is_empty());
@@ -186,7 +149,7 @@ async fn two_drivers_record_each_outcome_once(store: Arc<dyn EventStore>) {
     for d in drivers {
         assert_eq!(d.await.expect("join").expect("drive").status, RunStatus::Completed);
     }
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     for i in 0..8 {
         let step = format!("s{i}");
         assert_eq!(count(&evs, |e| matches!(e, Event::StepCompleted(s) if s.step_id == step)), 1, "{step}");
@@ -233,7 +196,7 @@ async fn a_wait_step_waits_durably(store: Arc<dyn EventStore>) {
     let (id, state) = run(&e, src, json!({})).await;
     assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
     assert_eq!(state.output, Some(json!({ "done": true })));
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert_eq!(count(&evs, |e| matches!(e, Event::TimerStarted(_))), 1);
     assert_eq!(count(&evs, |e| matches!(e, Event::TimerFired(_))), 1);
 }
@@ -249,7 +212,7 @@ async fn a_failing_run_undoes_its_completed_steps_in_reverse_order(store: Arc<dy
         ("card.declined", Some("declined")),
         "the run fails with the original error"
     );
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     let order: Vec<String> = evs
         .iter()
         .filter_map(|e| match e {
@@ -272,7 +235,7 @@ async fn a_failing_run_undoes_its_completed_steps_in_reverse_order(store: Arc<dy
     // A successful run compensates nothing.
     let (ok_id, ok) = run(&e, src, json!({ "card": "valid" })).await;
     assert_eq!(ok.status, RunStatus::Completed);
-    assert!(!events(&store, ok_id).await.iter().any(|e| matches!(e, Event::CompensationStarted(_))));
+    assert!(!common::events(&store, ok_id).await.iter().any(|e| matches!(e, Event::CompensationStarted(_))));
 }
 
 async fn only_completed_steps_are_compensated_and_a_failing_compensation_is_reported(store: Arc<dyn EventStore>) {
@@ -297,7 +260,7 @@ compensations:
     let (kind, message, step) = state.error.expect("error");
     assert_eq!((kind.as_str(), step.as_deref()), ("task.failed", Some("b")));
     assert!(message.contains("then compensation failed") && message.contains("cannot undo"), "{message}");
-    let evs = events(&store, id).await;
+    let evs = common::events(&store, id).await;
     assert!(
         !evs.iter().any(|e| matches!(e, Event::StepStarted(s) if s.step_id == "undo_b")),
         "b never completed: not undone"
