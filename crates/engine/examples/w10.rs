@@ -48,7 +48,8 @@ fn peak_rss_mib() -> f64 {
 
 #[derive(Clone)]
 enum Floor {
-    Sqlite(sqlx::SqlitePool),
+    /// One held connection, as the store appends through.
+    Sqlite(Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>),
     Pg(sqlx::PgPool),
 }
 
@@ -62,7 +63,7 @@ impl Floor {
                         .bind(key)
                         .bind(i)
                         .bind(PAYLOAD)
-                        .execute(p)
+                        .execute(&mut *p.lock().await)
                         .await
                         .unwrap();
                 }
@@ -186,13 +187,13 @@ async fn main() {
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
-    pool.execute(
+    let mut conn = sqlx::ConnectOptions::connect(&opts).await.unwrap();
+    conn.execute(
         "CREATE TABLE floor (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v INTEGER NOT NULL, payload TEXT NOT NULL)",
     )
     .await
     .unwrap();
-    let floor = measure_floor(Floor::Sqlite(pool), lat_runs, tput_runs, conc).await;
+    let floor = measure_floor(Floor::Sqlite(Arc::new(tokio::sync::Mutex::new(conn))), lat_runs, tput_runs, conc).await;
     let ours = measure_cairn(Arc::new(Engine::new(store, TaskRegistry::builtin())), lat_runs, tput_runs, conc).await;
     println!("sqlite: WAL, synchronous=FULL (both)");
     report("sqlite", &ours, &floor, conc);

@@ -92,7 +92,8 @@ fn fmt(v: f64) -> String {
 type FloorRow = (i64, String, i64, String, String, i64, String, String, String, String, String);
 
 enum Raw {
-    Sqlite(sqlx::SqlitePool),
+    /// One held connection, as the store appends through.
+    Sqlite(std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>),
     Pg(sqlx::PgPool),
 }
 
@@ -103,7 +104,7 @@ impl Raw {
                 sqlx::query("INSERT INTO raw_events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)")
                     .bind(&r.stream_id).bind(r.version).bind(&r.event_id).bind("StepCompleted").bind(1i64).bind(AT)
                     .bind(&r.metadata).bind(&r.payload).bind(HASH).bind(HASH)
-                    .execute(p).await.unwrap();
+                    .execute(&mut *p.lock().await).await.unwrap();
             }
             Raw::Pg(p) => {
                 sqlx::query("INSERT INTO raw_events (global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)")
@@ -133,7 +134,7 @@ impl Raw {
                         .push_bind(HASH)
                         .push_bind(HASH);
                 });
-                qb.build().execute(p).await.unwrap();
+                qb.build().execute(&mut *p.lock().await).await.unwrap();
             }
             Raw::Pg(p) => {
                 let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
@@ -166,7 +167,7 @@ impl Raw {
         while got < n {
             let rows: Vec<FloorRow> = match self {
                 Raw::Sqlite(p) => sqlx::query_as("SELECT global_position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash FROM raw_events WHERE global_position > ? ORDER BY global_position LIMIT ?")
-                    .bind(from).bind(page).fetch_all(p).await.unwrap(),
+                    .bind(from).bind(page).fetch_all(&mut *p.lock().await).await.unwrap(),
                 Raw::Pg(p) => sqlx::query_as("SELECT global_position, stream_id, stream_version, event_id, event_type, CAST(schema_version AS BIGINT), recorded_at, metadata, payload, prev_hash, hash FROM raw_events WHERE global_position > $1 ORDER BY global_position LIMIT $2")
                     .bind(from).bind(page).fetch_all(p).await.unwrap(),
             };
@@ -289,8 +290,8 @@ async fn main() {
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-    let raw = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
-    raw.execute(RAW_SQLITE).await.unwrap();
+    let raw = std::sync::Arc::new(tokio::sync::Mutex::new(sqlx::ConnectOptions::connect(&opts).await.unwrap()));
+    raw.lock().await.execute(RAW_SQLITE).await.unwrap();
     println!("sqlite: WAL, synchronous=FULL (both sides), file in {}", dir.path().display());
     bench("sqlite", store, Raw::Sqlite(raw), &cfg).await;
 

@@ -47,6 +47,9 @@ impl Default for PgConfig {
 /// The PostgreSQL event store.
 pub struct PgStore {
     pool: PgPool,
+    /// The connection appends go through, held (not pooled) so an append
+    /// costs no pool checkout and return; reconnected after a failure.
+    appender: tokio::sync::Mutex<Option<PgConnection>>,
     cache: HeadCache,
     wake: Arc<watch::Sender<u64>>,
     /// The last position this process committed; the notifier NOTIFYs on change.
@@ -83,7 +86,11 @@ impl PgStore {
     /// Connects with explicit options; `label` names the database in errors
     /// and must not contain a password.
     pub async fn connect_with(opts: PgConnectOptions, label: String, config: PgConfig) -> StoreResult<Arc<PgStore>> {
-        let opts = opts.application_name("cairn");
+        // `cairn` in pg_stat_activity, unless the caller named the application.
+        let opts = match opts.get_application_name() {
+            Some(_) => opts,
+            None => opts.application_name("cairn"),
+        };
         // One direct attempt first: the pool would retry an unreachable
         // server until its acquire timeout and then hide the cause.
         let probe = PgConnection::connect_with(&opts)
@@ -114,7 +121,16 @@ impl PgStore {
         };
         let (commits, commit_rx) = watch::channel(0);
         let notifier = tokio::spawn(notify_others(pool.clone(), commit_rx));
-        Ok(Arc::new(PgStore { pool, cache: HeadCache::default(), wake, commits, listener, notifier, label }))
+        Ok(Arc::new(PgStore {
+            pool,
+            appender: tokio::sync::Mutex::new(None),
+            cache: HeadCache::default(),
+            wake,
+            commits,
+            listener,
+            notifier,
+            label,
+        }))
     }
 
     /// The pool, for tests and tools that need raw access (tamper tests,
@@ -142,7 +158,7 @@ impl PgStore {
 
     async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
         let col = |f: fn(&PreparedRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-        let first: Option<i64> = sqlx::query_scalar(APPEND_SQL)
+        let query = sqlx::query_scalar::<_, Option<i64>>(APPEND_SQL)
             .bind(col(|r| r.stream_id.clone()))
             .bind(rows.iter().map(|r| to_i64(r.stream_version)).collect::<Vec<i64>>())
             .bind(col(|r| r.event_id.clone()))
@@ -152,10 +168,38 @@ impl PgStore {
             .bind(col(|r| r.metadata.clone()))
             .bind(col(|r| r.payload.clone()))
             .bind(col(|r| r.prev_hash.clone()))
-            .bind(col(|r| r.hash.clone()))
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(col(|r| r.hash.clone()));
+        let mut held = self.appender.lock().await;
+        let conn = match &mut *held {
+            Some(c) => c,
+            None => held.insert(PgConnection::connect_with(&self.pool.connect_options()).await?),
+        };
+        let first = match query.fetch_one(&mut *conn).await {
+            Ok(v) => v,
+            Err(e) => {
+                // A refused append (a conflict) leaves the connection
+                // usable; anything else may have broken it: start afresh.
+                let refused = matches!(&e, sqlx::Error::Database(d)
+                    if d.code().is_some_and(|c| c.starts_with("23") || c.starts_with("P0") || c.starts_with("40")));
+                if !refused {
+                    *held = None;
+                }
+                return Err(e);
+            }
+        };
         Ok(first.and_then(|f| u64::try_from(f).ok()).unwrap_or(0))
+    }
+}
+
+/// Whether an error means the server or the connection went away (SQLSTATE
+/// class 08, an administrator or crash shutdown, or an I/O failure).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            d.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
     }
 }
 
@@ -272,6 +316,10 @@ impl RowWriter for PgStore {
     }
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {
-        StoreError::Database { database: self.label.clone(), source }
+        if connection_lost(&source) {
+            StoreError::Unavailable { database: self.label.clone(), source }
+        } else {
+            StoreError::Database { database: self.label.clone(), source }
+        }
     }
 }

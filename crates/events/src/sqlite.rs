@@ -12,8 +12,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
 use tokio::sync::watch;
 
 use crate::envelope::{AppendResult, RecordedEvent, StreamAppend};
@@ -45,6 +47,9 @@ const ROWS_PER_STATEMENT: usize = 256;
 
 /// The SQLite event store.
 pub struct SqliteStore {
+    /// The one connection appends go through, held (not pooled) so an
+    /// append costs no pool checkout and return.
+    appender: tokio::sync::Mutex<SqliteConnection>,
     writer: SqlitePool,
     reader: SqlitePool,
     cache: HeadCache,
@@ -104,6 +109,7 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         crate::migrate::run_sqlite(&writer, &label).await?;
+        let appender = opts.connect().await.map_err(unavailable)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(60))
@@ -111,11 +117,18 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         let (wake, _) = watch::channel(0);
-        Ok(Arc::new(SqliteStore { writer, reader, cache: HeadCache::default(), wake, label }))
+        Ok(Arc::new(SqliteStore {
+            appender: tokio::sync::Mutex::new(appender),
+            writer,
+            reader,
+            cache: HeadCache::default(),
+            wake,
+            label,
+        }))
     }
 
-    /// The writer pool, for tests and tools that need raw access (tamper
-    /// tests, benchmarks). Never use it to change events.
+    /// A second writer connection, for tests and tools that need raw access
+    /// (tamper tests, benchmarks). Never use it to change events.
     pub fn raw_pool(&self) -> &SqlitePool {
         &self.writer
     }
@@ -138,22 +151,23 @@ impl SqliteStore {
     }
 
     /// Inserts `rows` atomically and returns the first global position.
+    /// Positions are rowids, assigned max + 1 per row under the single
+    /// writer, so one statement's rows are consecutive and end at
+    /// `last_insert_rowid` (no `RETURNING` rows to ship back one by one).
     async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
-        let positions = if rows.len() <= ROWS_PER_STATEMENT {
-            insert_statement(rows.len()).bind_rows(rows).fetch_all(&self.writer).await?
+        let mut conn = self.appender.lock().await;
+        let last = if rows.len() <= ROWS_PER_STATEMENT {
+            insert_statement(rows.len()).bind_rows(rows).execute(&mut *conn).await?.last_insert_rowid()
         } else {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let mut all = Vec::with_capacity(rows.len());
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let mut last = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                all.extend(insert_statement(chunk.len()).bind_rows(chunk).fetch_all(&mut *tx).await?);
+                last = insert_statement(chunk.len()).bind_rows(chunk).execute(&mut *tx).await?.last_insert_rowid();
             }
             tx.commit().await?;
-            all
+            last
         };
-        let mut positions: Vec<i64> = positions.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<_, _>>()?;
-        positions.sort_unstable();
-        let first = positions.first().copied().unwrap_or(0);
-        debug_assert_eq!(positions.last().copied().unwrap_or(0) - first + 1, rows.len() as i64);
+        let first = last - rows.len() as i64 + 1;
         Ok(u64::try_from(first).unwrap_or(0))
     }
 }
@@ -168,7 +182,7 @@ fn insert_statement(n: usize) -> InsertStatement {
             .map(|n| {
                 let values = vec!["(?,?,?,?,?,?,?,?,?,?)"; n.max(1)].join(",");
                 Arc::from(format!(
-                    "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) VALUES {values} RETURNING global_position"
+                    "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) VALUES {values}"
                 ))
             })
             .collect()
@@ -279,7 +293,7 @@ impl EventStore for SqliteStore {
 impl SqliteStore {
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
-        let _ = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+        let _ = self.appender.lock().await.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
         self.reader.close().await;
         self.writer.close().await;
     }

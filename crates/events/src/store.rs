@@ -29,7 +29,7 @@ pub enum Backend {
 pub enum StoreErrorKind {
     /// The stream moved on; re-read and decide again.
     Conflict,
-    /// The database could not be reached or opened.
+    /// The database could not be reached or opened, or the connection was lost.
     Unavailable,
     /// The database was written by a newer Cairn.
     SchemaTooNew,
@@ -58,8 +58,10 @@ pub enum StoreError {
         /// The stream's actual version.
         actual: u64,
     },
-    /// The database could not be reached or opened.
-    #[error("cannot open the event store at {database}: {source}")]
+    /// The database could not be reached or opened, or the connection to
+    /// it was lost (the outcome of an append in flight is then unknown:
+    /// re-read the stream before deciding again).
+    #[error("the event store at {database} is unavailable: {source}")]
     Unavailable {
         /// The database, without its password.
         database: String,

@@ -134,3 +134,57 @@ async fn unopenable_sqlite_file_is_a_clear_error() {
     let err = cairn_events::open("sqlite://x.db?journal=off").await.err().expect("unknown param");
     assert!(err.to_string().contains("synchronous"), "{err}");
 }
+
+/// The connection appends go through dies (a restarted server, a dropped
+/// socket): the append that was on it fails with a clear error, nothing is
+/// half-written, and the next append reconnects.
+#[tokio::test]
+async fn a_lost_postgres_append_connection_is_replaced() {
+    use cairn_events::EventStore;
+    use sqlx::Connection;
+    let Some((opts, schema)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let app = schema.clone();
+    let store = cairn_events::postgres::PgStore::connect_with(
+        opts.application_name(&app),
+        "fault test".into(),
+        cairn_events::postgres::PgConfig { max_connections: 4 },
+    )
+    .await
+    .expect("open");
+    let ev = |n: u32| {
+        vec![NewEvent::from_event(
+            &Event::StepFailed(StepFailed {
+                step_id: format!("s{n}"),
+                attempt: 1,
+                error_kind: "k".into(),
+                message: "m".into(),
+                retryable: false,
+                retry_after_ms: None,
+            }),
+            Metadata::by("t"),
+        )]
+    };
+    store.append("a", ExpectedVersion::NoStream, ev(1)).await.expect("first");
+    let mut admin = sqlx::PgConnection::connect(&cairn_events::testing::pg_url()).await.expect("admin");
+    let killed: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&app)
+            .fetch_all(&mut admin)
+            .await
+            .expect("terminate");
+    assert!(!killed.is_empty(), "the store's connections carry the application name it was given");
+    // The first append after the loss may fail (its connection is gone);
+    // one more attempt goes through on a fresh connection.
+    let second = match store.append("a", ExpectedVersion::Exact(1), ev(2)).await {
+        Ok(r) => r,
+        Err(e) => {
+            assert_eq!(e.kind(), StoreErrorKind::Unavailable, "{e}");
+            eprintln!("the append on the lost connection failed: {e}");
+            store.append("a", ExpectedVersion::Exact(1), ev(2)).await.expect("after reconnect")
+        }
+    };
+    assert_eq!(second.last_version, 2);
+    let events = store.read_stream("a", 1).await.expect("read");
+    assert_eq!(events.len(), 2);
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
