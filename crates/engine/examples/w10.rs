@@ -163,9 +163,21 @@ fn report(backend: &str, ours: &Figures, floor: &Figures, concurrency: usize) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+/// Runs on a current-thread tokio runtime (Cairn and the floor alike), or
+/// with `--multi-thread` on one worker per core.
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let runtime = if args.iter().any(|a| a == "--multi-thread") {
+        println!("runtime: tokio multi-thread, one worker per core");
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        println!("runtime: tokio current-thread (pass --multi-thread for one worker per core)");
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    runtime.expect("runtime").block_on(bench(args));
+}
+
+async fn bench(args: Vec<String>) {
     let quick = args.iter().any(|a| a == "--quick");
     let (lat_runs, tput_runs, conc) = if quick { (40, 200, 16) } else { (200, 1000, 16) };
     let pg_url = args

@@ -366,14 +366,14 @@ impl Engine {
         mut events: Vec<Event>,
         observer: Observer<'_>,
     ) -> Result<(), RunError> {
-        settle(w, events.iter().fold(state.clone(), evolve), &mut events);
+        let after = settle(w, events.iter().fold(state.clone(), evolve), &mut events);
         let new: Vec<NewEvent> = events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
         match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
             Ok(_) => {
                 for e in &events {
                     observer(e);
-                    *state = evolve(std::mem::take(state), e);
                 }
+                *state = after;
             }
             Err(e) if e.is_conflict() => *state = self.state(run_id).await?,
             Err(e) => return Err(e.into()),
@@ -652,20 +652,22 @@ impl Engine {
 }
 
 /// Extends `events` with the pure decisions that follow `state` (the state
-/// after `events`), stopping before any effect, wait or end of decisions.
+/// after `events`), stopping before any effect, wait or end of decisions;
+/// returns the state after all of them.
 /// Time-dependent decisions (retry due times) use the current time, exactly
 /// as deciding them one append later would.
-fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) {
+fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> RunState {
     for _ in 0..1_000 {
         let more = decide(w, &state, Utc::now()).append;
         if more.is_empty() {
-            return;
+            break;
         }
         for e in &more {
             state = evolve(state, e);
         }
         events.extend(more);
     }
+    state
 }
 
 /// What a running effect ends with: its outcome events, a failure of the

@@ -75,11 +75,41 @@ pub fn render(value: &Value, ctx: &Value) -> Result<Value, TemplateError> {
     })
 }
 
+/// Most compiled expressions kept per thread; the cache starts over beyond it.
+const EXPRESSION_CACHE: usize = 4096;
+
+/// Runs `f` on the compiled `expr`, compiling it once per thread.
+fn with_expression<T>(
+    expr: &str,
+    f: impl FnOnce(&minijinja::Expression<'static, 'static>) -> Result<T, minijinja::Error>,
+) -> Result<T, minijinja::Error> {
+    type Cache = std::collections::HashMap<String, std::rc::Rc<minijinja::Expression<'static, 'static>>>;
+    thread_local! {
+        static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::new());
+    }
+    let cached = CACHE.with(|c| c.borrow().get(expr).cloned());
+    let compiled = match cached {
+        Some(e) => e,
+        None => {
+            let e = std::rc::Rc::new(env().compile_expression_owned(expr.to_owned())?);
+            CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= EXPRESSION_CACHE {
+                    c.clear();
+                }
+                c.insert(expr.to_owned(), e.clone());
+            });
+            e
+        }
+    };
+    f(&compiled)
+}
+
 fn render_str(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let err = |e: minijinja::Error| TemplateError { template: s.to_owned(), message: e.to_string() };
     let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
     if let Some(expr) = sole_expression(s) {
-        let v = env().compile_expression(expr).map_err(err)?.eval(&ctx).map_err(err)?;
+        let v = with_expression(expr, |e| e.eval(&ctx)).map_err(err)?;
         return serde_json::to_value(&v)
             .map_err(|e| TemplateError { template: s.to_owned(), message: format!("result is not JSON: {e}") });
     }
