@@ -382,3 +382,29 @@ fn every_example_runs_as_its_header_says() {
     }
     assert!(ran >= 9, "only {ran} example commands found");
 }
+
+/// `cairn publish` validates and publishes; an unchanged file keeps its
+/// version; a parent whose child is not published is refused before it
+/// starts, naming the fix.
+#[test]
+fn publish_versions_workflows_and_children_must_be_published() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let child = example("send-invoice.yaml");
+    let refused = cairn(&db, &["run", &example("onboard-customer.yaml")]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("never published") && text(&refused).contains("--with"), "{}", text(&refused));
+    let first = cairn(&db, &["publish", &child]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("send-invoice v1 (published)"), "{}", text(&first));
+    let again = cairn(&db, &["publish", &child]);
+    assert!(text(&again).contains("send-invoice v1 (unchanged)"), "{}", text(&again));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: bad\nsteps: []\n").expect("write");
+    let invalid = cairn(&db, &["publish", &bad.display().to_string()]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(text(&invalid).contains("no-steps"), "{}", text(&invalid));
+    let ran = cairn(&db, &["run", &example("onboard-customer.yaml")]);
+    assert!(ran.status.success(), "{}", text(&ran));
+    assert!(text(&ran).contains("\"invoiced\": 29"), "{}", text(&ran));
+}
