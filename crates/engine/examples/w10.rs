@@ -124,9 +124,8 @@ async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usiz
     let one = move |_: usize| {
         let (engine, w) = (engine.clone(), w.clone());
         async move {
-            let id = engine.start(&w, version, json!({}), "bench").await.unwrap();
             let mut quiet = |_: &Event| {};
-            let s = engine.drive(id, &mut quiet).await.unwrap();
+            let (_, s) = engine.run(&w, version, json!({}), "bench", &mut quiet).await.unwrap();
             assert_eq!(s.status, RunStatus::Completed);
             assert_eq!(s.output, Some(json!({ "counter": 10 })));
         }

@@ -181,7 +181,7 @@ impl Engine {
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
         self.check_children(w).await?;
-        self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await
+        Ok(self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await?.0)
     }
 
     async fn start_run(
@@ -192,7 +192,7 @@ impl Engine {
         started_by: &str,
         run_id: Uuid,
         parent: Option<ParentRun>,
-    ) -> Result<Uuid, RunError> {
+    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         let inputs = w.inputs_with_defaults(&inputs);
         if let Some(schema) = &w.inputs_schema {
             let errors = crate::contract::violations(schema, &inputs);
@@ -213,11 +213,11 @@ impl Engine {
         });
         let state = evolve(RunState::default(), &event);
         let mut events = vec![event];
-        settle(w, state, &mut events);
+        let state = settle(w, state, &mut events);
         let mut new = vec![NewEvent::from_event(&events[0], Metadata::by(started_by))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))));
         self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
-        Ok(run_id)
+        Ok((run_id, events, state))
     }
 
     /// Appends through the group commit.
@@ -284,8 +284,37 @@ impl Engine {
     }
 
     async fn drive_run(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+        let state = self.state(run_id).await?;
+        self.drive_from(run_id, state, observer).await
+    }
+
+    /// Starts a run and drives it to its end, from the state `start`
+    /// recorded (no re-read); the observer sees every event, the first ones
+    /// included.
+    pub async fn run(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        observer: Observer<'_>,
+    ) -> Result<(Uuid, RunState), RunError> {
+        self.check_children(w).await?;
+        let (run_id, events, state) = self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await?;
+        for e in &events {
+            observer(e);
+        }
+        let state = Box::pin(self.drive_from(run_id, state, observer)).await?;
+        Ok((run_id, state))
+    }
+
+    async fn drive_from(
+        &self,
+        run_id: Uuid,
+        mut state: RunState,
+        observer: Observer<'_>,
+    ) -> Result<RunState, RunError> {
         let stream = cairn_events::run_stream(run_id);
-        let mut state = self.state(run_id).await?;
         let w = self.definition(&state.workflow, state.workflow_version).await?;
         let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
         let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();

@@ -295,7 +295,21 @@ async fn inputs_and_outputs_are_checked_against_their_schemas(store: Arc<dyn Eve
     assert_eq!(state.error.map(|e| e.0), Some("contract".to_owned()));
 }
 
+async fn run_starts_and_drives_showing_every_event(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let src = include_str!("../../../examples/branch-on-input.yaml");
+    let w = cairn_engine::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    let v = e.publish(&w, "test").await.expect("publish");
+    let mut seen = Vec::new();
+    let (id, state) =
+        e.run(&w, v, json!({ "total": 250 }), "test", &mut |ev: &Event| seen.push(ev.clone())).await.expect("run");
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(seen, common::events(&store, id).await, "the observer saw exactly what was recorded, in order");
+    assert_eq!(state, e.state(id).await.expect("state"), "the state it returns is the log's");
+}
+
 both_backends!(
+    run_starts_and_drives_showing_every_event,
     inputs_and_outputs_are_checked_against_their_schemas,
     a_failing_run_undoes_its_completed_steps_in_reverse_order,
     only_completed_steps_are_compensated_and_a_failing_compensation_is_reported,

@@ -134,8 +134,16 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     // Runs a crash interrupted continue first.
     continue_interrupted(&engine).await?;
     let version = engine.publish(&workflow, "cli").await?;
-    let run_id = match engine.start(&workflow, version, inputs, "cli").await {
-        Ok(id) => id,
+    let tty = std::io::stderr().is_terminal();
+    let mut display = Progress::new(tty);
+    let mut progress = |e: &Event| {
+        if let Event::RunStarted(r) = e {
+            eprintln!("run {}: {} v{}", r.run_id, r.workflow, r.workflow_version);
+        }
+        display.show(e);
+    };
+    let (run_id, state) = match engine.run(&workflow, version, inputs, "cli", &mut progress).await {
+        Ok(done) => done,
         Err(cairn_engine::RunError::InvalidInputs { workflow, errors }) => {
             eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
             for e in &errors {
@@ -151,15 +159,6 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let tty = std::io::stderr().is_terminal();
-    eprintln!("run {run_id}: {} v{version}", workflow.name);
-    let mut display = Progress::new(tty);
-    let mut progress = |e: &Event| display.show(e);
-    // What `start` already recorded (the first pure steps), then the rest live.
-    for e in engine.store().read_stream(&cairn_events::run_stream(run_id), 1).await? {
-        progress(&Event::decode(&e)?);
-    }
-    let state = engine.drive(run_id, &mut progress).await?;
     match state.status {
         RunStatus::Completed => {
             out!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
