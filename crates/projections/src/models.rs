@@ -1,0 +1,721 @@
+//! The read models: `runs`, `step_history`, `costs`, `audit_log`, `inbox`.
+//! Each owns its tables (no projection reads another's), so each can be
+//! rebuilt alone.
+
+use cairn_events::Event;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::db::{DbError, Tx, Val};
+use crate::projection::{Input, Projection};
+
+/// Every projection Cairn has, in a stable order.
+pub fn all() -> Vec<Box<dyn Projection>> {
+    vec![Box::new(Runs), Box::new(StepHistory), Box::new(Costs), Box::new(AuditLog), Box::new(Inbox)]
+}
+
+/// A value as text, shortened to `n` characters.
+fn short(v: &Value, n: usize) -> String {
+    let t = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if t.chars().count() > n { format!("{}…", t.chars().take(n).collect::<String>()) } else { t }
+}
+
+fn run_id(i: &Input<'_>) -> Val {
+    Val::opt_text(i.run_id())
+}
+
+fn at(i: &Input<'_>) -> Val {
+    Val::Text(i.recorded.recorded_at.clone())
+}
+
+fn pos(i: &Input<'_>) -> Val {
+    Val::from(i.recorded.global_position)
+}
+
+// ---- runs -----------------------------------------------------------------
+
+/// One row per run: status, current step, workflow and version, times, who
+/// started it.
+pub struct Runs;
+
+impl Projection for Runs {
+    fn name(&self) -> &'static str {
+        "runs"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["runs"]
+    }
+
+    fn create(&self, s: &str) -> Vec<String> {
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS runs{s} (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, version BIGINT NOT NULL, status TEXT NOT NULL, current_step TEXT, started_at TEXT NOT NULL, ended_at TEXT, started_by TEXT NOT NULL, parent_run_id TEXT, error_kind TEXT, error_message TEXT, failed_step TEXT, updated_at TEXT NOT NULL, last_position BIGINT NOT NULL)"
+        )]
+    }
+
+    fn wants(&self, t: &str) -> bool {
+        matches!(
+            t,
+            "RunStarted"
+                | "StepStarted"
+                | "StepCompleted"
+                | "TimerStarted"
+                | "InputRequested"
+                | "ApprovalRequested"
+                | "RunCompleted"
+                | "RunFailed"
+                | "RunCancelled"
+                | "RunResumed"
+        )
+    }
+
+    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let t = i.table("runs");
+            let set = |what: &str| {
+                format!("UPDATE {t} SET {what}, updated_at = $2, last_position = $3 WHERE run_id = $1")
+            };
+            let base = [run_id(&i), at(&i), pos(&i)];
+            match i.event {
+                Event::RunStarted(e) => {
+                    tx.exec(
+                        &format!("INSERT INTO {t} (run_id, workflow, version, status, started_at, started_by, parent_run_id, updated_at, last_position) VALUES ($1, $4, $5, 'running', $2, $6, $7, $2, $3)"),
+                        &[
+                            base[0].clone(),
+                            base[1].clone(),
+                            base[2].clone(),
+                            Val::from(e.workflow.as_str()),
+                            Val::from(e.workflow_version),
+                            Val::from(e.started_by.as_str()),
+                            Val::opt_text(e.parent.as_ref().map(|p| p.run_id.to_string())),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::StepStarted(e) => {
+                    let mut a = base.to_vec();
+                    a.push(Val::from(e.step_id.as_str()));
+                    tx.exec(&set("current_step = $4, status = 'running'"), &a).await?;
+                }
+                Event::StepCompleted(_) => {
+                    tx.exec(&set("status = CASE WHEN status = 'waiting' THEN 'running' ELSE status END"), &base)
+                        .await?;
+                }
+                Event::TimerStarted(_) | Event::InputRequested(_) | Event::ApprovalRequested(_) => {
+                    tx.exec(&set("status = 'waiting'"), &base).await?;
+                }
+                Event::RunResumed(_) => {
+                    tx.exec(&set("status = 'running', ended_at = NULL"), &base).await?;
+                }
+                Event::RunCompleted(_) => {
+                    tx.exec(&set("status = 'completed', ended_at = $2"), &base).await?;
+                }
+                Event::RunFailed(e) => {
+                    let mut a = base.to_vec();
+                    a.extend([
+                        Val::from(e.error_kind.as_str()),
+                        Val::from(e.message.as_str()),
+                        Val::opt_text(e.failed_step.clone()),
+                    ]);
+                    tx.exec(
+                        &set("status = 'failed', ended_at = $2, error_kind = $4, error_message = $5, failed_step = $6"),
+                        &a,
+                    )
+                    .await?;
+                }
+                Event::RunCancelled(e) => {
+                    let mut a = base.to_vec();
+                    a.push(Val::from(format!(
+                        "cancelled by {}{}",
+                        e.by,
+                        e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                    )));
+                    tx.exec(
+                        &set("status = 'cancelled', ended_at = $2, error_kind = 'cancelled', error_message = $4"),
+                        &a,
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+// ---- step_history -----------------------------------------------------------
+
+/// Every step attempt (start, end, duration, status, error, tokens, cost),
+/// branch decisions, retries, AI attempts, and who submitted or approved.
+/// Attempt rows are keyed `a:STEP:N` and AI attempts `ai:STEP:N`, so
+/// outcomes update them by primary key; other entries are keyed by their
+/// event's position.
+pub struct StepHistory;
+
+impl Projection for StepHistory {
+    fn name(&self) -> &'static str {
+        "step_history"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["step_history", "step_current"]
+    }
+
+    fn create(&self, s: &str) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS step_history{s} (run_id TEXT NOT NULL, entry TEXT NOT NULL, position BIGINT NOT NULL, kind TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT, status TEXT, started_at TEXT, ended_at TEXT, duration_ms BIGINT, error_kind TEXT, error_message TEXT, input_tokens BIGINT, output_tokens BIGINT, cost_micros BIGINT, actor TEXT, detail TEXT, PRIMARY KEY (run_id, entry))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS step_current{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT NOT NULL, PRIMARY KEY (run_id, step_id))"
+            ),
+        ]
+    }
+
+    fn wants(&self, t: &str) -> bool {
+        matches!(
+            t,
+            "StepStarted"
+                | "StepCompleted"
+                | "StepFailed"
+                | "StepSkipped"
+                | "RetryScheduled"
+                | "BranchTaken"
+                | "AiAttemptStarted"
+                | "AiAttemptCompleted"
+                | "AiOutputRejected"
+                | "InputSubmitted"
+                | "ApprovalDecided"
+                | "ApprovalExpired"
+                | "ChildRunStarted"
+                | "ChildRunCompleted"
+        )
+    }
+
+    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let h = i.table("step_history");
+            let cur = i.table("step_current");
+            let run = run_id(&i);
+            let entry_at = Val::from(i.recorded.global_position.to_string());
+            let insert = format!(
+                "INSERT INTO {h} (run_id, entry, position, kind, step_id, attempt, status, started_at, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            );
+            match i.event {
+                Event::StepStarted(e) => {
+                    tx.exec(
+                        &insert,
+                        &[
+                            run.clone(),
+                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
+                            pos(&i),
+                            Val::from("attempt"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(e.attempt),
+                            Val::from("running"),
+                            at(&i),
+                            Val::Null,
+                            Val::Null,
+                        ],
+                    )
+                    .await?;
+                    tx.exec(
+                        &format!("INSERT INTO {cur} (run_id, step_id, attempt) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_id) DO UPDATE SET attempt = excluded.attempt"),
+                        &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)],
+                    )
+                    .await?;
+                }
+                Event::StepCompleted(e) => {
+                    tx.exec(
+                        &format!("UPDATE {h} SET status = 'completed', ended_at = $3, duration_ms = $4, detail = $5 WHERE run_id = $1 AND entry = $2"),
+                        &[
+                            run.clone(),
+                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
+                            at(&i),
+                            Val::from(e.duration_ms),
+                            Val::from(short(&e.output, 200)),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::StepFailed(e) => {
+                    tx.exec(
+                        &format!("UPDATE {h} SET status = 'failed', ended_at = $3, error_kind = $4, error_message = $5, duration_ms = COALESCE(duration_ms, 0) WHERE run_id = $1 AND entry = $2"),
+                        &[
+                            run.clone(),
+                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
+                            at(&i),
+                            Val::from(e.error_kind.as_str()),
+                            Val::from(e.message.as_str()),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::StepSkipped(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    let n = tx
+                        .exec(
+                            &format!("UPDATE {h} SET status = 'cancelled', ended_at = $3, detail = $4 WHERE run_id = $1 AND entry = $2 AND status = 'running'"),
+                            &[
+                                run.clone(),
+                                Val::from(format!("a:{}:{attempt}", e.step_id)),
+                                at(&i),
+                                Val::from(e.reason.as_str()),
+                            ],
+                        )
+                        .await?;
+                    if n == 0 {
+                        tx.exec(
+                            &insert,
+                            &[
+                                run.clone(),
+                                entry_at,
+                                pos(&i),
+                                Val::from("skipped"),
+                                Val::from(e.step_id.as_str()),
+                                Val::Null,
+                                Val::from("skipped"),
+                                at(&i),
+                                Val::Null,
+                                Val::from(e.reason.as_str()),
+                            ],
+                        )
+                        .await?;
+                    }
+                }
+                Event::RetryScheduled(e) => {
+                    tx.exec(
+                        &insert,
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("retry"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(e.next_attempt),
+                            Val::from("scheduled"),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("attempt {} due {} (backoff {} ms)", e.next_attempt, e.due_at.to_rfc3339(), e.backoff_ms)),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::BranchTaken(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("branch"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from("taken"),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("`{}` = {} → {}", e.expression, e.value, e.target)),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::AiAttemptStarted(e) => {
+                    tx.exec(
+                        &insert,
+                        &[
+                            run.clone(),
+                            Val::from(format!("ai:{}:{}", e.step_id, e.attempt)),
+                            pos(&i),
+                            Val::from("ai"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(e.attempt),
+                            Val::from("running"),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("{}/{}", e.provider, e.model)),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::AiAttemptCompleted(e) => {
+                    let cost = e.cost.as_ref().map_or(Val::Null, |c| Val::from(c.micros));
+                    let (inp, out) = (Val::from(e.usage.input_tokens), Val::from(e.usage.output_tokens));
+                    tx.exec(
+                        &format!("UPDATE {h} SET status = 'completed', ended_at = $3, duration_ms = $4, input_tokens = $5, output_tokens = $6, cost_micros = $7 WHERE run_id = $1 AND entry = $2"),
+                        &[run.clone(), Val::from(format!("ai:{}:{}", e.step_id, e.attempt)), at(&i), Val::from(e.latency_ms), inp.clone(), out.clone(), cost.clone()],
+                    )
+                    .await?;
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &format!("UPDATE {h} SET input_tokens = COALESCE(input_tokens, 0) + $3, output_tokens = COALESCE(output_tokens, 0) + $4, cost_micros = COALESCE(cost_micros, 0) + COALESCE($5, 0) WHERE run_id = $1 AND entry = $2"),
+                        &[run.clone(), Val::from(format!("a:{}:{attempt}", e.step_id)), inp, out, cost],
+                    )
+                    .await?;
+                }
+                Event::AiOutputRejected(e) => {
+                    let errors: Vec<String> = e.errors.iter().map(|v| format!("{}: {}", v.path, v.message)).collect();
+                    tx.exec(
+                        &format!("UPDATE {h} SET status = 'rejected', error_kind = 'contract', error_message = $3 WHERE run_id = $1 AND entry = $2"),
+                        &[run.clone(), Val::from(format!("ai:{}:{}", e.step_id, e.attempt)), Val::from(errors.join("; "))],
+                    )
+                    .await?;
+                }
+                Event::InputSubmitted(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[run.clone(), entry_at, pos(&i), Val::from("input"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("submitted"), at(&i), Val::from(e.submitted_by.as_str()), Val::from(short(&e.values, 200))],
+                    )
+                    .await?;
+                }
+                Event::ApprovalDecided(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[run.clone(), entry_at, pos(&i), Val::from("approval"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from(e.decision.as_str()), at(&i), Val::from(e.decided_by.as_str()), Val::opt_text(e.comment.clone())],
+                    )
+                    .await?;
+                }
+                Event::ApprovalExpired(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[run.clone(), entry_at, pos(&i), Val::from("approval"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("expired"), at(&i), Val::Null, Val::from(format!("deadline {} passed: {}", e.deadline.to_rfc3339(), e.on_timeout))],
+                    )
+                    .await?;
+                }
+                Event::ChildRunStarted(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[run.clone(), entry_at, pos(&i), Val::from("child"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("started"), at(&i), Val::Null, Val::from(format!("child run {} ({} v{})", e.child_run_id, e.workflow, e.workflow_version))],
+                    )
+                    .await?;
+                }
+                Event::ChildRunCompleted(e) => {
+                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
+                    tx.exec(
+                        &insert,
+                        &[run.clone(), entry_at, pos(&i), Val::from("child"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from(e.status.as_str()), at(&i), Val::Null, Val::from(format!("child run {}: {}", e.child_run_id, short(&e.result, 200)))],
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The attempt a step is on, for entries that do not carry one.
+async fn current_attempt(tx: &mut Tx, table: &str, run: &Val, step: &str) -> Result<i64, DbError> {
+    let r = tx
+        .row(&format!("SELECT attempt FROM {table} WHERE run_id = $1 AND step_id = $2"), &[run.clone(), Val::from(step)])
+        .await?;
+    Ok(r.and_then(|r| r.first().and_then(Val::as_int)).unwrap_or(1))
+}
+
+// ---- costs ------------------------------------------------------------------
+
+/// Tokens and money by run, step, model, workflow and day.
+pub struct Costs;
+
+impl Projection for Costs {
+    fn name(&self) -> &'static str {
+        "costs"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["costs", "cost_runs", "cost_attempts"]
+    }
+
+    fn create(&self, s: &str) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS costs{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, workflow TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, attempts BIGINT NOT NULL, input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL, cost_micros BIGINT NOT NULL, currency TEXT, PRIMARY KEY (run_id, step_id, model, day))"
+            ),
+            format!("CREATE TABLE IF NOT EXISTS cost_runs{s} (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS cost_attempts{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT NOT NULL, model TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))"
+            ),
+        ]
+    }
+
+    fn wants(&self, t: &str) -> bool {
+        matches!(t, "RunStarted" | "AiAttemptStarted" | "AiAttemptCompleted")
+    }
+
+    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let (c, r, a) = (i.table("costs"), i.table("cost_runs"), i.table("cost_attempts"));
+            let run = run_id(&i);
+            match i.event {
+                Event::RunStarted(e) => {
+                    tx.exec(&format!("INSERT INTO {r} (run_id, workflow) VALUES ($1, $2)"), &[run, Val::from(e.workflow.as_str())])
+                        .await?;
+                }
+                Event::AiAttemptStarted(e) => {
+                    tx.exec(
+                        &format!("INSERT INTO {a} (run_id, step_id, attempt, model) VALUES ($1, $2, $3, $4) ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET model = excluded.model"),
+                        &[run, Val::from(e.step_id.as_str()), Val::from(e.attempt), Val::from(format!("{}/{}", e.provider, e.model))],
+                    )
+                    .await?;
+                }
+                Event::AiAttemptCompleted(e) => {
+                    let model = tx
+                        .row(&format!("SELECT model FROM {a} WHERE run_id = $1 AND step_id = $2 AND attempt = $3"), &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)])
+                        .await?
+                        .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
+                        .unwrap_or_else(|| "unknown".into());
+                    let workflow = tx
+                        .row(&format!("SELECT workflow FROM {r} WHERE run_id = $1"), std::slice::from_ref(&run))
+                        .await?
+                        .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
+                        .unwrap_or_else(|| "unknown".into());
+                    let day: String = i.recorded.recorded_at.chars().take(10).collect();
+                    let cost = e.cost.as_ref().map_or(0, |c| i64::try_from(c.micros).unwrap_or(i64::MAX));
+                    tx.exec(
+                        &format!("INSERT INTO {c} (run_id, step_id, workflow, model, day, attempts, input_tokens, output_tokens, cost_micros, currency) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9) ON CONFLICT (run_id, step_id, model, day) DO UPDATE SET attempts = {c}.attempts + 1, input_tokens = {c}.input_tokens + excluded.input_tokens, output_tokens = {c}.output_tokens + excluded.output_tokens, cost_micros = {c}.cost_micros + excluded.cost_micros, currency = COALESCE(excluded.currency, {c}.currency)"),
+                        &[
+                            run,
+                            Val::from(e.step_id.as_str()),
+                            Val::from(workflow),
+                            Val::from(model),
+                            Val::from(day),
+                            Val::from(e.usage.input_tokens),
+                            Val::from(e.usage.output_tokens),
+                            Val::Int(cost),
+                            Val::opt_text(e.cost.as_ref().map(|c| c.currency.clone())),
+                        ],
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+// ---- audit_log --------------------------------------------------------------
+
+/// Who did what, when, with what outcome, from where, to what (the fields
+/// PCI DSS 10.2.2 asks for), with the event's position and hash: an auditor
+/// goes from a row to its proof with `cairn verify` and `cairn events`.
+pub struct AuditLog;
+
+/// The action an event records, as a verb phrase.
+fn action(t: &str) -> &'static str {
+    match t {
+        "RunStarted" => "start run",
+        "RunCompleted" => "complete run",
+        "RunFailed" => "fail run",
+        "RunCancelled" => "cancel run",
+        "RunResumed" => "resume run",
+        "StepStarted" => "start step",
+        "StepCompleted" => "complete step",
+        "StepFailed" => "fail step",
+        "StepSkipped" => "skip step",
+        "RetryScheduled" => "schedule retry",
+        "BranchTaken" => "take branch",
+        "AiAttemptStarted" => "call model",
+        "AiAttemptCompleted" => "receive model output",
+        "AiOutputRejected" => "reject model output",
+        "InputRequested" => "request input",
+        "InputSubmitted" => "submit input",
+        "ApprovalRequested" => "request approval",
+        "ApprovalDecided" => "decide approval",
+        "ApprovalExpired" => "expire approval",
+        "NotificationSent" => "send notification",
+        "TimerStarted" => "start timer",
+        "TimerFired" => "fire timer",
+        "ChildRunStarted" => "start child run",
+        "ChildRunCompleted" => "finish child run",
+        "CompensationStarted" => "start compensation",
+        "WorkflowVersionPublished" => "publish workflow",
+        "WorkflowArchived" => "archive workflow",
+        _ => "record event",
+    }
+}
+
+fn failed(e: &Event) -> bool {
+    match e {
+        Event::StepFailed(_) | Event::RunFailed(_) | Event::AiOutputRejected(_) | Event::ApprovalExpired(_) => true,
+        Event::ChildRunCompleted(c) => c.status != "completed",
+        _ => false,
+    }
+}
+
+impl Projection for AuditLog {
+    fn name(&self) -> &'static str {
+        "audit_log"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["audit_log"]
+    }
+
+    fn create(&self, s: &str) -> Vec<String> {
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS audit_log{s} (position BIGINT PRIMARY KEY, recorded_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, event_type TEXT NOT NULL, outcome TEXT NOT NULL, origin TEXT NOT NULL, resource TEXT NOT NULL, run_id TEXT, details TEXT NOT NULL, hash TEXT NOT NULL)"
+        )]
+    }
+
+    fn wants(&self, _t: &str) -> bool {
+        true
+    }
+
+    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let r = i.recorded;
+            let meta = r.metadata().unwrap_or_default();
+            let actor = meta.actor.clone().unwrap_or_else(|| "unknown".into());
+            let origin = match (&meta.correlation_id, &meta.trace_id) {
+                (Some(c), _) => format!("cairn {} correlation {c}", meta.engine_version),
+                (None, Some(t)) => format!("cairn {} trace {t}", meta.engine_version),
+                (None, None) => format!("cairn {}", meta.engine_version),
+            };
+            let payload: Value = r.payload_value().unwrap_or(Value::Null);
+            let resource = match payload.get("step_id").and_then(Value::as_str) {
+                Some(step) => format!("{}/{step}", r.stream_id),
+                None => r.stream_id.clone(),
+            };
+            tx.exec(
+                &format!("INSERT INTO {} (position, recorded_at, actor, action, event_type, outcome, origin, resource, run_id, details, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", i.table("audit_log")),
+                &[
+                    pos(&i),
+                    at(&i),
+                    Val::from(actor),
+                    Val::from(action(&r.event_type)),
+                    Val::from(r.event_type.as_str()),
+                    Val::from(if failed(i.event) { "failure" } else { "success" }),
+                    Val::from(origin),
+                    Val::from(resource),
+                    run_id(&i),
+                    Val::from(r.payload.as_str()),
+                    Val::from(r.hash.as_str()),
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+// ---- inbox ------------------------------------------------------------------
+
+/// Forms and approvals waiting for people, by assignee, with deadlines.
+pub struct Inbox;
+
+impl Projection for Inbox {
+    fn name(&self) -> &'static str {
+        "inbox"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["inbox"]
+    }
+
+    fn create(&self, s: &str) -> Vec<String> {
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS inbox{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, kind TEXT NOT NULL, assignees TEXT NOT NULL, summary TEXT, requested_at TEXT NOT NULL, deadline TEXT, status TEXT NOT NULL, decisions BIGINT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, step_id))"
+        )]
+    }
+
+    fn wants(&self, t: &str) -> bool {
+        matches!(
+            t,
+            "InputRequested"
+                | "InputSubmitted"
+                | "ApprovalRequested"
+                | "ApprovalDecided"
+                | "ApprovalExpired"
+                | "StepCompleted"
+                | "StepFailed"
+                | "StepSkipped"
+                | "RunCompleted"
+                | "RunFailed"
+                | "RunCancelled"
+        )
+    }
+
+    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let t = i.table("inbox");
+            let run = run_id(&i);
+            let request = format!(
+                "INSERT INTO {t} (run_id, step_id, kind, assignees, summary, requested_at, deadline, status, decisions, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', 0, $6) ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, assignees = excluded.assignees, summary = excluded.summary, requested_at = excluded.requested_at, deadline = excluded.deadline, status = 'waiting', decisions = 0, updated_at = excluded.updated_at"
+            );
+            let close = |status: &str| {
+                format!("UPDATE {t} SET status = '{status}', updated_at = $3 WHERE run_id = $1 AND step_id = $2 AND status = 'waiting'")
+            };
+            match i.event {
+                Event::InputRequested(e) => {
+                    tx.exec(
+                        &request,
+                        &[
+                            run,
+                            Val::from(e.step_id.as_str()),
+                            Val::from("form"),
+                            Val::from(serde_json::to_string(&e.assignees).unwrap_or_default()),
+                            Val::from(e.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
+                            at(&i),
+                            Val::opt_text(e.deadline.map(|d| d.to_rfc3339())),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::ApprovalRequested(e) => {
+                    tx.exec(
+                        &request,
+                        &[
+                            run,
+                            Val::from(e.step_id.as_str()),
+                            Val::from("approval"),
+                            Val::from(serde_json::to_string(&e.approvers).unwrap_or_default()),
+                            Val::from(e.summary.as_str()),
+                            at(&i),
+                            Val::opt_text(e.deadline.map(|d| d.to_rfc3339())),
+                        ],
+                    )
+                    .await?;
+                }
+                Event::InputSubmitted(e) => {
+                    tx.exec(&close("submitted"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
+                }
+                Event::ApprovalDecided(e) => {
+                    tx.exec(
+                        &format!("UPDATE {t} SET decisions = decisions + 1, updated_at = $3 WHERE run_id = $1 AND step_id = $2"),
+                        &[run, Val::from(e.step_id.as_str()), at(&i)],
+                    )
+                    .await?;
+                }
+                Event::ApprovalExpired(e) => {
+                    tx.exec(&close("expired"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
+                }
+                Event::StepCompleted(e) => {
+                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
+                }
+                Event::StepFailed(e) => {
+                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
+                }
+                Event::StepSkipped(e) => {
+                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
+                }
+                Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
+                    tx.exec(
+                        &format!("UPDATE {t} SET status = 'done', updated_at = $2 WHERE run_id = $1 AND status = 'waiting'"),
+                        &[run, at(&i)],
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! The questions the CLI (and next the HTTP API) asks, answered from the
+//! read models, never by replaying a stream.
+
+use crate::db::{DbError, ReadDb, Val};
+
+/// A run's timeline: every attempt, retry, branch, AI call and human
+/// decision, in log order. Columns: position, kind, step_id, attempt,
+/// status, started_at, ended_at, duration_ms, error_kind, error_message,
+/// input_tokens, output_tokens, cost_micros, actor, detail.
+pub async fn history(db: &ReadDb, run_id: &str) -> Result<Vec<Vec<Val>>, DbError> {
+    db.rows(
+        "SELECT position, kind, step_id, attempt, status, started_at, ended_at, duration_ms, error_kind, error_message, input_tokens, output_tokens, cost_micros, actor, detail FROM step_history WHERE run_id = $1 ORDER BY position",
+        &[Val::from(run_id)],
+    )
+    .await
+}
+
+/// One run's row of the `runs` model: run_id, workflow, version, status,
+/// current_step, started_at, ended_at, started_by, error_kind,
+/// error_message, failed_step.
+pub async fn run(db: &ReadDb, run_id: &str) -> Result<Option<Vec<Val>>, DbError> {
+    Ok(db
+        .rows(
+            "SELECT run_id, workflow, version, status, current_step, started_at, ended_at, started_by, error_kind, error_message, failed_step FROM runs WHERE run_id = $1",
+            &[Val::from(run_id)],
+        )
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Runs, oldest first: run_id, workflow, version, status, started_at,
+/// current_step.
+pub async fn runs(db: &ReadDb, limit: i64) -> Result<Vec<Vec<Val>>, DbError> {
+    db.rows(
+        "SELECT run_id, workflow, version, status, started_at, current_step FROM runs ORDER BY started_at, run_id LIMIT $1",
+        &[Val::Int(limit)],
+    )
+    .await
+}
+
+/// How to group costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostsBy {
+    /// Per run.
+    Run,
+    /// Per workflow.
+    Workflow,
+    /// Per provider/model.
+    Model,
+    /// Per day (UTC).
+    Day,
+}
+
+impl CostsBy {
+    fn column(self) -> &'static str {
+        match self {
+            CostsBy::Run => "run_id",
+            CostsBy::Workflow => "workflow",
+            CostsBy::Model => "model",
+            CostsBy::Day => "day",
+        }
+    }
+}
+
+/// Token and money totals grouped `by`, from `since` (a day, `YYYY-MM-DD`):
+/// key, attempts, input_tokens, output_tokens, cost_micros, currency.
+pub async fn costs(db: &ReadDb, by: CostsBy, since: Option<&str>) -> Result<Vec<Vec<Val>>, DbError> {
+    let col = by.column();
+    db.rows(
+        &format!(
+            "SELECT {col}, CAST(SUM(attempts) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), MAX(currency) FROM costs WHERE day >= $1 GROUP BY {col} ORDER BY {col}"
+        ),
+        &[Val::from(since.unwrap_or("0000-00-00"))],
+    )
+    .await
+}
+
+/// Audit filters.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this run.
+    pub run: Option<String>,
+    /// From this time (RFC 3339, inclusive).
+    pub since: Option<String>,
+    /// Until this time (RFC 3339, exclusive).
+    pub until: Option<String>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+/// Audit rows in log order: position, recorded_at, actor, action,
+/// event_type, outcome, origin, resource, hash.
+pub async fn audit(db: &ReadDb, f: &AuditFilter) -> Result<Vec<Vec<Val>>, DbError> {
+    db.rows(
+        "SELECT position, recorded_at, actor, action, event_type, outcome, origin, resource, hash FROM audit_log WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR run_id = $2) AND ($3 IS NULL OR recorded_at >= $3) AND ($4 IS NULL OR recorded_at < $4) ORDER BY position LIMIT $5",
+        &[
+            Val::opt_text(f.actor.clone()),
+            Val::opt_text(f.run.clone()),
+            Val::opt_text(f.since.clone()),
+            Val::opt_text(f.until.clone()),
+            Val::Int(if f.limit > 0 { f.limit } else { i64::MAX }),
+        ],
+    )
+    .await
+}
+
+/// What waits for people: run_id, step_id, kind, assignees (JSON),
+/// summary, requested_at, deadline, decisions.
+pub async fn inbox(db: &ReadDb) -> Result<Vec<Vec<Val>>, DbError> {
+    db.rows(
+        "SELECT run_id, step_id, kind, assignees, summary, requested_at, deadline, decisions FROM inbox WHERE status = 'waiting' ORDER BY requested_at",
+        &[],
+    )
+    .await
+}

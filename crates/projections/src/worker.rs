@@ -1,0 +1,420 @@
+//! The projection runner. Each batch is one transaction that applies the
+//! events and moves the checkpoint, conditional on the checkpoint (position
+//! and generation) it started from: a crash mid-batch leaves nothing, and a
+//! second worker (or a rebuild) that got there first makes the batch roll
+//! back instead of applying twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_events::{Event, EventStore, RecordedEvent, StoreError};
+use sqlx::Connection;
+
+use crate::db::{DbError, ReadDb, Tx, Val};
+use crate::projection::{Input, Projection};
+
+/// The checkpoint table.
+pub const CHECKPOINTS: &str = "cairn_projections";
+
+/// Events per batch transaction.
+pub const DEFAULT_BATCH: usize = 500;
+
+/// Errors of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The read-model database failed.
+    #[error("read-model database: {0}")]
+    Db(#[from] DbError),
+    /// No projection has this name.
+    #[error("no projection named `{0}` (known: runs, step_history, costs, audit_log, inbox)")]
+    Unknown(String),
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// Applied events up to this position.
+    Applied {
+        /// Events read (wanted or not).
+        events: usize,
+        /// The new checkpoint.
+        position: u64,
+    },
+    /// Caught up with the log.
+    Idle,
+    /// Stopped at an event it cannot apply (see `status`).
+    Stopped,
+    /// Another worker or a rebuild moved the checkpoint first; nothing applied.
+    Raced,
+    /// Another worker holds this projection.
+    NotOwner,
+}
+
+/// A projection's progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Projection.
+    pub name: String,
+    /// Last applied global position.
+    pub position: u64,
+    /// The log's head.
+    pub head: u64,
+    /// `head - position`.
+    pub lag_events: u64,
+    /// Seconds between the newest event and the checkpoint's event (0 when caught up).
+    pub lag_seconds: f64,
+    /// When the checkpoint last moved.
+    pub updated_at: Option<String>,
+    /// Set when the projection stopped: the position and the error.
+    pub error: Option<(u64, String)>,
+}
+
+/// Runs projections from an event store into a read-model database.
+pub struct Worker {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    projections: Vec<Box<dyn Projection>>,
+    batch: usize,
+    /// PostgreSQL: the session holding this worker's advisory locks.
+    locks: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    owned: std::sync::Mutex<HashSet<String>>,
+}
+
+fn lock_key(name: &str) -> i64 {
+    // Stable across processes: FNV-1a of the name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("cairn-projection:{name}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+impl Worker {
+    /// A worker for `projections`; creates the checkpoint table and the
+    /// projections' tables when missing.
+    pub async fn new(
+        store: Arc<dyn EventStore>,
+        db: ReadDb,
+        projections: Vec<Box<dyn Projection>>,
+    ) -> Result<Worker, ProjectionError> {
+        db.exec(
+            &format!("CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, position BIGINT NOT NULL, generation BIGINT NOT NULL, updated_at TEXT, error_position BIGINT, error TEXT)"),
+            &[],
+        )
+        .await?;
+        for p in &projections {
+            for ddl in p.create("") {
+                db.exec(&ddl, &[]).await?;
+            }
+            db.exec(
+                &format!("INSERT INTO {CHECKPOINTS} (name, position, generation) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING"),
+                &[Val::from(p.name())],
+            )
+            .await?;
+        }
+        Ok(Worker {
+            store,
+            db,
+            projections,
+            batch: DEFAULT_BATCH,
+            locks: tokio::sync::Mutex::new(None),
+            owned: std::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Uses batches of `n` events (at least 1).
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// The read-model database.
+    pub fn db(&self) -> &ReadDb {
+        &self.db
+    }
+
+    /// The projections' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    fn projection(&self, name: &str) -> Result<&dyn Projection, ProjectionError> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| &**p)
+            .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<(u64, i64, Option<(u64, String)>, Option<String>), DbError> {
+        let rows = self
+            .db
+            .rows(
+                &format!("SELECT position, generation, error_position, error, updated_at FROM {CHECKPOINTS} WHERE name = $1"),
+                &[Val::from(name)],
+            )
+            .await?;
+        let r = rows.into_iter().next().unwrap_or_default();
+        let int = |i: usize| r.get(i).and_then(Val::as_int);
+        let text = |i: usize| r.get(i).and_then(|v| v.as_text().map(str::to_owned));
+        let error = text(3).map(|e| (u64::try_from(int(2).unwrap_or(0)).unwrap_or(0), e));
+        Ok((u64::try_from(int(0).unwrap_or(0)).unwrap_or(0), int(1).unwrap_or(0), error, text(4)))
+    }
+
+    /// On PostgreSQL, whether this worker holds (or now takes) the
+    /// projection's advisory lock; one worker applies a projection at a
+    /// time, and a dead worker's locks go with its session.
+    async fn owns(&self, name: &str) -> Result<bool, ProjectionError> {
+        let ReadDb::Pg(pool) = &self.db else { return Ok(true) };
+        if self.owned.lock().unwrap_or_else(|p| p.into_inner()).contains(name) {
+            return Ok(true);
+        }
+        let mut held = self.locks.lock().await;
+        let conn = match &mut *held {
+            Some(c) => c,
+            None => held.insert(sqlx::PgConnection::connect_with(&pool.connect_options()).await?),
+        };
+        let got: Result<bool, DbError> =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(name)).fetch_one(&mut *conn).await;
+        match got {
+            Ok(true) => {
+                self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                // The lock session is gone: so are the locks it held.
+                *held = None;
+                self.owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Applies one batch of one projection.
+    pub async fn step(&self, name: &str) -> Result<Batch, ProjectionError> {
+        let p = self.projection(name)?;
+        if !self.owns(name).await? {
+            return Ok(Batch::NotOwner);
+        }
+        let (position, generation, error, _) = self.checkpoint(name).await?;
+        if error.is_some() {
+            return Ok(Batch::Stopped);
+        }
+        let events = self.store.read_all(position + 1, self.batch).await?;
+        let Some(last) = events.last().map(|e| e.global_position) else { return Ok(Batch::Idle) };
+        let mut tx = self.db.begin().await?;
+        let moved = tx
+            .exec(
+                &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
+                &[
+                    Val::from(last),
+                    Val::from(chrono::Utc::now().to_rfc3339()),
+                    Val::from(name),
+                    Val::from(position),
+                    Val::Int(generation),
+                ],
+            )
+            .await?;
+        if moved != 1 {
+            tx.rollback().await?;
+            return Ok(Batch::Raced);
+        }
+        match apply_all(p, &mut tx, "", &events).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Batch::Applied { events: events.len(), position: last })
+            }
+            Err(Failure::Db(e)) if is_transient(&e) => {
+                let _ = tx.rollback().await;
+                Err(e.into())
+            }
+            Err(f) => {
+                let _ = tx.rollback().await;
+                let (at, message) = f.describe();
+                tracing::error!(projection = name, position = at, "{message}");
+                self.db
+                    .exec(
+                        &format!("UPDATE {CHECKPOINTS} SET error_position = $1, error = $2 WHERE name = $3 AND generation = $4"),
+                        &[Val::from(at), Val::from(message), Val::from(name), Val::Int(generation)],
+                    )
+                    .await?;
+                Ok(Batch::Stopped)
+            }
+        }
+    }
+
+    /// Applies every projection until each is caught up (or stopped, or
+    /// held by another worker); returns the events applied.
+    pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
+        let mut total = 0;
+        for name in self.names() {
+            loop {
+                match self.step(name).await? {
+                    Batch::Applied { events, .. } => total += events as u64,
+                    Batch::Raced => {}
+                    Batch::Idle | Batch::Stopped | Batch::NotOwner => break,
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs until `stop` turns true: catches up, then waits for new events
+    /// (woken by the store, polling every `poll` as the floor); backs off on
+    /// database errors, up to 30 s.
+    pub async fn run(&self, poll: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut wake = self.store.wakeups();
+        let mut backoff = Duration::from_millis(100);
+        while !*stop.borrow() {
+            match self.catch_up().await {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!("projections: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Every projection's checkpoint, the head and the lag.
+    pub async fn status(&self) -> Result<Vec<Status>, ProjectionError> {
+        let head = self.store.head_position().await?;
+        let newest = self.store.read_all(head.max(1), 1).await?.first().and_then(RecordedEvent::recorded_at);
+        let mut out = Vec::new();
+        for name in self.names() {
+            let (position, _, error, updated_at) = self.checkpoint(name).await?;
+            let lag_seconds = if position >= head {
+                0.0
+            } else {
+                let at = self.store.read_all(position.max(1), 1).await?.first().and_then(RecordedEvent::recorded_at);
+                match (newest, at) {
+                    (Some(n), Some(a)) if position > 0 => (n - a).num_milliseconds().max(0) as f64 / 1000.0,
+                    (Some(n), _) => {
+                        let first = self.store.read_all(1, 1).await?.first().and_then(RecordedEvent::recorded_at);
+                        first.map_or(0.0, |f| (n - f).num_milliseconds().max(0) as f64 / 1000.0)
+                    }
+                    _ => 0.0,
+                }
+            };
+            out.push(Status {
+                name: name.to_owned(),
+                position,
+                head,
+                lag_events: head.saturating_sub(position),
+                lag_seconds,
+                updated_at,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a projection from position 0 into fresh tables, then swaps
+    /// them in with the new checkpoint in one transaction: readers see the
+    /// old tables or the new ones, never half of either. Clears a stop.
+    /// Returns the events replayed.
+    pub async fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
+        const FRESH: &str = "__rebuild";
+        let p = self.projection(name)?;
+        for t in p.tables() {
+            self.db.exec(&format!("DROP TABLE IF EXISTS {t}{FRESH}"), &[]).await?;
+        }
+        for ddl in p.create(FRESH) {
+            self.db.exec(&ddl, &[]).await?;
+        }
+        let mut position = 0u64;
+        let mut replayed = 0u64;
+        loop {
+            let events = self.store.read_all(position + 1, self.batch.max(1000)).await?;
+            let Some(last) = events.last().map(|e| e.global_position) else { break };
+            let head = self.store.head_position().await?;
+            let mut tx = self.db.begin().await?;
+            if let Err(f) = apply_all(p, &mut tx, FRESH, &events).await {
+                let _ = tx.rollback().await;
+                let (at, message) = f.describe();
+                return Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
+                    "rebuild of `{name}` stopped at position {at}: {message}"
+                ))));
+            }
+            replayed += events.len() as u64;
+            position = last;
+            if last < head {
+                tx.commit().await?;
+                continue;
+            }
+            // Caught up: swap in the same transaction as the last batch.
+            for t in p.tables() {
+                tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
+                tx.exec(&format!("ALTER TABLE {t}{FRESH} RENAME TO {t}"), &[]).await?;
+            }
+            tx.exec(
+                &format!("UPDATE {CHECKPOINTS} SET position = $1, generation = generation + 1, updated_at = $2, error = NULL, error_position = NULL WHERE name = $3"),
+                &[Val::from(position), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(name)],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(replayed);
+        }
+        // An empty log: swap in the empty tables.
+        let mut tx = self.db.begin().await?;
+        for t in p.tables() {
+            tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
+            tx.exec(&format!("ALTER TABLE {t}{FRESH} RENAME TO {t}"), &[]).await?;
+        }
+        tx.exec(
+            &format!("UPDATE {CHECKPOINTS} SET position = 0, generation = generation + 1, error = NULL, error_position = NULL WHERE name = $1"),
+            &[Val::from(name)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(replayed)
+    }
+}
+
+enum Failure {
+    Decode(u64, String),
+    Apply(u64, String, DbError),
+    Db(DbError),
+}
+
+impl Failure {
+    fn describe(&self) -> (u64, String) {
+        match self {
+            Failure::Decode(at, m) => (*at, m.clone()),
+            Failure::Apply(at, t, e) => (*at, format!("{t} at position {at} cannot be applied: {e}")),
+            Failure::Db(e) => (0, e.to_string()),
+        }
+    }
+}
+
+fn is_transient(e: &DbError) -> bool {
+    matches!(e, DbError::Io(_) | DbError::PoolTimedOut | DbError::PoolClosed | DbError::WorkerCrashed)
+}
+
+async fn apply_all(p: &dyn Projection, tx: &mut Tx, suffix: &str, events: &[RecordedEvent]) -> Result<(), Failure> {
+    for r in events.iter().filter(|r| p.wants(&r.event_type)) {
+        let event = Event::decode(r).map_err(|e| {
+            Failure::Decode(r.global_position, format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position))
+        })?;
+        p.apply(tx, Input { suffix, recorded: r, event: &event }).await.map_err(|e| {
+            if is_transient(&e) { Failure::Db(e) } else { Failure::Apply(r.global_position, r.event_type.clone(), e) }
+        })?;
+    }
+    Ok(())
+}
