@@ -28,6 +28,9 @@ struct Cli {
     #[arg(long, global = true, env = "CAIRN_DATABASE_URL", default_value = cairn_events::DEFAULT_DATABASE_URL)]
     database: String,
 
+    #[command(flatten)]
+    read: commands::read::ReadArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +61,18 @@ enum Command {
     Verify(commands::verify::Args),
     /// Print stored events as JSON lines (a stream, or the whole log).
     Events(commands::events::Args),
+    /// The read models' projections: status, a worker, rebuilds.
+    #[command(subcommand)]
+    Projections(commands::read::ProjectionsCommand),
+    /// A run's timeline from the read models: attempts, times, errors,
+    /// tokens, cost, branch decisions, who submitted or approved.
+    History(commands::read::HistoryArgs),
+    /// Tokens and money by run, workflow, model or day.
+    Costs(commands::read::CostsArgs),
+    /// Who did what, when, with what outcome, with each event's position and hash.
+    Audit(commands::read::AuditArgs),
+    /// Forms and approvals waiting for people.
+    Inbox,
 }
 
 fn main() -> ExitCode {
@@ -73,10 +88,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => commands::run::run(&cli.database, args).await,
-            Command::Continue => commands::run::continue_command(&cli.database).await,
+            Command::Run(args) => commands::run::run(&cli.database, &cli.read, args).await,
+            Command::Continue => commands::run::continue_command(&cli.database, &cli.read).await,
             Command::Publish(args) => commands::run::publish(&cli.database, args).await,
-            Command::Runs => commands::runs::list(&cli.database).await,
+            Command::Runs => commands::runs::list(&cli.database, &cli.read).await,
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
             Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
             Command::Validate(args) => commands::validate::run(args),
@@ -84,6 +99,11 @@ fn main() -> ExitCode {
             Command::Demo => commands::demo::run(&cli.database).await,
             Command::Verify(args) => commands::verify::run(&cli.database, args).await,
             Command::Events(args) => commands::events::run(&cli.database, args).await,
+            Command::Projections(cmd) => commands::read::projections(&cli.database, &cli.read, cmd).await,
+            Command::History(args) => commands::read::history(&cli.database, &cli.read, args).await,
+            Command::Costs(args) => commands::read::costs(&cli.database, &cli.read, args).await,
+            Command::Audit(args) => commands::read::audit(&cli.database, &cli.read, args).await,
+            Command::Inbox => commands::read::inbox(&cli.database, &cli.read).await,
         }
     });
     match result {

@@ -49,10 +49,11 @@ impl Val {
 
 impl std::fmt::Display for Val {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad` honours width and alignment (`{:<40}`).
         match self {
-            Val::Text(s) => f.write_str(s),
-            Val::Int(i) => write!(f, "{i}"),
-            Val::Null => f.write_str(""),
+            Val::Text(s) => f.pad(s),
+            Val::Int(i) => f.pad(&i.to_string()),
+            Val::Null => f.pad(""),
         }
     }
 }
@@ -146,6 +147,27 @@ fn pg_row(r: &sqlx::postgres::PgRow) -> Vec<Val> {
         .collect()
 }
 
+/// Where the read models live by default for an event store at `url`: on
+/// PostgreSQL the same database (their own tables); on SQLite a sibling file
+/// (`cairn.db` → `cairn-read.db`), because SQLite has one writer per file and
+/// projection batches there would hold up the engine's appends (W10 with
+/// in-process projections measured 246 runs/s sharing the file against
+/// about 2,000 with its own).
+pub fn default_read_url(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return url.to_owned();
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let p = Path::new(path);
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("cairn");
+    let file = match p.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-read.{ext}"),
+        None => format!("{stem}-read"),
+    };
+    format!("sqlite://{}", p.with_file_name(file).display())
+}
+
 impl ReadDb {
     /// Opens the read-model database at `url` (`sqlite://PATH` or a path, or
     /// `postgres://…`), with the same URL forms as the event store.
@@ -192,7 +214,9 @@ impl ReadDb {
     /// Runs one statement outside a transaction.
     pub async fn exec(&self, sql: &str, args: &[Val]) -> Result<u64, DbError> {
         Ok(match self {
-            ReadDb::Sqlite(p) => bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
+            ReadDb::Sqlite(p) => {
+                bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args).execute(p).await?.rows_affected()
+            }
             ReadDb::Pg(p) => bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
         })
     }

@@ -15,6 +15,6 @@ pub mod projection;
 pub mod queries;
 pub mod worker;
 
-pub use db::{ReadDb, Tx, Val};
+pub use db::{ReadDb, Tx, Val, default_read_url};
 pub use projection::{Input, Projection};
 pub use worker::{Batch, CHECKPOINTS, ProjectionError, Status, Worker};

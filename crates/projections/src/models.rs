@@ -75,9 +75,8 @@ impl Projection for Runs {
     fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(async move {
             let t = i.table("runs");
-            let set = |what: &str| {
-                format!("UPDATE {t} SET {what}, updated_at = $2, last_position = $3 WHERE run_id = $1")
-            };
+            let set =
+                |what: &str| format!("UPDATE {t} SET {what}, updated_at = $2, last_position = $3 WHERE run_id = $1");
             let base = [run_id(&i), at(&i), pos(&i)];
             match i.event {
                 Event::RunStarted(e) => {
@@ -299,7 +298,12 @@ impl Projection for StepHistory {
                             Val::from("scheduled"),
                             at(&i),
                             Val::Null,
-                            Val::from(format!("attempt {} due {} (backoff {} ms)", e.next_attempt, e.due_at.to_rfc3339(), e.backoff_ms)),
+                            Val::from(format!(
+                                "attempt {} due {} (backoff {} ms)",
+                                e.next_attempt,
+                                e.due_at.to_rfc3339(),
+                                e.backoff_ms
+                            )),
                         ],
                     )
                     .await?;
@@ -368,7 +372,18 @@ impl Projection for StepHistory {
                     let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
                     tx.exec(
                         &insert,
-                        &[run.clone(), entry_at, pos(&i), Val::from("input"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("submitted"), at(&i), Val::from(e.submitted_by.as_str()), Val::from(short(&e.values, 200))],
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("input"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from("submitted"),
+                            at(&i),
+                            Val::from(e.submitted_by.as_str()),
+                            Val::from(short(&e.values, 200)),
+                        ],
                     )
                     .await?;
                 }
@@ -376,7 +391,18 @@ impl Projection for StepHistory {
                     let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
                     tx.exec(
                         &insert,
-                        &[run.clone(), entry_at, pos(&i), Val::from("approval"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from(e.decision.as_str()), at(&i), Val::from(e.decided_by.as_str()), Val::opt_text(e.comment.clone())],
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("approval"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from(e.decision.as_str()),
+                            at(&i),
+                            Val::from(e.decided_by.as_str()),
+                            Val::opt_text(e.comment.clone()),
+                        ],
                     )
                     .await?;
                 }
@@ -384,7 +410,18 @@ impl Projection for StepHistory {
                     let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
                     tx.exec(
                         &insert,
-                        &[run.clone(), entry_at, pos(&i), Val::from("approval"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("expired"), at(&i), Val::Null, Val::from(format!("deadline {} passed: {}", e.deadline.to_rfc3339(), e.on_timeout))],
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("approval"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from("expired"),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("deadline {} passed: {}", e.deadline.to_rfc3339(), e.on_timeout)),
+                        ],
                     )
                     .await?;
                 }
@@ -392,7 +429,18 @@ impl Projection for StepHistory {
                     let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
                     tx.exec(
                         &insert,
-                        &[run.clone(), entry_at, pos(&i), Val::from("child"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from("started"), at(&i), Val::Null, Val::from(format!("child run {} ({} v{})", e.child_run_id, e.workflow, e.workflow_version))],
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("child"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from("started"),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("child run {} ({} v{})", e.child_run_id, e.workflow, e.workflow_version)),
+                        ],
                     )
                     .await?;
                 }
@@ -400,7 +448,18 @@ impl Projection for StepHistory {
                     let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
                     tx.exec(
                         &insert,
-                        &[run.clone(), entry_at, pos(&i), Val::from("child"), Val::from(e.step_id.as_str()), Val::from(attempt), Val::from(e.status.as_str()), at(&i), Val::Null, Val::from(format!("child run {}: {}", e.child_run_id, short(&e.result, 200)))],
+                        &[
+                            run.clone(),
+                            entry_at,
+                            pos(&i),
+                            Val::from("child"),
+                            Val::from(e.step_id.as_str()),
+                            Val::from(attempt),
+                            Val::from(e.status.as_str()),
+                            at(&i),
+                            Val::Null,
+                            Val::from(format!("child run {}: {}", e.child_run_id, short(&e.result, 200))),
+                        ],
                     )
                     .await?;
                 }
@@ -414,7 +473,10 @@ impl Projection for StepHistory {
 /// The attempt a step is on, for entries that do not carry one.
 async fn current_attempt(tx: &mut Tx, table: &str, run: &Val, step: &str) -> Result<i64, DbError> {
     let r = tx
-        .row(&format!("SELECT attempt FROM {table} WHERE run_id = $1 AND step_id = $2"), &[run.clone(), Val::from(step)])
+        .row(
+            &format!("SELECT attempt FROM {table} WHERE run_id = $1 AND step_id = $2"),
+            &[run.clone(), Val::from(step)],
+        )
         .await?;
     Ok(r.and_then(|r| r.first().and_then(Val::as_int)).unwrap_or(1))
 }
@@ -455,8 +517,11 @@ impl Projection for Costs {
             let run = run_id(&i);
             match i.event {
                 Event::RunStarted(e) => {
-                    tx.exec(&format!("INSERT INTO {r} (run_id, workflow) VALUES ($1, $2)"), &[run, Val::from(e.workflow.as_str())])
-                        .await?;
+                    tx.exec(
+                        &format!("INSERT INTO {r} (run_id, workflow) VALUES ($1, $2)"),
+                        &[run, Val::from(e.workflow.as_str())],
+                    )
+                    .await?;
                 }
                 Event::AiAttemptStarted(e) => {
                     tx.exec(
@@ -467,7 +532,10 @@ impl Projection for Costs {
                 }
                 Event::AiAttemptCompleted(e) => {
                     let model = tx
-                        .row(&format!("SELECT model FROM {a} WHERE run_id = $1 AND step_id = $2 AND attempt = $3"), &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)])
+                        .row(
+                            &format!("SELECT model FROM {a} WHERE run_id = $1 AND step_id = $2 AND attempt = $3"),
+                            &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)],
+                        )
                         .await?
                         .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
                         .unwrap_or_else(|| "unknown".into());
@@ -651,7 +719,9 @@ impl Projection for Inbox {
                 "INSERT INTO {t} (run_id, step_id, kind, assignees, summary, requested_at, deadline, status, decisions, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', 0, $6) ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, assignees = excluded.assignees, summary = excluded.summary, requested_at = excluded.requested_at, deadline = excluded.deadline, status = 'waiting', decisions = 0, updated_at = excluded.updated_at"
             );
             let close = |status: &str| {
-                format!("UPDATE {t} SET status = '{status}', updated_at = $3 WHERE run_id = $1 AND step_id = $2 AND status = 'waiting'")
+                format!(
+                    "UPDATE {t} SET status = '{status}', updated_at = $3 WHERE run_id = $1 AND step_id = $2 AND status = 'waiting'"
+                )
             };
             match i.event {
                 Event::InputRequested(e) => {
@@ -708,7 +778,9 @@ impl Projection for Inbox {
                 }
                 Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
                     tx.exec(
-                        &format!("UPDATE {t} SET status = 'done', updated_at = $2 WHERE run_id = $1 AND status = 'waiting'"),
+                        &format!(
+                            "UPDATE {t} SET status = 'done', updated_at = $2 WHERE run_id = $1 AND status = 'waiting'"
+                        ),
                         &[run, at(&i)],
                     )
                     .await?;

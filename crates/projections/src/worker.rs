@@ -155,7 +155,9 @@ impl Worker {
         let rows = self
             .db
             .rows(
-                &format!("SELECT position, generation, error_position, error, updated_at FROM {CHECKPOINTS} WHERE name = $1"),
+                &format!(
+                    "SELECT position, generation, error_position, error, updated_at FROM {CHECKPOINTS} WHERE name = $1"
+                ),
                 &[Val::from(name)],
             )
             .await?;
@@ -410,7 +412,10 @@ fn is_transient(e: &DbError) -> bool {
 async fn apply_all(p: &dyn Projection, tx: &mut Tx, suffix: &str, events: &[RecordedEvent]) -> Result<(), Failure> {
     for r in events.iter().filter(|r| p.wants(&r.event_type)) {
         let event = Event::decode(r).map_err(|e| {
-            Failure::Decode(r.global_position, format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position))
+            Failure::Decode(
+                r.global_position,
+                format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position),
+            )
         })?;
         p.apply(tx, Input { suffix, recorded: r, event: &event }).await.map_err(|e| {
             if is_transient(&e) { Failure::Db(e) } else { Failure::Apply(r.global_position, r.event_type.clone(), e) }

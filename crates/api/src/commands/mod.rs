@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod events;
+pub mod read;
 pub mod run;
 pub mod runs;
 pub mod validate;

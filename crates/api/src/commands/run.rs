@@ -122,7 +122,7 @@ pub fn parse_inputs(inputs: &[String], file: Option<&std::path::Path>) -> anyhow
 }
 
 /// Runs the command.
-pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: Args) -> anyhow::Result<ExitCode> {
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let store = cairn_events::open(database).await?;
     let secrets = load_secrets(args.secrets_file.as_deref())?;
@@ -159,6 +159,9 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The embedded default runs the projections in-process: the read
+    // models include this run when the command returns.
+    project(database, read).await;
     match state.status {
         RunStatus::Completed => {
             out!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
@@ -265,11 +268,21 @@ pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
     Ok(runs.len())
 }
 
+/// Brings the read models up to date; a failure there is reported, never
+/// fails the command (the log is the truth; `cairn projections status` shows
+/// what is wrong).
+async fn project(database: &str, read: &crate::commands::read::ReadArgs) {
+    if let Err(e) = crate::commands::read::catch_up(database, read).await {
+        eprintln!("warning: the read models are not up to date: {e:#}");
+    }
+}
+
 /// `cairn continue`.
-pub async fn continue_command(database: &str) -> anyhow::Result<ExitCode> {
+pub async fn continue_command(database: &str, read: &crate::commands::read::ReadArgs) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open(database).await?;
     let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(load_secrets(None)?);
     let n = continue_interrupted(&engine).await?;
+    project(database, read).await;
     out!("{n} interrupted run(s) continued");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,6 @@
 //! Until the read models exist these scan the log; they answer from events,
 //! never from anything the engine keeps in memory.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -31,58 +30,12 @@ pub struct CancelArgs {
     pub actor: String,
 }
 
-struct Row {
-    workflow: String,
-    version: u32,
-    status: &'static str,
-    started: String,
-    last_step: String,
-}
-
-/// Lists every run, newest last.
-pub async fn list(database: &str) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    let mut from = 1;
-    loop {
-        let page = store.read_all(from, 2000).await?;
-        let Some(last) = page.last() else { break };
-        from = last.global_position + 1;
-        for e in page.iter().filter(|e| e.stream_id.starts_with("run-")) {
-            let typed = Event::decode(e)?;
-            if let Event::RunStarted(s) = &typed {
-                rows.insert(
-                    e.stream_id.clone(),
-                    Row {
-                        workflow: s.workflow.clone(),
-                        version: s.workflow_version,
-                        status: "running",
-                        started: e.recorded_at.chars().take(19).collect(),
-                        last_step: String::new(),
-                    },
-                );
-            }
-            let Some(row) = rows.get_mut(&e.stream_id) else { continue };
-            match typed {
-                Event::StepStarted(s) => row.last_step = s.step_id,
-                Event::RunCompleted(_) => row.status = "completed",
-                Event::RunFailed(_) => row.status = "failed",
-                Event::RunCancelled(_) => row.status = "cancelled",
-                _ => {}
-            }
-        }
-    }
-    out!("{:<40} {:<24} {:>3} {:<10} {:<20} last step", "run", "workflow", "v", "status", "started (UTC)");
-    for (stream, r) in &rows {
-        out!(
-            "{:<40} {:<24} {:>3} {:<10} {:<20} {}",
-            stream.trim_start_matches("run-"),
-            r.workflow,
-            r.version,
-            r.status,
-            r.started,
-            r.last_step
-        );
+/// Lists every run, oldest first, from the `runs` read model.
+pub async fn list(database: &str, read: &crate::commands::read::ReadArgs) -> anyhow::Result<ExitCode> {
+    let w = crate::commands::read::catch_up(database, read).await?;
+    out!("{:<40} {:<24} {:>3} {:<10} {:<27} current step", "run", "workflow", "v", "status", "started (UTC)");
+    for r in cairn_projections::queries::runs(w.db(), i64::MAX).await? {
+        out!("{:<40} {:<24} {:>3} {:<10} {:<27} {}", r[0], r[1], r[2], r[3], r[4], r[5]);
     }
     Ok(ExitCode::SUCCESS)
 }

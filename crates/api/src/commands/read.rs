@@ -1,0 +1,274 @@
+//! The read side on the command line: `cairn projections status|run|rebuild`
+//! and the queries `history`, `costs`, `audit`, `inbox`, answered from the
+//! read models. On the embedded database the projections catch up before a
+//! query answers (cheap when they are current).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_events::EventStore;
+use cairn_projections::queries::{self, AuditFilter, CostsBy};
+use cairn_projections::{ReadDb, Val, Worker, models};
+
+/// Where the read models live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadArgs {
+    /// The read-model database (default: PostgreSQL's event database itself;
+    /// for SQLite a sibling file, `cairn.db` → `cairn-read.db`).
+    #[arg(long, global = true, env = "CAIRN_READ_DATABASE_URL")]
+    pub read_database: Option<String>,
+}
+
+/// `cairn projections …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's checkpoint, the log's head, and the lag.
+    Status,
+    /// Run the projections as a worker until interrupted (Ctrl-C).
+    Run {
+        /// Poll interval when no wake-up arrives, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
+        /// Events per batch transaction.
+        #[arg(long, default_value_t = cairn_projections::worker::DEFAULT_BATCH)]
+        batch: usize,
+    },
+    /// Rebuild one projection (or all) from position 0 and swap it in.
+    Rebuild {
+        /// The projection: runs, step_history, costs, audit_log, inbox.
+        name: Option<String>,
+        /// Every projection.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+}
+
+/// Arguments of `cairn history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The run id.
+    pub run: String,
+}
+
+/// Arguments of `cairn costs`.
+#[derive(Debug, clap::Args)]
+pub struct CostsArgs {
+    /// Group by `run`, `workflow`, `model` or `day`.
+    #[arg(long, default_value = "workflow", value_parser = ["run", "workflow", "model", "day"])]
+    pub by: String,
+    /// From this day on (`YYYY-MM-DD`).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+/// Arguments of `cairn audit`.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only this actor.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this run.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// From this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (RFC 3339, exclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: i64,
+}
+
+/// Opens the store, the read models and a worker over them.
+pub async fn worker(database: &str, read: &ReadArgs) -> anyhow::Result<(Arc<dyn EventStore>, Worker)> {
+    let store = cairn_events::open(database).await?;
+    let url = read.read_database.clone().unwrap_or_else(|| cairn_projections::default_read_url(database));
+    let db = ReadDb::open(&url).await?;
+    let w = Worker::new(store.clone(), db, models::all()).await?;
+    Ok((store, w))
+}
+
+/// Brings the read models up to date with the log.
+pub async fn catch_up(database: &str, read: &ReadArgs) -> anyhow::Result<Worker> {
+    let (_, w) = worker(database, read).await?;
+    w.catch_up().await?;
+    Ok(w)
+}
+
+/// `cairn projections …`.
+pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsCommand) -> anyhow::Result<ExitCode> {
+    let (_, w) = worker(database, read).await?;
+    match cmd {
+        ProjectionsCommand::Status => {
+            out!("{:<14} {:>10} {:>10} {:>10} {:>9}  state", "projection", "checkpoint", "head", "lag", "lag (s)");
+            let mut stopped = false;
+            for s in w.status().await? {
+                let state = match &s.error {
+                    Some((at, e)) => {
+                        stopped = true;
+                        format!("STOPPED at position {at}: {e}")
+                    }
+                    None if s.lag_events == 0 => "current".to_owned(),
+                    None => "behind".to_owned(),
+                };
+                out!(
+                    "{:<14} {:>10} {:>10} {:>10} {:>9.1}  {state}",
+                    s.name,
+                    s.position,
+                    s.head,
+                    s.lag_events,
+                    s.lag_seconds
+                );
+            }
+            if stopped {
+                eprintln!(
+                    "a stopped projection resumes after `cairn projections rebuild NAME` once its cause is fixed"
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        ProjectionsCommand::Run { poll_ms, batch } => {
+            let w = w.with_batch(batch);
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop_tx.send(true);
+            });
+            eprintln!("projections running: {} (Ctrl-C stops)", w.names().join(", "));
+            w.run(Duration::from_millis(poll_ms), stop).await;
+        }
+        ProjectionsCommand::Rebuild { name, all } => {
+            let names: Vec<String> = match (name, all) {
+                (Some(n), false) => vec![n],
+                (None, true) => w.names().into_iter().map(str::to_owned).collect(),
+                _ => {
+                    eprintln!("error: name a projection ({}) or pass --all", w.names().join(", "));
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            for n in names {
+                let t = std::time::Instant::now();
+                match w.rebuild(&n).await {
+                    Ok(events) => out!("{n}: rebuilt from {events} events in {:.2} s", t.elapsed().as_secs_f64()),
+                    Err(cairn_projections::ProjectionError::Unknown(n)) => {
+                        eprintln!("error: no projection named `{n}`; known: {}", w.names().join(", "));
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn money(micros: &Val, currency: &Val) -> String {
+    match micros.as_int() {
+        Some(m) if m > 0 => format!("{:.6} {}", m as f64 / 1e6, currency),
+        _ => String::new(),
+    }
+}
+
+/// `cairn history RUN`.
+pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let w = catch_up(database, read).await?;
+    let Some(run) = queries::run(w.db(), &args.run).await? else {
+        eprintln!("error: no run with id {} (see `cairn runs`)", args.run);
+        return Ok(ExitCode::from(1));
+    };
+    out!("run {} — {} v{} — {} — started {} by {}", run[0], run[1], run[2], run[3], run[5], run[7]);
+    if let Some(kind) = run[8].as_text() {
+        out!("  error [{kind}] {}{}", run[9], run[10].as_text().map(|s| format!(" at step `{s}`")).unwrap_or_default());
+    }
+    for r in queries::history(w.db(), &args.run).await? {
+        let (kind, step, attempt, status) = (&r[1], &r[2], &r[3], &r[4]);
+        let time: String = r[5].to_string().chars().skip(11).take(12).collect();
+        let mut line = format!("{time} {step}");
+        if kind.as_text() == Some("attempt") || kind.as_text() == Some("ai") {
+            line.push_str(&format!(" {}#{attempt} {status}", kind));
+        } else {
+            line.push_str(&format!(" {kind} {status}"));
+        }
+        if let Some(ms) = r[7].as_int() {
+            line.push_str(&format!(" in {ms} ms"));
+        }
+        if let Some(k) = r[8].as_text() {
+            line.push_str(&format!(" [{k}] {}", r[9]));
+        }
+        if let (Some(i), Some(o)) = (r[10].as_int(), r[11].as_int()) {
+            line.push_str(&format!(" tokens {i}+{o}"));
+        }
+        if let Some(c) = r[12].as_int().filter(|c| *c > 0) {
+            line.push_str(&format!(" cost {:.6}", c as f64 / 1e6));
+        }
+        if let Some(a) = r[13].as_text() {
+            line.push_str(&format!(" by {a}"));
+        }
+        if let Some(d) = r[14].as_text() {
+            line.push_str(&format!(" — {d}"));
+        }
+        out!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn costs`.
+pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::Result<ExitCode> {
+    let w = catch_up(database, read).await?;
+    let by = match args.by.as_str() {
+        "run" => CostsBy::Run,
+        "model" => CostsBy::Model,
+        "day" => CostsBy::Day,
+        _ => CostsBy::Workflow,
+    };
+    out!("{:<40} {:>9} {:>14} {:>14}  cost", args.by, "attempts", "input tokens", "output tokens");
+    for r in queries::costs(w.db(), by, args.since.as_deref()).await? {
+        out!("{:<40} {:>9} {:>14} {:>14}  {}", r[0], r[1], r[2], r[3], money(&r[4], &r[5]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn audit`.
+pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let w = catch_up(database, read).await?;
+    let f = AuditFilter { actor: args.actor, run: args.run, since: args.since, until: args.until, limit: args.limit };
+    out!(
+        "{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} hash",
+        "position",
+        "time (UTC)",
+        "actor",
+        "action",
+        "outcome",
+        "resource"
+    );
+    for r in queries::audit(w.db(), &f).await? {
+        let hash: String = r[8].to_string().chars().take(16).collect();
+        out!("{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} {hash}…", r[0], r[1], r[2], r[3], r[5], r[7]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn inbox`.
+pub async fn inbox(database: &str, read: &ReadArgs) -> anyhow::Result<ExitCode> {
+    let w = catch_up(database, read).await?;
+    let rows = queries::inbox(w.db()).await?;
+    if rows.is_empty() {
+        out!("nothing waits for people");
+    }
+    for r in rows {
+        out!(
+            "{} {} {} for {} — {} (requested {}{})",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6].as_text().map(|d| format!(", due {d}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,376 @@
+//! Read models from real stores: incremental batches of any size equal a
+//! rebuild and a direct fold; a stop names its event; two workers on
+//! PostgreSQL with concurrent writers miss and double nothing.
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_events::{
+    AiAttemptCompleted, AiAttemptStarted, BranchTaken, Cost, Event, EventStore, ExpectedVersion, InputRequested,
+    InputSubmitted, Metadata, NewEvent, RunCompleted, RunFailed, RunStarted, StepCompleted, StepFailed, StepStarted,
+    TokenUsage,
+};
+use cairn_projections::{Batch, ReadDb, Val, Worker, models};
+use proptest::prelude::*;
+use serde_json::json;
+use uuid::Uuid;
+
+/// One generated run: its id and events.
+fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
+    let id = Uuid::from_u128(n + 1);
+    let mut ev = vec![Event::RunStarted(RunStarted {
+        run_id: id,
+        workflow: workflow.to_owned(),
+        workflow_version: 1,
+        definition_hash: "h".into(),
+        inputs: json!({}),
+        started_by: format!("user{}", n % 3),
+        idempotency_key: None,
+        parent: None,
+        fork_of: None,
+    })];
+    for (i, p) in plan.iter().enumerate() {
+        let step = format!("s{i}");
+        let started = |attempt| {
+            Event::StepStarted(StepStarted { step_id: step.clone(), attempt, input: json!({}), scope: String::new() })
+        };
+        ev.push(started(1));
+        match p % 5 {
+            0 => {}
+            1 => {
+                ev.push(Event::StepFailed(StepFailed {
+                    step_id: step.clone(),
+                    attempt: 1,
+                    error_kind: "flaky".into(),
+                    message: "try again".into(),
+                    retryable: true,
+                    retry_after_ms: None,
+                }));
+                ev.push(started(2));
+            }
+            2 => {
+                for a in 1..=2u32 {
+                    ev.push(Event::AiAttemptStarted(AiAttemptStarted {
+                        step_id: step.clone(),
+                        attempt: a,
+                        provider: "scripted".into(),
+                        model: format!("m{}", p % 2),
+                        messages: vec![],
+                        params: json!({}),
+                    }));
+                    ev.push(Event::AiAttemptCompleted(AiAttemptCompleted {
+                        step_id: step.clone(),
+                        attempt: a,
+                        raw_output: "{}".into(),
+                        usage: TokenUsage { input_tokens: u64::from(*p) + 10, output_tokens: 5 },
+                        cost: Some(Cost {
+                            currency: "USD".into(),
+                            micros: 1000 + u64::from(*p),
+                            price_table: "t@1".into(),
+                        }),
+                        latency_ms: 7,
+                        finish_reason: Some("stop".into()),
+                    }));
+                }
+            }
+            3 => ev.push(Event::BranchTaken(BranchTaken {
+                step_id: step.clone(),
+                expression: "inputs.x > 1".into(),
+                value: json!(true),
+                target: "end".into(),
+            })),
+            _ => {
+                ev.push(Event::InputRequested(InputRequested {
+                    step_id: step.clone(),
+                    fields: vec![],
+                    assignees: vec!["ada".into()],
+                    token_hash: "t".into(),
+                    deadline: None,
+                }));
+                if p % 2 == 0 {
+                    ev.push(Event::InputSubmitted(InputSubmitted {
+                        step_id: step.clone(),
+                        submitted_by: "ada".into(),
+                        values: json!({ "ok": true }),
+                    }));
+                }
+            }
+        }
+        let attempt = if p % 5 == 1 { 2 } else { 1 };
+        ev.push(Event::StepCompleted(StepCompleted {
+            step_id: step,
+            attempt,
+            output: json!({ "i": i }),
+            duration_ms: 3,
+        }));
+    }
+    ev.push(if plan.len() % 3 == 2 {
+        Event::RunFailed(RunFailed { error_kind: "boom".into(), message: "it broke".into(), failed_step: None })
+    } else {
+        Event::RunCompleted(RunCompleted { output: json!({}) })
+    });
+    (id, ev)
+}
+
+async fn append(store: &Arc<dyn EventStore>, id: Uuid, events: &[Event], version: u64) {
+    let new: Vec<NewEvent> = events.iter().map(|e| NewEvent::from_event(e, Metadata::by("gen"))).collect();
+    store.append(&cairn_events::run_stream(id), ExpectedVersion::Exact(version), new).await.expect("append");
+}
+
+/// Every table of every projection, sorted, as values.
+async fn dump(db: &ReadDb) -> BTreeMap<String, Vec<Vec<Val>>> {
+    let mut out = BTreeMap::new();
+    for p in models::all() {
+        for t in p.tables() {
+            let rows = db.rows(&format!("SELECT * FROM {t} ORDER BY 1, 2"), &[]).await.expect("dump");
+            out.insert((*t).to_owned(), rows);
+        }
+    }
+    out
+}
+
+async fn sqlite_store(dir: &std::path::Path) -> Arc<dyn EventStore> {
+    cairn_events::sqlite::SqliteStore::open(dir.join("events.db"), Default::default()).await.expect("store")
+}
+
+/// The direct fold the read models must agree with: status and current
+/// step per run, and token totals per run.
+/// Status and current step by run.
+type Statuses = BTreeMap<String, (String, Option<String>)>;
+/// Input tokens and cost by run.
+type Tokens = BTreeMap<String, (i64, i64)>;
+
+fn fold(runs: &[(Uuid, Vec<Event>)]) -> (Statuses, Tokens) {
+    let mut status = BTreeMap::new();
+    let mut tokens = BTreeMap::new();
+    for (id, events) in runs {
+        let mut st = ("running".to_owned(), None);
+        for e in events {
+            match e {
+                Event::StepStarted(s) => {
+                    st.1 = Some(s.step_id.clone());
+                    st.0 = "running".into();
+                }
+                Event::InputRequested(_) => st.0 = "waiting".into(),
+                Event::StepCompleted(_) if st.0 == "waiting" => st.0 = "running".into(),
+                Event::RunCompleted(_) => st.0 = "completed".into(),
+                Event::RunFailed(_) => st.0 = "failed".into(),
+                Event::AiAttemptCompleted(a) => {
+                    let t = tokens.entry(id.to_string()).or_insert((0, 0));
+                    t.0 += i64::try_from(a.usage.input_tokens).unwrap_or(0);
+                    t.1 += i64::try_from(a.cost.as_ref().map_or(0, |c| c.micros)).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        status.insert(id.to_string(), st);
+    }
+    (status, tokens)
+}
+
+fn check_fold(tables: &BTreeMap<String, Vec<Vec<Val>>>, runs: &[(Uuid, Vec<Event>)], total_events: usize) {
+    let (status, tokens) = fold(runs);
+    let got: BTreeMap<String, (String, Option<String>)> = tables["runs"]
+        .iter()
+        .map(|r| (r[0].to_string(), (r[3].to_string(), r[4].as_text().map(str::to_owned))))
+        .collect();
+    assert_eq!(got, status, "runs model vs direct fold");
+    let mut got_tokens: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in &tables["costs"] {
+        let t = got_tokens.entry(r[0].to_string()).or_insert((0, 0));
+        t.0 += r[6].as_int().unwrap_or(0);
+        t.1 += r[8].as_int().unwrap_or(0);
+    }
+    assert_eq!(got_tokens, tokens, "costs model vs direct fold");
+    assert_eq!(tables["audit_log"].len(), total_events, "one audit row per event");
+    let attempts: usize = runs.iter().flat_map(|(_, e)| e).filter(|e| matches!(e, Event::StepStarted(_))).count();
+    let rows = tables["step_history"].iter().filter(|r| r[3].as_text() == Some("attempt")).count();
+    assert_eq!(rows, attempts, "one step_history row per attempt");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn incremental_batches_equal_a_rebuild_and_a_direct_fold(
+        plans in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..5), 1..6),
+        order in prop::collection::vec(any::<u8>(), 0..60),
+        batch in 1usize..40,
+        catch_up_every in 1usize..8,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tmp");
+            let store = sqlite_store(dir.path()).await;
+            let live = ReadDb::sqlite(&dir.path().join("live.db")).await.expect("db");
+            let worker = Worker::new(store.clone(), live.clone(), models::all()).await.expect("worker").with_batch(batch);
+            let runs: Vec<(Uuid, Vec<Event>)> =
+                plans.iter().enumerate().map(|(i, p)| run_events(i as u128, &format!("wf{}", i % 2), p)).collect();
+            // Interleave the runs' events in a generated order, catching up
+            // now and then while they arrive.
+            let mut next = vec![0usize; runs.len()];
+            let mut k = 0;
+            let mut total = 0;
+            loop {
+                let open: Vec<usize> = (0..runs.len()).filter(|&r| next[r] < runs[r].1.len()).collect();
+                let Some(&r) = open.get(usize::from(order.get(k).copied().unwrap_or(0)) % open.len().max(1)) else { break };
+                let take = 1 + usize::from(order.get(k + 1).copied().unwrap_or(0)) % 3;
+                let end = (next[r] + take).min(runs[r].1.len());
+                append(&store, runs[r].0, &runs[r].1[next[r]..end], next[r] as u64).await;
+                total += end - next[r];
+                next[r] = end;
+                k += 1;
+                if k % catch_up_every == 0 {
+                    worker.catch_up().await.expect("catch up");
+                }
+            }
+            worker.catch_up().await.expect("catch up");
+            let incremental = dump(&live).await;
+
+            // A worker starting from nothing in another database, and a
+            // rebuild of the live one, give the same tables.
+            let fresh = ReadDb::sqlite(&dir.path().join("fresh.db")).await.expect("db");
+            Worker::new(store.clone(), fresh.clone(), models::all()).await.expect("worker").catch_up().await.expect("catch up");
+            assert_eq!(dump(&fresh).await, incremental, "incremental vs from scratch");
+            for name in worker.names() {
+                worker.rebuild(name).await.expect("rebuild");
+            }
+            assert_eq!(dump(&live).await, incremental, "incremental vs rebuild");
+            check_fold(&incremental, &runs, total);
+        });
+    }
+}
+
+/// An event a projection cannot apply stops that projection at that event,
+/// visibly; the others go on; a rebuild after the cause is gone clears it.
+#[tokio::test]
+async fn an_unappliable_event_stops_its_projection_visibly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path()).await;
+    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+    let worker = Worker::new(store.clone(), db.clone(), models::all()).await.expect("worker");
+    let (id, events) = run_events(1, "wf", &[0]);
+    append(&store, id, &events, 0).await;
+    // The same run started twice: `runs` cannot insert it again.
+    append(&store, id, &events[..1], events.len() as u64).await;
+    worker.catch_up().await.expect("catch up");
+    let status = worker.status().await.expect("status");
+    let runs = status.iter().find(|s| s.name == "runs").expect("runs");
+    let (at, message) = runs.error.clone().expect("stopped");
+    assert_eq!(at, events.len() as u64 + 1, "stopped at the duplicate");
+    assert!(message.contains("RunStarted at position"), "{message}");
+    assert_eq!(runs.position, 0, "nothing of the failing batch was applied");
+    assert_eq!(worker.step("runs").await.expect("step"), Batch::Stopped, "it stays stopped");
+    let audit = status.iter().find(|s| s.name == "audit_log").expect("audit");
+    assert_eq!((audit.position, audit.error.clone()), (audit.head, None), "the others went on");
+}
+
+/// PostgreSQL: writers append while two workers run the same projections;
+/// every event is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_workers_and_concurrent_writers_miss_and_double_nothing() {
+    let Some((opts, _schema)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let db_a = ReadDb::postgres(opts.clone()).await.expect("db");
+    let db_b = ReadDb::postgres(opts).await.expect("db");
+    let a = Arc::new(Worker::new(store.clone(), db_a.clone(), models::all()).await.expect("a").with_batch(7));
+    let b = Arc::new(Worker::new(store.clone(), db_b, models::all()).await.expect("b").with_batch(5));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let wa = {
+        let (a, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move { a.run(std::time::Duration::from_millis(20), stop).await })
+    };
+    let wb = {
+        let b = b.clone();
+        tokio::spawn(async move { b.run(std::time::Duration::from_millis(20), stop).await })
+    };
+    let mut writers = Vec::new();
+    for w in 0..4u128 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            for r in 0..6u128 {
+                let (id, events) = run_events(w * 100 + r, "wf", &[r as u8, 2, 4]);
+                for (i, e) in events.iter().enumerate() {
+                    append(&store, id, std::slice::from_ref(e), i as u64).await;
+                }
+                n += events.len();
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for w in writers {
+        total += w.await.expect("writer");
+    }
+    let head = store.head_position().await.expect("head");
+    assert_eq!(head, total as u64);
+    // Wait for the workers to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = a.status().await.expect("status");
+        if s.iter().all(|p| p.position == head) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "workers did not catch up: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).expect("stop");
+    wa.await.expect("a");
+    wb.await.expect("b");
+    let audit = db_a
+        .rows("SELECT COUNT(*), COUNT(DISTINCT position), MIN(position), MAX(position) FROM audit_log", &[])
+        .await
+        .expect("audit");
+    assert_eq!(audit[0], vec![Val::Int(total as i64), Val::Int(total as i64), Val::Int(1), Val::Int(total as i64)]);
+    let runs = db_a
+        .rows("SELECT COUNT(*) FROM runs WHERE status = 'completed' OR status = 'failed'", &[])
+        .await
+        .expect("runs");
+    assert_eq!(runs[0], vec![Val::Int(24)]);
+    // Costs counted once: 2 AI attempts (12 input tokens each) per run, and
+    // 2 more in each writer's run whose first step is an AI step too.
+    let costs = db_a
+        .rows("SELECT CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(attempts) AS BIGINT) FROM costs", &[])
+        .await
+        .expect("costs");
+    assert_eq!(costs[0], vec![Val::Int(56 * 12), Val::Int(56)]);
+}
+
+/// SQLite has no advisory locks: two workers racing over one read database
+/// are kept apart by the conditional checkpoint alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_workers_on_one_sqlite_read_database_apply_each_event_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path()).await;
+    let mut total = 0;
+    for r in 0..8u128 {
+        let (id, events) = run_events(r, "wf", &[2, 3, 4, 1]);
+        append(&store, id, &events, 0).await;
+        total += events.len();
+    }
+    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+    let a = Arc::new(Worker::new(store.clone(), db.clone(), models::all()).await.expect("a").with_batch(3));
+    let b = Arc::new(Worker::new(store.clone(), db.clone(), models::all()).await.expect("b").with_batch(4));
+    let (ra, rb) = tokio::join!(
+        tokio::spawn({
+            let a = a.clone();
+            async move { a.catch_up().await }
+        }),
+        tokio::spawn({
+            let b = b.clone();
+            async move { b.catch_up().await }
+        })
+    );
+    let applied = ra.expect("a").expect("a") + rb.expect("b").expect("b");
+    assert!(applied >= total as u64 * 5, "every projection read every event at least once: {applied}");
+    for s in a.status().await.expect("status") {
+        assert_eq!((s.position, s.error), (total as u64, None), "{}", s.name);
+    }
+    let tables = dump(&db).await;
+    assert_eq!(tables["audit_log"].len(), total);
+}
