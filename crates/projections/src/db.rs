@@ -269,6 +269,24 @@ impl Tx {
         })
     }
 
+    /// Every row of a query.
+    pub async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Vec<Vec<Val>>, DbError> {
+        Ok(match self {
+            Tx::Sqlite(t) => bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .fetch_all(&mut **t)
+                .await?
+                .iter()
+                .map(sqlite_row)
+                .collect(),
+            Tx::Pg(t) => bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .fetch_all(&mut **t)
+                .await?
+                .iter()
+                .map(pg_row)
+                .collect(),
+        })
+    }
+
     /// Commits.
     pub async fn commit(self) -> Result<(), DbError> {
         match self {

@@ -2,7 +2,9 @@
 //! Each owns its tables (no projection reads another's), so each can be
 //! rebuilt alone.
 
-use cairn_events::Event;
+use std::collections::HashMap;
+
+use cairn_events::{Event, RecordedEvent};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
@@ -44,6 +46,15 @@ pub struct Runs;
 impl Projection for Runs {
     fn name(&self) -> &'static str {
         "runs"
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(self.fold(tx, suffix, events))
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -639,37 +650,20 @@ impl Projection for AuditLog {
 
     fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(async move {
-            let r = i.recorded;
-            let meta = r.metadata().unwrap_or_default();
-            let actor = meta.actor.clone().unwrap_or_else(|| "unknown".into());
-            let origin = match (&meta.correlation_id, &meta.trace_id) {
-                (Some(c), _) => format!("cairn {} correlation {c}", meta.engine_version),
-                (None, Some(t)) => format!("cairn {} trace {t}", meta.engine_version),
-                (None, None) => format!("cairn {}", meta.engine_version),
-            };
-            let payload: Value = r.payload_value().unwrap_or(Value::Null);
-            let resource = match payload.get("step_id").and_then(Value::as_str) {
-                Some(step) => format!("{}/{step}", r.stream_id),
-                None => r.stream_id.clone(),
-            };
-            tx.exec(
-                &format!("INSERT INTO {} (position, recorded_at, actor, action, event_type, outcome, origin, resource, run_id, details, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", i.table("audit_log")),
-                &[
-                    pos(&i),
-                    at(&i),
-                    Val::from(actor),
-                    Val::from(action(&r.event_type)),
-                    Val::from(r.event_type.as_str()),
-                    Val::from(if failed(i.event) { "failure" } else { "success" }),
-                    Val::from(origin),
-                    Val::from(resource),
-                    run_id(&i),
-                    Val::from(r.payload.as_str()),
-                    Val::from(r.hash.as_str()),
-                ],
-            )
-            .await?;
-            Ok(())
+            let row = audit_row(i.recorded, i.event);
+            crate::projection::write_rows(tx, &i.table("audit_log"), &AUDIT_COLUMNS, None, vec![row]).await
+        })
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let rows = events.iter().map(|(r, e)| audit_row(r, e)).collect();
+            crate::projection::write_rows(tx, &format!("audit_log{suffix}"), &AUDIT_COLUMNS, None, rows).await
         })
     }
 }
@@ -790,4 +784,180 @@ impl Projection for Inbox {
             Ok(())
         })
     }
+}
+
+// ---- batch folds ------------------------------------------------------------
+//
+// Each fold reproduces its projection's one-by-one `apply` exactly, but
+// reads each touched row once and writes it once per batch; the property
+// tests hold the two to the same tables.
+
+/// Loads rows keyed by their first column, `IN`-list style, many per statement.
+async fn load_rows(
+    tx: &mut Tx,
+    table: &str,
+    columns: &str,
+    key: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Vec<Val>>, DbError> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let args: Vec<Val> = chunk.iter().map(|k| Val::from(k.as_str())).collect();
+        let sql = format!("SELECT {columns} FROM {table} WHERE {key} IN ({})", marks.join(","));
+        for r in tx.rows(&sql, &args).await? {
+            if let Some(k) = r.first().and_then(|v| v.as_text().map(str::to_owned)) {
+                out.insert(k, r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+const RUN_COLUMNS: [&str; 14] = [
+    "run_id",
+    "workflow",
+    "version",
+    "status",
+    "current_step",
+    "started_at",
+    "ended_at",
+    "started_by",
+    "parent_run_id",
+    "error_kind",
+    "error_message",
+    "failed_step",
+    "updated_at",
+    "last_position",
+];
+
+fn duplicate(what: String) -> DbError {
+    DbError::Protocol(what)
+}
+
+impl Runs {
+    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, Event)]) -> Result<(), DbError> {
+        let table = format!("runs{suffix}");
+        let touched: Vec<String> = {
+            let mut seen = std::collections::BTreeSet::new();
+            events.iter().filter_map(|(r, _)| r.stream_id.strip_prefix("run-")).for_each(|id| {
+                seen.insert(id.to_owned());
+            });
+            seen.into_iter().collect()
+        };
+        let mut existing = load_rows(tx, &table, &RUN_COLUMNS.join(", "), "run_id", &touched).await?;
+        let mut new: HashMap<String, Vec<Val>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for (r, e) in events {
+            let Some(id) = r.stream_id.strip_prefix("run-") else { continue };
+            let (at, position) = (Val::Text(r.recorded_at.clone()), Val::from(r.global_position));
+            if let Event::RunStarted(s) = e {
+                if existing.contains_key(id) || new.contains_key(id) {
+                    return Err(duplicate(format!("run {id} was already started")));
+                }
+                new.insert(
+                    id.to_owned(),
+                    vec![
+                        Val::from(id),
+                        Val::from(s.workflow.as_str()),
+                        Val::from(s.workflow_version),
+                        Val::from("running"),
+                        Val::Null,
+                        at.clone(),
+                        Val::Null,
+                        Val::from(s.started_by.as_str()),
+                        Val::opt_text(s.parent.as_ref().map(|p| p.run_id.to_string())),
+                        Val::Null,
+                        Val::Null,
+                        Val::Null,
+                        at,
+                        position,
+                    ],
+                );
+                order.push(id.to_owned());
+                continue;
+            }
+            let Some(row) = new.get_mut(id).or_else(|| existing.get_mut(id)) else { continue };
+            let status = row[3].as_text().unwrap_or_default().to_owned();
+            match e {
+                Event::StepStarted(s) => {
+                    row[4] = Val::from(s.step_id.as_str());
+                    row[3] = Val::from("running");
+                }
+                Event::StepCompleted(_) => {
+                    if status == "waiting" {
+                        row[3] = Val::from("running");
+                    }
+                }
+                Event::TimerStarted(_) | Event::InputRequested(_) | Event::ApprovalRequested(_) => {
+                    row[3] = Val::from("waiting");
+                }
+                Event::RunResumed(_) => {
+                    row[3] = Val::from("running");
+                    row[6] = Val::Null;
+                }
+                Event::RunCompleted(_) => {
+                    row[3] = Val::from("completed");
+                    row[6] = at.clone();
+                }
+                Event::RunFailed(f) => {
+                    row[3] = Val::from("failed");
+                    row[6] = at.clone();
+                    row[9] = Val::from(f.error_kind.as_str());
+                    row[10] = Val::from(f.message.as_str());
+                    row[11] = Val::opt_text(f.failed_step.clone());
+                }
+                Event::RunCancelled(c) => {
+                    row[3] = Val::from("cancelled");
+                    row[6] = at.clone();
+                    row[9] = Val::from("cancelled");
+                    row[10] = Val::from(format!(
+                        "cancelled by {}{}",
+                        c.by,
+                        c.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ));
+                }
+                _ => continue,
+            }
+            row[12] = at;
+            row[13] = position;
+        }
+        let inserts: Vec<Vec<Val>> = order.iter().filter_map(|id| new.remove(id)).collect();
+        crate::projection::write_rows(tx, &table, &RUN_COLUMNS, None, inserts).await?;
+        let mut updates: Vec<(String, Vec<Val>)> = existing.into_iter().collect();
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::projection::write_rows(tx, &table, &RUN_COLUMNS, Some(&["run_id"]), updates.into_iter().map(|(_, r)| r).collect())
+            .await
+    }
+}
+
+const AUDIT_COLUMNS: [&str; 11] =
+    ["position", "recorded_at", "actor", "action", "event_type", "outcome", "origin", "resource", "run_id", "details", "hash"];
+
+fn audit_row(r: &RecordedEvent, e: &Event) -> Vec<Val> {
+    let meta = r.metadata().unwrap_or_default();
+    let actor = meta.actor.clone().unwrap_or_else(|| "unknown".into());
+    let origin = match (&meta.correlation_id, &meta.trace_id) {
+        (Some(c), _) => format!("cairn {} correlation {c}", meta.engine_version),
+        (None, Some(t)) => format!("cairn {} trace {t}", meta.engine_version),
+        (None, None) => format!("cairn {}", meta.engine_version),
+    };
+    let payload: Value = r.payload_value().unwrap_or(Value::Null);
+    let resource = match payload.get("step_id").and_then(Value::as_str) {
+        Some(step) => format!("{}/{step}", r.stream_id),
+        None => r.stream_id.clone(),
+    };
+    vec![
+        Val::from(r.global_position),
+        Val::Text(r.recorded_at.clone()),
+        Val::from(actor),
+        Val::from(action(&r.event_type)),
+        Val::from(r.event_type.as_str()),
+        Val::from(if failed(e) { "failure" } else { "success" }),
+        Val::from(origin),
+        Val::from(resource),
+        Val::opt_text(r.stream_id.strip_prefix("run-")),
+        Val::from(r.payload.as_str()),
+        Val::from(r.hash.as_str()),
+    ]
 }

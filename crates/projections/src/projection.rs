@@ -47,4 +47,65 @@ pub trait Projection: Send + Sync {
     /// Applies one event within the batch's transaction. An error stops
     /// the projection at this event (never skipped).
     fn apply<'a>(&'a self, tx: &'a mut Tx, input: Input<'a>) -> BoxFuture<'a, Result<(), DbError>>;
+
+    /// Applies a batch of wanted events, in order, within one transaction.
+    /// The default applies them one by one; a projection may fold the batch
+    /// in memory and write each touched row once, as long as the tables end
+    /// up exactly as one-by-one application would leave them (the property
+    /// tests compare both). When it fails, the runner applies the events one
+    /// by one to name the event at fault.
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            for (recorded, event) in events {
+                self.apply(tx, Input { suffix, recorded, event }).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Inserts (or, with `key`, upserts: every other column takes the new
+/// value) `rows` of `columns` into `table`, many rows per statement.
+pub async fn write_rows(
+    tx: &mut Tx,
+    table: &str,
+    columns: &[&str],
+    key: Option<&[&str]>,
+    rows: Vec<Vec<crate::db::Val>>,
+) -> Result<(), DbError> {
+    // Stay well under SQLite's and PostgreSQL's bound-parameter limits.
+    let per = (900 / columns.len().max(1)).max(1);
+    let conflict = key.map(|k| {
+        let set: Vec<String> =
+            columns.iter().filter(|c| !k.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+        format!(" ON CONFLICT ({}) DO UPDATE SET {}", k.join(", "), set.join(", "))
+    });
+    for chunk in rows.chunks(per) {
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let mut args = Vec::with_capacity(chunk.len() * columns.len());
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..columns.len() {
+                if j > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", args.len() + j + 1));
+            }
+            sql.push(')');
+            args.extend(row.iter().cloned());
+        }
+        if let Some(c) = &conflict {
+            sql.push_str(c);
+        }
+        tx.exec(&sql, &args).await?;
+    }
+    Ok(())
 }

@@ -238,7 +238,7 @@ impl Worker {
             }
             Err(f) => {
                 let _ = tx.rollback().await;
-                let (at, message) = f.describe();
+                let (at, message) = f.pinpoint(&self.db, p, "", &events).await;
                 tracing::error!(projection = name, position = at, "{message}");
                 self.db
                     .exec(
@@ -349,7 +349,7 @@ impl Worker {
             let mut tx = self.db.begin().await?;
             if let Err(f) = apply_all(p, &mut tx, FRESH, &events).await {
                 let _ = tx.rollback().await;
-                let (at, message) = f.describe();
+                let (at, message) = f.pinpoint(&self.db, p, FRESH, &events).await;
                 return Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
                     "rebuild of `{name}` stopped at position {at}: {message}"
                 ))));
@@ -391,7 +391,8 @@ impl Worker {
 
 enum Failure {
     Decode(u64, String),
-    Apply(u64, String, DbError),
+    /// The batch failed; the position of its first wanted event.
+    Batch(u64, DbError),
     Db(DbError),
 }
 
@@ -399,8 +400,19 @@ impl Failure {
     fn describe(&self) -> (u64, String) {
         match self {
             Failure::Decode(at, m) => (*at, m.clone()),
-            Failure::Apply(at, t, e) => (*at, format!("{t} at position {at} cannot be applied: {e}")),
+            Failure::Batch(at, e) => (*at, format!("the batch from position {at} cannot be applied: {e}")),
             Failure::Db(e) => (0, e.to_string()),
+        }
+    }
+
+    /// The event at fault, found by applying one by one when the batch failed.
+    async fn pinpoint(self, db: &ReadDb, p: &dyn Projection, suffix: &str, events: &[RecordedEvent]) -> (u64, String) {
+        match &self {
+            Failure::Batch(..) => match locate(db, p, suffix, events).await {
+                Some(found) => found,
+                None => self.describe(),
+            },
+            _ => self.describe(),
         }
     }
 }
@@ -410,16 +422,39 @@ fn is_transient(e: &DbError) -> bool {
 }
 
 async fn apply_all(p: &dyn Projection, tx: &mut Tx, suffix: &str, events: &[RecordedEvent]) -> Result<(), Failure> {
+    let mut decoded = Vec::with_capacity(events.len());
     for r in events.iter().filter(|r| p.wants(&r.event_type)) {
         let event = Event::decode(r).map_err(|e| {
-            Failure::Decode(
-                r.global_position,
-                format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position),
-            )
+            Failure::Decode(r.global_position, format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position))
         })?;
-        p.apply(tx, Input { suffix, recorded: r, event: &event }).await.map_err(|e| {
-            if is_transient(&e) { Failure::Db(e) } else { Failure::Apply(r.global_position, r.event_type.clone(), e) }
-        })?;
+        decoded.push((r, event));
     }
-    Ok(())
+    if decoded.is_empty() {
+        return Ok(());
+    }
+    match p.apply_batch(tx, suffix, &decoded).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_transient(&e) => Err(Failure::Db(e)),
+        // Name the event at fault: apply one by one (the caller rolls back).
+        Err(batch_error) => {
+            let at = decoded.first().map_or(0, |(r, _)| r.global_position);
+            Err(Failure::Batch(at, batch_error))
+        }
+    }
+}
+
+/// Applies `events` one by one in a transaction that is rolled back, to
+/// find the first that fails and why.
+async fn locate(db: &ReadDb, p: &dyn Projection, suffix: &str, events: &[RecordedEvent]) -> Option<(u64, String)> {
+    let mut tx = db.begin().await.ok()?;
+    let mut found = None;
+    for r in events.iter().filter(|r| p.wants(&r.event_type)) {
+        let Ok(event) = Event::decode(r) else { continue };
+        if let Err(e) = p.apply(&mut tx, Input { suffix, recorded: r, event: &event }).await {
+            found = Some((r.global_position, format!("{} at position {} cannot be applied: {e}", r.event_type, r.global_position)));
+            break;
+        }
+    }
+    let _ = tx.rollback().await;
+    found
 }
