@@ -52,7 +52,7 @@ impl Projection for Runs {
         &'a self,
         tx: &'a mut Tx,
         suffix: &'a str,
-        events: &'a [(&'a RecordedEvent, Event)],
+        events: &'a [(&'a RecordedEvent, &'a Event)],
     ) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(self.fold(tx, suffix, events))
     }
@@ -168,6 +168,15 @@ pub struct StepHistory;
 impl Projection for StepHistory {
     fn name(&self) -> &'static str {
         "step_history"
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, &'a Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(self.fold(tx, suffix, events))
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -502,6 +511,15 @@ impl Projection for Costs {
         "costs"
     }
 
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, &'a Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(self.fold(tx, suffix, events))
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["costs", "cost_runs", "cost_attempts"]
     }
@@ -650,7 +668,7 @@ impl Projection for AuditLog {
 
     fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(async move {
-            let row = audit_row(i.recorded, i.event);
+            let row = audit_row(i.recorded, i.event, &mut None);
             crate::projection::write_rows(tx, &i.table("audit_log"), &AUDIT_COLUMNS, None, vec![row]).await
         })
     }
@@ -659,10 +677,11 @@ impl Projection for AuditLog {
         &'a self,
         tx: &'a mut Tx,
         suffix: &'a str,
-        events: &'a [(&'a RecordedEvent, Event)],
+        events: &'a [(&'a RecordedEvent, &'a Event)],
     ) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(async move {
-            let rows = events.iter().map(|(r, e)| audit_row(r, e)).collect();
+            let mut meta = None;
+            let rows = events.iter().map(|(r, e)| audit_row(r, e, &mut meta)).collect();
             crate::projection::write_rows(tx, &format!("audit_log{suffix}"), &AUDIT_COLUMNS, None, rows).await
         })
     }
@@ -676,6 +695,15 @@ pub struct Inbox;
 impl Projection for Inbox {
     fn name(&self) -> &'static str {
         "inbox"
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        suffix: &'a str,
+        events: &'a [(&'a RecordedEvent, &'a Event)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(self.fold(tx, suffix, events))
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -836,7 +864,7 @@ fn duplicate(what: String) -> DbError {
 }
 
 impl Runs {
-    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, Event)]) -> Result<(), DbError> {
+    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
         let table = format!("runs{suffix}");
         let touched: Vec<String> = {
             let mut seen = std::collections::BTreeSet::new();
@@ -926,24 +954,63 @@ impl Runs {
         crate::projection::write_rows(tx, &table, &RUN_COLUMNS, None, inserts).await?;
         let mut updates: Vec<(String, Vec<Val>)> = existing.into_iter().collect();
         updates.sort_by(|a, b| a.0.cmp(&b.0));
-        crate::projection::write_rows(tx, &table, &RUN_COLUMNS, Some(&["run_id"]), updates.into_iter().map(|(_, r)| r).collect())
-            .await
+        crate::projection::write_rows(
+            tx,
+            &table,
+            &RUN_COLUMNS,
+            Some(&["run_id"]),
+            updates.into_iter().map(|(_, r)| r).collect(),
+        )
+        .await
     }
 }
 
-const AUDIT_COLUMNS: [&str; 11] =
-    ["position", "recorded_at", "actor", "action", "event_type", "outcome", "origin", "resource", "run_id", "details", "hash"];
+const AUDIT_COLUMNS: [&str; 11] = [
+    "position",
+    "recorded_at",
+    "actor",
+    "action",
+    "event_type",
+    "outcome",
+    "origin",
+    "resource",
+    "run_id",
+    "details",
+    "hash",
+];
 
-fn audit_row(r: &RecordedEvent, e: &Event) -> Vec<Val> {
-    let meta = r.metadata().unwrap_or_default();
+/// Actor and origin from an event's metadata.
+fn actor_origin(metadata: &str) -> (String, String) {
+    let meta: cairn_events::Metadata = serde_json::from_str(metadata).unwrap_or_default();
     let actor = meta.actor.clone().unwrap_or_else(|| "unknown".into());
     let origin = match (&meta.correlation_id, &meta.trace_id) {
         (Some(c), _) => format!("cairn {} correlation {c}", meta.engine_version),
         (None, Some(t)) => format!("cairn {} trace {t}", meta.engine_version),
         (None, None) => format!("cairn {}", meta.engine_version),
     };
-    let payload: Value = r.payload_value().unwrap_or(Value::Null);
-    let resource = match payload.get("step_id").and_then(Value::as_str) {
+    (actor, origin)
+}
+
+/// The step an event is about, from its stored payload. Events that have a
+/// `step_id` serialise it first (or second, after a timer id); anything
+/// else is parsed.
+fn payload_step(payload: &str) -> Option<String> {
+    if let Some(rest) = payload.strip_prefix("{\"step_id\":\"") {
+        return rest.split_once('"').map(|(s, _)| s.to_owned());
+    }
+    if !payload.contains("\"step_id\"") {
+        return None;
+    }
+    serde_json::from_str::<Value>(payload).ok()?.get("step_id").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn audit_row(r: &RecordedEvent, e: &Event, meta: &mut Option<(String, (String, String))>) -> Vec<Val> {
+    // Most events of a batch share their metadata text: parse it once.
+    if meta.as_ref().is_none_or(|(text, _)| text != &r.metadata) {
+        *meta = Some((r.metadata.clone(), actor_origin(&r.metadata)));
+    }
+    let (actor, origin) = meta.as_ref().map(|(_, ao)| ao.clone()).unwrap_or_default();
+    let resource = match payload_step(&r.payload) {
         Some(step) => format!("{}/{step}", r.stream_id),
         None => r.stream_id.clone(),
     };
@@ -960,4 +1027,553 @@ fn audit_row(r: &RecordedEvent, e: &Event) -> Vec<Val> {
         Val::from(r.payload.as_str()),
         Val::from(r.hash.as_str()),
     ]
+}
+
+const HISTORY_COLUMNS: [&str; 17] = [
+    "run_id",
+    "entry",
+    "position",
+    "kind",
+    "step_id",
+    "attempt",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "error_kind",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cost_micros",
+    "actor",
+    "detail",
+];
+
+/// The step_history rows one batch touches, read at most once each.
+struct HistoryFold<'t> {
+    history: &'t str,
+    current_table: &'t str,
+    /// Rows by (run, entry); `None`: known not to exist.
+    rows: HashMap<(String, String), Option<Vec<Val>>>,
+    /// Rows first written by this batch, in order (plain INSERTs: a
+    /// duplicate fails as it would one by one).
+    created: Vec<(String, String)>,
+    /// The attempt each step is on.
+    current: HashMap<(String, String), i64>,
+    current_set: Vec<(String, String)>,
+}
+
+impl HistoryFold<'_> {
+    async fn row(&mut self, tx: &mut Tx, run: &str, entry: &str) -> Result<Option<&mut Vec<Val>>, DbError> {
+        let key = (run.to_owned(), entry.to_owned());
+        if !self.rows.contains_key(&key) {
+            let found = tx
+                .row(
+                    &format!(
+                        "SELECT {} FROM {} WHERE run_id = $1 AND entry = $2",
+                        HISTORY_COLUMNS.join(", "),
+                        self.history
+                    ),
+                    &[Val::from(run), Val::from(entry)],
+                )
+                .await?;
+            self.rows.insert(key.clone(), found);
+        }
+        Ok(self.rows.get_mut(&key).and_then(Option::as_mut))
+    }
+
+    fn create(&mut self, run: &str, entry: String, row: Vec<Val>) -> Result<(), DbError> {
+        let key = (run.to_owned(), entry);
+        if matches!(self.rows.get(&key), Some(Some(_))) {
+            return Err(duplicate(format!("step_history entry {} of run {run} exists", key.1)));
+        }
+        self.rows.insert(key.clone(), Some(row));
+        self.created.push(key);
+        Ok(())
+    }
+
+    async fn current(&mut self, tx: &mut Tx, run: &str, step: &str) -> Result<i64, DbError> {
+        let key = (run.to_owned(), step.to_owned());
+        if let Some(a) = self.current.get(&key) {
+            return Ok(*a);
+        }
+        let a = current_attempt(tx, self.current_table, &Val::from(run), step).await?;
+        self.current.insert(key, a);
+        Ok(a)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn history_row(
+    run: &str,
+    entry: &str,
+    r: &RecordedEvent,
+    kind: &str,
+    step: &str,
+    attempt: Val,
+    status: &str,
+    actor: Val,
+    detail: Val,
+) -> Vec<Val> {
+    vec![
+        Val::from(run),
+        Val::from(entry),
+        Val::from(r.global_position),
+        Val::from(kind),
+        Val::from(step),
+        attempt,
+        Val::from(status),
+        Val::Text(r.recorded_at.clone()),
+        Val::Null,
+        Val::Null,
+        Val::Null,
+        Val::Null,
+        Val::Null,
+        Val::Null,
+        Val::Null,
+        actor,
+        detail,
+    ]
+}
+
+fn add(v: &Val, n: &Val) -> Val {
+    match (v.as_int(), n.as_int()) {
+        (a, Some(b)) => Val::Int(a.unwrap_or(0) + b),
+        (a, None) => Val::Int(a.unwrap_or(0)),
+    }
+}
+
+impl StepHistory {
+    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
+        let history = format!("step_history{suffix}");
+        let current_table = format!("step_current{suffix}");
+        let mut f = HistoryFold {
+            history: &history,
+            current_table: &current_table,
+            rows: HashMap::new(),
+            created: Vec::new(),
+            current: HashMap::new(),
+            current_set: Vec::new(),
+        };
+        for (r, e) in events {
+            let Some(run) = r.stream_id.strip_prefix("run-") else { continue };
+            let at = Val::Text(r.recorded_at.clone());
+            let here = r.global_position.to_string();
+            match e {
+                Event::StepStarted(s) => {
+                    let entry = format!("a:{}:{}", s.step_id, s.attempt);
+                    let row = history_row(
+                        run,
+                        &entry,
+                        r,
+                        "attempt",
+                        &s.step_id,
+                        Val::from(s.attempt),
+                        "running",
+                        Val::Null,
+                        Val::Null,
+                    );
+                    f.create(run, entry, row)?;
+                    let key = (run.to_owned(), s.step_id.clone());
+                    f.current.insert(key.clone(), i64::from(s.attempt));
+                    f.current_set.push(key);
+                }
+                Event::StepCompleted(s) => {
+                    if let Some(row) = f.row(tx, run, &format!("a:{}:{}", s.step_id, s.attempt)).await? {
+                        row[6] = Val::from("completed");
+                        row[8] = at;
+                        row[9] = Val::from(s.duration_ms);
+                        row[16] = Val::from(short(&s.output, 200));
+                    }
+                }
+                Event::StepFailed(s) => {
+                    if let Some(row) = f.row(tx, run, &format!("a:{}:{}", s.step_id, s.attempt)).await? {
+                        row[6] = Val::from("failed");
+                        row[8] = at;
+                        row[10] = Val::from(s.error_kind.as_str());
+                        row[11] = Val::from(s.message.as_str());
+                        if row[9] == Val::Null {
+                            row[9] = Val::Int(0);
+                        }
+                    }
+                }
+                Event::StepSkipped(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let entry = format!("a:{}:{attempt}", s.step_id);
+                    let cancelled = match f.row(tx, run, &entry).await? {
+                        Some(row) if row[6].as_text() == Some("running") => {
+                            row[6] = Val::from("cancelled");
+                            row[8] = at;
+                            row[16] = Val::from(s.reason.as_str());
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !cancelled {
+                        let row = history_row(
+                            run,
+                            &here,
+                            r,
+                            "skipped",
+                            &s.step_id,
+                            Val::Null,
+                            "skipped",
+                            Val::Null,
+                            Val::from(s.reason.as_str()),
+                        );
+                        f.create(run, here, row)?;
+                    }
+                }
+                Event::RetryScheduled(s) => {
+                    let detail = format!(
+                        "attempt {} due {} (backoff {} ms)",
+                        s.next_attempt,
+                        s.due_at.to_rfc3339(),
+                        s.backoff_ms
+                    );
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "retry",
+                        &s.step_id,
+                        Val::from(s.next_attempt),
+                        "scheduled",
+                        Val::Null,
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::BranchTaken(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let detail = format!("`{}` = {} → {}", s.expression, s.value, s.target);
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "branch",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        "taken",
+                        Val::Null,
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::AiAttemptStarted(s) => {
+                    let entry = format!("ai:{}:{}", s.step_id, s.attempt);
+                    let row = history_row(
+                        run,
+                        &entry,
+                        r,
+                        "ai",
+                        &s.step_id,
+                        Val::from(s.attempt),
+                        "running",
+                        Val::Null,
+                        Val::from(format!("{}/{}", s.provider, s.model)),
+                    );
+                    f.create(run, entry, row)?;
+                }
+                Event::AiAttemptCompleted(s) => {
+                    let cost = s.cost.as_ref().map_or(Val::Null, |c| Val::from(c.micros));
+                    let (inp, out) = (Val::from(s.usage.input_tokens), Val::from(s.usage.output_tokens));
+                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
+                        row[6] = Val::from("completed");
+                        row[8] = at;
+                        row[9] = Val::from(s.latency_ms);
+                        row[12] = inp.clone();
+                        row[13] = out.clone();
+                        row[14] = cost.clone();
+                    }
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    if let Some(row) = f.row(tx, run, &format!("a:{}:{attempt}", s.step_id)).await? {
+                        row[12] = add(&row[12], &inp);
+                        row[13] = add(&row[13], &out);
+                        row[14] = add(&row[14], &cost);
+                    }
+                }
+                Event::AiOutputRejected(s) => {
+                    let errors: Vec<String> = s.errors.iter().map(|v| format!("{}: {}", v.path, v.message)).collect();
+                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
+                        row[6] = Val::from("rejected");
+                        row[10] = Val::from("contract");
+                        row[11] = Val::from(errors.join("; "));
+                    }
+                }
+                Event::InputSubmitted(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "input",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        "submitted",
+                        Val::from(s.submitted_by.as_str()),
+                        Val::from(short(&s.values, 200)),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::ApprovalDecided(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "approval",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        &s.decision,
+                        Val::from(s.decided_by.as_str()),
+                        Val::opt_text(s.comment.clone()),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::ApprovalExpired(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let detail = format!("deadline {} passed: {}", s.deadline.to_rfc3339(), s.on_timeout);
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "approval",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        "expired",
+                        Val::Null,
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::ChildRunStarted(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let detail = format!("child run {} ({} v{})", s.child_run_id, s.workflow, s.workflow_version);
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "child",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        "started",
+                        Val::Null,
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::ChildRunCompleted(s) => {
+                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let detail = format!("child run {}: {}", s.child_run_id, short(&s.result, 200));
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "child",
+                        &s.step_id,
+                        Val::Int(attempt),
+                        &s.status,
+                        Val::Null,
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
+                }
+                _ => {}
+            }
+        }
+        let created: std::collections::HashSet<(String, String)> = f.created.iter().cloned().collect();
+        let inserts: Vec<Vec<Val>> = f.created.iter().filter_map(|k| f.rows.get(k).cloned().flatten()).collect();
+        let mut updates: Vec<((String, String), Vec<Val>)> = f
+            .rows
+            .iter()
+            .filter(|(k, _)| !created.contains(*k))
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect();
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::projection::write_rows(tx, &history, &HISTORY_COLUMNS, None, inserts).await?;
+        crate::projection::write_rows(
+            tx,
+            &history,
+            &HISTORY_COLUMNS,
+            Some(&["run_id", "entry"]),
+            updates.into_iter().map(|(_, r)| r).collect(),
+        )
+        .await?;
+        let mut seen = std::collections::HashSet::new();
+        let currents: Vec<Vec<Val>> = f
+            .current_set
+            .iter()
+            .rev()
+            .filter(|k| seen.insert((*k).clone()))
+            .filter_map(|k| {
+                f.current.get(k).map(|a| vec![Val::from(k.0.as_str()), Val::from(k.1.as_str()), Val::Int(*a)])
+            })
+            .collect();
+        crate::projection::write_rows(
+            tx,
+            &current_table,
+            &["run_id", "step_id", "attempt"],
+            Some(&["run_id", "step_id"]),
+            currents,
+        )
+        .await
+    }
+}
+
+const INBOX_COLUMNS: [&str; 10] = [
+    "run_id",
+    "step_id",
+    "kind",
+    "assignees",
+    "summary",
+    "requested_at",
+    "deadline",
+    "status",
+    "decisions",
+    "updated_at",
+];
+
+impl Inbox {
+    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
+        let table = format!("inbox{suffix}");
+        let runs: Vec<String> = {
+            let mut seen = std::collections::BTreeSet::new();
+            for (r, _) in events {
+                if let Some(id) = r.stream_id.strip_prefix("run-") {
+                    seen.insert(id.to_owned());
+                }
+            }
+            seen.into_iter().collect()
+        };
+        // The rows that closing events can touch: those waiting, for the runs at hand.
+        let mut rows: HashMap<(String, String), Vec<Val>> = HashMap::new();
+        for chunk in runs.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let args: Vec<Val> = chunk.iter().map(|k| Val::from(k.as_str())).collect();
+            let sql = format!(
+                "SELECT {} FROM {table} WHERE status = 'waiting' AND run_id IN ({})",
+                INBOX_COLUMNS.join(", "),
+                marks.join(",")
+            );
+            for r in tx.rows(&sql, &args).await? {
+                rows.insert((r[0].to_string(), r[1].to_string()), r);
+            }
+        }
+        let mut touched: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
+        for (r, e) in events {
+            let Some(run) = r.stream_id.strip_prefix("run-") else { continue };
+            let at = Val::Text(r.recorded_at.clone());
+            let mut close = |step: &str, status: &str, rows: &mut HashMap<(String, String), Vec<Val>>| {
+                let key = (run.to_owned(), step.to_owned());
+                if let Some(row) = rows.get_mut(&key)
+                    && row[7].as_text() == Some("waiting")
+                {
+                    row[7] = Val::from(status);
+                    row[9] = at.clone();
+                    touched.insert(key);
+                }
+            };
+            match e {
+                Event::InputRequested(s) => {
+                    let key = (run.to_owned(), s.step_id.clone());
+                    rows.insert(
+                        key.clone(),
+                        vec![
+                            Val::from(run),
+                            Val::from(s.step_id.as_str()),
+                            Val::from("form"),
+                            Val::from(serde_json::to_string(&s.assignees).unwrap_or_default()),
+                            Val::from(s.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
+                            at.clone(),
+                            Val::opt_text(s.deadline.map(|d| d.to_rfc3339())),
+                            Val::from("waiting"),
+                            Val::Int(0),
+                            at.clone(),
+                        ],
+                    );
+                    touched.insert(key);
+                }
+                Event::ApprovalRequested(s) => {
+                    let key = (run.to_owned(), s.step_id.clone());
+                    rows.insert(
+                        key.clone(),
+                        vec![
+                            Val::from(run),
+                            Val::from(s.step_id.as_str()),
+                            Val::from("approval"),
+                            Val::from(serde_json::to_string(&s.approvers).unwrap_or_default()),
+                            Val::from(s.summary.as_str()),
+                            at.clone(),
+                            Val::opt_text(s.deadline.map(|d| d.to_rfc3339())),
+                            Val::from("waiting"),
+                            Val::Int(0),
+                            at.clone(),
+                        ],
+                    );
+                    touched.insert(key);
+                }
+                Event::ApprovalDecided(s) => {
+                    let key = (run.to_owned(), s.step_id.clone());
+                    if !rows.contains_key(&key)
+                        && let Some(found) = tx
+                            .row(
+                                &format!(
+                                    "SELECT {} FROM {table} WHERE run_id = $1 AND step_id = $2",
+                                    INBOX_COLUMNS.join(", ")
+                                ),
+                                &[Val::from(run), Val::from(s.step_id.as_str())],
+                            )
+                            .await?
+                    {
+                        rows.insert(key.clone(), found);
+                    }
+                    if let Some(row) = rows.get_mut(&key) {
+                        row[8] = add(&row[8], &Val::Int(1));
+                        row[9] = at.clone();
+                        touched.insert(key);
+                    }
+                }
+                Event::InputSubmitted(s) => close(&s.step_id, "submitted", &mut rows),
+                Event::ApprovalExpired(s) => close(&s.step_id, "expired", &mut rows),
+                Event::StepCompleted(s) => close(&s.step_id, "done", &mut rows),
+                Event::StepFailed(s) => close(&s.step_id, "done", &mut rows),
+                Event::StepSkipped(s) => close(&s.step_id, "done", &mut rows),
+                Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
+                    let steps: Vec<String> = rows
+                        .iter()
+                        .filter(|((r, _), row)| r == run && row[7].as_text() == Some("waiting"))
+                        .map(|((_, s), _)| s.clone())
+                        .collect();
+                    for s in steps {
+                        close(&s, "done", &mut rows);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let out: Vec<Vec<Val>> = touched.into_iter().filter_map(|k| rows.remove(&k)).collect();
+        crate::projection::write_rows(tx, &table, &INBOX_COLUMNS, Some(&["run_id", "step_id"]), out).await
+    }
+}
+
+impl Costs {
+    async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
+        // Runs first, in one statement per many (AI events of a run always
+        // follow its start), then the rare AI events one by one.
+        let starts: Vec<Vec<Val>> = events
+            .iter()
+            .filter_map(|(r, e)| match e {
+                Event::RunStarted(s) => {
+                    Some(vec![Val::opt_text(r.stream_id.strip_prefix("run-")), Val::from(s.workflow.as_str())])
+                }
+                _ => None,
+            })
+            .collect();
+        crate::projection::write_rows(tx, &format!("cost_runs{suffix}"), &["run_id", "workflow"], None, starts).await?;
+        for (recorded, event) in events.iter().filter(|(_, e)| !matches!(e, Event::RunStarted(_))) {
+            self.apply(tx, Input { suffix, recorded, event }).await?;
+        }
+        Ok(())
+    }
 }

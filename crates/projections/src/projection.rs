@@ -58,7 +58,7 @@ pub trait Projection: Send + Sync {
         &'a self,
         tx: &'a mut Tx,
         suffix: &'a str,
-        events: &'a [(&'a RecordedEvent, Event)],
+        events: &'a [(&'a RecordedEvent, &'a Event)],
     ) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(async move {
             for (recorded, event) in events {
@@ -93,14 +93,21 @@ pub async fn write_rows(
                 sql.push(',');
             }
             sql.push('(');
-            for j in 0..columns.len() {
+            for (j, v) in row.iter().enumerate() {
                 if j > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("${}", args.len() + j + 1));
+                // A NULL is written, not bound: a bound NULL carries a type
+                // (PostgreSQL then refuses text for a BIGINT column), a
+                // literal takes the column's.
+                if *v == crate::db::Val::Null {
+                    sql.push_str("NULL");
+                } else {
+                    args.push(v.clone());
+                    sql.push_str(&format!("${}", args.len()));
+                }
             }
             sql.push(')');
-            args.extend(row.iter().cloned());
         }
         if let Some(c) = &conflict {
             sql.push_str(c);

@@ -251,10 +251,82 @@ impl Worker {
         }
     }
 
+    /// One batch for every projection at the lowest common checkpoint, in
+    /// one transaction; `None` when there is nothing to do that way (caught
+    /// up, projections at different positions, stopped or not owned: the
+    /// one-by-one path handles those).
+    async fn step_together(&self) -> Result<Option<u64>, ProjectionError> {
+        let mut group = Vec::new();
+        let mut at = None;
+        for p in &self.projections {
+            if !self.owns(p.name()).await? {
+                return Ok(None);
+            }
+            let (position, generation, error, _) = self.checkpoint(p.name()).await?;
+            if error.is_some() || at.is_some_and(|a| a != position) {
+                return Ok(None);
+            }
+            at = Some(position);
+            group.push((&**p, generation));
+        }
+        let Some(position) = at else { return Ok(None) };
+        let events = self.store.read_all(position + 1, self.batch).await?;
+        let Some(last) = events.last().map(|e| e.global_position) else { return Ok(None) };
+        // Decode once for all.
+        let mut decoded = Vec::with_capacity(events.len());
+        for r in &events {
+            if !group.iter().any(|(p, _)| p.wants(&r.event_type)) {
+                continue;
+            }
+            match Event::decode(r) {
+                Ok(e) => decoded.push((r, e)),
+                Err(_) => return Ok(None), // the one-by-one path stops the right projection
+            }
+        }
+        let mut tx = self.db.begin().await?;
+        let now = chrono::Utc::now().to_rfc3339();
+        for (p, generation) in &group {
+            let moved = tx
+                .exec(
+                    &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
+                    &[Val::from(last), Val::from(now.as_str()), Val::from(p.name()), Val::from(position), Val::Int(*generation)],
+                )
+                .await?;
+            if moved != 1 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        for (p, _) in &group {
+            let wanted: Vec<(&RecordedEvent, &Event)> =
+                decoded.iter().filter(|(r, _)| p.wants(&r.event_type)).map(|(r, e)| (*r, e)).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            if let Err(e) = p.apply_batch(&mut tx, "", &wanted).await {
+                let _ = tx.rollback().await;
+                if is_transient(&e) {
+                    return Err(e.into());
+                }
+                return Ok(None); // one by one, to stop only the projection at fault
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(events.len() as u64 * group.len() as u64))
+    }
+
     /// Applies every projection until each is caught up (or stopped, or
     /// held by another worker); returns the events applied.
     pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
         let mut total = 0;
+        // Together while the projections are at the same position (the
+        // steady state): one read, one decode and one commit per batch.
+        loop {
+            match self.step_together().await? {
+                Some(n) => total += n,
+                None => break,
+            }
+        }
         for name in self.names() {
             loop {
                 match self.step(name).await? {
@@ -425,14 +497,18 @@ async fn apply_all(p: &dyn Projection, tx: &mut Tx, suffix: &str, events: &[Reco
     let mut decoded = Vec::with_capacity(events.len());
     for r in events.iter().filter(|r| p.wants(&r.event_type)) {
         let event = Event::decode(r).map_err(|e| {
-            Failure::Decode(r.global_position, format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position))
+            Failure::Decode(
+                r.global_position,
+                format!("{} at position {} cannot be decoded: {e}", r.event_type, r.global_position),
+            )
         })?;
         decoded.push((r, event));
     }
     if decoded.is_empty() {
         return Ok(());
     }
-    match p.apply_batch(tx, suffix, &decoded).await {
+    let refs: Vec<(&RecordedEvent, &Event)> = decoded.iter().map(|(r, e)| (*r, e)).collect();
+    match p.apply_batch(tx, suffix, &refs).await {
         Ok(()) => Ok(()),
         Err(e) if is_transient(&e) => Err(Failure::Db(e)),
         // Name the event at fault: apply one by one (the caller rolls back).
@@ -451,7 +527,10 @@ async fn locate(db: &ReadDb, p: &dyn Projection, suffix: &str, events: &[Recorde
     for r in events.iter().filter(|r| p.wants(&r.event_type)) {
         let Ok(event) = Event::decode(r) else { continue };
         if let Err(e) = p.apply(&mut tx, Input { suffix, recorded: r, event: &event }).await {
-            found = Some((r.global_position, format!("{} at position {} cannot be applied: {e}", r.event_type, r.global_position)));
+            found = Some((
+                r.global_position,
+                format!("{} at position {} cannot be applied: {e}", r.event_type, r.global_position),
+            ));
             break;
         }
     }

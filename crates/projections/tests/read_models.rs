@@ -36,8 +36,34 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
             Event::StepStarted(StepStarted { step_id: step.clone(), attempt, input: json!({}), scope: String::new() })
         };
         ev.push(started(1));
-        match p % 5 {
+        match p % 7 {
             0 => {}
+            5 => {
+                ev.push(Event::ApprovalRequested(cairn_events::ApprovalRequested {
+                    step_id: step.clone(),
+                    approvers: vec!["grace".into(), "ada".into()],
+                    quorum: "all".into(),
+                    required_approvals: 2,
+                    summary: "ship it?".into(),
+                    content: json!({ "draft": i }),
+                    content_hash: "c".into(),
+                    deadline: None,
+                    token_hash: None,
+                }));
+                for who in ["grace", "ada"].iter().take(1 + usize::from(*p % 2)) {
+                    ev.push(Event::ApprovalDecided(cairn_events::ApprovalDecided {
+                        step_id: step.clone(),
+                        decided_by: (*who).into(),
+                        decision: "approved".into(),
+                        comment: Some("fine".into()),
+                        content_hash: "c".into(),
+                    }));
+                }
+            }
+            6 => ev.push(Event::StepSkipped(cairn_events::StepSkipped {
+                step_id: step.clone(),
+                reason: "cancelled: sibling failed".into(),
+            })),
             1 => {
                 ev.push(Event::StepFailed(StepFailed {
                     step_id: step.clone(),
@@ -97,7 +123,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                 }
             }
         }
-        let attempt = if p % 5 == 1 { 2 } else { 1 };
+        let attempt = if p % 7 == 1 { 2 } else { 1 };
         ev.push(Event::StepCompleted(StepCompleted {
             step_id: step,
             attempt,
@@ -178,7 +204,7 @@ fn fold(runs: &[(Uuid, Vec<Event>)]) -> (Statuses, Tokens) {
                     st.1 = Some(s.step_id.clone());
                     st.0 = "running".into();
                 }
-                Event::InputRequested(_) => st.0 = "waiting".into(),
+                Event::InputRequested(_) | Event::ApprovalRequested(_) => st.0 = "waiting".into(),
                 Event::StepCompleted(_) if st.0 == "waiting" => st.0 = "running".into(),
                 Event::RunCompleted(_) => st.0 = "completed".into(),
                 Event::RunFailed(_) => st.0 = "failed".into(),
@@ -216,7 +242,7 @@ fn check_fold(tables: &BTreeMap<String, Vec<Vec<Val>>>, runs: &[(Uuid, Vec<Event
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(40))]
 
     #[test]
     fn incremental_batches_equal_a_rebuild_and_a_direct_fold(
