@@ -321,11 +321,8 @@ impl Worker {
         let mut total = 0;
         // Together while the projections are at the same position (the
         // steady state): one read, one decode and one commit per batch.
-        loop {
-            match self.step_together().await? {
-                Some(n) => total += n,
-                None => break,
-            }
+        while let Some(n) = self.step_together().await? {
+            total += n;
         }
         for name in self.names() {
             loop {
