@@ -147,6 +147,41 @@ async fn main() {
     }
     println!("all five rebuilt in {total:.1} s (goal: one million events in under a minute each)");
 
+    // A run of 1,000 events: its history from the read model.
+    let big = uuid::Uuid::from_u128(u128::MAX);
+    let mut events = vec![NewEvent::from_event(&run(0).1[0], Metadata::by("bench"))];
+    if let Event::RunStarted(mut r) = run(0).1[0].clone() {
+        r.run_id = big;
+        events = vec![NewEvent::from_event(&Event::RunStarted(r), Metadata::by("bench"))];
+    }
+    for i in 0..500u32 {
+        let s = format!("s{i}");
+        events.push(NewEvent::from_event(
+            &Event::StepStarted(StepStarted { step_id: s.clone(), attempt: 1, input: json!({}), scope: String::new() }),
+            Metadata::by("engine"),
+        ));
+        if i < 499 {
+            events.push(NewEvent::from_event(
+                &Event::StepCompleted(StepCompleted {
+                    step_id: s,
+                    attempt: 1,
+                    output: json!({ "i": i }),
+                    duration_ms: 1,
+                }),
+                Metadata::by("engine"),
+            ));
+        }
+    }
+    store.append(&cairn_events::run_stream(big), ExpectedVersion::NoStream, events).await.unwrap();
+    worker.catch_up().await.unwrap();
+    let t = Instant::now();
+    let rows = cairn_projections::queries::history(worker.db(), &big.to_string()).await.unwrap();
+    println!(
+        "history of a run of 1,000 events ({} entries) from the read model: {:.2} ms",
+        rows.len(),
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+
     // Lag while W10 runs at full speed (16 at a time) in the same process.
     let w10_dir = tempfile::tempdir_in(".").unwrap();
     let store: Arc<dyn EventStore> =

@@ -84,16 +84,6 @@ pub struct Worker {
     owned: std::sync::Mutex<HashSet<String>>,
 }
 
-fn lock_key(name: &str) -> i64 {
-    // Stable across processes: FNV-1a of the name.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("cairn-projection:{name}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(h.to_ne_bytes())
-}
-
 impl Worker {
     /// A worker for `projections`; creates the checkpoint table and the
     /// projections' tables when missing.
@@ -181,8 +171,14 @@ impl Worker {
             Some(c) => c,
             None => held.insert(sqlx::PgConnection::connect_with(&pool.connect_options()).await?),
         };
-        let got: Result<bool, DbError> =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(name)).fetch_one(&mut *conn).await;
+        // Keyed by schema too: deployments in other schemas of the same
+        // database are other projections.
+        let got: Result<bool, DbError> = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || ':cairn-projection:' || $1, 0))",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await;
         match got {
             Ok(true) => {
                 self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());

@@ -432,3 +432,37 @@ async fn racing_workers_on_one_sqlite_read_database_apply_each_event_once() {
     let tables = dump(&db).await;
     assert_eq!(tables["audit_log"].len(), total);
 }
+
+/// PostgreSQL: small incremental batches, a rebuild, a worker from nothing
+/// and one-by-one application all give the same tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_incremental_equals_rebuild_and_one_by_one() {
+    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let live = ReadDb::postgres(opts.clone()).await.expect("db");
+    let worker = Worker::new(store.clone(), live.clone(), models::all()).await.expect("worker").with_batch(4);
+    let mut runs = Vec::new();
+    for r in 0..6u128 {
+        let (id, events) = run_events(r, &format!("wf{}", r % 2), &[r as u8, 2, 4, 5, 6, 1]);
+        append(&store, id, &events, 0).await;
+        worker.catch_up().await.expect("catch up");
+        runs.push((id, events));
+    }
+    let incremental = dump(&live).await;
+    let total: usize = runs.iter().map(|(_, e)| e.len()).sum();
+    check_fold(&incremental, &runs, total);
+    for name in worker.names() {
+        worker.rebuild(name).await.expect("rebuild");
+    }
+    assert_eq!(dump(&live).await, incremental, "rebuild");
+    // One by one, into a second schema's tables.
+    let Some((opts2, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let plain = ReadDb::postgres(opts2).await.expect("db");
+    let one_by_one: Vec<Box<dyn Projection>> =
+        models::all().into_iter().map(|p| Box::new(OneByOne(p)) as Box<dyn Projection>).collect();
+    Worker::new(store, plain.clone(), one_by_one).await.expect("worker").catch_up().await.expect("catch up");
+    assert_eq!(dump(&plain).await, incremental, "batch folds vs one-by-one");
+}
