@@ -3,31 +3,18 @@
 //! events keep arriving ends with the same tables as a rebuild.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{cairn, example, text};
+
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_events::{Event, EventStore, ExpectedVersion, Metadata, NewEvent};
 use cairn_projections::{ReadDb, Val, Worker, models};
 use serde_json::json;
-
-fn cairn(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .output()
-        .expect("run cairn")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
-}
 
 #[test]
 fn runs_history_audit_and_status_answer_from_the_read_models() {

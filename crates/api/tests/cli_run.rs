@@ -2,27 +2,15 @@
 //! output, and crash safety under SIGKILL.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{cairn, example, text};
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cairn_events::Event;
-
-fn cairn(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .output()
-        .expect("run cairn")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
-}
 
 /// Runs `cairn continue` (off the async runtime) and expects success.
 async fn continue_runs(db: &Path) {

@@ -119,32 +119,30 @@ macro_rules! bind_all {
     }};
 }
 
+/// A result row as values (integers, text or NULL), for either backend.
+macro_rules! row_vals {
+    ($r:expr) => {{
+        let r = $r;
+        (0..r.len())
+            .map(|i| {
+                if let Ok(Some(v)) = r.try_get::<Option<i64>, _>(i) {
+                    Val::Int(v)
+                } else if let Ok(Some(v)) = r.try_get::<Option<String>, _>(i) {
+                    Val::Text(v)
+                } else {
+                    Val::Null
+                }
+            })
+            .collect::<Vec<Val>>()
+    }};
+}
+
 fn sqlite_row(r: &sqlx::sqlite::SqliteRow) -> Vec<Val> {
-    (0..r.len())
-        .map(|i| {
-            if let Ok(Some(v)) = r.try_get::<Option<i64>, _>(i) {
-                Val::Int(v)
-            } else if let Ok(Some(v)) = r.try_get::<Option<String>, _>(i) {
-                Val::Text(v)
-            } else {
-                Val::Null
-            }
-        })
-        .collect()
+    row_vals!(r)
 }
 
 fn pg_row(r: &sqlx::postgres::PgRow) -> Vec<Val> {
-    (0..r.len())
-        .map(|i| {
-            if let Ok(Some(v)) = r.try_get::<Option<i64>, _>(i) {
-                Val::Int(v)
-            } else if let Ok(Some(v)) = r.try_get::<Option<String>, _>(i) {
-                Val::Text(v)
-            } else {
-                Val::Null
-            }
-        })
-        .collect()
+    row_vals!(r)
 }
 
 /// Where the read models live by default for an event store at `url`: on

@@ -29,14 +29,6 @@ fn run_id(i: &Input<'_>) -> Val {
     Val::opt_text(i.run_id())
 }
 
-fn at(i: &Input<'_>) -> Val {
-    Val::Text(i.recorded.recorded_at.clone())
-}
-
-fn pos(i: &Input<'_>) -> Val {
-    Val::from(i.recorded.global_position)
-}
-
 // ---- runs -----------------------------------------------------------------
 
 /// One row per run: status, current step, workflow and version, times, who
@@ -81,78 +73,6 @@ impl Projection for Runs {
                 | "RunCancelled"
                 | "RunResumed"
         )
-    }
-
-    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(async move {
-            let t = i.table("runs");
-            let set =
-                |what: &str| format!("UPDATE {t} SET {what}, updated_at = $2, last_position = $3 WHERE run_id = $1");
-            let base = [run_id(&i), at(&i), pos(&i)];
-            match i.event {
-                Event::RunStarted(e) => {
-                    tx.exec(
-                        &format!("INSERT INTO {t} (run_id, workflow, version, status, started_at, started_by, parent_run_id, updated_at, last_position) VALUES ($1, $4, $5, 'running', $2, $6, $7, $2, $3)"),
-                        &[
-                            base[0].clone(),
-                            base[1].clone(),
-                            base[2].clone(),
-                            Val::from(e.workflow.as_str()),
-                            Val::from(e.workflow_version),
-                            Val::from(e.started_by.as_str()),
-                            Val::opt_text(e.parent.as_ref().map(|p| p.run_id.to_string())),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::StepStarted(e) => {
-                    let mut a = base.to_vec();
-                    a.push(Val::from(e.step_id.as_str()));
-                    tx.exec(&set("current_step = $4, status = 'running'"), &a).await?;
-                }
-                Event::StepCompleted(_) => {
-                    tx.exec(&set("status = CASE WHEN status = 'waiting' THEN 'running' ELSE status END"), &base)
-                        .await?;
-                }
-                Event::TimerStarted(_) | Event::InputRequested(_) | Event::ApprovalRequested(_) => {
-                    tx.exec(&set("status = 'waiting'"), &base).await?;
-                }
-                Event::RunResumed(_) => {
-                    tx.exec(&set("status = 'running', ended_at = NULL"), &base).await?;
-                }
-                Event::RunCompleted(_) => {
-                    tx.exec(&set("status = 'completed', ended_at = $2"), &base).await?;
-                }
-                Event::RunFailed(e) => {
-                    let mut a = base.to_vec();
-                    a.extend([
-                        Val::from(e.error_kind.as_str()),
-                        Val::from(e.message.as_str()),
-                        Val::opt_text(e.failed_step.clone()),
-                    ]);
-                    tx.exec(
-                        &set("status = 'failed', ended_at = $2, error_kind = $4, error_message = $5, failed_step = $6"),
-                        &a,
-                    )
-                    .await?;
-                }
-                Event::RunCancelled(e) => {
-                    let mut a = base.to_vec();
-                    a.push(Val::from(format!(
-                        "cancelled by {}{}",
-                        e.by,
-                        e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-                    )));
-                    tx.exec(
-                        &set("status = 'cancelled', ended_at = $2, error_kind = 'cancelled', error_message = $4"),
-                        &a,
-                    )
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(())
-        })
     }
 }
 
@@ -213,281 +133,6 @@ impl Projection for StepHistory {
                 | "ChildRunCompleted"
         )
     }
-
-    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(async move {
-            let h = i.table("step_history");
-            let cur = i.table("step_current");
-            let run = run_id(&i);
-            let entry_at = Val::from(i.recorded.global_position.to_string());
-            let insert = format!(
-                "INSERT INTO {h} (run_id, entry, position, kind, step_id, attempt, status, started_at, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            );
-            match i.event {
-                Event::StepStarted(e) => {
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
-                            pos(&i),
-                            Val::from("attempt"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(e.attempt),
-                            Val::from("running"),
-                            at(&i),
-                            Val::Null,
-                            Val::Null,
-                        ],
-                    )
-                    .await?;
-                    tx.exec(
-                        &format!("INSERT INTO {cur} (run_id, step_id, attempt) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_id) DO UPDATE SET attempt = excluded.attempt"),
-                        &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)],
-                    )
-                    .await?;
-                }
-                Event::StepCompleted(e) => {
-                    tx.exec(
-                        &format!("UPDATE {h} SET status = 'completed', ended_at = $3, duration_ms = $4, detail = $5 WHERE run_id = $1 AND entry = $2"),
-                        &[
-                            run.clone(),
-                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
-                            at(&i),
-                            Val::from(e.duration_ms),
-                            Val::from(short(&e.output, 200)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::StepFailed(e) => {
-                    tx.exec(
-                        &format!("UPDATE {h} SET status = 'failed', ended_at = $3, error_kind = $4, error_message = $5, duration_ms = COALESCE(duration_ms, 0) WHERE run_id = $1 AND entry = $2"),
-                        &[
-                            run.clone(),
-                            Val::from(format!("a:{}:{}", e.step_id, e.attempt)),
-                            at(&i),
-                            Val::from(e.error_kind.as_str()),
-                            Val::from(e.message.as_str()),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::StepSkipped(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    let n = tx
-                        .exec(
-                            &format!("UPDATE {h} SET status = 'cancelled', ended_at = $3, detail = $4 WHERE run_id = $1 AND entry = $2 AND status = 'running'"),
-                            &[
-                                run.clone(),
-                                Val::from(format!("a:{}:{attempt}", e.step_id)),
-                                at(&i),
-                                Val::from(e.reason.as_str()),
-                            ],
-                        )
-                        .await?;
-                    if n == 0 {
-                        tx.exec(
-                            &insert,
-                            &[
-                                run.clone(),
-                                entry_at,
-                                pos(&i),
-                                Val::from("skipped"),
-                                Val::from(e.step_id.as_str()),
-                                Val::Null,
-                                Val::from("skipped"),
-                                at(&i),
-                                Val::Null,
-                                Val::from(e.reason.as_str()),
-                            ],
-                        )
-                        .await?;
-                    }
-                }
-                Event::RetryScheduled(e) => {
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("retry"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(e.next_attempt),
-                            Val::from("scheduled"),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!(
-                                "attempt {} due {} (backoff {} ms)",
-                                e.next_attempt,
-                                e.due_at.to_rfc3339(),
-                                e.backoff_ms
-                            )),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::BranchTaken(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("branch"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from("taken"),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!("`{}` = {} → {}", e.expression, e.value, e.target)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::AiAttemptStarted(e) => {
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            Val::from(format!("ai:{}:{}", e.step_id, e.attempt)),
-                            pos(&i),
-                            Val::from("ai"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(e.attempt),
-                            Val::from("running"),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!("{}/{}", e.provider, e.model)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::AiAttemptCompleted(e) => {
-                    let cost = e.cost.as_ref().map_or(Val::Null, |c| Val::from(c.micros));
-                    let (inp, out) = (Val::from(e.usage.input_tokens), Val::from(e.usage.output_tokens));
-                    tx.exec(
-                        &format!("UPDATE {h} SET status = 'completed', ended_at = $3, duration_ms = $4, input_tokens = $5, output_tokens = $6, cost_micros = $7 WHERE run_id = $1 AND entry = $2"),
-                        &[run.clone(), Val::from(format!("ai:{}:{}", e.step_id, e.attempt)), at(&i), Val::from(e.latency_ms), inp.clone(), out.clone(), cost.clone()],
-                    )
-                    .await?;
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &format!("UPDATE {h} SET input_tokens = COALESCE(input_tokens, 0) + $3, output_tokens = COALESCE(output_tokens, 0) + $4, cost_micros = COALESCE(cost_micros, 0) + COALESCE($5, 0) WHERE run_id = $1 AND entry = $2"),
-                        &[run.clone(), Val::from(format!("a:{}:{attempt}", e.step_id)), inp, out, cost],
-                    )
-                    .await?;
-                }
-                Event::AiOutputRejected(e) => {
-                    let errors: Vec<String> = e.errors.iter().map(|v| format!("{}: {}", v.path, v.message)).collect();
-                    tx.exec(
-                        &format!("UPDATE {h} SET status = 'rejected', error_kind = 'contract', error_message = $3 WHERE run_id = $1 AND entry = $2"),
-                        &[run.clone(), Val::from(format!("ai:{}:{}", e.step_id, e.attempt)), Val::from(errors.join("; "))],
-                    )
-                    .await?;
-                }
-                Event::InputSubmitted(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("input"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from("submitted"),
-                            at(&i),
-                            Val::from(e.submitted_by.as_str()),
-                            Val::from(short(&e.values, 200)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::ApprovalDecided(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("approval"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from(e.decision.as_str()),
-                            at(&i),
-                            Val::from(e.decided_by.as_str()),
-                            Val::opt_text(e.comment.clone()),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::ApprovalExpired(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("approval"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from("expired"),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!("deadline {} passed: {}", e.deadline.to_rfc3339(), e.on_timeout)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::ChildRunStarted(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("child"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from("started"),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!("child run {} ({} v{})", e.child_run_id, e.workflow, e.workflow_version)),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::ChildRunCompleted(e) => {
-                    let attempt = current_attempt(tx, &cur, &run, &e.step_id).await?;
-                    tx.exec(
-                        &insert,
-                        &[
-                            run.clone(),
-                            entry_at,
-                            pos(&i),
-                            Val::from("child"),
-                            Val::from(e.step_id.as_str()),
-                            Val::from(attempt),
-                            Val::from(e.status.as_str()),
-                            at(&i),
-                            Val::Null,
-                            Val::from(format!("child run {}: {}", e.child_run_id, short(&e.result, 200))),
-                        ],
-                    )
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(())
-        })
-    }
 }
 
 /// The attempt a step is on, for entries that do not carry one.
@@ -538,63 +183,6 @@ impl Projection for Costs {
 
     fn wants(&self, t: &str) -> bool {
         matches!(t, "RunStarted" | "AiAttemptStarted" | "AiAttemptCompleted")
-    }
-
-    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(async move {
-            let (c, r, a) = (i.table("costs"), i.table("cost_runs"), i.table("cost_attempts"));
-            let run = run_id(&i);
-            match i.event {
-                Event::RunStarted(e) => {
-                    tx.exec(
-                        &format!("INSERT INTO {r} (run_id, workflow) VALUES ($1, $2)"),
-                        &[run, Val::from(e.workflow.as_str())],
-                    )
-                    .await?;
-                }
-                Event::AiAttemptStarted(e) => {
-                    tx.exec(
-                        &format!("INSERT INTO {a} (run_id, step_id, attempt, model) VALUES ($1, $2, $3, $4) ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET model = excluded.model"),
-                        &[run, Val::from(e.step_id.as_str()), Val::from(e.attempt), Val::from(format!("{}/{}", e.provider, e.model))],
-                    )
-                    .await?;
-                }
-                Event::AiAttemptCompleted(e) => {
-                    let model = tx
-                        .row(
-                            &format!("SELECT model FROM {a} WHERE run_id = $1 AND step_id = $2 AND attempt = $3"),
-                            &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)],
-                        )
-                        .await?
-                        .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
-                        .unwrap_or_else(|| "unknown".into());
-                    let workflow = tx
-                        .row(&format!("SELECT workflow FROM {r} WHERE run_id = $1"), std::slice::from_ref(&run))
-                        .await?
-                        .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
-                        .unwrap_or_else(|| "unknown".into());
-                    let day: String = i.recorded.recorded_at.chars().take(10).collect();
-                    let cost = e.cost.as_ref().map_or(0, |c| i64::try_from(c.micros).unwrap_or(i64::MAX));
-                    tx.exec(
-                        &format!("INSERT INTO {c} (run_id, step_id, workflow, model, day, attempts, input_tokens, output_tokens, cost_micros, currency) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9) ON CONFLICT (run_id, step_id, model, day) DO UPDATE SET attempts = {c}.attempts + 1, input_tokens = {c}.input_tokens + excluded.input_tokens, output_tokens = {c}.output_tokens + excluded.output_tokens, cost_micros = {c}.cost_micros + excluded.cost_micros, currency = COALESCE(excluded.currency, {c}.currency)"),
-                        &[
-                            run,
-                            Val::from(e.step_id.as_str()),
-                            Val::from(workflow),
-                            Val::from(model),
-                            Val::from(day),
-                            Val::from(e.usage.input_tokens),
-                            Val::from(e.usage.output_tokens),
-                            Val::Int(cost),
-                            Val::opt_text(e.cost.as_ref().map(|c| c.currency.clone())),
-                        ],
-                    )
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(())
-        })
     }
 }
 
@@ -666,13 +254,6 @@ impl Projection for AuditLog {
         true
     }
 
-    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(async move {
-            let row = audit_row(i.recorded, i.event, &mut None);
-            crate::projection::write_rows(tx, &i.table("audit_log"), &AUDIT_COLUMNS, None, vec![row]).await
-        })
-    }
-
     fn apply_batch<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -731,86 +312,6 @@ impl Projection for Inbox {
                 | "RunFailed"
                 | "RunCancelled"
         )
-    }
-
-    fn apply<'a>(&'a self, tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(async move {
-            let t = i.table("inbox");
-            let run = run_id(&i);
-            let request = format!(
-                "INSERT INTO {t} (run_id, step_id, kind, assignees, summary, requested_at, deadline, status, decisions, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', 0, $6) ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, assignees = excluded.assignees, summary = excluded.summary, requested_at = excluded.requested_at, deadline = excluded.deadline, status = 'waiting', decisions = 0, updated_at = excluded.updated_at"
-            );
-            let close = |status: &str| {
-                format!(
-                    "UPDATE {t} SET status = '{status}', updated_at = $3 WHERE run_id = $1 AND step_id = $2 AND status = 'waiting'"
-                )
-            };
-            match i.event {
-                Event::InputRequested(e) => {
-                    tx.exec(
-                        &request,
-                        &[
-                            run,
-                            Val::from(e.step_id.as_str()),
-                            Val::from("form"),
-                            Val::from(serde_json::to_string(&e.assignees).unwrap_or_default()),
-                            Val::from(e.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
-                            at(&i),
-                            Val::opt_text(e.deadline.map(|d| d.to_rfc3339())),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::ApprovalRequested(e) => {
-                    tx.exec(
-                        &request,
-                        &[
-                            run,
-                            Val::from(e.step_id.as_str()),
-                            Val::from("approval"),
-                            Val::from(serde_json::to_string(&e.approvers).unwrap_or_default()),
-                            Val::from(e.summary.as_str()),
-                            at(&i),
-                            Val::opt_text(e.deadline.map(|d| d.to_rfc3339())),
-                        ],
-                    )
-                    .await?;
-                }
-                Event::InputSubmitted(e) => {
-                    tx.exec(&close("submitted"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
-                }
-                Event::ApprovalDecided(e) => {
-                    tx.exec(
-                        &format!("UPDATE {t} SET decisions = decisions + 1, updated_at = $3 WHERE run_id = $1 AND step_id = $2"),
-                        &[run, Val::from(e.step_id.as_str()), at(&i)],
-                    )
-                    .await?;
-                }
-                Event::ApprovalExpired(e) => {
-                    tx.exec(&close("expired"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
-                }
-                Event::StepCompleted(e) => {
-                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
-                }
-                Event::StepFailed(e) => {
-                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
-                }
-                Event::StepSkipped(e) => {
-                    tx.exec(&close("done"), &[run, Val::from(e.step_id.as_str()), at(&i)]).await?;
-                }
-                Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
-                    tx.exec(
-                        &format!(
-                            "UPDATE {t} SET status = 'done', updated_at = $2 WHERE run_id = $1 AND status = 'waiting'"
-                        ),
-                        &[run, at(&i)],
-                    )
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(())
-        })
     }
 }
 
@@ -1572,8 +1073,66 @@ impl Costs {
             .collect();
         crate::projection::write_rows(tx, &format!("cost_runs{suffix}"), &["run_id", "workflow"], None, starts).await?;
         for (recorded, event) in events.iter().filter(|(_, e)| !matches!(e, Event::RunStarted(_))) {
-            self.apply(tx, Input { suffix, recorded, event }).await?;
+            costs_event(tx, Input { suffix, recorded, event }).await?;
         }
         Ok(())
     }
+}
+
+/// Applies one AI event (or run start) to the cost tables.
+fn costs_event<'a>(tx: &'a mut Tx, i: Input<'a>) -> BoxFuture<'a, Result<(), DbError>> {
+    Box::pin(async move {
+        let (c, r, a) = (i.table("costs"), i.table("cost_runs"), i.table("cost_attempts"));
+        let run = run_id(&i);
+        match i.event {
+            Event::RunStarted(e) => {
+                tx.exec(
+                    &format!("INSERT INTO {r} (run_id, workflow) VALUES ($1, $2)"),
+                    &[run, Val::from(e.workflow.as_str())],
+                )
+                .await?;
+            }
+            Event::AiAttemptStarted(e) => {
+                tx.exec(
+                    &format!("INSERT INTO {a} (run_id, step_id, attempt, model) VALUES ($1, $2, $3, $4) ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET model = excluded.model"),
+                    &[run, Val::from(e.step_id.as_str()), Val::from(e.attempt), Val::from(format!("{}/{}", e.provider, e.model))],
+                )
+                .await?;
+            }
+            Event::AiAttemptCompleted(e) => {
+                let model = tx
+                    .row(
+                        &format!("SELECT model FROM {a} WHERE run_id = $1 AND step_id = $2 AND attempt = $3"),
+                        &[run.clone(), Val::from(e.step_id.as_str()), Val::from(e.attempt)],
+                    )
+                    .await?
+                    .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
+                    .unwrap_or_else(|| "unknown".into());
+                let workflow = tx
+                    .row(&format!("SELECT workflow FROM {r} WHERE run_id = $1"), std::slice::from_ref(&run))
+                    .await?
+                    .and_then(|r| r.first().and_then(|v| v.as_text().map(str::to_owned)))
+                    .unwrap_or_else(|| "unknown".into());
+                let day: String = i.recorded.recorded_at.chars().take(10).collect();
+                let cost = e.cost.as_ref().map_or(0, |c| i64::try_from(c.micros).unwrap_or(i64::MAX));
+                tx.exec(
+                    &format!("INSERT INTO {c} (run_id, step_id, workflow, model, day, attempts, input_tokens, output_tokens, cost_micros, currency) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9) ON CONFLICT (run_id, step_id, model, day) DO UPDATE SET attempts = {c}.attempts + 1, input_tokens = {c}.input_tokens + excluded.input_tokens, output_tokens = {c}.output_tokens + excluded.output_tokens, cost_micros = {c}.cost_micros + excluded.cost_micros, currency = COALESCE(excluded.currency, {c}.currency)"),
+                    &[
+                        run,
+                        Val::from(e.step_id.as_str()),
+                        Val::from(workflow),
+                        Val::from(model),
+                        Val::from(day),
+                        Val::from(e.usage.input_tokens),
+                        Val::from(e.usage.output_tokens),
+                        Val::Int(cost),
+                        Val::opt_text(e.cost.as_ref().map(|c| c.currency.clone())),
+                    ],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    })
 }

@@ -144,8 +144,8 @@ async fn append(store: &Arc<dyn EventStore>, id: Uuid, events: &[Event], version
     store.append(&cairn_events::run_stream(id), ExpectedVersion::Exact(version), new).await.expect("append");
 }
 
-/// A projection applied strictly one event at a time (the trait's default
-/// `apply_batch`), to hold the batch folds to.
+/// A projection applied strictly one event at a time (each a batch of one),
+/// to hold the folds of larger batches to.
 struct OneByOne(Box<dyn Projection>);
 
 impl Projection for OneByOne {
@@ -161,12 +161,18 @@ impl Projection for OneByOne {
     fn wants(&self, t: &str) -> bool {
         self.0.wants(t)
     }
-    fn apply<'a>(
+    fn apply_batch<'a>(
         &'a self,
         tx: &'a mut cairn_projections::Tx,
-        input: cairn_projections::Input<'a>,
+        suffix: &'a str,
+        events: &'a [(&'a cairn_events::RecordedEvent, &'a Event)],
     ) -> futures_util::future::BoxFuture<'a, Result<(), sqlx::Error>> {
-        self.0.apply(tx, input)
+        Box::pin(async move {
+            for (recorded, event) in events {
+                self.0.apply(tx, cairn_projections::Input { suffix, recorded, event }).await?;
+            }
+            Ok(())
+        })
     }
 }
 
