@@ -472,3 +472,39 @@ async fn on_postgres_incremental_equals_rebuild_and_one_by_one() {
     Worker::new(store, plain.clone(), one_by_one).await.expect("worker").catch_up().await.expect("catch up");
     assert_eq!(dump(&plain).await, incremental, "batch folds vs one-by-one");
 }
+
+/// PostgreSQL: a worker holds a projection while it lives; when it dies
+/// (its session ends), another takes over where the checkpoint is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_postgres_workers_projections_fail_over_to_another() {
+    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let (id, events) = run_events(1, "wf", &[1, 2]);
+    append(&store, id, &events[..4], 0).await;
+    let a =
+        Worker::new(store.clone(), ReadDb::postgres(opts.clone()).await.expect("db"), models::all()).await.expect("a");
+    a.catch_up().await.expect("a catches up");
+    let b = Worker::new(store.clone(), ReadDb::postgres(opts).await.expect("db"), models::all()).await.expect("b");
+    append(&store, id, &events[4..], 4).await;
+    assert_eq!(b.step("runs").await.expect("step"), Batch::NotOwner, "a holds it");
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match b.step("runs").await.expect("step") {
+            Batch::NotOwner => {
+                assert!(std::time::Instant::now() < deadline, "the lock never came free");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => {
+                assert!(
+                    matches!(other, Batch::Applied { position, .. } if position == events.len() as u64),
+                    "{other:?}"
+                );
+                break;
+            }
+        }
+    }
+}
