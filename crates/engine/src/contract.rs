@@ -6,7 +6,43 @@ use serde_json::Value;
 
 /// Checks that `schema` is a valid JSON Schema.
 pub fn check_schema(schema: &Value) -> Result<(), String> {
+    if let Some(hint) = yaml_boolean_in_required(schema) {
+        return Err(hint);
+    }
     jsonschema::validator_for(schema).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// YAML 1.1 reads an unquoted `y`, `n`, `yes`, `no`, `on` or `off` as a
+/// boolean, so `required: [n]` lists `false`. Name the likely cause instead
+/// of "false is not of type string".
+fn yaml_boolean_in_required(schema: &Value) -> Option<String> {
+    match schema {
+        Value::Object(m) => {
+            if let Some(Value::Array(items)) = m.get("required")
+                && let Some(b) = items.iter().find(|v| v.is_boolean())
+            {
+                let props: Vec<&str> = m
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .map(|p| p.keys().map(String::as_str).filter(|k| is_yaml_bool_word(k)).collect())
+                    .unwrap_or_default();
+                let guess = match props.as_slice() {
+                    [one] => format!(" (the property `{one}`?)"),
+                    _ => String::new(),
+                };
+                return Some(format!(
+                    "`required` lists the boolean {b}{guess}: YAML reads an unquoted y, n, yes, no, on or off as true or false; quote property names in `required`, e.g. `required: [\"n\"]`"
+                ));
+            }
+            m.values().find_map(yaml_boolean_in_required)
+        }
+        Value::Array(items) => items.iter().find_map(yaml_boolean_in_required),
+        _ => None,
+    }
+}
+
+fn is_yaml_bool_word(s: &str) -> bool {
+    matches!(s.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false")
 }
 
 /// Every way `instance` violates `schema` (empty when it conforms, or when

@@ -348,3 +348,13 @@ fn ids_are_unique_across_nesting_and_child_workflows_are_named() {
     .expect("valid");
     assert_eq!(w.children, vec!["child".to_owned()]);
 }
+
+#[test]
+fn an_unquoted_yaml_boolean_in_required_is_named() {
+    check(
+        "name: w\ninputs: { type: object, properties: { n: { type: integer } }, required: [n] }\nsteps:\n  - id: a\n    task: echo\n",
+        "bad-schema",
+        1,
+        &["`required` lists the boolean false", "the property `n`", "required: [\"n\"]"],
+    );
+}
