@@ -173,3 +173,38 @@ async fn a_projection_worker_killed_mid_batch_again_and_again_ends_equal_to_a_re
     Worker::new(store, fresh.clone(), models::all()).await.expect("worker").catch_up().await.expect("catch up");
     assert_eq!(dump(&fresh).await, live, "killed-and-resumed tables equal a rebuild");
 }
+
+/// While `cairn run` waits, its in-process projections already show the
+/// run as waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_run_alongside_cairn_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wf = dir.path().join("pause.yaml");
+    std::fs::write(&wf, "name: pause\nsteps:\n  - id: nap\n    wait: { for: 3s }\n  - id: after\n    task: echo\n")
+        .expect("write");
+    let url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["run", &wf.display().to_string()])
+        .env("CAIRN_DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        assert!(std::time::Instant::now() < deadline, "the run never showed as waiting");
+        if let Ok(read) = ReadDb::open(&cairn_projections::default_read_url(&url)).await
+            && let Ok(rows) = read.rows("SELECT status, current_step FROM runs", &[]).await
+            && let Some(row) = rows.first()
+        {
+            break row.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, vec![Val::from("waiting"), Val::from("nap")]);
+    assert!(child.try_wait().expect("poll").is_none(), "seen while the run still waits");
+    assert!(child.wait().expect("wait").success());
+    let read = ReadDb::open(&cairn_projections::default_read_url(&url)).await.expect("read");
+    let rows = read.rows("SELECT status FROM runs", &[]).await.expect("rows");
+    assert_eq!(rows, vec![vec![Val::from("completed")]], "and complete when it returns");
+}

@@ -142,6 +142,9 @@ pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: A
         }
         display.show(e);
     };
+    // The embedded default runs the projections in-process, alongside the
+    // run, woken by its commits.
+    let projector = Projector::start(engine.store().clone(), database, read).await;
     let (run_id, state) = match engine.run(&workflow, version, inputs, "cli", &mut progress).await {
         Ok(done) => done,
         Err(cairn_engine::RunError::InvalidInputs { workflow, errors }) => {
@@ -159,9 +162,10 @@ pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: A
         }
         Err(e) => return Err(e.into()),
     };
-    // The embedded default runs the projections in-process: the read
-    // models include this run when the command returns.
-    project(database, read).await;
+    // The read models include this run when the command returns.
+    if let Some(p) = projector {
+        p.finish().await;
+    }
     match state.status {
         RunStatus::Completed => {
             out!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
@@ -266,6 +270,51 @@ pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
         eprintln!("  run {run_id} {}", format!("{:?}", state.status).to_lowercase());
     }
     Ok(runs.len())
+}
+
+/// The projection worker running inside `cairn run`.
+struct Projector {
+    worker: std::sync::Arc<cairn_projections::Worker>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Projector {
+    /// Starts the worker; `None` (with a warning) when the read models
+    /// cannot be opened: the run goes on, the log is the truth.
+    async fn start(
+        store: std::sync::Arc<dyn cairn_events::EventStore>,
+        database: &str,
+        read: &crate::commands::read::ReadArgs,
+    ) -> Option<Projector> {
+        let url = read.read_database.clone().unwrap_or_else(|| cairn_projections::default_read_url(database));
+        let opened = async {
+            let db = cairn_projections::ReadDb::open(&url).await?;
+            Ok::<_, anyhow::Error>(cairn_projections::Worker::new(store, db, cairn_projections::models::all()).await?)
+        };
+        match opened.await {
+            Ok(w) => {
+                let worker = std::sync::Arc::new(w);
+                let (stop, rx) = tokio::sync::watch::channel(false);
+                let w = worker.clone();
+                let task = tokio::spawn(async move { w.run(std::time::Duration::from_millis(500), rx).await });
+                Some(Projector { worker, stop, task })
+            }
+            Err(e) => {
+                eprintln!("warning: the read models at {url} cannot be opened ({e:#}); the run goes on without them");
+                None
+            }
+        }
+    }
+
+    /// Stops the worker after a last catch-up.
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Err(e) = self.worker.catch_up().await {
+            eprintln!("warning: the read models are not up to date: {e}");
+        }
+    }
 }
 
 /// Brings the read models up to date; a failure there is reported, never
