@@ -322,23 +322,28 @@ impl Projection for Inbox {
 // tests hold the two to the same tables.
 
 /// Loads rows keyed by their first column, `IN`-list style, many per statement.
-async fn load_rows(
+/// The run ids a batch touches, in order, once each.
+fn touched_runs(events: &[(&RecordedEvent, &Event)]) -> Vec<String> {
+    let ids: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|(r, _)| r.stream_id.strip_prefix("run-")).collect();
+    ids.into_iter().map(str::to_owned).collect()
+}
+
+/// The rows of `table` whose `run_id` is one of `runs` (and that match
+/// `filter`), `IN`-list style, many runs per statement.
+async fn rows_of_runs(
     tx: &mut Tx,
     table: &str,
-    columns: &str,
-    key: &str,
-    keys: &[String],
-) -> Result<HashMap<String, Vec<Val>>, DbError> {
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(500) {
+    columns: &[&str],
+    filter: &str,
+    runs: &[String],
+) -> Result<Vec<Vec<Val>>, DbError> {
+    let mut out = Vec::new();
+    for chunk in runs.chunks(500) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let args: Vec<Val> = chunk.iter().map(|k| Val::from(k.as_str())).collect();
-        let sql = format!("SELECT {columns} FROM {table} WHERE {key} IN ({})", marks.join(","));
-        for r in tx.rows(&sql, &args).await? {
-            if let Some(k) = r.first().and_then(|v| v.as_text().map(str::to_owned)) {
-                out.insert(k, r);
-            }
-        }
+        let sql = format!("SELECT {} FROM {table} WHERE {filter} run_id IN ({})", columns.join(", "), marks.join(","));
+        out.extend(tx.rows(&sql, &args).await?);
     }
     Ok(out)
 }
@@ -367,14 +372,11 @@ fn duplicate(what: String) -> DbError {
 impl Runs {
     async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
         let table = format!("runs{suffix}");
-        let touched: Vec<String> = {
-            let mut seen = std::collections::BTreeSet::new();
-            events.iter().filter_map(|(r, _)| r.stream_id.strip_prefix("run-")).for_each(|id| {
-                seen.insert(id.to_owned());
-            });
-            seen.into_iter().collect()
-        };
-        let mut existing = load_rows(tx, &table, &RUN_COLUMNS.join(", "), "run_id", &touched).await?;
+        let mut existing: HashMap<String, Vec<Val>> = rows_of_runs(tx, &table, &RUN_COLUMNS, "", &touched_runs(events))
+            .await?
+            .into_iter()
+            .map(|r| (r[0].to_string(), r))
+            .collect();
         let mut new: HashMap<String, Vec<Val>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for (r, e) in events {
@@ -938,29 +940,13 @@ const INBOX_COLUMNS: [&str; 10] = [
 impl Inbox {
     async fn fold(&self, tx: &mut Tx, suffix: &str, events: &[(&RecordedEvent, &Event)]) -> Result<(), DbError> {
         let table = format!("inbox{suffix}");
-        let runs: Vec<String> = {
-            let mut seen = std::collections::BTreeSet::new();
-            for (r, _) in events {
-                if let Some(id) = r.stream_id.strip_prefix("run-") {
-                    seen.insert(id.to_owned());
-                }
-            }
-            seen.into_iter().collect()
-        };
         // The rows that closing events can touch: those waiting, for the runs at hand.
-        let mut rows: HashMap<(String, String), Vec<Val>> = HashMap::new();
-        for chunk in runs.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let args: Vec<Val> = chunk.iter().map(|k| Val::from(k.as_str())).collect();
-            let sql = format!(
-                "SELECT {} FROM {table} WHERE status = 'waiting' AND run_id IN ({})",
-                INBOX_COLUMNS.join(", "),
-                marks.join(",")
-            );
-            for r in tx.rows(&sql, &args).await? {
-                rows.insert((r[0].to_string(), r[1].to_string()), r);
-            }
-        }
+        let mut rows: HashMap<(String, String), Vec<Val>> =
+            rows_of_runs(tx, &table, &INBOX_COLUMNS, "status = 'waiting' AND", &touched_runs(events))
+                .await?
+                .into_iter()
+                .map(|r| ((r[0].to_string(), r[1].to_string()), r))
+                .collect();
         let mut touched: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
         for (r, e) in events {
             let Some(run) = r.stream_id.strip_prefix("run-") else { continue };

@@ -73,6 +73,28 @@ pub struct Status {
     pub error: Option<(u64, String)>,
 }
 
+/// One row of the checkpoint table.
+#[derive(Debug, Clone, Default)]
+struct Checkpoint {
+    position: u64,
+    generation: i64,
+    error: Option<(u64, String)>,
+    updated_at: Option<String>,
+}
+
+/// Moves a checkpoint from `from` to `to` within `tx`, only if it is still
+/// at `from` in `generation`; `false` when another worker or a rebuild got
+/// there first.
+async fn advance(tx: &mut Tx, name: &str, from: u64, generation: i64, to: u64) -> Result<bool, DbError> {
+    let moved = tx
+        .exec(
+            &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
+            &[Val::from(to), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(name), Val::from(from), Val::Int(generation)],
+        )
+        .await?;
+    Ok(moved == 1)
+}
+
 /// Runs projections from an event store into a read-model database.
 pub struct Worker {
     store: Arc<dyn EventStore>,
@@ -141,21 +163,33 @@ impl Worker {
             .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
     }
 
-    async fn checkpoint(&self, name: &str) -> Result<(u64, i64, Option<(u64, String)>, Option<String>), DbError> {
+    /// Every checkpoint row, by projection name, in one query.
+    async fn checkpoints(&self) -> Result<std::collections::HashMap<String, Checkpoint>, DbError> {
         let rows = self
             .db
             .rows(
-                &format!(
-                    "SELECT position, generation, error_position, error, updated_at FROM {CHECKPOINTS} WHERE name = $1"
-                ),
-                &[Val::from(name)],
+                &format!("SELECT name, position, generation, error_position, error, updated_at FROM {CHECKPOINTS}"),
+                &[],
             )
             .await?;
-        let r = rows.into_iter().next().unwrap_or_default();
-        let int = |i: usize| r.get(i).and_then(Val::as_int);
-        let text = |i: usize| r.get(i).and_then(|v| v.as_text().map(str::to_owned));
-        let error = text(3).map(|e| (u64::try_from(int(2).unwrap_or(0)).unwrap_or(0), e));
-        Ok((u64::try_from(int(0).unwrap_or(0)).unwrap_or(0), int(1).unwrap_or(0), error, text(4)))
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let int = |i: usize| r.get(i).and_then(Val::as_int).unwrap_or(0);
+                let text = |i: usize| r.get(i).and_then(|v| v.as_text().map(str::to_owned));
+                let checkpoint = Checkpoint {
+                    position: u64::try_from(int(1)).unwrap_or(0),
+                    generation: int(2),
+                    error: text(4).map(|e| (u64::try_from(int(3)).unwrap_or(0), e)),
+                    updated_at: text(5),
+                };
+                (text(0).unwrap_or_default(), checkpoint)
+            })
+            .collect())
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Checkpoint, DbError> {
+        Ok(self.checkpoints().await?.remove(name).unwrap_or_default())
     }
 
     /// On PostgreSQL, whether this worker holds (or now takes) the
@@ -200,26 +234,14 @@ impl Worker {
         if !self.owns(name).await? {
             return Ok(Batch::NotOwner);
         }
-        let (position, generation, error, _) = self.checkpoint(name).await?;
+        let Checkpoint { position, generation, error, .. } = self.checkpoint(name).await?;
         if error.is_some() {
             return Ok(Batch::Stopped);
         }
         let events = self.store.read_all(position + 1, self.batch).await?;
         let Some(last) = events.last().map(|e| e.global_position) else { return Ok(Batch::Idle) };
         let mut tx = self.db.begin().await?;
-        let moved = tx
-            .exec(
-                &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
-                &[
-                    Val::from(last),
-                    Val::from(chrono::Utc::now().to_rfc3339()),
-                    Val::from(name),
-                    Val::from(position),
-                    Val::Int(generation),
-                ],
-            )
-            .await?;
-        if moved != 1 {
+        if !advance(&mut tx, name, position, generation, last).await? {
             tx.rollback().await?;
             return Ok(Batch::Raced);
         }
@@ -254,16 +276,17 @@ impl Worker {
     async fn step_together(&self) -> Result<Option<u64>, ProjectionError> {
         let mut group = Vec::new();
         let mut at = None;
+        let checkpoints = self.checkpoints().await?;
         for p in &self.projections {
             if !self.owns(p.name()).await? {
                 return Ok(None);
             }
-            let (position, generation, error, _) = self.checkpoint(p.name()).await?;
-            if error.is_some() || at.is_some_and(|a| a != position) {
+            let Some(c) = checkpoints.get(p.name()) else { return Ok(None) };
+            if c.error.is_some() || at.is_some_and(|a| a != c.position) {
                 return Ok(None);
             }
-            at = Some(position);
-            group.push((&**p, generation));
+            at = Some(c.position);
+            group.push((&**p, c.generation));
         }
         let Some(position) = at else { return Ok(None) };
         let events = self.store.read_all(position + 1, self.batch).await?;
@@ -280,15 +303,8 @@ impl Worker {
             }
         }
         let mut tx = self.db.begin().await?;
-        let now = chrono::Utc::now().to_rfc3339();
         for (p, generation) in &group {
-            let moved = tx
-                .exec(
-                    &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
-                    &[Val::from(last), Val::from(now.as_str()), Val::from(p.name()), Val::from(position), Val::Int(*generation)],
-                )
-                .await?;
-            if moved != 1 {
+            if !advance(&mut tx, p.name(), position, *generation, last).await? {
                 tx.rollback().await?;
                 return Ok(None);
             }
@@ -364,8 +380,9 @@ impl Worker {
         let head = self.store.head_position().await?;
         let newest = self.store.read_all(head.max(1), 1).await?.first().and_then(RecordedEvent::recorded_at);
         let mut out = Vec::new();
+        let mut checkpoints = self.checkpoints().await?;
         for name in self.names() {
-            let (position, _, error, updated_at) = self.checkpoint(name).await?;
+            let Checkpoint { position, error, updated_at, .. } = checkpoints.remove(name).unwrap_or_default();
             let lag_seconds = if position >= head {
                 0.0
             } else {
@@ -409,7 +426,6 @@ impl Worker {
         let mut replayed = 0u64;
         loop {
             let events = self.store.read_all(position + 1, self.batch.max(1000)).await?;
-            let Some(last) = events.last().map(|e| e.global_position) else { break };
             let head = self.store.head_position().await?;
             let mut tx = self.db.begin().await?;
             if let Err(f) = apply_all(p, &mut tx, FRESH, &events).await {
@@ -420,8 +436,8 @@ impl Worker {
                 ))));
             }
             replayed += events.len() as u64;
-            position = last;
-            if last < head {
+            position = events.last().map_or(position, |e| e.global_position);
+            if position < head {
                 tx.commit().await?;
                 continue;
             }
@@ -438,19 +454,6 @@ impl Worker {
             tx.commit().await?;
             return Ok(replayed);
         }
-        // An empty log: swap in the empty tables.
-        let mut tx = self.db.begin().await?;
-        for t in p.tables() {
-            tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
-            tx.exec(&format!("ALTER TABLE {t}{FRESH} RENAME TO {t}"), &[]).await?;
-        }
-        tx.exec(
-            &format!("UPDATE {CHECKPOINTS} SET position = 0, generation = generation + 1, error = NULL, error_position = NULL WHERE name = $1"),
-            &[Val::from(name)],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(replayed)
     }
 }
 
