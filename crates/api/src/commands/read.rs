@@ -85,10 +85,15 @@ pub struct AuditArgs {
 /// Opens the store, the read models and a worker over them.
 pub async fn worker(database: &str, read: &ReadArgs) -> anyhow::Result<(Arc<dyn EventStore>, Worker)> {
     let store = cairn_events::open(database).await?;
-    let url = read.read_database.clone().unwrap_or_else(|| cairn_projections::default_read_url(database));
-    let db = ReadDb::open(&url).await?;
-    let w = Worker::new(store.clone(), db, models::all()).await?;
+    let w = worker_on(store.clone(), database, read).await?;
     Ok((store, w))
+}
+
+/// A worker over an open store and the read models `read` names.
+pub async fn worker_on(store: Arc<dyn EventStore>, database: &str, read: &ReadArgs) -> anyhow::Result<Worker> {
+    let url = read.read_database.clone().unwrap_or_else(|| cairn_projections::default_read_url(database));
+    let db = ReadDb::open(&url).await.map_err(|e| anyhow::anyhow!("the read models at {url}: {e}"))?;
+    Ok(Worker::new(store, db, models::all()).await?)
 }
 
 /// Brings the read models up to date with the log.

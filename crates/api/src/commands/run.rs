@@ -287,12 +287,7 @@ impl Projector {
         database: &str,
         read: &crate::commands::read::ReadArgs,
     ) -> Option<Projector> {
-        let url = read.read_database.clone().unwrap_or_else(|| cairn_projections::default_read_url(database));
-        let opened = async {
-            let db = cairn_projections::ReadDb::open(&url).await?;
-            Ok::<_, anyhow::Error>(cairn_projections::Worker::new(store, db, cairn_projections::models::all()).await?)
-        };
-        match opened.await {
+        match crate::commands::read::worker_on(store, database, read).await {
             Ok(w) => {
                 let worker = std::sync::Arc::new(w);
                 let (stop, rx) = tokio::sync::watch::channel(false);
@@ -301,7 +296,7 @@ impl Projector {
                 Some(Projector { worker, stop, task })
             }
             Err(e) => {
-                eprintln!("warning: the read models at {url} cannot be opened ({e:#}); the run goes on without them");
+                eprintln!("warning: {e:#}; the run goes on without the read models");
                 None
             }
         }
