@@ -21,13 +21,8 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 
 const PAYLOAD: &str = r#"{"step_id":"s3","attempt":1,"output":{"counter":4},"duration_ms":0}"#;
 
-fn w10_source() -> String {
-    let mut s = String::from("name: w10\nsteps:\n  - id: s0\n    task: increment\n    with: { counter: 0 }\n");
-    for i in 1..10 {
-        s.push_str(&format!("  - id: s{i}\n    task: increment\n    with: \"{{{{ steps.s{}.output }}}}\"\n", i - 1));
-    }
-    s
-}
+/// The workflow: 10 sequential `increment` tasks.
+const W10: &str = include_str!("w10.yaml");
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
@@ -119,7 +114,7 @@ where
 }
 
 async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
-    let w = Arc::new(cairn_engine::lang::parse(&w10_source(), "w10.yaml", &engine.task_names()).unwrap());
+    let w = Arc::new(cairn_engine::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let one = move |_: usize| {
         let (engine, w) = (engine.clone(), w.clone());

@@ -194,11 +194,8 @@ async fn main() {
         tokio::spawn(async move { w.run(Duration::from_millis(50), stop).await })
     };
     let engine = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()));
-    let mut src = String::from("name: w10\nsteps:\n  - id: s0\n    task: increment\n    with: { counter: 0 }\n");
-    for i in 1..10 {
-        src.push_str(&format!("  - id: s{i}\n    task: increment\n    with: \"{{{{ steps.s{}.output }}}}\"\n", i - 1));
-    }
-    let w = Arc::new(cairn_engine::lang::parse(&src, "w10.yaml", &engine.task_names()).unwrap());
+    let src = include_str!("../../engine/examples/w10.yaml");
+    let w = Arc::new(cairn_engine::lang::parse(src, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let (lag_tx, mut lag_rx) = tokio::sync::watch::channel(false);
     let sampler = {
