@@ -7,6 +7,8 @@
 #[macro_use]
 mod common;
 
+use common::{publish, run};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +18,6 @@ use cairn_engine::{Engine, RunError, TaskContext, TaskError, TaskRegistry};
 use cairn_events::{Event, EventStore};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 /// Counts how many `probe` calls run at once; a probe sleeps `ms` and
 /// returns `{ x: x * 10 }`.
@@ -53,19 +54,6 @@ impl Probe {
     fn max(&self) -> u32 {
         self.max.load(Ordering::SeqCst)
     }
-}
-
-async fn publish(engine: &Engine, src: &str) -> (cairn_engine::Workflow, u32) {
-    let w = cairn_engine::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
-    let v = engine.publish(&w, "test").await.expect("publish");
-    (w, v)
-}
-
-async fn run(engine: &Engine, src: &str, inputs: Value) -> (Uuid, cairn_engine::decider::RunState) {
-    let (w, v) = publish(engine, src).await;
-    let id = engine.start(&w, v, inputs, "test").await.expect("start");
-    let state = engine.drive(id, &mut |_: &Event| {}).await.expect("drive");
-    (id, state)
 }
 
 fn completions(events: &[Event], step: &str) -> usize {

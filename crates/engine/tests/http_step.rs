@@ -4,6 +4,10 @@
 //! and secrets that reach the server but never the log.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::run;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,21 +118,11 @@ impl Server {
 }
 
 async fn setup() -> (tempfile::TempDir, Arc<dyn EventStore>, Engine) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store: Arc<dyn EventStore> =
-        cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("open");
+    let (dir, store) = common::sqlite().await;
     let mut secrets = Secrets::default();
     secrets.insert("CMS_TOKEN", "s3cr3t-token-value");
     let engine = Engine::new(store.clone(), TaskRegistry::builtin()).with_secrets(secrets);
     (dir, store, engine)
-}
-
-async fn run(engine: &Engine, src: &str, inputs: Value) -> (uuid::Uuid, cairn_engine::decider::RunState) {
-    let w = cairn_engine::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
-    let v = engine.publish(&w, "test").await.expect("publish");
-    let id = engine.start(&w, v, inputs, "test").await.expect("start");
-    let mut quiet = |_: &Event| {};
-    (id, engine.drive(id, &mut quiet).await.expect("drive"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,8 @@
 #[macro_use]
 mod common;
 
+use common::run;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -18,15 +20,6 @@ use serde_json::{Value, json};
 
 fn engine(store: &Arc<dyn EventStore>) -> Engine {
     Engine::new(store.clone(), TaskRegistry::builtin())
-}
-
-async fn run(engine: &Engine, src: &str, inputs: Value) -> (uuid::Uuid, cairn_engine::decider::RunState) {
-    let w = cairn_engine::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
-    let v = engine.publish(&w, "test").await.expect("publish");
-    let id = engine.start(&w, v, inputs, "test").await.expect("start");
-    let mut quiet = |_: &Event| {};
-    let state = engine.drive(id, &mut quiet).await.expect("drive");
-    (id, state)
 }
 
 fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cairn_engine::Engine;
 use cairn_events::{Event, EventStore};
 
 /// A fresh SQLite store in a temporary directory (kept alive by the guard).
@@ -24,8 +25,28 @@ pub async fn events(store: &Arc<dyn EventStore>, id: uuid::Uuid) -> Vec<Event> {
         .collect()
 }
 
+/// Parses and publishes a workflow.
+pub async fn publish(engine: &Engine, src: &str) -> (cairn_engine::Workflow, u32) {
+    let w = cairn_engine::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
+    let v = engine.publish(&w, "test").await.expect("publish");
+    (w, v)
+}
+
+/// Publishes, starts and drives a run to its end.
+pub async fn run(
+    engine: &Engine,
+    src: &str,
+    inputs: serde_json::Value,
+) -> (uuid::Uuid, cairn_engine::decider::RunState) {
+    let (w, v) = publish(engine, src).await;
+    let id = engine.start(&w, v, inputs, "test").await.expect("start");
+    let state = engine.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    (id, state)
+}
+
 /// Declares each `async fn NAME(store)` as a test on SQLite and on
 /// PostgreSQL (which skips without a server, and fails under CI).
+#[allow(unused_macros)]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
