@@ -19,7 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
-use crate::decider::{Cursor, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
+use crate::decider::{Cursor, Decision, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
 use crate::lang;
 use crate::model::{StepKind, Workflow};
 use crate::secrets::Secrets;
@@ -213,7 +213,7 @@ impl Engine {
         });
         let state = evolve(RunState::default(), &event);
         let mut events = vec![event];
-        let state = settle(w, state, &mut events);
+        let (state, _) = settle(w, state, &mut events);
         let mut new = vec![NewEvent::from_event(&events[0], Metadata::by(started_by))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))));
         self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
@@ -318,10 +318,14 @@ impl Engine {
         let w = self.definition(&state.workflow, state.workflow_version).await?;
         let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
         let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
+        let mut next: Option<Decision> = None;
         loop {
-            let d = decide(&w, &state, Utc::now());
+            let d = match next.take() {
+                Some(d) => d,
+                None => decide(&w, &state, Utc::now()),
+            };
             if !d.append.is_empty() {
-                self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
+                next = self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
                 continue;
             }
             // Start what is newly due; stop what no longer is (a branch
@@ -379,13 +383,15 @@ impl Engine {
                 }
             }
             if !outcomes.is_empty() {
-                self.commit(&w, &stream, run_id, &mut state, outcomes, observer).await?;
+                next = self.commit(&w, &stream, run_id, &mut state, outcomes, observer).await?;
             }
         }
     }
 
     /// Records `events` and the pure decisions that follow them in one
     /// commit: each outcome is durable before anything it enables starts.
+    /// Returns the next decision once recorded; `None` after a conflict
+    /// (the state was re-read: decide afresh).
     async fn commit(
         &self,
         w: &Workflow,
@@ -394,8 +400,8 @@ impl Engine {
         state: &mut RunState,
         mut events: Vec<Event>,
         observer: Observer<'_>,
-    ) -> Result<(), RunError> {
-        let after = settle(w, events.iter().fold(state.clone(), evolve), &mut events);
+    ) -> Result<Option<Decision>, RunError> {
+        let (after, next) = settle(w, events.iter().fold(state.clone(), evolve), &mut events);
         let new: Vec<NewEvent> = events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
         match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
             Ok(_) => {
@@ -403,11 +409,14 @@ impl Engine {
                     observer(e);
                 }
                 *state = after;
+                Ok(Some(next))
             }
-            Err(e) if e.is_conflict() => *state = self.state(run_id).await?,
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_conflict() => {
+                *state = self.state(run_id).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Performs one effect and returns the events that record its outcome.
@@ -682,21 +691,24 @@ impl Engine {
 
 /// Extends `events` with the pure decisions that follow `state` (the state
 /// after `events`), stopping before any effect, wait or end of decisions;
-/// returns the state after all of them.
+/// returns the state after all of them and the decision that stopped it
+/// (its effects and wake-up), so the caller need not decide again.
 /// Time-dependent decisions (retry due times) use the current time, exactly
 /// as deciding them one append later would.
-fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> RunState {
+fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> (RunState, Decision) {
+    let mut d = decide(w, &state, Utc::now());
     for _ in 0..1_000 {
-        let more = decide(w, &state, Utc::now()).append;
-        if more.is_empty() {
+        if d.append.is_empty() {
             break;
         }
+        let more = std::mem::take(&mut d.append);
         for e in &more {
             state = evolve(state, e);
         }
         events.extend(more);
+        d = decide(w, &state, Utc::now());
     }
-    state
+    (state, d)
 }
 
 /// What a running effect ends with: its outcome events, a failure of the
