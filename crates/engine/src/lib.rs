@@ -7,12 +7,18 @@
 //! clock and draws no random numbers: the same events and the same `now`
 //! always give the same decision, which is what makes replay exact.
 
+pub mod ai;
 pub mod commit;
+pub mod config;
 pub mod contract;
 pub mod decider;
+mod effects;
 pub mod expr;
 pub mod http;
+pub mod human;
+pub mod inbox;
 pub mod lang;
+pub mod notify;
 pub mod model;
 pub mod runner;
 pub mod secrets;

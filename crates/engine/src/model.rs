@@ -33,6 +33,39 @@ pub struct Workflow {
     pub(crate) index: HashMap<String, (Step, Block)>,
     /// Names of the workflows its `workflow` steps start.
     pub children: Vec<String>,
+    /// The run's AI budget.
+    pub budget: Budget,
+    /// Every `model:` its AI steps name, for checking against the config.
+    pub model_refs: Vec<ModelRef>,
+    /// The engine's surroundings (models, prices, notifications, prompt
+    /// templates) the decider reads; set by the engine that runs it.
+    pub config: std::sync::Arc<crate::config::Config>,
+}
+
+/// A use of a model or prompt template by an AI step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    /// The step.
+    pub step: String,
+    /// The model name as written.
+    pub model: String,
+    /// The prompt template `ID@VERSION`, if the step uses one.
+    pub template: Option<String>,
+    /// Whether the step has scripted replies.
+    pub scripted: bool,
+    /// Line of the step.
+    pub line: u64,
+    /// Column.
+    pub column: u64,
+}
+
+/// Limits on what AI attempts may spend; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Budget {
+    /// Most money, in currency units of the model's price.
+    pub max_cost: Option<f64>,
+    /// Most tokens, input and output together.
+    pub max_tokens: Option<u64>,
 }
 
 /// The sequence of steps a step belongs to.
@@ -157,6 +190,8 @@ pub struct Step {
     pub output_contract: Option<Value>,
     /// The compensation step that undoes this one.
     pub compensate: Option<String>,
+    /// What its AI attempts may spend (all attempts of the step together).
+    pub budget: Budget,
 }
 
 /// What a step does.
@@ -228,6 +263,13 @@ pub enum StepKind {
         /// Fail as soon as one iteration fails, cancelling the others.
         fail_fast: bool,
     },
+    /// A model call whose output is checked against the output contract
+    /// and retried with the errors fed back.
+    Ai(Box<crate::ai::AiStep>),
+    /// A form a person fills in; the run waits for it.
+    Form(Box<crate::human::FormStep>),
+    /// An approval by listed approvers; the run waits for the quorum.
+    Approval(Box<crate::human::ApprovalStep>),
     /// A child run of another published workflow; the step waits for it.
     Workflow {
         /// The child workflow's name.
@@ -243,7 +285,15 @@ impl StepKind {
     /// Whether the step runs an effect outside the engine (and so is
     /// recorded as started before it runs).
     pub fn has_effect(&self) -> bool {
-        matches!(self, StepKind::Task { .. } | StepKind::Http { .. } | StepKind::Workflow { .. })
+        matches!(
+            self,
+            StepKind::Task { .. }
+                | StepKind::Http { .. }
+                | StepKind::Workflow { .. }
+                | StepKind::Ai(_)
+                | StepKind::Form(_)
+                | StepKind::Approval(_)
+        )
     }
 
     /// Whether the step holds nested steps.
@@ -263,6 +313,9 @@ impl StepKind {
             StepKind::Parallel { .. } => "parallel",
             StepKind::Map { .. } => "map",
             StepKind::Workflow { .. } => "workflow",
+            StepKind::Ai(_) => "ai",
+            StepKind::Form(_) => "form",
+            StepKind::Approval(_) => "approval",
         }
     }
 }

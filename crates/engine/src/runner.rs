@@ -72,13 +72,15 @@ pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 
 /// Runs workflows durably against an event store.
 pub struct Engine {
-    store: Arc<dyn EventStore>,
+    pub(crate) store: Arc<dyn EventStore>,
     commits: GroupCommit,
     tasks: TaskRegistry,
     definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
     actor: String,
-    secrets: Secrets,
-    http: reqwest::Client,
+    pub(crate) secrets: Secrets,
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: Arc<crate::config::Config>,
+    pub(crate) token_key: Vec<u8>,
 }
 
 impl Engine {
@@ -92,7 +94,39 @@ impl Engine {
             actor: "engine".into(),
             secrets: Secrets::default(),
             http: crate::http::client(),
+            config: Arc::new(crate::config::Config::default()),
+            // A key of this process alone unless the config brings a shared one.
+            token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
         }
+    }
+
+    /// Uses this configuration: AI providers and models, prices, email,
+    /// people, prompt templates and the resume-token key.
+    pub fn with_config(mut self, config: crate::config::Config) -> Self {
+        if !config.token_key.is_empty() {
+            self.token_key = config.token_key.clone();
+        }
+        self.config = Arc::new(config);
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &crate::config::Config {
+        &self.config
+    }
+
+    /// `w` with this engine's configuration, from the cache when it holds
+    /// that version.
+    async fn bound(&self, w: &Workflow, version: u32) -> Result<Arc<Workflow>, RunError> {
+        if let Some(c) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&(w.name.clone(), version))
+            && c.definition_hash == w.definition_hash
+        {
+            return Ok(c.clone());
+        }
+        let mut b = w.clone();
+        b.config = self.config.clone();
+        Ok(Arc::new(b))
     }
 
     /// Uses these secrets for `{{ secrets.NAME }}`.
@@ -147,10 +181,9 @@ impl Engine {
                 vec![NewEvent::from_event(&event, Metadata::by(by))],
             )
             .await?;
-        self.definitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((w.name.clone(), version), Arc::new(w.clone()));
+        let mut bound = w.clone();
+        bound.config = self.config.clone();
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((w.name.clone(), version), Arc::new(bound));
         Ok(version)
     }
 
@@ -170,8 +203,9 @@ impl Engine {
             }
         }
         let source = source.ok_or_else(|| err("this version was never published".into()))?;
-        let w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
+        let mut w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
             .map_err(|d| err(format!("no longer compiles: {d}")))?;
+        w.config = self.config.clone();
         let w = Arc::new(w);
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
         Ok(w)
@@ -193,6 +227,7 @@ impl Engine {
         run_id: Uuid,
         parent: Option<ParentRun>,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
+        let w = &*self.bound(w, version).await?;
         let inputs = w.inputs_with_defaults(&inputs);
         if let Some(schema) = &w.inputs_schema {
             let errors = crate::contract::violations(schema, &inputs);
@@ -349,6 +384,11 @@ impl Engine {
                 running.push(Box::pin(async move { (key, fut.await) }));
             }
             if handles.is_empty() {
+                // Waiting for people holds nothing: a submission or
+                // decision (or `continue`, for timers) drives it again.
+                if d.parked {
+                    return Ok(state);
+                }
                 let Some(t) = d.wake_at else { return Ok(state) };
                 let wait = (t - Utc::now()).to_std().unwrap_or_default();
                 // Re-read at least every second so a cancel is noticed.
@@ -378,7 +418,7 @@ impl Engine {
                 handles.remove(&key);
                 let events = result?;
                 // A cancelled branch's late result is not recorded.
-                if state.awaits(&key.step_id, key.attempt) {
+                if state.awaits(&key.step_id, key.attempt) && key.still_open(&state) {
                     outcomes.extend(events);
                 }
             }
@@ -428,6 +468,13 @@ impl Engine {
                 return self.start_child(run_id, step_id, attempt, &workflow, version, child_run_id, input).await;
             }
             Effect::AwaitChild { child_run_id } => return self.await_child(step_id, attempt, child_run_id).await,
+            Effect::Ai { number, scripted } => {
+                return Ok(vec![self.call_model(w, run_id, &step_id, number, scripted, input, timeout).await]);
+            }
+            Effect::Request => return Ok(self.request(w, run_id, &step_id, attempt, &input).into_iter().collect()),
+            Effect::Notify { purpose, identity, address, send_attempt } => {
+                return Ok(vec![self.notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input).await]);
+            }
             effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -647,8 +694,12 @@ impl Engine {
                 }
                 Some(h) => h.call(input, ctx),
             },
-            Effect::StartChild { .. } | Effect::AwaitChild { .. } => {
-                return Err(TaskError::new("internal", "child runs are not performed as tasks".to_owned(), false));
+            Effect::StartChild { .. }
+            | Effect::AwaitChild { .. }
+            | Effect::Ai { .. }
+            | Effect::Request
+            | Effect::Notify { .. } => {
+                return Err(TaskError::new("internal", "this effect is not performed as a task".to_owned(), false));
             }
         };
         match timeout {
@@ -695,7 +746,7 @@ impl Engine {
 /// (its effects and wake-up), so the caller need not decide again.
 /// Time-dependent decisions (retry due times) use the current time, exactly
 /// as deciding them one append later would.
-fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> (RunState, Decision) {
+pub(crate) fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> (RunState, Decision) {
     let mut d = decide(w, &state, Utc::now());
     for _ in 0..1_000 {
         if d.append.is_empty() {
@@ -720,15 +771,28 @@ type EffectResult = Result<Result<Vec<Event>, RunError>, Aborted>;
 struct EffectKey {
     step_id: String,
     attempt: u32,
-    child: bool,
+    /// Tells apart the effects of one attempt: `child`, `ai<N>`,
+    /// `notify:<purpose>:<address>`.
+    sub: String,
 }
 
 impl EffectKey {
     fn of(ex: &Execution) -> Self {
-        EffectKey {
-            step_id: ex.step_id.clone(),
-            attempt: ex.attempt,
-            child: matches!(ex.effect, Effect::AwaitChild { .. }),
+        let sub = match &ex.effect {
+            Effect::AwaitChild { .. } => "child".to_owned(),
+            Effect::Ai { number, .. } => format!("ai{number}"),
+            Effect::Notify { purpose, address, .. } => format!("notify:{purpose}:{address}"),
+            _ => String::new(),
+        };
+        EffectKey { step_id: ex.step_id.clone(), attempt: ex.attempt, sub }
+    }
+
+    /// Whether the state still waits for this effect's outcome (an AI
+    /// attempt that is still the open one).
+    fn still_open(&self, state: &RunState) -> bool {
+        match self.sub.strip_prefix("ai").and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) => state.ai.get(&self.step_id).and_then(|p| p.open.as_ref()).is_some_and(|(o, _)| *o == n),
+            None => true,
         }
     }
 }

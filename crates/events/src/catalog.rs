@@ -208,6 +208,36 @@ pub struct AiAttemptCompleted {
     pub finish_reason: Option<String>,
 }
 
+/// An AI call ended without a reply to judge: the connection failed, it
+/// timed out, the provider answered an error status, or the reply could not
+/// be read. Retried with backoff, separately from output rejections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiAttemptFailed {
+    /// Step id.
+    pub step_id: String,
+    /// AI attempt number within the step, from 1.
+    pub attempt: u32,
+    /// Stable kind: `ai.connect`, `ai.timeout`, `ai.rate_limited`,
+    /// `ai.status`, `ai.mode_rejected`, `ai.response`, `ai.config`.
+    pub error_kind: String,
+    /// What happened, from the provider's answer where it gave one.
+    pub message: String,
+    /// Whether another attempt may help.
+    pub retryable: bool,
+    /// The HTTP status, when the provider answered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The least wait the provider asked for (`Retry-After`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Latency in milliseconds.
+    pub latency_ms: u64,
+    /// Set when the provider rejected the structured-output mode: the mode
+    /// the next attempt asks for instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_mode: Option<String>,
+}
+
 /// One JSON-Schema violation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SchemaViolation {
@@ -265,6 +295,9 @@ pub struct InputRequested {
     /// When the request expires, if ever.
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
+    /// What the form asks for, shown above its fields.
+    #[serde(default)]
+    pub title: Option<String>,
 }
 
 /// A person submitted a form.
@@ -301,6 +334,10 @@ pub struct ApprovalRequested {
     /// SHA-256 of the resume token, hex.
     #[serde(default)]
     pub token_hash: Option<String>,
+    /// 0 for the first request; 1 once a deadline escalated it to other
+    /// approvers (decisions made before do not count towards the new quorum).
+    #[serde(default)]
+    pub escalation: u32,
 }
 
 /// An approver decided.
@@ -342,6 +379,37 @@ pub struct NotificationSent {
     /// The channel's message id, if it gives one.
     #[serde(default)]
     pub message_id: Option<String>,
+    /// `request` (the first notice) or `reminder`.
+    #[serde(default = "request_purpose")]
+    pub purpose: String,
+    /// The identity the recipient address belongs to.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+fn request_purpose() -> String {
+    "request".into()
+}
+
+/// A notification could not be handed to its channel. It is retried at
+/// `retry_at`; the run never fails for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationFailed {
+    /// Step id the notification is about.
+    pub step_id: String,
+    /// Channel, e.g. `email`.
+    pub channel: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// `request` or `reminder`.
+    pub purpose: String,
+    /// Send attempt, from 1.
+    pub attempt: u32,
+    /// What went wrong.
+    pub error: String,
+    /// When the next attempt is due; absent once Cairn gives up.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A durable timer was set.
@@ -575,8 +643,8 @@ catalog! {
     "run":
         RunStarted = 1, StepStarted = 1, StepCompleted = 1, StepFailed = 2, RetryScheduled = 1,
         BranchTaken = 1, StepSkipped = 1, AiAttemptStarted = 1, AiAttemptCompleted = 1,
-        AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
-        ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, TimerStarted = 1,
+        AiAttemptFailed = 1, AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
+        ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, NotificationFailed = 1, TimerStarted = 1,
         TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1,
         CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":

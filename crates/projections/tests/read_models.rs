@@ -49,6 +49,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                     content_hash: "c".into(),
                     deadline: None,
                     token_hash: None,
+                    escalation: 0,
                 }));
                 for who in ["grace", "ada"].iter().take(1 + usize::from(*p % 2)) {
                     ev.push(Event::ApprovalDecided(cairn_events::ApprovalDecided {
@@ -113,6 +114,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                     assignees: vec!["ada".into()],
                     token_hash: "t".into(),
                     deadline: None,
+                    title: None,
                 }));
                 if p % 2 == 0 {
                     ev.push(Event::InputSubmitted(InputSubmitted {

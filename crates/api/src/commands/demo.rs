@@ -69,6 +69,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 content_hash: "demo".into(),
                 deadline: None,
                 token_hash: None,
+                escalation: 0,
             }),
             "engine",
         ),

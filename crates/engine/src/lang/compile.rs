@@ -16,13 +16,15 @@ use crate::template;
 /// Reserved target name that ends the run.
 pub const END: &str = "end";
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
     /// Every step id in the file, nested ones included.
     all_ids: Vec<&'a str>,
     tasks: &'a [&'a str],
     children: Vec<String>,
+    /// Every model an AI step names.
+    pub(super) models: Vec<crate::model::ModelRef>,
 }
 
 /// Every step in `steps`, nested ones included, in file order.
@@ -41,7 +43,13 @@ fn walk_raw<'a>(steps: &'a [RawStep], out: &mut Vec<&'a RawStep>) {
 }
 
 impl Ctx<'_> {
-    fn at<T>(&mut self, span: &Spanned<T>, code: &'static str, message: String, help: Option<String>) {
+    /// A duration, or a diagnostic at its span.
+    pub(super) fn duration(&mut self, span: &Spanned<String>) -> Option<std::time::Duration> {
+        duration(self, span)
+    }
+
+    /// Records a diagnostic at a span.
+    pub(super) fn at<T>(&mut self, span: &Spanned<T>, code: &'static str, message: String, help: Option<String>) {
         self.diags.push(Diagnostic {
             code,
             file: self.file.to_owned(),
@@ -55,7 +63,7 @@ impl Ctx<'_> {
 
 /// A step id: letters, digits and `_`, so templates and conditions can
 /// refer to it as `steps.ID` (a `-` would read as a minus sign).
-fn valid_step_id(s: &str) -> bool {
+pub(super) fn valid_step_id(s: &str) -> bool {
     valid_ident(s) && !s.contains('-')
 }
 
@@ -73,7 +81,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     let nested_and_top = every.len();
     walk_raw(&raw.compensations, &mut every);
     let all_ids: Vec<&str> = every.iter().map(|s| s.id.value.as_str()).collect();
-    let mut cx = Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new() };
+    let mut cx = Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new(), models: Vec::new() };
     if !valid_ident(&raw.name.value) {
         cx.at(
             &raw.name,
@@ -157,14 +165,17 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             || s.compensate.is_some()
             || s.parallel.is_some()
             || s.map.is_some()
-            || s.workflow.is_some();
+            || s.workflow.is_some()
+            || s.ai.is_some()
+            || s.form.is_some()
+            || s.approval.is_some();
         if jumps {
             cx.at(
                 &s.id,
                 "bad-compensation",
                 format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
                 Some(
-                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `next`, `end` and `compensate` from it"
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `next`, `end` and `compensate` from it"
                         .into(),
                 ),
             );
@@ -202,6 +213,21 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         if let Some(u) = rs.wait.as_ref().and_then(|w| w.until.as_ref()) {
             push(u);
         }
+        for v in super::compile_people::texts(rs) {
+            let mut shown = false;
+            let _ = template::walk_strings::<()>(&v, &mut |t| {
+                shown |= !secret_names(t).is_empty();
+                Ok(())
+            });
+            if shown {
+                cx.at(
+                    &rs.id,
+                    "secret-in-prompt",
+                    format!("step `{}` uses a secret in what it shows a model or a person, which is recorded", rs.id.value),
+                    Some("pass secrets only to `task` and `http` steps".into()),
+                );
+            }
+        }
         for t in texts {
             for name in secret_names(&t) {
                 secret_refs.push(crate::model::SecretRef {
@@ -228,7 +254,12 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     let mut children = std::mem::take(&mut cx.children);
     children.sort();
     children.dedup();
+    let budget = super::compile_people::budget(&mut cx, &raw.name, raw.budget.as_ref());
+    let model_refs = std::mem::take(&mut cx.models);
     let mut workflow = Workflow {
+        budget,
+        model_refs,
+        config: Default::default(),
         compensations,
         secret_refs,
         children,
@@ -337,6 +368,9 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.parallel.as_ref().map(|_| "parallel"),
         s.map.as_ref().map(|_| "map"),
         s.workflow.as_ref().map(|_| "workflow"),
+        s.ai.as_ref().map(|_| "ai"),
+        s.form.as_ref().map(|_| "form"),
+        s.approval.as_ref().map(|_| "approval"),
     ]
     .into_iter()
     .flatten()
@@ -352,7 +386,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             "step-kind",
             message,
             Some(
-                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map` or `workflow`"
+                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `workflow`, `ai`, `form` or `approval`"
                     .into(),
             ),
         );
@@ -398,12 +432,31 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             Some("compensate the `map` step as a whole instead: give it `compensate`".into()),
         );
     }
-    if let (Some(t), true) = (&s.timeout, s.parallel.is_some() || s.map.is_some() || s.workflow.is_some()) {
+    if let (Some(t), true) = (
+        &s.timeout,
+        s.parallel.is_some() || s.map.is_some() || s.workflow.is_some() || s.form.is_some() || s.approval.is_some(),
+    ) {
         cx.at(
             t,
             "misplaced-field",
             format!("step `{id}` is a {} and has `timeout`, which bounds one attempt of a task or HTTP call", kinds[0]),
-            Some("put `timeout` on the steps inside it (or in the child workflow)".into()),
+            Some("put `timeout` on the steps inside it (or in the child workflow); a form or approval takes `deadline`".into()),
+        );
+    }
+    if s.budget.is_some() && s.ai.is_none() {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has `budget`, which only an `ai` step (or the workflow) takes"),
+            Some("move `budget` to the ai step, or to the top of the file for the whole run".into()),
+        );
+    }
+    if s.output_contract.is_some() && (s.form.is_some() || s.approval.is_some()) {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` is a {} and has `output_contract`; its output is defined by its {}", kinds[0], if s.form.is_some() { "fields" } else { "decision" }),
+            Some("remove `output_contract`".into()),
         );
     }
     let then = match (&s.next, s.end) {
@@ -609,6 +662,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         }
         cx.children.push(c.name.value.clone());
         Some(StepKind::Workflow { name: c.name.value.clone(), version: c.version, inputs })
+    } else if let Some(a) = &s.ai {
+        super::compile_people::ai(cx, &s.id, a, s.output_contract.as_ref())
+    } else if let Some(f) = &s.form {
+        super::compile_people::form(cx, &s.id, f)
+    } else if let Some(a) = &s.approval {
+        super::compile_people::approval(cx, &s.id, a)
     } else {
         None
     };
@@ -659,14 +718,22 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
     {
         cx.at(&s.id, "bad-schema", format!("step `{id}`: `output_contract` must be a JSON Schema object"), None);
     }
+    let budget = super::compile_people::budget(cx, &s.id, s.budget.as_ref());
+    let kind = kind?;
+    let output_contract = match &kind {
+        StepKind::Form(f) => Some(crate::human::form_contract(&f.fields)),
+        StepKind::Approval(_) => Some(crate::human::approval_contract()),
+        _ => s.output_contract.clone(),
+    };
     Some(Step {
         id,
-        kind: kind?,
+        budget,
+        kind,
         then: then?,
         retry,
         timeout,
         max_visits: s.max_visits,
-        output_contract: s.output_contract.clone(),
+        output_contract,
         compensate: s.compensate.as_ref().map(|c| c.value.clone()),
     })
 }
@@ -937,6 +1004,11 @@ fn check_block(
             StepKind::Http { request, .. } => collect_strings(request, &rs.id, &mut texts),
             StepKind::Map { items, .. } => collect_strings(items, &rs.id, &mut texts),
             StepKind::Workflow { inputs, .. } => collect_strings(inputs, &rs.id, &mut texts),
+            StepKind::Ai(_) | StepKind::Form(_) | StepKind::Approval(_) => {
+                for v in super::compile_people::texts(rs) {
+                    collect_strings(&v, &rs.id, &mut texts);
+                }
+            }
             StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
         }
         if let Some(b) = &rs.branch {

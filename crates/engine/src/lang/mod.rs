@@ -2,10 +2,12 @@
 //! compile (validate → [`crate::Workflow`]).
 
 mod compile;
+mod compile_people;
 mod diagnostic;
 pub mod raw;
 
 pub use compile::{END, check_secrets, compile};
+pub use compile_people::check_models;
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 
 use crate::model::Workflow;

@@ -32,10 +32,27 @@ pub struct RawWorkflow {
     /// only when the run fails after that step completed.
     #[serde(default)]
     pub compensations: Vec<RawStep>,
+    /// What the run's AI attempts may spend in all.
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+}
+
+/// `budget: { max_cost, max_tokens }`: an attempt that would go over is not
+/// made and the step fails (`budget.exceeded`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Most money, in the currency of the models' prices (e.g. `0.50`).
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    /// Most tokens, input and output together.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`,
-/// `http`, `parallel`, `map` and `workflow` says what it does.
+/// `http`, `parallel`, `map`, `workflow`, `ai`, `form` and `approval` says
+/// what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -77,6 +94,19 @@ pub struct RawStep {
     /// Start a run of another published workflow and wait for it.
     #[serde(default)]
     pub workflow: Option<RawChild>,
+    /// Ask a model; its output is checked against `output_contract` and
+    /// retried with the errors fed back.
+    #[serde(default)]
+    pub ai: Option<RawAi>,
+    /// Ask a person to fill in a form; the run waits.
+    #[serde(default)]
+    pub form: Option<RawForm>,
+    /// Ask approvers to approve content; the run waits for the quorum.
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+    /// What this step's AI attempts may spend in all.
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
     /// Retry policy for failed attempts.
     #[serde(default)]
     pub retry: Option<RawRetry>,
@@ -269,4 +299,171 @@ pub struct RawChild {
     /// The child's inputs; every string may be a template.
     #[serde(default)]
     pub inputs: Option<Value>,
+}
+
+/// `ai: { model, prompt | messages | template, ... }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAi {
+    /// A model alias from cairn.yaml, `provider/model`
+    /// (`openai/gpt-4o-mini`), or `scripted`.
+    #[schemars(with = "String")]
+    pub model: Spanned<String>,
+    /// The system message (a template).
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The user message (a template).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The messages, in order, instead of `system` and `prompt`.
+    #[serde(default)]
+    pub messages: Option<Vec<RawMessage>>,
+    /// A versioned prompt template, `ID@VERSION`, from the prompts directory
+    /// (`prompts/ID@VERSION.yaml`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// Values a prompt template sees as `vars` (templates).
+    #[serde(default)]
+    pub vars: Option<Value>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Most output tokens per attempt.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Attempts whose output is judged against the contract, in all
+    /// (default 3): a rejected output is fed back to the next.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// `json_schema`, `json_object` or `none` (default: the model's, else
+    /// `json_schema`); a server that refuses one gets the next.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub structured_output: Option<Spanned<String>>,
+    /// Backoff for transport failures (connection errors, timeouts, 429,
+    /// 5xx), counted apart from rejected outputs (default 4 tries from 1s).
+    #[serde(default)]
+    pub transport_retry: Option<RawRetry>,
+    /// Replies of the scripted provider by attempt (the last repeats): a
+    /// string, `{ content, input_tokens, output_tokens }`, or a failure
+    /// (`{ error: connect|timeout|malformed }`, `{ status: 429, retry_after: 1 }`,
+    /// `{ reject_mode: json_schema }`). Strings may be templates.
+    #[serde(default)]
+    pub scripted: Option<Vec<Value>>,
+}
+
+/// One message of an `ai` step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMessage {
+    /// `system`, `user` or `assistant`.
+    #[schemars(with = "String")]
+    pub role: Spanned<String>,
+    /// The text (a template).
+    pub content: String,
+}
+
+/// `form: { title, fields, assignees, deadline, reminders }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForm {
+    /// What the form asks for, shown above its fields (a template).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The fields, in order.
+    pub fields: Vec<RawField>,
+    /// Who may submit (identities; templates); empty: anyone with the token.
+    #[serde(default)]
+    pub assignees: Vec<String>,
+    /// How long the form may wait, e.g. `2d`; then the step fails
+    /// (`input.expired`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub deadline: Option<Spanned<String>>,
+    /// Reminders, as durations before the deadline, e.g. `[1d, 1h]`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub reminders: Vec<Spanned<String>>,
+}
+
+/// One form field.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    /// Key in the submitted values: letters, digits and `_`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// text, textarea, number, integer, boolean, select, multiselect, date,
+    /// email or url (default text).
+    #[serde(default, rename = "type")]
+    #[schemars(with = "Option<String>")]
+    pub field_type: Option<Spanned<String>>,
+    /// Label shown to the person.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Whether a value is required.
+    #[serde(default)]
+    pub required: bool,
+    /// The value when none is given.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// Least value (number, integer).
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Greatest value (number, integer).
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// Least length (text) or number of choices (multiselect).
+    #[serde(default)]
+    pub min_length: Option<u64>,
+    /// Greatest length (text) or number of choices (multiselect).
+    #[serde(default)]
+    pub max_length: Option<u64>,
+    /// A regular expression the whole text must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// The choices of a select or multiselect.
+    #[serde(default)]
+    pub options: Vec<Value>,
+    /// Help text.
+    #[serde(default)]
+    pub help: Option<String>,
+}
+
+/// `approval: { approvers, quorum, summary, content, deadline, ... }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    /// Identities allowed to decide (templates).
+    pub approvers: Vec<String>,
+    /// `any` (default), `all`, or a number of approvals.
+    #[serde(default)]
+    pub quorum: Option<Value>,
+    /// Shown to approvers (a template).
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// What is approved (a template); its hash binds every decision.
+    #[serde(default)]
+    pub content: Option<Value>,
+    /// How long it may wait, e.g. `3d`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub deadline: Option<Spanned<String>>,
+    /// Reminders, as durations before the deadline.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub reminders: Vec<Spanned<String>>,
+    /// When the deadline passes: `reject` (default), `fail` or `escalate`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub on_timeout: Option<Spanned<String>>,
+    /// Who decides after `on_timeout: escalate` (templates).
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
+    /// `fail` (default): a rejection fails the step (`approval.rejected`);
+    /// `continue`: the step completes with `approved: false`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub on_reject: Option<Spanned<String>>,
 }

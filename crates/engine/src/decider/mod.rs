@@ -24,6 +24,12 @@ use uuid::Uuid;
 use crate::model::{Step, StepKind, Target, Workflow};
 use crate::template;
 
+mod ai;
+mod people;
+
+pub use ai::{AiOutcome, AiProgress};
+pub use people::{HumanWait, Notice, request_event};
+
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RunStatus {
@@ -179,6 +185,14 @@ pub struct RunState {
     pub compensating: Option<Compensating>,
     /// The scope of every step instance outside the top level.
     scopes: HashMap<String, String>,
+    /// What every AI step instance has done.
+    pub ai: BTreeMap<String, AiProgress>,
+    /// Forms and approvals requested, by step instance.
+    pub people: BTreeMap<String, HumanWait>,
+    /// Money the run's AI attempts spent, in micros.
+    pub spent_micros: u64,
+    /// Tokens the run's AI attempts used.
+    pub spent_tokens: u64,
 }
 
 /// A failing run undoing its completed steps.
@@ -216,6 +230,23 @@ impl RunState {
                 }
                 _ => false,
             })
+    }
+
+    /// The attempt of the step instance in flight (0 when none is).
+    pub fn attempt_of(&self, instance: &str) -> u32 {
+        match self.threads.get(self.scope_of(instance)).map(|t| &t.cursor) {
+            Some(Cursor::InFlight { step, attempt, .. }) if step == instance => *attempt,
+            _ => 0,
+        }
+    }
+
+    /// The forms and approvals waiting for people now: step instance and request.
+    pub fn waiting_for_people(&self) -> Vec<(&str, &HumanWait)> {
+        self.people
+            .iter()
+            .filter(|(inst, h)| self.attempt_of(inst) == h.attempt && h.attempt > 0)
+            .map(|(i, h)| (i.as_str(), h))
+            .collect()
     }
 
     fn thread_mut(&mut self, instance: &str) -> Option<&mut Thread> {
@@ -273,6 +304,9 @@ fn prefix(instance: &str) -> &str {
 /// Folds one event into the state.
 pub fn evolve(mut s: RunState, event: &Event) -> RunState {
     s.version += 1;
+    if ai::evolve(&mut s, event) || ai::evolve_timer(&mut s, event) || people::evolve(&mut s, event) {
+        return s;
+    }
     match event {
         Event::RunStarted(e) => {
             s.run_id = Some(e.run_id);
@@ -296,6 +330,10 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             if !e.scope.is_empty() {
                 s.scopes.insert(e.step_id.clone(), e.scope.clone());
             }
+            if let Some(p) = s.ai.get_mut(&e.step_id) {
+                p.restart();
+            }
+            s.people.remove(&e.step_id);
             let t = s.threads.entry(e.scope.clone()).or_default();
             t.cursor = Cursor::InFlight { step: e.step_id.clone(), attempt: e.attempt, input: e.input.clone() };
         }
@@ -336,7 +374,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 };
             }
         }
-        Event::TimerStarted(e) => {
+        Event::TimerStarted(e) if e.purpose == "wait" => {
             if let Some(step) = &e.step_id
                 && let Some(t) = s.thread_mut(step)
                 && let Cursor::InFlight { attempt, .. } = &t.cursor
@@ -415,6 +453,9 @@ pub struct Decision {
     pub execute: Vec<Execution>,
     /// When to decide again if nothing else happens.
     pub wake_at: Option<DateTime<Utc>>,
+    /// A form or approval waits for people: a driver with no effects left
+    /// may stop here instead of sleeping (a submission wakes the run).
+    pub parked: bool,
 }
 
 impl Decision {
@@ -438,13 +479,14 @@ impl Decision {
         self.append.is_empty() && self.execute.is_empty() && self.wake_at.is_none()
     }
 
-    fn wake(&mut self, t: DateTime<Utc>) {
+    pub(crate) fn wake(&mut self, t: DateTime<Utc>) {
         self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
     }
 
     fn merge(&mut self, other: Decision) {
         self.append.extend(other.append);
         self.execute.extend(other.execute);
+        self.parked |= other.parked;
         if let Some(t) = other.wake_at {
             self.wake(t);
         }
@@ -493,6 +535,27 @@ pub enum Effect {
     AwaitChild {
         /// The child run.
         child_run_id: Uuid,
+    },
+    /// Call the model with the recorded request (the execution's input is
+    /// the `AiAttemptStarted` payload) and record the reply or failure.
+    Ai {
+        /// The AI attempt number.
+        number: u32,
+        /// The scripted replies, rendered (scripted provider only).
+        scripted: Vec<Value>,
+    },
+    /// Record the form's or approval's request with its token's hash.
+    Request,
+    /// Send one notification about a waiting form or approval.
+    Notify {
+        /// `request`, `reminder-N` or `escalation`.
+        purpose: String,
+        /// The identity notified.
+        identity: String,
+        /// Their address.
+        address: String,
+        /// Send attempt, from 1.
+        send_attempt: u32,
     },
 }
 
@@ -646,6 +709,8 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                     None,
                 )),
                 StepKind::Parallel { .. } | StepKind::Map { .. } => container(w, s, st, step, *attempt, input, now, d),
+                StepKind::Ai(a) => ai::decide(w, s, st, a, step, *attempt, input, now, d),
+                StepKind::Form(_) | StepKind::Approval(_) => people::decide(w, s, st, step, *attempt, input, now, d),
                 // Pure steps record start and outcome together; an in-flight
                 // pure step can only come from an interrupted older engine.
                 _ => d.append.extend(start(w, s, key, prefix(step), st, *attempt, now)),
@@ -926,7 +991,7 @@ fn next_compensation(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Vec<Even
     }
 }
 
-fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
+pub(super) fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
     let mut h = Sha256::new();
     h.update(run.map(|r| r.into_bytes()).unwrap_or_default());
     h.update(step.as_bytes());
@@ -1008,6 +1073,18 @@ fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u
             }
         }
         StepKind::Parallel { .. } => vec![started(step, key, attempt, Value::Null)],
+        StepKind::Ai(a) => match ai::start_input(w, a, &ctx) {
+            Ok(input) => vec![started(step, key, attempt, input)],
+            Err(e) => render_failed(e),
+        },
+        StepKind::Form(f) => match people::form_input(f, &ctx, now) {
+            Ok(input) => vec![started(step, key, attempt, input)],
+            Err(e) => render_failed(e),
+        },
+        StepKind::Approval(a) => match people::approval_input(a, &ctx, now) {
+            Ok(input) => vec![started(step, key, attempt, input)],
+            Err(e) => render_failed(e),
+        },
         StepKind::Map { items, .. } => match template::render(items, &ctx) {
             Ok(Value::Array(items)) => {
                 let n = items.len();
