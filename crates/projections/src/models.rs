@@ -65,6 +65,7 @@ impl Projection for Runs {
             "RunStarted"
                 | "StepStarted"
                 | "StepCompleted"
+                | "StepFailed"
                 | "TimerStarted"
                 | "InputRequested"
                 | "ApprovalRequested"
@@ -125,6 +126,7 @@ impl Projection for StepHistory {
                 | "BranchTaken"
                 | "AiAttemptStarted"
                 | "AiAttemptCompleted"
+                | "AiAttemptFailed"
                 | "AiOutputRejected"
                 | "InputSubmitted"
                 | "ApprovalDecided"
@@ -210,6 +212,8 @@ fn action(t: &str) -> &'static str {
         "AiAttemptStarted" => "call model",
         "AiAttemptCompleted" => "receive model output",
         "AiOutputRejected" => "reject model output",
+        "AiAttemptFailed" => "model call failed",
+        "NotificationFailed" => "notification failed",
         "InputRequested" => "request input",
         "InputSubmitted" => "submit input",
         "ApprovalRequested" => "request approval",
@@ -229,7 +233,12 @@ fn action(t: &str) -> &'static str {
 
 fn failed(e: &Event) -> bool {
     match e {
-        Event::StepFailed(_) | Event::RunFailed(_) | Event::AiOutputRejected(_) | Event::ApprovalExpired(_) => true,
+        Event::StepFailed(_)
+        | Event::RunFailed(_)
+        | Event::AiOutputRejected(_)
+        | Event::AiAttemptFailed(_)
+        | Event::NotificationFailed(_)
+        | Event::ApprovalExpired(_) => true,
         Event::ChildRunCompleted(c) => c.status != "completed",
         _ => false,
     }
@@ -415,11 +424,13 @@ impl Runs {
                     row[4] = Val::from(s.step_id.as_str());
                     row[3] = Val::from("running");
                 }
-                Event::StepCompleted(_) => {
+                Event::StepCompleted(_) | Event::StepFailed(_) => {
                     if status == "waiting" {
                         row[3] = Val::from("running");
                     }
                 }
+                // An AI backoff is the run at work, not waiting.
+                Event::TimerStarted(t) if t.purpose == "retry" => {}
                 Event::TimerStarted(_) | Event::InputRequested(_) | Event::ApprovalRequested(_) => {
                     row[3] = Val::from("waiting");
                 }
@@ -794,6 +805,15 @@ impl StepHistory {
                         row[12] = add(&row[12], &inp);
                         row[13] = add(&row[13], &out);
                         row[14] = add(&row[14], &cost);
+                    }
+                }
+                Event::AiAttemptFailed(s) => {
+                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
+                        row[6] = Val::from("failed");
+                        row[8] = at;
+                        row[9] = Val::from(s.latency_ms);
+                        row[10] = Val::from(s.error_kind.as_str());
+                        row[11] = Val::from(s.message.as_str());
                     }
                 }
                 Event::AiOutputRejected(s) => {

@@ -213,7 +213,7 @@ fn fold(runs: &[(Uuid, Vec<Event>)]) -> (Statuses, Tokens) {
                     st.0 = "running".into();
                 }
                 Event::InputRequested(_) | Event::ApprovalRequested(_) => st.0 = "waiting".into(),
-                Event::StepCompleted(_) if st.0 == "waiting" => st.0 = "running".into(),
+                Event::StepCompleted(_) | Event::StepFailed(_) if st.0 == "waiting" => st.0 = "running".into(),
                 Event::RunCompleted(_) => st.0 = "completed".into(),
                 Event::RunFailed(_) => st.0 = "failed".into(),
                 Event::AiAttemptCompleted(a) => {
