@@ -69,3 +69,4 @@ macro_rules! both_backends {
         }
     };
 }
+pub mod servers;
