@@ -31,6 +31,9 @@ struct Cli {
     #[command(flatten)]
     read: commands::read::ReadArgs,
 
+    #[command(flatten)]
+    setup: commands::setup::SetupArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +76,12 @@ enum Command {
     Audit(commands::read::AuditArgs),
     /// Forms and approvals waiting for people.
     Inbox,
+    /// Submit a form a run waits for, then continue the run.
+    Submit(commands::people::SubmitArgs),
+    /// Approve an approval a run waits for, then continue the run.
+    Approve(commands::people::DecideArgs),
+    /// Reject an approval a run waits for, then continue the run.
+    Reject(commands::people::DecideArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,13 +97,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => commands::run::run(&cli.database, &cli.read, args).await,
-            Command::Continue => commands::run::continue_command(&cli.database, &cli.read).await,
-            Command::Publish(args) => commands::run::publish(&cli.database, args).await,
+            Command::Run(args) => commands::run::run(&cli.database, &cli.read, &cli.setup, args).await,
+            Command::Continue => commands::run::continue_command(&cli.database, &cli.read, &cli.setup).await,
+            Command::Publish(args) => commands::run::publish(&cli.database, &cli.setup, args).await,
             Command::Runs => commands::runs::list(&cli.database, &cli.read).await,
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
             Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
-            Command::Validate(args) => commands::validate::run(args),
+            Command::Validate(args) => commands::validate::run(args, &cli.setup),
             Command::Schema => commands::validate::schema(),
             Command::Demo => commands::demo::run(&cli.database).await,
             Command::Verify(args) => commands::verify::run(&cli.database, args).await,
@@ -104,6 +113,9 @@ fn main() -> ExitCode {
             Command::Costs(args) => commands::read::costs(&cli.database, &cli.read, args).await,
             Command::Audit(args) => commands::read::audit(&cli.database, &cli.read, args).await,
             Command::Inbox => commands::read::inbox(&cli.database, &cli.read).await,
+            Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
+            Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
+            Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,
         }
     });
     match result {

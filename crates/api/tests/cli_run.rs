@@ -363,7 +363,13 @@ fn every_example_runs_as_its_header_says() {
                 .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
                 .output()
                 .expect("sh");
-            let expected = if comment.contains("exits 1") { 1 } else { 0 };
+            let expected = if comment.contains("exits 1") {
+                1
+            } else if comment.contains("exits 3") {
+                3
+            } else {
+                0
+            };
             assert_eq!(out.status.code(), Some(expected), "{}: `cairn run {cmd}`\n{}", file.display(), text(&out));
             ran += 1;
         }

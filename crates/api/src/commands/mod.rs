@@ -2,8 +2,10 @@
 
 pub mod demo;
 pub mod events;
+pub mod people;
 pub mod read;
 pub mod run;
 pub mod runs;
+pub mod setup;
 pub mod validate;
 pub mod verify;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cairn_engine::decider::RunStatus;
-use cairn_engine::{Engine, TaskRegistry};
+use cairn_engine::Engine;
 use cairn_events::Event;
 use serde_json::Value;
 
@@ -46,7 +46,8 @@ fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_
     let file = path.display().to_string();
     let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
         Ok(w) => {
-            let missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
+            let mut missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
+            missing.extend(cairn_engine::lang::check_models(&w, engine.config(), &file));
             if missing.is_empty() { Ok(w) } else { Err(missing) }
         }
         Err(d) => Err(d.0),
@@ -85,9 +86,8 @@ async fn publish_all(engine: &Engine, files: &[std::path::PathBuf], quiet: bool)
 }
 
 /// `cairn publish FILE...`.
-pub async fn publish(database: &str, args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
-    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(load_secrets(None)?);
+pub async fn publish(database: &str, setup: &super::setup::SetupArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let engine = super::setup::engine(database, setup, load_secrets(None)?).await?;
     Ok(if publish_all(&engine, &args.files, false).await? { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -122,11 +122,15 @@ pub fn parse_inputs(inputs: &[String], file: Option<&std::path::Path>) -> anyhow
 }
 
 /// Runs the command.
-pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    database: &str,
+    read: &crate::commands::read::ReadArgs,
+    setup: &super::setup::SetupArgs,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
-    let store = cairn_events::open(database).await?;
     let secrets = load_secrets(args.secrets_file.as_deref())?;
-    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets);
+    let engine = super::setup::engine(database, setup, secrets).await?;
     let Some(workflow) = load(&engine, &args.file)? else { return Ok(ExitCode::from(1)) };
     if !publish_all(&engine, &args.with, true).await? {
         return Ok(ExitCode::from(1));
@@ -145,7 +149,8 @@ pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: A
     // The embedded default runs the projections in-process, alongside the
     // run, woken by its commits.
     let projector = Projector::start(engine.store().clone(), database, read).await;
-    let (run_id, state) = match engine.run(&workflow, version, inputs, "cli", &mut progress).await {
+    let started_by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
+    let (run_id, mut state) = match engine.run(&workflow, version, inputs, &started_by, &mut progress).await {
         Ok(done) => done,
         Err(cairn_engine::RunError::InvalidInputs { workflow, errors }) => {
             eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
@@ -162,25 +167,19 @@ pub async fn run(database: &str, read: &crate::commands::read::ReadArgs, args: A
         }
         Err(e) => return Err(e.into()),
     };
+    // On a terminal, people answer right here; the run goes on after each answer.
+    while state.status == RunStatus::Running
+        && !state.waiting_for_people().is_empty()
+        && super::people::interactive()
+        && super::people::ask_at_terminal(&engine, setup, run_id, &state).await?
+    {
+        state = engine.drive(run_id, &mut progress).await?;
+    }
     // The read models include this run when the command returns.
     if let Some(p) = projector {
         p.finish().await;
     }
-    match state.status {
-        RunStatus::Completed => {
-            out!("{}", serde_json::to_string_pretty(&state.output.unwrap_or(Value::Null))?);
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            let (kind, message, step) =
-                state.error.unwrap_or_else(|| ("cancelled".into(), "the run was cancelled".into(), None));
-            eprintln!(
-                "run {run_id} failed{}: [{kind}] {message}",
-                step.map(|s| format!(" at step `{s}`")).unwrap_or_default()
-            );
-            Ok(ExitCode::from(1))
-        }
-    }
+    super::people::finish(&engine, run_id, &state)
 }
 
 /// Progress display: on a terminal each running step is one line that is
@@ -202,7 +201,8 @@ impl Progress {
         let running = match e {
             Event::StepStarted(s) if s.attempt > 1 => Some(format!("{} (attempt {})", s.step_id, s.attempt)),
             Event::StepStarted(s) => Some(s.step_id.clone()),
-            Event::TimerStarted(t) => Some(format!(
+            Event::AiAttemptStarted(a) => Some(format!("{} asks {}/{} (attempt {})", a.step_id, a.provider, a.model, a.attempt)),
+            Event::TimerStarted(t) if t.purpose == "wait" => Some(format!(
                 "{} waits until {}",
                 t.step_id.as_deref().unwrap_or("timer"),
                 t.due_at.format("%H:%M:%S%.3f")
@@ -220,12 +220,73 @@ impl Progress {
             Event::BranchTaken(b) => {
                 Some(("→", format!("{}: `{}` is {} → {}", b.step_id, b.expression, b.value, b.target)))
             }
+            Event::TimerStarted(t) if t.purpose != "wait" => Some((
+                "⏲",
+                format!(
+                    "{} {} at {}",
+                    t.step_id.as_deref().unwrap_or("timer"),
+                    match t.purpose.as_str() {
+                        "retry" => "retries",
+                        "deadline" => "is due",
+                        other => other,
+                    },
+                    t.due_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+                ),
+            )),
             Event::CompensationStarted(c) => Some(("↩", format!("undoing: {}", c.compensations.join(", ")))),
             Event::StepSkipped(s) => Some(("–", format!("{} {}", s.step_id, s.reason))),
             Event::ChildRunStarted(c) => Some((
                 "↳",
                 format!("{} started child run {} ({} v{})", c.step_id, c.child_run_id, c.workflow, c.workflow_version),
             )),
+            Event::AiAttemptCompleted(a) => Some((
+                "⇠",
+                format!(
+                    "{} reply {}: {}+{} tokens{}, {} ms",
+                    a.step_id,
+                    a.attempt,
+                    a.usage.input_tokens,
+                    a.usage.output_tokens,
+                    a.cost.as_ref().map(|c| format!(", {:.6} {}", c.micros as f64 / 1e6, c.currency)).unwrap_or_default(),
+                    a.latency_ms
+                ),
+            )),
+            Event::AiOutputRejected(r) => Some((
+                "✗",
+                format!(
+                    "{} reply {} rejected, fed back: {}",
+                    r.step_id,
+                    r.attempt,
+                    r.errors.iter().map(|e| format!("{} {}", e.path, e.message)).collect::<Vec<_>>().join("; ")
+                ),
+            )),
+            Event::AiAttemptFailed(f) => Some(("✗", format!("{} call {}: [{}] {}", f.step_id, f.attempt, f.error_kind, f.message))),
+            Event::InputRequested(r) => Some((
+                "✎",
+                format!(
+                    "{} waits for input{}",
+                    r.step_id,
+                    if r.assignees.is_empty() { String::new() } else { format!(" from {}", r.assignees.join(", ")) }
+                ),
+            )),
+            Event::ApprovalRequested(r) => Some((
+                "⚖",
+                format!("{} waits for {} approval(s) from {}", r.step_id, r.required_approvals, r.approvers.join(", ")),
+            )),
+            Event::InputSubmitted(s) => Some(("✓", format!("{} submitted by {}", s.step_id, s.submitted_by))),
+            Event::ApprovalDecided(d) => Some((
+                if d.decision == "approved" { "✓" } else { "✗" },
+                format!(
+                    "{} {} by {}{}",
+                    d.step_id,
+                    d.decision,
+                    d.decided_by,
+                    d.comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+                ),
+            )),
+            Event::ApprovalExpired(x) => Some(("⌛", format!("{} expired: {}", x.step_id, x.on_timeout))),
+            Event::NotificationSent(n) => Some(("✉", format!("{} {} sent to {}", n.step_id, n.purpose, n.recipient))),
+            Event::NotificationFailed(n) => Some(("✉", format!("{} {} to {} failed: {}", n.step_id, n.purpose, n.recipient, n.error))),
             Event::RunCompleted(_) => Some(("●", "completed".to_owned())),
             Event::RunFailed(f) => Some(("●", format!("failed: {}", f.message))),
             _ => None,
@@ -315,16 +376,19 @@ impl Projector {
 /// Brings the read models up to date; a failure there is reported, never
 /// fails the command (the log is the truth; `cairn projections status` shows
 /// what is wrong).
-async fn project(database: &str, read: &crate::commands::read::ReadArgs) {
+pub async fn project(database: &str, read: &crate::commands::read::ReadArgs) {
     if let Err(e) = crate::commands::read::catch_up(database, read).await {
         eprintln!("warning: the read models are not up to date: {e:#}");
     }
 }
 
 /// `cairn continue`.
-pub async fn continue_command(database: &str, read: &crate::commands::read::ReadArgs) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
-    let engine = Engine::new(store, TaskRegistry::builtin()).with_secrets(load_secrets(None)?);
+pub async fn continue_command(
+    database: &str,
+    read: &crate::commands::read::ReadArgs,
+    setup: &super::setup::SetupArgs,
+) -> anyhow::Result<ExitCode> {
+    let engine = super::setup::engine(database, setup, load_secrets(None)?).await?;
     let n = continue_interrupted(&engine).await?;
     project(database, read).await;
     out!("{n} interrupted run(s) continued");

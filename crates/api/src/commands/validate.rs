@@ -16,7 +16,8 @@ pub struct Args {
 }
 
 /// Runs `validate`: exit 0 when every file is valid, 1 otherwise.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCode> {
+    let config = super::setup::config(setup, None)?;
     let tasks = TaskRegistry::builtin();
     let names = tasks.names();
     let mut all = Vec::new();
@@ -35,7 +36,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(w) => {
                     // Secrets are checked against this environment (CAIRN_SECRET_<NAME>).
                     let secrets = cairn_engine::secrets::Secrets::from_env();
-                    let missing = cairn_engine::lang::check_secrets(&w, &secrets.names(), &file);
+                    let mut missing = cairn_engine::lang::check_secrets(&w, &secrets.names(), &file);
+                    // Models and prompt templates against the config.
+                    missing.extend(cairn_engine::lang::check_models(&w, &config, &file));
                     if missing.is_empty() && args.format == "text" {
                         out!("{file}: valid");
                     }

@@ -135,11 +135,32 @@ pub fn smtp_on(port: Option<u16>) -> Option<Server> {
     Some(spawn(cmd, port, dir, "aiosmtpd"))
 }
 
-/// The messages an SMTP server delivered, as text.
+/// Undoes quoted-printable (soft line breaks and `=XX`), as a mail reader does.
+fn unquote(t: &str) -> String {
+    let t = t.replace("=\r\n", "").replace("=\n", "");
+    let b = t.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'=' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The messages an SMTP server delivered, as text (quoted-printable undone).
 pub fn mails(s: &Server) -> Vec<String> {
     let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(s.dir.path().join("mail/new"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
         .unwrap_or_default();
     out.sort();
-    out.into_iter().map(|(_, t)| t).collect()
+    out.into_iter().map(|(_, t)| unquote(&t)).collect()
 }
