@@ -100,7 +100,11 @@ fn blog_post_continues_with_the_commands_it_prints() {
     bad[3..].iter_mut().for_each(|a| *a = a.replace("Durable workflows", "Du"));
     let refused = cairn_args(&db, &bad);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(text(&refused).contains("topic: has 2 characters") && text(&refused).contains("words: 50 is less"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("topic: has 2 characters") && text(&refused).contains("words: 50 is less"),
+        "{}",
+        text(&refused)
+    );
     submit.push("--as".into());
     submit.push("ada".into());
     let submitted = cairn_args(&db, &submit);
@@ -123,12 +127,18 @@ fn blog_post_continues_with_the_commands_it_prints() {
     }
     let refused = cairn_args(&db, &as_mallory);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(text(&refused).contains("[not-allowed]") && text(&refused).contains("only editor may"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("[not-allowed]") && text(&refused).contains("only editor may"),
+        "{}",
+        text(&refused)
+    );
     let mut approve = approve;
     approve.extend(["--comment".into(), "Ship it".into()]);
     let done = cairn_args(&db, &approve);
     assert_eq!(done.status.code(), Some(0), "{}", text(&done));
-    let output: serde_json::Value = serde_json::from_slice(&done.stdout[done.stdout.iter().position(|b| *b == b'{').expect("json")..]).expect("output");
+    let output: serde_json::Value =
+        serde_json::from_slice(&done.stdout[done.stdout.iter().position(|b| *b == b'{').expect("json")..])
+            .expect("output");
     assert_eq!(output["published"], true);
     assert_eq!(output["title"], "Durable workflows: a practical guide");
     let posts = cms.posts();
@@ -136,14 +146,21 @@ fn blog_post_continues_with_the_commands_it_prints() {
     assert_eq!(posts[0]["approved_by"], "editor");
     assert_eq!(posts[0]["idempotency_key"], format!("{run}:publish:1"));
     let history = text(&cairn(&db, &["history", &run]));
-    assert!(history.contains("input submitted by ada") && history.contains("approved by editor — Ship it"), "{history}");
+    assert!(
+        history.contains("input submitted by ada") && history.contains("approved by editor — Ship it"),
+        "{history}"
+    );
     assert!(history.contains("ai#1 rejected") && history.contains("ai#2 completed"), "{history}");
     let audit = text(&cairn(&db, &["audit", "--actor", "editor"]));
     assert!(audit.contains("decide approval"), "{audit}");
     // A late second approval names the decision that won.
     let again = cairn_args(&db, &approve);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    assert!(text(&again).contains("[conflict]") && text(&again).contains("ApprovalDecided by editor"), "{}", text(&again));
+    assert!(
+        text(&again).contains("[conflict]") && text(&again).contains("ApprovalDecided by editor"),
+        "{}",
+        text(&again)
+    );
     assert!(cairn(&db, &["verify"]).status.success());
 }
 

@@ -521,7 +521,10 @@ impl Config {
             if !self.providers.contains_key(provider) {
                 let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
                 let from = via.map(|v| format!(" (from {v})")).unwrap_or_default();
-                return Err(format!("`{written}`{from}: no provider `{provider}`; known providers: {}", known.join(", ")));
+                return Err(format!(
+                    "`{written}`{from}: no provider `{provider}`; known providers: {}",
+                    known.join(", ")
+                ));
             }
             let entry = self.models.values().find(|m| m.provider == provider && m.model == model);
             return self.spec(alias, provider, model, entry);
@@ -581,6 +584,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -76,7 +76,8 @@ impl Engine {
                 0,
             );
         };
-        let mode = req.params.get("mode").and_then(Value::as_str).and_then(OutputMode::parse).unwrap_or(OutputMode::None);
+        let mode =
+            req.params.get("mode").and_then(Value::as_str).and_then(OutputMode::parse).unwrap_or(OutputMode::None);
         let schema = w.step(bare(step_id)).and_then(|s| s.output_contract.as_ref());
         let scripted = if scripted.is_empty() && p.kind == ProviderKind::Scripted {
             p.replies.get(bare(step_id)).cloned().unwrap_or_default()
@@ -110,7 +111,7 @@ impl Engine {
         let latency_ms = provider::elapsed_ms(started);
         match outcome {
             Ok(reply) => {
-                let cost = req.params.get("price").and_then(|pr| {
+                let cost = req.params.get("price").map(|pr| {
                     let per = |k: &str| pr.get(k).and_then(Value::as_f64).unwrap_or(0.0);
                     let price = crate::config::Price {
                         input_per_million: per("input_per_million"),
@@ -118,11 +119,11 @@ impl Engine {
                         currency: pr.get("currency").and_then(Value::as_str).unwrap_or("USD").to_owned(),
                         table: pr.get("table").and_then(Value::as_str).unwrap_or_default().to_owned(),
                     };
-                    Some(Cost {
+                    Cost {
                         micros: price.micros(reply.input_tokens, reply.output_tokens),
                         currency: price.currency,
                         price_table: price.table,
-                    })
+                    }
                 });
                 Event::AiAttemptCompleted(AiAttemptCompleted {
                     step_id: step_id.to_owned(),
@@ -140,7 +141,12 @@ impl Engine {
                     f.kind = "ai.status".into();
                 }
                 if let Some(m) = fallback {
-                    f.message = format!("{} — the server refused structured output `{}`; next: `{}`", f.message, mode.name(), m.name());
+                    f.message = format!(
+                        "{} — the server refused structured output `{}`; next: `{}`",
+                        f.message,
+                        mode.name(),
+                        m.name()
+                    );
                 }
                 failed(f, fallback, latency_ms)
             }
@@ -149,7 +155,14 @@ impl Engine {
 
     /// Records a form's or approval's request, with the hash of the token
     /// derived for this step attempt.
-    pub(crate) fn request(&self, w: &Workflow, run_id: Uuid, step_id: &str, attempt: u32, input: &Value) -> Option<Event> {
+    pub(crate) fn request(
+        &self,
+        w: &Workflow,
+        run_id: Uuid,
+        step_id: &str,
+        attempt: u32,
+        input: &Value,
+    ) -> Option<Event> {
         let kind = &w.step(bare(step_id))?.kind;
         if !matches!(kind, StepKind::Form(_) | StepKind::Approval(_)) {
             return None;

@@ -291,10 +291,15 @@ impl Field {
     pub fn parse_text(&self, text: &str) -> Result<Value, String> {
         let t = text.trim();
         match self.kind {
-            FieldType::Number => {
-                t.parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| json!(v)).ok_or_else(|| format!("`{t}` is not a number"))
+            FieldType::Number => t
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(|v| json!(v))
+                .ok_or_else(|| format!("`{t}` is not a number")),
+            FieldType::Integer => {
+                t.parse::<i64>().map(|v| json!(v)).map_err(|_| format!("`{t}` is not a whole number"))
             }
-            FieldType::Integer => t.parse::<i64>().map(|v| json!(v)).map_err(|_| format!("`{t}` is not a whole number")),
             FieldType::Boolean => match t.to_ascii_lowercase().as_str() {
                 "y" | "yes" | "true" | "1" => Ok(json!(true)),
                 "n" | "no" | "false" | "0" => Ok(json!(false)),
@@ -306,9 +311,7 @@ impl Field {
                 {
                     return Ok(v);
                 }
-                Ok(Value::Array(
-                    t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| json!(s)).collect(),
-                ))
+                Ok(Value::Array(t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| json!(s)).collect()))
             }
             _ => Ok(Value::String(text.to_owned())),
         }
@@ -332,7 +335,9 @@ impl Field {
                 }
             }
             FieldType::Select => {
-                let Some(s) = v.as_str() else { return Err(format!("must be one of {}, not {}", self.choices(), show(v))) };
+                let Some(s) = v.as_str() else {
+                    return Err(format!("must be one of {}, not {}", self.choices(), show(v)));
+                };
                 if !self.options.iter().any(|o| o == s) {
                     return Err(format!("`{s}` is not one of {}", self.choices()));
                 }
@@ -451,7 +456,7 @@ pub fn validate(fields: &[Field], submitted: &Value) -> Result<Value, Vec<FieldE
     let mut errors = Vec::new();
     let mut out = Map::new();
     for f in fields {
-        let v = given.get(&f.name).filter(|v| !v.is_null() && !(f.kind.is_text() && v.as_str() == Some("")));
+        let v = given.get(&f.name).filter(|v| !(v.is_null() || f.kind.is_text() && v.as_str() == Some("")));
         match (v, &f.default) {
             (Some(v), _) => match f.check(v) {
                 Ok(v) => {
@@ -471,8 +476,10 @@ pub fn validate(fields: &[Field], submitted: &Value) -> Result<Value, Vec<FieldE
     for k in given.keys() {
         if !fields.iter().any(|f| &f.name == k) {
             let known: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-            let hint = crate::lang::did_you_mean(k, known.iter().copied())
-                .map_or_else(|| format!("the form's fields are {}", known.join(", ")), |d| format!("did you mean `{d}`?"));
+            let hint = crate::lang::did_you_mean(k, known.iter().copied()).map_or_else(
+                || format!("the form's fields are {}", known.join(", ")),
+                |d| format!("did you mean `{d}`?"),
+            );
             errors.push(FieldError { field: k.clone(), message: format!("is not a field of this form; {hint}") });
         }
     }
@@ -558,6 +565,7 @@ pub fn token_matches(token: &str, stored_hash: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -588,8 +596,11 @@ mod tests {
             Field { default: Some(json!("x")), ..field("tone", FieldType::Text) },
             Field { pattern: Some("[A-Z]{3}".into()), ..field("code", FieldType::Text) },
         ];
-        let e = validate(&fields, &json!({"topic": "ab", "count": 11, "pick": "c", "mail": "nope", "code": "abc", "colour": 1}))
-            .unwrap_err();
+        let e = validate(
+            &fields,
+            &json!({"topic": "ab", "count": 11, "pick": "c", "mail": "nope", "code": "abc", "colour": 1}),
+        )
+        .unwrap_err();
         let named: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(named, ["topic", "count", "pick", "mail", "code", "colour"], "{e:?}");
         let ok = validate(&fields, &json!({"topic": "abc", "count": 3, "code": "ABC"})).unwrap();

@@ -202,7 +202,11 @@ impl Engine {
                 state = evolve(state, &e);
                 decoded.push(e);
             }
-            let open = state.waiting_for_people().into_iter().find(|(i, h)| *i == step && h.kind == kind).map(|(_, h)| h.clone());
+            let open = state
+                .waiting_for_people()
+                .into_iter()
+                .find(|(i, h)| *i == step && h.kind == kind)
+                .map(|(_, h)| h.clone());
             let Some(h) = open else {
                 if let Some(winner) = winner(&recorded, &decoded, step, a.by(), None) {
                     return Err(HumanError::Conflict { step: step.to_owned(), winner });
@@ -220,10 +224,7 @@ impl Engine {
             new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by("engine"))));
             match self.store.append(&stream, ExpectedVersion::Exact(version), new).await {
                 Ok(r) => {
-                    return Ok(Recorded {
-                        stream_version: version + 1,
-                        global_position: r.first_position,
-                    });
+                    return Ok(Recorded { stream_version: version + 1, global_position: r.first_position });
                 }
                 // The run moved on meanwhile: look again (a rival answer is
                 // then named, an unrelated step's progress is no reason to refuse).
@@ -252,7 +253,12 @@ impl Engine {
         match a {
             Answer::Form(s) => {
                 if !h.assignees.is_empty() && !h.assignees.contains(&by) {
-                    return Err(HumanError::NotAllowed { by, step: step.to_owned(), action: "submit", allowed: h.assignees.clone() });
+                    return Err(HumanError::NotAllowed {
+                        by,
+                        step: step.to_owned(),
+                        action: "submit",
+                        allowed: h.assignees.clone(),
+                    });
                 }
                 let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
                 let values = crate::human::validate(&fields, &s.values)
@@ -267,7 +273,12 @@ impl Engine {
                     }
                 }
                 if !h.assignees.contains(&by) {
-                    return Err(HumanError::NotAllowed { by, step: step.to_owned(), action: "decide", allowed: h.assignees.clone() });
+                    return Err(HumanError::NotAllowed {
+                        by,
+                        step: step.to_owned(),
+                        action: "decide",
+                        allowed: h.assignees.clone(),
+                    });
                 }
                 if let Some(shown) = &v.content_hash
                     && shown != &h.content_hash
@@ -311,10 +322,13 @@ fn winner(recorded: &[RecordedEvent], decoded: &[Event], step: &str, _by: &str, 
     })?;
     // A submission or the decision that completed the step names its author.
     let mut i = found.0;
-    if same.is_none() && matches!(decoded[i], Event::StepCompleted(_) | Event::StepFailed(_)) && i > start {
-        if let Some(j) = (start..i).rev().find(|&j| matches!(&decoded[j], Event::ApprovalDecided(d) if d.step_id == step)) {
-            i = j;
-        }
+    if same.is_none()
+        && matches!(decoded[i], Event::StepCompleted(_) | Event::StepFailed(_))
+        && i > start
+        && let Some(j) =
+            (start..i).rev().find(|&j| matches!(&decoded[j], Event::ApprovalDecided(d) if d.step_id == step))
+    {
+        i = j;
     }
     let r = &recorded[i];
     let by = serde_json::from_str::<Value>(&r.metadata)

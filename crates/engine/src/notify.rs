@@ -85,7 +85,8 @@ pub async fn send(cfg: &EmailConfig, to: &str, subject: String, body: String) ->
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| format!("cannot build the message: {e}"))?;
-    let message_id = message.headers().get_raw("Message-ID").map(|v| v.trim_matches(|c| c == '<' || c == '>').to_owned());
+    let message_id =
+        message.headers().get_raw("Message-ID").map(|v| v.trim_matches(|c| c == '<' || c == '>').to_owned());
     let builder = match cfg.tls.as_str() {
         "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
         "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host).map_err(|e| e.to_string())?,
@@ -97,9 +98,6 @@ pub async fn send(cfg: &EmailConfig, to: &str, subject: String, body: String) ->
         builder = builder.credentials(Credentials::new(user.clone(), password));
     }
     let transport = builder.build();
-    transport
-        .send(message)
-        .await
-        .map_err(|e| format!("SMTP {}:{} refused or failed: {e}", cfg.host, cfg.port))?;
+    transport.send(message).await.map_err(|e| format!("SMTP {}:{} refused or failed: {e}", cfg.host, cfg.port))?;
     Ok(message_id)
 }

@@ -473,7 +473,9 @@ impl Engine {
             }
             Effect::Request => return Ok(self.request(w, run_id, &step_id, attempt, &input).into_iter().collect()),
             Effect::Notify { purpose, identity, address, send_attempt } => {
-                return Ok(vec![self.notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input).await]);
+                return Ok(vec![
+                    self.notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input).await,
+                ]);
             }
             effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
         };

@@ -42,7 +42,8 @@ fn of<'a, T>(evs: &'a [Event], f: impl Fn(&'a Event) -> Option<&'a T>) -> Vec<&'
 }
 
 async fn stats(server: &Server) -> Value {
-    let body = reqwest::get(format!("{}/_fakellm/stats", server.url())).await.expect("stats").text().await.expect("body");
+    let body =
+        reqwest::get(format!("{}/_fakellm/stats", server.url())).await.expect("stats").text().await.expect("body");
     serde_json::from_str(&body).expect("json")
 }
 
@@ -58,7 +59,11 @@ fn matched(stats: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn valid_first_time_records_usage_and_cost() {
-    let Some(server) = servers::fakellm("version: 1\nrules:\n  - name: ok\n    respond: { content: '{\"title\": \"Rust in production\"}' }\n") else { return };
+    let Some(server) = servers::fakellm(
+        "version: 1\nrules:\n  - name: ok\n    respond: { content: '{\"title\": \"Rust in production\"}' }\n",
+    ) else {
+        return;
+    };
     let (_d, store) = common::sqlite().await;
     let e = engine(&store, &server, "openai", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "rust"})).await;
@@ -107,7 +112,11 @@ rules:
 
 #[tokio::test]
 async fn invalid_every_time_fails_with_the_last_errors() {
-    let Some(server) = servers::fakellm("version: 1\nrules:\n  - name: bad\n    respond: { content: 'I would rather not.' }\n") else { return };
+    let Some(server) =
+        servers::fakellm("version: 1\nrules:\n  - name: bad\n    respond: { content: 'I would rather not.' }\n")
+    else {
+        return;
+    };
     let (_d, store) = common::sqlite().await;
     let e = engine(&store, &server, "openai", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "no"})).await;
@@ -147,7 +156,10 @@ rules:
         _ => None,
     });
     assert_eq!(failed.len(), 1);
-    assert_eq!((failed[0].error_kind.as_str(), failed[0].status, failed[0].retryable), ("ai.rate_limited", Some(429), true));
+    assert_eq!(
+        (failed[0].error_kind.as_str(), failed[0].status, failed[0].retryable),
+        ("ai.rate_limited", Some(429), true)
+    );
     assert!(failed[0].message.contains("slow down"), "{}", failed[0].message);
     assert!(evs.iter().any(|e| matches!(e, Event::TimerStarted(t) if t.purpose == "retry")));
     assert!(!evs.iter().any(|e| matches!(e, Event::AiOutputRejected(_))), "a transport failure is not a rejection");
@@ -155,7 +167,11 @@ rules:
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let Some(server) = servers::llm_server(json!([{"status": 429, "retry_after": 1}, {"content": "{\"title\": \"Waited long enough\"}"}])) else { return };
+    let Some(server) = servers::llm_server(
+        json!([{"status": 429, "retry_after": 1}, {"content": "{\"title\": \"Waited long enough\"}"}]),
+    ) else {
+        return;
+    };
     let (_d, store) = common::sqlite().await;
     let e = engine(&store, &server, "openai", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "wait"})).await;
@@ -177,7 +193,11 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_server_that_refuses_json_schema_gets_json_object() {
-    let Some(server) = servers::llm_server(json!([{"refuse": "json_schema"}, {"content": "{\"title\": \"Fell back fine\"}"}])) else { return };
+    let Some(server) =
+        servers::llm_server(json!([{"refuse": "json_schema"}, {"content": "{\"title\": \"Fell back fine\"}"}]))
+    else {
+        return;
+    };
     let (_d, store) = common::sqlite().await;
     let e = engine(&store, &server, "openai", ", structured_output: json_schema");
     let (id, state) = common::run(&e, STEP, json!({"topic": "modes"})).await;
@@ -197,19 +217,24 @@ async fn a_server_that_refuses_json_schema_gets_json_object() {
 
 #[tokio::test]
 async fn a_budget_stops_the_second_attempt_before_it_is_sent() {
-    let Some(server) = servers::fakellm("version: 1\nrules:\n  - name: bad\n    respond: { content: '{\"title\": 1}' }\n") else { return };
+    let Some(server) =
+        servers::fakellm("version: 1\nrules:\n  - name: bad\n    respond: { content: '{\"title\": 1}' }\n")
+    else {
+        return;
+    };
     let (_d, store) = common::sqlite().await;
     // A token costs one unit: the first attempt fits in 40, a second with
     // the feedback would not.
     let e = {
         let base = format!("{}/v1", server.url());
-        let yaml = format!("providers:\n  local: {{ kind: openai, base_url: \"{base}\" }}\nmodels:\n  writer: {{ provider: local, model: m, input_per_million: 1000000, output_per_million: 1000000 }}\n");
+        let yaml = format!(
+            "providers:\n  local: {{ kind: openai, base_url: \"{base}\" }}\nmodels:\n  writer: {{ provider: local, model: m, input_per_million: 1000000, output_per_million: 1000000 }}\n"
+        );
         Engine::new(store.clone(), TaskRegistry::builtin()).with_config(Config::parse(&yaml, "c").expect("config"))
     };
-    let src = STEP.replace("      transport_retry:", "      max_output_tokens: 10\n      transport_retry:").replace(
-        "    output_contract:",
-        "    budget: { max_cost: 40 }\n    output_contract:",
-    );
+    let src = STEP
+        .replace("      transport_retry:", "      max_output_tokens: 10\n      transport_retry:")
+        .replace("    output_contract:", "    budget: { max_cost: 40 }\n    output_contract:");
     let (id, state) = common::run(&e, &src, json!({"topic": "x"})).await;
     let (kind, message, _) = state.error.expect("failed");
     assert_eq!(kind, "budget.exceeded", "{message}");
@@ -247,7 +272,9 @@ rules:
 async fn an_unreachable_server_fails_the_step_after_its_tries() {
     let (_d, store) = common::sqlite().await;
     let port = servers::free_port();
-    let yaml = format!("providers:\n  local: {{ kind: openai, base_url: \"http://127.0.0.1:{port}/v1\" }}\nmodels:\n  writer: {{ provider: local, model: m }}\n");
+    let yaml = format!(
+        "providers:\n  local: {{ kind: openai, base_url: \"http://127.0.0.1:{port}/v1\" }}\nmodels:\n  writer: {{ provider: local, model: m }}\n"
+    );
     let e = Engine::new(store.clone(), TaskRegistry::builtin()).with_config(Config::parse(&yaml, "c").expect("config"));
     let (_, state) = common::run(&e, STEP, json!({"topic": "x"})).await;
     let (kind, message, _) = state.error.expect("failed");

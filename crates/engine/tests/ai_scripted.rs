@@ -120,10 +120,7 @@ async fn transport_failures_back_off_apart_from_rejections(store: Arc<dyn EventS
 
 async fn too_many_transport_failures_fail_the_step(store: Arc<dyn EventStore>) {
     let e = engine(&store, "");
-    let src = workflow(
-        "[{ status: 503 }]",
-        "      transport_retry: { max_attempts: 2, initial_interval: 5ms }\n",
-    );
+    let src = workflow("[{ status: 503 }]", "      transport_retry: { max_attempts: 2, initial_interval: 5ms }\n");
     let (_, state) = common::run(&e, &src, json!({})).await;
     let (kind, message, _) = state.error.expect("error");
     assert_eq!(kind, "ai.status");
@@ -174,7 +171,10 @@ const PRICED: &str = "price_table: test-2026-12\nmodels:\n  writer: { provider: 
 
 async fn costs_come_from_the_price_table(store: Arc<dyn EventStore>) {
     let e = engine(&store, PRICED);
-    let src = workflow(r#"[{ content: '{"title": "Priced title", "body": "b"}', input_tokens: 100, output_tokens: 50 }]"#, "");
+    let src = workflow(
+        r#"[{ content: '{"title": "Priced title", "body": "b"}', input_tokens: 100, output_tokens: 50 }]"#,
+        "",
+    );
     let (id, state) = common::run(&e, &src, json!({})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
     let evs = common::events(&store, id).await;

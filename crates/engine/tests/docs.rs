@@ -76,6 +76,15 @@ fn every_field_and_code_is_documented() {
         "bad-version",
         "jump-across-blocks",
         "nested-step-reference",
+        "bad-ai",
+        "bad-form",
+        "bad-field",
+        "bad-approval",
+        "bad-reminder",
+        "bad-budget",
+        "secret-in-prompt",
+        "unknown-model",
+        "unknown-prompt-template",
     ] {
         assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
     }

@@ -60,8 +60,13 @@ async fn a_form_waits_and_checks_every_submission(store: Arc<dyn EventStore>) {
     assert_eq!(h.title.as_deref(), Some("Brief for ada"));
     let token = e.resume_token(id, "brief", 1);
     // The log holds the hash, never the token.
-    let raw: Vec<String> =
-        store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read").iter().map(|r| r.payload.clone()).collect();
+    let raw: Vec<String> = store
+        .read_stream(&cairn_events::run_stream(id), 1)
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
     assert!(raw.iter().all(|p| !p.contains(&token)));
     assert!(raw.iter().any(|p| p.contains(&cairn_engine::human::token_hash(&token))));
 
@@ -70,7 +75,11 @@ async fn a_form_waits_and_checks_every_submission(store: Arc<dyn EventStore>) {
     let stranger = e.submit(id, "brief", &sub("mallory", &token, json!({"topic": "Rust"}))).await;
     assert!(matches!(&stranger, Err(HumanError::NotAllowed { allowed, .. }) if allowed == &["ada"]), "{stranger:?}");
     let invalid = e
-        .submit(id, "brief", &sub("ada", &token, json!({"topic": "R", "words": 5, "tone": "grim", "contact": "x", "extra": 1})))
+        .submit(
+            id,
+            "brief",
+            &sub("ada", &token, json!({"topic": "R", "words": 5, "tone": "grim", "contact": "x", "extra": 1})),
+        )
         .await;
     let Err(HumanError::Invalid { errors, .. }) = invalid else { panic!("{invalid:?}") };
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -94,7 +103,10 @@ async fn a_form_waits_and_checks_every_submission(store: Arc<dyn EventStore>) {
     assert_eq!(submitted.values, json!({"topic": "Rust traits", "words": 600, "tone": "plain"}));
     // A late answer names the one that won.
     let late = e.submit(id, "brief", &sub("ada", &token, json!({"topic": "again"}))).await;
-    assert!(matches!(&late, Err(HumanError::Conflict { winner, .. }) if winner.event_type == "InputSubmitted" && winner.by == "ada"), "{late:?}");
+    assert!(
+        matches!(&late, Err(HumanError::Conflict { winner, .. }) if winner.event_type == "InputSubmitted" && winner.by == "ada"),
+        "{late:?}"
+    );
 }
 
 const REVIEW: &str = r#"name: review
@@ -132,7 +144,10 @@ async fn an_approval_binds_to_its_content_and_needs_its_quorum(store: Arc<dyn Ev
     let seen = Vote { content_hash: Some(hash.clone()), ..vote("grace", &token, true) };
     e.decide_approval(id, "review", &seen).await.expect("grace");
     let twice = e.decide_approval(id, "review", &vote("grace", &token, false)).await;
-    assert!(matches!(&twice, Err(HumanError::Conflict { winner, .. }) if winner.event_type == "ApprovalDecided"), "{twice:?}");
+    assert!(
+        matches!(&twice, Err(HumanError::Conflict { winner, .. }) if winner.event_type == "ApprovalDecided"),
+        "{twice:?}"
+    );
     // One of two: still waiting.
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
     e.decide_approval(id, "review", &vote("ada", &token, true)).await.expect("ada");
@@ -212,7 +227,10 @@ async fn racing_approvers_on_a_quorum_of_one_record_exactly_one(store: Arc<dyn E
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     for r in &results {
         if let Err(err) = r {
-            assert!(matches!(err, HumanError::Conflict { winner, .. } if winner.event_type == "ApprovalDecided"), "{err}");
+            assert!(
+                matches!(err, HumanError::Conflict { winner, .. } if winner.event_type == "ApprovalDecided"),
+                "{err}"
+            );
         }
     }
     let evs = common::events(&store, id).await;
@@ -250,7 +268,10 @@ async fn deadlines_reject_fail_or_escalate(store: Arc<dyn EventStore>) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
     let token = e.resume_token(id, "review", 1);
-    assert!(matches!(e.decide_approval(id, "review", &vote("grace", &token, true)).await, Err(HumanError::NotAllowed { .. })));
+    assert!(matches!(
+        e.decide_approval(id, "review", &vote("grace", &token, true)).await,
+        Err(HumanError::NotAllowed { .. })
+    ));
     e.decide_approval(id, "review", &vote("cto", &token, true)).await.expect("cto");
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
@@ -303,9 +324,21 @@ fn bad_human_steps_are_diagnosed() {
         "bad-reminder",
         "as long as the deadline",
     );
-    check("name: t\nsteps:\n  - id: a\n    approval: { approvers: [x], on_timeout: escalate, deadline: 1h }\n", "bad-approval", "escalate_to");
-    check("name: t\nsteps:\n  - id: a\n    approval: { approvers: [x, y], quorum: 3 }\n", "bad-approval", "needs 3 approvals");
-    check("name: t\nsteps:\n  - id: a\n    approval: { approvers: [x] }\n    timeout: 1h\n", "misplaced-field", "deadline");
+    check(
+        "name: t\nsteps:\n  - id: a\n    approval: { approvers: [x], on_timeout: escalate, deadline: 1h }\n",
+        "bad-approval",
+        "escalate_to",
+    );
+    check(
+        "name: t\nsteps:\n  - id: a\n    approval: { approvers: [x, y], quorum: 3 }\n",
+        "bad-approval",
+        "needs 3 approvals",
+    );
+    check(
+        "name: t\nsteps:\n  - id: a\n    approval: { approvers: [x] }\n    timeout: 1h\n",
+        "misplaced-field",
+        "deadline",
+    );
     check(
         "name: t\nsteps:\n  - id: f\n    form: { fields: [{ name: topic }] }\n  - id: g\n    transform: \"{{ steps.f.output.topc }}\"\n",
         "unknown-output-field",

@@ -84,7 +84,8 @@ async fn a_failed_send_is_retried_later_and_never_fails_the_run() {
     // Nothing listens there yet.
     let port = servers::free_port();
     let e = engine(&store, port, "300ms");
-    let src = "name: f\nsteps:\n  - id: brief\n    form: { assignees: [grace], fields: [{ name: topic, required: true }] }\n";
+    let src =
+        "name: f\nsteps:\n  - id: brief\n    form: { assignees: [grace], fields: [{ name: topic, required: true }] }\n";
     let (w, v) = common::publish(&e, src).await;
     let id = e.start(&w, v, json!({}), "test").await.expect("start");
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");

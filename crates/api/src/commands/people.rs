@@ -97,7 +97,8 @@ pub async fn submit(
 ) -> anyhow::Result<ExitCode> {
     let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
     let Some(h) = open_request(&engine, args.run, &args.step).await? else {
-        let none = Submission { by: setup.identity.clone().unwrap_or_default(), token: String::new(), values: Value::Null };
+        let none =
+            Submission { by: setup.identity.clone().unwrap_or_default(), token: String::new(), values: Value::Null };
         return match engine.submit(args.run, &args.step, &none).await {
             Err(e) => report(e),
             Ok(_) => anyhow::bail!("internal: a closed form accepted a submission"),
@@ -106,7 +107,8 @@ pub async fn submit(
     anyhow::ensure!(h.kind == "form", "step `{}` is an approval; use `cairn approve` or `cairn reject`", args.step);
     let by = identity_or_hint(setup, &engine, &h)?;
     let values = match &args.data {
-        Some(d) => serde_json::from_str::<Value>(d).context("--data is not JSON; pass an object like '{\"topic\": \"Rust\"}'")?,
+        Some(d) => serde_json::from_str::<Value>(d)
+            .context("--data is not JSON; pass an object like '{\"topic\": \"Rust\"}'")?,
         None => {
             let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
             let mut m = Map::new();
@@ -138,7 +140,12 @@ pub async fn submit(
     };
     let token = args.token.unwrap_or_else(|| engine.resume_token(args.run, &args.step, h.attempt));
     match engine.submit(args.run, &args.step, &Submission { by: by.clone(), token, values }).await {
-        Ok(r) => out!("submitted `{}` as {by} (stream version {}, position {})", args.step, r.stream_version, r.global_position),
+        Ok(r) => out!(
+            "submitted `{}` as {by} (stream version {}, position {})",
+            args.step,
+            r.stream_version,
+            r.global_position
+        ),
         Err(e) => return report(e),
     }
     continue_run(&engine, database, read, args.run).await
@@ -211,7 +218,10 @@ pub fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Result<Ex
         _ => {
             let (kind, message, step) =
                 state.error.clone().unwrap_or_else(|| ("cancelled".into(), "the run was cancelled".into(), None));
-            eprintln!("run {run} failed{}: [{kind}] {message}", step.map(|s| format!(" at step `{s}`")).unwrap_or_default());
+            eprintln!(
+                "run {run} failed{}: [{kind}] {message}",
+                step.map(|s| format!(" at step `{s}`")).unwrap_or_default()
+            );
             Ok(ExitCode::from(1))
         }
     }
@@ -224,15 +234,14 @@ pub fn how_to_continue(_engine: &Engine, run: Uuid, state: &RunState) -> String 
         let due = h.deadline.map(|d| format!(", due {}", d.to_rfc3339())).unwrap_or_default();
         if h.kind == "form" {
             let who = if h.assignees.is_empty() { "anyone".to_owned() } else { h.assignees.join(", ") };
-            t.push_str(&format!("    form `{step}`{} for {who}{due}\n", h.title.as_ref().map(|x| format!(" ({x})")).unwrap_or_default()));
+            t.push_str(&format!(
+                "    form `{step}`{} for {who}{due}\n",
+                h.title.as_ref().map(|x| format!(" ({x})")).unwrap_or_default()
+            ));
             let fields: Vec<String> = h.fields.iter().map(Field::from_recorded).map(|f| describe(&f)).collect();
             t.push_str(&format!("      fields: {}\n", fields.join("; ")));
-            let example: Vec<String> = h
-                .fields
-                .iter()
-                .filter(|f| f.required)
-                .map(|f| format!("--field {}=…", f.name))
-                .collect();
+            let example: Vec<String> =
+                h.fields.iter().filter(|f| f.required).map(|f| format!("--field {}=…", f.name)).collect();
             let as_who = h.assignees.first().map(|a| format!(" --as {a}")).unwrap_or_default();
             t.push_str(&format!("      cairn submit {run} {step}{as_who} {}\n", example.join(" ")));
         } else {
@@ -295,11 +304,17 @@ pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, run: Uuid, stat
         let by = match identity {
             Some(i) if allowed(&i) => i,
             Some(i) => {
-                eprintln!("  `{step}` is for {}, not {i}; answer with --as, or from another terminal:", h.assignees.join(", "));
+                eprintln!(
+                    "  `{step}` is for {}, not {i}; answer with --as, or from another terminal:",
+                    h.assignees.join(", ")
+                );
                 continue;
             }
             None if h.assignees.len() == 1 => h.assignees[0].clone(),
-            None => match ask(&format!("  who are you? ({}) ", if h.assignees.is_empty() { "any identity".into() } else { h.assignees.join(", ") }))? {
+            None => match ask(&format!(
+                "  who are you? ({}) ",
+                if h.assignees.is_empty() { "any identity".into() } else { h.assignees.join(", ") }
+            ))? {
                 Some(i) if allowed(i.trim()) && !i.trim().is_empty() => i.trim().to_owned(),
                 Some(i) => {
                     eprintln!("  `{}` may not answer `{step}`", i.trim());
@@ -324,7 +339,14 @@ pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, run: Uuid, stat
     Ok(answered)
 }
 
-async fn ask_form(engine: &Engine, run: Uuid, step: &str, h: &HumanWait, by: &str, token: &str) -> anyhow::Result<Option<()>> {
+async fn ask_form(
+    engine: &Engine,
+    run: Uuid,
+    step: &str,
+    h: &HumanWait,
+    by: &str,
+    token: &str,
+) -> anyhow::Result<Option<()>> {
     let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
     eprintln!("\n  ✎ {} — form `{step}`, as {by}", h.title.as_deref().unwrap_or("input needed"));
     let mut values = Map::new();
@@ -385,7 +407,10 @@ async fn ask_form(engine: &Engine, run: Uuid, step: &str, h: &HumanWait, by: &st
                 }
                 todo = fields.iter().filter(|f| errors.iter().any(|e| e.field == f.name)).collect();
                 if todo.is_empty() {
-                    anyhow::bail!("the submission was refused: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+                    anyhow::bail!(
+                        "the submission was refused: {}",
+                        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    );
                 }
             }
             Err(e) => anyhow::bail!("[{}] {e}", e.code()),
@@ -393,10 +418,20 @@ async fn ask_form(engine: &Engine, run: Uuid, step: &str, h: &HumanWait, by: &st
     }
 }
 
-async fn ask_approval(engine: &Engine, run: Uuid, step: &str, h: &HumanWait, by: &str, token: &str) -> anyhow::Result<Option<()>> {
+async fn ask_approval(
+    engine: &Engine,
+    run: Uuid,
+    step: &str,
+    h: &HumanWait,
+    by: &str,
+    token: &str,
+) -> anyhow::Result<Option<()>> {
     eprintln!("\n  ⚖ {} — approval `{step}`, as {by}", h.title.as_deref().unwrap_or("approval needed"));
     if !h.content.is_null() {
-        let text = h.content.as_str().map_or_else(|| serde_json::to_string_pretty(&h.content).unwrap_or_default(), str::to_owned);
+        let text = h
+            .content
+            .as_str()
+            .map_or_else(|| serde_json::to_string_pretty(&h.content).unwrap_or_default(), str::to_owned);
         for line in text.lines() {
             eprintln!("    │ {line}");
         }

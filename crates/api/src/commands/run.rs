@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_engine::decider::RunStatus;
 use cairn_engine::Engine;
+use cairn_engine::decider::RunStatus;
 use cairn_events::Event;
 use serde_json::Value;
 
@@ -201,7 +201,9 @@ impl Progress {
         let running = match e {
             Event::StepStarted(s) if s.attempt > 1 => Some(format!("{} (attempt {})", s.step_id, s.attempt)),
             Event::StepStarted(s) => Some(s.step_id.clone()),
-            Event::AiAttemptStarted(a) => Some(format!("{} asks {}/{} (attempt {})", a.step_id, a.provider, a.model, a.attempt)),
+            Event::AiAttemptStarted(a) => {
+                Some(format!("{} asks {}/{} (attempt {})", a.step_id, a.provider, a.model, a.attempt))
+            }
             Event::TimerStarted(t) if t.purpose == "wait" => Some(format!(
                 "{} waits until {}",
                 t.step_id.as_deref().unwrap_or("timer"),
@@ -247,7 +249,10 @@ impl Progress {
                     a.attempt,
                     a.usage.input_tokens,
                     a.usage.output_tokens,
-                    a.cost.as_ref().map(|c| format!(", {:.6} {}", c.micros as f64 / 1e6, c.currency)).unwrap_or_default(),
+                    a.cost
+                        .as_ref()
+                        .map(|c| format!(", {:.6} {}", c.micros as f64 / 1e6, c.currency))
+                        .unwrap_or_default(),
                     a.latency_ms
                 ),
             )),
@@ -260,7 +265,9 @@ impl Progress {
                     r.errors.iter().map(|e| format!("{} {}", e.path, e.message)).collect::<Vec<_>>().join("; ")
                 ),
             )),
-            Event::AiAttemptFailed(f) => Some(("✗", format!("{} call {}: [{}] {}", f.step_id, f.attempt, f.error_kind, f.message))),
+            Event::AiAttemptFailed(f) => {
+                Some(("✗", format!("{} call {}: [{}] {}", f.step_id, f.attempt, f.error_kind, f.message)))
+            }
             Event::InputRequested(r) => Some((
                 "✎",
                 format!(
@@ -286,7 +293,9 @@ impl Progress {
             )),
             Event::ApprovalExpired(x) => Some(("⌛", format!("{} expired: {}", x.step_id, x.on_timeout))),
             Event::NotificationSent(n) => Some(("✉", format!("{} {} sent to {}", n.step_id, n.purpose, n.recipient))),
-            Event::NotificationFailed(n) => Some(("✉", format!("{} {} to {} failed: {}", n.step_id, n.purpose, n.recipient, n.error))),
+            Event::NotificationFailed(n) => {
+                Some(("✉", format!("{} {} to {} failed: {}", n.step_id, n.purpose, n.recipient, n.error)))
+            }
             Event::RunCompleted(_) => Some(("●", "completed".to_owned())),
             Event::RunFailed(f) => Some(("●", format!("failed: {}", f.message))),
             _ => None,

@@ -75,7 +75,12 @@ pub fn token_key(database: &str) -> anyhow::Result<Vec<u8>> {
     };
     if let Ok(text) = std::fs::read_to_string(&path) {
         let key = text.trim().as_bytes().to_vec();
-        anyhow::ensure!(key.len() >= 32, "{} holds a key of {} bytes; delete it to make a new one", path.display(), key.len());
+        anyhow::ensure!(
+            key.len() >= 32,
+            "{} holds a key of {} bytes; delete it to make a new one",
+            path.display(),
+            key.len()
+        );
         return Ok(key);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

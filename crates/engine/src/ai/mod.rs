@@ -171,6 +171,7 @@ pub fn estimate_tokens(messages: &[AiMessage]) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -241,9 +241,7 @@ async fn send(rb: reqwest::RequestBuilder, url: &str, timeout: Duration, structu
     if status >= 400 {
         let detail = serde_json::from_str::<Value>(&text)
             .ok()
-            .and_then(|v| {
-                v.pointer("/error/message").or_else(|| v.get("error")).or_else(|| v.get("message")).cloned()
-            })
+            .and_then(|v| v.pointer("/error/message").or_else(|| v.get("error")).or_else(|| v.get("message")).cloned())
             .map(|m| m.as_str().map(str::to_owned).unwrap_or_else(|| m.to_string()))
             .unwrap_or_else(|| snippet(&text));
         let message = format!("{url} answered {status}: {detail}");
@@ -268,7 +266,11 @@ async fn send(rb: reqwest::RequestBuilder, url: &str, timeout: Duration, structu
         });
     }
     serde_json::from_str(&text).map_err(|e| {
-        let mut f = fail("ai.response", format!("{url} answered {status} with a body that is not JSON ({e}): {}", snippet(&text)), true);
+        let mut f = fail(
+            "ai.response",
+            format!("{url} answered {status} with a body that is not JSON ({e}): {}", snippet(&text)),
+            true,
+        );
         f.status = Some(status);
         f
     })

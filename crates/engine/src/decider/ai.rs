@@ -170,9 +170,11 @@ pub(super) fn start_input(w: &Workflow, a: &AiStep, ctx: &Value) -> Result<Value
         Prompt::Messages(m) => (m.clone(), None),
         Prompt::Template { id, version } => {
             let key = format!("{id}@{version}");
-            let t = w.config.prompts.get(&key).ok_or_else(|| {
-                format!("no prompt template `{key}` in {} on this engine", w.config.prompts_dir)
-            })?;
+            let t = w
+                .config
+                .prompts
+                .get(&key)
+                .ok_or_else(|| format!("no prompt template `{key}` in {} on this engine", w.config.prompts_dir))?;
             (t.messages.clone(), Some(json!({"id": key, "sha256": t.sha256})))
         }
     };
@@ -224,7 +226,8 @@ pub(super) fn decide(
     let contract = st.output_contract.as_ref();
     if let Some((number, request)) = &p.open {
         let ctx = super::context(s, inst);
-        let scripted = a.scripted.iter().map(|r| crate::template::render(r, &ctx).unwrap_or_else(|_| r.clone())).collect();
+        let scripted =
+            a.scripted.iter().map(|r| crate::template::render(r, &ctx).unwrap_or_else(|_| r.clone())).collect();
         d.execute.push(Execution {
             step_id: inst.to_owned(),
             attempt,
@@ -254,13 +257,15 @@ pub(super) fn decide(
                 inst,
                 attempt,
                 "ai.invalid_output",
-                format!("{} repl{} did not satisfy the output contract; the last: {errors}", p.judged, if p.judged == 1 { "y" } else { "ies" }),
+                format!(
+                    "{} repl{} did not satisfy the output contract; the last: {errors}",
+                    p.judged,
+                    if p.judged == 1 { "y" } else { "ies" }
+                ),
                 true,
             ));
         }
-        Some(AiOutcome::Failed { fallback: None, retryable, kind, message, retry_after_ms })
-            if !p.retry_ready =>
-        {
+        Some(AiOutcome::Failed { fallback: None, retryable, kind, message, retry_after_ms }) if !p.retry_ready => {
             if *retryable && p.transport_failures < a.transport.max_attempts {
                 match &p.backoff {
                     Some((id, due)) if now >= *due => {
@@ -288,7 +293,13 @@ pub(super) fn decide(
                 } else {
                     "not retryable".to_owned()
                 };
-                d.append.push(step_failed(inst, attempt, kind, format!("the model call failed ({why}): {message}"), *retryable));
+                d.append.push(step_failed(
+                    inst,
+                    attempt,
+                    kind,
+                    format!("the model call failed ({why}): {message}"),
+                    *retryable,
+                ));
             }
         }
         _ => begin(w, s, st, a, p, inst, attempt, input, d),
@@ -328,7 +339,9 @@ fn begin(
         (format!("step `{inst}`"), st.budget, p.spent_tokens, p.spent_micros),
         ("the run".to_owned(), w.budget, s.spent_tokens, s.spent_micros),
     ] {
-        if let Some(message) = over_budget(&whose, budget, spent_tokens, spent_micros, est_in + est_out, est_micros, &spec, number) {
+        if let Some(message) =
+            over_budget(&whose, budget, spent_tokens, spent_micros, est_in + est_out, est_micros, &spec, number)
+        {
             let kind = if message.contains("no price") { "budget.unpriced" } else { "budget.exceeded" };
             d.append.push(step_failed(inst, attempt, kind, message, false));
             return;

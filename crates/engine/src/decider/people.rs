@@ -80,11 +80,7 @@ impl HumanWait {
         let mut no = 0;
         for (_, approved, _, round) in &self.decisions {
             if *round == self.round {
-                if *approved {
-                    yes += 1
-                } else {
-                    no += 1
-                }
+                if *approved { yes += 1 } else { no += 1 }
             }
         }
         (yes, no)
@@ -241,7 +237,11 @@ pub(super) fn approval_input(a: &ApprovalStep, ctx: &Value, now: DateTime<Utc>) 
 pub fn request_event(step_id: &str, kind: &StepKind, input: &Value, token_hash: String) -> Option<Event> {
     let deadline = input.get("deadline").and_then(|d| serde_json::from_value(d.clone()).ok());
     let strings = |k: &str| -> Vec<String> {
-        input.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
+        input
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
     };
     match kind {
         StepKind::Form(_) => Some(Event::InputRequested(cairn_events::InputRequested {
@@ -268,7 +268,15 @@ pub fn request_event(step_id: &str, kind: &StepKind, input: &Value, token_hash: 
     }
 }
 
-fn outcome(st: &Step, a: &ApprovalStep, h: &HumanWait, inst: &str, attempt: u32, approved: bool, decision: &str) -> Event {
+fn outcome(
+    st: &Step,
+    a: &ApprovalStep,
+    h: &HumanWait,
+    inst: &str,
+    attempt: u32,
+    approved: bool,
+    decision: &str,
+) -> Event {
     let decisions: Vec<Value> = h
         .decisions
         .iter()
@@ -449,7 +457,9 @@ fn expire(
                     summary: h.title.clone().unwrap_or_default(),
                     content: h.content.clone(),
                     content_hash: h.content_hash.clone(),
-                    deadline: a.deadline.map(|dl| now + chrono::Duration::from_std(dl).unwrap_or(chrono::Duration::zero())),
+                    deadline: a
+                        .deadline
+                        .map(|dl| now + chrono::Duration::from_std(dl).unwrap_or(chrono::Duration::zero())),
                     token_hash: Some(h.token_hash.clone()),
                     escalation: h.round + 1,
                 }));

@@ -223,7 +223,10 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
                 cx.at(
                     &rs.id,
                     "secret-in-prompt",
-                    format!("step `{}` uses a secret in what it shows a model or a person, which is recorded", rs.id.value),
+                    format!(
+                        "step `{}` uses a secret in what it shows a model or a person, which is recorded",
+                        rs.id.value
+                    ),
                     Some("pass secrets only to `task` and `http` steps".into()),
                 );
             }
@@ -440,7 +443,10 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             t,
             "misplaced-field",
             format!("step `{id}` is a {} and has `timeout`, which bounds one attempt of a task or HTTP call", kinds[0]),
-            Some("put `timeout` on the steps inside it (or in the child workflow); a form or approval takes `deadline`".into()),
+            Some(
+                "put `timeout` on the steps inside it (or in the child workflow); a form or approval takes `deadline`"
+                    .into(),
+            ),
         );
     }
     if s.budget.is_some() && s.ai.is_none() {
@@ -455,7 +461,11 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         cx.at(
             &s.id,
             "misplaced-field",
-            format!("step `{id}` is a {} and has `output_contract`; its output is defined by its {}", kinds[0], if s.form.is_some() { "fields" } else { "decision" }),
+            format!(
+                "step `{id}` is a {} and has `output_contract`; its output is defined by its {}",
+                kinds[0],
+                if s.form.is_some() { "fields" } else { "decision" }
+            ),
             Some("remove `output_contract`".into()),
         );
     }

@@ -32,15 +32,27 @@ pub(super) fn budget(cx: &mut Ctx<'_>, at: &Spanned<String>, b: Option<&RawBudge
 }
 
 /// Applies a raw retry block over `policy`.
-pub(super) fn retry_policy(cx: &mut Ctx<'_>, at: &Spanned<String>, r: &RawRetry, mut policy: RetryPolicy) -> RetryPolicy {
+pub(super) fn retry_policy(
+    cx: &mut Ctx<'_>,
+    at: &Spanned<String>,
+    r: &RawRetry,
+    mut policy: RetryPolicy,
+) -> RetryPolicy {
     let id = &at.value;
     if let Some(n) = r.max_attempts {
         if n == 0 {
-            cx.at(at, "bad-retry", format!("step `{id}`: `max_attempts` must be at least 1"), Some("1 means no retry".into()));
+            cx.at(
+                at,
+                "bad-retry",
+                format!("step `{id}`: `max_attempts` must be at least 1"),
+                Some("1 means no retry".into()),
+            );
         }
         policy.max_attempts = n;
     }
-    for (span, slot) in [(&r.initial_interval, &mut policy.initial_interval), (&r.max_interval, &mut policy.max_interval)] {
+    for (span, slot) in
+        [(&r.initial_interval, &mut policy.initial_interval), (&r.max_interval, &mut policy.max_interval)]
+    {
         if let Some(d) = span.as_ref().and_then(|d| cx.duration(d)) {
             *slot = d;
         }
@@ -69,7 +81,9 @@ pub(super) fn ai(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawAi, contract: Op
         cx.at(
             at,
             "bad-ai",
-            format!("ai step `{id}` needs exactly one of `prompt` (with an optional `system`), `messages` and `template`"),
+            format!(
+                "ai step `{id}` needs exactly one of `prompt` (with an optional `system`), `messages` and `template`"
+            ),
             Some("e.g. `ai: { model: writer, prompt: \"Write about {{ inputs.topic }}\" }`".into()),
         );
     }
@@ -85,12 +99,7 @@ pub(super) fn ai(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawAi, contract: Op
     }
     for m in a.messages.iter().flatten() {
         if !["system", "user", "assistant"].contains(&m.role.value.as_str()) {
-            cx.at(
-                &m.role,
-                "bad-ai",
-                format!("message role `{}` is not system, user or assistant", m.role.value),
-                None,
-            );
+            cx.at(&m.role, "bad-ai", format!("message role `{}` is not system, user or assistant", m.role.value), None);
         }
         messages.push((m.role.value.clone(), m.content.clone()));
     }
@@ -122,7 +131,12 @@ pub(super) fn ai(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawAi, contract: Op
         cx.at(at, "bad-ai", format!("ai step `{id}`: `temperature` must be 0 to 2"), None);
     }
     if a.attempts == Some(0) {
-        cx.at(at, "bad-ai", format!("ai step `{id}`: `attempts` must be at least 1"), Some("1 means no feedback retry".into()));
+        cx.at(
+            at,
+            "bad-ai",
+            format!("ai step `{id}`: `attempts` must be at least 1"),
+            Some("1 means no feedback retry".into()),
+        );
     }
     if a.max_output_tokens == Some(0) {
         cx.at(at, "bad-ai", format!("ai step `{id}`: `max_output_tokens` must be at least 1"), None);
@@ -144,7 +158,9 @@ pub(super) fn ai(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawAi, contract: Op
             at,
             "bad-ai",
             format!("ai step `{id}` asks for structured output or feedback attempts but has no `output_contract`"),
-            Some("add `output_contract:` (a JSON Schema of the output), or remove `attempts`/`structured_output`".into()),
+            Some(
+                "add `output_contract:` (a JSON Schema of the output), or remove `attempts`/`structured_output`".into(),
+            ),
         );
     }
     let transport = match &a.transport_retry {
@@ -156,7 +172,12 @@ pub(super) fn ai(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawAi, contract: Op
         check_template(cx, at, "ai.scripted", r);
     }
     if a.scripted.as_ref().is_some_and(Vec::is_empty) {
-        cx.at(at, "bad-ai", format!("ai step `{id}` has an empty `scripted` list"), Some("give at least one reply".into()));
+        cx.at(
+            at,
+            "bad-ai",
+            format!("ai step `{id}` has an empty `scripted` list"),
+            Some("give at least one reply".into()),
+        );
     }
     cx.models.push(crate::model::ModelRef {
         step: id.clone(),
@@ -216,7 +237,10 @@ fn field(cx: &mut Ctx<'_>, f: &RawField) -> Option<Field> {
             &f.name,
             "bad-field",
             format!("field name `{name}` is not valid"),
-            Some("use letters, digits or `_`, starting with a letter: templates read it as `steps.ID.output.NAME`".into()),
+            Some(
+                "use letters, digits or `_`, starting with a letter: templates read it as `steps.ID.output.NAME`"
+                    .into(),
+            ),
         );
     }
     let kind = match &f.field_type {
@@ -246,7 +270,12 @@ fn field(cx: &mut Ctx<'_>, f: &RawField) -> Option<Field> {
         );
     }
     if (f.min.is_some() || f.max.is_some()) && !matches!(kind, FieldType::Number | FieldType::Integer) {
-        cx.at(&f.name, "bad-field", format!("field `{name}`: `min`/`max` apply to number and integer fields"), Some("use `min_length`/`max_length` for text".into()));
+        cx.at(
+            &f.name,
+            "bad-field",
+            format!("field `{name}`: `min`/`max` apply to number and integer fields"),
+            Some("use `min_length`/`max_length` for text".into()),
+        );
     }
     if let (Some(a), Some(b)) = (f.min, f.max)
         && a > b
@@ -274,13 +303,20 @@ fn field(cx: &mut Ctx<'_>, f: &RawField) -> Option<Field> {
     };
     // A default must itself be a valid answer.
     let default = match &f.default {
-        Some(d) => match crate::human::validate(std::slice::from_ref(&out), &serde_json::json!({ out.name.clone(): d })) {
-            Ok(v) => v.get(&out.name).cloned(),
-            Err(e) => {
-                cx.at(&f.name, "bad-field", format!("field `{}`: the default {d} {}", out.name, e[0].message), None);
-                None
+        Some(d) => {
+            match crate::human::validate(std::slice::from_ref(&out), &serde_json::json!({ out.name.clone(): d })) {
+                Ok(v) => v.get(&out.name).cloned(),
+                Err(e) => {
+                    cx.at(
+                        &f.name,
+                        "bad-field",
+                        format!("field `{}`: the default {d} {}", out.name, e[0].message),
+                        None,
+                    );
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
     Some(Field { default, ..out })
@@ -298,7 +334,9 @@ pub(super) fn form(cx: &mut Ctx<'_>, at: &Spanned<String>, f: &RawForm) -> Optio
         }
         fields.extend(field(cx, rf));
     }
-    for v in f.title.iter().map(|t| Value::String(t.clone())).chain(f.assignees.iter().map(|a| Value::String(a.clone()))) {
+    for v in
+        f.title.iter().map(|t| Value::String(t.clone())).chain(f.assignees.iter().map(|a| Value::String(a.clone())))
+    {
         check_template(cx, at, "form", &v);
     }
     let (deadline, reminders) = deadlines(cx, at, f.deadline.as_ref(), &f.reminders);
@@ -317,7 +355,12 @@ pub(super) fn form(cx: &mut Ctx<'_>, at: &Spanned<String>, f: &RawForm) -> Optio
 pub(super) fn approval(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawApproval) -> Option<StepKind> {
     let id = &at.value;
     if a.approvers.is_empty() {
-        cx.at(at, "bad-approval", format!("approval `{id}` lists no approvers"), Some("e.g. `approvers: [\"manager@example.com\"]`".into()));
+        cx.at(
+            at,
+            "bad-approval",
+            format!("approval `{id}` lists no approvers"),
+            Some("e.g. `approvers: [\"manager@example.com\"]`".into()),
+        );
     }
     let quorum = match &a.quorum {
         None => Quorum::Any,
@@ -326,12 +369,22 @@ pub(super) fn approval(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawApproval) 
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
             let k = u32::try_from(n.as_u64().unwrap_or(1)).unwrap_or(u32::MAX);
             if k as usize > a.approvers.len() && a.approvers.iter().all(|x| !x.contains("{{")) {
-                cx.at(at, "bad-approval", format!("approval `{id}` needs {k} approvals but lists {} approvers", a.approvers.len()), None);
+                cx.at(
+                    at,
+                    "bad-approval",
+                    format!("approval `{id}` needs {k} approvals but lists {} approvers", a.approvers.len()),
+                    None,
+                );
             }
             Quorum::Count(k)
         }
         Some(other) => {
-            cx.at(at, "bad-approval", format!("approval `{id}`: quorum {other} is not `any`, `all` or a number of 1 or more"), None);
+            cx.at(
+                at,
+                "bad-approval",
+                format!("approval `{id}`: quorum {other} is not `any`, `all` or a number of 1 or more"),
+                None,
+            );
             Quorum::Any
         }
     };
@@ -345,9 +398,14 @@ pub(super) fn approval(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawApproval) 
         }
     };
     if a.deadline.is_none() && a.on_timeout.is_some() {
-        cx.at(at, "bad-approval", format!("approval `{id}` has `on_timeout` but no `deadline`"), Some("add `deadline: 3d`".into()));
+        cx.at(
+            at,
+            "bad-approval",
+            format!("approval `{id}` has `on_timeout` but no `deadline`"),
+            Some("add `deadline: 3d`".into()),
+        );
     }
-    if (on_timeout == OnTimeout::Escalate) != !a.escalate_to.is_empty() {
+    if (on_timeout == OnTimeout::Escalate) == a.escalate_to.is_empty() {
         cx.at(
             at,
             "bad-approval",

@@ -131,7 +131,8 @@ pub fn smtp_on(port: Option<u16>) -> Option<Server> {
     }
     let port = port.unwrap_or_else(free_port);
     let mut cmd = Command::new(bin);
-    cmd.args(["-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"]).arg(dir.path().join("mail"));
+    cmd.args(["-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(dir.path().join("mail"));
     Some(spawn(cmd, port, dir, "aiosmtpd"))
 }
 
@@ -143,12 +144,13 @@ fn unquote(t: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'=' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -159,7 +161,11 @@ fn unquote(t: &str) -> String {
 /// The messages an SMTP server delivered, as text (quoted-printable undone).
 pub fn mails(s: &Server) -> Vec<String> {
     let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(s.dir.path().join("mail/new"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out.into_iter().map(|(_, t)| unquote(&t)).collect()
