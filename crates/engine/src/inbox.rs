@@ -173,6 +173,37 @@ impl Answer<'_> {
 }
 
 impl Engine {
+    /// Drives a run after an answer and then, once it has ended, each parent
+    /// waiting for it; returns the state of the top-most run driven.
+    pub async fn drive_after_answer(
+        &self,
+        run_id: Uuid,
+        observer: crate::runner::Observer<'_>,
+    ) -> Result<(Uuid, RunState), RunError> {
+        let mut id = run_id;
+        let mut state = self.drive(id, &mut *observer).await?;
+        while state.status.is_terminal()
+            && let Some(p) = state.parent.clone()
+        {
+            id = p.run_id;
+            state = self.drive(id, &mut *observer).await?;
+        }
+        Ok((id, state))
+    }
+
+    /// Everything a run waits for from people, its child runs' included:
+    /// (run, step, request).
+    pub async fn waiting(&self, run_id: Uuid) -> Result<Vec<(Uuid, String, HumanWait)>, RunError> {
+        let mut out = Vec::new();
+        let mut todo = vec![run_id];
+        while let Some(id) = todo.pop() {
+            let s = self.state(id).await?;
+            out.extend(s.waiting_for_people().into_iter().map(|(step, h)| (id, step.to_owned(), h.clone())));
+            todo.extend(s.children_awaited());
+        }
+        Ok(out)
+    }
+
     /// Records a form submission and the progress it allows; drive the run
     /// afterwards for its effects.
     pub async fn submit(&self, run_id: Uuid, step: &str, s: &Submission) -> Result<Recorded, HumanError> {

@@ -353,6 +353,8 @@ impl Engine {
         let w = self.definition(&state.workflow, state.workflow_version).await?;
         let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
         let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
+        // Child runs that stopped to wait for people (not awaited again in this drive).
+        let mut parked_children: std::collections::HashSet<EffectKey> = std::collections::HashSet::new();
         let mut next: Option<Decision> = None;
         loop {
             let d = match next.take() {
@@ -365,7 +367,8 @@ impl Engine {
             }
             // Start what is newly due; stop what no longer is (a branch
             // cancelled by a failing sibling, a run cancelled elsewhere).
-            let wanted: Vec<EffectKey> = d.execute.iter().map(EffectKey::of).collect();
+            let wanted: Vec<EffectKey> =
+                d.execute.iter().map(EffectKey::of).filter(|k| !parked_children.contains(k)).collect();
             handles.retain(|k, h| {
                 let keep = wanted.contains(k);
                 if !keep {
@@ -375,7 +378,7 @@ impl Engine {
             });
             for ex in d.execute {
                 let key = EffectKey::of(&ex);
-                if handles.contains_key(&key) {
+                if handles.contains_key(&key) || parked_children.contains(&key) {
                     continue;
                 }
                 let input = self.effective_input(&w, &state, &ex.step_id, ex.input.clone());
@@ -386,7 +389,7 @@ impl Engine {
             if handles.is_empty() {
                 // Waiting for people holds nothing: a submission or
                 // decision (or `continue`, for timers) drives it again.
-                if d.parked {
+                if d.parked || !parked_children.is_empty() {
                     return Ok(state);
                 }
                 let Some(t) = d.wake_at else { return Ok(state) };
@@ -417,6 +420,10 @@ impl Engine {
                 let Ok(result) = result else { continue }; // aborted
                 handles.remove(&key);
                 let events = result?;
+                if events.is_empty() && key.sub == "child" {
+                    parked_children.insert(key);
+                    continue;
+                }
                 // A cancelled branch's late result is not recorded.
                 if state.awaits(&key.step_id, key.attempt) && key.still_open(&state) {
                     outcomes.extend(events);
@@ -605,6 +612,10 @@ impl Engine {
     async fn await_child(&self, step_id: String, attempt: u32, child: Uuid) -> Result<Vec<Event>, RunError> {
         let started = Instant::now();
         let s = self.drive(child, &mut |_| {}).await?;
+        // The child waits for people: so does the parent (nothing to record).
+        if s.status == RunStatus::Running {
+            return Ok(Vec::new());
+        }
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (status, result, outcome) = match s.status {
             RunStatus::Completed => {

@@ -278,3 +278,18 @@ async fn prompt_templates_are_versioned_and_recorded() {
     assert_eq!(d[0].code, "unknown-prompt-template");
     assert!(d[0].help.as_deref().unwrap_or_default().contains("post@2"), "{:?}", d[0]);
 }
+
+#[tokio::test]
+async fn scripted_replies_can_come_from_the_config_file() {
+    let (_dir, store) = common::sqlite().await;
+    let e = engine(
+        &store,
+        "providers:\n  demo:\n    kind: scripted\n    replies:\n      draft: ['{\"title\": \"From the config file\", \"body\": \"b\"}']\nmodels:\n  writer: { provider: demo, model: canned }\n",
+    );
+    let src = format!("name: c\nsteps:\n  - id: draft\n    ai: {{ model: writer, prompt: hi }}\n{CONTRACT}");
+    let (id, state) = common::run(&e, &src, json!({})).await;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
+    assert_eq!(state.outputs["draft"]["title"], "From the config file");
+    let evs = common::events(&store, id).await;
+    assert!(evs.iter().any(|e| matches!(e, Event::AiAttemptStarted(s) if s.provider == "demo" && s.model == "canned")));
+}

@@ -297,7 +297,32 @@ async fn a_form_deadline_fails_the_step(store: Arc<dyn EventStore>) {
     assert!(matches!(late, Err(HumanError::Conflict { .. })), "{late:?}");
 }
 
+async fn a_child_run_waiting_for_a_person_parks_its_parent(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let child =
+        "name: ask\nsteps:\n  - id: answer\n    form: { fields: [{ name: n, type: integer, required: true }] }\n";
+    common::publish(&e, child).await;
+    let parent = "name: parent\nsteps:\n  - id: sub\n    workflow: { name: ask }\n  - id: twice\n    transform: { doubled: \"{{ steps.sub.output.n * 2 }}\" }\n";
+    let id = start(&e, parent, json!({})).await;
+    let waiting = e.waiting(id).await.expect("waiting");
+    assert_eq!(waiting.len(), 1);
+    let (child_id, step, h) = &waiting[0];
+    assert_ne!(*child_id, id);
+    assert_eq!((step.as_str(), h.kind.as_str()), ("answer", "form"));
+    // Driving the parent again neither fails it nor records anything new.
+    let before = common::events(&store, id).await.len();
+    assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
+    assert_eq!(common::events(&store, id).await.len(), before);
+    let token = e.resume_token(*child_id, "answer", 1);
+    e.submit(*child_id, "answer", &sub("ada", &token, json!({"n": 21}))).await.expect("submit");
+    let (top, s) = e.drive_after_answer(*child_id, &mut |_: &Event| {}).await.expect("drive up");
+    assert_eq!(top, id, "the answer carries on into the parent");
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(s.outputs["twice"], json!({"doubled": 42}));
+}
+
 both_backends!(
+    a_child_run_waiting_for_a_person_parks_its_parent,
     a_form_waits_and_checks_every_submission,
     an_approval_binds_to_its_content_and_needs_its_quorum,
     a_rejection_fails_the_step_unless_told_to_continue,

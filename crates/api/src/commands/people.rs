@@ -194,25 +194,26 @@ async fn continue_run(
     run: Uuid,
 ) -> anyhow::Result<ExitCode> {
     let mut display = super::run::Progress::new(std::io::stderr().is_terminal());
-    let state = engine.drive(run, &mut |e| display.show(e)).await?;
+    let (top, state) = engine.drive_after_answer(run, &mut |e| display.show(e)).await?;
     super::run::project(database, read).await;
-    finish(engine, run, &state)
+    finish(engine, top, &state).await
 }
 
 /// The exit of a command that drove a run: its output (0), its error (1),
 /// or what it waits for (3).
-pub fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Result<ExitCode> {
+pub async fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Result<ExitCode> {
     match state.status {
         RunStatus::Completed => {
             out!("{}", serde_json::to_string_pretty(state.output.as_ref().unwrap_or(&Value::Null))?);
             Ok(ExitCode::SUCCESS)
         }
-        RunStatus::Running if !state.waiting_for_people().is_empty() => {
-            eprint!("{}", how_to_continue(engine, run, state));
-            Ok(ExitCode::from(WAITING))
-        }
         RunStatus::Running => {
-            eprintln!("run {run} is waiting on a timer; `cairn continue` finishes it once it is due");
+            let waiting = engine.waiting(run).await?;
+            if waiting.is_empty() {
+                eprintln!("run {run} is waiting on a timer; `cairn continue` finishes it once it is due");
+            } else {
+                eprint!("{}", how_to_continue(run, &waiting));
+            }
             Ok(ExitCode::from(WAITING))
         }
         _ => {
@@ -228,9 +229,13 @@ pub fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Result<Ex
 }
 
 /// What a run waits for and the exact commands that continue it.
-pub fn how_to_continue(_engine: &Engine, run: Uuid, state: &RunState) -> String {
-    let mut t = format!("  ⏸ run {run} waits for people; it holds nothing while it waits:\n");
-    for (step, h) in state.waiting_for_people() {
+pub fn how_to_continue(top: Uuid, waiting: &[(Uuid, String, HumanWait)]) -> String {
+    let mut t = format!("  ⏸ run {top} waits for people; it holds nothing while it waits:\n");
+    for (run, step, h) in waiting {
+        let (run, step) = (*run, step.as_str());
+        if run != top {
+            t.push_str(&format!("    in its child run {run}:\n"));
+        }
         let due = h.deadline.map(|d| format!(", due {}", d.to_rfc3339())).unwrap_or_default();
         if h.kind == "form" {
             let who = if h.assignees.is_empty() { "anyone".to_owned() } else { h.assignees.join(", ") };
@@ -295,9 +300,10 @@ fn ask(question: &str) -> anyhow::Result<Option<String>> {
 /// Asks at the terminal for every form and approval the run waits for and
 /// records the answers; returns whether anything was recorded (`false`
 /// when the person cannot answer, e.g. is not an approver, or input ended).
-pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, run: Uuid, state: &RunState) -> anyhow::Result<bool> {
+pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, top: Uuid) -> anyhow::Result<bool> {
     let mut answered = false;
-    for (step, h) in state.waiting_for_people() {
+    for (run, step, h) in &engine.waiting(top).await? {
+        let (run, step) = (*run, step.as_str());
         let identity = setup.identity(engine.config());
         let token = engine.resume_token(run, step, h.attempt);
         let allowed = |who: &str| h.assignees.is_empty() || h.assignees.iter().any(|a| a == who);

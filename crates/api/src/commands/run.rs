@@ -169,9 +169,8 @@ pub async fn run(
     };
     // On a terminal, people answer right here; the run goes on after each answer.
     while state.status == RunStatus::Running
-        && !state.waiting_for_people().is_empty()
         && super::people::interactive()
-        && super::people::ask_at_terminal(&engine, setup, run_id, &state).await?
+        && super::people::ask_at_terminal(&engine, setup, run_id).await?
     {
         state = engine.drive(run_id, &mut progress).await?;
     }
@@ -179,7 +178,7 @@ pub async fn run(
     if let Some(p) = projector {
         p.finish().await;
     }
-    super::people::finish(&engine, run_id, &state)
+    super::people::finish(&engine, run_id, &state).await
 }
 
 /// Progress display: on a terminal each running step is one line that is

@@ -193,6 +193,8 @@ pub struct RunState {
     pub spent_micros: u64,
     /// Tokens the run's AI attempts used.
     pub spent_tokens: u64,
+    /// The parent run, for a child run.
+    pub parent: Option<cairn_events::ParentRun>,
 }
 
 /// A failing run undoing its completed steps.
@@ -238,6 +240,17 @@ impl RunState {
             Some(Cursor::InFlight { step, attempt, .. }) if step == instance => *attempt,
             _ => 0,
         }
+    }
+
+    /// The child runs this run waits for now.
+    pub fn children_awaited(&self) -> Vec<Uuid> {
+        self.threads
+            .values()
+            .filter_map(|t| match &t.cursor {
+                Cursor::Child { child_run_id, .. } => Some(*child_run_id),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The forms and approvals waiting for people now: step instance and request.
@@ -314,6 +327,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.workflow_version = e.workflow_version;
             s.status = RunStatus::Running;
             s.inputs = e.inputs.clone();
+            s.parent = e.parent.clone();
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
         Event::StepStarted(e) => {
