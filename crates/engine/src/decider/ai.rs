@@ -14,10 +14,10 @@ use cairn_events::{
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Decision, Effect, Execution, RunState, seed};
+use super::{Decision, Effect, Execution, InFlight, RunState, seed};
 use crate::ai::{AiStep, Prompt};
 use crate::config::OutputMode;
-use crate::model::{Budget, Step, Workflow};
+use crate::model::{Budget, Workflow};
 
 /// What one AI step instance has done, folded from its events. Counters
 /// marked "this attempt" restart when the step starts a new attempt.
@@ -209,18 +209,8 @@ fn step_failed(inst: &str, attempt: u32, kind: &str, message: String, retryable:
 }
 
 /// Decides for an in-flight AI step.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn decide(
-    w: &Workflow,
-    s: &RunState,
-    st: &Step,
-    a: &AiStep,
-    inst: &str,
-    attempt: u32,
-    input: &Value,
-    now: DateTime<Utc>,
-    d: &mut Decision,
-) {
+pub(super) fn decide(f: &InFlight<'_>, a: &AiStep, d: &mut Decision) {
+    let InFlight { s, st, inst, attempt, now, .. } = *f;
     let fresh = AiProgress::default();
     let p = s.ai.get(inst).unwrap_or(&fresh);
     let contract = st.output_contract.as_ref();
@@ -302,23 +292,13 @@ pub(super) fn decide(
                 ));
             }
         }
-        _ => begin(w, s, st, a, p, inst, attempt, input, d),
+        _ => begin(f, a, p, d),
     }
 }
 
 /// Starts the next AI attempt, or fails the step when a budget forbids it.
-#[allow(clippy::too_many_arguments)]
-fn begin(
-    w: &Workflow,
-    s: &RunState,
-    st: &Step,
-    a: &AiStep,
-    p: &AiProgress,
-    inst: &str,
-    attempt: u32,
-    input: &Value,
-    d: &mut Decision,
-) {
+fn begin(f: &InFlight<'_>, a: &AiStep, p: &AiProgress, d: &mut Decision) {
+    let InFlight { w, s, st, inst, attempt, input, .. } = *f;
     let spec = match w.config.resolve(&a.model, !a.scripted.is_empty()) {
         Ok(spec) => spec,
         Err(e) => {

@@ -722,9 +722,13 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                     },
                     None,
                 )),
-                StepKind::Parallel { .. } | StepKind::Map { .. } => container(w, s, st, step, *attempt, input, now, d),
-                StepKind::Ai(a) => ai::decide(w, s, st, a, step, *attempt, input, now, d),
-                StepKind::Form(_) | StepKind::Approval(_) => people::decide(w, s, st, step, *attempt, input, now, d),
+                StepKind::Parallel { .. } | StepKind::Map { .. } => {
+                    container(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, d)
+                }
+                StepKind::Ai(a) => ai::decide(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, a, d),
+                StepKind::Form(_) | StepKind::Approval(_) => {
+                    people::decide(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, d)
+                }
                 // Pure steps record start and outcome together; an in-flight
                 // pure step can only come from an interrupted older engine.
                 _ => d.append.extend(start(w, s, key, prefix(step), st, *attempt, now)),
@@ -802,6 +806,20 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
     }
 }
 
+/// A step attempt in flight, as the deciders of its kind see it.
+#[derive(Clone, Copy)]
+pub(super) struct InFlight<'a> {
+    pub(super) w: &'a Workflow,
+    pub(super) s: &'a RunState,
+    pub(super) st: &'a Step,
+    /// The step instance.
+    pub(super) inst: &'a str,
+    pub(super) attempt: u32,
+    /// The input its `StepStarted` recorded.
+    pub(super) input: &'a Value,
+    pub(super) now: DateTime<Utc>,
+}
+
 /// One thread inside a container: its scope, instance prefix, first step
 /// and name in messages.
 struct Kid<'w> {
@@ -814,17 +832,8 @@ struct Kid<'w> {
 /// Decides for an in-flight `parallel` or `map`: starts its threads up to
 /// `max_concurrency`, decides inside the running ones, and completes (or
 /// fails) the step once they have ended.
-#[allow(clippy::too_many_arguments)]
-fn container(
-    w: &Workflow,
-    s: &RunState,
-    st: &Step,
-    inst: &str,
-    attempt: u32,
-    input: &Value,
-    now: DateTime<Utc>,
-    d: &mut Decision,
-) {
+fn container(f: &InFlight<'_>, d: &mut Decision) {
+    let InFlight { w, s, st, inst, attempt, input, now } = *f;
     let (kids, fail_fast, max) = match &st.kind {
         StepKind::Parallel { branches, fail_fast, max_concurrency } => (
             branches

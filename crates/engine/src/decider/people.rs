@@ -16,7 +16,7 @@ use cairn_events::{
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Decision, Effect, Execution, RunState};
+use super::{Decision, Effect, Execution, InFlight, RunState};
 use crate::human::{ApprovalStep, FormStep, OnTimeout};
 use crate::model::{Step, StepKind, Workflow};
 
@@ -314,17 +314,8 @@ fn outcome(
 }
 
 /// Decides for an in-flight form or approval step.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn decide(
-    w: &Workflow,
-    s: &RunState,
-    st: &Step,
-    inst: &str,
-    attempt: u32,
-    input: &Value,
-    now: DateTime<Utc>,
-    d: &mut Decision,
-) {
+pub(super) fn decide(f: &InFlight<'_>, d: &mut Decision) {
+    let InFlight { w, s, st, inst, attempt, input, now } = *f;
     let Some(h) = s.people.get(inst).filter(|h| h.attempt == attempt) else {
         d.execute.push(Execution {
             step_id: inst.to_owned(),
@@ -404,7 +395,7 @@ pub(super) fn decide(
         }
         d.append.push(Event::TimerFired(TimerFired { timer_id: id.clone(), due_at: *due_at }));
         if purpose == "deadline" && id.ends_with(&format!("#{}", h.round)) {
-            expire(w, st, h, inst, attempt, input, *due_at, now, d);
+            expire(f, h, *due_at, d);
             return;
         }
     }
@@ -415,18 +406,8 @@ pub(super) fn decide(
 }
 
 /// A deadline passed.
-#[allow(clippy::too_many_arguments)]
-fn expire(
-    _w: &Workflow,
-    st: &Step,
-    h: &HumanWait,
-    inst: &str,
-    attempt: u32,
-    input: &Value,
-    deadline: DateTime<Utc>,
-    now: DateTime<Utc>,
-    d: &mut Decision,
-) {
+fn expire(f: &InFlight<'_>, h: &HumanWait, deadline: DateTime<Utc>, d: &mut Decision) {
+    let InFlight { st, inst, attempt, input, now, .. } = *f;
     match &st.kind {
         StepKind::Form(_) => d.append.push(Event::StepFailed(StepFailed {
             step_id: inst.to_owned(),
