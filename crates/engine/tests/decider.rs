@@ -167,7 +167,7 @@ fn the_run_output_renders_from_step_outputs() {
 // ---- property tests -------------------------------------------------------
 
 /// A generated step: 0 echo task, 1 flaky task, 2 transform, 3 branch,
-/// 4 parallel, 5 map.
+/// 4 parallel, 5 map, 6 AI step with a contract, 7 approval.
 fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
     let n = kinds.len();
     let mut s = String::from("name: gen\ninputs: { type: object, properties: { x: { type: integer } } }\nsteps:\n");
@@ -177,7 +177,7 @@ fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
             let t = i + 1 + usize::from(k) % (n - i);
             if t >= n { "end".to_owned() } else { format!("s{t}") }
         };
-        match kind % 6 {
+        match kind % 8 {
             0 => s.push_str("    task: echo\n    with: { x: '{{ inputs.x }}' }\n"),
             1 => s.push_str(&format!(
                 "    task: fail\n    with: {{ succeed_on_attempt: {} }}\n    retry: {{ max_attempts: {}, initial_interval: 1s, jitter: 0.5 }}\n",
@@ -192,6 +192,14 @@ fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
                 a % 2 == 0,
                 1 + b % 2,
                 1 + a % 3,
+            )),
+            6 => s.push_str(&format!(
+                "    ai:\n      model: scripted\n      prompt: 'x is {{{{ inputs.x }}}}'\n      attempts: {}\n      transport_retry: {{ max_attempts: 2, initial_interval: 1s }}\n      scripted: [ok]\n    output_contract: {{ type: object, required: [ok], properties: {{ ok: {{ type: boolean }} }} }}\n",
+                1 + a % 3
+            )),
+            7 => s.push_str(&format!(
+                "    approval:\n      approvers: [ada, grace]\n      quorum: {}\n      content: {{ x: '{{{{ inputs.x }}}}' }}\n      on_reject: continue\n",
+                if a % 2 == 0 { "any" } else { "all" }
             )),
             // A flaky task per item.
             _ => s.push_str(&format!(
@@ -224,17 +232,58 @@ fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>
         } else if !d.execute.is_empty() {
             // Which of the concurrent effects finishes first, and how.
             let pick = outcomes.get(k).copied().unwrap_or(0);
-            let Execution { step_id, attempt, .. } = d.execute[usize::from(pick / 3) % d.execute.len()].clone();
-            {
-                let o = pick % 3;
-                k += 1;
-                now += Duration::milliseconds(3);
-                events.push(match o {
+            let Execution { step_id, attempt, effect, input, .. } =
+                d.execute[usize::from(pick / 3) % d.execute.len()].clone();
+            let o = pick % 3;
+            k += 1;
+            now += Duration::milliseconds(3);
+            events.push(match effect {
+                // A reply that passes the contract, one that does not, or a
+                // transport failure.
+                Effect::Ai { number, .. } if o < 2 => Event::AiAttemptCompleted(cairn_events::AiAttemptCompleted {
+                    step_id,
+                    attempt: number,
+                    raw_output: if o == 0 { r#"{"ok": true}"#.into() } else { r#"{"ok": "no"}"#.into() },
+                    usage: cairn_events::TokenUsage { input_tokens: 10, output_tokens: 3 },
+                    cost: None,
+                    latency_ms: 1,
+                    finish_reason: None,
+                }),
+                Effect::Ai { number, .. } => Event::AiAttemptFailed(cairn_events::AiAttemptFailed {
+                    step_id,
+                    attempt: number,
+                    error_kind: "ai.connect".into(),
+                    message: "refused".into(),
+                    retryable: true,
+                    status: None,
+                    retry_after_ms: None,
+                    latency_ms: 1,
+                    fallback_mode: None,
+                }),
+                Effect::Request => {
+                    let kind = &w.step(cairn_engine::decider::bare(&step_id)).expect("step").kind;
+                    cairn_engine::decider::request_event(&step_id, kind, &input, "hash".into()).expect("a request")
+                }
+                _ => match o {
                     0 => step_completed(&step_id, attempt, json!({ "attempt": attempt })),
                     1 => step_failed(&step_id, attempt, true),
                     _ => step_failed(&step_id, attempt, false),
-                });
-            }
+                },
+            });
+        } else if d.parked {
+            // A person answers the first request that waits.
+            let pick = outcomes.get(k).copied().unwrap_or(0);
+            k += 1;
+            now += Duration::seconds(1);
+            let (step, h) = state.waiting_for_people()[0];
+            let who = if h.decided("ada") { "grace" } else { "ada" };
+            events.push(Event::ApprovalDecided(cairn_events::ApprovalDecided {
+                step_id: step.to_owned(),
+                decided_by: who.into(),
+                decision: if pick % 2 == 0 { "approved" } else { "rejected" }.into(),
+                comment: None,
+                content_hash: h.content_hash.clone(),
+            }));
         } else if let Some(t) = d.wake_at {
             now = t;
         } else {
@@ -249,7 +298,7 @@ proptest! {
 
     #[test]
     fn folding_at_once_equals_folding_in_pieces(
-        kinds in prop::collection::vec((0u8..6, any::<u8>(), any::<u8>()), 1..7),
+        kinds in prop::collection::vec((0u8..8, any::<u8>(), any::<u8>()), 1..7),
         x in -5i64..15,
         outcomes in prop::collection::vec(0u8..9, 0..30),
         split in any::<prop::sample::Index>(),
@@ -263,7 +312,7 @@ proptest! {
 
     #[test]
     fn deciding_again_on_every_prefix_reproduces_the_recorded_decisions(
-        kinds in prop::collection::vec((0u8..6, any::<u8>(), any::<u8>()), 1..7),
+        kinds in prop::collection::vec((0u8..8, any::<u8>(), any::<u8>()), 1..7),
         x in -5i64..15,
         outcomes in prop::collection::vec(0u8..9, 0..30),
     ) {
