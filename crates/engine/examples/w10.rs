@@ -11,7 +11,6 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cairn_engine::decider::RunStatus;
 use cairn_engine::{Engine, TaskRegistry};
@@ -19,99 +18,13 @@ use cairn_events::{Event, EventStore};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
-const PAYLOAD: &str = r#"{"step_id":"s3","attempt":1,"output":{"counter":4},"duration_ms":0}"#;
+#[path = "bench/mod.rs"]
+mod bench;
+
+use bench::{Figures, Floor, measure, measure_floor, peak_rss_mib, report};
 
 /// The workflow: 10 sequential `increment` tasks.
 const W10: &str = include_str!("w10.yaml");
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_secs_f64() * 1000.0
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-#[derive(Clone)]
-enum Floor {
-    /// One held connection, as the store appends through.
-    Sqlite(Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>),
-    Pg(sqlx::PgPool),
-}
-
-impl Floor {
-    /// One "run" of the floor: 10 single-row commits.
-    async fn run(&self, key: &str) {
-        for i in 0..10 {
-            match self {
-                Floor::Sqlite(p) => {
-                    sqlx::query("INSERT INTO floor (k, v, payload) VALUES (?, ?, ?)")
-                        .bind(key)
-                        .bind(i)
-                        .bind(PAYLOAD)
-                        .execute(&mut *p.lock().await)
-                        .await
-                        .unwrap();
-                }
-                Floor::Pg(p) => {
-                    sqlx::query("INSERT INTO floor (k, v, payload) VALUES ($1, $2, $3)")
-                        .bind(key)
-                        .bind(i)
-                        .bind(PAYLOAD)
-                        .execute(p)
-                        .await
-                        .unwrap();
-                }
-            }
-        }
-    }
-}
-
-struct Figures {
-    median_ms: f64,
-    p99_ms: f64,
-    runs_per_s: f64,
-}
-
-/// Latency of `runs_latency` runs one at a time, then throughput of
-/// `runs_tput` runs `concurrency` at a time; `one(i)` performs run `i`.
-async fn measure<F, Fut>(runs_latency: usize, runs_tput: usize, concurrency: usize, one: F) -> Figures
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut lat = Vec::with_capacity(runs_latency);
-    for i in 0..runs_latency {
-        let t = Instant::now();
-        one(i).await;
-        lat.push(t.elapsed());
-    }
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let t = Instant::now();
-    let mut tasks = Vec::with_capacity(runs_tput);
-    for i in 0..runs_tput {
-        let permit = sem.clone().acquire_owned().await.unwrap();
-        let one = one.clone();
-        tasks.push(tokio::spawn(async move {
-            one(runs_latency + i).await;
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let runs_per_s = runs_tput as f64 / t.elapsed().as_secs_f64();
-    Figures { median_ms: pct(&mut lat, 0.5), p99_ms: pct(&mut lat, 0.99), runs_per_s }
-}
 
 async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
     let w = Arc::new(cairn_engine::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
@@ -129,32 +42,6 @@ async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usiz
         one(i).await; // warm-up
     }
     measure(runs_latency, runs_tput, concurrency, one).await
-}
-
-async fn measure_floor(floor: Floor, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
-    measure(runs_latency, runs_tput, concurrency, move |i| {
-        let floor = floor.clone();
-        async move { floor.run(&format!("r{i}")).await }
-    })
-    .await
-}
-
-fn report(backend: &str, ours: &Figures, floor: &Figures, concurrency: usize) {
-    println!(
-        "{backend:<9} latency median {:>7.2} ms  p99 {:>7.2} ms | floor median {:>7.2} ms  p99 {:>7.2} ms | median ratio {:.2}x",
-        ours.median_ms,
-        ours.p99_ms,
-        floor.median_ms,
-        floor.p99_ms,
-        ours.median_ms / floor.median_ms
-    );
-    println!(
-        "{backend:<9} throughput @{concurrency} {:>8.0} runs/s ({:>6.0} steps/s) | floor {:>8.0} runs/s | ratio {:.2}x",
-        ours.runs_per_s,
-        ours.runs_per_s * 10.0,
-        floor.runs_per_s,
-        ours.runs_per_s / floor.runs_per_s
-    );
 }
 
 /// Runs on a current-thread tokio runtime (Cairn and the floor alike), or
@@ -188,21 +75,10 @@ async fn bench(args: Vec<String>) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let store: Arc<dyn EventStore> =
         cairn_events::sqlite::SqliteStore::open(dir.path().join("w10.db"), Default::default()).await.unwrap();
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("floor.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-    let mut conn = sqlx::ConnectOptions::connect(&opts).await.unwrap();
-    conn.execute(
-        "CREATE TABLE floor (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v INTEGER NOT NULL, payload TEXT NOT NULL)",
-    )
-    .await
-    .unwrap();
-    let floor = measure_floor(Floor::Sqlite(Arc::new(tokio::sync::Mutex::new(conn))), lat_runs, tput_runs, conc).await;
+    let floor = measure_floor(bench::sqlite_floor(dir.path()).await, 10, lat_runs, tput_runs, conc).await;
     let ours = measure_cairn(Arc::new(Engine::new(store, TaskRegistry::builtin())), lat_runs, tput_runs, conc).await;
     println!("sqlite: WAL, synchronous=FULL (both)");
-    report("sqlite", &ours, &floor, conc);
+    report("sqlite", &ours, &floor, conc, 10.0);
     println!("sqlite    peak RSS so far {:.1} MiB", peak_rss_mib());
 
     match sqlx::PgConnection::connect(&pg_url).await {
@@ -218,11 +94,11 @@ async fn bench(args: Vec<String>) {
                     .unwrap();
             let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect_with(opts).await.unwrap();
             pool.execute("CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, k TEXT NOT NULL, v INTEGER NOT NULL, payload TEXT NOT NULL)").await.unwrap();
-            let floor = measure_floor(Floor::Pg(pool), lat_runs, tput_runs, conc).await;
+            let floor = measure_floor(Floor::Pg(pool), 10, lat_runs, tput_runs, conc).await;
             let ours =
                 measure_cairn(Arc::new(Engine::new(store, TaskRegistry::builtin())), lat_runs, tput_runs, conc).await;
             println!("postgres: synchronous_commit=on (both)");
-            report("postgres", &ours, &floor, conc);
+            report("postgres", &ours, &floor, conc, 10.0);
             admin.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await.unwrap();
         }
     }
