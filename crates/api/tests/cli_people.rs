@@ -245,6 +245,19 @@ fn models_and_config_are_checked_before_anything_runs() {
         .output()
         .expect("run");
     assert!(ok.status.success(), "{}", text(&ok));
+    // A provider whose key is not set is named before anything runs.
+    let nokey = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["validate", &wf.display().to_string()])
+        .env("CAIRN_MODEL_WRITER", "openai/gpt-4o-mini")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .expect("run");
+    assert_eq!(nokey.status.code(), Some(1));
+    assert!(
+        text(&nokey).contains("missing-api-key") && text(&nokey).contains("export OPENAI_API_KEY"),
+        "{}",
+        text(&nokey)
+    );
     let bad = dir.path().join("cairn.yaml");
     std::fs::write(&bad, "models:\n  writer: { provider: nowhere, model: m }\n").expect("write");
     let c = cairn(&db, &["--config", &bad.display().to_string(), "validate", &wf.display().to_string()]);

@@ -160,7 +160,7 @@ async fn runs_survive_sigkill_at_any_point() {
     let store = assert_every_run_completed_each_step_once(&format!("sqlite://{}", db.display()), &steps).await;
     assert!(cairn_events::verify(&*store).await.expect("verify").is_intact(), "no event lost or changed");
     let again = cairn(&db, &["continue"]);
-    assert!(text(&again).contains("0 interrupted run(s)"), "{}", text(&again));
+    assert!(text(&again).contains("0 run(s) continued"), "{}", text(&again));
 }
 
 /// A wait's timer survives SIGKILL: the restarted process waits out the

@@ -572,6 +572,16 @@ impl Config {
         })
     }
 
+    /// The environment variable a provider's key should be in, when it is
+    /// needed and not set.
+    pub fn missing_api_key(&self, provider: &str) -> Option<String> {
+        let var = self.providers.get(provider)?.api_key_env.as_ref()?;
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => None,
+            _ => Some(var.clone()),
+        }
+    }
+
     /// The email address notifications for `identity` go to: the person's
     /// `email`, or the identity itself when it is an address.
     pub fn email_of(&self, identity: &str) -> Option<String> {

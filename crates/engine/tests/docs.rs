@@ -85,6 +85,7 @@ fn every_field_and_code_is_documented() {
         "secret-in-prompt",
         "unknown-model",
         "unknown-prompt-template",
+        "missing-api-key",
     ] {
         assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
     }

@@ -332,13 +332,23 @@ impl Progress {
 /// Drives every run that started and has not ended to its end.
 pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
     let runs = engine.unfinished_runs().await?;
+    let mut moved = 0;
     for run_id in &runs {
-        eprintln!("continuing interrupted run {run_id}");
+        let before = engine.state(*run_id).await?.version;
         let mut quiet = |_: &Event| {};
         let state = engine.drive(*run_id, &mut quiet).await?;
-        eprintln!("  run {run_id} {}", format!("{:?}", state.status).to_lowercase());
+        // A run that waits for people and had nothing due is not news.
+        if state.version == before && state.status == RunStatus::Running {
+            continue;
+        }
+        moved += 1;
+        let status = match state.status {
+            RunStatus::Running if !engine.waiting(*run_id).await?.is_empty() => "waiting for people".to_owned(),
+            s => format!("{s:?}").to_lowercase(),
+        };
+        eprintln!("continued run {run_id}: {status}");
     }
-    Ok(runs.len())
+    Ok(moved)
 }
 
 /// The projection worker running inside `cairn run`.
@@ -399,6 +409,6 @@ pub async fn continue_command(
     let engine = super::setup::engine(database, setup, load_secrets(None)?).await?;
     let n = continue_interrupted(&engine).await?;
     project(database, read).await;
-    out!("{n} interrupted run(s) continued");
+    out!("{n} run(s) continued");
     Ok(ExitCode::SUCCESS)
 }

@@ -468,15 +468,30 @@ pub(super) fn texts(s: &super::raw::RawStep) -> Vec<Value> {
 pub fn check_models(w: &crate::Workflow, config: &crate::config::Config, file: &str) -> Vec<super::Diagnostic> {
     let mut out = Vec::new();
     for r in &w.model_refs {
-        if let Err(message) = config.resolve(&r.model, r.scripted) {
-            out.push(super::Diagnostic {
+        match config.resolve(&r.model, r.scripted) {
+            Err(message) => out.push(super::Diagnostic {
                 code: "unknown-model",
                 file: file.to_owned(),
                 line: r.line,
                 column: r.column,
                 message: format!("step `{}`: {message}", r.step),
                 help: None,
-            });
+            }),
+            Ok(spec) => {
+                if let Some(var) = config.missing_api_key(&spec.provider) {
+                    out.push(super::Diagnostic {
+                        code: "missing-api-key",
+                        file: file.to_owned(),
+                        line: r.line,
+                        column: r.column,
+                        message: format!(
+                            "step `{}`: model `{}` runs on provider `{}`, whose API key variable {var} is not set",
+                            r.step, r.model, spec.provider
+                        ),
+                        help: Some(format!("export {var}=…, or point the model at another provider")),
+                    });
+                }
+            }
         }
         if let Some(t) = &r.template
             && !config.prompts.contains_key(t)
