@@ -402,3 +402,93 @@ fn publish_versions_workflows_and_children_must_be_published() {
     assert!(ran.status.success(), "{}", text(&ran));
     assert!(text(&ran).contains("\"invoiced\": 29"), "{}", text(&ran));
 }
+
+/// An AI call in flight when the process is SIGKILLed is made again by
+/// `cairn continue` under the same AI attempt number and idempotency key,
+/// and recorded once: effects at least once, recorded outcomes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ai_call_cut_off_by_sigkill_is_made_again_and_recorded_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (db, srv) = (dir.path().join("c.db"), dir.path().join("srv"));
+    std::fs::create_dir_all(&srv).expect("dir");
+    // Every reply takes 1.5 s, so the kill lands during a call.
+    std::fs::write(srv.join("replies.json"), r#"[{"content": "{\"title\": \"Slow but sure\"}", "delay": 1.5}]"#)
+        .expect("replies");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/support/llm_server.py");
+    let mut server =
+        Command::new("python3").arg(script).arg(port.to_string()).arg(&srv).spawn().expect("python3 llm_server.py");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = dir.path().join("cairn.yaml");
+    std::fs::write(
+        &config,
+        format!("providers:\n  local: {{ kind: openai, base_url: \"http://127.0.0.1:{port}/v1\" }}\nmodels:\n  writer: {{ provider: local, model: m }}\n"),
+    )
+    .expect("config");
+    let wf = dir.path().join("ai.yaml");
+    let step = |id: &str| {
+        format!(
+            "  - id: {id}\n    ai: {{ model: writer, prompt: \"{id}\" }}\n    output_contract: {{ type: object, required: [title] }}\n"
+        )
+    };
+    std::fs::write(&wf, format!("name: slow-ai\nsteps:\n{}{}", step("one"), step("two"))).expect("workflow");
+    let url = format!("sqlite://{}", db.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--config", &config.display().to_string(), "run", &wf.display().to_string()])
+        .env("CAIRN_DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let store = cairn_events::open(&url).await.expect("open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Kill once the second step's attempt is recorded as started.
+    loop {
+        let all = store.read_all(1, 1000).await.expect("read");
+        if all.iter().filter(|e| e.event_type == "AiAttemptStarted").count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let cont = {
+        let (db, config) = (db.clone(), config.clone());
+        tokio::task::spawn_blocking(move || cairn(&db, &["--config", &config.display().to_string(), "continue"]))
+            .await
+            .expect("join")
+    };
+    assert!(cont.status.success(), "{}", text(&cont));
+    let _ = server.kill();
+    let _ = server.wait();
+    let all = store.read_all(1, 1000).await.expect("read");
+    let run = all.iter().find(|e| e.event_type == "RunStarted").expect("a run").stream_id.clone();
+    let events: Vec<Event> =
+        store.read_stream(&run, 1).await.expect("read").iter().map(|e| Event::decode(e).expect("decode")).collect();
+    assert!(matches!(events.last(), Some(Event::RunCompleted(_))), "{:?}", events.last());
+    for id in ["one", "two"] {
+        let started = events.iter().filter(|e| matches!(e, Event::AiAttemptStarted(a) if a.step_id == id)).count();
+        let done = events.iter().filter(|e| matches!(e, Event::AiAttemptCompleted(a) if a.step_id == id)).count();
+        assert_eq!((started, done), (1, 1), "step {id}: one attempt, recorded once");
+    }
+    // The server saw step two's call twice, with one idempotency key.
+    let keys: Vec<String> = std::fs::read_to_string(srv.join("requests.jsonl"))
+        .expect("requests")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["_idempotency_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|k| k.contains(":two:"))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(keys[0].ends_with(":two:ai1"), "{keys:?}");
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+}
