@@ -62,6 +62,10 @@ enum Command {
     /// Check the whole log: hash chains, stream versions, global positions.
     /// Exits 1 naming the first broken stream and version.
     Verify(commands::verify::Args),
+    /// Export the log (or a run, or a time range) for compliance: records
+    /// with positions and hashes, chain heads and a manifest, verifiable
+    /// offline with `cairn verify --export FILE`.
+    Export(commands::export::Args),
     /// Print stored events as JSON lines (a stream, or the whole log).
     Events(commands::events::Args),
     /// The read models' projections: status, a worker, rebuilds.
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             Command::Demo => commands::demo::run(&cli.database).await,
             Command::Verify(args) => commands::verify::run(&cli.database, args).await,
             Command::Events(args) => commands::events::run(&cli.database, args).await,
+            Command::Export(args) => commands::export::run(&cli.database, args).await,
             Command::Projections(cmd) => commands::read::projections(&cli.database, &cli.read, cmd).await,
             Command::History(args) => commands::read::history(&cli.database, &cli.read, args).await,
             Command::Costs(args) => commands::read::costs(&cli.database, &cli.read, args).await,

@@ -12,6 +12,7 @@ mod catalog;
 mod chain;
 pub mod docs;
 mod envelope;
+pub mod export;
 mod migrate;
 mod open;
 pub mod postgres;

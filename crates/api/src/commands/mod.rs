@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod events;
+pub mod export;
 pub mod people;
 pub mod read;
 pub mod run;

@@ -10,10 +10,16 @@ pub struct Args {
     /// Print every break found, not only the first.
     #[arg(long)]
     pub all: bool,
+    /// Check an export file (from `cairn export`) offline instead of the log.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<std::path::PathBuf>,
 }
 
 /// Runs the command: exit 0 when intact, 1 when broken.
 pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &args.export {
+        return super::export::verify(file);
+    }
     let store = cairn_events::open(database).await?;
     let report = cairn_events::verify(&*store).await.with_context(|| format!("verifying {}", store.describe()))?;
     if report.is_intact() {
