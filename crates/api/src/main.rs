@@ -12,6 +12,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -80,6 +81,9 @@ enum Command {
     Audit(commands::read::AuditArgs),
     /// Forms and approvals waiting for people.
     Inbox,
+    /// API keys for the HTTP API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
     /// Submit a form a run waits for, then continue the run.
     Submit(commands::people::SubmitArgs),
     /// Approve an approval a run waits for, then continue the run.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
             Command::Costs(args) => commands::read::costs(&cli.database, &cli.read, args).await,
             Command::Audit(args) => commands::read::audit(&cli.database, &cli.read, args).await,
             Command::Inbox => commands::read::inbox(&cli.database, &cli.read).await,
+            Command::Keys(cmd) => commands::keys::run(&cli.database, &cli.setup, cmd).await,
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
             Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,

@@ -564,6 +564,36 @@ pub struct WorkflowArchived {
     pub by: String,
 }
 
+/// An API key was created (stream `apikeys`). The key itself is shown once
+/// to whoever created it; only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyCreated {
+    /// The key's public id (the part of the key before its secret).
+    pub key_id: String,
+    /// A name for people.
+    pub name: String,
+    /// `admin`, `operator`, `approver` or `viewer`.
+    pub role: String,
+    /// The identity requests with this key act as (an approver's identity).
+    pub identity: String,
+    /// SHA-256 of the whole key, hex.
+    pub key_hash: String,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// An API key was revoked; requests with it are refused from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyRevoked {
+    /// The key's public id.
+    pub key_id: String,
+    /// Who revoked it.
+    pub revoked_by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -649,6 +679,8 @@ catalog! {
         CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
+    "access":
+        ApiKeyCreated = 1, ApiKeyRevoked = 1;
 }
 
 impl Event {

@@ -212,7 +212,10 @@ pub fn run_stream(run_id: Uuid) -> String {
     format!("run-{run_id}")
 }
 
-/// Stream id of a workflow definition's versions.
+/// The stream of API key creations and revocations.
+pub const API_KEYS_STREAM: &str = "apikeys";
+
+/// The stream of a workflow's published versions.
 pub fn workflow_stream(name: &str) -> String {
     format!("workflow-{name}")
 }

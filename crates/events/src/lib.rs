@@ -27,8 +27,8 @@ mod verify;
 pub use catalog::*;
 pub use chain::{GENESIS_HASH, HashedFields, canonical_bytes, event_hash};
 pub use envelope::{
-    AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppend, format_timestamp, run_stream,
-    workflow_stream,
+    API_KEYS_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppend, format_timestamp,
+    run_stream, workflow_stream,
 };
 pub use open::{DEFAULT_DATABASE_URL, open};
 pub use store::{

@@ -227,6 +227,8 @@ fn action(t: &str) -> &'static str {
         "CompensationStarted" => "start compensation",
         "WorkflowVersionPublished" => "publish workflow",
         "WorkflowArchived" => "archive workflow",
+        "ApiKeyCreated" => "create API key",
+        "ApiKeyRevoked" => "revoke API key",
         _ => "record event",
     }
 }

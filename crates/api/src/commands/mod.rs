@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod events;
 pub mod export;
+pub mod keys;
 pub mod people;
 pub mod read;
 pub mod run;
