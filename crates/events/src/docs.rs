@@ -25,9 +25,11 @@ pub fn events_markdown() -> String {
     fields_table(&mut out, meta.as_value(), &mut defs);
 
     let cat = catalog();
-    for (group, title) in
-        [("run", "Run events (stream `run-<uuid>`)"), ("workflow", "Workflow events (stream `workflow-<name>`)")]
-    {
+    for (group, title) in [
+        ("run", "Run events (stream `run-<uuid>`)"),
+        ("workflow", "Workflow events (stream `workflow-<name>`)"),
+        ("access", "Access events (stream `apikeys`)"),
+    ] {
         let _ = write!(out, "\n## {title}\n");
         for info in cat.iter().filter(|i| i.group == group) {
             let v = info.schema.as_value();
