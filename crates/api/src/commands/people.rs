@@ -300,11 +300,17 @@ fn ask(question: &str) -> anyhow::Result<Option<String>> {
 /// Asks at the terminal for every form and approval the run waits for and
 /// records the answers; returns whether anything was recorded (`false`
 /// when the person cannot answer, e.g. is not an approver, or input ended).
-pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, top: Uuid) -> anyhow::Result<bool> {
+/// `said` remembers who the person said they are, for the next requests.
+pub async fn ask_at_terminal(
+    engine: &Engine,
+    setup: &SetupArgs,
+    top: Uuid,
+    said: &mut Option<String>,
+) -> anyhow::Result<bool> {
     let mut answered = false;
     for (run, step, h) in &engine.waiting(top).await? {
         let (run, step) = (*run, step.as_str());
-        let identity = setup.identity(engine.config());
+        let identity = setup.identity(engine.config()).or_else(|| said.clone());
         let token = engine.resume_token(run, step, h.attempt);
         let allowed = |who: &str| h.assignees.is_empty() || h.assignees.iter().any(|a| a == who);
         let by = match identity {
@@ -316,12 +322,15 @@ pub async fn ask_at_terminal(engine: &Engine, setup: &SetupArgs, top: Uuid) -> a
                 );
                 continue;
             }
-            None if h.assignees.len() == 1 => h.assignees[0].clone(),
+            // Nobody said who they are: ask, never assume.
             None => match ask(&format!(
                 "  who are you? ({}) ",
                 if h.assignees.is_empty() { "any identity".into() } else { h.assignees.join(", ") }
             ))? {
-                Some(i) if allowed(i.trim()) && !i.trim().is_empty() => i.trim().to_owned(),
+                Some(i) if allowed(i.trim()) && !i.trim().is_empty() => {
+                    *said = Some(i.trim().to_owned());
+                    i.trim().to_owned()
+                }
                 Some(i) => {
                     eprintln!("  `{}` may not answer `{step}`", i.trim());
                     continue;

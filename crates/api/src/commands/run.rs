@@ -168,9 +168,10 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     // On a terminal, people answer right here; the run goes on after each answer.
+    let mut said = None;
     while state.status == RunStatus::Running
         && super::people::interactive()
-        && super::people::ask_at_terminal(&engine, setup, run_id).await?
+        && super::people::ask_at_terminal(&engine, setup, run_id, &mut said).await?
     {
         state = engine.drive(run_id, &mut progress).await?;
     }
