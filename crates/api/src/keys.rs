@@ -134,6 +134,19 @@ impl Keys {
     }
 }
 
+/// Appends one event to the keys stream if it is still at `version` (a
+/// conflict means another key changed meanwhile: the caller looks again).
+async fn append(
+    store: &Arc<dyn EventStore>,
+    version: u64,
+    event: Event,
+    by: &str,
+) -> Result<cairn_events::AppendResult, cairn_events::StoreError> {
+    store
+        .append(API_KEYS_STREAM, ExpectedVersion::Exact(version), vec![NewEvent::from_event(&event, Metadata::by(by))])
+        .await
+}
+
 /// Creates a key; returns it (to show once) and its record.
 pub async fn create(
     store: &Arc<dyn EventStore>,
@@ -163,15 +176,7 @@ pub async fn create(
             key_hash: sha256(&full),
             created_by: by.to_owned(),
         };
-        let e = Event::ApiKeyCreated(event.clone());
-        match store
-            .append(
-                API_KEYS_STREAM,
-                ExpectedVersion::Exact(keys.version),
-                vec![NewEvent::from_event(&e, Metadata::by(by))],
-            )
-            .await
-        {
+        match append(store, keys.version, Event::ApiKeyCreated(event.clone()), by).await {
             Ok(_) => {
                 let key = Key {
                     key_id,
@@ -212,14 +217,7 @@ pub async fn revoke(
             revoked_by: by.to_owned(),
             reason: reason.clone(),
         });
-        match store
-            .append(
-                API_KEYS_STREAM,
-                ExpectedVersion::Exact(keys.version),
-                vec![NewEvent::from_event(&e, Metadata::by(by))],
-            )
-            .await
-        {
+        match append(store, keys.version, e, by).await {
             Ok(_) => return Ok(Key { revoked: true, ..key }),
             Err(err) if err.is_conflict() => continue,
             Err(err) => return Err(err).context("recording the revocation"),
