@@ -5,17 +5,15 @@ answers 429 with a Retry-After header, and logs every request body.
 
 usage: llm_server.py PORT DIR
 DIR/replies.json is a list; request N (from 1) gets item N (the last repeats):
-  {"content": "...", "delay": 1.5}        a reply (after `delay` seconds)
+  {"content": "..."}                      a reply
   {"status": 429, "retry_after": 1}       an error status (with Retry-After)
   {"refuse": "json_schema"}               500 if the request asks for that
                                           response format, else the next item
-Every request is appended to DIR/requests.jsonl, with its Idempotency-Key
-header as "_idempotency_key".
+Every request is appended to DIR/requests.jsonl.
 """
 
 import json
 import sys
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(sys.argv[1])
@@ -42,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         with open(f"{DIR}/requests.jsonl", "a") as log:
-            log.write(json.dumps({**body, "_idempotency_key": self.headers.get("Idempotency-Key")}) + "\n")
+            log.write(json.dumps(body) + "\n")
         COUNT[0] += 1
         index = min(COUNT[0], len(REPLIES)) - 1
         reply = REPLIES[index]
@@ -56,7 +54,6 @@ class Handler(BaseHTTPRequestHandler):
             if "retry_after" in reply:
                 headers["Retry-After"] = str(reply["retry_after"])
             return self.answer(reply["status"], {"error": {"message": "scripted error"}}, headers)
-        time.sleep(reply.get("delay", 0))
         content = reply["content"]
         self.answer(200, {
             "id": f"cmpl-{COUNT[0]}",
