@@ -13,6 +13,7 @@ macro_rules! out {
 
 mod commands;
 mod keys;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -90,10 +91,23 @@ enum Command {
     Approve(commands::people::DecideArgs),
     /// Reject an approval a run waits for, then continue the run.
     Reject(commands::people::DecideArgs),
+    /// Serve the HTTP API (REST, OpenAPI at /openapi.json, docs at /docs).
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        // The server takes requests on every core.
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        return finish(runtime.block_on(serve::run(&cli.database, &cli.read, &cli.setup, args)));
+    }
     // One thread: a run's effects are async, and the W10 benchmark measures
     // a current-thread runtime ~20% faster than one worker per core.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -126,8 +140,13 @@ fn main() -> ExitCode {
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
             Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,
+            Command::Serve(_) => unreachable!("served above"),
         }
     });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         // `cairn … | head`: the reader left; that is not a failure.

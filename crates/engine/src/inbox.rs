@@ -5,7 +5,7 @@
 //! exactly one is recorded; the other gets [`HumanError::Conflict`] naming
 //! the event that won.
 
-use cairn_events::{ApprovalDecided, Event, ExpectedVersion, InputSubmitted, Metadata, NewEvent, RecordedEvent};
+use cairn_events::{ApprovalDecided, Event, ExpectedVersion, InputSubmitted, NewEvent, RecordedEvent};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -251,8 +251,10 @@ impl Engine {
             let mut events = vec![event];
             let after = evolve(state, &events[0]);
             let _ = crate::runner::settle(&w, after, &mut events);
-            let mut new = vec![NewEvent::from_event(&events[0], Metadata::by(a.by()))];
-            new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by("engine"))));
+            let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(a.by(), run_id, &events[0]))];
+            new.extend(
+                events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata("engine", run_id, e))),
+            );
             match self.store.append(&stream, ExpectedVersion::Exact(version), new).await {
                 Ok(r) => {
                     return Ok(Recorded { stream_version: version + 1, global_position: r.first_position });

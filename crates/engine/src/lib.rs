@@ -24,7 +24,8 @@ pub mod runner;
 pub mod secrets;
 pub mod tasks;
 pub mod template;
+pub mod trace;
 
 pub use model::{RetryPolicy, Step, StepKind, Target, Workflow};
-pub use runner::{Engine, RunError};
+pub use runner::{Engine, RunError, Start};
 pub use tasks::{TaskContext, TaskError, TaskHandler, TaskRegistry};

@@ -67,6 +67,15 @@ pub enum RunError {
     },
 }
 
+/// Options of [`Engine::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// The run's id (default: a new UUIDv7).
+    pub run_id: Option<Uuid>,
+    /// The caller's idempotency key, recorded in `RunStarted`.
+    pub idempotency_key: Option<String>,
+}
+
 /// Receives every event the runner appends, for progress displays.
 pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 
@@ -214,10 +223,43 @@ impl Engine {
     /// Starts a run of a published version; returns its id. The run's first
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
-        self.check_children(w).await?;
-        Ok(self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await?.0)
+        self.start_with(w, version, inputs, started_by, Start::default()).await
     }
 
+    /// Starts a run with a chosen id and idempotency key. With a chosen id
+    /// the append expects no stream, so of two starts with one id exactly
+    /// one records `RunStarted`; the other gets a conflict
+    /// ([`StoreError::is_conflict`]) and can read the winner's run.
+    pub async fn start_with(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        opts: Start,
+    ) -> Result<Uuid, RunError> {
+        self.check_children(w).await?;
+        let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
+        Ok(self.start_run(w, version, inputs, started_by, id, None, opts.idempotency_key).await?.0)
+    }
+
+    /// When a run that is waiting (for people, or on a timer) next has
+    /// something to do: a deadline, a reminder, a retry. `None` when nothing
+    /// is due without an answer, or the run has ended.
+    pub async fn wake_at(&self, run_id: Uuid) -> Result<Option<chrono::DateTime<Utc>>, RunError> {
+        let state = self.state(run_id).await?;
+        if state.status.is_terminal() {
+            return Ok(None);
+        }
+        let w = self.definition(&state.workflow, state.workflow_version).await?;
+        let d = decide(&w, &state, Utc::now());
+        if !d.append.is_empty() || !d.execute.is_empty() {
+            return Ok(Some(Utc::now()));
+        }
+        Ok(d.wake_at)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn start_run(
         &self,
         w: &Workflow,
@@ -226,6 +268,7 @@ impl Engine {
         started_by: &str,
         run_id: Uuid,
         parent: Option<ParentRun>,
+        idempotency_key: Option<String>,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         let w = &*self.bound(w, version).await?;
         let inputs = w.inputs_with_defaults(&inputs);
@@ -242,15 +285,15 @@ impl Engine {
             definition_hash: w.definition_hash.clone(),
             inputs,
             started_by: started_by.to_owned(),
-            idempotency_key: None,
+            idempotency_key,
             parent,
             fork_of: None,
         });
         let state = evolve(RunState::default(), &event);
         let mut events = vec![event];
         let (state, _) = settle(w, state, &mut events);
-        let mut new = vec![NewEvent::from_event(&events[0], Metadata::by(started_by))];
-        new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))));
+        let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
+        new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
         self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
         Ok((run_id, events, state))
     }
@@ -293,7 +336,7 @@ impl Engine {
             .append(
                 &cairn_events::run_stream(run_id),
                 ExpectedVersion::Exact(s.version),
-                vec![NewEvent::from_event(&e, Metadata::by(by))],
+                vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))],
             )
             .await?;
         // Child runs go with their parent.
@@ -335,7 +378,8 @@ impl Engine {
         observer: Observer<'_>,
     ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
-        let (run_id, events, state) = self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None).await?;
+        let (run_id, events, state) =
+            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None, None).await?;
         for e in &events {
             observer(e);
         }
@@ -449,7 +493,8 @@ impl Engine {
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
         let (after, next) = settle(w, events.iter().fold(state.clone(), evolve), &mut events);
-        let new: Vec<NewEvent> = events.iter().map(|e| NewEvent::from_event(e, Metadata::by(&self.actor))).collect();
+        let new: Vec<NewEvent> =
+            events.iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))).collect();
         match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
             Ok(_) => {
                 for e in &events {
@@ -593,7 +638,10 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let parent = ParentRun { run_id: parent, step_id: step_id.clone() };
-        match self.start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent)).await {
+        match self
+            .start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent), None)
+            .await
+        {
             Ok(_) => started(version),
             Err(RunError::InvalidInputs { errors, .. }) => fail(
                 "child.invalid-inputs",

@@ -30,11 +30,17 @@ pub struct ExportFilter {
     /// Only this stream (`run-<id>` for a run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Events at or before this global position (an export taken twice
+    /// with the same bound holds the same records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<u64>,
 }
 
 impl ExportFilter {
     fn admits(&self, e: &RecordedEvent) -> bool {
-        if self.stream.as_ref().is_some_and(|s| s != &e.stream_id) {
+        if self.stream.as_ref().is_some_and(|s| s != &e.stream_id)
+            || self.through.is_some_and(|t| e.global_position > t)
+        {
             return false;
         }
         if self.since.is_none() && self.until.is_none() {
@@ -232,6 +238,9 @@ pub async fn export(
     loop {
         let page = store.read_all(from, 1000).await?;
         let Some(tail) = page.last() else { break };
+        if filter.through.is_some_and(|t| page[0].global_position > t) {
+            break;
+        }
         from = tail.global_position + 1;
         for e in page.iter().filter(|e| filter.admits(e)) {
             let r = Record::of(e);

@@ -39,7 +39,12 @@ pub fn sidecar_of(path: &Path) -> PathBuf {
 /// Runs `cairn export`.
 pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open(database).await?;
-    let filter = ExportFilter { since: args.since, until: args.until, stream: args.run.map(cairn_events::run_stream) };
+    let filter = ExportFilter {
+        since: args.since,
+        until: args.until,
+        stream: args.run.map(cairn_events::run_stream),
+        through: None,
+    };
     let format = if args.format == "csv" { Format::Csv } else { Format::Jsonl };
     let manifest = match (&args.output, format) {
         (None, Format::Csv) => {

@@ -239,7 +239,14 @@ pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::
 /// `cairn audit`.
 pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::Result<ExitCode> {
     let w = catch_up(database, read).await?;
-    let f = AuditFilter { actor: args.actor, run: args.run, since: args.since, until: args.until, limit: args.limit };
+    let f = AuditFilter {
+        actor: args.actor,
+        run: args.run,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+        after: None,
+    };
     out!(
         "{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} hash",
         "position",

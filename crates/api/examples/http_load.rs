@@ -1,0 +1,262 @@
+//! HTTP load: W10 runs (10 sequential task steps) started over HTTP
+//! against a real `cairn serve` and waited for over its live-event stream,
+//! next to W10 run in-process and the raw SQLite floor, all in the same run
+//! on the same disk.
+//!
+//! ```text
+//! cargo run --release -p cairn-api --example http_load [-- --quick]
+//! ```
+//!
+//! Phases: (1) the floor (10 single-row commits per run) and in-process W10
+//! (16 at a time); (2) over HTTP, runs one at a time (POST /runs, then
+//! GET /runs/{id}/live until `end`): end-to-end latency; (3) 16 clients in a
+//! closed loop doing the same: runs/s, POST latency p50/p99, end-to-end p99;
+//! (4) starts alone, 64 in flight: requests/s and p99.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_engine::decider::RunStatus;
+use cairn_engine::{Engine, TaskRegistry};
+use cairn_events::{Event, EventStore};
+use serde_json::{Value, json};
+
+#[path = "../../engine/examples/bench/mod.rs"]
+mod bench;
+
+const W10: &str = include_str!("../../engine/examples/w10.yaml");
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    bench::pct(v, p)
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cairn_binary() -> std::path::PathBuf {
+    // target/<profile>/examples/http_load → target/<profile>/cairn
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|p| p.parent()).unwrap().join("cairn");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = exe.to_string_lossy().contains("/release/");
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "cairn-api", "--bin", "cairn"]);
+        if release {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "building cairn failed");
+    }
+    assert!(bin.exists(), "{} is missing: cargo build --release -p cairn-api", bin.display());
+    bin
+}
+
+fn serve(bin: &std::path::Path, dir: &std::path::Path) -> (Server, String) {
+    let db = format!("sqlite://{}", dir.join("http.db").display());
+    let out = Command::new(bin)
+        .args(["keys", "create", "--name", "bench", "--role", "admin"])
+        .env("CAIRN_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CAIRN_DATABASE_URL", &db)
+        .env("CAIRN_TOKEN_KEY", "bench-token-key-0123456789abcdef0123456789")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    (Server { child, url }, key)
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Client {
+    async fn start(&self) -> (String, Duration) {
+        let t = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/runs", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(r#"{"workflow":"w10"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        (v["run_id"].as_str().unwrap().to_owned(), t.elapsed())
+    }
+
+    /// Follows the run's live events until `end`; checks it completed.
+    async fn wait(&self, run: &str) {
+        let mut r = self.http.get(format!("{}/runs/{run}/live", self.url)).bearer_auth(&self.key).send().await.unwrap();
+        let mut buf = String::new();
+        while let Some(c) = r.chunk().await.unwrap() {
+            buf.push_str(&String::from_utf8_lossy(&c));
+            if buf.contains("event: end") {
+                break;
+            }
+        }
+        assert!(buf.contains("event: RunCompleted"), "run {run} did not complete");
+    }
+}
+
+async fn in_process(dir: &std::path::Path, runs: usize, conc: usize) -> (bench::Figures, bench::Figures) {
+    let floor = bench::measure_floor(bench::sqlite_floor(dir).await, 10, 50, runs, conc).await;
+    let store: Arc<dyn EventStore> =
+        cairn_events::sqlite::SqliteStore::open(dir.join("w10.db"), Default::default()).await.unwrap();
+    let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
+    let w = Arc::new(cairn_engine::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
+    let version = engine.publish(&w, "bench").await.unwrap();
+    let ours = bench::measure(50, runs, conc, move |_| {
+        let (engine, w) = (engine.clone(), w.clone());
+        async move {
+            let mut quiet = |_: &Event| {};
+            let (_, s) = engine.run(&w, version, json!({}), "bench", &mut quiet).await.unwrap();
+            assert_eq!(s.status, RunStatus::Completed);
+        }
+    })
+    .await;
+    (ours, floor)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (one_by_one, closed, starts, conc, inflight) =
+        if quick { (30, 200, 400, 16, 64) } else { (100, 1000, 2000, 16, 64) };
+    let bin = cairn_binary();
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (w10, floor) = rt.block_on(in_process(dir.path(), closed, conc));
+    drop(rt);
+
+    let (server, key) = serve(&bin, dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let c = Client { http: cairn_engine::http::client(), url: server.url.clone(), key };
+        let r = c
+            .http
+            .post(format!("{}/workflows", c.url))
+            .bearer_auth(&c.key)
+            .header("content-type", "application/yaml")
+            .body(W10)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        for _ in 0..10 {
+            let (id, _) = c.start().await;
+            c.wait(&id).await; // warm-up
+        }
+        // (2) one at a time, end to end.
+        let mut e2e = Vec::new();
+        for _ in 0..one_by_one {
+            let t = Instant::now();
+            let (id, _) = c.start().await;
+            c.wait(&id).await;
+            e2e.push(t.elapsed());
+        }
+        // (3) closed loop, `conc` clients.
+        let t = Instant::now();
+        let per = closed / conc;
+        let mut tasks = Vec::new();
+        for _ in 0..conc {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut posts, mut ends) = (Vec::new(), Vec::new());
+                for _ in 0..per {
+                    let t = Instant::now();
+                    let (id, post) = c.start().await;
+                    c.wait(&id).await;
+                    posts.push(post);
+                    ends.push(t.elapsed());
+                }
+                (posts, ends)
+            }));
+        }
+        let (mut posts, mut ends) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (p, e) = t.await.unwrap();
+            posts.extend(p);
+            ends.extend(e);
+        }
+        let closed_s = t.elapsed().as_secs_f64();
+        let runs_per_s = (per * conc) as f64 / closed_s;
+        // (4) starts alone, `inflight` at a time.
+        let sem = Arc::new(tokio::sync::Semaphore::new(inflight));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..starts {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let (_, d) = c.start().await;
+                drop(permit);
+                d
+            }));
+        }
+        let mut start_lat = Vec::new();
+        for t in tasks {
+            start_lat.push(t.await.unwrap());
+        }
+        let starts_per_s = starts as f64 / t.elapsed().as_secs_f64();
+
+        println!("W10 (10 sequential task steps per run), SQLite WAL synchronous=FULL, all on this disk, in this run");
+        println!(
+            "floor (10 single-row commits per run, {conc} at a time):          {:>7.0} runs/s",
+            floor.runs_per_s
+        );
+        println!(
+            "in-process W10 ({conc} at a time, engine.run):                       {:>7.0} runs/s  ({:.2}x floor)",
+            w10.runs_per_s,
+            w10.runs_per_s / floor.runs_per_s
+        );
+        println!(
+            "HTTP W10, one at a time (POST /runs + live events to `end`):   median {:>6.2} ms  p99 {:>6.2} ms  (in-process median {:.2} ms)",
+            pct(&mut e2e, 0.5),
+            pct(&mut e2e, 0.99),
+            w10.median_ms
+        );
+        println!(
+            "HTTP W10, {conc} clients closed loop:                              {:>7.0} runs/s  ({:.2}x in-process, {:.2}x floor)",
+            runs_per_s,
+            runs_per_s / w10.runs_per_s,
+            runs_per_s / floor.runs_per_s
+        );
+        println!(
+            "   POST /runs latency p50 {:>6.2} ms  p99 {:>6.2} ms; start-to-end p99 {:>6.2} ms",
+            pct(&mut posts, 0.5),
+            pct(&mut posts, 0.99),
+            pct(&mut ends, 0.99)
+        );
+        println!(
+            "HTTP starts alone, {inflight} in flight: {:>7.0} requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+            starts_per_s,
+            pct(&mut start_lat, 0.5),
+            pct(&mut start_lat, 0.99)
+        );
+        drop(server);
+    });
+}

@@ -1,0 +1,199 @@
+//! A run's events live, as Server-Sent Events. Each event's SSE id is its
+//! stream version; a client that reconnects with `Last-Event-ID` (or
+//! `?after=`) gets every event after that one, so it misses nothing. The
+//! stream ends with an `end` event once the run has ended and everything
+//! was sent.
+//!
+//! One task follows the log for the whole server ([`Tail`]) and hands each
+//! new event to the clients watching its stream, so a commit costs one read
+//! however many clients watch. A client registers before it reads what it
+//! missed from its stream, so nothing falls between the two; versions it
+//! already sent are skipped. A client too slow to keep up is dropped by the
+//! tail and catches up from its stream again.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State as S};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use cairn_events::{EventStore, RecordedEvent};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::State;
+use super::extract::{MAX_POSITION, Pos, Q, parse_id};
+use super::problem::{ApiError, ApiResult};
+use super::runs::RawEvent;
+
+/// Where to start.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    /// Events after this stream version (the `Last-Event-ID` header wins).
+    #[serde(default)]
+    pub after: Option<Pos>,
+}
+
+const TERMINAL: [&str; 3] = ["RunCompleted", "RunFailed", "RunCancelled"];
+
+type Watchers = HashMap<String, Vec<mpsc::Sender<RecordedEvent>>>;
+
+/// Follows the log and hands new events to the clients of their stream.
+pub struct Tail {
+    watchers: Mutex<Watchers>,
+}
+
+impl Tail {
+    /// Starts following the log from its head.
+    pub async fn spawn(store: Arc<dyn EventStore>, mut stop: tokio::sync::watch::Receiver<bool>) -> Arc<Tail> {
+        let tail = Arc::new(Tail { watchers: Mutex::new(HashMap::new()) });
+        let from = store.head_position().await.unwrap_or(0) + 1;
+        let me = tail.clone();
+        tokio::spawn(async move {
+            let mut sub = cairn_events::subscribe(store, from);
+            loop {
+                let batch = tokio::select! {
+                    _ = stop.changed() => return,
+                    b = sub.next_batch() => b,
+                };
+                match batch {
+                    Ok(events) => me.hand_out(events),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live events: cannot follow the log");
+                        // Everyone catches up from their streams.
+                        me.watchers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        tail
+    }
+
+    fn hand_out(&self, events: Vec<RecordedEvent>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_empty() {
+            return;
+        }
+        for e in events {
+            if let Some(list) = w.get_mut(&e.stream_id) {
+                // Full or closed: that client is dropped and re-reads its stream.
+                list.retain(|tx| tx.try_send(e.clone()).is_ok());
+                if list.is_empty() {
+                    w.remove(&e.stream_id);
+                }
+            }
+        }
+    }
+
+    fn watch(&self, stream: &str) -> mpsc::Receiver<RecordedEvent> {
+        let (tx, rx) = mpsc::channel(256);
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let list = w.entry(stream.to_owned()).or_default();
+        list.retain(|t| !t.is_closed());
+        list.push(tx);
+        rx
+    }
+}
+
+/// `GET /runs/{id}/live`.
+pub async fn live(
+    S(state): S<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Q(q): Q<LiveQuery>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id, "run")?;
+    let stream_id = cairn_events::run_stream(id);
+    if state.store.stream_version(&stream_id).await? == 0 {
+        return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
+    }
+    let after = match headers.get("last-event-id") {
+        Some(v) => {
+            v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|v| *v <= MAX_POSITION).ok_or_else(
+                || {
+                    ApiError::bad_request(
+                        "bad-last-event-id",
+                        "Last-Event-ID must be a stream version this stream sent (a number)",
+                    )
+                },
+            )?
+        }
+        None => q.after.map_or(0, |p| p.0),
+    };
+    let (tx, rx) = mpsc::channel::<Sse>(64);
+    tokio::spawn(follow(state, stream_id, after, tx));
+    let events =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(axum::response::Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+fn sse(r: &RecordedEvent) -> Sse {
+    let data = serde_json::to_string(&RawEvent::of(r)).unwrap_or_default();
+    Sse::default().id(r.stream_version.to_string()).event(r.event_type.clone()).data(data)
+}
+
+fn end(version: u64) -> Sse {
+    Sse::default().event("end").data(format!("{{\"stream_version\":{version}}}"))
+}
+
+/// Sends the stream's events after `after` to `out`, then new ones as they
+/// come, until the run's last event (then `end`) or the client leaves.
+async fn follow(state: Arc<State>, stream_id: String, mut after: u64, out: mpsc::Sender<Sse>) {
+    loop {
+        let mut rx = state.tail.watch(&stream_id);
+        // What was missed, read after registering: nothing falls between.
+        let missed = match state.store.read_stream(&stream_id, after + 1).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: cannot read the stream");
+                return;
+            }
+        };
+        if missed.is_empty() && after > 0 {
+            // A client back after the end gets `end` at once.
+            let v = state.store.stream_version(&stream_id).await.unwrap_or(0);
+            let last = state.store.read_stream(&stream_id, v.max(1)).await.unwrap_or_default();
+            if after >= v && last.first().is_some_and(|r| TERMINAL.contains(&r.event_type.as_str())) {
+                let _ = out.send(end(v)).await;
+                return;
+            }
+        }
+        for r in &missed {
+            if out.send(sse(r)).await.is_err() {
+                return;
+            }
+            after = r.stream_version;
+            if TERMINAL.contains(&r.event_type.as_str()) {
+                let _ = out.send(end(after)).await;
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                e = rx.recv() => e,
+                () = out.closed() => return,
+            };
+            let Some(r) = next else { break }; // dropped by the tail: catch up again
+            if r.stream_version <= after {
+                continue;
+            }
+            if r.stream_version != after + 1 {
+                break; // a gap: read it from the stream
+            }
+            if out.send(sse(&r)).await.is_err() {
+                return;
+            }
+            after = r.stream_version;
+            if TERMINAL.contains(&r.event_type.as_str()) {
+                let _ = out.send(end(after)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! `cairn serve`: the HTTP API over the event log, the engine and the read
+//! models, in one process. Runs started or answered over HTTP are driven by
+//! this process; waits (deadlines, reminders, retries) are woken by its
+//! timer loop; the projections follow the log in the background. See
+//! docs/api.md.
+
+mod api;
+mod docs;
+mod driver;
+mod extract;
+mod live;
+mod people;
+mod problem;
+mod reads;
+mod routes;
+mod runs;
+mod telemetry;
+mod workflows;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_engine::Engine;
+use cairn_events::EventStore;
+use cairn_projections::Worker;
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use self::api::Access;
+use self::extract::Caller;
+use self::problem::ApiError;
+use crate::keys::{Keys, Role};
+
+/// Arguments of `cairn serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The address to listen on (`127.0.0.1:0` picks a free port; the
+    /// address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CAIRN_LISTEN")]
+    pub listen: String,
+    /// Serve without API keys: every request acts as `--as` (default
+    /// `anonymous`) with the admin role. Only on a loopback address unless
+    /// `--insecure` is given too.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Allow `--no-auth` on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Log lines as `text` or `json` (one object per line, with request ids).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "CAIRN_LOG_FORMAT")]
+    pub log_format: String,
+    /// The largest request body taken, in bytes (larger: 413).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long a request may take before it is answered 503, in seconds
+    /// (streams, once started, are not cut).
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout: u64,
+    /// A file of `NAME=value` secret lines, added to the
+    /// `CAIRN_SECRET_<NAME>` environment variables.
+    #[arg(long)]
+    pub secrets_file: Option<std::path::PathBuf>,
+}
+
+/// Everything a handler can reach.
+pub struct State {
+    engine: Arc<Engine>,
+    store: Arc<dyn EventStore>,
+    read: Arc<Worker>,
+    keys: tokio::sync::RwLock<(Keys, Instant)>,
+    auth: bool,
+    anonymous: String,
+    driver: Arc<driver::Driver>,
+    tail: Arc<live::Tail>,
+    openapi: serde_json::Value,
+    access: api::AccessMap,
+    timeout: Duration,
+}
+
+impl State {
+    /// The read models, brought up to the log's head first so a read after
+    /// a write sees it.
+    async fn read(&self) -> Result<&cairn_projections::ReadDb, ApiError> {
+        self.read.catch_up().await?;
+        Ok(self.read.db())
+    }
+
+    /// The key a presented secret is: from the cache, re-read when older
+    /// than a second or when the key is not in it (a new key).
+    async fn authenticate(&self, presented: &str) -> Result<Option<crate::keys::Key>, ApiError> {
+        {
+            let k = self.keys.read().await;
+            if k.1.elapsed() < Duration::from_secs(1)
+                && let Some(key) = k.0.authenticate(presented)
+            {
+                return Ok(Some(key.clone()));
+            }
+        }
+        let fresh = Keys::load(&self.store).await.map_err(ApiError::internal)?;
+        let found = fresh.authenticate(presented).cloned();
+        *self.keys.write().await = (fresh, Instant::now());
+        Ok(found)
+    }
+}
+
+/// Runs the server until interrupted.
+pub async fn run(
+    database: &str,
+    read: &crate::commands::read::ReadArgs,
+    setup: &crate::commands::setup::SetupArgs,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
+    telemetry::init(&args.log_format)?;
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}; give an address like 127.0.0.1:8080", args.listen))?;
+    if args.no_auth && !addr.ip().is_loopback() && !args.insecure {
+        eprintln!(
+            "error: refusing to serve {addr} without API keys: anyone who can reach it could start, cancel and \
+             approve runs. Create a key (cairn keys create --name NAME --role admin) and drop --no-auth, listen \
+             on 127.0.0.1, or add --insecure if this network is trusted."
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let secrets = crate::commands::run::load_secrets(args.secrets_file.as_deref())?;
+    let engine = Arc::new(crate::commands::setup::engine(database, setup, secrets).await?);
+    let store = engine.store().clone();
+    let worker = Arc::new(crate::commands::read::worker_on(store.clone(), database, read).await?);
+    let keys = Keys::load(&store).await?;
+    if !args.no_auth && keys.all().all(|k| k.revoked) {
+        eprintln!(
+            "note: no API key exists yet, so every request but /healthz, /readyz, /openapi.json and /docs will be \
+             refused: create one with `cairn keys create --name NAME --role admin`"
+        );
+    }
+    let driver = driver::Driver::new(engine.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tail = live::Tail::spawn(store.clone(), stop_rx.clone()).await;
+    let (router, openapi, access) = routes::api();
+    let state = Arc::new(State {
+        engine: engine.clone(),
+        store: store.clone(),
+        read: worker.clone(),
+        keys: tokio::sync::RwLock::new((keys, Instant::now())),
+        auth: !args.no_auth,
+        anonymous: setup.identity.clone().unwrap_or_else(|| "anonymous".into()),
+        driver: driver.clone(),
+        tail,
+        openapi,
+        access,
+        timeout: Duration::from_secs(args.request_timeout.max(1)),
+    });
+    let app = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), frame))
+        .with_state(state.clone());
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    out!("listening on http://{local}");
+    tracing::info!(address = %local, database = %store.describe(), auth = !args.no_auth, "serving");
+    let projections = {
+        let w = worker.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { w.run(Duration::from_millis(200), rx).await })
+    };
+    let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
+    let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
+    // Runs a crash or restart left unfinished continue.
+    driver.resume_unfinished().await;
+    let shutdown = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    // Small responses and SSE events go out at once (no Nagle delay against
+    // the client's delayed ACK: 40 ms per request otherwise).
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let _ = projections.await;
+    let _ = timers.await;
+    if let Some(e) = exporter {
+        let _ = e.await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found("no-such-path", format!("no endpoint at {} (see /openapi.json)", req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} is not served at {} (see /openapi.json)", req.method(), req.uri().path()),
+    )
+}
+
+/// Checks the key against the operation's role; puts the [`Caller`] in
+/// the request.
+async fn authorize(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    // A method the path does not serve falls through to the router's 405.
+    let access = state.access.iter().find(|((m, p), _)| *m == req.method() && *p == path).map(|(_, a)| *a);
+    let Some(Access::Role(needed)) = access else { return Ok(next.run(req).await) };
+    let caller = if state.auth {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this endpoint needs an API key: send `Authorization: Bearer cairn_…` (create one with `cairn keys create`)",
+            ));
+        };
+        let Some(key) = state.authenticate(presented).await? else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-key",
+                "the API key is not known or was revoked; ask an admin for a key (`cairn keys create`)",
+            ));
+        };
+        Caller { identity: key.identity, role: key.role, key_id: Some(key.key_id) }
+    } else {
+        Caller { identity: state.anonymous.clone(), role: Role::Admin, key_id: None }
+    };
+    if caller.role > needed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a key with the {} role may not do this; it needs the {} role or a stronger one",
+                caller.role.name(),
+                needed.name()
+            ),
+        ));
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Every request: a request id (taken from `x-request-id` or made), a
+/// span and a log line, a time limit, and a 500 instead of a panic.
+async fn frame(axum::extract::State(state): axum::extract::State<Arc<State>>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    let started = Instant::now();
+    let work = std::panic::AssertUnwindSafe(next.run(req)).catch_unwind();
+    let mut response = match tokio::time::timeout(state.timeout, work).instrument(span.clone()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            span.in_scope(|| tracing::error!(panic = %what, "handler panicked"));
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server failed on this request; it was logged",
+            )
+            .into_response()
+        }
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {}s; try again", state.timeout.as_secs()),
+        )
+        .into_response(),
+    };
+    let status = response.status();
+    // Problems carry the request id too.
+    if response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json") {
+        response = with_request_id(response, &id).await;
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    span.in_scope(|| {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), latency_ms = ms, "request");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms = ms, "request");
+        }
+    });
+    response
+}
+
+async fn with_request_id(response: Response, id: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) => {
+            v["request_id"] = serde_json::Value::String(id.to_owned());
+            serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec())
+        }
+        Err(_) => bytes.to_vec(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

@@ -1,0 +1,234 @@
+//! People: the inbox, form submissions and approval decisions. The caller
+//! acts as its key's identity; an approval decision is refused unless that
+//! identity is a listed approver (the engine checks it against the request
+//! as recorded).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State as S};
+use axum::http::StatusCode;
+use cairn_engine::inbox::{HumanError, Submission, Vote};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::State;
+use super::extract::{Caller, JsonBody, Q, parse_id};
+use super::problem::{ApiError, ApiResult, FieldProblem, Winner};
+use super::runs::{int, text};
+
+/// Inbox filters.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    /// Only what this identity may answer (`me`: the caller's identity).
+    #[serde(default)]
+    pub assignee: Option<String>,
+}
+
+/// Something waiting for people.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InboxItem {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step_id: String,
+    /// `form` or `approval`.
+    pub kind: String,
+    /// Who may answer.
+    pub assignees: Vec<String>,
+    /// Title or summary.
+    pub summary: Option<String>,
+    /// When it was asked.
+    pub requested_at: Option<String>,
+    /// The deadline.
+    pub deadline: Option<String>,
+    /// Decisions so far.
+    pub decisions: Option<i64>,
+    /// Where to answer.
+    pub answer_url: String,
+}
+
+/// The inbox.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Inbox {
+    /// Oldest first.
+    pub items: Vec<InboxItem>,
+}
+
+/// A form submission.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitForm {
+    /// The field values.
+    pub values: serde_json::Map<String, Value>,
+    /// The request's resume token (from its notification); checked when
+    /// given, derived by the server otherwise.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// An approval decision.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// Approve (`true`) or reject (`false`).
+    pub approve: bool,
+    /// Why.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// The `content_hash` of what the approver was shown; refused (409)
+    /// when the content is no longer that.
+    #[serde(default)]
+    pub content_hash: Option<String>,
+    /// The request's resume token; checked when given.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// What was recorded.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Answered {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step_id: String,
+    /// Who answered.
+    pub by: String,
+    /// The answer's version in the run's stream.
+    pub stream_version: u64,
+    /// Its global position.
+    pub global_position: u64,
+}
+
+/// `GET /inbox`.
+pub async fn inbox(S(state): S<Arc<State>>, caller: Caller, Q(q): Q<InboxQuery>) -> ApiResult<axum::Json<Inbox>> {
+    let db = state.read().await?;
+    let who = match q.assignee.as_deref() {
+        Some("me") => Some(caller.identity.clone()),
+        other => other.map(str::to_owned),
+    };
+    let mut items = Vec::new();
+    for r in cairn_projections::queries::inbox(db).await? {
+        let assignees: Vec<String> = text(&r[3]).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        if who.as_ref().is_some_and(|w| !assignees.contains(w)) {
+            continue;
+        }
+        let run_id = text(&r[0]).unwrap_or_default();
+        let step_id = text(&r[1]).unwrap_or_default();
+        let kind = text(&r[2]).unwrap_or_default();
+        let answer_url =
+            format!("/runs/{run_id}/steps/{step_id}/{}", if kind == "form" { "submission" } else { "decision" });
+        items.push(InboxItem {
+            run_id,
+            step_id,
+            kind,
+            assignees,
+            summary: text(&r[4]),
+            requested_at: text(&r[5]),
+            deadline: text(&r[6]),
+            decisions: int(&r[7]),
+            answer_url,
+        });
+    }
+    Ok(axum::Json(Inbox { items }))
+}
+
+fn human(e: HumanError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        HumanError::Run(r) => r.into(),
+        HumanError::NotWaiting { .. } => ApiError::conflict("not-waiting", msg),
+        HumanError::BadToken { .. } => ApiError::new(StatusCode::FORBIDDEN, "bad-token", msg),
+        HumanError::NotAllowed { .. } => ApiError::new(StatusCode::FORBIDDEN, "not-allowed", msg),
+        HumanError::Invalid { errors, .. } => ApiError::unprocessable(
+            "invalid-submission",
+            msg,
+            errors.into_iter().map(|f| FieldProblem::new(format!("/values/{}", f.field), f.message)).collect(),
+        ),
+        HumanError::ContentChanged { .. } => ApiError::conflict("content-changed", msg),
+        HumanError::Conflict { winner, .. } => {
+            let mut a = ApiError::conflict("already-answered", msg);
+            a.0.winner = Some(Winner {
+                event_type: winner.event_type,
+                by: winner.by,
+                stream_version: winner.stream_version,
+                global_position: winner.global_position,
+                event_id: winner.event_id,
+            });
+            a
+        }
+    }
+}
+
+/// The token of what waits at `step`, for a caller who sent none.
+async fn token(state: &State, run: uuid::Uuid, step: &str) -> ApiResult<String> {
+    let waits = state.engine.waiting(run).await?;
+    Ok(waits
+        .iter()
+        .find(|(r, s, _)| *r == run && s == step)
+        .map(|(_, _, h)| state.engine.resume_token(run, step, h.attempt))
+        .unwrap_or_default())
+}
+
+/// `POST /runs/{id}/steps/{step}/submission`.
+pub async fn submit(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SubmitForm>,
+) -> ApiResult<(StatusCode, axum::Json<Answered>)> {
+    let run = parse_id(&id, "run")?;
+    super::runs::load(&state, run).await?;
+    let token = match body.token {
+        Some(t) => t,
+        None => token(&state, run, &step).await?,
+    };
+    let s = Submission { by: caller.identity.clone(), token, values: Value::Object(body.values) };
+    let rec = state.engine.submit(run, &step, &s).await.map_err(human)?;
+    state.driver.kick(run);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Answered {
+            run_id: run.to_string(),
+            step_id: step,
+            by: caller.identity,
+            stream_version: rec.stream_version,
+            global_position: rec.global_position,
+        }),
+    ))
+}
+
+/// `POST /runs/{id}/steps/{step}/decision`.
+pub async fn decide(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Decide>,
+) -> ApiResult<(StatusCode, axum::Json<Answered>)> {
+    let run = parse_id(&id, "run")?;
+    super::runs::load(&state, run).await?;
+    let token = match body.token {
+        Some(t) => t,
+        None => token(&state, run, &step).await?,
+    };
+    let v = Vote {
+        by: caller.identity.clone(),
+        token,
+        approve: body.approve,
+        comment: body.comment,
+        content_hash: body.content_hash,
+    };
+    let rec = state.engine.decide_approval(run, &step, &v).await.map_err(human)?;
+    state.driver.kick(run);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Answered {
+            run_id: run.to_string(),
+            step_id: step,
+            by: caller.identity,
+            stream_version: rec.stream_version,
+            global_position: rec.global_position,
+        }),
+    ))
+}

@@ -1,0 +1,280 @@
+//! Every operation of the API: method, path, role, parameters, body,
+//! responses and errors. The router and `/openapi.json` both come from
+//! this table.
+
+use axum::http::Method;
+use serde_json::json;
+
+use super::api::{Api, Finished, In, op};
+use super::{docs, live, people, reads, runs, workflows};
+use crate::keys::Role;
+
+fn definition_body() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            "application/yaml",
+            json!({"type": "string", "description": "The workflow definition in YAML (docs/workflow-language.md)."}),
+        ),
+        (
+            "application/json",
+            json!({"type": "object", "description": "The workflow definition as JSON (the same fields as the YAML)."}),
+        ),
+    ]
+}
+
+/// The router, the OpenAPI document and each operation's access.
+pub fn api() -> Finished {
+    let mut a = Api::default();
+    let api = &mut a;
+
+    // ---- system
+    let o = op(Method::GET, "/healthz", "healthz", "system", "Liveness: the process answers")
+        .ok::<docs::Health>(api, 200, "Alive.");
+    api.add(o, docs::healthz);
+    let o = op(Method::GET, "/readyz", "readyz", "system", "Readiness: the event store and the read models answer")
+        .ok::<docs::Ready>(api, 200, "Ready.")
+        .error(503, "The database does not answer, or a projection stopped.");
+    api.add(o, docs::readyz);
+    let o = op(Method::GET, "/openapi.json", "openapi", "system", "This document (OpenAPI 3.1)").reply(
+        200,
+        "The document.",
+        vec![("application/json", json!({"type": "object"}))],
+    );
+    api.add(o, docs::openapi);
+    let o = op(Method::GET, "/docs", "docs", "system", "Interactive API docs (Swagger UI)").reply(
+        200,
+        "The page.",
+        vec![("text/html", json!({"type": "string"}))],
+    );
+    api.add(o, docs::page);
+    let o = op(Method::GET, "/docs/{file}", "docs_asset", "system", "A file of the docs page")
+        .path_param(
+            "file",
+            "`swagger-ui.css`, `swagger-ui-bundle.js`, `swagger-ui-standalone-preset.js` or `favicon-32x32.png`.",
+        )
+        .reply(
+            200,
+            "The file.",
+            vec![
+                ("text/css", json!({"type": "string"})),
+                ("text/javascript", json!({"type": "string"})),
+                ("image/png", json!({"type": "string", "contentMediaType": "image/png"})),
+            ],
+        )
+        .error(404, "No such file.");
+    api.add(o, docs::asset);
+
+    // ---- workflows
+    let o = op(Method::POST, "/workflows", "create_workflow", "workflows", "Create a workflow (version 1)")
+        .describe("The body is the definition, YAML or JSON. A definition with errors is refused (422) with every diagnostic, each with its line and column; nothing is published.")
+        .role(Role::Operator)
+        .body(definition_body())
+        .ok::<workflows::WorkflowView>(api, 201, "Created.")
+        .header("Location", "The version's URL.")
+        .link("GetWorkflow", "get_workflow", &[("name", "$response.body#/name")])
+        .link("PublishVersion", "publish_version", &[("name", "$response.body#/name")])
+        .link("ArchiveWorkflow", "archive_workflow", &[("name", "$response.body#/name")])
+        .ok::<workflows::WorkflowView>(api, 200, "This exact definition is already the newest version.")
+        .error(409, "A workflow with this name exists (publish a new version instead).");
+    api.add(o, workflows::create);
+    let o = op(Method::GET, "/workflows", "list_workflows", "workflows", "List workflows")
+        .role(Role::Viewer)
+        .ok::<workflows::WorkflowList>(api, 200, "Workflows by name.");
+    api.add(o, workflows::list);
+    let o = op(
+        Method::POST,
+        "/workflows/validate",
+        "validate_workflow",
+        "workflows",
+        "Validate a definition without publishing it",
+    )
+    .role(Role::Viewer)
+    .body(definition_body())
+    .ok::<workflows::Validation>(api, 200, "The definition is valid.")
+    .error(422, "The definition has errors: every diagnostic, with line and column.");
+    api.add(o, workflows::validate);
+    let o = op(Method::GET, "/workflows/{name}", "get_workflow", "workflows", "A workflow with its versions")
+        .role(Role::Viewer)
+        .path_param("name", "The workflow's name.")
+        .ok::<workflows::WorkflowView>(api, 200, "The workflow.")
+        .error(404, "No such workflow.");
+    api.add(o, workflows::get);
+    let o = op(Method::POST, "/workflows/{name}/versions", "publish_version", "workflows", "Publish a new version")
+        .describe("Running runs keep the version they started with; new runs take the newest unless they name one.")
+        .role(Role::Operator)
+        .path_param("name", "The workflow's name (the definition's `name` must match).")
+        .body(definition_body())
+        .ok::<workflows::WorkflowView>(api, 201, "Published.")
+        .header("Location", "The version's URL.")
+        .ok::<workflows::WorkflowView>(api, 200, "This exact definition is already the newest version.")
+        .error(404, "No such workflow.")
+        .error(409, "The workflow is archived, or another version was published at the same moment.");
+    api.add(o, workflows::new_version);
+    let o = op(Method::GET, "/workflows/{name}/versions/{version}", "get_version", "workflows", "One version's source")
+        .role(Role::Viewer)
+        .path_param("name", "The workflow's name.")
+        .path_param("version", "The version number.")
+        .ok::<workflows::VersionSource>(api, 200, "The version.")
+        .error(404, "No such workflow or version.");
+    api.add(o, workflows::version);
+    let o = op(Method::POST, "/workflows/{name}/archive", "archive_workflow", "workflows", "Archive a workflow")
+        .describe("No new runs; its history and running runs are kept. Archiving twice is harmless.")
+        .role(Role::Operator)
+        .path_param("name", "The workflow's name.")
+        .ok::<workflows::WorkflowView>(api, 200, "Archived.")
+        .error(404, "No such workflow.")
+        .error(409, "The workflow changed at the same moment; try again.");
+    api.add(o, workflows::archive);
+
+    // ---- runs
+    let o = op(Method::POST, "/runs", "start_run", "runs", "Start a run")
+        .describe("The inputs are checked against the workflow's `inputs` schema. With an `Idempotency-Key`, the same key and body give the same run (200, `Idempotent-Replayed: true`); the same key with another body is refused (422).")
+        .role(Role::Operator)
+        .param(In::Header, "Idempotency-Key", false, "Makes retries safe: 1 to 255 visible ASCII characters, scoped to the caller.", json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"}))
+        .json_body::<runs::StartRun>(api)
+        .ok::<runs::RunView>(api, 201, "Started; it runs in the background.")
+        .header("Location", "The run's URL.")
+        .link("GetRun", "get_run", &[("id", "$response.body#/run_id")])
+        .link("RunHistory", "run_history", &[("id", "$response.body#/run_id")])
+        .link("RunContext", "run_context", &[("id", "$response.body#/run_id")])
+        .link("RunEvents", "run_events", &[("id", "$response.body#/run_id")])
+        .link("CancelRun", "cancel_run", &[("id", "$response.body#/run_id")])
+        .ok::<runs::RunView>(api, 200, "This Idempotency-Key already started this run.")
+        .header("Idempotent-Replayed", "`true`.")
+        .error(404, "No such workflow, or no such version of it.")
+        .error(409, "The workflow is archived.");
+    api.add(o, runs::start);
+    let o = op(Method::GET, "/runs", "list_runs", "runs", "List runs, newest first")
+        .role(Role::Viewer)
+        .query::<runs::RunsQuery>(api)
+        .ok::<runs::RunPage>(api, 200, "A page of runs.");
+    api.add(o, runs::list);
+    let o =
+        op(Method::GET, "/runs/{id}", "get_run", "runs", "A run: status, inputs, output or error, what it waits for")
+            .role(Role::Viewer)
+            .id_param("id", "The run id.")
+            .ok::<runs::RunView>(api, 200, "The run.")
+            .error(404, "No such run.");
+    api.add(o, runs::get);
+    let o = op(Method::POST, "/runs/{id}/cancel", "cancel_run", "runs", "Cancel a run (and its child runs)")
+        .role(Role::Operator)
+        .id_param("id", "The run id.")
+        .optional_json_body::<runs::CancelRun>(api)
+        .ok::<runs::RunView>(api, 200, "Cancelled.")
+        .error(404, "No such run.")
+        .error(409, "The run has already ended.");
+    api.add(o, runs::cancel);
+    let o = op(
+        Method::GET,
+        "/runs/{id}/history",
+        "run_history",
+        "runs",
+        "A run's timeline: attempts, retries, branches, AI calls, answers",
+    )
+    .role(Role::Viewer)
+    .id_param("id", "The run id.")
+    .ok::<runs::History>(api, 200, "The timeline.")
+    .error(404, "No such run.");
+    api.add(o, runs::history);
+    let o = op(Method::GET, "/runs/{id}/context", "run_context", "runs", "A run's inputs and step outputs")
+        .role(Role::Viewer)
+        .id_param("id", "The run id.")
+        .ok::<runs::RunContext>(api, 200, "The context.")
+        .error(404, "No such run.");
+    api.add(o, runs::context);
+    let o = op(Method::GET, "/runs/{id}/events", "run_events", "runs", "A run's raw events with positions and hashes")
+        .role(Role::Viewer)
+        .id_param("id", "The run id.")
+        .query::<runs::EventsQuery>(api)
+        .ok::<runs::EventPage>(api, 200, "The events.")
+        .error(404, "No such run.");
+    api.add(o, runs::events);
+    let o = op(Method::GET, "/runs/{id}/live", "run_live", "runs", "A run's events live (Server-Sent Events)")
+        .describe("Each SSE `id` is the event's stream version, `event` its type and `data` the event as in `/runs/{id}/events`. Reconnect with `Last-Event-ID` to miss nothing. After the run's last event an `end` event follows and the stream closes.")
+        .role(Role::Viewer)
+        .id_param("id", "The run id.")
+        .param(In::Header, "Last-Event-ID", false, "Resume after this stream version.", json!({"type": "string", "pattern": "^[0-9]{1,15}$"}))
+        .query::<live::LiveQuery>(api)
+        .reply(
+            200,
+            "The event stream: one SSE event per stored event, then `end`.",
+            vec![(
+                "text/event-stream",
+                json!({
+                    "type": "object",
+                    "description": "One Server-Sent Event.",
+                    "properties": {
+                        "id": {"type": "string", "description": "The event's stream version."},
+                        "event": {"type": "string", "description": "The event type, or `end`."},
+                        "data": {"type": "string", "description": "The event as JSON (a RawEvent), or `{\"stream_version\":N}` for `end`."},
+                        "retry": {"type": "integer"},
+                    },
+                    "required": ["data"],
+                }),
+            )],
+        )
+        .error(404, "No such run.");
+    api.add(o, live::live);
+
+    // ---- people
+    let o = op(Method::GET, "/inbox", "inbox", "people", "Forms and approvals waiting for people")
+        .role(Role::Viewer)
+        .query::<people::InboxQuery>(api)
+        .ok::<people::Inbox>(api, 200, "What waits.");
+    api.add(o, people::inbox);
+    let o = op(Method::POST, "/runs/{id}/steps/{step}/submission", "submit_form", "people", "Submit a form a run waits for")
+        .describe("Acts as the key's identity, which must be one of the form's assignees (when it has any). Every invalid field is reported at once.")
+        .role(Role::Approver)
+        .id_param("id", "The run id.")
+        .path_param("step", "The form step.")
+        .json_body::<people::SubmitForm>(api)
+        .ok::<people::Answered>(api, 201, "Recorded; the run continues in the background.")
+        .error(403, "The identity is not an assignee, or the token is not this request's.")
+        .error(404, "No such run.")
+        .error(409, "Nothing waits at that step, or someone answered first (`winner` names the event).");
+    api.add(o, people::submit);
+    let o = op(Method::POST, "/runs/{id}/steps/{step}/decision", "decide_approval", "people", "Approve or reject an approval a run waits for")
+        .describe("Acts as the key's identity, which must be a listed approver. Send the `content_hash` you were shown: if the content changed since, the decision is refused.")
+        .role(Role::Approver)
+        .id_param("id", "The run id.")
+        .path_param("step", "The approval step.")
+        .json_body::<people::Decide>(api)
+        .ok::<people::Answered>(api, 201, "Recorded; the run continues in the background.")
+        .error(403, "The identity is not a listed approver, or the token is not this request's.")
+        .error(404, "No such run.")
+        .error(409, "Nothing waits at that step, the content changed, or this approver already decided (`winner` names the event).");
+    api.add(o, people::decide);
+
+    // ---- audit, costs, export
+    let o = op(Method::GET, "/audit", "audit", "audit", "Who did what, when, with what outcome")
+        .role(Role::Operator)
+        .query::<reads::AuditQuery>(api)
+        .ok::<reads::AuditPage>(api, 200, "A page of the audit log.");
+    api.add(o, reads::audit);
+    let o = op(Method::GET, "/costs", "costs", "audit", "Tokens and money by run, workflow, model or day")
+        .role(Role::Viewer)
+        .query::<reads::CostsQuery>(api)
+        .ok::<reads::Costs>(api, 200, "Totals.");
+    api.add(o, reads::costs);
+    let o = op(Method::GET, "/exports/audit", "export_audit", "audit", "Compliance export, streamed")
+        .describe("Every record with its position and hash. JSONL ends with each stream's chain head and a manifest (range, count, hash of the records); for CSV, get those from `/exports/audit/manifest` with the same parameters and the `Cairn-Export-Through` this response gave. Check offline with `cairn verify --export FILE` (docs/compliance.md).")
+        .role(Role::Operator)
+        .query::<reads::ExportQuery>(api)
+        .reply(200, "The export.", vec![("application/x-ndjson", json!({"type": "string"})), ("text/csv", json!({"type": "string"}))])
+        .header("Cairn-Export-Through", "The last log position the export covers.");
+    api.add(o, reads::export);
+    let o = op(
+        Method::GET,
+        "/exports/audit/manifest",
+        "export_manifest",
+        "audit",
+        "The chain heads and manifest of an export",
+    )
+    .role(Role::Operator)
+    .query::<reads::ExportQuery>(api)
+    .reply(200, "Heads and manifest as JSON lines.", vec![("application/x-ndjson", json!({"type": "string"}))])
+    .header("Cairn-Export-Through", "The last log position covered.");
+    api.add(o, reads::manifest);
+
+    a.finish()
+}

@@ -1,0 +1,662 @@
+//! Runs: start (with `Idempotency-Key`), list, get, cancel, history,
+//! context, raw events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State as S};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_engine::decider::{RunState, RunStatus, evolve};
+use cairn_events::{Event, RecordedEvent};
+use cairn_projections::Val;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::State;
+use super::extract::{Caller, JsonBody, OptJson, Pos, Q, parse_id};
+use super::problem::{ApiError, ApiResult, FieldProblem};
+
+/// What starts a run.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// The workflow's name.
+    #[schemars(length(min = 1))]
+    pub workflow: String,
+    /// The version to run (default: the newest).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub version: Option<u32>,
+    /// The inputs, checked against the workflow's `inputs` schema.
+    #[serde(default)]
+    pub inputs: Option<serde_json::Map<String, Value>>,
+}
+
+/// A run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunView {
+    /// Its id.
+    pub run_id: Uuid,
+    /// The workflow.
+    pub workflow: String,
+    /// The pinned version.
+    pub version: u32,
+    /// `running`, `waiting` (for people), `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Who started it.
+    pub started_by: String,
+    /// When (RFC 3339).
+    pub started_at: String,
+    /// When it ended, once it has.
+    pub ended_at: Option<String>,
+    /// The inputs, defaults applied.
+    pub inputs: Value,
+    /// The output, once completed.
+    pub output: Option<Value>,
+    /// The error, once failed.
+    pub error: Option<RunErrorView>,
+    /// What it waits for from people.
+    pub waiting: Vec<WaitView>,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// The parent run, for a child run.
+    pub parent_run_id: Option<Uuid>,
+    /// Events in its stream.
+    pub stream_version: u64,
+}
+
+/// Why a run failed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunErrorView {
+    /// A stable kind (`http.status`, `ai.invalid_output`, …).
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+    /// The step that failed.
+    pub step: Option<String>,
+}
+
+/// A form or approval a run waits for.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WaitView {
+    /// The step.
+    pub step_id: String,
+    /// `form` or `approval`.
+    pub kind: String,
+    /// Who may answer.
+    pub assignees: Vec<String>,
+    /// Title or summary.
+    pub title: Option<String>,
+    /// For an approval: the content to approve and its hash (send the hash
+    /// back with the decision).
+    pub content: Value,
+    /// SHA-256 of the content.
+    pub content_hash: String,
+    /// The deadline, if any.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Where to send the answer.
+    pub answer_url: String,
+}
+
+/// A page of runs.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunPage {
+    /// Runs, newest first.
+    pub items: Vec<RunRow>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A run in a list (from the `runs` read model).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunRow {
+    /// Its id.
+    pub run_id: String,
+    /// The workflow.
+    pub workflow: String,
+    /// The pinned version.
+    pub version: i64,
+    /// Status.
+    pub status: String,
+    /// The step it is at.
+    pub current_step: Option<String>,
+    /// When it started.
+    pub started_at: String,
+    /// When it ended.
+    pub ended_at: Option<String>,
+    /// Who started it.
+    pub started_by: String,
+    /// The error kind, once failed.
+    pub error_kind: Option<String>,
+    /// The error message, once failed.
+    pub error_message: Option<String>,
+    /// The step that failed.
+    pub failed_step: Option<String>,
+}
+
+/// A run status.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    /// In progress.
+    Running,
+    /// Waiting for people.
+    Waiting,
+    /// Ended with an output.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl StatusFilter {
+    fn name(self) -> &'static str {
+        match self {
+            StatusFilter::Running => "running",
+            StatusFilter::Waiting => "waiting",
+            StatusFilter::Completed => "completed",
+            StatusFilter::Failed => "failed",
+            StatusFilter::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Filters of `GET /runs`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// Only runs of this workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Only runs with this status.
+    #[serde(default)]
+    pub status: Option<StatusFilter>,
+    /// Started at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// Started before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Runs per page (1–500, default 50).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+}
+
+/// Cancelling.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    /// Why (recorded in `RunCancelled`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A run's inputs and step outputs.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunContext {
+    /// The run.
+    pub run_id: Uuid,
+    /// Its status.
+    pub status: String,
+    /// The inputs, defaults applied.
+    pub inputs: Value,
+    /// The latest output of every completed step.
+    pub outputs: BTreeMap<String, Value>,
+    /// The run's output, once completed.
+    pub output: Option<Value>,
+}
+
+/// One stored event, with its position and hashes.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RawEvent {
+    /// Global position in the log.
+    pub global_position: u64,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version in the stream, from 1.
+    pub stream_version: u64,
+    /// Its id.
+    pub event_id: String,
+    /// Its type (docs/events.md).
+    pub event_type: String,
+    /// Its payload schema version.
+    pub schema_version: u32,
+    /// When it was recorded (RFC 3339).
+    pub recorded_at: String,
+    /// Its payload.
+    pub payload: Value,
+    /// Its metadata (actor, trace, engine version).
+    pub metadata: Value,
+    /// The previous event's hash in the stream.
+    pub prev_hash: String,
+    /// Its hash (docs/compliance.md).
+    pub hash: String,
+}
+
+impl RawEvent {
+    /// From a stored event.
+    pub fn of(r: &RecordedEvent) -> RawEvent {
+        RawEvent {
+            global_position: r.global_position,
+            stream_id: r.stream_id.clone(),
+            stream_version: r.stream_version,
+            event_id: r.event_id.clone(),
+            event_type: r.event_type.clone(),
+            schema_version: r.schema_version,
+            recorded_at: r.recorded_at.clone(),
+            payload: serde_json::from_str(&r.payload).unwrap_or(Value::Null),
+            metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+}
+
+/// Events of a run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EventPage {
+    /// In stream order.
+    pub items: Vec<RawEvent>,
+}
+
+/// Which events.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Events after this stream version (default 0: all).
+    #[serde(default)]
+    pub after: Option<Pos>,
+}
+
+/// One entry of a run's timeline (the `step_history` read model).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HistoryEntry {
+    /// Position of the event that made it.
+    pub position: i64,
+    /// `attempt`, `ai_attempt`, `branch`, `retry`, `skip`, `submission`, `decision`, …
+    pub kind: String,
+    /// The step.
+    pub step_id: String,
+    /// The attempt.
+    pub attempt: Option<i64>,
+    /// Its status.
+    pub status: Option<String>,
+    /// Start time.
+    pub started_at: Option<String>,
+    /// End time.
+    pub ended_at: Option<String>,
+    /// Duration.
+    pub duration_ms: Option<i64>,
+    /// Error kind.
+    pub error_kind: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// AI input tokens.
+    pub input_tokens: Option<i64>,
+    /// AI output tokens.
+    pub output_tokens: Option<i64>,
+    /// AI cost in millionths of the currency.
+    pub cost_micros: Option<i64>,
+    /// Who (for submissions and decisions).
+    pub actor: Option<String>,
+    /// More about it.
+    pub detail: Option<String>,
+}
+
+/// A run's timeline.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct History {
+    /// The run.
+    pub run_id: Uuid,
+    /// Entries in log order.
+    pub items: Vec<HistoryEntry>,
+}
+
+/// Text of a column.
+pub fn text(v: &Val) -> Option<String> {
+    v.as_text().map(str::to_owned)
+}
+
+/// Integer of a column.
+pub fn int(v: &Val) -> Option<i64> {
+    v.as_int()
+}
+
+/// The status of a folded run, as the API names it.
+pub fn status_name(s: &RunState) -> &'static str {
+    match s.status {
+        RunStatus::NotStarted | RunStatus::Running => {
+            if s.waiting_for_people().is_empty() {
+                "running"
+            } else {
+                "waiting"
+            }
+        }
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Reads and folds a run.
+pub async fn load(state: &State, run_id: Uuid) -> ApiResult<(RunState, Vec<RecordedEvent>)> {
+    let events = state.store.read_stream(&cairn_events::run_stream(run_id), 1).await?;
+    if events.is_empty() {
+        return Err(ApiError::not_found("unknown-run", format!("no run with id {run_id}")));
+    }
+    let mut s = RunState::default();
+    for e in &events {
+        s = evolve(s, &Event::decode(e)?);
+    }
+    Ok((s, events))
+}
+
+fn view(run_id: Uuid, s: &RunState, events: &[RecordedEvent]) -> ApiResult<RunView> {
+    let first = Event::decode(&events[0])?;
+    let (started_by, key) = match &first {
+        Event::RunStarted(r) => (r.started_by.clone(), r.idempotency_key.clone()),
+        _ => (String::new(), None),
+    };
+    let ended_at = if s.status.is_terminal() { events.last().map(|e| e.recorded_at.clone()) } else { None };
+    Ok(RunView {
+        run_id,
+        workflow: s.workflow.clone(),
+        version: s.workflow_version,
+        status: status_name(s).to_owned(),
+        started_by,
+        started_at: events[0].recorded_at.clone(),
+        ended_at,
+        inputs: s.inputs.clone(),
+        output: s.output.clone(),
+        error: s.error.clone().map(|(kind, message, step)| RunErrorView { kind, message, step }),
+        waiting: s
+            .waiting_for_people()
+            .into_iter()
+            .map(|(step, h)| WaitView {
+                step_id: step.to_owned(),
+                kind: h.kind.clone(),
+                assignees: h.assignees.clone(),
+                title: h.title.clone(),
+                content: h.content.clone(),
+                content_hash: h.content_hash.clone(),
+                deadline: h.deadline,
+                answer_url: format!(
+                    "/runs/{run_id}/steps/{step}/{}",
+                    if h.kind == "form" { "submission" } else { "decision" }
+                ),
+            })
+            .collect(),
+        idempotency_key: key,
+        parent_run_id: s.parent.as_ref().map(|p| p.run_id),
+        stream_version: s.version,
+    })
+}
+
+/// The run id an idempotency key names: the same caller and key always
+/// give the same id, so the event store's "no such stream yet" check lets
+/// exactly one start through.
+fn idempotent_id(caller: &Caller, key: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"cairn-idempotency\0");
+    h.update(caller.identity.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let k = v.to_str().ok().map(str::trim).unwrap_or("");
+    if k.is_empty() || k.len() > 255 || !k.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "bad-idempotency-key",
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters (a UUID, say)",
+        ));
+    }
+    Ok(Some(k.to_owned()))
+}
+
+/// `POST /runs`.
+pub async fn start(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<StartRun>,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
+    let Some(rec) = super::workflows::recorded(&state, &body.workflow).await? else {
+        return Err(ApiError::not_found(
+            "unknown-workflow",
+            format!("no workflow named `{}`; create it with POST /workflows", body.workflow),
+        )
+        .with_errors(vec![FieldProblem::new("/workflow", "no such workflow")]));
+    };
+    let version = body.version.unwrap_or(rec.view.latest_version);
+    if !rec.view.versions.iter().any(|v| v.version == version) {
+        return Err(ApiError::not_found(
+            "unknown-version",
+            format!(
+                "workflow `{}` has no version {version} (the newest is {})",
+                body.workflow, rec.view.latest_version
+            ),
+        )
+        .with_errors(vec![FieldProblem::new("/version", "no such version")]));
+    }
+    let w = state.engine.definition(&body.workflow, version).await?;
+    let inputs = Value::Object(body.inputs.unwrap_or_default());
+    let run_id = key.as_ref().map(|k| idempotent_id(&caller, k));
+    if let Some(id) = run_id
+        && let Some(r) = replay(&state, id, &w, version, &inputs).await?
+    {
+        return Ok(r);
+    }
+    if rec.view.archived {
+        return Err(ApiError::conflict(
+            "workflow-archived",
+            format!("workflow `{}` is archived and takes no new runs", body.workflow),
+        ));
+    }
+    let opts = cairn_engine::Start { run_id, idempotency_key: key.clone() };
+    let id = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
+        Ok(id) => id,
+        Err(cairn_engine::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
+            // Another request with this key got there first.
+            let id = run_id.unwrap_or_default();
+            return match replay(&state, id, &w, version, &inputs).await? {
+                Some(r) => Ok(r),
+                None => Err(ApiError::internal("an idempotent start conflicted but no run is recorded")),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.driver.kick(id);
+    let (s, events) = load(&state, id).await?;
+    let mut r = (StatusCode::CREATED, axum::Json(view(id, &s, &events)?)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/runs/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+/// The run an idempotency key already started, if any: the same request
+/// gives it again (200); another request with that key is refused (422).
+async fn replay(
+    state: &State,
+    id: Uuid,
+    w: &cairn_engine::Workflow,
+    version: u32,
+    inputs: &Value,
+) -> ApiResult<Option<Response>> {
+    let events = state.store.read_stream(&cairn_events::run_stream(id), 1).await?;
+    let Some(first) = events.first() else { return Ok(None) };
+    let Event::RunStarted(started) = Event::decode(first)? else {
+        return Err(ApiError::internal("a run stream does not begin with RunStarted"));
+    };
+    let same = started.workflow == w.name
+        && started.workflow_version == version
+        && started.inputs == w.inputs_with_defaults(inputs);
+    if !same {
+        return Err(ApiError::unprocessable(
+            "idempotency-key-reused",
+            format!(
+                "this Idempotency-Key already started run {id} with another request ({} v{} with other inputs); \
+                 use a new key for a new run",
+                started.workflow, started.workflow_version
+            ),
+            vec![FieldProblem::new("Idempotency-Key", "already used for a different request")],
+        ));
+    }
+    let (s, events) = load(state, id).await?;
+    let mut r = (StatusCode::OK, axum::Json(view(id, &s, &events)?)).into_response();
+    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(&format!("/runs/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(Some(r))
+}
+
+/// `GET /runs/{id}`.
+pub async fn get(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResult<axum::Json<RunView>> {
+    let id = parse_id(&id, "run")?;
+    let (s, events) = load(&state, id).await?;
+    Ok(axum::Json(view(id, &s, &events)?))
+}
+
+/// A cursor is the last row's start time and id: the next page holds the
+/// runs before it (any text is taken; an empty one is the first page).
+fn cursor_of(started_at: &str, run_id: &str) -> String {
+    format!("{started_at}|{run_id}")
+}
+
+fn parse_cursor(c: &str) -> Option<(String, String)> {
+    if c.is_empty() {
+        return None;
+    }
+    let (a, b) = c.split_once('|').unwrap_or((c, ""));
+    Some((a.to_owned(), b.to_owned()))
+}
+
+/// `GET /runs`.
+pub async fn list(S(state): S<Arc<State>>, Q(q): Q<RunsQuery>) -> ApiResult<axum::Json<RunPage>> {
+    let limit = i64::from(q.limit.unwrap_or(50));
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("bad-query", "limit must be between 1 and 500"));
+    }
+    let before = q.cursor.as_deref().and_then(parse_cursor);
+    let f = cairn_projections::queries::RunFilter {
+        workflow: q.workflow,
+        status: q.status.map(|s| s.name().to_owned()),
+        since: q.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        until: q.until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        before,
+        limit: limit + 1,
+    };
+    let db = state.read().await?;
+    let mut rows = cairn_projections::queries::runs_page(db, &f).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let items: Vec<RunRow> = rows
+        .iter()
+        .map(|r| RunRow {
+            run_id: text(&r[0]).unwrap_or_default(),
+            workflow: text(&r[1]).unwrap_or_default(),
+            version: int(&r[2]).unwrap_or_default(),
+            status: text(&r[3]).unwrap_or_default(),
+            current_step: text(&r[4]),
+            started_at: text(&r[5]).unwrap_or_default(),
+            ended_at: text(&r[6]),
+            started_by: text(&r[7]).unwrap_or_default(),
+            error_kind: text(&r[8]),
+            error_message: text(&r[9]),
+            failed_step: text(&r[10]),
+        })
+        .collect();
+    let next_cursor = if more { items.last().map(|r| cursor_of(&r.started_at, &r.run_id)) } else { None };
+    Ok(axum::Json(RunPage { items, next_cursor }))
+}
+
+/// `POST /runs/{id}/cancel`.
+pub async fn cancel(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptJson(body): OptJson<CancelRun>,
+) -> ApiResult<axum::Json<RunView>> {
+    let id = parse_id(&id, "run")?;
+    load(&state, id).await?;
+    state.engine.cancel(id, &caller.identity, body.reason).await?;
+    let (s, events) = load(&state, id).await?;
+    Ok(axum::Json(view(id, &s, &events)?))
+}
+
+/// `GET /runs/{id}/context`.
+pub async fn context(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResult<axum::Json<RunContext>> {
+    let id = parse_id(&id, "run")?;
+    let (s, _) = load(&state, id).await?;
+    Ok(axum::Json(RunContext {
+        run_id: id,
+        status: status_name(&s).to_owned(),
+        inputs: s.inputs.clone(),
+        outputs: s.outputs.clone(),
+        output: s.output.clone(),
+    }))
+}
+
+/// `GET /runs/{id}/events`.
+pub async fn events(
+    S(state): S<Arc<State>>,
+    Path(id): Path<String>,
+    Q(q): Q<EventsQuery>,
+) -> ApiResult<axum::Json<EventPage>> {
+    let id = parse_id(&id, "run")?;
+    let stream = cairn_events::run_stream(id);
+    let events = state.store.read_stream(&stream, q.after.map_or(0, |p| p.0).saturating_add(1)).await?;
+    if events.is_empty() && state.store.stream_version(&stream).await? == 0 {
+        return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
+    }
+    Ok(axum::Json(EventPage { items: events.iter().map(RawEvent::of).collect() }))
+}
+
+/// `GET /runs/{id}/history`.
+pub async fn history(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResult<axum::Json<History>> {
+    let id = parse_id(&id, "run")?;
+    if state.store.stream_version(&cairn_events::run_stream(id)).await? == 0 {
+        return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
+    }
+    let db = state.read().await?;
+    let rows = cairn_projections::queries::history(db, &id.to_string()).await?;
+    let items = rows
+        .iter()
+        .map(|r| HistoryEntry {
+            position: int(&r[0]).unwrap_or_default(),
+            kind: text(&r[1]).unwrap_or_default(),
+            step_id: text(&r[2]).unwrap_or_default(),
+            attempt: int(&r[3]),
+            status: text(&r[4]),
+            started_at: text(&r[5]),
+            ended_at: text(&r[6]),
+            duration_ms: int(&r[7]),
+            error_kind: text(&r[8]),
+            error_message: text(&r[9]),
+            input_tokens: int(&r[10]),
+            output_tokens: int(&r[11]),
+            cost_micros: int(&r[12]),
+            actor: text(&r[13]),
+            detail: text(&r[14]),
+        })
+        .collect();
+    Ok(axum::Json(History { run_id: id, items }))
+}

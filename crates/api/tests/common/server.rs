@@ -1,0 +1,168 @@
+//! A real `cairn serve` on a free port of 127.0.0.1, over a fresh SQLite
+//! database, and a small HTTP client for it.
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub db: PathBuf,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// A response: status, headers, body as JSON (Null when not JSON) and text.
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json of this status and code.
+    pub fn problem(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(self.status, status, "expected {status} {code}, got: {}", self.text);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.text);
+        assert_eq!(self.json["type"], format!("urn:cairn:problem:{code}"), "{}", self.text);
+        assert_eq!(self.json["status"], status);
+        assert!(self.json["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(self.json["detail"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(self.json["request_id"].as_str().is_some());
+        &self.json
+    }
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with(args, &[])
+    }
+
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("cairn.db");
+        let log = dir.path().join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start cairn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the address");
+        let url = line.trim().strip_prefix("listening on ").map(str::to_owned).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("the server did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        });
+        Server { child, url, db, log, dir, http: cairn_engine::http::client() }
+    }
+
+    /// `cairn ARGS` on the server's database.
+    pub fn cairn(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", self.db.display()))
+            .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
+            .output()
+            .expect("run cairn")
+    }
+
+    /// A new API key.
+    pub fn key(&self, name: &str, role: &str, identity: &str) -> String {
+        let o = self.cairn(&["keys", "create", "--name", name, "--role", role, "--identity", identity]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends a request; `body` is (content type, bytes).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self.http.request(m, format!("{}{path}", self.url)).timeout(Duration::from_secs(30));
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some((ct, b)) = body {
+            r = r.header("content-type", ct).body(b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, headers, json, text }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.send("GET", path, Some(key), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Resp {
+        self.send("POST", path, Some(key), Some(("application/json", body.to_string().into_bytes())), &[]).await
+    }
+
+    pub async fn post_yaml(&self, path: &str, key: &str, yaml: &str) -> Resp {
+        self.send("POST", path, Some(key), Some(("application/yaml", yaml.as_bytes().to_vec())), &[]).await
+    }
+
+    /// Polls GET /runs/{id} until its status is one of `want`.
+    pub async fn wait_status(&self, run: &str, key: &str, want: &[&str]) -> Value {
+        for _ in 0..300 {
+            let r = self.get(&format!("/runs/{run}"), key).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            if want.contains(&r.json["status"].as_str().unwrap_or("")) {
+                return r.json;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("run {run} never reached {want:?}:\n{}", self.logs());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,928 @@
+//! `cairn serve` over real HTTP on a bound port: every endpoint, its auth
+//! failures and bad inputs, idempotent starts, live events with
+//! Last-Event-ID, people, audit, costs and the compliance export.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::Server;
+use serde_json::{Value, json};
+
+const APPROVAL: &str = r#"
+name: pay
+inputs:
+  type: object
+  properties:
+    amount: { type: integer, default: 1 }
+  required: [amount]
+steps:
+  - id: ask
+    approval:
+      approvers: [boss]
+      summary: "Pay {{ inputs.amount }}?"
+      content: { amount: "{{ inputs.amount }}" }
+  - id: done
+    task: echo
+    with: { paid: "{{ inputs.amount }}" }
+"#;
+
+const FORM: &str = r#"
+name: brief
+steps:
+  - id: brief
+    form:
+      title: A brief
+      assignees: [writer]
+      fields:
+        - { name: topic, type: text, required: true, min_length: 3 }
+        - { name: words, type: integer, min: 100, max: 2000, default: 400 }
+  - id: done
+    transform: { topic: "{{ steps.brief.output.topic }}" }
+"#;
+
+const ECHO: &str = r#"
+name: echo
+inputs:
+  type: object
+  properties:
+    n: { type: integer, default: 0 }
+steps:
+  - id: one
+    task: echo
+    with: { n: "{{ inputs.n }}" }
+"#;
+
+fn ids(r: &Value) -> Vec<String> {
+    r["items"]
+        .as_array()
+        .map_or_else(Vec::new, |a| a.iter().map(|i| i["run_id"].as_str().unwrap_or("").to_owned()).collect())
+}
+
+#[tokio::test]
+async fn health_readiness_the_document_and_the_docs_need_no_key() {
+    let s = Server::start(&[]);
+    let h = s.send("GET", "/healthz", None, None, &[]).await;
+    assert_eq!((h.status, h.json["status"].as_str()), (200, Some("ok")));
+    let r = s.send("GET", "/readyz", None, None, &[]).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ready")), "{}", r.text);
+    assert!(r.json["head_position"].is_u64());
+
+    let doc = s.send("GET", "/openapi.json", None, None, &[]).await.json;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/workflows",
+        "/workflows/validate",
+        "/workflows/{name}",
+        "/workflows/{name}/versions",
+        "/workflows/{name}/versions/{version}",
+        "/workflows/{name}/archive",
+        "/runs",
+        "/runs/{id}",
+        "/runs/{id}/cancel",
+        "/runs/{id}/history",
+        "/runs/{id}/context",
+        "/runs/{id}/events",
+        "/runs/{id}/live",
+        "/inbox",
+        "/runs/{id}/steps/{step}/submission",
+        "/runs/{id}/steps/{step}/decision",
+        "/audit",
+        "/costs",
+        "/exports/audit",
+        "/exports/audit/manifest",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(p), "{p} is not in the document");
+    }
+    // Every operation documents its errors as problem+json; protected ones 401 and 403.
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().expect("ops") {
+            let responses = op["responses"].as_object().expect("responses");
+            let p500 = &responses["500"]["content"]["application/problem+json"]["schema"]["$ref"];
+            assert_eq!(p500, "#/components/schemas/Problem", "{method} {path}");
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(responses.contains_key("401") && responses.contains_key("403"), "{method} {path}");
+            }
+        }
+    }
+    assert!(doc["components"]["schemas"]["RunView"]["properties"]["status"].is_object());
+
+    let page = s.send("GET", "/docs", None, None, &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("/docs/swagger-ui-bundle.js") && page.text.contains("/openapi.json"));
+    assert!(!page.text.contains("https://"), "the docs page must not fetch anything from elsewhere");
+    for (file, ctype) in [("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")] {
+        let a = s.send("GET", &format!("/docs/{file}"), None, None, &[]).await;
+        assert_eq!(a.status, 200, "{file}");
+        assert!(a.header("content-type").is_some_and(|c| c.starts_with(ctype)), "{file}");
+        assert!(a.text.len() > 100_000, "{file} is {} bytes", a.text.len());
+    }
+    s.send("GET", "/docs/nope.js", None, None, &[]).await.problem(404, "no-such-file");
+    s.send("GET", "/no/such/path", None, None, &[]).await.problem(404, "no-such-path");
+    s.send("DELETE", "/healthz", None, None, &[]).await.problem(405, "method-not-allowed");
+}
+
+#[tokio::test]
+async fn every_protected_endpoint_refuses_a_missing_unknown_or_revoked_key() {
+    let s = Server::start(&[]);
+    let admin = s.key("root", "admin", "root");
+    let doc = s.send("GET", "/openapi.json", None, None, &[]).await.json;
+    let run = "01a23166-77a7-75c7-ac1c-7a41263c3bd1";
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        let concrete =
+            path.replace("{id}", run).replace("{name}", "x").replace("{step}", "s").replace("{version}", "1");
+        for (method, op) in ops.as_object().expect("ops") {
+            if op["security"].as_array().is_none_or(|s| s.is_empty()) {
+                continue;
+            }
+            let m = method.to_uppercase();
+            let none = s.send(&m, &concrete, None, None, &[]).await;
+            none.problem(401, "unauthenticated");
+            assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"cairn\""));
+            let bogus = s.send(&m, &concrete, Some("cairn_000000000000_nope"), None, &[]).await;
+            bogus.problem(401, "bad-key");
+            let basic = s.send(&m, &concrete, None, None, &[("authorization", "Basic cm9vdDpyb290")]).await;
+            basic.problem(401, "unauthenticated");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} protected operations");
+    // A revoked key is refused from then on (the key cache lives a second).
+    assert_eq!(s.get("/runs", &admin).await.status, 200);
+    let o = s.cairn(&["keys", "revoke", "root"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.get("/runs", &admin).await.problem(401, "bad-key");
+}
+
+#[tokio::test]
+async fn roles_are_enforced_per_endpoint() {
+    let s = Server::start(&[]);
+    let admin = s.key("root", "admin", "root");
+    let operator = s.key("ops", "operator", "ops");
+    let approver = s.key("boss", "approver", "boss");
+    let viewer = s.key("eyes", "viewer", "eyes");
+    assert_eq!(s.post_yaml("/workflows", &admin, APPROVAL).await.status, 201);
+
+    // Viewers read.
+    for p in ["/runs", "/workflows", "/workflows/pay", "/inbox", "/costs"] {
+        assert_eq!(s.get(p, &viewer).await.status, 200, "viewer GET {p}");
+    }
+    // …and may not write, answer, audit or export.
+    let start = json!({"workflow": "pay", "inputs": {"amount": 2}});
+    let p = s.post("/runs", &viewer, &start).await.problem(403, "forbidden").clone();
+    assert!(p["detail"].as_str().unwrap_or("").contains("operator"), "{p}");
+    s.post_yaml("/workflows", &viewer, ECHO).await.problem(403, "forbidden");
+    s.get("/audit", &viewer).await.problem(403, "forbidden");
+    s.get("/exports/audit", &viewer).await.problem(403, "forbidden");
+    s.post_yaml("/workflows", &approver, ECHO).await.problem(403, "forbidden");
+    s.post("/runs", &approver, &start).await.problem(403, "forbidden");
+
+    // Operators start and audit; approvers decide when they are listed.
+    let run = s.post("/runs", &operator, &start).await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let id = run.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &viewer, &["waiting"]).await;
+    assert_eq!(s.get("/audit", &operator).await.status, 200);
+    s.post(&format!("/runs/{id}/steps/ask/decision"), &viewer, &json!({"approve": true}))
+        .await
+        .problem(403, "forbidden");
+    // The operator's role is strong enough, but it is not a listed approver.
+    let p = s.post(&format!("/runs/{id}/steps/ask/decision"), &operator, &json!({"approve": true})).await;
+    p.problem(403, "not-allowed");
+    assert!(p.json["detail"].as_str().unwrap_or("").contains("boss"), "{}", p.text);
+    let ok = s.post(&format!("/runs/{id}/steps/ask/decision"), &approver, &json!({"approve": true})).await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    assert_eq!(ok.json["by"], "boss");
+    let done = s.wait_status(&id, &viewer, &["completed"]).await;
+    assert_eq!(done["output"], json!({"paid": 2}));
+}
+
+#[tokio::test]
+async fn workflows_are_created_listed_versioned_archived_and_validated() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    let c = s.post_yaml("/workflows", &k, APPROVAL).await;
+    assert_eq!(c.status, 201, "{}", c.text);
+    assert_eq!(c.header("location"), Some("/workflows/pay/versions/1"));
+    assert_eq!((c.json["name"].as_str(), c.json["latest_version"].as_u64()), (Some("pay"), Some(1)));
+    assert_eq!(c.json["versions"][0]["published_by"], "root");
+    // JSON works too.
+    let as_json = json!({"name": "echo-json", "steps": [{"id": "one", "task": "echo", "with": {"a": 1}}]});
+    let j = s.post("/workflows", &k, &as_json).await;
+    assert_eq!(j.status, 201, "{}", j.text);
+    // A second create of a name is a conflict.
+    s.post_yaml("/workflows", &k, APPROVAL).await.problem(409, "workflow-exists");
+
+    // Errors: every diagnostic, with line and column; nothing published.
+    let bad = "name: broken\nsteps:\n  - id: a\n    task: echo\n    next: nowhere\n  - id: a\n    task: nope\n";
+    let r = s.post_yaml("/workflows", &k, bad).await;
+    r.problem(422, "invalid-definition");
+    let errs = r.json["errors"].as_array().expect("errors");
+    assert!(errs.len() >= 2, "{}", r.text);
+    for e in errs {
+        assert!(e["line"].as_u64().is_some_and(|l| l > 0) && e["column"].as_u64().is_some(), "{e}");
+        assert!(e["code"].is_string() && e["message"].is_string(), "{e}");
+    }
+    s.get("/workflows/broken", &k).await.problem(404, "unknown-workflow");
+    let v = s.post_yaml("/workflows/validate", &k, bad).await;
+    v.problem(422, "invalid-definition");
+    assert_eq!(v.json["errors"].as_array().map(Vec::len), Some(errs.len()));
+    let ok = s.post_yaml("/workflows/validate", &k, ECHO).await;
+    assert_eq!((ok.status, ok.json["valid"].as_bool()), (200, Some(true)), "{}", ok.text);
+    s.get("/workflows/echo", &k).await.problem(404, "unknown-workflow");
+    s.send("POST", "/workflows", Some(&k), Some(("application/json", b"{not json".to_vec())), &[])
+        .await
+        .problem(400, "malformed-json");
+    s.send("POST", "/workflows", Some(&k), Some(("image/png", b"x".to_vec())), &[])
+        .await
+        .problem(415, "unsupported-media-type");
+    s.send("POST", "/workflows", Some(&k), Some(("application/yaml", Vec::new())), &[])
+        .await
+        .problem(400, "empty-body");
+
+    // A run keeps its version when a new one is published.
+    let run = s.post("/runs", &k, &json!({"workflow": "pay", "inputs": {"amount": 7}})).await;
+    let id = run.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["waiting"]).await;
+    let v2 = APPROVAL.replace("Pay {{", "Now pay {{");
+    let p = s.post_yaml("/workflows/pay/versions", &k, &v2).await;
+    assert_eq!((p.status, p.json["latest_version"].as_u64()), (201, Some(2)), "{}", p.text);
+    let same = s.post_yaml("/workflows/pay/versions", &k, &v2).await;
+    assert_eq!((same.status, same.json["latest_version"].as_u64()), (200, Some(2)), "unchanged: {}", same.text);
+    s.post_yaml("/workflows/pay/versions", &k, ECHO).await.problem(422, "name-mismatch");
+    s.post_yaml("/workflows/nope/versions", &k, ECHO).await.problem(404, "unknown-workflow");
+    let w = s.get("/workflows/pay", &k).await;
+    assert_eq!(w.json["versions"].as_array().map(Vec::len), Some(2));
+    let src = s.get("/workflows/pay/versions/1", &k).await;
+    assert_eq!(src.json["source"], APPROVAL);
+    s.get("/workflows/pay/versions/9", &k).await.problem(404, "unknown-version");
+    s.get("/workflows/pay/versions/x", &k).await.problem(404, "unknown-version");
+    assert_eq!(s.get(&format!("/runs/{id}"), &k).await.json["version"], 1);
+    let newer = s.post("/runs", &k, &json!({"workflow": "pay"})).await;
+    assert_eq!(newer.json["version"], 2, "{}", newer.text);
+    let pinned = s.post("/runs", &k, &json!({"workflow": "pay", "version": 1})).await;
+    assert_eq!(pinned.json["version"], 1, "{}", pinned.text);
+    s.post("/runs", &k, &json!({"workflow": "pay", "version": 5})).await.problem(404, "unknown-version");
+
+    // Archive: no new runs, history and running runs kept.
+    let a = s.send("POST", "/workflows/pay/archive", Some(&k), None, &[]).await;
+    assert_eq!((a.status, a.json["archived"].as_bool()), (200, Some(true)), "{}", a.text);
+    assert_eq!(s.send("POST", "/workflows/pay/archive", Some(&k), None, &[]).await.status, 200);
+    s.post("/runs", &k, &json!({"workflow": "pay"})).await.problem(409, "workflow-archived");
+    s.post_yaml("/workflows/pay/versions", &k, APPROVAL).await.problem(409, "workflow-archived");
+    assert_eq!(s.get(&format!("/runs/{id}"), &k).await.json["status"], "waiting");
+    let list = s.get("/workflows", &k).await;
+    let names: Vec<(&str, bool)> = list.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap_or(""), w["archived"].as_bool().unwrap_or(false)))
+        .collect();
+    assert_eq!(names, vec![("echo-json", false), ("pay", true)]);
+    let audit = s.get("/audit?limit=1000", &k).await;
+    let types: Vec<&str> =
+        audit.json["items"].as_array().expect("items").iter().filter_map(|r| r["event_type"].as_str()).collect();
+    assert!(types.contains(&"WorkflowArchived") && types.contains(&"WorkflowVersionPublished"), "{types:?}");
+}
+
+#[tokio::test]
+async fn runs_are_started_read_listed_paged_and_cancelled_and_bad_input_is_refused() {
+    let s = Server::start(&["--max-body-bytes", "2000"]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, APPROVAL).await.status, 201);
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+
+    // Bad input, each with its own problem.
+    let bad_inputs = s.post("/runs", &k, &json!({"workflow": "pay", "inputs": {"amount": "lots"}})).await;
+    bad_inputs.problem(422, "invalid-inputs");
+    assert_eq!(bad_inputs.json["errors"][0]["field"], "/inputs/amount", "{}", bad_inputs.text);
+    s.post("/runs", &k, &json!({"workflow": "nope"})).await.problem(404, "unknown-workflow");
+    s.post("/runs", &k, &json!({"workflow": "pay", "colour": "red"})).await.problem(422, "invalid-body");
+    s.post("/runs", &k, &json!({"inputs": {}})).await.problem(422, "invalid-body");
+    s.post("/runs", &k, &json!([1, 2])).await.problem(422, "invalid-body");
+    s.send("POST", "/runs", Some(&k), Some(("application/json", b"{\"workflow\": ".to_vec())), &[])
+        .await
+        .problem(400, "malformed-json");
+    s.send("POST", "/runs", Some(&k), Some(("text/csv", b"a,b".to_vec())), &[])
+        .await
+        .problem(415, "unsupported-media-type");
+    let big = json!({"workflow": "echo", "inputs": {"n": 1, "pad": "x".repeat(5000)}});
+    s.post("/runs", &k, &big).await.problem(413, "body-too-large");
+    s.send(
+        "POST",
+        "/runs",
+        Some(&k),
+        Some(("application/json", br#"{"workflow":"echo"}"#.to_vec())),
+        &[("idempotency-key", "")],
+    )
+    .await
+    .problem(400, "bad-idempotency-key");
+    s.get("/runs/not-a-uuid", &k).await.problem(404, "unknown-run");
+    s.get("/runs/01a23166-77a7-75c7-ac1c-7a41263c3bd1", &k).await.problem(404, "unknown-run");
+    s.get("/runs?limit=0", &k).await.problem(400, "bad-query");
+    s.get("/runs?limit=abc", &k).await.problem(400, "bad-query");
+    s.get("/runs?status=sleeping", &k).await.problem(400, "bad-query");
+    s.get("/runs?since=yesterday", &k).await.problem(400, "bad-query");
+    s.get("/runs?colour=red", &k).await.problem(400, "bad-query");
+
+    // Five runs: two waiting, three completed.
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let mut waiting = Vec::new();
+    for a in [1, 2] {
+        let r = s.post("/runs", &k, &json!({"workflow": "pay", "inputs": {"amount": a}})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(r.header("location"), Some(format!("/runs/{}", r.json["run_id"].as_str().unwrap_or("")).as_str()));
+        waiting.push(r.json["run_id"].as_str().expect("id").to_owned());
+    }
+    let mut echoes = Vec::new();
+    for n in [10, 11, 12] {
+        let r = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": n}})).await;
+        echoes.push(r.json["run_id"].as_str().expect("id").to_owned());
+    }
+    for id in &echoes {
+        let done = s.wait_status(id, &k, &["completed"]).await;
+        assert!(done["ended_at"].is_string() && done["error"].is_null(), "{done}");
+    }
+    let w = s.wait_status(&waiting[0], &k, &["waiting"]).await;
+    assert_eq!(w["waiting"][0]["step_id"], "ask");
+    assert_eq!(w["waiting"][0]["content"], json!({"amount": 1}));
+    assert_eq!(w["waiting"][0]["answer_url"], format!("/runs/{}/steps/ask/decision", waiting[0]));
+    s.wait_status(&waiting[1], &k, &["waiting"]).await;
+
+    // Pages of two, newest first, then filters.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/runs?limit=2&cursor={}", urlencode(c)),
+            None => "/runs?limit=2".to_owned(),
+        };
+        let page = s.get(&q, &k).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        seen.extend(ids(&page.json));
+        match page.json["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut all: Vec<String> = waiting.iter().chain(&echoes).cloned().collect();
+    all.reverse();
+    assert_eq!(seen, all, "every run once, newest first");
+    let mut completed = ids(&s.get("/runs?status=completed", &k).await.json);
+    completed.sort();
+    let mut want = echoes.clone();
+    want.sort();
+    assert_eq!(completed, want);
+    assert_eq!(ids(&s.get("/runs?workflow=pay&status=waiting", &k).await.json).len(), 2);
+    let since = t0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(ids(&s.get(&format!("/runs?since={}", urlencode(&since)), &k).await.json).len(), 5);
+    assert_eq!(ids(&s.get(&format!("/runs?until={}", urlencode(&since)), &k).await.json).len(), 0);
+
+    // Context, events, history.
+    let ctx = s.get(&format!("/runs/{}/context", echoes[0]), &k).await;
+    assert_eq!(ctx.json["inputs"], json!({"n": 10}));
+    assert_eq!(ctx.json["outputs"]["one"], json!({"n": 10}));
+    let ev = s.get(&format!("/runs/{}/events", echoes[0]), &k).await;
+    let items = ev.json["items"].as_array().expect("items");
+    assert_eq!(items[0]["event_type"], "RunStarted");
+    assert_eq!(items.last().map(|e| e["event_type"].clone()), Some(json!("RunCompleted")));
+    for (i, e) in items.iter().enumerate() {
+        assert_eq!(e["stream_version"], i as u64 + 1);
+        assert_eq!(e["hash"].as_str().map(str::len), Some(64));
+        assert!(e["global_position"].as_u64().is_some_and(|p| p > 0));
+        assert_eq!(e["metadata"]["trace_id"], echoes[0].replace('-', ""), "{e}");
+        if i > 0 {
+            assert_eq!(e["prev_hash"], items[i - 1]["hash"]);
+        }
+    }
+    let tail = s.get(&format!("/runs/{}/events?after=2", echoes[0]), &k).await;
+    assert_eq!(tail.json["items"][0]["stream_version"], 3);
+    let h = s.get(&format!("/runs/{}/history", echoes[0]), &k).await;
+    let kinds: Vec<&str> =
+        h.json["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(!kinds.is_empty(), "{}", h.text);
+    assert_eq!(h.json["items"][0]["step_id"], "one");
+    s.get("/runs/01a23166-77a7-75c7-ac1c-7a41263c3bd1/history", &k).await.problem(404, "unknown-run");
+    s.get("/runs/01a23166-77a7-75c7-ac1c-7a41263c3bd1/events", &k).await.problem(404, "unknown-run");
+
+    // Cancel: a waiting run, once.
+    let c = s.post(&format!("/runs/{}/cancel", waiting[0]), &k, &json!({"reason": "not needed"})).await;
+    assert_eq!((c.status, c.json["status"].as_str()), (200, Some("cancelled")), "{}", c.text);
+    s.post(&format!("/runs/{}/cancel", waiting[0]), &k, &json!({})).await.problem(409, "invalid-state");
+    let bare = s.send("POST", &format!("/runs/{}/cancel", waiting[1]), Some(&k), None, &[]).await;
+    assert_eq!(bare.status, 200, "a cancel needs no body: {}", bare.text);
+    s.post(&format!("/runs/{}/cancel", echoes[0]), &k, &json!({})).await.problem(409, "invalid-state");
+    let events = s.get(&format!("/runs/{}/events", waiting[0]), &k).await.json;
+    let last = events["items"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    assert_eq!(
+        (last["event_type"].as_str(), last["payload"]["reason"].as_str()),
+        (Some("RunCancelled"), Some("not needed"))
+    );
+    assert_eq!(last["metadata"]["actor"], "root");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn twenty_concurrent_starts_with_one_idempotency_key_give_one_run() {
+    let s = std::sync::Arc::new(Server::start(&[]));
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, APPROVAL).await.status, 201);
+    let body = json!({"workflow": "pay", "inputs": {"amount": 3}}).to_string().into_bytes();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        let k = k.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = s
+                .send("POST", "/runs", Some(&k), Some(("application/json", body)), &[("idempotency-key", "order-42")])
+                .await;
+            (
+                r.status,
+                r.json["run_id"].as_str().unwrap_or("").to_owned(),
+                r.header("idempotent-replayed").map(str::to_owned),
+            )
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task"));
+    }
+    let created = results.iter().filter(|r| r.0 == 201).count();
+    let replayed = results.iter().filter(|r| r.0 == 200 && r.2.as_deref() == Some("true")).count();
+    assert_eq!((created, replayed), (1, 19), "{results:?}");
+    let id = results[0].1.clone();
+    assert!(results.iter().all(|r| r.1 == id), "{results:?}");
+    let page = s.get("/runs?workflow=pay", &k).await;
+    assert_eq!(ids(&page.json), vec![id.clone()], "one run in the read model");
+    let events = s.get(&format!("/runs/{id}/events"), &k).await.json;
+    let starts = events["items"].as_array().expect("items").iter().filter(|e| e["event_type"] == "RunStarted").count();
+    assert_eq!(starts, 1);
+    assert_eq!(events["items"][0]["payload"]["idempotency_key"], "order-42");
+    // The same key with another body is refused; another key is another run.
+    let other = json!({"workflow": "pay", "inputs": {"amount": 4}}).to_string().into_bytes();
+    let r = s
+        .send("POST", "/runs", Some(&k), Some(("application/json", other.clone())), &[("idempotency-key", "order-42")])
+        .await;
+    r.problem(422, "idempotency-key-reused");
+    assert!(r.json["detail"].as_str().unwrap_or("").contains(&id), "{}", r.text);
+    let fresh =
+        s.send("POST", "/runs", Some(&k), Some(("application/json", other)), &[("idempotency-key", "order-43")]).await;
+    assert_eq!(fresh.status, 201);
+    assert_ne!(fresh.json["run_id"].as_str(), Some(id.as_str()));
+    // Keys are the caller's own: another identity's key makes another run.
+    let k2 = s.key("other", "operator", "other");
+    let mine =
+        s.send("POST", "/runs", Some(&k2), Some(("application/json", body)), &[("idempotency-key", "order-42")]).await;
+    assert_eq!(mine.status, 201, "{}", mine.text);
+    assert_ne!(mine.json["run_id"].as_str(), Some(id.as_str()));
+}
+
+/// Reads SSE events from a response until `n` events or `end` arrived.
+async fn read_sse(resp: &mut reqwest::Response, n: usize) -> Vec<(String, String, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await.expect("an SSE chunk in time");
+        let Some(chunk) = chunk.expect("chunk") else { break };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let block: String = buf.drain(..i + 2).collect();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if event.is_empty() && data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let done = event == "end";
+            out.push((id, event, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            if done {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn live_events_reconnecting_with_last_event_id_miss_nothing() {
+    let s = Server::start(&[]);
+    let k = s.key("boss", "admin", "boss");
+    assert_eq!(s.post_yaml("/workflows", &k, APPROVAL).await.status, 201);
+    let id = s.post("/runs", &k, &json!({"workflow": "pay", "inputs": {"amount": 9}})).await.json["run_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.wait_status(&id, &k, &["waiting"]).await;
+    let url = format!("{}/runs/{id}/live", s.url);
+    let mut first = s.client().get(&url).bearer_auth(&k).send().await.expect("connect");
+    assert_eq!(first.status(), 200);
+    assert!(first.headers()["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"));
+    let got = read_sse(&mut first, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("1", "RunStarted"));
+    assert_eq!(got[0].2["payload"]["inputs"], json!({"amount": 9}));
+    drop(first); // the client goes away
+
+    // Things happen while it is away.
+    let d = s.post(&format!("/runs/{id}/steps/ask/decision"), &k, &json!({"approve": true})).await;
+    assert_eq!(d.status, 201, "{}", d.text);
+    s.wait_status(&id, &k, &["completed"]).await;
+
+    let mut again =
+        s.client().get(&url).bearer_auth(&k).header("last-event-id", got[1].0.clone()).send().await.expect("reconnect");
+    let rest = read_sse(&mut again, 100).await;
+    assert_eq!(rest.last().map(|e| e.1.as_str()), Some("end"), "{rest:?}");
+    let mut versions: Vec<u64> =
+        got.iter().chain(&rest).filter(|e| e.1 != "end").map(|e| e.0.parse().expect("id")).collect();
+    let all = s.get(&format!("/runs/{id}/events"), &k).await.json;
+    let n = all["items"].as_array().expect("items").len() as u64;
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "every event exactly once, in order");
+    versions.dedup();
+    let types: Vec<&str> = rest.iter().map(|e| e.1.as_str()).collect();
+    assert!(types.contains(&"ApprovalDecided") && types.contains(&"RunCompleted"), "{types:?}");
+    for (i, e) in got.iter().chain(&rest).filter(|e| e.1 != "end").enumerate() {
+        assert_eq!(e.2, all["items"][i], "the live event is the stored one");
+    }
+    // After the end, a reconnect gets `end` at once; ?after= works like the header.
+    let mut late = s.client().get(format!("{url}?after={n}")).bearer_auth(&k).send().await.expect("late");
+    let end = read_sse(&mut late, 5).await;
+    assert_eq!(end.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), vec!["end"]);
+    let bad = s.send("GET", &format!("/runs/{id}/live"), Some(&k), None, &[("last-event-id", "x")]).await;
+    bad.problem(400, "bad-last-event-id");
+    s.get("/runs/01a23166-77a7-75c7-ac1c-7a41263c3bd1/live", &k).await.problem(404, "unknown-run");
+}
+
+#[tokio::test]
+async fn forms_and_approvals_are_answered_over_http_with_every_check() {
+    let s = Server::start(&[]);
+    let admin = s.key("root", "admin", "root");
+    let writer = s.key("writer", "approver", "writer");
+    let boss = s.key("boss", "approver", "boss");
+    let boss2 = s.key("boss-laptop", "approver", "boss");
+    assert_eq!(s.post_yaml("/workflows", &admin, FORM).await.status, 201);
+    assert_eq!(s.post_yaml("/workflows", &admin, APPROVAL).await.status, 201);
+    let form_run =
+        s.post("/runs", &admin, &json!({"workflow": "brief"})).await.json["run_id"].as_str().expect("id").to_owned();
+    let pay_run = s.post("/runs", &admin, &json!({"workflow": "pay", "inputs": {"amount": 5}})).await.json["run_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.wait_status(&form_run, &admin, &["waiting"]).await;
+    let w = s.wait_status(&pay_run, &admin, &["waiting"]).await;
+    let hash = w["waiting"][0]["content_hash"].as_str().expect("hash").to_owned();
+
+    // The inbox: all, and each person's own.
+    let all = s.get("/inbox", &admin).await;
+    assert_eq!(all.json["items"].as_array().map(Vec::len), Some(2), "{}", all.text);
+    let mine = s.get("/inbox?assignee=me", &writer).await;
+    let items = mine.json["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{}", mine.text);
+    assert_eq!((items[0]["kind"].as_str(), items[0]["step_id"].as_str()), (Some("form"), Some("brief")));
+    assert_eq!(items[0]["answer_url"], format!("/runs/{form_run}/steps/brief/submission"));
+    assert_eq!(s.get("/inbox?assignee=boss", &admin).await.json["items"].as_array().map(Vec::len), Some(1));
+
+    // A form: every bad field at once; not an assignee; then accepted.
+    let sub = format!("/runs/{form_run}/steps/brief/submission");
+    let bad = s.post(&sub, &writer, &json!({"values": {"topic": "ab", "words": 5, "colour": "red"}})).await;
+    bad.problem(422, "invalid-submission");
+    let fields: Vec<&str> =
+        bad.json["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    for f in ["/values/topic", "/values/words", "/values/colour"] {
+        assert!(fields.contains(&f), "{f} missing in {fields:?}");
+    }
+    s.post(&sub, &boss, &json!({"values": {"topic": "Rust"}})).await.problem(403, "not-allowed");
+    s.post(&sub, &writer, &json!({"values": {"topic": "Rust"}, "token": "crt_forged"})).await.problem(403, "bad-token");
+    s.post(&sub, &writer, &json!({"topic": "Rust"})).await.problem(422, "invalid-body");
+    let ok = s.post(&sub, &writer, &json!({"values": {"topic": "Rust"}})).await;
+    assert_eq!((ok.status, ok.json["by"].as_str()), (201, Some("writer")), "{}", ok.text);
+    let done = s.wait_status(&form_run, &admin, &["completed"]).await;
+    assert_eq!(done["output"], json!({"topic": "Rust"}));
+    let again = s.post(&sub, &writer, &json!({"values": {"topic": "Again"}})).await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert!(
+        again.json["code"] == "not-waiting" || again.json["winner"]["event_type"] == "InputSubmitted",
+        "{}",
+        again.text
+    );
+
+    // An approval: a stale content hash is refused; the first decision wins.
+    let dec = format!("/runs/{pay_run}/steps/ask/decision");
+    let stale = s.post(&dec, &boss, &json!({"approve": true, "content_hash": "0".repeat(64)})).await;
+    stale.problem(409, "content-changed");
+    s.post(&dec, &boss, &json!({"approve": "yes"})).await.problem(422, "invalid-body");
+    s.post(&format!("/runs/{pay_run}/steps/nope/decision"), &boss, &json!({"approve": true}))
+        .await
+        .problem(409, "not-waiting");
+    let first = s.post(&dec, &boss, &json!({"approve": true, "comment": "fine", "content_hash": hash})).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let second = s.post(&dec, &boss2, &json!({"approve": false})).await;
+    // The run may have moved on already (not waiting) or still be settling
+    // (already answered); either way the second decision is refused, and a
+    // conflict names the winner.
+    assert_eq!(second.status, 409, "{}", second.text);
+    if second.json["code"] == "already-answered" {
+        assert_eq!(second.json["winner"]["event_type"], "ApprovalDecided");
+        assert_eq!(second.json["winner"]["by"], "boss");
+    }
+    let done = s.wait_status(&pay_run, &admin, &["completed"]).await;
+    assert_eq!(done["output"], json!({"paid": 5}));
+    let h = s.get(&format!("/runs/{pay_run}/history"), &admin).await;
+    let decision = h.json["items"].as_array().expect("items").iter().find(|e| e["kind"] == "approval").cloned();
+    assert_eq!(decision.map(|d| d["actor"].clone()), Some(json!("boss")), "{}", h.text);
+}
+
+#[tokio::test]
+async fn a_deadline_falls_due_while_the_server_waits() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    let wf = r#"
+name: expiring
+steps:
+  - id: ask
+    approval:
+      approvers: [boss]
+      summary: "Quick?"
+      deadline: 1s
+      on_timeout: reject
+      on_reject: continue
+  - id: after
+    transform: { approved: "{{ steps.ask.output.approved }}" }
+"#;
+    assert_eq!(s.post_yaml("/workflows", &k, wf).await.status, 201, "{}", s.logs());
+    let id =
+        s.post("/runs", &k, &json!({"workflow": "expiring"})).await.json["run_id"].as_str().expect("id").to_owned();
+    let done = s.wait_status(&id, &k, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], json!({"approved": false}));
+    let events = s.get(&format!("/runs/{id}/events"), &k).await.json;
+    assert!(events["items"].as_array().expect("items").iter().any(|e| e["event_type"] == "ApprovalExpired"));
+}
+
+#[tokio::test]
+async fn audit_costs_and_the_compliance_export_over_http_verify_offline() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        let id = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": n}})).await.json["run_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        s.wait_status(&id, &k, &["completed"]).await;
+        runs.push(id);
+    }
+    // Audit: filters and pages.
+    let one = s.get(&format!("/audit?run={}", runs[0]), &k).await;
+    let rows = one.json["items"].as_array().expect("items");
+    assert!(
+        rows.iter().all(|r| r["resource"].as_str().unwrap_or("").starts_with(&format!("run-{}", runs[0]))),
+        "{}",
+        one.text
+    );
+    assert_eq!(rows[0]["event_type"], "RunStarted");
+    assert_eq!(rows[0]["actor"], "root");
+    assert!(rows.iter().all(|r| r["hash"].as_str().map(str::len) == Some(64)));
+    let mut positions = Vec::new();
+    let mut cursor = None;
+    loop {
+        let q = match cursor {
+            Some(c) => format!("/audit?limit=4&cursor={c}"),
+            None => "/audit?limit=4".into(),
+        };
+        let page = s.get(&q, &k).await;
+        positions.extend(page.json["items"].as_array().expect("items").iter().filter_map(|r| r["position"].as_u64()));
+        match page.json["next_cursor"].as_u64() {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let head = s.send("GET", "/readyz", None, None, &[]).await.json["head_position"].as_u64().expect("head");
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(s.get("/audit?actor=nobody", &k).await.json["items"], json!([]));
+    s.get("/audit?since=soon", &k).await.problem(400, "bad-query");
+    s.get("/audit?limit=5000", &k).await.problem(400, "bad-query");
+
+    // Costs: no AI here, so groups are empty, but every grouping answers.
+    for by in ["run", "workflow", "model", "day"] {
+        let c = s.get(&format!("/costs?by={by}&since=2020-01-01"), &k).await;
+        assert_eq!((c.status, c.json["by"].as_str()), (200, Some(by)), "{}", c.text);
+    }
+    s.get("/costs?by=colour", &k).await.problem(400, "bad-query");
+
+    // Export JSONL: verifies offline with `cairn verify --export`.
+    let e = s.get("/exports/audit?format=jsonl", &k).await;
+    assert_eq!(e.status, 200);
+    assert_eq!(e.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(e.header("cairn-export-through"), Some(head.to_string().as_str()));
+    let file = s.dir.path().join("export.jsonl");
+    std::fs::write(&file, &e.text).expect("write");
+    let v = s.cairn(&["verify", "--export", file.to_str().expect("path")]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    let lines: Vec<&str> = e.text.lines().collect();
+    assert!(lines.last().is_some_and(|l| l.starts_with("{\"manifest\"")));
+    // A changed record is named.
+    let tampered = e.text.replacen("\"n\\\":1", "\"n\\\":7", 1);
+    assert_ne!(tampered, e.text);
+    std::fs::write(&file, tampered).expect("write");
+    let v = s.cairn(&["verify", "--export", file.to_str().expect("path")]);
+    assert!(!v.status.success());
+    let out = format!("{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(out.contains("hash mismatch"), "{out}");
+
+    // One run, as CSV with its manifest.
+    let csv = s.get(&format!("/exports/audit?format=csv&run={}", runs[1]), &k).await;
+    assert_eq!(csv.header("content-type"), Some("text/csv"));
+    let through = csv.header("cairn-export-through").expect("through").to_owned();
+    let m = s.get(&format!("/exports/audit/manifest?format=csv&run={}&through={through}", runs[1]), &k).await;
+    let file = s.dir.path().join("run.csv");
+    std::fs::write(&file, &csv.text).expect("write");
+    std::fs::write(s.dir.path().join("run.csv.manifest.json"), &m.text).expect("write");
+    let v = s.cairn(&["verify", "--export", file.to_str().expect("path")]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("1 streams"), "{}", String::from_utf8_lossy(&v.stdout));
+    s.get("/exports/audit?format=xml", &k).await.problem(400, "bad-query");
+}
+
+#[tokio::test]
+async fn a_large_export_streams_in_chunks() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    for n in 0..40 {
+        let r = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": n}})).await;
+        assert_eq!(r.status, 201);
+    }
+    for _ in 0..200 {
+        if s.get("/runs?status=completed&limit=100", &k).await.json["items"].as_array().map(Vec::len) == Some(40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut resp = s.client().get(format!("{}/exports/audit", s.url)).bearer_auth(&k).send().await.expect("export");
+    assert!(resp.headers().get("content-length").is_none(), "streamed, not buffered");
+    let (mut chunks, mut bytes) = (0, 0);
+    while let Some(c) = resp.chunk().await.expect("chunk") {
+        chunks += 1;
+        bytes += c.len();
+    }
+    assert!(bytes > 64 * 1024 && chunks > 1, "{bytes} bytes in {chunks} chunks");
+}
+
+#[tokio::test]
+async fn without_keys_only_on_loopback_unless_insecure() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--no-auth", "--listen", "0.0.0.0:0"])
+        .env("CAIRN_DATABASE_URL", "sqlite:///nonexistent-dir/never-created.db")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refusing") && err.contains("--insecure"), "{err}");
+
+    let s = Server::start(&["--no-auth", "--as", "dev"]);
+    assert_eq!(s.post_yaml("/workflows", "ignored", ECHO).await.status, 201);
+    let r = s.send("POST", "/runs", None, Some(("application/json", br#"{"workflow":"echo"}"#.to_vec())), &[]).await;
+    assert_eq!((r.status, r.json["started_by"].as_str()), (201, Some("dev")), "{}", r.text);
+
+    let open = Server::start(&["--no-auth", "--insecure", "--listen", "0.0.0.0:0"]);
+    let port = open.url.rsplit(':').next().expect("port").to_owned();
+    let h = open.send("GET", "/healthz", None, None, &[]).await;
+    assert_eq!(h.status, 200);
+    assert!(open.url.contains("0.0.0.0") && !port.is_empty());
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_ids() {
+    let s = Server::start(&["--log-format", "json"]);
+    let r = s.send("GET", "/healthz", None, None, &[("x-request-id", "req-abc-123")]).await;
+    assert_eq!(r.header("x-request-id"), Some("req-abc-123"));
+    let p = s.send("GET", "/runs", None, None, &[]).await;
+    let id = p.header("x-request-id").expect("made one").to_owned();
+    assert_eq!(p.json["request_id"], id.as_str(), "the problem names the request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = s.logs();
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "no JSON log lines in:\n{logs}");
+    let hit = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "req-abc-123" && l["status"] == 200)
+        .unwrap_or_else(|| panic!("no log line for the request in:\n{logs}"));
+    assert_eq!(hit["span"]["path"], "/healthz");
+    assert!(hit["latency_ms"].is_number());
+    assert!(lines.iter().any(|l| l["span"]["request_id"] == id.as_str() && l["status"] == 401), "{logs}");
+}
+
+#[tokio::test]
+async fn traces_go_to_the_otlp_endpoint_one_per_run_a_span_per_step() {
+    use std::sync::{Arc, Mutex};
+    // An OTLP/HTTP receiver on a real socket, keeping what it is sent.
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().expect("lock").push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let endpoint = format!("http://{addr}");
+    let s = Server::start_with(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let id = s.post("/runs", &k, &json!({"workflow": "echo"})).await.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["completed"]).await;
+    let trace = id.replace('-', "");
+    let mut spans: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        spans = got
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|b| b["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+            .filter(|sp| sp["traceId"] == trace.as_str())
+            .collect();
+        if spans.iter().any(|sp| sp["name"] == "run echo") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = spans.iter().find(|sp| sp["name"] == "run echo").unwrap_or_else(|| panic!("no run span: {spans:?}"));
+    let step = spans.iter().find(|sp| sp["name"] == "step one").unwrap_or_else(|| panic!("no step span: {spans:?}"));
+    assert_eq!(step["parentSpanId"], run["spanId"]);
+    assert!(run["parentSpanId"].is_null());
+    // The span ids are the ones in the events' metadata.
+    let events = s.get(&format!("/runs/{id}/events"), &k).await.json;
+    let started = events["items"].as_array().expect("items").iter().find(|e| e["event_type"] == "StepStarted").cloned();
+    assert_eq!(started.map(|e| e["metadata"]["span_id"].clone()), Some(step["spanId"].clone()));
+    assert_eq!(events["items"][0]["metadata"]["span_id"], run["spanId"]);
+    let t0: u128 = step["startTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("start");
+    let t1: u128 = step["endTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("end");
+    assert!(t1 >= t0 && t0 > 0);
+}
+
+/// The README's HTTP example works as written: a server, a workflow, a run
+/// started with curl, approved, completed.
+#[test]
+fn the_readme_http_example_works_as_written() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let block = readme
+        .split("<!-- http-example -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- /http-example -->").next())
+        .expect("the marked example");
+    let script = block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let script = script.replace("8080", &port.to_string());
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), bin.join("cairn")).expect("symlink");
+    let out_path = dir.path().join("out");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let status = std::process::Command::new("timeout")
+        .args(["60", "bash", "-c", &format!("set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}")])
+        .current_dir(&root)
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
+        .env("CAIRN_TOKEN_KEY", "readme-token-key-0123456789abcdef0123456789")
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .status()
+        .expect("bash");
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("\"name\":\"approve-payment\""), "the workflow was not created:\n{text}");
+    assert!(text.contains("\"kind\":\"approval\"") && text.contains("Pay 120 to ACME Ltd?"), "the inbox:\n{text}");
+    assert!(text.contains("\"by\":\"boss\""), "the decision:\n{text}");
+    assert!(text.contains("\"status\":\"completed\"") && text.contains("\"paid\":120"), "the run:\n{text}");
+    assert!(!text.contains("urn:cairn:problem"), "a request failed:\n{text}");
+}
