@@ -926,3 +926,40 @@ fn the_readme_http_example_works_as_written() {
     assert!(text.contains("\"status\":\"completed\"") && text.contains("\"paid\":120"), "the run:\n{text}");
     assert!(!text.contains("urn:cairn:problem"), "a request failed:\n{text}");
 }
+
+#[tokio::test]
+async fn costs_group_the_tokens_of_ai_attempts() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    let wf = r#"
+name: summarise
+steps:
+  - id: sum
+    ai:
+      model: scripted
+      prompt: Summarise the news in one JSON object.
+      scripted:
+        - '{"oops": 1}'
+        - { content: '{"summary": "All quiet."}', input_tokens: 120, output_tokens: 30 }
+    output_contract:
+      type: object
+      required: [summary]
+      properties: { summary: { type: string } }
+"#;
+    let c = s.post_yaml("/workflows", &k, wf).await;
+    assert_eq!(c.status, 201, "{}", c.text);
+    let id =
+        s.post("/runs", &k, &json!({"workflow": "summarise"})).await.json["run_id"].as_str().expect("id").to_owned();
+    let done = s.wait_status(&id, &k, &["completed", "failed"]).await;
+    assert_eq!(done["output"], json!({"summary": "All quiet."}), "{done}");
+    let by_run = s.get("/costs?by=run", &k).await;
+    let row = by_run.json["items"].as_array().expect("items").iter().find(|r| r["key"] == id.as_str()).cloned();
+    let row = row.unwrap_or_else(|| panic!("no cost row for the run: {}", by_run.text));
+    assert_eq!(row["attempts"], 2, "{row}");
+    assert!(row["input_tokens"].as_i64().is_some_and(|t| t >= 120), "{row}");
+    assert!(row["output_tokens"].as_i64().is_some_and(|t| t >= 30), "{row}");
+    let by_wf = s.get("/costs?by=workflow", &k).await;
+    assert_eq!(by_wf.json["items"][0]["key"], "summarise", "{}", by_wf.text);
+    let h = s.get(&format!("/runs/{id}/history"), &k).await;
+    assert!(h.json["items"].as_array().expect("items").iter().any(|e| e["input_tokens"] == 120), "{}", h.text);
+}
