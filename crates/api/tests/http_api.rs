@@ -2,12 +2,14 @@
 //! failures and bad inputs, idempotent starts, live events with
 //! Last-Event-ID, people, audit, costs and the compliance export.
 
-mod common;
+// Only this test binary needs the HTTP client (the others stay small).
+#[path = "common/server.rs"]
+mod server;
 
 use std::time::Duration;
 
-use common::server::Server;
 use serde_json::{Value, json};
+use server::Server;
 
 const APPROVAL: &str = r#"
 name: pay
@@ -962,4 +964,22 @@ steps:
     assert_eq!(by_wf.json["items"][0]["key"], "summarise", "{}", by_wf.text);
     let h = s.get(&format!("/runs/{id}/history"), &k).await;
     assert!(h.json["items"].as_array().expect("items").iter().any(|e| e["input_tokens"] == 120), "{}", h.text);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_and_keeps_what_was_recorded() {
+    let mut s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, APPROVAL).await.status, 201);
+    let id = s.post("/runs", &k, &json!({"workflow": "pay", "inputs": {"amount": 4}})).await.json["run_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.wait_status(&id, &k, &["waiting"]).await;
+    let status = s.terminate().expect("the server exits on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", s.logs());
+    assert!(s.logs().contains("shutting down"), "{}", s.logs());
+    // What was recorded is there for the next process: the run still waits.
+    let again = s.cairn(&["runs"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&id), "{}", String::from_utf8_lossy(&again.stdout));
 }

@@ -178,8 +178,22 @@ pub async fn run(
     let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
     // Runs a crash or restart left unfinished continue.
     driver.resume_unfinished().await;
+    // Ctrl-C or SIGTERM: stop taking requests, let the ones in flight
+    // finish, stop the background tasks. Nothing is lost either way: what
+    // was recorded is durable, and a run cut off continues on the next start.
     let shutdown = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let term = async {
+            #[cfg(unix)]
+            if let Ok(mut t) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                t.recv().await;
+                return;
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };

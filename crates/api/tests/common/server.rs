@@ -44,6 +44,12 @@ impl Resp {
     }
 }
 
+/// A plain HTTP client (rustls with ring, as the engine's).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().expect("client")
+}
+
 impl Server {
     pub fn start(args: &[&str]) -> Server {
         Self::start_with(args, &[])
@@ -77,7 +83,7 @@ impl Server {
             let _ = child.kill();
             panic!("the server did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
         });
-        Server { child, url, db, log, dir, http: cairn_engine::http::client() }
+        Server { child, url, db, log, dir, http: client() }
     }
 
     /// `cairn ARGS` on the server's database.
@@ -96,6 +102,19 @@ impl Server {
         let o = self.cairn(&["keys", "create", "--name", name, "--role", role, "--identity", identity]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the server to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     pub fn logs(&self) -> String {
