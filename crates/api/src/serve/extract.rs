@@ -34,6 +34,18 @@ pub fn media_type(req: &Request) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
+/// Refuses a body that says it is not JSON (no media type is taken as JSON).
+fn json_media(media: Option<String>) -> Result<(), ApiError> {
+    match media {
+        Some(m) if m != "application/json" && !m.ends_with("+json") => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("the body is `{m}`; send `application/json`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Parses JSON, telling malformed JSON (400) from the wrong shape (422).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -68,16 +80,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(m) = media_type(&req)
-            && m != "application/json"
-            && !m.ends_with("+json")
-        {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                format!("the body is `{m}`; send `application/json`"),
-            ));
-        }
+        json_media(media_type(&req))?;
         let bytes = body_bytes(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::bad_request("empty-body", "this operation needs a JSON body"));
@@ -140,16 +143,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptJson<T
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptJson(T::default()));
         }
-        if let Some(m) = media
-            && m != "application/json"
-            && !m.ends_with("+json")
-        {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                format!("the body is `{m}`; send `application/json`"),
-            ));
-        }
+        json_media(media)?;
         parse_json(&bytes).map(OptJson)
     }
 }

@@ -142,6 +142,20 @@ fn end(version: u64) -> Sse {
     Sse::default().event("end").data(format!("{{\"stream_version\":{version}}}"))
 }
 
+/// Sends one event (and `end` after the run's last); `false` when the
+/// stream is over (the run ended or the client left).
+async fn emit(out: &mpsc::Sender<Sse>, r: &RecordedEvent, after: &mut u64) -> bool {
+    if out.send(sse(r)).await.is_err() {
+        return false;
+    }
+    *after = r.stream_version;
+    if TERMINAL.contains(&r.event_type.as_str()) {
+        let _ = out.send(end(*after)).await;
+        return false;
+    }
+    true
+}
+
 /// Sends the stream's events after `after` to `out`, then new ones as they
 /// come, until the run's last event (then `end`) or the client leaves.
 async fn follow(state: Arc<State>, stream_id: String, mut after: u64, out: mpsc::Sender<Sse>) {
@@ -165,12 +179,7 @@ async fn follow(state: Arc<State>, stream_id: String, mut after: u64, out: mpsc:
             }
         }
         for r in &missed {
-            if out.send(sse(r)).await.is_err() {
-                return;
-            }
-            after = r.stream_version;
-            if TERMINAL.contains(&r.event_type.as_str()) {
-                let _ = out.send(end(after)).await;
+            if !emit(&out, r, &mut after).await {
                 return;
             }
         }
@@ -186,12 +195,7 @@ async fn follow(state: Arc<State>, stream_id: String, mut after: u64, out: mpsc:
             if r.stream_version != after + 1 {
                 break; // a gap: read it from the stream
             }
-            if out.send(sse(&r)).await.is_err() {
-                return;
-            }
-            after = r.stream_version;
-            if TERMINAL.contains(&r.event_type.as_str()) {
-                let _ = out.send(end(after)).await;
+            if !emit(&out, &r, &mut after).await {
                 return;
             }
         }

@@ -171,6 +171,33 @@ async fn token(state: &State, run: uuid::Uuid, step: &str) -> ApiResult<String> 
         .unwrap_or_default())
 }
 
+/// The token the caller sent, or the one the server derives for it.
+async fn token_or_derived(state: &State, run: uuid::Uuid, step: &str, sent: Option<String>) -> ApiResult<String> {
+    match sent {
+        Some(t) => Ok(t),
+        None => token(state, run, step).await,
+    }
+}
+
+/// After an answer was recorded: drive the run on, say what was recorded.
+fn answered(
+    state: &State,
+    run: uuid::Uuid,
+    step: String,
+    by: String,
+    rec: cairn_engine::inbox::Recorded,
+) -> (StatusCode, axum::Json<Answered>) {
+    state.driver.kick(run);
+    let a = Answered {
+        run_id: run.to_string(),
+        step_id: step,
+        by,
+        stream_version: rec.stream_version,
+        global_position: rec.global_position,
+    };
+    (StatusCode::CREATED, axum::Json(a))
+}
+
 /// `POST /runs/{id}/steps/{step}/submission`.
 pub async fn submit(
     S(state): S<Arc<State>>,
@@ -179,24 +206,10 @@ pub async fn submit(
     JsonBody(body): JsonBody<SubmitForm>,
 ) -> ApiResult<(StatusCode, axum::Json<Answered>)> {
     let run = parse_id(&id, "run")?;
-    super::runs::load(&state, run).await?;
-    let token = match body.token {
-        Some(t) => t,
-        None => token(&state, run, &step).await?,
-    };
+    let token = token_or_derived(&state, run, &step, body.token).await?;
     let s = Submission { by: caller.identity.clone(), token, values: Value::Object(body.values) };
     let rec = state.engine.submit(run, &step, &s).await.map_err(human)?;
-    state.driver.kick(run);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Answered {
-            run_id: run.to_string(),
-            step_id: step,
-            by: caller.identity,
-            stream_version: rec.stream_version,
-            global_position: rec.global_position,
-        }),
-    ))
+    Ok(answered(&state, run, step, caller.identity, rec))
 }
 
 /// `POST /runs/{id}/steps/{step}/decision`.
@@ -207,11 +220,7 @@ pub async fn decide(
     JsonBody(body): JsonBody<Decide>,
 ) -> ApiResult<(StatusCode, axum::Json<Answered>)> {
     let run = parse_id(&id, "run")?;
-    super::runs::load(&state, run).await?;
-    let token = match body.token {
-        Some(t) => t,
-        None => token(&state, run, &step).await?,
-    };
+    let token = token_or_derived(&state, run, &step, body.token).await?;
     let v = Vote {
         by: caller.identity.clone(),
         token,
@@ -220,15 +229,5 @@ pub async fn decide(
         content_hash: body.content_hash,
     };
     let rec = state.engine.decide_approval(run, &step, &v).await.map_err(human)?;
-    state.driver.kick(run);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Answered {
-            run_id: run.to_string(),
-            step_id: step,
-            by: caller.identity,
-            stream_version: rec.stream_version,
-            global_position: rec.global_position,
-        }),
-    ))
+    Ok(answered(&state, run, step, caller.identity, rec))
 }

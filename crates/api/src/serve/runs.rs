@@ -596,7 +596,6 @@ pub async fn cancel(
     OptJson(body): OptJson<CancelRun>,
 ) -> ApiResult<axum::Json<RunView>> {
     let id = parse_id(&id, "run")?;
-    load(&state, id).await?;
     state.engine.cancel(id, &caller.identity, body.reason).await?;
     let (s, events) = load(&state, id).await?;
     Ok(axum::Json(view(id, &s, &events)?))
