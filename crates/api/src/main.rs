@@ -55,6 +55,17 @@ enum Command {
     Show(commands::runs::ShowArgs),
     /// Cancel a running run.
     Cancel(commands::runs::CancelArgs),
+    /// Resume a failed run from a step, keeping what already succeeded:
+    /// shows the plan as a diff against the original path, then records
+    /// `RunResumed` and runs it (docs/recovery.md).
+    Resume(commands::recovery::ResumeArgs),
+    /// Re-fold a run and ask the decider again at every event; exit 1 on
+    /// the first decision that differs. `--at N` shows the state then;
+    /// `--definition NEW --workflow NAME` re-checks past runs against it.
+    Replay(commands::recovery::ReplayArgs),
+    /// Start a new run from a step of another, carrying over the outputs
+    /// before it (the source run is never changed).
+    Fork(commands::recovery::ForkArgs),
     /// Check workflow files; exit 1 listing every problem with file:line:column.
     Validate(commands::validate::Args),
     /// Print the JSON Schema of the workflow language.
@@ -125,6 +136,9 @@ fn main() -> ExitCode {
             Command::Runs => commands::runs::list(&cli.database, &cli.read).await,
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
             Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
+            Command::Resume(args) => commands::recovery::resume(&cli.database, &cli.read, &cli.setup, args).await,
+            Command::Replay(args) => commands::recovery::replay(&cli.database, &cli.setup, args).await,
+            Command::Fork(args) => commands::recovery::fork(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Validate(args) => commands::validate::run(args, &cli.setup),
             Command::Schema => commands::validate::schema(),
             Command::Demo => commands::demo::run(&cli.database).await,

@@ -983,3 +983,48 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_what_was_recorded() {
     let again = s.cairn(&["runs"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains(&id), "{}", String::from_utf8_lossy(&again.stdout));
 }
+
+#[tokio::test]
+async fn a_failed_run_is_planned_then_resumed_over_http() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    let viewer = s.key("v", "viewer", "v");
+    let wf = r#"name: flaky
+steps:
+  - id: draft
+    transform: { title: "Hello" }
+  - id: publish
+    task: fail
+    with: { succeed_on_attempt: 3, kind: cms.unavailable }
+    retry: { max_attempts: 2, initial_interval: 10ms }
+  - id: announce
+    task: echo
+    with: { text: "{{ steps.draft.output.title }}" }
+"#;
+    assert_eq!(s.post_yaml("/workflows", &k, wf).await.status, 201);
+    let id = s.post("/runs", &k, &json!({"workflow": "flaky"})).await.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["failed"]).await;
+    let path = format!("/runs/{id}/resume");
+    s.post(&path, &viewer, &json!({"dry_run": true})).await.problem(403, "forbidden");
+    let plan = s.post(&path, &k, &json!({"dry_run": true})).await;
+    assert_eq!(plan.status, 200, "{}", plan.text);
+    assert_eq!(plan.json["resumed"], false);
+    assert_eq!(plan.json["plan"]["plan"]["rerun"], json!(["publish"]));
+    assert_eq!(plan.json["plan"]["plan"]["kept"], json!(["draft"]));
+    assert_eq!(plan.json["plan"]["plan"]["newly_reached"], json!(["announce"]));
+    let marks: Vec<&str> =
+        plan.json["plan"]["lines"].as_array().expect("lines").iter().filter_map(|l| l["mark"].as_str()).collect();
+    assert_eq!(marks, vec!["kept", "rerun", "newly_reached"]);
+    assert_eq!(s.get(&format!("/runs/{id}"), &k).await.json["status"], "failed", "a dry run records nothing");
+    s.post(&path, &k, &json!({"from": "drafts"})).await.problem(422, "unknown-step");
+    s.post(&path, &k, &json!({"policy": "sideways"})).await.problem(422, "invalid-body");
+    let done = s.post(&path, &k, &json!({"reason": "the CMS is back"})).await;
+    assert_eq!((done.status, done.json["resumed"].as_bool()), (200, Some(true)), "{}", done.text);
+    let run = s.wait_status(&id, &k, &["completed"]).await;
+    assert_eq!(run["output"], json!({"text": "Hello"}));
+    let again = s.post(&path, &k, &json!({})).await;
+    again.problem(409, "run-completed");
+    assert!(again.json["detail"].as_str().unwrap_or("").contains("fork"), "{}", again.text);
+    let events = s.get(&format!("/runs/{id}/events"), &k).await;
+    assert!(events.text.contains("\"RunResumed\"") && events.text.contains("the CMS is back"), "{}", events.text);
+}

@@ -20,6 +20,8 @@ pub mod inbox;
 pub mod lang;
 pub mod model;
 pub mod notify;
+pub mod recovery;
+pub mod replay;
 pub mod runner;
 pub mod secrets;
 pub mod tasks;

@@ -192,6 +192,28 @@ pub struct Step {
     pub compensate: Option<String>,
     /// What its AI attempts may spend (all attempts of the step together).
     pub budget: Budget,
+    /// Whether a resume may run it again.
+    pub resumable: bool,
+    /// The run data its templates and conditions read (nested steps'
+    /// reads included for a container).
+    pub reads: Reads,
+}
+
+/// The run data a step reads: what a resume compares to decide whether the
+/// step's input changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// Step ids in `steps.ID`.
+    pub steps: std::collections::BTreeSet<String>,
+    /// Steps whose whole output is read (`steps.ID.output`, not a field of it).
+    pub whole: std::collections::BTreeSet<String>,
+    /// Output fields read: `steps.ID.output.FIELD` as `(ID, FIELD)`.
+    pub fields: std::collections::BTreeSet<(String, String)>,
+    /// Input names in `inputs.NAME`.
+    pub inputs: std::collections::BTreeSet<String>,
+    /// It reads `steps` or `inputs` as a whole (or a prompt template
+    /// that Cairn cannot see into): any change counts.
+    pub all: bool,
 }
 
 /// What a step does.
@@ -226,6 +248,8 @@ pub enum StepKind {
         timeout: Duration,
         /// 4xx statuses retried anyway.
         retry_on_status: Vec<u16>,
+        /// Whether sending it twice is harmless.
+        idempotent: bool,
     },
     /// A durable timer.
     Wait {

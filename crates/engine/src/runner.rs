@@ -259,6 +259,23 @@ impl Engine {
         Ok(d.wake_at)
     }
 
+    /// Starts a forked run: `RunStarted` with its origin, then the carried
+    /// outputs, then the first decisions, in one append.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_fork(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        run_id: Uuid,
+        origin: cairn_events::ForkOrigin,
+        carried: Vec<Event>,
+    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
+        self.check_children(w).await?;
+        self.start_inner(w, version, inputs, started_by, run_id, None, None, Some((origin, carried))).await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_run(
         &self,
@@ -269,6 +286,21 @@ impl Engine {
         run_id: Uuid,
         parent: Option<ParentRun>,
         idempotency_key: Option<String>,
+    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
+        self.start_inner(w, version, inputs, started_by, run_id, parent, idempotency_key, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        run_id: Uuid,
+        parent: Option<ParentRun>,
+        idempotency_key: Option<String>,
+        fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         let w = &*self.bound(w, version).await?;
         let inputs = w.inputs_with_defaults(&inputs);
@@ -287,10 +319,14 @@ impl Engine {
             started_by: started_by.to_owned(),
             idempotency_key,
             parent,
-            fork_of: None,
+            fork_of: fork.as_ref().map(|(o, _)| o.clone()),
         });
-        let state = evolve(RunState::default(), &event);
+        let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];
+        for e in fork.map(|(_, c)| c).unwrap_or_default() {
+            state = evolve(state, &e);
+            events.push(e);
+        }
         let (state, _) = settle(w, state, &mut events);
         let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));

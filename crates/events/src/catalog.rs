@@ -464,10 +464,29 @@ pub struct ChildRunCompleted {
 /// The plan a resume follows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ResumePlan {
-    /// Steps that run again.
+    /// Steps that run again: the step resumed from, the failed ones, and
+    /// (policy `downstream`) every step after them.
     pub rerun: Vec<String>,
     /// Steps whose recorded outputs are kept.
     pub kept: Vec<String>,
+    /// Completed steps that read the output of a step that runs again
+    /// (policy `failed-only`): each runs again only if what it reads has
+    /// changed by then, and keeps its output otherwise.
+    #[serde(default)]
+    pub rerun_if_changed: Vec<String>,
+    /// Step instances (map iterations, parallel branches) that failed and run again.
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// AI steps that may run again, with the estimated cost of one attempt each.
+    #[serde(default)]
+    pub ai_costs: Vec<AiCostEstimate>,
+    /// Estimated cost of the AI steps that may run again (one attempt each).
+    #[serde(default)]
+    pub estimated_cost: f64,
+    /// HTTP steps that may run again whose requests are not idempotent
+    /// (the resume needed `force`).
+    #[serde(default)]
+    pub not_idempotent: Vec<String>,
     /// Steps newly reached compared to the original path.
     #[serde(default)]
     pub newly_reached: Vec<String>,
@@ -477,6 +496,35 @@ pub struct ResumePlan {
     /// Approvals that must be requested again.
     #[serde(default)]
     pub stale_approvals: Vec<String>,
+}
+
+/// The estimated cost of one attempt of an AI step a resume may run again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiCostEstimate {
+    /// The step.
+    pub step_id: String,
+    /// The model.
+    pub model: String,
+    /// Estimated cost in the price's currency (0 when the model has no price).
+    pub cost: f64,
+}
+
+/// A step completed before a resume (or in the source run of a fork) and
+/// was not run again: its recorded output stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepKept {
+    /// Step instance.
+    pub step_id: String,
+    /// The output kept.
+    pub output: Value,
+    /// The target a kept branch or switch had chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why, e.g. `its inputs are unchanged`, `carried over from run …`.
+    pub reason: String,
+    /// The thread of control, as in `StepStarted`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
 
 /// A failed run was resumed.
@@ -493,6 +541,13 @@ pub struct RunResumed {
     /// Why.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Inputs changed for the resume (`--input k=v`), merged over the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Value>,
+    /// Whether `force` allowed what is otherwise refused (a cancelled run,
+    /// non-idempotent HTTP steps).
+    #[serde(default)]
+    pub forced: bool,
 }
 
 /// A run is failing and will first undo its completed steps (a saga): the
@@ -675,7 +730,7 @@ catalog! {
         BranchTaken = 1, StepSkipped = 1, AiAttemptStarted = 1, AiAttemptCompleted = 1,
         AiAttemptFailed = 1, AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
         ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, NotificationFailed = 1, TimerStarted = 1,
-        TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1,
+        TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1, StepKept = 1,
         CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;

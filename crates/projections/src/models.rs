@@ -122,6 +122,8 @@ impl Projection for StepHistory {
                 | "StepCompleted"
                 | "StepFailed"
                 | "StepSkipped"
+                | "StepKept"
+                | "RunResumed"
                 | "RetryScheduled"
                 | "BranchTaken"
                 | "AiAttemptStarted"
@@ -207,6 +209,7 @@ fn action(t: &str) -> &'static str {
         "StepCompleted" => "complete step",
         "StepFailed" => "fail step",
         "StepSkipped" => "skip step",
+        "StepKept" => "keep step output",
         "RetryScheduled" => "schedule retry",
         "BranchTaken" => "take branch",
         "AiAttemptStarted" => "call model",
@@ -439,6 +442,9 @@ impl Runs {
                 Event::RunResumed(_) => {
                     row[3] = Val::from("running");
                     row[6] = Val::Null;
+                    row[9] = Val::Null;
+                    row[10] = Val::Null;
+                    row[11] = Val::Null;
                 }
                 Event::RunCompleted(_) => {
                     row[3] = Val::from("completed");
@@ -739,6 +745,42 @@ impl StepHistory {
                         );
                         f.create(run, here, row)?;
                     }
+                }
+                Event::StepKept(s) => {
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "kept",
+                        &s.step_id,
+                        Val::Null,
+                        "kept",
+                        Val::Null,
+                        Val::from(s.reason.as_str()),
+                    );
+                    f.create(run, here, row)?;
+                }
+                Event::RunResumed(e) => {
+                    let detail = format!(
+                        "resumed from `{}` ({}) by {}: re-run {}, kept {}",
+                        e.from_step,
+                        e.policy,
+                        e.by,
+                        e.plan.rerun.join(", "),
+                        e.plan.kept.join(", ")
+                    );
+                    let row = history_row(
+                        run,
+                        &here,
+                        r,
+                        "resume",
+                        &e.from_step,
+                        Val::Null,
+                        "resumed",
+                        Val::from(e.by.as_str()),
+                        Val::from(detail),
+                    );
+                    f.create(run, here, row)?;
                 }
                 Event::RetryScheduled(s) => {
                     let detail = format!(

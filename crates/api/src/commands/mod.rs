@@ -6,6 +6,7 @@ pub mod export;
 pub mod keys;
 pub mod people;
 pub mod read;
+pub mod recovery;
 pub mod run;
 pub mod runs;
 pub mod setup;

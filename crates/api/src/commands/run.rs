@@ -41,7 +41,7 @@ pub struct PublishArgs {
 
 /// Validates a file against this engine (task handlers, secrets), printing
 /// every problem to stderr; `None` when there were any.
-fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_engine::Workflow>> {
+pub(crate) fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_engine::Workflow>> {
     let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file = path.display().to_string();
     let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
@@ -237,6 +237,8 @@ impl Progress {
             )),
             Event::CompensationStarted(c) => Some(("↩", format!("undoing: {}", c.compensations.join(", ")))),
             Event::StepSkipped(s) => Some(("–", format!("{} {}", s.step_id, s.reason))),
+            Event::StepKept(k) => Some(("=", format!("{} kept: {}", k.step_id, k.reason))),
+            Event::RunResumed(r) => Some(("↺", format!("resumed from `{}` ({}) by {}", r.from_step, r.policy, r.by))),
             Event::ChildRunStarted(c) => Some((
                 "↳",
                 format!("{} started child run {} ({} v{})", c.step_id, c.child_run_id, c.workflow, c.workflow_version),

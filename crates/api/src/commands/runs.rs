@@ -69,6 +69,16 @@ pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
             Event::RetryScheduled(r) => format!("  {} retry {} due {}", r.step_id, r.next_attempt, r.due_at),
             Event::BranchTaken(b) => format!("  {}: `{}` = {} → {}", b.step_id, b.expression, b.value, b.target),
             Event::StepSkipped(s) => format!("  {} skipped: {}", s.step_id, s.reason),
+            Event::StepKept(k) => format!("  {} kept ({}): {}", k.step_id, k.reason, k.output),
+            Event::RunResumed(r) => format!(
+                "run resumed from `{}` ({}) by {}{}: runs again {}; kept {}",
+                r.from_step,
+                r.policy,
+                r.by,
+                r.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default(),
+                r.plan.rerun.join(", "),
+                r.plan.kept.join(", ")
+            ),
             Event::ChildRunStarted(c) => {
                 format!("  {} started child run {} ({} v{})", c.step_id, c.child_run_id, c.workflow, c.workflow_version)
             }

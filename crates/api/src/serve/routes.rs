@@ -164,6 +164,17 @@ pub fn api() -> Finished {
         .error(404, "No such run.")
         .error(409, "The run has already ended.");
     api.add(o, runs::cancel);
+    let o = op(Method::POST, "/runs/{id}/resume", "resume_run", "runs", "Resume a failed run from a step")
+        .describe("Plans the resume from the run's events and the dependency graph: the steps kept, run again, run again only if what they read changed, newly reached and no longer reached; approvals requested again; the AI cost; HTTP requests that are not idempotent (refused unless `force`). With `dry_run` only the plan is returned. Otherwise `RunResumed` is recorded, only if nothing was recorded on the run since it was read (of two concurrent resumes one gets 409 `conflict`), and the run continues in the background. See docs/recovery.md.")
+        .role(Role::Operator)
+        .id_param("id", "The run id.")
+        .optional_json_body::<runs::ResumeRun>(api)
+        .ok::<runs::Resumed>(api, 200, "The plan; with `resumed: true` it was recorded and the run goes on.")
+        .link("GetRun", "get_run", &[("id", "$request.path.id")])
+        .error(404, "No such run.")
+        .error(409, "The run cannot be resumed in its state: still running (`run-running`), completed (`run-completed`: fork it), cancelled (`run-cancelled`: add `force`), compensated (`run-compensated`), or another resume won (`conflict`).")
+        .error(422, "The request cannot be planned: an unknown step (`unknown-step`), a step never reached (`step-not-reached`), a step marked `resumable: false` (`not-resumable`), HTTP requests that are not idempotent (`not-idempotent`: add `force`), a kept output that breaks its contract (`kept-output-invalid`), inputs that break the schema (`invalid-inputs`), or a definition that is gone (`definition-gone`).");
+    api.add(o, runs::resume);
     let o = op(
         Method::GET,
         "/runs/{id}/history",

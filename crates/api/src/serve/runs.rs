@@ -200,6 +200,53 @@ pub struct CancelRun {
     pub reason: Option<String>,
 }
 
+/// Which completed steps a resume runs again.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// The failed steps, and completed steps only if what they read changed.
+    #[default]
+    FailedOnly,
+    /// The failed steps and everything after them.
+    Downstream,
+}
+
+/// Resuming a failed run (docs/recovery.md).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRun {
+    /// The step to resume from (default: the step that failed).
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub from: Option<String>,
+    /// `failed-only` (default) or `downstream`.
+    #[serde(default)]
+    pub policy: Option<PolicyName>,
+    /// Inputs to change for the resume, merged over the run's and checked
+    /// against the workflow's `inputs` schema.
+    #[serde(default)]
+    pub inputs: Option<serde_json::Map<String, Value>>,
+    /// Only return the plan; record nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Resume a cancelled run, or send non-idempotent HTTP requests again.
+    #[serde(default)]
+    pub force: bool,
+    /// Why (recorded in `RunResumed`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A resume plan, and whether it was recorded.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Resumed {
+    /// `false` for a dry run: nothing was recorded.
+    pub resumed: bool,
+    /// The plan: steps kept, run again, newly reached, no longer reached,
+    /// approvals requested again, AI cost, non-idempotent requests.
+    pub plan: cairn_engine::recovery::Plan,
+}
+
 /// A run's inputs and step outputs.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunContext {
@@ -599,6 +646,48 @@ pub async fn cancel(
     state.engine.cancel(id, &caller.identity, body.reason).await?;
     let (s, events) = load(&state, id).await?;
     Ok(axum::Json(view(id, &s, &events)?))
+}
+
+/// `POST /runs/{id}/resume`.
+pub async fn resume(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptJson(body): OptJson<ResumeRun>,
+) -> ApiResult<axum::Json<Resumed>> {
+    use cairn_engine::recovery::{ResumeError as E, ResumeRequest};
+    let id = parse_id(&id, "run")?;
+    let req = ResumeRequest {
+        from: body.from,
+        policy: match body.policy.unwrap_or_default() {
+            PolicyName::FailedOnly => cairn_engine::decider::Policy::FailedOnly,
+            PolicyName::Downstream => cairn_engine::decider::Policy::Downstream,
+        },
+        inputs: body.inputs.unwrap_or_default(),
+        force: body.force,
+        by: caller.identity.clone(),
+        reason: body.reason,
+    };
+    let result =
+        if body.dry_run { state.engine.plan_resume(id, &req).await } else { state.engine.resume(id, &req).await };
+    let plan = result.map_err(|e| match e {
+        E::Run(r) => ApiError::from(r),
+        E::InvalidInputs { ref errors, .. } => ApiError::unprocessable(
+            e.code(),
+            e.to_string(),
+            errors.iter().map(|v| FieldProblem::new(format!("/inputs{}", v.path), v.message.clone())).collect(),
+        ),
+        E::StillRunning { .. }
+        | E::Completed { .. }
+        | E::Cancelled { .. }
+        | E::Compensated { .. }
+        | E::Conflict { .. } => ApiError::conflict(e.code(), e.to_string()),
+        other => ApiError::unprocessable(other.code(), other.to_string(), Vec::new()),
+    })?;
+    if !body.dry_run {
+        state.driver.kick(id);
+    }
+    Ok(axum::Json(Resumed { resumed: !body.dry_run, plan }))
 }
 
 /// `GET /runs/{id}/context`.

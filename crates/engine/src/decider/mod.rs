@@ -26,9 +26,12 @@ use crate::template;
 
 mod ai;
 mod people;
+mod resume;
 
 pub use ai::{AiOutcome, AiProgress};
 pub use people::{HumanWait, Notice, request_event};
+pub use resume::{Policy, Resumed};
+pub(crate) use resume::{ancestors as resume_ancestors, container_of as container_of_key};
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +65,11 @@ pub enum Cursor {
     Idle,
     /// Started; the first step is next.
     Start,
+    /// Resumed: this step is entered next.
+    Enter {
+        /// The top-level step.
+        step: String,
+    },
     /// An attempt was recorded as started and has no outcome yet.
     InFlight {
         /// Step.
@@ -136,7 +144,7 @@ impl Cursor {
             | Cursor::Waiting { step, .. }
             | Cursor::RetryWait { step, .. }
             | Cursor::Child { step, .. } => Some(step),
-            Cursor::Idle | Cursor::Start | Cursor::Compensating => None,
+            Cursor::Idle | Cursor::Start | Cursor::Enter { .. } | Cursor::Compensating => None,
         }
     }
 }
@@ -195,6 +203,12 @@ pub struct RunState {
     pub spent_tokens: u64,
     /// The parent run, for a child run.
     pub parent: Option<cairn_events::ParentRun>,
+    /// The highest attempt recorded per step instance.
+    pub attempts: BTreeMap<String, u32>,
+    /// Set once the run was resumed: what the resume keeps and re-runs.
+    pub resume: Option<Box<Resumed>>,
+    /// Whether a failing run undid completed steps (a saga ran).
+    pub compensated: bool,
 }
 
 /// A failing run undoing its completed steps.
@@ -331,8 +345,13 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
         Event::StepStarted(e) => {
-            if e.attempt == 1 {
+            if e.attempt == 1 + s.attempt_base(&e.step_id) {
                 *s.visits.entry(e.step_id.clone()).or_default() += 1;
+            }
+            let top = s.attempts.entry(e.step_id.clone()).or_default();
+            *top = (*top).max(e.attempt);
+            if let Some(r) = s.resume.as_mut() {
+                r.started.insert(e.step_id.clone());
             }
             if s.threads.len() > 1 {
                 // A container starting again starts its insides afresh.
@@ -363,6 +382,9 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 && c.queue.get(c.done) == Some(&e.step_id)
             {
                 c.done += 1;
+            }
+            if let Some(r) = s.resume.as_mut() {
+                r.completed(&e.step_id, &e.output);
             }
             s.outputs.insert(e.step_id.clone(), e.output.clone());
             s.drop_children(&e.step_id);
@@ -414,7 +436,25 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 t.cursor = Cursor::Child { step: e.step_id.clone(), attempt: *attempt, child_run_id: e.child_run_id };
             }
         }
+        Event::StepKept(e) => {
+            s.completed.retain(|c| c != &e.step_id);
+            s.completed.push(e.step_id.clone());
+            if !e.scope.is_empty() {
+                s.scopes.insert(e.step_id.clone(), e.scope.clone());
+            }
+            s.outputs.insert(e.step_id.clone(), e.output.clone());
+            let top = e.scope.is_empty();
+            let t = s.threads.entry(e.scope.clone()).or_default();
+            t.last_output = e.output.clone();
+            t.pending_jump = None;
+            t.cursor = Cursor::After { step: e.step_id.clone(), jump: e.target.clone() };
+            if top {
+                s.last_output = e.output.clone();
+            }
+        }
+        Event::RunResumed(e) => resume::evolve(&mut s, e),
         Event::CompensationStarted(e) => {
+            s.compensated = true;
             s.compensating = Some(Compensating {
                 queue: e.compensations.clone(),
                 done: 0,
@@ -443,6 +483,13 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
 }
 
 impl RunState {
+    /// The highest attempt of a step instance before the last resume: its
+    /// attempts after the resume are numbered on from there, so each has
+    /// its own idempotency key, child run and resume token.
+    pub fn attempt_base(&self, instance: &str) -> u32 {
+        self.resume.as_ref().and_then(|r| r.base.get(instance).copied()).unwrap_or(0)
+    }
+
     fn end_threads(&mut self) {
         self.threads.retain(|k, _| k.is_empty());
         self.threads.entry(String::new()).or_default().cursor = Cursor::Idle;
@@ -673,6 +720,13 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
             },
             None => End::Completed(Value::Null),
         },
+        Cursor::Enter { step } => match enter(w, s, key, "", step, now) {
+            Ok(events) => {
+                d.append.extend(events);
+                End::Running
+            }
+            Err(f) => End::Failed(f),
+        },
         Cursor::After { .. } | Cursor::Compensating if key.is_empty() && s.compensating.is_some() => {
             d.append.extend(next_compensation(w, s, now));
             End::Running
@@ -750,10 +804,12 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 return End::Failed((error_kind.clone(), message.clone(), Some(step.clone())));
             };
             let policy = &st.retry;
-            if *retryable && *attempt < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
+            let base = s.attempt_base(step);
+            let tries = attempt.saturating_sub(base);
+            if *retryable && tries < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
                 let next = attempt + 1;
                 let backoff = policy
-                    .backoff(next, seed(s.run_id, step, next))
+                    .backoff(next - base, seed(s.run_id, step, next))
                     .max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                 let due_at = now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::zero());
                 d.append.push(Event::RetryScheduled(RetryScheduled {
@@ -767,7 +823,7 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 let why = if !*retryable || policy.non_retryable.iter().any(|k| k == error_kind) {
                     "not retryable".to_owned()
                 } else {
-                    format!("after {attempt} attempt(s)")
+                    format!("after {tries} attempt(s)")
                 };
                 End::Failed((
                     error_kind.clone(),
@@ -1035,6 +1091,11 @@ fn enter(
 ) -> Result<Vec<Event>, Failure> {
     let instance = format!("{pre}{id}");
     let Some(st) = w.step(id) else { return Err(missing(&instance, s.workflow_version)) };
+    if let Some(r) = &s.resume
+        && let Some(kept) = r.keep(w, s, st, key, &instance)
+    {
+        return Ok(vec![Event::StepKept(kept)]);
+    }
     let visits = s.visits.get(&instance).copied().unwrap_or(0);
     if let Some(max) = st.max_visits
         && visits >= max
@@ -1045,7 +1106,7 @@ fn enter(
             Some(instance),
         ));
     }
-    Ok(start(w, s, key, pre, st, 1, now))
+    Ok(start(w, s, key, pre, st, 1 + s.attempt_base(&instance), now))
 }
 
 fn started(step: &str, key: &str, attempt: u32, input: Value) -> Event {

@@ -550,7 +550,10 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             cx.at(&s.id, "bad-template", format!("step `{id}` `http`: {e}"), None);
         }
         let timeout = h.timeout.as_ref().and_then(|t| duration(cx, t)).unwrap_or(crate::http::DEFAULT_TIMEOUT);
-        Some(StepKind::Http { request, timeout, retry_on_status: h.retry_on_status.clone() })
+        // RFC 9110: GET, HEAD, OPTIONS, PUT and DELETE may be repeated.
+        let method = h.method.as_ref().map_or("GET".to_owned(), |m| m.value.to_ascii_uppercase());
+        let idempotent = h.idempotent.unwrap_or(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].contains(&method.as_str()));
+        Some(StepKind::Http { request, timeout, retry_on_status: h.retry_on_status.clone(), idempotent })
     } else if let Some(wt) = &s.wait {
         let duration = wt.duration.as_ref().and_then(|d| duration(cx, d));
         match (&wt.duration, &wt.until) {
@@ -735,9 +738,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         StepKind::Approval(_) => Some(crate::human::approval_contract()),
         _ => s.output_contract.clone(),
     };
+    let reads = reads_of(&kind, s);
     Some(Step {
         id,
         budget,
+        resumable: s.resumable.unwrap_or(true),
+        reads,
         kind,
         then: then?,
         retry,
@@ -745,6 +751,82 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         max_visits: s.max_visits,
         output_contract,
         compensate: s.compensate.as_ref().map(|c| c.value.clone()),
+    })
+}
+
+/// The run data a step reads, from its templates and conditions; a
+/// container's include its nested steps' reads of data outside it.
+fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
+    let mut texts: Vec<String> = Vec::new();
+    let mut add = |v: &Value| {
+        let _ = template::walk_strings::<()>(v, &mut |t| {
+            texts.push(t.to_owned());
+            Ok(())
+        });
+    };
+    match kind {
+        StepKind::Task { input, .. } => add(input),
+        StepKind::Transform { output } => add(output),
+        StepKind::Wait { until: Some(u), .. } => add(u),
+        StepKind::Http { request, .. } => add(request),
+        StepKind::Map { items, .. } => add(items),
+        StepKind::Workflow { inputs, .. } => add(inputs),
+        StepKind::Ai(_) | StepKind::Form(_) | StepKind::Approval(_) => {
+            for v in super::compile_people::texts(rs) {
+                add(&v);
+            }
+            for v in rs.ai.iter().flat_map(|a| a.scripted.iter().flatten()) {
+                add(v);
+            }
+        }
+        StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
+    }
+    if let Some(b) = &rs.branch {
+        texts.push(b.condition.value.clone());
+    }
+    if let Some(sw) = &rs.switch {
+        texts.extend(sw.cases.iter().map(|c| c.when.value.clone()));
+    }
+    let mut reads =
+        crate::model::Reads { all: rs.ai.as_ref().is_some_and(|a| a.template.is_some()), ..Default::default() };
+    for t in &texts {
+        for r in references(t) {
+            match r {
+                Ref::Input(name) => reads.inputs.insert(name),
+                Ref::Step { step, field } => {
+                    match field {
+                        Some(f) => reads.fields.insert((step.clone(), f)),
+                        None => reads.whole.insert(step.clone()),
+                    };
+                    reads.steps.insert(step)
+                }
+            };
+        }
+        reads.all |= reads_whole(t, "steps") || reads_whole(t, "inputs");
+    }
+    let nested: Vec<&Step> = match kind {
+        StepKind::Parallel { branches, .. } => branches.iter().flat_map(|(_, b)| b).collect(),
+        StepKind::Map { steps, .. } => steps.iter().collect(),
+        _ => Vec::new(),
+    };
+    let inner: HashSet<&str> = nested.iter().map(|s| s.id.as_str()).collect();
+    for n in &nested {
+        reads.all |= n.reads.all;
+        reads.inputs.extend(n.reads.inputs.iter().cloned());
+        reads.steps.extend(n.reads.steps.iter().filter(|s| !inner.contains(s.as_str())).cloned());
+        reads.whole.extend(n.reads.whole.iter().filter(|s| !inner.contains(s.as_str())).cloned());
+        reads.fields.extend(n.reads.fields.iter().filter(|(s, _)| !inner.contains(s.as_str())).cloned());
+    }
+    reads
+}
+
+/// Whether `text` uses `name` other than as `name.FIELD`.
+fn reads_whole(text: &str, name: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices(name).any(|(i, _)| {
+        let before = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+        let after = bytes.get(i + name.len()).copied();
+        before && !matches!(after, Some(b'.') | Some(b'_')) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
     })
 }
 

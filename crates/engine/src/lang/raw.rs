@@ -133,6 +133,11 @@ pub struct RawStep {
     /// `steps.<id>.output.<field>` are checked against its properties.
     #[serde(default)]
     pub output_contract: Option<Value>,
+    /// Whether `cairn resume` may run this step again after the run failed
+    /// (default `true`). Say `false` for a step whose effect must never be
+    /// repeated by a resume; such a run is forked or started afresh instead.
+    #[serde(default)]
+    pub resumable: Option<bool>,
 }
 
 /// `branch: { if, then, else }`.
@@ -215,6 +220,12 @@ pub struct RawHttp {
     /// 4xx statuses that are retried anyway (5xx and 429 always are).
     #[serde(default)]
     pub retry_on_status: Vec<u16>,
+    /// Whether sending the request twice is harmless. The default follows
+    /// the method: `GET`, `HEAD`, `OPTIONS`, `PUT` and `DELETE` are
+    /// idempotent, `POST` and `PATCH` are not. A resume that would send a
+    /// non-idempotent request again needs `--force`.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
 }
 
 /// Retry policy.

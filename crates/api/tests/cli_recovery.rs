@@ -1,0 +1,150 @@
+//! `cairn resume`, `cairn replay` and `cairn fork` through the real binary:
+//! the README's recovery example as written, plans as text and JSON, bulk
+//! resume, refusals with what to do instead, divergence and shadow
+//! re-validation exit codes, and forks.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::{cairn, example, text};
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// The id of the newest run of a workflow, from `cairn runs`.
+fn run_of(db: &Path, workflow: &str) -> String {
+    let out = cairn(db, &["runs"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(1) == Some(workflow))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run of {workflow}: {}", text(&out)))
+        .to_owned()
+}
+
+#[test]
+fn the_readme_recovery_example_works_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let block = readme
+        .split("<!-- recovery-example -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- /recovery-example -->").next())
+        .expect("the marked example");
+    let script = block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n");
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), bin.join("cairn")).expect("symlink");
+    let out = std::process::Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail\n{script}")])
+        .current_dir(&root)
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
+        .output()
+        .expect("bash");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("~ publish") && t.contains("= draft") && t.contains("+ announce"), "the plan:\n{t}");
+    assert!(t.contains("dry run: nothing was recorded"), "{t}");
+    assert!(t.contains("resumed from `publish`") && t.contains("1 completed, 0 failed"), "the resume:\n{t}");
+    assert!(t.contains("no divergence"), "the replay:\n{t}");
+    assert!(t.contains("after event 4") && t.contains("draft: {"), "time travel:\n{t}");
+}
+
+#[test]
+fn resume_plans_refuses_and_resumes_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let post = example("publish-post.yaml");
+    assert_eq!(cairn(&db, &["run", &post]).status.code(), Some(1));
+    let run = run_of(&db, "publish-post");
+
+    // JSON for tools.
+    let json = cairn(&db, &["resume", &run, "--dry-run", "--format", "json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let plan: Value = serde_json::from_slice(&json.stdout).expect("json plan");
+    assert_eq!(plan["from_step"], "publish");
+    assert_eq!(plan["plan"]["kept"], serde_json::json!(["draft", "long_enough"]));
+    // Downstream from the draft runs the branch again too.
+    let down = cairn(&db, &["resume", &run, "--from", "draft", "--policy", "downstream", "--dry-run"]);
+    let t = text(&down);
+    assert!(t.contains("~ draft") && t.contains("~ long_enough"), "{t}");
+    // An unknown step, a bad policy.
+    let bad = cairn(&db, &["resume", &run, "--from", "drafts", "--dry-run"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("did you mean `draft`?"), "{}", text(&bad));
+    assert_eq!(cairn(&db, &["resume", &run, "--policy", "sideways"]).status.code(), Some(2));
+    // Without a terminal and without --yes nothing is recorded.
+    let unconfirmed = cairn(&db, &["resume", &run]);
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    assert!(text(&unconfirmed).contains("add --yes"), "{}", text(&unconfirmed));
+    let events = cairn(&db, &["events", "--stream", &format!("run-{run}")]);
+    assert!(!String::from_utf8_lossy(&events.stdout).contains("RunResumed"));
+
+    let done = cairn(&db, &["--as", "ops", "resume", &run, "--yes", "--reason", "the CMS is back"]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("Published: Notes on durable workflows"), "{}", text(&done));
+    // The audit log has who resumed and why.
+    let audit = cairn(&db, &["audit", "--run", &run]);
+    assert!(text(&audit).contains("resume run") && text(&audit).contains("ops"), "{}", text(&audit));
+    // Completed: resume says fork.
+    let again = cairn(&db, &["resume", &run, "--dry-run"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("cairn fork"), "{}", text(&again));
+
+    // Fork it with another topic: a new run; the source is unchanged.
+    let before = cairn(&db, &["events", "--stream", &format!("run-{run}")]).stdout;
+    let fork = cairn(&db, &["fork", &run, "--at", "publish", "--input", "topic=forks"]);
+    assert!(text(&fork).contains(&format!("forked from run {run} at `publish`")), "{}", text(&fork));
+    assert_eq!(cairn(&db, &["events", "--stream", &format!("run-{run}")]).stdout, before);
+    let bad_fork = cairn(&db, &["fork", &run, "--at", "nowhere"]);
+    assert_eq!(bad_fork.status.code(), Some(1));
+    assert!(text(&bad_fork).contains("is not in `publish-post` version 1"), "{}", text(&bad_fork));
+}
+
+#[test]
+fn many_failed_runs_are_planned_and_resumed_together() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let post = example("publish-post.yaml");
+    for topic in ["a", "b"] {
+        assert_eq!(cairn(&db, &["run", &post, "--input", &format!("topic={topic}")]).status.code(), Some(1));
+    }
+    let plans =
+        cairn(&db, &["resume", "--workflow", "publish-post", "--status", "failed", "--dry-run", "--format", "json"]);
+    assert!(plans.status.success(), "{}", text(&plans));
+    let plans: Value = serde_json::from_slice(&plans.stdout).expect("json");
+    assert_eq!(plans.as_array().map(Vec::len), Some(2));
+    let done = cairn(&db, &["resume", "--workflow", "publish-post", "--status", "failed", "--yes"]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(text(&done).contains("2 completed, 0 failed, 0 refused"), "{}", text(&done));
+    let none = cairn(&db, &["resume", "--workflow", "publish-post", "--dry-run"]);
+    assert!(none.status.success() && text(&none).contains("no failed runs"), "{}", text(&none));
+
+    // Replay every run: no divergence. Under a changed condition: exit 1 naming it.
+    let all = cairn(&db, &["replay", "--workflow", "publish-post"]);
+    assert!(all.status.success() && text(&all).contains("2 run(s) replayed, 0 diverged"), "{}", text(&all));
+    let changed = dir.path().join("changed.yaml");
+    let src = std::fs::read_to_string(&post).expect("read").replace(">= 300", ">= 1000");
+    std::fs::write(&changed, src).expect("write");
+    let run = run_of(&db, "publish-post");
+    let d = cairn(&db, &["replay", &run, "--definition", changed.to_str().expect("path")]);
+    assert_eq!(d.status.code(), Some(1), "{}", text(&d));
+    assert!(text(&d).contains("DIVERGES at event 5") && text(&d).contains("now goes to `end`"), "{}", text(&d));
+    // Shadow re-validation: both runs would branch differently.
+    let shadow = cairn(&db, &["replay", "--workflow", "publish-post", "--definition", changed.to_str().expect("path")]);
+    assert_eq!(shadow.status.code(), Some(1), "{}", text(&shadow));
+    assert!(text(&shadow).contains("2 would fail or branch differently"), "{}", text(&shadow));
+    assert!(
+        text(&shadow).contains("[branch]: went to `publish`; the new definition goes to `end`"),
+        "{}",
+        text(&shadow)
+    );
+    // Time travel past the end, and before a step.
+    assert_eq!(cairn(&db, &["replay", &run, "--at", "999"]).status.code(), Some(1));
+    let before = cairn(&db, &["replay", &run, "--step", "publish", "--format", "json"]);
+    let snap: Value = serde_json::from_slice(&before.stdout).expect("json");
+    assert!(snap["outputs"].get("long_enough").is_some() && snap["outputs"].get("publish").is_none(), "{snap}");
+}

@@ -1,0 +1,369 @@
+//! Replay: re-fold a recorded run and ask the decider again at every event,
+//! reporting the first decision that differs from what was recorded (an
+//! engine or definition change that would take another path); the state
+//! at any point (time travel); and shadow re-validation of past runs
+//! against a new definition's contracts and conditions. Nothing here calls
+//! a model or a service: it reads the log only.
+
+use std::collections::BTreeMap;
+
+use cairn_events::{DecodeError, Event, RecordedEvent, SchemaViolation};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::decider::{Cursor, RunState, bare, context, decide, evolve};
+use crate::model::{StepKind, Target, Workflow};
+
+/// The first point where the decider, asked again, decides otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Divergence {
+    /// The run's event number (stream version) of the first recorded event
+    /// that differs.
+    pub stream_version: u64,
+    /// Its position in the whole log.
+    pub global_position: u64,
+    /// What was recorded there: `{type, payload}`.
+    pub recorded: Value,
+    /// What the decider decides there now (`{type, payload}` each); empty
+    /// when it would do nothing yet.
+    pub decided: Vec<Value>,
+    /// In words.
+    pub message: String,
+}
+
+/// The outcome of a replay.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ReplayReport {
+    /// The run.
+    pub run_id: Option<Uuid>,
+    /// Events replayed.
+    pub events: usize,
+    /// Points at which the decider's events were compared with the log.
+    pub decisions_checked: usize,
+    /// The first difference, if any.
+    pub divergence: Option<Divergence>,
+}
+
+/// Events a person or another command records, not the decider: always accepted.
+fn external(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::InputSubmitted(_)
+            | Event::ApprovalDecided(_)
+            | Event::RunCancelled(_)
+            | Event::RunResumed(_)
+            | Event::NotificationSent(_)
+            | Event::NotificationFailed(_)
+    )
+}
+
+fn typed(e: &Event) -> Value {
+    let payload: Value = serde_json::from_str(&e.payload_json()).unwrap_or(Value::Null);
+    json!({ "type": e.event_type(), "payload": payload })
+}
+
+/// The event with what depends on the clock (instants, durations) blanked:
+/// the decider was asked at the moment of the decision, the replay at the
+/// moment it was recorded.
+fn normalised(e: &Event) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => *v = Value::String("<instant>".into()),
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "duration_ms" || k == "latency_ms" || k == "backoff_ms" {
+                        *x = Value::Null;
+                    } else {
+                        walk(x);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v = typed(e);
+    walk(&mut v);
+    v
+}
+
+fn step_of(e: &Event) -> Option<String> {
+    let v: Value = serde_json::from_str(&e.payload_json()).ok()?;
+    v.get("step_id").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn short(e: &Event) -> String {
+    match step_of(e) {
+        Some(s) => format!("{} `{s}`", e.event_type()),
+        None => e.event_type().to_owned(),
+    }
+}
+
+/// Replays a run under `w`: at every event, decides again (with the time
+/// it was recorded as now) and compares. Pure given the events.
+pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, DecodeError> {
+    let events: Vec<Event> = recorded.iter().map(Event::decode).collect::<Result<_, _>>()?;
+    let mut s = RunState::default();
+    let mut checked = 0;
+    let mut i = 0;
+    if let Some(first) = events.first() {
+        s = evolve(s, first);
+        i = 1;
+    }
+    let diverge = |i: usize, decided: Vec<Value>, message: String| Divergence {
+        stream_version: recorded[i].stream_version,
+        global_position: recorded[i].global_position,
+        recorded: typed(&events[i]),
+        decided,
+        message,
+    };
+    while i < events.len() {
+        let now =
+            DateTime::parse_from_rfc3339(&recorded[i].recorded_at).map(|d| d.with_timezone(&Utc)).unwrap_or_default();
+        if external(&events[i]) {
+            s = evolve(s, &events[i]);
+            i += 1;
+            continue;
+        }
+        let d = decide(w, &s, now);
+        if !d.append.is_empty() {
+            checked += 1;
+            for (j, want) in d.append.iter().enumerate() {
+                let Some(got) = events.get(i + j) else {
+                    let at = i + j - 1;
+                    return Ok(report(
+                        &s,
+                        events.len(),
+                        checked,
+                        Some(diverge(
+                            at,
+                            vec![typed(want)],
+                            format!("the log ends, but the decider would record {}", short(want)),
+                        )),
+                    ));
+                };
+                if normalised(got) != normalised(want) {
+                    let message = match (got, want) {
+                        (Event::BranchTaken(g), Event::BranchTaken(n)) => format!(
+                            "branch `{}` went to `{}` ({} was {}); the decider now goes to `{}` ({} is {})",
+                            g.step_id, g.target, g.expression, g.value, n.target, n.expression, n.value
+                        ),
+                        _ => format!("recorded {}; the decider now records {}", short(got), short(want)),
+                    };
+                    return Ok(report(
+                        &s,
+                        events.len(),
+                        checked,
+                        Some(diverge(i + j, d.append.iter().map(typed).collect(), message)),
+                    ));
+                }
+            }
+            for e in &events[i..i + d.append.len()] {
+                s = evolve(s, e);
+            }
+            i += d.append.len();
+            continue;
+        }
+        // No decision pending: the event must be the outcome of an effect in flight.
+        let e = &events[i];
+        let open = step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st));
+        if !open {
+            let message = if d.execute.is_empty() && d.wake_at.is_none() && !d.parked {
+                format!("recorded {}; the decider now ends the run here", short(e))
+            } else {
+                format!("recorded {}; the decider now waits for something else here", short(e))
+            };
+            return Ok(report(&s, events.len(), checked, Some(diverge(i, Vec::new(), message))));
+        }
+        s = evolve(s, e);
+        i += 1;
+    }
+    Ok(report(&s, events.len(), checked, None))
+}
+
+fn report(s: &RunState, events: usize, checked: usize, divergence: Option<Divergence>) -> ReplayReport {
+    ReplayReport { run_id: s.run_id, events, decisions_checked: checked, divergence }
+}
+
+/// A run's state at one point: what `replay --at` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Snapshot {
+    /// Events folded (the stream version reached).
+    pub stream_version: u64,
+    /// When the last of them was recorded.
+    pub recorded_at: String,
+    /// The last event folded.
+    pub last_event: String,
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// The run's inputs.
+    pub inputs: Value,
+    /// The outputs recorded so far, by step instance.
+    pub outputs: BTreeMap<String, Value>,
+    /// Work under way: each thread's step and what it is doing.
+    pub pending: Vec<String>,
+    /// Forms and approvals waiting for people: step and who.
+    pub waiting_for: Vec<String>,
+}
+
+/// The state after the first `n` events (n ≥ 1).
+pub fn snapshot(recorded: &[RecordedEvent], n: usize) -> Result<Snapshot, DecodeError> {
+    let n = n.clamp(1, recorded.len().max(1));
+    let mut s = RunState::default();
+    let mut last = String::new();
+    for r in &recorded[..n.min(recorded.len())] {
+        let e = Event::decode(r)?;
+        last = short(&e);
+        s = evolve(s, &e);
+    }
+    let mut pending = Vec::new();
+    for (scope, t) in &s.threads {
+        let at = if scope.is_empty() { String::new() } else { format!(" (in {scope})") };
+        let what = match &t.cursor {
+            Cursor::InFlight { step, attempt, .. } => format!("`{step}` attempt {attempt} started, no outcome yet"),
+            Cursor::Failed { step, attempt, error_kind, .. } => {
+                format!("`{step}` attempt {attempt} failed ({error_kind}); retry or fail next")
+            }
+            Cursor::Waiting { step, due_at, .. } => format!("`{step}` waits until {}", due_at.to_rfc3339()),
+            Cursor::RetryWait { step, next_attempt, due_at } => {
+                format!("`{step}` attempt {next_attempt} due at {}", due_at.to_rfc3339())
+            }
+            Cursor::Child { step, child_run_id, .. } => format!("`{step}` waits for child run {child_run_id}"),
+            Cursor::After { step, .. } => format!("`{step}` completed; the next step is to start"),
+            Cursor::Start => "the first step is to start".to_owned(),
+            Cursor::Enter { step } => format!("resumed: `{step}` is to start"),
+            Cursor::Compensating => "compensating".to_owned(),
+            Cursor::Idle => continue,
+        };
+        pending.push(format!("{what}{at}"));
+    }
+    let waiting_for = s
+        .waiting_for_people()
+        .into_iter()
+        .map(|(step, h)| format!("`{step}`: {}", serde_json::to_string(&h.assignees).unwrap_or_default()))
+        .collect();
+    Ok(Snapshot {
+        stream_version: s.version,
+        recorded_at: recorded.get(n - 1).map(|r| r.recorded_at.clone()).unwrap_or_default(),
+        last_event: last,
+        status: format!("{:?}", s.status).to_lowercase(),
+        inputs: s.inputs.clone(),
+        outputs: s.outputs.clone(),
+        pending,
+        waiting_for,
+    })
+}
+
+/// The number of events before a step instance first started (for
+/// `replay --step`): the state just before it ran.
+pub fn before_step(recorded: &[RecordedEvent], step: &str) -> Result<Option<usize>, DecodeError> {
+    for (i, r) in recorded.iter().enumerate() {
+        if r.event_type == "StepStarted"
+            && let Event::StepStarted(x) = Event::decode(r)?
+            && (x.step_id == step || bare(&x.step_id) == step)
+        {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+/// One thing a new definition would judge otherwise in a recorded run.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Finding {
+    /// The run's event number where it was recorded.
+    pub stream_version: u64,
+    /// Step instance.
+    pub step: String,
+    /// `contract` (the output would now be rejected), `branch` (another
+    /// target), `missing-step` (the new definition has no such step) or
+    /// `condition` (the condition no longer evaluates).
+    pub kind: String,
+    /// In words.
+    pub message: String,
+    /// The schema violations, for `contract`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<SchemaViolation>,
+}
+
+/// Re-checks a recorded run against a new definition without calling
+/// anything: every recorded step output against the new step's
+/// `output_contract` (AI outputs included), and every branch and switch
+/// decision against the new conditions, evaluated on the data the run had
+/// at that point.
+pub fn shadow(w: &Workflow, recorded: &[RecordedEvent]) -> Result<Vec<Finding>, DecodeError> {
+    let mut out = Vec::new();
+    let mut s = RunState::default();
+    for r in recorded {
+        let e = Event::decode(r)?;
+        let at = r.stream_version;
+        match &e {
+            Event::StepCompleted(c) => match w.step(bare(&c.step_id)) {
+                None => out.push(Finding {
+                    stream_version: at,
+                    step: c.step_id.clone(),
+                    kind: "missing-step".into(),
+                    message: format!("the new definition has no step `{}`", bare(&c.step_id)),
+                    errors: Vec::new(),
+                }),
+                Some(st) => {
+                    if let Some(contract) = &st.output_contract {
+                        let errors = crate::contract::violations(contract, &c.output);
+                        if !errors.is_empty() {
+                            out.push(Finding {
+                                stream_version: at,
+                                step: c.step_id.clone(),
+                                kind: "contract".into(),
+                                message: format!(
+                                    "the recorded output would now fail the output_contract: {}",
+                                    crate::contract::describe(&errors)
+                                ),
+                                errors,
+                            });
+                        }
+                    }
+                }
+            },
+            Event::BranchTaken(b) => {
+                let ctx = context(&s, &b.step_id);
+                let target: Result<Option<&Target>, String> = match w.step(bare(&b.step_id)).map(|st| &st.kind) {
+                    Some(StepKind::Branch { condition, then, otherwise }) => {
+                        condition.holds(&ctx).map(|v| Some(if v { then } else { otherwise }))
+                    }
+                    Some(StepKind::Switch { cases, default }) => (|| {
+                        for (c, t) in cases {
+                            if c.holds(&ctx)? {
+                                return Ok(Some(t));
+                            }
+                        }
+                        Ok(Some(default))
+                    })(),
+                    _ => Ok(None),
+                };
+                match target {
+                    Ok(Some(t)) if t.name() != b.target => out.push(Finding {
+                        stream_version: at,
+                        step: b.step_id.clone(),
+                        kind: "branch".into(),
+                        message: format!("went to `{}`; the new definition goes to `{}`", b.target, t.name()),
+                        errors: Vec::new(),
+                    }),
+                    Ok(_) => {}
+                    Err(message) => out.push(Finding {
+                        stream_version: at,
+                        step: b.step_id.clone(),
+                        kind: "condition".into(),
+                        message,
+                        errors: Vec::new(),
+                    }),
+                }
+            }
+            _ => {}
+        }
+        s = evolve(s, &e);
+    }
+    Ok(out)
+}
