@@ -599,6 +599,100 @@ async fn replay_reproduces_every_decision_and_finds_a_changed_condition(store: A
     assert_eq!(kinds, vec![("contract", "prepare"), ("branch", "route")], "{findings:?}");
 }
 
+async fn downstream_on_parallel_map_and_approvals(store: Arc<dyn EventStore>) {
+    // Parallel: from a step in the good branch, what follows it runs again;
+    // the failed branch runs again; nothing else is kept inside the branch.
+    let world = World::default();
+    let e = world.engine(&store);
+    let id = failed_run(&e, PARALLEL, json!({})).await;
+    let r = ResumeRequest { from: Some("l1".into()), policy: Policy::Downstream, ..req() };
+    let plan = e.plan_resume(id, &r).await.expect("plan");
+    let mut rerun = plan.plan.rerun.clone();
+    rerun.sort();
+    assert_eq!(rerun, vec!["both", "l1", "l2", "r1"], "{:?}", plan.plan);
+    world.fix();
+    let s = resume(&e, id, &r).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!((world.calls("l1"), world.calls("l2"), world.calls("r1")), (2, 2, 2));
+
+    // Map: downstream from the container runs every iteration again.
+    let world = World::default();
+    let e = world.engine(&store);
+    let id = failed_run(&e, &MAP.replace("name: mapped", "name: mapped2"), json!({})).await;
+    let r = ResumeRequest { policy: Policy::Downstream, ..req() };
+    world.fix();
+    let s = resume(&e, id, &r).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!((world.calls("each[0].price"), world.calls("each[2].done")), (2, 2));
+    assert!(kept(&common::events(&store, id).await).is_empty());
+
+    // Approval: downstream from the draft asks for the approval again even
+    // if the draft came out the same.
+    let world = World::default();
+    let e = world.engine(&store);
+    let src =
+        APPROVED.replace("name: approved", "name: approved2").replace("task: counter", "task: ok\n    with: { n: 1 }");
+    let (w, v) = common::publish(&e, &src).await;
+    let id = e.start(&w, v, json!({}), "test").await.expect("start");
+    e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    approve(&e, id).await;
+    assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Failed);
+    let r = ResumeRequest { from: Some("draft".into()), policy: Policy::Downstream, ..req() };
+    let plan = e.plan_resume(id, &r).await.expect("plan");
+    assert_eq!(plan.plan.rerun, vec!["draft", "review", "publish"]);
+    assert_eq!(plan.plan.stale_approvals, vec!["review"]);
+    world.fix();
+    let s = resume(&e, id, &r).await;
+    assert_eq!(s.status, RunStatus::Running, "the approval is requested again");
+    approve(&e, id).await;
+    assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Completed);
+    // Under failed-only the same resume keeps the approval: the draft is unchanged.
+    let id = {
+        world.fixed.store(false, Ordering::SeqCst);
+        let id = e.start(&w, v, json!({}), "test").await.expect("start");
+        e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+        approve(&e, id).await;
+        e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+        id
+    };
+    world.fix();
+    let s = resume(&e, id, &ResumeRequest { from: Some("draft".into()), ..req() }).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(kept(&common::events(&store, id).await), vec!["review"]);
+}
+
+async fn the_plan_estimates_what_ai_steps_cost_to_run_again(store: Arc<dyn EventStore>) {
+    let config = "price_table: t\nmodels:\n  writer: { provider: scripted, model: demo, input_per_million: 1000, output_per_million: 2000 }\n";
+    let world = World::default();
+    let e =
+        world.engine(&store).with_config(cairn_engine::config::Config::parse(config, "cairn.yaml").expect("config"));
+    let src = r#"name: ai-then-publish
+steps:
+  - id: write
+    ai:
+      model: writer
+      prompt: "Write a title"
+      scripted: [{ content: '{"title": "T"}', input_tokens: 100, output_tokens: 50 }]
+    output_contract: { type: object, required: [title], properties: { title: { type: string } } }
+  - id: publish
+    task: broken
+    with: { title: "{{ steps.write.output.title }}" }
+"#;
+    let id = failed_run(&e, src, json!({})).await;
+    let plan = e.plan_resume(id, &ResumeRequest { from: Some("write".into()), ..req() }).await.expect("plan");
+    assert_eq!(plan.plan.ai_costs.len(), 1, "{:?}", plan.plan);
+    assert_eq!((plan.plan.ai_costs[0].step_id.as_str(), plan.plan.ai_costs[0].model.as_str()), ("write", "writer"));
+    assert!((plan.plan.estimated_cost - 0.2).abs() < 1e-9, "{}", plan.plan.estimated_cost);
+    assert!(
+        plan.lines.iter().any(|l| l.step == "write" && l.note.contains("cost last time 0.200000")),
+        "{:?}",
+        plan.lines
+    );
+    // The failed-only resume from the publish step calls no model.
+    let plan = e.plan_resume(id, &req()).await.expect("plan");
+    assert!(plan.plan.ai_costs.is_empty() && plan.plan.estimated_cost == 0.0, "{:?}", plan.plan);
+}
+
 both_backends!(failed_only_runs_the_failed_step_again_and_keeps_the_rest, two_concurrent_resumes_one_wins,);
 
 mod sqlite_only {
@@ -621,7 +715,9 @@ mod sqlite_only {
         a_run_failed_by_an_http_500_resumes_once_the_endpoint_is_fixed,
         runs_that_cannot_be_resumed_say_what_to_do_instead,
         a_fork_carries_outputs_over_and_leaves_the_source_alone,
-        replay_reproduces_every_decision_and_finds_a_changed_condition
+        replay_reproduces_every_decision_and_finds_a_changed_condition,
+        downstream_on_parallel_map_and_approvals,
+        the_plan_estimates_what_ai_steps_cost_to_run_again
     );
 }
 
