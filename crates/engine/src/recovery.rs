@@ -231,6 +231,18 @@ pub enum ResumeError {
         /// Every violation.
         errors: Vec<SchemaViolation>,
     },
+    /// A child run: its parent decides.
+    #[error(
+        "run {run_id} is a child run of run {parent} (step `{step}`); the parent failed with it: resume the parent (`cairn resume {parent}`), which runs the step, and so a new child run, again"
+    )]
+    ChildRun {
+        /// Run.
+        run_id: Uuid,
+        /// The parent run.
+        parent: Uuid,
+        /// The parent's step.
+        step: String,
+    },
     /// Something was recorded on the run after the plan was made (another resume).
     #[error(
         "run {run_id} changed while the resume was planned (another resume or answer was recorded at version {version}); nothing was recorded: look at it again (`cairn show {run_id}`) and plan anew"
@@ -260,6 +272,7 @@ impl ResumeError {
             ResumeError::NotIdempotent { .. } => "not-idempotent",
             ResumeError::KeptOutputBreaksContract { .. } => "kept-output-invalid",
             ResumeError::InvalidInputs { .. } => "invalid-inputs",
+            ResumeError::ChildRun { .. } => "child-run",
             ResumeError::Conflict { .. } => "conflict",
         }
     }
@@ -318,6 +331,9 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
             return Err(ResumeError::Cancelled { run_id, by });
         }
         _ => {}
+    }
+    if let Some(p) = &s.parent {
+        return Err(ResumeError::ChildRun { run_id, parent: p.run_id, step: p.step_id.clone() });
     }
     if s.compensated {
         let steps: Vec<String> = events

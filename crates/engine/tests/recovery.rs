@@ -693,6 +693,37 @@ steps:
     assert!(plan.plan.ai_costs.is_empty() && plan.plan.estimated_cost == 0.0, "{:?}", plan.plan);
 }
 
+async fn a_failed_child_run_is_resumed_through_its_parent(store: Arc<dyn EventStore>) {
+    let world = World::default();
+    let e = world.engine(&store);
+    common::publish(&e, "name: child\nsteps:\n  - id: work\n    task: broken\n    with: { done: true }\n").await;
+    let parent = "name: parent\nsteps:\n  - id: prep\n    task: counter\n  - id: sub\n    workflow: { name: child }\n  - id: after\n    task: ok\n    with: { got: \"{{ steps.sub.output }}\" }\n";
+    let id = failed_run(&e, parent, json!({})).await;
+    let children = |evs: &[Event]| -> Vec<Uuid> {
+        evs.iter()
+            .filter_map(|e| match e {
+                Event::ChildRunStarted(c) => Some(c.child_run_id),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = children(&common::events(&store, id).await);
+    assert_eq!(first.len(), 1);
+    let err = e.plan_resume(first[0], &req()).await.expect_err("a child run");
+    assert!(
+        matches!(err, ResumeError::ChildRun { .. }) && err.to_string().contains(&format!("cairn resume {id}")),
+        "{err}"
+    );
+    world.fix();
+    let s = resume(&e, id, &req()).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(world.calls("prep"), 1);
+    let all = children(&common::events(&store, id).await);
+    assert_eq!(all.len(), 2, "the step's attempt after the resume starts a new child run");
+    assert_ne!(all[0], all[1]);
+    assert_eq!(e.state(all[0]).await.expect("state").status, RunStatus::Failed, "the first child is left as it was");
+}
+
 both_backends!(failed_only_runs_the_failed_step_again_and_keeps_the_rest, two_concurrent_resumes_one_wins,);
 
 mod sqlite_only {
@@ -717,7 +748,8 @@ mod sqlite_only {
         a_fork_carries_outputs_over_and_leaves_the_source_alone,
         replay_reproduces_every_decision_and_finds_a_changed_condition,
         downstream_on_parallel_map_and_approvals,
-        the_plan_estimates_what_ai_steps_cost_to_run_again
+        the_plan_estimates_what_ai_steps_cost_to_run_again,
+        a_failed_child_run_is_resumed_through_its_parent
     );
 }
 

@@ -172,7 +172,7 @@ pub fn api() -> Finished {
         .ok::<runs::Resumed>(api, 200, "The plan; with `resumed: true` it was recorded and the run goes on.")
         .link("GetRun", "get_run", &[("id", "$request.path.id")])
         .error(404, "No such run.")
-        .error(409, "The run cannot be resumed in its state: still running (`run-running`), completed (`run-completed`: fork it), cancelled (`run-cancelled`: add `force`), compensated (`run-compensated`), or another resume won (`conflict`).")
+        .error(409, "The run cannot be resumed in its state: still running (`run-running`), completed (`run-completed`: fork it), cancelled (`run-cancelled`: add `force`), compensated (`run-compensated`), a child run (`child-run`: resume its parent), or another resume won (`conflict`).")
         .error(422, "The request cannot be planned: an unknown step (`unknown-step`), a step never reached (`step-not-reached`), a step marked `resumable: false` (`not-resumable`), HTTP requests that are not idempotent (`not-idempotent`: add `force`), a kept output that breaks its contract (`kept-output-invalid`), inputs that break the schema (`invalid-inputs`), or a definition that is gone (`definition-gone`).");
     api.add(o, runs::resume);
     let o = op(

@@ -348,8 +348,12 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             if e.attempt == 1 + s.attempt_base(&e.step_id) {
                 *s.visits.entry(e.step_id.clone()).or_default() += 1;
             }
-            let top = s.attempts.entry(e.step_id.clone()).or_default();
-            *top = (*top).max(e.attempt);
+            match s.attempts.get_mut(&e.step_id) {
+                Some(a) => *a = (*a).max(e.attempt),
+                None => {
+                    s.attempts.insert(e.step_id.clone(), e.attempt);
+                }
+            }
             if let Some(r) = s.resume.as_mut() {
                 r.started.insert(e.step_id.clone());
             }
