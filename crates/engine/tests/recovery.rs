@@ -724,6 +724,41 @@ async fn a_failed_child_run_is_resumed_through_its_parent(store: Arc<dyn EventSt
     assert_eq!(e.state(all[0]).await.expect("state").status, RunStatus::Failed, "the first child is left as it was");
 }
 
+async fn a_step_no_longer_reached_leaves_the_context(store: Arc<dyn EventStore>) {
+    let world = World::default();
+    let e = world.engine(&store);
+    let src = r#"name: rerouted
+inputs: { type: object, properties: { route: { type: string, default: long } } }
+steps:
+  - id: pick
+    switch:
+      cases: [{ when: "inputs.route == 'long'", goto: detour }]
+      default: direct
+  - id: detour
+    task: ok
+    with: { via: detour }
+  - id: stuck
+    task: broken
+    next: finish
+  - id: direct
+    task: ok
+    with: { via: direct }
+  - id: finish
+    transform: "{{ steps.detour.output if steps.detour is defined else (steps.direct.output if steps.direct is defined else none) }}"
+"#;
+    let id = failed_run(&e, src, json!({})).await;
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("route".into(), json!("short"));
+    let r = ResumeRequest { from: Some("pick".into()), inputs, ..req() };
+    let plan = e.plan_resume(id, &r).await.expect("plan");
+    assert_eq!(plan.plan.no_longer_reached, vec!["detour", "stuck"], "{:?}", plan.plan);
+    assert_eq!(plan.plan.newly_reached, vec!["direct", "finish"], "{:?}", plan.plan);
+    let s = resume(&e, id, &r).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert!(!s.outputs.contains_key("detour"), "{:?}", s.outputs);
+    assert_eq!(s.output, Some(json!({ "via": "direct" })));
+}
+
 both_backends!(failed_only_runs_the_failed_step_again_and_keeps_the_rest, two_concurrent_resumes_one_wins,);
 
 mod sqlite_only {
@@ -749,7 +784,8 @@ mod sqlite_only {
         replay_reproduces_every_decision_and_finds_a_changed_condition,
         downstream_on_parallel_map_and_approvals,
         the_plan_estimates_what_ai_steps_cost_to_run_again,
-        a_failed_child_run_is_resumed_through_its_parent
+        a_failed_child_run_is_resumed_through_its_parent,
+        a_step_no_longer_reached_leaves_the_context
     );
 }
 

@@ -110,6 +110,14 @@ pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
         changed_fields: BTreeSet::new(),
         changed_inputs,
     }));
+    // What completed from the step resumed at on is entered again: each
+    // such output comes back when its step runs again or is kept, and the
+    // output of a step no longer reached leaves the run's context.
+    if let Some(i) = s.completed.iter().position(|c| *c == top) {
+        for c in s.completed.split_off(i) {
+            s.outputs.remove(&c);
+        }
+    }
     s.status = RunStatus::Running;
     s.error = None;
     s.output = None;
