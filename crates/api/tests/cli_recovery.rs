@@ -148,3 +148,44 @@ fn many_failed_runs_are_planned_and_resumed_together() {
     let snap: Value = serde_json::from_slice(&before.stdout).expect("json");
     assert!(snap["outputs"].get("long_enough").is_some() && snap["outputs"].get("publish").is_none(), "{snap}");
 }
+
+/// On a terminal the plan is coloured and the resume asks first: `n`
+/// records nothing, `y` resumes.
+#[test]
+fn on_a_terminal_the_plan_is_coloured_and_the_resume_asks() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "`script` (util-linux) is needed under CI");
+        eprintln!("SKIPPED: no `script` to make a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    assert_eq!(cairn(&db, &["run", &example("publish-post.yaml")]).status.code(), Some(1));
+    let run = run_of(&db, "publish-post");
+    let on_terminal = |answer: &str| {
+        let cmd = format!("'{}' resume {run}", env!("CARGO_BIN_EXE_cairn"));
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(format!("{answer}\n").as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+        let out = child.wait_with_output().expect("wait");
+        drop(stdin);
+        text(&out)
+    };
+    let no = on_terminal("n");
+    assert!(no.contains("\u{1b}[33m~\u{1b}[0m publish"), "the rerun mark is yellow:\n{no}");
+    assert!(no.contains("resume 1 run(s)? [y/N]") && no.contains("nothing was recorded"), "{no}");
+    let yes = on_terminal("y");
+    assert!(yes.contains("resumed from `publish`") && yes.contains("Published: Notes on durable workflows"), "{yes}");
+}
