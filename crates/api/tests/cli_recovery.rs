@@ -142,6 +142,16 @@ fn many_failed_runs_are_planned_and_resumed_together() {
         "{}",
         text(&shadow)
     );
+    // Time travel by log position: the same state as by the run's event number.
+    let events = cairn(&db, &["events", "--stream", &format!("run-{run}")]);
+    let fourth: Value =
+        serde_json::from_str(String::from_utf8_lossy(&events.stdout).lines().nth(3).expect("4 events")).expect("json");
+    let pos = fourth["global_position"].as_u64().expect("position").to_string();
+    let by_pos = cairn(&db, &["replay", &run, "--position", &pos, "--format", "json"]);
+    let by_at = cairn(&db, &["replay", &run, "--at", "4", "--format", "json"]);
+    assert!(by_pos.status.success(), "{}", text(&by_pos));
+    assert_eq!(by_pos.stdout, by_at.stdout);
+    assert_eq!(cairn(&db, &["replay", &run, "--position", "0"]).status.code(), Some(1));
     // Time travel past the end, and before a step.
     assert_eq!(cairn(&db, &["replay", &run, "--at", "999"]).status.code(), Some(1));
     let before = cairn(&db, &["replay", &run, "--step", "publish", "--format", "json"]);

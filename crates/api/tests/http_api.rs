@@ -1027,4 +1027,29 @@ steps:
     assert!(again.json["detail"].as_str().unwrap_or("").contains("fork"), "{}", again.text);
     let events = s.get(&format!("/runs/{id}/events"), &k).await;
     assert!(events.text.contains("\"RunResumed\"") && events.text.contains("the CMS is back"), "{}", events.text);
+
+    // A completed run is forked instead: a new run from `announce`, the draft carried over.
+    let fork = format!("/runs/{id}/fork");
+    s.post(&fork, &viewer, &json!({"at": "announce"})).await.problem(403, "forbidden");
+    s.post(&fork, &k, &json!({"at": "nowhere"})).await.problem(422, "unknown-step");
+    s.post(&fork, &k, &json!({})).await.problem(422, "invalid-body");
+    let f = s.post(&fork, &k, &json!({"at": "announce"})).await;
+    assert_eq!(f.status, 201, "{}", f.text);
+    let new_id = f.json["run_id"].as_str().expect("id").to_owned();
+    assert_ne!(new_id, id);
+    assert_eq!(f.header("location"), Some(format!("/runs/{new_id}").as_str()));
+    let forked = s.wait_status(&new_id, &k, &["completed"]).await;
+    assert_eq!(forked["output"], json!({"text": "Hello"}));
+    let fe = s.get(&format!("/runs/{new_id}/events"), &k).await;
+    assert!(
+        fe.text.contains("\"fork_of\"") && fe.text.contains(&id) && fe.text.contains("\"StepKept\""),
+        "{}",
+        fe.text
+    );
+    assert_eq!(
+        fe.text.matches("\"StepStarted\"").count(),
+        1,
+        "only announce ran; publish was carried over: {}",
+        fe.text
+    );
 }

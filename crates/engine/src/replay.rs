@@ -129,6 +129,13 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
     if let Some(first) = events.first() {
         s = evolve(s, first);
         i = 1;
+        // A fork's carried outputs were copied from its source, not decided.
+        if matches!(first, Event::RunStarted(r) if r.fork_of.is_some()) {
+            while let Some(e @ Event::StepKept(_)) = events.get(i) {
+                s = evolve(s, e);
+                i += 1;
+            }
+        }
     }
     let diverge = |i: usize, decided: Vec<Value>, message: String| Divergence {
         stream_version: recorded[i].stream_version,

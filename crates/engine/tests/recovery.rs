@@ -553,6 +553,10 @@ async fn a_fork_carries_outputs_over_and_leaves_the_source_alone(store: Arc<dyn 
     assert_eq!(s.outputs["draft"]["title"], json!("On cats"), "carried over as it was");
     assert_eq!(world.calls("fetch"), 1);
     assert_eq!(common::events(&store, source).await, before, "the source run is unchanged");
+    // A fork replays like any run: its carried outputs are taken as given.
+    let recorded = store.read_stream(&cairn_events::run_stream(fork), 1).await.expect("read");
+    let report = cairn_engine::replay::check(&w, &recorded).expect("replay");
+    assert!(report.divergence.is_none(), "{:?}", report.divergence);
     let err = e.fork(source, "l1", serde_json::Map::new(), "ada").await.expect_err("unknown");
     assert!(matches!(err, ResumeError::UnknownStep { .. }), "{err}");
 }

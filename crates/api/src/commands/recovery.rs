@@ -75,6 +75,11 @@ pub struct ReplayArgs {
     /// version, as `cairn show` numbers them).
     #[arg(long, conflicts_with = "step")]
     pub at: Option<u64>,
+    /// Print the state as of this position in the whole log (as the audit
+    /// log and exports show positions): after the run's last event at or
+    /// before it.
+    #[arg(long, conflicts_with_all = ["at", "step"])]
+    pub position: Option<u64>,
     /// Print the state just before this step first started.
     #[arg(long)]
     pub step: Option<String>,
@@ -291,8 +296,8 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
         None => None,
     };
     if let Some(name) = &args.workflow {
-        if args.at.is_some() || args.step.is_some() {
-            anyhow::bail!("--at and --step show one run: name the run instead of --workflow");
+        if args.at.is_some() || args.step.is_some() || args.position.is_some() {
+            anyhow::bail!("--at, --position and --step show one run: name the run instead of --workflow");
         }
         let runs = engine.runs_of(name, args.since).await?;
         return match &new {
@@ -316,6 +321,19 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
                 return Ok(ExitCode::from(1));
             }
             Some(*n as usize)
+        }
+        (None, None) if args.position.is_some() => {
+            let p = args.position.unwrap_or_default();
+            match recorded.iter().filter(|e| e.global_position <= p).count() {
+                0 => {
+                    eprintln!(
+                        "error: --position {p}: run {run} starts at log position {}",
+                        recorded[0].global_position
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                n => Some(n),
+            }
         }
         (None, Some(step)) => match cairn_engine::replay::before_step(&recorded, step)? {
             Some(i) => Some(i),

@@ -175,6 +175,17 @@ pub fn api() -> Finished {
         .error(409, "The run cannot be resumed in its state: still running (`run-running`), completed (`run-completed`: fork it), cancelled (`run-cancelled`: add `force`), compensated (`run-compensated`), a child run (`child-run`: resume its parent), or another resume won (`conflict`).")
         .error(422, "The request cannot be planned: an unknown step (`unknown-step`), a step never reached (`step-not-reached`), a step marked `resumable: false` (`not-resumable`), HTTP requests that are not idempotent (`not-idempotent`: add `force`), a kept output that breaks its contract (`kept-output-invalid`), inputs that break the schema (`invalid-inputs`), or a definition that is gone (`definition-gone`).");
     api.add(o, runs::resume);
+    let o = op(Method::POST, "/runs/{id}/fork", "fork_run", "runs", "Start a new run from a step of this one")
+        .describe("The new run is of the same workflow version; its `RunStarted` names this run, the position and the step (`fork_of`); the outputs this run recorded before the step are carried over (`StepKept`) and it runs from the step on, with `inputs` merged over this run's. This run is never changed. The step is a top-level step this run reached. See docs/recovery.md.")
+        .role(Role::Operator)
+        .id_param("id", "The source run's id.")
+        .json_body::<runs::ForkRun>(api)
+        .ok::<runs::RunView>(api, 201, "The new run; it runs in the background.")
+        .header("Location", "The new run's URL.")
+        .link("GetRun", "get_run", &[("id", "$response.body#/run_id")])
+        .error(404, "No such run.")
+        .error(422, "An unknown step (`unknown-step`), a step the run never reached or one inside a container (`step-not-reached`), inputs that break the schema (`invalid-inputs`), or a definition that is gone (`definition-gone`).");
+    api.add(o, runs::fork);
     let o = op(
         Method::GET,
         "/runs/{id}/history",

@@ -247,6 +247,19 @@ pub struct Resumed {
     pub plan: cairn_engine::recovery::Plan,
 }
 
+/// Forking a run (docs/recovery.md).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRun {
+    /// The top-level step the new run starts from; the outputs the source
+    /// recorded before it are carried over.
+    #[schemars(length(min = 1))]
+    pub at: String,
+    /// Inputs to change, merged over the source run's.
+    #[serde(default)]
+    pub inputs: Option<serde_json::Map<String, Value>>,
+}
+
 /// A run's inputs and step outputs.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunContext {
@@ -655,7 +668,7 @@ pub async fn resume(
     Path(id): Path<String>,
     OptJson(body): OptJson<ResumeRun>,
 ) -> ApiResult<axum::Json<Resumed>> {
-    use cairn_engine::recovery::{ResumeError as E, ResumeRequest};
+    use cairn_engine::recovery::ResumeRequest;
     let id = parse_id(&id, "run")?;
     let req = ResumeRequest {
         from: body.from,
@@ -670,7 +683,16 @@ pub async fn resume(
     };
     let result =
         if body.dry_run { state.engine.plan_resume(id, &req).await } else { state.engine.resume(id, &req).await };
-    let plan = result.map_err(|e| match e {
+    let plan = result.map_err(resume_problem)?;
+    if !body.dry_run {
+        state.driver.kick(id);
+    }
+    Ok(axum::Json(Resumed { resumed: !body.dry_run, plan }))
+}
+
+fn resume_problem(e: cairn_engine::recovery::ResumeError) -> ApiError {
+    use cairn_engine::recovery::ResumeError as E;
+    match e {
         E::Run(r) => ApiError::from(r),
         E::InvalidInputs { ref errors, .. } => ApiError::unprocessable(
             e.code(),
@@ -681,13 +703,32 @@ pub async fn resume(
         | E::Completed { .. }
         | E::Cancelled { .. }
         | E::Compensated { .. }
+        | E::ChildRun { .. }
         | E::Conflict { .. } => ApiError::conflict(e.code(), e.to_string()),
         other => ApiError::unprocessable(other.code(), other.to_string(), Vec::new()),
-    })?;
-    if !body.dry_run {
-        state.driver.kick(id);
     }
-    Ok(axum::Json(Resumed { resumed: !body.dry_run, plan }))
+}
+
+/// `POST /runs/{id}/fork`.
+pub async fn fork(
+    S(state): S<Arc<State>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ForkRun>,
+) -> ApiResult<Response> {
+    let source = parse_id(&id, "run")?;
+    let id = state
+        .engine
+        .fork(source, &body.at, body.inputs.unwrap_or_default(), &caller.identity)
+        .await
+        .map_err(resume_problem)?;
+    state.driver.kick(id);
+    let (s, events) = load(&state, id).await?;
+    let mut r = (StatusCode::CREATED, axum::Json(view(id, &s, &events)?)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/runs/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
 }
 
 /// `GET /runs/{id}/context`.
