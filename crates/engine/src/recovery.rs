@@ -197,7 +197,7 @@ pub enum ResumeError {
     },
     /// A step that would run again says `resumable: false`.
     #[error(
-        "step `{step}` is marked `resumable: false`, and this resume would run it again; fork the run before it (`cairn fork {run_id} --at STEP`) or start a new run"
+        "step `{step}` is marked `resumable: false`, and this resume may run it again; fork the run before it (`cairn fork {run_id} --at STEP`) or start a new run"
     )]
     NotResumable {
         /// Run.
@@ -207,7 +207,7 @@ pub enum ResumeError {
     },
     /// HTTP steps whose requests are not idempotent would be sent again.
     #[error(
-        "the resume would send the request of {steps} again, which is not idempotent (a POST or PATCH): check that the service did not act on it, then add --force (`force: true`); or mark the step `idempotent: true`"
+        "the resume may send the request of {steps} again, which is not idempotent (a POST or PATCH): check that the service did not act on it, then add --force (`force: true`); or mark the step `idempotent: true`"
     )]
     NotIdempotent {
         /// The steps.

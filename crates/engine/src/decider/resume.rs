@@ -92,7 +92,9 @@ pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
     let mut forced: BTreeSet<String> = e.plan.failed.iter().cloned().collect();
     forced.insert(e.from_step.clone());
     if policy == Policy::Downstream {
-        forced.extend(e.plan.rerun.iter().cloned());
+        // A step predicted to be no longer reached is after the resume
+        // point too: should the path reach it after all, it runs again.
+        forced.extend(e.plan.rerun.iter().chain(&e.plan.no_longer_reached).cloned());
     }
     // A container holding a forced step runs again (its other insides may be kept).
     for f in forced.clone() {
