@@ -919,6 +919,16 @@ impl Engine {
         workflow: &str,
         since: Option<chrono::DateTime<Utc>>,
     ) -> Result<Vec<RunSummary>, RunError> {
+        self.scan_runs(Some(workflow), since).await
+    }
+
+    /// Top-level runs (of one workflow, started since), oldest first, with
+    /// their status now, from a scan of the log.
+    pub(crate) async fn scan_runs(
+        &self,
+        workflow: Option<&str>,
+        since: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Vec<RunSummary>, RunError> {
         let mut runs: Vec<RunSummary> = Vec::new();
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         let mut from = 1;
@@ -928,10 +938,12 @@ impl Engine {
             from = last.global_position + 1;
             for e in &page {
                 let status = match e.event_type.as_str() {
+                    // Child runs are driven and resumed through their parents.
+                    "RunStarted" if e.payload.contains("\"parent\":{") => continue,
                     "RunStarted" => {
                         let Event::RunStarted(r) = Event::decode(e)? else { continue };
                         let at = chrono::DateTime::parse_from_rfc3339(&e.recorded_at).map(|d| d.with_timezone(&Utc));
-                        if r.workflow != workflow
+                        if workflow.is_some_and(|w| w != r.workflow)
                             || r.parent.is_some()
                             || since.is_some_and(|s| at.is_ok_and(|a| a < s))
                         {

@@ -240,7 +240,7 @@ impl Engine {
     ) -> Result<Uuid, RunError> {
         self.check_children(w).await?;
         let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
-        Ok(self.start_run(w, version, inputs, started_by, id, None, opts.idempotency_key).await?.0)
+        Ok(self.start_run(w, version, inputs, started_by, id, None, opts.idempotency_key, None).await?.0)
     }
 
     /// When a run that is waiting (for people, or on a timer) next has
@@ -273,25 +273,11 @@ impl Engine {
         carried: Vec<Event>,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         self.check_children(w).await?;
-        self.start_inner(w, version, inputs, started_by, run_id, None, None, Some((origin, carried))).await
+        self.start_run(w, version, inputs, started_by, run_id, None, None, Some((origin, carried))).await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn start_run(
-        &self,
-        w: &Workflow,
-        version: u32,
-        inputs: Value,
-        started_by: &str,
-        run_id: Uuid,
-        parent: Option<ParentRun>,
-        idempotency_key: Option<String>,
-    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
-        self.start_inner(w, version, inputs, started_by, run_id, parent, idempotency_key, None).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start_inner(
         &self,
         w: &Workflow,
         version: u32,
@@ -415,7 +401,7 @@ impl Engine {
     ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
         let (run_id, events, state) =
-            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None, None).await?;
+            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None, None, None).await?;
         for e in &events {
             observer(e);
         }
@@ -675,7 +661,7 @@ impl Engine {
         };
         let parent = ParentRun { run_id: parent, step_id: step_id.clone() };
         match self
-            .start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent), None)
+            .start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent), None, None)
             .await
         {
             Ok(_) => started(version),
@@ -807,33 +793,11 @@ impl Engine {
         }
     }
 
-    /// Top-level runs that started and have not ended, oldest first (child
-    /// runs are driven by their parents). Scans the log
-    /// (the runs read model replaces this scan once it exists).
+    /// Top-level runs that started and have not ended (or were resumed
+    /// since), oldest first; child runs are driven by their parents. Scans
+    /// the log.
     pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
-        let mut started: Vec<(String, Uuid)> = Vec::new();
-        let mut ended: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut from = 1;
-        loop {
-            let page = self.store.read_all(from, 2000).await?;
-            let Some(last) = page.last() else { break };
-            from = last.global_position + 1;
-            for e in &page {
-                match e.event_type.as_str() {
-                    // Child runs are driven by their parent's `workflow` step.
-                    "RunStarted" if !e.payload.contains("\"parent\":{") => {
-                        if let Some(id) = e.stream_id.strip_prefix("run-").and_then(|s| s.parse().ok()) {
-                            started.push((e.stream_id.clone(), id));
-                        }
-                    }
-                    "RunCompleted" | "RunFailed" | "RunCancelled" => {
-                        ended.insert(e.stream_id.clone());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(started.into_iter().filter(|(stream, _)| !ended.contains(stream)).map(|(_, id)| id).collect())
+        Ok(self.scan_runs(None, None).await?.into_iter().filter(|r| r.status == "running").map(|r| r.run_id).collect())
     }
 }
 

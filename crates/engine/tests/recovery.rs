@@ -134,7 +134,11 @@ async fn failed_only_runs_the_failed_step_again_and_keeps_the_rest(store: Arc<dy
     assert_eq!(e.state(id).await.expect("state").status, RunStatus::Failed);
 
     world.fix();
-    let s = resume(&e, id, &req()).await;
+    assert!(!e.unfinished_runs().await.expect("scan").contains(&id));
+    e.resume(id, &req()).await.expect("resume");
+    // A resumed run a crash interrupts is continued like any other.
+    assert!(e.unfinished_runs().await.expect("scan").contains(&id));
+    let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
     assert_eq!(s.output, Some(json!({ "text": "On cats" })));
     assert_eq!((world.calls("fetch"), world.calls("draft"), world.calls("publish")), (1, 1, 2));
