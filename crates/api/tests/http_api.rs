@@ -1028,6 +1028,20 @@ steps:
     let events = s.get(&format!("/runs/{id}/events"), &k).await;
     assert!(events.text.contains("\"RunResumed\"") && events.text.contains("the CMS is back"), "{}", events.text);
 
+    // Replay and time travel over HTTP (a viewer may).
+    let r = s.get(&format!("/runs/{id}/replay"), &viewer).await;
+    assert_eq!((r.status, r.json["divergence"].clone()), (200, Value::Null), "{}", r.text);
+    assert!(r.json["decisions_checked"].as_u64().unwrap_or(0) >= 4, "{}", r.text);
+    let st = s.get(&format!("/runs/{id}/state?step=publish"), &viewer).await;
+    assert_eq!(st.status, 200, "{}", st.text);
+    assert_eq!(st.json["outputs"], json!({"draft": {"title": "Hello"}}));
+    assert_eq!(st.json["status"], "running");
+    let now = s.get(&format!("/runs/{id}/state"), &viewer).await;
+    assert_eq!(now.json["status"], "completed", "{}", now.text);
+    s.get(&format!("/runs/{id}/state?at=999"), &viewer).await.problem(422, "out-of-range");
+    s.get(&format!("/runs/{id}/state?step=nowhere"), &viewer).await.problem(422, "step-not-reached");
+    s.get(&format!("/runs/{id}/state?at=1&step=draft"), &viewer).await.problem(400, "bad-query");
+
     // A completed run is forked instead: a new run from `announce`, the draft carried over.
     let fork = format!("/runs/{id}/fork");
     s.post(&fork, &viewer, &json!({"at": "announce"})).await.problem(403, "forbidden");

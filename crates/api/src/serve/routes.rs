@@ -186,6 +186,23 @@ pub fn api() -> Finished {
         .error(404, "No such run.")
         .error(422, "An unknown step (`unknown-step`), a step the run never reached or one inside a container (`step-not-reached`), inputs that break the schema (`invalid-inputs`), or a definition that is gone (`definition-gone`).");
     api.add(o, runs::fork);
+    let o = op(Method::GET, "/runs/{id}/replay", "replay_run", "runs", "Replay a run: decide again at every recorded event")
+        .describe("Re-folds the run under its pinned definition and asks the decider again at every event (the time each was recorded as now), comparing with what was recorded. `divergence` names the first event that differs (an engine change that would take another path); null when every decision is reproduced. Reads the log only.")
+        .role(Role::Viewer)
+        .id_param("id", "The run id.")
+        .ok::<cairn_engine::replay::ReplayReport>(api, 200, "The replay.")
+        .error(404, "No such run.")
+        .error(422, "The pinned definition no longer compiles (`definition`).");
+    api.add(o, runs::replay_run);
+    let o = op(Method::GET, "/runs/{id}/state", "run_state", "runs", "A run's state at a point (time travel)")
+        .describe("The state after the run's first `at` events, as of log `position`, or just before `step` first started (at most one; none: now): status, inputs, the outputs so far, the work under way and who is waited for.")
+        .role(Role::Viewer)
+        .id_param("id", "The run id.")
+        .query::<runs::StateQuery>(api)
+        .ok::<cairn_engine::replay::Snapshot>(api, 200, "The state then.")
+        .error(404, "No such run.")
+        .error(422, "The point is outside the run (`out-of-range`), or the step never started (`step-not-reached`).");
+    api.add(o, runs::state_at);
     let o = op(
         Method::GET,
         "/runs/{id}/history",

@@ -337,6 +337,22 @@ pub struct EventsQuery {
     pub after: Option<Pos>,
 }
 
+/// Which point of a run (at most one; none: the run's end).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateQuery {
+    /// After this many of the run's events (its stream version).
+    #[serde(default)]
+    pub at: Option<Pos>,
+    /// As of this position in the whole log.
+    #[serde(default)]
+    pub position: Option<Pos>,
+    /// Just before this step (instance) first started.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub step: Option<String>,
+}
+
 /// One entry of a run's timeline (the `step_history` read model).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HistoryEntry {
@@ -757,6 +773,66 @@ pub async fn events(
         return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
     }
     Ok(axum::Json(EventPage { items: events.iter().map(RawEvent::of).collect() }))
+}
+
+/// `GET /runs/{id}/replay`.
+pub async fn replay_run(
+    S(state): S<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<cairn_engine::replay::ReplayReport>> {
+    let id = parse_id(&id, "run")?;
+    let (s, events) = load(&state, id).await?;
+    let w = state.engine.definition(&s.workflow, s.workflow_version).await?;
+    Ok(axum::Json(cairn_engine::replay::check(&w, &events)?))
+}
+
+/// `GET /runs/{id}/state`.
+pub async fn state_at(
+    S(state): S<Arc<State>>,
+    Path(id): Path<String>,
+    Q(q): Q<StateQuery>,
+) -> ApiResult<axum::Json<cairn_engine::replay::Snapshot>> {
+    let id = parse_id(&id, "run")?;
+    let (_, events) = load(&state, id).await?;
+    let given = usize::from(q.at.is_some()) + usize::from(q.position.is_some()) + usize::from(q.step.is_some());
+    if given > 1 {
+        return Err(ApiError::bad_request("bad-query", "give at most one of `at`, `position` and `step`")
+            .with_errors(vec![FieldProblem::new("at", "with `position` or `step`")]));
+    }
+    let n = match (q.at, q.position, &q.step) {
+        (Some(Pos(n)), _, _) => {
+            if n == 0 || n > events.len() as u64 {
+                return Err(ApiError::unprocessable(
+                    "out-of-range",
+                    format!("run {id} has events 1 to {}", events.len()),
+                    vec![FieldProblem::new("at", format!("between 1 and {}", events.len()))],
+                ));
+            }
+            n as usize
+        }
+        (_, Some(Pos(p)), _) => match events.iter().filter(|e| e.global_position <= p).count() {
+            0 => {
+                return Err(ApiError::unprocessable(
+                    "out-of-range",
+                    format!("run {id} starts at log position {}", events[0].global_position),
+                    vec![FieldProblem::new("position", "a position at or after the run's first event")],
+                ));
+            }
+            n => n,
+        },
+        (_, _, Some(step)) => match cairn_engine::replay::before_step(&events, step)? {
+            Some(n) => n,
+            None => {
+                return Err(ApiError::unprocessable(
+                    "step-not-reached",
+                    format!("step `{step}` never started in run {id}"),
+                    vec![FieldProblem::new("step", "a step the run started")],
+                ));
+            }
+        },
+        _ => events.len(),
+    };
+    Ok(axum::Json(cairn_engine::replay::snapshot(&events, n)?))
 }
 
 /// `GET /runs/{id}/history`.
