@@ -767,6 +767,44 @@ steps:
     assert_eq!(s.output, Some(json!({ "via": "direct" })));
 }
 
+async fn a_map_reruns_only_the_iterations_whose_item_changed(store: Arc<dyn EventStore>) {
+    let world = World::default();
+    let e = world.engine(&store);
+    let src = r#"name: relist
+inputs: { type: object, properties: { items: { type: array, default: [1, 2, 3] } } }
+steps:
+  - id: list
+    task: ok
+    with: { items: "{{ inputs.items }}" }
+  - id: each
+    map:
+      items: "{{ steps.list.output.items }}"
+      fail_fast: false
+      steps:
+        - id: price
+          task: ok
+          with: { item: "{{ item }}" }
+        - id: check
+          branch: { if: "item == 2", then: charge, else: done }
+        - id: charge
+          task: broken
+          end: true
+        - id: done
+          task: ok
+          with: { item: "{{ item }}" }
+"#;
+    let id = failed_run(&e, src, json!({})).await;
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("items".into(), json!([1, 5, 3]));
+    let r = ResumeRequest { from: Some("list".into()), inputs, ..req() };
+    let s = resume(&e, id, &r).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    // Items 1 and 3 are where they were: kept. Item 2 became 5: priced again, no charge.
+    assert_eq!((world.calls("each[0].price"), world.calls("each[1].price"), world.calls("each[2].price")), (1, 2, 1));
+    assert_eq!(world.calls("each[1].charge"), 1, "the new item takes the other branch");
+    assert_eq!(s.outputs["each"], json!([{ "item": 1 }, { "item": 5 }, { "item": 3 }]));
+}
+
 both_backends!(failed_only_runs_the_failed_step_again_and_keeps_the_rest, two_concurrent_resumes_one_wins,);
 
 mod sqlite_only {
@@ -793,7 +831,8 @@ mod sqlite_only {
         downstream_on_parallel_map_and_approvals,
         the_plan_estimates_what_ai_steps_cost_to_run_again,
         a_failed_child_run_is_resumed_through_its_parent,
-        a_step_no_longer_reached_leaves_the_context
+        a_step_no_longer_reached_leaves_the_context,
+        a_map_reruns_only_the_iterations_whose_item_changed
     );
 }
 

@@ -209,6 +209,8 @@ pub struct RunState {
     pub resume: Option<Box<Resumed>>,
     /// Whether a failing run undid completed steps (a saga ran).
     pub compensated: bool,
+    /// The items of every map step instance's last start.
+    pub map_items: BTreeMap<String, Value>,
 }
 
 /// A failing run undoing its completed steps.
@@ -356,6 +358,13 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
             if let Some(r) = s.resume.as_mut() {
                 r.started.insert(e.step_id.clone());
+            }
+            // A map's start records its items (`{ "items": [...] }`).
+            if let Value::Object(o) = &e.input
+                && o.len() == 1
+                && let Some(items @ Value::Array(_)) = o.get("items")
+            {
+                s.map_items.insert(e.step_id.clone(), items.clone());
             }
             if s.threads.len() > 1 {
                 // A container starting again starts its insides afresh.

@@ -11,8 +11,8 @@
 //!   again; any other step that completed before runs again only if run
 //!   data it reads (`steps.X`, `inputs.NAME`) has changed since the resume:
 //!   a step that ran again with another output, or an input given anew.
-//!   Inside a map that runs again because what it reads changed, every
-//!   iteration runs again (its item may have changed).
+//!   Inside a map that started again, an iteration whose item changed runs
+//!   again.
 //!
 //! A step that never completed before always runs.
 
@@ -65,6 +65,8 @@ pub struct Resumed {
     pub prior: BTreeMap<String, Value>,
     /// The highest attempt of each instance before the resume.
     pub base: BTreeMap<String, u32>,
+    /// The items of each map instance before the resume.
+    pub prior_items: BTreeMap<String, Value>,
     /// Instances started since the resume.
     pub started: BTreeSet<String>,
     /// Instances that ran again and produced another output.
@@ -107,6 +109,7 @@ pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
         forced,
         prior: s.outputs.clone(),
         base: s.attempts.clone(),
+        prior_items: s.map_items.clone(),
         started: BTreeSet::new(),
         changed: BTreeSet::new(),
         changed_fields: BTreeSet::new(),
@@ -174,7 +177,7 @@ impl Resumed {
                 "not after the failed step".to_owned()
             }
             Policy::FailedOnly => {
-                if self.reads_changed(w, st, instance, &around) {
+                if self.reads_changed(w, s, st, instance, &around) {
                     return None;
                 }
                 "what it reads is unchanged".to_owned()
@@ -189,7 +192,7 @@ impl Resumed {
         Some(StepKept { step_id: instance.to_owned(), output: output.clone(), target, reason, scope: key.to_owned() })
     }
 
-    fn reads_changed(&self, w: &Workflow, st: &Step, instance: &str, around: &[String]) -> bool {
+    fn reads_changed(&self, w: &Workflow, s: &RunState, st: &Step, instance: &str, around: &[String]) -> bool {
         let r = &st.reads;
         if r.all && !(self.changed.is_empty() && self.changed_inputs.is_empty()) {
             return true;
@@ -197,13 +200,24 @@ impl Resumed {
         if r.inputs.iter().any(|i| self.changed_inputs.contains(i)) {
             return true;
         }
-        // Inside a map that runs again because its reads changed.
-        if around.iter().any(|c| {
-            self.started.contains(c)
-                && !self.forced.contains(c)
-                && w.step(bare(c)).is_some_and(|m| matches!(m.kind, StepKind::Map { .. }))
-        }) {
-            return true;
+        // Inside a map that started again: its item must be the same.
+        for c in around {
+            if !self.started.contains(c) || !w.step(bare(c)).is_some_and(|m| matches!(m.kind, StepKind::Map { .. })) {
+                continue;
+            }
+            let Some(index) = instance
+                .strip_prefix(c.as_str())
+                .and_then(|r| r.strip_prefix('['))
+                .and_then(|r| r.split(']').next())
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                return true;
+            };
+            let before = self.prior_items.get(c).and_then(|v| v.get(index));
+            let now = s.map_items.get(c).and_then(|v| v.get(index));
+            if before.is_none() || before != now {
+                return true;
+            }
         }
         // `steps.X` means X in this iteration, or in an enclosing one.
         let mut prefixes = vec![""];
