@@ -362,6 +362,27 @@ async fn an_approval_is_kept_unless_what_it_approved_would_change(store: Arc<dyn
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
     assert_eq!(s.outputs["publish"], json!({ "n": 2 }));
+
+    // The approval reads the draft for its summary only: the content it
+    // approved stays the same, so it stands although the draft changed.
+    let summary_only = APPROVED
+        .replace("name: approved", "name: approved-summary")
+        .replace("content: \"{{ steps.draft.output }}\"", "content: { fixed: true }");
+    world.fixed.store(false, Ordering::SeqCst);
+    let (w, v) = common::publish(&e, &summary_only).await;
+    let id = e.start(&w, v, json!({}), "test").await.expect("start");
+    e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    approve(&e, id).await;
+    assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Failed);
+    world.fix();
+    let s = resume(&e, id, &from_draft).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    let events = common::events(&store, id).await;
+    let reason = events.iter().find_map(|ev| match ev {
+        Event::StepKept(k) if k.step_id == "review" => Some(k.reason.clone()),
+        _ => None,
+    });
+    assert!(reason.is_some_and(|r| r.contains("content it approved is unchanged")), "{events:?}");
 }
 
 /// An HTTP server answering 500 until fixed, then 200 with the request body.

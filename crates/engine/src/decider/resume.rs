@@ -177,10 +177,17 @@ impl Resumed {
                 "not after the failed step".to_owned()
             }
             Policy::FailedOnly => {
-                if self.reads_changed(w, s, st, instance, &around) {
+                if !self.reads_changed(w, s, st, instance, &around) {
+                    "what it reads is unchanged".to_owned()
+                } else if let StepKind::Approval(a) = &st.kind
+                    && let Some(hash) = output.get("content_hash").and_then(Value::as_str)
+                    && approved_content_hash(w, s, a, instance).as_deref() == Some(hash)
+                {
+                    // What was approved is what would be shown again: the approval stands.
+                    format!("the content it approved is unchanged (hash {hash})")
+                } else {
                     return None;
                 }
-                "what it reads is unchanged".to_owned()
             }
         };
         let target = match &st.kind {
@@ -262,4 +269,11 @@ impl Resumed {
             }
         }
     }
+}
+
+/// The hash of the content an approval would ask about now.
+fn approved_content_hash(w: &Workflow, s: &RunState, a: &crate::human::ApprovalStep, instance: &str) -> Option<String> {
+    let pre = instance.rsplit_once('.').map_or("", |(p, _)| &instance[..p.len() + 1]);
+    let ctx = super::context_with_placeholders(w, s, pre);
+    crate::template::render(&a.content, &ctx).ok().map(|c| crate::human::content_hash(&c))
 }
