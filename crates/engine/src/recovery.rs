@@ -377,7 +377,7 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
     let mut rerun: BTreeSet<String> = failed.iter().cloned().collect();
     rerun.insert(from.clone());
     if req.policy == Policy::Downstream {
-        let inside = |i: &str| i.starts_with(&format!("{from}[")) || within(w, &s, i, &from);
+        let inside = |i: &str| i.starts_with(&format!("{from}[")) || within(&s, i, &from);
         let origins: Vec<String> = if failed.contains(&from) { failed.clone() } else { vec![from.clone()] };
         let after = downstream(w, &s, &origins);
         for c in &completed {
@@ -386,11 +386,18 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
             }
         }
     }
-    // What may run again: completed steps reading what runs again.
+    // What may run again: completed steps the resumed run enters again
+    // (from the top-level step holding the one resumed from on) that read
+    // what runs again.
+    let zone: BTreeSet<&String> = {
+        let top = top_of(&s, &from);
+        let start = rec.order.iter().position(|i| *i == top).unwrap_or(0);
+        rec.order[start..].iter().collect()
+    };
     let mut maybe: BTreeSet<String> = BTreeSet::new();
     if req.policy == Policy::FailedOnly {
         for c in &completed {
-            if rerun.contains(c.as_str()) {
+            if rerun.contains(c.as_str()) || !zone.contains(c) {
                 continue;
             }
             let Some(st) = w.step(bare(c)) else { continue };
@@ -542,6 +549,18 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
     if s.status == RunStatus::Cancelled {
         warnings.push("the run was cancelled; --force resumes it anyway".into());
     }
+    let before_stale: Vec<&str> = completed
+        .iter()
+        .filter(|c| !zone.contains(*c))
+        .filter(|c| w.step(bare(c)).is_some_and(|st| st.reads.inputs.iter().any(|i| changed_inputs.contains(i))))
+        .map(|c| c.as_str())
+        .collect();
+    if !before_stale.is_empty() {
+        warnings.push(format!(
+            "{} read a changed input but come before `{from}`, so they keep their outputs; resume from the first of them to run them again",
+            before_stale.join(", ")
+        ));
+    }
     Ok(Plan {
         run_id,
         workflow: s.workflow.clone(),
@@ -627,7 +646,7 @@ fn top_of(s: &RunState, instance: &str) -> String {
 }
 
 /// Whether `instance` runs inside the container instance `container`.
-fn within(_w: &Workflow, s: &RunState, instance: &str, container: &str) -> bool {
+fn within(s: &RunState, instance: &str, container: &str) -> bool {
     crate::decider::resume_ancestors(s, s.scope_of(instance)).iter().any(|c| c == container)
 }
 

@@ -186,6 +186,18 @@ async fn downstream_reruns_everything_after_the_step(store: Arc<dyn EventStore>)
     let plan = e.plan_resume(id, &r).await.expect("plan");
     assert_eq!(plan.plan.rerun, vec!["draft", "stamp", "publish"]);
     assert_eq!(plan.plan.kept, vec!["fetch"]);
+    // A step before the one resumed from is not entered again, whatever changed.
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("topic".into(), json!("dogs"));
+    let later = ResumeRequest { from: Some("publish".into()), inputs, ..req() };
+    let p = e.plan_resume(id, &later).await.expect("plan");
+    assert!(p.plan.rerun_if_changed.is_empty(), "draft and stamp read the topic but come before: {:?}", p.plan);
+    assert_eq!(p.plan.kept, vec!["fetch", "draft", "stamp"]);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("draft, stamp read a changed input but come before `publish`")),
+        "{:?}",
+        p.warnings
+    );
     world.fix();
     let s = resume(&e, id, &r).await;
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
