@@ -93,6 +93,9 @@ fn resume_plans_refuses_and_resumes_from_the_command_line() {
     let again = cairn(&db, &["resume", &run, "--dry-run"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).contains("cairn fork"), "{}", text(&again));
+    let refused = cairn(&db, &["resume", &run, "--dry-run", "--format", "json"]);
+    let body: Value = serde_json::from_slice(&refused.stdout).expect("a JSON refusal");
+    assert_eq!(body["error"], "run-completed");
 
     // Fork it with another topic: a new run; the source is unchanged.
     let before = cairn(&db, &["events", "--stream", &format!("run-{run}")]).stdout;

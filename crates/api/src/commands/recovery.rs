@@ -164,7 +164,12 @@ fn print_plan(p: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn refusal(e: &ResumeError) -> ExitCode {
+fn refusal(e: &ResumeError, format: Format) -> ExitCode {
+    if format == Format::Json {
+        use std::io::Write as _;
+        let body = serde_json::json!({ "error": e.code(), "message": e.to_string() });
+        let _ = writeln!(std::io::stdout().lock(), "{body}");
+    }
     eprintln!("error: {e}");
     eprintln!("nothing was recorded");
     ExitCode::from(1)
@@ -222,7 +227,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
                 refused += 1;
                 eprintln!("run {id}: cannot be resumed: {e}");
             }
-            Err(e) => return Ok(refusal(&e)),
+            Err(e) => return Ok(refusal(&e, args.format)),
         }
     }
     match args.format {
@@ -485,7 +490,7 @@ pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Fork
             }
             return Ok(ExitCode::from(1));
         }
-        Err(e) => return Ok(refusal(&e)),
+        Err(e) => return Ok(refusal(&e, Format::Text)),
     };
     eprintln!("run {id}: forked from run {} at `{}`", args.run, args.at);
     let mut display = super::run::Progress::new(std::io::stderr().is_terminal());
