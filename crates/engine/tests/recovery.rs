@@ -898,8 +898,18 @@ fn generated(reads: &[(u8, u8)], failing: usize) -> String {
 
 /// Drives a run purely: `echo` returns its input; `fail` fails while `broken`.
 fn drive(w: &cairn_engine::Workflow, events: &mut Vec<Event>, broken: bool) {
+    drive_with(w, events, &|inst| {
+        broken
+            && matches!(&w.step(cairn_engine::decider::bare(inst)).expect("step").kind,
+                cairn_engine::StepKind::Task { handler, .. } if handler == "fail")
+    });
+}
+
+/// Drives a run purely: every effect returns its input, except the step
+/// instances `fails` names, which fail.
+fn drive_with(w: &cairn_engine::Workflow, events: &mut Vec<Event>, fails: &dyn Fn(&str) -> bool) {
     let now = chrono::Utc::now();
-    for _ in 0..500 {
+    for _ in 0..2000 {
         let s = fold(events.iter());
         let d = decide(w, &s, now);
         if !d.append.is_empty() {
@@ -907,9 +917,7 @@ fn drive(w: &cairn_engine::Workflow, events: &mut Vec<Event>, broken: bool) {
             continue;
         }
         let Some(x) = d.execute.first() else { return };
-        let st = w.step(&x.step_id).expect("step");
-        let fails = broken && matches!(&st.kind, cairn_engine::StepKind::Task { handler, .. } if handler == "fail");
-        events.push(if fails {
+        events.push(if fails(&x.step_id) {
             Event::StepFailed(cairn_events::StepFailed {
                 step_id: x.step_id.clone(),
                 attempt: x.attempt,
@@ -928,6 +936,35 @@ fn drive(w: &cairn_engine::Workflow, events: &mut Vec<Event>, broken: bool) {
         });
     }
     panic!("the run did not settle");
+}
+
+/// A map over `inputs.list` between two steps; its body reads the item and,
+/// if asked, a step before the map.
+fn mapped(body_reads_pre: bool) -> String {
+    let pre = if body_reads_pre { ", a: \"{{ steps.pre.output.a }}\"" } else { "" };
+    format!(
+        r#"name: gm
+inputs: {{ type: object, properties: {{ list: {{ type: array }}, a: {{ type: integer }} }} }}
+steps:
+  - id: pre
+    task: echo
+    with: {{ a: "{{{{ inputs.a }}}}" }}
+  - id: each
+    map:
+      items: "{{{{ inputs.list }}}}"
+      fail_fast: false
+      steps:
+        - id: m
+          task: echo
+          with: {{ item: "{{{{ item }}}}"{pre} }}
+        - id: m2
+          task: echo
+          with: {{ v: "{{{{ steps.m.output.item }}}}" }}
+  - id: post
+    task: echo
+    with: {{ all: "{{{{ steps.each.output }}}}" }}
+"#
+    )
 }
 
 proptest! {
@@ -1011,6 +1048,89 @@ proptest! {
             if i != failing && i >= from {
                 prop_assert_eq!(out, &Value::Object(want), "step {} has a stale output", id);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    /// The same property through a map: an iteration runs again only if its
+    /// item (or what its steps read) changed; the outputs are then current.
+    #[test]
+    fn failed_only_through_a_map_reruns_only_changed_iterations(
+        list in prop::collection::vec(0i64..3, 1..5),
+        changes in prop::collection::vec(prop::option::of(0i64..3), 0..6),
+        failing in 0usize..5,
+        body_reads_pre in any::<bool>(),
+        new_a in 0i64..2,
+        from_pre in any::<bool>(),
+    ) {
+        let failing = failing % list.len();
+        let w = cairn_engine::lang::parse(&mapped(body_reads_pre), "gm.yaml", &["echo"]).expect("parse");
+        let mut events = vec![Event::RunStarted(cairn_events::RunStarted {
+            run_id: Uuid::nil(),
+            workflow: "gm".into(),
+            workflow_version: 1,
+            definition_hash: String::new(),
+            inputs: json!({ "list": list, "a": 0 }),
+            started_by: "t".into(),
+            idempotency_key: None,
+            parent: None,
+            fork_of: None,
+        })];
+        let broken = format!("each[{failing}].m");
+        drive_with(&w, &mut events, &|inst| inst == broken);
+        prop_assert_eq!(fold(events.iter()).status, RunStatus::Failed);
+        let prior_inputs: BTreeMap<String, Value> = events.iter().filter_map(|e| match e {
+            Event::StepStarted(s) => Some((s.step_id.clone(), s.input.clone())),
+            _ => None,
+        }).collect();
+        // The new list: some items changed, perhaps longer or shorter.
+        let mut new_list: Vec<i64> = list.clone();
+        for (i, c) in changes.iter().enumerate() {
+            match (c, i < new_list.len()) {
+                (Some(v), true) => new_list[i] = *v,
+                (Some(v), false) => new_list.push(*v),
+                (None, _) => {}
+            }
+        }
+        if changes.len() == 1 && changes[0].is_none() { new_list.truncate(1); }
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("list".into(), json!(new_list));
+        inputs.insert("a".into(), json!(new_a));
+        let from = if from_pre { "pre" } else { "each" };
+        let r = ResumeRequest { from: Some(from.into()), inputs, ..ResumeRequest::new("t") };
+        let plan = recovery::plan(&w, &events, &r).expect("plan");
+        let resumed_at = events.len();
+        events.push(Event::RunResumed(cairn_events::RunResumed {
+            from_step: plan.from_step.clone(),
+            policy: plan.policy.clone(),
+            plan: plan.plan.clone(),
+            by: "t".into(),
+            reason: None,
+            inputs: plan.inputs.clone(),
+            forced: false,
+        }));
+        drive_with(&w, &mut events, &|_| false);
+        let s = fold(events.iter());
+        prop_assert_eq!(s.status, RunStatus::Completed);
+        for e in &events[resumed_at..] {
+            if let Event::StepStarted(x) = e {
+                let forced = x.step_id == plan.from_step
+                    || plan.plan.failed.contains(&x.step_id)
+                    || x.step_id == "each";
+                let changed = prior_inputs.get(&x.step_id) != Some(&x.input);
+                prop_assert!(forced || changed, "`{}` ran again with unchanged input {}", x.step_id, x.input);
+            }
+        }
+        // Every iteration's outputs are what it computes from the new item.
+        let a = if from_pre { new_a } else { 0 };
+        let want: Vec<Value> = new_list.iter().map(|v| json!({ "v": v })).collect();
+        prop_assert_eq!(&s.outputs["each"], &Value::Array(want));
+        for (j, v) in new_list.iter().enumerate() {
+            let mut m = json!({ "item": v });
+            if body_reads_pre { m["a"] = json!(a); }
+            prop_assert_eq!(&s.outputs[&format!("each[{j}].m")], &m, "iteration {}", j);
         }
     }
 }
