@@ -1042,6 +1042,23 @@ steps:
     s.get(&format!("/runs/{id}/state?step=nowhere"), &viewer).await.problem(422, "step-not-reached");
     s.get(&format!("/runs/{id}/state?at=1&step=draft"), &viewer).await.problem(400, "bad-query");
 
+    // Shadow re-validation: a stricter contract on the draft would reject what was recorded.
+    let stricter = wf.replace(
+        "    transform: { title: \"Hello\" }\n",
+        "    transform: { title: \"Hello\" }\n    output_contract: { type: object, required: [body] }\n",
+    );
+    let sh = s.post_yaml("/workflows/flaky/shadow", &viewer, &stricter).await;
+    assert_eq!(sh.status, 200, "{}", sh.text);
+    assert_eq!((sh.json["checked"].as_u64(), sh.json["affected"].as_u64()), (Some(1), Some(1)), "{}", sh.text);
+    assert_eq!(sh.json["runs"][0]["findings"][0]["kind"], "contract");
+    assert_eq!(sh.json["runs"][0]["findings"][0]["step"], "draft");
+    assert!(sh.json["runs"][0]["divergence"]["message"].as_str().unwrap_or("").contains("StepFailed"), "{}", sh.text);
+    let same = s.post_yaml("/workflows/flaky/shadow", &viewer, wf).await;
+    assert_eq!(same.json["affected"].as_u64(), Some(0), "{}", same.text);
+    s.post_yaml("/workflows/other/shadow", &viewer, wf).await.problem(404, "unknown-workflow");
+    let other = "name: nope\nsteps:\n  - id: a\n    task: echo\n";
+    s.post_yaml("/workflows/flaky/shadow", &viewer, other).await.problem(422, "name-mismatch");
+
     // A completed run is forked instead: a new run from `announce`, the draft carried over.
     let fork = format!("/runs/{id}/fork");
     s.post(&fork, &viewer, &json!({"at": "announce"})).await.problem(403, "forbidden");

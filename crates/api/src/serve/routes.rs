@@ -99,6 +99,15 @@ pub fn api() -> Finished {
         .ok::<workflows::WorkflowView>(api, 200, "The workflow.")
         .error(404, "No such workflow.");
     api.add(o, workflows::get);
+    let o = op(Method::POST, "/workflows/{name}/shadow", "shadow_workflow", "workflows", "Re-check past runs against a new definition")
+        .describe("Shadow re-validation: every recorded run of the workflow is judged under the definition in the body, calling no model or service. `findings` lists recorded outputs the new contracts reject, branches the new conditions send elsewhere and steps the new definition lacks; `divergence` is the first decision a replay under it makes otherwise. Nothing is published or recorded. See docs/recovery.md.")
+        .role(Role::Viewer)
+        .path_param("name", "The workflow's name.")
+        .body(definition_body())
+        .ok::<workflows::Shadow>(api, 200, "Every run, re-checked.")
+        .error(404, "No such workflow.")
+        .error(422, "The definition has errors, or names another workflow (`name-mismatch`).");
+    api.add(o, workflows::shadow);
     let o = op(Method::POST, "/workflows/{name}/versions", "publish_version", "workflows", "Publish a new version")
         .describe("Running runs keep the version they started with; new runs take the newest unless they name one.")
         .role(Role::Operator)

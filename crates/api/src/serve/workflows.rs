@@ -359,3 +359,58 @@ pub async fn archive(
     let r = recorded(&state, &name).await?.ok_or_else(|| ApiError::internal("archived workflow not found"))?;
     Ok(axum::Json(r.view))
 }
+
+/// One past run, judged under a new definition.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ShadowRun {
+    /// The run.
+    pub run_id: uuid::Uuid,
+    /// Its status.
+    pub status: String,
+    /// Recorded outputs the new contracts reject, branches the new
+    /// conditions send elsewhere, steps the new definition lacks.
+    pub findings: Vec<cairn_engine::replay::Finding>,
+    /// The first decision the new definition makes otherwise (a replay
+    /// under it); null when it would decide as recorded throughout.
+    pub divergence: Option<cairn_engine::replay::Divergence>,
+}
+
+/// Shadow re-validation of a workflow's past runs.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Shadow {
+    /// The workflow.
+    pub workflow: String,
+    /// Runs re-checked.
+    pub checked: usize,
+    /// Runs that would now fail or take another path.
+    pub affected: usize,
+    /// Every run re-checked, oldest first.
+    pub runs: Vec<ShadowRun>,
+}
+
+/// `POST /workflows/{name}/shadow`: re-checks every past run of the
+/// workflow against a new definition, calling nothing.
+pub async fn shadow(S(state): S<Arc<State>>, Path(name): Path<String>, req: Request) -> ApiResult<axum::Json<Shadow>> {
+    let text = definition_text(req).await?;
+    if recorded(&state, &name).await?.is_none() {
+        return Err(ApiError::not_found("unknown-workflow", format!("no workflow named `{name}`")));
+    }
+    let w = compile(&state, &text).map_err(|d| refused(&d))?;
+    if w.name != name {
+        return Err(ApiError::unprocessable(
+            "name-mismatch",
+            format!("the definition is named `{}`, not `{name}`", w.name),
+            vec![FieldProblem::new("name", format!("must be `{name}`"))],
+        ));
+    }
+    let w = state.engine.configured(w);
+    let mut runs = Vec::new();
+    for r in state.engine.runs_of(&name, None).await? {
+        let recorded = state.store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
+        let findings = cairn_engine::replay::shadow(&w, &recorded)?;
+        let divergence = cairn_engine::replay::check(&w, &recorded)?.divergence;
+        runs.push(ShadowRun { run_id: r.run_id, status: r.status, findings, divergence });
+    }
+    let affected = runs.iter().filter(|r| !r.findings.is_empty() || r.divergence.is_some()).count();
+    Ok(axum::Json(Shadow { workflow: name, checked: runs.len(), affected, runs }))
+}
