@@ -26,21 +26,12 @@ fn run_of(db: &Path, workflow: &str) -> String {
 #[test]
 fn the_readme_recovery_example_works_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
-    let block = readme
-        .split("<!-- recovery-example -->")
-        .nth(1)
-        .and_then(|r| r.split("<!-- /recovery-example -->").next())
-        .expect("the marked example");
-    let script = block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n");
+    let script = common::readme_block("recovery-example");
     let dir = tempfile::tempdir().expect("tmp");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), bin.join("cairn")).expect("symlink");
     let out = std::process::Command::new("bash")
         .args(["-c", &format!("set -euo pipefail\n{script}")])
         .current_dir(&root)
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("PATH", common::path_with_cairn(dir.path()))
         .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
         .output()
         .expect("bash");
@@ -168,9 +159,7 @@ fn many_failed_runs_are_planned_and_resumed_together() {
 fn on_a_terminal_the_plan_is_coloured_and_the_resume_asks() {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    if Command::new("script").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "`script` (util-linux) is needed under CI");
-        eprintln!("SKIPPED: no `script` to make a terminal");
+    if !common::have_script() {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");

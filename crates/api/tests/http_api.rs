@@ -3,6 +3,7 @@
 //! Last-Event-ID, people, audit, costs and the compliance export.
 
 // Only this test binary needs the HTTP client (the others stay small).
+mod common;
 #[path = "common/server.rs"]
 mod server;
 
@@ -895,25 +896,17 @@ async fn traces_go_to_the_otlp_endpoint_one_per_run_a_span_per_step() {
 #[test]
 fn the_readme_http_example_works_as_written() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
-    let block = readme
-        .split("<!-- http-example -->")
-        .nth(1)
-        .and_then(|r| r.split("<!-- /http-example -->").next())
-        .expect("the marked example");
-    let script = block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n");
+    let script = common::readme_block("http-example");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let script = script.replace("8080", &port.to_string());
     let dir = tempfile::tempdir().expect("tmp");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("bin");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), bin.join("cairn")).expect("symlink");
+    let path = common::path_with_cairn(dir.path());
     let out_path = dir.path().join("out");
     let out = std::fs::File::create(&out_path).expect("out");
     let status = std::process::Command::new("timeout")
         .args(["60", "bash", "-c", &format!("set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}")])
         .current_dir(&root)
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("PATH", path)
         .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
         .env("CAIRN_TOKEN_KEY", "readme-token-key-0123456789abcdef0123456789")
         .stdout(out.try_clone().expect("clone"))

@@ -259,7 +259,7 @@ impl ResumeError {
     /// A stable code for the API.
     pub fn code(&self) -> &'static str {
         match self {
-            ResumeError::Run(RunError::UnknownRun(_)) => "not-found",
+            ResumeError::Run(RunError::UnknownRun(_)) => "unknown-run",
             ResumeError::Run(_) => "internal",
             ResumeError::StillRunning { .. } => "run-running",
             ResumeError::Completed { .. } => "run-completed",
@@ -780,13 +780,7 @@ impl Engine {
     /// Plans a resume of a run without recording anything.
     pub async fn plan_resume(&self, run_id: Uuid, req: &ResumeRequest) -> Result<Plan, ResumeError> {
         let events = self.events(run_id).await?;
-        let s = fold(&events);
-        let w = self.definition(&s.workflow, s.workflow_version).await.map_err(|e| match e {
-            RunError::Definition { name, version, message } => {
-                ResumeError::DefinitionGone { run_id, workflow: name, version, why: message }
-            }
-            e => e.into(),
-        })?;
+        let w = self.pinned(run_id, &fold(&events)).await?;
         plan(&w, &events, req)
     }
 
@@ -825,6 +819,17 @@ impl Engine {
         }
     }
 
+    /// The definition a run is pinned to; one that is gone or no longer
+    /// compiles is [`ResumeError::DefinitionGone`].
+    async fn pinned(&self, run_id: Uuid, s: &RunState) -> Result<std::sync::Arc<Workflow>, ResumeError> {
+        self.definition(&s.workflow, s.workflow_version).await.map_err(|e| match e {
+            RunError::Definition { name, version, message } => {
+                ResumeError::DefinitionGone { run_id, workflow: name, version, why: message }
+            }
+            e => e.into(),
+        })
+    }
+
     /// Every event of a run, decoded.
     pub async fn events(&self, run_id: Uuid) -> Result<Vec<Event>, RunError> {
         let recorded = self.store.read_stream(&cairn_events::run_stream(run_id), 1).await?;
@@ -848,12 +853,7 @@ impl Engine {
     ) -> Result<Uuid, ResumeError> {
         let events = self.events(source).await?;
         let s = fold(&events);
-        let w = self.definition(&s.workflow, s.workflow_version).await.map_err(|e| match e {
-            RunError::Definition { name, version, message } => {
-                ResumeError::DefinitionGone { run_id: source, workflow: name, version, why: message }
-            }
-            e => e.into(),
-        })?;
+        let w = self.pinned(source, &s).await?;
         let Some(st) = w.step(at) else {
             let ids: Vec<&str> = w.steps.iter().map(|s| s.id.as_str()).collect();
             let hint = crate::lang::did_you_mean(at, ids.iter().copied())
@@ -913,7 +913,9 @@ impl Engine {
         }
         let origin = ForkOrigin { run_id: source, stream_version: cut as u64, step_id: at.to_owned() };
         let id = Uuid::now_v7();
-        self.start_fork(&w, s.workflow_version, merged, by, id, origin, carried).await?;
+        self.check_children(&w).await?;
+        let from = crate::runner::Origin { fork: Some((origin, carried)), ..Default::default() };
+        self.start_run(&w, s.workflow_version, merged, by, id, from).await?;
         Ok(id)
     }
 }

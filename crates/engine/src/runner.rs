@@ -76,6 +76,17 @@ pub struct Start {
     pub idempotency_key: Option<String>,
 }
 
+/// Where a run comes from, beside its workflow and inputs.
+#[derive(Debug, Default)]
+pub(crate) struct Origin {
+    /// The parent run, for a child run.
+    pub(crate) parent: Option<ParentRun>,
+    /// The caller's idempotency key.
+    pub(crate) idempotency_key: Option<String>,
+    /// For a fork: where from, and the carried `StepKept` events.
+    pub(crate) fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
+}
+
 /// Receives every event the runner appends, for progress displays.
 pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 
@@ -240,7 +251,17 @@ impl Engine {
     ) -> Result<Uuid, RunError> {
         self.check_children(w).await?;
         let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
-        Ok(self.start_run(w, version, inputs, started_by, id, None, opts.idempotency_key, None).await?.0)
+        Ok(self
+            .start_run(
+                w,
+                version,
+                inputs,
+                started_by,
+                id,
+                Origin { idempotency_key: opts.idempotency_key, ..Origin::default() },
+            )
+            .await?
+            .0)
     }
 
     /// When a run that is waiting (for people, or on a timer) next has
@@ -259,35 +280,18 @@ impl Engine {
         Ok(d.wake_at)
     }
 
-    /// Starts a forked run: `RunStarted` with its origin, then the carried
-    /// outputs, then the first decisions, in one append.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn start_fork(
+    /// Starts a run: `RunStarted` (then, for a fork, the carried outputs)
+    /// and the first pure decisions, in one append expecting no stream.
+    pub(crate) async fn start_run(
         &self,
         w: &Workflow,
         version: u32,
         inputs: Value,
         started_by: &str,
         run_id: Uuid,
-        origin: cairn_events::ForkOrigin,
-        carried: Vec<Event>,
+        origin: Origin,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
-        self.check_children(w).await?;
-        self.start_run(w, version, inputs, started_by, run_id, None, None, Some((origin, carried))).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start_run(
-        &self,
-        w: &Workflow,
-        version: u32,
-        inputs: Value,
-        started_by: &str,
-        run_id: Uuid,
-        parent: Option<ParentRun>,
-        idempotency_key: Option<String>,
-        fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
-    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
+        let Origin { parent, idempotency_key, fork } = origin;
         let w = &*self.bound(w, version).await?;
         let inputs = w.inputs_with_defaults(&inputs);
         if let Some(schema) = &w.inputs_schema {
@@ -401,7 +405,7 @@ impl Engine {
     ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
         let (run_id, events, state) =
-            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), None, None, None).await?;
+            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), Origin::default()).await?;
         for e in &events {
             observer(e);
         }
@@ -661,7 +665,14 @@ impl Engine {
         };
         let parent = ParentRun { run_id: parent, step_id: step_id.clone() };
         match self
-            .start_run(&w, version, inputs, &format!("run:{}", parent.run_id), child_run_id, Some(parent), None, None)
+            .start_run(
+                &w,
+                version,
+                inputs,
+                &format!("run:{}", parent.run_id),
+                child_run_id,
+                Origin { parent: Some(parent), ..Origin::default() },
+            )
             .await
         {
             Ok(_) => started(version),

@@ -896,6 +896,34 @@ fn generated(reads: &[(u8, u8)], failing: usize) -> String {
     src
 }
 
+/// The `RunStarted` of a run driven purely.
+fn run_started(workflow: &str, inputs: Value) -> Event {
+    Event::RunStarted(cairn_events::RunStarted {
+        run_id: Uuid::nil(),
+        workflow: workflow.into(),
+        workflow_version: 1,
+        definition_hash: String::new(),
+        inputs,
+        started_by: "t".into(),
+        idempotency_key: None,
+        parent: None,
+        fork_of: None,
+    })
+}
+
+/// The `RunResumed` that records a plan, as [`Engine::resume`] would.
+fn run_resumed(plan: &recovery::Plan) -> Event {
+    Event::RunResumed(cairn_events::RunResumed {
+        from_step: plan.from_step.clone(),
+        policy: plan.policy.clone(),
+        plan: plan.plan.clone(),
+        by: "t".into(),
+        reason: None,
+        inputs: plan.inputs.clone(),
+        forced: false,
+    })
+}
+
 /// Drives a run purely: `echo` returns its input; `fail` fails while `broken`.
 fn drive(w: &cairn_engine::Workflow, events: &mut Vec<Event>, broken: bool) {
     drive_with(w, events, &|inst| {
@@ -982,17 +1010,7 @@ proptest! {
         let from = from % (failing + 1);
         let src = generated(&reads, failing);
         let w = cairn_engine::lang::parse(&src, "g.yaml", &["echo", "fail"]).expect("parse");
-        let mut events = vec![Event::RunStarted(cairn_events::RunStarted {
-            run_id: Uuid::nil(),
-            workflow: "g".into(),
-            workflow_version: 1,
-            definition_hash: String::new(),
-            inputs: json!({ "a": 0, "b": 0 }),
-            started_by: "t".into(),
-            idempotency_key: None,
-            parent: None,
-            fork_of: None,
-        })];
+        let mut events = vec![run_started("g", json!({ "a": 0, "b": 0 }))];
         drive(&w, &mut events, true);
         prop_assert_eq!(fold(events.iter()).status, RunStatus::Failed);
         let prior_inputs: BTreeMap<String, Value> = events.iter().filter_map(|e| match e {
@@ -1006,15 +1024,7 @@ proptest! {
         let plan = recovery::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
         let before = fold(events.iter());
-        events.push(Event::RunResumed(cairn_events::RunResumed {
-            from_step: plan.from_step.clone(),
-            policy: plan.policy.clone(),
-            plan: plan.plan.clone(),
-            by: "t".into(),
-            reason: None,
-            inputs: plan.inputs.clone(),
-            forced: false,
-        }));
+        events.push(run_resumed(&plan));
         drive(&w, &mut events, false);
         let s = fold(events.iter());
         prop_assert_eq!(s.status, RunStatus::Completed);
@@ -1067,17 +1077,7 @@ proptest! {
     ) {
         let failing = failing % list.len();
         let w = cairn_engine::lang::parse(&mapped(body_reads_pre), "gm.yaml", &["echo"]).expect("parse");
-        let mut events = vec![Event::RunStarted(cairn_events::RunStarted {
-            run_id: Uuid::nil(),
-            workflow: "gm".into(),
-            workflow_version: 1,
-            definition_hash: String::new(),
-            inputs: json!({ "list": list, "a": 0 }),
-            started_by: "t".into(),
-            idempotency_key: None,
-            parent: None,
-            fork_of: None,
-        })];
+        let mut events = vec![run_started("gm", json!({ "list": list, "a": 0 }))];
         let broken = format!("each[{failing}].m");
         drive_with(&w, &mut events, &|inst| inst == broken);
         prop_assert_eq!(fold(events.iter()).status, RunStatus::Failed);
@@ -1102,15 +1102,7 @@ proptest! {
         let r = ResumeRequest { from: Some(from.into()), inputs, ..ResumeRequest::new("t") };
         let plan = recovery::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
-        events.push(Event::RunResumed(cairn_events::RunResumed {
-            from_step: plan.from_step.clone(),
-            policy: plan.policy.clone(),
-            plan: plan.plan.clone(),
-            by: "t".into(),
-            reason: None,
-            inputs: plan.inputs.clone(),
-            forced: false,
-        }));
+        events.push(run_resumed(&plan));
         drive_with(&w, &mut events, &|_| false);
         let s = fold(events.iter());
         prop_assert_eq!(s.status, RunStatus::Completed);

@@ -183,6 +183,19 @@ fn compile(state: &State, text: &str) -> Result<cairn_engine::Workflow, Vec<Diag
     if d.is_empty() { Ok(w) } else { Err(d) }
 }
 
+/// Compiles a definition that must be of workflow `name`.
+fn compile_as(state: &State, text: &str, name: &str) -> ApiResult<cairn_engine::Workflow> {
+    let w = compile(state, text).map_err(|d| refused(&d))?;
+    if w.name != name {
+        return Err(ApiError::unprocessable(
+            "name-mismatch",
+            format!("the definition is named `{}`, not `{name}`", w.name),
+            vec![FieldProblem::new("name", format!("must be `{name}`"))],
+        ));
+    }
+    Ok(w)
+}
+
 fn refused(d: &[Diagnostic]) -> ApiError {
     ApiError::unprocessable(
         "invalid-definition",
@@ -237,14 +250,7 @@ pub async fn new_version(
             format!("workflow `{name}` is archived; it takes no new versions"),
         ));
     }
-    let w = compile(&state, &text).map_err(|d| refused(&d))?;
-    if w.name != name {
-        return Err(ApiError::unprocessable(
-            "name-mismatch",
-            format!("the definition is named `{}`, not `{name}`", w.name),
-            vec![FieldProblem::new("name", format!("must be `{name}`"))],
-        ));
-    }
+    let w = compile_as(&state, &text, &name)?;
     publish(&state, &caller, w, false).await
 }
 
@@ -395,15 +401,7 @@ pub async fn shadow(S(state): S<Arc<State>>, Path(name): Path<String>, req: Requ
     if recorded(&state, &name).await?.is_none() {
         return Err(ApiError::not_found("unknown-workflow", format!("no workflow named `{name}`")));
     }
-    let w = compile(&state, &text).map_err(|d| refused(&d))?;
-    if w.name != name {
-        return Err(ApiError::unprocessable(
-            "name-mismatch",
-            format!("the definition is named `{}`, not `{name}`", w.name),
-            vec![FieldProblem::new("name", format!("must be `{name}`"))],
-        ));
-    }
-    let w = state.engine.configured(w);
+    let w = state.engine.configured(compile_as(&state, &text, &name)?);
     let mut runs = Vec::new();
     for r in state.engine.runs_of(&name, None).await? {
         let recorded = state.store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;

@@ -22,3 +22,35 @@ pub fn text(o: &Output) -> String {
 pub fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).display().to_string()
 }
+
+/// The shell script between `<!-- MARKER -->` and `<!-- /MARKER -->` in the
+/// README, without its code fences.
+pub fn readme_block(marker: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let block = readme
+        .split(&format!("<!-- {marker} -->"))
+        .nth(1)
+        .and_then(|r| r.split(&format!("<!-- /{marker} -->")).next())
+        .unwrap_or_else(|| panic!("the README's marked `{marker}` example"));
+    block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n")
+}
+
+/// A `PATH` on which `cairn` is the binary under test (a link in `dir/bin`).
+pub fn path_with_cairn(dir: &Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), bin.join("cairn")).expect("symlink");
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// Whether `script` (util-linux) is here to give a command a terminal;
+/// under CI it must be.
+pub fn have_script() -> bool {
+    if Command::new("script").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "`script` (util-linux) is needed under CI");
+    eprintln!("SKIPPED: no `script` to make a terminal");
+    false
+}
