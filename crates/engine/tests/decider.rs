@@ -103,10 +103,16 @@ fn a_retryable_failure_schedules_a_retry_with_backoff() {
 #[test]
 fn exhausted_or_non_retryable_failures_fail_the_run_naming_the_step() {
     let w = wf(TWO_TASKS);
-    for events in [
-        vec![started(json!({})), step_started("a", 1, json!({})), step_failed("a", 1, false)],
-        vec![started(json!({})), step_started("a", 3, json!({})), step_failed("a", 3, true)],
-    ] {
+    for events in [vec![started(json!({})), step_started("a", 1, json!({})), step_failed("a", 1, false)], {
+        let mut events = vec![started(json!({}))];
+        for attempt in 1..=3 {
+            events.extend([step_started("a", attempt, json!({})), step_failed("a", attempt, true)]);
+            if attempt < 3 {
+                events.extend(decide(&w, &fold(&events), t0()).append);
+            }
+        }
+        events
+    }] {
         let next = decide(&w, &fold(&events), t0()).append;
         match &next[..] {
             [Event::RunFailed(f)] => {
@@ -370,4 +376,74 @@ fn a_wait_until_renders_its_instant() {
     let bad = fold(&[started(json!({ "at": "next tuesday" }))]);
     let next = decide(&w, &bad, t0()).append;
     assert!(matches!(&next[1], Event::StepFailed(f) if f.message.contains("next tuesday")), "{next:?}");
+}
+
+/// Each visit of a step in a loop numbers its attempts on from the last
+/// visit's, so keys derived from (run, step, attempt) are never reused;
+/// retries count within the visit.
+#[test]
+fn a_loops_visits_number_attempts_on_and_retries_count_per_visit() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    max_visits: 3\n    retry: { max_attempts: 2, initial_interval: 1s }\n  - id: wait\n    wait: { for: 1s }\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n",
+    );
+    let mut events = vec![started(json!({}))];
+    let mut now = t0();
+    let mut attempts = Vec::new();
+    let mut timers = Vec::new();
+    for _ in 0..200 {
+        let d = decide(&w, &fold(&events), now);
+        if d.append.is_empty() && d.execute.is_empty() {
+            match d.wake_at {
+                Some(t) => {
+                    now = t;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        for e in &d.append {
+            match e {
+                Event::StepStarted(s) if s.step_id == "a" => attempts.push(s.attempt),
+                Event::TimerStarted(t) => timers.push(t.timer_id.clone()),
+                _ => {}
+            }
+        }
+        events.extend(d.append);
+        // The task fails its first attempt on the second visit, else completes.
+        for x in d.execute {
+            let fail = x.step_id == "a" && attempts.len() == 2;
+            events.push(if fail {
+                step_failed("a", x.attempt, true)
+            } else {
+                step_completed(&x.step_id, x.attempt, json!({}))
+            });
+        }
+    }
+    assert_eq!(attempts, vec![1, 2, 3, 4], "visit 1: 1; visit 2: 2, retried as 3; visit 3: 4");
+    assert_eq!(timers, vec!["wait#1", "wait#2", "wait#3"], "timer ids are unique per visit");
+    assert!(matches!(events.last(), Some(Event::RunFailed(f)) if f.error_kind == "max_visits"), "{:?}", events.last());
+    let Some(Event::RunFailed(f)) = events.last() else { unreachable!() };
+    assert!(f.message.contains("would run a 4th time"), "{}", f.message);
+}
+
+#[test]
+fn ordinals_read_as_english() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    max_visits: 400\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n",
+    );
+    let mut events = vec![started(json!({}))];
+    for _ in 0..400 {
+        let d = decide(&w, &fold(&events), t0());
+        let x = d.append.iter().find_map(|e| match e {
+            Event::StepStarted(s) if s.step_id == "a" => Some(s.attempt),
+            _ => None,
+        });
+        events.extend(d.append);
+        if let Some(a) = x {
+            events.push(step_completed("a", a, json!(1)));
+            events.extend(decide(&w, &fold(&events), t0()).append);
+        }
+    }
+    let next = decide(&w, &fold(&events), t0()).append;
+    assert!(matches!(&next[..], [Event::RunFailed(f)] if f.message.contains("a 401st time")), "{next:?}");
 }

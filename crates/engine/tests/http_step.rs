@@ -4,6 +4,7 @@
 //! and secrets that reach the server but never the log.
 #![allow(missing_docs)]
 
+#[macro_use]
 mod common;
 
 use common::run;
@@ -89,6 +90,20 @@ impl Server {
                         l.iter().filter(|s| s.target.split('?').next() == Some(path.as_str())).count()
                     };
                     let (status, extra, reply) = match (path.as_str(), calls) {
+                        // Honours idempotency keys: a key seen before gets its first answer again.
+                        ("/poll", _) => {
+                            let l = log.lock().expect("lock");
+                            let mut keys: Vec<&str> = Vec::new();
+                            for c in l.iter().filter(|c| c.target == "/poll") {
+                                let k = c.headers.get("idempotency-key").map_or("", String::as_str);
+                                if !keys.contains(&k) {
+                                    keys.push(k);
+                                }
+                            }
+                            let mine = headers.get("idempotency-key").map_or("", String::as_str);
+                            let n = keys.iter().position(|k| *k == mine).map_or(0, |i| i + 1);
+                            (200, "", json!({ "n": n }).to_string())
+                        }
                         ("/ok", _) => (201, "", json!({ "id": 7, "echo": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null), "auth": headers.get("authorization") }).to_string()),
                         ("/flaky", 1 | 2) => (503, "", "busy".to_owned()),
                         ("/flaky", _) => (200, "", json!({ "ok": true }).to_string()),
@@ -264,3 +279,22 @@ fn unknown_secrets_are_reported_before_running() {
     assert_eq!((d[0].code, d[0].line), ("unknown-secret", 3));
     assert!(d[0].to_string().contains("CAIRN_SECRET_CMS_TOKN"), "{}", d[0]);
 }
+
+/// A polling loop: each visit of the `http` step sends its own idempotency
+/// key, so a service that honours keys answers each visit anew (before,
+/// every visit sent `RUN:check:1` and the loop never saw a change).
+async fn a_polling_loop_sends_a_new_key_on_each_visit(store: Arc<dyn EventStore>) {
+    let server = Server::start().await;
+    let engine = Engine::new(store.clone(), TaskRegistry::builtin());
+    let src = format!(
+        "name: poll\nsteps:\n  - id: check\n    http: {{ url: 'http://127.0.0.1:{}/poll' }}\n    max_visits: 3\n  - id: done\n    branch: {{ if: 'steps.check.output.body.n >= 3', then: end, else: check }}\n",
+        server.port
+    );
+    let (id, state) = run(&engine, &src, json!({})).await;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
+    let keys: Vec<String> =
+        server.calls("/poll").iter().filter_map(|c| c.headers.get("idempotency-key").cloned()).collect();
+    assert_eq!(keys, (1..=3).map(|a| format!("{id}:check:{a}")).collect::<Vec<_>>());
+}
+
+both_backends!(a_polling_loop_sends_a_new_key_on_each_visit);

@@ -79,16 +79,22 @@ impl Projection for Runs {
 
 // ---- step_history -----------------------------------------------------------
 
-/// Every step attempt (start, end, duration, status, error, tokens, cost),
-/// branch decisions, retries, AI attempts, and who submitted or approved.
-/// Attempt rows are keyed `a:STEP:N` and AI attempts `ai:STEP:N`, so
-/// outcomes update them by primary key; other entries are keyed by their
-/// event's position.
+/// Every step attempt of every visit (start, end, duration, status, error,
+/// tokens, cost), branch decisions, retries, AI attempts, and who submitted
+/// or approved. Every entry is keyed by the position of the event that
+/// opened it (a step in a loop starts attempt 1 again on each visit in logs
+/// written before attempts were numbered on, so `step + attempt` is not a
+/// key); `step_current` says which entry each step's outcome updates.
 pub struct StepHistory;
 
 impl Projection for StepHistory {
     fn name(&self) -> &'static str {
         "step_history"
+    }
+
+    fn version(&self) -> u32 {
+        // 2: entries keyed by position, with the visit (was `a:STEP:N`).
+        2
     }
 
     fn apply_batch<'a>(
@@ -107,10 +113,10 @@ impl Projection for StepHistory {
     fn create(&self, s: &str) -> Vec<String> {
         vec![
             format!(
-                "CREATE TABLE IF NOT EXISTS step_history{s} (run_id TEXT NOT NULL, entry TEXT NOT NULL, position BIGINT NOT NULL, kind TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT, status TEXT, started_at TEXT, ended_at TEXT, duration_ms BIGINT, error_kind TEXT, error_message TEXT, input_tokens BIGINT, output_tokens BIGINT, cost_micros BIGINT, actor TEXT, detail TEXT, PRIMARY KEY (run_id, entry))"
+                "CREATE TABLE IF NOT EXISTS step_history{s} (run_id TEXT NOT NULL, entry TEXT NOT NULL, position BIGINT NOT NULL, kind TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT, visit BIGINT, status TEXT, started_at TEXT, ended_at TEXT, duration_ms BIGINT, error_kind TEXT, error_message TEXT, input_tokens BIGINT, output_tokens BIGINT, cost_micros BIGINT, actor TEXT, detail TEXT, PRIMARY KEY (run_id, entry))"
             ),
             format!(
-                "CREATE TABLE IF NOT EXISTS step_current{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT NOT NULL, PRIMARY KEY (run_id, step_id))"
+                "CREATE TABLE IF NOT EXISTS step_current{s} (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT NOT NULL, entry TEXT NOT NULL, visit BIGINT NOT NULL, retry_attempt BIGINT, ai_attempt BIGINT, ai_entry TEXT, PRIMARY KEY (run_id, step_id))"
             ),
         ]
     }
@@ -140,16 +146,6 @@ impl Projection for StepHistory {
 }
 
 /// The attempt a step is on, for entries that do not carry one.
-async fn current_attempt(tx: &mut Tx, table: &str, run: &Val, step: &str) -> Result<i64, DbError> {
-    let r = tx
-        .row(
-            &format!("SELECT attempt FROM {table} WHERE run_id = $1 AND step_id = $2"),
-            &[run.clone(), Val::from(step)],
-        )
-        .await?;
-    Ok(r.and_then(|r| r.first().and_then(Val::as_int)).unwrap_or(1))
-}
-
 // ---- costs ------------------------------------------------------------------
 
 /// Tokens and money by run, step, model, workflow and day.
@@ -551,13 +547,14 @@ fn audit_row(r: &RecordedEvent, e: &Event, meta: &mut Option<(String, (String, S
     ]
 }
 
-const HISTORY_COLUMNS: [&str; 17] = [
+const HISTORY_COLUMNS: [&str; 18] = [
     "run_id",
     "entry",
     "position",
     "kind",
     "step_id",
     "attempt",
+    "visit",
     "status",
     "started_at",
     "ended_at",
@@ -571,22 +568,158 @@ const HISTORY_COLUMNS: [&str; 17] = [
     "detail",
 ];
 
+/// One `step_history` row, by name.
+#[derive(Debug, Clone, PartialEq)]
+struct HistoryRow {
+    run_id: String,
+    entry: String,
+    position: i64,
+    kind: String,
+    step_id: String,
+    attempt: Option<i64>,
+    visit: Option<i64>,
+    status: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    duration_ms: Option<i64>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_micros: Option<i64>,
+    actor: Option<String>,
+    detail: Option<String>,
+}
+
+fn opt_int(v: Option<i64>) -> Val {
+    v.map_or(Val::Null, Val::Int)
+}
+
+fn text_at(r: &[Val], i: usize) -> Option<String> {
+    r.get(i).and_then(Val::as_text).map(str::to_owned)
+}
+
+fn int_at(r: &[Val], i: usize) -> Option<i64> {
+    r.get(i).and_then(Val::as_int)
+}
+
+impl HistoryRow {
+    fn new(run: &str, r: &RecordedEvent, kind: &str, step: &str, status: &str) -> HistoryRow {
+        HistoryRow {
+            run_id: run.to_owned(),
+            entry: r.global_position.to_string(),
+            position: i64::try_from(r.global_position).unwrap_or(i64::MAX),
+            kind: kind.to_owned(),
+            step_id: step.to_owned(),
+            attempt: None,
+            visit: None,
+            status: status.to_owned(),
+            started_at: Some(r.recorded_at.clone()),
+            ended_at: None,
+            duration_ms: None,
+            error_kind: None,
+            error_message: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_micros: None,
+            actor: None,
+            detail: None,
+        }
+    }
+
+    fn attempt(mut self, a: i64, visit: Option<i64>) -> Self {
+        self.attempt = Some(a);
+        self.visit = visit;
+        self
+    }
+
+    fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+
+    fn actor(mut self, a: impl Into<String>) -> Self {
+        self.actor = Some(a.into());
+        self
+    }
+
+    fn vals(&self) -> Vec<Val> {
+        vec![
+            Val::from(self.run_id.as_str()),
+            Val::from(self.entry.as_str()),
+            Val::Int(self.position),
+            Val::from(self.kind.as_str()),
+            Val::from(self.step_id.as_str()),
+            opt_int(self.attempt),
+            opt_int(self.visit),
+            Val::from(self.status.as_str()),
+            Val::opt_text(self.started_at.clone()),
+            Val::opt_text(self.ended_at.clone()),
+            opt_int(self.duration_ms),
+            Val::opt_text(self.error_kind.clone()),
+            Val::opt_text(self.error_message.clone()),
+            opt_int(self.input_tokens),
+            opt_int(self.output_tokens),
+            opt_int(self.cost_micros),
+            Val::opt_text(self.actor.clone()),
+            Val::opt_text(self.detail.clone()),
+        ]
+    }
+
+    fn from_vals(r: &[Val]) -> HistoryRow {
+        HistoryRow {
+            run_id: text_at(r, 0).unwrap_or_default(),
+            entry: text_at(r, 1).unwrap_or_default(),
+            position: int_at(r, 2).unwrap_or(0),
+            kind: text_at(r, 3).unwrap_or_default(),
+            step_id: text_at(r, 4).unwrap_or_default(),
+            attempt: int_at(r, 5),
+            visit: int_at(r, 6),
+            status: text_at(r, 7).unwrap_or_default(),
+            started_at: text_at(r, 8),
+            ended_at: text_at(r, 9),
+            duration_ms: int_at(r, 10),
+            error_kind: text_at(r, 11),
+            error_message: text_at(r, 12),
+            input_tokens: int_at(r, 13),
+            output_tokens: int_at(r, 14),
+            cost_micros: int_at(r, 15),
+            actor: text_at(r, 16),
+            detail: text_at(r, 17),
+        }
+    }
+}
+
+/// Where a step (instance) of a run is, for the history: its open attempt
+/// row, its visit, the retry it waits for and its latest AI attempt row.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Current {
+    attempt: i64,
+    entry: String,
+    visit: i64,
+    retry_attempt: Option<i64>,
+    ai: Option<(i64, String)>,
+}
+
+const CURRENT_COLUMNS: [&str; 8] =
+    ["run_id", "step_id", "attempt", "entry", "visit", "retry_attempt", "ai_attempt", "ai_entry"];
+
 /// The step_history rows one batch touches, read at most once each.
 struct HistoryFold<'t> {
     history: &'t str,
     current_table: &'t str,
     /// Rows by (run, entry); `None`: known not to exist.
-    rows: HashMap<(String, String), Option<Vec<Val>>>,
+    rows: HashMap<(String, String), Option<HistoryRow>>,
     /// Rows first written by this batch, in order (plain INSERTs: a
     /// duplicate fails as it would one by one).
     created: Vec<(String, String)>,
-    /// The attempt each step is on.
-    current: HashMap<(String, String), i64>,
+    /// Where each step is, by (run, step); `None`: never started.
+    current: HashMap<(String, String), Option<Current>>,
     current_set: Vec<(String, String)>,
 }
 
 impl HistoryFold<'_> {
-    async fn row(&mut self, tx: &mut Tx, run: &str, entry: &str) -> Result<Option<&mut Vec<Val>>, DbError> {
+    async fn row(&mut self, tx: &mut Tx, run: &str, entry: &str) -> Result<Option<&mut HistoryRow>, DbError> {
         let key = (run.to_owned(), entry.to_owned());
         if !self.rows.contains_key(&key) {
             let found = tx
@@ -599,69 +732,85 @@ impl HistoryFold<'_> {
                     &[Val::from(run), Val::from(entry)],
                 )
                 .await?;
-            self.rows.insert(key.clone(), found);
+            self.rows.insert(key.clone(), found.map(|r| HistoryRow::from_vals(&r)));
         }
         Ok(self.rows.get_mut(&key).and_then(Option::as_mut))
     }
 
-    fn create(&mut self, run: &str, entry: String, row: Vec<Val>) -> Result<(), DbError> {
-        let key = (run.to_owned(), entry);
+    fn create(&mut self, row: HistoryRow) -> Result<(), DbError> {
+        let key = (row.run_id.clone(), row.entry.clone());
         if matches!(self.rows.get(&key), Some(Some(_))) {
-            return Err(duplicate(format!("step_history entry {} of run {run} exists", key.1)));
+            return Err(duplicate(format!("step_history entry {} of run {} exists", key.1, key.0)));
         }
         self.rows.insert(key.clone(), Some(row));
         self.created.push(key);
         Ok(())
     }
 
-    async fn current(&mut self, tx: &mut Tx, run: &str, step: &str) -> Result<i64, DbError> {
+    async fn current(&mut self, tx: &mut Tx, run: &str, step: &str) -> Result<Option<Current>, DbError> {
         let key = (run.to_owned(), step.to_owned());
-        if let Some(a) = self.current.get(&key) {
-            return Ok(*a);
+        if let Some(c) = self.current.get(&key) {
+            return Ok(c.clone());
         }
-        let a = current_attempt(tx, self.current_table, &Val::from(run), step).await?;
-        self.current.insert(key, a);
-        Ok(a)
+        let found = tx
+            .row(
+                &format!(
+                    "SELECT attempt, entry, visit, retry_attempt, ai_attempt, ai_entry FROM {} WHERE run_id = $1 AND step_id = $2",
+                    self.current_table
+                ),
+                &[Val::from(run), Val::from(step)],
+            )
+            .await?
+            .map(|r| Current {
+                attempt: int_at(&r, 0).unwrap_or(1),
+                entry: text_at(&r, 1).unwrap_or_default(),
+                visit: int_at(&r, 2).unwrap_or(1),
+                retry_attempt: int_at(&r, 3),
+                ai: int_at(&r, 4).zip(text_at(&r, 5)),
+            });
+        self.current.insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn set_current(&mut self, run: &str, step: &str, c: Current) {
+        let key = (run.to_owned(), step.to_owned());
+        self.current.insert(key.clone(), Some(c));
+        self.current_set.push(key);
+    }
+
+    /// The open attempt row of a step, when the outcome is of its attempt.
+    async fn attempt_row(
+        &mut self,
+        tx: &mut Tx,
+        run: &str,
+        step: &str,
+        attempt: u32,
+    ) -> Result<Option<&mut HistoryRow>, DbError> {
+        match self.current(tx, run, step).await? {
+            Some(c) if c.attempt == i64::from(attempt) => self.row(tx, run, &c.entry).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// The row of the step's latest AI attempt, when it is attempt `number`.
+    async fn ai_row(
+        &mut self,
+        tx: &mut Tx,
+        run: &str,
+        step: &str,
+        number: u32,
+    ) -> Result<Option<&mut HistoryRow>, DbError> {
+        match self.current(tx, run, step).await?.and_then(|c| c.ai) {
+            Some((n, entry)) if n == i64::from(number) => self.row(tx, run, &entry).await,
+            _ => Ok(None),
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn history_row(
-    run: &str,
-    entry: &str,
-    r: &RecordedEvent,
-    kind: &str,
-    step: &str,
-    attempt: Val,
-    status: &str,
-    actor: Val,
-    detail: Val,
-) -> Vec<Val> {
-    vec![
-        Val::from(run),
-        Val::from(entry),
-        Val::from(r.global_position),
-        Val::from(kind),
-        Val::from(step),
-        attempt,
-        Val::from(status),
-        Val::Text(r.recorded_at.clone()),
-        Val::Null,
-        Val::Null,
-        Val::Null,
-        Val::Null,
-        Val::Null,
-        Val::Null,
-        Val::Null,
-        actor,
-        detail,
-    ]
-}
-
-fn add(v: &Val, n: &Val) -> Val {
-    match (v.as_int(), n.as_int()) {
-        (a, Some(b)) => Val::Int(a.unwrap_or(0) + b),
-        (a, None) => Val::Int(a.unwrap_or(0)),
+fn add(v: Option<i64>, n: Option<i64>) -> Option<i64> {
+    match (v, n) {
+        (a, Some(b)) => Some(a.unwrap_or(0) + b),
+        (a, None) => Some(a.unwrap_or(0)),
     }
 }
 
@@ -679,86 +828,67 @@ impl StepHistory {
         };
         for (r, e) in events {
             let Some(run) = r.stream_id.strip_prefix("run-") else { continue };
-            let at = Val::Text(r.recorded_at.clone());
-            let here = r.global_position.to_string();
+            let at = Some(r.recorded_at.clone());
+            // The attempt (and visit) an entry about a step belongs to.
+            let on = |c: &Option<Current>| c.as_ref().map_or((1, None), |c| (c.attempt, Some(c.visit)));
             match e {
                 Event::StepStarted(s) => {
-                    let entry = format!("a:{}:{}", s.step_id, s.attempt);
-                    let row = history_row(
-                        run,
-                        &entry,
-                        r,
-                        "attempt",
-                        &s.step_id,
-                        Val::from(s.attempt),
-                        "running",
-                        Val::Null,
-                        Val::Null,
-                    );
-                    f.create(run, entry, row)?;
-                    let key = (run.to_owned(), s.step_id.clone());
-                    f.current.insert(key.clone(), i64::from(s.attempt));
-                    f.current_set.push(key);
+                    let attempt = i64::from(s.attempt);
+                    let before = f.current(tx, run, &s.step_id).await?;
+                    // The retry (or re-start) of the attempt the step is on
+                    // stays in its visit; any other start is a new visit.
+                    let visit = match &before {
+                        Some(c) if c.retry_attempt == Some(attempt) => c.visit,
+                        Some(c) if c.attempt == attempt => {
+                            let open = f.row(tx, run, &c.entry).await?.is_some_and(|r| r.status == "running");
+                            if open { c.visit } else { c.visit + 1 }
+                        }
+                        Some(c) => c.visit + 1,
+                        None => 1,
+                    };
+                    let row = HistoryRow::new(run, r, "attempt", &s.step_id, "running").attempt(attempt, Some(visit));
+                    let entry = row.entry.clone();
+                    f.create(row)?;
+                    let ai = before.and_then(|c| c.ai);
+                    f.set_current(run, &s.step_id, Current { attempt, entry, visit, retry_attempt: None, ai });
                 }
                 Event::StepCompleted(s) => {
-                    if let Some(row) = f.row(tx, run, &format!("a:{}:{}", s.step_id, s.attempt)).await? {
-                        row[6] = Val::from("completed");
-                        row[8] = at;
-                        row[9] = Val::from(s.duration_ms);
-                        row[16] = Val::from(short(&s.output, 200));
+                    if let Some(row) = f.attempt_row(tx, run, &s.step_id, s.attempt).await? {
+                        row.status = "completed".into();
+                        row.ended_at = at;
+                        row.duration_ms = i64::try_from(s.duration_ms).ok();
+                        row.detail = Some(short(&s.output, 200));
                     }
                 }
                 Event::StepFailed(s) => {
-                    if let Some(row) = f.row(tx, run, &format!("a:{}:{}", s.step_id, s.attempt)).await? {
-                        row[6] = Val::from("failed");
-                        row[8] = at;
-                        row[10] = Val::from(s.error_kind.as_str());
-                        row[11] = Val::from(s.message.as_str());
-                        if row[9] == Val::Null {
-                            row[9] = Val::Int(0);
-                        }
+                    if let Some(row) = f.attempt_row(tx, run, &s.step_id, s.attempt).await? {
+                        row.status = "failed".into();
+                        row.ended_at = at;
+                        row.error_kind = Some(s.error_kind.clone());
+                        row.error_message = Some(s.message.clone());
+                        row.duration_ms.get_or_insert(0);
                     }
                 }
                 Event::StepSkipped(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
-                    let entry = format!("a:{}:{attempt}", s.step_id);
-                    let cancelled = match f.row(tx, run, &entry).await? {
-                        Some(row) if row[6].as_text() == Some("running") => {
-                            row[6] = Val::from("cancelled");
-                            row[8] = at;
-                            row[16] = Val::from(s.reason.as_str());
-                            true
-                        }
-                        _ => false,
+                    let c = f.current(tx, run, &s.step_id).await?;
+                    let cancelled = match &c {
+                        Some(c) => match f.row(tx, run, &c.entry.clone()).await? {
+                            Some(row) if row.status == "running" => {
+                                row.status = "cancelled".into();
+                                row.ended_at = at;
+                                row.detail = Some(s.reason.clone());
+                                true
+                            }
+                            _ => false,
+                        },
+                        None => false,
                     };
                     if !cancelled {
-                        let row = history_row(
-                            run,
-                            &here,
-                            r,
-                            "skipped",
-                            &s.step_id,
-                            Val::Null,
-                            "skipped",
-                            Val::Null,
-                            Val::from(s.reason.as_str()),
-                        );
-                        f.create(run, here, row)?;
+                        f.create(HistoryRow::new(run, r, "skipped", &s.step_id, "skipped").detail(s.reason.as_str()))?;
                     }
                 }
                 Event::StepKept(s) => {
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "kept",
-                        &s.step_id,
-                        Val::Null,
-                        "kept",
-                        Val::Null,
-                        Val::from(s.reason.as_str()),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(HistoryRow::new(run, r, "kept", &s.step_id, "kept").detail(s.reason.as_str()))?;
                 }
                 Event::RunResumed(e) => {
                     let detail = format!(
@@ -769,18 +899,9 @@ impl StepHistory {
                         e.plan.rerun.join(", "),
                         e.plan.kept.join(", ")
                     );
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "resume",
-                        &e.from_step,
-                        Val::Null,
-                        "resumed",
-                        Val::from(e.by.as_str()),
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(
+                        HistoryRow::new(run, r, "resume", &e.from_step, "resumed").actor(e.by.as_str()).detail(detail),
+                    )?;
                 }
                 Event::RetryScheduled(s) => {
                     let detail = format!(
@@ -789,173 +910,122 @@ impl StepHistory {
                         s.due_at.to_rfc3339(),
                         s.backoff_ms
                     );
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "retry",
-                        &s.step_id,
-                        Val::from(s.next_attempt),
-                        "scheduled",
-                        Val::Null,
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    let c = f.current(tx, run, &s.step_id).await?;
+                    let visit = c.as_ref().map(|c| c.visit);
+                    let next = i64::from(s.next_attempt);
+                    f.create(
+                        HistoryRow::new(run, r, "retry", &s.step_id, "scheduled").attempt(next, visit).detail(detail),
+                    )?;
+                    if let Some(mut c) = c {
+                        c.retry_attempt = Some(next);
+                        f.set_current(run, &s.step_id, c);
+                    }
                 }
                 Event::BranchTaken(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
                     let detail = format!("`{}` = {} → {}", s.expression, s.value, s.target);
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "branch",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        "taken",
-                        Val::Null,
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(
+                        HistoryRow::new(run, r, "branch", &s.step_id, "taken").attempt(attempt, visit).detail(detail),
+                    )?;
                 }
                 Event::AiAttemptStarted(s) => {
-                    let entry = format!("ai:{}:{}", s.step_id, s.attempt);
-                    let row = history_row(
-                        run,
-                        &entry,
-                        r,
-                        "ai",
-                        &s.step_id,
-                        Val::from(s.attempt),
-                        "running",
-                        Val::Null,
-                        Val::from(format!("{}/{}", s.provider, s.model)),
-                    );
-                    f.create(run, entry, row)?;
+                    let row = HistoryRow::new(run, r, "ai", &s.step_id, "running")
+                        .attempt(i64::from(s.attempt), None)
+                        .detail(format!("{}/{}", s.provider, s.model));
+                    let entry = row.entry.clone();
+                    f.create(row)?;
+                    let mut c = f.current(tx, run, &s.step_id).await?.unwrap_or_default();
+                    c.ai = Some((i64::from(s.attempt), entry));
+                    f.set_current(run, &s.step_id, c);
                 }
                 Event::AiAttemptCompleted(s) => {
-                    let cost = s.cost.as_ref().map_or(Val::Null, |c| Val::from(c.micros));
-                    let (inp, out) = (Val::from(s.usage.input_tokens), Val::from(s.usage.output_tokens));
-                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
-                        row[6] = Val::from("completed");
-                        row[8] = at;
-                        row[9] = Val::from(s.latency_ms);
-                        row[12] = inp.clone();
-                        row[13] = out.clone();
-                        row[14] = cost.clone();
+                    let cost = s.cost.as_ref().and_then(|c| i64::try_from(c.micros).ok());
+                    let (inp, out) =
+                        (i64::try_from(s.usage.input_tokens).ok(), i64::try_from(s.usage.output_tokens).ok());
+                    if let Some(row) = f.ai_row(tx, run, &s.step_id, s.attempt).await? {
+                        row.status = "completed".into();
+                        row.ended_at = at;
+                        row.duration_ms = i64::try_from(s.latency_ms).ok();
+                        row.input_tokens = inp;
+                        row.output_tokens = out;
+                        row.cost_micros = cost;
                     }
-                    let attempt = f.current(tx, run, &s.step_id).await?;
-                    if let Some(row) = f.row(tx, run, &format!("a:{}:{attempt}", s.step_id)).await? {
-                        row[12] = add(&row[12], &inp);
-                        row[13] = add(&row[13], &out);
-                        row[14] = add(&row[14], &cost);
+                    if let Some(c) = f.current(tx, run, &s.step_id).await?
+                        && let Some(row) = f.row(tx, run, &c.entry).await?
+                    {
+                        row.input_tokens = add(row.input_tokens, inp);
+                        row.output_tokens = add(row.output_tokens, out);
+                        row.cost_micros = add(row.cost_micros, cost);
                     }
                 }
                 Event::AiAttemptFailed(s) => {
-                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
-                        row[6] = Val::from("failed");
-                        row[8] = at;
-                        row[9] = Val::from(s.latency_ms);
-                        row[10] = Val::from(s.error_kind.as_str());
-                        row[11] = Val::from(s.message.as_str());
+                    if let Some(row) = f.ai_row(tx, run, &s.step_id, s.attempt).await? {
+                        row.status = "failed".into();
+                        row.ended_at = at;
+                        row.duration_ms = i64::try_from(s.latency_ms).ok();
+                        row.error_kind = Some(s.error_kind.clone());
+                        row.error_message = Some(s.message.clone());
                     }
                 }
                 Event::AiOutputRejected(s) => {
                     let errors: Vec<String> = s.errors.iter().map(|v| format!("{}: {}", v.path, v.message)).collect();
-                    if let Some(row) = f.row(tx, run, &format!("ai:{}:{}", s.step_id, s.attempt)).await? {
-                        row[6] = Val::from("rejected");
-                        row[10] = Val::from("contract");
-                        row[11] = Val::from(errors.join("; "));
+                    if let Some(row) = f.ai_row(tx, run, &s.step_id, s.attempt).await? {
+                        row.status = "rejected".into();
+                        row.error_kind = Some("contract".into());
+                        row.error_message = Some(errors.join("; "));
                     }
                 }
                 Event::InputSubmitted(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "input",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        "submitted",
-                        Val::from(s.submitted_by.as_str()),
-                        Val::from(short(&s.values, 200)),
-                    );
-                    f.create(run, here, row)?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
+                    f.create(
+                        HistoryRow::new(run, r, "input", &s.step_id, "submitted")
+                            .attempt(attempt, visit)
+                            .actor(s.submitted_by.as_str())
+                            .detail(short(&s.values, 200)),
+                    )?;
                 }
                 Event::ApprovalDecided(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "approval",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        &s.decision,
-                        Val::from(s.decided_by.as_str()),
-                        Val::opt_text(s.comment.clone()),
-                    );
-                    f.create(run, here, row)?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
+                    let mut row = HistoryRow::new(run, r, "approval", &s.step_id, &s.decision)
+                        .attempt(attempt, visit)
+                        .actor(s.decided_by.as_str());
+                    row.detail = s.comment.clone();
+                    f.create(row)?;
                 }
                 Event::ApprovalExpired(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
                     let detail = format!("deadline {} passed: {}", s.deadline.to_rfc3339(), s.on_timeout);
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "approval",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        "expired",
-                        Val::Null,
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(
+                        HistoryRow::new(run, r, "approval", &s.step_id, "expired")
+                            .attempt(attempt, visit)
+                            .detail(detail),
+                    )?;
                 }
                 Event::ChildRunStarted(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
                     let detail = format!("child run {} ({} v{})", s.child_run_id, s.workflow, s.workflow_version);
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "child",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        "started",
-                        Val::Null,
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(
+                        HistoryRow::new(run, r, "child", &s.step_id, "started").attempt(attempt, visit).detail(detail),
+                    )?;
                 }
                 Event::ChildRunCompleted(s) => {
-                    let attempt = f.current(tx, run, &s.step_id).await?;
+                    let (attempt, visit) = on(&f.current(tx, run, &s.step_id).await?);
                     let detail = format!("child run {}: {}", s.child_run_id, short(&s.result, 200));
-                    let row = history_row(
-                        run,
-                        &here,
-                        r,
-                        "child",
-                        &s.step_id,
-                        Val::Int(attempt),
-                        &s.status,
-                        Val::Null,
-                        Val::from(detail),
-                    );
-                    f.create(run, here, row)?;
+                    f.create(
+                        HistoryRow::new(run, r, "child", &s.step_id, &s.status).attempt(attempt, visit).detail(detail),
+                    )?;
                 }
                 _ => {}
             }
         }
         let created: std::collections::HashSet<(String, String)> = f.created.iter().cloned().collect();
-        let inserts: Vec<Vec<Val>> = f.created.iter().filter_map(|k| f.rows.get(k).cloned().flatten()).collect();
+        let inserts: Vec<Vec<Val>> =
+            f.created.iter().filter_map(|k| f.rows.get(k).and_then(Option::as_ref).map(HistoryRow::vals)).collect();
         let mut updates: Vec<((String, String), Vec<Val>)> = f
             .rows
             .iter()
             .filter(|(k, _)| !created.contains(*k))
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.vals())))
             .collect();
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         crate::projection::write_rows(tx, &history, &HISTORY_COLUMNS, None, inserts).await?;
@@ -974,17 +1044,21 @@ impl StepHistory {
             .rev()
             .filter(|k| seen.insert((*k).clone()))
             .filter_map(|k| {
-                f.current.get(k).map(|a| vec![Val::from(k.0.as_str()), Val::from(k.1.as_str()), Val::Int(*a)])
+                let c = f.current.get(k)?.as_ref()?;
+                Some(vec![
+                    Val::from(k.0.as_str()),
+                    Val::from(k.1.as_str()),
+                    Val::Int(c.attempt),
+                    Val::from(c.entry.as_str()),
+                    Val::Int(c.visit),
+                    opt_int(c.retry_attempt),
+                    opt_int(c.ai.as_ref().map(|a| a.0)),
+                    Val::opt_text(c.ai.as_ref().map(|a| a.1.clone())),
+                ])
             })
             .collect();
-        crate::projection::write_rows(
-            tx,
-            &current_table,
-            &["run_id", "step_id", "attempt"],
-            Some(&["run_id", "step_id"]),
-            currents,
-        )
-        .await
+        crate::projection::write_rows(tx, &current_table, &CURRENT_COLUMNS, Some(&["run_id", "step_id"]), currents)
+            .await
     }
 }
 
@@ -1080,7 +1154,7 @@ impl Inbox {
                         rows.insert(key.clone(), found);
                     }
                     if let Some(row) = rows.get_mut(&key) {
-                        row[8] = add(&row[8], &Val::Int(1));
+                        row[8] = Val::Int(row[8].as_int().unwrap_or(0) + 1);
                         row[9] = at.clone();
                         touched.insert(key);
                     }

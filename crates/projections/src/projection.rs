@@ -34,6 +34,14 @@ pub trait Projection: Send + Sync {
     /// Its name (`runs`, `step_history`, …), unique.
     fn name(&self) -> &'static str;
 
+    /// The shape of its tables and what they mean. Raise it when either
+    /// changes: a worker that finds tables of another version drops them
+    /// and builds the projection again from position 0 (which also clears
+    /// a stop that the old version made).
+    fn version(&self) -> u32 {
+        1
+    }
+
     /// The tables it owns, without suffix.
     fn tables(&self) -> &'static [&'static str];
 

@@ -95,6 +95,42 @@ async fn advance(tx: &mut Tx, name: &str, from: u64, generation: i64, to: u64) -
     Ok(moved == 1)
 }
 
+/// A projection whose tables are of another version than this binary's is
+/// dropped and set back to position 0 (a new generation, so a batch of an
+/// old worker in flight rolls back); the worker then builds it again. Only
+/// one of several workers starting together does it.
+async fn upgrade(db: &ReadDb, p: &dyn Projection) -> Result<(), DbError> {
+    let found = db.rows(&format!("SELECT version FROM {CHECKPOINTS} WHERE name = $1"), &[Val::from(p.name())]).await?;
+    let Some(stored) = found.first().and_then(|r| r.first()).and_then(Val::as_int) else { return Ok(()) };
+    let want = i64::from(p.version());
+    if stored == want {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    let claimed = tx
+        .exec(
+            &format!("UPDATE {CHECKPOINTS} SET position = 0, generation = generation + 1, version = $1, updated_at = $2, error = NULL, error_position = NULL WHERE name = $3 AND version = $4"),
+            &[Val::Int(want), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(p.name()), Val::Int(stored)],
+        )
+        .await?;
+    if claimed != 1 {
+        return tx.rollback().await;
+    }
+    for t in p.tables() {
+        tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
+    }
+    for ddl in p.create("") {
+        tx.exec(&ddl, &[]).await?;
+    }
+    tracing::info!(
+        projection = p.name(),
+        from = stored,
+        to = want,
+        "read model upgraded; building it again from position 0"
+    );
+    tx.commit().await
+}
+
 /// Runs projections from an event store into a read-model database.
 pub struct Worker {
     store: Arc<dyn EventStore>,
@@ -119,13 +155,22 @@ impl Worker {
             &[],
         )
         .await?;
+        // Checkpoints written before projections had versions are version 1.
+        if db.rows(&format!("SELECT version FROM {CHECKPOINTS} LIMIT 1"), &[]).await.is_err()
+            && let Err(e) =
+                db.exec(&format!("ALTER TABLE {CHECKPOINTS} ADD COLUMN version BIGINT NOT NULL DEFAULT 1"), &[]).await
+        {
+            // Another worker starting at the same moment may have added it.
+            db.rows(&format!("SELECT version FROM {CHECKPOINTS} LIMIT 1"), &[]).await.map_err(|_| e)?;
+        }
         for p in &projections {
+            upgrade(&db, &**p).await?;
             for ddl in p.create("") {
                 db.exec(&ddl, &[]).await?;
             }
             db.exec(
-                &format!("INSERT INTO {CHECKPOINTS} (name, position, generation) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING"),
-                &[Val::from(p.name())],
+                &format!("INSERT INTO {CHECKPOINTS} (name, position, generation, version) VALUES ($1, 0, 0, $2) ON CONFLICT (name) DO NOTHING"),
+                &[Val::from(p.name()), Val::from(p.version())],
             )
             .await?;
         }

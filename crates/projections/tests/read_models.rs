@@ -163,6 +163,9 @@ impl Projection for OneByOne {
     fn wants(&self, t: &str) -> bool {
         self.0.wants(t)
     }
+    fn version(&self) -> u32 {
+        self.0.version()
+    }
     fn apply_batch<'a>(
         &'a self,
         tx: &'a mut cairn_projections::Tx,
@@ -509,4 +512,188 @@ async fn a_dead_postgres_workers_projections_fail_over_to_another() {
             }
         }
     }
+}
+
+/// A loop's run as the engine recorded it before attempts were numbered on
+/// across visits: `check` starts attempt 1 on each of three visits, the
+/// second visit retries once.
+fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
+    let id = Uuid::from_u128(1000 + n);
+    let started = |step: &str, attempt| {
+        Event::StepStarted(StepStarted { step_id: step.into(), attempt, input: json!({}), scope: String::new() })
+    };
+    let done = |step: &str, attempt| {
+        Event::StepCompleted(StepCompleted {
+            step_id: step.into(),
+            attempt,
+            output: json!({ "n": attempt }),
+            duration_ms: 1,
+        })
+    };
+    let mut ev = vec![Event::RunStarted(RunStarted {
+        run_id: id,
+        workflow: "loop".into(),
+        workflow_version: 1,
+        definition_hash: "h".into(),
+        inputs: json!({}),
+        started_by: "ada".into(),
+        idempotency_key: None,
+        parent: None,
+        fork_of: None,
+    })];
+    for visit in 1..=3 {
+        ev.push(started("check", 1));
+        if visit == 2 {
+            ev.push(Event::StepFailed(StepFailed {
+                step_id: "check".into(),
+                attempt: 1,
+                error_kind: "flaky".into(),
+                message: "again".into(),
+                retryable: true,
+                retry_after_ms: None,
+            }));
+            ev.push(Event::RetryScheduled(cairn_events::RetryScheduled {
+                step_id: "check".into(),
+                next_attempt: 2,
+                due_at: chrono::Utc::now(),
+                backoff_ms: 10,
+            }));
+            ev.push(started("check", 2));
+            ev.push(done("check", 2));
+        } else {
+            ev.push(done("check", 1));
+        }
+        ev.push(started("again", 1));
+        ev.push(Event::BranchTaken(BranchTaken {
+            step_id: "again".into(),
+            expression: "steps.check.output.n < 3".into(),
+            value: json!(visit < 3),
+            target: if visit < 3 { "check".into() } else { "end".into() },
+        }));
+        ev.push(done("again", 1));
+    }
+    ev.push(Event::RunCompleted(RunCompleted { output: json!({}) }));
+    (id, ev)
+}
+
+/// `(step, attempt, visit, status)` of a run's attempt rows, in order.
+async fn attempt_rows(db: &ReadDb, id: Uuid) -> Vec<(String, i64, i64, String)> {
+    db.rows(
+        "SELECT step_id, attempt, visit, status FROM step_history WHERE run_id = $1 AND kind = 'attempt' ORDER BY position",
+        &[Val::from(id.to_string().as_str())],
+    )
+    .await
+    .expect("history")
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].as_text().unwrap_or_default().to_owned(),
+            r[1].as_int().unwrap_or(0),
+            r[2].as_int().unwrap_or(0),
+            r[3].as_text().unwrap_or_default().to_owned(),
+        )
+    })
+    .collect()
+}
+
+fn expected_loop_rows() -> Vec<(String, i64, i64, String)> {
+    let row = |s: &str, a, v, st: &str| (s.to_owned(), a, v, st.to_owned());
+    vec![
+        row("check", 1, 1, "completed"),
+        row("again", 1, 1, "completed"),
+        row("check", 1, 2, "failed"),
+        row("check", 2, 2, "completed"),
+        row("again", 1, 2, "completed"),
+        row("check", 1, 3, "completed"),
+        row("again", 1, 3, "completed"),
+    ]
+}
+
+/// The tables and checkpoints as the binary before projection versions
+/// left them: `step_history` keyed by `a:STEP:N`, stopped by a loop.
+async fn old_read_schema(db: &ReadDb, stopped_at: u64) {
+    for sql in [
+        "CREATE TABLE cairn_projections (name TEXT PRIMARY KEY, position BIGINT NOT NULL, generation BIGINT NOT NULL, updated_at TEXT, error_position BIGINT, error TEXT)",
+        "CREATE TABLE step_history (run_id TEXT NOT NULL, entry TEXT NOT NULL, position BIGINT NOT NULL, kind TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT, status TEXT, started_at TEXT, ended_at TEXT, duration_ms BIGINT, error_kind TEXT, error_message TEXT, input_tokens BIGINT, output_tokens BIGINT, cost_micros BIGINT, actor TEXT, detail TEXT, PRIMARY KEY (run_id, entry))",
+        "CREATE TABLE step_current (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt BIGINT NOT NULL, PRIMARY KEY (run_id, step_id))",
+    ] {
+        db.exec(sql, &[]).await.expect("old schema");
+    }
+    db.exec(
+        "INSERT INTO cairn_projections (name, position, generation, error_position, error) VALUES ('step_history', $1, 0, $2, 'UNIQUE constraint failed: step_history.run_id, step_history.entry')",
+        &[Val::from(stopped_at - 1), Val::from(stopped_at)],
+    )
+    .await
+    .expect("old checkpoint");
+}
+
+/// A read database that the old `a:STEP:N` key stopped on a loop recovers
+/// when the new binary starts: `step_history` is built again, current, and
+/// lists every visit and attempt.
+async fn a_history_stopped_by_the_old_key_recovers(store: Arc<dyn EventStore>, db: ReadDb) {
+    let (id, events) = old_loop_run(1);
+    append(&store, id, &events, 0).await;
+    // The old key failed on the second visit's StepStarted (event 7).
+    old_read_schema(&db, 7).await;
+    let worker = Worker::new(store.clone(), db.clone(), models::all()).await.expect("worker");
+    worker.catch_up().await.expect("catch up");
+    for s in worker.status().await.expect("status") {
+        assert_eq!((s.name.as_str(), s.position, s.error), (s.name.as_str(), s.head, None), "current and not stopped");
+    }
+    assert_eq!(attempt_rows(&db, id).await, expected_loop_rows());
+    // Incremental, one event at a time, equals a rebuild.
+    let before = dump(&db).await;
+    worker.rebuild("step_history").await.expect("rebuild");
+    assert_eq!(dump(&db).await, before, "rebuild equals the live tables");
+}
+
+/// Every visit and attempt of a loop gets its row, incrementally in
+/// batches of one and in one batch, on both key shapes of the log.
+async fn a_loop_lists_every_visit_and_attempt(store: Arc<dyn EventStore>, db: ReadDb) {
+    let worker = Worker::new(store.clone(), db.clone(), models::all()).await.expect("worker").with_batch(1);
+    let (old, events) = old_loop_run(2);
+    append(&store, old, &events, 0).await;
+    worker.catch_up().await.expect("catch up");
+    assert_eq!(attempt_rows(&db, old).await, expected_loop_rows());
+    let before = dump(&db).await;
+    worker.rebuild("step_history").await.expect("rebuild");
+    assert_eq!(dump(&db).await, before, "one batch equals batches of one");
+}
+
+#[tokio::test]
+async fn sqlite_a_history_stopped_by_the_old_key_recovers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path()).await;
+    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+    a_history_stopped_by_the_old_key_recovers(store, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_history_stopped_by_the_old_key_recovers() {
+    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let db = ReadDb::postgres(opts).await.expect("db");
+    a_history_stopped_by_the_old_key_recovers(store, db).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_loop_lists_every_visit_and_attempt() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path()).await;
+    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+    a_loop_lists_every_visit_and_attempt(store, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_loop_lists_every_visit_and_attempt() {
+    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let db = ReadDb::postgres(opts).await.expect("db");
+    a_loop_lists_every_visit_and_attempt(store, db).await;
 }

@@ -211,6 +211,9 @@ pub struct RunState {
     pub compensated: bool,
     /// The items of every map step instance's last start.
     pub map_items: BTreeMap<String, Value>,
+    /// The attempt before the first attempt of each step instance's
+    /// current visit: retries count from there.
+    pub visit_base: BTreeMap<String, u32>,
 }
 
 /// A failing run undoing its completed steps.
@@ -347,8 +350,19 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
         Event::StepStarted(e) => {
-            if e.attempt == 1 + s.attempt_base(&e.step_id) {
+            // A start that is not the retry (or the re-start) of the attempt
+            // the thread is on is a new visit. Attempts are numbered on
+            // across visits, so each visit's attempts have their own
+            // idempotency keys, timer ids, child runs and history rows; a
+            // log written before that (attempt 1 again) is still a visit.
+            let again = s.threads.get(&e.scope).is_some_and(|t| match &t.cursor {
+                Cursor::RetryWait { step, next_attempt, .. } => step == &e.step_id && *next_attempt == e.attempt,
+                Cursor::InFlight { step, attempt, .. } => step == &e.step_id && *attempt == e.attempt,
+                _ => false,
+            });
+            if !again {
                 *s.visits.entry(e.step_id.clone()).or_default() += 1;
+                s.visit_base.insert(e.step_id.clone(), e.attempt.saturating_sub(1));
             }
             match s.attempts.get_mut(&e.step_id) {
                 Some(a) => *a = (*a).max(e.attempt),
@@ -496,11 +510,17 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
 }
 
 impl RunState {
-    /// The highest attempt of a step instance before the last resume: its
-    /// attempts after the resume are numbered on from there, so each has
-    /// its own idempotency key, child run and resume token.
-    pub fn attempt_base(&self, instance: &str) -> u32 {
-        self.resume.as_ref().and_then(|r| r.base.get(instance).copied()).unwrap_or(0)
+    /// The attempt a new visit of a step instance starts with: one past the
+    /// highest recorded (across visits and resumes), so no two attempts of
+    /// a run share an idempotency key, timer id, child run or resume token.
+    pub fn next_visit_attempt(&self, instance: &str) -> u32 {
+        let resumed = self.resume.as_ref().and_then(|r| r.base.get(instance).copied()).unwrap_or(0);
+        1 + self.attempts.get(instance).copied().unwrap_or(0).max(resumed)
+    }
+
+    /// The attempt number within the current visit (1 for its first).
+    pub fn attempt_in_visit(&self, instance: &str, attempt: u32) -> u32 {
+        attempt.saturating_sub(self.visit_base.get(instance).copied().unwrap_or(0))
     }
 
     fn end_threads(&mut self) {
@@ -817,7 +837,7 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 return End::Failed((error_kind.clone(), message.clone(), Some(step.clone())));
             };
             let policy = &st.retry;
-            let base = s.attempt_base(step);
+            let base = s.visit_base.get(step.as_str()).copied().unwrap_or(0);
             let tries = attempt.saturating_sub(base);
             if *retryable && tries < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
                 let next = attempt + 1;
@@ -1075,7 +1095,7 @@ fn fail_or_compensate(
 fn next_compensation(w: &Workflow, s: &RunState, now: DateTime<Utc>) -> Vec<Event> {
     let Some(c) = &s.compensating else { return Vec::new() };
     match c.queue.get(c.done).and_then(|id| w.step(id)) {
-        Some(st) => start(w, s, "", "", st, 1, now),
+        Some(st) => start(w, s, "", "", st, s.next_visit_attempt(&st.id), now),
         None => {
             let (kind, message, step) = c.error.clone();
             vec![Event::RunFailed(RunFailed { error_kind: kind, message, failed_step: step })]
@@ -1093,7 +1113,7 @@ pub(super) fn seed(run: Option<Uuid>, step: &str, attempt: u32) -> u64 {
 }
 
 /// Enters step `id` in thread `key` (instance prefix `pre`): checks
-/// `max_visits`, then starts attempt 1.
+/// `max_visits`, then starts the visit's first attempt.
 fn enter(
     w: &Workflow,
     s: &RunState,
@@ -1115,11 +1135,11 @@ fn enter(
     {
         return Err((
             "max_visits".to_owned(),
-            format!("step `{instance}` would run a {}th time; its max_visits is {max}", visits + 1),
+            format!("step `{instance}` would run a {} time; its max_visits is {max}", ordinal(visits + 1)),
             Some(instance),
         ));
     }
-    Ok(start(w, s, key, pre, st, 1 + s.attempt_base(&instance), now))
+    Ok(start(w, s, key, pre, st, s.next_visit_attempt(&instance), now))
 }
 
 fn started(step: &str, key: &str, attempt: u32, input: Value) -> Event {
@@ -1249,6 +1269,18 @@ fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u
             branch(step, key, attempt, "default", json!(false), default)
         }
     }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, `11th`, `21st`, `401st`…
+pub(crate) fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// A value, shortened for a message.
