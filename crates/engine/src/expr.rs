@@ -63,11 +63,17 @@ impl Condition {
         let mut context = cel::Context::default();
         if let Value::Object(vars) = ctx {
             for (k, v) in vars {
-                let v = cel::to_value(v).map_err(|e| format!("cannot expose `{k}` to the condition: {e}"))?;
-                context.add_variable_from_value(k.clone(), v);
+                context.add_variable_from_value(k.clone(), to_cel(v));
             }
         }
-        let v = self.program.execute(&context).map_err(|e| format!("`{}`: {e}", self.source))?;
+        let v = self.program.execute(&context).map_err(|e| match &e {
+            cel::ExecutionError::UnsupportedBinaryOperator(op, l, r) if is_number(l) && is_number(r) => format!(
+                "`{}`: cannot {op} {l:?} and {r:?}: a whole number and a decimal do not mix in a condition; \
+                 write the whole number as a decimal (`2.0`) or convert it with `double(...)`",
+                self.source
+            ),
+            _ => format!("`{}`: {e}", self.source),
+        })?;
         v.json().map_err(|e| format!("`{}`: result is not JSON: {e:?}", self.source))
     }
 
@@ -78,4 +84,30 @@ impl Condition {
             other => Err(format!("`{}` evaluated to {other}, not true or false", self.source)),
         }
     }
+}
+
+/// JSON as CEL values. Whole numbers become `int` (CEL's `uint` only past
+/// `i64::MAX`), so numbers from inputs and step outputs mix with literals
+/// (`inputs.x * 2`, `steps.c.output.n + 1 > 3`); other numbers `double`.
+fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(std::sync::Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(o) => {
+            let m: std::collections::HashMap<String, cel::Value> =
+                o.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::Map(m.into())
+        }
+    }
+}
+
+fn is_number(v: &cel::Value) -> bool {
+    matches!(v, cel::Value::Int(_) | cel::Value::UInt(_) | cel::Value::Float(_))
 }

@@ -49,18 +49,175 @@ fn sole_expression(s: &str) -> Option<&str> {
     (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner.trim())
 }
 
-/// Checks that every template string in `value` compiles.
+/// The names a template may read: `inputs`, `steps`, `secrets`, and
+/// `item` and `index` inside a `map`.
+pub const ROOTS: [&str; 5] = ["inputs", "steps", "secrets", "item", "index"];
+
+/// Checks that every template string in `value` compiles, reads only
+/// [`ROOTS`] (and its own loop variables), and uses only filters, tests and
+/// functions that exist at run time: what validates, runs.
 pub fn check(value: &Value) -> Result<(), TemplateError> {
     walk_strings(value, &mut |s| {
         if !is_template(s) {
             return Ok(());
         }
-        let r = match sole_expression(s) {
-            Some(expr) => env().compile_expression(expr).map(|_| ()),
-            None => env().template_from_str(s).map(|_| ()),
-        };
-        r.map_err(|e| TemplateError { template: s.to_owned(), message: e.to_string() })
+        let err = |message: String| TemplateError { template: s.to_owned(), message };
+        let vars = match sole_expression(s) {
+            Some(expr) => env().compile_expression(expr).map(|e| e.undeclared_variables(false)),
+            None => env().template_from_str(s).map(|t| t.undeclared_variables(false)),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        let used = names_used(s);
+        for (kind, name) in &used {
+            let (kind, name) = (*kind, name.as_str());
+            if !exists(kind, &name) {
+                return Err(err(format!(
+                    "unknown {} `{name}`; see docs/workflow-language.md for the {}s a template can use",
+                    kind.word(),
+                    kind.word()
+                )));
+            }
+        }
+        let called = |v: &str| used.iter().any(|(k, n)| *k == Callable::Function && n == v);
+        let mut vars: Vec<String> = vars.into_iter().filter(|v| !ROOTS.contains(&v.as_str()) && !called(v)).collect();
+        vars.sort();
+        if let Some(v) = vars.first() {
+            return Err(err(format!(
+                "`{v}` is not defined in a template; a template reads {}",
+                "`inputs`, `steps`, `secrets`, and `item` and `index` inside a map"
+            )));
+        }
+        Ok(())
     })
+}
+
+/// What a name in a template is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callable {
+    /// `x | name`.
+    Filter,
+    /// `x is name`.
+    Test,
+    /// `name(...)`.
+    Function,
+}
+
+impl Callable {
+    fn word(self) -> &'static str {
+        match self {
+            Callable::Filter => "filter",
+            Callable::Test => "test",
+            Callable::Function => "function",
+        }
+    }
+}
+
+/// Whether the template engine knows this filter, test or function: it is
+/// asked, so the check cannot drift from what runs.
+pub fn exists(kind: Callable, name: &str) -> bool {
+    let probe = match kind {
+        Callable::Filter => format!("none | {name}"),
+        Callable::Test => format!("none is {name}"),
+        Callable::Function => format!("{name}()"),
+    };
+    let Ok(e) = env().compile_expression(&probe) else { return false };
+    match e.eval(minijinja::context! {}) {
+        Ok(_) => true,
+        Err(e) => {
+            !matches!(
+                e.kind(),
+                minijinja::ErrorKind::UnknownFilter
+                    | minijinja::ErrorKind::UnknownTest
+                    | minijinja::ErrorKind::UnknownFunction
+            ) && !(kind == Callable::Function && e.kind() == minijinja::ErrorKind::UndefinedError)
+        }
+    }
+}
+
+const KEYWORDS: [&str; 16] = [
+    "if", "elif", "else", "for", "in", "not", "and", "or", "is", "set", "with", "filter", "call", "true", "false",
+    "none",
+];
+
+/// The filters, tests and functions a template's code uses (string
+/// literals skipped).
+pub fn names_used(src: &str) -> Vec<(Callable, String)> {
+    let mut code = String::new();
+    let mut rest = src;
+    if sole_expression(src).is_some() || !is_template(src) {
+        code.push_str(sole_expression(src).unwrap_or(""));
+    } else {
+        while let Some(i) = rest.find(['{']) {
+            let after = &rest[i..];
+            let close = if after.starts_with("{{") {
+                "}}"
+            } else if after.starts_with("{%") {
+                "%}"
+            } else {
+                rest = &rest[i + 1..];
+                continue;
+            };
+            let Some(end) = after.find(close) else { break };
+            code.push_str(&after[2..end]);
+            code.push(' ');
+            rest = &after[end + 2..];
+        }
+    }
+    // Blank out string literals.
+    let mut plain = String::with_capacity(code.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in code.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                plain.push(' ');
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                plain.push(' ');
+            }
+            None => plain.push(c),
+        }
+    }
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut out = Vec::new();
+    let b = plain.as_bytes();
+    for (i, c) in plain.char_indices() {
+        if c == '|' {
+            let name = ident(plain[i + 1..].trim_start());
+            if !name.is_empty() {
+                out.push((Callable::Filter, name));
+            }
+        }
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.');
+        if !word_start || !(c.is_ascii_alphabetic() || c == '_') {
+            continue;
+        }
+        let word = ident(&plain[i..]);
+        let after = plain[i + word.len()..].trim_start();
+        if word == "is" {
+            let next = after.strip_prefix("not ").map_or(after, str::trim_start);
+            let name = ident(next);
+            if !name.is_empty() && name != "not" {
+                out.push((Callable::Test, name));
+            }
+        } else if after.starts_with('(')
+            && !KEYWORDS.contains(&word.as_str())
+            && !plain[..i].trim_end().ends_with('|')
+            && !plain[..i].trim_end().ends_with(" is")
+            && !plain[..i].trim_end().ends_with(" not")
+        {
+            out.push((Callable::Function, word));
+        }
+    }
+    out
 }
 
 /// Renders every template string in `value` against `ctx`.

@@ -447,3 +447,31 @@ fn ordinals_read_as_english() {
     let next = decide(&w, &fold(&events), t0()).append;
     assert!(matches!(&next[..], [Event::RunFailed(f)] if f.message.contains("a 401st time")), "{next:?}");
 }
+
+/// Numbers from JSON mix with literals in condition arithmetic (before,
+/// `inputs.x * 2 == 2` failed the step: `uint` from JSON, `int` literals).
+#[test]
+fn condition_arithmetic_mixes_json_numbers_and_literals() {
+    for (cond, inputs, want) in [
+        ("inputs.x * 2 == 2", json!({ "x": 1 }), "yes"),
+        ("inputs.x + 1 > 3", json!({ "x": 3 }), "yes"),
+        ("inputs.x - 5 < 0", json!({ "x": 3 }), "yes"),
+        ("inputs.x % 2 == 1", json!({ "x": 3 }), "yes"),
+        ("inputs.p * 1.5 > 2.0", json!({ "p": 1.5 }), "yes"),
+        ("inputs.x / 2 == 2", json!({ "x": 5 }), "yes"),
+        ("inputs.x * 2 == 2", json!({ "x": 2 }), "no"),
+    ] {
+        let w = wf(&format!(
+            "name: w\nsteps:\n  - id: b\n    branch: {{ if: '{cond}', then: yes, else: no }}\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n"
+        ));
+        let next = decide(&w, &fold(&[started(inputs.clone())]), t0()).append;
+        assert!(
+            matches!(&next[..], [_, Event::BranchTaken(b), _] if b.target == want),
+            "{cond} with {inputs}: {next:?}"
+        );
+    }
+    // A whole number and a decimal: the message says what to write.
+    let w = wf("name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.x * 1.5 > 2.0', then: end, else: end }\n");
+    let next = decide(&w, &fold(&[started(json!({ "x": 2 }))]), t0()).append;
+    assert!(matches!(&next[..], [_, Event::StepFailed(f)] if f.message.contains("double(")), "{next:?}");
+}

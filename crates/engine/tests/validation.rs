@@ -358,3 +358,57 @@ fn an_unquoted_yaml_boolean_in_required_is_named() {
         &["`required` lists the boolean false", "the property `n`", "required: [\"n\"]"],
     );
 }
+
+/// What validates, runs: a template may read only the roots that exist at
+/// run time and use only the filters, tests and functions the template
+/// engine has (before, `env.HOME` and `| tojson` validated and then failed
+/// the run).
+#[test]
+fn templates_use_only_what_exists_at_run_time() {
+    let t = |expr: &str| format!("name: w\nsteps:\n  - id: t\n    transform: {{ x: '{expr}' }}\n");
+    check(&t("{{ env.HOME }}"), "bad-template", 3, &["`env` is not defined", "inputs"]);
+    check(&t("{{ inputs.x | nosuch }}"), "bad-template", 3, &["unknown filter `nosuch`"]);
+    check(&t("{{ inputs.x is nosuch }}"), "bad-template", 3, &["unknown test `nosuch`"]);
+    check(&t("{{ nosuch(1) }}"), "bad-template", 3, &["unknown function `nosuch`"]);
+    check(&t("a {{ inputs.x | upper | nosuch2 }} b"), "bad-template", 3, &["unknown filter `nosuch2`"]);
+    for ok in [
+        "{{ inputs.x | tojson }}",
+        "{{ inputs.x | default(1) }}",
+        "{{ inputs.x is defined }}",
+        "{{ inputs.x is not none }}",
+        "{% for i in range(3) %}{{ i }}{% endfor %}",
+        "{{ \"a | b\" ~ inputs.x }}",
+        "{{ steps.t.output if steps.t is defined else 0 }}",
+    ] {
+        assert_eq!(diags(&t(ok)), Vec::new(), "{ok}");
+    }
+}
+
+/// Every filter and test the docs list exists at run time and renders.
+#[test]
+fn the_documented_filters_tests_and_functions_exist() {
+    use cairn_engine::template::{Callable, exists};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/workflow-language.md")).expect("docs");
+    let listed = |label: &str| -> Vec<String> {
+        let line = doc.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("docs list `{label}`"));
+        line.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    };
+    for (label, kind) in [
+        ("- **Filters:**", Callable::Filter),
+        ("- **Tests:**", Callable::Test),
+        ("- **Functions:**", Callable::Function),
+    ] {
+        let names = listed(label);
+        assert!(names.len() >= 3, "{label}: {names:?}");
+        for n in names {
+            assert!(exists(kind, &n), "{label} lists `{n}`, which the template engine does not have");
+        }
+    }
+    let out = cairn_engine::template::render(
+        &serde_json::json!("{{ inputs.x | tojson }}"),
+        &serde_json::json!({ "inputs": { "x": { "a": 1 } } }),
+    )
+    .expect("tojson renders");
+    assert_eq!(out, serde_json::json!("{\"a\": 1}"));
+}
