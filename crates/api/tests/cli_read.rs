@@ -90,6 +90,7 @@ async fn keep_writing(store: Arc<dyn EventStore>, stop: tokio::sync::watch::Rece
                 idempotency_key: None,
                 parent: None,
                 fork_of: None,
+                settings: None,
             }),
             Event::StepStarted(cairn_events::StepStarted {
                 step_id: "a".into(),

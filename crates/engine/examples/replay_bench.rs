@@ -50,6 +50,7 @@ fn record(w: &cairn_engine::Workflow) -> Vec<Event> {
         idempotency_key: None,
         parent: None,
         fork_of: None,
+        settings: None,
     })];
     let mut s = fold(events.iter());
     let now = chrono::Utc::now();

@@ -481,7 +481,7 @@ impl Config {
                 return Err(err("the template has no `prompt` or `messages`".into()));
             }
             for (_, t) in &messages {
-                crate::template::check(&Value::String(t.clone())).map_err(|e| err(e.to_string()))?;
+                crate::template::check_with(&Value::String(t.clone()), &["vars"]).map_err(|e| err(e.to_string()))?;
             }
             let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
             self.prompts.insert(stem.to_owned(), crate::ai::PromptTemplate { messages, sha256 });

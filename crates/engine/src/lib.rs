@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod replay;
 pub mod runner;
 pub mod secrets;
+mod settings;
 pub mod tasks;
 pub mod template;
 pub mod trace;

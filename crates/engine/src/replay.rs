@@ -5,7 +5,7 @@
 //! against a new definition's contracts and conditions. Nothing here calls
 //! a model or a service: it reads the log only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use cairn_events::{DecodeError, Event, RecordedEvent, SchemaViolation};
 use chrono::{DateTime, Utc};
@@ -145,67 +145,174 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
         message,
     };
     while i < events.len() {
-        let now =
-            DateTime::parse_from_rfc3339(&recorded[i].recorded_at).map(|d| d.with_timezone(&Utc)).unwrap_or_default();
+        let now = recorded_now(&recorded[i]);
         if external(&events[i]) {
             s = evolve(s, &events[i]);
             i += 1;
             continue;
         }
         let d = decide(w, &s, now);
+        let e = &events[i];
+        // The decided events, queued per thread of control: the threads of
+        // a run (parallel branches, map iterations) progress independently,
+        // so the log may interleave them in any order, and an effect's
+        // outcome may come before another thread's pending decision (the
+        // runner commits outcomes ready together first). Within a thread
+        // the order is the decider's, and a thread's decision is recorded
+        // whole.
         if !d.append.is_empty() {
-            checked += 1;
-            for (j, want) in d.append.iter().enumerate() {
-                let Some(got) = events.get(i + j) else {
-                    let at = i + j - 1;
-                    return Ok(report(
-                        &s,
-                        events.len(),
-                        checked,
-                        Some(diverge(
-                            at,
-                            vec![typed(want)],
-                            format!("the log ends, but the decider would record {}", short(want)),
-                        )),
-                    ));
+            let threads = threads_of(&d.append, &s, &HashMap::new());
+            let mut queues: BTreeMap<&str, VecDeque<usize>> = BTreeMap::new();
+            for (k, t) in threads.iter().enumerate() {
+                queues.entry(t.as_str()).or_default().push_back(k);
+            }
+            let mut scopes: HashMap<String, String> = HashMap::new();
+            let mut touched: BTreeSet<&str> = BTreeSet::new();
+            let mut j = i;
+            while j < events.len() && !external(&events[j]) {
+                let t = thread_at(&events, j, &s, &scopes);
+                let Some((key, q)) =
+                    queues.get_key_value(t.as_str()).map(|(k, _)| *k).and_then(|k| Some((k, queues.get_mut(k)?)))
+                else {
+                    break;
                 };
-                if got != want && normalised(got) != normalised(want) {
-                    let message = match (got, want) {
-                        (Event::BranchTaken(g), Event::BranchTaken(n)) => format!(
-                            "branch `{}` went to `{}` ({} was {}); the decider now goes to `{}` ({} is {})",
-                            g.step_id, g.target, g.expression, g.value, n.target, n.expression, n.value
-                        ),
-                        _ => format!("recorded {}; the decider now records {}", short(got), short(want)),
+                let Some(&k) = q.front() else { break };
+                let want = &d.append[k];
+                if &events[j] != want && normalised(&events[j]) != normalised(want) {
+                    break;
+                }
+                q.pop_front();
+                touched.insert(key);
+                if let Event::StepStarted(x) = &events[j] {
+                    scopes.insert(x.step_id.clone(), x.scope.clone());
+                }
+                j += 1;
+            }
+            if j > i {
+                checked += 1;
+                // A thread's decision is recorded whole, never in part.
+                if let Some(&k) = touched.iter().find_map(|t| queues.get(t).and_then(|q| q.front())) {
+                    let want = &d.append[k];
+                    let message = match events.get(j) {
+                        Some(got) => mismatch(got, want),
+                        None => format!("the log ends, but the decider would record {}", short(want)),
                     };
-                    return Ok(report(
-                        &s,
-                        events.len(),
-                        checked,
-                        Some(diverge(i + j, d.append.iter().map(typed).collect(), message)),
-                    ));
+                    let at = j.min(events.len() - 1);
+                    return Ok(report(&s, events.len(), checked, Some(diverge(at, vec![typed(want)], message))));
+                }
+                for e in &events[i..j] {
+                    s = evolve(s, e);
+                }
+                i = j;
+                continue;
+            }
+            // Nothing decided now was recorded here: the event must be the
+            // outcome of an effect in flight, else the decider differs.
+            let open = step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st));
+            if !open {
+                let t = thread_at(&events, i, &s, &scopes);
+                let decided: Vec<Value> =
+                    threads.iter().zip(&d.append).filter(|(th, _)| **th == t).map(|(_, x)| typed(x)).collect();
+                if let Some(k) = queues.get(t.as_str()).and_then(|q| q.front()) {
+                    checked += 1;
+                    let message = mismatch(e, &d.append[*k]);
+                    return Ok(report(&s, events.len(), checked, Some(diverge(i, decided, message))));
                 }
             }
-            for e in &events[i..i + d.append.len()] {
-                s = evolve(s, e);
-            }
-            i += d.append.len();
-            continue;
         }
-        // No decision pending: the event must be the outcome of an effect in flight.
-        let e = &events[i];
+        // No decision of the event's thread pending: the event must be the
+        // outcome of an effect in flight.
         let open = step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st));
         if !open {
-            let message = if d.execute.is_empty() && d.wake_at.is_none() && !d.parked {
+            let message = if d.append.is_empty() && d.execute.is_empty() && d.wake_at.is_none() && !d.parked {
                 format!("recorded {}; the decider now ends the run here", short(e))
-            } else {
+            } else if d.append.is_empty() {
                 format!("recorded {}; the decider now waits for something else here", short(e))
+            } else {
+                format!(
+                    "recorded {}; the decider now records {} here",
+                    short(e),
+                    d.append.iter().map(short).collect::<Vec<_>>().join(", ")
+                )
             };
-            return Ok(report(&s, events.len(), checked, Some(diverge(i, Vec::new(), message))));
+            return Ok(report(
+                &s,
+                events.len(),
+                checked,
+                Some(diverge(i, d.append.iter().map(typed).collect(), message)),
+            ));
         }
         s = evolve(s, e);
         i += 1;
     }
+    // The log ends: nothing the decider would have recorded with the last
+    // event is missing (the runner records pure progress with the outcome
+    // that allows it). After a command's event (a resume, an answer) the
+    // run may not have been driven yet.
+    if let (Some(last), Some(r)) = (events.last(), recorded.last())
+        && !external(last)
+        && i > 0
+    {
+        let d = decide(w, &s, recorded_now(r));
+        if let Some(want) = d.append.first() {
+            let message = format!("the log ends, but the decider would record {}", short(want));
+            return Ok(report(
+                &s,
+                events.len(),
+                checked + 1,
+                Some(diverge(events.len() - 1, d.append.iter().map(typed).collect(), message)),
+            ));
+        }
+    }
     Ok(report(&s, events.len(), checked, None))
+}
+
+fn recorded_now(r: &RecordedEvent) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&r.recorded_at).map(|d| d.with_timezone(&Utc)).unwrap_or_default()
+}
+
+fn mismatch(got: &Event, want: &Event) -> String {
+    match (got, want) {
+        (Event::BranchTaken(g), Event::BranchTaken(n)) => format!(
+            "branch `{}` went to `{}` ({} was {}); the decider now goes to `{}` ({} is {})",
+            g.step_id, g.target, g.expression, g.value, n.target, n.expression, n.value
+        ),
+        _ => format!("recorded {}; the decider now records {}", short(got), short(want)),
+    }
+}
+
+/// The thread of control (scope) each event is about: a step's scope; an
+/// event that names no step (a timer firing, the run's end) belongs to the
+/// thread of the next event that does, or the top level.
+fn threads_of(events: &[Event], s: &RunState, known: &HashMap<String, String>) -> Vec<String> {
+    let mut scopes = known.clone();
+    let mut out: Vec<Option<String>> = events
+        .iter()
+        .map(|e| match e {
+            Event::StepStarted(x) => {
+                scopes.insert(x.step_id.clone(), x.scope.clone());
+                Some(x.scope.clone())
+            }
+            Event::StepKept(x) => Some(x.scope.clone()),
+            Event::TimerFired(_) => None,
+            other => step_of(other).map(|st| scopes.get(&st).cloned().unwrap_or_else(|| s.scope_of(&st).to_owned())),
+        })
+        .collect();
+    let mut next = String::new();
+    for t in out.iter_mut().rev() {
+        match t {
+            Some(t) => next = t.clone(),
+            None => *t = Some(next.clone()),
+        }
+    }
+    out.into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// The thread of recorded event `j`, looking ahead past events that name
+/// no step.
+fn thread_at(events: &[Event], j: usize, s: &RunState, scopes: &HashMap<String, String>) -> String {
+    let end = (j + 8).min(events.len());
+    threads_of(&events[j..end], s, scopes).into_iter().next().unwrap_or_default()
 }
 
 fn report(s: &RunState, events: usize, checked: usize, divergence: Option<Divergence>) -> ReplayReport {

@@ -310,6 +310,7 @@ impl Engine {
             idempotency_key,
             parent,
             fork_of: fork.as_ref().map(|(o, _)| o.clone()),
+            settings: crate::settings::resolve(w, &self.config),
         });
         let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];

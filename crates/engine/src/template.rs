@@ -57,6 +57,11 @@ pub const ROOTS: [&str; 5] = ["inputs", "steps", "secrets", "item", "index"];
 /// [`ROOTS`] (and its own loop variables), and uses only filters, tests and
 /// functions that exist at run time: what validates, runs.
 pub fn check(value: &Value) -> Result<(), TemplateError> {
+    check_with(value, &[])
+}
+
+/// [`check`], with more roots than [`ROOTS`] (an AI prompt also reads `vars`).
+pub fn check_with(value: &Value, extra_roots: &[&str]) -> Result<(), TemplateError> {
     walk_strings(value, &mut |s| {
         if !is_template(s) {
             return Ok(());
@@ -79,12 +84,20 @@ pub fn check(value: &Value) -> Result<(), TemplateError> {
             }
         }
         let called = |v: &str| used.iter().any(|(k, n)| *k == Callable::Function && n == v);
-        let mut vars: Vec<String> = vars.into_iter().filter(|v| !ROOTS.contains(&v.as_str()) && !called(v)).collect();
+        let mut vars: Vec<String> = vars
+            .into_iter()
+            .filter(|v| !ROOTS.contains(&v.as_str()) && !extra_roots.contains(&v.as_str()) && !called(v))
+            .collect();
         vars.sort();
         if let Some(v) = vars.first() {
             return Err(err(format!(
-                "`{v}` is not defined in a template; a template reads {}",
-                "`inputs`, `steps`, `secrets`, and `item` and `index` inside a map"
+                "`{v}` is not defined in a template; a template reads {}{}",
+                "`inputs`, `steps`, `secrets`, and `item` and `index` inside a map",
+                if extra_roots.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (here also `{}`)", extra_roots.join("`, `"))
+                }
             )));
         }
         Ok(())

@@ -30,6 +30,7 @@ fn started(inputs: Value) -> Event {
         idempotency_key: None,
         parent: None,
         fork_of: None,
+        settings: None,
     })
 }
 

@@ -908,6 +908,7 @@ fn run_started(workflow: &str, inputs: Value) -> Event {
         idempotency_key: None,
         parent: None,
         fork_of: None,
+        settings: None,
     })
 }
 

@@ -31,6 +31,80 @@ pub struct ForkOrigin {
     pub step_id: String,
 }
 
+/// What a run's decisions take from the engine's configuration, resolved
+/// when the run starts and recorded with it: the decider reads these, never
+/// today's `cairn.yaml`, so a replay reads only the log and the definition,
+/// and a run keeps the models, prices and prompts it started with.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RunSettings {
+    /// The model each AI step (by step id) resolved to.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, ResolvedModel>,
+    /// The prompt templates AI steps use, by `ID@VERSION`.
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, RecordedPrompt>,
+    /// Email notifications, when the engine sends them.
+    #[serde(default)]
+    pub email: Option<EmailSettings>,
+}
+
+/// A `model:` as it resolved when the run started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ResolvedModel {
+    /// The model name as written in the step.
+    pub alias: String,
+    /// Provider name from the providers config (absent when it did not resolve).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's wire protocol: `openai`, `anthropic` or `scripted`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Model name at the provider.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Default structured-output mode: `json_schema`, `json_object` or `none`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Its price, when the config gives one.
+    #[serde(default)]
+    pub price: Option<PriceRecord>,
+    /// Why it did not resolve (the step then fails with `ai.config`).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A model's price as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PriceRecord {
+    /// Per million input tokens.
+    pub input_per_million: f64,
+    /// Per million output tokens.
+    pub output_per_million: f64,
+    /// Currency code.
+    pub currency: String,
+    /// The price table's version.
+    pub table: String,
+}
+
+/// A prompt template's messages as they were when the run started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RecordedPrompt {
+    /// SHA-256 of the template file, hex.
+    pub sha256: String,
+    /// `(role, template)` pairs, unrendered.
+    pub messages: Vec<AiMessage>,
+}
+
+/// How notifications are sent, as far as deciding goes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EmailSettings {
+    /// Most send attempts per notification.
+    pub max_attempts: u32,
+    /// People's addresses, by identity.
+    #[serde(default)]
+    pub addresses: std::collections::BTreeMap<String, String>,
+}
+
 /// A run began.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunStarted {
@@ -55,6 +129,11 @@ pub struct RunStarted {
     /// Set when this run was forked from another run.
     #[serde(default)]
     pub fork_of: Option<ForkOrigin>,
+    /// What its decisions take from the configuration (absent for a
+    /// workflow with no AI or people steps, and in runs recorded before
+    /// settings were: those read the engine's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RunSettings>,
 }
 
 /// A step attempt began; recorded before any effect.

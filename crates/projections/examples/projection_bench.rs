@@ -50,6 +50,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
                 idempotency_key: None,
                 parent: None,
                 fork_of: None,
+                settings: None,
             }),
             step("fetch", 1),
             done("fetch"),

@@ -29,6 +29,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
         idempotency_key: None,
         parent: None,
         fork_of: None,
+        settings: None,
     })];
     for (i, p) in plan.iter().enumerate() {
         let step = format!("s{i}");
@@ -540,6 +541,7 @@ fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
         idempotency_key: None,
         parent: None,
         fork_of: None,
+        settings: None,
     })];
     for visit in 1..=3 {
         ev.push(started("check", 1));

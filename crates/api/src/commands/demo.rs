@@ -27,6 +27,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 idempotency_key: None,
                 parent: None,
                 fork_of: None,
+                settings: None,
             }),
             "demo",
         ),

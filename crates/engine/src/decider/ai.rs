@@ -18,6 +18,7 @@ use super::{Decision, Effect, Execution, InFlight, RunState, seed};
 use crate::ai::{AiStep, Prompt};
 use crate::config::OutputMode;
 use crate::model::{Budget, Workflow};
+use crate::settings::Surroundings;
 
 /// What one AI step instance has done, folded from its events. Counters
 /// marked "this attempt" restart when the step starts a new attempt.
@@ -165,17 +166,13 @@ pub(super) fn evolve_timer(s: &mut RunState, event: &Event) -> bool {
 
 /// The messages an AI step starts with, rendered: recorded in its
 /// `StepStarted` input, with the template it came from.
-pub(super) fn start_input(w: &Workflow, a: &AiStep, ctx: &Value) -> Result<Value, String> {
+pub(super) fn start_input(w: &Workflow, s: &RunState, a: &AiStep, ctx: &Value) -> Result<Value, String> {
     let (messages, template) = match &a.prompt {
         Prompt::Messages(m) => (m.clone(), None),
         Prompt::Template { id, version } => {
             let key = format!("{id}@{version}");
-            let t = w
-                .config
-                .prompts
-                .get(&key)
-                .ok_or_else(|| format!("no prompt template `{key}` in {} on this engine", w.config.prompts_dir))?;
-            (t.messages.clone(), Some(json!({"id": key, "sha256": t.sha256})))
+            let (messages, sha256) = Surroundings::of(w, s).prompt(&key)?;
+            (messages, Some(json!({"id": key, "sha256": sha256})))
         }
     };
     let mut ctx = ctx.clone();
@@ -299,7 +296,7 @@ pub(super) fn decide(f: &InFlight<'_>, a: &AiStep, d: &mut Decision) {
 /// Starts the next AI attempt, or fails the step when a budget forbids it.
 fn begin(f: &InFlight<'_>, a: &AiStep, p: &AiProgress, d: &mut Decision) {
     let InFlight { w, s, st, inst, attempt, input, .. } = *f;
-    let spec = match w.config.resolve(&a.model, !a.scripted.is_empty()) {
+    let spec = match Surroundings::of(w, s).model(&st.id, &a.model, !a.scripted.is_empty()) {
         Ok(spec) => spec,
         Err(e) => {
             d.append.push(step_failed(inst, attempt, "ai.config", e, false));

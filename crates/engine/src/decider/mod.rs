@@ -214,6 +214,9 @@ pub struct RunState {
     /// The attempt before the first attempt of each step instance's
     /// current visit: retries count from there.
     pub visit_base: BTreeMap<String, u32>,
+    /// What its decisions take from the configuration, as recorded when it
+    /// started (`None`: a run recorded before that reads it live).
+    pub settings: Option<cairn_events::RunSettings>,
 }
 
 /// A failing run undoing its completed steps.
@@ -347,6 +350,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.status = RunStatus::Running;
             s.inputs = e.inputs.clone();
             s.parent = e.parent.clone();
+            s.settings = e.settings.clone();
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
         Event::StepStarted(e) => {
@@ -1190,7 +1194,7 @@ fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u
             }
         }
         StepKind::Parallel { .. } => vec![started(step, key, attempt, Value::Null)],
-        StepKind::Ai(a) => match ai::start_input(w, a, &ctx) {
+        StepKind::Ai(a) => match ai::start_input(w, s, a, &ctx) {
             Ok(input) => vec![started(step, key, attempt, input)],
             Err(e) => render_failed(e),
         },

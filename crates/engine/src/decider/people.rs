@@ -402,7 +402,7 @@ pub(super) fn decide(f: &InFlight<'_>, d: &mut Decision) {
     if !d.append.is_empty() {
         return;
     }
-    notify(w, h, inst, attempt, now, d);
+    notify(w, s, h, inst, attempt, now, d);
 }
 
 /// A deadline passed.
@@ -463,8 +463,9 @@ fn expire(f: &InFlight<'_>, h: &HumanWait, deadline: DateTime<Utc>, d: &mut Deci
 
 /// The notifications still to send: one per recipient for the request (per
 /// round) and for every reminder that fired.
-fn notify(w: &Workflow, h: &HumanWait, inst: &str, attempt: u32, now: DateTime<Utc>, d: &mut Decision) {
-    let Some(email) = &w.config.email else { return };
+fn notify(w: &Workflow, s: &RunState, h: &HumanWait, inst: &str, attempt: u32, now: DateTime<Utc>, d: &mut Decision) {
+    let surroundings = crate::settings::Surroundings::of(w, s);
+    let Some(max_attempts) = surroundings.email_max_attempts() else { return };
     let mut purposes = vec![if h.round == 0 { "request".to_owned() } else { "escalation".to_owned() }];
     for id in &h.fired {
         if let Some((p, _)) = h.timers.get(id)
@@ -480,7 +481,7 @@ fn notify(w: &Workflow, h: &HumanWait, inst: &str, attempt: u32, now: DateTime<U
     };
     for purpose in &purposes {
         for identity in &waiting_on {
-            let Some(address) = w.config.email_of(identity) else {
+            let Some(address) = surroundings.email_of(identity) else {
                 let key = (purpose.clone(), (*identity).clone());
                 if !h.notices.contains_key(&key) {
                     d.append.push(Event::NotificationFailed(NotificationFailed {
@@ -498,7 +499,7 @@ fn notify(w: &Workflow, h: &HumanWait, inst: &str, attempt: u32, now: DateTime<U
             let n = h.notices.get(&(purpose.clone(), address.clone()));
             match n {
                 Some(n) if n.sent => continue,
-                Some(n) if n.attempts >= email.max_attempts || (n.attempts > 0 && n.retry_at.is_none()) => continue,
+                Some(n) if n.attempts >= max_attempts || (n.attempts > 0 && n.retry_at.is_none()) => continue,
                 Some(Notice { retry_at: Some(t), .. }) if *t > now => {
                     d.wake(*t);
                     continue;

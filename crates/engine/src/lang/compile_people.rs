@@ -14,7 +14,9 @@ use crate::model::{Budget, RetryPolicy, StepKind};
 use crate::template;
 
 fn check_template(cx: &mut Ctx<'_>, at: &Spanned<String>, what: &str, v: &Value) {
-    if let Err(e) = template::check(v) {
+    // What an AI step renders also reads its `vars`.
+    let extra: &[&str] = if what.starts_with("ai") { &["vars"] } else { &[] };
+    if let Err(e) = template::check_with(v, extra) {
         cx.at(at, "bad-template", format!("step `{}` `{what}`: {e}", at.value), None);
     }
 }
