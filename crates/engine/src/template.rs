@@ -75,7 +75,7 @@ pub fn check_with(value: &Value, extra_roots: &[&str]) -> Result<(), TemplateErr
         let used = names_used(s);
         for (kind, name) in &used {
             let (kind, name) = (*kind, name.as_str());
-            if !exists(kind, &name) {
+            if !exists(kind, name) {
                 return Err(err(format!(
                     "unknown {} `{name}`; see docs/workflow-language.md for the {}s a template can use",
                     kind.word(),
@@ -137,12 +137,10 @@ pub fn exists(kind: Callable, name: &str) -> bool {
     match e.eval(minijinja::context! {}) {
         Ok(_) => true,
         Err(e) => {
-            !matches!(
-                e.kind(),
-                minijinja::ErrorKind::UnknownFilter
-                    | minijinja::ErrorKind::UnknownTest
-                    | minijinja::ErrorKind::UnknownFunction
-            ) && !(kind == Callable::Function && e.kind() == minijinja::ErrorKind::UndefinedError)
+            use minijinja::ErrorKind as K;
+            let unknown = matches!(e.kind(), K::UnknownFilter | K::UnknownTest | K::UnknownFunction)
+                || (kind == Callable::Function && e.kind() == K::UndefinedError);
+            !unknown
         }
     }
 }

@@ -145,7 +145,6 @@ impl Projection for StepHistory {
     }
 }
 
-/// The attempt a step is on, for entries that do not carry one.
 // ---- costs ------------------------------------------------------------------
 
 /// Tokens and money by run, step, model, workflow and day.
