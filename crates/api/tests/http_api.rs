@@ -279,6 +279,8 @@ async fn workflows_are_created_listed_versioned_archived_and_validated() {
     s.post("/runs", &k, &json!({"workflow": "pay"})).await.problem(409, "workflow-archived");
     s.post_yaml("/workflows/pay/versions", &k, APPROVAL).await.problem(409, "workflow-archived");
     assert_eq!(s.get(&format!("/runs/{id}"), &k).await.json["status"], "waiting");
+    // The state at the head says what the run says (before: `running`).
+    assert_eq!(s.get(&format!("/runs/{id}/state"), &k).await.json["status"], "waiting");
     let list = s.get("/workflows", &k).await;
     let names: Vec<(&str, bool)> = list.json["items"]
         .as_array()

@@ -9,7 +9,6 @@ use cairn_events::{
     AiAttemptCompleted, AiAttemptFailed, AiAttemptStarted, Cost, Event, NotificationFailed, NotificationSent,
     TokenUsage,
 };
-use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -210,7 +209,7 @@ impl Engine {
             Err(error) => {
                 let retry_at = (send_attempt < cfg.max_attempts).then(|| {
                     let wait = cfg.retry_interval.saturating_mul(1 << (send_attempt - 1).min(16));
-                    Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero())
+                    self.clock.now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero())
                 });
                 Event::NotificationFailed(NotificationFailed {
                     step_id: step_id.to_owned(),

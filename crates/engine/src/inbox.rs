@@ -250,7 +250,7 @@ impl Engine {
             let version = state.version;
             let mut events = vec![event];
             let after = evolve(state, &events[0]);
-            let _ = crate::runner::settle(&w, after, &mut events);
+            let _ = crate::runner::settle(&w, after, &mut events, self.clock.now());
             let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(a.by(), run_id, &events[0]))];
             new.extend(
                 events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata("engine", run_id, e))),

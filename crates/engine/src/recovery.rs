@@ -40,6 +40,9 @@ pub struct ResumeRequest {
     pub by: String,
     /// Why.
     pub reason: Option<String>,
+    /// The time the plan's path is predicted at (what falls due by then);
+    /// the engine sets its clock's now. Without it nothing falls due.
+    pub now: Option<chrono::DateTime<Utc>>,
 }
 
 impl ResumeRequest {
@@ -52,6 +55,7 @@ impl ResumeRequest {
             force: false,
             by: by.to_owned(),
             reason: None,
+            now: None,
         }
     }
 }
@@ -300,7 +304,7 @@ fn recorded(events: &[Event]) -> Recorded {
         if !last.contains_key(step) {
             order.push(step.clone());
         }
-        // A skip of a step that completed (a branch not taken) changes nothing.
+        // A cancellation recorded after the step completed changes nothing.
         if !(what == "cancelled" && last.get(step) == Some(&"completed")) {
             last.insert(step.clone(), what);
         }
@@ -336,14 +340,21 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
         return Err(ResumeError::ChildRun { run_id, parent: p.run_id, step: p.step_id.clone() });
     }
     if s.compensated {
-        let steps: Vec<String> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::CompensationStarted(c) => Some(c.compensations.join(", ")),
-                _ => None,
-            })
-            .collect();
-        return Err(ResumeError::Compensated { run_id, steps: steps.join("; ") });
+        // Only what ran: a compensation queued after one that failed never did.
+        let mut queued: BTreeSet<&str> = BTreeSet::new();
+        let mut ran: Vec<String> = Vec::new();
+        for e in events {
+            match e {
+                Event::CompensationStarted(c) => queued.extend(c.compensations.iter().map(String::as_str)),
+                Event::StepCompleted(x) if queued.contains(x.step_id.as_str()) => ran.push(format!("`{}`", x.step_id)),
+                Event::StepFailed(x) if queued.contains(x.step_id.as_str()) => {
+                    ran.push(format!("`{}` (failed)", x.step_id));
+                }
+                _ => {}
+            }
+        }
+        let steps = if ran.is_empty() { "none completed".to_owned() } else { ran.join(", ") };
+        return Err(ResumeError::Compensated { run_id, steps });
     }
     let rec = recorded(events);
     let failed: Vec<String> = rec
@@ -486,7 +497,7 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
         inputs: (!req.inputs.is_empty()).then(|| Value::Object(req.inputs.clone())),
         forced: req.force,
     };
-    let (path, stopped) = simulate(w, &s, &resumed);
+    let (path, stopped) = simulate(w, &s, &resumed, req.now.unwrap_or(chrono::DateTime::UNIX_EPOCH));
     let before: BTreeSet<&String> = rec.order.iter().collect();
     let after: BTreeSet<&String> = path.iter().collect();
     let reentered_from = rec.order.iter().position(|i| i == &top_of(&s, &from)).unwrap_or(0);
@@ -703,10 +714,14 @@ fn reachable(w: &Workflow, id: &str) -> BTreeSet<String> {
 /// The instances a resumed run would start or keep, in order, supposing
 /// each step that runs again returns its recorded output; and the first
 /// step whose outcome cannot be supposed (it never completed), if any.
-fn simulate(w: &Workflow, s: &RunState, resumed: &RunResumed) -> (Vec<String>, Option<String>) {
+fn simulate(
+    w: &Workflow,
+    s: &RunState,
+    resumed: &RunResumed,
+    now: chrono::DateTime<Utc>,
+) -> (Vec<String>, Option<String>) {
     let mut state = evolve(s.clone(), &Event::RunResumed(resumed.clone()));
     let prior = s.outputs.clone();
-    let now = Utc::now();
     let mut path: Vec<String> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut stopped: Option<String> = None;
@@ -781,7 +796,7 @@ impl Engine {
     pub async fn plan_resume(&self, run_id: Uuid, req: &ResumeRequest) -> Result<Plan, ResumeError> {
         let events = self.events(run_id).await?;
         let w = self.pinned(run_id, &fold(&events)).await?;
-        plan(&w, &events, req)
+        plan(&w, &events, &ResumeRequest { now: Some(req.now.unwrap_or_else(|| self.clock.now())), ..req.clone() })
     }
 
     /// Plans and records a resume (`RunResumed`), appended only if nothing

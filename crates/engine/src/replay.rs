@@ -328,7 +328,8 @@ pub struct Snapshot {
     pub recorded_at: String,
     /// The last event folded.
     pub last_event: String,
-    /// `running`, `completed`, `failed` or `cancelled`.
+    /// `running`, `waiting`, `completed`, `failed` or `cancelled`: the
+    /// status `GET /runs/{id}` gives at that point.
     pub status: String,
     /// The run's inputs.
     pub inputs: Value,
@@ -380,7 +381,7 @@ pub fn snapshot(recorded: &[RecordedEvent], n: usize) -> Result<Snapshot, Decode
         stream_version: s.version,
         recorded_at: recorded.get(n - 1).map(|r| r.recorded_at.clone()).unwrap_or_default(),
         last_event: last,
-        status: format!("{:?}", s.status).to_lowercase(),
+        status: s.status_name().to_owned(),
         inputs: s.inputs.clone(),
         outputs: s.outputs.clone(),
         pending,

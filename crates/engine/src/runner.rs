@@ -101,6 +101,8 @@ pub struct Engine {
     pub(crate) http: reqwest::Client,
     pub(crate) config: Arc<crate::config::Config>,
     pub(crate) token_key: Vec<u8>,
+    /// Where "now" comes from for every decision, timer and retry.
+    pub(crate) clock: cairn_events::clock::ClockHandle,
 }
 
 impl Engine {
@@ -117,6 +119,7 @@ impl Engine {
             config: Arc::new(crate::config::Config::default()),
             // A key of this process alone unless the config brings a shared one.
             token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
+            clock: cairn_events::clock::ClockHandle::default(),
         }
     }
 
@@ -129,6 +132,18 @@ impl Engine {
         self.config = Arc::new(config);
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self
+    }
+
+    /// Reads the time from `clock` (tests and the simulator drive it; give
+    /// the store the same clock so `recorded_at` agrees).
+    pub fn with_clock(mut self, clock: impl Into<cairn_events::clock::ClockHandle>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// The clock this engine reads the time from.
+    pub fn clock(&self) -> &cairn_events::clock::ClockHandle {
+        &self.clock
     }
 
     /// The configuration.
@@ -273,9 +288,10 @@ impl Engine {
             return Ok(None);
         }
         let w = self.definition(&state.workflow, state.workflow_version).await?;
-        let d = decide(&w, &state, Utc::now());
+        let now = self.clock.now();
+        let d = decide(&w, &state, now);
         if !d.append.is_empty() || !d.execute.is_empty() {
-            return Ok(Some(Utc::now()));
+            return Ok(Some(now));
         }
         Ok(d.wake_at)
     }
@@ -318,7 +334,7 @@ impl Engine {
             state = evolve(state, &e);
             events.push(e);
         }
-        let (state, _) = settle(w, state, &mut events);
+        let (state, _) = settle(w, state, &mut events, self.clock.now());
         let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
         self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
@@ -430,7 +446,7 @@ impl Engine {
         loop {
             let d = match next.take() {
                 Some(d) => d,
-                None => decide(&w, &state, Utc::now()),
+                None => decide(&w, &state, self.clock.now()),
             };
             if !d.append.is_empty() {
                 next = self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
@@ -464,18 +480,19 @@ impl Engine {
                     return Ok(state);
                 }
                 let Some(t) = d.wake_at else { return Ok(state) };
-                let wait = (t - Utc::now()).to_std().unwrap_or_default();
                 // Re-read at least every second so a cancel is noticed.
-                tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))).await;
+                tokio::select! {
+                    () = self.clock.sleep_until(t) => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
                 state = self.state(run_id).await?;
                 continue;
             }
             let first = match d.wake_at {
                 Some(t) => {
-                    let wait = (t - Utc::now()).to_std().unwrap_or_default();
                     tokio::select! {
                         r = running.next() => r,
-                        () = tokio::time::sleep(wait) => None,
+                        () = self.clock.sleep_until(t) => None,
                     }
                 }
                 None => running.next().await,
@@ -519,7 +536,7 @@ impl Engine {
         mut events: Vec<Event>,
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
-        let (after, next) = settle(w, events.iter().fold(state.clone(), evolve), &mut events);
+        let (after, next) = settle(w, events.iter().fold(state.clone(), evolve), &mut events, self.clock.now());
         let new: Vec<NewEvent> =
             events.iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))).collect();
         match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
@@ -819,8 +836,13 @@ impl Engine {
 /// (its effects and wake-up), so the caller need not decide again.
 /// Time-dependent decisions (retry due times) use the current time, exactly
 /// as deciding them one append later would.
-pub(crate) fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>) -> (RunState, Decision) {
-    let mut d = decide(w, &state, Utc::now());
+pub(crate) fn settle(
+    w: &Workflow,
+    mut state: RunState,
+    events: &mut Vec<Event>,
+    now: chrono::DateTime<Utc>,
+) -> (RunState, Decision) {
+    let mut d = decide(w, &state, now);
     for _ in 0..1_000 {
         if d.append.is_empty() {
             break;
@@ -830,7 +852,7 @@ pub(crate) fn settle(w: &Workflow, mut state: RunState, events: &mut Vec<Event>)
             state = evolve(state, e);
         }
         events.extend(more);
-        d = decide(w, &state, Utc::now());
+        d = decide(w, &state, now);
     }
     (state, d)
 }

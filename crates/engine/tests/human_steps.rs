@@ -13,6 +13,7 @@ use std::time::Duration;
 use cairn_engine::decider::RunStatus;
 use cairn_engine::inbox::{HumanError, Submission, Vote};
 use cairn_engine::{Engine, TaskRegistry};
+use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -238,13 +239,19 @@ async fn racing_approvers_on_a_quorum_of_one_record_exactly_one(store: Arc<dyn E
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Completed);
 }
 
+/// An engine whose time the test moves (deadlines fall due when it says).
+fn clocked(store: &Arc<dyn EventStore>) -> (Engine, Arc<ManualClock>) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    (engine(store).with_clock(clock.clone()), clock)
+}
+
 async fn deadlines_reject_fail_or_escalate(store: Arc<dyn EventStore>) {
-    let e = engine(&store);
+    let (e, clock) = clocked(&store);
     let base = REVIEW.replace("quorum: all", "quorum: any");
     // reject (the default): completes with `expired` since on_reject is continue.
-    let src = base.replace("      on_reject: continue\n", "      on_reject: continue\n      deadline: 300ms\n");
+    let src = base.replace("      on_reject: continue\n", "      on_reject: continue\n      deadline: 1h\n");
     let id = start(&e, &src, json!({"body": "b"})).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_secs(3600));
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
     assert_eq!(s.outputs["review"]["decision"], json!("expired"));
@@ -252,20 +259,29 @@ async fn deadlines_reject_fail_or_escalate(store: Arc<dyn EventStore>) {
     assert!(evs.iter().any(|e| matches!(e, Event::ApprovalExpired(x) if x.on_timeout == "reject")));
     assert!(evs.iter().any(|e| matches!(e, Event::TimerFired(_))));
 
-    // fail
-    let src = base.replace("      on_reject: continue\n", "      deadline: 300ms\n      on_timeout: fail\n");
+    // reject, and a rejection fails the step: the message says it expired.
+    let src = base.replace("      on_reject: continue\n", "      deadline: 1h\n");
     let id = start(&e, &src, json!({"body": "b"})).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_secs(3600));
+    let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    let (kind, message, _) = s.error.expect("failed");
+    assert_eq!(kind, "approval.rejected");
+    assert!(message.contains("approval `review` expired: its deadline passed without a decision"), "{message}");
+
+    // fail
+    let src = base.replace("      on_reject: continue\n", "      deadline: 1h\n      on_timeout: fail\n");
+    let id = start(&e, &src, json!({"body": "b"})).await;
+    clock.advance(Duration::from_secs(3600));
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.error.map(|x| x.0).as_deref(), Some("approval.expired"));
 
     // escalate: the first approvers lose the right to decide, the new ones have it.
     let src = base.replace(
         "      on_reject: continue\n",
-        "      deadline: 300ms\n      on_timeout: escalate\n      escalate_to: [cto]\n",
+        "      deadline: 1h\n      on_timeout: escalate\n      escalate_to: [cto]\n",
     );
     let id = start(&e, &src, json!({"body": "b"})).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_secs(3600));
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
     let token = e.resume_token(id, "review", 1);
     assert!(matches!(
@@ -287,10 +303,13 @@ async fn deadlines_reject_fail_or_escalate(store: Arc<dyn EventStore>) {
 }
 
 async fn a_form_deadline_fails_the_step(store: Arc<dyn EventStore>) {
-    let e = engine(&store);
-    let src = FORM.replace("      assignees:", "      deadline: 200ms\n      assignees:");
+    let (e, clock) = clocked(&store);
+    let src = FORM.replace("      assignees:", "      deadline: 1h\n      assignees:");
     let id = start(&e, &src, json!({"who": "ada"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not yet: nothing expires a second early.
+    clock.advance(Duration::from_secs(3599));
+    assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
+    clock.advance(Duration::from_secs(1));
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.error.map(|x| x.0).as_deref(), Some("input.expired"));
     let late = e.submit(id, "brief", &sub("ada", &e.resume_token(id, "brief", 1), json!({"topic": "late"}))).await;

@@ -12,15 +12,20 @@ use cairn_engine::config::Config;
 use cairn_engine::decider::RunStatus;
 use cairn_engine::inbox::Vote;
 use cairn_engine::{Engine, TaskRegistry};
+use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
 use common::servers;
 use serde_json::json;
 
-fn engine(store: &Arc<dyn EventStore>, port: u16, retry: &str) -> Engine {
+/// An engine on a clock the test moves (reminders and retries fall due
+/// when it says, not after a sleep).
+fn engine(store: &Arc<dyn EventStore>, port: u16, retry: &str, clock: &Arc<ManualClock>) -> Engine {
     let yaml = format!(
         "email: {{ host: 127.0.0.1, port: {port}, tls: none, from: \"Cairn <cairn@example.com>\", base_url: \"http://cairn.local\", retry_interval: {retry}, max_attempts: 3 }}\npeople:\n  grace: {{ email: grace@example.com }}\n"
     );
-    Engine::new(store.clone(), TaskRegistry::builtin()).with_config(Config::parse(&yaml, "cairn.yaml").expect("config"))
+    Engine::new(store.clone(), TaskRegistry::builtin())
+        .with_config(Config::parse(&yaml, "cairn.yaml").expect("config"))
+        .with_clock(clock.clone())
 }
 
 const REVIEW: &str = r#"name: review
@@ -47,7 +52,8 @@ fn sent(evs: &[Event]) -> Vec<(String, String)> {
 async fn requests_and_reminders_are_emailed_and_recorded() {
     let Some(smtp) = servers::smtp_on(None) else { return };
     let (_d, store) = common::sqlite().await;
-    let e = engine(&store, smtp.port, "1s");
+    let clock = ManualClock::new(chrono::Utc::now());
+    let e = engine(&store, smtp.port, "1s", &clock);
     let (w, v) = common::publish(&e, REVIEW).await;
     let id = e.start(&w, v, json!({}), "test").await.expect("start");
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Running);
@@ -67,7 +73,7 @@ async fn requests_and_reminders_are_emailed_and_recorded() {
     assert!(grace.contains("Approval needed: Publish the launch post?"), "{grace}");
     assert!(grace.contains(&format!("http://cairn.local/runs/{id}/steps/review?token={token}")), "{grace}");
     // The reminder falls due 0.5 s in; the run is still waiting, so it goes out.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    clock.advance(Duration::from_millis(600));
     e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     let evs = common::events(&store, id).await;
     assert_eq!(sent(&evs).iter().filter(|(p, _)| p == "reminder-1").count(), 2);
@@ -83,7 +89,8 @@ async fn a_failed_send_is_retried_later_and_never_fails_the_run() {
     let (_d, store) = common::sqlite().await;
     // Nothing listens there yet.
     let port = servers::free_port();
-    let e = engine(&store, port, "300ms");
+    let clock = ManualClock::new(chrono::Utc::now());
+    let e = engine(&store, port, "300ms", &clock);
     let src =
         "name: f\nsteps:\n  - id: brief\n    form: { assignees: [grace], fields: [{ name: topic, required: true }] }\n";
     let (w, v) = common::publish(&e, src).await;
@@ -102,7 +109,7 @@ async fn a_failed_send_is_retried_later_and_never_fails_the_run() {
     assert_eq!((failed[0].attempt, failed[0].recipient.as_str()), (1, "grace@example.com"));
     assert!(failed[0].retry_at.is_some() && failed[0].error.contains(&port.to_string()), "{:?}", failed[0]);
     let Some(smtp) = servers::smtp_on(Some(port)) else { return };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_millis(400));
     e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     let evs = common::events(&store, id).await;
     assert_eq!(sent(&evs), [("request".to_owned(), "grace@example.com".to_owned())]);

@@ -838,7 +838,40 @@ steps:
     assert_eq!(s.outputs["each"], json!([{ "item": 1 }, { "item": 5 }, { "item": 3 }]));
 }
 
-both_backends!(failed_only_runs_the_failed_step_again_and_keeps_the_rest, two_concurrent_resumes_one_wins,);
+/// The refusal to resume a compensated run names the compensations that
+/// ran, not the ones queued behind a failed one (before: every queued one).
+async fn a_compensated_run_is_refused_naming_what_ran(store: Arc<dyn EventStore>) {
+    let world = World::default();
+    let e = world.engine(&store);
+    let src = r#"name: saga
+steps:
+  - id: book_a
+    task: ok
+    compensate: undo_a
+  - id: book_b
+    task: ok
+    compensate: undo_b
+  - id: pay
+    task: broken
+compensations:
+  - id: undo_a
+    task: ok
+  - id: undo_b
+    task: broken
+"#;
+    let id = failed_run(&e, src, json!({})).await;
+    let err = e.plan_resume(id, &req()).await.expect_err("compensated");
+    let text = err.to_string();
+    assert!(matches!(err, ResumeError::Compensated { .. }), "{text}");
+    assert!(text.contains("`undo_b` (failed)"), "{text}");
+    assert!(!text.contains("undo_a"), "undo_a never ran: {text}");
+}
+
+both_backends!(
+    failed_only_runs_the_failed_step_again_and_keeps_the_rest,
+    two_concurrent_resumes_one_wins,
+    a_compensated_run_is_refused_naming_what_ran,
+);
 
 mod sqlite_only {
     macro_rules! on_sqlite {

@@ -182,12 +182,26 @@ async fn embedded_programs_add_their_own_task_handlers(store: Arc<dyn EventStore
     assert_eq!(calls.load(Ordering::SeqCst), 2, "a non-retryable error is not retried");
 }
 
+/// A wait sleeps on the engine's clock: an hour passes when the clock says
+/// so, not before (and the test sleeps through none of it).
 async fn a_wait_step_waits_durably(store: Arc<dyn EventStore>) {
-    let e = engine(&store);
-    let src = "name: pause\nsteps:\n  - id: pause\n    wait: { for: 300ms }\n  - id: after\n    task: echo\n    with: { done: true }\n";
-    let t = std::time::Instant::now();
-    let (id, state) = run(&e, src, json!({})).await;
-    assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
+    let clock = cairn_events::clock::ManualClock::new(chrono::Utc::now());
+    let e = Arc::new(engine(&store).with_clock(clock.clone()));
+    let src = "name: pause\nsteps:\n  - id: pause\n    wait: { for: 1h }\n  - id: after\n    task: echo\n    with: { done: true }\n";
+    let (w, v) = common::publish(&e, src).await;
+    let id = e.start(&w, v, json!({}), "test").await.expect("start");
+    let mut driver = tokio::spawn({
+        let e = e.clone();
+        async move { e.drive(id, &mut |_: &Event| {}).await }
+    });
+    clock.advance(Duration::from_secs(3599));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut driver).await.is_err(),
+        "a second early: still waiting"
+    );
+    clock.advance(Duration::from_secs(1));
+    let state =
+        tokio::time::timeout(Duration::from_secs(10), driver).await.expect("fires").expect("join").expect("drive");
     assert_eq!(state.output, Some(json!({ "done": true })));
     let evs = common::events(&store, id).await;
     assert_eq!(count(&evs, |e| matches!(e, Event::TimerStarted(_))), 1);

@@ -143,7 +143,7 @@ fn step_kinds_and_handlers() {
 
 #[test]
 fn yaml_errors_have_a_location() {
-    check("name: w\nsteps:\n  - id: t\n    task: echo\n    colour: blue\n", "yaml", 5, &["colour"]);
+    check("name: w\nsteps:\n  - id: t\n    task: echo\n    colour: blue\n", "unknown-field", 5, &["colour"]);
     check("name: w\nname: x\nsteps: []\n", "yaml", 2, &["name"]);
 }
 
@@ -240,7 +240,7 @@ fn schemas_must_be_valid_json_schemas() {
     check(
         "name: w\ninputs: { type: object, properties: { n: { minimum: x } } }\nsteps:\n  - id: a\n    task: echo\n",
         "bad-schema",
-        1,
+        2,
         &["`inputs`"],
     );
 }
@@ -354,7 +354,7 @@ fn an_unquoted_yaml_boolean_in_required_is_named() {
     check(
         "name: w\ninputs: { type: object, properties: { n: { type: integer } }, required: [n] }\nsteps:\n  - id: a\n    task: echo\n",
         "bad-schema",
-        1,
+        2,
         &["`required` lists the boolean false", "the property `n`", "required: [\"n\"]"],
     );
 }
@@ -411,4 +411,38 @@ fn the_documented_filters_tests_and_functions_exist() {
     )
     .expect("tojson renders");
     assert_eq!(out, serde_json::json!("{\"a\": 1}"));
+}
+
+/// Every unknown field is named at once, each where it is written with a
+/// suggestion, and the rest of the file is still checked (before, the first
+/// unknown field hid every other problem).
+#[test]
+fn every_unknown_field_and_every_other_problem_at_once() {
+    let src = "name: w\nsteps:\n  - id: a\n    task: nope\n    retyr:\n      max_attempts: 3\n    next: b2\n  - id: b\n    task: echo\n    timeout: soon\n    colour: blue\noutput:\n  x: 1\n  y: 2\n";
+    let all = diags(src);
+    let summary: Vec<(&str, u64)> = all.iter().map(|d| (d.code, d.line)).collect();
+    for want in
+        [("unknown-field", 5), ("unknown-field", 11), ("unknown-task", 4), ("unknown-step", 7), ("bad-duration", 10)]
+    {
+        assert!(summary.contains(&want), "{want:?} missing from {summary:?}");
+    }
+    let retyr = all.iter().find(|d| d.line == 5).expect("retyr");
+    assert!(retyr.to_string().contains("did you mean `retry`"), "{retyr}");
+    assert_eq!(retyr.column, 5);
+    // Flow style and a first key of an item: still every unknown field.
+    let flow = diags("name: w\nsteps:\n  - idd: a\n    task: echo\n    retry: { max_attemps: 3 }\n");
+    let codes: Vec<(&str, u64)> = flow.iter().map(|d| (d.code, d.line)).collect();
+    assert!(codes.contains(&("unknown-field", 3)) && codes.contains(&("unknown-field", 5)), "{codes:?}");
+}
+
+/// A reference in the workflow `output` is reported where the output is,
+/// not at the workflow's name.
+#[test]
+fn output_references_are_reported_at_the_output() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\noutput:\n  title: '{{ steps.nope.output.t }}'\n",
+        "unknown-step-reference",
+        6,
+        &["nope"],
+    );
 }

@@ -211,12 +211,16 @@ pub struct BranchTaken {
     pub target: String,
 }
 
-/// A step was passed over.
+/// A step that had started will not complete: it was running (or waiting)
+/// in a parallel branch or map iteration when its container failed fast,
+/// and a late result of its attempt is not recorded. Steps a branch or
+/// switch does not go to record nothing (the `BranchTaken` says where the
+/// run went).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepSkipped {
     /// Step id.
     pub step_id: String,
-    /// Why, e.g. `branch not taken`.
+    /// Why: `cancelled: <container> failed fast (<branch or item> failed)`.
     pub reason: String,
 }
 

@@ -10,6 +10,7 @@
 
 mod catalog;
 mod chain;
+pub mod clock;
 pub mod docs;
 mod envelope;
 pub mod export;

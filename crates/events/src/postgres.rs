@@ -36,11 +36,13 @@ const APPEND_SQL: &str = "SELECT cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9
 pub struct PgConfig {
     /// Largest number of pooled connections.
     pub max_connections: u32,
+    /// Where `recorded_at` comes from (the system clock by default).
+    pub clock: crate::clock::ClockHandle,
 }
 
 impl Default for PgConfig {
     fn default() -> Self {
-        PgConfig { max_connections: 16 }
+        PgConfig { max_connections: 16, clock: crate::clock::ClockHandle::default() }
     }
 }
 
@@ -57,6 +59,7 @@ pub struct PgStore {
     listener: Option<JoinHandle<()>>,
     notifier: JoinHandle<()>,
     label: String,
+    clock: crate::clock::ClockHandle,
 }
 
 /// Shortest time between two NOTIFYs this process sends. Commits wake
@@ -130,6 +133,7 @@ impl PgStore {
             listener,
             notifier,
             label,
+            clock: config.clock,
         }))
     }
 
@@ -303,6 +307,10 @@ impl EventStore for PgStore {
 }
 
 impl RowWriter for PgStore {
+    fn clock(&self) -> &crate::clock::ClockHandle {
+        &self.clock
+    }
+
     fn cache(&self) -> &HeadCache {
         &self.cache
     }

@@ -40,6 +40,8 @@ pub enum Durability {
 pub struct SqliteConfig {
     /// Commit durability.
     pub durability: Durability,
+    /// Where `recorded_at` comes from (the system clock by default).
+    pub clock: crate::clock::ClockHandle,
 }
 
 /// Rows per INSERT statement; larger appends use an explicit transaction.
@@ -55,6 +57,7 @@ pub struct SqliteStore {
     cache: HeadCache,
     wake: watch::Sender<u64>,
     label: String,
+    clock: crate::clock::ClockHandle,
 }
 
 impl SqliteStore {
@@ -124,6 +127,7 @@ impl SqliteStore {
             cache: HeadCache::default(),
             wake,
             label,
+            clock: config.clock,
         }))
     }
 
@@ -300,6 +304,10 @@ impl SqliteStore {
 }
 
 impl RowWriter for SqliteStore {
+    fn clock(&self) -> &crate::clock::ClockHandle {
+        &self.clock
+    }
+
     fn cache(&self) -> &HeadCache {
         &self.cache
     }

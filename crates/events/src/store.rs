@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use chrono::Utc;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
@@ -308,8 +307,7 @@ pub(crate) fn validate(appends: &[StreamAppend]) -> StoreResult<()> {
 }
 
 /// Builds the rows for one stream on top of `head`.
-pub(crate) fn prepare_rows(append: &StreamAppend, head: &Head, out: &mut Vec<PreparedRow>) {
-    let recorded_at = format_timestamp(Utc::now());
+pub(crate) fn prepare_rows(append: &StreamAppend, head: &Head, recorded_at: &str, out: &mut Vec<PreparedRow>) {
     let mut prev = head.hash.clone();
     for (i, e) in append.events.iter().enumerate() {
         let stream_version = head.version + 1 + i as u64;
@@ -324,7 +322,7 @@ pub(crate) fn prepare_rows(append: &StreamAppend, head: &Head, out: &mut Vec<Pre
                 event_id: &event_id,
                 event_type: &e.event_type,
                 schema_version: e.schema_version,
-                recorded_at: &recorded_at,
+                recorded_at,
                 metadata: &metadata,
                 payload: &e.payload,
             },
@@ -335,7 +333,7 @@ pub(crate) fn prepare_rows(append: &StreamAppend, head: &Head, out: &mut Vec<Pre
             event_id,
             event_type: e.event_type.clone(),
             schema_version: e.schema_version,
-            recorded_at: recorded_at.clone(),
+            recorded_at: recorded_at.to_owned(),
             metadata,
             payload: e.payload.clone(),
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
@@ -410,6 +408,8 @@ fn redact_query_password(tail: &str) -> String {
 /// The two primitives a backend supplies; [`append_many_with`] does the rest.
 pub(crate) trait RowWriter: Sync {
     fn cache(&self) -> &HeadCache;
+    /// Where `recorded_at` comes from.
+    fn clock(&self) -> &crate::clock::ClockHandle;
     fn read_head<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<Head>>;
     /// Inserts rows atomically; returns the first global position.
     fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
@@ -426,6 +426,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
     // Streams appended with `Any` may lose a race and retry; exact ones never do.
     for _ in 0..8 {
         let mut rows = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
+        let recorded_at = format_timestamp(w.clock().now());
         for a in &appends {
             let head = match a.expected.exact() {
                 Some(v) => match w.cache().get(&a.stream_id, v) {
@@ -444,7 +445,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
                 },
                 None => w.read_head(&a.stream_id).await?,
             };
-            prepare_rows(a, &head, &mut rows);
+            prepare_rows(a, &head, &recorded_at, &mut rows);
         }
         match w.insert(&rows).await {
             Ok(first) => return Ok(results(&appends, &rows, first, w.cache())),

@@ -68,7 +68,13 @@ pub async fn fresh_pg_schema() -> Option<(PgConnectOptions, String)> {
 /// A PostgreSQL store in a fresh schema (see [`fresh_pg_schema`]).
 pub async fn pg_store() -> Option<Arc<PgStore>> {
     let (opts, schema) = fresh_pg_schema().await?;
-    match PgStore::connect_with(opts, format!("test schema {schema}"), PgConfig { max_connections: 12 }).await {
+    match PgStore::connect_with(
+        opts,
+        format!("test schema {schema}"),
+        PgConfig { max_connections: 12, ..PgConfig::default() },
+    )
+    .await
+    {
         Ok(s) => Some(s),
         Err(e) => panic!("cannot open the test store: {e}"),
     }

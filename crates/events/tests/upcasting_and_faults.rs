@@ -147,7 +147,7 @@ async fn a_lost_postgres_append_connection_is_replaced() {
     let store = cairn_events::postgres::PgStore::connect_with(
         opts.application_name(&app),
         "fault test".into(),
-        cairn_events::postgres::PgConfig { max_connections: 4 },
+        cairn_events::postgres::PgConfig { max_connections: 4, ..Default::default() },
     )
     .await
     .expect("open");

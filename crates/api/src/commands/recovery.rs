@@ -196,6 +196,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
         force: args.force,
         by,
         reason: args.reason.clone(),
+        now: None,
     };
     let runs: Vec<Uuid> = match (&args.run, &args.workflow) {
         (Some(r), _) => vec![*r],

@@ -89,7 +89,7 @@ impl Driver {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            let now = Utc::now();
+            let now = self.engine.clock().now();
             let due: Vec<Uuid> = {
                 let w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
                 w.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect()

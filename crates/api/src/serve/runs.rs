@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_engine::decider::{RunState, RunStatus, evolve};
+use cairn_engine::decider::{RunState, evolve};
 use cairn_events::{Event, RecordedEvent};
 use cairn_projections::Val;
 use chrono::{DateTime, Utc};
@@ -409,18 +409,7 @@ pub fn int(v: &Val) -> Option<i64> {
 
 /// The status of a folded run, as the API names it.
 pub fn status_name(s: &RunState) -> &'static str {
-    match s.status {
-        RunStatus::NotStarted | RunStatus::Running => {
-            if s.waiting_for_people().is_empty() {
-                "running"
-            } else {
-                "waiting"
-            }
-        }
-        RunStatus::Completed => "completed",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-    }
+    s.status_name()
 }
 
 /// Reads and folds a run.
@@ -696,6 +685,7 @@ pub async fn resume(
         force: body.force,
         by: caller.identity.clone(),
         reason: body.reason,
+        now: None,
     };
     let result =
         if body.dry_run { state.engine.plan_resume(id, &req).await } else { state.engine.resume(id, &req).await };

@@ -275,6 +275,24 @@ impl RunState {
             .collect()
     }
 
+    /// The run's status as every surface names it: `running`, `waiting`
+    /// (a form or approval waits for people), `completed`, `failed` or
+    /// `cancelled`.
+    pub fn status_name(&self) -> &'static str {
+        match self.status {
+            RunStatus::NotStarted | RunStatus::Running => {
+                if self.waiting_for_people().is_empty() {
+                    "running"
+                } else {
+                    "waiting"
+                }
+            }
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
     /// The forms and approvals waiting for people now: step instance and request.
     pub fn waiting_for_people(&self) -> Vec<(&str, &HumanWait)> {
         self.people

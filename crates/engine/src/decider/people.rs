@@ -285,16 +285,22 @@ fn outcome(
     let comment = h.decisions.last().and_then(|(_, _, c, _)| c.clone());
     if !approved && a.fail_on_reject {
         let why = if decision == "expired" {
-            "its deadline passed without a decision".to_owned()
+            "expired: its deadline passed without a decision".to_owned()
         } else {
             let who: Vec<&str> = h.decisions.iter().filter(|d| !d.1).map(|d| d.0.as_str()).collect();
-            format!("rejected by {}{}", who.join(", "), comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default())
+            format!(
+                "was rejected by {}{}",
+                who.join(", "),
+                comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+            )
         };
+        // Inside a map, also the step it is an instance of.
+        let of = if inst == st.id { String::new() } else { format!(" (step `{}`)", st.id) };
         return Event::StepFailed(StepFailed {
             step_id: inst.to_owned(),
             attempt,
             error_kind: "approval.rejected".into(),
-            message: format!("approval `{inst}` of `{}` was {why}", st.id),
+            message: format!("approval `{inst}`{of} {why}"),
             retryable: false,
             retry_after_ms: None,
         });

@@ -99,16 +99,16 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         );
     }
     if let Some(schema) = &raw.inputs
-        && schema.is_object()
-        && let Err(e) = crate::contract::check_schema(schema)
+        && schema.value.is_object()
+        && let Err(e) = crate::contract::check_schema(&schema.value)
     {
-        cx.at(&raw.name, "bad-schema", format!("`inputs` is not a valid JSON Schema: {e}"), None);
+        cx.at(schema, "bad-schema", format!("`inputs` is not a valid JSON Schema: {e}"), None);
     }
     if let Some(schema) = &raw.inputs
-        && !schema.is_object()
+        && !schema.value.is_object()
     {
         cx.at(
-            &raw.name,
+            schema,
             "bad-schema",
             "`inputs` must be a JSON Schema object".into(),
             Some("for example `inputs: { type: object, properties: { topic: { type: string } } }`".into()),
@@ -242,10 +242,10 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         }
     }
     if let Some(out) = &raw.output {
-        let _ = template::walk_strings::<()>(out, &mut |t| {
+        let _ = template::walk_strings::<()>(&out.value, &mut |t| {
             if !secret_names(t).is_empty() {
                 cx.at(
-                    &raw.name,
+                    out,
                     "secret-in-output",
                     "the workflow output uses a secret; outputs are recorded and shown".into(),
                     Some("pass secrets only to steps that need them".into()),
@@ -269,17 +269,17 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         index: HashMap::new(),
         name: raw.name.value.clone(),
         description: raw.description.clone(),
-        inputs_schema: raw.inputs.clone(),
+        inputs_schema: raw.inputs.as_ref().map(|i| i.value.clone()),
         steps,
-        output: raw.output.clone(),
+        output: raw.output.as_ref().map(|o| o.value.clone()),
         source: source.to_owned(),
         definition_hash: hex::encode(Sha256::digest(source.as_bytes())),
     };
     workflow.build_index();
     if let Some(out) = &raw.output
-        && let Err(e) = template::check(out)
+        && let Err(e) = template::check(&out.value)
     {
-        cx.at(&raw.name, "bad-template", format!("workflow output: {e}"), None);
+        cx.at(out, "bad-template", format!("workflow output: {e}"), None);
     }
 
     if cx.diags.is_empty() {
@@ -855,7 +855,7 @@ fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
 }
 
 fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
-    let output = raw.output.as_ref().map(|o| (o, &raw.name));
+    let output = raw.output.as_ref().map(|o| (&o.value, o));
     check_block(cx, w, &raw.steps, &w.steps, &HashSet::new(), output, None);
 }
 
@@ -870,7 +870,7 @@ fn check_block(
     raw_steps: &[RawStep],
     steps: &[Step],
     outer: &HashSet<String>,
-    output: Option<(&Value, &Spanned<String>)>,
+    output: Option<(&Value, &Spanned<Value>)>,
     within: Option<&str>,
 ) {
     let n = steps.len();
@@ -1116,8 +1116,9 @@ fn check_block(
         }
     }
     if let Some((out, at)) = output {
+        let at = Spanned::new(String::new(), at.referenced, at.defined);
         let mut texts = Vec::new();
-        collect_strings(out, at, &mut texts);
+        collect_strings(out, &at, &mut texts);
         for (at, t) in texts {
             check_refs(cx, at, None, &t);
         }

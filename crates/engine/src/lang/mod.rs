@@ -4,6 +4,7 @@
 mod compile;
 mod compile_people;
 mod diagnostic;
+mod fields;
 pub mod raw;
 
 pub use compile::{END, check_secrets, compile};
@@ -15,6 +16,21 @@ use crate::model::Workflow;
 /// Parses and compiles a workflow file. `file` names it in diagnostics;
 /// `tasks` lists the task handlers available.
 pub fn parse(source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
+    // Every unknown field at once, then every other problem of the rest.
+    let unknown = fields::unknown_fields(source);
+    if !unknown.is_empty() {
+        let mut diags: Vec<Diagnostic> = unknown.iter().map(|u| u.diagnostic(file)).collect();
+        if let Some(rest) = fields::without(source, &unknown)
+            && let Err(more) = parse_known(&rest, file, tasks)
+        {
+            diags.extend(more.0.into_iter().filter(|d| d.code != "yaml"));
+        }
+        return Err(Diagnostics(diags));
+    }
+    parse_known(source, file, tasks)
+}
+
+fn parse_known(source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
     let raw: raw::RawWorkflow = serde_saphyr::from_str(source).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         Diagnostics(vec![Diagnostic {

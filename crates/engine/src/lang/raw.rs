@@ -21,13 +21,15 @@ pub struct RawWorkflow {
     /// JSON Schema of the run's inputs; `default`s in its properties fill
     /// missing inputs.
     #[serde(default)]
-    pub inputs: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub inputs: Option<Spanned<Value>>,
     /// The steps, run in the order listed unless a step jumps.
     pub steps: Vec<RawStep>,
     /// The run's output: a template over `inputs` and `steps`. Defaults to
     /// the output of the last step that ran.
     #[serde(default)]
-    pub output: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub output: Option<Spanned<Value>>,
     /// Steps that undo others (sagas): named by a step's `compensate`, run
     /// only when the run fails after that step completed.
     #[serde(default)]

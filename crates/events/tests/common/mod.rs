@@ -28,10 +28,13 @@ impl Harness {
     /// unreachable outside CI.
     pub async fn postgres() -> Option<Harness> {
         let (opts, schema) = fresh_pg_schema().await?;
-        let store =
-            PgStore::connect_with(opts.clone(), format!("test schema {schema}"), PgConfig { max_connections: 12 })
-                .await
-                .expect("connect to test schema");
+        let store = PgStore::connect_with(
+            opts.clone(),
+            format!("test schema {schema}"),
+            PgConfig { max_connections: 12, ..PgConfig::default() },
+        )
+        .await
+        .expect("connect to test schema");
         Some(Harness::Postgres { opts, schema, store })
     }
 
