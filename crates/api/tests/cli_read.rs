@@ -209,3 +209,40 @@ async fn projections_run_alongside_cairn_run() {
     let rows = read.rows("SELECT status FROM runs", &[]).await.expect("rows");
     assert_eq!(rows, vec![vec![Val::from("completed")]], "and complete when it returns");
 }
+
+/// The reproducer of a loop stopping the history for good: run the loop
+/// example, then another run; `projections status` is current, nothing is
+/// stopped, and `history` lists every visit of the loop and the later run.
+fn a_loop_keeps_the_history_current(url: &str) {
+    let run = common::cairn_url(url, &["run", &example("loop-until-done.yaml"), "--input", "target=3"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let again = common::cairn_url(url, &["run", &example("branch-on-input.yaml"), "--input", "total=250"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let status = text(&common::cairn_url(url, &["projections", "status"]));
+    assert!(!status.contains("STOPPED"), "{status}");
+    assert!(status.contains("step_history"), "{status}");
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    let id_of = |wf: &str| -> String {
+        let line = runs.lines().find(|l| l.contains(wf)).unwrap_or_else(|| panic!("{wf} in {runs}"));
+        line.split_whitespace().next().expect("id").to_owned()
+    };
+    let history = text(&common::cairn_url(url, &["history", &id_of("loop-until-done")]));
+    let counts: Vec<&str> = history.lines().filter(|l| l.contains(" count attempt#")).collect();
+    assert_eq!(counts.len(), 3, "every visit of `count`:\n{history}");
+    assert!(counts[1].contains("attempt#2 completed (visit 2)"), "{history}");
+    assert!(counts[2].contains("attempt#3 completed (visit 3)"), "{history}");
+    let later = text(&common::cairn_url(url, &["history", &id_of("order-routing")]));
+    assert!(later.contains("greet attempt#1 completed"), "the later run is in the history too:\n{later}");
+}
+
+#[test]
+fn a_loop_keeps_the_history_current_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    a_loop_keeps_the_history_current(&format!("sqlite://{}", dir.path().join("c.db").display()));
+}
+
+#[tokio::test]
+async fn a_loop_keeps_the_history_current_on_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    tokio::task::spawn_blocking(move || a_loop_keeps_the_history_current(&url)).await.expect("join");
+}

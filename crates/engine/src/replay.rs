@@ -208,7 +208,7 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
             }
             // Nothing decided now was recorded here: the event must be the
             // outcome of an effect in flight, else the decider differs.
-            let open = step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st));
+            let open = outcome_in_flight(&s, &d, e);
             if !open {
                 let t = thread_at(&events, i, &s, &scopes);
                 let decided: Vec<Value> =
@@ -222,7 +222,7 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
         }
         // No decision of the event's thread pending: the event must be the
         // outcome of an effect in flight.
-        let open = step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st));
+        let open = outcome_in_flight(&s, &d, e);
         if !open {
             let message = if d.append.is_empty() && d.execute.is_empty() && d.wake_at.is_none() && !d.parked {
                 format!("recorded {}; the decider now ends the run here", short(e))
@@ -267,8 +267,27 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
     Ok(report(&s, events.len(), checked, None))
 }
 
+/// The latest "now" the decision behind a recorded event can have been
+/// made at: the append's time is stored in whole microseconds (truncated),
+/// and the decision came at or before the append, so the end of that
+/// microsecond. (The start of it would miss a timer due within it.)
 fn recorded_now(r: &RecordedEvent) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(&r.recorded_at).map(|d| d.with_timezone(&Utc)).unwrap_or_default()
+        + chrono::Duration::nanoseconds(999)
+}
+
+/// Whether `e` is the outcome of an effect in flight: one the decider runs
+/// now, or an attempt recorded as started and still awaiting its outcome.
+/// (The runner records outcomes that are ready together in one commit,
+/// before it decides again; a later one of them is still an outcome even
+/// when the decider, after an earlier one, would now cancel its siblings.)
+fn outcome_in_flight(s: &RunState, d: &crate::decider::Decision, e: &Event) -> bool {
+    let awaited = match e {
+        Event::StepCompleted(x) => s.awaits(&x.step_id, x.attempt),
+        Event::StepFailed(x) => s.awaits(&x.step_id, x.attempt),
+        _ => false,
+    };
+    awaited || step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st))
 }
 
 fn mismatch(got: &Event, want: &Event) -> String {

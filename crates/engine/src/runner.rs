@@ -406,7 +406,16 @@ impl Engine {
 
     async fn drive_run(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
         let state = self.state(run_id).await?;
-        self.drive_from(run_id, state, observer).await
+        self.drive_from(run_id, state, observer, false).await
+    }
+
+    /// Drives a run like [`Engine::drive`], but returns instead of sleeping
+    /// when all it has left is a timer ([`Engine::wake_at`] tells when):
+    /// for a host that schedules its own wake-ups, and for the simulator,
+    /// which moves the clock itself.
+    pub async fn drive_until_idle(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+        let state = self.state(run_id).await?;
+        Box::pin(self.drive_from(run_id, state, observer, true)).await
     }
 
     /// Starts a run and drives it to its end, from the state `start`
@@ -426,7 +435,7 @@ impl Engine {
         for e in &events {
             observer(e);
         }
-        let state = Box::pin(self.drive_from(run_id, state, observer)).await?;
+        let state = Box::pin(self.drive_from(run_id, state, observer, false)).await?;
         Ok((run_id, state))
     }
 
@@ -435,6 +444,7 @@ impl Engine {
         run_id: Uuid,
         mut state: RunState,
         observer: Observer<'_>,
+        until_idle: bool,
     ) -> Result<RunState, RunError> {
         let stream = cairn_events::run_stream(run_id);
         let w = self.definition(&state.workflow, state.workflow_version).await?;
@@ -480,6 +490,9 @@ impl Engine {
                     return Ok(state);
                 }
                 let Some(t) = d.wake_at else { return Ok(state) };
+                if until_idle {
+                    return Ok(state);
+                }
                 // Re-read at least every second so a cancel is noticed.
                 tokio::select! {
                     () = self.clock.sleep_until(t) => {}

@@ -870,6 +870,11 @@ impl StepHistory {
                 }
                 Event::StepSkipped(s) => {
                     let c = f.current(tx, run, &s.step_id).await?;
+                    // A retry it was waiting for will not come.
+                    if let Some(mut c) = c.clone().filter(|c| c.retry_attempt.is_some()) {
+                        c.retry_attempt = None;
+                        f.set_current(run, &s.step_id, c);
+                    }
                     let cancelled = match &c {
                         Some(c) => match f.row(tx, run, &c.entry.clone()).await? {
                             Some(row) if row.status == "running" => {
@@ -890,6 +895,19 @@ impl StepHistory {
                     f.create(HistoryRow::new(run, r, "kept", &s.step_id, "kept").detail(s.reason.as_str()))?;
                 }
                 Event::RunResumed(e) => {
+                    // Retries pending before the resume will not come: what
+                    // starts next starts a new visit.
+                    tx.exec(
+                        &format!("UPDATE {current_table} SET retry_attempt = NULL WHERE run_id = $1"),
+                        &[Val::from(run)],
+                    )
+                    .await?;
+                    for ((r, step), c) in f.current.iter_mut() {
+                        if let Some(c) = c.as_mut().filter(|_| r == run) {
+                            c.retry_attempt = None;
+                            f.current_set.push((r.clone(), step.clone()));
+                        }
+                    }
                     let detail = format!(
                         "resumed from `{}` ({}) by {}: re-run {}, kept {}",
                         e.from_step,

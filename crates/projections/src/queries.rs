@@ -6,10 +6,10 @@ use crate::db::{DbError, ReadDb, Val};
 /// A run's timeline: every attempt, retry, branch, AI call and human
 /// decision, in log order. Columns: position, kind, step_id, attempt,
 /// status, started_at, ended_at, duration_ms, error_kind, error_message,
-/// input_tokens, output_tokens, cost_micros, actor, detail.
+/// input_tokens, output_tokens, cost_micros, actor, detail, visit.
 pub async fn history(db: &ReadDb, run_id: &str) -> Result<Vec<Vec<Val>>, DbError> {
     db.rows(
-        "SELECT position, kind, step_id, attempt, status, started_at, ended_at, duration_ms, error_kind, error_message, input_tokens, output_tokens, cost_micros, actor, detail FROM step_history WHERE run_id = $1 ORDER BY position",
+        "SELECT position, kind, step_id, attempt, status, started_at, ended_at, duration_ms, error_kind, error_message, input_tokens, output_tokens, cost_micros, actor, detail, visit FROM step_history WHERE run_id = $1 ORDER BY position",
         &[Val::from(run_id)],
     )
     .await

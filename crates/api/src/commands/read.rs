@@ -194,6 +194,9 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
         let mut line = format!("{time} {step}");
         if kind.as_text() == Some("attempt") || kind.as_text() == Some("ai") {
             line.push_str(&format!(" {}#{attempt} {status}", kind));
+            if let Some(v) = r.get(15).and_then(Val::as_int).filter(|v| *v > 1) {
+                line.push_str(&format!(" (visit {v})"));
+            }
         } else {
             line.push_str(&format!(" {kind} {status}"));
         }

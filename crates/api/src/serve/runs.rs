@@ -386,6 +386,8 @@ pub struct HistoryEntry {
     pub actor: Option<String>,
     /// More about it.
     pub detail: Option<String>,
+    /// Which visit of the step (1 for the first; a loop enters a step again).
+    pub visit: Option<i64>,
 }
 
 /// A run's timeline.
@@ -851,6 +853,7 @@ pub async fn history(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResu
             cost_micros: int(&r[12]),
             actor: text(&r[13]),
             detail: text(&r[14]),
+            visit: r.get(15).and_then(int),
         })
         .collect();
     Ok(axum::Json(History { run_id: id, items }))

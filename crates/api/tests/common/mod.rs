@@ -54,3 +54,27 @@ pub fn have_script() -> bool {
     eprintln!("SKIPPED: no `script` to make a terminal");
     false
 }
+
+/// Runs `cairn ARGS` on the database at `url` (SQLite or PostgreSQL).
+pub fn cairn_url(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_DATABASE_URL", url).output().expect("run cairn")
+}
+
+/// A URL of a fresh PostgreSQL schema of the test server; `None` (with
+/// SKIPPED printed) when it is unreachable outside CI, a panic under CI.
+pub async fn fresh_pg_url() -> Option<String> {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    let base = cairn_events::testing::pg_url();
+    let mut admin = match sqlx::PgConnection::connect(&base).await {
+        Ok(c) => c,
+        Err(e) if cairn_events::testing::under_ci() => panic!("PostgreSQL unreachable under CI=true: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: PostgreSQL unreachable: {e}");
+            return None;
+        }
+    };
+    let schema = format!("cairn_cli_{}", uuid::Uuid::now_v7().simple());
+    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.expect("schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
