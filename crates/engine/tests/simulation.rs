@@ -130,7 +130,8 @@ impl Gen {
 
     fn wait(&mut self) -> StepLines {
         let id = self.id("w");
-        vec![format!("- id: {id}"), format!("  wait: {{ for: {}s }}", 1 + self.rng.below(7200))]
+        let secs = if self.rng.chance(50) { 1 + self.rng.below(5) } else { 1 + self.rng.below(7200) };
+        vec![format!("- id: {id}"), format!("  wait: {{ for: {secs}s }}")]
     }
 
     fn approval(&mut self) -> StepLines {
@@ -604,6 +605,24 @@ async fn check_log(store: &Arc<dyn EventStore>, seed: u64) {
         .unwrap_or_else(|b| panic!("seed {seed}: the export does not verify: {b}"));
 }
 
+/// The store's view of the simulated clock: ahead of the engine's by a
+/// seeded skew, as an append comes some time after the decision it
+/// records (so replay sees timers fall due between the two).
+struct Skewed {
+    inner: Arc<ManualClock>,
+    skew: chrono::Duration,
+}
+
+impl cairn_events::clock::Clock for Skewed {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.now() + self.skew
+    }
+
+    fn sleep_until(&self, t: chrono::DateTime<chrono::Utc>) -> BoxFuture<'static, ()> {
+        self.inner.sleep_until(t - self.skew)
+    }
+}
+
 /// Where one seed runs: a fresh store and read database on one backend.
 struct Place {
     store: Arc<dyn EventStore>,
@@ -612,18 +631,18 @@ struct Place {
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn sqlite_place(clock: &Arc<ManualClock>) -> Place {
+async fn sqlite_place(clock: cairn_events::clock::ClockHandle) -> Place {
     let dir = tempfile::tempdir().expect("tmp");
-    let config = cairn_events::sqlite::SqliteConfig { clock: clock.clone().into(), ..Default::default() };
+    let config = cairn_events::sqlite::SqliteConfig { clock, ..Default::default() };
     let store = cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), config).await.expect("store");
     let read = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("read db");
     let fresh = ReadDb::sqlite(&dir.path().join("fresh.db")).await.expect("fresh db");
     Place { store, read, fresh, _dir: Some(dir) }
 }
 
-async fn postgres_place(clock: &Arc<ManualClock>) -> Option<Place> {
+async fn postgres_place(clock: cairn_events::clock::ClockHandle) -> Option<Place> {
     let (opts, schema) = cairn_events::testing::fresh_pg_schema().await?;
-    let config = cairn_events::postgres::PgConfig { max_connections: 4, clock: clock.clone().into() };
+    let config = cairn_events::postgres::PgConfig { max_connections: 4, clock };
     let store = cairn_events::postgres::PgStore::connect_with(opts.clone(), schema, config).await.expect("store");
     let read = ReadDb::postgres(opts).await.expect("read db");
     let (fresh_opts, _) = cairn_events::testing::fresh_pg_schema().await?;
@@ -633,13 +652,15 @@ async fn postgres_place(clock: &Arc<ManualClock>) -> Option<Place> {
 
 async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
     let clock = ManualClock::new(chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("start time"));
+    let skew = chrono::Duration::milliseconds(i64::try_from(Rng(seed ^ 0x5eed).below(3000)).unwrap_or(0));
+    let store_clock = cairn_events::clock::ClockHandle(Arc::new(Skewed { inner: clock.clone(), skew }));
     let place = if postgres {
-        match postgres_place(&clock).await {
+        match postgres_place(store_clock).await {
             Some(p) => p,
             None => return,
         }
     } else {
-        sqlite_place(&clock).await
+        sqlite_place(store_clock).await
     };
     let mut config = Config::parse(CONFIG, "cairn.yaml").expect("config");
     config.token_key = vec![7; 32];
