@@ -782,6 +782,11 @@ macro_rules! catalog {
                 r.unwrap_or_else(|e| unreachable!("catalog payloads always serialize: {e}"))
             }
 
+            /// The step (instance) the event is about, if any.
+            pub fn step_id(&self) -> Option<&str> {
+                match self { $($( Event::$name(e) => AboutStep::step(e), )*)* }
+            }
+
             /// Current schema version of a type name, if the catalog has it.
             pub fn current_version(event_type: &str) -> Option<u32> {
                 match event_type { $($( stringify!($name) => Some($version), )*)* _ => None }
@@ -805,6 +810,38 @@ macro_rules! catalog {
             }, )*)* ]
         }
     };
+}
+
+/// Which step an event is about: every payload says, through one trait, so
+/// no reader works it out from the JSON text.
+trait AboutStep {
+    fn step(&self) -> Option<&str> {
+        None
+    }
+}
+
+macro_rules! about_step {
+    (step_id: $($name:ident),*) => {
+        $( impl AboutStep for $name {
+            fn step(&self) -> Option<&str> { Some(&self.step_id) }
+        } )*
+    };
+    (none: $($name:ident),*) => {
+        $( impl AboutStep for $name {} )*
+    };
+}
+
+about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, BranchTaken, StepSkipped,
+    AiAttemptStarted, AiAttemptCompleted, AiAttemptFailed, AiOutputRejected, InputRequested, InputSubmitted,
+    ApprovalRequested, ApprovalDecided, ApprovalExpired, NotificationSent, NotificationFailed, ChildRunStarted,
+    ChildRunCompleted, StepKept);
+about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
+    WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked);
+
+impl AboutStep for TimerStarted {
+    fn step(&self) -> Option<&str> {
+        self.step_id.as_deref()
+    }
 }
 
 catalog! {
