@@ -1079,3 +1079,31 @@ steps:
         fe.text
     );
 }
+
+/// The reproducer of one request freezing the read side: an input nested
+/// 123 levels, under a transform that nests it 4 deeper. Now refused with
+/// 422 `limit-exceeded` naming the path, nothing written, the server ready,
+/// and later runs listed.
+#[tokio::test]
+async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on() {
+    let s = Server::start(&[]);
+    let k = s.key("root", "admin", "root");
+    let wrap = "name: wrap\ninputs: { type: object, properties: { x: {} } }\nsteps:\n  - id: wrap\n    transform: { one: { two: { three: { four: \"{{ inputs.x }}\" } } } }\n";
+    assert_eq!(s.post_yaml("/workflows", &k, wrap).await.status, 201);
+    let deep = (0..123).fold(json!("leaf"), |v, _| json!({ "a": v }));
+    let head = s.send("GET", "/readyz", None, None, &[]).await.json["head_position"].as_u64().expect("head");
+    let r = s.post("/runs", &k, &json!({"workflow": "wrap", "inputs": {"x": deep}})).await;
+    let p = r.problem(422, "limit-exceeded");
+    assert!(p["errors"][0]["field"].as_str().is_some_and(|f| f.starts_with("/inputs/x/a/a")), "{}", r.text);
+    assert!(p["detail"].as_str().is_some_and(|d| d.contains("max_depth")), "{}", r.text);
+    let ready = s.send("GET", "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json["head_position"].as_u64(), Some(head), "nothing was written");
+    let later = s.post("/runs", &k, &json!({"workflow": "wrap", "inputs": {"x": 1}})).await;
+    assert_eq!(later.status, 201, "{}", later.text);
+    let id = later.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["completed"]).await;
+    let runs = s.get("/runs?workflow=wrap", &k).await;
+    assert_eq!(ids(&runs.json), vec![id], "the later run is listed");
+    assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
+}

@@ -293,6 +293,14 @@ impl Engine {
                         allowed: h.assignees.clone(),
                     });
                 }
+                if let Err(l) = cairn_events::limits::Limits::default().check_value("/values", &s.values) {
+                    let field = l.path.trim_start_matches("/values/").split('/').next().unwrap_or("_").to_owned();
+                    let field = if field.is_empty() || field == "/values" { "_".to_owned() } else { field };
+                    return Err(HumanError::Invalid {
+                        step: step.to_owned(),
+                        errors: vec![crate::human::FieldError { field, message: l.to_string() }],
+                    });
+                }
                 let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
                 let values = crate::human::validate(&fields, &s.values)
                     .map_err(|errors| HumanError::Invalid { step: step.to_owned(), errors })?;

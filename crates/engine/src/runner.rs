@@ -55,6 +55,10 @@ pub enum RunError {
         /// Every violation.
         errors: Vec<cairn_events::SchemaViolation>,
     },
+    /// A value is past one of the limits on what is written (nesting,
+    /// size); nothing was written.
+    #[error("{0}")]
+    Limit(Box<cairn_events::limits::LimitError>),
     /// The run cannot be changed in its state.
     #[error("run {run_id} is {status}: {message}")]
     InvalidState {
@@ -310,6 +314,11 @@ impl Engine {
         let Origin { parent, idempotency_key, fork } = origin;
         let w = &*self.bound(w, version).await?;
         let inputs = w.inputs_with_defaults(&inputs);
+        // Before the schema check (which recurses): what is too deep or too
+        // large to record is refused, and nothing is written.
+        cairn_events::limits::Limits::default()
+            .check_value("/inputs", &inputs)
+            .map_err(|l| RunError::Limit(Box::new(l)))?;
         if let Some(schema) = &w.inputs_schema {
             let errors = crate::contract::violations(schema, &inputs);
             if !errors.is_empty() {
@@ -590,6 +599,13 @@ impl Engine {
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
+        // An output too deep or too large to record fails the attempt
+        // (kind `limit`, not retried) instead of an append the log refuses.
+        let outcome =
+            outcome.and_then(|output| match cairn_events::limits::Limits::default().check_value("/output", &output) {
+                Ok(()) => Ok(output),
+                Err(l) => Err(TaskError::new("limit", format!("the step's output was not recorded: {l}"), false)),
+            });
         let outcome = outcome.and_then(|output| match contract.map(|c| crate::contract::violations(c, &output)) {
             Some(v) if !v.is_empty() => Err(TaskError::new(
                 "contract",

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod docs;
 mod envelope;
 pub mod export;
+pub mod limits;
 mod migrate;
 mod open;
 pub mod postgres;

@@ -38,6 +38,8 @@ pub enum StoreErrorKind {
     InvalidAppend,
     /// A stored row could not be read.
     CorruptRow,
+    /// An event is past a limit (`limits`); nothing was written.
+    LimitExceeded,
     /// Any other database error.
     Database,
 }
@@ -92,6 +94,17 @@ pub enum StoreError {
     /// The append request itself is invalid; nothing was written.
     #[error("invalid append: {0}")]
     InvalidAppend(String),
+    /// An event is past a limit; nothing was written.
+    #[error("{event_type} for stream `{stream_id}` was not written: {source}")]
+    LimitExceeded {
+        /// The stream.
+        stream_id: String,
+        /// The event's type.
+        event_type: String,
+        /// Which limit, where.
+        #[source]
+        source: Box<crate::limits::LimitError>,
+    },
     /// A stored row could not be read into an event.
     #[error("the stored event at position {position} cannot be read: {message}")]
     CorruptRow {
@@ -121,6 +134,7 @@ impl StoreError {
             StoreError::Migration { .. } => StoreErrorKind::Migration,
             StoreError::InvalidAppend(_) => StoreErrorKind::InvalidAppend,
             StoreError::CorruptRow { .. } => StoreErrorKind::CorruptRow,
+            StoreError::LimitExceeded { .. } => StoreErrorKind::LimitExceeded,
             StoreError::Database { .. } => StoreErrorKind::Database,
         }
     }
@@ -292,6 +306,15 @@ pub(crate) fn validate(appends: &[StreamAppend]) -> StoreResult<()> {
             return Err(StoreError::InvalidAppend(format!("no events given for stream `{}`", a.stream_id)));
         }
         for e in &a.events {
+            // Before parsing: a payload past the limits is never written, so
+            // every reader can read what is.
+            if let Err(source) = crate::limits::Limits::default().check_payload(&e.payload) {
+                return Err(StoreError::LimitExceeded {
+                    stream_id: a.stream_id.clone(),
+                    event_type: e.event_type.clone(),
+                    source: Box::new(source),
+                });
+            }
             if e.event_type.is_empty() {
                 return Err(StoreError::InvalidAppend(format!("an event for `{}` has an empty type", a.stream_id)));
             }

@@ -192,6 +192,61 @@ async fn invalid_appends_are_refused_and_write_nothing(h: Harness) {
     assert!(all_events(&h).await.is_empty());
 }
 
+/// The limits at their boundary: the deepest and largest payloads the
+/// writer accepts are written and read back (decoded, verified, exported);
+/// one level or byte more is refused with the limit named, nothing written.
+async fn payloads_at_the_limits_are_written_and_read_past_them_refused(h: Harness) {
+    use cairn_events::limits::{Limits, PAYLOAD_WRAPPING};
+    let store = h.store();
+    let limits = Limits::default();
+    let nested = |levels: usize| (0..levels).fold(json!(1), |v, _| json!({ "a": v }));
+    let deep = |levels: usize| {
+        NewEvent::from_event(
+            &Event::StepStarted(StepStarted {
+                step_id: "s".into(),
+                attempt: 1,
+                input: nested(levels),
+                scope: String::new(),
+            }),
+            Metadata::by("tester"),
+        )
+    };
+    // `{"input": …}` adds a level around the input.
+    let deepest = limits.max_depth + PAYLOAD_WRAPPING - 1;
+    store.append("deep", ExpectedVersion::NoStream, vec![deep(deepest)]).await.expect("at the limit");
+    let err = store.append("deep", ExpectedVersion::Exact(1), vec![deep(deepest + 1)]).await.expect_err("past it");
+    assert!(matches!(&err, StoreError::LimitExceeded { source, .. } if source.limit == "max_depth"), "{err}");
+    assert!(err.to_string().contains("StepStarted for stream `deep` was not written"), "{err}");
+    let big = |n: usize| {
+        NewEvent::from_event(
+            &Event::StepStarted(StepStarted {
+                step_id: "s".into(),
+                attempt: 1,
+                input: json!({ "s": "x".repeat(n) }),
+                scope: String::new(),
+            }),
+            Metadata::by("tester"),
+        )
+    };
+    let room = limits.max_string_bytes;
+    store.append("big", ExpectedVersion::NoStream, vec![big(room)]).await.expect("a string at the limit");
+    let err =
+        store.append("big", ExpectedVersion::Exact(1), vec![big(limits.max_event_bytes)]).await.expect_err("past");
+    assert!(matches!(&err, StoreError::LimitExceeded { .. }), "{err}");
+    let all = all_events(&h).await;
+    assert_eq!(all.len(), 2, "only the two at the limits were written");
+    for r in &all {
+        Event::decode(r).expect("every reader reads what the writer wrote");
+    }
+    assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
+    let mut out = Vec::new();
+    cairn_events::export::export(&*store, &Default::default(), cairn_events::export::Format::Jsonl, &mut out, None)
+        .await
+        .expect("export");
+    cairn_events::export::verify_export(&mut std::io::Cursor::new(out), cairn_events::export::Format::Jsonl, None)
+        .expect("the export of the deepest payload verifies");
+}
+
 async fn any_version_appends_at_the_end(h: Harness) {
     let store = h.store();
     store.append("w", ExpectedVersion::Any, evs(0..2)).await.expect("any on new stream");
@@ -365,6 +420,7 @@ conformance!(
     group_commit_is_all_or_nothing,
     stale_stream_inside_group_commit_rolls_back_the_others,
     invalid_appends_are_refused_and_write_nothing,
+    payloads_at_the_limits_are_written_and_read_past_them_refused,
     any_version_appends_at_the_end,
     read_all_pages_in_order_from_an_inclusive_position,
     large_appends_span_statements_atomically,

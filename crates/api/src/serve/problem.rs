@@ -139,8 +139,16 @@ impl ApiError {
 
 impl From<cairn_events::StoreError> for ApiError {
     fn from(e: cairn_events::StoreError) -> Self {
-        ApiError::internal(e)
+        match &e {
+            cairn_events::StoreError::LimitExceeded { source, .. } => limit(source),
+            _ => ApiError::internal(e),
+        }
     }
+}
+
+/// 422 `limit-exceeded`, naming the limit and where.
+fn limit(l: &cairn_events::limits::LimitError) -> ApiError {
+    ApiError::unprocessable("limit-exceeded", l.to_string(), vec![FieldProblem::new(l.path.clone(), l.to_string())])
 }
 
 impl From<cairn_projections::db::DbError> for ApiError {
@@ -174,6 +182,8 @@ impl From<cairn_engine::RunError> for ApiError {
             R::InvalidState { .. } => ApiError::conflict("invalid-state", e.to_string()),
             R::Definition { .. } => ApiError::unprocessable("definition", e.to_string(), Vec::new()),
             R::Store(s) if s.is_conflict() => ApiError::conflict("conflict", e.to_string()),
+            R::Limit(l) => limit(l),
+            R::Store(cairn_events::StoreError::LimitExceeded { source, .. }) => limit(source),
             _ => ApiError::internal(e),
         }
     }

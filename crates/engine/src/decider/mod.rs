@@ -1182,6 +1182,9 @@ fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
 /// `StepCompleted`, or `StepFailed` when the output breaks the step's
 /// `output_contract`.
 fn completed_or_contract(st: &Step, inst: &str, attempt: u32, output: Value) -> Vec<Event> {
+    if let Err(l) = cairn_events::limits::Limits::default().check_value("/output", &output) {
+        return vec![failed(inst, attempt, "limit", format!("the step's output was not recorded: {l}"))];
+    }
     if let Some(c) = &st.output_contract {
         let v = crate::contract::violations(c, &output);
         if !v.is_empty() {
@@ -1197,8 +1200,30 @@ fn completed_or_contract(st: &Step, inst: &str, attempt: u32, output: Value) -> 
 }
 
 /// Starts an attempt of step `st` in thread `key`: records it and, for a
-/// pure step, its outcome.
+/// pure step, its outcome. A rendered input too deep or too large to record
+/// fails the attempt (kind `limit`) instead of an append the log refuses.
 fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u32, now: DateTime<Utc>) -> Vec<Event> {
+    let mut events = start_unchecked(w, s, key, pre, st, attempt, now);
+    if let Some(Event::StepStarted(e)) = events.first_mut()
+        && let Err(l) = cairn_events::limits::Limits::default().check_value("/input", &e.input)
+    {
+        e.input = Value::Null;
+        let (step, attempt) = (e.step_id.clone(), e.attempt);
+        events.truncate(1);
+        events.push(failed(&step, attempt, "limit", format!("the step's input was not recorded: {l}")));
+    }
+    events
+}
+
+fn start_unchecked(
+    w: &Workflow,
+    s: &RunState,
+    key: &str,
+    pre: &str,
+    st: &Step,
+    attempt: u32,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
     let instance = format!("{pre}{}", st.id);
     let step = instance.as_str();
     let ctx = context_with_placeholders(w, s, pre);
