@@ -375,22 +375,31 @@ impl Engine {
 
     /// Cancels a running run.
     pub async fn cancel(&self, run_id: Uuid, by: &str, reason: Option<String>) -> Result<(), RunError> {
-        let s = self.state(run_id).await?;
-        if s.status.is_terminal() {
-            return Err(RunError::InvalidState {
-                run_id,
-                status: format!("{:?}", s.status).to_lowercase(),
-                message: "only a running run can be cancelled".into(),
-            });
-        }
+        let stream = cairn_events::run_stream(run_id);
+        let mut s = self.state(run_id).await?;
         let e = Event::RunCancelled(RunCancelled { by: by.to_owned(), reason: reason.clone() });
-        self.store
-            .append(
-                &cairn_events::run_stream(run_id),
-                ExpectedVersion::Exact(s.version),
-                vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))],
-            )
-            .await?;
+        // A cancel is never refused because the run moved on: on a conflict
+        // it reads what was appended meanwhile and tries again, until it is
+        // recorded or the run has ended.
+        loop {
+            if s.status.is_terminal() {
+                return Err(RunError::InvalidState {
+                    run_id,
+                    status: format!("{:?}", s.status).to_lowercase(),
+                    message: "only a running run can be cancelled".into(),
+                });
+            }
+            let new = vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))];
+            match self.store.append(&stream, ExpectedVersion::Exact(s.version), new).await {
+                Ok(_) => break,
+                Err(err) if err.is_conflict() => {
+                    for r in self.store.read_stream(&stream, s.version + 1).await? {
+                        s = evolve(s, &Event::decode(&r)?);
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         // Child runs go with their parent.
         for t in s.threads.values() {
             if let Cursor::Child { child_run_id, .. } = &t.cursor {
