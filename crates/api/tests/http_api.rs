@@ -490,10 +490,30 @@ async fn twenty_concurrent_starts_with_one_idempotency_key_give_one_run() {
     assert_ne!(fresh.json["run_id"].as_str(), Some(id.as_str()));
     // Keys are the caller's own: another identity's key makes another run.
     let k2 = s.key("other", "operator", "other");
-    let mine =
-        s.send("POST", "/runs", Some(&k2), Some(("application/json", body)), &[("idempotency-key", "order-42")]).await;
+    let mine = s
+        .send("POST", "/runs", Some(&k2), Some(("application/json", body.clone())), &[("idempotency-key", "order-42")])
+        .await;
     assert_eq!(mine.status, 201, "{}", mine.text);
     assert_ne!(mine.json["run_id"].as_str(), Some(id.as_str()));
+    // After a deploy (a new version), a retry of the same request resolves
+    // to the version its first start used: the same run, not a 422.
+    let v2 =
+        APPROVAL.replace("amount: { type: integer, default: 1 }", "amount: { type: integer, default: 1, minimum: 0 }");
+    assert_ne!(v2, APPROVAL, "the new version differs");
+    let published = s.post_yaml("/workflows/pay/versions", &k, &v2).await;
+    assert_eq!(published.status, 201, "{}", published.text);
+    let retry = s
+        .send("POST", "/runs", Some(&k), Some(("application/json", body.clone())), &[("idempotency-key", "order-42")])
+        .await;
+    assert_eq!((retry.status, retry.json["run_id"].as_str()), (200, Some(id.as_str())), "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    // Naming the new version explicitly is another request.
+    let v2_body = json!({"workflow": "pay", "version": 2, "inputs": {"amount": 3}}).to_string().into_bytes();
+    let r = s
+        .send("POST", "/runs", Some(&k), Some(("application/json", v2_body)), &[("idempotency-key", "order-42")])
+        .await;
+    r.problem(422, "idempotency-key-reused");
+    assert!(r.json["detail"].as_str().unwrap_or("").contains("not v2"), "{}", r.text);
 }
 
 /// Reads SSE events from a response until `n` events or `end` arrived.

@@ -525,8 +525,9 @@ pub async fn start(
     let w = state.engine.definition(&body.workflow, version).await?;
     let inputs = Value::Object(body.inputs.unwrap_or_default());
     let run_id = key.as_ref().map(|k| idempotent_id(&caller, k));
+    let pinned = body.version.is_some();
     if let Some(id) = run_id
-        && let Some(r) = replay(&state, id, &w, version, &inputs).await?
+        && let Some(r) = replay(&state, id, &w, version, pinned, &inputs).await?
     {
         return Ok(r);
     }
@@ -542,7 +543,7 @@ pub async fn start(
         Err(cairn_engine::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
             // Another request with this key got there first.
             let id = run_id.unwrap_or_default();
-            return match replay(&state, id, &w, version, &inputs).await? {
+            return match replay(&state, id, &w, version, pinned, &inputs).await? {
                 Some(r) => Ok(r),
                 None => Err(ApiError::internal("an idempotent start conflicted but no run is recorded")),
             };
@@ -560,11 +561,15 @@ pub async fn start(
 
 /// The run an idempotency key already started, if any: the same request
 /// gives it again (200); another request with that key is refused (422).
+/// A request that names no version means the version the key's first start
+/// used, so a retry after a deploy (a newer latest version) is the same
+/// request.
 async fn replay(
     state: &State,
     id: Uuid,
     w: &cairn_engine::Workflow,
     version: u32,
+    pinned: bool,
     inputs: &Value,
 ) -> ApiResult<Option<Response>> {
     let events = state.store.read_stream(&cairn_events::run_stream(id), 1).await?;
@@ -572,14 +577,20 @@ async fn replay(
     let Event::RunStarted(started) = Event::decode(first)? else {
         return Err(ApiError::internal("a run stream does not begin with RunStarted"));
     };
-    let same = started.workflow == w.name
-        && started.workflow_version == version
-        && started.inputs == w.inputs_with_defaults(inputs);
-    if !same {
+    let first_version = if pinned { version } else { started.workflow_version };
+    let same_version = started.workflow == w.name && started.workflow_version == first_version;
+    // Defaults are filled in by the version the run started with.
+    let with_defaults = if same_version && first_version != version {
+        state.engine.definition(&started.workflow, first_version).await?.inputs_with_defaults(inputs)
+    } else {
+        w.inputs_with_defaults(inputs)
+    };
+    if !same_version || started.inputs != with_defaults {
+        let what = if same_version { "with other inputs".to_owned() } else { format!("not v{version}") };
         return Err(ApiError::unprocessable(
             "idempotency-key-reused",
             format!(
-                "this Idempotency-Key already started run {id} with another request ({} v{} with other inputs); \
+                "this Idempotency-Key already started run {id} with another request ({} v{}, {what}); \
                  use a new key for a new run",
                 started.workflow, started.workflow_version
             ),
