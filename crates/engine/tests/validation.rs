@@ -446,3 +446,24 @@ fn output_references_are_reported_at_the_output() {
         &["nope"],
     );
 }
+
+/// A secret is kept out of the log only in the form it has: a template
+/// that transforms it (before: stored in clear once upper-cased, reversed
+/// or sliced) is refused; inserting it as it is, also inside text, is fine.
+#[test]
+fn a_transformed_secret_is_refused() {
+    let t = |expr: &str| format!("name: w\nsteps:\n  - id: t\n    task: echo\n    with: {{ x: \"{expr}\" }}\n");
+    for bad in [
+        "{{ secrets.TOKEN | upper }}",
+        "{{ secrets.TOKEN | reverse }}",
+        "{{ secrets.TOKEN[1:] }}",
+        "{{ secrets.TOKEN ~ 'x' }}",
+        "{{ [secrets.TOKEN, 'a'] | join('') }}",
+        "a {% if secrets.TOKEN %}b{% endif %}",
+    ] {
+        check(&t(bad), "secret-transformed", 3, &["transforms a secret", "as it is"]);
+    }
+    for ok in ["{{ secrets.TOKEN }}", "Bearer {{ secrets.TOKEN }}", "{{secrets.TOKEN}} and {{ inputs.x | upper }}"] {
+        assert!(diags(&t(ok)).iter().all(|d| d.code != "secret-transformed"), "{ok}: {:?}", diags(&t(ok)));
+    }
+}

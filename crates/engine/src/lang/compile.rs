@@ -232,6 +232,18 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             }
         }
         for t in texts {
+            if let Some(bad) = transformed_secret(&t) {
+                cx.at(
+                    &rs.id,
+                    "secret-transformed",
+                    format!(
+                        "step `{}` transforms a secret (`{bad}`); a secret is kept out of the log only as it is, so \
+                         a changed form (upper-cased, reversed, sliced, joined) could be recorded",
+                        rs.id.value
+                    ),
+                    Some("use `{{ secrets.NAME }}` as it is (inside other text is fine); transform it in the service or store the form you need as its own secret".into()),
+                );
+            }
             for name in secret_names(&t) {
                 secret_refs.push(crate::model::SecretRef {
                     name,
@@ -1171,6 +1183,34 @@ fn guarded_steps(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The first `{{ … }}` or `{% … %}` of a template that does more with a
+/// secret than insert it as it is (`{{ secrets.NAME }}`).
+fn transformed_secret(text: &str) -> Option<String> {
+    if secret_names(text).is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i..];
+        let close = match after.get(..2) {
+            Some("{{") => "}}",
+            Some("{%") => "%}",
+            _ => {
+                rest = &rest[i + 1..];
+                continue;
+            }
+        };
+        let Some(end) = after.find(close) else { break };
+        let inner = after[2..end].trim();
+        let plain = inner.strip_prefix("secrets.").is_some_and(|n| !n.is_empty() && ident_at(n) == n);
+        if !secret_names(inner).is_empty() && (close == "%}" || !plain) {
+            return Some(after[..end + 2].to_owned());
+        }
+        rest = &after[end + 2..];
+    }
+    None
 }
 
 /// Names in `secrets.NAME` occurrences.
