@@ -278,6 +278,14 @@ fn outcome_in_flight(s: &RunState, d: &crate::decider::Decision, e: &Event) -> b
     let awaited = match e {
         Event::StepCompleted(x) => s.awaits(&x.step_id, x.attempt),
         Event::StepFailed(x) => s.awaits(&x.step_id, x.attempt),
+        // What the other effects record: a request for people, a model's
+        // reply or failure, a child run started or ended.
+        Event::InputRequested(_)
+        | Event::ApprovalRequested(_)
+        | Event::AiAttemptCompleted(_)
+        | Event::AiAttemptFailed(_)
+        | Event::ChildRunStarted(_)
+        | Event::ChildRunCompleted(_) => e.step_id().is_some_and(|st| s.in_flight(st)),
         _ => false,
     };
     awaited || step_of(e).is_some_and(|st| d.execute.iter().any(|x| x.step_id == st))

@@ -256,6 +256,16 @@ impl RunState {
             })
     }
 
+    /// Whether an attempt of this step instance is in flight (started, or
+    /// waiting for its child run) and the run is running.
+    pub fn in_flight(&self, instance: &str) -> bool {
+        self.status == RunStatus::Running
+            && self.threads.get(self.scope_of(instance)).is_some_and(|t| match &t.cursor {
+                Cursor::InFlight { step, .. } | Cursor::Child { step, .. } => step == instance,
+                _ => false,
+            })
+    }
+
     /// The attempt of the step instance in flight (0 when none is).
     pub fn attempt_of(&self, instance: &str) -> u32 {
         match self.threads.get(self.scope_of(instance)).map(|t| &t.cursor) {
