@@ -246,3 +246,40 @@ async fn a_loop_keeps_the_history_current_on_postgres() {
     let Some(url) = common::fresh_pg_url().await else { return };
     tokio::task::spawn_blocking(move || a_loop_keeps_the_history_current(&url)).await.expect("join");
 }
+
+/// A mistyped database on a read command says so and creates nothing
+/// (before: the directories and empty databases were created).
+#[test]
+fn read_commands_refuse_a_database_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("nonexistent/dir/x.db");
+    let url = format!("sqlite://{}", missing.display());
+    for args in [&["runs"][..], &["history", "01a2"], &["verify"], &["projections", "status"], &["audit"]] {
+        let out = common::cairn_url(&url, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("there is no event log at"), "{args:?}: {}", text(&out));
+    }
+    assert!(!dir.path().join("nonexistent").exists(), "nothing was created");
+}
+
+/// The event log, its WAL and the read models are created owner-only (0600).
+#[cfg(unix)]
+#[test]
+fn database_files_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    assert!(cairn(&db, &["run", &example("branch-on-input.yaml"), "--input", "total=250"]).status.success());
+    assert!(cairn(&db, &["runs"]).status.success());
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.ends_with(".db") || name.ends_with("-wal") || name.ends_with("-shm") || name == "token.key" {
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "the log, the read models and the key at least");
+}

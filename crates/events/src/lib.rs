@@ -32,7 +32,7 @@ pub use envelope::{
     API_KEYS_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppend, format_timestamp,
     run_stream, workflow_stream,
 };
-pub use open::{DEFAULT_DATABASE_URL, open};
+pub use open::{DEFAULT_DATABASE_URL, open, open_existing};
 pub use store::{
     Backend, EventStore, MAX_STREAM_ID_LEN, StoreError, StoreErrorKind, StoreResult, redact_url, subscribe,
 };

@@ -46,3 +46,27 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn EventStore>> {
     let store: Arc<dyn EventStore> = SqliteStore::open_url(url, config).await?;
     Ok(store)
 }
+
+/// Opens an event log that must already exist: what read commands use, so
+/// a mistyped `--database` says so instead of creating an empty log (and
+/// its directories). PostgreSQL databases are never created by Cairn.
+pub async fn open_existing(url: &str) -> StoreResult<Arc<dyn EventStore>> {
+    let is_pg = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !is_pg {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).is_file() {
+            return Err(StoreError::Unavailable {
+                database: path.to_owned(),
+                source: sqlx::Error::Configuration(
+                    format!(
+                        "there is no event log at {path}; check --database (or CAIRN_DATABASE_URL): \
+                         commands that only read never create one, `cairn run` and `cairn serve` do"
+                    )
+                    .into(),
+                ),
+            });
+        }
+    }
+    open(url).await
+}

@@ -60,6 +60,20 @@ pub struct SqliteStore {
     clock: crate::clock::ClockHandle,
 }
 
+/// Creates `path` readable and writable by its owner only (0600), if it
+/// does not exist yet.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub async fn open(path: impl AsRef<Path>, config: SqliteConfig) -> StoreResult<Arc<SqliteStore>> {
@@ -68,6 +82,11 @@ impl SqliteStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
             && let Err(e) = std::fs::create_dir_all(parent)
         {
+            return Err(StoreError::Unavailable { database: label, source: sqlx::Error::Io(e) });
+        }
+        // Created owner-only: the log holds what runs did. SQLite gives the
+        // WAL and shared-memory files the database file's mode.
+        if let Err(e) = create_private(path) {
             return Err(StoreError::Unavailable { database: label, source: sqlx::Error::Io(e) });
         }
         let opts = SqliteConnectOptions::new().filename(path);

@@ -183,6 +183,8 @@ impl ReadDb {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
+        // Owner-only, as the event log (its WAL files take this mode).
+        cairn_events::sqlite::create_private(path)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -19,7 +19,7 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
+    let store = cairn_events::open_existing(database).await?;
     let events = match &args.stream {
         Some(s) => {
             let mut e = store.read_stream(s, args.from).await?;

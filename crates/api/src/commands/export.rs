@@ -38,7 +38,7 @@ pub fn sidecar_of(path: &Path) -> PathBuf {
 
 /// Runs `cairn export`.
 pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
+    let store = cairn_events::open_existing(database).await?;
     let filter = ExportFilter {
         since: args.since,
         until: args.until,

@@ -84,7 +84,7 @@ pub struct AuditArgs {
 
 /// Opens the store, the read models and a worker over them.
 pub async fn worker(database: &str, read: &ReadArgs) -> anyhow::Result<(Arc<dyn EventStore>, Worker)> {
-    let store = cairn_events::open(database).await?;
+    let store = cairn_events::open_existing(database).await?;
     let w = worker_on(store.clone(), database, read).await?;
     Ok((store, w))
 }

@@ -42,7 +42,7 @@ pub async fn list(database: &str, read: &crate::commands::read::ReadArgs) -> any
 
 /// Shows one run with its steps.
 pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = cairn_events::open(database).await?;
+    let store = cairn_events::open_existing(database).await?;
     let events = store.read_stream(&cairn_events::run_stream(args.run), 1).await?;
     if events.is_empty() {
         eprintln!("error: no run with id {} in {}", args.run, store.describe());

@@ -20,7 +20,7 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.export {
         return super::export::verify(file);
     }
-    let store = cairn_events::open(database).await?;
+    let store = cairn_events::open_existing(database).await?;
     let report = cairn_events::verify(&*store).await.with_context(|| format!("verifying {}", store.describe()))?;
     if report.is_intact() {
         out!(

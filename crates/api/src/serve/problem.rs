@@ -120,9 +120,15 @@ impl ApiError {
     }
 
     /// 500: logged with its cause; the client sees the request id.
+    /// The cause is logged (with the request's id), never sent: it may name
+    /// files, databases or hosts the caller has no business knowing.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the server failed: {e}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server could not complete the request; the cause is in its log under this request_id".to_owned(),
+        )
     }
 
     /// The same error with per-field problems.
