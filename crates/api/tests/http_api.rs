@@ -1127,3 +1127,21 @@ async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on() 
     assert_eq!(ids(&runs.json), vec![id], "the later run is listed");
     assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
 }
+
+/// A decision made the moment a person can see the request never fails
+/// (before: 21 of 60 got 409 `not-waiting` and 5 got 403 `bad-token`, since
+/// the request is recorded by the background driver after the start
+/// answered, and the token was derived from an earlier read).
+#[tokio::test]
+async fn a_decision_right_after_the_start_is_recorded() {
+    let s = Server::start(&[]);
+    let boss = s.key("boss", "admin", "boss");
+    assert_eq!(s.post_yaml("/workflows", &boss, APPROVAL).await.status, 201);
+    for i in 0..60 {
+        let r = s.post("/runs", &boss, &json!({"workflow": "pay", "inputs": {"amount": i}})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let id = r.json["run_id"].as_str().expect("id").to_owned();
+        let d = s.post(&format!("/runs/{id}/steps/ask/decision"), &boss, &json!({"approve": true})).await;
+        assert_eq!(d.status, 201, "try {i}: {}", d.text);
+    }
+}

@@ -302,6 +302,35 @@ async fn deadlines_reject_fail_or_escalate(store: Arc<dyn EventStore>) {
     assert_eq!(rounds, [0, 1]);
 }
 
+/// An answer to a step whose request is about to be recorded (another
+/// process drives the run) waits for it instead of `not-waiting`.
+async fn an_answer_waits_for_a_request_about_to_be_recorded(store: Arc<dyn EventStore>) {
+    let e = Arc::new(engine(&store));
+    let (w, v) = common::publish(&e, REVIEW).await;
+    let id = e.start(&w, v, json!({"body": "b"}), "test").await.expect("start");
+    // Recorded so far: the start, `draft`, and `review` started (no request yet).
+    assert!(e.state(id).await.expect("state").waiting_for_people().is_empty());
+    let driver = tokio::spawn({
+        let e = e.clone();
+        async move {
+            tokio::task::yield_now().await;
+            e.drive(id, &mut |_: &Event| {}).await
+        }
+    });
+    let token = e.resume_token(id, "review", 1);
+    e.decide_approval(id, "review", &vote("grace", &token, true)).await.expect("waits, then records");
+    driver.await.expect("join").expect("drive");
+    // Proven callers need no token; their identity is still checked.
+    let id = e.start(&w, v, json!({"body": "b"}), "test").await.expect("start");
+    tokio::spawn({
+        let e = e.clone();
+        async move { e.drive(id, &mut |_: &Event| {}).await }
+    });
+    let stranger = e.decide_as_caller(id, "review", &vote("mallory", "", true)).await;
+    assert!(matches!(stranger, Err(HumanError::NotAllowed { .. })), "{stranger:?}");
+    e.decide_as_caller(id, "review", &vote("ada", "", true)).await.expect("ada, without a token");
+}
+
 async fn a_form_deadline_fails_the_step(store: Arc<dyn EventStore>) {
     let (e, clock) = clocked(&store);
     let src = FORM.replace("      assignees:", "      deadline: 1h\n      assignees:");
@@ -349,6 +378,7 @@ both_backends!(
     racing_approvers_on_a_quorum_of_one_record_exactly_one,
     deadlines_reject_fail_or_escalate,
     a_form_deadline_fails_the_step,
+    an_answer_waits_for_a_request_about_to_be_recorded,
 );
 
 #[test]
