@@ -683,7 +683,11 @@ async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
     // Read models: incremental (seeded batches) = one fold from scratch = a rebuild.
     let incremental = dump(&place.read).await;
     for s in live.status().await.expect("status") {
-        assert_eq!((s.name.as_str(), s.error), (s.name.as_str(), None), "seed {seed}: a projection stopped");
+        assert_eq!(
+            (s.name.as_str(), s.error, s.parked),
+            (s.name.as_str(), None, 0),
+            "seed {seed}: a projection stopped or parked"
+        );
     }
     let scratch =
         Worker::new(world.store.clone(), place.fresh.clone(), models::all()).await.expect("worker").with_batch(100_000);

@@ -4,7 +4,7 @@
 //! second worker (or a rebuild) that got there first makes the batch roll
 //! back instead of applying twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,10 @@ use crate::projection::{Input, Projection};
 
 /// The checkpoint table.
 pub const CHECKPOINTS: &str = "cairn_projections";
+
+/// The table of parked events: one a projection could not apply, set aside
+/// with its error so the projection goes on past it.
+pub const PARKED: &str = "cairn_parked";
 
 /// Events per batch transaction.
 pub const DEFAULT_BATCH: usize = 500;
@@ -46,8 +50,15 @@ pub enum Batch {
     },
     /// Caught up with the log.
     Idle,
-    /// Stopped at an event it cannot apply (see `status`).
+    /// Stopped at an event it cannot apply (see `status`): only when even
+    /// parking it failed.
     Stopped,
+    /// Set aside an event it cannot apply (see [`Worker::parked`]) and
+    /// moved past it.
+    Parked {
+        /// The parked event's position.
+        position: u64,
+    },
     /// Another worker or a rebuild moved the checkpoint first; nothing applied.
     Raced,
     /// Another worker holds this projection.
@@ -71,6 +82,8 @@ pub struct Status {
     pub updated_at: Option<String>,
     /// Set when the projection stopped: the position and the error.
     pub error: Option<(u64, String)>,
+    /// Events it set aside and went on past (see [`Worker::parked`]).
+    pub parked: u64,
 }
 
 /// One row of the checkpoint table.
@@ -131,6 +144,30 @@ async fn upgrade(db: &ReadDb, p: &dyn Projection) -> Result<(), DbError> {
     tx.commit().await
 }
 
+async fn park(tx: &mut Tx, name: &str, position: u64, event_type: &str, error: &str) -> Result<(), DbError> {
+    tx.exec(
+        &format!("INSERT INTO {PARKED} (name, position, event_type, error, parked_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, position) DO UPDATE SET error = excluded.error, parked_at = excluded.parked_at"),
+        &[Val::from(name), Val::from(position), Val::from(event_type), Val::from(error), Val::from(chrono::Utc::now().to_rfc3339())],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An event a projection set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// The projection.
+    pub name: String,
+    /// The event's position in the log.
+    pub position: u64,
+    /// Its type.
+    pub event_type: String,
+    /// Why it could not be applied.
+    pub error: String,
+    /// When it was parked.
+    pub parked_at: String,
+}
+
 /// Runs projections from an event store into a read-model database.
 pub struct Worker {
     store: Arc<dyn EventStore>,
@@ -163,6 +200,11 @@ impl Worker {
             // Another worker starting at the same moment may have added it.
             db.rows(&format!("SELECT version FROM {CHECKPOINTS} LIMIT 1"), &[]).await.map_err(|_| e)?;
         }
+        db.exec(
+            &format!("CREATE TABLE IF NOT EXISTS {PARKED} (name TEXT NOT NULL, position BIGINT NOT NULL, event_type TEXT NOT NULL, error TEXT NOT NULL, parked_at TEXT NOT NULL, PRIMARY KEY (name, position))"),
+            &[],
+        )
+        .await?;
         for p in &projections {
             upgrade(&db, &**p).await?;
             for ddl in p.create("") {
@@ -302,6 +344,25 @@ impl Worker {
             Err(f) => {
                 let _ = tx.rollback().await;
                 let (at, message) = f.pinpoint(&self.db, p, "", &events).await;
+                // Park the event at fault and go on past it: one event never
+                // holds back every later run. What came before it in the
+                // batch is applied with the park, in one transaction.
+                if let Some(bad) = events.iter().find(|r| r.global_position == at) {
+                    let before: Vec<RecordedEvent> =
+                        events.iter().filter(|r| r.global_position < at).cloned().collect();
+                    let mut tx = self.db.begin().await?;
+                    if !advance(&mut tx, name, position, generation, at).await? {
+                        tx.rollback().await?;
+                        return Ok(Batch::Raced);
+                    }
+                    if apply_all(p, &mut tx, "", &before).await.is_ok() {
+                        park(&mut tx, name, at, &bad.event_type, &message).await?;
+                        tx.commit().await?;
+                        tracing::error!(projection = name, position = at, "parked: {message}");
+                        return Ok(Batch::Parked { position: at });
+                    }
+                    let _ = tx.rollback().await;
+                }
                 tracing::error!(projection = name, position = at, "{message}");
                 self.db
                     .exec(
@@ -385,7 +446,7 @@ impl Worker {
             loop {
                 match self.step(name).await? {
                     Batch::Applied { events, .. } => total += events as u64,
-                    Batch::Raced => {}
+                    Batch::Raced | Batch::Parked { .. } => {}
                     Batch::Idle | Batch::Stopped | Batch::NotOwner => break,
                 }
             }
@@ -426,6 +487,10 @@ impl Worker {
         let newest = self.store.read_all(head.max(1), 1).await?.first().and_then(RecordedEvent::recorded_at);
         let mut out = Vec::new();
         let mut checkpoints = self.checkpoints().await?;
+        let mut parked: HashMap<String, u64> = HashMap::new();
+        for p in self.parked(None).await? {
+            *parked.entry(p.name).or_default() += 1;
+        }
         for name in self.names() {
             let Checkpoint { position, error, updated_at, .. } = checkpoints.remove(name).unwrap_or_default();
             let lag_seconds = if position >= head {
@@ -449,9 +514,79 @@ impl Worker {
                 lag_seconds,
                 updated_at,
                 error,
+                parked: parked.get(name).copied().unwrap_or(0),
             });
         }
         Ok(out)
+    }
+
+    /// The events set aside, of one projection or of all, in log order.
+    pub async fn parked(&self, name: Option<&str>) -> Result<Vec<Parked>, ProjectionError> {
+        let rows = self
+            .db
+            .rows(
+                &format!("SELECT name, position, event_type, error, parked_at FROM {PARKED} WHERE $1 = '' OR name = $1 ORDER BY position, name"),
+                &[Val::from(name.unwrap_or(""))],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let text = |i: usize| r.get(i).and_then(Val::as_text).unwrap_or_default().to_owned();
+                Parked {
+                    name: text(0),
+                    position: r.get(1).and_then(Val::as_int).and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+                    event_type: text(2),
+                    error: text(3),
+                    parked_at: text(4),
+                }
+            })
+            .collect())
+    }
+
+    /// Applies a parked event now (after its cause was fixed, e.g. by an
+    /// upgrade) and forgets it; still failing, it stays parked with the new
+    /// error. It is applied after the events that came later: for tables
+    /// exactly as an in-order fold, rebuild the projection instead.
+    pub async fn retry(&self, name: &str, position: u64) -> Result<Result<(), String>, ProjectionError> {
+        let p = self.projection(name)?;
+        let events = self.store.read_all(position, 1).await?;
+        let Some(r) = events.first().filter(|r| r.global_position == position) else {
+            return Ok(Err(format!("there is no event at position {position}")));
+        };
+        let mut tx = self.db.begin().await?;
+        match apply_all(p, &mut tx, "", std::slice::from_ref(r)).await {
+            Ok(()) => {
+                tx.exec(
+                    &format!("DELETE FROM {PARKED} WHERE name = $1 AND position = $2"),
+                    &[Val::from(name), Val::from(position)],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+            Err(f) => {
+                let _ = tx.rollback().await;
+                let (_, message) = f.describe();
+                let mut tx = self.db.begin().await?;
+                park(&mut tx, name, position, &r.event_type, &message).await?;
+                tx.commit().await?;
+                Ok(Err(message))
+            }
+        }
+    }
+
+    /// Forgets a parked event without applying it.
+    pub async fn skip(&self, name: &str, position: u64) -> Result<bool, ProjectionError> {
+        self.projection(name)?;
+        let n = self
+            .db
+            .exec(
+                &format!("DELETE FROM {PARKED} WHERE name = $1 AND position = $2"),
+                &[Val::from(name), Val::from(position)],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Rebuilds a projection from position 0 into fresh tables, then swaps
@@ -469,16 +604,33 @@ impl Worker {
         }
         let mut position = 0u64;
         let mut replayed = 0u64;
+        // Events it cannot apply are parked again (the old parks go with
+        // the old tables), and it goes on past them.
+        let mut parks: Vec<(u64, String, String)> = Vec::new();
         loop {
-            let events = self.store.read_all(position + 1, self.batch.max(1000)).await?;
+            let mut events = self.store.read_all(position + 1, self.batch.max(1000)).await?;
             let head = self.store.head_position().await?;
             let mut tx = self.db.begin().await?;
             if let Err(f) = apply_all(p, &mut tx, FRESH, &events).await {
                 let _ = tx.rollback().await;
                 let (at, message) = f.pinpoint(&self.db, p, FRESH, &events).await;
-                return Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
-                    "rebuild of `{name}` stopped at position {at}: {message}"
-                ))));
+                let Some(bad) = events.iter().find(|r| r.global_position == at).cloned() else {
+                    return Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
+                        "rebuild of `{name}` stopped at position {at}: {message}"
+                    ))));
+                };
+                parks.push((at, bad.event_type.clone(), message));
+                events.retain(|r| r.global_position < at);
+                tx = self.db.begin().await?;
+                if let Err(f) = apply_all(p, &mut tx, FRESH, &events).await {
+                    let _ = tx.rollback().await;
+                    return Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
+                        "rebuild of `{name}` stopped: {}",
+                        f.describe().1
+                    ))));
+                }
+                // Resume right after the parked event.
+                events.push(bad);
             }
             replayed += events.len() as u64;
             position = events.last().map_or(position, |e| e.global_position);
@@ -496,6 +648,10 @@ impl Worker {
                 &[Val::from(position), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(name)],
             )
             .await?;
+            tx.exec(&format!("DELETE FROM {PARKED} WHERE name = $1"), &[Val::from(name)]).await?;
+            for (at, event_type, message) in &parks {
+                park(&mut tx, name, *at, event_type, message).await?;
+            }
             tx.commit().await?;
             return Ok(replayed);
         }

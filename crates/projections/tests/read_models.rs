@@ -312,28 +312,69 @@ proptest! {
     }
 }
 
-/// An event a projection cannot apply stops that projection at that event,
-/// visibly; the others go on; a rebuild after the cause is gone clears it.
-#[tokio::test]
-async fn an_unappliable_event_stops_its_projection_visibly() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = sqlite_store(dir.path()).await;
-    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+/// An event a projection cannot apply is parked with its position and
+/// error, and the projection goes on past it: later runs are in the read
+/// models; a rebuild parks it again; retry and skip clear it.
+async fn an_unappliable_event_is_parked_and_the_rest_goes_on(store: Arc<dyn EventStore>, db: ReadDb) {
     let worker = Worker::new(store.clone(), db.clone(), models::all()).await.expect("worker");
     let (id, events) = run_events(1, "wf", &[0]);
     append(&store, id, &events, 0).await;
     // The same run started twice: `runs` cannot insert it again.
     append(&store, id, &events[..1], events.len() as u64).await;
+    let bad = events.len() as u64 + 1;
+    // A later run must not be held back by it.
+    let (later, more) = run_events(2, "wf", &[0, 1]);
+    append(&store, later, &more, 0).await;
     worker.catch_up().await.expect("catch up");
     let status = worker.status().await.expect("status");
     let runs = status.iter().find(|s| s.name == "runs").expect("runs");
-    let (at, message) = runs.error.clone().expect("stopped");
-    assert_eq!(at, events.len() as u64 + 1, "stopped at the duplicate");
-    assert!(message.contains("RunStarted at position"), "{message}");
-    assert_eq!(runs.position, 0, "nothing of the failing batch was applied");
-    assert_eq!(worker.step("runs").await.expect("step"), Batch::Stopped, "it stays stopped");
+    assert_eq!((runs.position, runs.error.clone(), runs.parked), (runs.head, None, 1), "went on past it");
+    let parked = worker.parked(Some("runs")).await.expect("parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].position, parked[0].event_type.as_str()), (bad, "RunStarted"));
+    assert!(parked[0].error.contains("RunStarted at position"), "{}", parked[0].error);
+    let ids: Vec<String> = db
+        .rows("SELECT run_id FROM runs ORDER BY run_id", &[])
+        .await
+        .expect("runs")
+        .into_iter()
+        .map(|r| r[0].as_text().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, vec![id.to_string(), later.to_string()], "the later run is in the read model");
     let audit = status.iter().find(|s| s.name == "audit_log").expect("audit");
-    assert_eq!((audit.position, audit.error.clone()), (audit.head, None), "the others went on");
+    assert_eq!((audit.position, audit.parked), (audit.head, 0), "the others never saw a problem");
+    // A rebuild gives the same tables and parks it again.
+    let before = dump(&db).await;
+    worker.rebuild("runs").await.expect("rebuild parks instead of failing");
+    assert_eq!(dump(&db).await, before);
+    assert_eq!(worker.parked(Some("runs")).await.expect("parked").len(), 1);
+    // Retry: still failing, it stays parked with its error; skip forgets it.
+    assert!(worker.retry("runs", bad).await.expect("retry").is_err());
+    assert_eq!(worker.parked(Some("runs")).await.expect("parked").len(), 1);
+    assert!(worker.skip("runs", bad).await.expect("skip"));
+    assert!(!worker.skip("runs", bad).await.expect("skip again"), "nothing left to skip");
+    assert!(worker.parked(Some("runs")).await.expect("parked").is_empty());
+    let runs = worker.status().await.expect("status").into_iter().find(|s| s.name == "runs").expect("runs");
+    assert_eq!(runs.parked, 0);
+}
+
+#[tokio::test]
+async fn sqlite_an_unappliable_event_is_parked_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path()).await;
+    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
+    an_unappliable_event_is_parked_and_the_rest_goes_on(store, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_unappliable_event_is_parked_and_the_rest_goes_on() {
+    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+    let store: Arc<dyn EventStore> =
+        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+            .await
+            .expect("store");
+    let db = ReadDb::postgres(opts).await.expect("db");
+    an_unappliable_event_is_parked_and_the_rest_goes_on(store, db).await;
 }
 
 /// PostgreSQL: writers append while two workers run the same projections;

@@ -34,6 +34,25 @@ pub enum ProjectionsCommand {
         #[arg(long, default_value_t = cairn_projections::worker::DEFAULT_BATCH)]
         batch: usize,
     },
+    /// List the events read models set aside (parked) and why.
+    Parked {
+        /// Only this projection's.
+        name: Option<String>,
+    },
+    /// Apply a parked event now (after its cause was fixed) and forget it.
+    Retry {
+        /// The projection.
+        name: String,
+        /// The event's position in the log.
+        position: u64,
+    },
+    /// Forget a parked event without applying it.
+    Skip {
+        /// The projection.
+        name: String,
+        /// The event's position in the log.
+        position: u64,
+    },
     /// Rebuild one projection (or all) from position 0 and swap it in.
     Rebuild {
         /// The projection: runs, step_history, costs, audit_log, inbox.
@@ -111,7 +130,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
             out!("{:<14} {:>10} {:>10} {:>10} {:>9}  state", "projection", "checkpoint", "head", "lag", "lag (s)");
             let mut stopped = false;
             for s in w.status().await? {
-                let state = match &s.error {
+                let mut state = match &s.error {
                     Some((at, e)) => {
                         stopped = true;
                         format!("STOPPED at position {at}: {e}")
@@ -119,6 +138,9 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                     None if s.lag_events == 0 => "current".to_owned(),
                     None => "behind".to_owned(),
                 };
+                if s.parked > 0 {
+                    state.push_str(&format!(", {} parked (cairn projections parked {})", s.parked, s.name));
+                }
                 out!(
                     "{:<14} {:>10} {:>10} {:>10} {:>9.1}  {state}",
                     s.name,
@@ -132,6 +154,30 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                 eprintln!(
                     "a stopped projection resumes after `cairn projections rebuild NAME` once its cause is fixed"
                 );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        ProjectionsCommand::Parked { name } => {
+            let parked = w.parked(name.as_deref()).await?;
+            if parked.is_empty() {
+                out!("no parked events");
+            }
+            for p in parked {
+                out!("{} {} {} (parked {}): {}", p.name, p.position, p.event_type, p.parked_at, p.error);
+            }
+        }
+        ProjectionsCommand::Retry { name, position } => match w.retry(&name, position).await? {
+            Ok(()) => out!("{name}: the event at position {position} is applied and no longer parked"),
+            Err(e) => {
+                eprintln!("error: {name} still cannot apply the event at position {position}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        ProjectionsCommand::Skip { name, position } => {
+            if w.skip(&name, position).await? {
+                out!("{name}: the event at position {position} is skipped (not in this read model)");
+            } else {
+                eprintln!("error: {name} has no parked event at position {position} (see `cairn projections parked`)");
                 return Ok(ExitCode::from(1));
             }
         }

@@ -133,12 +133,16 @@ pub struct Health {
 /// Readiness.
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Ready {
-    /// `ready`, or `not-ready`.
+    /// `ready`, or `degraded` when read models set events aside (`parked`):
+    /// serving, with those events missing from the read models until an
+    /// operator retries or skips them (`cairn projections parked`).
     pub status: String,
     /// The log's head position.
     pub head_position: u64,
     /// How far the slowest read model is behind the log, in events.
     pub projection_lag: u64,
+    /// Events the read models set aside.
+    pub parked: u64,
 }
 
 /// `GET /healthz`: the process answers.
@@ -148,19 +152,14 @@ pub async fn healthz() -> axum::Json<Health> {
 
 /// `GET /readyz`: the event store and the read models answer.
 pub async fn readyz(S(state): S<Arc<State>>) -> Result<axum::Json<Ready>, ApiError> {
+    // The causes are logged, not sent: they name databases and files.
     let head = state.store.head_position().await.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            format!("the event store does not answer: {e}"),
-        )
+        tracing::error!(error = %e, "readiness: the event store does not answer");
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the event store does not answer")
     })?;
     let status = state.read.status().await.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            format!("the read models do not answer: {e}"),
-        )
+        tracing::error!(error = %e, "readiness: the read models do not answer");
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the read models do not answer")
     })?;
     if let Some((name, (at, e))) = status.iter().find_map(|s| s.error.clone().map(|e| (s.name.clone(), e))) {
         return Err(ApiError::new(
@@ -170,5 +169,7 @@ pub async fn readyz(S(state): S<Arc<State>>) -> Result<axum::Json<Ready>, ApiErr
         ));
     }
     let lag = status.iter().map(|s| s.lag_events).max().unwrap_or(0);
-    Ok(axum::Json(Ready { status: "ready".into(), head_position: head, projection_lag: lag }))
+    let parked: u64 = status.iter().map(|s| s.parked).sum();
+    let word = if parked > 0 { "degraded" } else { "ready" };
+    Ok(axum::Json(Ready { status: word.into(), head_position: head, projection_lag: lag, parked }))
 }
