@@ -283,3 +283,61 @@ fn database_files_are_created_owner_only() {
     }
     assert!(seen >= 3, "the log, the read models and the key at least");
 }
+
+/// An event the `runs` read model cannot apply (the same run started twice)
+/// is parked; the CLI shows, lists and skips it, and the skip is in the
+/// audit log.
+async fn a_parked_event_is_shown_listed_and_skipped_on_the_record(url: String) {
+    let store = cairn_events::open(&url).await.expect("store");
+    let id = uuid::Uuid::now_v7();
+    let started = Event::RunStarted(cairn_events::RunStarted {
+        run_id: id,
+        workflow: "w".into(),
+        workflow_version: 1,
+        definition_hash: "h".into(),
+        inputs: json!({}),
+        started_by: "ada".into(),
+        idempotency_key: None,
+        parent: None,
+        fork_of: None,
+        settings: None,
+    });
+    let ev = || vec![NewEvent::from_event(&started, Metadata::by("ada"))];
+    let stream = cairn_events::run_stream(id);
+    store.append(&stream, ExpectedVersion::NoStream, ev()).await.expect("first");
+    store.append(&stream, ExpectedVersion::Exact(1), ev()).await.expect("second");
+    let bad = store.head_position().await.expect("head").to_string();
+    drop(store);
+    let url2 = url.clone();
+    let bad2 = bad.clone();
+    tokio::task::spawn_blocking(move || {
+        // A read command brings the read models up to date.
+        let runs = common::cairn_url(&url2, &["runs"]);
+        assert!(runs.status.success(), "{}", text(&runs));
+        let status = text(&common::cairn_url(&url2, &["projections", "status"]));
+        assert!(status.contains("1 parked (cairn projections parked runs)"), "{status}");
+        assert!(!status.contains("STOPPED"), "{status}");
+        let parked = text(&common::cairn_url(&url2, &["projections", "parked"]));
+        assert!(parked.contains(&format!("runs {bad2} RunStarted")), "{parked}");
+        let skip = common::cairn_url(&url2, &["projections", "skip", "runs", &bad2, "--reason", "a duplicate start"]);
+        assert!(skip.status.success(), "{}", text(&skip));
+        assert!(text(&common::cairn_url(&url2, &["projections", "parked", "runs"])).contains("no parked events"));
+        let audit = text(&common::cairn_url(&url2, &["audit"]));
+        assert!(audit.contains("skip parked event"), "{audit}");
+    })
+    .await
+    .expect("join");
+}
+
+#[tokio::test]
+async fn a_parked_event_is_shown_listed_and_skipped_on_the_record_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    a_parked_event_is_shown_listed_and_skipped_on_the_record(format!("sqlite://{}", dir.path().join("c.db").display()))
+        .await;
+}
+
+#[tokio::test]
+async fn a_parked_event_is_shown_listed_and_skipped_on_the_record_on_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    a_parked_event_is_shown_listed_and_skipped_on_the_record(url).await;
+}

@@ -732,6 +732,35 @@ pub struct ApiKeyRevoked {
     pub reason: Option<String>,
 }
 
+/// An operator applied an event a read model had parked (stream
+/// `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ParkedEventRetried {
+    /// The read model.
+    pub projection: String,
+    /// The parked event's position in the log.
+    pub position: u64,
+    /// Who retried it.
+    pub by: String,
+}
+
+/// An operator had a read model forget an event it had parked, without
+/// applying it (stream `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ParkedEventSkipped {
+    /// The read model.
+    pub projection: String,
+    /// The parked event's position in the log.
+    pub position: u64,
+    /// The error it was parked with.
+    pub error: String,
+    /// Who skipped it.
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -836,7 +865,7 @@ about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, Bra
     ApprovalRequested, ApprovalDecided, ApprovalExpired, NotificationSent, NotificationFailed, ChildRunStarted,
     ChildRunCompleted, StepKept);
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
-    WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked);
+    WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped);
 
 impl AboutStep for TimerStarted {
     fn step(&self) -> Option<&str> {
@@ -856,6 +885,8 @@ catalog! {
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
     "access":
         ApiKeyCreated = 1, ApiKeyRevoked = 1;
+    "operations":
+        ParkedEventRetried = 1, ParkedEventSkipped = 1;
 }
 
 impl Event {

@@ -29,6 +29,7 @@ pub fn events_markdown() -> String {
         ("run", "Run events (stream `run-<uuid>`)"),
         ("workflow", "Workflow events (stream `workflow-<name>`)"),
         ("access", "Access events (stream `apikeys`)"),
+        ("operations", "Operations events (stream `operations`)"),
     ] {
         let _ = write!(out, "\n## {title}\n");
         for info in cat.iter().filter(|i| i.group == group) {

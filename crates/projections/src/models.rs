@@ -227,6 +227,8 @@ fn action(t: &str) -> &'static str {
         "WorkflowArchived" => "archive workflow",
         "ApiKeyCreated" => "create API key",
         "ApiKeyRevoked" => "revoke API key",
+        "ParkedEventRetried" => "retry parked event",
+        "ParkedEventSkipped" => "skip parked event",
         _ => "record event",
     }
 }

@@ -52,6 +52,9 @@ pub enum ProjectionsCommand {
         name: String,
         /// The event's position in the log.
         position: u64,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Rebuild one projection (or all) from position 0 and swap it in.
     Rebuild {
@@ -124,7 +127,7 @@ pub async fn catch_up(database: &str, read: &ReadArgs) -> anyhow::Result<Worker>
 
 /// `cairn projections …`.
 pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsCommand) -> anyhow::Result<ExitCode> {
-    let (_, w) = worker(database, read).await?;
+    let (store, w) = worker(database, read).await?;
     match cmd {
         ProjectionsCommand::Status => {
             out!("{:<14} {:>10} {:>10} {:>10} {:>9}  state", "projection", "checkpoint", "head", "lag", "lag (s)");
@@ -167,14 +170,33 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
             }
         }
         ProjectionsCommand::Retry { name, position } => match w.retry(&name, position).await? {
-            Ok(()) => out!("{name}: the event at position {position} is applied and no longer parked"),
+            Ok(()) => {
+                let by = operator();
+                record(
+                    &store,
+                    cairn_events::ParkedEventRetried { projection: name.clone(), position, by: by.clone() },
+                    &by,
+                )
+                .await?;
+                out!("{name}: the event at position {position} is applied and no longer parked")
+            }
             Err(e) => {
                 eprintln!("error: {name} still cannot apply the event at position {position}: {e}");
                 return Ok(ExitCode::from(1));
             }
         },
-        ProjectionsCommand::Skip { name, position } => {
+        ProjectionsCommand::Skip { name, position, reason } => {
+            let error = w.parked(Some(&name)).await?.into_iter().find(|p| p.position == position).map(|p| p.error);
             if w.skip(&name, position).await? {
+                let by = operator();
+                let e = cairn_events::ParkedEventSkipped {
+                    projection: name.clone(),
+                    position,
+                    error: error.unwrap_or_default(),
+                    by: by.clone(),
+                    reason,
+                };
+                record(&store, e, &by).await?;
                 out!("{name}: the event at position {position} is skipped (not in this read model)");
             } else {
                 eprintln!("error: {name} has no parked event at position {position} (see `cairn projections parked`)");
@@ -332,4 +354,18 @@ pub async fn inbox(database: &str, read: &ReadArgs) -> anyhow::Result<ExitCode> 
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command, for the audit log.
+fn operator() -> String {
+    std::env::var("CAIRN_IDENTITY").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "operator".into())
+}
+
+/// Records what an operator did to a read model in the `operations` stream
+/// (so the audit log has it).
+async fn record(store: &Arc<dyn EventStore>, e: impl Into<cairn_events::Event>, by: &str) -> anyhow::Result<()> {
+    let e: cairn_events::Event = e.into();
+    let new = cairn_events::NewEvent::from_event(&e, cairn_events::Metadata::by(by));
+    store.append("operations", cairn_events::ExpectedVersion::Any, vec![new]).await?;
+    Ok(())
 }
