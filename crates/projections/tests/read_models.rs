@@ -358,25 +358,6 @@ async fn an_unappliable_event_is_parked_and_the_rest_goes_on(store: Arc<dyn Even
     assert_eq!(runs.parked, 0);
 }
 
-#[tokio::test]
-async fn sqlite_an_unappliable_event_is_parked_and_the_rest_goes_on() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = sqlite_store(dir.path()).await;
-    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
-    an_unappliable_event_is_parked_and_the_rest_goes_on(store, db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_unappliable_event_is_parked_and_the_rest_goes_on() {
-    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
-    let store: Arc<dyn EventStore> =
-        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
-            .await
-            .expect("store");
-    let db = ReadDb::postgres(opts).await.expect("db");
-    an_unappliable_event_is_parked_and_the_rest_goes_on(store, db).await;
-}
-
 /// PostgreSQL: writers append while two workers run the same projections;
 /// every event is applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,40 +684,48 @@ async fn a_loop_lists_every_visit_and_attempt(store: Arc<dyn EventStore>, db: Re
     assert_eq!(dump(&db).await, before, "one batch equals batches of one");
 }
 
-#[tokio::test]
-async fn sqlite_a_history_stopped_by_the_old_key_recovers() {
+/// A store and a read database on SQLite (kept alive by the guard).
+async fn on_sqlite() -> (tempfile::TempDir, Arc<dyn EventStore>, ReadDb) {
     let dir = tempfile::tempdir().expect("tmp");
     let store = sqlite_store(dir.path()).await;
     let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
-    a_history_stopped_by_the_old_key_recovers(store, db).await;
+    (dir, store, db)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_history_stopped_by_the_old_key_recovers() {
-    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
+/// A store and a read database in a fresh PostgreSQL schema; `None` when
+/// the server is unreachable outside CI.
+async fn on_postgres() -> Option<(Arc<dyn EventStore>, ReadDb)> {
+    let (opts, _) = cairn_events::testing::fresh_pg_schema().await?;
     let store: Arc<dyn EventStore> =
         cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
             .await
             .expect("store");
-    let db = ReadDb::postgres(opts).await.expect("db");
-    a_history_stopped_by_the_old_key_recovers(store, db).await;
+    Some((store, ReadDb::postgres(opts).await.expect("db")))
 }
 
-#[tokio::test]
-async fn sqlite_a_loop_lists_every_visit_and_attempt() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = sqlite_store(dir.path()).await;
-    let db = ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db");
-    a_loop_lists_every_visit_and_attempt(store, db).await;
+/// Declares each `async fn NAME(store, db)` as a test on SQLite and on
+/// PostgreSQL (modules `sqlite_backend` and `postgres_backend`).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_dir, store, db) = super::on_sqlite().await;
+                super::$name(store, db).await
+            }
+        )*}
+        mod postgres_backend {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((store, db)) = super::on_postgres().await else { return };
+                super::$name(store, db).await
+            }
+        )*}
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_loop_lists_every_visit_and_attempt() {
-    let Some((opts, _)) = cairn_events::testing::fresh_pg_schema().await else { return };
-    let store: Arc<dyn EventStore> =
-        cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
-            .await
-            .expect("store");
-    let db = ReadDb::postgres(opts).await.expect("db");
-    a_loop_lists_every_visit_and_attempt(store, db).await;
-}
+on_both!(
+    an_unappliable_event_is_parked_and_the_rest_goes_on,
+    a_history_stopped_by_the_old_key_recovers,
+    a_loop_lists_every_visit_and_attempt,
+);
