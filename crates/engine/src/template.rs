@@ -276,12 +276,29 @@ fn with_expression<T>(
 fn render_str(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let err = |e: minijinja::Error| TemplateError { template: s.to_owned(), message: e.to_string() };
     let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+    let too_big = || TemplateError {
+        template: s.to_owned(),
+        message: format!("rendered more than the limit of {MAX_RENDERED_BYTES} bytes"),
+    };
     if let Some(expr) = sole_expression(s) {
         let v = with_expression(expr, |e| e.eval(&ctx)).map_err(err)?;
+        // Measured before it is turned into JSON: a value can repeat one
+        // string many times cheaply (`[s] * n`) and only grow when copied.
+        let mut budget = MAX_RENDERED_BYTES;
+        if !fits(&v, &mut budget, 0) {
+            return Err(too_big());
+        }
         return serde_json::to_value(&v)
             .map_err(|e| TemplateError { template: s.to_owned(), message: format!("result is not JSON: {e}") });
     }
-    let out = env().render_str(s, &ctx).map_err(err)?;
+    // Rendered into a bounded buffer: the output never grows past the limit.
+    let t = env().template_from_str(s).map_err(err)?;
+    let mut out = Bounded(Vec::new());
+    if let Err(e) = t.render_captured_to(&ctx, &mut out) {
+        return Err(if out.0.len() >= MAX_RENDERED_BYTES { too_big() } else { err(e) });
+    }
+    let out = String::from_utf8(out.0)
+        .map_err(|_| TemplateError { template: s.to_owned(), message: "rendered text is not UTF-8".into() })?;
     if out.len() > MAX_RENDERED_BYTES {
         return Err(TemplateError {
             template: s.to_owned(),
@@ -297,5 +314,62 @@ pub(crate) fn walk_strings<E>(value: &Value, f: &mut impl FnMut(&str) -> Result<
         Value::Array(items) => items.iter().try_for_each(|v| walk_strings(v, f)),
         Value::Object(map) => map.values().try_for_each(|v| walk_strings(v, f)),
         _ => Ok(()),
+    }
+}
+
+/// Output that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.0.resize(MAX_RENDERED_BYTES, b' ');
+            return Err(std::io::Error::other("the rendered text is over its limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a rendered value, written out, stays within `budget` bytes
+/// (counting down); stops as soon as it would not.
+fn fits(v: &minijinja::Value, budget: &mut usize, depth: usize) -> bool {
+    use minijinja::value::ValueKind;
+    let take = |n: usize, budget: &mut usize| match budget.checked_sub(n) {
+        Some(rest) => {
+            *budget = rest;
+            true
+        }
+        None => false,
+    };
+    if depth > 128 {
+        return false;
+    }
+    match v.kind() {
+        ValueKind::String => take(v.as_str().map_or(0, str::len) + 2, budget),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let Ok(items) = v.try_iter() else { return take(8, budget) };
+            for item in items {
+                if !take(1, budget) || !fits(&item, budget, depth + 1) {
+                    return false;
+                }
+            }
+            take(2, budget)
+        }
+        ValueKind::Map => {
+            let Ok(keys) = v.try_iter() else { return take(8, budget) };
+            for k in keys {
+                let item = v.get_item(&k).unwrap_or_default();
+                if !fits(&k, budget, depth + 1) || !take(2, budget) || !fits(&item, budget, depth + 1) {
+                    return false;
+                }
+            }
+            take(2, budget)
+        }
+        _ => take(24, budget),
     }
 }

@@ -467,3 +467,23 @@ fn a_transformed_secret_is_refused() {
         assert!(diags(&t(ok)).iter().all(|d| d.code != "secret-transformed"), "{ok}: {:?}", diags(&t(ok)));
     }
 }
+
+/// A template cannot escape the limit on rendered output by repeating one
+/// value (before: `{{ ['x' * 1000000] * inputs.n }}` with n=3000 built
+/// 3 GB and crashed the server, on every restart).
+#[test]
+fn rendering_is_bounded_however_the_output_is_built() {
+    let ctx = serde_json::json!({ "inputs": { "n": 3000 } });
+    for t in [
+        "{{ ['x' * 1000000] * inputs.n }}",
+        "{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}",
+        "a {{ 'x' * 1000000 }}{{ 'y' * 1000000 }}",
+        "{{ {'a': 'x' * 700000, 'b': 'y' * 700000} }}",
+    ] {
+        let err = cairn_engine::template::render(&serde_json::json!(t), &ctx).expect_err(t);
+        assert!(err.to_string().contains("more than the limit of 1048576 bytes"), "{t}: {err}");
+    }
+    // Just under the limit renders.
+    let ok = cairn_engine::template::render(&serde_json::json!("{{ 'x' * 1000000 }}"), &ctx).expect("1 MB");
+    assert_eq!(ok.as_str().map(str::len), Some(1_000_000));
+}
