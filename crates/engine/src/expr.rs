@@ -9,11 +9,18 @@ pub const MAX_LEN: usize = 4096;
 /// Deepest accepted nesting of brackets.
 pub const MAX_NESTING: usize = 32;
 
+/// Most list elements a condition may visit: the largest list in its
+/// context raised to the depth of its nested comprehensions (`all`,
+/// `exists`, `exists_one`, `map`, `filter`) must stay under it.
+pub const MAX_COST: u64 = 1_000_000;
+
 /// A compiled condition.
 #[derive(Debug)]
 pub struct Condition {
     source: String,
     program: cel::Program,
+    /// How deeply its comprehensions nest.
+    loops: u32,
 }
 
 impl Clone for Condition {
@@ -50,7 +57,7 @@ impl Condition {
             }
         }
         let program = cel::Program::compile(source).map_err(|e| e.to_string())?;
-        Ok(Condition { source: source.to_owned(), program })
+        Ok(Condition { source: source.to_owned(), program, loops: comprehension_depth(source) })
     }
 
     /// The condition as written.
@@ -58,8 +65,28 @@ impl Condition {
         &self.source
     }
 
+    /// Refuses an evaluation that could visit more than [`MAX_COST`] list
+    /// elements: the largest list in `ctx` to the power of the nesting of
+    /// the condition's comprehensions (a bound decided before it runs, as
+    /// CEL has no fuel). A step fails with kind `limit` on it.
+    pub fn check_cost(&self, ctx: &Value) -> Result<(), String> {
+        if self.loops == 0 {
+            return Ok(());
+        }
+        let n = largest_list(ctx) as u64;
+        let cost = n.saturating_pow(self.loops);
+        if cost > MAX_COST {
+            return Err(format!(
+                "`{}` nests {} comprehensions over lists of up to {n} items: up to {cost} evaluations, over the limit of {MAX_COST}; filter the data first (a `transform` or a task) or nest less",
+                self.source, self.loops
+            ));
+        }
+        Ok(())
+    }
+
     /// Evaluates to a JSON value.
     pub fn value(&self, ctx: &Value) -> Result<Value, String> {
+        self.check_cost(ctx)?;
         let mut context = cel::Context::default();
         if let Value::Object(vars) = ctx {
             for (k, v) in vars {
@@ -110,4 +137,58 @@ fn to_cel(v: &Value) -> cel::Value {
 
 fn is_number(v: &cel::Value) -> bool {
     matches!(v, cel::Value::Int(_) | cel::Value::UInt(_) | cel::Value::Float(_))
+}
+
+/// How deeply the comprehension macros of a condition nest.
+fn comprehension_depth(src: &str) -> u32 {
+    const MACROS: [&str; 5] = [".all(", ".exists(", ".exists_one(", ".map(", ".filter("];
+    let b = src.as_bytes();
+    let (mut i, mut parens, mut max) = (0usize, 0usize, 0usize);
+    let mut open: Vec<usize> = Vec::new();
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            if c == b'\\' {
+                i += 2;
+                continue;
+            }
+            if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' | b'\'' => quote = Some(c),
+            b'.' => {
+                if let Some(m) = MACROS.iter().find(|m| src.get(i..).is_some_and(|r| r.starts_with(**m))) {
+                    parens += 1;
+                    open.push(parens);
+                    max = max.max(open.len());
+                    i += m.len();
+                    continue;
+                }
+            }
+            b'(' => parens += 1,
+            b')' => {
+                if open.last() == Some(&parens) {
+                    open.pop();
+                }
+                parens = parens.saturating_sub(1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    u32::try_from(max).unwrap_or(u32::MAX)
+}
+
+/// The length of the longest list anywhere in a value.
+fn largest_list(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => a.iter().map(largest_list).max().unwrap_or(0).max(a.len()),
+        Value::Object(m) => m.values().map(largest_list).max().unwrap_or(0),
+        _ => 0,
+    }
 }

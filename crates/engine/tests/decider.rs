@@ -476,3 +476,21 @@ fn condition_arithmetic_mixes_json_numbers_and_literals() {
     let next = decide(&w, &fold(&[started(json!({ "x": 2 }))]), t0()).append;
     assert!(matches!(&next[..], [_, Event::StepFailed(f)] if f.message.contains("double(")), "{next:?}");
 }
+
+/// A condition that could iterate past its budget fails its step with kind
+/// `limit` before it runs (before: a 4-deep `.all` over 40 items blocked
+/// the whole server for 10.7 s); within the budget it is evaluated.
+#[test]
+fn a_condition_past_its_cost_budget_fails_with_kind_limit() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.xs.all(a, inputs.xs.all(b, inputs.xs.all(c, inputs.xs.all(d, a + b + c + d >= 0))))', then: yes, else: no }\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n",
+    );
+    let many: Vec<i64> = (0..40).collect();
+    let next = decide(&w, &fold(&[started(json!({ "xs": many }))]), t0()).append;
+    let [_, Event::StepFailed(f)] = &next[..] else { panic!("{next:?}") };
+    assert_eq!(f.error_kind, "limit");
+    assert!(f.message.contains("up to 2560000 evaluations, over the limit of 1000000"), "{}", f.message);
+    let few: Vec<i64> = (0..10).collect();
+    let next = decide(&w, &fold(&[started(json!({ "xs": few }))]), t0()).append;
+    assert!(matches!(&next[..], [_, Event::BranchTaken(b), _] if b.target == "yes"), "{next:?}");
+}

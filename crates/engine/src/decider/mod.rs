@@ -1239,6 +1239,15 @@ fn start_unchecked(
     let ctx = context_with_placeholders(w, s, pre);
     let render_failed =
         |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
+    // A condition that could iterate past its budget is not evaluated.
+    let costly = match &st.kind {
+        StepKind::Branch { condition, .. } => condition.check_cost(&ctx).err(),
+        StepKind::Switch { cases, .. } => cases.iter().find_map(|(c, _)| c.check_cost(&ctx).err()),
+        _ => None,
+    };
+    if let Some(e) = costly {
+        return vec![started(step, key, attempt, Value::Null), failed(step, attempt, "limit", e)];
+    }
     match &st.kind {
         StepKind::Http { request: t, .. } | StepKind::Task { input: t, .. } | StepKind::Workflow { inputs: t, .. } => {
             match template::render(t, &ctx) {
