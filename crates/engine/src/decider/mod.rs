@@ -325,8 +325,8 @@ impl RunState {
             return;
         }
         let (dot, bracket) = (format!("{instance}."), format!("{instance}["));
-        let gone: Vec<String> =
-            self.threads.keys().filter(|k| k.starts_with(&dot) || k.starts_with(&bracket)).cloned().collect();
+        let mut gone = prefixed(&self.threads, &dot);
+        gone.extend(prefixed(&self.threads, &bracket));
         for k in gone {
             if let Some(t) = self.threads.remove(&k)
                 && let Some(step) = t.cursor.step()
@@ -352,6 +352,15 @@ impl RunState {
             self.live_steps(k, out);
         }
     }
+}
+
+/// The keys of a sorted map that start with `prefix`: a range scan, so
+/// a map of many iterations does not cost a scan of every key per event.
+fn prefixed<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
+    map.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// The step id of an instance id (`m[2].price` → `price`).
@@ -416,8 +425,12 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 // A container starting again starts its insides afresh.
                 s.drop_children(&e.step_id);
                 let bracket = format!("{}[", e.step_id);
-                s.outputs.retain(|k, _| !k.starts_with(&bracket));
-                s.visits.retain(|k, _| !k.starts_with(&bracket));
+                for k in prefixed(&s.outputs, &bracket) {
+                    s.outputs.remove(&k);
+                }
+                for k in prefixed(&s.visits, &bracket) {
+                    s.visits.remove(&k);
+                }
             }
             if !e.scope.is_empty() {
                 s.scopes.insert(e.step_id.clone(), e.scope.clone());
