@@ -199,16 +199,18 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
             }
             // Nothing decided now was recorded here: the event must be the
             // outcome of an effect in flight, else the decider differs.
-            let open = outcome_in_flight(&s, &d, e);
-            if !open {
-                let t = thread_at(&events, i, &s, &scopes);
+            if outcome_in_flight(&s, &d, e) {
+                s = evolve(s, e);
+                i += 1;
+                continue;
+            }
+            let t = thread_at(&events, i, &s, &scopes);
+            if let Some(k) = queues.get(t).and_then(|q| q.front()) {
                 let decided: Vec<Value> =
                     threads.iter().zip(&d.append).filter(|(th, _)| th.as_str() == t).map(|(_, x)| typed(x)).collect();
-                if let Some(k) = queues.get(t).and_then(|q| q.front()) {
-                    checked += 1;
-                    let message = mismatch(e, &d.append[*k]);
-                    return Ok(report(&s, events.len(), checked, Some(diverge(i, decided, message))));
-                }
+                checked += 1;
+                let message = mismatch(e, &d.append[*k]);
+                return Ok(report(&s, events.len(), checked, Some(diverge(i, decided, message))));
             }
         }
         // No decision of the event's thread pending: the event must be the

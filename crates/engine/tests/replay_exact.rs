@@ -13,86 +13,46 @@ use cairn_engine::{Engine, TaskRegistry};
 use cairn_events::EventStore;
 use serde_json::json;
 
-const PARALLEL_SLEEPS: &str = r#"
-name: fan
-steps:
-  - id: fan
-    parallel:
-      branches:
-        - name: a
-          steps:
-          - id: a1
-            task: sleep
-            with: { ms: 20 }
-          - id: a2
-            task: sleep
-            with: { ms: 3 }
-        - name: b
-          steps:
-          - id: b1
-            task: sleep
-            with: { ms: 5 }
-          - id: b2
-            task: sleep
-            with: { ms: 3 }
-        - name: c
-          steps:
-          - id: c1
-            task: sleep
-            with: { ms: 12 }
-          - id: c2
-            task: sleep
-            with: { ms: 3 }
-"#;
+/// A parallel of three branches whose first steps sleep 20, 5 and 12 ms
+/// (so their events interleave differently on every run), each followed by
+/// `second` (given the branch's name).
+fn fan(name: &str, second: impl Fn(&str) -> String) -> String {
+    let mut y = format!("name: {name}\nsteps:\n  - id: fan\n    parallel:\n      branches:\n");
+    for (b, ms) in [("a", 20), ("b", 5), ("c", 12)] {
+        y.push_str(&format!(
+            "        - name: {b}\n          steps:\n          - id: {b}1\n            task: sleep\n            with: {{ ms: {ms} }}\n          - id: {b}2\n{}",
+            second(b)
+        ));
+    }
+    y
+}
+
+/// Replays a recorded run and asserts it reproduces every decision.
+async fn replays_clean(store: &Arc<dyn EventStore>, w: &cairn_engine::Workflow, id: uuid::Uuid) {
+    let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
+    let report = cairn_engine::replay::check(w, &recorded).expect("replay");
+    assert!(report.divergence.is_none(), "run {id}: {:?}", report.divergence);
+}
 
 /// Before, 2 of 10 such runs replayed with a divergence that did not
 /// happen: the branches' events interleave differently on every run.
 async fn parallel_branches_replay_without_divergence_in_any_interleaving(store: Arc<dyn EventStore>) {
     let engine = Engine::new(store.clone(), TaskRegistry::builtin());
-    let (w, v) = common::publish(&engine, PARALLEL_SLEEPS).await;
+    let src = fan("fan", |_| "            task: sleep\n            with: { ms: 3 }\n".to_owned());
+    let (w, v) = common::publish(&engine, &src).await;
     for _ in 0..10 {
         let id = engine.start(&w, v, json!({}), "test").await.expect("start");
         let s = engine.drive(id, &mut |_| {}).await.expect("drive");
         assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-        let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
-        let report = cairn_engine::replay::check(&w, &recorded).expect("replay");
-        assert!(report.divergence.is_none(), "run {id}: {:?}", report.divergence);
+        replays_clean(&store, &w, id).await;
     }
 }
-
-const PARALLEL_APPROVALS: &str = r#"
-name: fan-approve
-steps:
-  - id: fan
-    parallel:
-      branches:
-        - name: a
-          steps:
-          - id: a1
-            task: sleep
-            with: { ms: 20 }
-          - id: a2
-            approval: { approvers: [ada], summary: "a?" }
-        - name: b
-          steps:
-          - id: b1
-            task: sleep
-            with: { ms: 5 }
-          - id: b2
-            approval: { approvers: [ada], summary: "b?" }
-        - name: c
-          steps:
-          - id: c1
-            task: sleep
-            with: { ms: 12 }
-          - id: c2
-            approval: { approvers: [ada], summary: "c?" }
-"#;
 
 /// With an approval as each branch's second step (before: 4 of 10 diverged).
 async fn parallel_approvals_replay_without_divergence(store: Arc<dyn EventStore>) {
     let engine = Engine::new(store.clone(), TaskRegistry::builtin());
-    let (w, v) = common::publish(&engine, PARALLEL_APPROVALS).await;
+    let src = fan("fan-approve", |b| format!("            approval: {{ approvers: [ada], summary: \"{b}?\" }}\n"));
+    let (w, v) = common::publish(&engine, &src).await;
     for round in 0..10 {
         let id = engine.start(&w, v, json!({}), "test").await.expect("start");
         engine.drive(id, &mut |_| {}).await.expect("drive");
@@ -112,9 +72,7 @@ async fn parallel_approvals_replay_without_divergence(store: Arc<dyn EventStore>
         }
         let s = engine.drive(id, &mut |_| {}).await.expect("drive");
         assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-        let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
-        let report = cairn_engine::replay::check(&w, &recorded).expect("replay");
-        assert!(report.divergence.is_none(), "run {id}: {:?}", report.divergence);
+        replays_clean(&store, &w, id).await;
     }
 }
 
@@ -162,7 +120,23 @@ async fn replay_does_not_read_todays_configuration(store: Arc<dyn EventStore>) {
     assert!(recorded2[0].payload.contains("\"input_per_million\":0.3"), "{}", recorded2[0].payload);
 }
 
+/// The state at the head of a run waiting for a person says `waiting`, as
+/// `GET /runs/{id}` does (before: `running`).
+async fn the_state_of_a_run_waiting_for_a_person_says_waiting(store: Arc<dyn EventStore>) {
+    let engine = Engine::new(store.clone(), TaskRegistry::builtin());
+    let src = "name: ask\nsteps:\n  - id: ok\n    approval: { approvers: [ada], summary: \"go?\" }\n";
+    let (w, v) = common::publish(&engine, src).await;
+    let id = engine.start(&w, v, json!({}), "test").await.expect("start");
+    let s = engine.drive(id, &mut |_| {}).await.expect("drive");
+    assert_eq!(s.status_name(), "waiting");
+    let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
+    let snap = cairn_engine::replay::snapshot(&recorded, recorded.len()).expect("snapshot");
+    assert_eq!(snap.status, "waiting");
+    replays_clean(&store, &w, id).await;
+}
+
 both_backends!(
+    the_state_of_a_run_waiting_for_a_person_says_waiting,
     parallel_branches_replay_without_divergence_in_any_interleaving,
     parallel_approvals_replay_without_divergence,
     replay_does_not_read_todays_configuration
