@@ -37,7 +37,10 @@ async fn main() {
         let t = Instant::now();
         let id = engine.start(&w, v, json!({ "items": items }), "bench").await.expect("start");
         let start = t.elapsed().as_secs_f64();
-        let events = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read").len();
+        let stream = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
+        let events = stream.len();
+        let last = stream.last().expect("events");
+        assert_eq!(last.event_type, "RunCompleted", "the run did not complete: {}", last.payload);
         // The floor: the same number of events through the store directly.
         let floor_store: Arc<dyn EventStore> =
             cairn_events::sqlite::SqliteStore::open(dir.path().join("floor.db"), Default::default())

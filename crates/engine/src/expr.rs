@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use crate::template::Scope;
+
 /// Longest accepted condition, in bytes.
 pub const MAX_LEN: usize = 4096;
 /// Deepest accepted nesting of brackets.
@@ -60,6 +62,14 @@ impl Condition {
         Ok(Condition { source: source.to_owned(), program, loops: comprehension_depth(source) })
     }
 
+    /// The roots of `ctx` the condition reads, as JSON: only those are
+    /// converted, so a condition over `item` costs nothing for large inputs.
+    fn read<'a>(&'a self, ctx: &'a Scope) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+        let refs = self.program.references();
+        let wanted: Vec<&'a str> = ctx.names().filter(|n| refs.has_variable(n)).collect();
+        wanted.into_iter().filter_map(|n| Some((n, ctx.json(n)?)))
+    }
+
     /// The condition as written.
     pub fn source(&self) -> &str {
         &self.source
@@ -69,11 +79,11 @@ impl Condition {
     /// elements: the largest list in `ctx` to the power of the nesting of
     /// the condition's comprehensions (a bound decided before it runs, as
     /// CEL has no fuel). A step fails with kind `limit` on it.
-    pub fn check_cost(&self, ctx: &Value) -> Result<(), String> {
+    pub fn check_cost(&self, ctx: &Scope) -> Result<(), String> {
         if self.loops == 0 {
             return Ok(());
         }
-        let n = largest_list(ctx) as u64;
+        let n = self.read(ctx).map(|(_, v)| largest_list(&v)).max().unwrap_or(0) as u64;
         let cost = n.saturating_pow(self.loops);
         if cost > MAX_COST {
             return Err(format!(
@@ -85,13 +95,11 @@ impl Condition {
     }
 
     /// Evaluates to a JSON value.
-    pub fn value(&self, ctx: &Value) -> Result<Value, String> {
+    pub fn value(&self, ctx: &Scope) -> Result<Value, String> {
         self.check_cost(ctx)?;
         let mut context = cel::Context::default();
-        if let Value::Object(vars) = ctx {
-            for (k, v) in vars {
-                context.add_variable_from_value(k.clone(), to_cel(v));
-            }
+        for (k, v) in self.read(ctx) {
+            context.add_variable_from_value(k.to_owned(), to_cel(&v));
         }
         let v = self.program.execute(&context).map_err(|e| match &e {
             cel::ExecutionError::UnsupportedBinaryOperator(op, l, r) if is_number(l) && is_number(r) => format!(
@@ -105,7 +113,7 @@ impl Condition {
     }
 
     /// Evaluates to a boolean; any other result is an error.
-    pub fn holds(&self, ctx: &Value) -> Result<bool, String> {
+    pub fn holds(&self, ctx: &Scope) -> Result<bool, String> {
         match self.value(ctx)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!("`{}` evaluated to {other}, not true or false", self.source)),

@@ -366,7 +366,7 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
     let from = resolve_from(w, &s, &rec, req, &failed)?;
 
     // The changed inputs, checked against the schema.
-    let mut inputs = s.inputs.clone();
+    let mut inputs = (*s.inputs).clone();
     let mut changed_inputs = BTreeSet::new();
     if let Value::Object(m) = &mut inputs {
         for (k, v) in &req.inputs {
@@ -733,7 +733,7 @@ fn simulate(
             let mut out = Vec::new();
             for ex in &d.execute {
                 let output = match prior.get(&ex.step_id) {
-                    Some(o) => o.clone(),
+                    Some(o) => (**o).clone(),
                     None => {
                         // Not known before it runs: suppose it returns nothing.
                         stopped.get_or_insert_with(|| ex.step_id.clone());
@@ -757,7 +757,7 @@ fn simulate(
                 _ => None,
             }) {
                 Some(step) if d.wake_at.is_some() => {
-                    let output = prior.get(&step).cloned().unwrap_or(Value::Null);
+                    let output = prior.get(&step).map(|o| (**o).clone()).unwrap_or(Value::Null);
                     vec![Event::StepCompleted(StepCompleted {
                         attempt: state.attempts.get(&step).copied().unwrap_or(1),
                         step_id: step,
@@ -906,7 +906,7 @@ impl Engine {
             }
         };
         let before = fold(&events[..cut]);
-        let mut merged = before.inputs.clone();
+        let mut merged = (*before.inputs).clone();
         if let Value::Object(m) = &mut merged {
             m.extend(inputs);
         }
@@ -920,7 +920,7 @@ impl Engine {
                 .and_then(|_| output.get("target").and_then(Value::as_str).map(str::to_owned));
             carried.push(Event::StepKept(StepKept {
                 step_id: inst.clone(),
-                output: output.clone(),
+                output: (**output).clone(),
                 target,
                 reason: reason.clone(),
                 scope: before.scope_of(inst).to_owned(),

@@ -409,8 +409,8 @@ pub fn snapshot(recorded: &[RecordedEvent], n: usize) -> Result<Snapshot, Decode
         recorded_at: recorded.get(n - 1).map(|r| r.recorded_at.clone()).unwrap_or_default(),
         last_event: last,
         status: s.status_name().to_owned(),
-        inputs: s.inputs.clone(),
-        outputs: s.outputs.clone(),
+        inputs: (*s.inputs).clone(),
+        outputs: s.outputs.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect(),
         pending,
         waiting_for,
     })

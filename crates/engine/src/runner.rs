@@ -814,7 +814,7 @@ impl Engine {
             return recorded;
         }
         let mut ctx = crate::decider::context(state, step_id);
-        ctx["secrets"] = self.secrets.template_value();
+        ctx.set("secrets", self.secrets.template_value());
         crate::template::render(template, &ctx).unwrap_or(recorded)
     }
 

@@ -7,7 +7,7 @@
 //! with a template renders to a string. Values that came from inputs, people
 //! or AIs are inserted as data and never rendered again.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
@@ -16,6 +16,10 @@ use serde_json::Value;
 pub const FUEL: u64 = 100_000;
 /// Largest rendered string, in bytes.
 pub const MAX_RENDERED_BYTES: usize = 1 << 20;
+/// Largest value a template that is one expression may produce, in bytes of
+/// JSON: it passes data on (`{{ steps.fetch.output.items }}`) and is
+/// recorded in one event, so it is bounded by the event limit.
+pub const MAX_RENDERED_VALUE_BYTES: usize = 4 << 20;
 
 /// A template failed to compile or render.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,7 +236,7 @@ pub fn names_used(src: &str) -> Vec<(Callable, String)> {
 }
 
 /// Renders every template string in `value` against `ctx`.
-pub fn render(value: &Value, ctx: &Value) -> Result<Value, TemplateError> {
+pub fn render(value: &Value, ctx: &Scope) -> Result<Value, TemplateError> {
     Ok(match value {
         Value::String(s) if is_template(s) => render_str(s, ctx)?,
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, ctx)).collect::<Result<_, _>>()?),
@@ -273,20 +277,20 @@ fn with_expression<T>(
     f(&compiled)
 }
 
-fn render_str(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
+fn render_str(s: &str, ctx: &Scope) -> Result<Value, TemplateError> {
     let err = |e: minijinja::Error| TemplateError { template: s.to_owned(), message: e.to_string() };
-    let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
-    let too_big = || TemplateError {
+    let ctx = ctx.to_template();
+    let too_big = |limit: usize| TemplateError {
         template: s.to_owned(),
-        message: format!("rendered more than the limit of {MAX_RENDERED_BYTES} bytes"),
+        message: format!("rendered more than the limit of {limit} bytes"),
     };
     if let Some(expr) = sole_expression(s) {
         let v = with_expression(expr, |e| e.eval(&ctx)).map_err(err)?;
         // Measured before it is turned into JSON: a value can repeat one
         // string many times cheaply (`[s] * n`) and only grow when copied.
-        let mut budget = MAX_RENDERED_BYTES;
+        let mut budget = MAX_RENDERED_VALUE_BYTES;
         if !fits(&v, &mut budget, 0) {
-            return Err(too_big());
+            return Err(too_big(MAX_RENDERED_VALUE_BYTES));
         }
         return serde_json::to_value(&v)
             .map_err(|e| TemplateError { template: s.to_owned(), message: format!("result is not JSON: {e}") });
@@ -295,7 +299,7 @@ fn render_str(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let t = env().template_from_str(s).map_err(err)?;
     let mut out = Bounded(Vec::new());
     if let Err(e) = t.render_captured_to(&ctx, &mut out) {
-        return Err(if out.0.len() >= MAX_RENDERED_BYTES { too_big() } else { err(e) });
+        return Err(if out.0.len() >= MAX_RENDERED_BYTES { too_big(MAX_RENDERED_BYTES) } else { err(e) });
     }
     let out = String::from_utf8(out.0)
         .map_err(|_| TemplateError { template: s.to_owned(), message: "rendered text is not UTF-8".into() })?;
@@ -306,6 +310,238 @@ fn render_str(s: &str, ctx: &Value) -> Result<Value, TemplateError> {
         });
     }
     Ok(Value::String(out))
+}
+
+/// What a template or condition reads: named roots (`inputs`, `steps`,
+/// `item`, …) sharing the run's values rather than copying them. Templates
+/// see them through [`Json`], which converts only the parts an expression
+/// reads, so a render inside a map iteration costs the same whatever the
+/// size of the run's inputs, outputs or number of iterations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    roots: std::collections::BTreeMap<String, Root>,
+}
+
+/// One root of a [`Scope`].
+#[derive(Debug, Clone, PartialEq)]
+enum Root {
+    Value(Arc<Value>),
+    /// Step outputs by step id, read as `{ id: { output: … } }`.
+    Outputs(Arc<Vec<(String, Arc<Value>)>>),
+}
+
+impl Root {
+    fn to_json(&self) -> Value {
+        match self {
+            Root::Value(v) => (**v).clone(),
+            Root::Outputs(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), serde_json::json!({ "output": **v }))).collect())
+            }
+        }
+    }
+}
+
+impl Scope {
+    /// An empty scope.
+    pub fn new() -> Scope {
+        Scope::default()
+    }
+
+    /// Sets `name` to `value`.
+    pub fn set(&mut self, name: &str, value: Value) {
+        self.roots.insert(name.to_owned(), Root::Value(Arc::new(value)));
+    }
+
+    /// Sets `name` to a value shared with its owner (no copy).
+    pub fn share(&mut self, name: &str, value: Arc<Value>) {
+        self.roots.insert(name.to_owned(), Root::Value(value));
+    }
+
+    /// Sets `name` to step outputs by step id, read as `{ id: { output } }`.
+    pub fn outputs(&mut self, name: &str, outputs: Vec<(String, Arc<Value>)>) {
+        self.roots.insert(name.to_owned(), Root::Outputs(Arc::new(outputs)));
+    }
+
+    /// Whether `name` is set.
+    pub fn has(&self, name: &str) -> bool {
+        self.roots.contains_key(name)
+    }
+
+    /// The names set.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.roots.keys().map(String::as_str)
+    }
+
+    /// The value of `name` as JSON (a copy).
+    pub fn json(&self, name: &str) -> Option<Value> {
+        self.roots.get(name).map(Root::to_json)
+    }
+
+    /// The whole scope as one JSON object (a copy).
+    pub fn to_json(&self) -> Value {
+        Value::Object(self.roots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+    }
+
+    fn to_template(&self) -> minijinja::Value {
+        minijinja::Value::from_object(Roots(self.roots.clone()))
+    }
+}
+
+/// A JSON object's members become the roots.
+impl From<Value> for Scope {
+    fn from(v: Value) -> Scope {
+        let roots = match v {
+            Value::Object(m) => m.into_iter().map(|(k, v)| (k, Root::Value(Arc::new(v)))).collect(),
+            _ => Default::default(),
+        };
+        Scope { roots }
+    }
+}
+
+fn names(keys: impl Iterator<Item = impl AsRef<str>>) -> minijinja::value::Enumerator {
+    minijinja::value::Enumerator::Values(keys.map(|k| minijinja::Value::from(k.as_ref())).collect())
+}
+
+/// The roots of a [`Scope`] as a template sees them.
+#[derive(Debug)]
+struct Roots(std::collections::BTreeMap<String, Root>);
+
+impl minijinja::value::Object for Roots {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        Some(match self.0.get(key.as_str()?)? {
+            Root::Value(v) => Json::lift(v, Vec::new(), v),
+            Root::Outputs(o) => minijinja::Value::from_object(Outputs(o.clone())),
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        names(self.0.keys())
+    }
+}
+
+/// `steps`: `{ id: { output } }` over shared outputs.
+#[derive(Debug)]
+struct Outputs(Arc<Vec<(String, Arc<Value>)>>);
+
+impl minijinja::value::Object for Outputs {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let key = key.as_str()?;
+        // The innermost scope's step comes last and wins.
+        let (_, v) = self.0.iter().rev().find(|(k, _)| k == key)?;
+        Some(minijinja::Value::from_object(Output(v.clone())))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        names(self.0.iter().map(|(k, _)| k))
+    }
+}
+
+/// `{ output }` of one step.
+#[derive(Debug)]
+struct Output(Arc<Value>);
+
+impl minijinja::value::Object for Output {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        (key.as_str()? == "output").then(|| Json::lift(&self.0, Vec::new(), &self.0))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        names(["output"].into_iter())
+    }
+}
+
+/// A step along a path into a JSON value.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A JSON array or object inside a shared root, converted for a template
+/// one member at a time as it is read.
+#[derive(Debug)]
+struct Json {
+    root: Arc<Value>,
+    path: Vec<Seg>,
+}
+
+impl Json {
+    fn lift(root: &Arc<Value>, path: Vec<Seg>, v: &Value) -> minijinja::Value {
+        match v {
+            Value::Array(_) | Value::Object(_) => minijinja::Value::from_object(Json { root: root.clone(), path }),
+            scalar => minijinja::Value::from(minijinja::value::Serde(scalar)),
+        }
+    }
+
+    fn here(&self) -> &Value {
+        let mut v = &*self.root;
+        for s in &self.path {
+            v = match (s, v) {
+                (Seg::Key(k), Value::Object(m)) => &m[k.as_str()],
+                (Seg::Index(i), Value::Array(a)) => &a[*i],
+                _ => unreachable!("a path is only built from members that exist"),
+            };
+        }
+        v
+    }
+
+    fn child(&self, seg: Seg, v: &Value) -> minijinja::Value {
+        let mut path = self.path.clone();
+        path.push(seg);
+        Json::lift(&self.root, path, v)
+    }
+}
+
+impl minijinja::value::Object for Json {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        match self.here() {
+            Value::Array(_) => minijinja::value::ObjectRepr::Seq,
+            _ => minijinja::value::ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        match self.here() {
+            Value::Object(m) => {
+                let k = key.as_str()?;
+                let (k, v) = m.get_key_value(k)?;
+                Some(self.child(Seg::Key(k.clone()), v))
+            }
+            Value::Array(a) => {
+                let i = usize::try_from(key.as_i64()?).ok()?;
+                Some(self.child(Seg::Index(i), a.get(i)?))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        match self.here() {
+            Value::Array(a) => minijinja::value::Enumerator::Seq(a.len()),
+            Value::Object(m) => names(m.keys()),
+            _ => minijinja::value::Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.here() {
+            Value::Array(a) => Some(a.len()),
+            Value::Object(m) => Some(m.len()),
+            _ => Some(0),
+        }
+    }
 }
 
 pub(crate) fn walk_strings<E>(value: &Value, f: &mut impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
@@ -351,6 +587,7 @@ fn fits(v: &minijinja::Value, budget: &mut usize, depth: usize) -> bool {
     }
     match v.kind() {
         ValueKind::String => take(v.as_str().map_or(0, str::len) + 2, budget),
+        ValueKind::Number => take(v.to_string().len(), budget),
         ValueKind::Seq | ValueKind::Iterable => {
             let Ok(items) = v.try_iter() else { return take(8, budget) };
             for item in items {
@@ -370,6 +607,6 @@ fn fits(v: &minijinja::Value, budget: &mut usize, depth: usize) -> bool {
             }
             take(2, budget)
         }
-        _ => take(24, budget),
+        _ => take(5, budget),
     }
 }

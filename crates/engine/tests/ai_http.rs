@@ -68,7 +68,7 @@ async fn valid_first_time_records_usage_and_cost() {
     let e = engine(&store, &server, "openai", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "rust"})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
-    assert_eq!(state.outputs["draft"], json!({"title": "Rust in production"}));
+    assert_eq!(*state.outputs["draft"], json!({"title": "Rust in production"}));
     let evs = common::events(&store, id).await;
     let done = of(&evs, |e| match e {
         Event::AiAttemptCompleted(c) => Some(c),
@@ -99,7 +99,7 @@ rules:
     let e = engine(&store, &server, "openai", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "feedback"})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
-    assert_eq!(state.outputs["draft"], json!({"title": "A better title"}));
+    assert_eq!(*state.outputs["draft"], json!({"title": "A better title"}));
     assert_eq!(matched(&stats(&server).await), ["first_try", "after_feedback"]);
     let evs = common::events(&store, id).await;
     let rejected = of(&evs, |e| match e {
@@ -258,7 +258,7 @@ rules:
     let e = engine(&store, &server, "anthropic", "");
     let (id, state) = common::run(&e, STEP, json!({"topic": "claude"})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
-    assert_eq!(state.outputs["draft"], json!({"title": "Structured by tool"}));
+    assert_eq!(*state.outputs["draft"], json!({"title": "Structured by tool"}));
     assert_eq!(matched(&stats(&server).await), ["tool"]);
     let evs = common::events(&store, id).await;
     let c = of(&evs, |e| match e {

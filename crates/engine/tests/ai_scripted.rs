@@ -45,7 +45,7 @@ async fn invalid_then_valid_feeds_the_errors_back(store: Arc<dyn EventStore>) {
     );
     let (id, state) = common::run(&e, &src, json!({})).await;
     assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
-    assert_eq!(state.outputs["draft"], json!({"title": "About rust", "body": "text"}));
+    assert_eq!(*state.outputs["draft"], json!({"title": "About rust", "body": "text"}));
     let evs = common::events(&store, id).await;
     let starts: Vec<_> = evs
         .iter()
@@ -259,7 +259,7 @@ async fn prompt_templates_are_versioned_and_recorded() {
     let w = cairn_engine::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
     assert!(cairn_engine::lang::check_models(&w, &config, "t.yaml").is_empty());
     let (id, state) = common::run(&e, src, json!({"s": "tides"})).await;
-    assert_eq!(state.outputs["p"], json!({"text": "ok"}));
+    assert_eq!(*state.outputs["p"], json!({"text": "ok"}));
     let evs = common::events(&store, id).await;
     let s = evs
         .iter()

@@ -494,3 +494,44 @@ fn a_condition_past_its_cost_budget_fails_with_kind_limit() {
     let next = decide(&w, &fold(&[started(json!({ "xs": few }))]), t0()).append;
     assert!(matches!(&next[..], [_, Event::BranchTaken(b), _] if b.target == "yes"), "{next:?}");
 }
+
+/// A step inside nested map iterations sees the top level, its enclosing
+/// iterations and its own, and nothing of sibling iterations; an inner
+/// step's output shadows none of the outer ones. (The template context is
+/// found by range scans, not by walking every output.)
+#[test]
+fn nested_iterations_see_their_enclosing_scopes_and_no_siblings() {
+    let w = wf(r#"name: w
+steps:
+  - id: top
+    transform: { k: 10 }
+  - id: outer
+    map:
+      items: [1, 2]
+      steps:
+        - id: o
+          transform: { v: "{{ item * steps.top.output.k }}" }
+        - id: inner
+          map:
+            items: [100, 200]
+            steps:
+              - id: i
+                transform: { s: "{{ item + steps.o.output.v + steps.top.output.k }}", keys: "{{ steps | list | sort | join(',') }}" }
+output: "{{ steps.outer.output }}"
+"#);
+    let mut events = vec![started(json!({}))];
+    for _ in 0..200 {
+        let d = decide(&w, &fold(&events), t0());
+        assert!(d.execute.is_empty(), "only transforms: {d:?}");
+        if d.append.is_empty() {
+            break;
+        }
+        events.extend(d.append);
+    }
+    let s = fold(&events);
+    assert_eq!(s.status, RunStatus::Completed, "{events:?}");
+    let row = |o: i64| {
+        json!([{ "s": 100 + o * 10 + 10, "keys": "o,top" }, { "s": 200 + o * 10 + 10, "keys": "o,top" }])
+    };
+    assert_eq!(s.output, Some(json!([row(1), row(2)])));
+}

@@ -91,7 +91,7 @@ async fn a_form_waits_and_checks_every_submission(store: Arc<dyn EventStore>) {
     e.submit(id, "brief", &sub("ada", &token, json!({"topic": "Rust traits", "tone": "plain"}))).await.expect("submit");
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-    assert_eq!(s.outputs["echo"], json!({"topic": "Rust traits", "words": 600}));
+    assert_eq!(*s.outputs["echo"], json!({"topic": "Rust traits", "words": 600}));
     let evs = common::events(&store, id).await;
     let submitted = evs
         .iter()
@@ -366,7 +366,7 @@ async fn a_child_run_waiting_for_a_person_parks_its_parent(store: Arc<dyn EventS
     let (top, s) = e.drive_after_answer(*child_id, &mut |_: &Event| {}).await.expect("drive up");
     assert_eq!(top, id, "the answer carries on into the parent");
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-    assert_eq!(s.outputs["twice"], json!({"doubled": 42}));
+    assert_eq!(*s.outputs["twice"], json!({"doubled": 42}));
 }
 
 both_backends!(

@@ -407,7 +407,7 @@ fn the_documented_filters_tests_and_functions_exist() {
     }
     let out = cairn_engine::template::render(
         &serde_json::json!("{{ inputs.x | tojson }}"),
-        &serde_json::json!({ "inputs": { "x": { "a": 1 } } }),
+        &serde_json::json!({ "inputs": { "x": { "a": 1 } } }).into(),
     )
     .expect("tojson renders");
     assert_eq!(out, serde_json::json!("{\"a\": 1}"));
@@ -473,16 +473,23 @@ fn a_transformed_secret_is_refused() {
 /// 3 GB and crashed the server, on every restart).
 #[test]
 fn rendering_is_bounded_however_the_output_is_built() {
-    let ctx = serde_json::json!({ "inputs": { "n": 3000 } });
+    let ctx: cairn_engine::template::Scope = serde_json::json!({ "inputs": { "n": 3000 } }).into();
     for t in [
         "{{ ['x' * 1000000] * inputs.n }}",
         "{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}",
         "a {{ 'x' * 1000000 }}{{ 'y' * 1000000 }}",
-        "{{ {'a': 'x' * 700000, 'b': 'y' * 700000} }}",
+        "{{ {'a': 'x' * 1000000, 'b': 'y' * 1000000, 'c': 'z' * 1000000, 'd': 'w' * 1000000, 'e': 'v'} }}",
     ] {
         let err = cairn_engine::template::render(&serde_json::json!(t), &ctx).expect_err(t);
-        assert!(err.to_string().contains("more than the limit of 1048576 bytes"), "{t}: {err}");
+        let limit = if t.starts_with("{{") { 4 << 20 } else { 1 << 20 };
+        assert!(err.to_string().contains(&format!("more than the limit of {limit} bytes")), "{t}: {err}");
     }
+    // A value that passes data on may be as large as an event: 100,000
+    // numbers (about 590 KB of JSON) render from one expression.
+    let many: Vec<u32> = (0..100_000).collect();
+    let big: cairn_engine::template::Scope = serde_json::json!({ "inputs": { "items": many } }).into();
+    let out = cairn_engine::template::render(&serde_json::json!("{{ inputs.items }}"), &big).expect("100k items");
+    assert_eq!(out.as_array().map(Vec::len), Some(100_000));
     // Just under the limit renders.
     let ok = cairn_engine::template::render(&serde_json::json!("{{ 'x' * 1000000 }}"), &ctx).expect("1 MB");
     assert_eq!(ok.as_str().map(str::len), Some(1_000_000));

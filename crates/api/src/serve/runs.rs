@@ -442,7 +442,7 @@ fn view(run_id: Uuid, s: &RunState, events: &[RecordedEvent]) -> ApiResult<RunVi
         started_by,
         started_at: events[0].recorded_at.clone(),
         ended_at,
-        inputs: s.inputs.clone(),
+        inputs: (*s.inputs).clone(),
         output: s.output.clone(),
         error: s.error.clone().map(|(kind, message, step)| RunErrorView { kind, message, step }),
         waiting: s
@@ -757,8 +757,8 @@ pub async fn context(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResu
     Ok(axum::Json(RunContext {
         run_id: id,
         status: status_name(&s).to_owned(),
-        inputs: s.inputs.clone(),
-        outputs: s.outputs.clone(),
+        inputs: (*s.inputs).clone(),
+        outputs: s.outputs.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect(),
         output: s.output.clone(),
     }))
 }

@@ -166,7 +166,12 @@ pub(super) fn evolve_timer(s: &mut RunState, event: &Event) -> bool {
 
 /// The messages an AI step starts with, rendered: recorded in its
 /// `StepStarted` input, with the template it came from.
-pub(super) fn start_input(w: &Workflow, s: &RunState, a: &AiStep, ctx: &Value) -> Result<Value, String> {
+pub(super) fn start_input(
+    w: &Workflow,
+    s: &RunState,
+    a: &AiStep,
+    ctx: &crate::template::Scope,
+) -> Result<Value, String> {
     let (messages, template) = match &a.prompt {
         Prompt::Messages(m) => (m.clone(), None),
         Prompt::Template { id, version } => {
@@ -177,7 +182,8 @@ pub(super) fn start_input(w: &Workflow, s: &RunState, a: &AiStep, ctx: &Value) -
     };
     let mut ctx = ctx.clone();
     if let Some(v) = &a.vars {
-        ctx["vars"] = crate::template::render(v, &ctx).map_err(|e| format!("`vars`: {e}"))?;
+        let vars = crate::template::render(v, &ctx).map_err(|e| format!("`vars`: {e}"))?;
+        ctx.set("vars", vars);
     }
     let mut rendered = Vec::with_capacity(messages.len());
     for (role, t) in messages {

@@ -10,6 +10,7 @@
 //! its `StepStarted` (`scope`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_events::{
@@ -22,7 +23,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::model::{Step, StepKind, Target, Workflow};
-use crate::template;
+use crate::template::{self, Scope};
 
 mod ai;
 mod people;
@@ -172,9 +173,9 @@ pub struct RunState {
     /// Status.
     pub status: RunStatus,
     /// Inputs after defaults.
-    pub inputs: Value,
+    pub inputs: Arc<Value>,
     /// Latest output of every completed step instance.
-    pub outputs: BTreeMap<String, Value>,
+    pub outputs: BTreeMap<String, Arc<Value>>,
     /// Visits per step instance (attempt 1 starts).
     pub visits: BTreeMap<String, u32>,
     /// Threads of control by scope: `""` is the top level.
@@ -189,6 +190,8 @@ pub struct RunState {
     pub version: u64,
     /// Step instances in order of their last completion.
     pub completed: Vec<String>,
+    /// The members of `completed`, to find one without a scan.
+    completed_set: std::collections::HashSet<String>,
     /// Set while a failing run undoes its work.
     pub compensating: Option<Compensating>,
     /// The scope of every step instance outside the top level.
@@ -320,6 +323,23 @@ impl RunState {
     }
 
     /// Removes the threads inside a container instance, recursively.
+    /// Moves `instance` to the end of the completion order.
+    fn mark_completed(&mut self, instance: &str) {
+        if !self.completed_set.insert(instance.to_owned()) {
+            self.completed.retain(|c| c != instance);
+        }
+        self.completed.push(instance.to_owned());
+    }
+
+    /// Drops the completions from position `i` on, returning them.
+    fn completed_from(&mut self, i: usize) -> Vec<String> {
+        let gone = self.completed.split_off(i);
+        for c in &gone {
+            self.completed_set.remove(c);
+        }
+        gone
+    }
+
     fn drop_children(&mut self, instance: &str) {
         if self.threads.len() <= 1 {
             return;
@@ -385,7 +405,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.workflow = e.workflow.clone();
             s.workflow_version = e.workflow_version;
             s.status = RunStatus::Running;
-            s.inputs = e.inputs.clone();
+            s.inputs = Arc::new(e.inputs.clone());
             s.parent = e.parent.clone();
             s.settings = e.settings.clone();
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
@@ -448,8 +468,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
         }
         Event::StepCompleted(e) => {
-            s.completed.retain(|c| c != &e.step_id);
-            s.completed.push(e.step_id.clone());
+            s.mark_completed(&e.step_id);
             if let Some(c) = s.compensating.as_mut()
                 && c.queue.get(c.done) == Some(&e.step_id)
             {
@@ -458,7 +477,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             if let Some(r) = s.resume.as_mut() {
                 r.completed(&e.step_id, &e.output);
             }
-            s.outputs.insert(e.step_id.clone(), e.output.clone());
+            s.outputs.insert(e.step_id.clone(), Arc::new(e.output.clone()));
             s.drop_children(&e.step_id);
             let top = !s.scopes.contains_key(&e.step_id);
             if let Some(t) = s.thread_mut(&e.step_id) {
@@ -509,12 +528,11 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
         }
         Event::StepKept(e) => {
-            s.completed.retain(|c| c != &e.step_id);
-            s.completed.push(e.step_id.clone());
+            s.mark_completed(&e.step_id);
             if !e.scope.is_empty() {
                 s.scopes.insert(e.step_id.clone(), e.scope.clone());
             }
-            s.outputs.insert(e.step_id.clone(), e.output.clone());
+            s.outputs.insert(e.step_id.clone(), Arc::new(e.output.clone()));
             let top = e.scope.is_empty();
             let t = s.threads.entry(e.scope.clone()).or_default();
             t.last_output = e.output.clone();
@@ -709,18 +727,42 @@ enum End {
 /// The template and condition context of a step instance:
 /// `{ inputs, steps: { id: { output } } }`, plus `item` and `index` inside a
 /// map iteration. Steps of enclosing iterations are visible by their ids.
-pub fn context(s: &RunState, instance: &str) -> Value {
+pub fn context(s: &RunState, instance: &str) -> Scope {
     scope_context(s, prefix(instance))
 }
 
-fn scope_context(s: &RunState, pre: &str) -> Value {
-    let steps: serde_json::Map<String, Value> = s
-        .outputs
-        .iter()
-        .filter(|(k, _)| pre.starts_with(prefix(k)))
-        .map(|(k, v)| (bare(k).to_owned(), json!({ "output": v })))
-        .collect();
-    let mut ctx = json!({ "inputs": s.inputs, "steps": steps });
+/// The outputs visible from scope `pre`: those of the top level and of each
+/// enclosing iteration (`m[2].` sees `m[2].x` and top-level `y`). Found by
+/// range scans that skip every other iteration's subtree, so the cost does
+/// not grow with the number of iterations.
+fn visible_outputs(s: &RunState, pre: &str) -> Vec<(String, Arc<Value>)> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let mut out = Vec::new();
+    // Each enclosing scope: "", then every prefix of `pre` ending in '.'.
+    let scopes = std::iter::once("").chain(pre.match_indices('.').map(|(i, _)| &pre[..=i]));
+    for scope in scopes {
+        let mut from = Included(scope.to_owned());
+        while let Some((k, v)) = s.outputs.range::<String, _>((from.clone(), Unbounded)).next() {
+            let Some(rest) = k.strip_prefix(scope) else { break };
+            match rest.find('[') {
+                // Inside a container: skip past `scope + container + "["…`.
+                Some(b) if rest[b..].contains('.') => {
+                    from = Excluded(format!("{scope}{}[\u{10FFFF}", &rest[..b]));
+                }
+                _ => {
+                    out.push((rest.to_owned(), v.clone()));
+                    from = Excluded(k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn scope_context(s: &RunState, pre: &str) -> Scope {
+    let mut ctx = Scope::new();
+    ctx.share("inputs", s.inputs.clone());
+    ctx.outputs("steps", visible_outputs(s, pre));
     // Inside a map iteration: `item` and `index` of the innermost one.
     if let Some(iteration) = pre.strip_suffix('.')
         && let Some((map, index)) = iteration.strip_suffix(']').and_then(|i| i.rsplit_once('['))
@@ -734,15 +776,15 @@ fn scope_context(s: &RunState, pre: &str) -> Value {
                 _ => None,
             })
             .unwrap_or(Value::Null);
-        ctx["item"] = item;
-        ctx["index"] = json!(index);
+        ctx.set("item", item);
+        ctx.set("index", json!(index));
     }
     ctx
 }
 
 /// The context with `secrets.NAME` as `[redacted:NAME]`: what is recorded
 /// never holds a secret.
-fn context_with_placeholders(w: &Workflow, s: &RunState, pre: &str) -> Value {
+fn context_with_placeholders(w: &Workflow, s: &RunState, pre: &str) -> Scope {
     let mut ctx = scope_context(s, pre);
     if !w.secret_refs.is_empty() {
         let secrets: serde_json::Map<String, Value> = w
@@ -750,7 +792,7 @@ fn context_with_placeholders(w: &Workflow, s: &RunState, pre: &str) -> Value {
             .iter()
             .map(|r| (r.name.clone(), Value::String(crate::secrets::placeholder(&r.name))))
             .collect();
-        ctx["secrets"] = Value::Object(secrets);
+        ctx.set("secrets", Value::Object(secrets));
     }
     ctx
 }

@@ -177,7 +177,7 @@ pub(super) fn evolve(s: &mut RunState, event: &Event) -> bool {
     true
 }
 
-fn rendered_list(list: &[String], ctx: &Value) -> Result<Vec<String>, String> {
+fn rendered_list(list: &[String], ctx: &crate::template::Scope) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for t in list {
         match crate::template::render(&Value::String(t.clone()), ctx).map_err(|e| e.to_string())? {
@@ -195,7 +195,7 @@ fn due(now: DateTime<Utc>, d: Option<std::time::Duration>) -> Option<DateTime<Ut
 }
 
 /// What a form's `StepStarted` records: everything the request will show.
-pub(super) fn form_input(f: &FormStep, ctx: &Value, now: DateTime<Utc>) -> Result<Value, String> {
+pub(super) fn form_input(f: &FormStep, ctx: &crate::template::Scope, now: DateTime<Utc>) -> Result<Value, String> {
     let title = match &f.title {
         Some(t) => Some(crate::template::render(&Value::String(t.clone()), ctx).map_err(|e| e.to_string())?),
         None => None,
@@ -210,7 +210,11 @@ pub(super) fn form_input(f: &FormStep, ctx: &Value, now: DateTime<Utc>) -> Resul
 }
 
 /// What an approval's `StepStarted` records.
-pub(super) fn approval_input(a: &ApprovalStep, ctx: &Value, now: DateTime<Utc>) -> Result<Value, String> {
+pub(super) fn approval_input(
+    a: &ApprovalStep,
+    ctx: &crate::template::Scope,
+    now: DateTime<Utc>,
+) -> Result<Value, String> {
     let summary = match crate::template::render(&Value::String(a.summary.clone()), ctx).map_err(|e| e.to_string())? {
         Value::String(s) => s,
         other => other.to_string(),

@@ -62,7 +62,7 @@ pub struct Resumed {
     /// Instances that run again whatever changed.
     pub forced: BTreeSet<String>,
     /// The outputs recorded before the resume, by instance.
-    pub prior: BTreeMap<String, Value>,
+    pub prior: BTreeMap<String, std::sync::Arc<Value>>,
     /// The highest attempt of each instance before the resume.
     pub base: BTreeMap<String, u32>,
     /// The items of each map instance before the resume.
@@ -83,7 +83,7 @@ pub struct Resumed {
 pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
     let policy = Policy::parse(&e.policy).unwrap_or(Policy::FailedOnly);
     let mut changed_inputs = BTreeSet::new();
-    if let (Some(Value::Object(new)), Value::Object(old)) = (&e.inputs, &mut s.inputs) {
+    if let (Some(Value::Object(new)), Value::Object(old)) = (&e.inputs, std::sync::Arc::make_mut(&mut s.inputs)) {
         for (k, v) in new {
             if old.get(k) != Some(v) {
                 changed_inputs.insert(k.clone());
@@ -119,7 +119,7 @@ pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
     // such output comes back when its step runs again or is kept, and the
     // output of a step no longer reached leaves the run's context.
     if let Some(i) = s.completed.iter().position(|c| *c == top) {
-        for c in s.completed.split_off(i) {
+        for c in s.completed_from(i) {
             s.outputs.remove(&c);
         }
     }
@@ -196,7 +196,13 @@ impl Resumed {
             }
             _ => None,
         };
-        Some(StepKept { step_id: instance.to_owned(), output: output.clone(), target, reason, scope: key.to_owned() })
+        Some(StepKept {
+            step_id: instance.to_owned(),
+            output: (**output).clone(),
+            target,
+            reason,
+            scope: key.to_owned(),
+        })
     }
 
     fn reads_changed(&self, w: &Workflow, s: &RunState, st: &Step, instance: &str, around: &[String]) -> bool {
@@ -252,6 +258,7 @@ impl Resumed {
             return;
         }
         let prior = self.prior.get(instance);
+        let prior = prior.map(|p| &**p);
         if prior == Some(output) {
             return;
         }
