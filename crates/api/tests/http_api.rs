@@ -1145,3 +1145,92 @@ async fn a_decision_right_after_the_start_is_recorded() {
         assert_eq!(d.status, 201, "try {i}: {}", d.text);
     }
 }
+
+/// Statements that make every write fail as a full disk would, and undo it.
+struct WritesFail {
+    on: &'static [&'static str],
+    off: &'static [&'static str],
+}
+
+const SQLITE_FULL: WritesFail = WritesFail {
+    on: &[
+        "CREATE TRIGGER full_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        "CREATE TRIGGER full_probe BEFORE INSERT ON cairn_health BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        "CREATE TRIGGER full_probe2 BEFORE UPDATE ON cairn_health BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    ],
+    off: &["DROP TRIGGER full_events", "DROP TRIGGER full_probe", "DROP TRIGGER full_probe2"],
+};
+
+const POSTGRES_FULL: WritesFail = WritesFail {
+    on: &[
+        "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'; END $$",
+        "CREATE TRIGGER full_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION disk_full()",
+        "CREATE TRIGGER full_probe BEFORE INSERT OR UPDATE ON cairn_health FOR EACH ROW EXECUTE FUNCTION disk_full()",
+    ],
+    off: &["DROP TRIGGER full_events ON events", "DROP TRIGGER full_probe ON cairn_health"],
+};
+
+async fn run_sql(url: &str, statements: &[&str]) {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    }
+}
+
+/// The disk-full reproducer (before: writes answered 500 and `/readyz` said
+/// ready; the problem named the database path). Now a failed write answers
+/// 503 `store-unavailable` naming nothing, readiness answers 503 until a
+/// write succeeds again, and nothing recorded is lost.
+async fn readiness_follows_failing_writes(url: &str, full: WritesFail) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let first = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 1}})).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let first = first.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&first, &k, &["completed"]).await;
+    assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
+
+    run_sql(url, full.on).await;
+    let r = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 2}})).await;
+    r.problem(503, "store-unavailable");
+    let secret_parts = ["cairn.db", "/tmp", "postgres://", "No space", "disk is full"];
+    assert!(!secret_parts.iter().any(|p| r.text.contains(p)), "the problem names nothing: {}", r.text);
+    for _ in 0..2 {
+        let ready = s.send("GET", "/readyz", None, None, &[]).await;
+        ready.problem(503, "not-ready");
+        assert!(ready.text.contains("writes to the event store have failed since"), "{}", ready.text);
+        assert!(!secret_parts.iter().any(|p| ready.text.contains(p)), "{}", ready.text);
+    }
+    assert_eq!(s.get(&format!("/runs/{first}"), &k).await.json["status"], "completed", "reads still answer");
+
+    run_sql(url, full.off).await;
+    let ready = s.send("GET", "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, 200, "a write succeeds again: {}", ready.text);
+    let again = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 3}})).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    s.wait_status(again.json["run_id"].as_str().expect("id"), &k, &["completed"]).await;
+    assert_eq!(s.get(&format!("/runs/{first}"), &k).await.json["status"], "completed", "nothing was lost");
+    assert!(s.logs().contains("disk is full") || s.logs().contains("No space"), "the cause is logged");
+}
+
+#[tokio::test]
+async fn sqlite_readiness_follows_failing_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("full.db").display());
+    readiness_follows_failing_writes(&url, SQLITE_FULL).await;
+}
+
+#[tokio::test]
+async fn postgres_readiness_follows_failing_writes() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    readiness_follows_failing_writes(&url, POSTGRES_FULL).await;
+}

@@ -530,8 +530,7 @@ output: "{{ steps.outer.output }}"
     }
     let s = fold(&events);
     assert_eq!(s.status, RunStatus::Completed, "{events:?}");
-    let row = |o: i64| {
-        json!([{ "s": 100 + o * 10 + 10, "keys": "o,top" }, { "s": 200 + o * 10 + 10, "keys": "o,top" }])
-    };
+    let row =
+        |o: i64| json!([{ "s": 100 + o * 10 + 10, "keys": "o,top" }, { "s": 200 + o * 10 + 10, "keys": "o,top" }]);
     assert_eq!(s.output, Some(json!([row(1), row(2)])));
 }

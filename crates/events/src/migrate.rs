@@ -22,10 +22,16 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
 }
 
 static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
-    migrator(&[(20261122000001, "events", include_str!("../../../migrations/sqlite/20261122000001_events.sql"))])
+    migrator(&[
+        (20261122000001, "events", include_str!("../../../migrations/sqlite/20261122000001_events.sql")),
+        (20261206000001, "health", include_str!("../../../migrations/sqlite/20261206000001_health.sql")),
+    ])
 });
 static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
-    migrator(&[(20261122000001, "events", include_str!("../../../migrations/postgres/20261122000001_events.sql"))])
+    migrator(&[
+        (20261122000001, "events", include_str!("../../../migrations/postgres/20261122000001_events.sql")),
+        (20261206000001, "health", include_str!("../../../migrations/postgres/20261206000001_health.sql")),
+    ])
 });
 
 fn newest(m: &Migrator) -> i64 {

@@ -60,6 +60,7 @@ pub struct PgStore {
     notifier: JoinHandle<()>,
     label: String,
     clock: crate::clock::ClockHandle,
+    health: crate::store::WriteHealth,
 }
 
 /// Shortest time between two NOTIFYs this process sends. Commits wake
@@ -134,6 +135,7 @@ impl PgStore {
             notifier,
             label,
             clock: config.clock,
+            health: Default::default(),
         }))
     }
 
@@ -233,6 +235,10 @@ async fn listen(mut listener: PgListener, wake: Arc<watch::Sender<u64>>) {
 }
 
 impl EventStore for PgStore {
+    fn write_failure(&self) -> Option<crate::store::WriteFailure> {
+        self.health.get()
+    }
+
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
         Box::pin(async move {
             let out = append_many_with(self, appends).await?;
@@ -241,6 +247,12 @@ impl EventStore for PgStore {
             self.commits.send_replace(last);
             Ok(out)
         })
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(crate::store::probe_with(self, move |at| async move {
+            sqlx::query(crate::store::PROBE_SQL).bind(at).execute(&self.pool).await.map(|_| ())
+        }))
     }
 
     fn read_stream<'a>(
@@ -329,5 +341,9 @@ impl RowWriter for PgStore {
         } else {
             StoreError::Database { database: self.label.clone(), source }
         }
+    }
+
+    fn health(&self) -> &crate::store::WriteHealth {
+        &self.health
     }
 }

@@ -58,6 +58,7 @@ pub struct SqliteStore {
     wake: watch::Sender<u64>,
     label: String,
     clock: crate::clock::ClockHandle,
+    health: crate::store::WriteHealth,
 }
 
 /// Creates `path` readable and writable by its owner only (0600), if it
@@ -147,6 +148,7 @@ impl SqliteStore {
             wake,
             label,
             clock: config.clock,
+            health: Default::default(),
         }))
     }
 
@@ -237,6 +239,10 @@ impl InsertStatement {
 }
 
 impl EventStore for SqliteStore {
+    fn write_failure(&self) -> Option<crate::store::WriteFailure> {
+        self.health.get()
+    }
+
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
         Box::pin(async move {
             let out = append_many_with(self, appends).await?;
@@ -244,6 +250,12 @@ impl EventStore for SqliteStore {
             self.wake.send_replace(last);
             Ok(out)
         })
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(crate::store::probe_with(self, move |at| async move {
+            sqlx::query(crate::store::PROBE_SQL).bind(at).execute(&self.writer).await.map(|_| ())
+        }))
     }
 
     fn read_stream<'a>(
@@ -341,5 +353,9 @@ impl RowWriter for SqliteStore {
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {
         StoreError::Database { database: self.label.clone(), source }
+    }
+
+    fn health(&self) -> &crate::store::WriteHealth {
+        &self.health
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
@@ -145,6 +146,62 @@ impl StoreError {
     }
 }
 
+/// The latest write to the event store failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// When writes began to fail (the first failure since the last success).
+    pub since: DateTime<Utc>,
+    /// The error, for the server's log: it may name databases and files.
+    pub error: String,
+}
+
+/// The probe [`EventStore::probe_write`] runs (both backends).
+pub(crate) const PROBE_SQL: &str = "INSERT INTO cairn_health (id, probed_at) VALUES (1, $1) \
+     ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at";
+
+/// Runs the write probe, `run(recorded_at)`, noting its outcome.
+pub(crate) async fn probe_with<W, F, Fut>(w: &W, run: F) -> StoreResult<()>
+where
+    W: RowWriter,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let now = w.clock().now();
+    match run(format_timestamp(now)).await {
+        Ok(()) => {
+            w.health().succeeded();
+            Ok(())
+        }
+        Err(e) => {
+            w.health().failed(now, &e);
+            Err(w.db_err(e))
+        }
+    }
+}
+
+/// Whether writes succeed, as the latest append or probe found.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth(std::sync::Mutex<Option<WriteFailure>>);
+
+impl WriteHealth {
+    pub(crate) fn succeeded(&self) {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.is_some() {
+            *g = None;
+        }
+    }
+
+    pub(crate) fn failed(&self, now: DateTime<Utc>, error: &dyn std::fmt::Display) {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = g.as_ref().map_or(now, |f| f.since);
+        *g = Some(WriteFailure { since, error: error.to_string() });
+    }
+
+    pub(crate) fn get(&self) -> Option<WriteFailure> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -184,6 +241,19 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Which backend this is.
     fn backend(&self) -> Backend;
+
+    /// How the latest write went: `Some` while the last append (or probe)
+    /// failed for a reason other than a conflict or a limit, such as a full
+    /// disk. Readiness reports it until a write succeeds.
+    fn write_failure(&self) -> Option<WriteFailure> {
+        None
+    }
+
+    /// Rewrites one row outside the log to learn whether the database takes
+    /// writes (again); clears or sets [`EventStore::write_failure`].
+    fn probe_write(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Appends `events` to one stream.
     fn append<'a>(
@@ -437,6 +507,8 @@ pub(crate) trait RowWriter: Sync {
     /// Inserts rows atomically; returns the first global position.
     fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
     fn db_err(&self, e: sqlx::Error) -> StoreError;
+    /// Where the outcome of writes is kept.
+    fn health(&self) -> &WriteHealth;
 }
 
 /// Validation, expected-version checks, hashing, insert and conflict
@@ -471,7 +543,10 @@ pub(crate) async fn append_many_with<W: RowWriter>(
             prepare_rows(a, &head, &recorded_at, &mut rows);
         }
         match w.insert(&rows).await {
-            Ok(first) => return Ok(results(&appends, &rows, first, w.cache())),
+            Ok(first) => {
+                w.health().succeeded();
+                return Ok(results(&appends, &rows, first, w.cache()));
+            }
             Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
                 for a in &appends {
                     w.cache().forget(&a.stream_id);
@@ -489,6 +564,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
                 for a in &appends {
                     w.cache().forget(&a.stream_id);
                 }
+                w.health().failed(w.clock().now(), &e);
                 return Err(w.db_err(e));
             }
         }

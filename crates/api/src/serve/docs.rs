@@ -153,6 +153,21 @@ pub async fn healthz() -> axum::Json<Health> {
 /// `GET /readyz`: the event store and the read models answer.
 pub async fn readyz(S(state): S<Arc<State>>) -> Result<axum::Json<Ready>, ApiError> {
     // The causes are logged, not sent: they name databases and files.
+    if let Some(f) = state.store.write_failure() {
+        // The last append failed: ready again only once a write succeeds.
+        if let Err(e) = state.store.probe_write().await {
+            tracing::error!(error = %e, since = %f.since, "readiness: writes to the event store fail");
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                format!(
+                    "writes to the event store have failed since {}; what was recorded is intact; \
+                     free disk space or fix the database (the cause is in the server's log)",
+                    f.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+            ));
+        }
+    }
     let head = state.store.head_position().await.map_err(|e| {
         tracing::error!(error = %e, "readiness: the event store does not answer");
         ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the event store does not answer")

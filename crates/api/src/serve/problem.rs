@@ -147,9 +147,26 @@ impl From<cairn_events::StoreError> for ApiError {
     fn from(e: cairn_events::StoreError) -> Self {
         match &e {
             cairn_events::StoreError::LimitExceeded { source, .. } => limit(source),
+            cairn_events::StoreError::Database { .. } | cairn_events::StoreError::Unavailable { .. } => {
+                store_unavailable(&e)
+            }
             _ => ApiError::internal(e),
         }
     }
+}
+
+/// 503 `store-unavailable`: the database did not take a write or a read (a
+/// full disk, a lost connection). The cause is logged, never sent: it names
+/// databases and files.
+fn store_unavailable(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "the event store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "the event store failed (the cause is in the server's log under this request_id); \
+         what was recorded before is intact; retry later, a start with the same Idempotency-Key"
+            .to_owned(),
+    )
 }
 
 /// 422 `limit-exceeded`, naming the limit and where.
@@ -190,6 +207,9 @@ impl From<cairn_engine::RunError> for ApiError {
             R::Store(s) if s.is_conflict() => ApiError::conflict("conflict", e.to_string()),
             R::Limit(l) => limit(l),
             R::Store(cairn_events::StoreError::LimitExceeded { source, .. }) => limit(source),
+            R::Store(
+                s @ (cairn_events::StoreError::Database { .. } | cairn_events::StoreError::Unavailable { .. }),
+            ) => store_unavailable(s),
             _ => ApiError::internal(e),
         }
     }

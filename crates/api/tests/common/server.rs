@@ -13,6 +13,8 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub db: PathBuf,
+    /// The database URL (the SQLite file `db` unless the environment named another).
+    pub db_url: String,
     pub log: PathBuf,
     pub dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -59,6 +61,10 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("cairn.db");
         let log = dir.path().join("server.log");
+        let db_url = env
+            .iter()
+            .find(|(k, _)| *k == "CAIRN_DATABASE_URL")
+            .map_or_else(|| format!("sqlite://{}", db.display()), |(_, v)| (*v).to_owned());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
         cmd.arg("serve");
         if !args.contains(&"--listen") {
@@ -66,7 +72,7 @@ impl Server {
         }
         cmd.args(args)
             .current_dir(dir.path())
-            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("CAIRN_DATABASE_URL", &db_url)
             .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -83,7 +89,7 @@ impl Server {
             let _ = child.kill();
             panic!("the server did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
         });
-        Server { child, url, db, log, dir, http: client() }
+        Server { child, url, db, db_url, log, dir, http: client() }
     }
 
     /// `cairn ARGS` on the server's database.
@@ -91,7 +97,7 @@ impl Server {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(args)
             .current_dir(self.dir.path())
-            .env("CAIRN_DATABASE_URL", format!("sqlite://{}", self.db.display()))
+            .env("CAIRN_DATABASE_URL", &self.db_url)
             .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
             .output()
             .expect("run cairn")
