@@ -13,6 +13,7 @@ macro_rules! out {
 
 mod commands;
 mod keys;
+mod quarantine;
 mod serve;
 
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     Show(commands::runs::ShowArgs),
     /// Cancel a running run.
     Cancel(commands::runs::CancelArgs),
+    /// Runs the process died driving: list them, release one.
+    #[command(subcommand)]
+    Quarantine(commands::runs::QuarantineCommand),
     /// Resume a failed run from a step, keeping what already succeeded:
     /// shows the plan as a diff against the original path, then records
     /// `RunResumed` and runs it (docs/recovery.md).
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             Command::Runs => commands::runs::list(&cli.database, &cli.read).await,
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
             Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
+            Command::Quarantine(cmd) => commands::runs::quarantine(&cli.database, cmd).await,
             Command::Resume(args) => commands::recovery::resume(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Replay(args) => commands::recovery::replay(&cli.database, &cli.setup, args).await,
             Command::Fork(args) => commands::recovery::fork(&cli.database, &cli.read, &cli.setup, args).await,

@@ -1234,3 +1234,117 @@ async fn postgres_readiness_follows_failing_writes() {
     let Some(url) = common::fresh_pg_url().await else { return };
     readiness_follows_failing_writes(&url, POSTGRES_FULL).await;
 }
+
+/// An HTTP endpoint that counts requests and, until `answer` is set, never
+/// answers: a run calling it is always mid-effect when the server is killed.
+struct Hang {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn hang() -> Hang {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let answer = std::sync::Arc::new(AtomicBool::new(false));
+    let (h, a) = (hits.clone(), answer.clone());
+    let app = axum::Router::new().route(
+        "/hang",
+        axum::routing::post(move || {
+            let (h, a) = (h.clone(), a.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                if !a.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                axum::Json(json!({ "ok": true }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Hang { url: format!("http://{addr}/hang"), hits, answer }
+}
+
+async fn hits_reach(h: &Hang, n: usize) {
+    for _ in 0..400 {
+        if h.hits.load(std::sync::atomic::Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the endpoint was called {} times, not {n}", h.hits.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// The crash-loop reproducer (before: a run whose driving killed the process
+/// killed every restart, because start-up drives it again). The process is
+/// killed (SIGKILL, as the kernel's OOM killer does) each time the run's
+/// effect is in flight: after the second death while driving it at
+/// start-up, the next start quarantines it, stays up and ready (degraded),
+/// drives the others, and drives it again only once an operator releases it.
+async fn a_run_that_kills_every_start_is_quarantined(url: &str) {
+    let h = hang().await;
+    let env = [("CAIRN_DATABASE_URL", url)];
+    let s = Server::start_with(&[], &env);
+    let k = s.key("root", "admin", "root");
+    let wf = format!(
+        "name: killer\nsteps:\n  - id: call\n    http: {{ method: POST, url: '{}', body: {{}} }}\n    timeout: 10m\n",
+        h.url
+    );
+    assert_eq!(s.post_yaml("/workflows", &k, &wf).await.status, 201);
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let r = s.post("/runs", &k, &json!({"workflow": "killer"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    hits_reach(&h, 1).await;
+    drop(s); // killed while driving it (not at start-up: no probation yet)
+    for n in [2, 3] {
+        let s = Server::start_with(&[], &env);
+        hits_reach(&h, n).await; // start-up drives it again ...
+        drop(s); // ... and dies
+    }
+    let s = Server::start_with(&[], &env);
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        ready = s.send("GET", "/readyz", None, None, &[]).await.json;
+        if ready["quarantined"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["quarantined"], 1, "{ready}");
+    let other = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 5}})).await;
+    s.wait_status(other.json["run_id"].as_str().expect("id"), &k, &["completed"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.hits.load(std::sync::atomic::Ordering::SeqCst), 3, "the quarantined run is not driven");
+    assert_eq!(s.get(&format!("/runs/{id}"), &k).await.json["status"], "running", "its own stream is untouched");
+    let list = s.cairn(&["quarantine", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(text.contains(&id) && text.contains("quarantined") && text.contains("died 2 times"), "{text}");
+    let audit = s.get("/audit?limit=200", &k).await;
+    assert!(audit.text.contains("quarantine run"), "recorded in the audit log: {}", audit.text);
+
+    h.answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = s.cairn(&["quarantine", "release", &id, "--reason", "endpoint fixed"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.wait_status(&id, &k, &["completed"]).await;
+    let ready = s.send("GET", "/readyz", None, None, &[]).await.json;
+    assert_eq!((ready["status"].as_str(), ready["quarantined"].as_u64()), (Some("ready"), Some(0)), "{ready}");
+    let again = s.cairn(&["quarantine", "release", &id]);
+    assert_eq!(again.status.code(), Some(1), "releasing twice is refused");
+}
+
+#[tokio::test]
+async fn sqlite_a_run_that_kills_every_start_is_quarantined() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    a_run_that_kills_every_start_is_quarantined(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_a_run_that_kills_every_start_is_quarantined() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    a_run_that_kills_every_start_is_quarantined(&url).await;
+}

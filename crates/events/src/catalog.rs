@@ -761,6 +761,52 @@ pub struct ParkedEventSkipped {
     pub reason: Option<String>,
 }
 
+/// `cairn serve` began driving these unfinished runs at start-up (stream
+/// `operations`). Until [`ProbationPassed`] names them, a process that dies
+/// is taken to have died driving them: a run the process died driving twice
+/// in a row is quarantined rather than driven a third time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunsOnProbation {
+    /// The runs (at most 10,000 per event).
+    pub runs: Vec<Uuid>,
+    /// Whether each is driven alone (after a death), to tell which one it is.
+    pub alone: bool,
+}
+
+/// The runs of a [`RunsOnProbation`] were driven for the probation time (or
+/// settled) without the process dying (stream `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProbationPassed {
+    /// The runs.
+    pub runs: Vec<Uuid>,
+}
+
+/// A run the process died driving, twice in a row at start-up, is no longer
+/// driven until an operator releases it (stream `operations`). Its own
+/// stream is untouched; it stays `running` and can still be cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunQuarantined {
+    /// The run.
+    pub run_id: Uuid,
+    /// How many start-ups in a row died while driving it.
+    pub deaths: u32,
+    /// Why, for the operator.
+    pub reason: String,
+}
+
+/// An operator released a quarantined run: it is driven again (stream
+/// `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunReleased {
+    /// The run.
+    pub run_id: Uuid,
+    /// Who released it.
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -865,7 +911,8 @@ about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, Bra
     ApprovalRequested, ApprovalDecided, ApprovalExpired, NotificationSent, NotificationFailed, ChildRunStarted,
     ChildRunCompleted, StepKept);
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
-    WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped);
+    WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
+    RunQuarantined, RunReleased);
 
 impl AboutStep for TimerStarted {
     fn step(&self) -> Option<&str> {
@@ -886,7 +933,8 @@ catalog! {
     "access":
         ApiKeyCreated = 1, ApiKeyRevoked = 1;
     "operations":
-        ParkedEventRetried = 1, ParkedEventSkipped = 1;
+        ParkedEventRetried = 1, ParkedEventSkipped = 1, RunsOnProbation = 1, ProbationPassed = 1,
+        RunQuarantined = 1, RunReleased = 1;
 }
 
 impl Event {

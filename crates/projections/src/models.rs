@@ -229,6 +229,10 @@ fn action(t: &str) -> &'static str {
         "ApiKeyRevoked" => "revoke API key",
         "ParkedEventRetried" => "retry parked event",
         "ParkedEventSkipped" => "skip parked event",
+        "RunsOnProbation" => "drive runs on probation",
+        "ProbationPassed" => "pass probation",
+        "RunQuarantined" => "quarantine run",
+        "RunReleased" => "release run",
         _ => "record event",
     }
 }

@@ -335,8 +335,13 @@ impl Progress {
 /// Drives every run that started and has not ended to its end.
 pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
     let runs = engine.unfinished_runs().await?;
+    let ledger = crate::quarantine::Ledger::read(engine.store()).await?;
     let mut moved = 0;
     for run_id in &runs {
+        if ledger.is_quarantined(*run_id) {
+            eprintln!("not continuing run {run_id}: quarantined (cairn quarantine)");
+            continue;
+        }
         let before = engine.state(*run_id).await?.version;
         let mut quiet = |_: &Event| {};
         let state = engine.drive(*run_id, &mut quiet).await?;

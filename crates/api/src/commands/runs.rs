@@ -112,3 +112,54 @@ pub async fn cancel(database: &str, args: CancelArgs) -> anyhow::Result<ExitCode
         }
     }
 }
+
+/// `cairn quarantine`: runs start-up stopped driving because the process
+/// died driving them (docs/operations.md).
+#[derive(Debug, clap::Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined runs, and runs on probation (a process died while
+    /// driving them, or is driving them now).
+    List,
+    /// Release a quarantined run: `cairn serve` drives it again (a running
+    /// server within seconds), as do `cairn continue` and `cairn run`.
+    Release {
+        /// The run id.
+        run: Uuid,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Runs `cairn quarantine`.
+pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Result<ExitCode> {
+    let store = cairn_events::open_existing(database).await?;
+    let ledger = crate::quarantine::Ledger::read(&store).await?;
+    match cmd {
+        QuarantineCommand::List => {
+            if ledger.quarantined.is_empty() && ledger.suspects.is_empty() {
+                out!("no run is quarantined or on probation");
+            }
+            for (run, (q, at)) in &ledger.quarantined {
+                out!("{run}  quarantined {at}  {}", q.reason);
+            }
+            let mut suspects: Vec<_> = ledger.suspects.iter().collect();
+            suspects.sort();
+            for (run, deaths) in suspects {
+                out!("{run}  on probation: a process died driving it {deaths} time(s) in a row, or is driving it now");
+            }
+        }
+        QuarantineCommand::Release { run, reason } => {
+            if !ledger.is_quarantined(run) {
+                eprintln!("error: run {run} is not quarantined (see `cairn quarantine list`)");
+                return Ok(ExitCode::from(1));
+            }
+            let by = std::env::var("CAIRN_IDENTITY")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "operator".into());
+            crate::quarantine::release(&store, run, &by, reason).await?;
+            out!("released run {run}: it is driven again");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

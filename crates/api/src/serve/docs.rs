@@ -143,6 +143,9 @@ pub struct Ready {
     pub projection_lag: u64,
     /// Events the read models set aside.
     pub parked: u64,
+    /// Runs not driven because the process died driving them
+    /// (`cairn quarantine`); `degraded` when any.
+    pub quarantined: u64,
 }
 
 /// `GET /healthz`: the process answers.
@@ -185,6 +188,7 @@ pub async fn readyz(S(state): S<Arc<State>>) -> Result<axum::Json<Ready>, ApiErr
     }
     let lag = status.iter().map(|s| s.lag_events).max().unwrap_or(0);
     let parked: u64 = status.iter().map(|s| s.parked).sum();
-    let word = if parked > 0 { "degraded" } else { "ready" };
-    Ok(axum::Json(Ready { status: word.into(), head_position: head, projection_lag: lag, parked }))
+    let quarantined = state.driver.quarantined() as u64;
+    let word = if parked > 0 || quarantined > 0 { "degraded" } else { "ready" };
+    Ok(axum::Json(Ready { status: word.into(), head_position: head, projection_lag: lag, parked, quarantined }))
 }

@@ -1,11 +1,15 @@
 //! Drives runs in the background: each run by one task at a time (a kick
 //! while it is being driven drives it once more afterwards), and a timer
 //! loop that wakes runs whose deadline, reminder or retry falls due while
-//! they wait for people.
+//! they wait for people. Start-up drives unfinished runs on probation and
+//! never drives a quarantined one (crate::quarantine).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::quarantine::{self, Ledger};
 
 use cairn_engine::Engine;
 use chrono::{DateTime, Utc};
@@ -18,16 +22,44 @@ pub struct Driver {
     active: Mutex<HashMap<Uuid, bool>>,
     /// Parked runs and when they next have something to do.
     waits: Mutex<BTreeMap<Uuid, DateTime<Utc>>>,
+    /// Quarantined runs: never driven.
+    quarantined: Mutex<HashSet<Uuid>>,
+    /// The version of the `operations` stream the quarantine was read at.
+    ledger_version: AtomicU64,
 }
 
 impl Driver {
     /// A driver for `engine`.
     pub fn new(engine: Arc<Engine>) -> Arc<Driver> {
-        Arc::new(Driver { engine, active: Mutex::new(HashMap::new()), waits: Mutex::new(BTreeMap::new()) })
+        Arc::new(Driver {
+            engine,
+            active: Mutex::new(HashMap::new()),
+            waits: Mutex::new(BTreeMap::new()),
+            quarantined: Mutex::new(HashSet::new()),
+            ledger_version: AtomicU64::new(0),
+        })
     }
 
-    /// Drives `run` (and, once it ends, the parents waiting for it) now.
+    /// How many runs are quarantined.
+    pub fn quarantined(&self) -> usize {
+        self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn is_quarantined(&self, run: Uuid) -> bool {
+        self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).contains(&run)
+    }
+
+    fn is_active(&self, run: Uuid) -> bool {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&run)
+    }
+
+    /// Drives `run` (and, once it ends, the parents waiting for it) now,
+    /// unless it is quarantined.
     pub fn kick(self: &Arc<Self>, run: Uuid) {
+        if self.is_quarantined(run) {
+            tracing::warn!(run_id = %run, "not driving a quarantined run (cairn quarantine release)");
+            return;
+        }
         {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(again) = a.get_mut(&run) {
@@ -67,24 +99,105 @@ impl Driver {
         });
     }
 
-    /// Drives every run that started and has not ended.
+    /// Drives every run that started and has not ended, on probation:
+    /// first each suspect alone (a run a dead process was driving),
+    /// quarantining one the process died driving [`quarantine::DEATHS`]
+    /// times in a row, then the rest together.
     pub async fn resume_unfinished(self: &Arc<Self>) {
-        match self.engine.unfinished_runs().await {
-            Ok(runs) => {
-                if !runs.is_empty() {
-                    tracing::info!(runs = runs.len(), "continuing unfinished runs");
-                }
-                for r in runs {
-                    self.kick(r);
-                }
+        if let Err(e) = self.try_resume_unfinished().await {
+            tracing::error!(error = %e, "cannot continue unfinished runs");
+        }
+    }
+
+    async fn try_resume_unfinished(self: &Arc<Self>) -> anyhow::Result<()> {
+        let store = self.engine.store().clone();
+        let ledger = Ledger::read(&store).await?;
+        self.ledger_version.store(ledger.version, Ordering::Relaxed);
+        self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).extend(ledger.quarantined.keys().copied());
+        let runs = self.engine.unfinished_runs().await?;
+        let mut rest = Vec::new();
+        let mut held = 0usize;
+        for run in runs {
+            if ledger.is_quarantined(run) {
+                held += 1;
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "cannot list unfinished runs"),
+            match ledger.suspects.get(&run) {
+                Some(&deaths) if deaths >= quarantine::DEATHS => {
+                    let q = quarantine::quarantine(&store, run, deaths).await?;
+                    tracing::error!(run_id = %run, deaths, reason = %q.reason, "run quarantined");
+                    self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).insert(run);
+                    held += 1;
+                }
+                Some(&deaths) => {
+                    // Alone, so that dying again names this run.
+                    tracing::warn!(run_id = %run, deaths, "a process died driving this run: driving it alone first");
+                    quarantine::on_probation(&store, &[run], true).await?;
+                    self.kick(run);
+                    let t = tokio::time::Instant::now();
+                    while self.is_active(run) && t.elapsed() < quarantine::PROBATION {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    quarantine::passed(&store, &[run]).await?;
+                }
+                None => rest.push(run),
+            }
+        }
+        if held > 0 {
+            tracing::warn!(runs = held, "quarantined runs are not driven (cairn quarantine)");
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(runs = rest.len(), "continuing unfinished runs");
+        quarantine::on_probation(&store, &rest, false).await?;
+        for r in &rest {
+            self.kick(*r);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let t = tokio::time::Instant::now();
+            while t.elapsed() < quarantine::PROBATION && rest.iter().any(|r| me.is_active(*r)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Err(e) = quarantine::passed(&me.engine.store().clone(), &rest).await {
+                tracing::error!(error = %e, "cannot record that runs passed probation");
+            }
+        });
+        Ok(())
+    }
+
+    /// Drives runs an operator released since the quarantine was read.
+    async fn follow_releases(self: &Arc<Self>) {
+        let store = self.engine.store().clone();
+        let Ok(version) = store.stream_version(quarantine::STREAM).await else { return };
+        if version == self.ledger_version.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(ledger) = Ledger::read(&store).await else { return };
+        self.ledger_version.store(ledger.version, Ordering::Relaxed);
+        let released: Vec<Uuid> = {
+            let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<Uuid> = q.iter().filter(|r| !ledger.is_quarantined(**r)).copied().collect();
+            for r in &gone {
+                q.remove(r);
+            }
+            gone
+        };
+        for r in released {
+            tracing::info!(run_id = %r, "released from quarantine: driving it");
+            self.kick(r);
         }
     }
 
     /// Wakes parked runs as their waits fall due, until `stop`.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticks = 0u32;
         loop {
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(8) {
+                self.follow_releases().await;
+            }
             tokio::select! {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}

@@ -176,8 +176,12 @@ pub async fn run(
     };
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
     let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
-    // Runs a crash or restart left unfinished continue.
-    driver.resume_unfinished().await;
+    // Runs a crash or restart left unfinished continue, on probation, while
+    // requests are served.
+    {
+        let d = driver.clone();
+        tokio::spawn(async move { d.resume_unfinished().await });
+    }
     // Ctrl-C or SIGTERM: stop taking requests, let the ones in flight
     // finish, stop the background tasks. Nothing is lost either way: what
     // was recorded is durable, and a run cut off continues on the next start.
