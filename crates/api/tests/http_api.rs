@@ -1348,3 +1348,79 @@ async fn postgres_a_run_that_kills_every_start_is_quarantined() {
     let Some(url) = common::fresh_pg_url().await else { return };
     a_run_that_kills_every_start_is_quarantined(&url).await;
 }
+
+/// Three conditions that each cost just under the limit (999² evaluations):
+/// decisions that keep a CPU busy for a while, with no effect to wait on.
+const BUSY: &str = "name: busy\ninputs: { type: object, properties: { items: { type: array } } }\nsteps:\n  - id: c1\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: c2 }\n  - id: c2\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: c3 }\n  - id: c3\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: done }\n  - id: done\n    transform: { ok: true }\n";
+
+/// The reproducer of one busy run blocking the server (before: `/healthz`
+/// took 9.9 s while a run computed, and `--request-timeout 30` answered
+/// after 93 s). Deciding runs off the async executor: with more busy starts
+/// in flight than the server has worker threads (two here), `/healthz` answers in a
+/// small part of the time one busy start takes (both measured here, so the
+/// ratio holds on a slow machine), and a start past `--request-timeout`
+/// answers 503 `timeout`; a retry with its Idempotency-Key gets one run.
+async fn busy_runs_never_stall_other_requests(url: &str) {
+    let s = Server::start_with(&["--request-timeout", "120"], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, BUSY).await.status, 201);
+    let items: Vec<u32> = (0..999).collect();
+    let body = json!({"workflow": "busy", "inputs": {"items": items}});
+    // One busy start alone: how long one takes here.
+    let t = std::time::Instant::now();
+    assert_eq!(s.post("/runs", &k, &body).await.status, 201);
+    let one = t.elapsed();
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url, k, body) = (s.client().clone(), s.url.clone(), k.clone(), body.to_string());
+            tokio::spawn(async move {
+                let r = c.post(format!("{url}/runs")).bearer_auth(k).header("content-type", "application/json");
+                r.body(body).send().await.expect("send").status().as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(one / 4).await;
+    let t = std::time::Instant::now();
+    assert_eq!(s.send("GET", "/healthz", None, None, &[]).await.status, 200);
+    let health = t.elapsed();
+    let working = busy.iter().filter(|b| !b.is_finished()).count();
+    assert!(
+        health < one / 4 && working >= 2,
+        "/healthz took {health:?} (one busy start takes {one:?}) while {working} of 3 were working"
+    );
+    for b in busy {
+        assert_eq!(b.await.expect("join"), 201);
+    }
+    drop(s);
+
+    // Past `--request-timeout` the start answers 503 `timeout` (the
+    // executor is free for the timer to fire); a retry with the same
+    // Idempotency-Key, given time, gets one run, never two.
+    let s = Server::start_with(&["--request-timeout", "1"], &[("CAIRN_DATABASE_URL", url)]);
+    let key = [("idempotency-key", "busy-1")];
+    let json = || Some(("application/json", body.to_string().into_bytes()));
+    let r = s.send("POST", "/runs", Some(&k), json(), &key).await;
+    r.problem(503, "timeout");
+    assert_eq!(s.send("GET", "/healthz", None, None, &[]).await.status, 200);
+    drop(s);
+    let s = Server::start_with(&["--request-timeout", "120"], &[("CAIRN_DATABASE_URL", url)]);
+    let again = s.send("POST", "/runs", Some(&k), json(), &key).await;
+    assert!(matches!(again.status, 200 | 201), "{}", again.text);
+    let id = again.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["completed"]).await;
+    let runs = s.get("/runs?workflow=busy&limit=100", &k).await;
+    assert_eq!(runs.json["items"].as_array().map(Vec::len), Some(5), "four, and one for the key: {}", runs.text);
+}
+
+#[tokio::test]
+async fn sqlite_busy_runs_never_stall_other_requests() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+    busy_runs_never_stall_other_requests(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_busy_runs_never_stall_other_requests() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    busy_runs_never_stall_other_requests(&url).await;
+}

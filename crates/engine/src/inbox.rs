@@ -276,7 +276,13 @@ impl Engine {
             let version = state.version;
             let mut events = vec![event];
             let after = evolve(state, &events[0]);
-            let _ = crate::runner::settle(&w, after, &mut events, self.clock.now());
+            let now = self.clock.now();
+            let events = self
+                .think(move || {
+                    let _ = crate::runner::settle(&w, after, &mut events, now);
+                    events
+                })
+                .await;
             let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(a.by(), run_id, &events[0]))];
             new.extend(
                 events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata("engine", run_id, e))),

@@ -107,6 +107,9 @@ pub struct Engine {
     pub(crate) token_key: Vec<u8>,
     /// Where "now" comes from for every decision, timer and retry.
     pub(crate) clock: cairn_events::clock::ClockHandle,
+    /// Whether deciding runs on the blocking pool (a server: one busy run
+    /// never stalls other requests) or inline (the CLI, benchmarks).
+    offload: bool,
 }
 
 impl Engine {
@@ -124,6 +127,33 @@ impl Engine {
             // A key of this process alone unless the config brings a shared one.
             token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
             clock: cairn_events::clock::ClockHandle::default(),
+            offload: false,
+        }
+    }
+
+    /// Decides (templates, conditions, the decider's fold) on tokio's
+    /// blocking pool rather than the async executor, on a multi-threaded
+    /// runtime: a run whose templates or conditions are expensive then
+    /// never delays other requests or runs, and a request timeout can
+    /// answer while it works. For servers; in-process use decides inline,
+    /// which is cheaper per step.
+    pub fn with_offloaded_decisions(mut self) -> Self {
+        self.offload = true;
+        self
+    }
+
+    /// Runs the CPU-bound `f` off the async executor when offloading (see
+    /// [`Engine::with_offloaded_decisions`]), inline otherwise.
+    pub(crate) async fn think<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !(self.offload && multi) {
+            return f();
+        }
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the decider's blocking task was cancelled: {e}"),
         }
     }
 
@@ -312,7 +342,8 @@ impl Engine {
         origin: Origin,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         let Origin { parent, idempotency_key, fork } = origin;
-        let w = &*self.bound(w, version).await?;
+        let bound = self.bound(w, version).await?;
+        let w = &*bound;
         let inputs = w.inputs_with_defaults(&inputs);
         // Before the schema check (which recurses): what is too deep or too
         // large to record is refused, and nothing is written.
@@ -343,7 +374,13 @@ impl Engine {
             state = evolve(state, &e);
             events.push(e);
         }
-        let (state, _) = settle(w, state, &mut events, self.clock.now());
+        let now = self.clock.now();
+        let (state, events) = self
+            .think(move || {
+                let (state, _) = settle(&bound, state, &mut events, now);
+                (state, events)
+            })
+            .await;
         let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
         self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
@@ -474,7 +511,17 @@ impl Engine {
         loop {
             let d = match next.take() {
                 Some(d) => d,
-                None => decide(&w, &state, self.clock.now()),
+                None => {
+                    let (now, wf, s) = (self.clock.now(), w.clone(), std::mem::take(&mut state));
+                    let (s, d) = self
+                        .think(move || {
+                            let d = decide(&wf, &s, now);
+                            (s, d)
+                        })
+                        .await;
+                    state = s;
+                    d
+                }
             };
             if !d.append.is_empty() {
                 next = self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
@@ -560,14 +607,20 @@ impl Engine {
     /// (the state was re-read: decide afresh).
     async fn commit(
         &self,
-        w: &Workflow,
+        w: &Arc<Workflow>,
         stream: &str,
         run_id: Uuid,
         state: &mut RunState,
         mut events: Vec<Event>,
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
-        let (after, next) = settle(w, events.iter().fold(state.clone(), evolve), &mut events, self.clock.now());
+        let (now, wf, before) = (self.clock.now(), w.clone(), state.clone());
+        let (after, next, events) = self
+            .think(move || {
+                let (after, next) = settle(&wf, events.iter().fold(before, evolve), &mut events, now);
+                (after, next, events)
+            })
+            .await;
         let new: Vec<NewEvent> =
             events.iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))).collect();
         match self.append(stream, ExpectedVersion::Exact(state.version), new).await {

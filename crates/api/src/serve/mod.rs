@@ -130,7 +130,8 @@ pub async fn run(
         return Ok(ExitCode::from(2));
     }
     let secrets = crate::commands::run::load_secrets(args.secrets_file.as_deref())?;
-    let engine = Arc::new(crate::commands::setup::engine(database, setup, secrets).await?);
+    // Deciding runs off the async executor: a busy run never stalls requests.
+    let engine = Arc::new(crate::commands::setup::engine(database, setup, secrets).await?.with_offloaded_decisions());
     let store = engine.store().clone();
     let worker = Arc::new(crate::commands::read::worker_on(store.clone(), database, read).await?);
     let keys = Keys::load(&store).await?;
