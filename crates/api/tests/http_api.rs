@@ -130,7 +130,9 @@ async fn health_readiness_the_document_and_the_docs_need_no_key() {
 
 #[tokio::test]
 async fn every_protected_endpoint_refuses_a_missing_unknown_or_revoked_key() {
-    let s = Server::start(&[]);
+    // Hundreds of keyless requests from one address: the failed-key limit
+    // (tested on its own) would answer 429 after ten.
+    let s = Server::start(&["--max-key-failures", "0"]);
     let admin = s.key("root", "admin", "root");
     let doc = s.send("GET", "/openapi.json", None, None, &[]).await.json;
     let run = "01a23166-77a7-75c7-ac1c-7a41263c3bd1";
@@ -1423,4 +1425,98 @@ async fn sqlite_busy_runs_never_stall_other_requests() {
 async fn postgres_busy_runs_never_stall_other_requests() {
     let Some(url) = common::fresh_pg_url().await else { return };
     busy_runs_never_stall_other_requests(&url).await;
+}
+
+/// The refusals reproducer (before: a decision by someone not listed, a
+/// wrong token, an invalid submission or a failed API-key check wrote
+/// nothing to the audit log, and key checks were not rate-limited). Each is
+/// now an `AccessDenied` in the `refusals` stream, listed in the audit log
+/// with the outcome `denied`, the actor, the action, the reason and the
+/// client's address, and the run's own stream is untouched; past
+/// `--max-key-failures` an address gets 429 without any key being checked.
+async fn refusals_are_audited_and_key_guessing_is_limited(url: &str) {
+    let s = Server::start_with(&["--max-key-failures", "4"], &[("CAIRN_DATABASE_URL", url)]);
+    let admin = s.key("root", "admin", "root");
+    let writer = s.key("writer", "operator", "writer");
+    let boss = s.key("boss", "operator", "boss");
+    let reader = s.key("auditor", "viewer", "auditor");
+    assert_eq!(s.post_yaml("/workflows", &admin, FORM).await.status, 201);
+    let run =
+        s.post("/runs", &admin, &json!({"workflow": "brief"})).await.json["run_id"].as_str().expect("id").to_owned();
+    let sub = format!("/runs/{run}/steps/brief/submission");
+    let version =
+        || async { s.get(&format!("/runs/{run}/events"), &admin).await.json["items"].as_array().map(Vec::len) };
+    // Once the form is requested (the background driver records it).
+    let mut before = version().await;
+    for _ in 0..200 {
+        if s.get("/inbox", &admin).await.json["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            before = version().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    s.post(&sub, &boss, &json!({"values": {"topic": "Rust"}})).await.problem(403, "not-allowed");
+    s.post(&sub, &writer, &json!({"values": {"topic": "Rust"}, "token": "crt_forged"})).await.problem(403, "bad-token");
+    s.post(&sub, &writer, &json!({"values": {"topic": "ab"}})).await.problem(422, "invalid-submission");
+    s.post("/runs", &reader, &json!({"workflow": "brief"})).await.problem(403, "forbidden");
+    assert_eq!(version().await, before, "nothing was written to the run's stream");
+
+    let audit = s.get("/audit?limit=1000", &admin).await;
+    let denied: Vec<&Value> =
+        audit.json["items"].as_array().expect("items").iter().filter(|r| r["outcome"] == "denied").collect();
+    let reasons: Vec<(String, String)> = denied
+        .iter()
+        .map(|r| (r["actor"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for want in
+        [("boss", "not-allowed"), ("writer", "bad-token"), ("writer", "invalid-submission"), ("auditor", "forbidden")]
+    {
+        assert!(reasons.contains(&(want.0.to_owned(), want.1.to_owned())), "{want:?} not in {reasons:?}");
+    }
+    let first = denied.iter().find(|r| r["actor"] == "boss").expect("boss");
+    assert_eq!(first["action"], "POST /runs/{id}/steps/{step}/submission");
+    assert_eq!(first["resource"], format!("run-{run}/brief"));
+    assert!(first["origin"].as_str().is_some_and(|o| o.starts_with("127.0.0.1")), "{first}");
+    assert!(!audit.text.contains("crt_forged"), "a presented token is never recorded");
+
+    // Guessing keys: 4 failures, then 429 without checking (even a valid key).
+    let guess = "cairn_abcdef123456_notthesecret";
+    for _ in 0..4 {
+        s.get("/runs", guess).await.problem(401, "bad-key");
+    }
+    let limited = s.get("/runs", guess).await;
+    limited.problem(429, "too-many-failures");
+    assert!(limited.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s <= 60));
+    s.get("/runs", &admin).await.problem(429, "too-many-failures");
+    s.get("/runs", guess).await.problem(429, "too-many-failures");
+    drop(s);
+    // A new server (another window) reads what was recorded.
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let audit = s.get("/audit?limit=1000", &admin).await;
+    let rows: Vec<&Value> =
+        audit.json["items"].as_array().expect("items").iter().filter(|r| r["outcome"] == "denied").collect();
+    let bad_key = rows.iter().filter(|r| r["reason"] == "bad-key").count();
+    let over = rows.iter().filter(|r| r["reason"] == "too-many-failures").count();
+    assert_eq!((bad_key, over), (4, 1), "each failed check, and the first refusal over the limit only");
+    assert!(!audit.text.contains("notthesecret"), "never a key's secret");
+    let events = s.cairn(&["events", "--stream", "refusals"]);
+    let events = String::from_utf8_lossy(&events.stdout).to_string();
+    assert!(
+        events.contains("abcdef123456") && !events.contains("notthesecret"),
+        "the key id, never its secret: {events}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refusals_are_audited_and_key_guessing_is_limited() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("deny.db").display());
+    refusals_are_audited_and_key_guessing_is_limited(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_refusals_are_audited_and_key_guessing_is_limited() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    refusals_are_audited_and_key_guessing_is_limited(&url).await;
 }

@@ -732,6 +732,35 @@ pub struct ApiKeyRevoked {
     pub reason: Option<String>,
 }
 
+/// A request was refused for who made it (stream `refusals`, never the
+/// run's): an unknown or revoked key, no key, a role too weak, a person not
+/// listed for a form or approval, a wrong resume token, an invalid
+/// submission, or a source over its limit of failed key checks. The audit
+/// log lists it with the outcome `denied` (PCI DSS 10.2.1.4). Nothing
+/// secret is kept: a presented key's secret never is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccessDenied {
+    /// Who: the identity of the key presented, or `unknown`.
+    pub actor: String,
+    /// The public id of the key presented, when it had the shape of one.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// What was attempted: the method and the route (`POST /runs/{id}/steps/{step}/decision`).
+    pub action: String,
+    /// The run it was about, if any.
+    #[serde(default)]
+    pub run_id: Option<Uuid>,
+    /// The step it was about, if any.
+    #[serde(default)]
+    pub step_id: Option<String>,
+    /// Why: the problem code answered (`bad-key`, `unauthenticated`,
+    /// `forbidden`, `not-allowed`, `bad-token`, `invalid-submission`,
+    /// `too-many-failures`).
+    pub reason: String,
+    /// Where from: the client's address.
+    pub origin: String,
+}
+
 /// An operator applied an event a read model had parked (stream
 /// `operations`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -914,6 +943,12 @@ about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCo
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
     RunQuarantined, RunReleased);
 
+impl AboutStep for AccessDenied {
+    fn step(&self) -> Option<&str> {
+        self.step_id.as_deref()
+    }
+}
+
 impl AboutStep for TimerStarted {
     fn step(&self) -> Option<&str> {
         self.step_id.as_deref()
@@ -931,7 +966,7 @@ catalog! {
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
     "access":
-        ApiKeyCreated = 1, ApiKeyRevoked = 1;
+        ApiKeyCreated = 1, ApiKeyRevoked = 1, AccessDenied = 1;
     "operations":
         ParkedEventRetried = 1, ParkedEventSkipped = 1, RunsOnProbation = 1, ProbationPassed = 1,
         RunQuarantined = 1, RunReleased = 1;

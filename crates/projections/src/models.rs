@@ -233,6 +233,7 @@ fn action(t: &str) -> &'static str {
         "ProbationPassed" => "pass probation",
         "RunQuarantined" => "quarantine run",
         "RunReleased" => "release run",
+        "AccessDenied" => "refuse request",
         _ => "record event",
     }
 }
@@ -253,6 +254,12 @@ fn failed(e: &Event) -> bool {
 impl Projection for AuditLog {
     fn name(&self) -> &'static str {
         "audit_log"
+    }
+
+    fn version(&self) -> u32 {
+        // 2: refusals (`AccessDenied`) with the outcome `denied`, the
+        // attempted action and the client's address.
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -533,6 +540,27 @@ fn audit_row(r: &RecordedEvent, e: &Event, meta: &mut Option<(String, (String, S
         *meta = Some((r.metadata.clone(), actor_origin(&r.metadata)));
     }
     let (actor, origin) = meta.as_ref().map(|(_, ao)| ao.clone()).unwrap_or_default();
+    if let Event::AccessDenied(d) = e {
+        // What was refused, on what, from where: not the stream it is kept in.
+        let resource = match (&d.run_id, &d.step_id) {
+            (Some(run), Some(step)) => format!("run-{run}/{step}"),
+            (Some(run), None) => format!("run-{run}"),
+            _ => "api".to_owned(),
+        };
+        return vec![
+            Val::from(r.global_position),
+            Val::Text(r.recorded_at.clone()),
+            Val::from(d.actor.as_str()),
+            Val::from(d.action.as_str()),
+            Val::from(r.event_type.as_str()),
+            Val::from("denied"),
+            Val::from(format!("{} ({origin})", d.origin)),
+            Val::from(resource),
+            Val::opt_text(d.run_id.map(|u| u.to_string())),
+            Val::from(r.payload.as_str()),
+            Val::from(r.hash.as_str()),
+        ];
+    }
     let resource = match payload_step(&r.payload) {
         Some(step) => format!("{}/{step}", r.stream_id),
         None => r.stream_id.clone(),

@@ -97,7 +97,7 @@ pub struct AuditFilter {
 /// event_type, outcome, origin, resource, hash.
 pub async fn audit(db: &ReadDb, f: &AuditFilter) -> Result<Vec<Vec<Val>>, DbError> {
     db.rows(
-        "SELECT position, recorded_at, actor, action, event_type, outcome, origin, resource, hash FROM audit_log WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR run_id = $2) AND ($3 IS NULL OR recorded_at >= $3) AND ($4 IS NULL OR recorded_at < $4) AND position > $6 ORDER BY position LIMIT $5",
+        "SELECT position, recorded_at, actor, action, event_type, outcome, origin, resource, hash, CASE WHEN event_type = 'AccessDenied' THEN details END FROM audit_log WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR run_id = $2) AND ($3 IS NULL OR recorded_at >= $3) AND ($4 IS NULL OR recorded_at < $4) AND position > $6 ORDER BY position LIMIT $5",
         &[
             Val::opt_text(f.actor.clone()),
             Val::opt_text(f.run.clone()),

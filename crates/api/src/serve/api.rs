@@ -317,9 +317,16 @@ impl Api {
             if let Access::Role(_) = op.access {
                 errors.push((401, "No key, or a key that is unknown or revoked."));
                 errors.push((403, "The key's role may not do this."));
+                errors.push((
+                    429,
+                    "Too many requests without a valid key from this address within a minute (`--max-key-failures`); see `Retry-After`.",
+                ));
             }
             errors.push((500, "The server failed; the problem names the request id to look up in the logs."));
-            errors.push((503, "The request took longer than the server's limit (`--request-timeout`)."));
+            errors.push((
+                503,
+                "The request took longer than the server's limit (`--request-timeout`), or the event store failed.",
+            ));
             errors.sort_by_key(|e| e.0);
             let mut seen: HashMap<u16, Vec<&str>> = HashMap::new();
             for (s, w) in errors {

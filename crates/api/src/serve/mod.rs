@@ -12,6 +12,7 @@ mod live;
 mod people;
 mod problem;
 mod reads;
+mod refusals;
 mod routes;
 mod runs;
 mod telemetry;
@@ -66,6 +67,11 @@ pub struct Args {
     /// `CAIRN_SECRET_<NAME>` environment variables.
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Failed API-key checks a client address may make per minute; past
+    /// them it is answered 429 `too-many-failures` without checking keys
+    /// until the minute is over (0: no limit).
+    #[arg(long, default_value_t = 10)]
+    pub max_key_failures: u32,
 }
 
 /// Everything a handler can reach.
@@ -81,6 +87,7 @@ pub struct State {
     openapi: serde_json::Value,
     access: api::AccessMap,
     timeout: Duration,
+    key_failures: refusals::KeyFailures,
 }
 
 impl State {
@@ -157,6 +164,7 @@ pub async fn run(
         openapi,
         access,
         timeout: Duration::from_secs(args.request_timeout.max(1)),
+        key_failures: refusals::KeyFailures::new(args.max_key_failures),
     });
     let app = router
         .fallback(not_found)
@@ -210,7 +218,9 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
     let _ = projections.await;
     let _ = timers.await;
     if let Some(e) = exporter {
@@ -235,10 +245,30 @@ async fn method_not_allowed(req: Request) -> ApiError {
 /// the request.
 async fn authorize(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let mut attempt = refusals::Attempt {
+        actor: "unknown".into(),
+        key_id: None,
+        action: format!("{} {}", req.method(), if path.is_empty() { req.uri().path() } else { &path }),
+    };
+    let mut r = match check(&state, req, next, &path, &mut attempt).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    r.extensions_mut().insert(attempt);
+    r
+}
+
+async fn check(
+    state: &Arc<State>,
     mut req: Request,
     next: Next,
+    path: &str,
+    attempt: &mut refusals::Attempt,
 ) -> Result<Response, ApiError> {
-    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     // A method the path does not serve falls through to the router's 405.
     let access = state.access.iter().find(|((m, p), _)| *m == req.method() && *p == path).map(|(_, a)| *a);
     let Some(Access::Role(needed)) = access else { return Ok(next.run(req).await) };
@@ -249,7 +279,42 @@ async fn authorize(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
+        attempt.key_id = presented.and_then(refusals::key_id_of);
+        let ip = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Some(ip) = ip
+            && let Some(over) = state.key_failures.over_limit(ip)
+        {
+            if over.first {
+                let (run_id, step_id) = refusals::run_and_step(req.uri().path());
+                let d = cairn_events::AccessDenied {
+                    actor: attempt.actor.clone(),
+                    key_id: attempt.key_id.clone(),
+                    action: attempt.action.clone(),
+                    run_id,
+                    step_id,
+                    reason: "too-many-failures".into(),
+                    origin: ip.to_string(),
+                };
+                refusals::record(&state.store, d).await;
+            }
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                format!(
+                    "{} failed API-key checks from this address within a minute; no key is checked from it for {} s",
+                    over.count, over.retry_after
+                ),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&over.retry_after.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(r);
+        }
         let Some(presented) = presented else {
+            if let Some(ip) = ip {
+                state.key_failures.failed(ip);
+            }
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -257,6 +322,9 @@ async fn authorize(
             ));
         };
         let Some(key) = state.authenticate(presented).await? else {
+            if let Some(ip) = ip {
+                state.key_failures.failed(ip);
+            }
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "bad-key",
@@ -267,6 +335,8 @@ async fn authorize(
     } else {
         Caller { identity: state.anonymous.clone(), role: Role::Admin, key_id: None }
     };
+    attempt.actor = caller.identity.clone();
+    attempt.key_id = caller.key_id.clone();
     if caller.role > needed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -293,6 +363,7 @@ async fn frame(axum::extract::State(state): axum::extract::State<Arc<State>>, re
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let origin = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
     let started = Instant::now();
     let work = std::panic::AssertUnwindSafe(next.run(req)).catch_unwind();
@@ -320,6 +391,29 @@ async fn frame(axum::extract::State(state): axum::extract::State<Arc<State>>, re
         .into_response(),
     };
     let status = response.status();
+    // A request refused for who made it is recorded (but not each one past
+    // the failed-key limit: the authorizer records the first of those).
+    if let Some(problem::Code(code)) = response.extensions().get::<problem::Code>()
+        && refusals::is_refusal(code)
+        && code != "too-many-failures"
+    {
+        let attempt = response.extensions().get::<refusals::Attempt>().cloned().unwrap_or(refusals::Attempt {
+            actor: "unknown".into(),
+            key_id: None,
+            action: format!("{method} {path}"),
+        });
+        let (run_id, step_id) = refusals::run_and_step(&path);
+        let d = cairn_events::AccessDenied {
+            actor: attempt.actor,
+            key_id: attempt.key_id,
+            action: attempt.action,
+            run_id,
+            step_id,
+            reason: code.clone(),
+            origin: origin.clone().unwrap_or_else(|| "unknown".into()),
+        };
+        refusals::record(&state.store, d).await;
+    }
     // Problems carry the request id too.
     if response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json") {
         response = with_request_id(response, &id).await;

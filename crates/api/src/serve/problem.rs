@@ -225,6 +225,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = serde_json::to_vec(&*self.0).unwrap_or_default();
         let mut r = (status, body).into_response();
+        r.extensions_mut().insert(Code(self.0.code.clone()));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cairn\""));
@@ -232,6 +233,10 @@ impl IntoResponse for ApiError {
         r
     }
 }
+
+/// A problem response's code, for the request's frame.
+#[derive(Debug, Clone)]
+pub struct Code(pub String);
 
 /// What handlers return.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -54,9 +54,12 @@ pub struct AuditRow {
     pub action: String,
     /// The event type.
     pub event_type: String,
-    /// `success` or `failure`.
+    /// `success`, `failure`, or `denied` (a refused request).
     pub outcome: String,
-    /// Which build and trace wrote it.
+    /// Why a request was refused (`bad-key`, `not-allowed`, `bad-token`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Which build and trace wrote it; for a refusal, the client's address first.
     pub origin: String,
     /// What it is about (`run-<id>/<step>`, `workflow-<name>`, `apikeys`).
     pub resource: String,
@@ -153,6 +156,9 @@ pub async fn audit(S(state): S<Arc<State>>, Q(q): Q<AuditQuery>) -> ApiResult<ax
             action: text(&r[3]).unwrap_or_default(),
             event_type: text(&r[4]).unwrap_or_default(),
             outcome: text(&r[5]).unwrap_or_default(),
+            reason: text(&r[9]).and_then(|d| {
+                serde_json::from_str::<serde_json::Value>(&d).ok()?.get("reason")?.as_str().map(str::to_owned)
+            }),
             origin: text(&r[6]).unwrap_or_default(),
             resource: text(&r[7]).unwrap_or_default(),
             hash: text(&r[8]).unwrap_or_default(),
