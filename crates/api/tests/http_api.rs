@@ -1520,3 +1520,147 @@ async fn postgres_refusals_are_audited_and_key_guessing_is_limited() {
     let Some(url) = common::fresh_pg_url().await else { return };
     refusals_are_audited_and_key_guessing_is_limited(&url).await;
 }
+
+const SECRET: &str = "s3cr3t-Tok3n-0123456789xyz";
+
+/// A service that echoes the `Authorization` header's secret back in the
+/// forms services use: as is, upper-cased, reversed, hex, base64 and inside a
+/// Basic credential; `/fail` refuses with the secret in its error body.
+async fn echo_secret() -> String {
+    use base64::Engine as _;
+    fn forms(h: &axum::http::HeaderMap) -> Value {
+        let token = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").trim_start_matches("Bearer ");
+        let b64 = base64::engine::general_purpose::STANDARD;
+        json!({
+            "seen": token,
+            "upper": token.to_uppercase(),
+            "reversed": token.chars().rev().collect::<String>(),
+            "hex": hex::encode(token),
+            "b64": b64.encode(token),
+            "basic": format!("Basic {}", b64.encode(format!("user:{token}"))),
+            "note": format!("your token {token} is valid"),
+        })
+    }
+    let app = axum::Router::new()
+        .route("/echo", axum::routing::post(|h: axum::http::HeaderMap| async move { axum::Json(forms(&h)) }))
+        .route(
+            "/fail",
+            axum::routing::post(|h: axum::http::HeaderMap| async move {
+                (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({ "error": forms(&h) })))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The forms of [`SECRET`] a leak would take, computed here independently
+/// of the engine.
+fn secret_forms() -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    vec![
+        SECRET.to_owned(),
+        SECRET.to_uppercase(),
+        SECRET.to_lowercase(),
+        SECRET.chars().rev().collect(),
+        hex::encode(SECRET),
+        b64.encode(SECRET).trim_end_matches('=').to_owned(),
+        b64.encode(format!("user:{SECRET}")).trim_end_matches('=').to_owned(),
+    ]
+}
+
+fn leaks(haystack: &[u8]) -> Vec<String> {
+    secret_forms().into_iter().filter(|f| haystack.windows(f.len()).any(|w| w == f.as_bytes())).collect()
+}
+
+/// The secrets reproducer: a secret used in an `http` step's header, echoed
+/// back by the service in other forms (upper-case, reversed, hex, base64, a
+/// Basic credential) in a response and in an error. Neither it nor any of
+/// these forms is anywhere: the database files and WAL (or every table on
+/// PostgreSQL), an export, the server's log, the API's answers. The
+/// placeholder shows where each was.
+async fn a_secret_is_nowhere_in_any_form(url: &str, files: Option<&std::path::Path>) {
+    let base = echo_secret().await;
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url), ("CAIRN_SECRET_API_TOKEN", SECRET)]);
+    let k = s.key("root", "admin", "root");
+    let wf = "name: leaky\ninputs: { type: object, properties: { base: { type: string } }, required: [base] }\nsteps:\n  - id: call\n    http:\n      method: POST\n      url: \"{{ inputs.base }}/echo\"\n      headers: { Authorization: \"Bearer {{ secrets.API_TOKEN }}\" }\n      body: { q: 1 }\n  - id: refused\n    http:\n      method: POST\n      url: \"{{ inputs.base }}/fail\"\n      headers: { Authorization: \"Bearer {{ secrets.API_TOKEN }}\" }\n      body: { q: 2 }\n";
+    assert_eq!(s.post_yaml("/workflows", &k, wf).await.status, 201);
+    let r = s.post("/runs", &k, &json!({"workflow": "leaky", "inputs": {"base": base}})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["failed"]).await;
+
+    let mut answers = String::new();
+    for path in [
+        format!("/runs/{id}"),
+        format!("/runs/{id}/events"),
+        format!("/runs/{id}/context"),
+        format!("/runs/{id}/history"),
+        format!("/audit?run={id}&limit=1000"),
+        "/runs".to_owned(),
+    ] {
+        let a = s.get(&path, &k).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+        answers.push_str(&a.text);
+    }
+    let context = s.get(&format!("/runs/{id}/context"), &k).await.json;
+    assert_eq!(context["outputs"]["call"]["body"]["seen"], "[redacted:API_TOKEN]", "the echo was recorded: {context}");
+    assert_eq!(context["outputs"]["call"]["body"]["basic"], "Basic [redacted:API_TOKEN]", "{context}");
+    assert!(answers.contains("[redacted:API_TOKEN]"));
+    assert_eq!(leaks(answers.as_bytes()), Vec::<String>::new(), "in the API's answers");
+
+    let export = s.dir.path().join("all.jsonl");
+    let out = s.cairn(&["export", "-o", export.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = std::fs::read(&export).expect("export");
+    assert!(exported.windows(10).any(|w| w == b"[redacted:"), "the export has the run");
+    assert_eq!(leaks(&exported), Vec::<String>::new(), "in the export");
+    assert_eq!(leaks(s.logs().as_bytes()), Vec::<String>::new(), "in the server's log");
+
+    let mut stored = Vec::new();
+    match files {
+        Some(dir) => {
+            for f in std::fs::read_dir(dir).expect("dir") {
+                let p = f.expect("entry").path();
+                if p.is_file() && p != export {
+                    stored.extend(std::fs::read(&p).expect("read"));
+                }
+            }
+            assert!(stored.len() > 10_000, "the database files were read");
+        }
+        None => {
+            use sqlx::{Connection, Row};
+            let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+            )
+            .fetch_all(&mut c)
+            .await
+            .expect("tables");
+            assert!(tables.iter().any(|t| t == "events") && tables.len() > 5, "{tables:?}");
+            for t in tables {
+                let sql = format!("SELECT t::text FROM \"{t}\" t");
+                for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut c).await.expect("rows") {
+                    stored.extend(row.get::<String, _>(0).into_bytes());
+                }
+            }
+        }
+    }
+    assert!(stored.windows(10).any(|w| w == b"[redacted:"), "the stored run was searched");
+    assert_eq!(leaks(&stored), Vec::<String>::new(), "in the stored data");
+}
+
+#[tokio::test]
+async fn sqlite_a_secret_is_nowhere_in_any_form() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("leak.db").display());
+    a_secret_is_nowhere_in_any_form(&url, Some(dir.path())).await;
+}
+
+#[tokio::test]
+async fn postgres_a_secret_is_nowhere_in_any_form() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    a_secret_is_nowhere_in_any_form(&url, None).await;
+}
