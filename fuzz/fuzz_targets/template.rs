@@ -1,0 +1,21 @@
+//! Templates: the first line is a template, the rest a JSON context. Checking
+//! and rendering never panic, and a render stays within its bounds (the
+//! rendered text and value limits, fuel).
+#![no_main]
+
+use cairn_engine::template::{self, Scope};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (tpl, ctx) = text.split_once('\n').unwrap_or((text, "{}"));
+    let ctx: Value = serde_json::from_str(ctx).unwrap_or_else(|_| json!({ "inputs": { "x": 1, "s": "ab" } }));
+    let value = Value::String(tpl.to_owned());
+    let _ = template::check(&value);
+    let scope = Scope::from(ctx);
+    if let Ok(out) = template::render(&value, &scope) {
+        let len = serde_json::to_string(&out).map_or(0, |s| s.len());
+        assert!(len <= template::MAX_RENDERED_VALUE_BYTES + 2 + template::MAX_RENDERED_BYTES / 2, "rendered {len} bytes");
+    }
+});
