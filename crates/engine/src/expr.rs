@@ -70,6 +70,18 @@ impl Condition {
         wanted.into_iter().filter_map(|n| Some((n, ctx.json(n)?)))
     }
 
+    /// How deeply its comprehensions nest.
+    pub fn loops(&self) -> u32 {
+        self.loops
+    }
+
+    /// Whether it reads no root ([`crate::template::ROOTS`]) but `names`
+    /// (the variables of its comprehensions are its own).
+    pub fn reads_only(&self, names: &[&str]) -> bool {
+        let refs = self.program.references();
+        crate::template::ROOTS.iter().all(|r| names.contains(r) || !refs.has_variable(r))
+    }
+
     /// The condition as written.
     pub fn source(&self) -> &str {
         &self.source

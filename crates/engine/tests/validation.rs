@@ -494,3 +494,19 @@ fn rendering_is_bounded_however_the_output_is_built() {
     let ok = cairn_engine::template::render(&serde_json::json!("{{ 'x' * 1000000 }}"), &ctx).expect("1 MB");
     assert_eq!(ok.as_str().map(str::len), Some(1_000_000));
 }
+
+/// A condition's cost is estimated at validation where the inputs bound
+/// it: 3 nested comprehensions over input lists of up to 200 items (8
+/// million evaluations) is refused before anything runs; 50 items (125,000)
+/// is fine, and without `maxItems` the bound is checked when it runs.
+#[test]
+fn a_condition_over_bounded_inputs_past_its_cost_is_refused_at_validation() {
+    let wf = |max: &str| {
+        format!(
+            "name: w\ninputs:\n  type: object\n  properties:\n    items: {{ type: array, items: {{ type: integer }}{max} }}\nsteps:\n  - id: b\n    branch: {{ if: \"inputs.items.all(a, inputs.items.all(b, inputs.items.exists(c, a + b == c)))\", then: done }}\n  - id: done\n    transform: {{ ok: true }}\n"
+        )
+    };
+    check(&wf(", maxItems: 200"), "condition-too-costly", 8, &["200 items", "8000000", "1000000", "maxItems"]);
+    assert!(diags(&wf(", maxItems: 50")).is_empty(), "{:?}", diags(&wf(", maxItems: 50")));
+    assert!(diags(&wf("")).is_empty(), "unbounded inputs: checked at run time");
+}

@@ -25,6 +25,37 @@ pub(super) struct Ctx<'a> {
     children: Vec<String>,
     /// Every model an AI step names.
     pub(super) models: Vec<crate::model::ModelRef>,
+    /// The most items any list in the inputs may have, when the inputs'
+    /// schema bounds every array with `maxItems`.
+    max_input_items: Option<u64>,
+}
+
+/// The largest `maxItems` of the arrays a JSON Schema describes; `None` when
+/// an array has no `maxItems` (its length is unbounded).
+fn max_items(schema: &serde_json::Value) -> Option<u64> {
+    use serde_json::Value;
+    let mut most = 0u64;
+    let Value::Object(o) = schema else { return Some(0) };
+    let is_array =
+        o.get("type").is_some_and(|t| t == "array" || t.as_array().is_some_and(|a| a.iter().any(|x| x == "array")))
+            || o.contains_key("items");
+    if is_array {
+        most = o.get("maxItems").and_then(Value::as_u64)?;
+    }
+    for (k, v) in o {
+        let sub = match (k.as_str(), v) {
+            ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(m)) => {
+                m.values().map(max_items).try_fold(0u64, |a, b| b.map(|b| a.max(b)))?
+            }
+            ("items" | "additionalProperties" | "contains" | "not", v) => max_items(v)?,
+            ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(a)) => {
+                a.iter().map(max_items).try_fold(0u64, |acc, b| b.map(|b| acc.max(b)))?
+            }
+            _ => 0,
+        };
+        most = most.max(sub);
+    }
+    Some(most)
 }
 
 /// Every step in `steps`, nested ones included, in file order.
@@ -81,7 +112,9 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     let nested_and_top = every.len();
     walk_raw(&raw.compensations, &mut every);
     let all_ids: Vec<&str> = every.iter().map(|s| s.id.value.as_str()).collect();
-    let mut cx = Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new(), models: Vec::new() };
+    let max_input_items = raw.inputs.as_ref().and_then(|i| max_items(&i.value));
+    let mut cx =
+        Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new(), models: Vec::new(), max_input_items };
     if !valid_ident(&raw.name.value) {
         cx.at(
             &raw.name,
@@ -347,6 +380,28 @@ fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Targ
 
 fn condition(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<Condition> {
     match Condition::compile(&span.value) {
+        // Its cost, estimated where the inputs bound it: a condition over the
+        // inputs alone visits at most their longest list to the power of
+        // its nested comprehensions.
+        Ok(c) if c.loops() > 0 && c.reads_only(&["inputs"]) && cx.max_input_items.is_some() => {
+            let n = cx.max_input_items.unwrap_or(0);
+            let cost = n.saturating_pow(c.loops());
+            if cost > crate::expr::MAX_COST {
+                cx.at(
+                    span,
+                    "condition-too-costly",
+                    format!(
+                        "condition `{}` nests {} comprehensions over input lists of up to {n} items (their `maxItems`): up to {cost} evaluations, over the limit of {}",
+                        span.value,
+                        c.loops(),
+                        crate::expr::MAX_COST
+                    ),
+                    Some("lower `maxItems`, nest fewer `all`/`exists`/`map`/`filter`, or filter the data first in a `transform` or a task".into()),
+                );
+                return None;
+            }
+            Some(c)
+        }
         Ok(c) => Some(c),
         Err(e) => {
             cx.at(
