@@ -172,7 +172,8 @@ pub fn names_used(src: &str) -> Vec<(Callable, String)> {
                 rest = &rest[i + 1..];
                 continue;
             };
-            let Some(end) = after.find(close) else { break };
+            // The close after the opening (`{%}` opens and does not close).
+            let Some(end) = after[2..].find(close).map(|e| e + 2) else { break };
             code.push_str(&after[2..end]);
             code.push(' ');
             rest = &after[end + 2..];

@@ -512,3 +512,22 @@ fn a_condition_over_bounded_inputs_past_its_cost_is_refused_at_validation() {
     assert!(diags(&wf(", maxItems: 50")).is_empty(), "{:?}", diags(&wf(", maxItems: 50")));
     assert!(diags(&wf("")).is_empty(), "unbounded inputs: checked at run time");
 }
+
+/// Found by the `template` fuzz target: a block whose opening and closing
+/// overlap (`{%}`) made the check of a workflow's templates panic (slicing
+/// past its own end); `cairn validate` crashed and `POST /workflows`
+/// answered 500. It is a diagnostic now.
+#[test]
+fn a_template_whose_delimiters_overlap_is_a_diagnostic_not_a_panic() {
+    let found =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/template/open-close-overlap"))
+            .expect("the fuzz finding");
+    for t in ["{%}", "x {%} y", "{{}}", "a {%}}b{% or%}", found.as_str()] {
+        let src = format!(
+            "name: w\nsteps:\n  - id: t\n    transform: {{ v: {} }}\n",
+            serde_json::to_string(t).expect("json")
+        );
+        let _ = diags(&src);
+        let _ = cairn_engine::template::check(&serde_json::json!(t));
+    }
+}
