@@ -402,3 +402,78 @@ fn publish_versions_workflows_and_children_must_be_published() {
     assert!(ran.status.success(), "{}", text(&ran));
     assert!(text(&ran).contains("\"invoiced\": 29"), "{}", text(&ran));
 }
+
+/// Limits are configurable (only lower than the defaults, which are the
+/// most the store takes and every reader accepts), recorded in the run's
+/// settings when lowered, and read from there: replaying the run after the
+/// configuration changed finds no divergence. A limit above its ceiling is
+/// refused with what to do.
+async fn limits_are_configurable_and_recorded(url: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    let run_with = |config: &str, args: &[&str]| {
+        let cfg = dir.path().join("cairn.yaml");
+        std::fs::write(&cfg, config).expect("config");
+        let mut all = vec!["--config", cfg.to_str().expect("path")];
+        all.extend_from_slice(args);
+        common::cairn_url(url, &all)
+    };
+    let wf = dir.path().join("wrap.yaml");
+    std::fs::write(
+        &wf,
+        "name: wrap\ninputs: { type: object, properties: { x: {} } }\nsteps:\n  - id: wrap\n    transform: { a: { b: { c: \"{{ inputs.x }}\" } } }\n",
+    )
+    .expect("wf");
+    let nested = |n: usize| (0..n).fold(serde_json::json!("leaf"), |v, _| serde_json::json!({ "k": v }));
+    let input = |n: usize| {
+        let p = dir.path().join(format!("in{n}.json"));
+        std::fs::write(&p, serde_json::json!({ "x": nested(n) }).to_string()).expect("inputs");
+        p.to_str().expect("path").to_owned()
+    };
+    let low = "limits: { max_depth: 8 }\n";
+    let wfp = wf.to_str().expect("path");
+
+    // Inputs past the lowered limit: refused, nothing written.
+    let deep = input(9);
+    let out = run_with(low, &["run", wfp, "--input-file", &deep]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("max_depth") && text(&out).contains("the limit is 8"), "{}", text(&out));
+
+    // Within it, but the step's output nests 3 deeper: the step fails, kind `limit`.
+    let six = input(6);
+    let out = run_with(low, &["run", wfp, "--input-file", &six]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("limit"), "{}", text(&out));
+    let runs = common::cairn_url(url, &["runs"]);
+    let run = text(&runs)
+        .lines()
+        .find(|l| l.contains("failed"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("run")
+        .to_owned();
+    let events = text(&common::cairn_url(url, &["events", "--stream", &format!("run-{run}")]));
+    assert!(events.contains(r#"\"limits\":{\"max_depth\":8"#), "recorded in RunStarted.settings: {events}");
+
+    // The defaults again: the same input now completes, and the recorded
+    // run replays as it was decided.
+    let out = run_with("", &["run", wfp, "--input-file", &six]);
+    assert!(out.status.success(), "{}", text(&out));
+    let replay = run_with("", &["replay", &run]);
+    assert!(replay.status.success(), "replayed with its recorded limits: {}", text(&replay));
+
+    // Above a ceiling: refused, saying why.
+    let out = run_with("limits: { max_depth: 100 }\n", &["run", wfp, "--input-file", &six]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("limits.max_depth 100 is above 64"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn sqlite_limits_are_configurable_and_recorded() {
+    let dir = tempfile::tempdir().expect("dir");
+    limits_are_configurable_and_recorded(&format!("sqlite://{}", dir.path().join("l.db").display())).await;
+}
+
+#[tokio::test]
+async fn postgres_limits_are_configurable_and_recorded() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    limits_are_configurable_and_recorded(&url).await;
+}

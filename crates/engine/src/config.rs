@@ -194,6 +194,8 @@ pub struct Config {
     pub prompts_dir: String,
     /// The key resume tokens are derived with (never logged).
     pub token_key: Vec<u8>,
+    /// The limits on what runs record (`limits:`; only lower than the defaults).
+    pub limits: cairn_events::limits::Limits,
 }
 
 /// A model alias in the config.
@@ -233,6 +235,19 @@ struct RawConfig {
     email: Option<RawEmail>,
     #[serde(default)]
     people: BTreeMap<String, RawPerson>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_depth: Option<usize>,
+    #[serde(default)]
+    max_string_bytes: Option<usize>,
+    #[serde(default)]
+    max_event_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +335,7 @@ impl Default for Config {
             prompts: BTreeMap::new(),
             prompts_dir: "prompts".into(),
             token_key: Vec::new(),
+            limits: cairn_events::limits::Limits::default(),
         }
     }
 }
@@ -419,6 +435,10 @@ impl Config {
             });
         }
         c.people = raw.people.into_iter().map(|(k, p)| (k, Person { email: p.email })).collect();
+        if let Some(l) = raw.limits {
+            c.limits = cairn_events::limits::Limits::lowered(l.max_depth, l.max_string_bytes, l.max_event_bytes)
+                .map_err(err)?;
+        }
         Ok(c)
     }
 

@@ -326,7 +326,7 @@ impl Engine {
                         allowed: h.assignees.clone(),
                     });
                 }
-                if let Err(l) = cairn_events::limits::Limits::default().check_value("/values", &s.values) {
+                if let Err(l) = self.config.limits.check_value("/values", &s.values) {
                     let field = l.path.trim_start_matches("/values/").split('/').next().unwrap_or("_").to_owned();
                     let field = if field.is_empty() || field == "/values" { "_".to_owned() } else { field };
                     return Err(HumanError::Invalid {

@@ -347,9 +347,7 @@ impl Engine {
         let inputs = w.inputs_with_defaults(&inputs);
         // Before the schema check (which recurses): what is too deep or too
         // large to record is refused, and nothing is written.
-        cairn_events::limits::Limits::default()
-            .check_value("/inputs", &inputs)
-            .map_err(|l| RunError::Limit(Box::new(l)))?;
+        self.config.limits.check_value("/inputs", &inputs).map_err(|l| RunError::Limit(Box::new(l)))?;
         if let Some(schema) = &w.inputs_schema {
             let errors = crate::contract::violations(schema, &inputs);
             if !errors.is_empty() {
@@ -663,11 +661,10 @@ impl Engine {
         let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
         // An output too deep or too large to record fails the attempt
         // (kind `limit`, not retried) instead of an append the log refuses.
-        let outcome =
-            outcome.and_then(|output| match cairn_events::limits::Limits::default().check_value("/output", &output) {
-                Ok(()) => Ok(output),
-                Err(l) => Err(TaskError::new("limit", format!("the step's output was not recorded: {l}"), false)),
-            });
+        let outcome = outcome.and_then(|output| match self.config.limits.check_value("/output", &output) {
+            Ok(()) => Ok(output),
+            Err(l) => Err(TaskError::new("limit", format!("the step's output was not recorded: {l}"), false)),
+        });
         let outcome = outcome.and_then(|output| match contract.map(|c| crate::contract::violations(c, &output)) {
             Some(v) if !v.is_empty() => Err(TaskError::new(
                 "contract",

@@ -21,10 +21,11 @@ pub(crate) fn resolve(w: &Workflow, config: &Config) -> Option<RunSettings> {
         .map(|(s, _)| s)
         .chain(&w.compensations)
         .any(|s| matches!(s.kind, StepKind::Form(_) | StepKind::Approval(_)));
-    if w.model_refs.is_empty() && !people {
+    let limits = (config.limits != cairn_events::limits::Limits::default()).then_some(config.limits);
+    if w.model_refs.is_empty() && !people && limits.is_none() {
         return None;
     }
-    let mut out = RunSettings::default();
+    let mut out = RunSettings { limits, ..RunSettings::default() };
     for r in &w.model_refs {
         let m = match config.resolve(&r.model, r.scripted) {
             Ok(spec) => ResolvedModel {
@@ -128,6 +129,16 @@ impl<'a> Surroundings<'a> {
                 .get(key)
                 .map(|t| (t.messages.clone(), t.sha256.clone()))
                 .ok_or_else(|| format!("no prompt template `{key}` in {} on this engine", c.prompts_dir)),
+        }
+    }
+
+    /// The limits on what the run records: those recorded when it started
+    /// (the defaults unless lowered then). Never read live, so changing
+    /// `cairn.yaml` changes no recorded run's decisions.
+    pub(crate) fn limits(&self) -> cairn_events::limits::Limits {
+        match self {
+            Surroundings::Recorded(r, _) => r.limits.unwrap_or_default(),
+            Surroundings::Live(_) => cairn_events::limits::Limits::default(),
         }
     }
 

@@ -46,6 +46,10 @@ pub struct RunSettings {
     /// Email notifications, when the engine sends them.
     #[serde(default)]
     pub email: Option<EmailSettings>,
+    /// The limits on what the run records, when configured lower than the
+    /// defaults (`cairn.yaml` `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::Limits>,
 }
 
 /// A `model:` as it resolved when the run started.

@@ -20,7 +20,9 @@ pub const PAYLOAD_WRAPPING: usize = 8;
 pub const READER_MAX_DEPTH: usize = 128;
 
 /// The limits; [`Limits::default`] is what Cairn enforces unless configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The defaults are also the ceilings: what the store enforces and every
+/// reader accepts, so a configuration may only lower them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Limits {
     /// Deepest nesting of arrays and objects in a value.
     pub max_depth: usize,
@@ -92,6 +94,40 @@ impl LimitError {
 }
 
 impl Limits {
+    /// Limits lowered from the defaults by `lower` (each `None` keeps the
+    /// default); an error names a value above its ceiling (the default:
+    /// what the store enforces and every reader accepts) or below a floor
+    /// that would refuse ordinary data.
+    pub fn lowered(
+        max_depth: Option<usize>,
+        max_string_bytes: Option<usize>,
+        max_event_bytes: Option<usize>,
+    ) -> Result<Limits, String> {
+        let ceiling = Limits::default();
+        let pick = |name: &str, v: Option<usize>, ceiling: usize, floor: usize| match v {
+            None => Ok(ceiling),
+            Some(v) if v > ceiling => Err(format!(
+                "limits.{name} {v} is above {ceiling}, the most the store takes and every reader accepts; only lower values may be set"
+            )),
+            Some(v) if v < floor => {
+                Err(format!("limits.{name} {v} is below {floor}, which would refuse ordinary data"))
+            }
+            Some(v) => Ok(v),
+        };
+        let l = Limits {
+            max_depth: pick("max_depth", max_depth, ceiling.max_depth, 4)?,
+            max_string_bytes: pick("max_string_bytes", max_string_bytes, ceiling.max_string_bytes, 1024)?,
+            max_event_bytes: pick("max_event_bytes", max_event_bytes, ceiling.max_event_bytes, 64 * 1024)?,
+        };
+        if l.max_string_bytes > l.max_event_bytes {
+            return Err(format!(
+                "limits.max_string_bytes {} is above limits.max_event_bytes {}: a string must fit in an event",
+                l.max_string_bytes, l.max_event_bytes
+            ));
+        }
+        Ok(l)
+    }
+
     /// Checks a value (nesting and strings), naming the first place past a
     /// limit with a JSON pointer under `at` (e.g. `/inputs`).
     pub fn check_value(&self, at: &str, v: &Value) -> Result<(), LimitError> {

@@ -1099,7 +1099,8 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             }
             _ => Value::Array(results.collect()),
         };
-        d.append.extend(completed_or_contract(st, inst, attempt, output));
+        let limits = crate::settings::Surroundings::of(w, s).limits();
+        d.append.extend(completed_or_contract(&limits, st, inst, attempt, output));
         return;
     }
     d.merge(inner);
@@ -1246,8 +1247,14 @@ fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
 
 /// `StepCompleted`, or `StepFailed` when the output breaks the step's
 /// `output_contract`.
-fn completed_or_contract(st: &Step, inst: &str, attempt: u32, output: Value) -> Vec<Event> {
-    if let Err(l) = cairn_events::limits::Limits::default().check_value("/output", &output) {
+fn completed_or_contract(
+    limits: &cairn_events::limits::Limits,
+    st: &Step,
+    inst: &str,
+    attempt: u32,
+    output: Value,
+) -> Vec<Event> {
+    if let Err(l) = limits.check_value("/output", &output) {
         return vec![failed(inst, attempt, "limit", format!("the step's output was not recorded: {l}"))];
     }
     if let Some(c) = &st.output_contract {
@@ -1270,7 +1277,7 @@ fn completed_or_contract(st: &Step, inst: &str, attempt: u32, output: Value) -> 
 fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u32, now: DateTime<Utc>) -> Vec<Event> {
     let mut events = start_unchecked(w, s, key, pre, st, attempt, now);
     if let Some(Event::StepStarted(e)) = events.first_mut()
-        && let Err(l) = cairn_events::limits::Limits::default().check_value("/input", &e.input)
+        && let Err(l) = crate::settings::Surroundings::of(w, s).limits().check_value("/input", &e.input)
     {
         e.input = Value::Null;
         let (step, attempt) = (e.step_id.clone(), e.attempt);
@@ -1328,7 +1335,8 @@ fn start_unchecked(
                 let n = items.len();
                 let mut events = vec![started(step, key, attempt, json!({ "items": items }))];
                 if n == 0 {
-                    events.extend(completed_or_contract(st, step, attempt, json!([])));
+                    let limits = crate::settings::Surroundings::of(w, s).limits();
+                    events.extend(completed_or_contract(&limits, st, step, attempt, json!([])));
                 }
                 events
             }
@@ -1338,7 +1346,8 @@ fn start_unchecked(
         StepKind::Transform { output } => match template::render(output, &ctx) {
             Ok(output) => {
                 let mut events = vec![started(step, key, attempt, Value::Null)];
-                events.extend(completed_or_contract(st, step, attempt, output));
+                let limits = crate::settings::Surroundings::of(w, s).limits();
+                events.extend(completed_or_contract(&limits, st, step, attempt, output));
                 events
             }
             Err(e) => render_failed(e.to_string()),
