@@ -70,8 +70,11 @@ fn serve(bin: &std::path::Path, dir: &std::path::Path) -> (Server, String) {
         .output()
         .unwrap();
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // `CAIRN_BENCH_SERVE_ARGS="--decide-inline"` compares how the server decides.
+    let extra = std::env::var("CAIRN_BENCH_SERVE_ARGS").unwrap_or_default();
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra.split_whitespace())
         .env("CAIRN_DATABASE_URL", &db)
         .env("CAIRN_TOKEN_KEY", "bench-token-key-0123456789abcdef0123456789")
         .env("RUST_LOG", "warn")

@@ -67,6 +67,11 @@ pub struct Args {
     /// `CAIRN_SECRET_<NAME>` environment variables.
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Decide on the threads that answer requests instead of the blocking
+    /// pool: cheaper per step, but a run with expensive templates or
+    /// conditions then delays other requests while it is decided.
+    #[arg(long)]
+    pub decide_inline: bool,
     /// Failed API-key checks a client address may make per minute; past
     /// them it is answered 429 `too-many-failures` without checking keys
     /// until the minute is over (0: no limit).
@@ -138,7 +143,8 @@ pub async fn run(
     }
     let secrets = crate::commands::run::load_secrets(args.secrets_file.as_deref())?;
     // Deciding runs off the async executor: a busy run never stalls requests.
-    let engine = Arc::new(crate::commands::setup::engine(database, setup, secrets).await?.with_offloaded_decisions());
+    let engine = crate::commands::setup::engine(database, setup, secrets).await?;
+    let engine = Arc::new(if args.decide_inline { engine } else { engine.with_offloaded_decisions() });
     let store = engine.store().clone();
     let worker = Arc::new(crate::commands::read::worker_on(store.clone(), database, read).await?);
     let keys = Keys::load(&store).await?;
