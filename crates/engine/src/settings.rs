@@ -9,7 +9,6 @@
 use cairn_events::{EmailSettings, PriceRecord, RecordedPrompt, ResolvedModel, RunSettings};
 
 use crate::config::{Config, ModelSpec, OutputMode, Price, ProviderKind};
-use crate::decider::RunState;
 use crate::model::{StepKind, Workflow};
 
 /// The settings a run of `w` records: `None` when it has no AI, form or
@@ -76,9 +75,10 @@ pub(crate) enum Surroundings<'a> {
 }
 
 impl<'a> Surroundings<'a> {
-    /// The surroundings of run `s` of `w`.
-    pub(crate) fn of(w: &'a Workflow, s: &'a RunState) -> Surroundings<'a> {
-        match &s.settings {
+    /// The surroundings of a run of `w` that recorded `settings` (its
+    /// `RunState::settings`).
+    pub(crate) fn of(w: &'a Workflow, settings: Option<&'a RunSettings>) -> Surroundings<'a> {
+        match settings {
             Some(r) => Surroundings::Recorded(r, &w.config),
             None => Surroundings::Live(&w.config),
         }

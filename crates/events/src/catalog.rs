@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::envelope::RecordedEvent;
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::upcast::{DecodeError, Upcasters};
 
 /// Where a child run came from.
@@ -1000,5 +1000,19 @@ impl Event {
             at,
             message: e.to_string(),
         })
+    }
+}
+
+/// Encoding a catalog event (here, so the envelope knows nothing of the catalog).
+impl NewEvent {
+    /// Encodes a typed catalog event at its current schema version.
+    pub fn from_event(event: &Event, metadata: Metadata) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: event.payload_json(),
+            metadata,
+        }
     }
 }

@@ -6,8 +6,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::catalog::Event;
-
 /// Who and what caused an event: stored beside the payload, covered by the hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Metadata {
@@ -59,17 +57,6 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// Encodes a typed catalog event at its current schema version.
-    pub fn from_event(event: &Event, metadata: Metadata) -> Self {
-        NewEvent {
-            event_id: Uuid::now_v7(),
-            event_type: event.event_type().to_owned(),
-            schema_version: event.schema_version(),
-            payload: event.payload_json(),
-            metadata,
-        }
-    }
-
     /// An event with an arbitrary type and payload, for streams outside the
     /// run catalog and for tests of old schema versions.
     pub fn raw(

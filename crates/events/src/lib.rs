@@ -35,8 +35,7 @@ pub use envelope::{
 pub use open::{DEFAULT_DATABASE_URL, open, open_existing};
 pub use store::{
     Backend, EventStore, MAX_STREAM_ID_LEN, StoreError, StoreErrorKind, StoreResult, WriteFailure, redact_url,
-    subscribe,
 };
-pub use subscription::{DEFAULT_POLL_INTERVAL, Subscription};
+pub use subscription::{DEFAULT_POLL_INTERVAL, Subscription, subscribe};
 pub use upcast::{DecodeError, Location, UpcastFn, Upcasters};
 pub use verify::{BreakKind, ChainBreak, MAX_BREAKS, VerifyReport, verify};

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use crate::chain::{GENESIS_HASH, HashedFields, event_hash};
 use crate::envelope::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend, format_timestamp};
-use crate::subscription::Subscription;
 
 /// Longest accepted stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 256;
@@ -233,7 +232,7 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A receiver that changes when new events may have been committed.
     /// Wake-ups may be spurious or (for other processes' writes) missing;
-    /// [`Subscription`] polls as the floor.
+    /// [`Subscription`](crate::Subscription) polls as the floor.
     fn wakeups(&self) -> watch::Receiver<u64>;
 
     /// The database this store writes to, without any password.
@@ -268,12 +267,6 @@ pub trait EventStore: Send + Sync + 'static {
             r.pop().ok_or_else(|| StoreError::InvalidAppend("store returned no result".into()))
         })
     }
-}
-
-/// Tails the log from `from_position`, yielding every committed event once,
-/// in order, waking on commits and polling as the floor.
-pub fn subscribe(store: std::sync::Arc<dyn EventStore>, from_position: u64) -> Subscription {
-    Subscription::new(store, from_position)
 }
 
 /// One row ready to insert.

@@ -88,3 +88,9 @@ impl Subscription {
         }
     }
 }
+
+/// Tails the log from `from_position`, yielding every committed event once,
+/// in order, waking on commits and polling as the floor.
+pub fn subscribe(store: std::sync::Arc<dyn EventStore>, from_position: u64) -> Subscription {
+    Subscription::new(store, from_position)
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod console;
 pub mod demo;
 pub mod events;
 pub mod export;

@@ -95,7 +95,7 @@ pub async fn submit(
     setup: &SetupArgs,
     args: SubmitArgs,
 ) -> anyhow::Result<ExitCode> {
-    let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
+    let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let Some(h) = open_request(&engine, args.run, &args.step).await? else {
         let none =
             Submission { by: setup.identity.clone().unwrap_or_default(), token: String::new(), values: Value::Null };
@@ -159,7 +159,7 @@ pub async fn decide(
     args: DecideArgs,
     approve: bool,
 ) -> anyhow::Result<ExitCode> {
-    let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
+    let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let Some(h) = open_request(&engine, args.run, &args.step).await? else {
         let by = setup.identity(engine.config()).unwrap_or_default();
         let none = Vote { by, token: String::new(), approve, comment: None, content_hash: None };
@@ -193,9 +193,9 @@ async fn continue_run(
     read: &super::read::ReadArgs,
     run: Uuid,
 ) -> anyhow::Result<ExitCode> {
-    let mut display = super::run::Progress::new(std::io::stderr().is_terminal());
+    let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
     let (top, state) = engine.drive_after_answer(run, &mut |e| display.show(e)).await?;
-    super::run::project(database, read).await;
+    super::console::project(database, read).await;
     finish(engine, top, &state).await
 }
 

@@ -187,7 +187,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 
 /// `cairn resume`.
 pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: ResumeArgs) -> anyhow::Result<ExitCode> {
-    let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
+    let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
     let req = ResumeRequest {
         from: args.from.clone(),
@@ -266,7 +266,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
             continue;
         }
         eprintln!("run {}: resumed from `{}`", p.run_id, p.from_step);
-        let mut display = super::run::Progress::new(std::io::stderr().is_terminal());
+        let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
         let (top, state) = engine.drive_after_answer(p.run_id, &mut |e| display.show(e)).await?;
         match state.status {
             cairn_engine::decider::RunStatus::Completed => completed += 1,
@@ -276,11 +276,11 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
         if bulk {
             last = if state.status == cairn_engine::decider::RunStatus::Failed { ExitCode::from(1) } else { last };
         } else {
-            super::run::project(database, read).await;
+            super::console::project(database, read).await;
             return super::people::finish(&engine, top, &state).await;
         }
     }
-    super::run::project(database, read).await;
+    super::console::project(database, read).await;
     eprintln!("{completed} completed, {failed} failed, {refused} refused");
     Ok(if refused > 0 { ExitCode::from(1) } else { last })
 }
@@ -292,7 +292,7 @@ fn definition_file(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Op
 
 /// `cairn replay`.
 pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
+    let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let store = engine.store().clone();
     let new = match &args.definition {
         Some(p) => match definition_file(&engine, p)? {
@@ -480,7 +480,7 @@ async fn shadow(
 
 /// `cairn fork`.
 pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: ForkArgs) -> anyhow::Result<ExitCode> {
-    let engine = super::setup::engine(database, setup, super::run::load_secrets(None)?).await?;
+    let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
     let id = match engine.fork(args.run, &args.at, inputs(&args.inputs)?, &by).await {
         Ok(id) => id,
@@ -494,8 +494,8 @@ pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Fork
         Err(e) => return Ok(refusal(&e, Format::Text)),
     };
     eprintln!("run {id}: forked from run {} at `{}`", args.run, args.at);
-    let mut display = super::run::Progress::new(std::io::stderr().is_terminal());
+    let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
     let (top, state) = engine.drive_after_answer(id, &mut |e| display.show(e)).await?;
-    super::run::project(database, read).await;
+    super::console::project(database, read).await;
     super::people::finish(&engine, top, &state).await
 }

@@ -117,3 +117,13 @@ pub async fn engine(
     let store = cairn_events::open(database).await?;
     Ok(Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets).with_config(config))
 }
+
+/// Secrets from the environment and an optional file.
+pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_engine::secrets::Secrets> {
+    let mut secrets = cairn_engine::secrets::Secrets::from_env();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading secrets file {}", f.display()))?;
+        secrets.add_file(&text).map_err(|e| anyhow::anyhow!("secrets file {}: {e}", f.display()))?;
+    }
+    Ok(secrets)
+}

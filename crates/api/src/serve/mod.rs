@@ -141,7 +141,7 @@ pub async fn run(
         );
         return Ok(ExitCode::from(2));
     }
-    let secrets = crate::commands::run::load_secrets(args.secrets_file.as_deref())?;
+    let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     // Deciding runs off the async executor: a busy run never stalls requests.
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
     let engine = Arc::new(if args.decide_inline { engine } else { engine.with_offloaded_decisions() });

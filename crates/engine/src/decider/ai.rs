@@ -176,7 +176,7 @@ pub(super) fn start_input(
         Prompt::Messages(m) => (m.clone(), None),
         Prompt::Template { id, version } => {
             let key = format!("{id}@{version}");
-            let (messages, sha256) = Surroundings::of(w, s).prompt(&key)?;
+            let (messages, sha256) = Surroundings::of(w, s.settings.as_ref()).prompt(&key)?;
             (messages, Some(json!({"id": key, "sha256": sha256})))
         }
     };
@@ -302,7 +302,7 @@ pub(super) fn decide(f: &InFlight<'_>, a: &AiStep, d: &mut Decision) {
 /// Starts the next AI attempt, or fails the step when a budget forbids it.
 fn begin(f: &InFlight<'_>, a: &AiStep, p: &AiProgress, d: &mut Decision) {
     let InFlight { w, s, st, inst, attempt, input, .. } = *f;
-    let spec = match Surroundings::of(w, s).model(&st.id, &a.model, !a.scripted.is_empty()) {
+    let spec = match Surroundings::of(w, s.settings.as_ref()).model(&st.id, &a.model, !a.scripted.is_empty()) {
         Ok(spec) => spec,
         Err(e) => {
             d.append.push(step_failed(inst, attempt, "ai.config", e, false));

@@ -1099,7 +1099,7 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             }
             _ => Value::Array(results.collect()),
         };
-        let limits = crate::settings::Surroundings::of(w, s).limits();
+        let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
         d.append.extend(completed_or_contract(&limits, st, inst, attempt, output));
         return;
     }
@@ -1277,7 +1277,8 @@ fn completed_or_contract(
 fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u32, now: DateTime<Utc>) -> Vec<Event> {
     let mut events = start_unchecked(w, s, key, pre, st, attempt, now);
     if let Some(Event::StepStarted(e)) = events.first_mut()
-        && let Err(l) = crate::settings::Surroundings::of(w, s).limits().check_value("/input", &e.input)
+        && let Err(l) =
+            crate::settings::Surroundings::of(w, s.settings.as_ref()).limits().check_value("/input", &e.input)
     {
         e.input = Value::Null;
         let (step, attempt) = (e.step_id.clone(), e.attempt);
@@ -1335,7 +1336,7 @@ fn start_unchecked(
                 let n = items.len();
                 let mut events = vec![started(step, key, attempt, json!({ "items": items }))];
                 if n == 0 {
-                    let limits = crate::settings::Surroundings::of(w, s).limits();
+                    let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
                     events.extend(completed_or_contract(&limits, st, step, attempt, json!([])));
                 }
                 events
@@ -1346,7 +1347,7 @@ fn start_unchecked(
         StepKind::Transform { output } => match template::render(output, &ctx) {
             Ok(output) => {
                 let mut events = vec![started(step, key, attempt, Value::Null)];
-                let limits = crate::settings::Surroundings::of(w, s).limits();
+                let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
                 events.extend(completed_or_contract(&limits, st, step, attempt, output));
                 events
             }

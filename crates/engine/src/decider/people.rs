@@ -474,7 +474,7 @@ fn expire(f: &InFlight<'_>, h: &HumanWait, deadline: DateTime<Utc>, d: &mut Deci
 /// The notifications still to send: one per recipient for the request (per
 /// round) and for every reminder that fired.
 fn notify(w: &Workflow, s: &RunState, h: &HumanWait, inst: &str, attempt: u32, now: DateTime<Utc>, d: &mut Decision) {
-    let surroundings = crate::settings::Surroundings::of(w, s);
+    let surroundings = crate::settings::Surroundings::of(w, s.settings.as_ref());
     let Some(max_attempts) = surroundings.email_max_attempts() else { return };
     let mut purposes = vec![if h.round == 0 { "request".to_owned() } else { "escalation".to_owned() }];
     for id in &h.fired {

@@ -7,28 +7,15 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
+use super::ctx::{Ctx, duration, valid_ident, valid_step_id};
 use super::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use super::raw::{RawStep, RawWorkflow};
 use crate::expr::Condition;
-use crate::model::{Block, RetryPolicy, Step, StepKind, Target, Workflow, parse_duration};
+use crate::model::{Block, RetryPolicy, Step, StepKind, Target, Workflow};
 use crate::template;
 
 /// Reserved target name that ends the run.
 pub const END: &str = "end";
-
-pub(super) struct Ctx<'a> {
-    file: &'a str,
-    diags: Vec<Diagnostic>,
-    /// Every step id in the file, nested ones included.
-    all_ids: Vec<&'a str>,
-    tasks: &'a [&'a str],
-    children: Vec<String>,
-    /// Every model an AI step names.
-    pub(super) models: Vec<crate::model::ModelRef>,
-    /// The most items any list in the inputs may have, when the inputs'
-    /// schema bounds every array with `maxItems`.
-    max_input_items: Option<u64>,
-}
 
 /// The largest `maxItems` of the arrays a JSON Schema describes; `None` when
 /// an array has no `maxItems` (its length is unbounded).
@@ -71,38 +58,6 @@ fn walk_raw<'a>(steps: &'a [RawStep], out: &mut Vec<&'a RawStep>) {
             walk_raw(&m.steps, out);
         }
     }
-}
-
-impl Ctx<'_> {
-    /// A duration, or a diagnostic at its span.
-    pub(super) fn duration(&mut self, span: &Spanned<String>) -> Option<std::time::Duration> {
-        duration(self, span)
-    }
-
-    /// Records a diagnostic at a span.
-    pub(super) fn at<T>(&mut self, span: &Spanned<T>, code: &'static str, message: String, help: Option<String>) {
-        self.diags.push(Diagnostic {
-            code,
-            file: self.file.to_owned(),
-            line: span.referenced.line(),
-            column: span.referenced.column(),
-            message,
-            help,
-        });
-    }
-}
-
-/// A step id: letters, digits and `_`, so templates and conditions can
-/// refer to it as `steps.ID` (a `-` would read as a minus sign).
-pub(super) fn valid_step_id(s: &str) -> bool {
-    valid_ident(s) && !s.contains('-')
-}
-
-fn valid_ident(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
 }
 
 /// Compiles a parsed file. `tasks` are the task handler names available.
@@ -410,16 +365,6 @@ fn condition(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<Condition> {
                 format!("condition `{}` does not parse: {e}", span.value),
                 Some("conditions use CEL: `inputs.count > 3 && steps.check.output.ok`".into()),
             );
-            None
-        }
-    }
-}
-
-fn duration(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<std::time::Duration> {
-    match parse_duration(&span.value) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            cx.at(span, "bad-duration", e, None);
             None
         }
     }

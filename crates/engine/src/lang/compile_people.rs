@@ -5,7 +5,7 @@
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::raw::{RawAi, RawApproval, RawBudget, RawField, RawForm, RawRetry};
 use crate::ai::{AiStep, Prompt};
 use crate::config::OutputMode;
@@ -234,7 +234,7 @@ fn deadlines(
 
 fn field(cx: &mut Ctx<'_>, f: &RawField) -> Option<Field> {
     let name = f.name.value.clone();
-    if !super::compile::valid_step_id(&name) {
+    if !super::ctx::valid_step_id(&name) {
         cx.at(
             &f.name,
             "bad-field",

@@ -3,6 +3,7 @@
 
 mod compile;
 mod compile_people;
+mod ctx;
 mod diagnostic;
 mod fields;
 pub mod raw;
