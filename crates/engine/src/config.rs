@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::parse_duration;
+use crate::duration::parse_duration;
 
 /// Which wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -189,7 +189,7 @@ pub struct Config {
     /// Where this came from, for messages.
     pub source: String,
     /// Prompt templates by `ID@VERSION`.
-    pub prompts: BTreeMap<String, crate::ai::PromptTemplate>,
+    pub prompts: BTreeMap<String, PromptTemplate>,
     /// The directory they were read from.
     pub prompts_dir: String,
     /// The key resume tokens are derived with (never logged).
@@ -504,7 +504,7 @@ impl Config {
                 crate::template::check_with(&Value::String(t.clone()), &["vars"]).map_err(|e| err(e.to_string()))?;
             }
             let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
-            self.prompts.insert(stem.to_owned(), crate::ai::PromptTemplate { messages, sha256 });
+            self.prompts.insert(stem.to_owned(), PromptTemplate { messages, sha256 });
         }
         Ok(())
     }
@@ -646,4 +646,13 @@ mod tests {
         let e = Config::parse("modles: {}\n", "c.yaml").unwrap_err();
         assert!(e.message.contains("modles"), "{e}");
     }
+}
+
+/// A versioned prompt template (`prompts/<id>@<version>.yaml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTemplate {
+    /// `(role, template)` pairs.
+    pub messages: Vec<(String, String)>,
+    /// SHA-256 of the file, hex: recorded with every use.
+    pub sha256: String,
 }

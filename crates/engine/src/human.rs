@@ -476,7 +476,7 @@ pub fn validate(fields: &[Field], submitted: &Value) -> Result<Value, Vec<FieldE
     for k in given.keys() {
         if !fields.iter().any(|f| &f.name == k) {
             let known: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-            let hint = crate::lang::did_you_mean(k, known.iter().copied()).map_or_else(
+            let hint = crate::lang::diagnostic::did_you_mean(k, known.iter().copied()).map_or_else(
                 || format!("the form's fields are {}", known.join(", ")),
                 |d| format!("did you mean `{d}`?"),
             );

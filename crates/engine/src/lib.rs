@@ -12,6 +12,7 @@ pub mod commit;
 pub mod config;
 pub mod contract;
 pub mod decider;
+mod duration;
 mod effects;
 pub mod expr;
 pub mod http;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::duration::parse_duration;
 use crate::expr::Condition;
 
 /// A validated workflow definition.
@@ -289,7 +290,7 @@ pub enum StepKind {
     },
     /// A model call whose output is checked against the output contract
     /// and retried with the errors fed back.
-    Ai(Box<crate::ai::AiStep>),
+    Ai(Box<AiStep>),
     /// A form a person fills in; the run waits for it.
     Form(Box<crate::human::FormStep>),
     /// An approval by listed approvers; the run waits for the quorum.
@@ -388,24 +389,39 @@ impl RetryPolicy {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 =
-        num.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `30s`, `5m`, `2h`, `1d`"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        "" => return Err(format!("`{s}` has no unit; write e.g. `{s}s` for seconds")),
-        u => return Err(format!("unknown unit `{u}` in `{s}`; use ms, s, m, h or d")),
-    };
-    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
-        return Err(format!("`{s}` is out of range (0 to 10 years)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+/// An `ai` step, compiled.
+#[derive(Debug, Clone)]
+pub struct AiStep {
+    /// The model name as written (an alias, `provider/model` or `scripted`).
+    pub model: String,
+    /// What is sent.
+    pub prompt: Prompt,
+    /// Values templates of a prompt template see as `vars` (a template).
+    pub vars: Option<Value>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Most output tokens per attempt.
+    pub max_output_tokens: Option<u32>,
+    /// Attempts whose output is judged, in all (default 3).
+    pub attempts: u32,
+    /// Structured-output mode asked for first (default: the model's).
+    pub mode: Option<crate::config::OutputMode>,
+    /// Backoff for transport failures (connection errors, timeouts, 429, 5xx).
+    pub transport: RetryPolicy,
+    /// Scripted replies by AI attempt number, for the scripted provider.
+    pub scripted: Vec<Value>,
+}
+
+/// The messages of an `ai` step, before rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// `(role, template)` pairs.
+    Messages(Vec<(String, String)>),
+    /// A versioned prompt template from the prompt library.
+    Template {
+        /// Template id.
+        id: String,
+        /// Version.
+        version: u32,
+    },
 }

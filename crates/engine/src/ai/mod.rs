@@ -11,51 +11,8 @@ use serde_json::{Value, json};
 use crate::config::OutputMode;
 use crate::model::RetryPolicy;
 
-/// An `ai` step, compiled.
-#[derive(Debug, Clone)]
-pub struct AiStep {
-    /// The model name as written (an alias, `provider/model` or `scripted`).
-    pub model: String,
-    /// What is sent.
-    pub prompt: Prompt,
-    /// Values templates of a prompt template see as `vars` (a template).
-    pub vars: Option<Value>,
-    /// Sampling temperature.
-    pub temperature: Option<f64>,
-    /// Most output tokens per attempt.
-    pub max_output_tokens: Option<u32>,
-    /// Attempts whose output is judged, in all (default 3).
-    pub attempts: u32,
-    /// Structured-output mode asked for first (default: the model's).
-    pub mode: Option<OutputMode>,
-    /// Backoff for transport failures (connection errors, timeouts, 429, 5xx).
-    pub transport: RetryPolicy,
-    /// Scripted replies by AI attempt number, for the scripted provider.
-    pub scripted: Vec<Value>,
-}
-
-/// The messages of an `ai` step, before rendering.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    /// `(role, template)` pairs.
-    Messages(Vec<(String, String)>),
-    /// A versioned prompt template from the prompt library.
-    Template {
-        /// Template id.
-        id: String,
-        /// Version.
-        version: u32,
-    },
-}
-
-/// A versioned prompt template (`prompts/<id>@<version>.yaml`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptTemplate {
-    /// `(role, template)` pairs.
-    pub messages: Vec<(String, String)>,
-    /// SHA-256 of the file, hex: recorded with every use.
-    pub sha256: String,
-}
+pub use crate::config::PromptTemplate;
+pub use crate::model::{AiStep, Prompt};
 
 /// Default attempts whose output is judged.
 pub const DEFAULT_ATTEMPTS: u32 = 3;

@@ -4,7 +4,7 @@
 mod compile;
 mod compile_people;
 mod ctx;
-mod diagnostic;
+pub(crate) mod diagnostic;
 mod fields;
 pub mod raw;
 
