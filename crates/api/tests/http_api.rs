@@ -1,6 +1,7 @@
 //! `cairn serve` over real HTTP on a bound port: every endpoint, its auth
 //! failures and bad inputs, idempotent starts, live events with
 //! Last-Event-ID, people, audit, costs and the compliance export.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 
 // Only this test binary needs the HTTP client (the others stay small).
 mod common;

@@ -3,6 +3,7 @@
 //! by an HTTP 500 that resumes once the endpoint is fixed; every refusal;
 //! two racing resumes; and a property test that `failed-only` never runs a
 //! step again whose inputs are unchanged.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 #![allow(missing_docs)]
 
 #[macro_use]

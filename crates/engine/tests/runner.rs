@@ -1,6 +1,7 @@
 //! The durable runner against real stores (SQLite and PostgreSQL): retries,
 //! timeouts, cancel, pinned versions, crash recovery, concurrent drivers,
 //! custom task handlers.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 #![allow(missing_docs)]
 
 #[macro_use]

@@ -272,7 +272,7 @@ pub async fn export(
     }
     let manifest = Manifest {
         export_version: EXPORT_VERSION,
-        generated_at: Utc::now(),
+        generated_at: crate::clock::ClockHandle::default().now(),
         filter: filter.clone(),
         first_position: first,
         last_position: last,

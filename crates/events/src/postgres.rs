@@ -8,6 +8,7 @@
 //! visible: readers of `read_all` never see position p + 1 before p, even
 //! with many concurrent writers. (Plain sequences do not give this: their
 //! values become visible in commit order, not value order.)
+#![allow(clippy::disallowed_methods)] // a store: its SQL lives here
 
 use std::sync::Arc;
 use std::time::Duration;

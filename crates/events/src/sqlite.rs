@@ -6,6 +6,7 @@
 //! mode, exactly the work of a raw insert; expected versions are checked
 //! against the head cache and enforced by the `(stream_id, stream_version)`
 //! unique constraint.
+#![allow(clippy::disallowed_methods)] // a store: its SQL lives here
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

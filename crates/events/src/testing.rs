@@ -4,6 +4,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). When the server cannot be
 //! reached they are skipped with a message, except under `CI=true`, where
 //! they fail.
+#![allow(clippy::disallowed_methods)] // test support: fresh schemas and seeds from the time
 
 use std::str::FromStr;
 use std::sync::Arc;

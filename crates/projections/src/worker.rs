@@ -102,7 +102,7 @@ async fn advance(tx: &mut Tx, name: &str, from: u64, generation: i64, to: u64) -
     let moved = tx
         .exec(
             &format!("UPDATE {CHECKPOINTS} SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4 AND generation = $5"),
-            &[Val::from(to), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(name), Val::from(from), Val::Int(generation)],
+            &[Val::from(to), Val::from(cairn_events::clock::ClockHandle::default().now().to_rfc3339()), Val::from(name), Val::from(from), Val::Int(generation)],
         )
         .await?;
     Ok(moved == 1)
@@ -123,7 +123,7 @@ async fn upgrade(db: &ReadDb, p: &dyn Projection) -> Result<(), DbError> {
     let claimed = tx
         .exec(
             &format!("UPDATE {CHECKPOINTS} SET position = 0, generation = generation + 1, version = $1, updated_at = $2, error = NULL, error_position = NULL WHERE name = $3 AND version = $4"),
-            &[Val::Int(want), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(p.name()), Val::Int(stored)],
+            &[Val::Int(want), Val::from(cairn_events::clock::ClockHandle::default().now().to_rfc3339()), Val::from(p.name()), Val::Int(stored)],
         )
         .await?;
     if claimed != 1 {
@@ -147,7 +147,7 @@ async fn upgrade(db: &ReadDb, p: &dyn Projection) -> Result<(), DbError> {
 async fn park(tx: &mut Tx, name: &str, position: u64, event_type: &str, error: &str) -> Result<(), DbError> {
     tx.exec(
         &format!("INSERT INTO {PARKED} (name, position, event_type, error, parked_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, position) DO UPDATE SET error = excluded.error, parked_at = excluded.parked_at"),
-        &[Val::from(name), Val::from(position), Val::from(event_type), Val::from(error), Val::from(chrono::Utc::now().to_rfc3339())],
+        &[Val::from(name), Val::from(position), Val::from(event_type), Val::from(error), Val::from(cairn_events::clock::ClockHandle::default().now().to_rfc3339())],
     )
     .await?;
     Ok(())
@@ -294,6 +294,7 @@ impl Worker {
         };
         // Keyed by schema too: deployments in other schemas of the same
         // database are other projections.
+        #[allow(clippy::disallowed_methods)] // the lock is per connection: it cannot go through the pool's store
         let got: Result<bool, DbError> = sqlx::query_scalar(
             "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || ':cairn-projection:' || $1, 0))",
         )
@@ -645,7 +646,7 @@ impl Worker {
             }
             tx.exec(
                 &format!("UPDATE {CHECKPOINTS} SET position = $1, generation = generation + 1, updated_at = $2, error = NULL, error_position = NULL WHERE name = $3"),
-                &[Val::from(position), Val::from(chrono::Utc::now().to_rfc3339()), Val::from(name)],
+                &[Val::from(position), Val::from(cairn_events::clock::ClockHandle::default().now().to_rfc3339()), Val::from(name)],
             )
             .await?;
             tx.exec(&format!("DELETE FROM {PARKED} WHERE name = $1"), &[Val::from(name)]).await?;

@@ -1,6 +1,7 @@
 //! Read models from real stores: incremental batches of any size equal a
 //! rebuild and a direct fold; a stop names its event; two workers on
 //! PostgreSQL with concurrent writers miss and double nothing.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;

@@ -1,4 +1,5 @@
 //! Helpers shared by the binary's tests.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 #![allow(dead_code, missing_docs)]
 
 use std::path::Path;
