@@ -5,6 +5,7 @@
 //! docs/api.md.
 
 mod api;
+pub mod codes;
 mod docs;
 mod driver;
 mod extract;

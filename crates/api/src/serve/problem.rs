@@ -85,6 +85,10 @@ pub struct ApiError(pub Box<Problem>);
 impl ApiError {
     /// An error of `status` with a code and a detail.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        debug_assert!(
+            super::codes::find(code).is_some_and(|c| c.status == status.as_u16()),
+            "problem code `{code}` with status {status} is not in the registry (serve/codes.rs, docs/api.md)"
+        );
         ApiError(Box::new(Problem {
             kind: format!("urn:cairn:problem:{code}"),
             title: title(status).to_owned(),
