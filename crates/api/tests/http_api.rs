@@ -1665,3 +1665,52 @@ async fn postgres_a_secret_is_nowhere_in_any_form() {
     let Some(url) = common::fresh_pg_url().await else { return };
     a_secret_is_nowhere_in_any_form(&url, None).await;
 }
+
+/// docs/api.md's table of statuses and codes is exactly the registry the
+/// server answers from (`src/serve/codes.rs`), code for code, status for
+/// status. (The binary is not built as a unit-test harness, so this reads
+/// the registry's source.)
+#[test]
+fn the_documented_codes_are_the_registry() {
+    let doc = include_str!("../../../docs/api.md");
+    let start = doc.find("| status | codes |").expect("the table");
+    let table = &doc[start..];
+    let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+    let mut documented = Vec::new();
+    for line in table.lines().skip(2) {
+        let cells: Vec<&str> = line.split('|').collect();
+        let status: u16 = cells[1].trim().parse().expect("status");
+        // The codes, without the notes in parentheses after some.
+        let mut plain = String::new();
+        let mut depth = 0;
+        for ch in cells[2].chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                c if depth == 0 => plain.push(c),
+                _ => {}
+            }
+        }
+        for (i, part) in plain.split('`').enumerate() {
+            if i % 2 == 1 && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                documented.push((part.to_owned(), status));
+            }
+        }
+    }
+    let source = include_str!("../src/serve/codes.rs");
+    let registry: Vec<(String, u16)> = source
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("Code { name: \"")?;
+            let (name, rest) = l.split_once('"')?;
+            let status = rest.trim_start_matches(", status: ").trim_end_matches(" },").parse().ok()?;
+            Some((name.to_owned(), status))
+        })
+        .collect();
+    assert!(registry.len() > 40, "the registry was read: {registry:?}");
+    assert_eq!(documented, registry, "docs/api.md and src/serve/codes.rs list the same codes with the same statuses");
+    let mut names: Vec<&str> = registry.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), registry.len(), "each code once");
+}

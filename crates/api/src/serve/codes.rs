@@ -1,7 +1,7 @@
 //! One registry of the codes that name a refusal or failure over HTTP (the
 //! `code` of a problem, `urn:cairn:problem:<code>`), each with its status:
 //! the server answers only these (a debug build panics on another), and a
-//! test holds docs/api.md to exactly this table.
+//! test (tests/http_api.rs) holds docs/api.md to exactly this table.
 
 /// A problem code and its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,50 +74,4 @@ pub const CODES: &[Code] = &[
 /// The code named `name`.
 pub fn find(name: &str) -> Option<&'static Code> {
     CODES.iter().find(|c| c.name == name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::CODES;
-
-    /// docs/api.md's table of statuses and codes is exactly the registry.
-    #[test]
-    fn the_documented_codes_are_the_registry() {
-        let doc = include_str!("../../../../docs/api.md");
-        let start = doc.find("| status | codes |").expect("the table");
-        let table = &doc[start..];
-        let table = &table[..table.find("\n\n").unwrap_or(table.len())];
-        let mut documented = Vec::new();
-        for line in table.lines().skip(2) {
-            let cells: Vec<&str> = line.split('|').collect();
-            let status: u16 = cells[1].trim().parse().expect("status");
-            // The codes, without the notes in parentheses after some.
-            let mut plain = String::new();
-            let mut depth = 0;
-            for ch in cells[2].chars() {
-                match ch {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    c if depth == 0 => plain.push(c),
-                    _ => {}
-                }
-            }
-            let mut rest = plain.as_str();
-            while let Some(i) = rest.find('`') {
-                let after = &rest[i + 1..];
-                let Some(j) = after.find('`') else { break };
-                let name = &after[..j];
-                if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                    documented.push((name.to_owned(), status));
-                }
-                rest = &after[j + 1..];
-            }
-        }
-        let registry: Vec<(String, u16)> = CODES.iter().map(|c| (c.name.to_owned(), c.status)).collect();
-        assert_eq!(documented, registry, "docs/api.md and serve/codes.rs list the same codes with the same statuses");
-        let mut names: Vec<&str> = CODES.iter().map(|c| c.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), CODES.len(), "each code once");
-    }
 }
