@@ -732,6 +732,10 @@ async fn audit_costs_and_the_compliance_export_over_http_verify_offline() {
     assert_eq!(rows[0]["event_type"], "RunStarted");
     assert_eq!(rows[0]["actor"], "root");
     assert!(rows.iter().all(|r| r["hash"].as_str().map(str::len) == Some(64)));
+    // A step's events name the step; the run's own name the run.
+    let resource = |t: &str| rows.iter().find(|r| r["event_type"] == t).map(|r| r["resource"].clone());
+    assert_eq!(resource("StepCompleted"), Some(json!(format!("run-{}/one", runs[0]))), "{}", one.text);
+    assert_eq!(resource("RunCompleted"), Some(json!(format!("run-{}", runs[0]))), "{}", one.text);
     let mut positions = Vec::new();
     let mut cursor = None;
     loop {

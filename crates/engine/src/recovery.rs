@@ -974,8 +974,8 @@ impl Engine {
             from = last.global_position + 1;
             for e in &page {
                 let status = match e.event_type.as_str() {
-                    // Child runs are driven and resumed through their parents.
-                    "RunStarted" if e.payload.contains("\"parent\":{") => continue,
+                    // Child runs (with a `parent`) are driven and resumed
+                    // through their parents: skipped below.
                     "RunStarted" => {
                         let Event::RunStarted(r) = Event::decode(e)? else { continue };
                         let at = chrono::DateTime::parse_from_rfc3339(&e.recorded_at).map(|d| d.with_timezone(&Utc));

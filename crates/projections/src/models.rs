@@ -521,19 +521,6 @@ fn actor_origin(metadata: &str) -> (String, String) {
     (actor, origin)
 }
 
-/// The step an event is about, from its stored payload. Events that have a
-/// `step_id` serialise it first (or second, after a timer id); anything
-/// else is parsed.
-fn payload_step(payload: &str) -> Option<String> {
-    if let Some(rest) = payload.strip_prefix("{\"step_id\":\"") {
-        return rest.split_once('"').map(|(s, _)| s.to_owned());
-    }
-    if !payload.contains("\"step_id\"") {
-        return None;
-    }
-    serde_json::from_str::<Value>(payload).ok()?.get("step_id").and_then(Value::as_str).map(str::to_owned)
-}
-
 fn audit_row(r: &RecordedEvent, e: &Event, meta: &mut Option<(String, (String, String))>) -> Vec<Val> {
     // Most events of a batch share their metadata text: parse it once.
     if meta.as_ref().is_none_or(|(text, _)| text != &r.metadata) {
@@ -561,7 +548,7 @@ fn audit_row(r: &RecordedEvent, e: &Event, meta: &mut Option<(String, (String, S
             Val::from(r.hash.as_str()),
         ];
     }
-    let resource = match payload_step(&r.payload) {
+    let resource = match e.step_id() {
         Some(step) => format!("{}/{step}", r.stream_id),
         None => r.stream_id.clone(),
     };
