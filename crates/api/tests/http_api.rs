@@ -57,6 +57,27 @@ steps:
     with: { n: "{{ inputs.n }}" }
 "#;
 
+/// A `sqlite` and a `postgres` test of each `async fn NAME(url: &str)`, in
+/// module `NAME`: a fresh database of each backend (PostgreSQL is required
+/// under CI).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("dir");
+                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(url) = crate::common::fresh_pg_url().await else { return };
+                super::$name(&url).await;
+            }
+        }
+    )*};
+}
+
 fn ids(r: &Value) -> Vec<String> {
     r["items"]
         .as_array()
@@ -443,9 +464,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn twenty_concurrent_starts_with_one_idempotency_key_give_one_run() {
-    let s = std::sync::Arc::new(Server::start(&[]));
+async fn twenty_concurrent_starts_with_one_idempotency_key_give_one_run(url: &str) {
+    let s = std::sync::Arc::new(Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]));
     let k = s.key("root", "admin", "root");
     assert_eq!(s.post_yaml("/workflows", &k, APPROVAL).await.status, 201);
     let body = json!({"workflow": "pay", "inputs": {"amount": 3}}).to_string().into_bytes();
@@ -1111,9 +1131,8 @@ steps:
 /// 123 levels, under a transform that nests it 4 deeper. Now refused with
 /// 422 `limit-exceeded` naming the path, nothing written, the server ready,
 /// and later runs listed.
-#[tokio::test]
-async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on() {
-    let s = Server::start(&[]);
+async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
     let k = s.key("root", "admin", "root");
     let wrap = "name: wrap\ninputs: { type: object, properties: { x: {} } }\nsteps:\n  - id: wrap\n    transform: { one: { two: { three: { four: \"{{ inputs.x }}\" } } } }\n";
     assert_eq!(s.post_yaml("/workflows", &k, wrap).await.status, 201);
@@ -1139,9 +1158,8 @@ async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on() 
 /// (before: 21 of 60 got 409 `not-waiting` and 5 got 403 `bad-token`, since
 /// the request is recorded by the background driver after the start
 /// answered, and the token was derived from an earlier read).
-#[tokio::test]
-async fn a_decision_right_after_the_start_is_recorded() {
-    let s = Server::start(&[]);
+async fn a_decision_right_after_the_start_is_recorded(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
     let boss = s.key("boss", "admin", "boss");
     assert_eq!(s.post_yaml("/workflows", &boss, APPROVAL).await.status, 201);
     for i in 0..60 {
@@ -1343,19 +1361,6 @@ async fn a_run_that_kills_every_start_is_quarantined(url: &str) {
     assert_eq!(again.status.code(), Some(1), "releasing twice is refused");
 }
 
-#[tokio::test]
-async fn sqlite_a_run_that_kills_every_start_is_quarantined() {
-    let dir = tempfile::tempdir().expect("dir");
-    let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    a_run_that_kills_every_start_is_quarantined(&url).await;
-}
-
-#[tokio::test]
-async fn postgres_a_run_that_kills_every_start_is_quarantined() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    a_run_that_kills_every_start_is_quarantined(&url).await;
-}
-
 /// Three conditions that each cost just under the limit (999² evaluations):
 /// decisions that keep a CPU busy for a while, with no effect to wait on.
 const BUSY: &str = "name: busy\ninputs: { type: object, properties: { items: { type: array } } }\nsteps:\n  - id: c1\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: c2 }\n  - id: c2\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: c3 }\n  - id: c3\n    branch: { if: \"inputs.items.all(a, inputs.items.all(b, a + b >= 0))\", then: done }\n  - id: done\n    transform: { ok: true }\n";
@@ -1417,19 +1422,6 @@ async fn busy_runs_never_stall_other_requests(url: &str) {
     s.wait_status(&id, &k, &["completed"]).await;
     let runs = s.get("/runs?workflow=busy&limit=100", &k).await;
     assert_eq!(runs.json["items"].as_array().map(Vec::len), Some(5), "four, and one for the key: {}", runs.text);
-}
-
-#[tokio::test]
-async fn sqlite_busy_runs_never_stall_other_requests() {
-    let dir = tempfile::tempdir().expect("dir");
-    let url = format!("sqlite://{}", dir.path().join("busy.db").display());
-    busy_runs_never_stall_other_requests(&url).await;
-}
-
-#[tokio::test]
-async fn postgres_busy_runs_never_stall_other_requests() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    busy_runs_never_stall_other_requests(&url).await;
 }
 
 /// The refusals reproducer (before: a decision by someone not listed, a
@@ -1511,19 +1503,6 @@ async fn refusals_are_audited_and_key_guessing_is_limited(url: &str) {
         events.contains("abcdef123456") && !events.contains("notthesecret"),
         "the key id, never its secret: {events}"
     );
-}
-
-#[tokio::test]
-async fn sqlite_refusals_are_audited_and_key_guessing_is_limited() {
-    let dir = tempfile::tempdir().expect("dir");
-    let url = format!("sqlite://{}", dir.path().join("deny.db").display());
-    refusals_are_audited_and_key_guessing_is_limited(&url).await;
-}
-
-#[tokio::test]
-async fn postgres_refusals_are_audited_and_key_guessing_is_limited() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    refusals_are_audited_and_key_guessing_is_limited(&url).await;
 }
 
 const SECRET: &str = "s3cr3t-Tok3n-0123456789xyz";
@@ -1718,3 +1697,12 @@ fn the_documented_codes_are_the_registry() {
     names.dedup();
     assert_eq!(names.len(), registry.len(), "each code once");
 }
+
+on_both!(
+    a_run_that_kills_every_start_is_quarantined,
+    busy_runs_never_stall_other_requests,
+    refusals_are_audited_and_key_guessing_is_limited,
+    twenty_concurrent_starts_with_one_idempotency_key_give_one_run,
+    an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on,
+    a_decision_right_after_the_start_is_recorded,
+);
