@@ -3,8 +3,8 @@
 //! budget is refused before it runs.
 #![no_main]
 
-use cairn_engine::expr::Condition;
-use cairn_engine::template::Scope;
+use cairn_core::expr::Condition;
+use cairn_core::template::Scope;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 //! rendered text and value limits, fuel).
 #![no_main]
 
-use cairn_engine::template::{self, Scope};
+use cairn_core::template::{self, Scope};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

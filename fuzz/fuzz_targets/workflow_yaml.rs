@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(src) = std::str::from_utf8(data) else { return };
     let tasks = ["echo", "fail", "sleep", "http"];
-    match cairn_engine::lang::parse(src, "fuzz.yaml", &tasks) {
+    match cairn_core::lang::parse(src, "fuzz.yaml", &tasks) {
         Ok(w) => {
             // What validates can be named and hashed.
             assert!(!w.name.is_empty());

@@ -157,6 +157,7 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
+    #[cfg(feature = "store")]
     pub(crate) fn exact(self) -> Option<u64> {
         match self {
             ExpectedVersion::NoStream => Some(0),

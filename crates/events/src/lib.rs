@@ -10,20 +10,31 @@
 
 mod catalog;
 mod chain;
+#[cfg(feature = "store")]
 pub mod clock;
 pub mod docs;
 mod envelope;
+#[cfg(feature = "store")]
 pub mod export;
 pub mod limits;
+#[cfg(feature = "store")]
 mod migrate;
+#[cfg(feature = "store")]
 mod open;
+#[cfg(feature = "store")]
 pub mod postgres;
+#[cfg(feature = "store")]
 mod rows;
+#[cfg(feature = "store")]
 pub mod sqlite;
+#[cfg(feature = "store")]
 mod store;
+#[cfg(feature = "store")]
 mod subscription;
+#[cfg(feature = "store")]
 pub mod testing;
 mod upcast;
+#[cfg(feature = "store")]
 mod verify;
 
 pub use catalog::*;
@@ -32,10 +43,14 @@ pub use envelope::{
     API_KEYS_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamAppend, format_timestamp,
     run_stream, workflow_stream,
 };
+#[cfg(feature = "store")]
 pub use open::{DEFAULT_DATABASE_URL, open, open_existing};
+#[cfg(feature = "store")]
 pub use store::{
     Backend, EventStore, MAX_STREAM_ID_LEN, StoreError, StoreErrorKind, StoreResult, WriteFailure, redact_url,
 };
+#[cfg(feature = "store")]
 pub use subscription::{DEFAULT_POLL_INTERVAL, Subscription, subscribe};
 pub use upcast::{DecodeError, Location, UpcastFn, Upcasters};
+#[cfg(feature = "store")]
 pub use verify::{BreakKind, ChainBreak, MAX_BREAKS, VerifyReport, verify};

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_engine::{Engine, TaskRegistry};
+use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{
     AiAttemptCompleted, AiAttemptStarted, Cost, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RunCompleted,
     RunStarted, StepCompleted, StepStarted, StreamAppend, TokenUsage,
@@ -195,8 +195,8 @@ async fn main() {
         tokio::spawn(async move { w.run(Duration::from_millis(50), stop).await })
     };
     let engine = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()));
-    let src = include_str!("../../engine/examples/w10.yaml");
-    let w = Arc::new(cairn_engine::lang::parse(src, "w10.yaml", &engine.task_names()).unwrap());
+    let src = include_str!("../../runtime/examples/w10.yaml");
+    let w = Arc::new(cairn_core::lang::parse(src, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let (lag_tx, mut lag_rx) = tokio::sync::watch::channel(false);
     let sampler = {

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_engine::Engine;
-use cairn_engine::decider::Policy;
-use cairn_engine::recovery::{Mark, Plan, ResumeError, ResumeRequest};
+use cairn_runtime::Engine;
+use cairn_core::decider::Policy;
+use cairn_runtime::recovery::{Mark, Plan, ResumeError, ResumeRequest};
 use cairn_events::EventStore;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -269,12 +269,12 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
         let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
         let (top, state) = engine.drive_after_answer(p.run_id, &mut |e| display.show(e)).await?;
         match state.status {
-            cairn_engine::decider::RunStatus::Completed => completed += 1,
-            cairn_engine::decider::RunStatus::Failed => failed += 1,
+            cairn_core::decider::RunStatus::Completed => completed += 1,
+            cairn_core::decider::RunStatus::Failed => failed += 1,
             _ => {}
         }
         if bulk {
-            last = if state.status == cairn_engine::decider::RunStatus::Failed { ExitCode::from(1) } else { last };
+            last = if state.status == cairn_core::decider::RunStatus::Failed { ExitCode::from(1) } else { last };
         } else {
             super::console::project(database, read).await;
             return super::people::finish(&engine, top, &state).await;
@@ -286,7 +286,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
 }
 
 /// Compiles `--definition FILE` with this engine's tasks and configuration.
-fn definition_file(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_engine::Workflow>> {
+fn definition_file(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_runtime::Workflow>> {
     Ok(super::run::load(engine, path)?.map(|w| engine.configured(w)))
 }
 
@@ -341,7 +341,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
                 n => Some(n),
             }
         }
-        (None, Some(step)) => match cairn_engine::replay::before_step(&recorded, step)? {
+        (None, Some(step)) => match cairn_core::replay::before_step(&recorded, step)? {
             Some(i) => Some(i),
             None => {
                 eprintln!("error: step `{step}` never started in run {run}");
@@ -351,7 +351,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
         _ => None,
     };
     if let Some(n) = at {
-        let snap = cairn_engine::replay::snapshot(&recorded, n)?;
+        let snap = cairn_core::replay::snapshot(&recorded, n)?;
         match args.format {
             Format::Json => out!("{}", serde_json::to_string_pretty(&snap)?),
             Format::Text => {
@@ -381,12 +381,12 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
         Some(w) => std::sync::Arc::new(w),
         None => engine.definition(&s.workflow, s.workflow_version).await.context("the run's pinned definition")?,
     };
-    let report = cairn_engine::replay::check(&w, &recorded)?;
+    let report = cairn_core::replay::check(&w, &recorded)?;
     print_report(&report, args.format)?;
     Ok(if report.divergence.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn print_report(r: &cairn_engine::replay::ReplayReport, format: Format) -> anyhow::Result<()> {
+fn print_report(r: &cairn_core::replay::ReplayReport, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
         out!("{}", serde_json::to_string(r)?);
         return Ok(());
@@ -418,7 +418,7 @@ fn print_report(r: &cairn_engine::replay::ReplayReport, format: Format) -> anyho
 async fn replay_all(
     engine: &Engine,
     store: &std::sync::Arc<dyn EventStore>,
-    runs: &[cairn_engine::recovery::RunSummary],
+    runs: &[cairn_runtime::recovery::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let mut diverged = 0;
@@ -426,7 +426,7 @@ async fn replay_all(
         let recorded = store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
         let s = engine.state(r.run_id).await?;
         let w = engine.definition(&s.workflow, s.workflow_version).await?;
-        let report = cairn_engine::replay::check(&w, &recorded)?;
+        let report = cairn_core::replay::check(&w, &recorded)?;
         diverged += usize::from(report.divergence.is_some());
         print_report(&report, format)?;
     }
@@ -436,9 +436,9 @@ async fn replay_all(
 
 async fn shadow(
     store: &std::sync::Arc<dyn EventStore>,
-    w: &cairn_engine::Workflow,
+    w: &cairn_runtime::Workflow,
     name: &str,
-    runs: &[cairn_engine::recovery::RunSummary],
+    runs: &[cairn_runtime::recovery::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     if w.name != name {
@@ -448,7 +448,7 @@ async fn shadow(
     let mut all = Vec::new();
     for r in runs {
         let recorded = store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
-        let findings = cairn_engine::replay::shadow(w, &recorded)?;
+        let findings = cairn_core::replay::shadow(w, &recorded)?;
         affected += usize::from(!findings.is_empty());
         if format == Format::Text {
             if findings.is_empty() {
@@ -484,7 +484,7 @@ pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Fork
     let by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
     let id = match engine.fork(args.run, &args.at, inputs(&args.inputs)?, &by).await {
         Ok(id) => id,
-        Err(ResumeError::Run(cairn_engine::RunError::InvalidInputs { workflow, errors })) => {
+        Err(ResumeError::Run(cairn_runtime::RunError::InvalidInputs { workflow, errors })) => {
             eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
             for e in &errors {
                 eprintln!("  {}: {}", e.path, e.message);

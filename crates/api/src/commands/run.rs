@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_engine::Engine;
-use cairn_engine::decider::RunStatus;
+use cairn_runtime::Engine;
+use cairn_core::decider::RunStatus;
 use cairn_events::Event;
 use serde_json::Value;
 
@@ -41,13 +41,13 @@ pub struct PublishArgs {
 
 /// Validates a file against this engine (task handlers, secrets), printing
 /// every problem to stderr; `None` when there were any.
-pub(crate) fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_engine::Workflow>> {
+pub(crate) fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_runtime::Workflow>> {
     let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file = path.display().to_string();
-    let problems = match cairn_engine::lang::parse(&source, &file, &engine.task_names()) {
+    let problems = match cairn_core::lang::parse(&source, &file, &engine.task_names()) {
         Ok(w) => {
-            let mut missing = cairn_engine::lang::check_secrets(&w, &engine.secret_names(), &file);
-            missing.extend(cairn_engine::lang::check_models(&w, engine.config(), &file));
+            let mut missing = cairn_core::lang::check_secrets(&w, &engine.secret_names(), &file);
+            missing.extend(cairn_core::lang::check_models(&w, engine.config(), &file));
             if missing.is_empty() { Ok(w) } else { Err(missing) }
         }
         Err(d) => Err(d.0),
@@ -142,7 +142,7 @@ pub async fn run(
     let started_by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
     let (run_id, mut state) = match engine.run(&workflow, version, inputs, &started_by, &mut progress).await {
         Ok(done) => done,
-        Err(cairn_engine::RunError::InvalidInputs { workflow, errors }) => {
+        Err(cairn_runtime::RunError::InvalidInputs { workflow, errors }) => {
             eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
             for e in &errors {
                 eprintln!("  {}: {}", e.path, e.message);
@@ -150,7 +150,7 @@ pub async fn run(
             eprintln!("nothing was run; pass valid values with --input NAME=VALUE");
             return Ok(ExitCode::from(1));
         }
-        Err(cairn_engine::RunError::Definition { name, message, .. }) => {
+        Err(cairn_runtime::RunError::Definition { name, message, .. }) => {
             eprintln!("error: child workflow `{name}`: {message}");
             eprintln!("nothing was run; or pass its file with `--with FILE`");
             return Ok(ExitCode::from(1));

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_engine::{Engine, TaskRegistry};
+use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::Event;
 use uuid::Uuid;
 

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cairn_engine::config::Config;
-use cairn_engine::{Engine, TaskRegistry};
+use cairn_core::config::Config;
+use cairn_runtime::{Engine, TaskRegistry};
 
 /// Global options about where Cairn runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,7 +111,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 pub async fn engine(
     database: &str,
     args: &SetupArgs,
-    secrets: cairn_engine::secrets::Secrets,
+    secrets: cairn_core::secrets::Secrets,
 ) -> anyhow::Result<Engine> {
     let config = config(args, Some(database))?;
     let store = cairn_events::open(database).await?;
@@ -119,8 +119,8 @@ pub async fn engine(
 }
 
 /// Secrets from the environment and an optional file.
-pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_engine::secrets::Secrets> {
-    let mut secrets = cairn_engine::secrets::Secrets::from_env();
+pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_core::secrets::Secrets> {
+    let mut secrets = cairn_core::secrets::Secrets::from_env();
     if let Some(f) = file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading secrets file {}", f.display()))?;
         secrets.add_file(&text).map_err(|e| anyhow::anyhow!("secrets file {}: {e}", f.display()))?;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cairn_engine::TaskRegistry;
+use cairn_runtime::TaskRegistry;
 
 /// Arguments of `cairn validate`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
     for f in &args.files {
         let file = f.display().to_string();
         match std::fs::read_to_string(f) {
-            Err(e) => all.push(cairn_engine::lang::Diagnostic {
+            Err(e) => all.push(cairn_core::lang::Diagnostic {
                 code: "io",
                 file,
                 line: 0,
@@ -32,13 +32,13 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
                 message: format!("cannot read the file: {e}"),
                 help: None,
             }),
-            Ok(src) => match cairn_engine::lang::parse(&src, &file, &names) {
+            Ok(src) => match cairn_core::lang::parse(&src, &file, &names) {
                 Ok(w) => {
                     // Secrets are checked against this environment (CAIRN_SECRET_<NAME>).
-                    let secrets = cairn_engine::secrets::Secrets::from_env();
-                    let mut missing = cairn_engine::lang::check_secrets(&w, &secrets.names(), &file);
+                    let secrets = cairn_core::secrets::Secrets::from_env();
+                    let mut missing = cairn_core::lang::check_secrets(&w, &secrets.names(), &file);
                     // Models and prompt templates against the config.
-                    missing.extend(cairn_engine::lang::check_models(&w, &config, &file));
+                    missing.extend(cairn_core::lang::check_models(&w, &config, &file));
                     if missing.is_empty() && args.format == "text" {
                         out!("{file}: valid");
                     }
@@ -60,6 +60,6 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
 
 /// Runs `schema`: prints the workflow language's JSON Schema.
 pub fn schema() -> anyhow::Result<ExitCode> {
-    out!("{}", serde_json::to_string_pretty(&cairn_engine::lang::schema())?);
+    out!("{}", serde_json::to_string_pretty(&cairn_core::lang::schema())?);
     Ok(ExitCode::SUCCESS)
 }

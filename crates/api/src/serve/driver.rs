@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::quarantine::{self, Ledger};
 
-use cairn_engine::Engine;
+use cairn_runtime::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

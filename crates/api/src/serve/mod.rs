@@ -28,7 +28,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_engine::Engine;
+use cairn_runtime::Engine;
 use cairn_events::EventStore;
 use cairn_projections::Worker;
 use futures_util::FutureExt;

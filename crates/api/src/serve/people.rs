@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State as S};
 use axum::http::StatusCode;
-use cairn_engine::inbox::{HumanError, Submission, Vote};
+use cairn_runtime::inbox::{HumanError, Submission, Vote};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -167,7 +167,7 @@ fn answered(
     run: uuid::Uuid,
     step: String,
     by: String,
-    rec: cairn_engine::inbox::Recorded,
+    rec: cairn_runtime::inbox::Recorded,
 ) -> (StatusCode, axum::Json<Answered>) {
     state.driver.kick(run);
     let a = Answered {

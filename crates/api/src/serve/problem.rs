@@ -196,9 +196,9 @@ impl From<cairn_events::DecodeError> for ApiError {
     }
 }
 
-impl From<cairn_engine::RunError> for ApiError {
-    fn from(e: cairn_engine::RunError) -> Self {
-        use cairn_engine::RunError as R;
+impl From<cairn_runtime::RunError> for ApiError {
+    fn from(e: cairn_runtime::RunError) -> Self {
+        use cairn_runtime::RunError as R;
         match &e {
             R::UnknownRun(id) => ApiError::not_found("unknown-run", format!("no run with id {id}")),
             R::InvalidInputs { errors, .. } => ApiError::unprocessable(

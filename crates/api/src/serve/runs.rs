@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_engine::decider::{RunState, evolve};
+use cairn_core::decider::{RunState, evolve};
 use cairn_events::{Event, RecordedEvent};
 use cairn_projections::Val;
 use chrono::{DateTime, Utc};
@@ -244,7 +244,7 @@ pub struct Resumed {
     pub resumed: bool,
     /// The plan: steps kept, run again, newly reached, no longer reached,
     /// approvals requested again, AI cost, non-idempotent requests.
-    pub plan: cairn_engine::recovery::Plan,
+    pub plan: cairn_runtime::recovery::Plan,
 }
 
 /// Forking a run (docs/recovery.md).
@@ -537,10 +537,10 @@ pub async fn start(
             format!("workflow `{}` is archived and takes no new runs", body.workflow),
         ));
     }
-    let opts = cairn_engine::Start { run_id, idempotency_key: key.clone() };
+    let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone() };
     let id = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
         Ok(id) => id,
-        Err(cairn_engine::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
+        Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
             // Another request with this key got there first.
             let id = run_id.unwrap_or_default();
             return match replay(&state, id, &w, version, pinned, &inputs).await? {
@@ -567,7 +567,7 @@ pub async fn start(
 async fn replay(
     state: &State,
     id: Uuid,
-    w: &cairn_engine::Workflow,
+    w: &cairn_runtime::Workflow,
     version: u32,
     pinned: bool,
     inputs: &Value,
@@ -686,13 +686,13 @@ pub async fn resume(
     Path(id): Path<String>,
     OptJson(body): OptJson<ResumeRun>,
 ) -> ApiResult<axum::Json<Resumed>> {
-    use cairn_engine::recovery::ResumeRequest;
+    use cairn_runtime::recovery::ResumeRequest;
     let id = parse_id(&id, "run")?;
     let req = ResumeRequest {
         from: body.from,
         policy: match body.policy.unwrap_or_default() {
-            PolicyName::FailedOnly => cairn_engine::decider::Policy::FailedOnly,
-            PolicyName::Downstream => cairn_engine::decider::Policy::Downstream,
+            PolicyName::FailedOnly => cairn_core::decider::Policy::FailedOnly,
+            PolicyName::Downstream => cairn_core::decider::Policy::Downstream,
         },
         inputs: body.inputs.unwrap_or_default(),
         force: body.force,
@@ -709,8 +709,8 @@ pub async fn resume(
     Ok(axum::Json(Resumed { resumed: !body.dry_run, plan }))
 }
 
-fn resume_problem(e: cairn_engine::recovery::ResumeError) -> ApiError {
-    use cairn_engine::recovery::ResumeError as E;
+fn resume_problem(e: cairn_runtime::recovery::ResumeError) -> ApiError {
+    use cairn_runtime::recovery::ResumeError as E;
     match e {
         E::Run(r) => ApiError::from(r),
         E::InvalidInputs { ref errors, .. } => ApiError::unprocessable(
@@ -782,11 +782,11 @@ pub async fn events(
 pub async fn replay_run(
     S(state): S<Arc<State>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<cairn_engine::replay::ReplayReport>> {
+) -> ApiResult<axum::Json<cairn_core::replay::ReplayReport>> {
     let id = parse_id(&id, "run")?;
     let (s, events) = load(&state, id).await?;
     let w = state.engine.definition(&s.workflow, s.workflow_version).await?;
-    Ok(axum::Json(cairn_engine::replay::check(&w, &events)?))
+    Ok(axum::Json(cairn_core::replay::check(&w, &events)?))
 }
 
 /// `GET /runs/{id}/state`.
@@ -794,7 +794,7 @@ pub async fn state_at(
     S(state): S<Arc<State>>,
     Path(id): Path<String>,
     Q(q): Q<StateQuery>,
-) -> ApiResult<axum::Json<cairn_engine::replay::Snapshot>> {
+) -> ApiResult<axum::Json<cairn_core::replay::Snapshot>> {
     let id = parse_id(&id, "run")?;
     let (_, events) = load(&state, id).await?;
     let given = usize::from(q.at.is_some()) + usize::from(q.position.is_some()) + usize::from(q.step.is_some());
@@ -823,7 +823,7 @@ pub async fn state_at(
             }
             n => n,
         },
-        (_, _, Some(step)) => match cairn_engine::replay::before_step(&events, step)? {
+        (_, _, Some(step)) => match cairn_core::replay::before_step(&events, step)? {
             Some(n) => n,
             None => {
                 return Err(ApiError::unprocessable(
@@ -835,7 +835,7 @@ pub async fn state_at(
         },
         _ => events.len(),
     };
-    Ok(axum::Json(cairn_engine::replay::snapshot(&events, n)?))
+    Ok(axum::Json(cairn_core::replay::snapshot(&events, n)?))
 }
 
 /// `GET /runs/{id}/history`.

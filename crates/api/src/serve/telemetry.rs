@@ -3,13 +3,13 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, the spans of every run —
 //! the run, each step attempt, each AI attempt — are sent over OTLP/HTTP
 //! (JSON encoding) as they end. The span ids are the ones in the events'
-//! metadata (`cairn_engine::trace`), so a trace links to the audit log.
+//! metadata (`cairn_runtime::trace`), so a trace links to the audit log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_engine::trace;
+use cairn_runtime::trace;
 use cairn_events::{Event, EventStore, RecordedEvent};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -208,7 +208,7 @@ impl Spans {
 }
 
 async fn export(store: Arc<dyn EventStore>, url: String, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let http = cairn_engine::http::client();
+    let http = cairn_runtime::http::client();
     let from = store.head_position().await.unwrap_or(0) + 1;
     let mut sub = cairn_events::subscribe(store, from);
     let mut spans = Spans::default();

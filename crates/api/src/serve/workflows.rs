@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Request, State as S};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use cairn_engine::lang::Diagnostic;
+use cairn_core::lang::Diagnostic;
 use cairn_events::{Event, ExpectedVersion, Metadata, NewEvent, WorkflowArchived};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -175,16 +175,16 @@ async fn definition_text(req: Request) -> ApiResult<String> {
 }
 
 /// Compiles a definition against this server's tasks, secrets and models.
-fn compile(state: &State, text: &str) -> Result<cairn_engine::Workflow, Vec<Diagnostic>> {
+fn compile(state: &State, text: &str) -> Result<cairn_runtime::Workflow, Vec<Diagnostic>> {
     let e = &state.engine;
-    let w = cairn_engine::lang::parse(text, "body", &e.task_names()).map_err(|d| d.0)?;
-    let mut d = cairn_engine::lang::check_secrets(&w, &e.secret_names(), "body");
-    d.extend(cairn_engine::lang::check_models(&w, e.config(), "body"));
+    let w = cairn_core::lang::parse(text, "body", &e.task_names()).map_err(|d| d.0)?;
+    let mut d = cairn_core::lang::check_secrets(&w, &e.secret_names(), "body");
+    d.extend(cairn_core::lang::check_models(&w, e.config(), "body"));
     if d.is_empty() { Ok(w) } else { Err(d) }
 }
 
 /// Compiles a definition that must be of workflow `name`.
-fn compile_as(state: &State, text: &str, name: &str) -> ApiResult<cairn_engine::Workflow> {
+fn compile_as(state: &State, text: &str, name: &str) -> ApiResult<cairn_runtime::Workflow> {
     let w = compile(state, text).map_err(|d| refused(&d))?;
     if w.name != name {
         return Err(ApiError::unprocessable(
@@ -257,7 +257,7 @@ pub async fn new_version(
 async fn publish(
     state: &State,
     caller: &Caller,
-    w: cairn_engine::Workflow,
+    w: cairn_runtime::Workflow,
     create: bool,
 ) -> ApiResult<impl IntoResponse + use<>> {
     state.engine.check_children(&w).await.map_err(|e| {
@@ -270,7 +270,7 @@ async fn publish(
     let before = state.engine.latest_version(&w.name).await?;
     let version = match state.engine.publish(&w, &caller.identity).await {
         Ok(v) => v,
-        Err(cairn_engine::RunError::Store(e)) if e.is_conflict() => {
+        Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() => {
             return Err(ApiError::conflict(
                 if create { "workflow-exists" } else { "concurrent-publish" },
                 format!("another version of `{}` was published at the same moment; read it and try again", w.name),
@@ -375,10 +375,10 @@ pub struct ShadowRun {
     pub status: String,
     /// Recorded outputs the new contracts reject, branches the new
     /// conditions send elsewhere, steps the new definition lacks.
-    pub findings: Vec<cairn_engine::replay::Finding>,
+    pub findings: Vec<cairn_core::replay::Finding>,
     /// The first decision the new definition makes otherwise (a replay
     /// under it); null when it would decide as recorded throughout.
-    pub divergence: Option<cairn_engine::replay::Divergence>,
+    pub divergence: Option<cairn_core::replay::Divergence>,
 }
 
 /// Shadow re-validation of a workflow's past runs.
@@ -405,8 +405,8 @@ pub async fn shadow(S(state): S<Arc<State>>, Path(name): Path<String>, req: Requ
     let mut runs = Vec::new();
     for r in state.engine.runs_of(&name, None).await? {
         let recorded = state.store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
-        let findings = cairn_engine::replay::shadow(&w, &recorded)?;
-        let divergence = cairn_engine::replay::check(&w, &recorded)?.divergence;
+        let findings = cairn_core::replay::shadow(&w, &recorded)?;
+        let divergence = cairn_core::replay::check(&w, &recorded)?.divergence;
         runs.push(ShadowRun { run_id: r.run_id, status: r.status, findings, divergence });
     }
     let affected = runs.iter().filter(|r| !r.findings.is_empty() || r.divergence.is_some()).count();

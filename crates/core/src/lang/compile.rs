@@ -1,0 +1,1296 @@
+//! Turns a [`RawWorkflow`] into a validated [`Workflow`], finding every
+//! problem at once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use super::ctx::{Ctx, duration, valid_ident, valid_step_id};
+use super::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
+use super::raw::{RawStep, RawWorkflow};
+use crate::expr::Condition;
+use crate::model::{Block, RetryPolicy, Step, StepKind, Target, Workflow};
+use crate::template;
+
+/// Reserved target name that ends the run.
+pub const END: &str = "end";
+
+/// The largest `maxItems` of the arrays a JSON Schema describes; `None` when
+/// an array has no `maxItems` (its length is unbounded).
+fn max_items(schema: &serde_json::Value) -> Option<u64> {
+    use serde_json::Value;
+    let mut most = 0u64;
+    let Value::Object(o) = schema else { return Some(0) };
+    let is_array =
+        o.get("type").is_some_and(|t| t == "array" || t.as_array().is_some_and(|a| a.iter().any(|x| x == "array")))
+            || o.contains_key("items");
+    if is_array {
+        most = o.get("maxItems").and_then(Value::as_u64)?;
+    }
+    for (k, v) in o {
+        let sub = match (k.as_str(), v) {
+            ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(m)) => {
+                m.values().map(max_items).try_fold(0u64, |a, b| b.map(|b| a.max(b)))?
+            }
+            ("items" | "additionalProperties" | "contains" | "not", v) => max_items(v)?,
+            ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(a)) => {
+                a.iter().map(max_items).try_fold(0u64, |acc, b| b.map(|b| acc.max(b)))?
+            }
+            _ => 0,
+        };
+        most = most.max(sub);
+    }
+    Some(most)
+}
+
+/// Every step in `steps`, nested ones included, in file order.
+fn walk_raw<'a>(steps: &'a [RawStep], out: &mut Vec<&'a RawStep>) {
+    for s in steps {
+        out.push(s);
+        if let Some(p) = &s.parallel {
+            for b in &p.branches {
+                walk_raw(&b.steps, out);
+            }
+        }
+        if let Some(m) = &s.map {
+            walk_raw(&m.steps, out);
+        }
+    }
+}
+
+/// Compiles a parsed file. `tasks` are the task handler names available.
+pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
+    let mut every: Vec<&RawStep> = Vec::new();
+    walk_raw(&raw.steps, &mut every);
+    let nested_and_top = every.len();
+    walk_raw(&raw.compensations, &mut every);
+    let all_ids: Vec<&str> = every.iter().map(|s| s.id.value.as_str()).collect();
+    let max_input_items = raw.inputs.as_ref().and_then(|i| max_items(&i.value));
+    let mut cx =
+        Ctx { file, diags: Vec::new(), all_ids, tasks, children: Vec::new(), models: Vec::new(), max_input_items };
+    if !valid_ident(&raw.name.value) {
+        cx.at(
+            &raw.name,
+            "bad-name",
+            format!("workflow name `{}` is not valid", raw.name.value),
+            Some("use 1 to 64 letters, digits, `-` or `_`, starting with a letter".into()),
+        );
+    }
+    if raw.steps.is_empty() {
+        cx.at(
+            &raw.name,
+            "no-steps",
+            "the workflow has no steps".into(),
+            Some("add at least one step under `steps:`".into()),
+        );
+    }
+    if let Some(schema) = &raw.inputs
+        && schema.value.is_object()
+        && let Err(e) = crate::contract::check_schema(&schema.value)
+    {
+        cx.at(schema, "bad-schema", format!("`inputs` is not a valid JSON Schema: {e}"), None);
+    }
+    if let Some(schema) = &raw.inputs
+        && !schema.value.is_object()
+    {
+        cx.at(
+            schema,
+            "bad-schema",
+            "`inputs` must be a JSON Schema object".into(),
+            Some("for example `inputs: { type: object, properties: { topic: { type: string } } }`".into()),
+        );
+    }
+
+    // Ids: valid and unique.
+    let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
+    for s in every.iter().copied() {
+        let id = s.id.value.as_str();
+        if !valid_step_id(id) || id == END {
+            let hint =
+                if id.contains('-') { format!("; `{}` would work", id.replace('-', "_")) } else { String::new() };
+            cx.at(
+                &s.id,
+                "bad-step-id",
+                format!("step id `{id}` is not valid"),
+                Some(format!(
+                    "use 1 to 64 letters, digits or `_`, starting with a letter, so templates can say `steps.ID` (`-` reads as minus; `end` is reserved){hint}"
+                )),
+            );
+        }
+        if let Some(first) = seen.get(id) {
+            let line = first.referenced.line();
+            cx.at(
+                &s.id,
+                "duplicate-step",
+                format!("step id `{id}` is already used on line {line}"),
+                Some("give each step its own id".into()),
+            );
+        } else {
+            seen.insert(id, &s.id);
+        }
+    }
+    let comp_ids: Vec<&str> = raw.compensations.iter().map(|s| s.id.value.as_str()).collect();
+    for s in every[..nested_and_top].iter().copied() {
+        if let Some(c) = &s.compensate
+            && !comp_ids.contains(&c.value.as_str())
+        {
+            let help = match did_you_mean(&c.value, comp_ids.iter().copied()) {
+                Some(d) => format!("did you mean `{d}`?"),
+                None => "list the compensating step under `compensations:`".to_owned(),
+            };
+            cx.at(c, "unknown-compensation", format!("no compensation step `{}`", c.value), Some(help));
+        }
+    }
+    let mut compensations = Vec::new();
+    for s in &raw.compensations {
+        let jumps = s.branch.is_some()
+            || s.switch.is_some()
+            || s.wait.is_some()
+            || s.next.is_some()
+            || s.end
+            || s.compensate.is_some()
+            || s.parallel.is_some()
+            || s.map.is_some()
+            || s.workflow.is_some()
+            || s.ai.is_some()
+            || s.form.is_some()
+            || s.approval.is_some();
+        if jumps {
+            cx.at(
+                &s.id,
+                "bad-compensation",
+                format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
+                Some(
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `next`, `end` and `compensate` from it"
+                        .into(),
+                ),
+            );
+        }
+        if let Some(step) = compile_step(&mut cx, s, Target::End, &comp_ids, false) {
+            compensations.push(step);
+        }
+    }
+
+    let steps = compile_block(&mut cx, &raw.steps, false);
+
+    let mut secret_refs = Vec::new();
+    for rs in every.iter().copied() {
+        let mut texts: Vec<String> = Vec::new();
+        let mut push = |v: &Value| {
+            let _ = template::walk_strings::<()>(v, &mut |t| {
+                texts.push(t.to_owned());
+                Ok(())
+            });
+        };
+        for v in [&rs.with_input, &rs.transform].into_iter().flatten() {
+            push(v);
+        }
+        if let Some(m) = &rs.map {
+            push(&m.items);
+        }
+        if let Some(i) = rs.workflow.as_ref().and_then(|c| c.inputs.as_ref()) {
+            push(i);
+        }
+        if let Some(h) = &rs.http {
+            for v in [Some(&h.url), h.headers.as_ref(), h.query.as_ref(), h.body.as_ref()].into_iter().flatten() {
+                push(v);
+            }
+        }
+        if let Some(u) = rs.wait.as_ref().and_then(|w| w.until.as_ref()) {
+            push(u);
+        }
+        for v in super::compile_people::texts(rs) {
+            let mut shown = false;
+            let _ = template::walk_strings::<()>(&v, &mut |t| {
+                shown |= !secret_names(t).is_empty();
+                Ok(())
+            });
+            if shown {
+                cx.at(
+                    &rs.id,
+                    "secret-in-prompt",
+                    format!(
+                        "step `{}` uses a secret in what it shows a model or a person, which is recorded",
+                        rs.id.value
+                    ),
+                    Some("pass secrets only to `task` and `http` steps".into()),
+                );
+            }
+        }
+        for t in texts {
+            if let Some(bad) = transformed_secret(&t) {
+                cx.at(
+                    &rs.id,
+                    "secret-transformed",
+                    format!(
+                        "step `{}` transforms a secret (`{bad}`); a secret is kept out of the log only as it is, so \
+                         a changed form (upper-cased, reversed, sliced, joined) could be recorded",
+                        rs.id.value
+                    ),
+                    Some("use `{{ secrets.NAME }}` as it is (inside other text is fine); transform it in the service or store the form you need as its own secret".into()),
+                );
+            }
+            for name in secret_names(&t) {
+                secret_refs.push(crate::model::SecretRef {
+                    name,
+                    line: rs.id.referenced.line(),
+                    column: rs.id.referenced.column(),
+                });
+            }
+        }
+    }
+    if let Some(out) = &raw.output {
+        let _ = template::walk_strings::<()>(&out.value, &mut |t| {
+            if !secret_names(t).is_empty() {
+                cx.at(
+                    out,
+                    "secret-in-output",
+                    "the workflow output uses a secret; outputs are recorded and shown".into(),
+                    Some("pass secrets only to steps that need them".into()),
+                );
+            }
+            Ok(())
+        });
+    }
+    let mut children = std::mem::take(&mut cx.children);
+    children.sort();
+    children.dedup();
+    let budget = super::compile_people::budget(&mut cx, &raw.name, raw.budget.as_ref());
+    let model_refs = std::mem::take(&mut cx.models);
+    let mut workflow = Workflow {
+        budget,
+        model_refs,
+        config: Default::default(),
+        compensations,
+        secret_refs,
+        children,
+        index: HashMap::new(),
+        name: raw.name.value.clone(),
+        description: raw.description.clone(),
+        inputs_schema: raw.inputs.as_ref().map(|i| i.value.clone()),
+        steps,
+        output: raw.output.as_ref().map(|o| o.value.clone()),
+        source: source.to_owned(),
+        definition_hash: hex::encode(Sha256::digest(source.as_bytes())),
+    };
+    workflow.build_index();
+    if let Some(out) = &raw.output
+        && let Err(e) = template::check(&out.value)
+    {
+        cx.at(out, "bad-template", format!("workflow output: {e}"), None);
+    }
+
+    if cx.diags.is_empty() {
+        check_graph(&mut cx, &raw, &workflow);
+    }
+    if cx.diags.is_empty() {
+        return Ok(workflow);
+    }
+    // In file order, as a person reads them.
+    cx.diags.sort_by_key(|d| (d.line, d.column));
+    Err(Diagnostics(cx.diags))
+}
+
+fn compile_block(cx: &mut Ctx<'_>, raw_steps: &[RawStep], in_map: bool) -> Vec<Step> {
+    let ids: Vec<&str> = raw_steps.iter().map(|s| s.id.value.as_str()).collect();
+    let mut steps = Vec::new();
+    for (i, s) in raw_steps.iter().enumerate() {
+        let following = match ids.get(i + 1) {
+            Some(n) => Target::Step((*n).to_owned()),
+            None => Target::End,
+        };
+        if let Some(step) = compile_step(cx, s, following, &ids, in_map) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
+fn target(cx: &mut Ctx<'_>, span: &Spanned<String>, ids: &[&str]) -> Option<Target> {
+    let name = span.value.as_str();
+    if name == END {
+        return Some(Target::End);
+    }
+    if ids.contains(&name) {
+        return Some(Target::Step(name.to_owned()));
+    }
+    if cx.all_ids.contains(&name) {
+        cx.at(
+            span,
+            "jump-across-blocks",
+            format!("step `{name}` is not in the same sequence of steps as this jump"),
+            Some("jumps stay inside the steps they are listed with: a parallel branch, a map body or the top-level steps; `end` ends that sequence".into()),
+        );
+        return None;
+    }
+    let help = match did_you_mean(name, ids.iter().copied().chain([END])) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("known steps: {}; or `end`", ids.join(", ")),
+    };
+    cx.at(span, "unknown-step", format!("no step with id `{name}`"), Some(help));
+    None
+}
+
+fn condition(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<Condition> {
+    match Condition::compile(&span.value) {
+        // Its cost, estimated where the inputs bound it: a condition over the
+        // inputs alone visits at most their longest list to the power of
+        // its nested comprehensions.
+        Ok(c) if c.loops() > 0 && c.reads_only(&["inputs"]) && cx.max_input_items.is_some() => {
+            let n = cx.max_input_items.unwrap_or(0);
+            let cost = n.saturating_pow(c.loops());
+            if cost > crate::expr::MAX_COST {
+                cx.at(
+                    span,
+                    "condition-too-costly",
+                    format!(
+                        "condition `{}` nests {} comprehensions over input lists of up to {n} items (their `maxItems`): up to {cost} evaluations, over the limit of {}",
+                        span.value,
+                        c.loops(),
+                        crate::expr::MAX_COST
+                    ),
+                    Some("lower `maxItems`, nest fewer `all`/`exists`/`map`/`filter`, or filter the data first in a `transform` or a task".into()),
+                );
+                return None;
+            }
+            Some(c)
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.at(
+                span,
+                "bad-expression",
+                format!("condition `{}` does not parse: {e}", span.value),
+                Some("conditions use CEL: `inputs.count > 3 && steps.check.output.ok`".into()),
+            );
+            None
+        }
+    }
+}
+
+fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], in_map: bool) -> Option<Step> {
+    let id = s.id.value.clone();
+    let tasks = cx.tasks;
+    let kinds: Vec<&str> = [
+        s.task.as_ref().map(|_| "task"),
+        s.transform.as_ref().map(|_| "transform"),
+        s.branch.as_ref().map(|_| "branch"),
+        s.switch.as_ref().map(|_| "switch"),
+        s.wait.as_ref().map(|_| "wait"),
+        s.http.as_ref().map(|_| "http"),
+        s.parallel.as_ref().map(|_| "parallel"),
+        s.map.as_ref().map(|_| "map"),
+        s.workflow.as_ref().map(|_| "workflow"),
+        s.ai.as_ref().map(|_| "ai"),
+        s.form.as_ref().map(|_| "form"),
+        s.approval.as_ref().map(|_| "approval"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if kinds.len() != 1 {
+        let message = if kinds.is_empty() {
+            format!("step `{id}` does not say what it does")
+        } else {
+            format!("step `{id}` has {}; a step does one thing", kinds.join(" and "))
+        };
+        cx.at(
+            &s.id,
+            "step-kind",
+            message,
+            Some(
+                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `workflow`, `ai`, `form` or `approval`"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    if s.with_input.is_some() && s.task.is_none() {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has `with`, which only a `task` step takes"),
+            Some("remove `with`, or make the step a task".into()),
+        );
+    }
+    let jumps = s.branch.is_some() || s.switch.is_some();
+    if jumps && (s.next.is_some() || s.end) {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` is a {} and also has `next` or `end`", kinds[0]),
+            Some("a branch or switch chooses its own target; remove `next`/`end`".into()),
+        );
+    }
+    if s.next.is_some() && s.end {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has both `next` and `end: true`"),
+            Some("keep one".into()),
+        );
+    }
+    for (what, v) in [("with", &s.with_input), ("transform", &s.transform)] {
+        if let Some(v) = v
+            && let Err(e) = template::check(v)
+        {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `{what}`: {e}"), None);
+        }
+    }
+    if in_map && let Some(c) = &s.compensate {
+        cx.at(
+            c,
+            "misplaced-field",
+            format!("step `{id}` is inside a `map` and has `compensate`"),
+            Some("compensate the `map` step as a whole instead: give it `compensate`".into()),
+        );
+    }
+    if let (Some(t), true) = (
+        &s.timeout,
+        s.parallel.is_some() || s.map.is_some() || s.workflow.is_some() || s.form.is_some() || s.approval.is_some(),
+    ) {
+        cx.at(
+            t,
+            "misplaced-field",
+            format!("step `{id}` is a {} and has `timeout`, which bounds one attempt of a task or HTTP call", kinds[0]),
+            Some(
+                "put `timeout` on the steps inside it (or in the child workflow); a form or approval takes `deadline`"
+                    .into(),
+            ),
+        );
+    }
+    if s.budget.is_some() && s.ai.is_none() {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!("step `{id}` has `budget`, which only an `ai` step (or the workflow) takes"),
+            Some("move `budget` to the ai step, or to the top of the file for the whole run".into()),
+        );
+    }
+    if s.output_contract.is_some() && (s.form.is_some() || s.approval.is_some()) {
+        cx.at(
+            &s.id,
+            "misplaced-field",
+            format!(
+                "step `{id}` is a {} and has `output_contract`; its output is defined by its {}",
+                kinds[0],
+                if s.form.is_some() { "fields" } else { "decision" }
+            ),
+            Some("remove `output_contract`".into()),
+        );
+    }
+    let then = match (&s.next, s.end) {
+        (_, true) => Some(Target::End),
+        (Some(n), false) => target(cx, n, ids),
+        (None, false) => Some(following.clone()),
+    };
+
+    let kind = if let Some(handler) = &s.task {
+        if !tasks.contains(&handler.value.as_str()) {
+            let help = match did_you_mean(&handler.value, tasks.iter().copied()) {
+                Some(t) => format!("did you mean `{t}`?"),
+                None => format!("available task handlers: {}", tasks.join(", ")),
+            };
+            cx.at(handler, "unknown-task", format!("no task handler named `{}`", handler.value), Some(help));
+        }
+        Some(StepKind::Task { handler: handler.value.clone(), input: s.with_input.clone().unwrap_or(Value::Null) })
+    } else if let Some(t) = &s.transform {
+        Some(StepKind::Transform { output: t.clone() })
+    } else if let Some(b) = &s.branch {
+        let c = condition(cx, &b.condition);
+        let t = target(cx, &b.then, ids);
+        let o = match &b.otherwise {
+            Some(o) => target(cx, o, ids),
+            None => Some(following.clone()),
+        };
+        match (c, t, o) {
+            (Some(condition), Some(then), Some(otherwise)) => Some(StepKind::Branch { condition, then, otherwise }),
+            _ => None,
+        }
+    } else if let Some(sw) = &s.switch {
+        if sw.cases.is_empty() {
+            cx.at(
+                &s.id,
+                "empty-switch",
+                format!("switch `{id}` has no cases"),
+                Some("add `cases: [{ when: ..., goto: ... }]`".into()),
+            );
+        }
+        let mut cases = Vec::new();
+        let mut ok = true;
+        for c in &sw.cases {
+            match (condition(cx, &c.when), target(cx, &c.goto, ids)) {
+                (Some(cond), Some(t)) => cases.push((cond, t)),
+                _ => ok = false,
+            }
+        }
+        let default = match &sw.default {
+            Some(d) => target(cx, d, ids),
+            None => Some(following.clone()),
+        };
+        match (ok, default) {
+            (true, Some(default)) => Some(StepKind::Switch { cases, default }),
+            _ => None,
+        }
+    } else if let Some(h) = &s.http {
+        let mut request = serde_json::Map::new();
+        if let Some(m) = &h.method {
+            let up = m.value.to_ascii_uppercase();
+            if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&up.as_str()) {
+                cx.at(
+                    m,
+                    "bad-method",
+                    format!("`{}` is not an HTTP method Cairn sends", m.value),
+                    Some("use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS".into()),
+                );
+            }
+            request.insert("method".into(), Value::String(up));
+        }
+        request.insert("url".into(), h.url.clone());
+        for (k, v) in [("headers", &h.headers), ("query", &h.query), ("body", &h.body)] {
+            if let Some(v) = v {
+                if k != "body" && !v.is_object() {
+                    cx.at(&s.id, "bad-http", format!("step `{id}`: `{k}` must be a map of names to values"), None);
+                }
+                request.insert(k.into(), v.clone());
+            }
+        }
+        let request = Value::Object(request);
+        if let Err(e) = template::check(&request) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `http`: {e}"), None);
+        }
+        let timeout = h.timeout.as_ref().and_then(|t| duration(cx, t)).unwrap_or(crate::model::DEFAULT_HTTP_TIMEOUT);
+        // RFC 9110: GET, HEAD, OPTIONS, PUT and DELETE may be repeated.
+        let method = h.method.as_ref().map_or("GET".to_owned(), |m| m.value.to_ascii_uppercase());
+        let idempotent = h.idempotent.unwrap_or(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].contains(&method.as_str()));
+        Some(StepKind::Http { request, timeout, retry_on_status: h.retry_on_status.clone(), idempotent })
+    } else if let Some(wt) = &s.wait {
+        let duration = wt.duration.as_ref().and_then(|d| duration(cx, d));
+        match (&wt.duration, &wt.until) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => cx.at(
+                &s.id,
+                "bad-wait",
+                format!("wait `{id}` needs exactly one of `for` and `until`"),
+                Some("`wait: { for: 30s }` or `wait: { until: \"2026-12-01T09:00:00Z\" }`".into()),
+            ),
+        }
+        if let Some(u) = &wt.until {
+            match u {
+                Value::String(text) if text.contains("{{") => {
+                    if let Err(e) = template::check(u) {
+                        cx.at(&s.id, "bad-template", format!("wait `{id}` `until`: {e}"), None);
+                    }
+                }
+                Value::String(text) if chrono::DateTime::parse_from_rfc3339(text).is_err() => cx.at(
+                    &s.id,
+                    "bad-instant",
+                    format!("wait `{id}`: `{text}` is not an RFC 3339 instant"),
+                    Some("write e.g. `2026-12-01T09:00:00Z`".into()),
+                ),
+                Value::String(_) => {}
+                _ => cx.at(&s.id, "bad-instant", format!("wait `{id}`: `until` must be a string"), None),
+            }
+        }
+        Some(StepKind::Wait { duration, until: wt.until.clone() })
+    } else if let Some(p) = &s.parallel {
+        if p.branches.is_empty() {
+            cx.at(
+                &s.id,
+                "empty-parallel",
+                format!("parallel `{id}` has no branches"),
+                Some("add `branches: [{ name: a, steps: [...] }, ...]`".into()),
+            );
+        }
+        let mut names: HashMap<&str, u64> = HashMap::new();
+        let mut branches = Vec::new();
+        let mut ok = true;
+        for b in &p.branches {
+            let name = b.name.value.as_str();
+            if !valid_step_id(name) {
+                cx.at(
+                    &b.name,
+                    "bad-branch-name",
+                    format!("branch name `{name}` is not valid"),
+                    Some("use letters, digits or `_`, starting with a letter: it is a key of the step's output".into()),
+                );
+            }
+            if let Some(line) = names.insert(name, b.name.referenced.line()) {
+                cx.at(
+                    &b.name,
+                    "duplicate-branch",
+                    format!("parallel `{id}` already has a branch `{name}` (line {line})"),
+                    Some("give each branch its own name".into()),
+                );
+            }
+            if b.steps.is_empty() {
+                cx.at(&b.name, "empty-branch", format!("branch `{name}` has no steps"), None);
+            }
+            let inner = compile_block(cx, &b.steps, in_map);
+            ok &= inner.len() == b.steps.len();
+            branches.push((name.to_owned(), inner));
+        }
+        concurrency(cx, s, p.max_concurrency);
+        ok.then(|| StepKind::Parallel {
+            branches,
+            fail_fast: p.fail_fast.unwrap_or(true),
+            max_concurrency: p.max_concurrency,
+        })
+    } else if let Some(m) = &s.map {
+        match &m.items {
+            Value::String(t) if t.contains("{{") => {
+                if let Err(e) = template::check(&m.items) {
+                    cx.at(&s.id, "bad-template", format!("map `{id}` `items`: {e}"), None);
+                }
+            }
+            Value::Array(_) => {}
+            other => cx.at(
+                &s.id,
+                "bad-items",
+                format!("map `{id}`: `items` is {other}, not a list or a template that renders to one"),
+                Some("write e.g. `items: \"{{ inputs.orders }}\"` or `items: [1, 2, 3]`".into()),
+            ),
+        }
+        if m.steps.is_empty() {
+            cx.at(
+                &s.id,
+                "empty-map",
+                format!("map `{id}` has no steps"),
+                Some("list the steps each item runs through under `steps:`".into()),
+            );
+        }
+        concurrency(cx, s, m.max_concurrency);
+        let inner = compile_block(cx, &m.steps, true);
+        (inner.len() == m.steps.len()).then(|| StepKind::Map {
+            items: m.items.clone(),
+            steps: inner,
+            max_concurrency: m.max_concurrency,
+            fail_fast: m.fail_fast.unwrap_or(true),
+        })
+    } else if let Some(c) = &s.workflow {
+        if !valid_ident(&c.name.value) {
+            cx.at(&c.name, "bad-name", format!("`{}` is not a workflow name", c.name.value), None);
+        }
+        if c.version == Some(0) {
+            cx.at(
+                &s.id,
+                "bad-version",
+                format!("step `{id}`: versions start at 1"),
+                Some("omit `version` to run the latest".into()),
+            );
+        }
+        let inputs = c.inputs.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        if let Err(e) = template::check(&inputs) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `workflow.inputs`: {e}"), None);
+        }
+        cx.children.push(c.name.value.clone());
+        Some(StepKind::Workflow { name: c.name.value.clone(), version: c.version, inputs })
+    } else if let Some(a) = &s.ai {
+        super::compile_people::ai(cx, &s.id, a, s.output_contract.as_ref())
+    } else if let Some(f) = &s.form {
+        super::compile_people::form(cx, &s.id, f)
+    } else if let Some(a) = &s.approval {
+        super::compile_people::approval(cx, &s.id, a)
+    } else {
+        None
+    };
+
+    let mut retry = RetryPolicy::default();
+    if let Some(r) = &s.retry {
+        retry.max_attempts = r.max_attempts.unwrap_or(3);
+        if retry.max_attempts == 0 {
+            cx.at(
+                &s.id,
+                "bad-retry",
+                format!("step `{id}`: `max_attempts` must be at least 1"),
+                Some("1 means no retry".into()),
+            );
+        }
+        if let Some(d) = r.initial_interval.as_ref().and_then(|d| duration(cx, d)) {
+            retry.initial_interval = d;
+        }
+        if let Some(d) = r.max_interval.as_ref().and_then(|d| duration(cx, d)) {
+            retry.max_interval = d;
+        }
+        if let Some(c) = r.backoff_coefficient {
+            if !(1.0..=100.0).contains(&c) {
+                cx.at(&s.id, "bad-retry", format!("step `{id}`: `backoff_coefficient` {c} is outside 1 to 100"), None);
+            }
+            retry.backoff_coefficient = c;
+        }
+        if let Some(j) = r.jitter {
+            if !(0.0..=1.0).contains(&j) {
+                cx.at(&s.id, "bad-retry", format!("step `{id}`: `jitter` {j} is outside 0 to 1"), None);
+            }
+            retry.jitter = j;
+        }
+        retry.non_retryable = r.non_retryable.clone();
+    }
+    let timeout = s.timeout.as_ref().and_then(|t| duration(cx, t));
+    if s.max_visits == Some(0) {
+        cx.at(&s.id, "bad-max-visits", format!("step `{id}`: `max_visits` must be at least 1"), None);
+    }
+    if let Some(c) = &s.output_contract
+        && c.is_object()
+        && let Err(e) = crate::contract::check_schema(c)
+    {
+        cx.at(&s.id, "bad-schema", format!("step `{id}`: `output_contract` is not a valid JSON Schema: {e}"), None);
+    }
+    if let Some(c) = &s.output_contract
+        && !c.is_object()
+    {
+        cx.at(&s.id, "bad-schema", format!("step `{id}`: `output_contract` must be a JSON Schema object"), None);
+    }
+    let budget = super::compile_people::budget(cx, &s.id, s.budget.as_ref());
+    let kind = kind?;
+    let output_contract = match &kind {
+        StepKind::Form(f) => Some(crate::human::form_contract(&f.fields)),
+        StepKind::Approval(_) => Some(crate::human::approval_contract()),
+        _ => s.output_contract.clone(),
+    };
+    let reads = reads_of(&kind, s);
+    Some(Step {
+        id,
+        budget,
+        resumable: s.resumable.unwrap_or(true),
+        reads,
+        kind,
+        then: then?,
+        retry,
+        timeout,
+        max_visits: s.max_visits,
+        output_contract,
+        compensate: s.compensate.as_ref().map(|c| c.value.clone()),
+    })
+}
+
+/// The run data a step reads, from its templates and conditions; a
+/// container's include its nested steps' reads of data outside it.
+fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
+    let mut texts: Vec<String> = Vec::new();
+    let mut add = |v: &Value| {
+        let _ = template::walk_strings::<()>(v, &mut |t| {
+            texts.push(t.to_owned());
+            Ok(())
+        });
+    };
+    match kind {
+        StepKind::Task { input, .. } => add(input),
+        StepKind::Transform { output } => add(output),
+        StepKind::Wait { until: Some(u), .. } => add(u),
+        StepKind::Http { request, .. } => add(request),
+        StepKind::Map { items, .. } => add(items),
+        StepKind::Workflow { inputs, .. } => add(inputs),
+        StepKind::Ai(_) | StepKind::Form(_) | StepKind::Approval(_) => {
+            for v in super::compile_people::texts(rs) {
+                add(&v);
+            }
+            for v in rs.ai.iter().flat_map(|a| a.scripted.iter().flatten()) {
+                add(v);
+            }
+        }
+        StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
+    }
+    if let Some(b) = &rs.branch {
+        texts.push(b.condition.value.clone());
+    }
+    if let Some(sw) = &rs.switch {
+        texts.extend(sw.cases.iter().map(|c| c.when.value.clone()));
+    }
+    let mut reads =
+        crate::model::Reads { all: rs.ai.as_ref().is_some_and(|a| a.template.is_some()), ..Default::default() };
+    for t in &texts {
+        for r in references(t) {
+            match r {
+                Ref::Input(name) => reads.inputs.insert(name),
+                Ref::Step { step, field } => {
+                    match field {
+                        Some(f) => reads.fields.insert((step.clone(), f)),
+                        None => reads.whole.insert(step.clone()),
+                    };
+                    reads.steps.insert(step)
+                }
+            };
+        }
+        reads.all |= reads_whole(t, "steps") || reads_whole(t, "inputs");
+    }
+    let nested: Vec<&Step> = match kind {
+        StepKind::Parallel { branches, .. } => branches.iter().flat_map(|(_, b)| b).collect(),
+        StepKind::Map { steps, .. } => steps.iter().collect(),
+        _ => Vec::new(),
+    };
+    let inner: HashSet<&str> = nested.iter().map(|s| s.id.as_str()).collect();
+    for n in &nested {
+        reads.all |= n.reads.all;
+        reads.inputs.extend(n.reads.inputs.iter().cloned());
+        reads.steps.extend(n.reads.steps.iter().filter(|s| !inner.contains(s.as_str())).cloned());
+        reads.whole.extend(n.reads.whole.iter().filter(|s| !inner.contains(s.as_str())).cloned());
+        reads.fields.extend(n.reads.fields.iter().filter(|(s, _)| !inner.contains(s.as_str())).cloned());
+    }
+    reads
+}
+
+/// Whether `text` uses `name` other than as `name.FIELD`.
+fn reads_whole(text: &str, name: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices(name).any(|(i, _)| {
+        let before = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+        let after = bytes.get(i + name.len()).copied();
+        before && !matches!(after, Some(b'.') | Some(b'_')) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+fn concurrency(cx: &mut Ctx<'_>, s: &RawStep, max: Option<u32>) {
+    if max == Some(0) {
+        cx.at(
+            &s.id,
+            "bad-concurrency",
+            format!("step `{}`: `max_concurrency` must be at least 1", s.id.value),
+            Some("omit it to run everything at once".into()),
+        );
+    }
+}
+
+/// Successor step indices (`None` = end) of a step within its block.
+fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
+    let idx = |t: &Target| match t {
+        Target::End => None,
+        Target::Step(s) => block.iter().position(|x| &x.id == s),
+    };
+    match &step.kind {
+        StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
+        StepKind::Switch { cases, default } => cases.iter().map(|(_, t)| idx(t)).chain([idx(default)]).collect(),
+        _ => vec![idx(&step.then)],
+    }
+}
+
+fn check_graph(cx: &mut Ctx<'_>, raw: &RawWorkflow, w: &Workflow) {
+    let output = raw.output.as_ref().map(|o| (&o.value, o));
+    check_block(cx, w, &raw.steps, &w.steps, &HashSet::new(), output, None);
+}
+
+/// Checks one sequence of steps (the top level, a parallel branch or a map
+/// body) and, recursively, the sequences inside it. `outer` holds the steps
+/// that have completed on every path to the enclosing step; `output` is the
+/// workflow output, checked at the end of the top level; `within` is the
+/// step holding this sequence.
+fn check_block(
+    cx: &mut Ctx<'_>,
+    w: &Workflow,
+    raw_steps: &[RawStep],
+    steps: &[Step],
+    outer: &HashSet<String>,
+    output: Option<(&Value, &Spanned<Value>)>,
+    within: Option<&str>,
+) {
+    let n = steps.len();
+    let end = n; // virtual exit node
+    let succ: Vec<Vec<usize>> =
+        steps.iter().map(|s| successors(steps, s).into_iter().map(|t| t.unwrap_or(end)).collect()).collect();
+
+    // Reachability from the first step.
+    let mut reach = vec![false; n + 1];
+    let mut stack = vec![0usize];
+    while let Some(v) = stack.pop() {
+        if std::mem::replace(&mut reach[v], true) {
+            continue;
+        }
+        if v < n {
+            stack.extend(succ[v].iter().copied());
+        }
+    }
+    for (i, s) in raw_steps.iter().enumerate() {
+        if !reach[i] {
+            cx.at(
+                &s.id,
+                "unreachable-step",
+                format!("step `{}` can never run: no path from the first step reaches it", s.id.value),
+                Some("jump to it with `next`, a branch or a switch, or remove it".into()),
+            );
+        }
+    }
+
+    // Loops must be bounded: every cycle needs a step with max_visits.
+    let reaches = |from: usize, to: usize| -> bool {
+        let mut seen = vec![false; n + 1];
+        let mut st = succ[from].clone();
+        while let Some(v) = st.pop() {
+            if v == to {
+                return true;
+            }
+            if v < n && !std::mem::replace(&mut seen[v], true) {
+                st.extend(succ[v].iter().copied());
+            }
+        }
+        false
+    };
+    let mut reported: HashSet<usize> = HashSet::new();
+    for (v, reachable) in reach.iter().enumerate().take(n) {
+        if !reachable || reported.contains(&v) || !reaches(v, v) {
+            continue;
+        }
+        let cycle: Vec<usize> = (0..n).filter(|&u| u == v || (reaches(v, u) && reaches(u, v))).collect();
+        reported.extend(cycle.iter().copied());
+        if cycle.iter().all(|&u| steps[u].max_visits.is_none()) {
+            let names: Vec<&str> = cycle.iter().map(|&u| steps[u].id.as_str()).collect();
+            cx.at(
+                &raw_steps[v].id,
+                "unbounded-loop",
+                format!(
+                    "steps {} form a loop with no bound",
+                    names.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                ),
+                Some(format!("add `max_visits: N` to one of them, e.g. to `{}`", names[0])),
+            );
+        }
+    }
+
+    // Dominators: the steps every path from the start passes through.
+    let all: BTreeSet<usize> = (0..=n).collect();
+    let mut dom: Vec<BTreeSet<usize>> = (0..=n).map(|v| if v == 0 { [0].into() } else { all.clone() }).collect();
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+    for (v, ss) in succ.iter().enumerate() {
+        if reach[v] {
+            for &s in ss {
+                preds[s].push(v);
+            }
+        }
+    }
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for v in 1..=n {
+            if !reach[v] {
+                continue;
+            }
+            let mut new: Option<BTreeSet<usize>> = None;
+            for &p in &preds[v] {
+                new = Some(match new {
+                    None => dom[p].clone(),
+                    Some(acc) => acc.intersection(&dom[p]).copied().collect(),
+                });
+            }
+            let mut new = new.unwrap_or_default();
+            new.insert(v);
+            if new != dom[v] {
+                dom[v] = new;
+                changed = true;
+            }
+        }
+    }
+
+    // References in templates and conditions.
+    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let input_props: Option<Vec<String>> = w
+        .inputs_schema
+        .as_ref()
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect());
+    let check_refs = |cx: &mut Ctx<'_>, at: &Spanned<String>, user: Option<usize>, text: &str| {
+        let guarded = guarded_steps(text);
+        for r in references(text) {
+            match r {
+                Ref::Input(name) => {
+                    if let Some(props) = &input_props
+                        && !props.contains(&name)
+                    {
+                        let help = did_you_mean(&name, props.iter().map(String::as_str))
+                            .map(|s| format!("did you mean `inputs.{s}`?"));
+                        cx.at(
+                            at,
+                            "unknown-input",
+                            format!("`inputs.{name}` is not declared in the workflow's `inputs` schema"),
+                            help.or(Some("declare it under `inputs.properties`".into())),
+                        );
+                    }
+                }
+                Ref::Step { step, field } => {
+                    let Some(referenced) = w.step(&step) else {
+                        let help = did_you_mean(&step, cx.all_ids.iter().copied())
+                            .map(|s| format!("did you mean `steps.{s}`?"));
+                        cx.at(at, "unknown-step-reference", format!("`steps.{step}` refers to no step"), help);
+                        continue;
+                    };
+                    let contract = referenced.output_contract.clone();
+                    let user_node = user.unwrap_or(end);
+                    let whom = || {
+                        user.map(|u| format!("step `{}`", steps[u].id)).unwrap_or_else(|| match within {
+                            Some(c) => format!("step `{c}`"),
+                            None => "the workflow output".into(),
+                        })
+                    };
+                    let local = index.get(step.as_str()).copied();
+                    if guarded.contains(&step) || (local.is_none() && outer.contains(&step)) {
+                        // Guarded (`steps.X is defined` / `has(steps.X)`), or
+                        // completed before the enclosing step started.
+                    } else if local.is_none() && within == Some(step.as_str()) {
+                        cx.at(
+                            at,
+                            "self-reference",
+                            format!("{} is inside `{step}` and uses `steps.{step}`, whose output exists only once everything inside it has finished", whom()),
+                            Some("inside a map, use `item` and `index`; read the map's or parallel's output after it".into()),
+                        );
+                    } else if local.is_none() {
+                        let (code, message, help) = match w.block_of(&step) {
+                            Some(Block::Branch { parallel, branch }) if within == Some(parallel.as_str()) => (
+                                "maybe-not-run",
+                                format!(
+                                    "{} uses `steps.{step}`, which runs in branch `{branch}` of parallel `{parallel}`: branches run at the same time, so it may not have run yet",
+                                    whom()
+                                ),
+                                format!("read it after the parallel step, as `steps.{parallel}.output.{branch}`"),
+                            ),
+                            Some(Block::Branch { parallel, branch }) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, which is inside parallel `{parallel}`", whom()),
+                                format!(
+                                    "after the parallel step, read its branch's result as `steps.{parallel}.output.{branch}`"
+                                ),
+                            ),
+                            Some(Block::Map { map }) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, which runs once per item inside map `{map}`", whom()),
+                                format!("after the map step, `steps.{map}.output` lists each item's result in order"),
+                            ),
+                            Some(Block::Compensation) => (
+                                "nested-step-reference",
+                                format!(
+                                    "{} uses `steps.{step}`, a compensation step, which runs only while a failing run undoes its work",
+                                    whom()
+                                ),
+                                "steps cannot read a compensation's output".to_owned(),
+                            ),
+                            _ => (
+                                "maybe-not-run",
+                                format!(
+                                    "{} uses `steps.{step}`, but `{step}` does not run on every path to it",
+                                    whom()
+                                ),
+                                format!(
+                                    "move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition"
+                                ),
+                            ),
+                        };
+                        cx.at(at, code, message, Some(help));
+                    } else if local.is_some() && user == local {
+                        cx.at(
+                            at,
+                            "self-reference",
+                            format!("step `{step}` refers to its own output"),
+                            Some(format!("a step's output exists only after it completes; in a loop, read the previous visit's output with a guard: `steps.{step}.output if steps.{step} is defined else ...`")),
+                        );
+                    } else if let Some(target) = local
+                        && !dom[user_node].contains(&target)
+                    {
+                        cx.at(at, "maybe-not-run", format!("{} uses `steps.{step}`, but `{step}` does not run on every path to it", whom()), Some(format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
+                    }
+                    if let (Some(field), Some(props)) =
+                        (field, contract.as_ref().and_then(|c| c.get("properties")).and_then(Value::as_object))
+                        && !props.contains_key(&field)
+                    {
+                        let help = did_you_mean(&field, props.keys().map(String::as_str))
+                            .map(|s| format!("did you mean `{s}`?"));
+                        cx.at(at, "unknown-output-field", format!("`steps.{step}.output.{field}`: the output contract of `{step}` declares no field `{field}`"), help.or(Some(format!("declared fields: {}", props.keys().cloned().collect::<Vec<_>>().join(", ")))));
+                    }
+                }
+            }
+        }
+    };
+    for (i, (s, rs)) in steps.iter().zip(raw_steps).enumerate() {
+        let mut texts: Vec<(&Spanned<String>, String)> = Vec::new();
+        match &s.kind {
+            StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
+            StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
+            StepKind::Wait { until: Some(u), .. } => collect_strings(u, &rs.id, &mut texts),
+            StepKind::Http { request, .. } => collect_strings(request, &rs.id, &mut texts),
+            StepKind::Map { items, .. } => collect_strings(items, &rs.id, &mut texts),
+            StepKind::Workflow { inputs, .. } => collect_strings(inputs, &rs.id, &mut texts),
+            StepKind::Ai(_) | StepKind::Form(_) | StepKind::Approval(_) => {
+                for v in super::compile_people::texts(rs) {
+                    collect_strings(&v, &rs.id, &mut texts);
+                }
+            }
+            StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
+        }
+        if let Some(b) = &rs.branch {
+            texts.push((&b.condition, b.condition.value.clone()));
+        }
+        if let Some(sw) = &rs.switch {
+            for c in &sw.cases {
+                texts.push((&c.when, c.when.value.clone()));
+            }
+        }
+        for (at, t) in texts {
+            check_refs(cx, at, Some(i), &t);
+        }
+    }
+    if let Some((out, at)) = output {
+        let at = Spanned::new(String::new(), at.referenced, at.defined);
+        let mut texts = Vec::new();
+        collect_strings(out, &at, &mut texts);
+        for (at, t) in texts {
+            check_refs(cx, at, None, &t);
+        }
+    }
+
+    // The sequences inside containers see what completed before them.
+    for (i, (s, rs)) in steps.iter().zip(raw_steps).enumerate() {
+        let inner: Vec<(&[RawStep], &[Step])> = match (&s.kind, &rs.parallel, &rs.map) {
+            (StepKind::Parallel { branches, .. }, Some(rp), _) => {
+                branches.iter().zip(&rp.branches).map(|((_, st), rb)| (rb.steps.as_slice(), st.as_slice())).collect()
+            }
+            (StepKind::Map { steps: st, .. }, _, Some(rm)) => vec![(rm.steps.as_slice(), st.as_slice())],
+            _ => continue,
+        };
+        if !reach[i] {
+            continue;
+        }
+        let mut seen = outer.clone();
+        seen.extend(dom[i].iter().filter(|&&d| d != i && d < n).map(|&d| steps[d].id.clone()));
+        for (rsteps, st) in inner {
+            check_block(cx, w, rsteps, st, &seen, None, Some(&s.id));
+        }
+    }
+}
+
+fn collect_strings<'a>(v: &Value, at: &'a Spanned<String>, out: &mut Vec<(&'a Spanned<String>, String)>) {
+    let _ = template::walk_strings::<()>(v, &mut |s| {
+        out.push((at, s.to_owned()));
+        Ok(())
+    });
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ref {
+    Input(String),
+    Step { step: String, field: Option<String> },
+}
+
+/// Steps whose absence the text tests for (`steps.X is defined`,
+/// `steps.X is not defined`, `has(steps.X)`).
+fn guarded_steps(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("steps.") {
+        let step = ident_at(&text[i + 6..]);
+        let after = text[i + 6 + step.len()..].trim_start();
+        let tested = after.starts_with("is defined") || after.starts_with("is not defined");
+        let has = text[..i].trim_end().ends_with("has(") && after.starts_with(')');
+        if !step.is_empty() && (tested || has) {
+            out.push(step.to_owned());
+        }
+    }
+    out
+}
+
+/// The first `{{ … }}` or `{% … %}` of a template that does more with a
+/// secret than insert it as it is (`{{ secrets.NAME }}`).
+fn transformed_secret(text: &str) -> Option<String> {
+    if secret_names(text).is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i..];
+        let close = match after.get(..2) {
+            Some("{{") => "}}",
+            Some("{%") => "%}",
+            _ => {
+                rest = &rest[i + 1..];
+                continue;
+            }
+        };
+        let Some(end) = after.find(close) else { break };
+        let inner = after[2..end].trim();
+        let plain = inner.strip_prefix("secrets.").is_some_and(|n| !n.is_empty() && ident_at(n) == n);
+        if !secret_names(inner).is_empty() && (close == "%}" || !plain) {
+            return Some(after[..end + 2].to_owned());
+        }
+        rest = &after[end + 2..];
+    }
+    None
+}
+
+/// Names in `secrets.NAME` occurrences.
+fn secret_names(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    text.match_indices("secrets.")
+        .filter(|(i, _)| {
+            *i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.')
+        })
+        .map(|(i, _)| ident_at(&text[i + 8..]).to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Diagnostics for secrets the workflow uses that `available` lacks.
+pub fn check_secrets(w: &Workflow, available: &[&str], file: &str) -> Vec<Diagnostic> {
+    let mut seen = HashSet::new();
+    w.secret_refs
+        .iter()
+        .filter(|r| !available.contains(&r.name.as_str()) && seen.insert(r.name.clone()))
+        .map(|r| Diagnostic {
+            code: "unknown-secret",
+            file: file.to_owned(),
+            line: r.line,
+            column: r.column,
+            message: format!("secret `{}` is not set", r.name),
+            help: Some(format!(
+                "set the environment variable {}{} or add `{}=...` to the secrets file",
+                crate::secrets::ENV_PREFIX,
+                r.name,
+                r.name
+            )),
+        })
+        .collect()
+}
+
+fn ident_at(s: &str) -> &str {
+    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Finds `inputs.NAME` and `steps.ID[.output.FIELD]` in a template or condition.
+fn references(text: &str) -> Vec<Ref> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let boundary =
+        |i: usize| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+    for (i, _) in text.match_indices("inputs.") {
+        if boundary(i) {
+            let name = ident_at(&text[i + 7..]);
+            if !name.is_empty() {
+                out.push(Ref::Input(name.to_owned()));
+            }
+        }
+    }
+    for (i, _) in text.match_indices("steps.") {
+        if !boundary(i) {
+            continue;
+        }
+        let rest = &text[i + 6..];
+        let step = ident_at(rest);
+        if step.is_empty() {
+            continue;
+        }
+        let after = &rest[step.len()..];
+        let field = after.strip_prefix(".output.").map(ident_at).filter(|f| !f.is_empty()).map(str::to_owned);
+        out.push(Ref::Step { step: step.to_owned(), field });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_references() {
+        assert_eq!(
+            references("{{ steps.draft.output.title }} and inputs.topic, mysteps.x"),
+            vec![Ref::Input("topic".into()), Ref::Step { step: "draft".into(), field: Some("title".into()) }]
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! docs/workflow-language.schema.json is what `cairn schema` prints, and
+//! docs/workflow-language.md documents every field and diagnostic code.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+
+fn docs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs")
+}
+
+#[test]
+fn committed_schema_matches_the_language() {
+    let path = docs().join("workflow-language.schema.json");
+    let generated = format!("{}\n", serde_json::to_string_pretty(&cairn_core::lang::schema()).expect("json"));
+    if std::env::var("CAIRN_UPDATE_DOCS").is_ok() {
+        std::fs::write(&path, &generated).expect("write");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/workflow-language.schema.json is out of date; run `CAIRN_UPDATE_DOCS=1 cargo test -p cairn-engine --test docs` and commit it"
+    );
+}
+
+#[test]
+fn every_field_and_code_is_documented() {
+    let md = std::fs::read_to_string(docs().join("workflow-language.md")).expect("docs/workflow-language.md");
+    let schema = serde_json::to_value(cairn_core::lang::schema()).expect("json");
+    let mut fields = Vec::new();
+    let mut collect = |props: Option<&serde_json::Value>| {
+        if let Some(p) = props.and_then(|p| p.as_object()) {
+            fields.extend(p.keys().cloned());
+        }
+    };
+    collect(schema.get("properties"));
+    if let Some(defs) = schema.get("$defs").and_then(|d| d.as_object()) {
+        for d in defs.values() {
+            collect(d.get("properties"));
+        }
+    }
+    for f in fields {
+        assert!(md.contains(&format!("`{f}`")), "field `{f}` is not documented in docs/workflow-language.md");
+    }
+    for code in [
+        "yaml",
+        "bad-name",
+        "no-steps",
+        "bad-schema",
+        "bad-step-id",
+        "duplicate-step",
+        "unknown-step",
+        "bad-expression",
+        "bad-duration",
+        "step-kind",
+        "misplaced-field",
+        "bad-template",
+        "unknown-task",
+        "empty-switch",
+        "bad-retry",
+        "bad-max-visits",
+        "unreachable-step",
+        "unbounded-loop",
+        "unknown-input",
+        "unknown-step-reference",
+        "self-reference",
+        "maybe-not-run",
+        "unknown-output-field",
+        "empty-parallel",
+        "empty-branch",
+        "bad-branch-name",
+        "duplicate-branch",
+        "empty-map",
+        "bad-items",
+        "bad-concurrency",
+        "bad-version",
+        "jump-across-blocks",
+        "nested-step-reference",
+        "bad-ai",
+        "bad-form",
+        "bad-field",
+        "bad-approval",
+        "bad-reminder",
+        "bad-budget",
+        "secret-in-prompt",
+        "unknown-model",
+        "unknown-prompt-template",
+        "missing-api-key",
+    ] {
+        assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
+    }
+}

@@ -1,0 +1,981 @@
+//! The durable runner: loads a run's events, folds them, asks the decider,
+//! performs the decision and appends the outcome with the expected version.
+//! `StepStarted` is recorded before an effect and the outcome after it; after
+//! a crash an attempt with no outcome runs again (effects at-least-once,
+//! recorded outcomes exactly once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_events::{
+    ChildRunCompleted, ChildRunStarted, Event, EventStore, ExpectedVersion, Metadata, NewEvent, ParentRun,
+    RunCancelled, RunStarted, StepCompleted, StepFailed, StoreError, StreamAppend, WorkflowVersionPublished,
+};
+use chrono::Utc;
+use futures_util::future::{AbortHandle, Aborted, BoxFuture, FutureExt, abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::commit::GroupCommit;
+use cairn_core::decider::{Cursor, Decision, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
+use cairn_core::lang;
+use cairn_core::model::{StepKind, Workflow};
+use cairn_core::secrets::Secrets;
+use crate::tasks::{TaskContext, TaskError, TaskRegistry};
+
+/// Errors of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] cairn_events::DecodeError),
+    /// No such run.
+    #[error("no run with id {0}")]
+    UnknownRun(Uuid),
+    /// The pinned definition is missing or no longer compiles.
+    #[error("workflow `{name}` version {version}: {message}")]
+    Definition {
+        /// Workflow.
+        name: String,
+        /// Version.
+        version: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// The inputs do not satisfy the workflow's `inputs` schema; nothing was started.
+    #[error("the inputs do not satisfy the `inputs` schema of `{workflow}`: {}", cairn_core::contract::describe(.errors))]
+    InvalidInputs {
+        /// Workflow.
+        workflow: String,
+        /// Every violation.
+        errors: Vec<cairn_events::SchemaViolation>,
+    },
+    /// A value is past one of the limits on what is written (nesting,
+    /// size); nothing was written.
+    #[error("{0}")]
+    Limit(Box<cairn_events::limits::LimitError>),
+    /// The run cannot be changed in its state.
+    #[error("run {run_id} is {status}: {message}")]
+    InvalidState {
+        /// Run.
+        run_id: Uuid,
+        /// Its status.
+        status: String,
+        /// What to do instead.
+        message: String,
+    },
+}
+
+/// Options of [`Engine::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// The run's id (default: a new UUIDv7).
+    pub run_id: Option<Uuid>,
+    /// The caller's idempotency key, recorded in `RunStarted`.
+    pub idempotency_key: Option<String>,
+}
+
+/// Where a run comes from, beside its workflow and inputs.
+#[derive(Debug, Default)]
+pub(crate) struct Origin {
+    /// The parent run, for a child run.
+    pub(crate) parent: Option<ParentRun>,
+    /// The caller's idempotency key.
+    pub(crate) idempotency_key: Option<String>,
+    /// For a fork: where from, and the carried `StepKept` events.
+    pub(crate) fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
+}
+
+/// Receives every event the runner appends, for progress displays.
+pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
+
+/// Runs workflows durably against an event store.
+pub struct Engine {
+    pub(crate) store: Arc<dyn EventStore>,
+    commits: GroupCommit,
+    tasks: TaskRegistry,
+    definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    actor: String,
+    pub(crate) secrets: Secrets,
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: Arc<cairn_core::config::Config>,
+    pub(crate) token_key: Vec<u8>,
+    /// Where "now" comes from for every decision, timer and retry.
+    pub(crate) clock: cairn_events::clock::ClockHandle,
+    /// Whether deciding runs on the blocking pool (a server: one busy run
+    /// never stalls other requests) or inline (the CLI, benchmarks).
+    offload: bool,
+}
+
+impl Engine {
+    /// An engine over `store` with these task handlers.
+    pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
+        Engine {
+            commits: GroupCommit::new(store.clone()),
+            store,
+            tasks,
+            definitions: Mutex::new(HashMap::new()),
+            actor: "engine".into(),
+            secrets: Secrets::default(),
+            http: crate::http::client(),
+            config: Arc::new(cairn_core::config::Config::default()),
+            // A key of this process alone unless the config brings a shared one.
+            token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
+            clock: cairn_events::clock::ClockHandle::default(),
+            offload: false,
+        }
+    }
+
+    /// Decides (templates, conditions, the decider's fold) on tokio's
+    /// blocking pool rather than the async executor, on a multi-threaded
+    /// runtime: a run whose templates or conditions are expensive then
+    /// never delays other requests or runs, and a request timeout can
+    /// answer while it works. For servers; in-process use decides inline,
+    /// which is cheaper per step.
+    pub fn with_offloaded_decisions(mut self) -> Self {
+        self.offload = true;
+        self
+    }
+
+    /// Runs the CPU-bound `f` off the async executor when offloading (see
+    /// [`Engine::with_offloaded_decisions`]), inline otherwise.
+    pub(crate) async fn think<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !(self.offload && multi) {
+            return f();
+        }
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the decider's blocking task was cancelled: {e}"),
+        }
+    }
+
+    /// Uses this configuration: AI providers and models, prices, email,
+    /// people, prompt templates and the resume-token key.
+    pub fn with_config(mut self, config: cairn_core::config::Config) -> Self {
+        if !config.token_key.is_empty() {
+            self.token_key = config.token_key.clone();
+        }
+        self.config = Arc::new(config);
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self
+    }
+
+    /// Reads the time from `clock` (tests and the simulator drive it; give
+    /// the store the same clock so `recorded_at` agrees).
+    pub fn with_clock(mut self, clock: impl Into<cairn_events::clock::ClockHandle>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// The clock this engine reads the time from.
+    pub fn clock(&self) -> &cairn_events::clock::ClockHandle {
+        &self.clock
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &cairn_core::config::Config {
+        &self.config
+    }
+
+    /// `w` with this engine's configuration, from the cache when it holds
+    /// that version.
+    async fn bound(&self, w: &Workflow, version: u32) -> Result<Arc<Workflow>, RunError> {
+        if let Some(c) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&(w.name.clone(), version))
+            && c.definition_hash == w.definition_hash
+        {
+            return Ok(c.clone());
+        }
+        let mut b = w.clone();
+        b.config = self.config.clone();
+        Ok(Arc::new(b))
+    }
+
+    /// Uses these secrets for `{{ secrets.NAME }}`.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The names of the secrets this engine has.
+    pub fn secret_names(&self) -> Vec<&str> {
+        self.secrets.names()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The task handler names, for validation.
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.names()
+    }
+
+    /// Publishes a definition as a new version of its workflow unless the
+    /// latest version has the same source; returns the version.
+    pub async fn publish(&self, w: &Workflow, by: &str) -> Result<u32, RunError> {
+        let stream = cairn_events::workflow_stream(&w.name);
+        let events = self.store.read_stream(&stream, 1).await?;
+        let mut latest: Option<WorkflowVersionPublished> = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)? {
+                latest = Some(p);
+            }
+        }
+        if let Some(l) = &latest
+            && l.definition_hash == w.definition_hash
+        {
+            return Ok(l.version);
+        }
+        let version = latest.map(|l| l.version + 1).unwrap_or(1);
+        let event = Event::WorkflowVersionPublished(WorkflowVersionPublished {
+            name: w.name.clone(),
+            version,
+            definition_hash: w.definition_hash.clone(),
+            source: w.source.clone(),
+            published_by: by.to_owned(),
+        });
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(events.len() as u64),
+                vec![NewEvent::from_event(&event, Metadata::by(by))],
+            )
+            .await?;
+        let mut bound = w.clone();
+        bound.config = self.config.clone();
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((w.name.clone(), version), Arc::new(bound));
+        Ok(version)
+    }
+
+    /// The definition a run is pinned to, compiled from the stored source.
+    pub async fn definition(&self, name: &str, version: u32) -> Result<Arc<Workflow>, RunError> {
+        if let Some(w) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&(name.to_owned(), version)) {
+            return Ok(w.clone());
+        }
+        let err = |message: String| RunError::Definition { name: name.to_owned(), version, message };
+        let events = self.store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
+        let mut source = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)?
+                && p.version == version
+            {
+                source = Some(p.source);
+            }
+        }
+        let source = source.ok_or_else(|| err("this version was never published".into()))?;
+        let mut w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
+            .map_err(|d| err(format!("no longer compiles: {d}")))?;
+        w.config = self.config.clone();
+        let w = Arc::new(w);
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
+        Ok(w)
+    }
+
+    /// Starts a run of a published version; returns its id. The run's first
+    /// pure decisions (up to the first effect) are recorded with `RunStarted`.
+    pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
+        self.start_with(w, version, inputs, started_by, Start::default()).await
+    }
+
+    /// Starts a run with a chosen id and idempotency key. With a chosen id
+    /// the append expects no stream, so of two starts with one id exactly
+    /// one records `RunStarted`; the other gets a conflict
+    /// ([`StoreError::is_conflict`]) and can read the winner's run.
+    pub async fn start_with(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        opts: Start,
+    ) -> Result<Uuid, RunError> {
+        self.check_children(w).await?;
+        let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
+        Ok(self
+            .start_run(
+                w,
+                version,
+                inputs,
+                started_by,
+                id,
+                Origin { idempotency_key: opts.idempotency_key, ..Origin::default() },
+            )
+            .await?
+            .0)
+    }
+
+    /// When a run that is waiting (for people, or on a timer) next has
+    /// something to do: a deadline, a reminder, a retry. `None` when nothing
+    /// is due without an answer, or the run has ended.
+    pub async fn wake_at(&self, run_id: Uuid) -> Result<Option<chrono::DateTime<Utc>>, RunError> {
+        let state = self.state(run_id).await?;
+        if state.status.is_terminal() {
+            return Ok(None);
+        }
+        let w = self.definition(&state.workflow, state.workflow_version).await?;
+        let now = self.clock.now();
+        let d = decide(&w, &state, now);
+        if !d.append.is_empty() || !d.execute.is_empty() {
+            return Ok(Some(now));
+        }
+        Ok(d.wake_at)
+    }
+
+    /// Starts a run: `RunStarted` (then, for a fork, the carried outputs)
+    /// and the first pure decisions, in one append expecting no stream.
+    pub(crate) async fn start_run(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        run_id: Uuid,
+        origin: Origin,
+    ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
+        let Origin { parent, idempotency_key, fork } = origin;
+        let bound = self.bound(w, version).await?;
+        let w = &*bound;
+        let inputs = w.inputs_with_defaults(&inputs);
+        // Before the schema check (which recurses): what is too deep or too
+        // large to record is refused, and nothing is written.
+        self.config.limits.check_value("/inputs", &inputs).map_err(|l| RunError::Limit(Box::new(l)))?;
+        if let Some(schema) = &w.inputs_schema {
+            let errors = cairn_core::contract::violations(schema, &inputs);
+            if !errors.is_empty() {
+                return Err(RunError::InvalidInputs { workflow: w.name.clone(), errors });
+            }
+        }
+        let event = Event::RunStarted(RunStarted {
+            run_id,
+            workflow: w.name.clone(),
+            workflow_version: version,
+            definition_hash: w.definition_hash.clone(),
+            inputs,
+            started_by: started_by.to_owned(),
+            idempotency_key,
+            parent,
+            fork_of: fork.as_ref().map(|(o, _)| o.clone()),
+            settings: cairn_core::settings::resolve(w, &self.config),
+        });
+        let mut state = evolve(RunState::default(), &event);
+        let mut events = vec![event];
+        for e in fork.map(|(_, c)| c).unwrap_or_default() {
+            state = evolve(state, &e);
+            events.push(e);
+        }
+        let now = self.clock.now();
+        let (state, events) = self
+            .think(move || {
+                let (state, _) = settle(&bound, state, &mut events, now);
+                (state, events)
+            })
+            .await;
+        let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
+        new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
+        self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
+        Ok((run_id, events, state))
+    }
+
+    /// Appends through the group commit.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<cairn_events::AppendResult, StoreError> {
+        self.commits.append(StreamAppend { stream_id: stream.to_owned(), expected, events }).await
+    }
+
+    /// The folded state of a run.
+    pub async fn state(&self, run_id: Uuid) -> Result<RunState, RunError> {
+        let events = self.store.read_stream(&cairn_events::run_stream(run_id), 1).await?;
+        if events.is_empty() {
+            return Err(RunError::UnknownRun(run_id));
+        }
+        let mut s = RunState::default();
+        for e in &events {
+            s = evolve(s, &Event::decode(e)?);
+        }
+        Ok(s)
+    }
+
+    /// Cancels a running run.
+    pub async fn cancel(&self, run_id: Uuid, by: &str, reason: Option<String>) -> Result<(), RunError> {
+        let stream = cairn_events::run_stream(run_id);
+        let mut s = self.state(run_id).await?;
+        let e = Event::RunCancelled(RunCancelled { by: by.to_owned(), reason: reason.clone() });
+        // A cancel is never refused because the run moved on: on a conflict
+        // it reads what was appended meanwhile and tries again, until it is
+        // recorded or the run has ended.
+        loop {
+            if s.status.is_terminal() {
+                return Err(RunError::InvalidState {
+                    run_id,
+                    status: format!("{:?}", s.status).to_lowercase(),
+                    message: "only a running run can be cancelled".into(),
+                });
+            }
+            let new = vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))];
+            match self.store.append(&stream, ExpectedVersion::Exact(s.version), new).await {
+                Ok(_) => break,
+                Err(err) if err.is_conflict() => {
+                    for r in self.store.read_stream(&stream, s.version + 1).await? {
+                        s = evolve(s, &Event::decode(&r)?);
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // Child runs go with their parent.
+        for t in s.threads.values() {
+            if let Cursor::Child { child_run_id, .. } = &t.cursor {
+                let why = Some(format!("parent run {run_id} was cancelled"));
+                match Box::pin(self.cancel(*child_run_id, by, why)).await {
+                    Ok(()) | Err(RunError::InvalidState { .. } | RunError::UnknownRun(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives a run until it ends, sleeping through waits. Effects of
+    /// parallel branches and map iterations run concurrently; outcomes that
+    /// are ready together are recorded in one commit. Safe to call for a run
+    /// another process also drives: the expected version decides who records
+    /// each outcome, and the loser re-reads.
+    pub fn drive<'a>(&'a self, run_id: Uuid, observer: Observer<'a>) -> BoxFuture<'a, Result<RunState, RunError>> {
+        Box::pin(self.drive_run(run_id, observer))
+    }
+
+    async fn drive_run(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+        let state = self.state(run_id).await?;
+        self.drive_from(run_id, state, observer, false).await
+    }
+
+    /// Drives a run like [`Engine::drive`], but returns instead of sleeping
+    /// when all it has left is a timer ([`Engine::wake_at`] tells when):
+    /// for a host that schedules its own wake-ups, and for the simulator,
+    /// which moves the clock itself.
+    pub async fn drive_until_idle(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
+        let state = self.state(run_id).await?;
+        Box::pin(self.drive_from(run_id, state, observer, true)).await
+    }
+
+    /// Starts a run and drives it to its end, from the state `start`
+    /// recorded (no re-read); the observer sees every event, the first ones
+    /// included.
+    pub async fn run(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        observer: Observer<'_>,
+    ) -> Result<(Uuid, RunState), RunError> {
+        self.check_children(w).await?;
+        let (run_id, events, state) =
+            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), Origin::default()).await?;
+        for e in &events {
+            observer(e);
+        }
+        let state = Box::pin(self.drive_from(run_id, state, observer, false)).await?;
+        Ok((run_id, state))
+    }
+
+    async fn drive_from(
+        &self,
+        run_id: Uuid,
+        mut state: RunState,
+        observer: Observer<'_>,
+        until_idle: bool,
+    ) -> Result<RunState, RunError> {
+        let stream = cairn_events::run_stream(run_id);
+        let w = self.definition(&state.workflow, state.workflow_version).await?;
+        let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
+        let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
+        // Child runs that stopped to wait for people (not awaited again in this drive).
+        let mut parked_children: std::collections::HashSet<EffectKey> = std::collections::HashSet::new();
+        let mut next: Option<Decision> = None;
+        loop {
+            let d = match next.take() {
+                Some(d) => d,
+                None => {
+                    let (now, wf, s) = (self.clock.now(), w.clone(), std::mem::take(&mut state));
+                    let (s, d) = self
+                        .think(move || {
+                            let d = decide(&wf, &s, now);
+                            (s, d)
+                        })
+                        .await;
+                    state = s;
+                    d
+                }
+            };
+            if !d.append.is_empty() {
+                next = self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
+                continue;
+            }
+            // Start what is newly due; stop what no longer is (a branch
+            // cancelled by a failing sibling, a run cancelled elsewhere).
+            let wanted: Vec<EffectKey> =
+                d.execute.iter().map(EffectKey::of).filter(|k| !parked_children.contains(k)).collect();
+            handles.retain(|k, h| {
+                let keep = wanted.contains(k);
+                if !keep {
+                    h.abort();
+                }
+                keep
+            });
+            for ex in d.execute {
+                let key = EffectKey::of(&ex);
+                if handles.contains_key(&key) || parked_children.contains(&key) {
+                    continue;
+                }
+                let input = self.effective_input(&w, &state, &ex.step_id, ex.input.clone());
+                let (fut, handle) = abortable(self.execute(&w, run_id, ex, input));
+                handles.insert(key.clone(), handle);
+                running.push(Box::pin(async move { (key, fut.await) }));
+            }
+            if handles.is_empty() {
+                // Waiting for people holds nothing: a submission or
+                // decision (or `continue`, for timers) drives it again.
+                if d.parked || !parked_children.is_empty() {
+                    return Ok(state);
+                }
+                let Some(t) = d.wake_at else { return Ok(state) };
+                if until_idle {
+                    return Ok(state);
+                }
+                // Re-read at least every second so a cancel is noticed.
+                tokio::select! {
+                    () = self.clock.sleep_until(t) => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                state = self.state(run_id).await?;
+                continue;
+            }
+            let first = match d.wake_at {
+                Some(t) => {
+                    tokio::select! {
+                        r = running.next() => r,
+                        () = self.clock.sleep_until(t) => None,
+                    }
+                }
+                None => running.next().await,
+            };
+            let mut ready = Vec::new();
+            ready.extend(first);
+            // Whatever else has finished goes into the same commit.
+            while let Some(Some(r)) = running.next().now_or_never() {
+                ready.push(r);
+            }
+            let mut outcomes = Vec::new();
+            for (key, result) in ready {
+                let Ok(result) = result else { continue }; // aborted
+                handles.remove(&key);
+                let events = result?;
+                if events.is_empty() && key.sub == "child" {
+                    parked_children.insert(key);
+                    continue;
+                }
+                // A cancelled branch's late result is not recorded.
+                if state.awaits(&key.step_id, key.attempt) && key.still_open(&state) {
+                    outcomes.extend(events);
+                }
+            }
+            if !outcomes.is_empty() {
+                next = self.commit(&w, &stream, run_id, &mut state, outcomes, observer).await?;
+            }
+        }
+    }
+
+    /// Records `events` and the pure decisions that follow them in one
+    /// commit: each outcome is durable before anything it enables starts.
+    /// Returns the next decision once recorded; `None` after a conflict
+    /// (the state was re-read: decide afresh).
+    async fn commit(
+        &self,
+        w: &Arc<Workflow>,
+        stream: &str,
+        run_id: Uuid,
+        state: &mut RunState,
+        mut events: Vec<Event>,
+        observer: Observer<'_>,
+    ) -> Result<Option<Decision>, RunError> {
+        let (now, wf, before) = (self.clock.now(), w.clone(), state.clone());
+        let (after, next, events) = self
+            .think(move || {
+                let (after, next) = settle(&wf, events.iter().fold(before, evolve), &mut events, now);
+                (after, next, events)
+            })
+            .await;
+        let new: Vec<NewEvent> =
+            events.iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))).collect();
+        match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
+            Ok(_) => {
+                for e in &events {
+                    observer(e);
+                }
+                *state = after;
+                Ok(Some(next))
+            }
+            Err(e) if e.is_conflict() => {
+                *state = self.state(run_id).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Performs one effect and returns the events that record its outcome.
+    async fn execute(&self, w: &Workflow, run_id: Uuid, ex: Execution, input: Value) -> Result<Vec<Event>, RunError> {
+        let Execution { step_id, attempt, effect, timeout, .. } = ex;
+        let started = Instant::now();
+        let outcome = match effect {
+            Effect::StartChild { workflow, version, child_run_id } => {
+                return self.start_child(run_id, step_id, attempt, &workflow, version, child_run_id, input).await;
+            }
+            Effect::AwaitChild { child_run_id } => return self.await_child(step_id, attempt, child_run_id).await,
+            Effect::Ai { number, scripted } => {
+                return Ok(vec![self.call_model(w, run_id, &step_id, number, scripted, input, timeout).await]);
+            }
+            Effect::Request => return Ok(self.request(w, run_id, &step_id, attempt, &input).into_iter().collect()),
+            Effect::Notify { purpose, identity, address, send_attempt } => {
+                return Ok(vec![
+                    self.notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input).await,
+                ]);
+            }
+            effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
+        // An output too deep or too large to record fails the attempt
+        // (kind `limit`, not retried) instead of an append the log refuses.
+        let outcome = outcome.and_then(|output| match self.config.limits.check_value("/output", &output) {
+            Ok(()) => Ok(output),
+            Err(l) => Err(TaskError::new("limit", format!("the step's output was not recorded: {l}"), false)),
+        });
+        let outcome = outcome.and_then(|output| match contract.map(|c| cairn_core::contract::violations(c, &output)) {
+            Some(v) if !v.is_empty() => Err(TaskError::new(
+                "contract",
+                format!("the output does not satisfy the output_contract: {}", cairn_core::contract::describe(&v)),
+                false,
+            )),
+            _ => Ok(output),
+        });
+        Ok(vec![match outcome {
+            Ok(mut output) => {
+                self.secrets.scrub(&mut output);
+                Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
+            }
+            Err(e) => Event::StepFailed(StepFailed {
+                step_id,
+                attempt,
+                error_kind: e.kind,
+                message: self.secrets.scrub_str(&e.message),
+                retryable: e.retryable,
+                retry_after_ms: e.retry_after_ms,
+            }),
+        }])
+    }
+
+    /// The latest published version of a workflow.
+    pub async fn latest_version(&self, name: &str) -> Result<Option<u32>, RunError> {
+        let events = self.store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
+        let mut latest = None;
+        for e in &events {
+            if let Event::WorkflowVersionPublished(p) = Event::decode(e)? {
+                latest = Some(p.version);
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Checks that every child workflow `w` starts is published.
+    pub async fn check_children(&self, w: &Workflow) -> Result<(), RunError> {
+        for name in &w.children {
+            if self.latest_version(name).await?.is_none() {
+                return Err(RunError::Definition {
+                    name: name.clone(),
+                    version: 0,
+                    message: format!(
+                        "`{}` starts it as a child run, but it was never published; publish it first (`cairn publish FILE`)",
+                        w.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the child run of a `workflow` step (or finds the one an
+    /// interrupted attempt started: its id is derived from the attempt).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_child(
+        &self,
+        parent: Uuid,
+        step_id: String,
+        attempt: u32,
+        workflow: &str,
+        version: Option<u32>,
+        child_run_id: Uuid,
+        inputs: Value,
+    ) -> Result<Vec<Event>, RunError> {
+        let fail = |kind: &str, message: String| {
+            Ok(vec![Event::StepFailed(StepFailed {
+                step_id: step_id.clone(),
+                attempt,
+                error_kind: kind.to_owned(),
+                message,
+                retryable: false,
+                retry_after_ms: None,
+            })])
+        };
+        let started = |workflow_version: u32| {
+            Ok(vec![Event::ChildRunStarted(ChildRunStarted {
+                step_id: step_id.clone(),
+                child_run_id,
+                workflow: workflow.to_owned(),
+                workflow_version,
+            })])
+        };
+        let existing = self.store.read_stream(&cairn_events::run_stream(child_run_id), 1).await?;
+        if let Some(first) = existing.first()
+            && let Event::RunStarted(r) = Event::decode(first)?
+        {
+            return started(r.workflow_version);
+        }
+        let version = match version {
+            Some(v) => v,
+            None => match self.latest_version(workflow).await? {
+                Some(v) => v,
+                None => return fail("child.unknown-workflow", format!("workflow `{workflow}` was never published")),
+            },
+        };
+        let w = match self.definition(workflow, version).await {
+            Ok(w) => w,
+            Err(RunError::Definition { message, .. }) => {
+                return fail("child.unknown-workflow", format!("workflow `{workflow}` version {version}: {message}"));
+            }
+            Err(e) => return Err(e),
+        };
+        let parent = ParentRun { run_id: parent, step_id: step_id.clone() };
+        match self
+            .start_run(
+                &w,
+                version,
+                inputs,
+                &format!("run:{}", parent.run_id),
+                child_run_id,
+                Origin { parent: Some(parent), ..Origin::default() },
+            )
+            .await
+        {
+            Ok(_) => started(version),
+            Err(RunError::InvalidInputs { errors, .. }) => fail(
+                "child.invalid-inputs",
+                format!(
+                    "the inputs do not satisfy the `inputs` schema of `{workflow}`: {}",
+                    cairn_core::contract::describe(&errors)
+                ),
+            ),
+            // Another process started it first.
+            Err(RunError::Store(e)) if e.is_conflict() => started(version),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drives a child run to its end and records its result in the parent.
+    async fn await_child(&self, step_id: String, attempt: u32, child: Uuid) -> Result<Vec<Event>, RunError> {
+        let started = Instant::now();
+        let s = self.drive(child, &mut |_| {}).await?;
+        // The child waits for people: so does the parent (nothing to record).
+        if s.status == RunStatus::Running {
+            return Ok(Vec::new());
+        }
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (status, result, outcome) = match s.status {
+            RunStatus::Completed => {
+                let output = s.output.clone().unwrap_or(Value::Null);
+                (
+                    "completed",
+                    output.clone(),
+                    Event::StepCompleted(StepCompleted { step_id: step_id.clone(), attempt, output, duration_ms }),
+                )
+            }
+            status => {
+                let (kind, message, failed_step) =
+                    s.error.clone().unwrap_or_else(|| ("cancelled".into(), "the child run was cancelled".into(), None));
+                let name = if status == RunStatus::Cancelled { "cancelled" } else { "failed" };
+                let at = failed_step.as_deref().map(|f| format!(" at step `{f}`")).unwrap_or_default();
+                (
+                    name,
+                    serde_json::json!({ "error_kind": kind, "message": message, "failed_step": failed_step }),
+                    Event::StepFailed(StepFailed {
+                        step_id: step_id.clone(),
+                        attempt,
+                        error_kind: format!("child.{}", if name == "cancelled" { "cancelled" } else { &kind }),
+                        message: format!("child run {child} {name}{at}: {message}"),
+                        retryable: true,
+                        retry_after_ms: None,
+                    }),
+                )
+            }
+        };
+        Ok(vec![
+            Event::ChildRunCompleted(ChildRunCompleted {
+                step_id,
+                child_run_id: child,
+                status: status.to_owned(),
+                result,
+            }),
+            outcome,
+        ])
+    }
+
+    /// The input to execute with: the recorded input, or, when the step
+    /// uses secrets, its templates rendered again with the real values (the
+    /// recorded input holds placeholders).
+    fn effective_input(&self, w: &Workflow, state: &RunState, step_id: &str, recorded: Value) -> Value {
+        if w.secret_refs.is_empty() {
+            return recorded;
+        }
+        let template = match w.step(bare(step_id)).map(|s| &s.kind) {
+            Some(StepKind::Task { input, .. }) => input,
+            Some(StepKind::Http { request, .. }) => request,
+            _ => return recorded,
+        };
+        let mut text_uses_secrets = false;
+        let _ = cairn_core::template::walk_strings::<()>(template, &mut |t| {
+            text_uses_secrets |= t.contains("secrets.");
+            Ok(())
+        });
+        if !text_uses_secrets {
+            return recorded;
+        }
+        let mut ctx = cairn_core::decider::context(state, step_id);
+        ctx.set("secrets", self.secrets.template_value());
+        cairn_core::template::render(template, &ctx).unwrap_or(recorded)
+    }
+
+    async fn perform(
+        &self,
+        run_id: Uuid,
+        step_id: &str,
+        attempt: u32,
+        effect: Effect,
+        input: Value,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Value, TaskError> {
+        let ctx = TaskContext { run_id, step_id: step_id.to_owned(), attempt };
+        let fut = match effect {
+            Effect::Http { retry_on_status } => {
+                let key = ctx.idempotency_key();
+                let t = timeout.unwrap_or(cairn_core::model::DEFAULT_HTTP_TIMEOUT);
+                return crate::http::send(&self.http, &input, t, &key, &retry_on_status).await;
+            }
+            Effect::Task { handler } => match self.tasks.get(&handler) {
+                None => {
+                    return Err(TaskError::new(
+                        "unknown-task",
+                        format!("no task handler named `{handler}` in this process"),
+                        false,
+                    ));
+                }
+                Some(h) => h.call(input, ctx),
+            },
+            Effect::StartChild { .. }
+            | Effect::AwaitChild { .. }
+            | Effect::Ai { .. }
+            | Effect::Request
+            | Effect::Notify { .. } => {
+                return Err(TaskError::new("internal", "this effect is not performed as a task".to_owned(), false));
+            }
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| Err(TaskError::new("timeout", format!("attempt took longer than {t:?}"), true))),
+            None => fut.await,
+        }
+    }
+
+    /// Top-level runs that started and have not ended (or were resumed
+    /// since), oldest first; child runs are driven by their parents. Scans
+    /// the log.
+    pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
+        Ok(self.scan_runs(None, None).await?.into_iter().filter(|r| r.status == "running").map(|r| r.run_id).collect())
+    }
+}
+
+/// Extends `events` with the pure decisions that follow `state` (the state
+/// after `events`), stopping before any effect, wait or end of decisions;
+/// returns the state after all of them and the decision that stopped it
+/// (its effects and wake-up), so the caller need not decide again.
+/// Time-dependent decisions (retry due times) use the current time, exactly
+/// as deciding them one append later would.
+pub(crate) fn settle(
+    w: &Workflow,
+    mut state: RunState,
+    events: &mut Vec<Event>,
+    now: chrono::DateTime<Utc>,
+) -> (RunState, Decision) {
+    let mut d = decide(w, &state, now);
+    for _ in 0..1_000 {
+        if d.append.is_empty() {
+            break;
+        }
+        let more = std::mem::take(&mut d.append);
+        for e in &more {
+            state = evolve(state, e);
+        }
+        events.extend(more);
+        d = decide(w, &state, now);
+    }
+    (state, d)
+}
+
+/// What a running effect ends with: its outcome events, a failure of the
+/// store, or `Aborted` when it was cancelled.
+type EffectResult = Result<Result<Vec<Event>, RunError>, Aborted>;
+
+/// Identifies one running effect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EffectKey {
+    step_id: String,
+    attempt: u32,
+    /// Tells apart the effects of one attempt: `child`, `ai<N>`,
+    /// `notify:<purpose>:<address>`.
+    sub: String,
+}
+
+impl EffectKey {
+    fn of(ex: &Execution) -> Self {
+        let sub = match &ex.effect {
+            Effect::AwaitChild { .. } => "child".to_owned(),
+            Effect::Ai { number, .. } => format!("ai{number}"),
+            Effect::Notify { purpose, address, .. } => format!("notify:{purpose}:{address}"),
+            _ => String::new(),
+        };
+        EffectKey { step_id: ex.step_id.clone(), attempt: ex.attempt, sub }
+    }
+
+    /// Whether the state still waits for this effect's outcome (an AI
+    /// attempt that is still the open one).
+    fn still_open(&self, state: &RunState) -> bool {
+        match self.sub.strip_prefix("ai").and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) => state.ai.get(&self.step_id).and_then(|p| p.open.as_ref()).is_some_and(|(o, _)| *o == n),
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The pure decider: given these events, when deciding at this time, then
+//! this decision. Plus property tests over generated workflows and outcomes.
+#![allow(missing_docs)]
+
+use cairn_core::decider::{Cursor, Decision, Effect, Execution, RunStatus, decide, evolve, fold};
+use cairn_runtime::{TaskRegistry, Workflow};
+use cairn_events::{Event, RunStarted, StepCompleted, StepFailed, StepStarted};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn wf(src: &str) -> Workflow {
+    let tasks = TaskRegistry::builtin();
+    cairn_core::lang::parse(src, "t.yaml", &tasks.names()).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).single().expect("time")
+}
+
+fn started(inputs: Value) -> Event {
+    Event::RunStarted(RunStarted {
+        run_id: Uuid::from_u128(7),
+        workflow: "w".into(),
+        workflow_version: 1,
+        definition_hash: "h".into(),
+        inputs,
+        started_by: "t".into(),
+        idempotency_key: None,
+        parent: None,
+        fork_of: None,
+        settings: None,
+    })
+}
+
+fn step_started(step: &str, attempt: u32, input: Value) -> Event {
+    Event::StepStarted(StepStarted { step_id: step.into(), attempt, input, scope: String::new() })
+}
+
+fn step_failed(step: &str, attempt: u32, retryable: bool) -> Event {
+    Event::StepFailed(StepFailed {
+        step_id: step.into(),
+        attempt,
+        error_kind: "boom".into(),
+        message: "it broke".into(),
+        retryable,
+        retry_after_ms: None,
+    })
+}
+
+fn step_completed(step: &str, attempt: u32, output: Value) -> Event {
+    Event::StepCompleted(StepCompleted { step_id: step.into(), attempt, output, duration_ms: 1 })
+}
+
+const TWO_TASKS: &str = "name: w\nsteps:\n  - id: a\n    task: echo\n    with: { n: '{{ inputs.n }}' }\n    retry: { max_attempts: 3, initial_interval: 10s, jitter: 0 }\n  - id: b\n    task: echo\n    with: '{{ steps.a.output }}'\n";
+
+#[test]
+fn a_new_run_records_the_first_step_with_its_rendered_input() {
+    let w = wf(TWO_TASKS);
+    let s = fold(&[started(json!({ "n": 5 }))]);
+    assert_eq!(decide(&w, &s, t0()), Decision::append(vec![step_started("a", 1, json!({ "n": 5 }))]));
+}
+
+#[test]
+fn an_attempt_without_outcome_is_executed_again_after_a_crash() {
+    let w = wf(TWO_TASKS);
+    let s = fold(&[started(json!({ "n": 5 })), step_started("a", 1, json!({ "n": 5 }))]);
+    let d = decide(&w, &s, t0());
+    match (&d.append[..], &d.execute[..]) {
+        ([], [Execution { step_id, attempt, effect, input, .. }]) => {
+            assert_eq!((step_id.as_str(), *attempt), ("a", 1));
+            assert_eq!(*effect, Effect::Task { handler: "echo".into() });
+            assert_eq!(*input, json!({ "n": 5 }), "the recorded input is reused, not re-rendered");
+        }
+        _ => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn a_retryable_failure_schedules_a_retry_with_backoff() {
+    let w = wf(TWO_TASKS);
+    let mut events = vec![started(json!({ "n": 5 })), step_started("a", 1, json!({})), step_failed("a", 1, true)];
+    let next = decide(&w, &fold(&events), t0()).append;
+    let Event::RetryScheduled(r) = &next[0] else { panic!("{next:?}") };
+    assert_eq!((r.next_attempt, r.backoff_ms), (2, 10_000));
+    assert_eq!(r.due_at, t0() + Duration::seconds(10));
+    events.extend(next);
+    // Before it is due: wait. When due: attempt 2.
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(5)),
+        Decision::wait_until(t0() + Duration::seconds(10))
+    );
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(10)),
+        Decision::append(vec![step_started("a", 2, json!({ "n": 5 }))])
+    );
+    // The second wait doubles.
+    events.extend([step_started("a", 2, json!({})), step_failed("a", 2, true)]);
+    let next = decide(&w, &fold(&events), t0()).append;
+    assert!(matches!(&next[0], Event::RetryScheduled(r) if r.backoff_ms == 20_000));
+}
+
+#[test]
+fn exhausted_or_non_retryable_failures_fail_the_run_naming_the_step() {
+    let w = wf(TWO_TASKS);
+    for events in [vec![started(json!({})), step_started("a", 1, json!({})), step_failed("a", 1, false)], {
+        let mut events = vec![started(json!({}))];
+        for attempt in 1..=3 {
+            events.extend([step_started("a", attempt, json!({})), step_failed("a", attempt, true)]);
+            if attempt < 3 {
+                events.extend(decide(&w, &fold(&events), t0()).append);
+            }
+        }
+        events
+    }] {
+        let next = decide(&w, &fold(&events), t0()).append;
+        match &next[..] {
+            [Event::RunFailed(f)] => {
+                assert_eq!(f.failed_step.as_deref(), Some("a"));
+                assert_eq!(f.error_kind, "boom");
+                assert!(f.message.contains("it broke"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn branches_record_the_expression_value_and_target() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: big\n    branch: { if: 'inputs.n > 3', then: yes, else: no }\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n",
+    );
+    let next = decide(&w, &fold(&[started(json!({ "n": 5 }))]), t0()).append;
+    match &next[..] {
+        [Event::StepStarted(_), Event::BranchTaken(b), Event::StepCompleted(_)] => {
+            assert_eq!((b.expression.as_str(), &b.value, b.target.as_str()), ("inputs.n > 3", &json!(true), "yes"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut events = vec![started(json!({ "n": 5 }))];
+    events.extend(next);
+    assert_eq!(decide(&w, &fold(&events), t0()), Decision::append(vec![step_started("yes", 1, Value::Null)]));
+}
+
+#[test]
+fn max_visits_stops_a_loop() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    max_visits: 2\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n",
+    );
+    let mut events = vec![started(json!({}))];
+    for _ in 0..2 {
+        events.extend([step_started("a", 1, Value::Null), step_completed("a", 1, json!(1))]);
+        let b = decide(&w, &fold(&events), t0()).append;
+        events.extend(b);
+    }
+    let next = decide(&w, &fold(&events), t0()).append;
+    assert!(matches!(&next[..], [Event::RunFailed(f)] if f.error_kind == "max_visits"), "{next:?}");
+}
+
+#[test]
+fn the_run_output_renders_from_step_outputs() {
+    let w = wf("name: w\nsteps:\n  - id: a\n    task: echo\noutput: { got: '{{ steps.a.output.x }}' }\n");
+    let events =
+        [started(json!({})), step_started("a", 1, Value::Null), step_completed("a", 1, json!({ "x": [1, 2] }))];
+    let next = decide(&w, &fold(&events), t0()).append;
+    assert!(matches!(&next[..], [Event::RunCompleted(c)] if c.output == json!({ "got": [1, 2] })));
+    let done = events.iter().chain(&next).fold(Default::default(), evolve);
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(*done.cursor(), Cursor::Idle);
+    assert_eq!(decide(&w, &done, t0()), Decision::done());
+}
+
+// ---- property tests -------------------------------------------------------
+
+/// A generated step: 0 echo task, 1 flaky task, 2 transform, 3 branch,
+/// 4 parallel, 5 map, 6 AI step with a contract, 7 approval.
+fn workflow_source(kinds: &[(u8, u8, u8)]) -> String {
+    let n = kinds.len();
+    let mut s = String::from("name: gen\ninputs: { type: object, properties: { x: { type: integer } } }\nsteps:\n");
+    for (i, (kind, a, b)) in kinds.iter().enumerate() {
+        s.push_str(&format!("  - id: s{i}\n"));
+        let forward = |k: u8| {
+            let t = i + 1 + usize::from(k) % (n - i);
+            if t >= n { "end".to_owned() } else { format!("s{t}") }
+        };
+        match kind % 8 {
+            0 => s.push_str("    task: echo\n    with: { x: '{{ inputs.x }}' }\n"),
+            1 => s.push_str(&format!(
+                "    task: fail\n    with: {{ succeed_on_attempt: {} }}\n    retry: {{ max_attempts: {}, initial_interval: 1s, jitter: 0.5 }}\n",
+                1 + a % 3,
+                1 + b % 3
+            )),
+            2 => s.push_str("    transform: { y: '{{ inputs.x * 2 }}' }\n"),
+            3 => s.push_str(&format!("    branch: {{ if: 'inputs.x > {}', then: {} }}\n", a % 10, forward(*b))),
+            // Two branches: a flaky task; an echo then a transform.
+            4 => s.push_str(&format!(
+                "    parallel:\n      fail_fast: {}\n      max_concurrency: {}\n      branches:\n        - name: x\n          steps:\n            - id: s{i}_x\n              task: fail\n              with: {{ succeed_on_attempt: {} }}\n              retry: {{ max_attempts: 2, initial_interval: 1s }}\n        - name: y\n          steps:\n            - id: s{i}_y\n              task: echo\n            - id: s{i}_z\n              transform: {{ v: '{{{{ steps.s{i}_y.output }}}}' }}\n",
+                a % 2 == 0,
+                1 + b % 2,
+                1 + a % 3,
+            )),
+            6 => s.push_str(&format!(
+                "    ai:\n      model: scripted\n      prompt: 'x is {{{{ inputs.x }}}}'\n      attempts: {}\n      transport_retry: {{ max_attempts: 2, initial_interval: 1s }}\n      scripted: [ok]\n    output_contract: {{ type: object, required: [ok], properties: {{ ok: {{ type: boolean }} }} }}\n",
+                1 + a % 3
+            )),
+            7 => s.push_str(&format!(
+                "    approval:\n      approvers: [ada, grace]\n      quorum: {}\n      content: {{ x: '{{{{ inputs.x }}}}' }}\n      on_reject: continue\n",
+                if a % 2 == 0 { "any" } else { "all" }
+            )),
+            // A flaky task per item.
+            _ => s.push_str(&format!(
+                "    map:\n      items: [1, 2, 3]\n      max_concurrency: {}\n      steps:\n        - id: s{i}_m\n          task: fail\n          with: {{ succeed_on_attempt: {} }}\n          retry: {{ max_attempts: 2, initial_interval: 1s }}\n",
+                1 + a % 3,
+                1 + b % 3,
+            )),
+        }
+    }
+    s
+}
+
+/// Simulates a run: decisions in order, with task outcomes taken from
+/// `outcomes` (`o % 3`: 0 succeed, 1 retryable failure, 2 fatal failure;
+/// `o / 3` picks which of the running effects finishes).
+/// A decision as recorded: taken after this many events, at this time.
+type Recorded = (usize, DateTime<Utc>, Decision);
+
+fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>) {
+    let mut events = vec![started(json!({ "x": x }))];
+    let mut decisions = Vec::new();
+    let mut now = t0();
+    let mut k = 0;
+    for _ in 0..200 {
+        let state = fold(&events);
+        let d = decide(w, &state, now);
+        decisions.push((events.len(), now, d.clone()));
+        if !d.append.is_empty() {
+            events.extend(d.append);
+        } else if !d.execute.is_empty() {
+            // Which of the concurrent effects finishes first, and how.
+            let pick = outcomes.get(k).copied().unwrap_or(0);
+            let Execution { step_id, attempt, effect, input, .. } =
+                d.execute[usize::from(pick / 3) % d.execute.len()].clone();
+            let o = pick % 3;
+            k += 1;
+            now += Duration::milliseconds(3);
+            events.push(match effect {
+                // A reply that passes the contract, one that does not, or a
+                // transport failure.
+                Effect::Ai { number, .. } if o < 2 => Event::AiAttemptCompleted(cairn_events::AiAttemptCompleted {
+                    step_id,
+                    attempt: number,
+                    raw_output: if o == 0 { r#"{"ok": true}"#.into() } else { r#"{"ok": "no"}"#.into() },
+                    usage: cairn_events::TokenUsage { input_tokens: 10, output_tokens: 3 },
+                    cost: None,
+                    latency_ms: 1,
+                    finish_reason: None,
+                }),
+                Effect::Ai { number, .. } => Event::AiAttemptFailed(cairn_events::AiAttemptFailed {
+                    step_id,
+                    attempt: number,
+                    error_kind: "ai.connect".into(),
+                    message: "refused".into(),
+                    retryable: true,
+                    status: None,
+                    retry_after_ms: None,
+                    latency_ms: 1,
+                    fallback_mode: None,
+                }),
+                Effect::Request => {
+                    let kind = &w.step(cairn_core::decider::bare(&step_id)).expect("step").kind;
+                    cairn_core::decider::request_event(&step_id, kind, &input, "hash".into()).expect("a request")
+                }
+                _ => match o {
+                    0 => step_completed(&step_id, attempt, json!({ "attempt": attempt })),
+                    1 => step_failed(&step_id, attempt, true),
+                    _ => step_failed(&step_id, attempt, false),
+                },
+            });
+        } else if d.parked {
+            // A person answers the first request that waits.
+            let pick = outcomes.get(k).copied().unwrap_or(0);
+            k += 1;
+            now += Duration::seconds(1);
+            let (step, h) = state.waiting_for_people()[0];
+            let who = if h.decided("ada") { "grace" } else { "ada" };
+            events.push(Event::ApprovalDecided(cairn_events::ApprovalDecided {
+                step_id: step.to_owned(),
+                decided_by: who.into(),
+                decision: if pick % 2 == 0 { "approved" } else { "rejected" }.into(),
+                comment: None,
+                content_hash: h.content_hash.clone(),
+            }));
+        } else if let Some(t) = d.wake_at {
+            now = t;
+        } else {
+            break;
+        }
+    }
+    (events, decisions)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn folding_at_once_equals_folding_in_pieces(
+        kinds in prop::collection::vec((0u8..8, any::<u8>(), any::<u8>()), 1..7),
+        x in -5i64..15,
+        outcomes in prop::collection::vec(0u8..9, 0..30),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let w = wf(&workflow_source(&kinds));
+        let (events, _) = simulate(&w, x, &outcomes);
+        let at = split.index(events.len() + 1);
+        let pieces = events[at..].iter().fold(fold(&events[..at]), evolve);
+        prop_assert_eq!(pieces, fold(&events));
+    }
+
+    #[test]
+    fn deciding_again_on_every_prefix_reproduces_the_recorded_decisions(
+        kinds in prop::collection::vec((0u8..8, any::<u8>(), any::<u8>()), 1..7),
+        x in -5i64..15,
+        outcomes in prop::collection::vec(0u8..9, 0..30),
+    ) {
+        let w = wf(&workflow_source(&kinds));
+        let (events, decisions) = simulate(&w, x, &outcomes);
+        let last = fold(&events);
+        prop_assert!(last.status.is_terminal(), "run did not end: {:?}", last.cursor());
+        // A fresh engine (recompiled definition) replaying the log decides
+        // exactly as recorded at every point.
+        let replayed = wf(&workflow_source(&kinds));
+        for (len, now, recorded) in decisions {
+            prop_assert_eq!(decide(&replayed, &fold(&events[..len]), now), recorded);
+        }
+    }
+}
+
+#[test]
+fn a_wait_records_its_due_time_and_fires_when_due() {
+    let w = wf("name: w\nsteps:\n  - id: pause\n    wait: { for: 90s }\n  - id: after\n    task: echo\n");
+    let mut events = vec![started(json!({}))];
+    let next = decide(&w, &fold(&events), t0()).append;
+    match &next[..] {
+        [Event::StepStarted(_), Event::TimerStarted(t)] => {
+            assert_eq!(t.due_at, t0() + Duration::seconds(90));
+            assert_eq!((t.purpose.as_str(), t.step_id.as_deref()), ("wait", Some("pause")));
+        }
+        other => panic!("{other:?}"),
+    }
+    events.extend(next);
+    // A later decision (another process, after a restart) keeps the recorded due time.
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(30)),
+        Decision::wait_until(t0() + Duration::seconds(90))
+    );
+    let fired = decide(&w, &fold(&events), t0() + Duration::seconds(90)).append;
+    assert!(matches!(&fired[..], [Event::TimerFired(_), Event::StepCompleted(c)] if c.step_id == "pause"), "{fired:?}");
+    events.extend(fired);
+    assert_eq!(
+        decide(&w, &fold(&events), t0() + Duration::seconds(91)),
+        Decision::append(vec![step_started("after", 1, Value::Null)])
+    );
+}
+
+#[test]
+fn a_wait_until_renders_its_instant() {
+    let w = wf(
+        "name: w\ninputs: { type: object, properties: { at: { type: string } } }\nsteps:\n  - id: pause\n    wait: { until: '{{ inputs.at }}' }\n",
+    );
+    let s = fold(&[started(json!({ "at": "2026-12-01T09:00:00Z" }))]);
+    let next = decide(&w, &s, t0()).append;
+    assert!(
+        matches!(&next[1], Event::TimerStarted(t) if t.due_at.to_rfc3339() == "2026-12-01T09:00:00+00:00"),
+        "{next:?}"
+    );
+    let bad = fold(&[started(json!({ "at": "next tuesday" }))]);
+    let next = decide(&w, &bad, t0()).append;
+    assert!(matches!(&next[1], Event::StepFailed(f) if f.message.contains("next tuesday")), "{next:?}");
+}
+
+/// Each visit of a step in a loop numbers its attempts on from the last
+/// visit's, so keys derived from (run, step, attempt) are never reused;
+/// retries count within the visit.
+#[test]
+fn a_loops_visits_number_attempts_on_and_retries_count_per_visit() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    max_visits: 3\n    retry: { max_attempts: 2, initial_interval: 1s }\n  - id: wait\n    wait: { for: 1s }\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n",
+    );
+    let mut events = vec![started(json!({}))];
+    let mut now = t0();
+    let mut attempts = Vec::new();
+    let mut timers = Vec::new();
+    for _ in 0..200 {
+        let d = decide(&w, &fold(&events), now);
+        if d.append.is_empty() && d.execute.is_empty() {
+            match d.wake_at {
+                Some(t) => {
+                    now = t;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        for e in &d.append {
+            match e {
+                Event::StepStarted(s) if s.step_id == "a" => attempts.push(s.attempt),
+                Event::TimerStarted(t) => timers.push(t.timer_id.clone()),
+                _ => {}
+            }
+        }
+        events.extend(d.append);
+        // The task fails its first attempt on the second visit, else completes.
+        for x in d.execute {
+            let fail = x.step_id == "a" && attempts.len() == 2;
+            events.push(if fail {
+                step_failed("a", x.attempt, true)
+            } else {
+                step_completed(&x.step_id, x.attempt, json!({}))
+            });
+        }
+    }
+    assert_eq!(attempts, vec![1, 2, 3, 4], "visit 1: 1; visit 2: 2, retried as 3; visit 3: 4");
+    assert_eq!(timers, vec!["wait#1", "wait#2", "wait#3"], "timer ids are unique per visit");
+    assert!(matches!(events.last(), Some(Event::RunFailed(f)) if f.error_kind == "max_visits"), "{:?}", events.last());
+    let Some(Event::RunFailed(f)) = events.last() else { unreachable!() };
+    assert!(f.message.contains("would run a 4th time"), "{}", f.message);
+}
+
+#[test]
+fn ordinals_read_as_english() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    max_visits: 400\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n",
+    );
+    let mut events = vec![started(json!({}))];
+    for _ in 0..400 {
+        let d = decide(&w, &fold(&events), t0());
+        let x = d.append.iter().find_map(|e| match e {
+            Event::StepStarted(s) if s.step_id == "a" => Some(s.attempt),
+            _ => None,
+        });
+        events.extend(d.append);
+        if let Some(a) = x {
+            events.push(step_completed("a", a, json!(1)));
+            events.extend(decide(&w, &fold(&events), t0()).append);
+        }
+    }
+    let next = decide(&w, &fold(&events), t0()).append;
+    assert!(matches!(&next[..], [Event::RunFailed(f)] if f.message.contains("a 401st time")), "{next:?}");
+}
+
+/// Numbers from JSON mix with literals in condition arithmetic (before,
+/// `inputs.x * 2 == 2` failed the step: `uint` from JSON, `int` literals).
+#[test]
+fn condition_arithmetic_mixes_json_numbers_and_literals() {
+    for (cond, inputs, want) in [
+        ("inputs.x * 2 == 2", json!({ "x": 1 }), "yes"),
+        ("inputs.x + 1 > 3", json!({ "x": 3 }), "yes"),
+        ("inputs.x - 5 < 0", json!({ "x": 3 }), "yes"),
+        ("inputs.x % 2 == 1", json!({ "x": 3 }), "yes"),
+        ("inputs.p * 1.5 > 2.0", json!({ "p": 1.5 }), "yes"),
+        ("inputs.x / 2 == 2", json!({ "x": 5 }), "yes"),
+        ("inputs.x * 2 == 2", json!({ "x": 2 }), "no"),
+    ] {
+        let w = wf(&format!(
+            "name: w\nsteps:\n  - id: b\n    branch: {{ if: '{cond}', then: yes, else: no }}\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n"
+        ));
+        let next = decide(&w, &fold(&[started(inputs.clone())]), t0()).append;
+        assert!(
+            matches!(&next[..], [_, Event::BranchTaken(b), _] if b.target == want),
+            "{cond} with {inputs}: {next:?}"
+        );
+    }
+    // A whole number and a decimal: the message says what to write.
+    let w = wf("name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.x * 1.5 > 2.0', then: end, else: end }\n");
+    let next = decide(&w, &fold(&[started(json!({ "x": 2 }))]), t0()).append;
+    assert!(matches!(&next[..], [_, Event::StepFailed(f)] if f.message.contains("double(")), "{next:?}");
+}
+
+/// A condition that could iterate past its budget fails its step with kind
+/// `limit` before it runs (before: a 4-deep `.all` over 40 items blocked
+/// the whole server for 10.7 s); within the budget it is evaluated.
+#[test]
+fn a_condition_past_its_cost_budget_fails_with_kind_limit() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.xs.all(a, inputs.xs.all(b, inputs.xs.all(c, inputs.xs.all(d, a + b + c + d >= 0))))', then: yes, else: no }\n  - id: yes\n    task: echo\n    end: true\n  - id: no\n    task: echo\n",
+    );
+    let many: Vec<i64> = (0..40).collect();
+    let next = decide(&w, &fold(&[started(json!({ "xs": many }))]), t0()).append;
+    let [_, Event::StepFailed(f)] = &next[..] else { panic!("{next:?}") };
+    assert_eq!(f.error_kind, "limit");
+    assert!(f.message.contains("up to 2560000 evaluations, over the limit of 1000000"), "{}", f.message);
+    let few: Vec<i64> = (0..10).collect();
+    let next = decide(&w, &fold(&[started(json!({ "xs": few }))]), t0()).append;
+    assert!(matches!(&next[..], [_, Event::BranchTaken(b), _] if b.target == "yes"), "{next:?}");
+}
+
+/// A step inside nested map iterations sees the top level, its enclosing
+/// iterations and its own, and nothing of sibling iterations; an inner
+/// step's output shadows none of the outer ones. (The template context is
+/// found by range scans, not by walking every output.)
+#[test]
+fn nested_iterations_see_their_enclosing_scopes_and_no_siblings() {
+    let w = wf(r#"name: w
+steps:
+  - id: top
+    transform: { k: 10 }
+  - id: outer
+    map:
+      items: [1, 2]
+      steps:
+        - id: o
+          transform: { v: "{{ item * steps.top.output.k }}" }
+        - id: inner
+          map:
+            items: [100, 200]
+            steps:
+              - id: i
+                transform: { s: "{{ item + steps.o.output.v + steps.top.output.k }}", keys: "{{ steps | list | sort | join(',') }}" }
+output: "{{ steps.outer.output }}"
+"#);
+    let mut events = vec![started(json!({}))];
+    for _ in 0..200 {
+        let d = decide(&w, &fold(&events), t0());
+        assert!(d.execute.is_empty(), "only transforms: {d:?}");
+        if d.append.is_empty() {
+            break;
+        }
+        events.extend(d.append);
+    }
+    let s = fold(&events);
+    assert_eq!(s.status, RunStatus::Completed, "{events:?}");
+    let row =
+        |o: i64| json!([{ "s": 100 + o * 10 + 10, "keys": "o,top" }, { "s": 200 + o * 10 + 10, "keys": "o,top" }]);
+    assert_eq!(s.output, Some(json!([row(1), row(2)])));
+}

@@ -1,0 +1,533 @@
+//! Validation finds every problem before anything runs, each with
+//! file:line:column, what is wrong and how to fix it.
+#![allow(missing_docs)]
+
+use cairn_runtime::TaskRegistry;
+use cairn_core::lang::{Diagnostic, parse};
+
+fn diags(src: &str) -> Vec<Diagnostic> {
+    let tasks = TaskRegistry::builtin();
+    match parse(src, "wf.yaml", &tasks.names()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0,
+    }
+}
+
+/// Expects a diagnostic with `code` on `line` whose message or help contains
+/// every one of `words`.
+fn check(src: &str, code: &str, line: u64, words: &[&str]) {
+    let all = diags(src);
+    let found = all
+        .iter()
+        .find(|d| d.code == code && d.line == line && words.iter().all(|w| d.to_string().contains(w)))
+        .or_else(|| all.iter().find(|d| d.code == code && d.line == line));
+    let Some(d) = found else {
+        panic!(
+            "expected `{code}` on line {line}, got:\n{}",
+            all.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+        );
+    };
+    let text = d.to_string();
+    assert!(text.starts_with(&format!("wf.yaml:{line}:")), "{text}");
+    assert!(d.column > 0, "{text}");
+    for w in words {
+        assert!(text.contains(w), "`{text}` should contain `{w}`");
+    }
+}
+
+#[test]
+fn duplicate_step_ids() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: a\n    task: echo\n",
+        "duplicate-step",
+        5,
+        &["`a`", "line 3"],
+    );
+}
+
+#[test]
+fn unknown_jump_target_suggests_the_closest() {
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n    next: publsh\n  - id: publish\n    task: echo\n",
+        "unknown-step",
+        5,
+        &["publsh", "did you mean `publish`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'true', then: nowhere, else: end }\n",
+        "unknown-step",
+        4,
+        &["nowhere"],
+    );
+}
+
+#[test]
+fn unreachable_steps() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    end: true\n  - id: orphan\n    task: echo\n",
+        "unreachable-step",
+        6,
+        &["orphan", "never run"],
+    );
+}
+
+#[test]
+fn loops_need_max_visits() {
+    let looping =
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: again\n    branch: { if: 'true', then: a, else: end }\n";
+    check(looping, "unbounded-loop", 3, &["`a`", "`again`", "max_visits"]);
+    let bounded = looping.replace("    task: echo\n  - id: again", "    task: echo\n    max_visits: 3\n  - id: again");
+    assert!(diags(&bounded).is_empty(), "{:?}", diags(&bounded));
+}
+
+#[test]
+fn references_to_steps_that_may_not_have_run() {
+    let src = "name: w\nsteps:\n  - id: pick\n    branch: { if: 'true', then: maybe, else: after }\n  - id: maybe\n    task: echo\n  - id: after\n    task: echo\n    with: { x: '{{ steps.maybe.output }}' }\n";
+    check(src, "maybe-not-run", 7, &["`after`", "steps.maybe", "every path"]);
+    // On every path: fine.
+    let ok = "name: w\nsteps:\n  - id: first\n    task: echo\n  - id: second\n    task: echo\n    with: { x: '{{ steps.first.output }}' }\n";
+    assert!(diags(ok).is_empty());
+}
+
+#[test]
+fn references_to_unknown_steps_and_fields() {
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n  - id: use\n    task: echo\n    with: { x: '{{ steps.drafts.output }}' }\n",
+        "unknown-step-reference",
+        5,
+        &["steps.drafts", "did you mean `steps.draft`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: draft\n    task: echo\n    output_contract: { type: object, properties: { title: { type: string }, body: { type: string } } }\n  - id: use\n    task: echo\n    with: { x: '{{ steps.draft.output.titel }}' }\n",
+        "unknown-output-field",
+        6,
+        &["titel", "did you mean `title`"],
+    );
+    check(
+        "name: w\ninputs: { type: object, properties: { topic: { type: string } } }\nsteps:\n  - id: a\n    task: echo\n    with: { t: '{{ inputs.topik }}' }\n",
+        "unknown-input",
+        4,
+        &["inputs.topik", "did you mean `inputs.topic`"],
+    );
+}
+
+#[test]
+fn bad_expressions_templates_and_durations() {
+    check(
+        "name: w\nsteps:\n  - id: b\n    branch: { if: 'inputs.x >', then: end }\n",
+        "bad-expression",
+        4,
+        &["inputs.x >"],
+    );
+    check("name: w\nsteps:\n  - id: t\n    transform: { x: '{{ inputs.x + }}' }\n", "bad-template", 3, &["inputs.x +"]);
+    check("name: w\nsteps:\n  - id: t\n    task: echo\n    timeout: 30 seconds\n", "bad-duration", 5, &["30 seconds"]);
+    check(
+        "name: w\nsteps:\n  - id: t\n    task: echo\n    retry: { initial_interval: 5 }\n",
+        "bad-duration",
+        5,
+        &["no unit"],
+    );
+}
+
+#[test]
+fn step_kinds_and_handlers() {
+    check("name: w\nsteps:\n  - id: t\n    task: ecko\n", "unknown-task", 4, &["ecko", "did you mean `echo`"]);
+    check(
+        "name: w\nsteps:\n  - id: t\n    task: echo\n    transform: { a: 1 }\n",
+        "step-kind",
+        3,
+        &["task and transform", "one thing"],
+    );
+    check("name: w\nsteps:\n  - id: t\n    description: nothing\n", "step-kind", 3, &["does not say"]);
+}
+
+#[test]
+fn yaml_errors_have_a_location() {
+    check("name: w\nsteps:\n  - id: t\n    task: echo\n    colour: blue\n", "unknown-field", 5, &["colour"]);
+    check("name: w\nname: x\nsteps: []\n", "yaml", 2, &["name"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let src =
+        "name: w\nsteps:\n  - id: a\n    task: nope\n    next: b2\n  - id: a\n    task: echo\n    timeout: soon\n";
+    let codes: Vec<&str> = diags(src).iter().map(|d| d.code).collect();
+    for c in ["unknown-task", "unknown-step", "duplicate-step", "bad-duration"] {
+        assert!(codes.contains(&c), "{codes:?} lacks {c}");
+    }
+}
+
+#[test]
+fn examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let src = std::fs::read_to_string(&path).expect("read");
+            let d = diags(&src);
+            assert!(d.is_empty(), "{}: {:?}", path.display(), d);
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn guarded_references_are_accepted() {
+    // A loop reading its previous visit; a join reading an optional step.
+    let looping = "name: w\nsteps:\n  - id: count\n    task: increment\n    with: \"{{ steps.count.output if steps.count is defined else {} }}\"\n    max_visits: 5\n  - id: again\n    branch: { if: 'steps.count.output.counter < 3', then: count }\n";
+    assert!(diags(looping).is_empty(), "{:?}", diags(looping));
+    let optional = "name: w\nsteps:\n  - id: pick\n    branch: { if: 'true', then: maybe, else: after }\n  - id: maybe\n    task: echo\n  - id: after\n    branch: { if: 'has(steps.maybe)', then: end, else: end }\n";
+    assert!(diags(optional).is_empty(), "{:?}", diags(optional));
+    // Unguarded, the same references are refused.
+    check(&looping.replace(" if steps.count is defined else {} ", " "), "self-reference", 3, &["previous visit"]);
+}
+
+#[test]
+fn waits_need_one_valid_duration_or_instant() {
+    check("name: w\nsteps:\n  - id: p\n    wait: {}\n", "bad-wait", 3, &["`for`", "`until`"]);
+    check("name: w\nsteps:\n  - id: p\n    wait: { for: soon }\n", "bad-duration", 4, &["soon"]);
+    check(
+        "name: w\nsteps:\n  - id: p\n    wait: { until: 'tomorrow' }\n",
+        "bad-instant",
+        3,
+        &["tomorrow", "2026-12-01T09:00:00Z"],
+    );
+    assert!(diags("name: w\nsteps:\n  - id: p\n    wait: { until: '2026-12-01T09:00:00Z' }\n").is_empty());
+}
+
+#[test]
+fn step_ids_must_be_referable_from_templates() {
+    check(
+        "name: w\nsteps:\n  - id: book-hotel\n    task: echo\n",
+        "bad-step-id",
+        3,
+        &["book-hotel", "`book_hotel` would work"],
+    );
+}
+
+#[test]
+fn compensations_are_checked() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    compensate: undo_b\ncompensations:\n  - id: undo_a\n    task: echo\n",
+        "unknown-compensation",
+        5,
+        &["undo_b", "did you mean `undo_a`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    compensate: undo\ncompensations:\n  - id: undo\n    task: echo\n    next: a\n",
+        "bad-compensation",
+        7,
+        &["only do work"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\ncompensations:\n  - id: a\n    task: echo\n",
+        "duplicate-step",
+        6,
+        &["`a`"],
+    );
+}
+
+#[test]
+fn schemas_must_be_valid_json_schemas() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    output_contract: { type: 12 }\n",
+        "bad-schema",
+        3,
+        &["output_contract", "not a valid JSON Schema"],
+    );
+    check(
+        "name: w\ninputs: { type: object, properties: { n: { minimum: x } } }\nsteps:\n  - id: a\n    task: echo\n",
+        "bad-schema",
+        2,
+        &["`inputs`"],
+    );
+}
+
+const NESTED_REFS: &str = r#"name: refs
+inputs: { type: object, properties: { xs: { type: array } } }
+steps:
+  - id: first
+    task: echo
+  - id: fan
+    parallel:
+      branches:
+        - name: a
+          steps:
+            - id: a1
+              task: echo
+              with: { w: "{{ steps.first.output }}" }
+        - name: b
+          steps:
+            - id: b1
+              task: echo
+              with: { v: "{{ steps.a1.output }}" }
+  - id: each
+    map:
+      items: "{{ inputs.xs }}"
+      steps:
+        - id: m1
+          task: echo
+          with: { i: "{{ item }}", f: "{{ steps.fan.output.a }}", g: "{{ steps.each.output }}" }
+        - id: m2
+          task: echo
+          with: "{{ steps.m1.output }}"
+  - id: after
+    transform: { x: "{{ steps.a1.output }}", y: "{{ steps.m1.output }}", z: "{{ steps.fan.output.a }}" }
+"#;
+
+#[test]
+fn nested_steps_see_what_ran_before_their_container_and_nothing_of_their_siblings() {
+    check(NESTED_REFS, "maybe-not-run", 16, &["`steps.a1`", "branch `a` of parallel `fan`", "steps.fan.output.a"]);
+    check(NESTED_REFS, "self-reference", 23, &["inside `each`", "`item`"]);
+    check(NESTED_REFS, "nested-step-reference", 29, &["`steps.a1`", "inside parallel `fan`", "steps.fan.output.a"]);
+    check(NESTED_REFS, "nested-step-reference", 29, &["`steps.m1`", "once per item inside map `each`"]);
+    // `steps.first` in a branch, `steps.fan` in the map body and `steps.m1`
+    // within its own iteration are fine.
+    let all = diags(NESTED_REFS);
+    assert_eq!(all.len(), 4, "{all:#?}");
+}
+
+#[test]
+fn parallel_and_map_shapes_are_checked() {
+    let src = r#"name: bad
+steps:
+  - id: first
+    task: echo
+  - id: fan
+    timeout: 5s
+    parallel:
+      max_concurrency: 0
+      branches:
+        - name: a
+          steps:
+            - id: a1
+              task: echo
+              next: first
+        - name: a
+          steps:
+            - id: b1
+              task: echo
+  - id: each
+    map:
+      items: 5
+      steps:
+        - id: m1
+          task: echo
+          compensate: undo
+  - id: none
+    parallel: { branches: [] }
+compensations:
+  - id: undo
+    task: echo
+"#;
+    check(src, "bad-concurrency", 5, &["`max_concurrency` must be at least 1"]);
+    check(src, "misplaced-field", 6, &["`timeout`", "steps inside it"]);
+    check(src, "jump-across-blocks", 14, &["`first`", "same sequence"]);
+    check(src, "duplicate-branch", 15, &["branch `a`", "line 10"]);
+    check(src, "bad-items", 19, &["`items` is 5", "inputs.orders"]);
+    check(src, "misplaced-field", 25, &["inside a `map`", "compensate the `map` step"]);
+    check(src, "empty-parallel", 26, &["no branches"]);
+}
+
+#[test]
+fn ids_are_unique_across_nesting_and_child_workflows_are_named() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: m\n    map:\n      items: [1]\n      steps:\n        - id: a\n          task: echo\n",
+        "duplicate-step",
+        9,
+        &["`a`", "line 3"],
+    );
+    check("name: w\nsteps:\n  - id: c\n    workflow: { name: 'no good' }\n", "bad-name", 4, &["no good"]);
+    let w = parse(
+        "name: w\nsteps:\n  - id: c\n    workflow: { name: child, inputs: { n: 1 } }\n  - id: d\n    workflow: { name: child }\n",
+        "wf.yaml",
+        &TaskRegistry::builtin().names(),
+    )
+    .expect("valid");
+    assert_eq!(w.children, vec!["child".to_owned()]);
+}
+
+#[test]
+fn an_unquoted_yaml_boolean_in_required_is_named() {
+    check(
+        "name: w\ninputs: { type: object, properties: { n: { type: integer } }, required: [n] }\nsteps:\n  - id: a\n    task: echo\n",
+        "bad-schema",
+        2,
+        &["`required` lists the boolean false", "the property `n`", "required: [\"n\"]"],
+    );
+}
+
+/// What validates, runs: a template may read only the roots that exist at
+/// run time and use only the filters, tests and functions the template
+/// engine has (before, `env.HOME` and `| tojson` validated and then failed
+/// the run).
+#[test]
+fn templates_use_only_what_exists_at_run_time() {
+    let t = |expr: &str| format!("name: w\nsteps:\n  - id: t\n    transform: {{ x: '{expr}' }}\n");
+    check(&t("{{ env.HOME }}"), "bad-template", 3, &["`env` is not defined", "inputs"]);
+    check(&t("{{ inputs.x | nosuch }}"), "bad-template", 3, &["unknown filter `nosuch`"]);
+    check(&t("{{ inputs.x is nosuch }}"), "bad-template", 3, &["unknown test `nosuch`"]);
+    check(&t("{{ nosuch(1) }}"), "bad-template", 3, &["unknown function `nosuch`"]);
+    check(&t("a {{ inputs.x | upper | nosuch2 }} b"), "bad-template", 3, &["unknown filter `nosuch2`"]);
+    for ok in [
+        "{{ inputs.x | tojson }}",
+        "{{ inputs.x | default(1) }}",
+        "{{ inputs.x is defined }}",
+        "{{ inputs.x is not none }}",
+        "{% for i in range(3) %}{{ i }}{% endfor %}",
+        "{{ \"a | b\" ~ inputs.x }}",
+        "{{ steps.t.output if steps.t is defined else 0 }}",
+    ] {
+        assert_eq!(diags(&t(ok)), Vec::new(), "{ok}");
+    }
+}
+
+/// Every filter and test the docs list exists at run time and renders.
+#[test]
+fn the_documented_filters_tests_and_functions_exist() {
+    use cairn_core::template::{Callable, exists};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/workflow-language.md")).expect("docs");
+    let listed = |label: &str| -> Vec<String> {
+        let line = doc.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("docs list `{label}`"));
+        line.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    };
+    for (label, kind) in [
+        ("- **Filters:**", Callable::Filter),
+        ("- **Tests:**", Callable::Test),
+        ("- **Functions:**", Callable::Function),
+    ] {
+        let names = listed(label);
+        assert!(names.len() >= 3, "{label}: {names:?}");
+        for n in names {
+            assert!(exists(kind, &n), "{label} lists `{n}`, which the template engine does not have");
+        }
+    }
+    let out = cairn_core::template::render(
+        &serde_json::json!("{{ inputs.x | tojson }}"),
+        &serde_json::json!({ "inputs": { "x": { "a": 1 } } }).into(),
+    )
+    .expect("tojson renders");
+    assert_eq!(out, serde_json::json!("{\"a\": 1}"));
+}
+
+/// Every unknown field is named at once, each where it is written with a
+/// suggestion, and the rest of the file is still checked (before, the first
+/// unknown field hid every other problem).
+#[test]
+fn every_unknown_field_and_every_other_problem_at_once() {
+    let src = "name: w\nsteps:\n  - id: a\n    task: nope\n    retyr:\n      max_attempts: 3\n    next: b2\n  - id: b\n    task: echo\n    timeout: soon\n    colour: blue\noutput:\n  x: 1\n  y: 2\n";
+    let all = diags(src);
+    let summary: Vec<(&str, u64)> = all.iter().map(|d| (d.code, d.line)).collect();
+    for want in
+        [("unknown-field", 5), ("unknown-field", 11), ("unknown-task", 4), ("unknown-step", 7), ("bad-duration", 10)]
+    {
+        assert!(summary.contains(&want), "{want:?} missing from {summary:?}");
+    }
+    let retyr = all.iter().find(|d| d.line == 5).expect("retyr");
+    assert!(retyr.to_string().contains("did you mean `retry`"), "{retyr}");
+    assert_eq!(retyr.column, 5);
+    // Flow style and a first key of an item: still every unknown field.
+    let flow = diags("name: w\nsteps:\n  - idd: a\n    task: echo\n    retry: { max_attemps: 3 }\n");
+    let codes: Vec<(&str, u64)> = flow.iter().map(|d| (d.code, d.line)).collect();
+    assert!(codes.contains(&("unknown-field", 3)) && codes.contains(&("unknown-field", 5)), "{codes:?}");
+}
+
+/// A reference in the workflow `output` is reported where the output is,
+/// not at the workflow's name.
+#[test]
+fn output_references_are_reported_at_the_output() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\noutput:\n  title: '{{ steps.nope.output.t }}'\n",
+        "unknown-step-reference",
+        6,
+        &["nope"],
+    );
+}
+
+/// A secret is kept out of the log only in the form it has: a template
+/// that transforms it (before: stored in clear once upper-cased, reversed
+/// or sliced) is refused; inserting it as it is, also inside text, is fine.
+#[test]
+fn a_transformed_secret_is_refused() {
+    let t = |expr: &str| format!("name: w\nsteps:\n  - id: t\n    task: echo\n    with: {{ x: \"{expr}\" }}\n");
+    for bad in [
+        "{{ secrets.TOKEN | upper }}",
+        "{{ secrets.TOKEN | reverse }}",
+        "{{ secrets.TOKEN[1:] }}",
+        "{{ secrets.TOKEN ~ 'x' }}",
+        "{{ [secrets.TOKEN, 'a'] | join('') }}",
+        "a {% if secrets.TOKEN %}b{% endif %}",
+    ] {
+        check(&t(bad), "secret-transformed", 3, &["transforms a secret", "as it is"]);
+    }
+    for ok in ["{{ secrets.TOKEN }}", "Bearer {{ secrets.TOKEN }}", "{{secrets.TOKEN}} and {{ inputs.x | upper }}"] {
+        assert!(diags(&t(ok)).iter().all(|d| d.code != "secret-transformed"), "{ok}: {:?}", diags(&t(ok)));
+    }
+}
+
+/// A template cannot escape the limit on rendered output by repeating one
+/// value (before: `{{ ['x' * 1000000] * inputs.n }}` with n=3000 built
+/// 3 GB and crashed the server, on every restart).
+#[test]
+fn rendering_is_bounded_however_the_output_is_built() {
+    let ctx: cairn_core::template::Scope = serde_json::json!({ "inputs": { "n": 3000 } }).into();
+    for t in [
+        "{{ ['x' * 1000000] * inputs.n }}",
+        "{% for i in range(inputs.n) %}{{ 'x' * 1000000 }}{% endfor %}",
+        "a {{ 'x' * 1000000 }}{{ 'y' * 1000000 }}",
+        "{{ {'a': 'x' * 1000000, 'b': 'y' * 1000000, 'c': 'z' * 1000000, 'd': 'w' * 1000000, 'e': 'v' * 300000} }}",
+    ] {
+        let Err(err) = cairn_core::template::render(&serde_json::json!(t), &ctx) else {
+            panic!("{t} rendered past the limit");
+        };
+        let limit = if t.starts_with("{{") { 4 << 20 } else { 1 << 20 };
+        assert!(err.to_string().contains(&format!("more than the limit of {limit} bytes")), "{t}: {err}");
+    }
+    // A value that passes data on may be as large as an event: 100,000
+    // numbers (about 590 KB of JSON) render from one expression.
+    let many: Vec<u32> = (0..100_000).collect();
+    let big: cairn_core::template::Scope = serde_json::json!({ "inputs": { "items": many } }).into();
+    let out = cairn_core::template::render(&serde_json::json!("{{ inputs.items }}"), &big).expect("100k items");
+    assert_eq!(out.as_array().map(Vec::len), Some(100_000));
+    // Just under the limit renders.
+    let ok = cairn_core::template::render(&serde_json::json!("{{ 'x' * 1000000 }}"), &ctx).expect("1 MB");
+    assert_eq!(ok.as_str().map(str::len), Some(1_000_000));
+}
+
+/// A condition's cost is estimated at validation where the inputs bound
+/// it: 3 nested comprehensions over input lists of up to 200 items (8
+/// million evaluations) is refused before anything runs; 50 items (125,000)
+/// is fine, and without `maxItems` the bound is checked when it runs.
+#[test]
+fn a_condition_over_bounded_inputs_past_its_cost_is_refused_at_validation() {
+    let wf = |max: &str| {
+        format!(
+            "name: w\ninputs:\n  type: object\n  properties:\n    items: {{ type: array, items: {{ type: integer }}{max} }}\nsteps:\n  - id: b\n    branch: {{ if: \"inputs.items.all(a, inputs.items.all(b, inputs.items.exists(c, a + b == c)))\", then: done }}\n  - id: done\n    transform: {{ ok: true }}\n"
+        )
+    };
+    check(&wf(", maxItems: 200"), "condition-too-costly", 8, &["200 items", "8000000", "1000000", "maxItems"]);
+    assert!(diags(&wf(", maxItems: 50")).is_empty(), "{:?}", diags(&wf(", maxItems: 50")));
+    assert!(diags(&wf("")).is_empty(), "unbounded inputs: checked at run time");
+}
+
+/// Found by the `template` fuzz target: a block whose opening and closing
+/// overlap (`{%}`) made the check of a workflow's templates panic (slicing
+/// past its own end); `cairn validate` crashed and `POST /workflows`
+/// answered 500. It is a diagnostic now.
+#[test]
+fn a_template_whose_delimiters_overlap_is_a_diagnostic_not_a_panic() {
+    let found =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/template/open-close-overlap"))
+            .expect("the fuzz finding");
+    for t in ["{%}", "x {%} y", "{{}}", "a {%}}b{% or%}", found.as_str()] {
+        let src = format!(
+            "name: w\nsteps:\n  - id: t\n    transform: {{ v: {} }}\n",
+            serde_json::to_string(t).expect("json")
+        );
+        let _ = diags(&src);
+        let _ = cairn_core::template::check(&serde_json::json!(t));
+    }
+}
