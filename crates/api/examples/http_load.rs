@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 
 #[path = "../../runtime/examples/bench/mod.rs"]

@@ -11,6 +11,7 @@ macro_rules! out {
     }};
 }
 
+mod codes;
 mod commands;
 mod keys;
 mod quarantine;
@@ -74,6 +75,12 @@ enum Command {
     Validate(commands::validate::Args),
     /// Print the JSON Schema of the workflow language.
     Schema,
+    /// List every error code with its HTTP status and exit code (docs/errors.md).
+    Codes {
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::recovery::Format,
+    },
     /// Write a demo run to the log, read it back and verify the hash chain.
     Demo,
     /// Check the whole log: hash chains, stream versions, global positions.
@@ -118,7 +125,7 @@ fn main() -> ExitCode {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: cannot start the async runtime: {e}");
-                return ExitCode::from(2);
+                return codes::exit("internal");
             }
         };
         return finish(runtime.block_on(serve::run(&cli.database, &cli.read, &cli.setup, args)));
@@ -129,7 +136,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return codes::exit("internal");
         }
     };
     let result = runtime.block_on(async {
@@ -146,6 +153,7 @@ fn main() -> ExitCode {
             Command::Fork(args) => commands::recovery::fork(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Validate(args) => commands::validate::run(args, &cli.setup),
             Command::Schema => commands::validate::schema(),
+            Command::Codes { format } => codes::list(format == commands::recovery::Format::Json),
             Command::Demo => commands::demo::run(&cli.database).await,
             Command::Verify(args) => commands::verify::run(&cli.database, args).await,
             Command::Events(args) => commands::events::run(&cli.database, args).await,
@@ -174,7 +182,7 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            codes::exit("internal")
         }
     }
 }

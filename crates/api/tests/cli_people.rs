@@ -157,7 +157,7 @@ fn blog_post_continues_with_the_commands_it_prints() {
     let again = cairn_args(&db, &approve);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(
-        text(&again).contains("[conflict]") && text(&again).contains("ApprovalDecided by editor"),
+        text(&again).contains("[already-answered]") && text(&again).contains("ApprovalDecided by editor"),
         "{}",
         text(&again)
     );

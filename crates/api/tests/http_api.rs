@@ -1680,22 +1680,62 @@ fn the_documented_codes_are_the_registry() {
             }
         }
     }
-    let source = include_str!("../src/serve/codes.rs");
-    let registry: Vec<(String, u16)> = source
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim().strip_prefix("Code { name: \"")?;
-            let (name, rest) = l.split_once('"')?;
-            let status = rest.trim_start_matches(", status: ").trim_end_matches(" },").parse().ok()?;
-            Some((name.to_owned(), status))
-        })
-        .collect();
-    assert!(registry.len() > 40, "the registry was read: {registry:?}");
-    assert_eq!(documented, registry, "docs/api.md and src/serve/codes.rs list the same codes with the same statuses");
-    let mut names: Vec<&str> = registry.iter().map(|(n, _)| n.as_str()).collect();
+    let registry = registry();
+    let http: Vec<(String, u16)> =
+        registry.iter().filter_map(|(n, status, _)| status.map(|s| (n.clone(), s))).collect();
+    assert!(http.len() > 40, "the registry was read: {registry:?}");
+    assert_eq!(documented, http, "docs/api.md and `cairn codes` list the same codes with the same statuses");
+    let mut names: Vec<&str> = registry.iter().map(|(n, _, _)| n.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), registry.len(), "each code once");
+}
+
+/// Every code of the registry (`cairn codes --format json`): name, HTTP
+/// status, exit code.
+fn registry() -> Vec<(String, Option<u16>, u8)> {
+    let out = common::cairn_url("sqlite://unused.db", &["codes", "--format", "json"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let codes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    codes
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().expect("name").to_owned();
+            let status = c["status"].as_u64().map(|s| u16::try_from(s).expect("status"));
+            (name, status, u8::try_from(c["exit"].as_u64().expect("exit")).expect("exit"))
+        })
+        .collect()
+}
+
+/// docs/errors.md lists every code of the registry, in its order, with its
+/// HTTP status and exit code; and the exit codes are the four documented.
+#[test]
+fn every_code_is_documented_with_its_status_and_exit_code() {
+    let doc = include_str!("../../../docs/errors.md");
+    let start = doc.find("| code | HTTP | exit | meaning |").expect("the table");
+    let table = &doc[start..];
+    let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+    let documented: Vec<(String, Option<u16>, u8)> = table
+        .lines()
+        .skip(2)
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`').to_owned();
+            let status = cells[2].parse().ok();
+            assert!(status.is_some() || cells[2] == "–", "{line}");
+            assert!(cells[4].len() > 10, "{name} has a meaning: {line}");
+            (name, status, cells[3].parse().expect("exit"))
+        })
+        .collect();
+    let registry = registry();
+    assert!(registry.len() > 60, "the registry was read: {registry:?}");
+    assert_eq!(documented, registry, "docs/errors.md and `cairn codes` list the same codes, statuses and exit codes");
+    for (name, status, exit) in &registry {
+        assert!([1, 2, 3].contains(exit), "{name}: exit {exit} is one of the documented");
+        if let Some(s) = status {
+            assert_eq!(*exit, if *s >= 500 { 2 } else { 1 }, "{name}: a refusal exits 1, a server failure 2");
+        }
+    }
 }
 
 on_both!(

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{
     AiAttemptCompleted, AiAttemptStarted, Cost, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RunCompleted,
     RunStarted, StepCompleted, StepStarted, StreamAppend, TokenUsage,
 };
 use cairn_projections::{ReadDb, Worker, models};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
 /// Ten events of a run with an AI step, as the engine writes them.

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{EventStore, ExpectedVersion, Metadata, NewEvent, StepStarted};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
 const SRC: &str = "name: fan\ninputs: { type: object, properties: { items: { type: array } } }\nsteps:\n  - id: each\n    map:\n      items: \"{{ inputs.items }}\"\n      steps:\n        - id: t\n          transform: { v: \"{{ item }}\" }\n";

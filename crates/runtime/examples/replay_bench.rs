@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use cairn_core::decider::{decide, fold};
-use cairn_runtime::recovery::{self, ResumeRequest};
 use cairn_events::{Event, RecordedEvent, RunStarted, StepCompleted, StepFailed};
+use cairn_runtime::recovery::{self, ResumeRequest};
 use serde_json::json;
 use uuid::Uuid;
 

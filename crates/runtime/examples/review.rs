@@ -15,9 +15,9 @@
 use std::sync::Arc;
 
 use cairn_core::decider::RunStatus;
+use cairn_events::{Event, EventStore};
 use cairn_runtime::inbox::Vote;
 use cairn_runtime::{Engine, TaskRegistry};
-use cairn_events::{Event, EventStore};
 use serde_json::json;
 
 #[path = "bench/mod.rs"]

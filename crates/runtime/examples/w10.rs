@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
 

@@ -13,10 +13,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::provider::{self, Failure, Request};
+use crate::runner::Engine;
 use cairn_core::config::{OutputMode, ProviderKind};
 use cairn_core::decider::bare;
 use cairn_core::model::{StepKind, Workflow};
-use crate::runner::Engine;
 
 impl Engine {
     /// The resume token of a step attempt's form or approval.

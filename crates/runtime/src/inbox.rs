@@ -9,9 +9,9 @@ use cairn_events::{ApprovalDecided, Event, ExpectedVersion, InputSubmitted, NewE
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::runner::{Engine, RunError};
 use cairn_core::decider::{HumanWait, RunState, evolve};
 use cairn_core::human::{Field, FieldError};
-use crate::runner::{Engine, RunError};
 
 /// A form submission.
 #[derive(Debug, Clone)]
@@ -137,14 +137,13 @@ impl HumanError {
     /// A stable code for the kind of error.
     pub fn code(&self) -> &'static str {
         match self {
-            HumanError::Run(RunError::UnknownRun(_)) => "unknown-run",
-            HumanError::Run(_) => "internal",
+            HumanError::Run(r) => r.code(),
             HumanError::NotWaiting { .. } => "not-waiting",
             HumanError::BadToken { .. } => "bad-token",
             HumanError::NotAllowed { .. } => "not-allowed",
             HumanError::Invalid { .. } => "invalid-submission",
             HumanError::ContentChanged { .. } => "content-changed",
-            HumanError::Conflict { .. } => "conflict",
+            HumanError::Conflict { .. } => "already-answered",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod notify;
 mod provider;
 pub mod recovery;
 pub mod runner;
+pub mod scan;
 pub mod tasks;
 pub mod trace;
 

@@ -19,11 +19,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
+use crate::tasks::{TaskContext, TaskError, TaskRegistry};
 use cairn_core::decider::{Cursor, Decision, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
 use cairn_core::lang;
 use cairn_core::model::{StepKind, Workflow};
 use cairn_core::secrets::Secrets;
-use crate::tasks::{TaskContext, TaskError, TaskRegistry};
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,22 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// Its code in the registry of error codes (docs/errors.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::UnknownRun(_) => "unknown-run",
+            RunError::InvalidInputs { .. } => "invalid-inputs",
+            RunError::InvalidState { .. } => "invalid-state",
+            RunError::Definition { .. } => "definition",
+            RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
+            RunError::Store(s) if s.is_conflict() => "conflict",
+            RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",
+            RunError::Store(_) | RunError::Decode(_) => "internal",
+        }
+    }
+}
+
 /// Options of [`Engine::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct Start {
@@ -113,6 +129,13 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `w` (compiled from a file, say) with this engine's configuration:
+    /// models, prices, people and prompt templates, as the decider sees them.
+    pub fn configured(&self, mut w: Workflow) -> Workflow {
+        w.config = self.config.clone();
+        w
+    }
+
     /// An engine over `store` with these task handlers.
     pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
         Engine {

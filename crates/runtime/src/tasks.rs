@@ -1,8 +1,18 @@
 //! Native task handlers: Cairn's activities. An embedding program registers
-//! its own with [`TaskRegistry::register`]; the built-ins are `echo`, `log`,
-//! `fail`, `increment` and `sleep`.
+//! its own with [`TaskRegistry::register`], as a plain `async fn` (or a
+//! closure returning a future):
+//!
+//! ```ignore
+//! async fn shout(input: Value, ctx: TaskContext) -> Result<Value, TaskError> {
+//!     Ok(json!({ "text": input["text"].as_str().unwrap_or("").to_uppercase() }))
+//! }
+//! tasks.register("shout", shout);
+//! ```
+//!
+//! The built-ins are `echo`, `log`, `fail`, `increment` and `sleep`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,18 +61,20 @@ impl TaskError {
     }
 }
 
-/// A native step implementation.
+/// A native step implementation. Any `async fn(Value, TaskContext) ->
+/// Result<Value, TaskError>` (or closure returning such a future) is one.
 pub trait TaskHandler: Send + Sync + 'static {
     /// Runs one attempt.
     fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>>;
 }
 
-impl<F> TaskHandler for F
+impl<F, Fut> TaskHandler for F
 where
-    F: Fn(Value, TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync + 'static,
+    F: Fn(Value, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
 {
     fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
-        self(input, ctx)
+        Box::pin(self(input, ctx))
     }
 }
 
@@ -82,39 +94,11 @@ impl TaskRegistry {
     /// The built-in handlers.
     pub fn builtin() -> Self {
         let mut r = TaskRegistry::default();
-        r.register("echo", |input: Value, _ctx| -> BoxFuture<'static, _> { Box::pin(async move { Ok(input) }) });
-        r.register("log", |input: Value, ctx: TaskContext| -> BoxFuture<'static, _> {
-            Box::pin(async move {
-                let msg = input
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| input.to_string());
-                tracing::info!(step = %ctx.step_id, "{msg}");
-                Ok(input)
-            })
-        });
+        r.register("echo", echo);
+        r.register("log", log);
         r.register("fail", fail);
-        r.register("increment", |input: Value, _ctx| -> BoxFuture<'static, _> {
-            Box::pin(async move {
-                let mut out = input;
-                let n = out.get("counter").and_then(Value::as_i64).unwrap_or(0);
-                match out.as_object_mut() {
-                    Some(o) => {
-                        o.insert("counter".into(), json!(n + 1));
-                    }
-                    None => out = json!({ "counter": n + 1 }),
-                }
-                Ok(out)
-            })
-        });
-        r.register("sleep", |input: Value, _ctx| -> BoxFuture<'static, _> {
-            Box::pin(async move {
-                let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok(json!({ "slept_ms": ms }))
-            })
-        });
+        r.register("increment", increment);
+        r.register("sleep", sleep);
         r
     }
 
@@ -134,18 +118,48 @@ impl TaskRegistry {
     }
 }
 
+/// `echo`: returns its input.
+async fn echo(input: Value, _ctx: TaskContext) -> Result<Value, TaskError> {
+    Ok(input)
+}
+
+/// `log`: logs `message` (or the whole input) and returns the input.
+async fn log(input: Value, ctx: TaskContext) -> Result<Value, TaskError> {
+    let msg = input.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| input.to_string());
+    tracing::info!(step = %ctx.step_id, "{msg}");
+    Ok(input)
+}
+
+/// `increment`: the input with `counter` one higher (from 0).
+async fn increment(input: Value, _ctx: TaskContext) -> Result<Value, TaskError> {
+    let mut out = input;
+    let n = out.get("counter").and_then(Value::as_i64).unwrap_or(0);
+    match out.as_object_mut() {
+        Some(o) => {
+            o.insert("counter".into(), json!(n + 1));
+        }
+        None => out = json!({ "counter": n + 1 }),
+    }
+    Ok(out)
+}
+
+/// `sleep`: waits `ms` milliseconds.
+async fn sleep(input: Value, _ctx: TaskContext) -> Result<Value, TaskError> {
+    let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(json!({ "slept_ms": ms }))
+}
+
 /// `fail`: fails with `{kind, message, retryable}` while the attempt is below
 /// `succeed_on_attempt` (always, when absent); then returns `{attempt}`.
-fn fail(input: Value, ctx: TaskContext) -> BoxFuture<'static, Result<Value, TaskError>> {
-    Box::pin(async move {
-        let succeed_on = input.get("succeed_on_attempt").and_then(Value::as_u64);
-        if succeed_on.is_some_and(|n| u64::from(ctx.attempt) >= n) {
-            return Ok(json!({ "attempt": ctx.attempt }));
-        }
-        Err(TaskError::new(
-            input.get("kind").and_then(Value::as_str).unwrap_or("task.failed"),
-            input.get("message").and_then(Value::as_str).unwrap_or("the fail task failed as asked"),
-            input.get("retryable").and_then(Value::as_bool).unwrap_or(true),
-        ))
-    })
+async fn fail(input: Value, ctx: TaskContext) -> Result<Value, TaskError> {
+    let succeed_on = input.get("succeed_on_attempt").and_then(Value::as_u64);
+    if succeed_on.is_some_and(|n| u64::from(ctx.attempt) >= n) {
+        return Ok(json!({ "attempt": ctx.attempt }));
+    }
+    Err(TaskError::new(
+        input.get("kind").and_then(Value::as_str).unwrap_or("task.failed"),
+        input.get("message").and_then(Value::as_str).unwrap_or("the fail task failed as asked"),
+        input.get("retryable").and_then(Value::as_bool).unwrap_or(true),
+    ))
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use cairn_core::config::Config;
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, TaskRegistry};
 use common::servers::{self, Server};
 use serde_json::{Value, json};
 

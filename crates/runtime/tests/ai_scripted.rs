@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use cairn_core::config::Config;
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
 fn engine(store: &Arc<dyn EventStore>, config: &str) -> Engine {

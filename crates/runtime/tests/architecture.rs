@@ -156,10 +156,7 @@ fn no_two_files_of_a_crate_import_each_other() {
         }
     }
     assert!(files_seen > 60, "the source tree was read ({files_seen} files)");
-    assert!(
-        found.is_empty(),
-        "files that import each other (move what they share into a file both import): {found:?}"
-    );
+    assert!(found.is_empty(), "files that import each other (move what they share into a file both import): {found:?}");
 }
 
 /// "The core does no I/O" holds by the dependency graph: no async runtime,
@@ -185,4 +182,62 @@ fn the_core_depends_on_no_runtime_sql_http_or_mail_crate() {
         })
         .collect();
     assert!(forbidden.is_empty(), "cairn-core depends on {forbidden:?}; keep I/O in cairn-runtime");
+}
+
+/// docs/ARCHITECTURE.md is a code map of the house as it is: every file or
+/// folder it names in a crate's section (`runner.rs`, `lang/`) is in that
+/// crate, and every crate has a section.
+#[test]
+fn the_code_map_names_only_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let map = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).expect("docs/ARCHITECTURE.md");
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for section in map.split("\n## ").skip(1) {
+        let title = section.lines().next().unwrap_or_default().trim();
+        let Some(krate) = title.strip_prefix("crates/") else { continue };
+        let dir = root.join("crates").join(krate);
+        assert!(dir.is_dir(), "a section for crates/{krate}, which does not exist");
+        let mut names = Vec::new();
+        for (i, part) in section.split('`').enumerate() {
+            let p = part.trim_end_matches('/');
+            let shaped = p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_/.".contains(c));
+            if i % 2 == 1 && shaped && !p.is_empty() && (part.ends_with(".rs") || part.ends_with('/')) {
+                names.push(p.to_owned());
+            }
+        }
+        let all = walk(&dir);
+        for name in names {
+            checked += 1;
+            let found = root.join(&name).exists()
+                || dir.join(&name).exists()
+                || all.iter().any(|f| f.ends_with(&name) || f.to_string_lossy().ends_with(&format!("/{name}")));
+            if !found {
+                missing.push(format!("crates/{krate}: `{name}`"));
+            }
+        }
+    }
+    for krate in ["api", "core", "events", "projections", "runtime"] {
+        assert!(
+            map.contains(&format!("\n## crates/{krate}\n")),
+            "docs/ARCHITECTURE.md has a section for crates/{krate}"
+        );
+    }
+    assert!(checked > 40, "the map was read ({checked} names)");
+    assert!(missing.is_empty(), "docs/ARCHITECTURE.md names files that do not exist: {missing:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, RunError, TaskContext, TaskError, TaskRegistry};
 use cairn_events::{Event, EventStore};
-use futures_util::future::BoxFuture;
+use cairn_runtime::{Engine, RunError, TaskContext, TaskRegistry};
 use serde_json::{Value, json};
 
 /// Counts how many `probe` calls run at once; a probe sleeps `ms` and
@@ -32,22 +31,19 @@ impl Probe {
     fn engine(&self, store: &Arc<dyn EventStore>) -> Engine {
         let mut tasks = TaskRegistry::builtin();
         let p = self.clone();
-        tasks.register(
-            "probe",
-            move |input: Value, _ctx: TaskContext| -> BoxFuture<'static, Result<Value, TaskError>> {
-                let p = p.clone();
-                Box::pin(async move {
-                    p.calls.fetch_add(1, Ordering::SeqCst);
-                    let running = p.now.fetch_add(1, Ordering::SeqCst) + 1;
-                    p.max.fetch_max(running, Ordering::SeqCst);
-                    let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    p.now.fetch_sub(1, Ordering::SeqCst);
-                    let x = input.get("x").and_then(Value::as_i64).unwrap_or(0);
-                    Ok(json!({ "x": x * 10 }))
-                })
-            },
-        );
+        tasks.register("probe", move |input: Value, _ctx: TaskContext| {
+            let p = p.clone();
+            async move {
+                p.calls.fetch_add(1, Ordering::SeqCst);
+                let running = p.now.fetch_add(1, Ordering::SeqCst) + 1;
+                p.max.fetch_max(running, Ordering::SeqCst);
+                let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                p.now.fetch_sub(1, Ordering::SeqCst);
+                let x = input.get("x").and_then(Value::as_i64).unwrap_or(0);
+                Ok(json!({ "x": x * 10 }))
+            }
+        });
         Engine::new(store.clone(), tasks)
     }
 

@@ -3,8 +3,8 @@
 #![allow(missing_docs)]
 
 use cairn_core::decider::{Cursor, Decision, Effect, Execution, RunStatus, decide, evolve, fold};
-use cairn_runtime::{TaskRegistry, Workflow};
 use cairn_events::{Event, RunStarted, StepCompleted, StepFailed, StepStarted};
+use cairn_runtime::{TaskRegistry, Workflow};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cairn_runtime::commit::GroupCommit;
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{
     AppendResult, Backend, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreResult,
     StreamAppend,
 };
+use cairn_runtime::commit::GroupCommit;
+use cairn_runtime::{Engine, TaskRegistry};
 use futures_util::future::BoxFuture;
 use serde_json::json;
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cairn_core::decider::RunStatus;
 use cairn_core::secrets::Secrets;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

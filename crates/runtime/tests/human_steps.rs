@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::inbox::{HumanError, Submission, Vote};
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::inbox::{HumanError, Submission, Vote};
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -12,8 +12,8 @@ mod common;
 use std::sync::Arc;
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, RunError, TaskRegistry};
 use cairn_events::{Event, EventStore};
+use cairn_runtime::{Engine, RunError, TaskRegistry};
 use serde_json::{Value, json};
 
 fn nested(levels: usize) -> Value {
@@ -73,9 +73,7 @@ async fn a_task_output_past_the_limit_fails_its_step(store: Arc<dyn EventStore>)
     assert!(id.to_string().contains("max_string_bytes"), "{id}");
     // A handler that answers 70 levels deep: its step fails, not the log.
     let mut tasks = TaskRegistry::builtin();
-    tasks.register("deep", |_: Value, _| -> futures_util::future::BoxFuture<'static, _> {
-        Box::pin(async { Ok(nested(70)) })
-    });
+    tasks.register("deep", |_: Value, _| async { Ok(nested(70)) });
     let e = Engine::new(store.clone(), tasks);
     let (w, v) = common::publish(&e, "name: deep\nsteps:\n  - id: d\n    task: deep\n").await;
     let id = e.start(&w, v, json!({}), "ada").await.expect("start");

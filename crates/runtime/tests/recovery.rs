@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_core::decider::{Policy, RunStatus, decide, fold};
-use cairn_runtime::inbox::Vote;
-use cairn_runtime::recovery::{self, Mark, ResumeError, ResumeRequest};
-use cairn_runtime::{Engine, TaskError, TaskRegistry};
 use cairn_events::{Event, EventStore};
-use futures_util::future::BoxFuture;
+use cairn_runtime::inbox::Vote;
+use cairn_runtime::recovery::{self, Mark, Refusal, ResumeError, ResumeRequest};
+use cairn_runtime::{Engine, TaskError, TaskRegistry};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,23 +36,23 @@ impl World {
     fn engine(&self, store: &Arc<dyn EventStore>) -> Engine {
         let mut tasks = TaskRegistry::builtin();
         let w = self.clone();
-        tasks.register("ok", move |input: Value, ctx: cairn_runtime::TaskContext| -> BoxFuture<'static, _> {
+        tasks.register("ok", move |input: Value, ctx: cairn_runtime::TaskContext| {
             w.count(&ctx.step_id);
-            Box::pin(async move { Ok(input) })
+            async move { Ok(input) }
         });
         let w = self.clone();
-        tasks.register("counter", move |_input: Value, ctx: cairn_runtime::TaskContext| -> BoxFuture<'static, _> {
+        tasks.register("counter", move |_input: Value, ctx: cairn_runtime::TaskContext| {
             w.count(&ctx.step_id);
             let n = w.counter.fetch_add(1, Ordering::SeqCst) + 1;
-            Box::pin(async move { Ok(json!({ "n": n })) })
+            async move { Ok(json!({ "n": n })) }
         });
         let w = self.clone();
-        tasks.register("broken", move |input: Value, ctx: cairn_runtime::TaskContext| -> BoxFuture<'static, _> {
+        tasks.register("broken", move |input: Value, ctx: cairn_runtime::TaskContext| {
             w.count(&ctx.step_id);
             let fixed = w.fixed.load(Ordering::SeqCst);
-            Box::pin(async move {
+            async move {
                 if fixed { Ok(input) } else { Err(TaskError::new("service.down", "the service is down", false)) }
-            })
+            }
         });
         Engine::new(store.clone(), tasks)
     }
@@ -468,7 +467,7 @@ steps:
     fixed.store(false, Ordering::SeqCst);
     let id = failed_run(&e, &post, json!({})).await;
     match e.plan_resume(id, &req()).await {
-        Err(ResumeError::NotIdempotent { steps }) => assert!(steps.contains("`publish`"), "{steps}"),
+        Err(ResumeError::Refused(Refusal::NotIdempotent { steps })) => assert!(steps.contains("`publish`"), "{steps}"),
         other => panic!("{other:?}"),
     }
     fixed.store(true, Ordering::SeqCst);
@@ -485,13 +484,19 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
     let done = e.start(&w, v, json!({}), "test").await.expect("start");
     e.drive(done, &mut |_: &Event| {}).await.expect("drive");
     let err = e.plan_resume(done, &req()).await.expect_err("completed");
-    assert!(matches!(err, ResumeError::Completed { .. }) && err.to_string().contains("cairn fork"), "{err}");
+    assert!(
+        matches!(err, ResumeError::Refused(Refusal::Completed { .. })) && err.to_string().contains("cairn fork"),
+        "{err}"
+    );
     // Running (waiting for a person).
     let (w, v) = common::publish(&e, APPROVED).await;
     let waiting = e.start(&w, v, json!({}), "test").await.expect("start");
     e.drive(waiting, &mut |_: &Event| {}).await.expect("drive");
     let err = e.plan_resume(waiting, &req()).await.expect_err("running");
-    assert!(matches!(err, ResumeError::StillRunning { .. }) && err.to_string().contains("`review`"), "{err}");
+    assert!(
+        matches!(err, ResumeError::Refused(Refusal::StillRunning { .. })) && err.to_string().contains("`review`"),
+        "{err}"
+    );
     // Cancelled: only with force.
     e.cancel(waiting, "ops", Some("wrong draft".into())).await.expect("cancel");
     let err = e.plan_resume(waiting, &req()).await.expect_err("cancelled");
@@ -505,7 +510,7 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
         .replace("name: seq", "name: once");
     let id = failed_run(&e, &once, json!({})).await;
     let err = e.plan_resume(id, &req()).await.expect_err("not resumable");
-    assert!(matches!(&err, ResumeError::NotResumable { step, .. } if step == "publish"), "{err}");
+    assert!(matches!(&err, ResumeError::Refused(Refusal::NotResumable { step, .. }) if step == "publish"), "{err}");
     assert!(err.to_string().contains("fork"), "{err}");
     // An unknown step, a step never reached.
     let id = failed_run(&e, SEQUENCE, json!({})).await;
@@ -513,16 +518,22 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
     assert!(err.to_string().contains("did you mean `draft`?"), "{err}");
     let err =
         e.plan_resume(id, &ResumeRequest { from: Some("announce".into()), ..req() }).await.expect_err("unreached");
-    assert!(matches!(err, ResumeError::NotReached { .. }), "{err}");
+    assert!(matches!(err, ResumeError::Refused(Refusal::NotReached { .. })), "{err}");
     // New inputs that break the schema.
     let mut bad = serde_json::Map::new();
     bad.insert("topic".into(), json!(42));
     let err = e.plan_resume(id, &ResumeRequest { inputs: bad, ..req() }).await.expect_err("bad input");
-    assert!(matches!(err, ResumeError::InvalidInputs { .. }) && err.to_string().contains("/topic"), "{err}");
+    assert!(
+        matches!(err, ResumeError::Refused(Refusal::InvalidInputs { .. })) && err.to_string().contains("/topic"),
+        "{err}"
+    );
     // A definition that no longer compiles here (its task is gone).
     let bare = Engine::new(store.clone(), TaskRegistry::builtin());
     let err = bare.plan_resume(id, &req()).await.expect_err("definition gone");
-    assert!(matches!(err, ResumeError::DefinitionGone { .. }) && err.to_string().contains("version 1"), "{err}");
+    assert!(
+        matches!(err, ResumeError::Refused(Refusal::DefinitionGone { .. })) && err.to_string().contains("version 1"),
+        "{err}"
+    );
     // A kept output that breaks the step's contract is refused before anything runs.
     let strict = "name: strict\nsteps:\n  - id: a\n    task: ok\n    with: { n: 1 }\n  - id: b\n    task: broken\n";
     let id = failed_run(&e, strict, json!({})).await;
@@ -536,8 +547,8 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
         &e.task_names(),
     )
     .expect("parse");
-    let err = recovery::plan(&stricter, &events, &req()).expect_err("contract");
-    assert!(matches!(&err, ResumeError::KeptOutputBreaksContract { step, .. } if step == "a"), "{err}");
+    let err = cairn_core::resume_plan::plan(&stricter, &events, &req()).expect_err("contract");
+    assert!(matches!(&err, Refusal::KeptOutputBreaksContract { step, .. } if step == "a"), "{err}");
     // Nothing above changed the runs.
     assert_eq!(e.state(id).await.expect("state").status, RunStatus::Failed);
 }
@@ -555,7 +566,9 @@ async fn two_concurrent_resumes_one_wins(store: Arc<dyn EventStore>) {
     for t in tasks {
         match t.await.expect("join") {
             Ok(_) => won += 1,
-            Err(ResumeError::Conflict { .. } | ResumeError::StillRunning { .. }) => {}
+            Err(
+                ResumeError::Refused(Refusal::Conflict { .. }) | ResumeError::Refused(Refusal::StillRunning { .. }),
+            ) => {}
             Err(other) => panic!("{other}"),
         }
     }
@@ -596,7 +609,7 @@ async fn a_fork_carries_outputs_over_and_leaves_the_source_alone(store: Arc<dyn 
     let report = cairn_core::replay::check(&w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "{:?}", report.divergence);
     let err = e.fork(source, "l1", serde_json::Map::new(), "ada").await.expect_err("unknown");
-    assert!(matches!(err, ResumeError::UnknownStep { .. }), "{err}");
+    assert!(matches!(err, ResumeError::Refused(Refusal::UnknownStep { .. })), "{err}");
 }
 
 async fn replay_reproduces_every_decision_and_finds_a_changed_condition(store: Arc<dyn EventStore>) {
@@ -706,8 +719,7 @@ async fn downstream_on_parallel_map_and_approvals(store: Arc<dyn EventStore>) {
 async fn the_plan_estimates_what_ai_steps_cost_to_run_again(store: Arc<dyn EventStore>) {
     let config = "price_table: t\nmodels:\n  writer: { provider: scripted, model: demo, input_per_million: 1000, output_per_million: 2000 }\n";
     let world = World::default();
-    let e =
-        world.engine(&store).with_config(cairn_core::config::Config::parse(config, "cairn.yaml").expect("config"));
+    let e = world.engine(&store).with_config(cairn_core::config::Config::parse(config, "cairn.yaml").expect("config"));
     let src = r#"name: ai-then-publish
 steps:
   - id: write
@@ -753,7 +765,8 @@ async fn a_failed_child_run_is_resumed_through_its_parent(store: Arc<dyn EventSt
     assert_eq!(first.len(), 1);
     let err = e.plan_resume(first[0], &req()).await.expect_err("a child run");
     assert!(
-        matches!(err, ResumeError::ChildRun { .. }) && err.to_string().contains(&format!("cairn resume {id}")),
+        matches!(err, ResumeError::Refused(Refusal::ChildRun { .. }))
+            && err.to_string().contains(&format!("cairn resume {id}")),
         "{err}"
     );
     world.fix();
@@ -863,7 +876,7 @@ compensations:
     let id = failed_run(&e, src, json!({})).await;
     let err = e.plan_resume(id, &req()).await.expect_err("compensated");
     let text = err.to_string();
-    assert!(matches!(err, ResumeError::Compensated { .. }), "{text}");
+    assert!(matches!(err, ResumeError::Refused(Refusal::Compensated { .. })), "{text}");
     assert!(text.contains("`undo_b` (failed)"), "{text}");
     assert!(!text.contains("undo_a"), "undo_a never ran: {text}");
 }
@@ -1056,7 +1069,7 @@ proptest! {
         inputs.insert("a".into(), json!(new_a));
         inputs.insert("b".into(), json!(new_b));
         let r = ResumeRequest { from: Some(format!("s{from}")), inputs, ..ResumeRequest::new("t") };
-        let plan = recovery::plan(&w, &events, &r).expect("plan");
+        let plan = cairn_core::resume_plan::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
         let before = fold(events.iter());
         events.push(run_resumed(&plan));
@@ -1135,7 +1148,7 @@ proptest! {
         inputs.insert("a".into(), json!(new_a));
         let from = if from_pre { "pre" } else { "each" };
         let r = ResumeRequest { from: Some(from.into()), inputs, ..ResumeRequest::new("t") };
-        let plan = recovery::plan(&w, &events, &r).expect("plan");
+        let plan = cairn_core::resume_plan::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
         events.push(run_resumed(&plan));
         drive_with(&w, &mut events, &|_| false);

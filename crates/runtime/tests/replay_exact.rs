@@ -9,8 +9,8 @@ mod common;
 use std::sync::Arc;
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::EventStore;
+use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
 /// A parallel of three branches whose first steps sleep 20, 5 and 12 ms

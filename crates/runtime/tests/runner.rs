@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cairn_core::decider::RunStatus;
-use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use cairn_events::{Event, EventStore};
-use futures_util::future::BoxFuture;
+use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use serde_json::{Value, json};
 
 fn engine(store: &Arc<dyn EventStore>) -> Engine {
@@ -155,20 +154,17 @@ async fn embedded_programs_add_their_own_task_handlers(store: Arc<dyn EventStore
     let calls = Arc::new(AtomicU32::new(0));
     let mut tasks = TaskRegistry::builtin();
     let seen = calls.clone();
-    tasks.register(
-        "charge-card",
-        move |input: Value, ctx: TaskContext| -> BoxFuture<'static, Result<Value, TaskError>> {
-            let seen = seen.clone();
-            Box::pin(async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                let amount = input.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
-                if amount <= 0.0 {
-                    return Err(TaskError::new("card.invalid_amount", format!("cannot charge {amount}"), false));
-                }
-                Ok(json!({ "charged": amount, "idempotency_key": ctx.idempotency_key() }))
-            })
-        },
-    );
+    tasks.register("charge-card", move |input: Value, ctx: TaskContext| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let amount = input.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
+            if amount <= 0.0 {
+                return Err(TaskError::new("card.invalid_amount", format!("cannot charge {amount}"), false));
+            }
+            Ok(json!({ "charged": amount, "idempotency_key": ctx.idempotency_key() }))
+        }
+    });
     let e = Engine::new(store.clone(), tasks);
     let src = "name: pay\ninputs: { type: object, properties: { amount: { type: number } } }\nsteps:\n  - id: charge\n    task: charge-card\n    with: { amount: '{{ inputs.amount }}' }\n    retry: { max_attempts: 3 }\n";
     let (id, state) = run(&e, src, json!({ "amount": 12.5 })).await;

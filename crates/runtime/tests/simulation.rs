@@ -31,11 +31,11 @@ use std::time::Duration;
 
 use cairn_core::config::Config;
 use cairn_core::decider::RunState;
-use cairn_runtime::inbox::{Submission, Vote};
-use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
 use cairn_projections::{ReadDb, Val, Worker, models};
+use cairn_runtime::inbox::{Submission, Vote};
+use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -376,12 +376,12 @@ impl World {
     fn engine(&self) -> Engine {
         let mut tasks = TaskRegistry::builtin();
         let seen = self.executions.clone();
-        tasks.register("flaky", move |input: Value, ctx: TaskContext| -> BoxFuture<'static, _> {
+        tasks.register("flaky", move |input: Value, ctx: TaskContext| {
             *seen.lock().expect("executions").entry(ctx.idempotency_key()).or_default() += 1;
             let p = input.get("p").and_then(Value::as_u64).unwrap_or(0);
             let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
             let fails = fate(ctx.run_id, &ctx.step_id, ctx.attempt) % 100 < p;
-            Box::pin(async move {
+            async move {
                 if ms > 0 {
                     // Real time, so parallel outcomes interleave differently.
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -391,7 +391,7 @@ impl World {
                 } else {
                     Ok(json!({ "ok": true }))
                 }
-            })
+            }
         });
         Engine::new(self.store.clone(), tasks).with_config(self.config.clone()).with_clock(self.clock.clone())
     }

@@ -2,8 +2,8 @@
 //! file:line:column, what is wrong and how to fix it.
 #![allow(missing_docs)]
 
-use cairn_runtime::TaskRegistry;
 use cairn_core::lang::{Diagnostic, parse};
+use cairn_runtime::TaskRegistry;
 
 fn diags(src: &str) -> Vec<Diagnostic> {
     let tasks = TaskRegistry::builtin();

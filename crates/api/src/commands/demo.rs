@@ -1,5 +1,6 @@
 //! `cairn demo`: append a realistic run to the log, read it back, verify it.
 
+use crate::codes;
 use std::process::ExitCode;
 
 use cairn_events::{
@@ -114,7 +115,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("BROKEN: {}", report.first_break().map(ToString::to_string).unwrap_or_default());
-        Ok(ExitCode::from(1))
+        Ok(codes::exit("chain-broken"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cairn export`: a compliance export of the log that `cairn verify
 //! --export` (or anyone following docs/compliance.md) checks offline.
 
+use crate::codes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -108,7 +109,7 @@ pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(b) => {
             eprintln!("BROKEN: {}: {b}", path.display());
-            Ok(ExitCode::from(1))
+            Ok(codes::exit("chain-broken"))
         }
     }
 }

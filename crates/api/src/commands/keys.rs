@@ -1,5 +1,6 @@
 //! `cairn keys create|list|revoke`.
 
+use crate::codes;
 use std::process::ExitCode;
 
 use crate::keys::{self, Keys, Role};
@@ -46,7 +47,7 @@ pub async fn run(database: &str, setup: &super::setup::SetupArgs, cmd: KeysComma
         KeysCommand::Create { name, role, identity } => {
             let Some(role) = Role::parse(&role) else {
                 eprintln!("error: `{role}` is not a role; use one of {}", Role::NAMES);
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("unknown-role"));
             };
             let identity = identity.unwrap_or_else(|| name.clone());
             let (full, key) = keys::create(&store, &name, role, &identity, &by).await?;
@@ -92,7 +93,7 @@ pub async fn run(database: &str, setup: &super::setup::SetupArgs, cmd: KeysComma
                 Some(k) => out!("live: `{}` ({}), role {}, acts as {}", k.name, k.key_id, k.role.name(), k.identity),
                 None => {
                     eprintln!("error: not a live key (unknown, mistyped or revoked)");
-                    return Ok(ExitCode::from(1));
+                    return Ok(codes::exit("bad-key"));
                 }
             }
         }
@@ -100,7 +101,7 @@ pub async fn run(database: &str, setup: &super::setup::SetupArgs, cmd: KeysComma
             Ok(k) => out!("revoked API key `{}` ({})", k.name, k.key_id),
             Err(e) => {
                 eprintln!("error: {e:#}");
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("unknown-key"));
             }
         },
     }

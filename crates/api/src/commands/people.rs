@@ -2,21 +2,19 @@
 //! approve`, `cairn reject`, the prompts `cairn run` shows on a terminal, and
 //! the instructions it prints without one.
 
+use crate::codes;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_runtime::Engine;
 use cairn_core::decider::{HumanWait, RunState, RunStatus};
 use cairn_core::human::Field;
+use cairn_runtime::Engine;
 use cairn_runtime::inbox::{HumanError, Submission, Vote};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::setup::SetupArgs;
-
-/// Exit code of a run that waits for people.
-pub const WAITING: u8 = 3;
 
 /// Arguments of `cairn submit`.
 #[derive(Debug, clap::Args)]
@@ -85,7 +83,7 @@ fn report(e: HumanError) -> anyhow::Result<ExitCode> {
     if let HumanError::BadToken { .. } = e {
         eprintln!("  pass the token from the request's notification with --token");
     }
-    Ok(ExitCode::from(1))
+    Ok(codes::exit(e.code()))
 }
 
 /// `cairn submit`.
@@ -133,7 +131,7 @@ pub async fn submit(
                 for b in &bad {
                     eprintln!("  {b}");
                 }
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("invalid-submission"));
             }
             Value::Object(m)
         }
@@ -214,7 +212,7 @@ pub async fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Res
             } else {
                 eprint!("{}", how_to_continue(run, &waiting));
             }
-            Ok(ExitCode::from(WAITING))
+            Ok(codes::exit("waiting"))
         }
         _ => {
             let (kind, message, step) =
@@ -223,7 +221,7 @@ pub async fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Res
                 "run {run} failed{}: [{kind}] {message}",
                 step.map(|s| format!(" at step `{s}`")).unwrap_or_default()
             );
-            Ok(ExitCode::from(1))
+            Ok(codes::exit("run-failed"))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! read models. On the embedded database the projections catch up before a
 //! query answers (cheap when they are current).
 
+use crate::codes;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +158,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                 eprintln!(
                     "a stopped projection resumes after `cairn projections rebuild NAME` once its cause is fixed"
                 );
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("projection-stopped"));
             }
         }
         ProjectionsCommand::Parked { name } => {
@@ -182,7 +183,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
             }
             Err(e) => {
                 eprintln!("error: {name} still cannot apply the event at position {position}: {e}");
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("still-parked"));
             }
         },
         ProjectionsCommand::Skip { name, position, reason } => {
@@ -200,7 +201,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                 out!("{name}: the event at position {position} is skipped (not in this read model)");
             } else {
                 eprintln!("error: {name} has no parked event at position {position} (see `cairn projections parked`)");
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("not-parked"));
             }
         }
         ProjectionsCommand::Run { poll_ms, batch } => {
@@ -219,7 +220,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                 (None, true) => w.names().into_iter().map(str::to_owned).collect(),
                 _ => {
                     eprintln!("error: name a projection ({}) or pass --all", w.names().join(", "));
-                    return Ok(ExitCode::from(2));
+                    return Ok(codes::exit("usage"));
                 }
             };
             for n in names {
@@ -228,7 +229,7 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
                     Ok(events) => out!("{n}: rebuilt from {events} events in {:.2} s", t.elapsed().as_secs_f64()),
                     Err(cairn_projections::ProjectionError::Unknown(n)) => {
                         eprintln!("error: no projection named `{n}`; known: {}", w.names().join(", "));
-                        return Ok(ExitCode::from(1));
+                        return Ok(codes::exit("unknown-projection"));
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -250,7 +251,7 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
     let w = catch_up(database, read).await?;
     let Some(run) = queries::run(w.db(), &args.run).await? else {
         eprintln!("error: no run with id {} (see `cairn runs`)", args.run);
-        return Ok(ExitCode::from(1));
+        return Ok(codes::exit("unknown-run"));
     };
     out!("run {} — {} v{} — {} — started {} by {}", run[0], run[1], run[2], run[3], run[5], run[7]);
     if let Some(kind) = run[8].as_text() {

@@ -1,14 +1,15 @@
 //! `cairn resume`, `cairn replay` and `cairn fork`: recovering failed runs
 //! and debugging recorded ones (docs/recovery.md).
 
+use crate::codes;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_runtime::Engine;
 use cairn_core::decider::Policy;
-use cairn_runtime::recovery::{Mark, Plan, ResumeError, ResumeRequest};
 use cairn_events::EventStore;
+use cairn_runtime::Engine;
+use cairn_runtime::recovery::{Mark, Plan, ResumeError, ResumeRequest};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -172,7 +173,7 @@ fn refusal(e: &ResumeError, format: Format) -> ExitCode {
     }
     eprintln!("error: {e}");
     eprintln!("nothing was recorded");
-    ExitCode::from(1)
+    codes::exit(e.code())
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {
@@ -245,13 +246,13 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
     }
     if args.dry_run {
         eprintln!("dry run: nothing was recorded; resume with --yes");
-        return Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if refused > 0 { ExitCode::from(codes::REFUSED) } else { ExitCode::SUCCESS });
     }
     if !args.yes {
         let asked = super::people::interactive() && confirm(&format!("resume {} run(s)?", plans.len()))?;
         if !asked {
             eprintln!("nothing was recorded: add --yes to resume (or --dry-run to only plan)");
-            return Ok(ExitCode::from(1));
+            return Ok(codes::exit("not-confirmed"));
         }
     }
     let mut last = ExitCode::SUCCESS;
@@ -262,7 +263,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
         if let Err(e) = engine.record_resume(&p, &req).await {
             eprintln!("run {}: {e}", p.run_id);
             failed += 1;
-            last = ExitCode::from(1);
+            last = codes::exit(e.code());
             continue;
         }
         eprintln!("run {}: resumed from `{}`", p.run_id, p.from_step);
@@ -274,7 +275,8 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
             _ => {}
         }
         if bulk {
-            last = if state.status == cairn_core::decider::RunStatus::Failed { ExitCode::from(1) } else { last };
+            last =
+                if state.status == cairn_core::decider::RunStatus::Failed { codes::exit("run-failed") } else { last };
         } else {
             super::console::project(database, read).await;
             return super::people::finish(&engine, top, &state).await;
@@ -282,7 +284,7 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
     }
     super::console::project(database, read).await;
     eprintln!("{completed} completed, {failed} failed, {refused} refused");
-    Ok(if refused > 0 { ExitCode::from(1) } else { last })
+    Ok(if refused > 0 { ExitCode::from(codes::REFUSED) } else { last })
 }
 
 /// Compiles `--definition FILE` with this engine's tasks and configuration.
@@ -297,7 +299,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
     let new = match &args.definition {
         Some(p) => match definition_file(&engine, p)? {
             Some(w) => Some(w),
-            None => return Ok(ExitCode::from(2)),
+            None => return Ok(codes::exit("invalid-definition")),
         },
         None => None,
     };
@@ -317,14 +319,14 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
     let recorded = store.read_stream(&cairn_events::run_stream(run), 1).await?;
     if recorded.is_empty() {
         eprintln!("error: no run with id {run} in {}", store.describe());
-        return Ok(ExitCode::from(1));
+        return Ok(codes::exit("unknown-run"));
     }
     // Time travel.
     let at = match (&args.at, &args.step) {
         (Some(n), _) => {
             if *n == 0 || *n as usize > recorded.len() {
                 eprintln!("error: --at {n}: run {run} has events 1 to {}", recorded.len());
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("out-of-range"));
             }
             Some(*n as usize)
         }
@@ -336,7 +338,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
                         "error: --position {p}: run {run} starts at log position {}",
                         recorded[0].global_position
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(codes::exit("out-of-range"));
                 }
                 n => Some(n),
             }
@@ -345,7 +347,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
             Some(i) => Some(i),
             None => {
                 eprintln!("error: step `{step}` never started in run {run}");
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("step-not-reached"));
             }
         },
         _ => None,
@@ -383,7 +385,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
     };
     let report = cairn_core::replay::check(&w, &recorded)?;
     print_report(&report, args.format)?;
-    Ok(if report.divergence.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.divergence.is_some() { codes::exit("diverged") } else { ExitCode::SUCCESS })
 }
 
 fn print_report(r: &cairn_core::replay::ReplayReport, format: Format) -> anyhow::Result<()> {
@@ -418,7 +420,7 @@ fn print_report(r: &cairn_core::replay::ReplayReport, format: Format) -> anyhow:
 async fn replay_all(
     engine: &Engine,
     store: &std::sync::Arc<dyn EventStore>,
-    runs: &[cairn_runtime::recovery::RunSummary],
+    runs: &[cairn_runtime::scan::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let mut diverged = 0;
@@ -431,14 +433,14 @@ async fn replay_all(
         print_report(&report, format)?;
     }
     eprintln!("{} run(s) replayed, {diverged} diverged", runs.len());
-    Ok(if diverged > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if diverged > 0 { codes::exit("diverged") } else { ExitCode::SUCCESS })
 }
 
 async fn shadow(
     store: &std::sync::Arc<dyn EventStore>,
     w: &cairn_runtime::Workflow,
     name: &str,
-    runs: &[cairn_runtime::recovery::RunSummary],
+    runs: &[cairn_runtime::scan::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     if w.name != name {
@@ -475,7 +477,7 @@ async fn shadow(
         "{} run(s) of `{name}` re-checked against the new definition without calling anything: {affected} would fail or branch differently",
         runs.len()
     );
-    Ok(if affected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if affected > 0 { codes::exit("diverged") } else { ExitCode::SUCCESS })
 }
 
 /// `cairn fork`.
@@ -489,7 +491,7 @@ pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Fork
             for e in &errors {
                 eprintln!("  {}: {}", e.path, e.message);
             }
-            return Ok(ExitCode::from(1));
+            return Ok(codes::exit("invalid-inputs"));
         }
         Err(e) => return Ok(refusal(&e, Format::Text)),
     };

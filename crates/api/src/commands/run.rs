@@ -1,12 +1,13 @@
 //! `cairn run FILE`: validate, publish, start and drive a run to its end.
 
+use crate::codes;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_runtime::Engine;
 use cairn_core::decider::RunStatus;
 use cairn_events::Event;
+use cairn_runtime::Engine;
 use serde_json::Value;
 
 /// Arguments of `cairn run`.
@@ -88,7 +89,11 @@ async fn publish_all(engine: &Engine, files: &[std::path::PathBuf], quiet: bool)
 /// `cairn publish FILE...`.
 pub async fn publish(database: &str, setup: &super::setup::SetupArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
-    Ok(if publish_all(&engine, &args.files, false).await? { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if publish_all(&engine, &args.files, false).await? {
+        ExitCode::SUCCESS
+    } else {
+        codes::exit("invalid-definition")
+    })
 }
 
 /// Parses `--input` and `--input-file` into one JSON object.
@@ -121,9 +126,9 @@ pub async fn run(
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let secrets = super::setup::load_secrets(args.secrets_file.as_deref())?;
     let engine = super::setup::engine(database, setup, secrets).await?;
-    let Some(workflow) = load(&engine, &args.file)? else { return Ok(ExitCode::from(1)) };
+    let Some(workflow) = load(&engine, &args.file)? else { return Ok(codes::exit("invalid-definition")) };
     if !publish_all(&engine, &args.with, true).await? {
-        return Ok(ExitCode::from(1));
+        return Ok(codes::exit("invalid-definition"));
     }
     // Runs a crash interrupted continue first.
     continue_interrupted(&engine).await?;
@@ -148,12 +153,12 @@ pub async fn run(
                 eprintln!("  {}: {}", e.path, e.message);
             }
             eprintln!("nothing was run; pass valid values with --input NAME=VALUE");
-            return Ok(ExitCode::from(1));
+            return Ok(codes::exit("invalid-inputs"));
         }
         Err(cairn_runtime::RunError::Definition { name, message, .. }) => {
             eprintln!("error: child workflow `{name}`: {message}");
             eprintln!("nothing was run; or pass its file with `--with FILE`");
-            return Ok(ExitCode::from(1));
+            return Ok(codes::exit("unknown-child-workflow"));
         }
         Err(e) => return Err(e.into()),
     };

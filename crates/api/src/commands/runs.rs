@@ -3,11 +3,12 @@
 //! Until the read models exist these scan the log; they answer from events,
 //! never from anything the engine keeps in memory.
 
+use crate::codes;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_runtime::{Engine, TaskRegistry};
 use cairn_events::Event;
+use cairn_runtime::{Engine, TaskRegistry};
 use uuid::Uuid;
 
 /// Arguments of `cairn show`.
@@ -46,7 +47,7 @@ pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let events = store.read_stream(&cairn_events::run_stream(args.run), 1).await?;
     if events.is_empty() {
         eprintln!("error: no run with id {} in {}", args.run, store.describe());
-        return Ok(ExitCode::from(1));
+        return Ok(codes::exit("unknown-run"));
     }
     for e in &events {
         let at: String = e.recorded_at.chars().skip(11).take(12).collect();
@@ -108,7 +109,7 @@ pub async fn cancel(database: &str, args: CancelArgs) -> anyhow::Result<ExitCode
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
+            Ok(codes::exit(e.code()))
         }
     }
 }
@@ -152,7 +153,7 @@ pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Resul
         QuarantineCommand::Release { run, reason } => {
             if !ledger.is_quarantined(run) {
                 eprintln!("error: run {run} is not quarantined (see `cairn quarantine list`)");
-                return Ok(ExitCode::from(1));
+                return Ok(codes::exit("not-quarantined"));
             }
             let by = std::env::var("CAIRN_IDENTITY")
                 .or_else(|_| std::env::var("USER"))

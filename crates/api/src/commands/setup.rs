@@ -108,11 +108,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// An engine on `database` with the built-in tasks, the secrets and the config.
-pub async fn engine(
-    database: &str,
-    args: &SetupArgs,
-    secrets: cairn_core::secrets::Secrets,
-) -> anyhow::Result<Engine> {
+pub async fn engine(database: &str, args: &SetupArgs, secrets: cairn_core::secrets::Secrets) -> anyhow::Result<Engine> {
     let config = config(args, Some(database))?;
     let store = cairn_events::open(database).await?;
     Ok(Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets).with_config(config))

@@ -1,5 +1,6 @@
 //! `cairn validate FILE...` and `cairn schema`.
 
+use crate::codes;
 use std::process::ExitCode;
 
 use cairn_runtime::TaskRegistry;
@@ -55,7 +56,7 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
             eprintln!("{d}");
         }
     }
-    Ok(if all.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all.is_empty() { ExitCode::SUCCESS } else { codes::exit("invalid-definition") })
 }
 
 /// Runs `schema`: prints the workflow language's JSON Schema.

@@ -1,5 +1,6 @@
 //! `cairn verify`: walk the log and check every chain link.
 
+use crate::codes;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -42,5 +43,5 @@ pub async fn run(database: &str, args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("  ({} more breaks; --all lists them)", report.breaks.len() - 1);
     }
     eprintln!("{} events in {} streams checked in {}", report.events, report.streams, store.describe());
-    Ok(ExitCode::from(1))
+    Ok(codes::exit("chain-broken"))
 }

@@ -5,7 +5,6 @@
 //! docs/api.md.
 
 mod api;
-pub mod codes;
 mod docs;
 mod driver;
 mod extract;
@@ -28,9 +27,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_runtime::Engine;
 use cairn_events::EventStore;
 use cairn_projections::Worker;
+use cairn_runtime::Engine;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -140,7 +139,7 @@ pub async fn run(
              approve runs. Create a key (cairn keys create --name NAME --role admin) and drop --no-auth, listen \
              on 127.0.0.1, or add --insecure if this network is trusted."
         );
-        return Ok(ExitCode::from(2));
+        return Ok(crate::codes::exit("insecure-listen"));
     }
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     // Deciding runs off the async executor: a busy run never stalls requests.

@@ -138,17 +138,12 @@ fn human(e: HumanError) -> ApiError {
     let msg = e.to_string();
     match e {
         HumanError::Run(r) => r.into(),
-        HumanError::NotWaiting { .. } => ApiError::conflict("not-waiting", msg),
-        HumanError::BadToken { .. } => ApiError::new(StatusCode::FORBIDDEN, "bad-token", msg),
-        HumanError::NotAllowed { .. } => ApiError::new(StatusCode::FORBIDDEN, "not-allowed", msg),
-        HumanError::Invalid { errors, .. } => ApiError::unprocessable(
-            "invalid-submission",
-            msg,
-            errors.into_iter().map(|f| FieldProblem::new(format!("/values/{}", f.field), f.message)).collect(),
+        HumanError::Invalid { ref errors, .. } => ApiError::coded(e.code(), msg).with_errors(
+            errors.iter().map(|f| FieldProblem::new(format!("/values/{}", f.field), f.message.clone())).collect(),
         ),
-        HumanError::ContentChanged { .. } => ApiError::conflict("content-changed", msg),
-        HumanError::Conflict { winner, .. } => {
-            let mut a = ApiError::conflict("already-answered", msg);
+        HumanError::Conflict { ref winner, .. } => {
+            let winner = winner.clone();
+            let mut a = ApiError::coded(e.code(), msg);
             a.0.winner = Some(Winner {
                 event_type: winner.event_type,
                 by: winner.by,
@@ -158,6 +153,7 @@ fn human(e: HumanError) -> ApiError {
             });
             a
         }
+        other => ApiError::coded(other.code(), msg),
     }
 }
 

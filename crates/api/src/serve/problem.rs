@@ -86,8 +86,8 @@ impl ApiError {
     /// An error of `status` with a code and a detail.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         debug_assert!(
-            super::codes::find(code).is_some_and(|c| c.status == status.as_u16()),
-            "problem code `{code}` with status {status} is not in the registry (serve/codes.rs, docs/api.md)"
+            crate::codes::find(code).is_some_and(|c| c.status == Some(status.as_u16())),
+            "problem code `{code}` with status {status} is not in the registry (src/codes.rs, docs/errors.md)"
         );
         ApiError(Box::new(Problem {
             kind: format!("urn:cairn:problem:{code}"),
@@ -99,6 +99,12 @@ impl ApiError {
             errors: Vec::new(),
             winner: None,
         }))
+    }
+
+    /// The error `code` names, with the status the registry gives it.
+    pub fn coded(code: &str, detail: impl Into<String>) -> Self {
+        let status = crate::codes::find(code).and_then(|c| c.status).unwrap_or(500);
+        Self::new(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, detail)
     }
 
     /// 400: the request could not be read.

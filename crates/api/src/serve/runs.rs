@@ -710,21 +710,15 @@ pub async fn resume(
 }
 
 fn resume_problem(e: cairn_runtime::recovery::ResumeError) -> ApiError {
-    use cairn_runtime::recovery::ResumeError as E;
+    use cairn_runtime::recovery::{Refusal as R, ResumeError as E};
     match e {
         E::Run(r) => ApiError::from(r),
-        E::InvalidInputs { ref errors, .. } => ApiError::unprocessable(
-            e.code(),
-            e.to_string(),
+        E::Refused(ref r @ R::InvalidInputs { ref errors, .. }) => ApiError::unprocessable(
+            r.code(),
+            r.to_string(),
             errors.iter().map(|v| FieldProblem::new(format!("/inputs{}", v.path), v.message.clone())).collect(),
         ),
-        E::StillRunning { .. }
-        | E::Completed { .. }
-        | E::Cancelled { .. }
-        | E::Compensated { .. }
-        | E::ChildRun { .. }
-        | E::Conflict { .. } => ApiError::conflict(e.code(), e.to_string()),
-        other => ApiError::unprocessable(other.code(), other.to_string(), Vec::new()),
+        E::Refused(r) => ApiError::coded(r.code(), r.to_string()),
     }
 }
 

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_runtime::trace;
 use cairn_events::{Event, EventStore, RecordedEvent};
+use cairn_runtime::trace;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::model::{Step, StepKind, Target, Workflow};
+use crate::path::{self, InstancePath};
 use crate::template::{self, Scope};
 
 mod ai;
@@ -344,7 +345,7 @@ impl RunState {
         if self.threads.len() <= 1 {
             return;
         }
-        let (dot, bracket) = (format!("{instance}."), format!("{instance}["));
+        let (dot, bracket) = path::inside(instance);
         let mut gone = prefixed(&self.threads, &dot);
         gone.extend(prefixed(&self.threads, &bracket));
         for k in gone {
@@ -367,7 +368,7 @@ impl RunState {
             _ => return,
         };
         out.push(step.clone());
-        let (dot, bracket) = (format!("{step}."), format!("{step}["));
+        let (dot, bracket) = path::inside(step);
         for k in self.threads.keys().filter(|k| k.starts_with(&dot) || k.starts_with(&bracket)) {
             self.live_steps(k, out);
         }
@@ -383,14 +384,15 @@ fn prefixed<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// The step id of an instance id (`m[2].price` → `price`).
+/// The step id of an instance id (`m[2].price` → `price`); see
+/// [`InstancePath`].
 pub fn bare(instance: &str) -> &str {
-    instance.rsplit_once('.').map_or(instance, |(_, b)| b)
+    InstancePath::new(instance).step()
 }
 
 /// The instance prefix of an instance id (`m[2].price` → `m[2].`).
 fn prefix(instance: &str) -> &str {
-    instance.rsplit_once('.').map_or("", |(p, _)| &instance[..p.len() + 1])
+    InstancePath::new(instance).prefix()
 }
 
 /// Folds one event into the state.
@@ -444,7 +446,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             if s.threads.len() > 1 {
                 // A container starting again starts its insides afresh.
                 s.drop_children(&e.step_id);
-                let bracket = format!("{}[", e.step_id);
+                let bracket = path::iterations_of(&e.step_id);
                 for k in prefixed(&s.outputs, &bracket) {
                     s.outputs.remove(&k);
                 }
@@ -765,8 +767,7 @@ fn scope_context(s: &RunState, pre: &str) -> Scope {
     ctx.outputs("steps", visible_outputs(s, pre));
     // Inside a map iteration: `item` and `index` of the innermost one.
     if let Some(iteration) = pre.strip_suffix('.')
-        && let Some((map, index)) = iteration.strip_suffix(']').and_then(|i| i.rsplit_once('['))
-        && let Ok(index) = index.parse::<usize>()
+        && let Some((map, index)) = InstancePath::new(iteration).iteration()
     {
         let item = s
             .threads
@@ -1032,8 +1033,8 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             (
                 (0..n)
                     .map(|i| Kid {
-                        key: format!("{inst}[{i}]"),
-                        prefix: format!("{inst}[{i}]."),
+                        key: path::iteration(inst, i),
+                        prefix: path::iteration_prefix(inst, i),
                         first: &first.id,
                         label: format!("item {i}"),
                     })

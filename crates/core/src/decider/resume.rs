@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::{Cursor, RunState, RunStatus, Thread, bare};
 use crate::model::{Step, StepKind, Workflow};
+use crate::path::InstancePath;
 
 /// How a resume chooses what runs again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,13 +136,7 @@ pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
 /// The container instance a thread belongs to (`p.branch` → `p`,
 /// `m[2]` → `m`); `None` for the top level.
 pub fn container_of(key: &str) -> Option<&str> {
-    if key.is_empty() {
-        return None;
-    }
-    if key.ends_with(']') {
-        return key.rfind('[').map(|i| &key[..i]);
-    }
-    key.rfind('.').map(|i| &key[..i])
+    InstancePath::new(key).container()
 }
 
 /// The containers around a thread, innermost first.
@@ -218,12 +213,7 @@ impl Resumed {
             if !self.started.contains(c) || !w.step(bare(c)).is_some_and(|m| matches!(m.kind, StepKind::Map { .. })) {
                 continue;
             }
-            let Some(index) = instance
-                .strip_prefix(c.as_str())
-                .and_then(|r| r.strip_prefix('['))
-                .and_then(|r| r.split(']').next())
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
+            let Some(index) = InstancePath::new(instance).index_in(c) else {
                 return true;
             };
             let before = self.prior_items.get(c).and_then(|v| v.get(index));
@@ -233,15 +223,10 @@ impl Resumed {
             }
         }
         // `steps.X` means X in this iteration, or in an enclosing one.
-        let mut prefixes = vec![""];
-        let mut rest = instance;
-        while let Some((p, _)) = rest.rsplit_once('.') {
-            prefixes.push(&instance[..p.len() + 1]);
-            rest = p;
-        }
+        let prefixes = InstancePath::new(instance).prefixes();
         r.steps.iter().any(|id| {
             prefixes.iter().any(|p| {
-                let inst = format!("{p}{id}");
+                let inst = crate::path::join(p, id);
                 self.changed.contains(&inst)
                     && (r.whole.contains(id)
                         || self.changed_fields.contains(&(inst.clone(), "*".to_owned()))
@@ -280,7 +265,7 @@ impl Resumed {
 
 /// The hash of the content an approval would ask about now.
 fn approved_content_hash(w: &Workflow, s: &RunState, a: &crate::human::ApprovalStep, instance: &str) -> Option<String> {
-    let pre = instance.rsplit_once('.').map_or("", |(p, _)| &instance[..p.len() + 1]);
+    let pre = InstancePath::new(instance).prefix();
     let ctx = super::context_with_placeholders(w, s, pre);
     crate::template::render(&a.content, &ctx).ok().map(|c| crate::human::content_hash(&c))
 }

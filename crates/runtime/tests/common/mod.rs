@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cairn_runtime::Engine;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::Engine;
 
 /// A fresh SQLite store in a temporary directory (kept alive by the guard).
 pub async fn sqlite() -> (tempfile::TempDir, Arc<dyn EventStore>) {
@@ -33,11 +33,7 @@ pub async fn publish(engine: &Engine, src: &str) -> (cairn_runtime::Workflow, u3
 }
 
 /// Publishes, starts and drives a run to its end.
-pub async fn run(
-    engine: &Engine,
-    src: &str,
-    inputs: serde_json::Value,
-) -> (uuid::Uuid, cairn_core::decider::RunState) {
+pub async fn run(engine: &Engine, src: &str, inputs: serde_json::Value) -> (uuid::Uuid, cairn_core::decider::RunState) {
     let (w, v) = publish(engine, src).await;
     let id = engine.start(&w, v, inputs, "test").await.expect("start");
     let state = engine.drive(id, &mut |_: &Event| {}).await.expect("drive");
