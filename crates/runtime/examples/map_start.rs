@@ -5,7 +5,7 @@
 //! size through the store directly. Linear means the time per item stays
 //! flat as N grows.
 //!
-//!     cargo run --release -p cairn-engine --example map_start [-- --quick]
+//!     cargo run --release -p cairn-runtime --example map_start [-- --quick]
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! by the pure decider with `echo` outcomes, then failed at its last step.
 //!
 //! ```text
-//! cargo run --release -p cairn-engine --example replay_bench [-- --quick]
+//! cargo run --release -p cairn-runtime --example replay_bench [-- --quick]
 //! ```
 #![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 #![allow(missing_docs, clippy::unwrap_used)]

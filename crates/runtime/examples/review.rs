@@ -8,7 +8,7 @@
 //! single-row INSERT commits with the same durability and concurrency.
 //!
 //! ```text
-//! cargo run --release -p cairn-engine --example review [-- --quick]
+//! cargo run --release -p cairn-runtime --example review [-- --quick]
 //! ```
 #![allow(missing_docs, clippy::unwrap_used)]
 

@@ -6,7 +6,7 @@
 //! same durability settings.
 //!
 //! ```text
-//! cargo run --release -p cairn-engine --example w10 [-- --postgres URL] [--quick]
+//! cargo run --release -p cairn-runtime --example w10 [-- --postgres URL] [--quick]
 //! ```
 #![allow(missing_docs, clippy::unwrap_used)]
 

@@ -20,7 +20,7 @@
 //!
 //! A failure prints its seed and the one-line command that reproduces it.
 //! CI runs a fixed budget (`CAIRN_SIM_SEEDS`, default 60 per backend); a
-//! soak is `CAIRN_SIM_SEEDS=5000 cargo test --release -p cairn-engine --test
+//! soak is `CAIRN_SIM_SEEDS=5000 cargo test --release -p cairn-runtime --test
 //! simulation -- --nocapture`, and `CAIRN_SIM_FROM` moves the first seed.
 #![allow(missing_docs)]
 
@@ -736,7 +736,7 @@ async fn simulate(postgres: bool) {
         let outcome = std::panic::AssertUnwindSafe(one_seed(*seed, postgres, stats.clone())).catch_unwind().await;
         if let Err(panic) = outcome {
             eprintln!(
-                "\nsimulation failed on {backend} at seed {seed}; reproduce with:\n  CAIRN_SIM_SEED={seed} cargo test -p cairn-engine --test simulation {test} -- --nocapture\n"
+                "\nsimulation failed on {backend} at seed {seed}; reproduce with:\n  CAIRN_SIM_SEED={seed} cargo test -p cairn-runtime --test simulation {test} -- --nocapture\n"
             );
             std::panic::resume_unwind(panic);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_events::EventStore;
 use cairn_projections::queries::{self, AuditFilter, CostsBy};
-use cairn_projections::{ReadDb, Val, Worker, models};
+use cairn_projections::{ReadDb, Worker, models};
 
 /// Where the read models live.
 #[derive(Debug, Clone, clap::Args)]
@@ -239,11 +239,13 @@ pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsComman
     Ok(ExitCode::SUCCESS)
 }
 
-fn money(micros: &Val, currency: &Val) -> String {
-    match micros.as_int() {
-        Some(m) if m > 0 => format!("{:.6} {}", m as f64 / 1e6, currency),
-        _ => String::new(),
-    }
+fn money(micros: i64, currency: Option<&str>) -> String {
+    if micros > 0 { format!("{:.6} {}", micros as f64 / 1e6, currency.unwrap_or_default()) } else { String::new() }
+}
+
+/// An optional value as a table shows it: empty when absent.
+fn opt(v: &Option<impl std::fmt::Display>) -> String {
+    v.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
 /// `cairn history RUN`.
@@ -253,38 +255,47 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
         eprintln!("error: no run with id {} (see `cairn runs`)", args.run);
         return Ok(codes::exit("unknown-run"));
     };
-    out!("run {} — {} v{} — {} — started {} by {}", run[0], run[1], run[2], run[3], run[5], run[7]);
-    if let Some(kind) = run[8].as_text() {
-        out!("  error [{kind}] {}{}", run[9], run[10].as_text().map(|s| format!(" at step `{s}`")).unwrap_or_default());
+    out!(
+        "run {} — {} v{} — {} — started {} by {}",
+        run.run_id,
+        run.workflow,
+        run.version,
+        run.status,
+        run.started_at,
+        run.started_by
+    );
+    if let Some(kind) = &run.error_kind {
+        let at = run.failed_step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default();
+        out!("  error [{kind}] {}{at}", opt(&run.error_message));
     }
     for r in queries::history(w.db(), &args.run).await? {
-        let (kind, step, attempt, status) = (&r[1], &r[2], &r[3], &r[4]);
-        let time: String = r[5].to_string().chars().skip(11).take(12).collect();
+        let (kind, step, status) = (&r.kind, &r.step_id, &r.status);
+        let time: String = opt(&r.started_at).chars().skip(11).take(12).collect();
         let mut line = format!("{time} {step}");
-        if kind.as_text() == Some("attempt") || kind.as_text() == Some("ai") {
-            line.push_str(&format!(" {}#{attempt} {status}", kind));
-            if let Some(v) = r.get(15).and_then(Val::as_int).filter(|v| *v > 1) {
+        if kind == "attempt" || kind == "ai" {
+            line.push_str(&format!(" {kind}#{} {status}", opt(&r.attempt)));
+            if let Some(v) = r.visit.filter(|v| *v > 1) {
                 line.push_str(&format!(" (visit {v})"));
             }
         } else {
             line.push_str(&format!(" {kind} {status}"));
         }
-        if let Some(ms) = r[7].as_int() {
+        if let Some(ms) = r.duration_ms {
             line.push_str(&format!(" in {ms} ms"));
         }
-        if let Some(k) = r[8].as_text() {
-            line.push_str(&format!(" [{k}] {}", r[9]));
+        if let Some(k) = &r.error_kind {
+            line.push_str(&format!(" [{k}] {}", opt(&r.error_message)));
         }
-        if let (Some(i), Some(o)) = (r[10].as_int(), r[11].as_int()) {
+        if let (Some(i), Some(o)) = (r.input_tokens, r.output_tokens) {
             line.push_str(&format!(" tokens {i}+{o}"));
         }
-        if let Some(c) = r[12].as_int().filter(|c| *c > 0) {
+        if let Some(c) = r.cost_micros.filter(|c| *c > 0) {
             line.push_str(&format!(" cost {:.6}", c as f64 / 1e6));
         }
-        if let Some(a) = r[13].as_text() {
+        if let Some(a) = &r.actor {
             line.push_str(&format!(" by {a}"));
         }
-        if let Some(d) = r[14].as_text() {
+        if let Some(d) = &r.detail {
             line.push_str(&format!(" — {d}"));
         }
         out!("{line}");
@@ -303,7 +314,8 @@ pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::
     };
     out!("{:<40} {:>9} {:>14} {:>14}  cost", args.by, "attempts", "input tokens", "output tokens");
     for r in queries::costs(w.db(), by, args.since.as_deref()).await? {
-        out!("{:<40} {:>9} {:>14} {:>14}  {}", r[0], r[1], r[2], r[3], money(&r[4], &r[5]));
+        let cost = money(r.cost_micros, r.currency.as_deref());
+        out!("{:<40} {:>9} {:>14} {:>14}  {cost}", r.key, r.attempts, r.input_tokens, r.output_tokens);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -329,8 +341,16 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
         "resource"
     );
     for r in queries::audit(w.db(), &f).await? {
-        let hash: String = r[8].to_string().chars().take(16).collect();
-        out!("{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} {hash}…", r[0], r[1], r[2], r[3], r[5], r[7]);
+        let hash: String = r.hash.chars().take(16).collect();
+        out!(
+            "{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} {hash}…",
+            r.position,
+            r.recorded_at,
+            r.actor,
+            r.action,
+            r.outcome,
+            r.resource
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -345,13 +365,13 @@ pub async fn inbox(database: &str, read: &ReadArgs) -> anyhow::Result<ExitCode> 
     for r in rows {
         out!(
             "{} {} {} for {} — {} (requested {}{})",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            r[6].as_text().map(|d| format!(", due {d}")).unwrap_or_default()
+            r.run_id,
+            r.step_id,
+            r.kind,
+            r.assignees,
+            opt(&r.summary),
+            r.requested_at,
+            r.deadline.as_ref().map(|d| format!(", due {d}")).unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

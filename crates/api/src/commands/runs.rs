@@ -36,7 +36,8 @@ pub async fn list(database: &str, read: &crate::commands::read::ReadArgs) -> any
     let w = crate::commands::read::catch_up(database, read).await?;
     out!("{:<40} {:<24} {:>3} {:<10} {:<27} current step", "run", "workflow", "v", "status", "started (UTC)");
     for r in cairn_projections::queries::runs(w.db(), i64::MAX).await? {
-        out!("{:<40} {:<24} {:>3} {:<10} {:<27} {}", r[0], r[1], r[2], r[3], r[4], r[5]);
+        let step = r.current_step.unwrap_or_default();
+        out!("{:<40} {:<24} {:>3} {:<10} {:<27} {step}", r.run_id, r.workflow, r.version, r.status, r.started_at);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,6 @@ use serde_json::Value;
 use super::State;
 use super::extract::{Caller, JsonBody, Q, parse_id};
 use super::problem::{ApiError, ApiResult, FieldProblem, Winner};
-use super::runs::{int, text};
 
 /// Inbox filters.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -110,24 +109,25 @@ pub async fn inbox(S(state): S<Arc<State>>, caller: Caller, Q(q): Q<InboxQuery>)
     };
     let mut items = Vec::new();
     for r in cairn_projections::queries::inbox(db).await? {
-        let assignees: Vec<String> = text(&r[3]).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let assignees = r.assignee_names();
         if who.as_ref().is_some_and(|w| !assignees.contains(w)) {
             continue;
         }
-        let run_id = text(&r[0]).unwrap_or_default();
-        let step_id = text(&r[1]).unwrap_or_default();
-        let kind = text(&r[2]).unwrap_or_default();
-        let answer_url =
-            format!("/runs/{run_id}/steps/{step_id}/{}", if kind == "form" { "submission" } else { "decision" });
+        let answer_url = format!(
+            "/runs/{}/steps/{}/{}",
+            r.run_id,
+            r.step_id,
+            if r.kind == "form" { "submission" } else { "decision" }
+        );
         items.push(InboxItem {
-            run_id,
-            step_id,
-            kind,
+            run_id: r.run_id,
+            step_id: r.step_id,
+            kind: r.kind,
             assignees,
-            summary: text(&r[4]),
-            requested_at: text(&r[5]),
-            deadline: text(&r[6]),
-            decisions: int(&r[7]),
+            summary: r.summary,
+            requested_at: Some(r.requested_at),
+            deadline: r.deadline,
+            decisions: Some(r.decisions),
             answer_url,
         });
     }

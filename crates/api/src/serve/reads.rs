@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::extract::{Caller, Pos, Q};
 use super::problem::{ApiError, ApiResult};
-use super::runs::{int, text};
 
 /// Audit filters.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -150,18 +149,18 @@ pub async fn audit(S(state): S<Arc<State>>, Q(q): Q<AuditQuery>) -> ApiResult<ax
     let items: Vec<AuditRow> = rows
         .iter()
         .map(|r| AuditRow {
-            position: int(&r[0]).unwrap_or_default(),
-            recorded_at: text(&r[1]).unwrap_or_default(),
-            actor: text(&r[2]).unwrap_or_default(),
-            action: text(&r[3]).unwrap_or_default(),
-            event_type: text(&r[4]).unwrap_or_default(),
-            outcome: text(&r[5]).unwrap_or_default(),
-            reason: text(&r[9]).and_then(|d| {
-                serde_json::from_str::<serde_json::Value>(&d).ok()?.get("reason")?.as_str().map(str::to_owned)
+            position: r.position,
+            recorded_at: r.recorded_at.clone(),
+            actor: r.actor.clone(),
+            action: r.action.clone(),
+            event_type: r.event_type.clone(),
+            outcome: r.outcome.clone(),
+            reason: r.denied.as_deref().and_then(|d| {
+                serde_json::from_str::<serde_json::Value>(d).ok()?.get("reason")?.as_str().map(str::to_owned)
             }),
-            origin: text(&r[6]).unwrap_or_default(),
-            resource: text(&r[7]).unwrap_or_default(),
-            hash: text(&r[8]).unwrap_or_default(),
+            origin: r.origin.clone(),
+            resource: r.resource.clone(),
+            hash: r.hash.clone(),
         })
         .collect();
     let next_cursor = if more { items.last().map(|r| r.position as u64) } else { None };
@@ -181,14 +180,14 @@ pub async fn costs(S(state): S<Arc<State>>, Q(q): Q<CostsQuery>) -> ApiResult<ax
     let db = state.read().await?;
     let rows = cairn_projections::queries::costs(db, by, since.as_deref()).await?;
     let items = rows
-        .iter()
+        .into_iter()
         .map(|r| CostRow {
-            key: text(&r[0]).unwrap_or_default(),
-            attempts: int(&r[1]).unwrap_or_default(),
-            input_tokens: int(&r[2]).unwrap_or_default(),
-            output_tokens: int(&r[3]).unwrap_or_default(),
-            cost_micros: int(&r[4]).unwrap_or_default(),
-            currency: text(&r[5]),
+            key: r.key,
+            attempts: r.attempts,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_micros: r.cost_micros,
+            currency: r.currency,
         })
         .collect();
     Ok(axum::Json(Costs { by: name.to_owned(), items }))

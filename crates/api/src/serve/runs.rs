@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_core::decider::{RunState, evolve};
 use cairn_events::{Event, RecordedEvent};
-use cairn_projections::Val;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -399,16 +398,6 @@ pub struct History {
     pub items: Vec<HistoryEntry>,
 }
 
-/// Text of a column.
-pub fn text(v: &Val) -> Option<String> {
-    v.as_text().map(str::to_owned)
-}
-
-/// Integer of a column.
-pub fn int(v: &Val) -> Option<i64> {
-    v.as_int()
-}
-
 /// The status of a folded run, as the API names it.
 pub fn status_name(s: &RunState) -> &'static str {
     s.status_name()
@@ -647,19 +636,19 @@ pub async fn list(S(state): S<Arc<State>>, Q(q): Q<RunsQuery>) -> ApiResult<axum
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let items: Vec<RunRow> = rows
-        .iter()
+        .into_iter()
         .map(|r| RunRow {
-            run_id: text(&r[0]).unwrap_or_default(),
-            workflow: text(&r[1]).unwrap_or_default(),
-            version: int(&r[2]).unwrap_or_default(),
-            status: text(&r[3]).unwrap_or_default(),
-            current_step: text(&r[4]),
-            started_at: text(&r[5]).unwrap_or_default(),
-            ended_at: text(&r[6]),
-            started_by: text(&r[7]).unwrap_or_default(),
-            error_kind: text(&r[8]),
-            error_message: text(&r[9]),
-            failed_step: text(&r[10]),
+            run_id: r.run_id,
+            workflow: r.workflow,
+            version: r.version,
+            status: r.status,
+            current_step: r.current_step,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            started_by: r.started_by,
+            error_kind: r.error_kind,
+            error_message: r.error_message,
+            failed_step: r.failed_step,
         })
         .collect();
     let next_cursor = if more { items.last().map(|r| cursor_of(&r.started_at, &r.run_id)) } else { None };
@@ -841,24 +830,24 @@ pub async fn history(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResu
     let db = state.read().await?;
     let rows = cairn_projections::queries::history(db, &id.to_string()).await?;
     let items = rows
-        .iter()
+        .into_iter()
         .map(|r| HistoryEntry {
-            position: int(&r[0]).unwrap_or_default(),
-            kind: text(&r[1]).unwrap_or_default(),
-            step_id: text(&r[2]).unwrap_or_default(),
-            attempt: int(&r[3]),
-            status: text(&r[4]),
-            started_at: text(&r[5]),
-            ended_at: text(&r[6]),
-            duration_ms: int(&r[7]),
-            error_kind: text(&r[8]),
-            error_message: text(&r[9]),
-            input_tokens: int(&r[10]),
-            output_tokens: int(&r[11]),
-            cost_micros: int(&r[12]),
-            actor: text(&r[13]),
-            detail: text(&r[14]),
-            visit: r.get(15).and_then(int),
+            position: r.position,
+            kind: r.kind,
+            step_id: r.step_id,
+            attempt: r.attempt,
+            status: Some(r.status),
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            duration_ms: r.duration_ms,
+            error_kind: r.error_kind,
+            error_message: r.error_message,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_micros: r.cost_micros,
+            actor: r.actor,
+            detail: r.detail,
+            visit: r.visit,
         })
         .collect();
     Ok(axum::Json(History { run_id: id, items }))
