@@ -19,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 
@@ -131,7 +131,7 @@ async fn in_process(dir: &std::path::Path, runs: usize, conc: usize) -> (bench::
     let store: Arc<dyn EventStore> =
         cairn_events::sqlite::SqliteStore::open(dir.join("w10.db"), Default::default()).await.unwrap();
     let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
-    let w = Arc::new(cairn_core::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
+    let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let ours = bench::measure(50, runs, conc, move |_| {
         let (engine, w) = (engine.clone(), w.clone());
@@ -158,7 +158,7 @@ fn main() {
     let (server, key) = serve(&bin, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let c = Client { http: cairn_runtime::http::client(), url: server.url.clone(), key };
+        let c = Client { http: cairn_runtime::http_client(), url: server.url.clone(), key };
         let r = c
             .http
             .post(format!("{}/workflows", c.url))

@@ -270,8 +270,83 @@ pub struct AiAttemptStarted {
     pub model: String,
     /// The rendered messages, including fed-back errors.
     pub messages: Vec<AiMessage>,
-    /// Request parameters (temperature, structured-output mode, …).
-    pub params: Value,
+    /// Request parameters (structured-output mode, estimate, temperature,
+    /// price, …).
+    #[serde(default, deserialize_with = "params_or_null")]
+    pub params: AiParams,
+}
+
+/// The parameters of an AI call as recorded: what the runtime sends and
+/// prices it by, decided (and so replayed) by the decider. Serialized with
+/// its keys in the order the untyped map had (alphabetical), so the bytes
+/// of events written before it was typed and after are alike; keys it does
+/// not know are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiParams {
+    /// The estimate the budget was checked with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<AiEstimate>,
+    /// The weaker structured-output mode this attempt falls back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_to: Option<String>,
+    /// The cap on output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// The structured-output mode (`json_schema`, `json_object`, `tool`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The price the attempt is charged at, when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<AiPrice>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// The prompt template used (`{id, sha256}`), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Value>,
+    /// Keys this version does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, Value>,
+}
+
+/// The size and cost an AI call was estimated at before it was made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiEstimate {
+    /// Estimated cost in millionths of the currency (null without a price).
+    #[serde(default)]
+    pub cost_micros: Option<u64>,
+    /// Estimated input tokens.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Estimated output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+}
+
+/// A model's price per million tokens, as recorded with an AI call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AiPrice {
+    /// The currency (`USD`).
+    #[serde(default = "usd")]
+    pub currency: String,
+    /// Per million input tokens.
+    #[serde(default)]
+    pub input_per_million: f64,
+    /// Per million output tokens.
+    #[serde(default)]
+    pub output_per_million: f64,
+    /// Which price table (name and version).
+    #[serde(default)]
+    pub table: String,
+}
+
+fn usd() -> String {
+    "USD".to_owned()
+}
+
+/// `params` as recorded: an object, or `null` (read as no parameters).
+fn params_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AiParams, D::Error> {
+    Ok(Option::<AiParams>::deserialize(d)?.unwrap_or_default())
 }
 
 /// An AI call returned.

@@ -189,3 +189,55 @@ async fn a_lost_postgres_append_connection_is_replaced() {
     assert_eq!(events.len(), 2);
     assert!(cairn_events::verify(&*store).await.expect("verify").is_intact());
 }
+
+/// AI parameters are typed, and the bytes stay what the untyped map wrote:
+/// the same keys in the same order, absent ones left out, unknown ones
+/// kept; an event recorded before the type (or with `null`) still decodes.
+#[test]
+fn typed_ai_params_write_the_bytes_the_untyped_map_wrote() {
+    use cairn_events::{AiEstimate, AiParams, AiPrice};
+    let typed = AiParams {
+        mode: Some("json_schema".into()),
+        estimate: Some(AiEstimate { input_tokens: 120, output_tokens: 400, cost_micros: Some(1960) }),
+        temperature: Some(0.2),
+        max_output_tokens: Some(400),
+        price: Some(AiPrice {
+            input_per_million: 3.0,
+            output_per_million: 4.0,
+            currency: "USD".into(),
+            table: "default@1".into(),
+        }),
+        template: Some(serde_json::json!({ "id": "post@2", "sha256": "ab" })),
+        fallback_to: Some("json_object".into()),
+        other: Default::default(),
+    };
+    // What the decider wrote before AiParams existed.
+    let untyped = serde_json::json!({
+        "mode": "json_schema",
+        "estimate": { "input_tokens": 120, "output_tokens": 400, "cost_micros": 1960 },
+        "temperature": 0.2,
+        "max_output_tokens": 400,
+        "price": { "input_per_million": 3.0, "output_per_million": 4.0, "currency": "USD", "table": "default@1" },
+        "template": { "id": "post@2", "sha256": "ab" },
+        "fallback_to": "json_object",
+    });
+    assert_eq!(serde_json::to_string(&typed).expect("json"), serde_json::to_string(&untyped).expect("json"));
+    let sparse = AiParams {
+        mode: Some("none".into()),
+        estimate: Some(AiEstimate { input_tokens: 1, output_tokens: 2, cost_micros: None }),
+        ..Default::default()
+    };
+    let old = r#"{"estimate":{"cost_micros":null,"input_tokens":1,"output_tokens":2},"mode":"none"}"#;
+    assert_eq!(serde_json::to_string(&sparse).expect("json"), old);
+    assert_eq!(serde_json::from_str::<AiParams>(old).expect("decode"), sparse);
+    // A key this version does not know survives a round trip.
+    let unknown: AiParams = serde_json::from_str(r#"{"mode":"tool","seed":7}"#).expect("decode");
+    assert_eq!(unknown.other.get("seed"), Some(&serde_json::json!(7)));
+    assert_eq!(serde_json::to_string(&unknown).expect("json"), r#"{"mode":"tool","seed":7}"#);
+    // An attempt recorded with no parameters, or null ones, decodes.
+    for params in ["", r#","params":null"#, r#","params":{}"#] {
+        let payload = format!(r#"{{"step_id":"s","attempt":1,"provider":"p","model":"m","messages":[]{params}}}"#);
+        let e: cairn_events::AiAttemptStarted = serde_json::from_str(&payload).expect("decode");
+        assert_eq!(e.params, AiParams::default(), "{payload}");
+    }
+}

@@ -61,7 +61,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
                 provider: "scripted".into(),
                 model: "m".into(),
                 messages: vec![],
-                params: json!({}),
+                params: Default::default(),
             }),
             Event::AiAttemptCompleted(AiAttemptCompleted {
                 step_id: "draft".into(),
@@ -196,7 +196,7 @@ async fn main() {
     };
     let engine = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()));
     let src = include_str!("../../runtime/examples/w10.yaml");
-    let w = Arc::new(cairn_core::lang::parse(src, "w10.yaml", &engine.task_names()).unwrap());
+    let w = Arc::new(cairn_runtime::lang::parse(src, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let (lag_tx, mut lag_rx) = tokio::sync::watch::channel(false);
     let sampler = {

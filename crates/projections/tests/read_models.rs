@@ -86,7 +86,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                         provider: "scripted".into(),
                         model: format!("m{}", p % 2),
                         messages: vec![],
-                        params: json!({}),
+                        params: Default::default(),
                     }));
                     ev.push(Event::AiAttemptCompleted(AiAttemptCompleted {
                         step_id: step.clone(),

@@ -31,7 +31,7 @@ async fn main() {
         let store: Arc<dyn EventStore> =
             cairn_events::sqlite::SqliteStore::open(dir.path().join("c.db"), Default::default()).await.expect("store");
         let engine = Engine::new(store.clone(), TaskRegistry::builtin());
-        let w = cairn_core::lang::parse(SRC, "fan.yaml", &engine.task_names()).expect("parse");
+        let w = cairn_runtime::lang::parse(SRC, "fan.yaml", &engine.task_names()).expect("parse");
         let v = engine.publish(&w, "bench").await.expect("publish");
         let items: Vec<serde_json::Value> = (0..n).map(|i| json!(i)).collect();
         let t = Instant::now();

@@ -13,6 +13,8 @@
 
 use std::time::Instant;
 
+// The core's decider directly: the run is recorded without a store or an
+// engine, and what is measured is the core itself.
 use cairn_core::decider::{decide, fold};
 use cairn_events::{Event, RecordedEvent, RunStarted, StepCompleted, StepFailed};
 use cairn_runtime::recovery::{self, ResumeRequest};
@@ -131,7 +133,7 @@ fn main() {
         "N", "events", "floor ev/s", "replay ev/s", "×floor", "shadow ev/s", "×floor", "plan ms", "×floor"
     );
     for &n in sizes {
-        let w = cairn_core::lang::parse(&workflow(n), "loop.yaml", &["echo", "fail"]).unwrap();
+        let w = cairn_runtime::lang::parse(&workflow(n), "loop.yaml", &["echo", "fail"]).unwrap();
         let events = record(&w);
         let rec = recorded(&events);
         let len = rec.len() as f64;
@@ -139,10 +141,10 @@ fn main() {
             let evs: Vec<Event> = rec.iter().map(|r| Event::decode(r).unwrap()).collect();
             fold(evs.iter())
         });
-        assert_eq!(state.status, cairn_core::decider::RunStatus::Failed);
-        let (replay, report) = best_of(5, || cairn_core::replay::check(&w, &rec).unwrap());
+        assert_eq!(state.status, cairn_runtime::run::RunStatus::Failed);
+        let (replay, report) = best_of(5, || cairn_runtime::replay::check(&w, &rec).unwrap());
         assert!(report.divergence.is_none(), "{:?}", report.divergence);
-        let (shadow, findings) = best_of(5, || cairn_core::replay::shadow(&w, &rec).unwrap());
+        let (shadow, findings) = best_of(5, || cairn_runtime::replay::shadow(&w, &rec).unwrap());
         assert!(findings.is_empty());
         let (plan, p) = best_of(5, || {
             let evs: Vec<Event> = rec.iter().map(|r| Event::decode(r).unwrap()).collect();

@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
-use cairn_runtime::inbox::Vote;
+use cairn_runtime::people::Vote;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ fn main() {
         let store: Arc<dyn EventStore> =
             cairn_events::sqlite::SqliteStore::open(dir.path().join("review.db"), Default::default()).await.unwrap();
         let engine = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()));
-        let w = Arc::new(cairn_core::lang::parse(REVIEW, "review.yaml", &engine.task_names()).unwrap());
+        let w = Arc::new(cairn_runtime::lang::parse(REVIEW, "review.yaml", &engine.task_names()).unwrap());
         let version = engine.publish(&w, "bench").await.unwrap();
         let one = move |i: usize| {
             let (engine, w) = (engine.clone(), w.clone());

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -27,7 +27,7 @@ use bench::{Figures, Floor, measure, measure_floor, peak_rss_mib, report};
 const W10: &str = include_str!("w10.yaml");
 
 async fn measure_cairn(engine: Arc<Engine>, runs_latency: usize, runs_tput: usize, concurrency: usize) -> Figures {
-    let w = Arc::new(cairn_core::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
+    let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
     let one = move |_: usize| {
         let (engine, w) = (engine.clone(), w.clone());

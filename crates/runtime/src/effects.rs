@@ -12,15 +12,29 @@ use cairn_events::{
 use serde_json::Value;
 use uuid::Uuid;
 
+use cairn_core::secrets::Secrets;
+use cairn_events::clock::ClockHandle;
+
 use crate::provider::{self, Failure, Request};
-use crate::runner::Engine;
 use cairn_core::config::{OutputMode, ProviderKind};
 use cairn_core::decider::bare;
 use cairn_core::model::{StepKind, Workflow};
 
-impl Engine {
+/// What the effects need of the engine's surroundings: the HTTP client,
+/// the configuration (providers, e-mail), the secrets to scrub from what is
+/// recorded, the key resume tokens are derived under, and the clock.
+#[derive(Clone)]
+pub(crate) struct Effects {
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: std::sync::Arc<cairn_core::config::Config>,
+    pub(crate) secrets: Secrets,
+    pub(crate) token_key: Vec<u8>,
+    pub(crate) clock: ClockHandle,
+}
+
+impl Effects {
     /// The resume token of a step attempt's form or approval.
-    pub fn resume_token(&self, run_id: Uuid, step: &str, attempt: u32) -> String {
+    pub(crate) fn resume_token(&self, run_id: Uuid, step: &str, attempt: u32) -> String {
         cairn_core::human::resume_token(&self.token_key, run_id, step, attempt)
     }
 
@@ -75,8 +89,7 @@ impl Engine {
                 0,
             );
         };
-        let mode =
-            req.params.get("mode").and_then(Value::as_str).and_then(OutputMode::parse).unwrap_or(OutputMode::None);
+        let mode = req.params.mode.as_deref().and_then(OutputMode::parse).unwrap_or(OutputMode::None);
         let schema = w.step(bare(step_id)).and_then(|s| s.output_contract.as_ref());
         let scripted = if scripted.is_empty() && p.kind == ProviderKind::Scripted {
             p.replies.get(bare(step_id)).cloned().unwrap_or_default()
@@ -89,8 +102,8 @@ impl Engine {
             messages: &req.messages,
             mode,
             schema,
-            temperature: req.params.get("temperature").and_then(Value::as_f64),
-            max_output_tokens: req.params.get("max_output_tokens").and_then(Value::as_u64).map(|n| n as u32),
+            temperature: req.params.temperature,
+            max_output_tokens: req.params.max_output_tokens,
             idempotency_key: &key,
         };
         let call = provider::call(&self.http, p, &r, &scripted, number);
@@ -110,13 +123,12 @@ impl Engine {
         let latency_ms = provider::elapsed_ms(started);
         match outcome {
             Ok(reply) => {
-                let cost = req.params.get("price").map(|pr| {
-                    let per = |k: &str| pr.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                let cost = req.params.price.as_ref().map(|pr| {
                     let price = cairn_core::config::Price {
-                        input_per_million: per("input_per_million"),
-                        output_per_million: per("output_per_million"),
-                        currency: pr.get("currency").and_then(Value::as_str).unwrap_or("USD").to_owned(),
-                        table: pr.get("table").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        input_per_million: pr.input_per_million,
+                        output_per_million: pr.output_per_million,
+                        currency: pr.currency.clone(),
+                        table: pr.table.clone(),
                     };
                     Cost {
                         micros: price.micros(reply.input_tokens, reply.output_tokens),

@@ -9,7 +9,8 @@ use cairn_events::{ApprovalDecided, Event, ExpectedVersion, InputSubmitted, NewE
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::runner::{Engine, RunError};
+use crate::error::RunError;
+use crate::runner::Engine;
 use cairn_core::decider::{HumanWait, RunState, evolve};
 use cairn_core::human::{Field, FieldError};
 
@@ -275,7 +276,7 @@ impl Engine {
             let version = state.version;
             let mut events = vec![event];
             let after = evolve(state, &events[0]);
-            let now = self.clock.now();
+            let now = self.fx.clock.now();
             let events = self
                 .think(move || {
                     let _ = crate::runner::settle(&w, after, &mut events, now);
@@ -325,7 +326,7 @@ impl Engine {
                         allowed: h.assignees.clone(),
                     });
                 }
-                if let Err(l) = self.config.limits.check_value("/values", &s.values) {
+                if let Err(l) = self.fx.config.limits.check_value("/values", &s.values) {
                     let field = l.path.trim_start_matches("/values/").split('/').next().unwrap_or("_").to_owned();
                     let field = if field.is_empty() || field == "/values" { "_".to_owned() } else { field };
                     return Err(HumanError::Invalid {

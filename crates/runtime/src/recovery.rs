@@ -12,7 +12,8 @@ use cairn_core::model::{StepKind, Workflow};
 use cairn_core::resume_plan::top_of;
 pub use cairn_core::resume_plan::{Mark, Plan, PlanLine, Refusal, ResumeRequest, plan};
 
-use crate::runner::{Engine, RunError};
+use crate::error::RunError;
+use crate::runner::Engine;
 
 /// Why a resume or a fork did not happen: the runtime failed, or the plan
 /// refused (each refusal says what to do instead).
@@ -41,7 +42,11 @@ impl Engine {
     pub async fn plan_resume(&self, run_id: Uuid, req: &ResumeRequest) -> Result<Plan, ResumeError> {
         let events = self.events(run_id).await?;
         let w = self.pinned(run_id, &fold(&events)).await?;
-        Ok(plan(&w, &events, &ResumeRequest { now: Some(req.now.unwrap_or_else(|| self.clock.now())), ..req.clone() })?)
+        Ok(plan(
+            &w,
+            &events,
+            &ResumeRequest { now: Some(req.now.unwrap_or_else(|| self.fx.clock.now())), ..req.clone() },
+        )?)
     }
 
     /// Plans and records a resume (`RunResumed`), appended only if nothing

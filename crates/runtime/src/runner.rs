@@ -19,73 +19,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
+use crate::error::RunError;
 use crate::tasks::{TaskContext, TaskError, TaskRegistry};
 use cairn_core::decider::{Cursor, Decision, Effect, Execution, RunState, RunStatus, bare, decide, evolve};
 use cairn_core::lang;
 use cairn_core::model::{StepKind, Workflow};
 use cairn_core::secrets::Secrets;
-
-/// Errors of the runner.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The event store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored event could not be decoded.
-    #[error(transparent)]
-    Decode(#[from] cairn_events::DecodeError),
-    /// No such run.
-    #[error("no run with id {0}")]
-    UnknownRun(Uuid),
-    /// The pinned definition is missing or no longer compiles.
-    #[error("workflow `{name}` version {version}: {message}")]
-    Definition {
-        /// Workflow.
-        name: String,
-        /// Version.
-        version: u32,
-        /// What is wrong.
-        message: String,
-    },
-    /// The inputs do not satisfy the workflow's `inputs` schema; nothing was started.
-    #[error("the inputs do not satisfy the `inputs` schema of `{workflow}`: {}", cairn_core::contract::describe(.errors))]
-    InvalidInputs {
-        /// Workflow.
-        workflow: String,
-        /// Every violation.
-        errors: Vec<cairn_events::SchemaViolation>,
-    },
-    /// A value is past one of the limits on what is written (nesting,
-    /// size); nothing was written.
-    #[error("{0}")]
-    Limit(Box<cairn_events::limits::LimitError>),
-    /// The run cannot be changed in its state.
-    #[error("run {run_id} is {status}: {message}")]
-    InvalidState {
-        /// Run.
-        run_id: Uuid,
-        /// Its status.
-        status: String,
-        /// What to do instead.
-        message: String,
-    },
-}
-
-impl RunError {
-    /// Its code in the registry of error codes (docs/errors.md).
-    pub fn code(&self) -> &'static str {
-        match self {
-            RunError::UnknownRun(_) => "unknown-run",
-            RunError::InvalidInputs { .. } => "invalid-inputs",
-            RunError::InvalidState { .. } => "invalid-state",
-            RunError::Definition { .. } => "definition",
-            RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
-            RunError::Store(s) if s.is_conflict() => "conflict",
-            RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",
-            RunError::Store(_) | RunError::Decode(_) => "internal",
-        }
-    }
-}
 
 /// Options of [`Engine::start_with`].
 #[derive(Debug, Clone, Default)]
@@ -117,22 +56,34 @@ pub struct Engine {
     tasks: TaskRegistry,
     definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
     actor: String,
-    pub(crate) secrets: Secrets,
-    pub(crate) http: reqwest::Client,
-    pub(crate) config: Arc<cairn_core::config::Config>,
-    pub(crate) token_key: Vec<u8>,
-    /// Where "now" comes from for every decision, timer and retry.
-    pub(crate) clock: cairn_events::clock::ClockHandle,
+    /// What the effects use: HTTP client, configuration, secrets, the token
+    /// key, and the clock "now" comes from for every decision, timer and retry.
+    pub(crate) fx: crate::effects::Effects,
     /// Whether deciding runs on the blocking pool (a server: one busy run
     /// never stalls other requests) or inline (the CLI, benchmarks).
     offload: bool,
 }
 
 impl Engine {
+    /// The top-level runs of a workflow started at or after `since`, oldest
+    /// first, with their status now, from a scan of the log.
+    pub async fn runs_of(
+        &self,
+        workflow: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<crate::scan::RunSummary>, RunError> {
+        crate::scan::top_level_runs(&*self.store, Some(workflow), since).await
+    }
+
+    /// The resume token of a step attempt's form or approval.
+    pub fn resume_token(&self, run_id: Uuid, step: &str, attempt: u32) -> String {
+        self.fx.resume_token(run_id, step, attempt)
+    }
+
     /// `w` (compiled from a file, say) with this engine's configuration:
     /// models, prices, people and prompt templates, as the decider sees them.
     pub fn configured(&self, mut w: Workflow) -> Workflow {
-        w.config = self.config.clone();
+        w.config = self.fx.config.clone();
         w
     }
 
@@ -144,12 +95,14 @@ impl Engine {
             tasks,
             definitions: Mutex::new(HashMap::new()),
             actor: "engine".into(),
-            secrets: Secrets::default(),
-            http: crate::http::client(),
-            config: Arc::new(cairn_core::config::Config::default()),
-            // A key of this process alone unless the config brings a shared one.
-            token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
-            clock: cairn_events::clock::ClockHandle::default(),
+            fx: crate::effects::Effects {
+                secrets: Secrets::default(),
+                http: crate::http::client(),
+                config: Arc::new(cairn_core::config::Config::default()),
+                // A key of this process alone unless the config brings a shared one.
+                token_key: [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat(),
+                clock: cairn_events::clock::ClockHandle::default(),
+            },
             offload: false,
         }
     }
@@ -184,9 +137,9 @@ impl Engine {
     /// people, prompt templates and the resume-token key.
     pub fn with_config(mut self, config: cairn_core::config::Config) -> Self {
         if !config.token_key.is_empty() {
-            self.token_key = config.token_key.clone();
+            self.fx.token_key = config.token_key.clone();
         }
-        self.config = Arc::new(config);
+        self.fx.config = Arc::new(config);
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self
     }
@@ -194,18 +147,18 @@ impl Engine {
     /// Reads the time from `clock` (tests and the simulator drive it; give
     /// the store the same clock so `recorded_at` agrees).
     pub fn with_clock(mut self, clock: impl Into<cairn_events::clock::ClockHandle>) -> Self {
-        self.clock = clock.into();
+        self.fx.clock = clock.into();
         self
     }
 
     /// The clock this engine reads the time from.
     pub fn clock(&self) -> &cairn_events::clock::ClockHandle {
-        &self.clock
+        &self.fx.clock
     }
 
     /// The configuration.
     pub fn config(&self) -> &cairn_core::config::Config {
-        &self.config
+        &self.fx.config
     }
 
     /// `w` with this engine's configuration, from the cache when it holds
@@ -217,19 +170,19 @@ impl Engine {
             return Ok(c.clone());
         }
         let mut b = w.clone();
-        b.config = self.config.clone();
+        b.config = self.fx.config.clone();
         Ok(Arc::new(b))
     }
 
     /// Uses these secrets for `{{ secrets.NAME }}`.
     pub fn with_secrets(mut self, secrets: Secrets) -> Self {
-        self.secrets = secrets;
+        self.fx.secrets = secrets;
         self
     }
 
     /// The names of the secrets this engine has.
     pub fn secret_names(&self) -> Vec<&str> {
-        self.secrets.names()
+        self.fx.secrets.names()
     }
 
     /// The store.
@@ -274,7 +227,7 @@ impl Engine {
             )
             .await?;
         let mut bound = w.clone();
-        bound.config = self.config.clone();
+        bound.config = self.fx.config.clone();
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((w.name.clone(), version), Arc::new(bound));
         Ok(version)
     }
@@ -297,7 +250,7 @@ impl Engine {
         let source = source.ok_or_else(|| err("this version was never published".into()))?;
         let mut w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
             .map_err(|d| err(format!("no longer compiles: {d}")))?;
-        w.config = self.config.clone();
+        w.config = self.fx.config.clone();
         let w = Arc::new(w);
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
         Ok(w)
@@ -345,7 +298,7 @@ impl Engine {
             return Ok(None);
         }
         let w = self.definition(&state.workflow, state.workflow_version).await?;
-        let now = self.clock.now();
+        let now = self.fx.clock.now();
         let d = decide(&w, &state, now);
         if !d.append.is_empty() || !d.execute.is_empty() {
             return Ok(Some(now));
@@ -370,7 +323,7 @@ impl Engine {
         let inputs = w.inputs_with_defaults(&inputs);
         // Before the schema check (which recurses): what is too deep or too
         // large to record is refused, and nothing is written.
-        self.config.limits.check_value("/inputs", &inputs).map_err(|l| RunError::Limit(Box::new(l)))?;
+        self.fx.config.limits.check_value("/inputs", &inputs).map_err(|l| RunError::Limit(Box::new(l)))?;
         if let Some(schema) = &w.inputs_schema {
             let errors = cairn_core::contract::violations(schema, &inputs);
             if !errors.is_empty() {
@@ -387,7 +340,7 @@ impl Engine {
             idempotency_key,
             parent,
             fork_of: fork.as_ref().map(|(o, _)| o.clone()),
-            settings: cairn_core::settings::resolve(w, &self.config),
+            settings: cairn_core::settings::resolve(w, &self.fx.config),
         });
         let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];
@@ -395,7 +348,7 @@ impl Engine {
             state = evolve(state, &e);
             events.push(e);
         }
-        let now = self.clock.now();
+        let now = self.fx.clock.now();
         let (state, events) = self
             .think(move || {
                 let (state, _) = settle(&bound, state, &mut events, now);
@@ -533,7 +486,7 @@ impl Engine {
             let d = match next.take() {
                 Some(d) => d,
                 None => {
-                    let (now, wf, s) = (self.clock.now(), w.clone(), std::mem::take(&mut state));
+                    let (now, wf, s) = (self.fx.clock.now(), w.clone(), std::mem::take(&mut state));
                     let (s, d) = self
                         .think(move || {
                             let d = decide(&wf, &s, now);
@@ -581,7 +534,7 @@ impl Engine {
                 }
                 // Re-read at least every second so a cancel is noticed.
                 tokio::select! {
-                    () = self.clock.sleep_until(t) => {}
+                    () = self.fx.clock.sleep_until(t) => {}
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
                 state = self.state(run_id).await?;
@@ -591,7 +544,7 @@ impl Engine {
                 Some(t) => {
                     tokio::select! {
                         r = running.next() => r,
-                        () = self.clock.sleep_until(t) => None,
+                        () = self.fx.clock.sleep_until(t) => None,
                     }
                 }
                 None => running.next().await,
@@ -635,7 +588,7 @@ impl Engine {
         mut events: Vec<Event>,
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
-        let (now, wf, before) = (self.clock.now(), w.clone(), state.clone());
+        let (now, wf, before) = (self.fx.clock.now(), w.clone(), state.clone());
         let (after, next, events) = self
             .think(move || {
                 let (after, next) = settle(&wf, events.iter().fold(before, evolve), &mut events, now);
@@ -670,12 +623,14 @@ impl Engine {
             }
             Effect::AwaitChild { child_run_id } => return self.await_child(step_id, attempt, child_run_id).await,
             Effect::Ai { number, scripted } => {
-                return Ok(vec![self.call_model(w, run_id, &step_id, number, scripted, input, timeout).await]);
+                return Ok(vec![self.fx.call_model(w, run_id, &step_id, number, scripted, input, timeout).await]);
             }
-            Effect::Request => return Ok(self.request(w, run_id, &step_id, attempt, &input).into_iter().collect()),
+            Effect::Request => return Ok(self.fx.request(w, run_id, &step_id, attempt, &input).into_iter().collect()),
             Effect::Notify { purpose, identity, address, send_attempt } => {
                 return Ok(vec![
-                    self.notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input).await,
+                    self.fx
+                        .notify(run_id, &step_id, attempt, &purpose, &identity, &address, send_attempt, &input)
+                        .await,
                 ]);
             }
             effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
@@ -684,7 +639,7 @@ impl Engine {
         let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
         // An output too deep or too large to record fails the attempt
         // (kind `limit`, not retried) instead of an append the log refuses.
-        let outcome = outcome.and_then(|output| match self.config.limits.check_value("/output", &output) {
+        let outcome = outcome.and_then(|output| match self.fx.config.limits.check_value("/output", &output) {
             Ok(()) => Ok(output),
             Err(l) => Err(TaskError::new("limit", format!("the step's output was not recorded: {l}"), false)),
         });
@@ -698,14 +653,14 @@ impl Engine {
         });
         Ok(vec![match outcome {
             Ok(mut output) => {
-                self.secrets.scrub(&mut output);
+                self.fx.secrets.scrub(&mut output);
                 Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
             }
             Err(e) => Event::StepFailed(StepFailed {
                 step_id,
                 attempt,
                 error_kind: e.kind,
-                message: self.secrets.scrub_str(&e.message),
+                message: self.fx.secrets.scrub_str(&e.message),
                 retryable: e.retryable,
                 retry_after_ms: e.retry_after_ms,
             }),
@@ -887,7 +842,7 @@ impl Engine {
             return recorded;
         }
         let mut ctx = cairn_core::decider::context(state, step_id);
-        ctx.set("secrets", self.secrets.template_value());
+        ctx.set("secrets", self.fx.secrets.template_value());
         cairn_core::template::render(template, &ctx).unwrap_or(recorded)
     }
 
@@ -905,7 +860,7 @@ impl Engine {
             Effect::Http { retry_on_status } => {
                 let key = ctx.idempotency_key();
                 let t = timeout.unwrap_or(cairn_core::model::DEFAULT_HTTP_TIMEOUT);
-                return crate::http::send(&self.http, &input, t, &key, &retry_on_status).await;
+                return crate::http::send(&self.fx.http, &input, t, &key, &retry_on_status).await;
             }
             Effect::Task { handler } => match self.tasks.get(&handler) {
                 None => {
@@ -937,7 +892,12 @@ impl Engine {
     /// since), oldest first; child runs are driven by their parents. Scans
     /// the log.
     pub async fn unfinished_runs(&self) -> Result<Vec<Uuid>, RunError> {
-        Ok(self.scan_runs(None, None).await?.into_iter().filter(|r| r.status == "running").map(|r| r.run_id).collect())
+        Ok(crate::scan::top_level_runs(&*self.store, None, None)
+            .await?
+            .into_iter()
+            .filter(|r| r.status == "running")
+            .map(|r| r.run_id)
+            .collect())
     }
 }
 

@@ -8,9 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
-use cairn_core::config::Config;
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::Config;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use common::servers::{self, Server};
 use serde_json::{Value, json};

@@ -9,9 +9,9 @@ mod common;
 
 use std::sync::Arc;
 
-use cairn_core::config::Config;
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::Config;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
@@ -147,7 +147,7 @@ async fn a_refused_structured_output_mode_falls_back_and_is_recorded(store: Arc<
     let modes: Vec<String> = evs
         .iter()
         .filter_map(|e| match e {
-            Event::AiAttemptStarted(s) => Some(s.params["mode"].as_str().unwrap_or_default().to_owned()),
+            Event::AiAttemptStarted(s) => Some(s.params.mode.clone().unwrap_or_default()),
             _ => None,
         })
         .collect();
@@ -162,7 +162,7 @@ async fn a_refused_structured_output_mode_falls_back_and_is_recorded(store: Arc<
         .nth(1)
         .expect("second");
     assert!(second.messages[0].content.contains("JSON Schema"), "{:?}", second.messages[0]);
-    assert_eq!(second.params["fallback_to"], "json_object");
+    assert_eq!(second.params.fallback_to.as_deref(), Some("json_object"));
     // No backoff timer for a fallback.
     assert!(!evs.iter().any(|e| matches!(e, Event::TimerStarted(_))));
 }
@@ -256,8 +256,8 @@ async fn prompt_templates_are_versioned_and_recorded() {
     config.load_prompts(prompts.path()).expect("load");
     let e = Engine::new(store.clone(), TaskRegistry::builtin()).with_config(config.clone());
     let src = "name: t\nsteps:\n  - id: p\n    ai: { model: scripted, template: post@2, vars: { subject: \"{{ inputs.s }}\" }, scripted: [ok] }\n";
-    let w = cairn_core::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
-    assert!(cairn_core::lang::check_models(&w, &config, "t.yaml").is_empty());
+    let w = cairn_runtime::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    assert!(cairn_runtime::lang::check_models(&w, &config, "t.yaml").is_empty());
     let (id, state) = common::run(&e, src, json!({"s": "tides"})).await;
     assert_eq!(*state.outputs["p"], json!({"text": "ok"}));
     let evs = common::events(&store, id).await;
@@ -269,12 +269,13 @@ async fn prompt_templates_are_versioned_and_recorded() {
         })
         .expect("started");
     assert_eq!(s.messages[1].content, "Post on tides");
-    assert_eq!(s.params["template"]["id"], "post@2");
-    assert_eq!(s.params["template"]["sha256"].as_str().map(str::len), Some(64));
+    let template = s.params.template.as_ref().expect("the template is recorded");
+    assert_eq!(template["id"], "post@2");
+    assert_eq!(template["sha256"].as_str().map(str::len), Some(64));
     // A missing template is a diagnostic before anything runs.
     let bad = "name: t\nsteps:\n  - id: p\n    ai: { model: scripted, template: post@3, scripted: [ok] }\n";
-    let w = cairn_core::lang::parse(bad, "t.yaml", &e.task_names()).expect("parse");
-    let d = cairn_core::lang::check_models(&w, &config, "t.yaml");
+    let w = cairn_runtime::lang::parse(bad, "t.yaml", &e.task_names()).expect("parse");
+    let d = cairn_runtime::lang::check_models(&w, &config, "t.yaml");
     assert_eq!(d[0].code, "unknown-prompt-template");
     assert!(d[0].help.as_deref().unwrap_or_default().contains("post@2"), "{:?}", d[0]);
 }

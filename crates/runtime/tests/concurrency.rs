@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, RunError, TaskContext, TaskRegistry};
 use serde_json::{Value, json};
 
@@ -295,7 +295,7 @@ steps:
 
 async fn a_workflow_step_runs_a_child_run_and_waits_for_it(store: Arc<dyn EventStore>) {
     let e = Probe::default().engine(&store);
-    let parent = cairn_core::lang::parse(PARENT, "p.yaml", &e.task_names()).expect("parse");
+    let parent = cairn_runtime::lang::parse(PARENT, "p.yaml", &e.task_names()).expect("parse");
     let v = e.publish(&parent, "test").await.expect("publish");
     match e.start(&parent, v, json!({}), "test").await {
         Err(RunError::Definition { name, message, .. }) => {
@@ -349,6 +349,7 @@ async fn cancelling_a_parent_cancels_its_running_child(store: Arc<dyn EventStore
     let handle = tokio::spawn(async move { driver.drive(id, &mut |_: &Event| {}).await });
     let child = loop {
         let s = e.state(id).await.expect("state");
+        // The core's cursor says which child run the step waits on (not in the façade).
         if let cairn_core::decider::Cursor::Child { child_run_id, .. } = s.cursor() {
             break *child_run_id;
         }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{
     AppendResult, Backend, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreResult,
     StreamAppend,
 };
-use cairn_runtime::commit::GroupCommit;
+use cairn_runtime::run::RunStatus;
+use cairn_runtime::testing::GroupCommit;
 use cairn_runtime::{Engine, TaskRegistry};
 use futures_util::future::BoxFuture;
 use serde_json::json;
@@ -86,7 +86,7 @@ async fn concurrent_runs_share_transactions_and_each_step_is_recorded_once() {
     let steps: String =
         (0..5).map(|i| format!("  - id: s{i}\n    task: increment\n    with: {{ counter: {i} }}\n")).collect();
     let w = Arc::new(
-        cairn_core::lang::parse(&format!("name: many\nsteps:\n{steps}"), "t", &engine.task_names()).expect("parse"),
+        cairn_runtime::lang::parse(&format!("name: many\nsteps:\n{steps}"), "t", &engine.task_names()).expect("parse"),
     );
     let v = engine.publish(&w, "t").await.expect("publish");
     let tasks: Vec<_> = (0..32)

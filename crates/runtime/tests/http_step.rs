@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_core::decider::RunStatus;
-use cairn_core::secrets::Secrets;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::Secrets;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -268,13 +268,13 @@ async fn connection_errors_and_timeouts_are_retryable_failures() {
 
 #[test]
 fn unknown_secrets_are_reported_before_running() {
-    let w = cairn_core::lang::parse(
+    let w = cairn_runtime::lang::parse(
         "name: s\nsteps:\n  - id: call\n    http: { url: 'http://127.0.0.1:1/x', headers: { Authorization: 'Bearer {{ secrets.CMS_TOKN }}' } }\n",
         "s.yaml",
         &["echo"],
     )
     .expect("parse");
-    let d = cairn_core::lang::check_secrets(&w, &["CMS_TOKEN"], "s.yaml");
+    let d = cairn_runtime::lang::check_secrets(&w, &["CMS_TOKEN"], "s.yaml");
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].code, d[0].line), ("unknown-secret", 3));
     assert!(d[0].to_string().contains("CAIRN_SECRET_CMS_TOKN"), "{}", d[0]);

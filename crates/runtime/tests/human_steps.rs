@@ -11,10 +11,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
-use cairn_runtime::inbox::{HumanError, Submission, Vote};
+use cairn_runtime::people::{HumanError, Submission, Vote};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -70,6 +70,7 @@ async fn a_form_waits_and_checks_every_submission(store: Arc<dyn EventStore>) {
         .map(|r| r.payload.clone())
         .collect();
     assert!(raw.iter().all(|p| !p.contains(&token)));
+    // The log is checked against the core's hashing itself (not in the façade).
     assert!(raw.iter().any(|p| p.contains(&cairn_core::human::token_hash(&token))));
 
     let bad_token = e.submit(id, "brief", &sub("ada", "crt_guess", json!({"topic": "Rust"}))).await;
@@ -136,6 +137,7 @@ async fn an_approval_binds_to_its_content_and_needs_its_quorum(store: Arc<dyn Ev
     let token = e.resume_token(id, "review", 1);
     let state = e.state(id).await.expect("state");
     let (_, h) = state.waiting_for_people()[0];
+    // The core's content hash, to check what the log recorded (not in the façade).
     let hash = cairn_core::human::content_hash(&json!({"title": "Hello", "body": "text"}));
     assert_eq!((h.content_hash.clone(), h.required), (hash.clone(), 2));
 
@@ -385,7 +387,7 @@ both_backends!(
 #[test]
 fn bad_human_steps_are_diagnosed() {
     let check = |src: &str, code: &str, needle: &str| {
-        let d = cairn_core::lang::parse(src, "t.yaml", &[]).expect_err("invalid");
+        let d = cairn_runtime::lang::parse(src, "t.yaml", &[]).expect_err("invalid");
         assert!(d.0.iter().any(|x| x.code == code && x.to_string().contains(needle)), "{code} / {needle}: {d}");
     };
     let form = |f: &str| format!("name: t\nsteps:\n  - id: f\n    form:\n      fields:\n        - {f}\n");

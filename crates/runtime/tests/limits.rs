@@ -11,8 +11,8 @@ mod common;
 
 use std::sync::Arc;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, RunError, TaskRegistry};
 use serde_json::{Value, json};
 

@@ -9,11 +9,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::config::Config;
-use cairn_core::decider::RunStatus;
 use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
-use cairn_runtime::inbox::Vote;
+use cairn_runtime::Config;
+use cairn_runtime::people::Vote;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use common::servers;
 use serde_json::json;

@@ -13,10 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cairn_core::decider::{Policy, RunStatus, decide, fold};
+// The core's decider itself: a property test decides again on every prefix.
+use cairn_core::decider::decide;
 use cairn_events::{Event, EventStore};
-use cairn_runtime::inbox::Vote;
+use cairn_runtime::people::Vote;
 use cairn_runtime::recovery::{self, Mark, Refusal, ResumeError, ResumeRequest};
+use cairn_runtime::run::{Policy, RunStatus, fold};
 use cairn_runtime::{Engine, TaskError, TaskRegistry};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -78,7 +80,7 @@ async fn failed_run(e: &Engine, src: &str, inputs: Value) -> Uuid {
     id
 }
 
-async fn resume(e: &Engine, id: Uuid, req: &ResumeRequest) -> cairn_core::decider::RunState {
+async fn resume(e: &Engine, id: Uuid, req: &ResumeRequest) -> cairn_runtime::run::RunState {
     e.resume(id, req).await.unwrap_or_else(|err| panic!("resume: {err}"));
     e.drive(id, &mut |_: &Event| {}).await.expect("drive")
 }
@@ -538,7 +540,7 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
     let strict = "name: strict\nsteps:\n  - id: a\n    task: ok\n    with: { n: 1 }\n  - id: b\n    task: broken\n";
     let id = failed_run(&e, strict, json!({})).await;
     let events = common::events(&store, id).await;
-    let stricter = cairn_core::lang::parse(
+    let stricter = cairn_runtime::lang::parse(
         &strict.replace(
             "    with: { n: 1 }\n",
             "    with: { n: 1 }\n    output_contract: { type: object, required: [m] }\n",
@@ -547,7 +549,7 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
         &e.task_names(),
     )
     .expect("parse");
-    let err = cairn_core::resume_plan::plan(&stricter, &events, &req()).expect_err("contract");
+    let err = cairn_runtime::recovery::plan(&stricter, &events, &req()).expect_err("contract");
     assert!(matches!(&err, Refusal::KeptOutputBreaksContract { step, .. } if step == "a"), "{err}");
     // Nothing above changed the runs.
     assert_eq!(e.state(id).await.expect("state").status, RunStatus::Failed);
@@ -606,7 +608,7 @@ async fn a_fork_carries_outputs_over_and_leaves_the_source_alone(store: Arc<dyn 
     assert_eq!(common::events(&store, source).await, before, "the source run is unchanged");
     // A fork replays like any run: its carried outputs are taken as given.
     let recorded = store.read_stream(&cairn_events::run_stream(fork), 1).await.expect("read");
-    let report = cairn_core::replay::check(&w, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(&w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "{:?}", report.divergence);
     let err = e.fork(source, "l1", serde_json::Map::new(), "ada").await.expect_err("unknown");
     assert!(matches!(err, ResumeError::Refused(Refusal::UnknownStep { .. })), "{err}");
@@ -620,27 +622,27 @@ async fn replay_reproduces_every_decision_and_finds_a_changed_condition(store: A
     resume(&e, id, &ResumeRequest { from: Some("slow".into()), ..req() }).await;
     let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
     let w = e.definition("branchy", 1).await.expect("definition");
-    let report = cairn_core::replay::check(&w, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(&w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "{:?}", report.divergence);
     assert!(report.decisions_checked >= 4, "{report:?}");
     // The same run under a definition whose condition changed.
-    let changed = cairn_core::lang::parse(
+    let changed = cairn_runtime::lang::parse(
         &BRANCHY.replace("if: \"inputs.fast\"", "if: \"!inputs.fast\""),
         "t.yaml",
         &e.task_names(),
     )
     .expect("parse");
-    let report = cairn_core::replay::check(&changed, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(&changed, &recorded).expect("replay");
     let d = report.divergence.expect("diverges");
     assert_eq!(d.recorded["type"], json!("BranchTaken"));
     assert!(d.message.contains("went to `slow`") && d.message.contains("now goes to `quick`"), "{}", d.message);
     // Time travel: the state just before `slow` first ran.
-    let n = cairn_core::replay::before_step(&recorded, "slow").expect("decode").expect("ran");
-    let snap = cairn_core::replay::snapshot(&recorded, n).expect("snapshot");
+    let n = cairn_runtime::replay::before_step(&recorded, "slow").expect("decode").expect("ran");
+    let snap = cairn_runtime::replay::snapshot(&recorded, n).expect("snapshot");
     assert!(snap.outputs.contains_key("prepare") && !snap.outputs.contains_key("slow"), "{snap:?}");
     assert!(snap.pending.iter().any(|p| p.contains("`route` completed")), "{snap:?}");
     // Shadow re-validation: the new condition and a stricter contract.
-    let stricter = cairn_core::lang::parse(
+    let stricter = cairn_runtime::lang::parse(
         &BRANCHY.replace("if: \"inputs.fast\"", "if: \"!inputs.fast\"").replace(
             "    task: counter\n",
             "    task: counter\n    output_contract: { type: object, properties: { n: { type: string } } }\n",
@@ -649,7 +651,7 @@ async fn replay_reproduces_every_decision_and_finds_a_changed_condition(store: A
         &e.task_names(),
     )
     .expect("parse");
-    let findings = cairn_core::replay::shadow(&stricter, &recorded).expect("shadow");
+    let findings = cairn_runtime::replay::shadow(&stricter, &recorded).expect("shadow");
     let kinds: Vec<(&str, &str)> = findings.iter().map(|f| (f.kind.as_str(), f.step.as_str())).collect();
     assert_eq!(kinds, vec![("contract", "prepare"), ("branch", "route")], "{findings:?}");
 }
@@ -719,7 +721,7 @@ async fn downstream_on_parallel_map_and_approvals(store: Arc<dyn EventStore>) {
 async fn the_plan_estimates_what_ai_steps_cost_to_run_again(store: Arc<dyn EventStore>) {
     let config = "price_table: t\nmodels:\n  writer: { provider: scripted, model: demo, input_per_million: 1000, output_per_million: 2000 }\n";
     let world = World::default();
-    let e = world.engine(&store).with_config(cairn_core::config::Config::parse(config, "cairn.yaml").expect("config"));
+    let e = world.engine(&store).with_config(cairn_runtime::Config::parse(config, "cairn.yaml").expect("config"));
     let src = r#"name: ai-then-publish
 steps:
   - id: write
@@ -976,7 +978,7 @@ fn run_resumed(plan: &recovery::Plan) -> Event {
 fn drive(w: &cairn_runtime::Workflow, events: &mut Vec<Event>, broken: bool) {
     drive_with(w, events, &|inst| {
         broken
-            && matches!(&w.step(cairn_core::decider::bare(inst)).expect("step").kind,
+            && matches!(&w.step(cairn_core::path::InstancePath::new(inst).step()).expect("step").kind,
                 cairn_runtime::StepKind::Task { handler, .. } if handler == "fail")
     });
 }
@@ -1057,7 +1059,7 @@ proptest! {
         let failing = failing % n;
         let from = from % (failing + 1);
         let src = generated(&reads, failing);
-        let w = cairn_core::lang::parse(&src, "g.yaml", &["echo", "fail"]).expect("parse");
+        let w = cairn_runtime::lang::parse(&src, "g.yaml", &["echo", "fail"]).expect("parse");
         let mut events = vec![run_started("g", json!({ "a": 0, "b": 0 }))];
         drive(&w, &mut events, true);
         prop_assert_eq!(fold(events.iter()).status, RunStatus::Failed);
@@ -1069,7 +1071,7 @@ proptest! {
         inputs.insert("a".into(), json!(new_a));
         inputs.insert("b".into(), json!(new_b));
         let r = ResumeRequest { from: Some(format!("s{from}")), inputs, ..ResumeRequest::new("t") };
-        let plan = cairn_core::resume_plan::plan(&w, &events, &r).expect("plan");
+        let plan = cairn_runtime::recovery::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
         let before = fold(events.iter());
         events.push(run_resumed(&plan));
@@ -1124,7 +1126,7 @@ proptest! {
         from_pre in any::<bool>(),
     ) {
         let failing = failing % list.len();
-        let w = cairn_core::lang::parse(&mapped(body_reads_pre), "gm.yaml", &["echo"]).expect("parse");
+        let w = cairn_runtime::lang::parse(&mapped(body_reads_pre), "gm.yaml", &["echo"]).expect("parse");
         let mut events = vec![run_started("gm", json!({ "list": list, "a": 0 }))];
         let broken = format!("each[{failing}].m");
         drive_with(&w, &mut events, &|inst| inst == broken);
@@ -1148,7 +1150,7 @@ proptest! {
         inputs.insert("a".into(), json!(new_a));
         let from = if from_pre { "pre" } else { "each" };
         let r = ResumeRequest { from: Some(from.into()), inputs, ..ResumeRequest::new("t") };
-        let plan = cairn_core::resume_plan::plan(&w, &events, &r).expect("plan");
+        let plan = cairn_runtime::recovery::plan(&w, &events, &r).expect("plan");
         let resumed_at = events.len();
         events.push(run_resumed(&plan));
         drive_with(&w, &mut events, &|_| false);

@@ -8,8 +8,8 @@ mod common;
 
 use std::sync::Arc;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::EventStore;
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
 use serde_json::json;
 
@@ -30,7 +30,7 @@ fn fan(name: &str, second: impl Fn(&str) -> String) -> String {
 /// Replays a recorded run and asserts it reproduces every decision.
 async fn replays_clean(store: &Arc<dyn EventStore>, w: &cairn_runtime::Workflow, id: uuid::Uuid) {
     let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
-    let report = cairn_core::replay::check(w, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "run {id}: {:?}", report.divergence);
 }
 
@@ -60,7 +60,7 @@ async fn parallel_approvals_replay_without_divergence(store: Arc<dyn EventStore>
         let mut order = vec!["a2", "b2", "c2"];
         order.rotate_left(round % 3);
         for step in order {
-            let vote = cairn_runtime::inbox::Vote {
+            let vote = cairn_runtime::people::Vote {
                 by: "ada".into(),
                 token: engine.resume_token(id, step, 1),
                 approve: true,
@@ -97,22 +97,22 @@ steps:
 /// without `cairn.yaml` (before: `no model 'agent'`) or with a changed price
 /// (before: a divergence on `cost_micros`), a run replays as recorded.
 async fn replay_does_not_read_todays_configuration(store: Arc<dyn EventStore>) {
-    let config = cairn_core::config::Config::parse(PRICED_AGENT, "cairn.yaml").expect("config");
+    let config = cairn_runtime::Config::parse(PRICED_AGENT, "cairn.yaml").expect("config");
     let engine = Engine::new(store.clone(), TaskRegistry::builtin()).with_config(config);
     let (id, s) = common::run(&engine, AI_FLOW, json!({})).await;
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
     let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
     assert!(recorded[0].payload.contains("\"table\":\"t-2026\""), "the price is recorded with the run");
     // No configuration at all.
-    let bare = cairn_core::lang::parse(AI_FLOW, "t.yaml", &engine.task_names()).expect("parse");
-    let report = cairn_core::replay::check(&bare, &recorded).expect("replay");
+    let bare = cairn_runtime::lang::parse(AI_FLOW, "t.yaml", &engine.task_names()).expect("parse");
+    let report = cairn_runtime::replay::check(&bare, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "without cairn.yaml: {:?}", report.divergence);
     assert!(report.decisions_checked >= 3, "{report:?}");
     // The price changed since.
-    let dearer = cairn_core::config::Config::parse(&PRICED_AGENT.replace("0.15", "0.30"), "cairn.yaml").expect("cfg");
+    let dearer = cairn_runtime::Config::parse(&PRICED_AGENT.replace("0.15", "0.30"), "cairn.yaml").expect("cfg");
     let later = Engine::new(store.clone(), TaskRegistry::builtin()).with_config(dearer);
     let w = later.definition("drafted", 1).await.expect("definition");
-    let report = cairn_core::replay::check(&w, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(&w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "with a changed price: {:?}", report.divergence);
     // A run started now takes the new price.
     let (id2, _) = common::run(&later, AI_FLOW, json!({})).await;
@@ -130,7 +130,7 @@ async fn the_state_of_a_run_waiting_for_a_person_says_waiting(store: Arc<dyn Eve
     let s = engine.drive(id, &mut |_| {}).await.expect("drive");
     assert_eq!(s.status_name(), "waiting");
     let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
-    let snap = cairn_core::replay::snapshot(&recorded, recorded.len()).expect("snapshot");
+    let snap = cairn_runtime::replay::snapshot(&recorded, recorded.len()).expect("snapshot");
     assert_eq!(snap.status, "waiting");
     replays_clean(&store, &w, id).await;
 }

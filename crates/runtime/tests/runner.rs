@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cairn_core::decider::RunStatus;
 use cairn_events::{Event, EventStore};
+use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use serde_json::{Value, json};
 
@@ -56,7 +56,7 @@ async fn a_cancelled_run_stops(store: Arc<dyn EventStore>) {
     let e = Arc::new(engine(&store));
     let src =
         "name: waits\nsteps:\n  - id: flaky\n    task: fail\n    retry: { max_attempts: 5, initial_interval: 1h }\n";
-    let w = cairn_core::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    let w = cairn_runtime::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
     let v = e.publish(&w, "t").await.expect("publish");
     let id = e.start(&w, v, json!({}), "t").await.expect("start");
     let driver = {
@@ -68,6 +68,7 @@ async fn a_cancelled_run_stops(store: Arc<dyn EventStore>) {
     };
     // Wait until the retry is scheduled an hour away, then cancel.
     for _ in 0..100 {
+        // Where the run's cursor stands is the core's (not in the façade).
         if matches!(e.state(id).await.expect("state").cursor(), cairn_core::decider::Cursor::RetryWait { .. }) {
             break;
         }
@@ -88,10 +89,10 @@ async fn a_run_keeps_the_version_it_started_with(store: Arc<dyn EventStore>) {
     let e = engine(&store);
     let v1 = "name: pinned\nsteps:\n  - id: a\n    transform: { version: 1 }\n";
     let v2 = "name: pinned\nsteps:\n  - id: a\n    transform: { version: 2 }\n";
-    let w1 = cairn_core::lang::parse(v1, "t", &e.task_names()).expect("v1");
+    let w1 = cairn_runtime::lang::parse(v1, "t", &e.task_names()).expect("v1");
     let n1 = e.publish(&w1, "t").await.expect("publish v1");
     let id = e.start(&w1, n1, json!({}), "t").await.expect("start");
-    let w2 = cairn_core::lang::parse(v2, "t", &e.task_names()).expect("v2");
+    let w2 = cairn_runtime::lang::parse(v2, "t", &e.task_names()).expect("v2");
     let n2 = e.publish(&w2, "t").await.expect("publish v2");
     assert_eq!((n1, n2), (1, 2));
     assert_eq!(e.publish(&w2, "t").await.expect("same source"), 2, "an unchanged source is not a new version");
@@ -105,7 +106,7 @@ async fn a_run_keeps_the_version_it_started_with(store: Arc<dyn EventStore>) {
 async fn an_interrupted_attempt_runs_again_and_is_recorded_once(store: Arc<dyn EventStore>) {
     let e = engine(&store);
     let src = "name: crash\nsteps:\n  - id: a\n    task: echo\n    with: { n: 1 }\n  - id: b\n    task: echo\n";
-    let w = cairn_core::lang::parse(src, "t", &e.task_names()).expect("parse");
+    let w = cairn_runtime::lang::parse(src, "t", &e.task_names()).expect("parse");
     let v = e.publish(&w, "t").await.expect("publish");
     let id = e.start(&w, v, json!({}), "t").await.expect("start");
     // `start` records RunStarted and the first StepStarted together; the
@@ -127,7 +128,7 @@ async fn two_drivers_record_each_outcome_once(store: Arc<dyn EventStore>) {
     let steps: String =
         (0..8).map(|i| format!("  - id: s{i}\n    task: increment\n    with: {{ counter: {i} }}\n")).collect();
     let src = format!("name: race\nsteps:\n{steps}");
-    let w = cairn_core::lang::parse(&src, "t", &e.task_names()).expect("parse");
+    let w = cairn_runtime::lang::parse(&src, "t", &e.task_names()).expect("parse");
     let v = e.publish(&w, "t").await.expect("publish");
     let id = e.start(&w, v, json!({}), "t").await.expect("start");
     let drivers: Vec<_> = (0..2)
@@ -274,7 +275,7 @@ compensations:
 async fn inputs_and_outputs_are_checked_against_their_schemas(store: Arc<dyn EventStore>) {
     let e = engine(&store);
     let src = "name: typed\ninputs: { type: object, properties: { total: { type: number }, who: { type: string } }, required: [total] }\nsteps:\n  - id: a\n    task: echo\n    with: { title: '{{ inputs.who }}', count: '{{ inputs.total }}' }\n    output_contract: { type: object, properties: { count: { type: number, maximum: 100 } }, required: [count] }\n";
-    let w = cairn_core::lang::parse(src, "t", &e.task_names()).expect("parse");
+    let w = cairn_runtime::lang::parse(src, "t", &e.task_names()).expect("parse");
     let v = e.publish(&w, "t").await.expect("publish");
     let before = store.head_position().await.expect("head");
     let err = e.start(&w, v, json!({ "total": "lots", "who": 3 }), "t").await.expect_err("invalid inputs");
@@ -302,7 +303,7 @@ async fn inputs_and_outputs_are_checked_against_their_schemas(store: Arc<dyn Eve
 async fn run_starts_and_drives_showing_every_event(store: Arc<dyn EventStore>) {
     let e = engine(&store);
     let src = include_str!("../../../examples/branch-on-input.yaml");
-    let w = cairn_core::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    let w = cairn_runtime::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
     let v = e.publish(&w, "test").await.expect("publish");
     let mut seen = Vec::new();
     let (id, state) =
@@ -326,3 +327,10 @@ both_backends!(
     two_drivers_record_each_outcome_once,
     embedded_programs_add_their_own_task_handlers,
 );
+
+/// crates/core/tests lists the built-in task names to compile workflows
+/// without a runtime; this holds that list to the registry.
+#[test]
+fn the_builtin_tasks_are_the_ones_the_core_tests_name() {
+    assert_eq!(TaskRegistry::builtin().names(), ["echo", "fail", "increment", "log", "sleep"]);
+}

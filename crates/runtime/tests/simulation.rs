@@ -29,12 +29,12 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::config::Config;
-use cairn_core::decider::RunState;
 use cairn_events::clock::ManualClock;
 use cairn_events::{Event, EventStore};
 use cairn_projections::{ReadDb, Val, Worker, models};
-use cairn_runtime::inbox::{Submission, Vote};
+use cairn_runtime::Config;
+use cairn_runtime::people::{Submission, Vote};
+use cairn_runtime::run::RunState;
 use cairn_runtime::{Engine, TaskContext, TaskError, TaskRegistry};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -425,9 +425,9 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
         eprintln!("seed {seed}:\n{src}");
     }
     let engine = world.engine();
-    let child = cairn_core::lang::parse(CHILD, "child.yaml", &engine.task_names()).expect("child");
+    let child = cairn_runtime::lang::parse(CHILD, "child.yaml", &engine.task_names()).expect("child");
     engine.publish(&child, "sim").await.expect("publish child");
-    let w = cairn_core::lang::parse(&src, "sim.yaml", &engine.task_names())
+    let w = cairn_runtime::lang::parse(&src, "sim.yaml", &engine.task_names())
         .unwrap_or_else(|d| panic!("seed {seed}: the generator wrote an invalid workflow:\n{d}\n{src}"));
     let v = engine.publish(&w, "sim").await.expect("publish");
     let items: Vec<Value> = (0..rng.below(4)).map(|i| json!(i)).collect();
@@ -465,7 +465,7 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
             };
             // Another answer may have won (a quorum of `any`): not an error.
             if let Err(e) = answer {
-                assert!(matches!(e, cairn_runtime::inbox::HumanError::Conflict { .. }), "seed {seed}: {e}");
+                assert!(matches!(e, cairn_runtime::people::HumanError::Conflict { .. }), "seed {seed}: {e}");
             }
             count(&world.stats, "answers by people", 1);
             continue;
@@ -500,7 +500,7 @@ async fn check_run(world: &World, engine: &Engine, id: Uuid, seed: u64) {
     let Some(Event::RunStarted(started)) = events.first() else { panic!("seed {seed}: no RunStarted") };
     // Replay decides as recorded.
     let w = engine.definition(&started.workflow, started.workflow_version).await.expect("definition");
-    let report = cairn_core::replay::check(&w, &recorded).expect("replay");
+    let report = cairn_runtime::replay::check(&w, &recorded).expect("replay");
     assert!(report.divergence.is_none(), "seed {seed}: run {id} diverges on replay: {:?}", report.divergence);
     // Attempts, timers and outcomes are unique.
     let mut starts = BTreeSet::new();

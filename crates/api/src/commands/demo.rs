@@ -43,7 +43,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                     role: "user".into(),
                     content: "Draft a post about durable workflows".into(),
                 }],
-                params: json!({ "structured_output": "json_schema" }),
+                params: cairn_events::AiParams { mode: Some("json_schema".into()), ..Default::default() },
             }),
             "engine",
         ),

@@ -7,10 +7,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_core::decider::{HumanWait, RunState, RunStatus};
-use cairn_core::human::Field;
 use cairn_runtime::Engine;
-use cairn_runtime::inbox::{HumanError, Submission, Vote};
+use cairn_runtime::people::Field;
+use cairn_runtime::people::{HumanError, Submission, Vote};
+use cairn_runtime::run::{HumanWait, RunState, RunStatus};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -399,7 +399,7 @@ async fn ask_form(
                 };
                 // Check this field alone now, so the person fixes it at once.
                 let one = serde_json::json!({ f.name.clone(): v.clone() });
-                match cairn_core::human::validate(std::slice::from_ref(*f), &one) {
+                match cairn_runtime::people::validate(std::slice::from_ref(*f), &one) {
                     Ok(_) => {
                         values.insert(f.name.clone(), v);
                         break;

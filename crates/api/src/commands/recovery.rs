@@ -6,10 +6,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_core::decider::Policy;
 use cairn_events::EventStore;
 use cairn_runtime::Engine;
 use cairn_runtime::recovery::{Mark, Plan, ResumeError, ResumeRequest};
+use cairn_runtime::run::Policy;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -270,13 +270,12 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
         let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
         let (top, state) = engine.drive_after_answer(p.run_id, &mut |e| display.show(e)).await?;
         match state.status {
-            cairn_core::decider::RunStatus::Completed => completed += 1,
-            cairn_core::decider::RunStatus::Failed => failed += 1,
+            cairn_runtime::run::RunStatus::Completed => completed += 1,
+            cairn_runtime::run::RunStatus::Failed => failed += 1,
             _ => {}
         }
         if bulk {
-            last =
-                if state.status == cairn_core::decider::RunStatus::Failed { codes::exit("run-failed") } else { last };
+            last = if state.status == cairn_runtime::run::RunStatus::Failed { codes::exit("run-failed") } else { last };
         } else {
             super::console::project(database, read).await;
             return super::people::finish(&engine, top, &state).await;
@@ -343,7 +342,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
                 n => Some(n),
             }
         }
-        (None, Some(step)) => match cairn_core::replay::before_step(&recorded, step)? {
+        (None, Some(step)) => match cairn_runtime::replay::before_step(&recorded, step)? {
             Some(i) => Some(i),
             None => {
                 eprintln!("error: step `{step}` never started in run {run}");
@@ -353,7 +352,7 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
         _ => None,
     };
     if let Some(n) = at {
-        let snap = cairn_core::replay::snapshot(&recorded, n)?;
+        let snap = cairn_runtime::replay::snapshot(&recorded, n)?;
         match args.format {
             Format::Json => out!("{}", serde_json::to_string_pretty(&snap)?),
             Format::Text => {
@@ -383,12 +382,12 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
         Some(w) => std::sync::Arc::new(w),
         None => engine.definition(&s.workflow, s.workflow_version).await.context("the run's pinned definition")?,
     };
-    let report = cairn_core::replay::check(&w, &recorded)?;
+    let report = cairn_runtime::replay::check(&w, &recorded)?;
     print_report(&report, args.format)?;
     Ok(if report.divergence.is_some() { codes::exit("diverged") } else { ExitCode::SUCCESS })
 }
 
-fn print_report(r: &cairn_core::replay::ReplayReport, format: Format) -> anyhow::Result<()> {
+fn print_report(r: &cairn_runtime::replay::ReplayReport, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
         out!("{}", serde_json::to_string(r)?);
         return Ok(());
@@ -420,7 +419,7 @@ fn print_report(r: &cairn_core::replay::ReplayReport, format: Format) -> anyhow:
 async fn replay_all(
     engine: &Engine,
     store: &std::sync::Arc<dyn EventStore>,
-    runs: &[cairn_runtime::scan::RunSummary],
+    runs: &[cairn_runtime::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let mut diverged = 0;
@@ -428,7 +427,7 @@ async fn replay_all(
         let recorded = store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
         let s = engine.state(r.run_id).await?;
         let w = engine.definition(&s.workflow, s.workflow_version).await?;
-        let report = cairn_core::replay::check(&w, &recorded)?;
+        let report = cairn_runtime::replay::check(&w, &recorded)?;
         diverged += usize::from(report.divergence.is_some());
         print_report(&report, format)?;
     }
@@ -440,7 +439,7 @@ async fn shadow(
     store: &std::sync::Arc<dyn EventStore>,
     w: &cairn_runtime::Workflow,
     name: &str,
-    runs: &[cairn_runtime::scan::RunSummary],
+    runs: &[cairn_runtime::RunSummary],
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     if w.name != name {
@@ -450,7 +449,7 @@ async fn shadow(
     let mut all = Vec::new();
     for r in runs {
         let recorded = store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
-        let findings = cairn_core::replay::shadow(w, &recorded)?;
+        let findings = cairn_runtime::replay::shadow(w, &recorded)?;
         affected += usize::from(!findings.is_empty());
         if format == Format::Text {
             if findings.is_empty() {

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_core::decider::RunStatus;
 use cairn_events::Event;
 use cairn_runtime::Engine;
+use cairn_runtime::run::RunStatus;
 use serde_json::Value;
 
 /// Arguments of `cairn run`.
@@ -45,10 +45,10 @@ pub struct PublishArgs {
 pub(crate) fn load(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Option<cairn_runtime::Workflow>> {
     let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file = path.display().to_string();
-    let problems = match cairn_core::lang::parse(&source, &file, &engine.task_names()) {
+    let problems = match cairn_runtime::lang::parse(&source, &file, &engine.task_names()) {
         Ok(w) => {
-            let mut missing = cairn_core::lang::check_secrets(&w, &engine.secret_names(), &file);
-            missing.extend(cairn_core::lang::check_models(&w, engine.config(), &file));
+            let mut missing = cairn_runtime::lang::check_secrets(&w, &engine.secret_names(), &file);
+            missing.extend(cairn_runtime::lang::check_models(&w, engine.config(), &file));
             if missing.is_empty() { Ok(w) } else { Err(missing) }
         }
         Err(d) => Err(d.0),

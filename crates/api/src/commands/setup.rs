@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cairn_core::config::Config;
+use cairn_runtime::Config;
 use cairn_runtime::{Engine, TaskRegistry};
 
 /// Global options about where Cairn runs.
@@ -108,15 +108,15 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// An engine on `database` with the built-in tasks, the secrets and the config.
-pub async fn engine(database: &str, args: &SetupArgs, secrets: cairn_core::secrets::Secrets) -> anyhow::Result<Engine> {
+pub async fn engine(database: &str, args: &SetupArgs, secrets: cairn_runtime::Secrets) -> anyhow::Result<Engine> {
     let config = config(args, Some(database))?;
     let store = cairn_events::open(database).await?;
     Ok(Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets).with_config(config))
 }
 
 /// Secrets from the environment and an optional file.
-pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_core::secrets::Secrets> {
-    let mut secrets = cairn_core::secrets::Secrets::from_env();
+pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<cairn_runtime::Secrets> {
+    let mut secrets = cairn_runtime::Secrets::from_env();
     if let Some(f) = file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading secrets file {}", f.display()))?;
         secrets.add_file(&text).map_err(|e| anyhow::anyhow!("secrets file {}: {e}", f.display()))?;

@@ -25,7 +25,7 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
     for f in &args.files {
         let file = f.display().to_string();
         match std::fs::read_to_string(f) {
-            Err(e) => all.push(cairn_core::lang::Diagnostic {
+            Err(e) => all.push(cairn_runtime::lang::Diagnostic {
                 code: "io",
                 file,
                 line: 0,
@@ -33,13 +33,13 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
                 message: format!("cannot read the file: {e}"),
                 help: None,
             }),
-            Ok(src) => match cairn_core::lang::parse(&src, &file, &names) {
+            Ok(src) => match cairn_runtime::lang::parse(&src, &file, &names) {
                 Ok(w) => {
                     // Secrets are checked against this environment (CAIRN_SECRET_<NAME>).
-                    let secrets = cairn_core::secrets::Secrets::from_env();
-                    let mut missing = cairn_core::lang::check_secrets(&w, &secrets.names(), &file);
+                    let secrets = cairn_runtime::Secrets::from_env();
+                    let mut missing = cairn_runtime::lang::check_secrets(&w, &secrets.names(), &file);
                     // Models and prompt templates against the config.
-                    missing.extend(cairn_core::lang::check_models(&w, &config, &file));
+                    missing.extend(cairn_runtime::lang::check_models(&w, &config, &file));
                     if missing.is_empty() && args.format == "text" {
                         out!("{file}: valid");
                     }
@@ -61,6 +61,6 @@ pub fn run(args: Args, setup: &super::setup::SetupArgs) -> anyhow::Result<ExitCo
 
 /// Runs `schema`: prints the workflow language's JSON Schema.
 pub fn schema() -> anyhow::Result<ExitCode> {
-    out!("{}", serde_json::to_string_pretty(&cairn_core::lang::schema())?);
+    out!("{}", serde_json::to_string_pretty(&cairn_runtime::lang::schema())?);
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State as S};
 use axum::http::StatusCode;
-use cairn_runtime::inbox::{HumanError, Submission, Vote};
+use cairn_runtime::people::{HumanError, Submission, Vote};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,7 +163,7 @@ fn answered(
     run: uuid::Uuid,
     step: String,
     by: String,
-    rec: cairn_runtime::inbox::Recorded,
+    rec: cairn_runtime::people::Recorded,
 ) -> (StatusCode, axum::Json<Answered>) {
     state.driver.kick(run);
     let a = Answered {

@@ -199,7 +199,7 @@ pub fn api() -> Finished {
         .describe("Re-folds the run under its pinned definition and asks the decider again at every event (the time each was recorded as now), comparing with what was recorded. `divergence` names the first event that differs (an engine change that would take another path); null when every decision is reproduced. Reads the log only.")
         .role(Role::Viewer)
         .id_param("id", "The run id.")
-        .ok::<cairn_core::replay::ReplayReport>(api, 200, "The replay.")
+        .ok::<cairn_runtime::replay::ReplayReport>(api, 200, "The replay.")
         .error(404, "No such run.")
         .error(422, "The pinned definition no longer compiles (`definition`).");
     api.add(o, runs::replay_run);
@@ -208,7 +208,7 @@ pub fn api() -> Finished {
         .role(Role::Viewer)
         .id_param("id", "The run id.")
         .query::<runs::StateQuery>(api)
-        .ok::<cairn_core::replay::Snapshot>(api, 200, "The state then.")
+        .ok::<cairn_runtime::replay::Snapshot>(api, 200, "The state then.")
         .error(404, "No such run.")
         .error(422, "The point is outside the run (`out-of-range`), or the step never started (`step-not-reached`).");
     api.add(o, runs::state_at);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::extract::{Path, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_core::decider::{RunState, evolve};
 use cairn_events::{Event, RecordedEvent};
+use cairn_runtime::run::RunState;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -409,11 +409,8 @@ pub async fn load(state: &State, run_id: Uuid) -> ApiResult<(RunState, Vec<Recor
     if events.is_empty() {
         return Err(ApiError::not_found("unknown-run", format!("no run with id {run_id}")));
     }
-    let mut s = RunState::default();
-    for e in &events {
-        s = evolve(s, &Event::decode(e)?);
-    }
-    Ok((s, events))
+    let decoded = events.iter().map(Event::decode).collect::<Result<Vec<_>, _>>()?;
+    Ok((cairn_runtime::run::fold(&decoded), events))
 }
 
 fn view(run_id: Uuid, s: &RunState, events: &[RecordedEvent]) -> ApiResult<RunView> {
@@ -680,8 +677,8 @@ pub async fn resume(
     let req = ResumeRequest {
         from: body.from,
         policy: match body.policy.unwrap_or_default() {
-            PolicyName::FailedOnly => cairn_core::decider::Policy::FailedOnly,
-            PolicyName::Downstream => cairn_core::decider::Policy::Downstream,
+            PolicyName::FailedOnly => cairn_runtime::run::Policy::FailedOnly,
+            PolicyName::Downstream => cairn_runtime::run::Policy::Downstream,
         },
         inputs: body.inputs.unwrap_or_default(),
         force: body.force,
@@ -765,11 +762,11 @@ pub async fn events(
 pub async fn replay_run(
     S(state): S<Arc<State>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<cairn_core::replay::ReplayReport>> {
+) -> ApiResult<axum::Json<cairn_runtime::replay::ReplayReport>> {
     let id = parse_id(&id, "run")?;
     let (s, events) = load(&state, id).await?;
     let w = state.engine.definition(&s.workflow, s.workflow_version).await?;
-    Ok(axum::Json(cairn_core::replay::check(&w, &events)?))
+    Ok(axum::Json(cairn_runtime::replay::check(&w, &events)?))
 }
 
 /// `GET /runs/{id}/state`.
@@ -777,7 +774,7 @@ pub async fn state_at(
     S(state): S<Arc<State>>,
     Path(id): Path<String>,
     Q(q): Q<StateQuery>,
-) -> ApiResult<axum::Json<cairn_core::replay::Snapshot>> {
+) -> ApiResult<axum::Json<cairn_runtime::replay::Snapshot>> {
     let id = parse_id(&id, "run")?;
     let (_, events) = load(&state, id).await?;
     let given = usize::from(q.at.is_some()) + usize::from(q.position.is_some()) + usize::from(q.step.is_some());
@@ -806,7 +803,7 @@ pub async fn state_at(
             }
             n => n,
         },
-        (_, _, Some(step)) => match cairn_core::replay::before_step(&events, step)? {
+        (_, _, Some(step)) => match cairn_runtime::replay::before_step(&events, step)? {
             Some(n) => n,
             None => {
                 return Err(ApiError::unprocessable(
@@ -818,7 +815,7 @@ pub async fn state_at(
         },
         _ => events.len(),
     };
-    Ok(axum::Json(cairn_core::replay::snapshot(&events, n)?))
+    Ok(axum::Json(cairn_runtime::replay::snapshot(&events, n)?))
 }
 
 /// `GET /runs/{id}/history`.

@@ -208,7 +208,7 @@ impl Spans {
 }
 
 async fn export(store: Arc<dyn EventStore>, url: String, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let http = cairn_runtime::http::client();
+    let http = cairn_runtime::http_client();
     let from = store.head_position().await.unwrap_or(0) + 1;
     let mut sub = cairn_events::subscribe(store, from);
     let mut spans = Spans::default();

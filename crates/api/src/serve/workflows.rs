@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::extract::{Path, Request, State as S};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use cairn_core::lang::Diagnostic;
 use cairn_events::{Event, ExpectedVersion, Metadata, NewEvent, WorkflowArchived};
+use cairn_runtime::lang::Diagnostic;
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -177,9 +177,9 @@ async fn definition_text(req: Request) -> ApiResult<String> {
 /// Compiles a definition against this server's tasks, secrets and models.
 fn compile(state: &State, text: &str) -> Result<cairn_runtime::Workflow, Vec<Diagnostic>> {
     let e = &state.engine;
-    let w = cairn_core::lang::parse(text, "body", &e.task_names()).map_err(|d| d.0)?;
-    let mut d = cairn_core::lang::check_secrets(&w, &e.secret_names(), "body");
-    d.extend(cairn_core::lang::check_models(&w, e.config(), "body"));
+    let w = cairn_runtime::lang::parse(text, "body", &e.task_names()).map_err(|d| d.0)?;
+    let mut d = cairn_runtime::lang::check_secrets(&w, &e.secret_names(), "body");
+    d.extend(cairn_runtime::lang::check_models(&w, e.config(), "body"));
     if d.is_empty() { Ok(w) } else { Err(d) }
 }
 
@@ -375,10 +375,10 @@ pub struct ShadowRun {
     pub status: String,
     /// Recorded outputs the new contracts reject, branches the new
     /// conditions send elsewhere, steps the new definition lacks.
-    pub findings: Vec<cairn_core::replay::Finding>,
+    pub findings: Vec<cairn_runtime::replay::Finding>,
     /// The first decision the new definition makes otherwise (a replay
     /// under it); null when it would decide as recorded throughout.
-    pub divergence: Option<cairn_core::replay::Divergence>,
+    pub divergence: Option<cairn_runtime::replay::Divergence>,
 }
 
 /// Shadow re-validation of a workflow's past runs.
@@ -405,8 +405,8 @@ pub async fn shadow(S(state): S<Arc<State>>, Path(name): Path<String>, req: Requ
     let mut runs = Vec::new();
     for r in state.engine.runs_of(&name, None).await? {
         let recorded = state.store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
-        let findings = cairn_core::replay::shadow(&w, &recorded)?;
-        let divergence = cairn_core::replay::check(&w, &recorded)?.divergence;
+        let findings = cairn_runtime::replay::shadow(&w, &recorded)?;
+        let divergence = cairn_runtime::replay::check(&w, &recorded)?.divergence;
         runs.push(ShadowRun { run_id: r.run_id, status: r.status, findings, divergence });
     }
     let affected = runs.iter().filter(|r| !r.findings.is_empty() || r.divergence.is_some()).count();

@@ -8,8 +8,8 @@
 //! checked before every attempt.
 
 use cairn_events::{
-    AiAttemptStarted, AiMessage, AiOutputRejected, Event, SchemaViolation, StepCompleted, StepFailed, TimerFired,
-    TimerStarted,
+    AiAttemptStarted, AiEstimate, AiMessage, AiOutputRejected, AiParams, AiPrice, Event, SchemaViolation,
+    StepCompleted, StepFailed, TimerFired, TimerStarted,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -93,7 +93,7 @@ pub(super) fn evolve(s: &mut RunState, event: &Event) -> bool {
             p.last_number = p.last_number.max(e.attempt);
             p.open = Some((e.attempt, serde_json::to_value(e).unwrap_or(Value::Null)));
             p.retry_ready = false;
-            p.mode = e.params.get("mode").and_then(Value::as_str).and_then(OutputMode::parse);
+            p.mode = e.params.mode.as_deref().and_then(OutputMode::parse);
         }
         Event::AiAttemptCompleted(e) => {
             let p = s.ai.entry(e.step_id.clone()).or_default();
@@ -330,30 +330,24 @@ fn begin(f: &InFlight<'_>, a: &AiStep, p: &AiProgress, d: &mut Decision) {
             return;
         }
     }
-    let mut params = json!({
-        "mode": mode.name(),
-        "estimate": { "input_tokens": est_in, "output_tokens": est_out, "cost_micros": est_micros },
-    });
-    if let Some(t) = a.temperature {
-        params["temperature"] = json!(t);
-    }
-    if let Some(n) = a.max_output_tokens {
-        params["max_output_tokens"] = json!(n);
-    }
-    if let Some(pr) = &spec.price {
-        params["price"] = json!({
-            "input_per_million": pr.input_per_million,
-            "output_per_million": pr.output_per_million,
-            "currency": pr.currency,
-            "table": pr.table,
-        });
-    }
-    if let Some(t) = input.get("template") {
-        params["template"] = t.clone();
-    }
-    if let Some(AiOutcome::Failed { fallback: Some(m), .. }) = &p.last {
-        params["fallback_to"] = json!(m.name());
-    }
+    let params = AiParams {
+        mode: Some(mode.name().to_owned()),
+        estimate: Some(AiEstimate { input_tokens: est_in, output_tokens: est_out, cost_micros: est_micros }),
+        temperature: a.temperature,
+        max_output_tokens: a.max_output_tokens,
+        price: spec.price.as_ref().map(|pr| AiPrice {
+            input_per_million: pr.input_per_million,
+            output_per_million: pr.output_per_million,
+            currency: pr.currency.clone(),
+            table: pr.table.clone(),
+        }),
+        template: input.get("template").cloned(),
+        fallback_to: match &p.last {
+            Some(AiOutcome::Failed { fallback: Some(m), .. }) => Some(m.name().to_owned()),
+            _ => None,
+        },
+        other: Default::default(),
+    };
     d.append.push(Event::AiAttemptStarted(AiAttemptStarted {
         step_id: inst.to_owned(),
         attempt: number,

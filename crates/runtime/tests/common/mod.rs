@@ -27,13 +27,13 @@ pub async fn events(store: &Arc<dyn EventStore>, id: uuid::Uuid) -> Vec<Event> {
 
 /// Parses and publishes a workflow.
 pub async fn publish(engine: &Engine, src: &str) -> (cairn_runtime::Workflow, u32) {
-    let w = cairn_core::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
+    let w = cairn_runtime::lang::parse(src, "t.yaml", &engine.task_names()).unwrap_or_else(|d| panic!("{d}"));
     let v = engine.publish(&w, "test").await.expect("publish");
     (w, v)
 }
 
 /// Publishes, starts and drives a run to its end.
-pub async fn run(engine: &Engine, src: &str, inputs: serde_json::Value) -> (uuid::Uuid, cairn_core::decider::RunState) {
+pub async fn run(engine: &Engine, src: &str, inputs: serde_json::Value) -> (uuid::Uuid, cairn_runtime::run::RunState) {
     let (w, v) = publish(engine, src).await;
     let id = engine.start(&w, v, inputs, "test").await.expect("start");
     let state = engine.drive(id, &mut |_: &Event| {}).await.expect("drive");

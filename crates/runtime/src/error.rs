@@ -1,0 +1,67 @@
+//! The runtime's error: what a start, a drive, an answer or a resume can
+//! fail with, each naming its code in the registry of error codes.
+
+use cairn_events::StoreError;
+use uuid::Uuid;
+
+/// Errors of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] cairn_events::DecodeError),
+    /// No such run.
+    #[error("no run with id {0}")]
+    UnknownRun(Uuid),
+    /// The pinned definition is missing or no longer compiles.
+    #[error("workflow `{name}` version {version}: {message}")]
+    Definition {
+        /// Workflow.
+        name: String,
+        /// Version.
+        version: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// The inputs do not satisfy the workflow's `inputs` schema; nothing was started.
+    #[error("the inputs do not satisfy the `inputs` schema of `{workflow}`: {}", cairn_core::contract::describe(.errors))]
+    InvalidInputs {
+        /// Workflow.
+        workflow: String,
+        /// Every violation.
+        errors: Vec<cairn_events::SchemaViolation>,
+    },
+    /// A value is past one of the limits on what is written (nesting,
+    /// size); nothing was written.
+    #[error("{0}")]
+    Limit(Box<cairn_events::limits::LimitError>),
+    /// The run cannot be changed in its state.
+    #[error("run {run_id} is {status}: {message}")]
+    InvalidState {
+        /// Run.
+        run_id: Uuid,
+        /// Its status.
+        status: String,
+        /// What to do instead.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// Its code in the registry of error codes (docs/errors.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::UnknownRun(_) => "unknown-run",
+            RunError::InvalidInputs { .. } => "invalid-inputs",
+            RunError::InvalidState { .. } => "invalid-state",
+            RunError::Definition { .. } => "definition",
+            RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
+            RunError::Store(s) if s.is_conflict() => "conflict",
+            RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",
+            RunError::Store(_) | RunError::Decode(_) => "internal",
+        }
+    }
+}
