@@ -1738,7 +1738,61 @@ fn every_code_is_documented_with_its_status_and_exit_code() {
     }
 }
 
+/// Start and wait (RFC 7240 `Prefer: wait=N`): the answer to the start
+/// carries the run's end (output, or error) when it ends within N seconds,
+/// and the run as it is otherwise; `GET /runs/{id}?wait=N` waits for a run
+/// already started; a `wait` that is not seconds is refused naming why.
+async fn a_start_can_wait_for_the_run_to_end(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    let quick = "name: quick\nsteps:\n  - id: a\n    task: echo\n    with: { n: '{{ inputs.n }}' }\n  - id: b\n    task: increment\n    with: { counter: '{{ steps.a.output.n }}' }\noutput: '{{ steps.b.output }}'\n";
+    assert_eq!(s.post_yaml("/workflows", &k, quick).await.status, 201);
+    let slow = "name: slow\nsteps:\n  - id: pause\n    wait: { for: 2s }\n  - id: done\n    task: echo\n    with: { ok: true }\n";
+    assert_eq!(s.post_yaml("/workflows", &k, slow).await.status, 201);
+    let failing =
+        "name: failing\nsteps:\n  - id: boom\n    task: fail\n    with: { kind: card.declined, retryable: false }\n";
+    assert_eq!(s.post_yaml("/workflows", &k, failing).await.status, 201);
+    let start = |wf: &str, prefer: &str| {
+        let body = json!({"workflow": wf, "inputs": {"n": 41}}).to_string().into_bytes();
+        let prefer = prefer.to_owned();
+        let s = &s;
+        let k = k.clone();
+        async move { s.send("POST", "/runs", Some(&k), Some(("application/json", body)), &[("prefer", &prefer)]).await }
+    };
+
+    // Ends within the wait: the answer is its end.
+    let r = start("quick", "wait=10").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["status"], "completed", "{}", r.text);
+    assert_eq!(r.json["output"]["counter"], 42, "{}", r.text);
+    assert_eq!(r.header("preference-applied"), Some("wait=10"));
+    // Other preferences beside it are ignored; a failure is an end too.
+    let r = start("failing", "respond-async, wait=10").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["status"], "failed", "{}", r.text);
+    assert_eq!(r.json["error"]["kind"], "card.declined", "{}", r.text);
+
+    // Does not end within the wait: answered as it is, then waited for.
+    let r = start("slow", "wait=0").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_ne!(r.json["status"], "completed", "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    let g = s.get(&format!("/runs/{id}?wait=20"), &k).await;
+    assert_eq!(g.status, 200, "{}", g.text);
+    assert_eq!(g.json["status"], "completed", "{}", g.text);
+
+    // Without a wait, nothing changes: the start answers at once.
+    let r = start("quick", "").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.header("preference-applied"), None);
+
+    // Refused: a wait that is not seconds; an unknown run to wait for.
+    start("quick", "wait=soon").await.problem(400, "bad-prefer");
+    s.get(&format!("/runs/{}?wait=1", uuid::Uuid::now_v7()), &k).await.problem(404, "unknown-run");
+}
+
 on_both!(
+    a_start_can_wait_for_the_run_to_end,
     a_run_that_kills_every_start_is_quarantined,
     busy_runs_never_stall_other_requests,
     refusals_are_audited_and_key_guessing_is_limited,
@@ -1746,3 +1800,23 @@ on_both!(
     an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on,
     a_decision_right_after_the_start_is_recorded,
 );
+
+/// Four servers started at the same moment on a fresh PostgreSQL database
+/// all start and all are ready (before: one exited with `duplicate key value
+/// violates unique constraint "pg_type_typname_nsp_index"`, the read-model
+/// tables being created concurrently without a lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_started_together_on_a_fresh_postgres_database_all_start() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Server::start_with(&[], &[("CAIRN_DATABASE_URL", &url)]))
+        })
+        .collect();
+    let servers: Vec<Server> = starts.into_iter().map(|t| t.join().expect("a server started")).collect();
+    for s in &servers {
+        let r = s.send("GET", "/readyz", None, None, &[]).await;
+        assert_eq!(r.status, 200, "{}\n{}", r.text, s.logs());
+    }
+}

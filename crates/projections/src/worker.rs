@@ -179,6 +179,19 @@ pub struct Worker {
     owned: std::sync::Mutex<HashSet<String>>,
 }
 
+/// On PostgreSQL, a session holding the read models' set-up lock (keyed by
+/// schema: other schemas of the database are other deployments); waits for
+/// another process's set-up to finish. `None` on SQLite (one writer).
+async fn setup_lock(db: &ReadDb) -> Result<Option<sqlx::PgConnection>, ProjectionError> {
+    let ReadDb::Pg(pool) = db else { return Ok(None) };
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    #[allow(clippy::disallowed_methods)] // the lock is per session: it cannot go through the pool
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended(current_schema() || ':cairn-projections-setup', 0))")
+        .execute(&mut conn)
+        .await?;
+    Ok(Some(conn))
+}
+
 impl Worker {
     /// A worker for `projections`; creates the checkpoint table and the
     /// projections' tables when missing.
@@ -187,6 +200,30 @@ impl Worker {
         db: ReadDb,
         projections: Vec<Box<dyn Projection>>,
     ) -> Result<Worker, ProjectionError> {
+        // Any number of processes may start at once on one database: on
+        // PostgreSQL the set-up runs under a session advisory lock, one
+        // process at a time (concurrent `CREATE TABLE IF NOT EXISTS` of one
+        // table can fail on PostgreSQL's catalog), and the next finds it done.
+        let setup = setup_lock(&db).await?;
+        let done = Self::set_up(&db, &projections).await;
+        if let Some(conn) = setup {
+            // Closing the session releases the lock, also on an error above.
+            drop(conn);
+        }
+        done?;
+        Ok(Worker {
+            store,
+            db,
+            projections,
+            batch: DEFAULT_BATCH,
+            locks: tokio::sync::Mutex::new(None),
+            owned: std::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Creates the checkpoint and parked tables and the projections' tables
+    /// where missing, and upgrades projections whose version changed.
+    async fn set_up(db: &ReadDb, projections: &[Box<dyn Projection>]) -> Result<(), ProjectionError> {
         db.exec(
             &format!("CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, position BIGINT NOT NULL, generation BIGINT NOT NULL, updated_at TEXT, error_position BIGINT, error TEXT)"),
             &[],
@@ -205,8 +242,8 @@ impl Worker {
             &[],
         )
         .await?;
-        for p in &projections {
-            upgrade(&db, &**p).await?;
+        for p in projections {
+            upgrade(db, &**p).await?;
             for ddl in p.create("") {
                 db.exec(&ddl, &[]).await?;
             }
@@ -216,14 +253,7 @@ impl Worker {
             )
             .await?;
         }
-        Ok(Worker {
-            store,
-            db,
-            projections,
-            batch: DEFAULT_BATCH,
-            locks: tokio::sync::Mutex::new(None),
-            owned: std::sync::Mutex::new(HashSet::new()),
-        })
+        Ok(())
     }
 
     /// Uses batches of `n` events (at least 1).

@@ -730,3 +730,51 @@ on_both!(
     a_history_stopped_by_the_old_key_recovers,
     a_loop_lists_every_visit_and_attempt,
 );
+
+/// Eight workers (each with its own connections, as eight processes would
+/// have) start at the same moment on a fresh database, five times over: all
+/// start, and the read models are there once. Before the set-up took a
+/// lock, two servers started together on a fresh PostgreSQL database and one
+/// exited with `duplicate key value violates unique constraint
+/// "pg_type_typname_nsp_index"`.
+async fn workers_starting_together_all_start(dbs: Vec<ReadDb>, store: Arc<dyn EventStore>) {
+    let starts = dbs.into_iter().map(|db| {
+        let store = store.clone();
+        tokio::spawn(async move { Worker::new(store, db, models::all()).await.map(|_| ()) })
+    });
+    for (i, r) in futures_util::future::join_all(starts).await.into_iter().enumerate() {
+        r.expect("join").unwrap_or_else(|e| panic!("worker {i} did not start: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_starting_together_on_a_fresh_postgres_schema_all_start() {
+    for _ in 0..5 {
+        let Some((opts, _schema)) = cairn_events::testing::fresh_pg_schema().await else { return };
+        let store: Arc<dyn EventStore> =
+            cairn_events::postgres::PgStore::connect_with(opts.clone(), "t".into(), Default::default())
+                .await
+                .expect("store");
+        let mut dbs = Vec::new();
+        for _ in 0..8 {
+            dbs.push(ReadDb::postgres(opts.clone()).await.expect("db"));
+        }
+        let check = ReadDb::postgres(opts).await.expect("db");
+        workers_starting_together_all_start(dbs, store).await;
+        let rows = check.rows("SELECT COUNT(*) FROM cairn_projections", &[]).await.expect("checkpoints");
+        assert_eq!(rows[0][0].as_int(), Some(models::all().len() as i64), "one checkpoint per read model");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_starting_together_on_a_fresh_sqlite_file_all_start() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = sqlite_store(dir.path()).await;
+        let mut dbs = Vec::new();
+        for _ in 0..8 {
+            dbs.push(ReadDb::sqlite(&dir.path().join("read.db")).await.expect("db"));
+        }
+        workers_starting_together_all_start(dbs, store).await;
+    }
+}

@@ -91,6 +91,42 @@ impl Tail {
         }
     }
 
+    /// Waits until the run whose stream this is has ended (its newest event
+    /// ends it) or `deadline` passes; whether it ended. It registers before
+    /// it looks at the stream, so an end committed between the two is seen.
+    pub async fn until_ended(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, cairn_events::StoreError> {
+        loop {
+            let mut rx = self.watch(stream);
+            let version = store.stream_version(stream).await?;
+            let newest = store.read_stream(stream, version.max(1)).await?;
+            if newest.last().is_some_and(|e| TERMINAL.contains(&e.event_type.as_str())) {
+                return Ok(true);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return Ok(false),
+                    Ok(Some(e)) if TERMINAL.contains(&e.event_type.as_str()) => return Ok(true),
+                    Ok(Some(_)) => {}
+                    // Dropped as too slow, or the tail lost the log: look again.
+                    Ok(None) => {
+                        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(false);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     fn watch(&self, stream: &str) -> mpsc::Receiver<RecordedEvent> {
         let (tx, rx) = mpsc::channel(256);
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());

@@ -140,9 +140,11 @@ pub fn api() -> Finished {
         .describe("The inputs are checked against the workflow's `inputs` schema. With an `Idempotency-Key`, the same key and body give the same run (200, `Idempotent-Replayed: true`); the same key with another body is refused (422).")
         .role(Role::Operator)
         .param(In::Header, "Idempotency-Key", false, "Makes retries safe: 1 to 255 visible ASCII characters, scoped to the caller.", json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"}))
+        .param(In::Header, "Prefer", false, "`wait=N` (RFC 7240): wait up to N seconds (at most 60) for the run to end, and answer with it as it then is: with its output or error when it ended. Other preferences are ignored.", json!({"type": "string"}))
         .json_body::<runs::StartRun>(api)
-        .ok::<runs::RunView>(api, 201, "Started; it runs in the background.")
+        .ok::<runs::RunView>(api, 201, "Started; it runs in the background (with `Prefer: wait=N`, the run as it is when it ended or N seconds passed).")
         .header("Location", "The run's URL.")
+        .header("Preference-Applied", "`wait=N` when the answer waited.")
         .link("GetRun", "get_run", &[("id", "$response.body#/run_id")])
         .link("RunHistory", "run_history", &[("id", "$response.body#/run_id")])
         .link("RunContext", "run_context", &[("id", "$response.body#/run_id")])
@@ -160,8 +162,10 @@ pub fn api() -> Finished {
     api.add(o, runs::list);
     let o =
         op(Method::GET, "/runs/{id}", "get_run", "runs", "A run: status, inputs, output or error, what it waits for")
+            .describe("With `?wait=N`, waits up to N seconds (at most 60) for the run to end first.")
             .role(Role::Viewer)
             .id_param("id", "The run id.")
+            .query::<runs::GetRunQuery>(api)
             .ok::<runs::RunView>(api, 200, "The run.")
             .error(404, "No such run.");
     api.add(o, runs::get);

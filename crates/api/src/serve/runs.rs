@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -470,6 +471,53 @@ fn idempotent_id(caller: &Caller, key: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(b).into_uuid()
 }
 
+/// The longest `Prefer: wait` honoured, in seconds (a wait is also cut to
+/// a second under the server's request time limit).
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// `Prefer: wait=N` (RFC 7240), if asked: how long to wait for the run to
+/// end before answering. Other preferences are ignored, as the RFC says; a
+/// `wait` that is not a number of seconds is refused.
+fn prefer_wait(state: &State, headers: &HeaderMap) -> ApiResult<Option<Duration>> {
+    let mut wait = None;
+    for v in headers.get_all("prefer") {
+        let Ok(text) = v.to_str() else { continue };
+        for pref in text.split(',') {
+            let (name, value) = pref.split_once('=').map_or((pref, ""), |(n, v)| (n, v));
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let secs: u64 = value.trim().trim_matches('"').parse().map_err(|_| {
+                ApiError::bad_request("bad-prefer", "Prefer: wait=N takes a whole number of seconds (wait=10)")
+            })?;
+            wait = Some(secs);
+        }
+    }
+    Ok(wait.map(|s| cap_wait(state, s)))
+}
+
+/// A wait cut to [`MAX_WAIT_SECS`] and to a second under the request limit.
+fn cap_wait(state: &State, secs: u64) -> Duration {
+    let limit = state.timeout.saturating_sub(Duration::from_secs(1));
+    Duration::from_secs(secs.min(MAX_WAIT_SECS)).min(limit)
+}
+
+/// Waits (up to `wait`) for run `id` to end.
+async fn wait_for_end(state: &State, id: Uuid, wait: Duration) -> ApiResult<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    state.tail.until_ended(&*state.store, &cairn_events::run_stream(id), deadline).await?;
+    Ok(())
+}
+
+/// `Preference-Applied: wait=N` on an answer that waited.
+fn applied(r: &mut Response, wait: Option<Duration>) {
+    if let Some(w) = wait
+        && let Ok(v) = HeaderValue::from_str(&format!("wait={}", w.as_secs()))
+    {
+        r.headers_mut().insert("preference-applied", v);
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let k = v.to_str().ok().map(str::trim).unwrap_or("");
@@ -490,6 +538,7 @@ pub async fn start(
     JsonBody(body): JsonBody<StartRun>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
+    let wait = prefer_wait(&state, &headers)?;
     let Some(rec) = super::workflows::recorded(&state, &body.workflow).await? else {
         return Err(ApiError::not_found(
             "unknown-workflow",
@@ -513,7 +562,7 @@ pub async fn start(
     let run_id = key.as_ref().map(|k| idempotent_id(&caller, k));
     let pinned = body.version.is_some();
     if let Some(id) = run_id
-        && let Some(r) = replay(&state, id, &w, version, pinned, &inputs).await?
+        && let Some(r) = replay(&state, id, &w, version, pinned, &inputs, wait).await?
     {
         return Ok(r);
     }
@@ -529,7 +578,7 @@ pub async fn start(
         Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
             // Another request with this key got there first.
             let id = run_id.unwrap_or_default();
-            return match replay(&state, id, &w, version, pinned, &inputs).await? {
+            return match replay(&state, id, &w, version, pinned, &inputs, wait).await? {
                 Some(r) => Ok(r),
                 None => Err(ApiError::internal("an idempotent start conflicted but no run is recorded")),
             };
@@ -537,11 +586,15 @@ pub async fn start(
         Err(e) => return Err(e.into()),
     };
     state.driver.kick(id);
+    if let Some(w) = wait {
+        wait_for_end(&state, id, w).await?;
+    }
     let (s, events) = load(&state, id).await?;
     let mut r = (StatusCode::CREATED, axum::Json(view(id, &s, &events)?)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/runs/{id}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
+    applied(&mut r, wait);
     Ok(r)
 }
 
@@ -557,6 +610,7 @@ async fn replay(
     version: u32,
     pinned: bool,
     inputs: &Value,
+    wait: Option<Duration>,
 ) -> ApiResult<Option<Response>> {
     let events = state.store.read_stream(&cairn_events::run_stream(id), 1).await?;
     let Some(first) = events.first() else { return Ok(None) };
@@ -583,18 +637,42 @@ async fn replay(
             vec![FieldProblem::new("Idempotency-Key", "already used for a different request")],
         ));
     }
+    if let Some(w) = wait {
+        wait_for_end(state, id, w).await?;
+    }
     let (s, events) = load(state, id).await?;
     let mut r = (StatusCode::OK, axum::Json(view(id, &s, &events)?)).into_response();
     r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     if let Ok(v) = HeaderValue::from_str(&format!("/runs/{id}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
+    applied(&mut r, wait);
     Ok(Some(r))
 }
 
+/// How long `GET /runs/{id}` may wait.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetRunQuery {
+    /// Wait up to this many seconds (at most 60) for the run to end before
+    /// answering; the answer is the run as it then is.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
 /// `GET /runs/{id}`.
-pub async fn get(S(state): S<Arc<State>>, Path(id): Path<String>) -> ApiResult<axum::Json<RunView>> {
+pub async fn get(
+    S(state): S<Arc<State>>,
+    Path(id): Path<String>,
+    Q(q): Q<GetRunQuery>,
+) -> ApiResult<axum::Json<RunView>> {
     let id = parse_id(&id, "run")?;
+    if let Some(secs) = q.wait.filter(|s| *s > 0) {
+        if state.store.stream_version(&cairn_events::run_stream(id)).await? == 0 {
+            return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
+        }
+        wait_for_end(&state, id, cap_wait(&state, secs)).await?;
+    }
     let (s, events) = load(&state, id).await?;
     Ok(axum::Json(view(id, &s, &events)?))
 }
