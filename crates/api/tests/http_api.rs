@@ -1791,7 +1791,43 @@ async fn a_start_can_wait_for_the_run_to_end(url: &str) {
     s.get(&format!("/runs/{}?wait=1", uuid::Uuid::now_v7()), &k).await.problem(404, "unknown-run");
 }
 
+/// The server's timer wheel fires every wait of a loop, each after it falls
+/// due and never before (a waiting run holds no task: the wheel drives it).
+async fn a_loop_of_waits_completes_under_the_server(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    let ticks = "name: ticks\nsteps:\n  - id: start\n    transform: { counter: 0 }\n  - id: tick\n    wait: { for: 1s }\n    max_visits: 4\n  - id: count\n    task: increment\n    with: \"{{ steps.count.output if steps.count is defined else steps.start.output }}\"\n    max_visits: 4\n  - id: again\n    branch:\n      if: \"steps.count.output.counter >= 3\"\n      then: done\n      else: tick\n  - id: done\n    transform: { ticks: 3 }\n";
+    assert_eq!(s.post_yaml("/workflows", &k, ticks).await.status, 201);
+    let r = s.post("/runs", &k, &json!({"workflow": "ticks"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    let done = s.get(&format!("/runs/{id}?wait=30"), &k).await;
+    assert_eq!(done.json["status"], "completed", "{}\n{}", done.text, s.logs());
+    let events = s.get(&format!("/runs/{id}/events"), &k).await.json;
+    let items = events["items"].as_array().expect("items");
+    let mut due = std::collections::HashMap::new();
+    let mut fired = 0;
+    for e in items {
+        match e["event_type"].as_str() {
+            Some("TimerStarted") => {
+                let at: chrono::DateTime<chrono::Utc> =
+                    e["payload"]["due_at"].as_str().expect("due").parse().expect("time");
+                due.insert(e["payload"]["timer_id"].as_str().expect("id").to_owned(), at);
+            }
+            Some("TimerFired") => {
+                let at: chrono::DateTime<chrono::Utc> = e["recorded_at"].as_str().expect("at").parse().expect("time");
+                let timer = e["payload"]["timer_id"].as_str().expect("id");
+                assert!(at >= due[timer], "timer {timer} fired at {at}, before it was due at {}", due[timer]);
+                fired += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(fired, 3, "every wait of the loop fired once: {events}");
+}
+
 on_both!(
+    a_loop_of_waits_completes_under_the_server,
     a_start_can_wait_for_the_run_to_end,
     a_run_that_kills_every_start_is_quarantined,
     busy_runs_never_stall_other_requests,

@@ -180,15 +180,39 @@ impl Engine {
         run_id: Uuid,
         observer: crate::runner::Observer<'_>,
     ) -> Result<(Uuid, RunState), RunError> {
+        self.drive_chain(run_id, observer, false).await
+    }
+
+    /// Like [`Engine::drive_after_answer`], but returns instead of sleeping
+    /// when all a run has left is a timer ([`Engine::wake_at`] tells when):
+    /// for a host that keeps its own timers, so a waiting run holds no task
+    /// and is not re-read while it waits.
+    pub async fn drive_after_answer_until_idle(
+        &self,
+        run_id: Uuid,
+        observer: crate::runner::Observer<'_>,
+    ) -> Result<(Uuid, RunState), RunError> {
+        self.drive_chain(run_id, observer, true).await
+    }
+
+    async fn drive_chain(
+        &self,
+        run_id: Uuid,
+        observer: crate::runner::Observer<'_>,
+        until_idle: bool,
+    ) -> Result<(Uuid, RunState), RunError> {
         let mut id = run_id;
-        let mut state = self.drive(id, &mut *observer).await?;
-        while state.status.is_terminal()
-            && let Some(p) = state.parent.clone()
-        {
-            id = p.run_id;
-            state = self.drive(id, &mut *observer).await?;
+        loop {
+            let state = if until_idle {
+                self.drive_until_idle(id, &mut *observer).await?
+            } else {
+                self.drive(id, &mut *observer).await?
+            };
+            match state.parent.clone() {
+                Some(p) if state.status.is_terminal() => id = p.run_id,
+                _ => return Ok((id, state)),
+            }
         }
-        Ok((id, state))
     }
 
     /// Everything a run waits for from people, its child runs' included:

@@ -1,10 +1,13 @@
 //! Drives runs in the background: each run by one task at a time (a kick
 //! while it is being driven drives it once more afterwards), and a timer
-//! loop that wakes runs whose deadline, reminder or retry falls due while
-//! they wait for people. Start-up drives unfinished runs on probation and
+//! loop that wakes runs whose wait, deadline, reminder or retry falls due.
+//! A run with nothing left but a timer holds no task and is not re-read
+//! while it waits: the loop sleeps until the earliest due time (re-armed
+//! when an earlier one comes), so a timer fires when it is due, not on the
+//! next tick of a poll. Start-up drives unfinished runs on probation and
 //! never drives a quarantined one (crate::quarantine).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,17 +18,59 @@ use cairn_runtime::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+/// Parked runs by when they next have something to do, indexed both ways:
+/// the earliest is found, and the due ones taken, without a scan of all.
+#[derive(Default)]
+struct Waits {
+    by_run: HashMap<Uuid, DateTime<Utc>>,
+    by_time: BTreeSet<(DateTime<Utc>, Uuid)>,
+}
+
+impl Waits {
+    fn insert(&mut self, run: Uuid, at: DateTime<Utc>) {
+        if let Some(old) = self.by_run.insert(run, at) {
+            self.by_time.remove(&(old, run));
+        }
+        self.by_time.insert((at, run));
+    }
+
+    fn remove(&mut self, run: Uuid) {
+        if let Some(old) = self.by_run.remove(&run) {
+            self.by_time.remove(&(old, run));
+        }
+    }
+
+    fn next(&self) -> Option<DateTime<Utc>> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// Takes the runs due by `now`, earliest first (a drive puts a run back
+    /// with its next due time).
+    fn take_due(&mut self, now: DateTime<Utc>) -> Vec<Uuid> {
+        let due: Vec<Uuid> = self.by_time.iter().take_while(|(at, _)| *at <= now).map(|(_, run)| *run).collect();
+        for run in &due {
+            self.remove(*run);
+        }
+        due
+    }
+}
+
+/// How often the timer loop looks for runs released from quarantine.
+const RELEASES: Duration = Duration::from_secs(2);
+
 /// The background driver.
 pub struct Driver {
     engine: Arc<Engine>,
     /// Runs being driven → whether to drive once more when done.
     active: Mutex<HashMap<Uuid, bool>>,
     /// Parked runs and when they next have something to do.
-    waits: Mutex<BTreeMap<Uuid, DateTime<Utc>>>,
+    waits: Mutex<Waits>,
     /// Quarantined runs: never driven.
     quarantined: Mutex<HashSet<Uuid>>,
     /// The version of the `operations` stream the quarantine was read at.
     ledger_version: AtomicU64,
+    /// Told when a wait is added, so the timer loop re-arms.
+    rearm: tokio::sync::Notify,
 }
 
 impl Driver {
@@ -34,9 +79,10 @@ impl Driver {
         Arc::new(Driver {
             engine,
             active: Mutex::new(HashMap::new()),
-            waits: Mutex::new(BTreeMap::new()),
+            waits: Mutex::new(Waits::default()),
             quarantined: Mutex::new(HashSet::new()),
             ledger_version: AtomicU64::new(0),
+            rearm: tokio::sync::Notify::new(),
         })
     }
 
@@ -68,17 +114,18 @@ impl Driver {
             }
             a.insert(run, false);
         }
-        self.waits.lock().unwrap_or_else(|p| p.into_inner()).remove(&run);
+        self.waits.lock().unwrap_or_else(|p| p.into_inner()).remove(run);
         let me = self.clone();
         tokio::spawn(async move {
             loop {
                 let mut ignore = |_: &cairn_events::Event| {};
-                match me.engine.drive_after_answer(run, &mut ignore).await {
+                match me.engine.drive_after_answer_until_idle(run, &mut ignore).await {
                     Ok((_, state)) => {
                         if !state.status.is_terminal() {
                             match me.engine.wake_at(run).await {
                                 Ok(Some(at)) => {
                                     me.waits.lock().unwrap_or_else(|p| p.into_inner()).insert(run, at);
+                                    me.rearm.notify_one();
                                 }
                                 Ok(None) => {}
                                 Err(e) => tracing::error!(run_id = %run, error = %e, "cannot tell when the run wakes"),
@@ -190,23 +237,32 @@ impl Driver {
         }
     }
 
-    /// Wakes parked runs as their waits fall due, until `stop`.
+    /// Wakes parked runs as their waits fall due, until `stop`: sleeps until
+    /// the earliest due time (or a new wait, or two seconds to look for runs
+    /// released from quarantine).
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut ticks = 0u32;
+        let clock = self.engine.clock();
+        let mut releases = tokio::time::Instant::now();
         loop {
-            ticks = ticks.wrapping_add(1);
-            if ticks.is_multiple_of(8) {
+            if releases.elapsed() >= RELEASES {
+                releases = tokio::time::Instant::now();
                 self.follow_releases().await;
             }
+            let next = self.waits.lock().unwrap_or_else(|p| p.into_inner()).next();
+            let due = async {
+                match next {
+                    Some(t) => clock.sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => return,
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = due => {}
+                () = self.rearm.notified() => continue,
+                () = tokio::time::sleep(RELEASES) => continue,
             }
-            let now = self.engine.clock().now();
-            let due: Vec<Uuid> = {
-                let w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
-                w.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect()
-            };
+            let now = clock.now();
+            let due = self.waits.lock().unwrap_or_else(|p| p.into_inner()).take_due(now);
             for id in due {
                 self.kick(id);
             }

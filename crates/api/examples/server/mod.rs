@@ -1,0 +1,65 @@
+//! A real `cairn serve` for the HTTP benchmarks: the binary built beside
+//! the example (or named by `CAIRN_BENCH_BIN`, to measure another build),
+//! on a SQLite file, with an admin key.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn cairn_binary() -> std::path::PathBuf {
+    if let Ok(bin) = std::env::var("CAIRN_BENCH_BIN") {
+        return bin.into();
+    }
+    // target/<profile>/examples/http_load → target/<profile>/cairn
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|p| p.parent()).unwrap().join("cairn");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = exe.to_string_lossy().contains("/release/");
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "cairn-api", "--bin", "cairn"]);
+        if release {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "building cairn failed");
+    }
+    assert!(bin.exists(), "{} is missing: cargo build --release -p cairn-api", bin.display());
+    bin
+}
+
+pub fn serve(bin: &std::path::Path, dir: &std::path::Path) -> (Server, String) {
+    let db = format!("sqlite://{}", dir.join("http.db").display());
+    let out = Command::new(bin)
+        .args(["keys", "create", "--name", "bench", "--role", "admin"])
+        .env("CAIRN_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // `CAIRN_BENCH_SERVE_ARGS="--decide-inline"` compares how the server decides.
+    let extra = std::env::var("CAIRN_BENCH_SERVE_ARGS").unwrap_or_default();
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra.split_whitespace())
+        .env("CAIRN_DATABASE_URL", &db)
+        .env("CAIRN_TOKEN_KEY", "bench-token-key-0123456789abcdef0123456789")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    (Server { child, url }, key)
+}
