@@ -487,13 +487,29 @@ impl Worker {
 
     /// Runs until `stop` turns true: catches up, then waits for new events
     /// (woken by the store, polling every `poll` as the floor); backs off on
-    /// database errors, up to 30 s.
+    /// database errors, up to 30 s. A poll that finds the log's head where
+    /// the last catch-up found it costs one query, not a catch-up.
     pub async fn run(&self, poll: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut wake = self.store.wakeups();
         let mut backoff = Duration::from_millis(100);
+        // The head the last successful catch-up started from: everything up
+        // to it is applied (or parked, or another worker's to apply).
+        let mut caught_up: Option<u64> = None;
         while !*stop.borrow() {
+            let head = self.store.head_position().await.ok();
+            if head.is_some() && head == caught_up {
+                tokio::select! {
+                    _ = wake.changed() => {}
+                    () = tokio::time::sleep(poll) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             match self.catch_up().await {
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(_) => {
+                    caught_up = head;
+                    backoff = Duration::from_millis(100);
+                }
                 Err(e) => {
                     tracing::warn!("projections: {e}; retrying in {backoff:?}");
                     tokio::select! {
