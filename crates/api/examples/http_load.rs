@@ -11,7 +11,9 @@
 //! (16 at a time); (2) over HTTP, runs one at a time (POST /runs, then
 //! GET /runs/{id}/live until `end`): end-to-end latency; (3) 16 clients in a
 //! closed loop doing the same: runs/s, POST latency p50/p99, end-to-end p99;
-//! (4) starts alone, 64 in flight: requests/s and p99.
+//! (3b) the same with start and wait (`POST /runs` with `Prefer: wait=30`,
+//! one request a run), one at a time and 16 clients; (4) starts alone, 64
+//! in flight: requests/s and p99.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -56,6 +58,26 @@ impl Client {
         assert_eq!(r.status(), 201);
         let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
         (v["run_id"].as_str().unwrap().to_owned(), t.elapsed())
+    }
+
+    /// Starts a run and waits for its end in the same request
+    /// (`Prefer: wait=30`); checks it completed.
+    async fn start_and_wait(&self) -> Duration {
+        let t = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/runs", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .header("prefer", "wait=30")
+            .body(r#"{"workflow":"w10"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["status"], "completed", "{v}");
+        t.elapsed()
     }
 
     /// Follows the run's live events until `end`; checks it completed.
@@ -153,6 +175,28 @@ fn main() {
         }
         let closed_s = t.elapsed().as_secs_f64();
         let runs_per_s = (per * conc) as f64 / closed_s;
+        // (3b) the same with start and wait (`Prefer: wait`): one request a run.
+        let mut waited_one = Vec::new();
+        for _ in 0..one_by_one {
+            waited_one.push(c.start_and_wait().await);
+        }
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..conc {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ends = Vec::new();
+                for _ in 0..per {
+                    ends.push(c.start_and_wait().await);
+                }
+                ends
+            }));
+        }
+        let mut waited = Vec::new();
+        for t in tasks {
+            waited.extend(t.await.unwrap());
+        }
+        let waited_per_s = (per * conc) as f64 / t.elapsed().as_secs_f64();
         // (4) starts alone, `inflight` at a time.
         let sem = Arc::new(tokio::sync::Semaphore::new(inflight));
         let t = Instant::now();
@@ -199,6 +243,19 @@ fn main() {
             pct(&mut posts, 0.5),
             pct(&mut posts, 0.99),
             pct(&mut ends, 0.99)
+        );
+        println!(
+            "HTTP W10 start-and-wait (Prefer: wait), one at a time:          median {:>6.2} ms  p99 {:>6.2} ms  ({:.2}x in-process median)",
+            pct(&mut waited_one, 0.5),
+            pct(&mut waited_one, 0.99),
+            pct(&mut waited_one, 0.5) / w10.median_ms
+        );
+        println!(
+            "HTTP W10 start-and-wait, {conc} clients closed loop:                {:>7.0} runs/s  ({:.2}x in-process)  median {:>6.2} ms  p99 {:>6.2} ms",
+            waited_per_s,
+            waited_per_s / w10.runs_per_s,
+            pct(&mut waited, 0.5),
+            pct(&mut waited, 0.99)
         );
         println!(
             "HTTP starts alone, {inflight} in flight: {:>7.0} requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",

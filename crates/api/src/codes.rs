@@ -48,7 +48,6 @@ pub const CODES: &[Code] = &[
     http("bad-query", 400),
     http("bad-idempotency-key", 400),
     http("bad-last-event-id", 400),
-    http("bad-prefer", 400),
     http("unauthenticated", 401),
     http("bad-key", 401),
     http("forbidden", 403),

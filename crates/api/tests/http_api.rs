@@ -1741,7 +1741,7 @@ fn every_code_is_documented_with_its_status_and_exit_code() {
 /// Start and wait (RFC 7240 `Prefer: wait=N`): the answer to the start
 /// carries the run's end (output, or error) when it ends within N seconds,
 /// and the run as it is otherwise; `GET /runs/{id}?wait=N` waits for a run
-/// already started; a `wait` that is not seconds is refused naming why.
+/// already started; a `wait` that is not seconds is ignored (RFC 7240).
 async fn a_start_can_wait_for_the_run_to_end(url: &str) {
     let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
     let k = s.key("root", "admin", "root");
@@ -1786,8 +1786,14 @@ async fn a_start_can_wait_for_the_run_to_end(url: &str) {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.header("preference-applied"), None);
 
-    // Refused: a wait that is not seconds; an unknown run to wait for.
-    start("quick", "wait=soon").await.problem(400, "bad-prefer");
+    // A wait that is not seconds is ignored, as RFC 7240 says of
+    // preferences: answered at once, without Preference-Applied.
+    let r = start("quick", "wait=soon").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.header("preference-applied"), None);
+    // Refused: a wait longer than a request may take; an unknown run.
+    let p = s.get(&format!("/runs/{id}?wait=61"), &k).await;
+    assert!(p.problem(400, "bad-query")["detail"].as_str().is_some_and(|d| d.contains("60")), "{}", p.text);
     s.get(&format!("/runs/{}?wait=1", uuid::Uuid::now_v7()), &k).await.problem(404, "unknown-run");
 }
 

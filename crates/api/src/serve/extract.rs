@@ -151,6 +151,39 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptJson<T
 /// The largest position, version or cursor taken (2^53 − 1, exact in JSON).
 pub const MAX_POSITION: u64 = 9_007_199_254_740_991;
 
+/// The longest wait a request may ask for, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// Seconds to wait, in a query: 0 ..= [`MAX_WAIT_SECS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitSecs(pub u64);
+
+impl<'de> serde::Deserialize<'de> for WaitSecs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v > MAX_WAIT_SECS {
+            return Err(serde::de::Error::custom(format!(
+                "{v} seconds is longer than the {MAX_WAIT_SECS} a request may wait"
+            )));
+        }
+        Ok(WaitSecs(v))
+    }
+}
+
+impl schemars::JsonSchema for WaitSecs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WaitSeconds".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECS })
+    }
+}
+
 /// A log position or stream version in a query: 0 ..= [`MAX_POSITION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pos(pub u64);

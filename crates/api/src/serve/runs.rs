@@ -17,7 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::State;
-use super::extract::{Caller, JsonBody, OptJson, Pos, Q, parse_id};
+use super::extract::{Caller, JsonBody, MAX_WAIT_SECS, OptJson, Pos, Q, WaitSecs, parse_id};
 use super::problem::{ApiError, ApiResult, FieldProblem};
 
 /// What starts a run.
@@ -471,14 +471,12 @@ fn idempotent_id(caller: &Caller, key: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(b).into_uuid()
 }
 
-/// The longest `Prefer: wait` honoured, in seconds (a wait is also cut to
-/// a second under the server's request time limit).
-pub const MAX_WAIT_SECS: u64 = 60;
-
 /// `Prefer: wait=N` (RFC 7240), if asked: how long to wait for the run to
-/// end before answering. Other preferences are ignored, as the RFC says; a
-/// `wait` that is not a number of seconds is refused.
-fn prefer_wait(state: &State, headers: &HeaderMap) -> ApiResult<Option<Duration>> {
+/// end before answering. As the RFC says, a preference the server does not
+/// understand is ignored, a `wait` whose value is not a number of seconds
+/// included: the answer then has no `Preference-Applied`, which is how a
+/// client learns it was not applied.
+fn prefer_wait(state: &State, headers: &HeaderMap) -> Option<Duration> {
     let mut wait = None;
     for v in headers.get_all("prefer") {
         let Ok(text) = v.to_str() else { continue };
@@ -487,13 +485,12 @@ fn prefer_wait(state: &State, headers: &HeaderMap) -> ApiResult<Option<Duration>
             if !name.trim().eq_ignore_ascii_case("wait") {
                 continue;
             }
-            let secs: u64 = value.trim().trim_matches('"').parse().map_err(|_| {
-                ApiError::bad_request("bad-prefer", "Prefer: wait=N takes a whole number of seconds (wait=10)")
-            })?;
-            wait = Some(secs);
+            if let Ok(secs) = value.trim().trim_matches('"').parse::<u64>() {
+                wait = Some(secs);
+            }
         }
     }
-    Ok(wait.map(|s| cap_wait(state, s)))
+    wait.map(|s| cap_wait(state, s))
 }
 
 /// A wait cut to [`MAX_WAIT_SECS`] and to a second under the request limit.
@@ -538,7 +535,7 @@ pub async fn start(
     JsonBody(body): JsonBody<StartRun>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
-    let wait = prefer_wait(&state, &headers)?;
+    let wait = prefer_wait(&state, &headers);
     let Some(rec) = super::workflows::recorded(&state, &body.workflow).await? else {
         return Err(ApiError::not_found(
             "unknown-workflow",
@@ -657,7 +654,7 @@ pub struct GetRunQuery {
     /// Wait up to this many seconds (at most 60) for the run to end before
     /// answering; the answer is the run as it then is.
     #[serde(default)]
-    pub wait: Option<u64>,
+    pub wait: Option<WaitSecs>,
 }
 
 /// `GET /runs/{id}`.
@@ -667,7 +664,7 @@ pub async fn get(
     Q(q): Q<GetRunQuery>,
 ) -> ApiResult<axum::Json<RunView>> {
     let id = parse_id(&id, "run")?;
-    if let Some(secs) = q.wait.filter(|s| *s > 0) {
+    if let Some(secs) = q.wait.map(|w| w.0).filter(|s| *s > 0) {
         if state.store.stream_version(&cairn_events::run_stream(id)).await? == 0 {
             return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
         }
