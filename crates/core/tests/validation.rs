@@ -533,3 +533,25 @@ fn a_template_whose_delimiters_overlap_is_a_diagnostic_not_a_panic() {
         let _ = cairn_core::template::check(&serde_json::json!(t));
     }
 }
+
+/// Found by the `template` fuzz target: text of about a megabyte of NUL
+/// characters renders within the text bound (1 MiB), but its JSON is six
+/// times that (`\u0000`): more than an event may hold. The render is
+/// bounded as promised, and the limit on what is written refuses the value
+/// (a step with it fails with kind `limit`; nothing is written).
+#[test]
+fn rendered_text_that_escapes_past_the_event_limit_is_refused_when_written() {
+    let found =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/template/text-of-nuls-escapes-six-fold"))
+            .expect("the fuzz finding");
+    let text = String::from_utf8(found).expect("utf-8");
+    let tpl = text.split_once('\n').map_or(text.as_str(), |(t, _)| t);
+    let ctx: cairn_core::template::Scope = serde_json::json!({ "inputs": {} }).into();
+    let out = cairn_core::template::render(&serde_json::json!(tpl), &ctx).expect("renders within its bounds");
+    let rendered = out.as_str().expect("text");
+    assert!(rendered.len() <= cairn_core::template::MAX_RENDERED_BYTES, "{} bytes", rendered.len());
+    let json = serde_json::to_string(&serde_json::json!({ "v": out })).expect("json");
+    assert!(json.len() > cairn_events::limits::Limits::default().max_event_bytes, "{} bytes of JSON", json.len());
+    let refused = cairn_events::limits::Limits::default().check_payload(&json);
+    assert!(refused.is_err(), "the limit on what is written refuses it");
+}
