@@ -203,24 +203,22 @@ impl From<cairn_events::DecodeError> for ApiError {
 }
 
 impl From<cairn_runtime::RunError> for ApiError {
+    /// The error's own code (`RunError::code`), with what only HTTP adds:
+    /// the fields of a refused input or limit, and a logged cause for a
+    /// failure of the server's own.
     fn from(e: cairn_runtime::RunError) -> Self {
         use cairn_runtime::RunError as R;
         match &e {
-            R::UnknownRun(id) => ApiError::not_found("unknown-run", format!("no run with id {id}")),
-            R::InvalidInputs { errors, .. } => ApiError::unprocessable(
-                "invalid-inputs",
-                e.to_string(),
+            R::InvalidInputs { errors, .. } => ApiError::coded(e.code(), e.to_string()).with_errors(
                 errors.iter().map(|v| FieldProblem::new(format!("/inputs{}", v.path), v.message.clone())).collect(),
             ),
-            R::InvalidState { .. } => ApiError::conflict("invalid-state", e.to_string()),
-            R::Definition { .. } => ApiError::unprocessable("definition", e.to_string(), Vec::new()),
-            R::Store(s) if s.is_conflict() => ApiError::conflict("conflict", e.to_string()),
             R::Limit(l) => limit(l),
             R::Store(cairn_events::StoreError::LimitExceeded { source, .. }) => limit(source),
-            R::Store(
-                s @ (cairn_events::StoreError::Database { .. } | cairn_events::StoreError::Unavailable { .. }),
-            ) => store_unavailable(s),
-            _ => ApiError::internal(e),
+            _ => match e.code() {
+                "store-unavailable" => store_unavailable(&e),
+                "internal" => ApiError::internal(e),
+                code => ApiError::coded(code, e.to_string()),
+            },
         }
     }
 }
