@@ -1,6 +1,7 @@
 //! Templates: the first line is a template, the rest a JSON context. Checking
 //! and rendering never panic, and a render stays within its bounds (the
-//! rendered text and value limits, fuel).
+//! rendered text and value limits, fuel, and the work limit: libFuzzer's
+//! 2 GiB memory limit catches a render that builds past it).
 #![no_main]
 
 use cairn_core::template::{self, Scope};

@@ -1154,6 +1154,35 @@ async fn an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on(ur
     assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
 }
 
+/// The reproducer of a caller making the server build gigabytes: a small
+/// input (`times`) to a template that repeats a string or a list `n` times and
+/// keeps only the length. Before, the run completed after the server built
+/// 100 MB for the string (2.4 GB for the list); now the step fails with an
+/// error that names the limit on what a template may build, the server
+/// stays ready, and the run's record says why.
+async fn a_template_cannot_make_the_server_build_gigabytes(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    let wf = "name: grow\ninputs: { type: object, properties: { times: { type: integer } }, required: [times] }\nsteps:\n  - id: text\n    transform: { len: \"{{ ('x' * inputs.times) | length }}\" }\n  - id: list\n    transform: { len: \"{{ ([0] * inputs.times) | length }}\" }\n";
+    let published = s.post_yaml("/workflows", &k, wf).await;
+    assert_eq!(published.status, 201, "{}", published.text);
+    let small = s.post("/runs?wait=10", &k, &json!({"workflow": "grow", "inputs": {"times": 1000}})).await;
+    assert_eq!(small.status, 201, "{}", small.text);
+    let id = small.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["completed"]).await;
+    let out = s.get(&format!("/runs/{id}"), &k).await.json;
+    assert_eq!(out["output"]["len"], 1000, "an ordinary repetition still works: {out}");
+
+    let r = s.post("/runs", &k, &json!({"workflow": "grow", "inputs": {"times": 100_000_000}})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &k, &["failed"]).await;
+    let events = s.get(&format!("/runs/{id}/events"), &k).await;
+    let limit = (64 << 20).to_string(); // cairn_core::template::MAX_RENDER_WORK
+    assert!(events.text.contains(&limit) && events.text.contains("bytes of strings and lists"), "{}", events.text);
+    assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
+}
+
 /// A decision made the moment a person can see the request never fails
 /// (before: 21 of 60 got 409 `not-waiting` and 5 got 403 `bad-token`, since
 /// the request is recorded by the background driver after the start
@@ -1841,6 +1870,7 @@ on_both!(
     twenty_concurrent_starts_with_one_idempotency_key_give_one_run,
     an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on,
     a_decision_right_after_the_start_is_recorded,
+    a_template_cannot_make_the_server_build_gigabytes,
 );
 
 /// Four servers started at the same moment on a fresh PostgreSQL database

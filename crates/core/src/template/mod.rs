@@ -12,6 +12,10 @@ use std::sync::{Arc, OnceLock};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
+mod meter;
+
+pub use meter::{MAX_JSON_INDENT, MAX_RENDER_WORK};
+
 /// Most instructions one render may execute.
 pub const FUEL: u64 = 100_000;
 /// Largest rendered string, in bytes.
@@ -38,8 +42,84 @@ fn env() -> &'static Environment<'static> {
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(32);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        meter::install(&mut env);
         env
     })
+}
+
+type Code<'a> = minijinja::machinery::Instructions<'a>;
+
+self_cell::self_cell!(
+    /// A compiled template or expression, metered ([`meter`]), owning its text.
+    struct Program {
+        owner: Box<str>,
+        #[covariant]
+        dependent: Code,
+    }
+);
+
+impl Program {
+    /// Compiles `src`, an expression (the inside of `{{ … }}`) or a whole
+    /// template. Errors read as minijinja's own.
+    fn compile(src: &str, expression: bool) -> Result<Program, minijinja::Error> {
+        use minijinja::machinery::{CodeGenerator, parse, parse_expr};
+        // minijinja's own compile first, for its messages.
+        if expression {
+            env().compile_expression(src)?;
+        } else {
+            env().template_from_str(src)?;
+        }
+        Program::try_new(src.into(), |src| {
+            let code = if expression {
+                let ast = parse_expr(src)?;
+                let mut g = CodeGenerator::new("<expression>", src);
+                g.compile_expr(&ast);
+                g.finish().0
+            } else {
+                let ast = parse(src, "<string>", Default::default())?;
+                let mut g = CodeGenerator::new("<string>", src);
+                g.compile_stmt(&ast);
+                let (code, blocks) = g.finish();
+                if !blocks.is_empty() {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::SyntaxError,
+                        "`{% block %}` has no use in a workflow template",
+                    ));
+                }
+                code
+            };
+            meter::rewrite(&code).map_err(|m| minijinja::Error::new(minijinja::ErrorKind::SyntaxError, m))
+        })
+    }
+
+    /// Runs the program on `ctx` with at most `output` bytes of text out; an
+    /// expression's value, or a template's text.
+    fn run(&self, ctx: minijinja::Value, output: usize) -> Result<Ran, (minijinja::Error, Option<meter::Limit>)> {
+        let meter = meter::Meter::start(output);
+        let mut text = String::new();
+        let ran = {
+            let mut out = minijinja::machinery::make_string_output(&mut text);
+            minijinja::machinery::eval(
+                env(),
+                self.borrow_dependent(),
+                ctx,
+                &Default::default(),
+                &mut out,
+                minijinja::AutoEscape::None,
+            )
+            .map(|(v, _)| v)
+        };
+        match ran {
+            Ok(value) => Ok(Ran { value, text }),
+            Err(e) => Err((e, meter.stopped())),
+        }
+    }
+}
+
+/// What a [`Program`] produced.
+struct Ran {
+    value: Option<minijinja::Value>,
+    text: String,
 }
 
 fn is_template(s: &str) -> bool {
@@ -74,6 +154,11 @@ pub fn check_with(value: &Value, extra_roots: &[&str]) -> Result<(), TemplateErr
         let vars = match sole_expression(s) {
             Some(expr) => env().compile_expression(expr).map(|e| e.undeclared_variables(false)),
             None => env().template_from_str(s).map(|t| t.undeclared_variables(false)),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        match sole_expression(s) {
+            Some(expr) => program(expr, true),
+            None => program(s, false),
         }
         .map_err(|e| err(e.to_string()))?;
         let used = names_used(s);
@@ -248,34 +333,28 @@ pub fn render(value: &Value, ctx: &Scope) -> Result<Value, TemplateError> {
     })
 }
 
-/// Most compiled expressions kept per thread; the cache starts over beyond it.
-const EXPRESSION_CACHE: usize = 4096;
+/// Most compiled programs kept per thread; the cache starts over beyond it.
+const PROGRAM_CACHE: usize = 4096;
 
-/// Runs `f` on the compiled `expr`, compiling it once per thread.
-fn with_expression<T>(
-    expr: &str,
-    f: impl FnOnce(&minijinja::Expression<'static, 'static>) -> Result<T, minijinja::Error>,
-) -> Result<T, minijinja::Error> {
-    type Cache = std::collections::HashMap<String, std::rc::Rc<minijinja::Expression<'static, 'static>>>;
+/// The compiled program of `src`, compiled once per thread.
+fn program(src: &str, expression: bool) -> Result<std::rc::Rc<Program>, minijinja::Error> {
+    type Cache = std::collections::HashMap<(bool, String), std::rc::Rc<Program>>;
     thread_local! {
         static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::new());
     }
-    let cached = CACHE.with(|c| c.borrow().get(expr).cloned());
-    let compiled = match cached {
-        Some(e) => e,
-        None => {
-            let e = std::rc::Rc::new(env().compile_expression_owned(expr.to_owned())?);
-            CACHE.with(|c| {
-                let mut c = c.borrow_mut();
-                if c.len() >= EXPRESSION_CACHE {
-                    c.clear();
-                }
-                c.insert(expr.to_owned(), e.clone());
-            });
-            e
+    let key = (expression, src.to_owned());
+    if let Some(p) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(p);
+    }
+    let p = std::rc::Rc::new(Program::compile(src, expression)?);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= PROGRAM_CACHE {
+            c.clear();
         }
-    };
-    f(&compiled)
+        c.insert(key, p.clone());
+    });
+    Ok(p)
 }
 
 fn render_str(s: &str, ctx: &Scope) -> Result<Value, TemplateError> {
@@ -285,8 +364,13 @@ fn render_str(s: &str, ctx: &Scope) -> Result<Value, TemplateError> {
         template: s.to_owned(),
         message: format!("rendered more than the limit of {limit} bytes"),
     };
+    let failed = |(e, limit): (minijinja::Error, Option<meter::Limit>)| match limit {
+        Some(meter::Limit::Output) => too_big(MAX_RENDERED_BYTES),
+        _ => err(e),
+    };
     if let Some(expr) = sole_expression(s) {
-        let v = with_expression(expr, |e| e.eval(&ctx)).map_err(err)?;
+        let ran = program(expr, true).map_err(err)?.run(ctx, 0).map_err(failed)?;
+        let v = ran.value.unwrap_or_default();
         // Measured before it is turned into JSON: a value can repeat one
         // string many times cheaply (`[s] * n`) and only grow when copied.
         let mut budget = MAX_RENDERED_VALUE_BYTES;
@@ -296,14 +380,7 @@ fn render_str(s: &str, ctx: &Scope) -> Result<Value, TemplateError> {
         return serde_json::to_value(&v)
             .map_err(|e| TemplateError { template: s.to_owned(), message: format!("result is not JSON: {e}") });
     }
-    // Rendered into a bounded buffer: the output never grows past the limit.
-    let t = env().template_from_str(s).map_err(err)?;
-    let mut out = Bounded(Vec::new());
-    if let Err(e) = t.render_captured_to(&ctx, &mut out) {
-        return Err(if out.0.len() >= MAX_RENDERED_BYTES { too_big(MAX_RENDERED_BYTES) } else { err(e) });
-    }
-    let out = String::from_utf8(out.0)
-        .map_err(|_| TemplateError { template: s.to_owned(), message: "rendered text is not UTF-8".into() })?;
+    let out = program(s, false).map_err(err)?.run(ctx, MAX_RENDERED_BYTES).map_err(failed)?.text;
     if out.len() > MAX_RENDERED_BYTES {
         return Err(TemplateError {
             template: s.to_owned(),
@@ -482,6 +559,16 @@ impl Json {
     fn lift(root: &Arc<Value>, path: Vec<Seg>, v: &Value) -> minijinja::Value {
         match v {
             Value::Array(_) | Value::Object(_) => minijinja::Value::from_object(Json { root: root.clone(), path }),
+            Value::String(text) => {
+                // A copy: charged, so reading a large input many times is bounded.
+                if meter::charge(text.len()).is_err() {
+                    return minijinja::Value::from(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("the template reads more than {MAX_RENDER_WORK} bytes of the run's data"),
+                    ));
+                }
+                minijinja::Value::from(text.as_str())
+            }
             scalar => minijinja::Value::from(minijinja::value::Serde(scalar)),
         }
     }
@@ -553,24 +640,6 @@ pub fn walk_strings<E>(value: &Value, f: &mut impl FnMut(&str) -> Result<(), E>)
         Value::Array(items) => items.iter().try_for_each(|v| walk_strings(v, f)),
         Value::Object(map) => map.values().try_for_each(|v| walk_strings(v, f)),
         _ => Ok(()),
-    }
-}
-
-/// Output that refuses to grow past [`MAX_RENDERED_BYTES`].
-struct Bounded(Vec<u8>);
-
-impl std::io::Write for Bounded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
-            self.0.resize(MAX_RENDERED_BYTES, b' ');
-            return Err(std::io::Error::other("the rendered text is over its limit"));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
