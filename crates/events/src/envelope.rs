@@ -178,6 +178,20 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
+/// A lease an append must still hold: the run's stream, the worker and the
+/// token it claimed the lease with. An append carrying a fence the worker
+/// no longer holds (another worker took the run over) is refused with
+/// `StoreError::Fenced` and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The run's stream.
+    pub stream_id: String,
+    /// The worker that claimed it.
+    pub worker_id: String,
+    /// The token the claim returned.
+    pub token: i64,
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {

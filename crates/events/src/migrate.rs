@@ -25,12 +25,14 @@ static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(&[
         (20261122000001, "events", include_str!("../../../migrations/sqlite/20261122000001_events.sql")),
         (20261206000001, "health", include_str!("../../../migrations/sqlite/20261206000001_health.sql")),
+        (20261206000002, "leases", include_str!("../../../migrations/sqlite/20261206000002_leases.sql")),
     ])
 });
 static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(&[
         (20261122000001, "events", include_str!("../../../migrations/postgres/20261122000001_events.sql")),
         (20261206000001, "health", include_str!("../../../migrations/postgres/20261206000001_health.sql")),
+        (20261206000002, "leases", include_str!("../../../migrations/postgres/20261206000002_leases.sql")),
     ])
 });
 

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use crate::envelope::{AppendResult, RecordedEvent, StreamAppend};
 use crate::rows::{EVENT_COLUMNS, decode_row, to_i64};
 use crate::store::{
-    Backend, EventStore, Head, HeadCache, PreparedRow, RowWriter, StoreError, StoreResult, append_many_with, redact_url,
+    Backend, EventStore, Head, HeadCache, InsertError, PreparedRow, RowWriter, StoreError, StoreResult,
+    append_many_with, redact_url,
 };
 
 /// The LISTEN/NOTIFY channel appends notify on commit.
@@ -31,6 +32,9 @@ pub const NOTIFY_CHANNEL: &str = "cairn_events";
 /// One round trip per append: `cairn_append` (see the migration) takes the
 /// ordering lock, assigns positions and inserts.
 const APPEND_SQL: &str = "SELECT cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const APPEND_FENCED_SQL: &str = "SELECT cairn_append_fenced($11, $12, $13, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// The SQLSTATE `cairn_append_fenced` raises for a lease held by another.
+const FENCED: &str = "CF001";
 
 /// Options for the PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -163,9 +167,10 @@ impl PgStore {
         }
     }
 
-    async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
+    async fn insert_rows(&self, rows: &[PreparedRow], fences: &[crate::Fence]) -> Result<u64, InsertError> {
         let col = |f: fn(&PreparedRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-        let query = sqlx::query_scalar::<_, Option<i64>>(APPEND_SQL)
+        let sql = if fences.is_empty() { APPEND_SQL } else { APPEND_FENCED_SQL };
+        let mut query = sqlx::query_scalar::<_, Option<i64>>(sql)
             .bind(col(|r| r.stream_id.clone()))
             .bind(rows.iter().map(|r| to_i64(r.stream_version)).collect::<Vec<i64>>())
             .bind(col(|r| r.event_id.clone()))
@@ -176,6 +181,12 @@ impl PgStore {
             .bind(col(|r| r.payload.clone()))
             .bind(col(|r| r.prev_hash.clone()))
             .bind(col(|r| r.hash.clone()));
+        if !fences.is_empty() {
+            query = query
+                .bind(fences.iter().map(|f| f.stream_id.clone()).collect::<Vec<String>>())
+                .bind(fences.iter().map(|f| f.worker_id.clone()).collect::<Vec<String>>())
+                .bind(fences.iter().map(|f| f.token).collect::<Vec<i64>>());
+        }
         let mut held = self.appender.lock().await;
         let conn = match &mut *held {
             Some(c) => c,
@@ -187,11 +198,20 @@ impl PgStore {
                 // A refused append (a conflict) leaves the connection
                 // usable; anything else may have broken it: start afresh.
                 let refused = matches!(&e, sqlx::Error::Database(d)
-                    if d.code().is_some_and(|c| c.starts_with("23") || c.starts_with("P0") || c.starts_with("40")));
+                    if d.code().is_some_and(|c| c.starts_with("23")
+                        || c.starts_with("P0")
+                        || c.starts_with("40")
+                        || c.starts_with("CF")));
                 if !refused {
                     *held = None;
                 }
-                return Err(e);
+                if let sqlx::Error::Database(d) = &e
+                    && d.code().as_deref() == Some(FENCED)
+                {
+                    let stream = fences.iter().find(|f| d.message().contains(&f.stream_id));
+                    return Err(InsertError::Fenced(stream.unwrap_or(&fences[0]).stream_id.clone()));
+                }
+                return Err(e.into());
             }
         };
         Ok(first.and_then(|f| u64::try_from(f).ok()).unwrap_or(0))
@@ -241,8 +261,73 @@ impl EventStore for PgStore {
     }
 
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        self.append_many_fenced(appends, Vec::new())
+    }
+
+    fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            let out = append_many_with(self, appends).await?;
+            let q = sqlx::query(crate::store::BEAT_SQL).bind(worker).bind(now_ms).bind(about);
+            q.execute(&self.pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        stream_id: &'a str,
+        worker: &'a str,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        Box::pin(async move {
+            sqlx::query_scalar::<_, i64>(crate::store::CLAIM_SQL)
+                .bind(stream_id)
+                .bind(worker)
+                .bind(stale_before_ms)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let q = sqlx::query(crate::store::RELEASE_SQL).bind(stream_id).bind(worker);
+            q.execute(&self.pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            for sql in crate::store::RETIRE_SQL {
+                sqlx::query(sql).bind(worker).execute(&self.pool).await.map_err(|e| self.db_err(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn orphans<'a>(
+        &'a self,
+        worker: &'a str,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar::<_, String>(crate::store::ORPHANS_SQL)
+                .bind(worker)
+                .bind(stale_before_ms)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn append_many_fenced(
+        &self,
+        appends: Vec<StreamAppend>,
+        fences: Vec<crate::Fence>,
+    ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        Box::pin(async move {
+            let out = append_many_with(self, appends, &fences).await?;
             let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
             self.wake.send_modify(|v| *v = (*v).max(last));
             self.commits.send_replace(last);
@@ -332,8 +417,12 @@ impl RowWriter for PgStore {
         Box::pin(self.head_of(stream_id))
     }
 
-    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        Box::pin(self.insert_rows(rows))
+    fn insert<'a>(
+        &'a self,
+        rows: &'a [PreparedRow],
+        fences: &'a [crate::Fence],
+    ) -> BoxFuture<'a, Result<u64, InsertError>> {
+        Box::pin(self.insert_rows(rows, fences))
     }
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use crate::envelope::{AppendResult, RecordedEvent, StreamAppend};
 use crate::rows::{EVENT_COLUMNS, decode_row, to_i64};
 use crate::store::{
-    Backend, EventStore, Head, HeadCache, PreparedRow, RowWriter, StoreError, StoreResult, append_many_with,
+    Backend, EventStore, Head, HeadCache, InsertError, PreparedRow, RowWriter, StoreError, StoreResult,
+    append_many_with,
 };
 
 /// How hard SQLite works to make a commit durable.
@@ -180,12 +181,27 @@ impl SqliteStore {
     /// Positions are rowids, assigned max + 1 per row under the single
     /// writer, so one statement's rows are consecutive and end at
     /// `last_insert_rowid` (no `RETURNING` rows to ship back one by one).
-    async fn insert_rows(&self, rows: &[PreparedRow]) -> Result<u64, sqlx::Error> {
+    async fn insert_rows(&self, rows: &[PreparedRow], fences: &[crate::Fence]) -> Result<u64, InsertError> {
         let mut conn = self.appender.lock().await;
-        let last = if rows.len() <= ROWS_PER_STATEMENT {
+        let last = if rows.len() <= ROWS_PER_STATEMENT && fences.is_empty() {
             insert_statement(rows.len()).bind_rows(rows).execute(&mut *conn).await?.last_insert_rowid()
         } else {
+            // One writer at a time (IMMEDIATE): a takeover cannot slip in
+            // between the fence check and the insert.
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            for f in fences {
+                let held: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM cairn_leases WHERE stream_id = $1 AND worker_id = $2 AND token = $3",
+                )
+                .bind(&f.stream_id)
+                .bind(&f.worker_id)
+                .bind(f.token)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if held.is_none() {
+                    return Err(InsertError::Fenced(f.stream_id.clone()));
+                }
+            }
             let mut last = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 last = insert_statement(chunk.len()).bind_rows(chunk).execute(&mut *tx).await?.last_insert_rowid();
@@ -245,8 +261,73 @@ impl EventStore for SqliteStore {
     }
 
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        self.append_many_fenced(appends, Vec::new())
+    }
+
+    fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            let out = append_many_with(self, appends).await?;
+            let q = sqlx::query(crate::store::BEAT_SQL).bind(worker).bind(now_ms).bind(about);
+            q.execute(&self.writer).await.map(|_| ()).map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        stream_id: &'a str,
+        worker: &'a str,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        Box::pin(async move {
+            sqlx::query_scalar::<_, i64>(crate::store::CLAIM_SQL)
+                .bind(stream_id)
+                .bind(worker)
+                .bind(stale_before_ms)
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let q = sqlx::query(crate::store::RELEASE_SQL).bind(stream_id).bind(worker);
+            q.execute(&self.writer).await.map(|_| ()).map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            for sql in crate::store::RETIRE_SQL {
+                sqlx::query(sql).bind(worker).execute(&self.writer).await.map_err(|e| self.db_err(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn orphans<'a>(
+        &'a self,
+        worker: &'a str,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar::<_, String>(crate::store::ORPHANS_SQL)
+                .bind(worker)
+                .bind(stale_before_ms)
+                .bind(limit)
+                .fetch_all(&self.writer)
+                .await
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn append_many_fenced(
+        &self,
+        appends: Vec<StreamAppend>,
+        fences: Vec<crate::Fence>,
+    ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        Box::pin(async move {
+            let out = append_many_with(self, appends, &fences).await?;
             let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
             self.wake.send_replace(last);
             Ok(out)
@@ -348,8 +429,12 @@ impl RowWriter for SqliteStore {
         Box::pin(self.head_of(stream_id))
     }
 
-    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        Box::pin(self.insert_rows(rows))
+    fn insert<'a>(
+        &'a self,
+        rows: &'a [PreparedRow],
+        fences: &'a [crate::Fence],
+    ) -> BoxFuture<'a, Result<u64, InsertError>> {
+        Box::pin(self.insert_rows(rows, fences))
     }
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {

@@ -42,6 +42,8 @@ pub enum StoreErrorKind {
     LimitExceeded,
     /// Any other database error.
     Database,
+    /// The append's lease is held by another worker now; nothing was written.
+    Fenced,
 }
 
 /// Errors of the event store.
@@ -113,6 +115,15 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// The append carried a lease its worker no longer holds: another
+    /// worker took the run over. Nothing was written; stop driving the run.
+    #[error(
+        "the lease on `{stream_id}` is no longer held by this worker (another took the run over); nothing was written"
+    )]
+    Fenced {
+        /// The run's stream.
+        stream_id: String,
+    },
     /// Another database error.
     #[error("database error on {database}: {source}")]
     Database {
@@ -136,6 +147,7 @@ impl StoreError {
             StoreError::CorruptRow { .. } => StoreErrorKind::CorruptRow,
             StoreError::LimitExceeded { .. } => StoreErrorKind::LimitExceeded,
             StoreError::Database { .. } => StoreErrorKind::Database,
+            StoreError::Fenced { .. } => StoreErrorKind::Fenced,
         }
     }
 
@@ -157,6 +169,22 @@ pub struct WriteFailure {
 /// The probe [`EventStore::probe_write`] runs (both backends).
 pub(crate) const PROBE_SQL: &str = "INSERT INTO cairn_health (id, probed_at) VALUES (1, $1) \
      ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at";
+
+/// Leases (both backends; see the `leases` migration).
+pub(crate) const BEAT_SQL: &str = "INSERT INTO cairn_workers (worker_id, beat_ms, started_ms, about) VALUES ($1, $2, $2, $3) \
+     ON CONFLICT (worker_id) DO UPDATE SET beat_ms = excluded.beat_ms";
+pub(crate) const CLAIM_SQL: &str = "INSERT INTO cairn_leases (stream_id, worker_id, token) VALUES ($1, $2, 1) \
+     ON CONFLICT (stream_id) DO UPDATE SET worker_id = excluded.worker_id, \
+     token = CASE WHEN cairn_leases.worker_id = excluded.worker_id THEN cairn_leases.token ELSE cairn_leases.token + 1 END \
+     WHERE cairn_leases.worker_id = excluded.worker_id OR NOT EXISTS \
+     (SELECT 1 FROM cairn_workers w WHERE w.worker_id = cairn_leases.worker_id AND w.beat_ms > $3) \
+     RETURNING token";
+pub(crate) const RELEASE_SQL: &str = "DELETE FROM cairn_leases WHERE stream_id = $1 AND worker_id = $2";
+/// A retired worker's leases stay, orphaned: the next claim raises their
+/// tokens, so nothing it still had in flight can land.
+pub(crate) const RETIRE_SQL: [&str; 1] = ["DELETE FROM cairn_workers WHERE worker_id = $1"];
+pub(crate) const ORPHANS_SQL: &str = "SELECT l.stream_id FROM cairn_leases l WHERE l.worker_id <> $1 AND NOT EXISTS \
+     (SELECT 1 FROM cairn_workers w WHERE w.worker_id = l.worker_id AND w.beat_ms > $2) ORDER BY l.stream_id LIMIT $3";
 
 /// Runs the write probe, `run(recorded_at)`, noting its outcome.
 pub(crate) async fn probe_with<W, F, Fut>(w: &W, run: F) -> StoreResult<()>
@@ -252,6 +280,67 @@ pub trait EventStore: Send + Sync + 'static {
     /// writes (again); clears or sets [`EventStore::write_failure`].
     fn probe_write(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// [`EventStore::append_many`], refused with [`StoreError::Fenced`]
+    /// (nothing written) unless every fence's lease is still held with its
+    /// token, checked in the append's own transaction.
+    fn append_many_fenced(
+        &self,
+        appends: Vec<StreamAppend>,
+        fences: Vec<crate::Fence>,
+    ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        if fences.is_empty() {
+            return self.append_many(appends);
+        }
+        Box::pin(async { Err(StoreError::InvalidAppend("this store keeps no leases".into())) })
+    }
+
+    /// Records that `worker` is alive at `now_ms` (milliseconds since the
+    /// epoch); `about` says where it runs, for operators.
+    fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (worker, about, now_ms);
+        Box::pin(async { Err(StoreError::InvalidAppend("this store keeps no leases".into())) })
+    }
+
+    /// Claims the run of `stream_id` for `worker`: free, already its own,
+    /// or held by a worker that has not beaten since `stale_before_ms`
+    /// (taken over: the token rises). The token to fence appends with, or
+    /// `None` while a live worker holds it.
+    fn claim<'a>(
+        &'a self,
+        stream_id: &'a str,
+        worker: &'a str,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        let _ = (stream_id, worker, stale_before_ms);
+        Box::pin(async { Err(StoreError::InvalidAppend("this store keeps no leases".into())) })
+    }
+
+    /// Gives up `worker`'s lease on `stream_id` (the run ended, or waits for
+    /// nothing this worker will notice).
+    fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (stream_id, worker);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Ends `worker`: its leases are free to take over at once (a clean exit).
+    fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = worker;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Up to `limit` runs whose lease is held by a worker other than
+    /// `worker` that has not beaten since `stale_before_ms`, or by none: a
+    /// dead or retired worker's runs, to take over.
+    fn orphans<'a>(
+        &'a self,
+        worker: &'a str,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        let _ = (worker, stale_before_ms, limit);
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// Appends `events` to one stream.
@@ -497,11 +586,30 @@ pub(crate) trait RowWriter: Sync {
     /// Where `recorded_at` comes from.
     fn clock(&self) -> &crate::clock::ClockHandle;
     fn read_head<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, StoreResult<Head>>;
-    /// Inserts rows atomically; returns the first global position.
-    fn insert<'a>(&'a self, rows: &'a [PreparedRow]) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+    /// Inserts rows atomically, if every fence holds; returns the first
+    /// global position.
+    fn insert<'a>(
+        &'a self,
+        rows: &'a [PreparedRow],
+        fences: &'a [crate::Fence],
+    ) -> BoxFuture<'a, Result<u64, InsertError>>;
     fn db_err(&self, e: sqlx::Error) -> StoreError;
     /// Where the outcome of writes is kept.
     fn health(&self) -> &WriteHealth;
+}
+
+/// Why an insert wrote nothing.
+pub(crate) enum InsertError {
+    /// The database refused or failed.
+    Db(sqlx::Error),
+    /// A fence's lease is held by another worker (the stream named).
+    Fenced(String),
+}
+
+impl From<sqlx::Error> for InsertError {
+    fn from(e: sqlx::Error) -> Self {
+        InsertError::Db(e)
+    }
 }
 
 /// Validation, expected-version checks, hashing, insert and conflict
@@ -509,6 +617,7 @@ pub(crate) trait RowWriter: Sync {
 pub(crate) async fn append_many_with<W: RowWriter>(
     w: &W,
     appends: Vec<StreamAppend>,
+    fences: &[crate::Fence],
 ) -> StoreResult<Vec<AppendResult>> {
     validate(&appends)?;
     // Streams appended with `Any` may lose a race and retry; exact ones never do.
@@ -535,12 +644,18 @@ pub(crate) async fn append_many_with<W: RowWriter>(
             };
             prepare_rows(a, &head, &recorded_at, &mut rows);
         }
-        match w.insert(&rows).await {
+        match w.insert(&rows, fences).await {
+            Err(InsertError::Fenced(stream_id)) => {
+                for a in &appends {
+                    w.cache().forget(&a.stream_id);
+                }
+                return Err(StoreError::Fenced { stream_id });
+            }
             Ok(first) => {
                 w.health().succeeded();
                 return Ok(results(&appends, &rows, first, w.cache()));
             }
-            Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
+            Err(InsertError::Db(e)) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => {
                 for a in &appends {
                     w.cache().forget(&a.stream_id);
                     if let Some(v) = a.expected.exact() {
@@ -551,7 +666,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
                     }
                 }
             }
-            Err(e) => {
+            Err(InsertError::Db(e)) => {
                 // The outcome may be unknown (connection lost at commit):
                 // forget the heads so the next append reads them.
                 for a in &appends {

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cairn_events::{
-    Event, ExpectedVersion, GENESIS_HASH, Metadata, NewEvent, RecordedEvent, StepStarted, StoreError, StreamAppend,
+    Event, ExpectedVersion, Fence, GENESIS_HASH, Metadata, NewEvent, RecordedEvent, StepStarted, StoreError,
+    StoreErrorKind, StreamAppend,
 };
 use common::Harness;
 use serde_json::json;
@@ -30,6 +31,77 @@ fn evs(range: std::ops::Range<u64>) -> Vec<NewEvent> {
 
 async fn all_events(h: &Harness) -> Vec<RecordedEvent> {
     h.store().read_all(1, 1_000_000).await.expect("read_all")
+}
+
+/// One live worker holds a run; a worker that stopped beating is taken
+/// over, its token superseded, and its late append refused with nothing
+/// written; a retired worker's runs are free at once.
+async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
+    let store = h.store();
+    let (now, timeout) = (1_000_000_i64, 10_000_i64);
+    let one = |expected, events| vec![StreamAppend { stream_id: "run-a".into(), expected, events }];
+    let fence = |w: &str, token| vec![Fence { stream_id: "run-a".into(), worker_id: w.into(), token }];
+    store.beat("w1", "test", now).await.expect("beat");
+    store.beat("w2", "test", now).await.expect("beat");
+    let t1 = store.claim("run-a", "w1", now - timeout).await.expect("claim").expect("a free run is claimed");
+    assert_eq!(store.claim("run-a", "w2", now - timeout).await.expect("claim"), None, "w1 is alive");
+    assert_eq!(store.claim("run-a", "w1", now - timeout).await.expect("claim"), Some(t1), "its own: same token");
+    assert_eq!(store.orphans("w2", now - timeout, 10).await.expect("orphans"), Vec::<String>::new());
+    store.append_many_fenced(one(ExpectedVersion::NoStream, evs(1..2)), fence("w1", t1)).await.expect("w1 holds it");
+
+    // w1 stops beating; w2 beats on, finds the run orphaned and takes it.
+    let later = now + 2 * timeout;
+    store.beat("w2", "test", later).await.expect("beat");
+    assert_eq!(store.orphans("w2", later - timeout, 10).await.expect("orphans"), vec!["run-a".to_owned()]);
+    let t2 = store.claim("run-a", "w2", later - timeout).await.expect("claim").expect("taken over");
+    assert!(t2 > t1, "a takeover raises the token ({t1} → {t2})");
+    let err = store
+        .append_many_fenced(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w1", t1))
+        .await
+        .expect_err("the stale owner's append is refused");
+    assert_eq!(err.kind(), StoreErrorKind::Fenced, "{err}");
+    assert!(err.to_string().contains("run-a"), "{err}");
+    assert_eq!(store.stream_version("run-a").await.expect("version"), 1, "nothing was written");
+    store.append_many_fenced(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w2", t2)).await.expect("w2 holds it");
+
+    // w1 comes back to life: it does not get the run back while w2 lives.
+    store.beat("w1", "test", later).await.expect("beat");
+    assert_eq!(store.claim("run-a", "w1", later - timeout).await.expect("claim"), None);
+    // w2 exits cleanly: the run is free at once, under a new token.
+    store.retire("w2").await.expect("retire");
+    assert_eq!(store.orphans("w1", later - timeout, 10).await.expect("orphans"), vec!["run-a".to_owned()]);
+    let t3 = store.claim("run-a", "w1", later - timeout).await.expect("claim").expect("free after a retirement");
+    assert!(t3 > t2);
+    let err = store
+        .append_many_fenced(one(ExpectedVersion::Exact(2), evs(3..4)), fence("w2", t2))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), StoreErrorKind::Fenced);
+    // An append without a fence (a person's answer) is not held back.
+    store.append("run-a", ExpectedVersion::Exact(2), evs(3..4)).await.expect("an unfenced append");
+    // The run ended: its lease is given up.
+    store.release("run-a", "w1").await.expect("release");
+    assert_eq!(store.orphans("w2", later - timeout, 10).await.expect("orphans"), Vec::<String>::new());
+}
+
+/// Of many workers claiming one run at once, exactly one gets it.
+async fn concurrent_claims_have_one_winner(h: Harness) {
+    let store = h.store();
+    let now = 5_000_000_i64;
+    let mut claims = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        claims.push(tokio::spawn(async move {
+            let worker = format!("w{w}");
+            store.beat(&worker, "test", now).await.expect("beat");
+            store.claim("run-race", &worker, now - 10_000).await.expect("claim")
+        }));
+    }
+    let mut won = 0;
+    for c in claims {
+        won += usize::from(c.await.expect("task").is_some());
+    }
+    assert_eq!(won, 1, "exactly one worker holds the run");
 }
 
 async fn append_and_read_back_byte_exact(h: Harness) {
@@ -415,6 +487,8 @@ async fn concurrent_writers_and_a_tailer_see_every_event_once_in_order(h: Harnes
 
 conformance!(
     append_and_read_back_byte_exact,
+    a_lease_has_one_live_holder_and_fences_a_stale_one,
+    concurrent_claims_have_one_winner,
     wrong_expected_version_is_a_conflict_and_writes_nothing,
     stale_writer_in_another_process_gets_a_conflict,
     group_commit_is_all_or_nothing,

@@ -1,0 +1,16 @@
+-- Which worker drives which run. A worker beats in cairn_workers; a lease is
+-- live while its worker's beat is fresh. Claiming a run whose worker is gone
+-- takes it over and raises the lease's token, which fences every append the
+-- old owner still tries (checked in the append's transaction).
+CREATE TABLE cairn_workers (
+    worker_id  TEXT    PRIMARY KEY,
+    beat_ms    INTEGER NOT NULL,         -- milliseconds since the epoch
+    started_ms INTEGER NOT NULL,
+    about      TEXT    NOT NULL          -- host and process, for operators
+);
+CREATE TABLE cairn_leases (
+    stream_id TEXT    PRIMARY KEY,       -- the run's stream
+    worker_id TEXT    NOT NULL,
+    token     INTEGER NOT NULL           -- raised at each takeover
+);
+CREATE INDEX cairn_leases_by_worker ON cairn_leases (worker_id);
