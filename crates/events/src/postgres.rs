@@ -264,62 +264,7 @@ impl EventStore for PgStore {
         self.append_many_fenced(appends, Vec::new())
     }
 
-    fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            let q = sqlx::query(crate::store::BEAT_SQL).bind(worker).bind(now_ms).bind(about);
-            q.execute(&self.pool).await.map(|_| ()).map_err(|e| self.db_err(e))
-        })
-    }
-
-    fn claim<'a>(
-        &'a self,
-        stream_id: &'a str,
-        worker: &'a str,
-        stale_before_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
-        Box::pin(async move {
-            sqlx::query_scalar::<_, i64>(crate::store::CLAIM_SQL)
-                .bind(stream_id)
-                .bind(worker)
-                .bind(stale_before_ms)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.db_err(e))
-        })
-    }
-
-    fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            let q = sqlx::query(crate::store::RELEASE_SQL).bind(stream_id).bind(worker);
-            q.execute(&self.pool).await.map(|_| ()).map_err(|e| self.db_err(e))
-        })
-    }
-
-    fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            for sql in crate::store::RETIRE_SQL {
-                sqlx::query(sql).bind(worker).execute(&self.pool).await.map_err(|e| self.db_err(e))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn orphans<'a>(
-        &'a self,
-        worker: &'a str,
-        stale_before_ms: i64,
-        limit: i64,
-    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
-        Box::pin(async move {
-            sqlx::query_scalar::<_, String>(crate::store::ORPHANS_SQL)
-                .bind(worker)
-                .bind(stale_before_ms)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.db_err(e))
-        })
-    }
+    crate::store::lease_methods!(pool);
 
     fn append_many_fenced(
         &self,

@@ -182,9 +182,71 @@ pub(crate) const CLAIM_SQL: &str = "INSERT INTO cairn_leases (stream_id, worker_
 pub(crate) const RELEASE_SQL: &str = "DELETE FROM cairn_leases WHERE stream_id = $1 AND worker_id = $2";
 /// A retired worker's leases stay, orphaned: the next claim raises their
 /// tokens, so nothing it still had in flight can land.
-pub(crate) const RETIRE_SQL: [&str; 1] = ["DELETE FROM cairn_workers WHERE worker_id = $1"];
+pub(crate) const RETIRE_SQL: &str = "DELETE FROM cairn_workers WHERE worker_id = $1";
 pub(crate) const ORPHANS_SQL: &str = "SELECT l.stream_id FROM cairn_leases l WHERE l.worker_id <> $1 AND NOT EXISTS \
      (SELECT 1 FROM cairn_workers w WHERE w.worker_id = l.worker_id AND w.beat_ms > $2) ORDER BY l.stream_id LIMIT $3";
+
+/// The lease methods of [`EventStore`]: the same SQL on both backends, run
+/// on the pool `self.$pool`.
+macro_rules! lease_methods {
+    ($pool:ident) => {
+        fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                let q = sqlx::query(crate::store::BEAT_SQL).bind(worker).bind(now_ms).bind(about);
+                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn claim<'a>(
+            &'a self,
+            stream_id: &'a str,
+            worker: &'a str,
+            stale_before_ms: i64,
+        ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, i64>(crate::store::CLAIM_SQL)
+                    .bind(stream_id)
+                    .bind(worker)
+                    .bind(stale_before_ms)
+                    .fetch_optional(&self.$pool)
+                    .await
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                let q = sqlx::query(crate::store::RELEASE_SQL).bind(stream_id).bind(worker);
+                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                let q = sqlx::query(crate::store::RETIRE_SQL).bind(worker);
+                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn orphans<'a>(
+            &'a self,
+            worker: &'a str,
+            stale_before_ms: i64,
+            limit: i64,
+        ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, String>(crate::store::ORPHANS_SQL)
+                    .bind(worker)
+                    .bind(stale_before_ms)
+                    .bind(limit)
+                    .fetch_all(&self.$pool)
+                    .await
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+    };
+}
+pub(crate) use lease_methods;
 
 /// Runs the write probe, `run(recorded_at)`, noting its outcome.
 pub(crate) async fn probe_with<W, F, Fut>(w: &W, run: F) -> StoreResult<()>
