@@ -166,11 +166,38 @@ fn repeated(a: &Value, b: &Value) -> usize {
     one(a, b).or_else(|| one(b, a)).unwrap_or(0)
 }
 
-/// The operators, run by minijinja itself in an environment of their own:
-/// the same instruction on the same values, once checked.
+/// An operator, run by minijinja itself in an environment of its own: the
+/// same instruction on the same values, once checked.
+#[derive(Clone, Copy)]
+enum Op {
+    Add,
+    Mul,
+    Concat,
+    Slice,
+}
+
+/// The source of each [`Op`], in its order.
 const OPERATORS: [&str; 4] = ["a + b", "a * b", "a ~ b", "a[b:c:d]"];
 
-fn run(op: &'static str, a: Value, b: Value, c: Value, d: Value) -> Result<Value, Error> {
+/// The operands `a`, `b`, `c`, `d` of an operator: read by name, without
+/// building a map.
+#[derive(Debug)]
+struct Operands([Value; 4]);
+
+impl minijinja::value::Object for Operands {
+    fn get_value(self: &std::sync::Arc<Self>, key: &Value) -> Option<Value> {
+        let i = match key.as_str()? {
+            "a" => 0,
+            "b" => 1,
+            "c" => 2,
+            "d" => 3,
+            _ => return None,
+        };
+        Some(self.0[i].clone())
+    }
+}
+
+fn run(op: Op, operands: [Value; 4]) -> Result<Value, Error> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     static COMPILED: OnceLock<Vec<minijinja::Expression<'static, 'static>>> = OnceLock::new();
     let compiled = COMPILED.get_or_init(|| {
@@ -181,8 +208,7 @@ fn run(op: &'static str, a: Value, b: Value, c: Value, d: Value) -> Result<Value
         });
         OPERATORS.iter().map(|s| env.compile_expression(s).expect("an operator compiles")).collect()
     });
-    let i = OPERATORS.iter().position(|s| *s == op).expect("a known operator");
-    compiled[i].eval(minijinja::context! { a, b, c, d })
+    compiled[op as usize].eval(Value::from_object(Operands(operands)))
 }
 
 /// Adds the metered operators, filters and functions to `env`.
@@ -196,23 +222,23 @@ pub(super) fn install(env: &mut Environment<'static>) {
             _ => 0,
         };
         charge(need)?;
-        run("a + b", a, b, Value::UNDEFINED, Value::UNDEFINED)
+        run(Op::Add, [a, b, Value::UNDEFINED, Value::UNDEFINED])
     });
     env.add_function(MUL, |a: Value, b: Value| {
         charge(repeated(&a, &b))?;
-        run("a * b", a, b, Value::UNDEFINED, Value::UNDEFINED)
+        run(Op::Mul, [a, b, Value::UNDEFINED, Value::UNDEFINED])
     });
     env.add_function(CONCAT, |a: Value, b: Value| {
         // Charged before for what is known (strings and lists), after for
         // the rest of what the text of other values came to.
         let known = size(&a).saturating_add(size(&b));
         charge(known)?;
-        let out = run("a ~ b", a, b, Value::UNDEFINED, Value::UNDEFINED)?;
+        let out = run(Op::Concat, [a, b, Value::UNDEFINED, Value::UNDEFINED])?;
         charge(size(&out).saturating_sub(known))?;
         Ok(out)
     });
     env.add_function(SLICE, |a: Value, b: Value, c: Value, d: Value| {
-        let out = run("a[b:c:d]", a, b, c, d)?;
+        let out = run(Op::Slice, [a, b, c, d])?;
         charge(size(&out))?;
         Ok(out)
     });

@@ -63,12 +63,6 @@ impl Program {
     /// template. Errors read as minijinja's own.
     fn compile(src: &str, expression: bool) -> Result<Program, minijinja::Error> {
         use minijinja::machinery::{CodeGenerator, parse, parse_expr};
-        // minijinja's own compile first, for its messages.
-        if expression {
-            env().compile_expression(src)?;
-        } else {
-            env().template_from_str(src)?;
-        }
         Program::try_new(src.into(), |src| {
             let code = if expression {
                 let ast = parse_expr(src)?;
