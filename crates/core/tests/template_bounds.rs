@@ -71,6 +71,10 @@ const HOSTILE: &[(&str, &str)] = &[
     ("format width", "{{ '%100000000s' | format('x') | length }}"),
     ("batch filled up", "{{ [1] | batch(inputs.n, 0) | list | length }}"),
     ("slice filled up", "{{ [1] | slice(inputs.n, 0) | list | length }}"),
+    // Found by the fuzzer: a count past `i64` was read as no count at all.
+    ("batch filled up past i64", "{{ [1] | batch(000012390532312324282752, 000) | length }}"),
+    ("slice filled up past i64", "{{ [1] | slice(12390532312324282752, 0) | length }}"),
+    ("batch filled up by a float", "{{ [1] | batch(1e12, 0) | length }}"),
     ("tojson indent", "{{ [[1]] | tojson(indent=100000000) | length }}"),
     (
         "a capture of many copies",

@@ -150,8 +150,25 @@ fn size(v: &Value) -> usize {
     }
 }
 
+/// A number used as a count, as minijinja would read it: negative is none,
+/// and one past `i64` (a `u64` or 128-bit literal, or a large float) is as
+/// many as there can be, so a check made with it refuses rather than passes.
 fn count(v: &Value) -> Option<usize> {
-    if v.kind() == ValueKind::Number { v.as_i64().map(|n| usize::try_from(n).unwrap_or(0)) } else { None }
+    if v.kind() != ValueKind::Number {
+        return None;
+    }
+    if let Some(n) = v.as_i64() {
+        return Some(usize::try_from(n).unwrap_or(0));
+    }
+    let text = v.to_string();
+    if let Ok(n) = text.parse::<i128>() {
+        return Some(if n < 0 { 0 } else { usize::try_from(n).unwrap_or(usize::MAX) });
+    }
+    if text.parse::<u128>().is_ok() {
+        return Some(usize::MAX);
+    }
+    // A float: `as` saturates, and NaN is zero.
+    text.parse::<f64>().ok().map(|f| if f > 0.0 { f as usize } else { 0 })
 }
 
 /// What `a * b` would build, if it repeats a string or a list.
