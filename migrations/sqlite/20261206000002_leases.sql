@@ -14,3 +14,13 @@ CREATE TABLE cairn_leases (
     token     INTEGER NOT NULL           -- raised at each takeover
 );
 CREATE INDEX cairn_leases_by_worker ON cairn_leases (worker_id);
+
+-- When each run next needs a worker (milliseconds since the epoch; 0 while a
+-- worker drives it, so a dead worker's run is due at once). Written in the
+-- same transaction as the events that set or clear it; a run waiting for
+-- people, or ended, has no row. Workers claim due rows no live worker holds.
+CREATE TABLE cairn_wakeups (
+    stream_id TEXT   PRIMARY KEY,
+    due_ms    INTEGER NOT NULL
+);
+CREATE INDEX cairn_wakeups_by_due ON cairn_wakeups (due_ms);

@@ -113,8 +113,12 @@ enum Command {
     Approve(commands::people::DecideArgs),
     /// Reject an approval a run waits for, then continue the run.
     Reject(commands::people::DecideArgs),
-    /// Serve the HTTP API (REST, OpenAPI at /openapi.json, docs at /docs).
+    /// Serve the HTTP API (REST, OpenAPI at /openapi.json, docs at /docs),
+    /// with a worker that drives runs unless `--no-worker`.
     Serve(serve::Args),
+    /// Drive runs without serving the API: any number of workers (and
+    /// servers) share one database; a dead worker's runs are taken over.
+    Worker(serve::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +134,16 @@ fn main() -> ExitCode {
         };
         return finish(runtime.block_on(serve::run(&cli.database, &cli.read, &cli.setup, args)));
     }
+    if let Command::Worker(args) = cli.command {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return codes::exit("internal");
+            }
+        };
+        return finish(runtime.block_on(serve::worker(&cli.database, &cli.setup, args)));
+    }
     // One thread: a run's effects are async, and the W10 benchmark measures
     // a current-thread runtime ~20% faster than one worker per core.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -140,7 +154,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Run(args) => commands::run::run(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Continue => commands::run::continue_command(&cli.database, &cli.read, &cli.setup).await,
             Command::Publish(args) => commands::run::publish(&cli.database, &cli.setup, args).await,
@@ -167,8 +181,10 @@ fn main() -> ExitCode {
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
             Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,
-            Command::Serve(_) => unreachable!("served above"),
-        }
+            Command::Serve(_) | Command::Worker(_) => unreachable!("served above"),
+        };
+        commands::setup::retire_workers().await;
+        result
     });
     finish(result)
 }

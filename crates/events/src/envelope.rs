@@ -192,6 +192,19 @@ pub struct Fence {
     pub token: i64,
 }
 
+/// A change to the wake-up index, written in the same transaction as the
+/// events it goes with: when the run of `stream_id` next needs a worker
+/// (`due_ms`, milliseconds since the epoch; 0 while a worker is driving it,
+/// so a dead worker's run is due at once), or `None` when it needs none
+/// until someone answers (it waits for people, or it ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    /// The run's stream.
+    pub stream_id: String,
+    /// When it next needs a worker; `None` removes it from the index.
+    pub due_ms: Option<i64>,
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {

@@ -40,7 +40,7 @@ mod verify;
 pub use catalog::*;
 pub use chain::{GENESIS_HASH, HashedFields, canonical_bytes, event_hash};
 pub use envelope::{
-    API_KEYS_STREAM, AppendResult, ExpectedVersion, Fence, Metadata, NewEvent, RecordedEvent, StreamAppend,
+    API_KEYS_STREAM, AppendResult, ExpectedVersion, Fence, Metadata, NewEvent, RecordedEvent, StreamAppend, Wake,
     format_timestamp, run_stream, workflow_stream,
 };
 #[cfg(feature = "store")]

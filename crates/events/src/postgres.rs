@@ -32,8 +32,9 @@ pub const NOTIFY_CHANNEL: &str = "cairn_events";
 /// One round trip per append: `cairn_append` (see the migration) takes the
 /// ordering lock, assigns positions and inserts.
 const APPEND_SQL: &str = "SELECT cairn_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const APPEND_FENCED_SQL: &str = "SELECT cairn_append_fenced($11, $12, $13, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-/// The SQLSTATE `cairn_append_fenced` raises for a lease held by another.
+const APPEND_GUARDED_SQL: &str =
+    "SELECT cairn_append_guarded($11, $12, $13, $14, $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// The SQLSTATE `cairn_append_guarded` raises for a lease held by another.
 const FENCED: &str = "CF001";
 
 /// Options for the PostgreSQL store.
@@ -167,9 +168,15 @@ impl PgStore {
         }
     }
 
-    async fn insert_rows(&self, rows: &[PreparedRow], fences: &[crate::Fence]) -> Result<u64, InsertError> {
+    async fn insert_rows(
+        &self,
+        rows: &[PreparedRow],
+        fences: &[crate::Fence],
+        wakes: &[crate::Wake],
+    ) -> Result<u64, InsertError> {
         let col = |f: fn(&PreparedRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-        let sql = if fences.is_empty() { APPEND_SQL } else { APPEND_FENCED_SQL };
+        let guarded = !fences.is_empty() || !wakes.is_empty();
+        let sql = if guarded { APPEND_GUARDED_SQL } else { APPEND_SQL };
         let mut query = sqlx::query_scalar::<_, Option<i64>>(sql)
             .bind(col(|r| r.stream_id.clone()))
             .bind(rows.iter().map(|r| to_i64(r.stream_version)).collect::<Vec<i64>>())
@@ -181,11 +188,14 @@ impl PgStore {
             .bind(col(|r| r.payload.clone()))
             .bind(col(|r| r.prev_hash.clone()))
             .bind(col(|r| r.hash.clone()));
-        if !fences.is_empty() {
+        if guarded {
+            // A wake of -1 removes the run from the index.
             query = query
                 .bind(fences.iter().map(|f| f.stream_id.clone()).collect::<Vec<String>>())
                 .bind(fences.iter().map(|f| f.worker_id.clone()).collect::<Vec<String>>())
-                .bind(fences.iter().map(|f| f.token).collect::<Vec<i64>>());
+                .bind(fences.iter().map(|f| f.token).collect::<Vec<i64>>())
+                .bind(wakes.iter().map(|w| w.stream_id.clone()).collect::<Vec<String>>())
+                .bind(wakes.iter().map(|w| w.due_ms.unwrap_or(-1)).collect::<Vec<i64>>());
         }
         let mut held = self.appender.lock().await;
         let conn = match &mut *held {
@@ -261,18 +271,49 @@ impl EventStore for PgStore {
     }
 
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
-        self.append_many_fenced(appends, Vec::new())
+        self.append_guarded(appends, Vec::new(), Vec::new())
     }
 
     crate::store::lease_methods!(pool);
 
-    fn append_many_fenced(
+    fn claim_due<'a>(
+        &'a self,
+        worker: &'a str,
+        due_by_ms: i64,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<(String, i64, i64)>>> {
+        Box::pin(async move {
+            // The due rows are locked as they are picked, skipping those
+            // another worker is picking: concurrent pollers split the work.
+            let sql = format!(
+                "WITH due AS (SELECT w.stream_id, w.due_ms FROM cairn_wakeups w WHERE {} \
+                 ORDER BY w.due_ms LIMIT $4 FOR UPDATE OF w SKIP LOCKED), \
+                 claimed AS (INSERT INTO cairn_leases (stream_id, worker_id, token) SELECT stream_id, $1, 1 FROM due \
+                 {} RETURNING stream_id, token) \
+                 SELECT c.stream_id, c.token, d.due_ms FROM claimed c JOIN due d ON d.stream_id = c.stream_id",
+                crate::store::DUE_UNHELD,
+                crate::store::CLAIM_DUE_LEASES
+            );
+            sqlx::query_as::<_, (String, i64, i64)>(AssertSqlSafe(sql))
+                .bind(worker)
+                .bind(due_by_ms)
+                .bind(stale_before_ms)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn append_guarded(
         &self,
         appends: Vec<StreamAppend>,
         fences: Vec<crate::Fence>,
+        wakes: Vec<crate::Wake>,
     ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
         Box::pin(async move {
-            let out = append_many_with(self, appends, &fences).await?;
+            let out = append_many_with(self, appends, &fences, &wakes).await?;
             let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
             self.wake.send_modify(|v| *v = (*v).max(last));
             self.commits.send_replace(last);
@@ -366,8 +407,9 @@ impl RowWriter for PgStore {
         &'a self,
         rows: &'a [PreparedRow],
         fences: &'a [crate::Fence],
+        wakes: &'a [crate::Wake],
     ) -> BoxFuture<'a, Result<u64, InsertError>> {
-        Box::pin(self.insert_rows(rows, fences))
+        Box::pin(self.insert_rows(rows, fences, wakes))
     }
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {

@@ -181,9 +181,14 @@ impl SqliteStore {
     /// Positions are rowids, assigned max + 1 per row under the single
     /// writer, so one statement's rows are consecutive and end at
     /// `last_insert_rowid` (no `RETURNING` rows to ship back one by one).
-    async fn insert_rows(&self, rows: &[PreparedRow], fences: &[crate::Fence]) -> Result<u64, InsertError> {
+    async fn insert_rows(
+        &self,
+        rows: &[PreparedRow],
+        fences: &[crate::Fence],
+        wakes: &[crate::Wake],
+    ) -> Result<u64, InsertError> {
         let mut conn = self.appender.lock().await;
-        let last = if rows.len() <= ROWS_PER_STATEMENT && fences.is_empty() {
+        let last = if rows.len() <= ROWS_PER_STATEMENT && fences.is_empty() && wakes.is_empty() {
             insert_statement(rows.len()).bind_rows(rows).execute(&mut *conn).await?.last_insert_rowid()
         } else {
             // One writer at a time (IMMEDIATE): a takeover cannot slip in
@@ -205,6 +210,13 @@ impl SqliteStore {
             let mut last = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 last = insert_statement(chunk.len()).bind_rows(chunk).execute(&mut *tx).await?.last_insert_rowid();
+            }
+            for w in wakes {
+                let q = match w.due_ms {
+                    Some(due) => sqlx::query(crate::store::SET_WAKE_SQL).bind(&w.stream_id).bind(due),
+                    None => sqlx::query(crate::store::CLEAR_WAKE_SQL).bind(&w.stream_id),
+                };
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             last
@@ -261,18 +273,61 @@ impl EventStore for SqliteStore {
     }
 
     fn append_many(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
-        self.append_many_fenced(appends, Vec::new())
+        self.append_guarded(appends, Vec::new(), Vec::new())
     }
 
     crate::store::lease_methods!(writer);
 
-    fn append_many_fenced(
+    fn claim_due<'a>(
+        &'a self,
+        worker: &'a str,
+        due_by_ms: i64,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<(String, i64, i64)>>> {
+        Box::pin(async move {
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                format!(
+                    "INSERT INTO cairn_leases (stream_id, worker_id, token) SELECT w.stream_id, $1, 1 FROM cairn_wakeups w \
+                     WHERE {} ORDER BY w.due_ms LIMIT $4 {} RETURNING stream_id, token",
+                    crate::store::DUE_UNHELD,
+                    crate::store::CLAIM_DUE_LEASES
+                )
+            });
+            // One writer: the claim and the due times it read are one moment.
+            let mut conn = self.appender.lock().await;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.db_err(e))?;
+            let claimed: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                .bind(worker)
+                .bind(due_by_ms)
+                .bind(stale_before_ms)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+            let mut out = Vec::with_capacity(claimed.len());
+            for (stream, token) in claimed {
+                let due: Option<i64> = sqlx::query_scalar("SELECT due_ms FROM cairn_wakeups WHERE stream_id = $1")
+                    .bind(&stream)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                out.push((stream, token, due.unwrap_or(0)));
+            }
+            tx.commit().await.map_err(|e| self.db_err(e))?;
+            Ok(out)
+        })
+    }
+
+    fn append_guarded(
         &self,
         appends: Vec<StreamAppend>,
         fences: Vec<crate::Fence>,
+        wakes: Vec<crate::Wake>,
     ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
         Box::pin(async move {
-            let out = append_many_with(self, appends, &fences).await?;
+            let out = append_many_with(self, appends, &fences, &wakes).await?;
             let last = out.iter().map(|r| r.last_position).max().unwrap_or(0);
             self.wake.send_replace(last);
             Ok(out)
@@ -378,8 +433,9 @@ impl RowWriter for SqliteStore {
         &'a self,
         rows: &'a [PreparedRow],
         fences: &'a [crate::Fence],
+        wakes: &'a [crate::Wake],
     ) -> BoxFuture<'a, Result<u64, InsertError>> {
-        Box::pin(self.insert_rows(rows, fences))
+        Box::pin(self.insert_rows(rows, fences, wakes))
     }
 
     fn db_err(&self, source: sqlx::Error) -> StoreError {

@@ -183,6 +183,18 @@ pub(crate) const RELEASE_SQL: &str = "DELETE FROM cairn_leases WHERE stream_id =
 /// A retired worker's leases stay, orphaned: the next claim raises their
 /// tokens, so nothing it still had in flight can land.
 pub(crate) const RETIRE_SQL: &str = "DELETE FROM cairn_workers WHERE worker_id = $1";
+pub(crate) const WORKERS_SQL: &str = "SELECT worker_id, beat_ms, about FROM cairn_workers ORDER BY worker_id";
+pub(crate) const SET_WAKE_SQL: &str = "INSERT INTO cairn_wakeups (stream_id, due_ms) VALUES ($1, $2) \
+     ON CONFLICT (stream_id) DO UPDATE SET due_ms = excluded.due_ms";
+pub(crate) const CLEAR_WAKE_SQL: &str = "DELETE FROM cairn_wakeups WHERE stream_id = $1";
+/// Claims due runs no live worker holds (the lease part is `CLAIM_SQL`'s).
+pub(crate) const CLAIM_DUE_LEASES: &str = "ON CONFLICT (stream_id) DO UPDATE SET worker_id = excluded.worker_id, \
+     token = CASE WHEN cairn_leases.worker_id = excluded.worker_id THEN cairn_leases.token ELSE cairn_leases.token + 1 END \
+     WHERE cairn_leases.worker_id = excluded.worker_id OR NOT EXISTS \
+     (SELECT 1 FROM cairn_workers k WHERE k.worker_id = cairn_leases.worker_id AND k.beat_ms > $3)";
+/// Due rows whose run no live worker holds.
+pub(crate) const DUE_UNHELD: &str = "w.due_ms <= $2 AND NOT EXISTS (SELECT 1 FROM cairn_leases l \
+     JOIN cairn_workers k ON k.worker_id = l.worker_id WHERE l.stream_id = w.stream_id AND k.beat_ms > $3)";
 pub(crate) const ORPHANS_SQL: &str = "SELECT l.stream_id FROM cairn_leases l WHERE l.worker_id <> $1 AND NOT EXISTS \
      (SELECT 1 FROM cairn_workers w WHERE w.worker_id = l.worker_id AND w.beat_ms > $2) ORDER BY l.stream_id LIMIT $3";
 
@@ -224,6 +236,29 @@ macro_rules! lease_methods {
         fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
             Box::pin(async move {
                 let q = sqlx::query(crate::store::RETIRE_SQL).bind(worker);
+                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn keeps_leases(&self) -> bool {
+            true
+        }
+
+        fn workers(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64, String)>>> {
+            Box::pin(async move {
+                sqlx::query_as::<_, (String, i64, String)>(crate::store::WORKERS_SQL)
+                    .fetch_all(&self.$pool)
+                    .await
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn set_wake<'a>(&'a self, stream_id: &'a str, due_ms: Option<i64>) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                let q = match due_ms {
+                    Some(due) => sqlx::query(crate::store::SET_WAKE_SQL).bind(stream_id).bind(due),
+                    None => sqlx::query(crate::store::CLEAR_WAKE_SQL).bind(stream_id),
+                };
                 q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
             })
         }
@@ -346,16 +381,58 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// [`EventStore::append_many`], refused with [`StoreError::Fenced`]
     /// (nothing written) unless every fence's lease is still held with its
-    /// token, checked in the append's own transaction.
-    fn append_many_fenced(
+    /// token, checked in the append's own transaction; the wake-up index is
+    /// changed by `wakes` in the same transaction. A store that keeps no
+    /// leases keeps no wake-ups either: it ignores `wakes` and refuses fences.
+    fn append_guarded(
         &self,
         appends: Vec<StreamAppend>,
         fences: Vec<crate::Fence>,
+        wakes: Vec<crate::Wake>,
     ) -> BoxFuture<'_, StoreResult<Vec<AppendResult>>> {
+        let _ = wakes;
         if fences.is_empty() {
             return self.append_many(appends);
         }
         Box::pin(async { Err(StoreError::InvalidAppend("this store keeps no leases".into())) })
+    }
+
+    /// Whether this store keeps leases and the wake-up index (both
+    /// databases do; a test double may not).
+    fn keeps_leases(&self) -> bool {
+        false
+    }
+
+    /// Claims for `worker`, in one statement, up to `limit` runs of the
+    /// wake-up index due by `due_by_ms` that no live worker holds (one that
+    /// has beaten since `stale_before_ms`): a timer about to fire, an answer
+    /// recorded by another process, a dead worker's run. Returns each
+    /// stream with its lease token and due time. On PostgreSQL the rows
+    /// another worker is claiming at the same moment are skipped
+    /// (`FOR UPDATE SKIP LOCKED`), so concurrent pollers split the work.
+    fn claim_due<'a>(
+        &'a self,
+        worker: &'a str,
+        due_by_ms: i64,
+        stale_before_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<(String, i64, i64)>>> {
+        let _ = (worker, due_by_ms, stale_before_ms, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Every worker that beats or has beaten and not retired: its id, its
+    /// last beat (milliseconds since the epoch) and where it runs.
+    fn workers(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64, String)>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Sets when the run of `stream_id` next needs a worker (`None`: never
+    /// without an answer), outside any append: for a drive that failed and
+    /// is tried again later.
+    fn set_wake<'a>(&'a self, stream_id: &'a str, due_ms: Option<i64>) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (stream_id, due_ms);
+        Box::pin(async { Ok(()) })
     }
 
     /// Records that `worker` is alive at `now_ms` (milliseconds since the
@@ -654,6 +731,7 @@ pub(crate) trait RowWriter: Sync {
         &'a self,
         rows: &'a [PreparedRow],
         fences: &'a [crate::Fence],
+        wakes: &'a [crate::Wake],
     ) -> BoxFuture<'a, Result<u64, InsertError>>;
     fn db_err(&self, e: sqlx::Error) -> StoreError;
     /// Where the outcome of writes is kept.
@@ -680,6 +758,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
     w: &W,
     appends: Vec<StreamAppend>,
     fences: &[crate::Fence],
+    wakes: &[crate::Wake],
 ) -> StoreResult<Vec<AppendResult>> {
     validate(&appends)?;
     // Streams appended with `Any` may lose a race and retry; exact ones never do.
@@ -706,7 +785,7 @@ pub(crate) async fn append_many_with<W: RowWriter>(
             };
             prepare_rows(a, &head, &recorded_at, &mut rows);
         }
-        match w.insert(&rows, fences).await {
+        match w.insert(&rows, fences, wakes).await {
             Err(InsertError::Fenced(stream_id)) => {
                 for a in &appends {
                     w.cache().forget(&a.stream_id);

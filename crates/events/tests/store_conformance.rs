@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cairn_events::{
     Event, ExpectedVersion, Fence, GENESIS_HASH, Metadata, NewEvent, RecordedEvent, StepStarted, StoreError,
-    StoreErrorKind, StreamAppend,
+    StoreErrorKind, StreamAppend, Wake,
 };
 use common::Harness;
 use serde_json::json;
@@ -47,7 +47,10 @@ async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
     assert_eq!(store.claim("run-a", "w2", now - timeout).await.expect("claim"), None, "w1 is alive");
     assert_eq!(store.claim("run-a", "w1", now - timeout).await.expect("claim"), Some(t1), "its own: same token");
     assert_eq!(store.orphans("w2", now - timeout, 10).await.expect("orphans"), Vec::<String>::new());
-    store.append_many_fenced(one(ExpectedVersion::NoStream, evs(1..2)), fence("w1", t1)).await.expect("w1 holds it");
+    store
+        .append_guarded(one(ExpectedVersion::NoStream, evs(1..2)), fence("w1", t1), vec![])
+        .await
+        .expect("w1 holds it");
 
     // w1 stops beating; w2 beats on, finds the run orphaned and takes it.
     let later = now + 2 * timeout;
@@ -56,13 +59,16 @@ async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
     let t2 = store.claim("run-a", "w2", later - timeout).await.expect("claim").expect("taken over");
     assert!(t2 > t1, "a takeover raises the token ({t1} → {t2})");
     let err = store
-        .append_many_fenced(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w1", t1))
+        .append_guarded(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w1", t1), vec![])
         .await
         .expect_err("the stale owner's append is refused");
     assert_eq!(err.kind(), StoreErrorKind::Fenced, "{err}");
     assert!(err.to_string().contains("run-a"), "{err}");
     assert_eq!(store.stream_version("run-a").await.expect("version"), 1, "nothing was written");
-    store.append_many_fenced(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w2", t2)).await.expect("w2 holds it");
+    store
+        .append_guarded(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w2", t2), vec![])
+        .await
+        .expect("w2 holds it");
 
     // w1 comes back to life: it does not get the run back while w2 lives.
     store.beat("w1", "test", later).await.expect("beat");
@@ -73,7 +79,7 @@ async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
     let t3 = store.claim("run-a", "w1", later - timeout).await.expect("claim").expect("free after a retirement");
     assert!(t3 > t2);
     let err = store
-        .append_many_fenced(one(ExpectedVersion::Exact(2), evs(3..4)), fence("w2", t2))
+        .append_guarded(one(ExpectedVersion::Exact(2), evs(3..4)), fence("w2", t2), vec![])
         .await
         .expect_err("refused");
     assert_eq!(err.kind(), StoreErrorKind::Fenced);
@@ -102,6 +108,120 @@ async fn concurrent_claims_have_one_winner(h: Harness) {
         won += usize::from(c.await.expect("task").is_some());
     }
     assert_eq!(won, 1, "exactly one worker holds the run");
+}
+
+/// The wake-up index changes with the events in one transaction: a refused
+/// append changes nothing. A due run that no live worker holds is claimed
+/// by exactly one poller, with its due time; a run a live worker holds, one
+/// not yet due, and one waiting for people (no row) are not; a dead
+/// worker's run is.
+async fn wakeups_change_with_the_events_and_are_claimed_once(h: Harness) {
+    let store = h.store();
+    let (now, timeout) = (2_000_000_i64, 10_000_i64);
+    let wake = |s: &str, due: Option<i64>| vec![Wake { stream_id: s.into(), due_ms: due }];
+    let one = |s: &str, expected, events| vec![StreamAppend { stream_id: s.into(), expected, events }];
+    for w in ["w1", "w2"] {
+        store.beat(w, "test", now).await.expect("beat");
+    }
+    // A timer due soon, one due later, one waiting for people.
+    store
+        .append_guarded(one("timer", ExpectedVersion::NoStream, evs(1..2)), vec![], wake("timer", Some(now + 500)))
+        .await
+        .expect("append");
+    store
+        .append_guarded(one("later", ExpectedVersion::NoStream, evs(1..2)), vec![], wake("later", Some(now + 60_000)))
+        .await
+        .expect("append");
+    store
+        .append_guarded(one("people", ExpectedVersion::NoStream, evs(1..2)), vec![], wake("people", None))
+        .await
+        .expect("append");
+    // A conflicting append writes neither its events nor its wake-up.
+    let err = store
+        .append_guarded(one("people", ExpectedVersion::NoStream, evs(1..2)), vec![], wake("people", Some(now)))
+        .await
+        .expect_err("conflict");
+    assert!(err.is_conflict(), "{err}");
+    // A worker drives "busy" (due 0 while driven).
+    let token = store.claim("busy", "w1", now - timeout).await.expect("claim").expect("free");
+    let fence = vec![Fence { stream_id: "busy".into(), worker_id: "w1".into(), token }];
+    store
+        .append_guarded(one("busy", ExpectedVersion::NoStream, evs(1..2)), fence, wake("busy", Some(0)))
+        .await
+        .expect("append");
+
+    let got = store.claim_due("w2", now + 1_500, now - timeout, 100).await.expect("claim_due");
+    assert_eq!(got.iter().map(|(s, _, due)| (s.as_str(), *due)).collect::<Vec<_>>(), vec![("timer", now + 500)]);
+    assert!(
+        store.claim_due("w1", now + 1_500, now - timeout, 100).await.expect("claim_due").is_empty(),
+        "w2 holds it now"
+    );
+    assert_eq!(store.claim("timer", "w1", now - timeout).await.expect("claim"), None);
+
+    // The timer fired and the run waits for people: out of the index.
+    let fence = vec![Fence { stream_id: "timer".into(), worker_id: "w2".into(), token: got[0].1 }];
+    store
+        .append_guarded(one("timer", ExpectedVersion::Exact(1), evs(2..3)), fence, wake("timer", None))
+        .await
+        .expect("append");
+    // An answer recorded by a process that drives nothing: due now.
+    store
+        .append_guarded(one("people", ExpectedVersion::Exact(1), evs(2..3)), vec![], wake("people", Some(now)))
+        .await
+        .expect("append");
+
+    // w1 dies: its run is due at once (due 0) for w2, with a new token.
+    let later = now + 2 * timeout;
+    store.beat("w2", "test", later).await.expect("beat");
+    let mut got = store.claim_due("w2", later + 1_500, later - timeout, 100).await.expect("claim_due");
+    got.sort();
+    let names: Vec<(&str, i64)> = got.iter().map(|(s, _, due)| (s.as_str(), *due)).collect();
+    assert_eq!(names, vec![("busy", 0), ("people", now)]);
+    assert!(got.iter().find(|g| g.0 == "busy").expect("busy").1 > token, "a takeover raises the token");
+    // Not yet due, whoever asks.
+    store.set_wake("later", Some(later + 60_000)).await.expect("set_wake");
+    assert!(store.claim_due("w2", later + 1_500, later - timeout, 100).await.expect("claim_due").is_empty());
+}
+
+/// Many pollers claiming the same due runs at once: each run goes to
+/// exactly one of them.
+async fn concurrent_pollers_split_due_runs(h: Harness) {
+    let store = h.store();
+    let now = 3_000_000_i64;
+    for i in 0..40 {
+        let s = format!("due-{i}");
+        let w = vec![Wake { stream_id: s.clone(), due_ms: Some(now - i) }];
+        store
+            .append_guarded(
+                vec![StreamAppend { stream_id: s, expected: ExpectedVersion::NoStream, events: evs(1..2) }],
+                vec![],
+                w,
+            )
+            .await
+            .expect("append");
+    }
+    let mut polls = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        polls.push(tokio::spawn(async move {
+            let worker = format!("p{w}");
+            store.beat(&worker, "test", now).await.expect("beat");
+            let mut mine = Vec::new();
+            for _ in 0..10 {
+                mine.extend(
+                    store.claim_due(&worker, now, now - 10_000, 7).await.expect("claim_due").into_iter().map(|c| c.0),
+                );
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for p in polls {
+        all.extend(p.await.expect("task"));
+    }
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 40, "every due run is claimed");
+    assert_eq!(all.len(), 40, "and none twice: {all:?}");
 }
 
 async fn append_and_read_back_byte_exact(h: Harness) {
@@ -489,6 +609,8 @@ conformance!(
     append_and_read_back_byte_exact,
     a_lease_has_one_live_holder_and_fences_a_stale_one,
     concurrent_claims_have_one_winner,
+    wakeups_change_with_the_events_and_are_claimed_once,
+    concurrent_pollers_split_due_runs,
     wrong_expected_version_is_a_conflict_and_writes_nothing,
     stale_writer_in_another_process_gets_a_conflict,
     group_commit_is_all_or_nothing,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_events::{AppendResult, EventStore, StoreError, StreamAppend};
+use cairn_events::{AppendResult, EventStore, Fence, StoreError, StreamAppend, Wake};
 use tokio::sync::oneshot;
 
 /// Most appends in one group commit.
@@ -23,10 +23,19 @@ pub const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
 
+/// One caller's append with the lease it must hold and the wake-up index
+/// changes that go with it.
+struct Request {
+    append: StreamAppend,
+    fence: Option<Fence>,
+    wakes: Vec<Wake>,
+    reply: Reply,
+}
+
 /// Group commit over one store.
 pub struct GroupCommit {
     store: Arc<dyn EventStore>,
-    queue: Mutex<Vec<(StreamAppend, Reply)>>,
+    queue: Mutex<Vec<Request>>,
     leader: tokio::sync::Mutex<()>,
     /// How many appends the next batch can expect: the last batch (its
     /// callers are about to append their next step) plus what queued
@@ -56,8 +65,19 @@ impl GroupCommit {
     /// Appends, possibly together with other callers' appends; resolves when
     /// durable.
     pub async fn append(&self, append: StreamAppend) -> Result<AppendResult, StoreError> {
+        self.append_guarded(append, None, Vec::new()).await
+    }
+
+    /// [`GroupCommit::append`] refused unless `fence`'s lease still holds,
+    /// with `wakes` written in the same transaction.
+    pub async fn append_guarded(
+        &self,
+        append: StreamAppend,
+        fence: Option<Fence>,
+        wakes: Vec<Wake>,
+    ) -> Result<AppendResult, StoreError> {
         let (reply, mut rx) = oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((append, reply));
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Request { append, fence, wakes, reply });
         loop {
             let guard = tokio::select! {
                 biased;
@@ -94,12 +114,12 @@ impl GroupCommit {
 
 /// Commits a batch, one append per stream per transaction (a second append
 /// to a stream depends on the first's outcome).
-async fn commit_distinct_streams(store: &dyn EventStore, mut batch: Vec<(StreamAppend, Reply)>) {
+async fn commit_distinct_streams(store: &dyn EventStore, mut batch: Vec<Request>) {
     while !batch.is_empty() {
-        let mut now: Vec<(StreamAppend, Reply)> = Vec::with_capacity(batch.len());
+        let mut now: Vec<Request> = Vec::with_capacity(batch.len());
         let mut later = Vec::new();
         for item in batch {
-            if now.iter().any(|(a, _)| a.stream_id == item.0.stream_id) {
+            if now.iter().any(|r| r.append.stream_id == item.append.stream_id) {
                 later.push(item);
             } else {
                 now.push(item);
@@ -110,24 +130,32 @@ async fn commit_distinct_streams(store: &dyn EventStore, mut batch: Vec<(StreamA
     }
 }
 
-async fn commit(store: &dyn EventStore, batch: Vec<(StreamAppend, Reply)>) {
+async fn alone(store: &dyn EventStore, r: Request) {
+    let out = store.append_guarded(vec![r.append], r.fence.into_iter().collect(), r.wakes).await;
+    let _ = r.reply.send(out.map(|mut v| v.remove(0)));
+}
+
+async fn commit(store: &dyn EventStore, batch: Vec<Request>) {
     if batch.len() == 1 {
-        for (a, reply) in batch {
-            let _ = reply.send(store.append_many(vec![a]).await.map(|mut r| r.remove(0)));
+        for r in batch {
+            alone(store, r).await;
         }
         return;
     }
-    let appends: Vec<StreamAppend> = batch.iter().map(|(a, _)| a.clone()).collect();
-    match store.append_many(appends).await {
+    let appends: Vec<StreamAppend> = batch.iter().map(|r| r.append.clone()).collect();
+    let fences: Vec<Fence> = batch.iter().filter_map(|r| r.fence.clone()).collect();
+    let wakes: Vec<Wake> = batch.iter().flat_map(|r| r.wakes.iter().cloned()).collect();
+    match store.append_guarded(appends, fences, wakes).await {
         Ok(results) => {
-            for ((_, reply), r) in batch.into_iter().zip(results) {
-                let _ = reply.send(Ok(r));
+            for (r, out) in batch.into_iter().zip(results) {
+                let _ = r.reply.send(Ok(out));
             }
         }
         Err(_) => {
-            // Someone's conflict (or a fault): give each its own answer.
-            for (a, reply) in batch {
-                let _ = reply.send(store.append_many(vec![a]).await.map(|mut r| r.remove(0)));
+            // Someone's conflict, a lost lease (or a fault): give each its
+            // own answer.
+            for r in batch {
+                alone(store, r).await;
             }
         }
     }

@@ -311,7 +311,7 @@ impl Engine {
             new.extend(
                 events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata("engine", run_id, e))),
             );
-            match self.store.append(&stream, ExpectedVersion::Exact(version), new).await {
+            match self.append_due_now(run_id, ExpectedVersion::Exact(version), new).await {
                 Ok(r) => {
                     return Ok(Recorded { stream_version: version + 1, global_position: r.first_position });
                 }

@@ -73,8 +73,7 @@ impl Engine {
             forced: req.force,
         });
         let new = vec![NewEvent::from_event(&e, crate::trace::metadata(&req.by, run_id, &e))];
-        let stream = cairn_events::run_stream(run_id);
-        match self.store.append(&stream, ExpectedVersion::Exact(p.at_version), new).await {
+        match self.append_due_now(run_id, ExpectedVersion::Exact(p.at_version), new).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_conflict() => {
                 let version = self.state(run_id).await.map(|s| s.version).unwrap_or(p.at_version);
@@ -183,7 +182,7 @@ impl Engine {
         let id = Uuid::now_v7();
         self.check_children(&w).await?;
         let from = crate::runner::Origin { fork: Some((origin, carried)), ..Default::default() };
-        self.start_run(&w, s.workflow_version, merged, by, id, from).await?;
+        self.start_run(&w, s.workflow_version, merged, by, id, from, false).await?;
         Ok(id)
     }
 }

@@ -62,6 +62,9 @@ pub struct Engine {
     /// Whether deciding runs on the blocking pool (a server: one busy run
     /// never stalls other requests) or inline (the CLI, benchmarks).
     offload: bool,
+    /// This engine as a worker: the runs it holds (when the store keeps
+    /// leases; see [`Engine::with_worker`]).
+    leases: Option<Arc<crate::lease::Leases>>,
 }
 
 impl Engine {
@@ -89,6 +92,7 @@ impl Engine {
 
     /// An engine over `store` with these task handlers.
     pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
+        let store_for_leases = store.clone();
         Engine {
             commits: GroupCommit::new(store.clone()),
             store,
@@ -104,6 +108,81 @@ impl Engine {
                 clock: cairn_events::clock::ClockHandle::default(),
             },
             offload: false,
+            leases: store_for_leases.keeps_leases().then(|| {
+                Arc::new(crate::lease::Leases::new(
+                    crate::lease::Leases::fresh_id(),
+                    crate::lease::DEFAULT_LEASE_TIMEOUT,
+                ))
+            }),
+        }
+    }
+
+    /// Names this engine as a worker (`id`, unique among the processes on
+    /// one database) whose runs other workers take over when it has not
+    /// beaten for `lease_timeout`. Every engine over a database is a worker
+    /// with a fresh id and a 10-second timeout unless named here.
+    pub fn with_worker(mut self, id: impl Into<String>, lease_timeout: std::time::Duration) -> Self {
+        if self.leases.is_some() {
+            self.leases = Some(Arc::new(crate::lease::Leases::new(id.into(), lease_timeout)));
+        }
+        self
+    }
+
+    /// This engine's worker id (`None` over a store that keeps no leases).
+    pub fn worker_id(&self) -> Option<&str> {
+        self.leases.as_deref().map(|l| l.id.as_str())
+    }
+
+    /// How long this worker may go without beating before its runs are
+    /// taken over.
+    pub fn lease_timeout(&self) -> std::time::Duration {
+        self.leases.as_deref().map_or(crate::lease::DEFAULT_LEASE_TIMEOUT, crate::lease::Leases::timeout)
+    }
+
+    /// Claims `run` for this worker: `true` when it now holds the run (or
+    /// the store keeps no leases), `false` while another live worker does.
+    pub async fn claim(&self, run: Uuid) -> Result<bool, RunError> {
+        match &self.leases {
+            Some(l) => l.claim(&self.store, run).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Whether this worker holds `run`.
+    pub fn holds(&self, run: Uuid) -> bool {
+        self.leases.as_deref().is_none_or(|l| l.holds(run))
+    }
+
+    /// Gives up this worker's lease on `run` (its wake-up index entry says
+    /// when a worker is next needed).
+    pub async fn release(&self, run: Uuid) -> Result<(), RunError> {
+        match &self.leases {
+            Some(l) => l.release(&self.store, run).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Claims the runs due by `by` (timers, answers recorded elsewhere, a
+    /// dead worker's runs) that no live worker holds, at most `limit`;
+    /// returns each with when it is due and whether it was taken over from
+    /// a worker that died (or retired) holding it.
+    pub async fn claim_due(
+        &self,
+        by: chrono::DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, chrono::DateTime<Utc>, bool)>, RunError> {
+        match &self.leases {
+            Some(l) => l.claim_due(&self.store, by, limit).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Ends this worker cleanly: it stops beating and every run it holds is
+    /// free for another worker at once. Call it when the process exits.
+    pub async fn retire(&self) -> Result<(), RunError> {
+        match &self.leases {
+            Some(l) => l.retire(&self.store).await,
+            None => Ok(()),
         }
     }
 
@@ -284,6 +363,7 @@ impl Engine {
                 started_by,
                 id,
                 Origin { idempotency_key: opts.idempotency_key, ..Origin::default() },
+                false,
             )
             .await?
             .0)
@@ -307,7 +387,11 @@ impl Engine {
     }
 
     /// Starts a run: `RunStarted` (then, for a fork, the carried outputs)
-    /// and the first pure decisions, in one append expecting no stream.
+    /// and the first pure decisions, in one append expecting no stream,
+    /// with its wake-up index entry. With `claim`, this worker holds the
+    /// run first (it goes on to drive it); otherwise the run is due for
+    /// whichever worker claims it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start_run(
         &self,
         w: &Workflow,
@@ -316,6 +400,7 @@ impl Engine {
         started_by: &str,
         run_id: Uuid,
         origin: Origin,
+        claim: bool,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
         let Origin { parent, idempotency_key, fork } = origin;
         let bound = self.bound(w, version).await?;
@@ -349,26 +434,75 @@ impl Engine {
             events.push(e);
         }
         let now = self.fx.clock.now();
-        let (state, events) = self
+        let (state, events, next) = self
             .think(move || {
-                let (state, _) = settle(&bound, state, &mut events, now);
-                (state, events)
+                let (state, next) = settle(&bound, state, &mut events, now);
+                (state, events, next)
             })
             .await;
         let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
-        self.append(&cairn_events::run_stream(run_id), ExpectedVersion::NoStream, new).await?;
+        if claim && !self.claim(run_id).await? {
+            // Only a takeover of a run with this id can hold it: it exists.
+            return Err(RunError::Store(StoreError::Conflict {
+                stream_id: cairn_events::run_stream(run_id),
+                expected: 0,
+                actual: 1,
+            }));
+        }
+        let ended = state.status.is_terminal();
+        let mut wake = crate::lease::wake_for(run_id, ended, &next);
+        if !claim && wake.due_ms == Some(0) {
+            // Not a worker's yet: due now for whichever claims it (0 would
+            // mean a worker was driving it and died).
+            wake.due_ms = Some(now.timestamp_millis().max(1));
+        }
+        let wakes = vec![wake];
+        let appended = self.append(run_id, ExpectedVersion::NoStream, new, wakes).await;
+        if claim && (ended || appended.is_err()) {
+            self.release(run_id).await?;
+        }
+        appended?;
         Ok((run_id, events, state))
     }
 
-    /// Appends through the group commit.
+    /// Appends to a run's stream through the group commit, fenced by this
+    /// worker's lease on it when it holds one, with `wakes` in the same
+    /// transaction.
     async fn append(
         &self,
-        stream: &str,
+        run_id: Uuid,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        wakes: Vec<cairn_events::Wake>,
+    ) -> Result<cairn_events::AppendResult, StoreError> {
+        let fence = self.leases.as_deref().and_then(|l| l.fence(run_id));
+        let append = StreamAppend { stream_id: cairn_events::run_stream(run_id), expected, events };
+        let out = self.commits.append_guarded(append, fence, wakes).await;
+        if let (Err(e), Some(l)) = (&out, &self.leases)
+            && e.kind() == cairn_events::StoreErrorKind::Fenced
+        {
+            tracing::info!(run_id = %run_id, worker = %l.id, "another worker took this run over: leaving it");
+            l.lost(run_id);
+        }
+        out
+    }
+
+    /// Appends a command to a run (a person's answer, a resume) that makes
+    /// it due for a worker at once, in the wake-up index of the same
+    /// transaction: whichever worker is free drives it, in this process or
+    /// another.
+    pub(crate) async fn append_due_now(
+        &self,
+        run_id: Uuid,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<cairn_events::AppendResult, StoreError> {
-        self.commits.append(StreamAppend { stream_id: stream.to_owned(), expected, events }).await
+        let stream_id = cairn_events::run_stream(run_id);
+        let wake =
+            cairn_events::Wake { stream_id: stream_id.clone(), due_ms: Some(self.fx.clock.now().timestamp_millis()) };
+        let append = StreamAppend { stream_id, expected, events };
+        self.store.append_guarded(vec![append], Vec::new(), vec![wake]).await.map(|mut r| r.remove(0))
     }
 
     /// The folded state of a run.
@@ -401,7 +535,11 @@ impl Engine {
                 });
             }
             let new = vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))];
-            match self.store.append(&stream, ExpectedVersion::Exact(s.version), new).await {
+            let append =
+                StreamAppend { stream_id: stream.clone(), expected: ExpectedVersion::Exact(s.version), events: new };
+            // Ended: out of the wake-up index.
+            let wake = cairn_events::Wake { stream_id: stream.clone(), due_ms: None };
+            match self.store.append_guarded(vec![append], Vec::new(), vec![wake]).await {
                 Ok(_) => break,
                 Err(err) if err.is_conflict() => {
                     for r in self.store.read_stream(&stream, s.version + 1).await? {
@@ -426,25 +564,49 @@ impl Engine {
 
     /// Drives a run until it ends, sleeping through waits. Effects of
     /// parallel branches and map iterations run concurrently; outcomes that
-    /// are ready together are recorded in one commit. Safe to call for a run
-    /// another process also drives: the expected version decides who records
-    /// each outcome, and the loser re-reads.
+    /// are ready together are recorded in one commit. This worker claims the
+    /// run first: one another live worker holds is left to it (its state is
+    /// returned as it is), so no two live workers drive a run; every append
+    /// is fenced by the lease, and the expected version decides between a
+    /// driver and people's answers.
     pub fn drive<'a>(&'a self, run_id: Uuid, observer: Observer<'a>) -> BoxFuture<'a, Result<RunState, RunError>> {
         Box::pin(self.drive_run(run_id, observer))
     }
 
     async fn drive_run(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
-        let state = self.state(run_id).await?;
-        self.drive_from(run_id, state, observer, false).await
+        // Another live worker drives it: its state as it is.
+        if !self.claim(run_id).await? {
+            return self.state(run_id).await;
+        }
+        let state = self.state(run_id).await;
+        let out = match state {
+            Ok(state) => self.drive_from(run_id, state, observer, false).await,
+            Err(e) => Err(e),
+        };
+        self.release(run_id).await?;
+        out
     }
 
     /// Drives a run like [`Engine::drive`], but returns instead of sleeping
     /// when all it has left is a timer ([`Engine::wake_at`] tells when):
     /// for a host that schedules its own wake-ups, and for the simulator,
     /// which moves the clock itself.
+    ///
+    /// This worker keeps its lease on a run left waiting on a timer (the
+    /// host fires it, or gives it up with [`Engine::release`]); an ended
+    /// run, or one another live worker drives, it does not hold.
     pub async fn drive_until_idle(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
-        let state = self.state(run_id).await?;
-        Box::pin(self.drive_from(run_id, state, observer, true)).await
+        if !self.claim(run_id).await? {
+            return self.state(run_id).await;
+        }
+        let out = match self.state(run_id).await {
+            Ok(state) => Box::pin(self.drive_from(run_id, state, observer, true)).await,
+            Err(e) => Err(e),
+        };
+        if !matches!(&out, Ok(s) if !s.status.is_terminal()) {
+            self.release(run_id).await?;
+        }
+        out
     }
 
     /// Starts a run and drives it to its end, from the state `start`
@@ -460,12 +622,16 @@ impl Engine {
     ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
         let (run_id, events, state) =
-            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), Origin::default()).await?;
+            self.start_run(w, version, inputs, started_by, Uuid::now_v7(), Origin::default(), true).await?;
         for e in &events {
             observer(e);
         }
-        let state = Box::pin(self.drive_from(run_id, state, observer, false)).await?;
-        Ok((run_id, state))
+        if state.status.is_terminal() {
+            return Ok((run_id, state));
+        }
+        let out = Box::pin(self.drive_from(run_id, state, observer, false)).await;
+        self.release(run_id).await?;
+        Ok((run_id, out?))
     }
 
     async fn drive_from(
@@ -475,8 +641,10 @@ impl Engine {
         observer: Observer<'_>,
         until_idle: bool,
     ) -> Result<RunState, RunError> {
-        let stream = cairn_events::run_stream(run_id);
         let w = self.definition(&state.workflow, state.workflow_version).await?;
+        // What this drive last wrote to the wake-up index (written again
+        // only when it changes).
+        let mut woke: Option<Option<i64>> = None;
         let mut running: FuturesUnordered<BoxFuture<'_, (EffectKey, EffectResult)>> = FuturesUnordered::new();
         let mut handles: HashMap<EffectKey, AbortHandle> = HashMap::new();
         // Child runs that stopped to wait for people (not awaited again in this drive).
@@ -498,7 +666,7 @@ impl Engine {
                 }
             };
             if !d.append.is_empty() {
-                next = self.commit(&w, &stream, run_id, &mut state, d.append, observer).await?;
+                next = self.commit(&w, run_id, &mut state, d.append, &mut woke, observer).await?;
                 continue;
             }
             // Start what is newly due; stop what no longer is (a branch
@@ -570,7 +738,7 @@ impl Engine {
                 }
             }
             if !outcomes.is_empty() {
-                next = self.commit(&w, &stream, run_id, &mut state, outcomes, observer).await?;
+                next = self.commit(&w, run_id, &mut state, outcomes, &mut woke, observer).await?;
             }
         }
     }
@@ -582,10 +750,10 @@ impl Engine {
     async fn commit(
         &self,
         w: &Arc<Workflow>,
-        stream: &str,
         run_id: Uuid,
         state: &mut RunState,
         mut events: Vec<Event>,
+        woke: &mut Option<Option<i64>>,
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
         let (now, wf, before) = (self.fx.clock.now(), w.clone(), state.clone());
@@ -597,8 +765,20 @@ impl Engine {
             .await;
         let new: Vec<NewEvent> =
             events.iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))).collect();
-        match self.append(stream, ExpectedVersion::Exact(state.version), new).await {
+        let ended = after.status.is_terminal();
+        let wake = crate::lease::wake_for(run_id, ended, &next);
+        let mut wakes = Vec::new();
+        if *woke != Some(wake.due_ms) {
+            wakes.push(wake.clone());
+        }
+        // A child that ended wakes the parent waiting for it.
+        if ended && let Some(p) = &after.parent {
+            let due = Some(self.fx.clock.now().timestamp_millis());
+            wakes.push(cairn_events::Wake { stream_id: cairn_events::run_stream(p.run_id), due_ms: due });
+        }
+        match self.append(run_id, ExpectedVersion::Exact(state.version), new, wakes).await {
             Ok(_) => {
+                *woke = Some(wake.due_ms);
                 for e in &events {
                     observer(e);
                 }
@@ -756,6 +936,7 @@ impl Engine {
                 &format!("run:{}", parent.run_id),
                 child_run_id,
                 Origin { parent: Some(parent), ..Origin::default() },
+                true,
             )
             .await
         {

@@ -254,6 +254,9 @@ async fn a_parallel_interrupted_mid_flight_completes_each_branch_once(store: Arc
     }
     crashed.abort();
     let _ = crashed.await;
+    // The dead process's worker is gone too: the next start on its host
+    // retires it (its process no longer exists), or its lease times out.
+    e.retire().await.expect("retire");
     let before = common::events(&store, id).await;
     assert_eq!(completions(&before, "checks"), 0, "interrupted before the join");
     let fresh = probe.engine(&store);

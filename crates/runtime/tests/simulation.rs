@@ -393,7 +393,12 @@ impl World {
                 }
             }
         });
-        Engine::new(self.store.clone(), tasks).with_config(self.config.clone()).with_clock(self.clock.clone())
+        // One worker restarted again and again (a crash drops the engine
+        // mid-drive): the same worker id, so it finds its own leases.
+        Engine::new(self.store.clone(), tasks)
+            .with_config(self.config.clone())
+            .with_clock(self.clock.clone())
+            .with_worker("simulated-worker", cairn_runtime::DEFAULT_LEASE_TIMEOUT)
     }
 }
 

@@ -160,6 +160,9 @@ pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Resul
                 .or_else(|_| std::env::var("USER"))
                 .unwrap_or_else(|_| "operator".into());
             crate::quarantine::release(&store, run, &by, reason).await?;
+            // Due now for whichever worker polls next.
+            let now = cairn_events::clock::ClockHandle::default().now().timestamp_millis();
+            store.set_wake(&cairn_events::run_stream(run), Some(now)).await?;
             out!("released run {run}: it is driven again");
         }
     }

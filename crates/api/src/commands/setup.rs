@@ -111,7 +111,27 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 pub async fn engine(database: &str, args: &SetupArgs, secrets: cairn_runtime::Secrets) -> anyhow::Result<Engine> {
     let config = config(args, Some(database))?;
     let store = cairn_events::open(database).await?;
-    Ok(Engine::new(store, TaskRegistry::builtin()).with_secrets(secrets).with_config(config))
+    let engine = Engine::new(store.clone(), TaskRegistry::builtin()).with_secrets(secrets).with_config(config);
+    if let Some(id) = engine.worker_id() {
+        WORKERS.lock().unwrap_or_else(|p| p.into_inner()).push((store, id.to_owned()));
+    }
+    Ok(engine)
+}
+
+/// The workers the engines of this command made, retired when it ends.
+static WORKERS: std::sync::Mutex<Vec<(std::sync::Arc<dyn cairn_events::EventStore>, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Retires the workers of this command's engines: a run one of them still
+/// holds (a command cut short by an error) is free for another worker at
+/// once instead of after the lease timeout.
+pub async fn retire_workers() {
+    let workers = std::mem::take(&mut *WORKERS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (store, id) in workers {
+        if let Err(e) = store.retire(&id).await {
+            tracing::debug!(worker = %id, error = %e, "cannot retire the worker; its leases expire");
+        }
+    }
 }
 
 /// Secrets from the environment and an optional file.

@@ -1,11 +1,18 @@
-//! Drives runs in the background: each run by one task at a time (a kick
-//! while it is being driven drives it once more afterwards), and a timer
-//! loop that wakes runs whose wait, deadline, reminder or retry falls due.
-//! A run with nothing left but a timer holds no task and is not re-read
-//! while it waits: the loop sleeps until the earliest due time (re-armed
-//! when an earlier one comes), so a timer fires when it is due, not on the
-//! next tick of a poll. Start-up drives unfinished runs on probation and
-//! never drives a quarantined one (crate::quarantine).
+//! The worker: drives runs in the background, each by one task at a time (a
+//! kick while it is being driven drives it once more afterwards), and only
+//! runs this worker holds a lease on (the engine claims before it drives;
+//! a run another live worker holds is left to it).
+//!
+//! Timers are the store's wake-up index, written with the events: every
+//! second this worker claims the runs due within [`HORIZON`] that no live
+//! worker holds (a timer of a run started by any process, an answer
+//! recorded by an API process, a dead worker's run) and keeps them in an
+//! in-memory wheel until they are due. A run with nothing left but a later
+//! timer holds no task, no lease and no memory here, and is not re-read
+//! while it waits; the wheel sleeps until the earliest due time, so a timer
+//! fires when it is due, not on the next tick of a poll. Start-up drives
+//! unfinished runs on probation and never drives a quarantined one
+//! (crate::quarantine).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,9 +65,22 @@ impl Waits {
 /// How often the timer loop looks for runs released from quarantine.
 const RELEASES: Duration = Duration::from_secs(2);
 
+/// How often this worker claims due runs from the wake-up index.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How far ahead a poll claims runs (more than [`POLL`], so a timer is in
+/// the wheel before it is due); a run waiting longer is not held.
+const HORIZON: Duration = Duration::from_millis(1500);
+
+/// Most runs one poll claims (it polls again at once when it got as many).
+const POLL_BATCH: i64 = 500;
+
 /// The background driver.
 pub struct Driver {
     engine: Arc<Engine>,
+    /// Off under `cairn serve --no-worker`: nothing is driven here, the
+    /// wake-up index hands runs to the workers.
+    enabled: bool,
     /// Runs being driven → whether to drive once more when done.
     active: Mutex<HashMap<Uuid, bool>>,
     /// Parked runs and when they next have something to do.
@@ -71,18 +91,23 @@ pub struct Driver {
     ledger_version: AtomicU64,
     /// Told when a wait is added, so the timer loop re-arms.
     rearm: tokio::sync::Notify,
+    /// One takeover at a time (start-up's and the polls'), so a run is put
+    /// on probation once.
+    taking_over: tokio::sync::Mutex<()>,
 }
 
 impl Driver {
     /// A driver for `engine`.
-    pub fn new(engine: Arc<Engine>) -> Arc<Driver> {
+    pub fn new(engine: Arc<Engine>, enabled: bool) -> Arc<Driver> {
         Arc::new(Driver {
             engine,
+            enabled,
             active: Mutex::new(HashMap::new()),
             waits: Mutex::new(Waits::default()),
             quarantined: Mutex::new(HashSet::new()),
             ledger_version: AtomicU64::new(0),
             rearm: tokio::sync::Notify::new(),
+            taking_over: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -102,6 +127,9 @@ impl Driver {
     /// Drives `run` (and, once it ends, the parents waiting for it) now,
     /// unless it is quarantined.
     pub fn kick(self: &Arc<Self>, run: Uuid) {
+        if !self.enabled {
+            return;
+        }
         if self.is_quarantined(run) {
             tracing::warn!(run_id = %run, "not driving a quarantined run (cairn quarantine release)");
             return;
@@ -120,19 +148,25 @@ impl Driver {
             loop {
                 let mut ignore = |_: &cairn_events::Event| {};
                 match me.engine.drive_after_answer_until_idle(run, &mut ignore).await {
-                    Ok((_, state)) => {
-                        if !state.status.is_terminal() {
-                            match me.engine.wake_at(run).await {
-                                Ok(Some(at)) => {
-                                    me.waits.lock().unwrap_or_else(|p| p.into_inner()).insert(run, at);
-                                    me.rearm.notify_one();
-                                }
-                                Ok(None) => {}
-                                Err(e) => tracing::error!(run_id = %run, error = %e, "cannot tell when the run wakes"),
-                            }
+                    Ok((top, state)) => {
+                        if !state.status.is_terminal() && me.engine.holds(top) {
+                            me.park(top).await;
                         }
                     }
-                    Err(e) => tracing::error!(run_id = %run, error = %e, "driving the run failed"),
+                    Err(cairn_runtime::RunError::Store(e)) if e.kind() == cairn_events::StoreErrorKind::Fenced => {
+                        // Taken over by another worker (this one was cut
+                        // off for longer than the lease timeout): its run now.
+                        tracing::warn!(run_id = %run, "the run was taken over by another worker");
+                    }
+                    Err(e) => {
+                        tracing::error!(run_id = %run, error = %e, "driving the run failed; trying again in 30 s");
+                        let again = me.engine.clock().now() + chrono::Duration::seconds(30);
+                        let stream = cairn_events::run_stream(run);
+                        if let Err(e) = me.engine.store().set_wake(&stream, Some(again.timestamp_millis())).await {
+                            tracing::error!(run_id = %run, error = %e, "cannot schedule another try");
+                        }
+                        let _ = me.engine.release(run).await;
+                    }
                 }
                 let mut a = me.active.lock().unwrap_or_else(|p| p.into_inner());
                 match a.get_mut(&run) {
@@ -146,27 +180,122 @@ impl Driver {
         });
     }
 
-    /// Drives every run that started and has not ended, on probation:
-    /// first each suspect alone (a run a dead process was driving),
-    /// quarantining one the process died driving [`quarantine::DEATHS`]
-    /// times in a row, then the rest together.
+    /// A run this worker holds and that waits: kept in the wheel when its
+    /// next timer is within [`HORIZON`], given up otherwise (the wake-up
+    /// index brings it back to whichever worker polls when it is due).
+    async fn park(self: &Arc<Self>, run: Uuid) {
+        let now = self.engine.clock().now();
+        match self.engine.wake_at(run).await {
+            Ok(Some(at)) if at <= now + HORIZON => {
+                self.waits.lock().unwrap_or_else(|p| p.into_inner()).insert(run, at);
+                self.rearm.notify_one();
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(run_id = %run, error = %e, "cannot tell when the run wakes"),
+        }
+        if let Err(e) = self.engine.release(run).await {
+            tracing::warn!(run_id = %run, error = %e, "cannot give up the lease (it expires)");
+        }
+    }
+
+    /// Claims the runs due within [`HORIZON`] that no live worker holds:
+    /// those due now are driven, the others wait in the wheel.
+    async fn poll(self: &Arc<Self>) {
+        loop {
+            let now = self.engine.clock().now();
+            let due = match self.engine.claim_due(now + HORIZON, POLL_BATCH).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the wake-up index");
+                    return;
+                }
+            };
+            let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= POLL_BATCH;
+            // Taken over: a worker held it and is gone (on probation here).
+            let mut orphans = Vec::new();
+            for (run, at, taken_over) in due {
+                if self.is_quarantined(run) {
+                    self.set_aside(run).await;
+                } else if taken_over {
+                    if !self.is_active(run) {
+                        orphans.push(run);
+                    }
+                } else if at <= now {
+                    self.kick(run);
+                } else if !self.is_active(run) {
+                    self.waits.lock().unwrap_or_else(|p| p.into_inner()).insert(run, at);
+                    self.rearm.notify_one();
+                }
+            }
+            if !orphans.is_empty() {
+                tracing::info!(runs = orphans.len(), "taking over the runs of a worker that is gone");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.take_over(orphans).await {
+                        tracing::error!(error = %e, "cannot take the runs over");
+                    }
+                });
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Drives every run that started and has not ended and that no live
+    /// worker holds, on probation (see [`Driver::take_over`]).
     pub async fn resume_unfinished(self: &Arc<Self>) {
-        if let Err(e) = self.try_resume_unfinished().await {
+        if !self.enabled {
+            return;
+        }
+        let runs = match self.engine.unfinished_runs().await {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished runs");
+                return;
+            }
+        };
+        if let Err(e) = self.take_over(runs).await {
             tracing::error!(error = %e, "cannot continue unfinished runs");
         }
     }
 
-    async fn try_resume_unfinished(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// A quarantined run this worker claimed: out of the wake-up index
+    /// (releasing it from quarantine puts it back) and let go.
+    async fn set_aside(&self, run: Uuid) {
+        let stream = cairn_events::run_stream(run);
+        if let Err(e) = self.engine.store().set_wake(&stream, None).await {
+            tracing::warn!(run_id = %run, error = %e, "cannot take a quarantined run out of the wake-up index");
+        }
+        let _ = self.engine.release(run).await;
+    }
+
+    /// Drives runs a process may have died driving (at start-up, every
+    /// unfinished run; later, the runs of a worker that stopped beating),
+    /// each claimed first (one another live worker holds is left to it), on
+    /// probation: first each suspect alone, quarantining one a process
+    /// died driving [`quarantine::DEATHS`] times in a row, then the rest
+    /// together.
+    async fn take_over(self: &Arc<Self>, runs: Vec<Uuid>) -> anyhow::Result<()> {
+        let _one = self.taking_over.lock().await;
         let store = self.engine.store().clone();
         let ledger = Ledger::read(&store).await?;
         self.ledger_version.store(ledger.version, Ordering::Relaxed);
         self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).extend(ledger.quarantined.keys().copied());
-        let runs = self.engine.unfinished_runs().await?;
         let mut rest = Vec::new();
         let mut held = 0usize;
         for run in runs {
             if ledger.is_quarantined(run) {
                 held += 1;
+                if self.engine.holds(run) {
+                    self.set_aside(run).await;
+                }
+                continue;
+            }
+            // Already driven here (taken over by the other path), or
+            // another live worker's.
+            if self.is_active(run) || !self.engine.claim(run).await? {
                 continue;
             }
             match ledger.suspects.get(&run) {
@@ -174,6 +303,7 @@ impl Driver {
                     let q = quarantine::quarantine(&store, run, deaths).await?;
                     tracing::error!(run_id = %run, deaths, reason = %q.reason, "run quarantined");
                     self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).insert(run);
+                    self.set_aside(run).await;
                     held += 1;
                 }
                 Some(&deaths) => {
@@ -238,15 +368,40 @@ impl Driver {
     }
 
     /// Wakes parked runs as their waits fall due, until `stop`: sleeps until
-    /// the earliest due time (or a new wait, or two seconds to look for runs
-    /// released from quarantine).
+    /// the earliest due time (or a new wait, or the next poll of the wake-up
+    /// index, or two seconds to look for runs released from quarantine).
+    /// Then retires the worker: the runs it holds are free for others at once.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if !self.enabled {
+            let _ = stop.changed().await;
+            return;
+        }
+        self.run_until(&mut stop).await;
+        if let Err(e) = self.engine.retire().await {
+            tracing::warn!(error = %e, "cannot retire this worker: its runs are taken over after the lease timeout");
+        }
+    }
+
+    async fn run_until(self: &Arc<Self>, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        // Quarantined runs are known before anything is claimed.
+        match Ledger::read(self.engine.store()).await {
+            Ok(ledger) => {
+                self.ledger_version.store(ledger.version, Ordering::Relaxed);
+                self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).extend(ledger.quarantined.keys().copied());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the quarantine"),
+        }
         let clock = self.engine.clock();
         let mut releases = tokio::time::Instant::now();
+        let mut polled = tokio::time::Instant::now() - POLL;
         loop {
             if releases.elapsed() >= RELEASES {
                 releases = tokio::time::Instant::now();
                 self.follow_releases().await;
+            }
+            if polled.elapsed() >= POLL {
+                polled = tokio::time::Instant::now();
+                self.poll().await;
             }
             let next = self.waits.lock().unwrap_or_else(|p| p.into_inner()).next();
             let due = async {
@@ -259,7 +414,7 @@ impl Driver {
                 _ = stop.changed() => return,
                 () = due => {}
                 () = self.rearm.notified() => continue,
-                () = tokio::time::sleep(RELEASES) => continue,
+                () = tokio::time::sleep_until(polled + POLL) => continue,
             }
             let now = clock.now();
             let due = self.waits.lock().unwrap_or_else(|p| p.into_inner()).take_due(now);

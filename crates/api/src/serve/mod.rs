@@ -77,6 +77,94 @@ pub struct Args {
     /// until the minute is over (0: no limit).
     #[arg(long, default_value_t = 10)]
     pub max_key_failures: u32,
+    /// Serve the API only: runs started or answered here are driven by the
+    /// `cairn worker` processes (or servers) on the same database.
+    #[arg(long)]
+    pub no_worker: bool,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// How a worker holds runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaseArgs {
+    /// Seconds a worker may go without beating before another takes its
+    /// runs over (it beats every third of it).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), env = "CAIRN_LEASE_TIMEOUT")]
+    pub lease_timeout: u64,
+    /// This worker's name, unique among the processes on the database
+    /// (default: host, process id and a random part).
+    #[arg(long, env = "CAIRN_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl LeaseArgs {
+    fn apply(&self, engine: Engine) -> Engine {
+        match &self.worker_id {
+            Some(id) => engine.with_worker(id.clone(), Duration::from_secs(self.lease_timeout)),
+            None => {
+                let id = engine.worker_id().map(str::to_owned).unwrap_or_default();
+                engine.with_worker(id, Duration::from_secs(self.lease_timeout))
+            }
+        }
+    }
+}
+
+/// Arguments of `cairn worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Log lines as `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "CAIRN_LOG_FORMAT")]
+    pub log_format: String,
+    /// A file of `NAME=value` secret lines, added to the
+    /// `CAIRN_SECRET_<NAME>` environment variables.
+    #[arg(long)]
+    pub secrets_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// Ctrl-C or SIGTERM.
+async fn signalled() {
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut t) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            t.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// `cairn worker`: drives runs (timers, answers recorded by API processes,
+/// runs of dead workers) until interrupted, then retires.
+pub async fn worker(
+    database: &str,
+    setup: &crate::commands::setup::SetupArgs,
+    args: WorkerArgs,
+) -> anyhow::Result<ExitCode> {
+    telemetry::init(&args.log_format)?;
+    let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
+    let engine = crate::commands::setup::engine(database, setup, secrets).await?;
+    let engine = Arc::new(args.lease.apply(engine).with_offloaded_decisions());
+    let driver = driver::Driver::new(engine.clone(), true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let timers = tokio::spawn(driver.clone().run(stop_rx));
+    {
+        let d = driver.clone();
+        tokio::spawn(async move { d.resume_unfinished().await });
+    }
+    out!("worker {} on {}", engine.worker_id().unwrap_or("-"), engine.store().describe());
+    tracing::info!(worker = engine.worker_id().unwrap_or("-"), database = %engine.store().describe(), "working");
+    signalled().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = timers.await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Everything a handler can reach.
@@ -144,6 +232,7 @@ pub async fn run(
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     // Deciding runs off the async executor: a busy run never stalls requests.
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
+    let engine = args.lease.apply(engine);
     let engine = Arc::new(if args.decide_inline { engine } else { engine.with_offloaded_decisions() });
     let store = engine.store().clone();
     let worker = Arc::new(crate::commands::read::worker_on(store.clone(), database, read).await?);
@@ -154,7 +243,7 @@ pub async fn run(
              refused: create one with `cairn keys create --name NAME --role admin`"
         );
     }
-    let driver = driver::Driver::new(engine.clone());
+    let driver = driver::Driver::new(engine.clone(), !args.no_worker);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tail = live::Tail::spawn(store.clone(), stop_rx.clone()).await;
     let (router, openapi, access) = routes::api();
@@ -201,18 +290,7 @@ pub async fn run(
     // finish, stop the background tasks. Nothing is lost either way: what
     // was recorded is durable, and a run cut off continues on the next start.
     let shutdown = async move {
-        let term = async {
-            #[cfg(unix)]
-            if let Ok(mut t) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                t.recv().await;
-                return;
-            }
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
+        signalled().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };

@@ -1,0 +1,306 @@
+//! Several `cairn serve` and `cairn worker` processes on one database, as a
+//! team outgrowing one machine runs them: no effect runs twice while every
+//! process lives, a killed process's runs (timers included) are taken over
+//! within the lease timeout without restarting anything, and a run started
+//! from the CLI has its deadline fired by a running server. Each on SQLite
+//! (one file, several processes) and PostgreSQL.
+#![allow(clippy::disallowed_methods)] // tests reach the time directly
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use server::Server;
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("dir");
+                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = crate::common::fresh_pg_url().await else { return };
+                super::$name(&url).await;
+            }
+        }
+    )*};
+}
+
+/// An HTTP endpoint that counts calls by the `key` in their body and
+/// answers after `delay`, or not at all while `hold` is set.
+#[derive(Clone)]
+struct Counter {
+    url: String,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    hold: Arc<AtomicBool>,
+}
+
+impl Counter {
+    async fn start(delay: Duration) -> Counter {
+        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let hold = Arc::new(AtomicBool::new(false));
+        let (c, h) = (calls.clone(), hold.clone());
+        let app = axum::Router::new().route(
+            "/count",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let (c, h) = (c.clone(), h.clone());
+                async move {
+                    let key = body["key"].as_str().unwrap_or("?").to_owned();
+                    *c.lock().expect("lock").entry(key).or_default() += 1;
+                    tokio::time::sleep(delay).await;
+                    while h.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    axum::Json(json!({ "ok": true }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Counter { url: format!("http://{addr}/count"), calls, hold }
+    }
+
+    fn count(&self, key: &str) -> usize {
+        self.calls.lock().expect("lock").get(key).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.calls.lock().expect("lock").values().sum()
+    }
+
+    fn twice(&self) -> Vec<(String, usize)> {
+        let calls = self.calls.lock().expect("lock");
+        let mut v: Vec<(String, usize)> = calls.iter().filter(|(_, n)| **n > 1).map(|(k, n)| (k.clone(), *n)).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Two calls around a one-second wait, keyed by the run's input.
+fn two_calls(url: &str) -> String {
+    format!(
+        "name: two-calls\ninputs: {{ type: object, properties: {{ n: {{ type: integer }} }} }}\nsteps:\n  \
+         - id: first\n    http: {{ method: POST, url: '{url}', body: {{ key: 'first-{{{{ inputs.n }}}}' }} }}\n    timeout: 1m\n  \
+         - id: pause\n    wait: {{ for: 1s }}\n  \
+         - id: second\n    http: {{ method: POST, url: '{url}', body: {{ key: 'second-{{{{ inputs.n }}}}' }} }}\n    timeout: 1m\n"
+    )
+}
+
+fn start(url: &str, args: &[&str]) -> Server {
+    Server::start_with(args, &[("CAIRN_DATABASE_URL", url)])
+}
+
+async fn started(s: &Server, key: &str, n: usize) -> String {
+    let r = s.post("/runs", key, &json!({ "workflow": "two-calls", "inputs": { "n": n } })).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json["run_id"].as_str().expect("run_id").to_owned()
+}
+
+async fn all_reach(s: &Server, key: &str, runs: &[String], status: &str, within: Duration) {
+    let t = Instant::now();
+    for id in runs {
+        loop {
+            let r = s.get(&format!("/runs/{id}"), key).await;
+            if r.json["status"] == status {
+                break;
+            }
+            assert!(
+                t.elapsed() < within,
+                "run {id} is {} after {within:?}, not {status}:\n{}",
+                r.json["status"],
+                s.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The reproducer of duplicate effects with no crash (before: with 2–4
+/// servers, 6 of 40 HTTP effects ran twice, because each start-up drove
+/// the runs the others were driving): runs are in flight on two servers
+/// while two more start; every effect runs once.
+async fn servers_starting_beside_live_ones_never_repeat_an_effect(url: &str) {
+    let counter = Counter::start(Duration::from_millis(300)).await;
+    let a = start(url, &[]);
+    let key = a.key("root", "admin", "root");
+    assert_eq!(a.post_yaml("/workflows", &key, &two_calls(&counter.url)).await.status, 201);
+    let b = start(url, &[]);
+    let mut runs = Vec::new();
+    for n in 0..20 {
+        let s = if n % 2 == 0 { &a } else { &b };
+        runs.push(started(s, &key, n).await);
+    }
+    // Two more processes start while the first calls are in flight.
+    let c = start(url, &[]);
+    let d = start(url, &[]);
+    all_reach(&d, &key, &runs, "completed", Duration::from_secs(60)).await;
+    assert_eq!(counter.twice(), Vec::<(String, usize)>::new(), "no effect ran twice");
+    assert_eq!(counter.total(), 40, "every effect ran");
+    drop((a, b, c, d));
+}
+
+/// The reproducer of a killed server's runs staying `running` on the
+/// survivors (before: 10 of 10 after 60 s, until some process restarted).
+/// One server is SIGKILLed with calls in flight and runs waiting on timers;
+/// the other takes every run over within the lease timeout, fires the
+/// timers, and only the calls in flight at the kill ran twice.
+async fn a_killed_servers_runs_are_taken_over_by_the_survivor(url: &str) {
+    let counter = Counter::start(Duration::from_millis(10)).await;
+    let lease = ["--lease-timeout", "2"];
+    let doomed = start(url, &lease);
+    let key = doomed.key("root", "admin", "root");
+    assert_eq!(doomed.post_yaml("/workflows", &key, &two_calls(&counter.url)).await.status, 201);
+    let survivor = start(url, &lease);
+    // Five runs past their first call, waiting on their timer; five with
+    // their first call in flight (held).
+    let mut runs = Vec::new();
+    for n in 0..5 {
+        runs.push(started(&doomed, &key, n).await);
+    }
+    for n in 0..5 {
+        while counter.count(&format!("first-{n}")) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Their first calls answered (10 ms) and recorded.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    counter.hold.store(true, Ordering::SeqCst);
+    for n in 5..10 {
+        runs.push(started(&doomed, &key, n).await);
+    }
+    for n in 5..10 {
+        while counter.count(&format!("first-{n}")) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let killed = Instant::now();
+    drop(doomed); // SIGKILL
+    counter.hold.store(false, Ordering::SeqCst);
+    all_reach(&survivor, &key, &runs, "completed", Duration::from_secs(8)).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(6), "taken over and finished in {took:?} (lease timeout 2 s)");
+    // Only the calls in flight at the kill ran again.
+    for n in 0..10 {
+        let want_first = if n < 5 { 1 } else { 2 };
+        assert_eq!(counter.count(&format!("first-{n}")), want_first, "first-{n}: {:?}", counter.twice());
+        assert_eq!(counter.count(&format!("second-{n}")), 1, "second-{n}");
+    }
+    let log = survivor.logs();
+    assert!(log.contains("taking over the runs of a worker that is gone"), "{log}");
+    // The log is intact.
+    let v = survivor.cairn(&["verify"]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+}
+
+/// The reproducer of a CLI run's deadline waiting for a server restart
+/// (before: a form with a 3 s deadline, started with `cairn run` under a
+/// running `cairn serve`, was still waiting after 6 s).
+async fn a_cli_runs_deadline_fires_under_a_running_server(url: &str) {
+    let s = start(url, &[]);
+    let key = s.key("root", "admin", "root");
+    let file = s.dir.path().join("brief.yaml");
+    std::fs::write(
+        &file,
+        "name: brief\nsteps:\n  - id: ask\n    form:\n      title: Brief\n      assignees: [writer]\n      deadline: 3s\n      \
+         fields:\n        - { name: topic, type: text }\n",
+    )
+    .expect("write");
+    let t = Instant::now();
+    let out = s.cairn(&["run", file.to_str().expect("path")]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let id = text
+        .split_whitespace()
+        .find_map(|w| uuid::Uuid::parse_str(w.trim_end_matches(':')).ok())
+        .unwrap_or_else(|| panic!("no run id in: {text}"))
+        .to_string();
+    let r = s.get(&format!("/runs/{id}"), &key).await;
+    assert_eq!(r.json["status"], "waiting", "the CLI left it waiting: {text}\n{}", r.text);
+    all_reach(&s, &key, std::slice::from_ref(&id), "failed", Duration::from_secs(6)).await;
+    let fired = t.elapsed();
+    let r = s.get(&format!("/runs/{id}"), &key).await;
+    assert_eq!(r.json["error"]["kind"], "input.expired", "{}", r.text);
+    assert!(fired >= Duration::from_secs(3), "not before the deadline: {fired:?}");
+}
+
+/// A `cairn worker` process beside `cairn serve --no-worker`: the API
+/// process drives nothing; the worker drives what it starts and what
+/// people answer through it.
+async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
+    let counter = Counter::start(Duration::from_millis(1)).await;
+    let api = start(url, &["--no-worker"]);
+    let key = api.key("root", "admin", "root");
+    assert_eq!(api.post_yaml("/workflows", &key, &two_calls(&counter.url)).await.status, 201);
+    let id = started(&api, &key, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(counter.total(), 0, "the API process drives nothing");
+    assert_eq!(api.get(&format!("/runs/{id}"), &key).await.json["status"], "running");
+    let mut worker = Worker::start(&api.db_url, api.dir.path());
+    all_reach(&api, &key, std::slice::from_ref(&id), "completed", Duration::from_secs(10)).await;
+    assert_eq!((counter.count("first-1"), counter.count("second-1")), (1, 1));
+    // SIGTERM: the worker retires and exits 0.
+    let status = worker.terminate();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", worker.logs());
+}
+
+/// A `cairn worker` process.
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(db_url: &str, dir: &std::path::Path) -> Worker {
+        let log = dir.join(format!("worker-{}.log", uuid::Uuid::now_v7().simple()));
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("worker")
+            .current_dir(dir)
+            .env("CAIRN_DATABASE_URL", db_url)
+            .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start cairn worker");
+        Worker { child, log }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+on_both!(
+    servers_starting_beside_live_ones_never_repeat_an_effect,
+    a_killed_servers_runs_are_taken_over_by_the_survivor,
+    a_cli_runs_deadline_fires_under_a_running_server,
+    an_api_process_and_a_worker_process_split_the_work,
+);
