@@ -45,8 +45,11 @@ struct Counter {
     calls: Arc<Mutex<HashMap<String, usize>>>,
     hold: Arc<AtomicBool>,
     /// Each call's key, when it came and when it was answered.
-    windows: Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>>,
+    windows: Arc<Mutex<Vec<Call>>>,
 }
+
+/// A call's key, when it came and when it was answered.
+type Call = (String, Instant, Option<Instant>);
 
 impl Counter {
     /// Answers `/count` after `delay`; `/flaky` the same, but 503 to the
@@ -54,7 +57,7 @@ impl Counter {
     async fn start(delay: Duration) -> Counter {
         let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let hold = Arc::new(AtomicBool::new(false));
-        let windows: Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>> = Arc::default();
+        let windows: Arc<Mutex<Vec<Call>>> = Arc::default();
         let handler = |flaky: bool| {
             let (c, h, w) = (calls.clone(), hold.clone(), windows.clone());
             move |axum::Json(body): axum::Json<Value>| {
@@ -100,7 +103,7 @@ impl Counter {
     /// time to record the outcome).
     fn unexplained(&self, key: &str, expected: usize, kills: &[Instant]) -> Vec<String> {
         let w = self.windows.lock().expect("lock");
-        let calls: Vec<&(String, Instant, Option<Instant>)> = w.iter().filter(|c| c.0 == key).collect();
+        let calls: Vec<&Call> = w.iter().filter(|c| c.0 == key).collect();
         let mut out = Vec::new();
         for (j, call) in calls.iter().enumerate().skip(expected) {
             let before = calls[j - 1];
