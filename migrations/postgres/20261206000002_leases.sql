@@ -27,7 +27,8 @@ CREATE INDEX cairn_wakeups_by_due ON cairn_wakeups (due_ms);
 
 -- cairn_append, refused (SQLSTATE CF001) unless each fence's lease is still
 -- held with its token, then the wake-up index changed (a due time of -1
--- removes the run), all in one transaction. The lease rows are locked first,
+-- removes the run, and frees its lease if this append is fenced by it), all
+-- in one transaction. The lease rows are locked first,
 -- so a takeover (which updates them) waits for this append to commit, or
 -- this append sees the takeover and is refused: never both.
 CREATE FUNCTION cairn_append_guarded(
@@ -41,11 +42,18 @@ DECLARE
     first_pos BIGINT;
 BEGIN
     IF cardinality(fence_streams) > 0 THEN
+        -- A fence of token 0 takes a new run's lease with the append that
+        -- creates it.
+        INSERT INTO cairn_leases (stream_id, worker_id, token)
+        SELECT f.stream_id, f.worker_id, 1
+        FROM unnest(fence_streams, fence_workers, fence_tokens) AS f(stream_id, worker_id, token)
+        WHERE f.token = 0
+        ON CONFLICT (stream_id) DO NOTHING;
         PERFORM 1 FROM cairn_leases WHERE stream_id = ANY(fence_streams) ORDER BY stream_id FOR SHARE;
         SELECT f.stream_id INTO stale
         FROM unnest(fence_streams, fence_workers, fence_tokens) AS f(stream_id, worker_id, token)
         LEFT JOIN cairn_leases l ON l.stream_id = f.stream_id
-        WHERE l.worker_id IS DISTINCT FROM f.worker_id OR l.token IS DISTINCT FROM f.token
+        WHERE l.worker_id IS DISTINCT FROM f.worker_id OR (f.token <> 0 AND l.token IS DISTINCT FROM f.token)
         LIMIT 1;
         IF stale IS NOT NULL THEN
             RAISE EXCEPTION 'the lease on % is no longer held by this worker', stale USING ERRCODE = 'CF001';
@@ -59,6 +67,15 @@ BEGIN
         INSERT INTO cairn_wakeups (stream_id, due_ms)
         SELECT x.stream_id, x.due_ms FROM unnest(wake_streams, wake_dues) AS x(stream_id, due_ms) WHERE x.due_ms >= 0
         ON CONFLICT (stream_id) DO UPDATE SET due_ms = excluded.due_ms;
+        -- A run that needs no worker (it waits for people, or ended) is
+        -- let go by the worker whose fenced append says so.
+        IF cardinality(fence_streams) > 0 THEN
+            DELETE FROM cairn_leases l
+            USING unnest(fence_streams, fence_workers) AS f(stream_id, worker_id),
+                  unnest(wake_streams, wake_dues) AS x(stream_id, due_ms)
+            WHERE l.stream_id = f.stream_id AND l.worker_id = f.worker_id
+              AND x.stream_id = f.stream_id AND x.due_ms < 0;
+        END IF;
     END IF;
     RETURN first_pos;
 END $$;

@@ -188,7 +188,9 @@ pub struct Fence {
     pub stream_id: String,
     /// The worker that claimed it.
     pub worker_id: String,
-    /// The token the claim returned.
+    /// The token the claim returned; 0 claims the lease of a new run in
+    /// the append that creates it (expected `NoStream`), token 1, refused
+    /// if another worker holds it.
     pub token: i64,
 }
 

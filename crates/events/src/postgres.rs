@@ -228,6 +228,13 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// A pooled connection for a lease statement.
+    async fn lease_conn(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool.acquire().await.map_err(|e| self.db_err(e))
+    }
+}
+
 /// Whether an error means the server or the connection went away (SQLSTATE
 /// class 08, an administrator or crash shutdown, or an I/O failure).
 fn connection_lost(e: &sqlx::Error) -> bool {
@@ -274,7 +281,7 @@ impl EventStore for PgStore {
         self.append_guarded(appends, Vec::new(), Vec::new())
     }
 
-    crate::store::lease_methods!(pool);
+    crate::store::lease_methods!();
 
     fn claim_due<'a>(
         &'a self,

@@ -188,35 +188,84 @@ impl SqliteStore {
         wakes: &[crate::Wake],
     ) -> Result<u64, InsertError> {
         let mut conn = self.appender.lock().await;
-        let last = if rows.len() <= ROWS_PER_STATEMENT && fences.is_empty() && wakes.is_empty() {
+        let simple = rows.len() <= ROWS_PER_STATEMENT && wakes.is_empty();
+        let last = if simple && fences.is_empty() {
             insert_statement(rows.len()).bind_rows(rows).execute(&mut *conn).await?.last_insert_rowid()
+        } else if simple && fences.iter().all(|f| f.token != 0) {
+            // One statement: the rows go in only if every lease still holds.
+            let mut q = sqlx::query(AssertSqlSafe(fenced_insert_sql(rows.len(), fences.len())));
+            q = bind_rows(q, rows);
+            for f in fences {
+                q = q.bind(f.stream_id.clone()).bind(f.worker_id.clone()).bind(f.token);
+            }
+            let done = q.execute(&mut *conn).await?;
+            if done.rows_affected() == 0 {
+                return Err(InsertError::Fenced(fences[0].stream_id.clone()));
+            }
+            done.last_insert_rowid()
         } else {
             // One writer at a time (IMMEDIATE): a takeover cannot slip in
             // between the fence check and the insert.
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            for f in fences {
-                let held: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM cairn_leases WHERE stream_id = $1 AND worker_id = $2 AND token = $3",
-                )
-                .bind(&f.stream_id)
-                .bind(&f.worker_id)
-                .bind(f.token)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if held.is_none() {
-                    return Err(InsertError::Fenced(f.stream_id.clone()));
+            // New runs' leases, taken with the appends that create them.
+            let new: Vec<&crate::Fence> = fences.iter().filter(|f| f.token == 0).collect();
+            if !new.is_empty() {
+                let values = vec!["(?,?,1)"; new.len()].join(",");
+                let mut q = sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO cairn_leases (stream_id, worker_id, token) VALUES {values} ON CONFLICT (stream_id) DO NOTHING"
+                )));
+                for f in &new {
+                    q = q.bind(f.stream_id.clone()).bind(f.worker_id.clone());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            if !fences.is_empty() {
+                let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(held_sql(fences.len())));
+                for f in fences {
+                    q = q.bind(f.stream_id.clone()).bind(f.worker_id.clone()).bind(f.token);
+                }
+                if usize::try_from(q.fetch_one(&mut *tx).await?).unwrap_or(0) != fences.len() {
+                    return Err(InsertError::Fenced(fences[0].stream_id.clone()));
                 }
             }
             let mut last = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 last = insert_statement(chunk.len()).bind_rows(chunk).execute(&mut *tx).await?.last_insert_rowid();
             }
-            for w in wakes {
-                let q = match w.due_ms {
-                    Some(due) => sqlx::query(crate::store::SET_WAKE_SQL).bind(&w.stream_id).bind(due),
-                    None => sqlx::query(crate::store::CLEAR_WAKE_SQL).bind(&w.stream_id),
-                };
+            // The wake-up index: one statement to set, one to clear, one to
+            // let go of the runs that need no worker.
+            let set: Vec<(&String, i64)> = wakes.iter().filter_map(|w| w.due_ms.map(|d| (&w.stream_id, d))).collect();
+            if !set.is_empty() {
+                let values = vec!["(?,?)"; set.len()].join(",");
+                let mut q = sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO cairn_wakeups (stream_id, due_ms) VALUES {values} \
+                     ON CONFLICT (stream_id) DO UPDATE SET due_ms = excluded.due_ms"
+                )));
+                for (stream, due) in set {
+                    q = q.bind(stream.clone()).bind(due);
+                }
                 q.execute(&mut *tx).await?;
+            }
+            let clear: Vec<&String> = wakes.iter().filter(|w| w.due_ms.is_none()).map(|w| &w.stream_id).collect();
+            if !clear.is_empty() {
+                let marks = vec!["?"; clear.len()].join(",");
+                let mut q =
+                    sqlx::query(AssertSqlSafe(format!("DELETE FROM cairn_wakeups WHERE stream_id IN ({marks})")));
+                for stream in &clear {
+                    q = q.bind((*stream).clone());
+                }
+                q.execute(&mut *tx).await?;
+                let go: Vec<&crate::Fence> = fences.iter().filter(|f| clear.contains(&&f.stream_id)).collect();
+                if !go.is_empty() {
+                    let pairs = vec!["(?,?)"; go.len()].join(",");
+                    let mut q = sqlx::query(AssertSqlSafe(format!(
+                        "DELETE FROM cairn_leases WHERE (stream_id, worker_id) IN (VALUES {pairs})"
+                    )));
+                    for f in go {
+                        q = q.bind(f.stream_id.clone()).bind(f.worker_id.clone());
+                    }
+                    q.execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
             last
@@ -224,6 +273,27 @@ impl SqliteStore {
         let first = last - rows.len() as i64 + 1;
         Ok(u64::try_from(first).unwrap_or(0))
     }
+}
+
+/// How many of `n` fences (`stream_id`, `worker_id`, token; a token of 0
+/// matches any, for a lease just taken) still hold.
+fn held_sql(n: usize) -> String {
+    let held = vec!["(?,?,?)"; n.max(1)].join(",");
+    format!(
+        "SELECT count(*) FROM (VALUES {held}) AS f JOIN cairn_leases l ON l.stream_id = f.column1 \
+         AND l.worker_id = f.column2 AND (f.column3 = 0 OR l.token = f.column3)"
+    )
+}
+
+/// A multi-row insert that writes nothing unless all of `fences` fences
+/// still hold (the rows' parameters, then each fence's).
+fn fenced_insert_sql(rows: usize, fences: usize) -> String {
+    let values = vec!["(?,?,?,?,?,?,?,?,?,?)"; rows.max(1)].join(",");
+    format!(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash) \
+         SELECT * FROM (VALUES {values}) WHERE ({}) = {fences}",
+        held_sql(fences)
+    )
 }
 
 /// A prepared multi-row insert, cached per row count.
@@ -249,22 +319,29 @@ impl InsertStatement {
         self,
         rows: &[PreparedRow],
     ) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-        let mut q = sqlx::query(AssertSqlSafe(self.0));
-        for r in rows {
-            q = q
-                .bind(r.stream_id.clone())
-                .bind(to_i64(r.stream_version))
-                .bind(r.event_id.clone())
-                .bind(r.event_type.clone())
-                .bind(i64::from(r.schema_version))
-                .bind(r.recorded_at.clone())
-                .bind(r.metadata.clone())
-                .bind(r.payload.clone())
-                .bind(r.prev_hash.clone())
-                .bind(r.hash.clone());
-        }
-        q
+        bind_rows(sqlx::query(AssertSqlSafe(self.0)), rows)
     }
+}
+
+/// Binds each row's ten columns, in order.
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    rows: &[PreparedRow],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for r in rows {
+        q = q
+            .bind(r.stream_id.clone())
+            .bind(to_i64(r.stream_version))
+            .bind(r.event_id.clone())
+            .bind(r.event_type.clone())
+            .bind(i64::from(r.schema_version))
+            .bind(r.recorded_at.clone())
+            .bind(r.metadata.clone())
+            .bind(r.payload.clone())
+            .bind(r.prev_hash.clone())
+            .bind(r.hash.clone());
+    }
+    q
 }
 
 impl EventStore for SqliteStore {
@@ -276,7 +353,7 @@ impl EventStore for SqliteStore {
         self.append_guarded(appends, Vec::new(), Vec::new())
     }
 
-    crate::store::lease_methods!(writer);
+    crate::store::lease_methods!();
 
     fn claim_due<'a>(
         &'a self,
@@ -408,6 +485,12 @@ impl EventStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The connection lease statements run on: the held appender, so they
+    /// queue behind appends instead of contending for the write lock.
+    async fn lease_conn(&self) -> StoreResult<tokio::sync::MutexGuard<'_, SqliteConnection>> {
+        Ok(self.appender.lock().await)
+    }
+
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         let _ = self.appender.lock().await.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;

@@ -199,13 +199,14 @@ pub(crate) const ORPHANS_SQL: &str = "SELECT l.stream_id FROM cairn_leases l WHE
      (SELECT 1 FROM cairn_workers w WHERE w.worker_id = l.worker_id AND w.beat_ms > $2) ORDER BY l.stream_id LIMIT $3";
 
 /// The lease methods of [`EventStore`]: the same SQL on both backends, run
-/// on the pool `self.$pool`.
+/// on the connection `self.lease_conn()` gives (SQLite: the one held for
+/// appends, so they never contend for the database's write lock).
 macro_rules! lease_methods {
-    ($pool:ident) => {
+    () => {
         fn beat<'a>(&'a self, worker: &'a str, about: &'a str, now_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
             Box::pin(async move {
                 let q = sqlx::query(crate::store::BEAT_SQL).bind(worker).bind(now_ms).bind(about);
-                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+                q.execute(&mut *self.lease_conn().await?).await.map(|_| ()).map_err(|e| self.db_err(e))
             })
         }
 
@@ -220,7 +221,7 @@ macro_rules! lease_methods {
                     .bind(stream_id)
                     .bind(worker)
                     .bind(stale_before_ms)
-                    .fetch_optional(&self.$pool)
+                    .fetch_optional(&mut *self.lease_conn().await?)
                     .await
                     .map_err(|e| self.db_err(e))
             })
@@ -229,14 +230,14 @@ macro_rules! lease_methods {
         fn release<'a>(&'a self, stream_id: &'a str, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
             Box::pin(async move {
                 let q = sqlx::query(crate::store::RELEASE_SQL).bind(stream_id).bind(worker);
-                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+                q.execute(&mut *self.lease_conn().await?).await.map(|_| ()).map_err(|e| self.db_err(e))
             })
         }
 
         fn retire<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, StoreResult<()>> {
             Box::pin(async move {
                 let q = sqlx::query(crate::store::RETIRE_SQL).bind(worker);
-                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+                q.execute(&mut *self.lease_conn().await?).await.map(|_| ()).map_err(|e| self.db_err(e))
             })
         }
 
@@ -247,7 +248,7 @@ macro_rules! lease_methods {
         fn workers(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64, String)>>> {
             Box::pin(async move {
                 sqlx::query_as::<_, (String, i64, String)>(crate::store::WORKERS_SQL)
-                    .fetch_all(&self.$pool)
+                    .fetch_all(&mut *self.lease_conn().await?)
                     .await
                     .map_err(|e| self.db_err(e))
             })
@@ -259,7 +260,7 @@ macro_rules! lease_methods {
                     Some(due) => sqlx::query(crate::store::SET_WAKE_SQL).bind(stream_id).bind(due),
                     None => sqlx::query(crate::store::CLEAR_WAKE_SQL).bind(stream_id),
                 };
-                q.execute(&self.$pool).await.map(|_| ()).map_err(|e| self.db_err(e))
+                q.execute(&mut *self.lease_conn().await?).await.map(|_| ()).map_err(|e| self.db_err(e))
             })
         }
 
@@ -274,7 +275,7 @@ macro_rules! lease_methods {
                     .bind(worker)
                     .bind(stale_before_ms)
                     .bind(limit)
-                    .fetch_all(&self.$pool)
+                    .fetch_all(&mut *self.lease_conn().await?)
                     .await
                     .map_err(|e| self.db_err(e))
             })
@@ -382,7 +383,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`EventStore::append_many`], refused with [`StoreError::Fenced`]
     /// (nothing written) unless every fence's lease is still held with its
     /// token, checked in the append's own transaction; the wake-up index is
-    /// changed by `wakes` in the same transaction. A store that keeps no
+    /// changed by `wakes` in the same transaction, and a run whose wake is
+    /// `None` (it needs no worker) is let go: the lease of its fence is
+    /// given up. A store that keeps no
     /// leases keeps no wake-ups either: it ignores `wakes` and refuses fences.
     fn append_guarded(
         &self,

@@ -69,6 +69,22 @@ async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
         .append_guarded(one(ExpectedVersion::Exact(1), evs(2..3)), fence("w2", t2), vec![])
         .await
         .expect("w2 holds it");
+    // Several events in one fenced append: in order, chained, consecutive.
+    store.append_guarded(one(ExpectedVersion::Exact(2), evs(10..14)), fence("w2", t2), vec![]).await.expect("many");
+    let read = store.read_stream("run-a", 1).await.expect("read");
+    assert_eq!(read.iter().map(|e| e.stream_version).collect::<Vec<_>>(), (1..=6).collect::<Vec<u64>>());
+    for pair in read.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "chained in order");
+    }
+    for pair in read[2..].windows(2) {
+        assert_eq!(pair[1].global_position, pair[0].global_position + 1, "consecutive positions");
+    }
+    let step =
+        |e: &RecordedEvent| serde_json::from_str::<serde_json::Value>(&e.payload).expect("json")["step_id"].clone();
+    assert_eq!(
+        read[2..].iter().map(step).collect::<Vec<_>>(),
+        vec![json!("s10"), json!("s11"), json!("s12"), json!("s13")]
+    );
 
     // w1 comes back to life: it does not get the run back while w2 lives.
     store.beat("w1", "test", later).await.expect("beat");
@@ -79,12 +95,12 @@ async fn a_lease_has_one_live_holder_and_fences_a_stale_one(h: Harness) {
     let t3 = store.claim("run-a", "w1", later - timeout).await.expect("claim").expect("free after a retirement");
     assert!(t3 > t2);
     let err = store
-        .append_guarded(one(ExpectedVersion::Exact(2), evs(3..4)), fence("w2", t2), vec![])
+        .append_guarded(one(ExpectedVersion::Exact(6), evs(3..4)), fence("w2", t2), vec![])
         .await
         .expect_err("refused");
     assert_eq!(err.kind(), StoreErrorKind::Fenced);
     // An append without a fence (a person's answer) is not held back.
-    store.append("run-a", ExpectedVersion::Exact(2), evs(3..4)).await.expect("an unfenced append");
+    store.append("run-a", ExpectedVersion::Exact(6), evs(3..4)).await.expect("an unfenced append");
     // The run ended: its lease is given up.
     store.release("run-a", "w1").await.expect("release");
     assert_eq!(store.orphans("w2", later - timeout, 10).await.expect("orphans"), Vec::<String>::new());

@@ -127,8 +127,12 @@ impl Leases {
     }
 
     /// Claims `run`: `true` when this worker now holds it, `false` while
-    /// another live worker does.
+    /// another live worker does. A run it holds already costs nothing (if it
+    /// was taken over meanwhile, the next fenced append says so).
     pub(crate) async fn claim(self: &Arc<Self>, store: &Arc<dyn EventStore>, run: Uuid) -> Result<bool, RunError> {
+        if self.holds(run) {
+            return Ok(true);
+        }
         self.ensure_beating(store).await?;
         let stream = cairn_events::run_stream(run);
         match store.claim(&stream, &self.id, wall_ms() - self.timeout_ms()).await? {
@@ -164,6 +168,18 @@ impl Leases {
             out.push((run, DateTime::from_timestamp_millis(due).unwrap_or_default(), token > 1));
         }
         Ok(out)
+    }
+
+    /// The fence that takes a new run's lease in the append that creates
+    /// it (token 0); [`Leases::took`] once that append is recorded.
+    pub(crate) async fn new_run(self: &Arc<Self>, store: &Arc<dyn EventStore>, run: Uuid) -> Result<Fence, RunError> {
+        self.ensure_beating(store).await?;
+        Ok(Fence { stream_id: cairn_events::run_stream(run), worker_id: self.id.clone(), token: 0 })
+    }
+
+    /// A new run's lease was taken with its first append (token 1).
+    pub(crate) fn took(&self, run: Uuid) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(run, 1);
     }
 
     pub(crate) fn holds(&self, run: Uuid) -> bool {

@@ -33,6 +33,11 @@ pub struct Start {
     pub run_id: Option<Uuid>,
     /// The caller's idempotency key, recorded in `RunStarted`.
     pub idempotency_key: Option<String>,
+    /// This engine drives the run next (a worker that kicks it after the
+    /// start): it holds the run from its first append, so no other worker
+    /// picks it up meanwhile. Otherwise the run is due for whichever
+    /// worker claims it first.
+    pub drive: bool,
 }
 
 /// Where a run comes from, beside its workflow and inputs.
@@ -363,7 +368,7 @@ impl Engine {
                 started_by,
                 id,
                 Origin { idempotency_key: opts.idempotency_key, ..Origin::default() },
-                false,
+                opts.drive,
             )
             .await?
             .0)
@@ -442,14 +447,11 @@ impl Engine {
             .await;
         let mut new = vec![NewEvent::from_event(&events[0], crate::trace::metadata(started_by, run_id, &events[0]))];
         new.extend(events[1..].iter().map(|e| NewEvent::from_event(e, crate::trace::metadata(&self.actor, run_id, e))));
-        if claim && !self.claim(run_id).await? {
-            // Only a takeover of a run with this id can hold it: it exists.
-            return Err(RunError::Store(StoreError::Conflict {
-                stream_id: cairn_events::run_stream(run_id),
-                expected: 0,
-                actual: 1,
-            }));
-        }
+        // This worker takes the new run's lease in the append that creates it.
+        let fence = match (&self.leases, claim) {
+            (Some(l), true) => Some(l.new_run(&self.store, run_id).await?),
+            _ => None,
+        };
         let ended = state.status.is_terminal();
         let mut wake = crate::lease::wake_for(run_id, ended, &next);
         if !claim && wake.due_ms == Some(0) {
@@ -457,12 +459,18 @@ impl Engine {
             // mean a worker was driving it and died).
             wake.due_ms = Some(now.timestamp_millis().max(1));
         }
-        let wakes = vec![wake];
-        let appended = self.append(run_id, ExpectedVersion::NoStream, new, wakes).await;
-        if claim && (ended || appended.is_err()) {
-            self.release(run_id).await?;
+        let append = StreamAppend {
+            stream_id: cairn_events::run_stream(run_id),
+            expected: ExpectedVersion::NoStream,
+            events: new,
+        };
+        self.commits.append_guarded(append, fence.clone(), vec![wake.clone()]).await?;
+        // Held unless it ended at once (the append let it go).
+        if let (Some(l), Some(_)) = (&self.leases, fence)
+            && wake.due_ms.is_some()
+        {
+            l.took(run_id);
         }
-        appended?;
         Ok((run_id, events, state))
     }
 
@@ -478,7 +486,17 @@ impl Engine {
     ) -> Result<cairn_events::AppendResult, StoreError> {
         let fence = self.leases.as_deref().and_then(|l| l.fence(run_id));
         let append = StreamAppend { stream_id: cairn_events::run_stream(run_id), expected, events };
+        // A fenced append that takes the run out of the wake-up index also
+        // gives up its lease (in the store's transaction).
+        let lets_go =
+            fence.as_ref().is_some_and(|f| wakes.iter().any(|w| w.stream_id == f.stream_id && w.due_ms.is_none()));
         let out = self.commits.append_guarded(append, fence, wakes).await;
+        if out.is_ok()
+            && lets_go
+            && let Some(l) = &self.leases
+        {
+            l.lost(run_id);
+        }
         if let (Err(e), Some(l)) = (&out, &self.leases)
             && e.kind() == cairn_events::StoreErrorKind::Fenced
         {

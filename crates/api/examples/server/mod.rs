@@ -63,3 +63,33 @@ pub fn serve(bin: &std::path::Path, dir: &std::path::Path) -> (Server, String) {
     let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
     (Server { child, url }, key)
 }
+
+/// A `cairn serve` with `args` on the database at `db` (SQLite or
+/// PostgreSQL), its stderr to `log`.
+pub fn serve_on(bin: &std::path::Path, db: &str, args: &[&str], log: &std::path::Path) -> Server {
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("CAIRN_DATABASE_URL", db)
+        .env("CAIRN_TOKEN_KEY", "bench-token-key-0123456789abcdef0123456789")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address: {line:?}")).to_owned();
+    Server { child, url }
+}
+
+/// A new admin key on the database at `db`.
+pub fn admin_key(bin: &std::path::Path, db: &str) -> String {
+    let out = Command::new(bin)
+        .args(["keys", "create", "--name", "bench", "--role", "admin"])
+        .env("CAIRN_DATABASE_URL", db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

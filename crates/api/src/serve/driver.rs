@@ -72,6 +72,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// the wheel before it is due); a run waiting longer is not held.
 const HORIZON: Duration = Duration::from_millis(1500);
 
+/// Soonest a poll follows another when commits may have made runs due.
+const EAGER: Duration = Duration::from_millis(50);
+
 /// Most runs one poll claims (it polls again at once when it got as many).
 const POLL_BATCH: i64 = 500;
 
@@ -109,6 +112,11 @@ impl Driver {
             rearm: tokio::sync::Notify::new(),
             taking_over: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Whether this process drives runs (not `cairn serve --no-worker`).
+    pub fn drives(&self) -> bool {
+        self.enabled
     }
 
     /// How many runs are quarantined.
@@ -394,15 +402,22 @@ impl Driver {
         let clock = self.engine.clock();
         let mut releases = tokio::time::Instant::now();
         let mut polled = tokio::time::Instant::now() - POLL;
+        // Commits (this process's; on PostgreSQL every process's, by
+        // NOTIFY) may have made runs due: poll soon, at most every EAGER.
+        let mut commits = self.engine.store().wakeups();
+        let mut soon = false;
+        let mut open = true;
         loop {
             if releases.elapsed() >= RELEASES {
                 releases = tokio::time::Instant::now();
                 self.follow_releases().await;
             }
-            if polled.elapsed() >= POLL {
+            if polled.elapsed() >= POLL || (soon && polled.elapsed() >= EAGER) {
                 polled = tokio::time::Instant::now();
+                soon = false;
                 self.poll().await;
             }
+            let next_poll = if soon { polled + EAGER } else { polled + POLL };
             let next = self.waits.lock().unwrap_or_else(|p| p.into_inner()).next();
             let due = async {
                 match next {
@@ -414,7 +429,12 @@ impl Driver {
                 _ = stop.changed() => return,
                 () = due => {}
                 () = self.rearm.notified() => continue,
-                () = tokio::time::sleep_until(polled + POLL) => continue,
+                r = commits.changed(), if !soon && open => {
+                    soon = r.is_ok();
+                    open = r.is_ok();
+                    continue;
+                }
+                () = tokio::time::sleep_until(next_poll) => continue,
             }
             let now = clock.now();
             let due = self.waits.lock().unwrap_or_else(|p| p.into_inner()).take_due(now);

@@ -569,7 +569,7 @@ pub async fn start(
             format!("workflow `{}` is archived and takes no new runs", body.workflow),
         ));
     }
-    let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone() };
+    let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone(), drive: state.driver.drives() };
     let id = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
         Ok(id) => id,
         Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
