@@ -124,7 +124,7 @@ async fn main() {
     let key = admin_key(&bin, &db);
     let endpoint = Endpoint::default();
     let call = endpoint.start().await;
-    let http = reqwest::Client::new();
+    let http = cairn_runtime::http_client();
     let wf = format!(
         "name: held\ninputs: {{ type: object, properties: {{ n: {{ type: integer }} }} }}\nsteps:\n  - id: call\n    \
          http: {{ method: POST, url: '{call}', body: {{ key: 'k{{{{ inputs.n }}}}' }} }}\n    timeout: 10m\n"

@@ -2,7 +2,7 @@
 //! timers fire, each beside a floor measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p cairn-api --example waits [-- --quick]
+//! cargo run --release -p cairn-api --example waits [-- --quick] [-- --held 100000]
 //! CAIRN_BENCH_BIN=/path/to/another/cairn cargo run --release -p cairn-api --example waits
 //! ```
 //!
@@ -162,6 +162,15 @@ fn summary(v: &mut [f64]) -> String {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (held, timers, ticks) = if quick { (2_000, 200, 5) } else { (10_000, 1_000, 20) };
+    // `--held N`: how many runs wait on the one-hour timer (100,000 for the
+    // issue's goal).
+    let args: Vec<String> = std::env::args().collect();
+    let held = args
+        .iter()
+        .position(|a| a == "--held")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(held);
     let idle = Duration::from_secs(if quick { 5 } else { 10 });
     let bin = cairn_binary();
     let dir = tempfile::tempdir().unwrap();

@@ -19,8 +19,9 @@ use uuid::Uuid;
 
 use crate::error::RunError;
 
-/// How long a worker may go without beating before its runs are taken over.
-pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker may go without beating before its runs are taken over
+/// (by the next poll of another worker, within a second: 10 s in all).
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(9);
 
 /// The leases of one worker.
 pub(crate) struct Leases {

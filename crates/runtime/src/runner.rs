@@ -125,7 +125,7 @@ impl Engine {
     /// Names this engine as a worker (`id`, unique among the processes on
     /// one database) whose runs other workers take over when it has not
     /// beaten for `lease_timeout`. Every engine over a database is a worker
-    /// with a fresh id and a 10-second timeout unless named here.
+    /// with a fresh id and [`DEFAULT_LEASE_TIMEOUT`](crate::DEFAULT_LEASE_TIMEOUT) unless named here.
     pub fn with_worker(mut self, id: impl Into<String>, lease_timeout: std::time::Duration) -> Self {
         if self.leases.is_some() {
             self.leases = Some(Arc::new(crate::lease::Leases::new(id.into(), lease_timeout)));

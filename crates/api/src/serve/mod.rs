@@ -89,8 +89,9 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LeaseArgs {
     /// Seconds a worker may go without beating before another takes its
-    /// runs over (it beats every third of it).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), env = "CAIRN_LEASE_TIMEOUT")]
+    /// runs over (it beats every third of it); a takeover follows within a
+    /// poll (one second), so within 10 s by default.
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u64).range(1..=3600), env = "CAIRN_LEASE_TIMEOUT")]
     pub lease_timeout: u64,
     /// This worker's name, unique among the processes on the database
     /// (default: host, process id and a random part).
