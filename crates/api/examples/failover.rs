@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 mod server;
 
-use server::{admin_key, cairn_binary, serve_on};
+use server::{admin_key, cairn_binary, fresh_pg_db, serve_on};
 
 /// Arrival times of calls, by key; a call is held until its key is released.
 #[derive(Clone, Default)]
@@ -96,13 +96,7 @@ async fn database(sqlite: bool, dir: &std::path::Path) -> String {
     if sqlite {
         return format!("sqlite://{}", dir.join("failover.db").display());
     }
-    use sqlx::{AssertSqlSafe, Connection, Executor};
-    let base = cairn_events::testing::pg_url();
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("PostgreSQL (CAIRN_TEST_PG_URL)");
-    let schema = format!("cairn_failover_{}", uuid::Uuid::now_v7().simple());
-    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+    fresh_pg_db("cairn_failover").await
 }
 
 #[tokio::main]

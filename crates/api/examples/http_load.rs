@@ -63,21 +63,7 @@ impl Client {
     /// Starts a run and waits for its end in the same request
     /// (`Prefer: wait=30`); checks it completed.
     async fn start_and_wait(&self) -> Duration {
-        let t = Instant::now();
-        let r = self
-            .http
-            .post(format!("{}/runs", self.url))
-            .bearer_auth(&self.key)
-            .header("content-type", "application/json")
-            .header("prefer", "wait=30")
-            .body(r#"{"workflow":"w10"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-        assert_eq!(v["status"], "completed", "{v}");
-        t.elapsed()
+        server::start_and_wait(&self.http, &self.url, &self.key, "w10").await
     }
 
     /// Follows the run's live events until `end`; checks it completed.

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use cairn_events::Event;
 use cairn_runtime::run::RunStatus;
 use cairn_runtime::{Engine, TaskRegistry};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod server;
 
-use server::{admin_key, cairn_binary, serve_on};
+use server::{admin_key, cairn_binary, fresh_pg_db, serve_on, start_and_wait};
 
 const W10: &str = include_str!("../../runtime/examples/w10.yaml");
 const CLIENTS: usize = 16;
@@ -30,33 +30,6 @@ fn cpu_secs(pid: u32) -> f64 {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-async fn fresh_schema() -> String {
-    use sqlx::{AssertSqlSafe, Connection, Executor};
-    let base = cairn_events::testing::pg_url();
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("PostgreSQL");
-    let schema = format!("cairn_workers_{}", uuid::Uuid::now_v7().simple());
-    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
-async fn start_and_wait(http: &reqwest::Client, url: &str, key: &str) -> Duration {
-    let t = Instant::now();
-    let r = http
-        .post(format!("{url}/runs"))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .header("prefer", "wait=30")
-        .body(r#"{"workflow":"w10"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(v["status"], "completed", "{v}");
-    t.elapsed()
 }
 
 /// `runs` runs by `CLIENTS` closed-loop clients, client `i` on server `i % n`.
@@ -70,7 +43,7 @@ async fn load(urls: &[String], key: &str, runs: usize) -> (f64, Vec<Duration>) {
         clients.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < runs {
-                lat.push(start_and_wait(&http, &url, &key).await);
+                lat.push(start_and_wait(&http, &url, &key, "w10").await);
             }
             lat
         }));
@@ -89,7 +62,7 @@ fn median_ms(v: &mut [Duration]) -> f64 {
 
 /// The same workload in this process, on its own fresh schema.
 async fn in_process(runs: usize) -> (f64, f64) {
-    let db = fresh_schema().await;
+    let db = fresh_pg_db("cairn_workers").await;
     let store = cairn_events::open(&db).await.unwrap();
     let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
     let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
@@ -125,7 +98,7 @@ async fn main() {
     let (floor, floor_cpu) = in_process(runs).await;
     println!("floor     in-process, one engine                 {floor:7.0} runs/s  CPU {floor_cpu:5.2} ms a run");
     for n in [1usize, 2, 4] {
-        let db = fresh_schema().await;
+        let db = fresh_pg_db("cairn_workers").await;
         let key = admin_key(&bin, &db);
         let servers: Vec<server::Server> =
             (0..n).map(|i| serve_on(&bin, &db, &[], &dir.path().join(format!("s{n}-{i}.log")))).collect();

@@ -123,8 +123,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Serve(args) = cli.command {
-        // The server takes requests on every core.
+    // A server or a worker takes requests and drives runs on every core.
+    if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -132,17 +132,13 @@ fn main() -> ExitCode {
                 return codes::exit("internal");
             }
         };
-        return finish(runtime.block_on(serve::run(&cli.database, &cli.read, &cli.setup, args)));
-    }
-    if let Command::Worker(args) = cli.command {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
-                return codes::exit("internal");
+        return finish(runtime.block_on(async {
+            match cli.command {
+                Command::Serve(args) => serve::run(&cli.database, &cli.read, &cli.setup, args).await,
+                Command::Worker(args) => serve::worker(&cli.database, &cli.setup, args).await,
+                _ => unreachable!("matched above"),
             }
-        };
-        return finish(runtime.block_on(serve::worker(&cli.database, &cli.setup, args)));
+        }));
     }
     // One thread: a run's effects are async, and the W10 benchmark measures
     // a current-thread runtime ~20% faster than one worker per core.

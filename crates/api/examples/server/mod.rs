@@ -93,3 +93,34 @@ pub fn admin_key(bin: &std::path::Path, db: &str) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A fresh schema of the test PostgreSQL server (`CAIRN_TEST_PG_URL`), as a
+/// database URL whose search path is that schema.
+pub async fn fresh_pg_db(prefix: &str) -> String {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    let base = cairn_events::testing::pg_url();
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("PostgreSQL (CAIRN_TEST_PG_URL)");
+    let schema = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Starts a run of `workflow` and waits for its end in the same request
+/// (`Prefer: wait=30`); checks it completed; returns how long it took.
+pub async fn start_and_wait(http: &reqwest::Client, url: &str, key: &str, workflow: &str) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    let r = http
+        .post(format!("{url}/runs"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("prefer", "wait=30")
+        .body(format!(r#"{{"workflow":"{workflow}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    t.elapsed()
+}
