@@ -183,6 +183,7 @@ pub(crate) const RELEASE_SQL: &str = "DELETE FROM cairn_leases WHERE stream_id =
 /// A retired worker's leases stay, orphaned: the next claim raises their
 /// tokens, so nothing it still had in flight can land.
 pub(crate) const RETIRE_SQL: &str = "DELETE FROM cairn_workers WHERE worker_id = $1";
+pub(crate) const INDEXED_SQL: &str = "SELECT stream_id FROM cairn_wakeups";
 pub(crate) const WORKERS_SQL: &str = "SELECT worker_id, beat_ms, about FROM cairn_workers ORDER BY worker_id";
 pub(crate) const SET_WAKE_SQL: &str = "INSERT INTO cairn_wakeups (stream_id, due_ms) VALUES ($1, $2) \
      ON CONFLICT (stream_id) DO UPDATE SET due_ms = excluded.due_ms";
@@ -243,6 +244,15 @@ macro_rules! lease_methods {
 
         fn keeps_leases(&self) -> bool {
             true
+        }
+
+        fn indexed(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, String>(crate::store::INDEXED_SQL)
+                    .fetch_all(&mut *self.lease_conn().await?)
+                    .await
+                    .map_err(|e| self.db_err(e))
+            })
         }
 
         fn workers(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64, String)>>> {
@@ -421,6 +431,12 @@ pub trait EventStore: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'a, StoreResult<Vec<(String, i64, i64)>>> {
         let _ = (worker, due_by_ms, stale_before_ms, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The streams in the wake-up index (runs a worker will be handed when
+    /// they are due).
+    fn indexed(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 

@@ -251,13 +251,22 @@ impl Driver {
         }
     }
 
-    /// Drives every run that started and has not ended and that no live
-    /// worker holds, on probation (see [`Driver::take_over`]).
+    /// Drives every run that started and has not ended, that no live
+    /// worker holds and that the wake-up index does not hand out anyway
+    /// (a run waiting for people, one recorded before the index existed),
+    /// on probation (see [`Driver::take_over`]).
     pub async fn resume_unfinished(self: &Arc<Self>) {
         if !self.enabled {
             return;
         }
-        let runs = match self.engine.unfinished_runs().await {
+        let listed = async {
+            let indexed: HashSet<String> = self.engine.store().indexed().await?.into_iter().collect();
+            let runs = self.engine.unfinished_runs().await?;
+            Ok::<_, anyhow::Error>(
+                runs.into_iter().filter(|r| !indexed.contains(&cairn_events::run_stream(*r))).collect::<Vec<_>>(),
+            )
+        };
+        let runs = match listed.await {
             Ok(runs) => runs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list unfinished runs");
