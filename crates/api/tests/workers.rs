@@ -324,9 +324,11 @@ fn chaos_workflow(url: &str) -> String {
 async fn chaos_on_postgres_loses_nothing_and_repeats_only_calls_in_flight() {
     let Some(url) = common::fresh_pg_url().await else { return };
     let seconds: u64 = std::env::var("CAIRN_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    // Calls long enough that kills land while some are in flight.
+    // Calls long enough that kills land while some are in flight; a lease
+    // timeout of 3 s, so a worker slowed by the machine's load (its beat
+    // every second) is not taken for dead.
     let counter = Counter::start(Duration::from_millis(400)).await;
-    let lease = ["--lease-timeout", "2"];
+    let lease = ["--lease-timeout", "3"];
     let mut servers: Vec<Server> = (0..3).map(|_| start(&url, &lease)).collect();
     let key = servers[0].key("root", "admin", "root");
     let boss = servers[0].key("boss", "approver", "boss");
