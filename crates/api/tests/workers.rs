@@ -279,12 +279,13 @@ async fn a_cli_runs_deadline_fires_under_a_running_server(url: &str) {
     assert!(fired >= Duration::from_secs(3), "not before the deadline: {fired:?}");
 }
 
-/// A `cairn worker` process beside `cairn serve --no-worker`: the API
-/// process drives nothing; the worker drives what it starts and what
-/// people answer through it.
+/// A `cairn worker` process beside `cairn serve --no-worker
+/// --no-projections`: the API process drives nothing and keeps no read
+/// models in the background; the worker drives what it starts, and reads
+/// are up to date.
 async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
     let counter = Counter::start(Duration::from_millis(1)).await;
-    let api = start(url, &["--no-worker"]);
+    let api = start(url, &["--no-worker", "--no-projections"]);
     let key = api.key("root", "admin", "root");
     assert_eq!(api.post_yaml("/workflows", &key, &two_calls(&counter.url)).await.status, 201);
     let id = started(&api, &key, 1).await;
@@ -294,6 +295,11 @@ async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
     let mut worker = Worker::start(&api.db_url, api.dir.path());
     all_reach(&api, &key, std::slice::from_ref(&id), "completed", Duration::from_secs(10)).await;
     assert_eq!((counter.count("first-1"), counter.count("second-1")), (1, 1));
+    // Without projections in the background, a read brings them up first.
+    let list = api.get("/runs?status=completed", &key).await;
+    assert!(list.text.contains(&id), "{}", list.text);
+    let history = api.get(&format!("/runs/{id}/history"), &key).await;
+    assert!(history.text.contains("second"), "{}", history.text);
     // SIGTERM: the worker retires and exits 0.
     let status = worker.terminate();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", worker.logs());

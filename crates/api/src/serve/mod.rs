@@ -81,6 +81,12 @@ pub struct Args {
     /// `cairn worker` processes (or servers) on the same database.
     #[arg(long)]
     pub no_worker: bool,
+    /// Do not follow the log with the read models in the background: a
+    /// read brings them up to date first, as always. For API processes
+    /// beside one `cairn projections run` (the projections then cost this
+    /// process nothing while runs go on; see docs/performance.md).
+    #[arg(long)]
+    pub no_projections: bool,
     #[command(flatten)]
     pub lease: LeaseArgs,
 }
@@ -277,7 +283,12 @@ pub async fn run(
     let projections = {
         let w = worker.clone();
         let rx = stop_rx.clone();
-        tokio::spawn(async move { w.run(Duration::from_millis(200), rx).await })
+        let follow = !args.no_projections;
+        tokio::spawn(async move {
+            if follow {
+                w.run(Duration::from_millis(200), rx).await;
+            }
+        })
     };
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
     let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
