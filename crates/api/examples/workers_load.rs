@@ -5,8 +5,12 @@
 //! workload in-process on the same database, measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p cairn-api --example workers_load [-- --quick]
+//! cargo run --release -p cairn-api --example workers_load [-- --quick] [-- --split]
 //! ```
+//!
+//! `--split`: the servers run with `--no-projections` and one `cairn
+//! projections run` keeps the read models, as docs/operations.md deploys
+//! many processes.
 #![allow(missing_docs, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::sync::Arc;
@@ -91,17 +95,33 @@ async fn in_process(runs: usize) -> (f64, f64) {
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let split = std::env::args().any(|a| a == "--split");
     let runs = if quick { 300 } else { 1_000 };
     let bin = cairn_binary();
     let dir = tempfile::tempdir().unwrap();
-    println!("WORKERS: W10 over HTTP (start-and-wait), {CLIENTS} clients, {runs} runs, PostgreSQL");
+    println!(
+        "WORKERS: W10 over HTTP (start-and-wait), {CLIENTS} clients, {runs} runs, PostgreSQL{}",
+        if split { ", servers --no-projections beside one `cairn projections run`" } else { "" }
+    );
     let (floor, floor_cpu) = in_process(runs).await;
     println!("floor     in-process, one engine                 {floor:7.0} runs/s  CPU {floor_cpu:5.2} ms a run");
     for n in [1usize, 2, 4] {
         let db = fresh_pg_db("cairn_workers").await;
         let key = admin_key(&bin, &db);
+        let args: &[&str] = if split { &["--no-projections"] } else { &[] };
         let servers: Vec<server::Server> =
-            (0..n).map(|i| serve_on(&bin, &db, &[], &dir.path().join(format!("s{n}-{i}.log")))).collect();
+            (0..n).map(|i| serve_on(&bin, &db, args, &dir.path().join(format!("s{n}-{i}.log")))).collect();
+        // One process keeps the read models (its CPU is counted too).
+        let projector = split.then(|| server::Server {
+            child: std::process::Command::new(&bin)
+                .args(["projections", "run"])
+                .env("CAIRN_DATABASE_URL", &db)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+            url: String::new(),
+        });
         let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
         let http = cairn_runtime::http_client();
         let r = http
@@ -114,9 +134,10 @@ async fn main() {
             .unwrap();
         assert_eq!(r.status(), 201);
         load(&urls, &key, 50).await; // warm-up
-        let cpu: f64 = servers.iter().map(|s| cpu_secs(s.child.id())).sum();
+        let all: Vec<u32> = servers.iter().chain(projector.iter()).map(|s| s.child.id()).collect();
+        let cpu: f64 = all.iter().map(|p| cpu_secs(*p)).sum();
         let (rate, mut lat) = load(&urls, &key, runs).await;
-        let used: f64 = servers.iter().map(|s| cpu_secs(s.child.id())).sum::<f64>() - cpu;
+        let used: f64 = all.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu;
         println!(
             "{n} worker{}  {:>42} {rate:7.0} runs/s  CPU {:5.2} ms a run  median {:6.2} ms  ({:.2}x floor)",
             if n == 1 { " " } else { "s" },
