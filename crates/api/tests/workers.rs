@@ -305,6 +305,42 @@ async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", worker.logs());
 }
 
+async fn run_sql(url: &str, statements: &[&str]) {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    }
+}
+
+/// A database from before the wake-up index: a run waiting on a timer has
+/// no entry (and no lease). The next server's start-up finds it, sees its
+/// timer is later, puts it in the index, and the timer fires on time.
+async fn a_run_recorded_before_the_index_still_fires_its_timer(url: &str) {
+    let mut first = start(url, &[]);
+    let key = first.key("root", "admin", "root");
+    let wf = "name: nap\nsteps:\n  - id: pause\n    wait: { for: 4s }\n  - id: done\n    transform: { ok: true }\n";
+    assert_eq!(first.post_yaml("/workflows", &key, wf).await.status, 201);
+    let r = first.post("/runs", &key, &json!({ "workflow": "nap" })).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["run_id"].as_str().expect("run_id").to_owned();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(first.terminate().and_then(|s| s.code()), Some(0));
+    run_sql(url, &["DELETE FROM cairn_wakeups", "DELETE FROM cairn_leases"]).await;
+    let second = start(url, &[]);
+    all_reach(&second, &key, std::slice::from_ref(&id), "completed", Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(3500) && took < Duration::from_secs(7), "fired after {took:?}");
+}
+
 /// Waits, a retried call, an approval and calls to a counting server.
 fn chaos_workflow(url: &str) -> String {
     let flaky = url.replace("/count", "/flaky");
@@ -499,4 +535,5 @@ on_both!(
     a_killed_servers_runs_are_taken_over_by_the_survivor,
     a_cli_runs_deadline_fires_under_a_running_server,
     an_api_process_and_a_worker_process_split_the_work,
+    a_run_recorded_before_the_index_still_fires_its_timer,
 );

@@ -183,6 +183,8 @@ pub(crate) const RELEASE_SQL: &str = "DELETE FROM cairn_leases WHERE stream_id =
 /// A retired worker's leases stay, orphaned: the next claim raises their
 /// tokens, so nothing it still had in flight can land.
 pub(crate) const RETIRE_SQL: &str = "DELETE FROM cairn_workers WHERE worker_id = $1";
+pub(crate) const WAKE_IF_UNSET_SQL: &str =
+    "INSERT INTO cairn_wakeups (stream_id, due_ms) VALUES ($1, $2) ON CONFLICT (stream_id) DO NOTHING";
 pub(crate) const INDEXED_SQL: &str = "SELECT stream_id FROM cairn_wakeups";
 pub(crate) const WORKERS_SQL: &str = "SELECT worker_id, beat_ms, about FROM cairn_workers ORDER BY worker_id";
 pub(crate) const SET_WAKE_SQL: &str = "INSERT INTO cairn_wakeups (stream_id, due_ms) VALUES ($1, $2) \
@@ -244,6 +246,13 @@ macro_rules! lease_methods {
 
         fn keeps_leases(&self) -> bool {
             true
+        }
+
+        fn wake_if_unset<'a>(&'a self, stream_id: &'a str, due_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                let q = sqlx::query(crate::store::WAKE_IF_UNSET_SQL).bind(stream_id).bind(due_ms);
+                q.execute(&mut *self.lease_conn().await?).await.map(|_| ()).map_err(|e| self.db_err(e))
+            })
         }
 
         fn indexed(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
@@ -432,6 +441,14 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, StoreResult<Vec<(String, i64, i64)>>> {
         let _ = (worker, due_by_ms, stale_before_ms, limit);
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Puts the run of `stream_id` in the wake-up index at `due_ms` unless
+    /// it is there already (a run recorded before the index existed, found
+    /// waiting on a timer): an entry an append or an answer wrote wins.
+    fn wake_if_unset<'a>(&'a self, stream_id: &'a str, due_ms: i64) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (stream_id, due_ms);
+        Box::pin(async { Ok(()) })
     }
 
     /// The streams in the wake-up index (runs a worker will be handed when

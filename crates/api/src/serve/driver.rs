@@ -199,7 +199,14 @@ impl Driver {
                 self.rearm.notify_one();
                 return;
             }
-            Ok(_) => {}
+            Ok(Some(at)) => {
+                // A run recorded before the index existed has no entry yet.
+                let stream = cairn_events::run_stream(run);
+                if let Err(e) = self.engine.store().wake_if_unset(&stream, at.timestamp_millis()).await {
+                    tracing::warn!(run_id = %run, error = %e, "cannot put the run in the wake-up index");
+                }
+            }
+            Ok(None) => {}
             Err(e) => tracing::error!(run_id = %run, error = %e, "cannot tell when the run wakes"),
         }
         if let Err(e) = self.engine.release(run).await {
