@@ -21,6 +21,10 @@ pub struct Counter {
 }
 
 /// A call's key, when it came and when it was answered.
+/// How long after its answer a call may still be unrecorded: the worker
+/// commits the outcome after the response, later on a loaded machine.
+const RECORDING: Duration = Duration::from_secs(3);
+
 pub type Call = (String, Instant, Option<Instant>);
 
 impl Counter {
@@ -71,7 +75,7 @@ impl Counter {
 
     /// The calls of `key` beyond `expected` that no kill explains: each
     /// repeat must follow a call that was in flight at a kill (started
-    /// before it, answered after it or less than a second before it, the
+    /// before it, answered after it or less than [`RECORDING`] before it, the
     /// time to record the outcome).
     pub fn unexplained(&self, key: &str, expected: usize, kills: &[Instant]) -> Vec<String> {
         let w = self.windows.lock().expect("lock");
@@ -79,9 +83,9 @@ impl Counter {
         let mut out = Vec::new();
         for (j, call) in calls.iter().enumerate().skip(expected) {
             let before = calls[j - 1];
-            let in_flight = kills.iter().any(|k| {
-                *k >= before.1 && before.2.is_none_or(|end| *k <= end + Duration::from_secs(1)) && *k <= call.1
-            });
+            let in_flight = kills
+                .iter()
+                .any(|k| *k >= before.1 && before.2.is_none_or(|end| *k <= end + RECORDING) && *k <= call.1);
             if !in_flight {
                 out.push(format!("{key} call {} repeated with no kill while call {j} was in flight", j + 1));
             }
