@@ -125,15 +125,7 @@ async fn main() {
     );
     let lease_args = ["--lease-timeout", lease.as_str()];
     let survivor = serve_on(&bin, &db, &lease_args, &dir.path().join("survivor.log"));
-    let r = http
-        .post(format!("{}/workflows", survivor.url))
-        .bearer_auth(&key)
-        .header("content-type", "application/yaml")
-        .body(wf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    server::publish(&http, &survivor.url, &key, &wf).await;
     println!(
         "FAILOVER: two `cairn serve` on {}, lease timeout {lease} s, {kills} kills",
         if sqlite { "SQLite" } else { "PostgreSQL" }

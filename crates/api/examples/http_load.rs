@@ -113,16 +113,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let c = Client { http: cairn_runtime::http_client(), url: server.url.clone(), key };
-        let r = c
-            .http
-            .post(format!("{}/workflows", c.url))
-            .bearer_auth(&c.key)
-            .header("content-type", "application/yaml")
-            .body(W10)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        server::publish(&c.http, &c.url, &c.key, W10).await;
         for _ in 0..10 {
             let (id, _) = c.start().await;
             c.wait(&id).await; // warm-up

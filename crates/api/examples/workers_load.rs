@@ -124,15 +124,7 @@ async fn main() {
         });
         let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
         let http = cairn_runtime::http_client();
-        let r = http
-            .post(format!("{}/workflows", urls[0]))
-            .bearer_auth(&key)
-            .header("content-type", "application/yaml")
-            .body(W10)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        server::publish(&http, &urls[0], &key, W10).await;
         load(&urls, &key, 50).await; // warm-up
         let all: Vec<u32> = servers.iter().chain(projector.iter()).map(|s| s.child.id()).collect();
         let cpu: f64 = all.iter().map(|p| cpu_secs(*p)).sum();

@@ -1224,21 +1224,6 @@ const POSTGRES_FULL: WritesFail = WritesFail {
     off: &["DROP TRIGGER full_events ON events", "DROP TRIGGER full_probe ON cairn_health"],
 };
 
-async fn run_sql(url: &str, statements: &[&str]) {
-    use sqlx::{AssertSqlSafe, Connection, Executor};
-    if url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
-        for s in statements {
-            c.execute(AssertSqlSafe(*s)).await.expect(s);
-        }
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
-        for s in statements {
-            c.execute(AssertSqlSafe(*s)).await.expect(s);
-        }
-    }
-}
-
 /// The disk-full reproducer (before: writes answered 500 and `/readyz` said
 /// ready; the problem named the database path). Now a failed write answers
 /// 503 `store-unavailable` naming nothing, readiness answers 503 until a
@@ -1253,7 +1238,7 @@ async fn readiness_follows_failing_writes(url: &str, full: WritesFail) {
     s.wait_status(&first, &k, &["completed"]).await;
     assert_eq!(s.send("GET", "/readyz", None, None, &[]).await.status, 200);
 
-    run_sql(url, full.on).await;
+    common::run_sql(url, full.on).await;
     let r = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 2}})).await;
     r.problem(503, "store-unavailable");
     let secret_parts = ["cairn.db", "/tmp", "postgres://", "No space", "disk is full"];
@@ -1266,7 +1251,7 @@ async fn readiness_follows_failing_writes(url: &str, full: WritesFail) {
     }
     assert_eq!(s.get(&format!("/runs/{first}"), &k).await.json["status"], "completed", "reads still answer");
 
-    run_sql(url, full.off).await;
+    common::run_sql(url, full.off).await;
     let ready = s.send("GET", "/readyz", None, None, &[]).await;
     assert_eq!(ready.status, 200, "a write succeeds again: {}", ready.text);
     let again = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 3}})).await;

@@ -210,21 +210,6 @@ async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", worker.logs());
 }
 
-async fn run_sql(url: &str, statements: &[&str]) {
-    use sqlx::{AssertSqlSafe, Connection, Executor};
-    if url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
-        for s in statements {
-            c.execute(AssertSqlSafe(*s)).await.expect(s);
-        }
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
-        for s in statements {
-            c.execute(AssertSqlSafe(*s)).await.expect(s);
-        }
-    }
-}
-
 /// A database from before the wake-up index: a run waiting on a timer has
 /// no entry (and no lease). The next server's start-up finds it, sees its
 /// timer is later, puts it in the index, and the timer fires on time.
@@ -239,7 +224,7 @@ async fn a_run_recorded_before_the_index_still_fires_its_timer(url: &str) {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(first.terminate().and_then(|s| s.code()), Some(0));
-    run_sql(url, &["DELETE FROM cairn_wakeups", "DELETE FROM cairn_leases"]).await;
+    common::run_sql(url, &["DELETE FROM cairn_wakeups", "DELETE FROM cairn_leases"]).await;
     let second = start(url, &[]);
     all_reach(&second, &key, std::slice::from_ref(&id), "completed", Duration::from_secs(10)).await;
     let took = started.elapsed();

@@ -97,7 +97,7 @@ impl Engine {
 
     /// An engine over `store` with these task handlers.
     pub fn new(store: Arc<dyn EventStore>, tasks: TaskRegistry) -> Self {
-        let store_for_leases = store.clone();
+        let keeps_leases = store.keeps_leases();
         Engine {
             commits: GroupCommit::new(store.clone()),
             store,
@@ -113,7 +113,7 @@ impl Engine {
                 clock: cairn_events::clock::ClockHandle::default(),
             },
             offload: false,
-            leases: store_for_leases.keeps_leases().then(|| {
+            leases: keeps_leases.then(|| {
                 Arc::new(crate::lease::Leases::new(
                     crate::lease::Leases::fresh_id(),
                     crate::lease::DEFAULT_LEASE_TIMEOUT,
@@ -459,14 +459,11 @@ impl Engine {
             // mean a worker was driving it and died).
             wake.due_ms = Some(now.timestamp_millis().max(1));
         }
-        let append = StreamAppend {
-            stream_id: cairn_events::run_stream(run_id),
-            expected: ExpectedVersion::NoStream,
-            events: new,
-        };
-        self.commits.append_guarded(append, fence.clone(), vec![wake.clone()]).await?;
+        let claimed = fence.is_some();
+        self.append_fenced(run_id, ExpectedVersion::NoStream, new, vec![wake.clone()], fence).await?;
         // Held unless it ended at once (the append let it go).
-        if let (Some(l), Some(_)) = (&self.leases, fence)
+        if let Some(l) = &self.leases
+            && claimed
             && wake.due_ms.is_some()
         {
             l.took(run_id);
@@ -485,6 +482,18 @@ impl Engine {
         wakes: Vec<cairn_events::Wake>,
     ) -> Result<cairn_events::AppendResult, StoreError> {
         let fence = self.leases.as_deref().and_then(|l| l.fence(run_id));
+        self.append_fenced(run_id, expected, events, wakes, fence).await
+    }
+
+    /// [`Engine::append`] with the fence given (a new run's, of token 0).
+    async fn append_fenced(
+        &self,
+        run_id: Uuid,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        wakes: Vec<cairn_events::Wake>,
+        fence: Option<cairn_events::Fence>,
+    ) -> Result<cairn_events::AppendResult, StoreError> {
         let append = StreamAppend { stream_id: cairn_events::run_stream(run_id), expected, events };
         // A fenced append that takes the run out of the wake-up index also
         // gives up its lease (in the store's transaction).

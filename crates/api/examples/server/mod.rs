@@ -124,3 +124,16 @@ pub async fn start_and_wait(http: &reqwest::Client, url: &str, key: &str, workfl
     assert_eq!(v["status"], "completed", "{v}");
     t.elapsed()
 }
+
+/// Publishes the workflow `yaml` through the server at `url`.
+pub async fn publish(http: &reqwest::Client, url: &str, key: &str, yaml: &str) {
+    let r = http
+        .post(format!("{url}/workflows"))
+        .bearer_auth(key)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+}

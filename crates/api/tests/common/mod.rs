@@ -79,3 +79,20 @@ pub async fn fresh_pg_url() -> Option<String> {
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
+
+/// Runs raw SQL on the database at `url` (SQLite or PostgreSQL), as a
+/// tamperer or an operator with a shell would.
+pub async fn run_sql(url: &str, statements: &[&str]) {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+        for s in statements {
+            c.execute(AssertSqlSafe(*s)).await.expect(s);
+        }
+    }
+}
