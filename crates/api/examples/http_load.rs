@@ -228,11 +228,13 @@ fn main() {
             pct(&mut waited_one, 0.5) / w10.median_ms
         );
         println!(
-            "HTTP W10 start-and-wait, {conc} clients closed loop:                {:>7.0} runs/s  ({:.2}x in-process)  median {:>6.2} ms  p99 {:>6.2} ms",
+            "HTTP W10 start-and-wait, {conc} clients closed loop:                {:>7.0} runs/s  ({:.2}x in-process)  median {:>6.2} ms  p99 {:>6.2} ms  ({:.2}x in-process median {:.2} ms at {conc})",
             waited_per_s,
             waited_per_s / w10.runs_per_s,
             pct(&mut waited, 0.5),
-            pct(&mut waited, 0.99)
+            pct(&mut waited, 0.99),
+            pct(&mut waited, 0.5) / w10.loaded_median_ms,
+            w10.loaded_median_ms
         );
         println!(
             "HTTP starts alone, {inflight} in flight: {:>7.0} requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",

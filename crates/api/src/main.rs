@@ -123,9 +123,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A server or a worker takes requests and drives runs on every core.
-    if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A server or a worker: on the threads `--threads` asks for.
+    let threads = match &cli.command {
+        Command::Serve(args) => Some(&args.runtime),
+        Command::Worker(args) => Some(&args.runtime),
+        _ => None,
+    };
+    if let Some(threads) = threads {
+        let runtime = match threads.build() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: cannot start the async runtime: {e}");

@@ -1786,6 +1786,13 @@ async fn a_start_can_wait_for_the_run_to_end(url: &str) {
     assert_eq!(r.json["status"], "failed", "{}", r.text);
     assert_eq!(r.json["error"]["kind"], "card.declined", "{}", r.text);
 
+    // Its drive stops short of the end (a timer), and the run ends within
+    // the wait: the answer follows it through the log to its end.
+    let r = start("slow", "wait=20").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["status"], "completed", "{}", r.text);
+    assert_eq!(r.json["output"]["ok"], true, "{}", r.text);
+
     // Does not end within the wait: answered as it is, then waited for.
     let r = start("slow", "wait=0").await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -1809,6 +1816,29 @@ async fn a_start_can_wait_for_the_run_to_end(url: &str) {
     let p = s.get(&format!("/runs/{id}?wait=61"), &k).await;
     assert!(p.problem(400, "bad-query")["detail"].as_str().is_some_and(|d| d.contains("60")), "{}", p.text);
     s.get(&format!("/runs/{}?wait=1", uuid::Uuid::now_v7()), &k).await.problem(404, "unknown-run");
+}
+
+/// `--threads 2` (async work on two threads instead of one): runs start,
+/// end and are waited for, over a start-and-wait and over live events.
+async fn a_server_on_two_threads_drives_and_answers(url: &str) {
+    let s = Server::start_with(&["--threads", "2"], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let body = json!({"workflow": "echo", "inputs": {"n": 7}}).to_string().into_bytes();
+    for _ in 0..5 {
+        let r =
+            s.send("POST", "/runs", Some(&k), Some(("application/json", body.clone())), &[("prefer", "wait=10")]).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(r.json["status"], "completed", "{}", r.text);
+    }
+    let r = s.post("/runs", &k, &json!({"workflow": "echo", "inputs": {"n": 8}})).await;
+    let id = r.json["run_id"].as_str().expect("id").to_owned();
+    let live = s.get(&format!("/runs/{id}/live"), &k).await;
+    assert!(live.text.contains("event: RunCompleted") && live.text.contains("event: end"), "{}", live.text);
+    // `--threads 0` is refused with what to give instead.
+    let out = common::cairn_url(url, &["serve", "--threads", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The server's timer wheel fires every wait of a loop, each after it falls
@@ -1847,6 +1877,7 @@ async fn a_loop_of_waits_completes_under_the_server(url: &str) {
 }
 
 on_both!(
+    a_server_on_two_threads_drives_and_answers,
     a_loop_of_waits_completes_under_the_server,
     a_start_can_wait_for_the_run_to_end,
     a_run_that_kills_every_start_is_quarantined,

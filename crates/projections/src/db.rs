@@ -186,10 +186,16 @@ impl ReadDb {
         }
         // Owner-only, as the event log (its WAL files take this mode).
         cairn_events::sqlite::create_private(path)?;
+        // synchronous=NORMAL: in WAL mode a commit is still atomic and the
+        // file consistent after any crash; power loss may take the newest
+        // commits, but each takes its checkpoint with it (same transaction),
+        // so the projections apply those events again from the log. Every
+        // table here is derived from the log: no fsync per catch-up.
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         Ok(ReadDb::Sqlite(SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?))
     }

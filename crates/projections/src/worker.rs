@@ -24,6 +24,10 @@ pub const PARKED: &str = "cairn_parked";
 /// Events per batch transaction.
 pub const DEFAULT_BATCH: usize = 500;
 
+/// How long a following worker waits after a commit wakes it before it
+/// catches up (see [`Worker::run`]).
+pub const LINGER: Duration = Duration::from_millis(50);
+
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -177,6 +181,14 @@ pub struct Worker {
     /// PostgreSQL: the session holding this worker's advisory locks.
     locks: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
     owned: std::sync::Mutex<HashSet<String>>,
+}
+
+/// What one batch of every projection together did.
+enum Together {
+    /// The events applied, and whether they were a whole batch (more may follow).
+    Applied(u64, bool),
+    CaughtUp,
+    Apart,
 }
 
 /// On PostgreSQL, a session holding the read models' set-up lock (keyed by
@@ -406,28 +418,30 @@ impl Worker {
         }
     }
 
-    /// One batch for every projection at the lowest common checkpoint, in
-    /// one transaction; `None` when there is nothing to do that way (caught
-    /// up, projections at different positions, stopped or not owned: the
-    /// one-by-one path handles those).
-    async fn step_together(&self) -> Result<Option<u64>, ProjectionError> {
+    /// One batch for every projection at their common checkpoint, in one
+    /// transaction: [`Together::Applied`] with the events applied,
+    /// [`Together::CaughtUp`] when they are together at the log's head, or
+    /// [`Together::Apart`] when it cannot go that way (projections at
+    /// different positions, stopped or not owned: the one-by-one path
+    /// handles those).
+    async fn step_together(&self) -> Result<Together, ProjectionError> {
         let mut group = Vec::new();
         let mut at = None;
         let checkpoints = self.checkpoints().await?;
         for p in &self.projections {
             if !self.owns(p.name()).await? {
-                return Ok(None);
+                return Ok(Together::Apart);
             }
-            let Some(c) = checkpoints.get(p.name()) else { return Ok(None) };
+            let Some(c) = checkpoints.get(p.name()) else { return Ok(Together::Apart) };
             if c.error.is_some() || at.is_some_and(|a| a != c.position) {
-                return Ok(None);
+                return Ok(Together::Apart);
             }
             at = Some(c.position);
             group.push((&**p, c.generation));
         }
-        let Some(position) = at else { return Ok(None) };
+        let Some(position) = at else { return Ok(Together::Apart) };
         let events = self.store.read_all(position + 1, self.batch).await?;
-        let Some(last) = events.last().map(|e| e.global_position) else { return Ok(None) };
+        let Some(last) = events.last().map(|e| e.global_position) else { return Ok(Together::CaughtUp) };
         // Decode once for all.
         let mut decoded = Vec::with_capacity(events.len());
         for r in &events {
@@ -436,14 +450,14 @@ impl Worker {
             }
             match Event::decode(r) {
                 Ok(e) => decoded.push((r, e)),
-                Err(_) => return Ok(None), // the one-by-one path stops the right projection
+                Err(_) => return Ok(Together::Apart), // the one-by-one path stops the right projection
             }
         }
         let mut tx = self.db.begin().await?;
         for (p, generation) in &group {
             if !advance(&mut tx, p.name(), position, *generation, last).await? {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(Together::Apart);
             }
         }
         for (p, _) in &group {
@@ -457,11 +471,11 @@ impl Worker {
                 if is_transient(&e) {
                     return Err(e.into());
                 }
-                return Ok(None); // one by one, to stop only the projection at fault
+                return Ok(Together::Apart); // one by one, to stop only the projection at fault
             }
         }
         tx.commit().await?;
-        Ok(Some(events.len() as u64 * group.len() as u64))
+        Ok(Together::Applied(events.len() as u64 * group.len() as u64, events.len() >= self.batch))
     }
 
     /// Applies every projection until each is caught up (or stopped, or
@@ -470,8 +484,18 @@ impl Worker {
         let mut total = 0;
         // Together while the projections are at the same position (the
         // steady state): one read, one decode and one commit per batch.
-        while let Some(n) = self.step_together().await? {
-            total += n;
+        loop {
+            match self.step_together().await? {
+                // Less than a batch: that was the log's head when read.
+                Together::Applied(n, whole) => {
+                    total += n;
+                    if !whole {
+                        return Ok(total);
+                    }
+                }
+                Together::CaughtUp => return Ok(total),
+                Together::Apart => break,
+            }
         }
         for name in self.names() {
             loop {
@@ -489,6 +513,11 @@ impl Worker {
     /// (woken by the store, polling every `poll` as the floor); backs off on
     /// database errors, up to 30 s. A poll that finds the log's head where
     /// the last catch-up found it costs one query, not a catch-up.
+    ///
+    /// Woken by a commit, it lingers [`LINGER`] before catching up, so the
+    /// commits of that time are applied in one transaction: under load one
+    /// catch-up serves many runs instead of one per commit. (A read through
+    /// [`Worker::catch_up`] is not delayed by this.)
     pub async fn run(&self, poll: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut wake = self.store.wakeups();
         let mut backoff = Duration::from_millis(100);
@@ -499,7 +528,12 @@ impl Worker {
             let head = self.store.head_position().await.ok();
             if head.is_some() && head == caught_up {
                 tokio::select! {
-                    _ = wake.changed() => {}
+                    _ = wake.changed() => {
+                        tokio::select! {
+                            () = tokio::time::sleep(LINGER) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
                     () = tokio::time::sleep(poll) => {}
                     _ = stop.changed() => {}
                 }
@@ -521,7 +555,12 @@ impl Worker {
                 }
             }
             tokio::select! {
-                _ = wake.changed() => {}
+                _ = wake.changed() => {
+                    tokio::select! {
+                        () = tokio::time::sleep(LINGER) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 () = tokio::time::sleep(poll) => {}
                 _ = stop.changed() => {}
             }

@@ -192,11 +192,11 @@ impl Engine {
     }
 
     /// Decides (templates, conditions, the decider's fold) on tokio's
-    /// blocking pool rather than the async executor, on a multi-threaded
-    /// runtime: a run whose templates or conditions are expensive then
-    /// never delays other requests or runs, and a request timeout can
-    /// answer while it works. For servers; in-process use decides inline,
-    /// which is cheaper per step.
+    /// blocking pool rather than the async executor: a run whose templates
+    /// or conditions are expensive then never delays other requests or
+    /// runs, a request timeout can answer while it works, and a server on
+    /// one async thread decides on the other cores. For servers; in-process
+    /// use decides inline, which is cheaper per step.
     pub fn with_offloaded_decisions(mut self) -> Self {
         self.offload = true;
         self
@@ -205,9 +205,7 @@ impl Engine {
     /// Runs the CPU-bound `f` off the async executor when offloading (see
     /// [`Engine::with_offloaded_decisions`]), inline otherwise.
     pub(crate) async fn think<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !(self.offload && multi) {
+        if !(self.offload && tokio::runtime::Handle::try_current().is_ok()) {
             return f();
         }
         match tokio::task::spawn_blocking(f).await {
@@ -358,20 +356,44 @@ impl Engine {
         started_by: &str,
         opts: Start,
     ) -> Result<Uuid, RunError> {
+        Ok(self.start_with_state(w, version, inputs, started_by, opts).await?.0)
+    }
+
+    /// [`Engine::start_with`], also giving the state the start recorded,
+    /// for a host that drives the run next without reading it back
+    /// ([`Engine::drive_until_idle_from`]).
+    pub async fn start_with_state(
+        &self,
+        w: &Workflow,
+        version: u32,
+        inputs: Value,
+        started_by: &str,
+        opts: Start,
+    ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
         let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
-        Ok(self
-            .start_run(
-                w,
-                version,
-                inputs,
-                started_by,
-                id,
-                Origin { idempotency_key: opts.idempotency_key, ..Origin::default() },
-                opts.drive,
-            )
-            .await?
-            .0)
+        let origin = Origin { idempotency_key: opts.idempotency_key, ..Origin::default() };
+        let (id, _, state) = self.start_run(w, version, inputs, started_by, id, origin, opts.drive).await?;
+        Ok((id, state))
+    }
+
+    /// [`Engine::drive_until_idle`] from `state`, the run's state as this
+    /// worker recorded it (a start's), without reading the run first; when
+    /// this worker does not hold the run, as [`Engine::drive_until_idle`].
+    pub async fn drive_until_idle_from(
+        &self,
+        run_id: Uuid,
+        state: RunState,
+        observer: Observer<'_>,
+    ) -> Result<RunState, RunError> {
+        if self.leases.is_some() && !self.holds(run_id) {
+            return self.drive_until_idle(run_id, observer).await;
+        }
+        let out = Box::pin(self.drive_from(run_id, state, observer, true)).await;
+        if !matches!(&out, Ok(s) if !s.status.is_terminal()) {
+            self.release(run_id).await?;
+        }
+        out
     }
 
     /// When a run that is waiting (for people, or on a timer) next has

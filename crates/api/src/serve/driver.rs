@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::quarantine::{self, Ledger};
 
 use cairn_runtime::Engine;
+use cairn_runtime::run::RunState;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -97,7 +98,14 @@ pub struct Driver {
     /// One takeover at a time (start-up's and the polls'), so a run is put
     /// on probation once.
     taking_over: tokio::sync::Mutex<()>,
+    /// Who waits for a drive here to stop, by run: told the run's state
+    /// when the drive ended it, `None` when it stopped short of the end.
+    ends: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<Option<RunState>>>>>,
 }
+
+/// How a run stood when a drive of it here stopped: `Some` with its final
+/// state when the drive ended it.
+pub type DriveEnd = tokio::sync::oneshot::Receiver<Option<RunState>>;
 
 impl Driver {
     /// A driver for `engine`.
@@ -111,6 +119,7 @@ impl Driver {
             ledger_version: AtomicU64::new(0),
             rearm: tokio::sync::Notify::new(),
             taking_over: tokio::sync::Mutex::new(()),
+            ends: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,18 +144,50 @@ impl Driver {
     /// Drives `run` (and, once it ends, the parents waiting for it) now,
     /// unless it is quarantined.
     pub fn kick(self: &Arc<Self>, run: Uuid) {
+        self.drive(run, None, None);
+    }
+
+    /// Drives a run this worker just started, from the state its start
+    /// recorded (no read), and, with `watch`, tells how the drive stopped:
+    /// the run's final state when it ended it, so a request that waits for
+    /// the run needs neither the log nor a read. `None` when this process
+    /// does not drive the run (no worker here, or it is quarantined).
+    pub fn kick_started(self: &Arc<Self>, run: Uuid, started: RunState, watch: bool) -> Option<DriveEnd> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = watch.then_some(tx);
+        (self.drive(run, tx, Some(started)) && watch).then_some(rx)
+    }
+
+    /// Tells those waiting for a drive of `run` here how it stopped.
+    fn tell(&self, run: Uuid, ended: Option<&RunState>) {
+        let Some(list) = self.ends.lock().unwrap_or_else(|p| p.into_inner()).remove(&run) else { return };
+        for tx in list {
+            let _ = tx.send(ended.cloned());
+        }
+    }
+
+    fn drive(
+        self: &Arc<Self>,
+        run: Uuid,
+        watch: Option<tokio::sync::oneshot::Sender<Option<RunState>>>,
+        mut seed: Option<RunState>,
+    ) -> bool {
         if !self.enabled {
-            return;
+            return false;
         }
         if self.is_quarantined(run) {
             tracing::warn!(run_id = %run, "not driving a quarantined run (cairn quarantine release)");
-            return;
+            return false;
         }
         {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = watch {
+                // Under the active lock: the drive tells after its last pass.
+                self.ends.lock().unwrap_or_else(|p| p.into_inner()).entry(run).or_default().push(tx);
+            }
             if let Some(again) = a.get_mut(&run) {
                 *again = true;
-                return;
+                return true;
             }
             a.insert(run, false);
         }
@@ -155,10 +196,19 @@ impl Driver {
         tokio::spawn(async move {
             loop {
                 let mut ignore = |_: &cairn_events::Event| {};
-                match me.engine.drive_after_answer_until_idle(run, &mut ignore).await {
+                let mut ended = None;
+                let driven = match seed.take() {
+                    // A fresh top-level run: no parent to drive after it.
+                    Some(s) => me.engine.drive_until_idle_from(run, s, &mut ignore).await.map(|s| (run, s)),
+                    None => me.engine.drive_after_answer_until_idle(run, &mut ignore).await,
+                };
+                match driven {
                     Ok((top, state)) => {
                         if !state.status.is_terminal() && me.engine.holds(top) {
                             me.park(top).await;
+                        }
+                        if top == run && state.status.is_terminal() {
+                            ended = Some(state);
                         }
                     }
                     Err(cairn_runtime::RunError::Store(e)) if e.kind() == cairn_events::StoreErrorKind::Fenced => {
@@ -181,11 +231,13 @@ impl Driver {
                     Some(again) if *again => *again = false,
                     _ => {
                         a.remove(&run);
+                        me.tell(run, ended.as_ref());
                         break;
                     }
                 }
             }
         });
+        true
     }
 
     /// A run this worker holds and that waits: kept in the wheel when its

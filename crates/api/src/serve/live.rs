@@ -6,7 +6,7 @@
 //!
 //! One task follows the log for the whole server ([`Tail`]) and hands each
 //! new event to the clients watching its stream, so a commit costs one read
-//! however many clients watch. A client registers before it reads what it
+//! however many clients watch (and none while nobody watches). A client registers before it reads what it
 //! missed from its stream, so nothing falls between the two; versions it
 //! already sent are skipped. A client too slow to keep up is dropped by the
 //! tail and catches up from its stream again.
@@ -43,30 +43,70 @@ const TERMINAL: [&str; 3] = ["RunCompleted", "RunFailed", "RunCancelled"];
 
 type Watchers = HashMap<String, Vec<mpsc::Sender<RecordedEvent>>>;
 
+/// How often the tail reads the log without a wake-up while anyone
+/// watches (commits of other processes wake nobody here).
+const POLL: Duration = Duration::from_millis(250);
+/// Events one read of the log takes.
+const BATCH: usize = 512;
+
 /// Follows the log and hands new events to the clients of their stream.
+/// With no client watching, it reads nothing: the first client to
+/// register notes the log's head before it registers (then reads its
+/// stream), and the tail goes on from there.
 pub struct Tail {
-    watchers: Mutex<Watchers>,
+    inner: Mutex<Inner>,
+    warmed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    watchers: Watchers,
+    /// The position the tail reads next; `None` while nobody watches.
+    next: Option<u64>,
 }
 
 impl Tail {
-    /// Starts following the log from its head.
+    /// Starts following the log (from its head once someone watches).
     pub async fn spawn(store: Arc<dyn EventStore>, mut stop: tokio::sync::watch::Receiver<bool>) -> Arc<Tail> {
-        let tail = Arc::new(Tail { watchers: Mutex::new(HashMap::new()) });
-        let from = store.head_position().await.unwrap_or(0) + 1;
+        let tail = Arc::new(Tail { inner: Mutex::new(Inner::default()), warmed: tokio::sync::Notify::new() });
         let me = tail.clone();
         tokio::spawn(async move {
-            let mut sub = cairn_events::subscribe(store, from);
+            let mut wake = store.wakeups();
             loop {
-                let batch = tokio::select! {
-                    _ = stop.changed() => return,
-                    b = sub.next_batch() => b,
+                let from = {
+                    let mut i = me.lock();
+                    if i.watchers.is_empty() {
+                        i.next = None;
+                    }
+                    i.next
                 };
-                match batch {
-                    Ok(events) => me.hand_out(events),
+                let Some(from) = from else {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = me.warmed.notified() => {}
+                    }
+                    continue;
+                };
+                // Seen before reading: a commit after the read wakes the wait.
+                wake.borrow_and_update();
+                match store.read_all(from, BATCH).await {
+                    Ok(events) if !events.is_empty() => me.hand_out(events),
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            _ = wake.changed() => {}
+                            () = tokio::time::sleep(POLL) => {}
+                            () = me.warmed.notified() => {}
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "live events: cannot follow the log");
                         // Everyone catches up from their streams.
-                        me.watchers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        {
+                            let mut i = me.lock();
+                            i.watchers.clear();
+                            i.next = None;
+                        }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -75,11 +115,16 @@ impl Tail {
         tail
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn hand_out(&self, events: Vec<RecordedEvent>) {
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if w.is_empty() {
-            return;
-        }
+        let mut i = self.lock();
+        let Some(last) = events.last().map(|e| e.global_position) else { return };
+        // Gone cold and warm again meanwhile: the newer start may be later.
+        i.next = i.next.map(|n| n.max(last + 1));
+        let w = &mut i.watchers;
         for e in events {
             if let Some(list) = w.get_mut(&e.stream_id) {
                 // Full or closed: that client is dropped and re-reads its stream.
@@ -101,7 +146,7 @@ impl Tail {
         deadline: tokio::time::Instant,
     ) -> Result<bool, cairn_events::StoreError> {
         loop {
-            let mut rx = self.watch(stream);
+            let mut rx = self.watch(store, stream).await?;
             let version = store.stream_version(stream).await?;
             let newest = store.read_stream(stream, version.max(1)).await?;
             if newest.last().is_some_and(|e| TERMINAL.contains(&e.event_type.as_str())) {
@@ -127,13 +172,36 @@ impl Tail {
         }
     }
 
-    fn watch(&self, stream: &str) -> mpsc::Receiver<RecordedEvent> {
-        let (tx, rx) = mpsc::channel(256);
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        let list = w.entry(stream.to_owned()).or_default();
-        list.retain(|t| !t.is_closed());
-        list.push(tx);
-        rx
+    /// Registers a client of `stream`: it gets every event committed to
+    /// the stream after this returns (and maybe some before: a client
+    /// reads its stream after registering and skips what it has).
+    async fn watch(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+    ) -> Result<mpsc::Receiver<RecordedEvent>, cairn_events::StoreError> {
+        loop {
+            // Cold (nobody watches): the head before registering is where
+            // the tail starts. Every event after it is read by the tail;
+            // every one up to it, the client reads from its stream.
+            let head = if self.lock().next.is_none() { Some(store.head_position().await?) } else { None };
+            let rx = {
+                let mut i = self.lock();
+                match (i.next, head) {
+                    (Some(_), _) => {}
+                    (None, Some(h)) => i.next = Some(h + 1),
+                    // Gone cold since it looked: look at the head again.
+                    (None, None) => continue,
+                }
+                let (tx, rx) = mpsc::channel(256);
+                let list = i.watchers.entry(stream.to_owned()).or_default();
+                list.retain(|t| !t.is_closed());
+                list.push(tx);
+                rx
+            };
+            self.warmed.notify_one();
+            return Ok(rx);
+        }
     }
 }
 
@@ -196,7 +264,13 @@ async fn emit(out: &mpsc::Sender<Sse>, r: &RecordedEvent, after: &mut u64) -> bo
 /// come, until the run's last event (then `end`) or the client leaves.
 async fn follow(state: Arc<State>, stream_id: String, mut after: u64, out: mpsc::Sender<Sse>) {
     loop {
-        let mut rx = state.tail.watch(&stream_id);
+        let mut rx = match state.tail.watch(&*state.store, &stream_id).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: cannot read the log's head");
+                return;
+            }
+        };
         // What was missed, read after registering: nothing falls between.
         let missed = match state.store.read_stream(&stream_id, after + 1).await {
             Ok(m) => m,

@@ -89,6 +89,32 @@ pub struct Args {
     pub no_projections: bool,
     #[command(flatten)]
     pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// The threads a server or worker runs its async work on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Threads for requests and runs' async work (1: one thread, the
+    /// default; more for PostgreSQL on many cores). SQLite statements run
+    /// on their connections' threads, decisions on the blocking pool and
+    /// the read models on a thread of their own whatever this is: one
+    /// thread hands work on without waking another, the cheapest on small
+    /// machines (see docs/performance.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), env = "CAIRN_THREADS")]
+    pub threads: u16,
+}
+
+impl RuntimeArgs {
+    /// The runtime these arguments ask for.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if self.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(self.threads)).enable_all().build()
+        }
+    }
 }
 
 /// How a worker holds runs.
@@ -129,6 +155,8 @@ pub struct WorkerArgs {
     pub secrets_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Ctrl-C or SIGTERM.
@@ -280,15 +308,22 @@ pub async fn run(
     let local = listener.local_addr()?;
     out!("listening on http://{local}");
     tracing::info!(address = %local, database = %store.describe(), auth = !args.no_auth, "serving");
-    let projections = {
+    // The read models follow the log on a thread of their own, beside the
+    // one answering requests and driving runs.
+    let projections = if args.no_projections {
+        None
+    } else {
         let w = worker.clone();
         let rx = stop_rx.clone();
-        let follow = !args.no_projections;
-        tokio::spawn(async move {
-            if follow {
-                w.run(Duration::from_millis(200), rx).await;
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("cairn-projections".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(w.run(Duration::from_millis(200), rx)),
+                Err(e) => tracing::error!(error = %e, "cannot start the read models' thread"),
             }
-        })
+            let _ = done.send(());
+        })?;
+        Some(finished)
     };
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
     let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
@@ -317,7 +352,9 @@ pub async fn run(
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await?;
-    let _ = projections.await;
+    if let Some(p) = projections {
+        let _ = p.await;
+    }
     let _ = timers.await;
     if let Some(e) = exporter {
         let _ = e.await;

@@ -506,6 +506,28 @@ async fn wait_for_end(state: &State, id: Uuid, wait: Duration) -> ApiResult<()> 
     Ok(())
 }
 
+/// Waits (up to `wait`) for run `id` to end: for the drive this request
+/// kicked, when this process drives it (no read, no log); through the log
+/// otherwise, or when that drive stopped short of the end (a timer, people,
+/// another worker took it over).
+async fn wait_for_drive(
+    state: &State,
+    id: Uuid,
+    wait: Duration,
+    drive: Option<super::driver::DriveEnd>,
+) -> ApiResult<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    if let Some(drive) = drive {
+        match tokio::time::timeout_at(deadline, drive).await {
+            Err(_) => return Ok(()),
+            Ok(Ok(Some(_ended))) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+    state.tail.until_ended(&*state.store, &cairn_events::run_stream(id), deadline).await?;
+    Ok(())
+}
+
 /// `Preference-Applied: wait=N` on an answer that waited.
 fn applied(r: &mut Response, wait: Option<Duration>) {
     if let Some(w) = wait
@@ -570,8 +592,8 @@ pub async fn start(
         ));
     }
     let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone(), drive: state.driver.drives() };
-    let id = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
-        Ok(id) => id,
+    let (id, started) = match state.engine.start_with_state(&w, version, inputs.clone(), &caller.identity, opts).await {
+        Ok(started) => started,
         Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
             // Another request with this key got there first.
             let id = run_id.unwrap_or_default();
@@ -582,9 +604,9 @@ pub async fn start(
         }
         Err(e) => return Err(e.into()),
     };
-    state.driver.kick(id);
+    let drive = state.driver.kick_started(id, started, wait.is_some());
     if let Some(w) = wait {
-        wait_for_end(&state, id, w).await?;
+        wait_for_drive(&state, id, w, drive).await?;
     }
     let (s, events) = load(&state, id).await?;
     let mut r = (StatusCode::CREATED, axum::Json(view(id, &s, &events)?)).into_response();

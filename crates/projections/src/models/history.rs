@@ -56,7 +56,9 @@ impl Projection for StepHistory {
     fn wants(&self, t: &str) -> bool {
         matches!(
             t,
-            "StepStarted"
+            // Only to know a run is new: it has no rows to look up.
+            "RunStarted"
+                | "StepStarted"
                 | "StepCompleted"
                 | "StepFailed"
                 | "StepSkipped"
@@ -256,11 +258,18 @@ struct HistoryFold<'t> {
     /// Where each step is, by (run, step); `None`: never started.
     current: HashMap<(String, String), Option<Current>>,
     current_set: Vec<(String, String)>,
+    /// Runs that start in this batch: nothing of theirs is in the tables
+    /// yet, so nothing is looked up (a run's first event is `RunStarted`;
+    /// a rebuild writes fresh tables).
+    fresh: std::collections::HashSet<String>,
 }
 
 impl HistoryFold<'_> {
     async fn row(&mut self, tx: &mut Tx, run: &str, entry: &str) -> Result<Option<&mut HistoryRow>, DbError> {
         let key = (run.to_owned(), entry.to_owned());
+        if !self.rows.contains_key(&key) && self.fresh.contains(run) {
+            self.rows.insert(key.clone(), None);
+        }
         if !self.rows.contains_key(&key) {
             let found = tx
                 .row(
@@ -291,6 +300,10 @@ impl HistoryFold<'_> {
         let key = (run.to_owned(), step.to_owned());
         if let Some(c) = self.current.get(&key) {
             return Ok(c.clone());
+        }
+        if self.fresh.contains(run) {
+            self.current.insert(key, None);
+            return Ok(None);
         }
         let found = tx
             .row(
@@ -365,6 +378,11 @@ impl StepHistory {
             created: Vec::new(),
             current: HashMap::new(),
             current_set: Vec::new(),
+            fresh: events
+                .iter()
+                .filter(|(_, e)| matches!(e, Event::RunStarted(_)))
+                .filter_map(|(r, _)| r.stream_id.strip_prefix("run-").map(str::to_owned))
+                .collect(),
         };
         for (r, e) in events {
             let Some(run) = r.stream_id.strip_prefix("run-") else { continue };

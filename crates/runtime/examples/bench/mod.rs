@@ -66,6 +66,8 @@ pub struct Figures {
     pub median_ms: f64,
     pub p99_ms: f64,
     pub runs_per_s: f64,
+    /// Median latency of a run in the throughput phase (`concurrency` at a time).
+    pub loaded_median_ms: f64,
 }
 
 /// Latency of `runs_latency` runs one at a time, then throughput of
@@ -88,15 +90,23 @@ where
         let permit = sem.clone().acquire_owned().await.unwrap();
         let one = one.clone();
         tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
             one(runs_latency + i).await;
             drop(permit);
+            t.elapsed()
         }));
     }
+    let mut loaded = Vec::with_capacity(runs_tput);
     for t in tasks {
-        t.await.unwrap();
+        loaded.push(t.await.unwrap());
     }
     let runs_per_s = runs_tput as f64 / t.elapsed().as_secs_f64();
-    Figures { median_ms: pct(&mut lat, 0.5), p99_ms: pct(&mut lat, 0.99), runs_per_s }
+    Figures {
+        median_ms: pct(&mut lat, 0.5),
+        p99_ms: pct(&mut lat, 0.99),
+        runs_per_s,
+        loaded_median_ms: pct(&mut loaded, 0.5),
+    }
 }
 
 pub async fn measure_floor(
