@@ -4,7 +4,7 @@
 //! on the same disk.
 //!
 //! ```text
-//! cargo run --release -p cairn-api --example http_load [-- --quick]
+//! cargo run --release -p cairn-api --example http_load [-- --quick] [--postgres]
 //! ```
 //!
 //! Phases: (1) the floor (10 single-row commits per run) and in-process W10
@@ -80,10 +80,26 @@ impl Client {
     }
 }
 
-async fn in_process(dir: &std::path::Path, runs: usize, conc: usize) -> (bench::Figures, bench::Figures) {
-    let floor = bench::measure_floor(bench::sqlite_floor(dir).await, 10, 50, runs, conc).await;
-    let store: Arc<dyn EventStore> =
-        cairn_events::sqlite::SqliteStore::open(dir.join("w10.db"), Default::default()).await.unwrap();
+async fn in_process(dir: &std::path::Path, pg: bool, runs: usize, conc: usize) -> (bench::Figures, bench::Figures) {
+    let (floor, store): (bench::Floor, Arc<dyn EventStore>) = if pg {
+        use sqlx::Executor;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&server::fresh_pg_db("cairn_http_floor").await)
+            .await
+            .unwrap();
+        pool.execute(
+            "CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, k TEXT NOT NULL, v INTEGER NOT NULL, payload TEXT NOT NULL)",
+        )
+        .await
+        .unwrap();
+        let url = server::fresh_pg_db("cairn_http_w10").await;
+        (bench::Floor::Pg(pool), cairn_events::open(&url).await.unwrap())
+    } else {
+        let store = cairn_events::sqlite::SqliteStore::open(dir.join("w10.db"), Default::default()).await.unwrap();
+        (bench::sqlite_floor(dir).await, store)
+    };
+    let floor = bench::measure_floor(floor, 10, 50, runs, conc).await;
     let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
     let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
@@ -105,11 +121,20 @@ fn main() {
         if quick { (30, 200, 400, 16, 64) } else { (100, 1000, 2000, 16, 64) };
     let bin = cairn_binary();
     let dir = tempfile::tempdir_in(".").unwrap();
+    let pg = std::env::args().any(|a| a == "--postgres");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (w10, floor) = rt.block_on(in_process(dir.path(), closed, conc));
+    let (w10, floor) = rt.block_on(in_process(dir.path(), pg, closed, conc));
+    let (server, key) = if pg {
+        let db = rt.block_on(server::fresh_pg_db("cairn_http"));
+        let key = server::admin_key(&bin, &db);
+        let extra = std::env::var("CAIRN_BENCH_SERVE_ARGS").unwrap_or_default();
+        let args: Vec<&str> = extra.split_whitespace().collect();
+        (server::serve_on(&bin, &db, &args, &dir.path().join("serve.log")), key)
+    } else {
+        serve(&bin, dir.path())
+    };
     drop(rt);
 
-    let (server, key) = serve(&bin, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let c = Client { http: cairn_runtime::http_client(), url: server.url.clone(), key };
@@ -193,7 +218,11 @@ fn main() {
         }
         let starts_per_s = starts as f64 / t.elapsed().as_secs_f64();
 
-        println!("W10 (10 sequential task steps per run), SQLite WAL synchronous=FULL, all on this disk, in this run");
+        if pg {
+            println!("W10 (10 sequential task steps per run), PostgreSQL synchronous_commit=on (127.0.0.1), in this run");
+        } else {
+            println!("W10 (10 sequential task steps per run), SQLite WAL synchronous=FULL, all on this disk, in this run");
+        }
         println!(
             "floor (10 single-row commits per run, {conc} at a time):          {:>7.0} runs/s",
             floor.runs_per_s
