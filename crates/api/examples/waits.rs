@@ -73,16 +73,7 @@ struct Api {
 
 impl Api {
     async fn publish(&self, yaml: &str) {
-        let r = self
-            .http
-            .post(format!("{}/workflows", self.url))
-            .bearer_auth(&self.key)
-            .header("content-type", "application/yaml")
-            .body(yaml.to_owned())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        server::publish(&self.http, &self.url, &self.key, yaml).await;
     }
 
     async fn start(&self, workflow: &str) -> String {

@@ -341,28 +341,16 @@ impl Engine {
     /// Starts a run of a published version; returns its id. The run's first
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
-        self.start_with(w, version, inputs, started_by, Start::default()).await
+        Ok(self.start_with(w, version, inputs, started_by, Start::default()).await?.0)
     }
 
-    /// Starts a run with a chosen id and idempotency key. With a chosen id
-    /// the append expects no stream, so of two starts with one id exactly
-    /// one records `RunStarted`; the other gets a conflict
+    /// Starts a run with a chosen id and idempotency key; gives its id and
+    /// the state the start recorded (for a host that drives the run next
+    /// without reading it back: [`Engine::drive_until_idle_from`]). With a
+    /// chosen id the append expects no stream, so of two starts with one id
+    /// exactly one records `RunStarted`; the other gets a conflict
     /// ([`StoreError::is_conflict`]) and can read the winner's run.
     pub async fn start_with(
-        &self,
-        w: &Workflow,
-        version: u32,
-        inputs: Value,
-        started_by: &str,
-        opts: Start,
-    ) -> Result<Uuid, RunError> {
-        Ok(self.start_with_state(w, version, inputs, started_by, opts).await?.0)
-    }
-
-    /// [`Engine::start_with`], also giving the state the start recorded,
-    /// for a host that drives the run next without reading it back
-    /// ([`Engine::drive_until_idle_from`]).
-    pub async fn start_with_state(
         &self,
         w: &Workflow,
         version: u32,
@@ -386,14 +374,7 @@ impl Engine {
         state: RunState,
         observer: Observer<'_>,
     ) -> Result<RunState, RunError> {
-        if self.leases.is_some() && !self.holds(run_id) {
-            return self.drive_until_idle(run_id, observer).await;
-        }
-        let out = Box::pin(self.drive_from(run_id, state, observer, true)).await;
-        if !matches!(&out, Ok(s) if !s.status.is_terminal()) {
-            self.release(run_id).await?;
-        }
-        out
+        self.drive_idle(run_id, Some(state), observer).await
     }
 
     /// When a run that is waiting (for people, or on a timer) next has
@@ -645,10 +626,26 @@ impl Engine {
     /// host fires it, or gives it up with [`Engine::release`]); an ended
     /// run, or one another live worker drives, it does not hold.
     pub async fn drive_until_idle(&self, run_id: Uuid, observer: Observer<'_>) -> Result<RunState, RunError> {
-        if !self.claim(run_id).await? {
+        self.drive_idle(run_id, None, observer).await
+    }
+
+    /// [`Engine::drive_until_idle`], from `seed` when this worker holds the
+    /// run (no read).
+    async fn drive_idle(
+        &self,
+        run_id: Uuid,
+        seed: Option<RunState>,
+        observer: Observer<'_>,
+    ) -> Result<RunState, RunError> {
+        let seed = seed.filter(|_| self.holds(run_id));
+        if seed.is_none() && !self.claim(run_id).await? {
             return self.state(run_id).await;
         }
-        let out = match self.state(run_id).await {
+        let state = match seed {
+            Some(s) => Ok(s),
+            None => self.state(run_id).await,
+        };
+        let out = match state {
             Ok(state) => Box::pin(self.drive_from(run_id, state, observer, true)).await,
             Err(e) => Err(e),
         };

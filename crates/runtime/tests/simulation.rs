@@ -440,7 +440,7 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
     // attempt) is the seed's too.
     let run_id = Some(Uuid::from_u64_pair(seed, rng.next()));
     let start = cairn_runtime::Start { run_id, ..Default::default() };
-    let id =
+    let (id, _) =
         engine.start_with(&w, v, json!({ "n": rng.below(10), "items": items }), "sim", start).await.expect("start");
     for round in 0..400 {
         let crash_after = rng.chance(40).then(|| 1 + rng.below(8) as usize);

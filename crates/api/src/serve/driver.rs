@@ -98,14 +98,13 @@ pub struct Driver {
     /// One takeover at a time (start-up's and the polls'), so a run is put
     /// on probation once.
     taking_over: tokio::sync::Mutex<()>,
-    /// Who waits for a drive here to stop, by run: told the run's state
-    /// when the drive ended it, `None` when it stopped short of the end.
-    ends: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<Option<RunState>>>>>,
+    /// Who waits for a drive here to stop, by run: told whether the drive
+    /// ended the run.
+    ends: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<bool>>>>,
 }
 
-/// How a run stood when a drive of it here stopped: `Some` with its final
-/// state when the drive ended it.
-pub type DriveEnd = tokio::sync::oneshot::Receiver<Option<RunState>>;
+/// Whether a drive of a run here ended it, once the drive stops.
+pub type DriveEnd = tokio::sync::oneshot::Receiver<bool>;
 
 impl Driver {
     /// A driver for `engine`.
@@ -148,9 +147,8 @@ impl Driver {
     }
 
     /// Drives a run this worker just started, from the state its start
-    /// recorded (no read), and, with `watch`, tells how the drive stopped:
-    /// the run's final state when it ended it, so a request that waits for
-    /// the run needs neither the log nor a read. `None` when this process
+    /// recorded (no read), and, with `watch`, tells whether the drive ended
+    /// it, so a request that waits for the run needs no log. `None` when this process
     /// does not drive the run (no worker here, or it is quarantined).
     pub fn kick_started(self: &Arc<Self>, run: Uuid, started: RunState, watch: bool) -> Option<DriveEnd> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -159,17 +157,17 @@ impl Driver {
     }
 
     /// Tells those waiting for a drive of `run` here how it stopped.
-    fn tell(&self, run: Uuid, ended: Option<&RunState>) {
+    fn tell(&self, run: Uuid, ended: bool) {
         let Some(list) = self.ends.lock().unwrap_or_else(|p| p.into_inner()).remove(&run) else { return };
         for tx in list {
-            let _ = tx.send(ended.cloned());
+            let _ = tx.send(ended);
         }
     }
 
     fn drive(
         self: &Arc<Self>,
         run: Uuid,
-        watch: Option<tokio::sync::oneshot::Sender<Option<RunState>>>,
+        watch: Option<tokio::sync::oneshot::Sender<bool>>,
         mut seed: Option<RunState>,
     ) -> bool {
         if !self.enabled {
@@ -196,7 +194,7 @@ impl Driver {
         tokio::spawn(async move {
             loop {
                 let mut ignore = |_: &cairn_events::Event| {};
-                let mut ended = None;
+                let mut ended = false;
                 let driven = match seed.take() {
                     // A fresh top-level run: no parent to drive after it.
                     Some(s) => me.engine.drive_until_idle_from(run, s, &mut ignore).await.map(|s| (run, s)),
@@ -207,9 +205,7 @@ impl Driver {
                         if !state.status.is_terminal() && me.engine.holds(top) {
                             me.park(top).await;
                         }
-                        if top == run && state.status.is_terminal() {
-                            ended = Some(state);
-                        }
+                        ended = top == run && state.status.is_terminal();
                     }
                     Err(cairn_runtime::RunError::Store(e)) if e.kind() == cairn_events::StoreErrorKind::Fenced => {
                         // Taken over by another worker (this one was cut
@@ -231,7 +227,7 @@ impl Driver {
                     Some(again) if *again => *again = false,
                     _ => {
                         a.remove(&run);
-                        me.tell(run, ended.as_ref());
+                        me.tell(run, ended);
                         break;
                     }
                 }

@@ -499,18 +499,11 @@ fn cap_wait(state: &State, secs: u64) -> Duration {
     Duration::from_secs(secs.min(MAX_WAIT_SECS)).min(limit)
 }
 
-/// Waits (up to `wait`) for run `id` to end.
-async fn wait_for_end(state: &State, id: Uuid, wait: Duration) -> ApiResult<()> {
-    let deadline = tokio::time::Instant::now() + wait;
-    state.tail.until_ended(&*state.store, &cairn_events::run_stream(id), deadline).await?;
-    Ok(())
-}
-
-/// Waits (up to `wait`) for run `id` to end: for the drive this request
-/// kicked, when this process drives it (no read, no log); through the log
-/// otherwise, or when that drive stopped short of the end (a timer, people,
-/// another worker took it over).
-async fn wait_for_drive(
+/// Waits (up to `wait`) for run `id` to end: for `drive`, the drive this
+/// request kicked when this process drives the run (no read, no log);
+/// through the log otherwise, or when that drive stopped short of the end
+/// (a timer, people, another worker took it over).
+async fn wait_for_end(
     state: &State,
     id: Uuid,
     wait: Duration,
@@ -519,8 +512,7 @@ async fn wait_for_drive(
     let deadline = tokio::time::Instant::now() + wait;
     if let Some(drive) = drive {
         match tokio::time::timeout_at(deadline, drive).await {
-            Err(_) => return Ok(()),
-            Ok(Ok(Some(_ended))) => return Ok(()),
+            Err(_) | Ok(Ok(true)) => return Ok(()),
             Ok(_) => {}
         }
     }
@@ -592,7 +584,7 @@ pub async fn start(
         ));
     }
     let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone(), drive: state.driver.drives() };
-    let (id, started) = match state.engine.start_with_state(&w, version, inputs.clone(), &caller.identity, opts).await {
+    let (id, started) = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
         Ok(started) => started,
         Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {
             // Another request with this key got there first.
@@ -606,7 +598,7 @@ pub async fn start(
     };
     let drive = state.driver.kick_started(id, started, wait.is_some());
     if let Some(w) = wait {
-        wait_for_drive(&state, id, w, drive).await?;
+        wait_for_end(&state, id, w, drive).await?;
     }
     let (s, events) = load(&state, id).await?;
     let mut r = (StatusCode::CREATED, axum::Json(view(id, &s, &events)?)).into_response();
@@ -657,7 +649,7 @@ async fn replay(
         ));
     }
     if let Some(w) = wait {
-        wait_for_end(state, id, w).await?;
+        wait_for_end(state, id, w, None).await?;
     }
     let (s, events) = load(state, id).await?;
     let mut r = (StatusCode::OK, axum::Json(view(id, &s, &events)?)).into_response();
@@ -690,7 +682,7 @@ pub async fn get(
         if state.store.stream_version(&cairn_events::run_stream(id)).await? == 0 {
             return Err(ApiError::not_found("unknown-run", format!("no run with id {id}")));
         }
-        wait_for_end(&state, id, cap_wait(&state, secs)).await?;
+        wait_for_end(&state, id, cap_wait(&state, secs), None).await?;
     }
     let (s, events) = load(&state, id).await?;
     Ok(axum::Json(view(id, &s, &events)?))
