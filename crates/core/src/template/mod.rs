@@ -330,25 +330,76 @@ pub fn render(value: &Value, ctx: &Scope) -> Result<Value, TemplateError> {
 /// Most compiled programs kept per thread; the cache starts over beyond it.
 const PROGRAM_CACHE: usize = 4096;
 
+/// Most bytes of compiled programs (by [`Program::weight`]) kept per thread.
+/// The count alone let 4,096 programs stay on every thread that renders,
+/// each holding at least [`PROGRAM_BASE`]: the `template` fuzz target grew
+/// past 2 GiB of RSS in 20 s (the cache refilled between short-lived large
+/// renders, and the heap fragmented around it; 343 MB without the cache).
+const PROGRAM_CACHE_BYTES: usize = 8 << 20;
+
+/// What even the smallest compiled program holds, measured (a counting
+/// allocator, 2026-12-07): minijinja reserves room for 128 instructions
+/// with their line and span records, twice (compiled, then metered).
+const PROGRAM_BASE: usize = 12 << 10;
+
+impl Program {
+    /// About how many bytes the program holds: its text and its code.
+    fn weight(&self) -> usize {
+        let code = self.borrow_dependent();
+        // Instructions are numbered from 0; find how many by doubling, then halving.
+        let mut hi: u32 = 1;
+        while code.get(hi).is_some() && hi < u32::MAX / 2 {
+            hi *= 2;
+        }
+        let mut lo = hi / 2;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if code.get(mid).is_some() { lo = mid + 1 } else { hi = mid }
+        }
+        // An instruction, and its line and span records.
+        let each = std::mem::size_of::<minijinja::machinery::Instruction<'static>>() + 32;
+        PROGRAM_BASE + self.borrow_owner().len() + lo as usize * each
+    }
+}
+
+/// The compiled programs of one thread, bounded in count and in bytes.
+#[derive(Default)]
+struct Cache {
+    programs: std::collections::HashMap<(bool, String), std::rc::Rc<Program>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
+}
+
 /// The compiled program of `src`, compiled once per thread.
 fn program(src: &str, expression: bool) -> Result<std::rc::Rc<Program>, minijinja::Error> {
-    type Cache = std::collections::HashMap<(bool, String), std::rc::Rc<Program>>;
-    thread_local! {
-        static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::new());
-    }
     let key = (expression, src.to_owned());
-    if let Some(p) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+    if let Some(p) = CACHE.with(|c| c.borrow().programs.get(&key).cloned()) {
         return Ok(p);
     }
     let p = std::rc::Rc::new(Program::compile(src, expression)?);
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= PROGRAM_CACHE {
-            c.clear();
-        }
-        c.insert(key, p.clone());
-    });
+    let weight = p.weight() + key.1.len();
+    // One program over a quarter of the budget is used once and not kept.
+    if weight <= PROGRAM_CACHE_BYTES / 4 {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.programs.len() >= PROGRAM_CACHE || c.bytes + weight > PROGRAM_CACHE_BYTES {
+                c.programs.clear();
+                c.bytes = 0;
+            }
+            c.programs.insert(key, p.clone());
+            c.bytes += weight;
+        });
+    }
     Ok(p)
+}
+
+/// How many compiled programs this thread keeps, and their bytes.
+#[cfg(test)]
+fn cached() -> (usize, usize) {
+    CACHE.with(|c| (c.borrow().programs.len(), c.borrow().bytes))
 }
 
 fn render_str(s: &str, ctx: &Scope) -> Result<Value, TemplateError> {
@@ -674,5 +725,36 @@ fn fits(v: &minijinja::Value, budget: &mut usize, depth: usize) -> bool {
             take(2, budget)
         }
         _ => take(5, budget),
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The reproducer of the `template` fuzz target running out of memory
+    /// (RSS past 2 GiB from seeds in 20 s, no single allocation over
+    /// 128 MB): the per-thread cache of compiled programs was bounded by
+    /// count only, so 4,096 long templates kept all their code. Now it keeps
+    /// at most `PROGRAM_CACHE_BYTES` on a thread, and renders the same.
+    #[test]
+    fn compiled_programs_kept_per_thread_stay_within_their_byte_budget() {
+        let ctx = Scope::from(json!({ "inputs": { "x": 1 } }));
+        let mut weights = 0;
+        for i in 0..1024 {
+            let src = format!("{{{{ inputs.x + {i} }}}}{}", "{{ inputs.x }}-".repeat(150));
+            weights += Program::compile(&src, false).expect("compiles").weight();
+            let out = render(&Value::String(src), &ctx).expect("renders");
+            assert!(out.as_str().is_some_and(|s| s.starts_with(&format!("{}1-1-", 1 + i))), "{out}");
+            let (count, bytes) = cached();
+            assert!(bytes <= PROGRAM_CACHE_BYTES, "{count} programs keep {bytes} bytes");
+        }
+        assert!(weights > 4 * PROGRAM_CACHE_BYTES, "the templates rendered weigh {weights} bytes in all");
+        // A program too heavy to keep still renders.
+        let huge = "{{ inputs.x }}".repeat(20_000);
+        let before = cached();
+        assert_eq!(render(&Value::String(huge), &ctx).expect("renders").as_str().map(str::len), Some(20_000));
+        assert_eq!(cached(), before, "not kept");
     }
 }
