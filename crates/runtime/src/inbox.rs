@@ -302,7 +302,7 @@ impl Engine {
             let after = evolve(state, &events[0]);
             let now = self.fx.clock.now();
             let events = self
-                .think(&w.clone(), move || {
+                .think(move || {
                     let _ = crate::runner::settle(&w, after, &mut events, now);
                     events
                 })

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cairn_events::{
     ChildRunCompleted, ChildRunStarted, Event, EventStore, ExpectedVersion, Metadata, NewEvent, ParentRun,
@@ -54,35 +54,6 @@ pub(crate) struct Origin {
 /// Receives every event the runner appends, for progress displays.
 pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 
-/// The most CPU a decision may take for its workflow's decisions to be
-/// made inline on a server ([`Engine::with_offloaded_decisions`]).
-pub const INLINE_DECISION: Duration = Duration::from_millis(1);
-
-/// How many decisions of a workflow on the blocking pool, each within
-/// [`INLINE_DECISION`], prove it cheap enough to decide inline.
-pub const CHEAP_DECISIONS: u8 = 8;
-
-/// Where a server makes a workflow's decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deciding {
-    /// On the blocking pool, measured: this many were cheap so far.
-    Learning(u8),
-    /// Inline: proven cheap, and still measured.
-    Inline,
-    /// On the blocking pool for good: one took more than [`INLINE_DECISION`].
-    Pool,
-}
-
-/// `f()` and the CPU time of this thread it took (the wall clock where the
-/// platform has no thread clock): a thread preempted mid-decision is not a
-/// slow workflow.
-fn cpu_timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let cpu = cpu_time::ThreadTime::try_now().ok();
-    let wall = Instant::now();
-    let out = f();
-    (out, cpu.and_then(|c| c.try_elapsed().ok()).unwrap_or_else(|| wall.elapsed()))
-}
-
 /// Runs workflows durably against an event store.
 pub struct Engine {
     pub(crate) store: Arc<dyn EventStore>,
@@ -93,12 +64,9 @@ pub struct Engine {
     /// What the effects use: HTTP client, configuration, secrets, the token
     /// key, and the clock "now" comes from for every decision, timer and retry.
     pub(crate) fx: crate::effects::Effects,
-    /// Whether a workflow's decisions may run on the blocking pool (a
-    /// server: one busy run never stalls other requests) or always inline
-    /// (the CLI, benchmarks).
+    /// Whether deciding runs on the blocking pool (a server: one busy run
+    /// never stalls other requests) or inline (the CLI, benchmarks).
     offload: bool,
-    /// Where each definition's decisions are made (by hash), when offloading.
-    deciding: Mutex<HashMap<String, Deciding>>,
     /// This engine as a worker: the runs it holds (when the store keeps
     /// leases; see [`Engine::with_worker`]).
     leases: Option<Arc<crate::lease::Leases>>,
@@ -145,7 +113,6 @@ impl Engine {
                 clock: cairn_events::clock::ClockHandle::default(),
             },
             offload: false,
-            deciding: Mutex::new(HashMap::new()),
             leases: keeps_leases.then(|| {
                 Arc::new(crate::lease::Leases::new(
                     crate::lease::Leases::fresh_id(),
@@ -225,72 +192,27 @@ impl Engine {
     }
 
     /// Decides (templates, conditions, the decider's fold) on tokio's
-    /// blocking pool rather than the async executor, except for workflows
-    /// proven cheap: a run whose templates or conditions are expensive then
-    /// never delays other requests or runs, a request timeout can answer
-    /// while it works, and a server on one async thread decides on the
-    /// other cores. A workflow's first [`CHEAP_DECISIONS`] decisions are
-    /// made on the pool and their CPU time measured; when each took at most
-    /// [`INLINE_DECISION`], its decisions are made inline from then on (a
-    /// cheap decision costs less than the pool's two thread hand-offs: W10
-    /// over HTTP does about 15 % more runs/s), and back on the pool for good
-    /// once one takes longer. The price, only for a workflow whose cost
-    /// depends on its data: that one decision delays the executor, once per
-    /// definition and process. For servers; in-process use decides inline.
+    /// blocking pool rather than the async executor: a run whose templates
+    /// or conditions are expensive then never delays other requests or
+    /// runs, a request timeout can answer while it works, and a server on
+    /// one async thread decides on the other cores. For servers; in-process
+    /// use decides inline, which is cheaper per step.
     pub fn with_offloaded_decisions(mut self) -> Self {
         self.offload = true;
         self
     }
 
-    /// Whether this engine makes the decisions of `w` inline on the async
-    /// executor (see [`Engine::with_offloaded_decisions`]).
-    pub fn decides_inline(&self, w: &Workflow) -> bool {
-        !self.offload || self.deciding_of(w) == Deciding::Inline
-    }
-
-    fn deciding_of(&self, w: &Workflow) -> Deciding {
-        let d = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
-        d.get(&w.definition_hash).copied().unwrap_or(Deciding::Learning(0))
-    }
-
-    /// Runs the CPU-bound decision `f` of a run of `w`: inline, or on the
-    /// blocking pool (see [`Engine::with_offloaded_decisions`]).
-    pub(crate) async fn think<T: Send + 'static>(&self, w: &Workflow, f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// Runs the CPU-bound `f` off the async executor when offloading (see
+    /// [`Engine::with_offloaded_decisions`]), inline otherwise.
+    pub(crate) async fn think<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         if !(self.offload && tokio::runtime::Handle::try_current().is_ok()) {
             return f();
         }
-        let was = self.deciding_of(w);
-        let (out, took) = if was == Deciding::Inline {
-            cpu_timed(f)
-        } else {
-            match tokio::task::spawn_blocking(|| cpu_timed(f)).await {
-                Ok(v) => v,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("the decider's blocking task was cancelled: {e}"),
-            }
-        };
-        let now = match (was, took <= INLINE_DECISION) {
-            (Deciding::Pool, _) => return out,
-            (_, false) => Deciding::Pool,
-            (Deciding::Learning(n), true) if n + 1 >= CHEAP_DECISIONS => Deciding::Inline,
-            (Deciding::Learning(n), true) => Deciding::Learning(n + 1),
-            (Deciding::Inline, true) => return out,
-        };
-        let mut d = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = d.entry(w.definition_hash.clone()).or_insert(Deciding::Learning(0));
-        // Concurrent decisions: a move to the pool wins over any other.
-        if *entry != Deciding::Pool {
-            if now == Deciding::Pool && *entry == Deciding::Inline {
-                tracing::info!(workflow = %w.name, cpu_us = took.as_micros() as u64,
-                    "a decision took long: this workflow's decisions are made on the blocking pool from now on");
-            }
-            *entry = match (*entry, now) {
-                (Deciding::Learning(a), Deciding::Learning(b)) => Deciding::Learning(a.max(b)),
-                (Deciding::Inline, Deciding::Learning(_)) => Deciding::Inline,
-                (_, now) => now,
-            };
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the decider's blocking task was cancelled: {e}"),
         }
-        out
     }
 
     /// Uses this configuration: AI providers and models, prices, email,
@@ -521,7 +443,7 @@ impl Engine {
         }
         let now = self.fx.clock.now();
         let (state, events, next) = self
-            .think(&bound.clone(), move || {
+            .think(move || {
                 let (state, next) = settle(&bound, state, &mut events, now);
                 (state, events, next)
             })
@@ -780,7 +702,7 @@ impl Engine {
                 None => {
                     let (now, wf, s) = (self.fx.clock.now(), w.clone(), std::mem::take(&mut state));
                     let (s, d) = self
-                        .think(&w, move || {
+                        .think(move || {
                             let d = decide(&wf, &s, now);
                             (s, d)
                         })
@@ -880,12 +802,9 @@ impl Engine {
         woke: &mut Option<Option<i64>>,
         observer: Observer<'_>,
     ) -> Result<Option<Decision>, RunError> {
-        // Taken, not cloned: on a conflict the state is read again, and any
-        // other failure ends the drive.
-        let (now, wf, before) = (self.fx.clock.now(), w.clone(), std::mem::take(state));
-        let version = before.version;
+        let (now, wf, before) = (self.fx.clock.now(), w.clone(), state.clone());
         let (after, next, events) = self
-            .think(w, move || {
+            .think(move || {
                 let (after, next) = settle(&wf, events.iter().fold(before, evolve), &mut events, now);
                 (after, next, events)
             })
@@ -903,7 +822,7 @@ impl Engine {
             let due = Some(self.fx.clock.now().timestamp_millis());
             wakes.push(cairn_events::Wake { stream_id: cairn_events::run_stream(p.run_id), due_ms: due });
         }
-        match self.append(run_id, ExpectedVersion::Exact(version), new, wakes).await {
+        match self.append(run_id, ExpectedVersion::Exact(state.version), new, wakes).await {
             Ok(_) => {
                 *woke = Some(wake.due_ms);
                 for e in &events {

@@ -317,57 +317,7 @@ async fn run_starts_and_drives_showing_every_event(store: Arc<dyn EventStore>) {
     assert_eq!(state, e.state(id).await.expect("state"), "the state it returns is the log's");
 }
 
-/// A server decides a workflow's runs on the blocking pool until enough of
-/// its decisions proved cheap, then inline (a thread hand-off costs more
-/// than a cheap decision); one decision that takes more than
-/// `INLINE_DECISION` of CPU sends its workflow back to the pool for good, so
-/// that later expensive runs never hold up the async executor. In-process
-/// engines always decide inline.
-async fn a_server_decides_cheap_workflows_inline_and_expensive_ones_on_the_pool(store: Arc<dyn EventStore>) {
-    let e = engine(&store).with_offloaded_decisions();
-    let cheap = include_str!("../../../examples/branch-on-input.yaml");
-    // Each condition is its own decision (an `echo` between them).
-    let check = "inputs.items.all(a, inputs.items.all(b, a + b >= 0))";
-    let busy = format!(
-        "name: busy\ninputs: {{ type: object, properties: {{ items: {{ type: array }} }} }}\nsteps:\n  - id: c1\n    branch: {{ if: \"{check}\", then: e1 }}\n  - id: e1\n    task: echo\n  - id: c2\n    branch: {{ if: \"{check}\", then: e2 }}\n  - id: e2\n    task: echo\n  - id: c3\n    branch: {{ if: \"{check}\", then: done }}\n  - id: done\n    transform: {{ ok: true }}\n"
-    );
-    let busy = busy.as_str();
-    let parse = |src: &str| cairn_runtime::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
-    let (wc, wb) = (parse(cheap), parse(busy));
-    assert!(!e.decides_inline(&wc), "a workflow not seen yet is decided on the pool");
-    let (_, s) = run(&e, cheap, json!({ "total": 250 })).await;
-    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-    let mut runs = 1;
-    while !e.decides_inline(&wc) {
-        assert!(runs < 8, "still on the pool after {runs} cheap runs");
-        let (_, s) = run(&e, cheap, json!({ "total": 250 })).await;
-        assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-        runs += 1;
-    }
-    // A busy workflow proven cheap on small data: inline, until one
-    // decision of 160,000 comparisons sends it back to the pool.
-    for _ in 0..4 {
-        let (_, s) = run(&e, busy, json!({ "items": [1, 2] })).await;
-        assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-    }
-    assert!(e.decides_inline(&wb), "cheap so far");
-    let items: Vec<u32> = (0..400).collect();
-    let (_, s) = run(&e, busy, json!({ "items": items })).await;
-    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
-    assert!(!e.decides_inline(&wb), "an expensive decision moves its workflow to the pool");
-    let (_, s) = run(&e, busy, json!({ "items": [1, 2] })).await;
-    assert_eq!((s.status, s.output), (RunStatus::Completed, Some(json!({ "ok": true }))));
-    assert!(!e.decides_inline(&wb), "for good");
-    assert!(e.decides_inline(&wc), "only the expensive workflow moves");
-    // In-process: always inline.
-    let inline = engine(&store);
-    let (_, s) = run(&inline, busy, json!({ "items": items })).await;
-    assert_eq!(s.status, RunStatus::Completed);
-    assert!(inline.decides_inline(&wb));
-}
-
 both_backends!(
-    a_server_decides_cheap_workflows_inline_and_expensive_ones_on_the_pool,
     run_starts_and_drives_showing_every_event,
     inputs_and_outputs_are_checked_against_their_schemas,
     a_failing_run_undoes_its_completed_steps_in_reverse_order,

@@ -67,11 +67,9 @@ pub struct Args {
     /// `CAIRN_SECRET_<NAME>` environment variables.
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
-    /// Decide every workflow on the threads that answer requests. By
-    /// default a workflow is decided on the blocking pool until its
-    /// decisions proved cheap, then inline; with this flag a run with
-    /// expensive templates or conditions delays other requests while it is
-    /// decided.
+    /// Decide on the threads that answer requests instead of the blocking
+    /// pool: cheaper per step, but a run with expensive templates or
+    /// conditions then delays other requests while it is decided.
     #[arg(long)]
     pub decide_inline: bool,
     /// Failed API-key checks a client address may make per minute; past
@@ -267,7 +265,7 @@ pub async fn run(
         return Ok(crate::codes::exit("insecure-listen"));
     }
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
-    // Deciding runs off the async executor unless proven cheap: a busy run never stalls requests.
+    // Deciding runs off the async executor: a busy run never stalls requests.
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
     let engine = args.lease.apply(engine);
     let engine = Arc::new(if args.decide_inline { engine } else { engine.with_offloaded_decisions() });
