@@ -345,20 +345,12 @@ const PROGRAM_BASE: usize = 12 << 10;
 impl Program {
     /// About how many bytes the program holds: its text and its code.
     fn weight(&self) -> usize {
+        // Counted once, when compiled (compiling was linear in them too).
         let code = self.borrow_dependent();
-        // Instructions are numbered from 0; find how many by doubling, then halving.
-        let mut hi: u32 = 1;
-        while code.get(hi).is_some() && hi < u32::MAX / 2 {
-            hi *= 2;
-        }
-        let mut lo = hi / 2;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if code.get(mid).is_some() { lo = mid + 1 } else { hi = mid }
-        }
+        let count = (0..).take_while(|&i| code.get(i).is_some()).count();
         // An instruction, and its line and span records.
         let each = std::mem::size_of::<minijinja::machinery::Instruction<'static>>() + 32;
-        PROGRAM_BASE + self.borrow_owner().len() + lo as usize * each
+        PROGRAM_BASE + self.borrow_owner().len() + count * each
     }
 }
 
