@@ -80,7 +80,14 @@ impl Client {
     }
 }
 
-async fn in_process(dir: &std::path::Path, pg: bool, runs: usize, conc: usize) -> (bench::Figures, bench::Figures) {
+/// W10 in this process: its figures, the floor's, and the CPU time this
+/// process spent per run.
+async fn in_process(
+    dir: &std::path::Path,
+    pg: bool,
+    runs: usize,
+    conc: usize,
+) -> (bench::Figures, bench::Figures, f64) {
     let (floor, store): (bench::Floor, Arc<dyn EventStore>) = if pg {
         use sqlx::Executor;
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -103,6 +110,7 @@ async fn in_process(dir: &std::path::Path, pg: bool, runs: usize, conc: usize) -
     let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
     let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
     let version = engine.publish(&w, "bench").await.unwrap();
+    let cpu = bench::cpu_time("self");
     let ours = bench::measure(50, runs, conc, move |_| {
         let (engine, w) = (engine.clone(), w.clone());
         async move {
@@ -112,7 +120,8 @@ async fn in_process(dir: &std::path::Path, pg: bool, runs: usize, conc: usize) -
         }
     })
     .await;
-    (ours, floor)
+    let cpu_ms = (bench::cpu_time("self") - cpu).as_secs_f64() * 1000.0 / (50 + runs) as f64;
+    (ours, floor, cpu_ms)
 }
 
 fn main() {
@@ -123,7 +132,7 @@ fn main() {
     let dir = tempfile::tempdir_in(".").unwrap();
     let pg = std::env::args().any(|a| a == "--postgres");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (w10, floor) = rt.block_on(in_process(dir.path(), pg, closed, conc));
+    let (w10, floor, w10_cpu) = rt.block_on(in_process(dir.path(), pg, closed, conc));
     let (server, key) = if pg {
         let db = rt.block_on(server::fresh_pg_db("cairn_http"));
         let key = server::admin_key(&bin, &db);
@@ -182,6 +191,8 @@ fn main() {
         for _ in 0..one_by_one {
             waited_one.push(c.start_and_wait().await);
         }
+        let server_pid = server.child.id().to_string();
+        let (server_cpu, client_cpu) = (bench::cpu_time(&server_pid), bench::cpu_time("self"));
         let t = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..conc {
@@ -199,6 +210,9 @@ fn main() {
             waited.extend(t.await.unwrap());
         }
         let waited_per_s = (per * conc) as f64 / t.elapsed().as_secs_f64();
+        let per_run = |d: Duration| d.as_secs_f64() * 1000.0 / (per * conc) as f64;
+        let server_cpu = per_run(bench::cpu_time(&server_pid) - server_cpu);
+        let client_cpu = per_run(bench::cpu_time("self") - client_cpu);
         // (4) starts alone, `inflight` at a time.
         let sem = Arc::new(tokio::sync::Semaphore::new(inflight));
         let t = Instant::now();
@@ -264,6 +278,9 @@ fn main() {
             pct(&mut waited, 0.99),
             pct(&mut waited, 0.5) / w10.loaded_median_ms,
             w10.loaded_median_ms
+        );
+        println!(
+            "   CPU per run: server {server_cpu:.2} ms, load generator {client_cpu:.2} ms (in-process W10: {w10_cpu:.2} ms, engine and database together)"
         );
         println!(
             "HTTP starts alone, {inflight} in flight: {:>7.0} requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
