@@ -540,6 +540,45 @@ pub fn resume_token(key: &[u8], run_id: Uuid, step: &str, attempt: u32) -> Strin
     format!("crt_{}", hex::encode(hmac(key, &msg)))
 }
 
+/// A personal answer token: what a notification to `identity` carries (in
+/// its link and its command line). Bound to the run, the step attempt and
+/// that one person: it answers as `identity` only, for this attempt's
+/// request only, and like [`resume_token`] any process holding the key can
+/// derive it again. `cat_` + the identity in hex + `_` + the HMAC, so the
+/// server learns who presents it without a lookup.
+pub fn answer_token(key: &[u8], run_id: Uuid, step: &str, attempt: u32, identity: &str) -> String {
+    format!(
+        "cat_{}_{}",
+        hex::encode(identity.as_bytes()),
+        hex::encode(answer_mac(key, run_id, step, attempt, identity))
+    )
+}
+
+fn answer_mac(key: &[u8], run_id: Uuid, step: &str, attempt: u32, identity: &str) -> [u8; 32] {
+    let mut msg = Vec::with_capacity(80 + identity.len());
+    msg.extend_from_slice(b"cairn-answer-token\0");
+    msg.extend_from_slice(run_id.as_bytes());
+    msg.extend_from_slice(step.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(&attempt.to_be_bytes());
+    msg.extend_from_slice(identity.as_bytes());
+    hmac(key, &msg)
+}
+
+/// Who a personal answer token ([`answer_token`]) was made for, if it is one
+/// for this step attempt under `key` (compared in constant time); `None` for
+/// anything else: another run, step, attempt or key, an edited identity,
+/// a request-wide token.
+pub fn answer_token_identity(key: &[u8], run_id: Uuid, step: &str, attempt: u32, token: &str) -> Option<String> {
+    let rest = token.trim().strip_prefix("cat_")?;
+    let (who, mac) = rest.split_once('_')?;
+    let identity = String::from_utf8(hex::decode(who).ok()?).ok()?;
+    let given = hex::decode(mac).ok()?;
+    let want = answer_mac(key, run_id, step, attempt, &identity);
+    let same = given.len() == want.len() && given.iter().zip(want.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    same.then_some(identity)
+}
+
 /// HMAC-SHA-256 (RFC 2104).
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
@@ -619,6 +658,21 @@ mod tests {
         assert_ne!(t, resume_token(b"other", run, "review", 1));
         assert!(token_matches(&t, &token_hash(&t)));
         assert!(!token_matches("crt_guess", &token_hash(&t)));
+        let mine = answer_token(b"k", run, "review", 1, "ana");
+        assert_eq!(answer_token_identity(b"k", run, "review", 1, &mine).as_deref(), Some("ana"));
+        for (key, run, step, attempt) in [
+            (&b"other"[..], run, "review", 1),
+            (b"k", Uuid::max(), "review", 1),
+            (b"k", run, "edit", 1),
+            (b"k", run, "review", 2),
+        ] {
+            assert_eq!(answer_token_identity(key, run, step, attempt, &mine), None, "{step} {attempt}");
+        }
+        // The identity cannot be swapped for another's under the same MAC.
+        let forged = mine.replacen(&hex::encode("ana"), &hex::encode("bob"), 1);
+        assert_eq!(answer_token_identity(b"k", run, "review", 1, &forged), None);
+        assert_eq!(answer_token_identity(b"k", run, "review", 1, &t), None);
+        assert_eq!(answer_token_identity(b"k", run, "review", 1, "cat_zz_00"), None);
         assert_eq!(content_hash(&json!({"b": 1, "a": 2})), content_hash(&json!({"a": 2, "b": 1})));
     }
 

@@ -206,7 +206,8 @@ impl Effects {
                 retry_at: None,
             });
         };
-        let token = self.resume_token(run_id, step_id, attempt);
+        // The recipient's own token: it answers as them only.
+        let token = cairn_core::human::answer_token(&self.token_key, run_id, step_id, attempt, identity);
         let notice = crate::notify::Notice { run_id, step_id, purpose, identity, request, token: &token };
         let (subject, body) = crate::notify::compose(cfg, &notice);
         match crate::notify::send(cfg, address, subject, body).await {

@@ -295,7 +295,7 @@ impl Engine {
                 let waiting = state.waiting_for_people().iter().map(|(i, h)| format!("{i} ({})", h.kind)).collect();
                 return Err(HumanError::NotWaiting { run_id, step: step.to_owned(), kind, waiting });
             };
-            let event = self.check(&h, step, &a, proven, &recorded, &decoded)?;
+            let event = self.check(run_id, &h, step, &a, proven, &recorded, &decoded)?;
             let w = self.definition(&state.workflow, state.workflow_version).await?;
             let version = state.version;
             let mut events = vec![event];
@@ -323,8 +323,10 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
+        run_id: Uuid,
         h: &HumanWait,
         step: &str,
         a: &Answer<'_>,
@@ -336,10 +338,13 @@ impl Engine {
             Answer::Form(s) => &s.token,
             Answer::Approval(v) => &v.token,
         };
-        if !proven && !cairn_core::human::token_matches(token, &h.token_hash) {
+        let by = a.by().to_owned();
+        // The request's token, or the answerer's own (from a notification
+        // to them: it answers as them and no one else).
+        let personal = || self.answer_token_identity(run_id, step, h.attempt, token).is_some_and(|who| who == by);
+        if !proven && !cairn_core::human::token_matches(token, &h.token_hash) && !personal() {
             return Err(HumanError::BadToken { step: step.to_owned() });
         }
-        let by = a.by().to_owned();
         match a {
             Answer::Form(s) => {
                 if !h.assignees.is_empty() && !h.assignees.contains(&by) {

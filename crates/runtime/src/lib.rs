@@ -52,7 +52,7 @@ pub mod run {
 /// as on every surface.
 pub mod people {
     pub use crate::inbox::{HumanError, Recorded, Submission, Vote};
-    pub use cairn_core::human::{Field, validate};
+    pub use cairn_core::human::{Field, FieldError, FieldType, validate};
 }
 
 /// Replay with determinism checks, the state at any event, and shadow

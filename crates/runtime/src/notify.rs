@@ -25,7 +25,8 @@ pub struct Notice<'a> {
     pub identity: &'a str,
     /// `{kind, title, fields, deadline, content}` of the request.
     pub request: &'a Value,
-    /// The resume token, shown in the message.
+    /// The recipient's own answer token (`cairn_core::human::answer_token`), shown
+    /// in the message: it answers as them only.
     pub token: &'a str,
 }
 

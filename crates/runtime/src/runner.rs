@@ -88,6 +88,19 @@ impl Engine {
         self.fx.resume_token(run_id, step, attempt)
     }
 
+    /// The personal answer token of `identity` for a step attempt's form or
+    /// approval: what its notification links to (see
+    /// [`cairn_core::human::answer_token`]).
+    pub fn answer_token(&self, run_id: Uuid, step: &str, attempt: u32, identity: &str) -> String {
+        cairn_core::human::answer_token(&self.fx.token_key, run_id, step, attempt, identity)
+    }
+
+    /// Who a personal answer token for this step attempt was made for, if
+    /// it is one.
+    pub fn answer_token_identity(&self, run_id: Uuid, step: &str, attempt: u32, token: &str) -> Option<String> {
+        cairn_core::human::answer_token_identity(&self.fx.token_key, run_id, step, attempt, token)
+    }
+
     /// `w` (compiled from a file, say) with this engine's configuration:
     /// models, prices, people and prompt templates, as the decider sees them.
     pub fn configured(&self, mut w: Workflow) -> Workflow {

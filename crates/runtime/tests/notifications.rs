@@ -69,7 +69,8 @@ async fn requests_and_reminders_are_emailed_and_recorded() {
     assert!(evs.iter().any(|e| matches!(e, Event::NotificationFailed(n) if n.recipient == "nobody" && n.retry_at.is_none() && n.error.contains("people:"))));
     let mails = servers::mails(&smtp);
     assert_eq!(mails.len(), 2);
-    let token = e.resume_token(id, "review", 1);
+    // Each mail carries its recipient's own token.
+    let token = e.answer_token(id, "review", 1, "grace");
     let grace = mails.iter().find(|m| m.contains("To: grace@example.com")).expect("grace's mail");
     assert!(grace.contains("Approval needed: Publish the launch post?"), "{grace}");
     assert!(grace.contains(&format!("http://cairn.local/runs/{id}/steps/review?token={token}")), "{grace}");
@@ -79,6 +80,14 @@ async fn requests_and_reminders_are_emailed_and_recorded() {
     let evs = common::events(&store, id).await;
     assert_eq!(sent(&evs).iter().filter(|(p, _)| p == "reminder-1").count(), 2);
     assert!(servers::mails(&smtp).iter().any(|m| m.contains("Reminder: Approval needed")));
+    let ada = mails.iter().find(|m| m.contains("To: ada@example.com")).expect("ada's mail");
+    assert!(!ada.contains(&token), "one approver's token is not in another's mail");
+    // Grace's token does not answer as Ada, another approver of the same request.
+    assert!(ada.contains(&e.answer_token(id, "review", 1, "ada@example.com")), "{ada}");
+    let as_ada =
+        Vote { by: "ada@example.com".into(), token: token.clone(), approve: false, comment: None, content_hash: None };
+    let refused = e.decide_approval(id, "review", &as_ada).await.expect_err("grace's token answers as ada");
+    assert!(matches!(refused, cairn_runtime::people::HumanError::BadToken { .. }), "{refused}");
     // A decision from a link in the mail completes the run.
     let vote = Vote { by: "grace".into(), token, approve: true, comment: None, content_hash: None };
     e.decide_approval(id, "review", &vote).await.expect("decide");

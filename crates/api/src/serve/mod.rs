@@ -9,6 +9,7 @@ mod docs;
 mod driver;
 mod extract;
 mod live;
+mod pages;
 mod people;
 mod problem;
 mod reads;
@@ -297,6 +298,7 @@ pub async fn run(
         key_failures: refusals::KeyFailures::new(args.max_key_failures),
     });
     let app = router
+        .merge(pages::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

@@ -1,0 +1,348 @@
+//! The pages the people a run waits for answer from (issue 18, part 1),
+//! against a real `cairn serve` whose notifications go through a real SMTP
+//! server, on SQLite and on PostgreSQL (`CAIRN_TEST_PG_URL`, required under
+//! CI): the link in each e-mail opens that person's page, a wrong value is
+//! shown beside its field with what was typed kept, a right one is recorded
+//! once, each approver decides from their own link, and every link that is
+//! not theirs, not this request's, reused or expired gets a clear page and
+//! records nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+#[allow(unreachable_pub)]
+#[path = "../../runtime/tests/common/servers.rs"]
+mod servers;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use server::Server;
+
+const FLOW: &str = r#"name: launch
+steps:
+  - id: brief
+    form:
+      title: Brief for the launch post
+      assignees: [ana]
+      fields:
+        - { name: topic, type: text, label: Topic, required: true, min_length: 3, help: "What the post is about" }
+        - { name: words, type: integer, min: 100, max: 2000, default: 600 }
+        - { name: tone, type: select, options: [plain, warm], default: plain }
+        - { name: channels, type: multiselect, options: [blog, mail, social] }
+        - { name: urgent, type: boolean }
+  - id: review
+    approval:
+      approvers: [ana, ben]
+      quorum: all
+      summary: "Publish “{{ steps.brief.output.topic }}”?"
+      content: "{{ steps.brief.output }}"
+"#;
+
+/// A server on `db` (a fresh SQLite file when `None`) mailing through
+/// `smtp`; the key of an admin.
+fn serve(smtp: &servers::Server, pg: Option<&str>) -> (Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.yaml");
+    let yaml = format!(
+        "email: {{ host: 127.0.0.1, port: {}, tls: none, from: \"Cairn <cairn@example.com>\", base_url: \"http://cairn.local\" }}\npeople:\n  ana: {{ email: ana@example.com }}\n  ben: {{ email: ben@example.com }}\n",
+        smtp.port
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let config = config.display().to_string();
+    let mut env = vec![("CAIRN_CONFIG", config.as_str())];
+    if let Some(url) = pg {
+        env.push(("CAIRN_DATABASE_URL", url));
+    }
+    let s = Server::start_with(&[], &env);
+    std::mem::forget(dir); // the config outlives the test's server
+    let key = s.key("admin", "admin", "ops");
+    (s, key)
+}
+
+/// The link (path and query) in the newest mail to `to` about `step`.
+async fn link(smtp: &servers::Server, to: &str, step: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let mails = servers::mails(smtp);
+        let mine =
+            mails.iter().rev().find(|m| m.contains(&format!("To: {to}")) && m.contains(&format!("steps/{step}?")));
+        if let Some(m) = mine {
+            let at = m.find("http://cairn.local/").expect("a link");
+            let url: String = m[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+            return url.trim_start_matches("http://cairn.local").to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no mail to {to} about {step}: {mails:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    html: String,
+}
+
+async fn get(s: &Server, path: &str) -> Page {
+    let r = no_redirects().get(format!("{}{path}", s.url)).send().await.unwrap();
+    page(r).await
+}
+
+async fn post(s: &Server, path: &str, form: &[(&str, &str)]) -> Page {
+    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let r = no_redirects()
+        .post(format!("{}{path}", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    page(r).await
+}
+
+fn no_redirects() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+async fn page(r: reqwest::Response) -> Page {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let location = headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Page { status, location, headers, html: r.text().await.unwrap() }
+}
+
+/// The path and token of a link.
+fn split(link: &str) -> (&str, &str) {
+    let (path, query) = link.split_once('?').unwrap();
+    (path, query.strip_prefix("token=").unwrap())
+}
+
+/// Every page's headers: no script may run, no framing, no sniffing, the
+/// token not sent on as a referrer, nothing cached.
+fn assert_secure(p: &Page) {
+    let h = |n: &str| p.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let csp = h("content-security-policy");
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("script-src"), "no script is allowed: {csp}");
+    assert_eq!(h("x-content-type-options"), "nosniff");
+    assert_eq!(h("referrer-policy"), "no-referrer");
+    assert_eq!(h("cache-control"), "no-store");
+    assert!(h("content-type").starts_with("text/html"), "{}", h("content-type"));
+    assert!(!p.html.contains("<script"), "no script in the page");
+}
+
+async fn events(s: &Server, key: &str, run: &str) -> Vec<Value> {
+    let r = s.get(&format!("/runs/{run}/events"), key).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["items"].as_array().cloned().expect("items")
+}
+
+fn count(evs: &[Value], kind: &str) -> usize {
+    evs.iter().filter(|e| e["event_type"] == kind).count()
+}
+
+async fn people_answer_from_their_links(pg: Option<&str>) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, pg);
+    let r = s.post_yaml("/workflows", &key, FLOW).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+
+    // The form, from the link in Ana's mail.
+    let brief = link(&smtp, "ana@example.com", "brief").await;
+    let (path, token) = split(&brief);
+    assert!(token.starts_with("cat_"), "a personal token: {token}");
+    let p = get(&s, &brief).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains("Brief for the launch post") && p.html.contains("What the post is about"), "{}", p.html);
+    assert!(p.html.contains(r#"name="words" value="600""#), "the default is filled in: {}", p.html);
+    assert!(p.html.contains(r#"<option value="plain" selected>"#), "{}", p.html);
+    assert!(p.html.contains("For <strong>ana</strong>"), "{}", p.html);
+
+    // Wrong values: each error beside its field, what was typed kept, nothing recorded.
+    let wrong = [
+        ("_token", token),
+        ("topic", "ab"),
+        ("words", "5000"),
+        ("tone", "warm"),
+        ("channels", "mail"),
+        ("urgent", "true"),
+    ];
+    let p = post(&s, path, &wrong).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains(r#"id="f-topic-error""#) && p.html.contains(r#"id="f-words-error""#), "{}", p.html);
+    assert!(
+        p.html.contains(r#"name="topic" value="ab""#) && p.html.contains(r#"name="words" value="5000""#),
+        "{}",
+        p.html
+    );
+    assert!(p.html.contains(r#"<option value="warm" selected>"#), "{}", p.html);
+    assert!(p.html.contains(r#"value="mail" checked"#) && p.html.contains(r#"value="true" checked"#), "{}", p.html);
+    assert!(p.html.contains(r#"aria-invalid="true""#), "{}", p.html);
+    assert_eq!(count(&events(&s, &key, &run).await, "InputSubmitted"), 0);
+    // Not a number at all: the engine's own message, still beside the field.
+    let p = post(&s, path, &[("_token", token), ("topic", "Launch"), ("words", "many")]).await;
+    assert_eq!(p.status, 422);
+    assert!(p.html.contains(r#"id="f-words-error""#) && p.html.contains(r#"value="many""#), "{}", p.html);
+
+    // Ben's token is not Ana's: it cannot submit her form as him, nor as her.
+    // (Ben is not an assignee of the form; forge one for him anyway.)
+    let forged = token.replacen(&hex("ana"), &hex("ben"), 1);
+    let p = post(&s, path, &[("_token", &forged), ("topic", "Launch post")]).await;
+    assert_eq!(p.status, 404, "{}", p.html);
+    assert!(p.html.contains("This link is not valid"));
+    // Another step's path with this token, an unknown run, no token: the same page.
+    for bad in [
+        format!("{}?token={token}", path.replace("/brief", "/review")),
+        format!("/runs/{}/steps/brief?token={token}", uuid_nil()),
+        path.to_owned(),
+        format!("{path}?token=crt_0000"),
+    ] {
+        let p = get(&s, &bad).await;
+        assert_eq!(p.status, 404, "{bad}: {}", p.html);
+        assert!(p.html.contains("This link is not valid"), "{bad}");
+        assert_secure(&p);
+    }
+
+    // Right values: recorded once, then the page confirms and takes no other answer.
+    let right = [
+        ("_token", token),
+        ("topic", "Launch <post>"),
+        ("words", "800"),
+        ("channels", "blog"),
+        ("channels", "mail"),
+        ("urgent", "false"),
+    ];
+    let p = post(&s, path, &right).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let back = p.location.expect("a redirect to the page");
+    let p = get(&s, &back).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("your answer is recorded"), "{}", p.html);
+    let p = post(&s, path, &right).await;
+    assert!(p.html.contains("your answer is recorded") && !p.html.contains("<form"), "{}", p.html);
+    let evs = events(&s, &key, &run).await;
+    assert_eq!(count(&evs, "InputSubmitted"), 1, "one submission whatever the reloads");
+    let sub = evs.iter().find(|e| e["event_type"] == "InputSubmitted").unwrap();
+    let data = &sub["payload"];
+    assert_eq!(data["submitted_by"], "ana", "{sub}");
+    assert_eq!(
+        data["values"],
+        json!({"topic": "Launch <post>", "words": 800, "tone": "plain", "channels": ["blog", "mail"], "urgent": false}),
+        "{sub}"
+    );
+
+    // The approval: each approver from their own mail; the content shown as
+    // a table, escaped, with its hash and the quorum's progress.
+    let ana = link(&smtp, "ana@example.com", "review").await;
+    let ben = link(&smtp, "ben@example.com", "review").await;
+    assert_ne!(split(&ana).1, split(&ben).1, "each approver has a token of their own");
+    let p = get(&s, &ana).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains("<th scope=\"row\">topic</th><td>Launch &lt;post&gt;</td>"), "{}", p.html);
+    assert!(!p.html.contains("<post>"), "content is escaped");
+    assert!(p.html.contains("0 of 2 needed (all)"), "{}", p.html);
+    let r = s.get(&format!("/runs/{run}"), &key).await;
+    let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
+    assert!(p.html.contains(&hash), "the content hash is shown");
+    // A wrong content hash (the content changed under the approver): nothing recorded, shown again.
+    let (apath, atoken) = split(&ana);
+    let p = post(&s, apath, &[("_token", atoken), ("_content_hash", "00"), ("_decision", "approve")]).await;
+    assert_eq!(p.status, 409, "{}", p.html);
+    assert!(p.html.contains("changed while you read it"), "{}", p.html);
+    // No decision chosen.
+    let p = post(&s, apath, &[("_token", atoken), ("_content_hash", &hash)]).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    let p = post(
+        &s,
+        apath,
+        &[("_token", atoken), ("_content_hash", &hash), ("_decision", "approve"), ("_comment", "Ship it")],
+    )
+    .await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    // Used twice: Ana's link now only says what she decided.
+    let p = get(&s, &ana).await;
+    assert!(
+        p.html.contains("You <strong>approved</strong>") && p.html.contains("Ship it") && !p.html.contains("<form"),
+        "{}",
+        p.html
+    );
+    let p = post(&s, apath, &[("_token", atoken), ("_content_hash", &hash), ("_decision", "reject")]).await;
+    assert!(!p.html.contains("<form") && p.html.contains("approved"), "{}", p.html);
+    // Ben sees Ana's decision, and his completes the quorum.
+    let p = get(&s, &ben).await;
+    assert!(
+        p.html.contains("1 of 2 needed") && p.html.contains("<strong>ana</strong> approved: “Ship it”"),
+        "{}",
+        p.html
+    );
+    let (bpath, btoken) = split(&ben);
+    let p = post(&s, bpath, &[("_token", btoken), ("_content_hash", &hash), ("_decision", "approve")]).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let done = s.wait_status(&run, &key, &["completed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let evs = events(&s, &key, &run).await;
+    assert_eq!(count(&evs, "ApprovalDecided"), 2);
+    // After the run ended, the form's link is closed too (and says by whom it was answered).
+    let p = get(&s, &brief).await;
+    assert!(p.html.contains("your answer is recorded"), "{}", p.html);
+}
+
+/// A request whose deadline passed: its link says so and records nothing.
+async fn an_expired_link_says_so(pg: Option<&str>) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, pg);
+    let flow = "name: quick\nsteps:\n  - id: ask\n    form:\n      assignees: [ana]\n      deadline: 1s\n      fields: [{ name: note, required: true }]\n";
+    let r = s.post_yaml("/workflows", &key, flow).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.post("/runs", &key, &json!({"workflow": "quick"})).await;
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+    let l = link(&smtp, "ana@example.com", "ask").await;
+    assert_eq!(get(&s, &l).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let p = get(&s, &l).await;
+    assert_eq!(p.status, 410, "{}", p.html);
+    assert!(p.html.contains("This request expired"), "{}", p.html);
+    let (path, token) = split(&l);
+    let p = post(&s, path, &[("_token", token), ("note", "late")]).await;
+    assert_eq!(p.status, 410, "{}", p.html);
+    assert_eq!(count(&events(&s, &key, &run).await, "InputSubmitted"), 0);
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn uuid_nil() -> &'static str {
+    "00000000-0000-0000-0000-000000000000"
+}
+
+#[tokio::test]
+async fn people_answer_from_their_links_sqlite() {
+    people_answer_from_their_links(None).await;
+}
+
+#[tokio::test]
+async fn people_answer_from_their_links_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    people_answer_from_their_links(Some(&url)).await;
+}
+
+#[tokio::test]
+async fn an_expired_link_says_so_sqlite() {
+    an_expired_link_says_so(None).await;
+}
+
+#[tokio::test]
+async fn an_expired_link_says_so_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    an_expired_link_says_so(Some(&url)).await;
+}
