@@ -198,8 +198,12 @@ async fn people_answer_from_their_links(pg: Option<&str>) {
     let p = post(&s, path, &[("_token", &forged), ("topic", "Launch post")]).await;
     assert_eq!(p.status, 404, "{}", p.html);
     assert!(p.html.contains("This link is not valid"));
-    // Another step's path with this token, an unknown run, no token: the same page.
+    // Another run of the same workflow, another step's path with this token,
+    // an unknown run, no token, a request-wide token: the same page.
+    let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
+    let other = r.json["run_id"].as_str().unwrap().to_owned();
     for bad in [
+        format!("/runs/{other}/steps/brief?token={token}"),
         format!("{}?token={token}", path.replace("/brief", "/review")),
         format!("/runs/{}/steps/brief?token={token}", uuid_nil()),
         path.to_owned(),
@@ -345,4 +349,93 @@ async fn an_expired_link_says_so_sqlite() {
 async fn an_expired_link_says_so_postgres() {
     let Some(url) = common::fresh_pg_url().await else { return };
     an_expired_link_says_so(Some(&url)).await;
+}
+
+/// Node.js, the npm packages (playwright-core, axe-core) that
+/// `.ci/install-test-tools` puts in target/test-tools/node, and Debian's
+/// chromium; `None` (SKIPPED) when missing outside CI, a failure under CI.
+fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools/node/node_modules");
+    let chromium = std::env::var("CAIRN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let missing: Vec<&str> = [
+        (!node).then_some("node"),
+        (!root.join("playwright-core").exists()).then_some("playwright-core"),
+        (!root.join("axe-core").exists()).then_some("axe-core"),
+        (!std::path::Path::new(&chromium).exists()).then_some("chromium"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return Some((root, std::path::PathBuf::from(chromium)));
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{missing:?} not installed; run `bash .ci/install-test-tools`"
+    );
+    eprintln!("SKIPPED: {missing:?} not installed; run `bash .ci/install-test-tools`");
+    None
+}
+
+/// `node people.mjs MODE URL`: a real browser through a person's page.
+fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url: &str) {
+    let shots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots/people");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/people.mjs");
+    let o = std::process::Command::new("node")
+        .arg(script)
+        .args([mode, url])
+        .arg(&shots)
+        .env("CAIRN_NODE_MODULES", modules)
+        .env("CAIRN_CHROMIUM", chromium)
+        .output()
+        .expect("run node");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the browser run `{mode}` failed (screenshots in {}):\n{out}", shots.display());
+    assert!(out.contains(&format!("{mode}: ok")), "{out}");
+}
+
+/// In Debian's chromium: Ana opens the form from her e-mail, types a wrong
+/// value and sees the error beside the field, fixes it and sees it recorded;
+/// then approves the draft from her approval e-mail; Ben's approval ends the
+/// run. axe-core finds no serious or critical violation on any page shown.
+/// Screenshots are left in target/screenshots/people/.
+#[tokio::test]
+async fn a_person_answers_in_a_real_browser() {
+    let Some((modules, chromium)) = browser_tools() else { return };
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, None);
+    let r = s.post_yaml("/workflows", &key, FLOW).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+    let form = link(&smtp, "ana@example.com", "brief").await;
+    let (m, c, u) = (modules.clone(), chromium.clone(), format!("{}{form}", s.url));
+    tokio::task::spawn_blocking(move || browse(&m, &c, "form", &u)).await.unwrap();
+    let evs = events(&s, &key, &run).await;
+    let sub = evs.iter().find(|e| e["event_type"] == "InputSubmitted").expect("the browser's submission");
+    assert_eq!(
+        sub["payload"]["values"],
+        json!({"topic": "Launch of Cairn 1.0", "words": 800, "tone": "plain", "channels": ["blog"], "urgent": false})
+    );
+    let ana = link(&smtp, "ana@example.com", "review").await;
+    let u = format!("{}{ana}", s.url);
+    tokio::task::spawn_blocking(move || browse(&modules, &chromium, "approve", &u)).await.unwrap();
+    let ben = link(&smtp, "ben@example.com", "review").await;
+    let r = s.get(&format!("/runs/{run}"), &key).await;
+    let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
+    let (path, token) = split(&ben);
+    let p = post(&s, path, &[("_token", token), ("_content_hash", &hash), ("_decision", "approve")]).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let done = s.wait_status(&run, &key, &["completed"]).await;
+    assert_eq!(done["status"], "completed");
+    let all = events(&s, &key, &run).await;
+    let decided = evs_of(&all, "ApprovalDecided");
+    assert_eq!(decided[0]["payload"]["decided_by"], "ana");
+    assert_eq!(decided[0]["payload"]["comment"], "Looks right to me");
+}
+
+fn evs_of<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    evs.iter().filter(|e| e["event_type"] == kind).collect()
 }

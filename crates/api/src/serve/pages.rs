@@ -510,6 +510,9 @@ fn lengths(f: &Field) -> String {
 fn content_html(b: &mut String, c: &Value) {
     let cell = |v: &Value| match v {
         Value::String(s) => esc(s),
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            esc(&a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        }
         other => format!("<code>{}</code>", esc(&other.to_string())),
     };
     match c {

@@ -1,0 +1,89 @@
+// Drives Debian's chromium (playwright-core) through a person's page, as the
+// person would: `node people.mjs form|approve URL SHOTS_DIR`. Checks what the
+// page shows at each step, runs axe-core on every page (no serious or
+// critical violation), saves screenshots into SHOTS_DIR, and exits non-zero
+// with the reason on the first thing that is not as it should be.
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const require = createRequire(process.env.CAIRN_NODE_MODULES + "/");
+const { chromium } = require("playwright-core");
+const axePath = require.resolve("axe-core/axe.min.js");
+
+const [mode, url, shots] = process.argv.slice(2);
+const fail = (msg) => {
+  console.error("FAILED: " + msg);
+  process.exit(1);
+};
+
+async function axe(page, name) {
+  await page.addScriptTag({ path: axePath });
+  const r = await page.evaluate(async () => await globalThis.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = r.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  if (bad.length) {
+    fail(`${name}: accessibility violations: ` + bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target).join(", ")}`).join("; "));
+  }
+  console.log(`${name}: axe found no serious or critical violation (${r.violations.length} minor)`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CAIRN_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu"],
+});
+// axe is injected as a script, which the pages' CSP (rightly) forbids.
+const context = await browser.newContext({ bypassCSP: true });
+const page = await context.newPage();
+try {
+  const res = await page.goto(url);
+  if (res.status() !== 200) fail(`GET ${url}: ${res.status()}`);
+  if (mode === "form") {
+    await page.getByRole("heading", { name: /Brief for the launch post/ }).waitFor();
+    await axe(page, "form");
+    await shot(page, "1-form");
+    // A wrong value: the server says what is wrong beside the field and keeps what was typed.
+    await page.getByLabel("Topic").fill("ab");
+    await page.getByLabel("words").fill("5000");
+    await page.getByRole("button", { name: "Submit" }).click();
+    await page.locator("#f-topic-error").waitFor();
+    const err = await page.locator("#f-topic-error").innerText();
+    if (!/at least 3/.test(err)) fail(`the topic's error says: ${err}`);
+    if ((await page.getByLabel("Topic").inputValue()) !== "ab") fail("what was typed in Topic was not kept");
+    if ((await page.getByLabel("words").inputValue()) !== "5000") fail("what was typed in words was not kept");
+    await axe(page, "form with errors");
+    await shot(page, "2-form-errors");
+    // Fixed: recorded, and the page confirms it.
+    await page.getByLabel("Topic").fill("Launch of Cairn 1.0");
+    await page.getByLabel("words").fill("800");
+    await page.getByLabel("blog").check();
+    await page.getByLabel("No").check();
+    await page.getByRole("button", { name: "Submit" }).click();
+    await page.getByRole("heading", { name: /your answer is recorded/ }).waitFor();
+    await axe(page, "form confirmation");
+    await shot(page, "3-form-recorded");
+  } else if (mode === "approve") {
+    await page.getByRole("heading", { name: /Approval needed/ }).waitFor();
+    const table = await page.locator("section.content table").innerText();
+    if (!table.includes("Launch of Cairn 1.0")) fail(`the content shown is: ${table}`);
+    await axe(page, "approval");
+    await shot(page, "4-approval");
+    await page.getByLabel(/Comment/).fill("Looks right to me");
+    await page.getByRole("button", { name: "Approve" }).click();
+    await page.getByRole("heading", { name: /your decision is recorded/ }).waitFor();
+    const text = await page.locator("main").innerText();
+    if (!text.includes("Looks right to me")) fail(`the confirmation says: ${text}`);
+    await axe(page, "approval confirmation");
+    await shot(page, "5-approval-recorded");
+  } else {
+    fail(`unknown mode ${mode}`);
+  }
+} catch (e) {
+  await shot(page, `failed-${mode}`).catch(() => {});
+  fail(String(e && e.stack ? e.stack : e));
+} finally {
+  await browser.close();
+}
+console.log(`${mode}: ok`);
