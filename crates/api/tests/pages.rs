@@ -43,6 +43,10 @@ steps:
 /// A server on `db` (a fresh SQLite file when `None`) mailing through
 /// `smtp`; the key of an admin.
 fn serve(smtp: &servers::Server, pg: Option<&str>) -> (Server, String) {
+    serve_with(smtp, pg, &[])
+}
+
+fn serve_with(smtp: &servers::Server, pg: Option<&str>, args: &[&str]) -> (Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cairn.yaml");
     let yaml = format!(
@@ -55,7 +59,7 @@ fn serve(smtp: &servers::Server, pg: Option<&str>) -> (Server, String) {
     if let Some(url) = pg {
         env.push(("CAIRN_DATABASE_URL", url));
     }
-    let s = Server::start_with(&[], &env);
+    let s = Server::start_with(args, &env);
     std::mem::forget(dir); // the config outlives the test's server
     let key = s.key("admin", "admin", "ops");
     (s, key)
@@ -379,7 +383,7 @@ fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
 }
 
 /// `node people.mjs MODE URL`: a real browser through a person's page.
-fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url: &str) {
+fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url: &str, key: &str) {
     let shots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots/people");
     std::fs::create_dir_all(&shots).unwrap();
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/people.mjs");
@@ -389,6 +393,7 @@ fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url
         .arg(&shots)
         .env("CAIRN_NODE_MODULES", modules)
         .env("CAIRN_CHROMIUM", chromium)
+        .env("CAIRN_KEY", key)
         .output()
         .expect("run node");
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -396,7 +401,8 @@ fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url
     assert!(out.contains(&format!("{mode}: ok")), "{out}");
 }
 
-/// In Debian's chromium: Ana opens the form from her e-mail, types a wrong
+/// In Debian's chromium: Ana signs in to the console with her key and finds
+/// the form in her inbox and the run's timeline; she opens the form from her e-mail, types a wrong
 /// value and sees the error beside the field, fixes it and sees it recorded;
 /// then approves the draft from her approval e-mail; Ben's approval ends the
 /// run. axe-core finds no serious or critical violation on any page shown.
@@ -411,8 +417,12 @@ async fn a_person_answers_in_a_real_browser() {
     let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
     let run = r.json["run_id"].as_str().unwrap().to_owned();
     let form = link(&smtp, "ana@example.com", "brief").await;
+    // Signed in with her key, Ana finds the form in her inbox and the run's timeline.
+    let ana_key = s.key("ana", "approver", "ana");
+    let (m, c, u) = (modules.clone(), chromium.clone(), format!("{}/ui/sign-in", s.url));
+    tokio::task::spawn_blocking(move || browse(&m, &c, "console", &u, &ana_key)).await.unwrap();
     let (m, c, u) = (modules.clone(), chromium.clone(), format!("{}{form}", s.url));
-    tokio::task::spawn_blocking(move || browse(&m, &c, "form", &u)).await.unwrap();
+    tokio::task::spawn_blocking(move || browse(&m, &c, "form", &u, "")).await.unwrap();
     let evs = events(&s, &key, &run).await;
     let sub = evs.iter().find(|e| e["event_type"] == "InputSubmitted").expect("the browser's submission");
     assert_eq!(
@@ -421,7 +431,7 @@ async fn a_person_answers_in_a_real_browser() {
     );
     let ana = link(&smtp, "ana@example.com", "review").await;
     let u = format!("{}{ana}", s.url);
-    tokio::task::spawn_blocking(move || browse(&modules, &chromium, "approve", &u)).await.unwrap();
+    tokio::task::spawn_blocking(move || browse(&modules, &chromium, "approve", &u, "")).await.unwrap();
     let ben = link(&smtp, "ben@example.com", "review").await;
     let r = s.get(&format!("/runs/{run}"), &key).await;
     let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
@@ -438,4 +448,155 @@ async fn a_person_answers_in_a_real_browser() {
 
 fn evs_of<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     evs.iter().filter(|e| e["event_type"] == kind).collect()
+}
+
+/// A request with a cookie (and optionally a form), no redirects followed.
+async fn with_cookie(s: &Server, method: &str, path: &str, cookie: &str, form: Option<&[(&str, &str)]>) -> Page {
+    let c = no_redirects();
+    let mut r = if method == "POST" { c.post(format!("{}{path}", s.url)) } else { c.get(format!("{}{path}", s.url)) };
+    if !cookie.is_empty() {
+        r = r.header("cookie", cookie);
+    }
+    if let Some(f) = form {
+        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(f).finish();
+        r = r.header("content-type", "application/x-www-form-urlencoded").body(body);
+    }
+    page(r.send().await.unwrap()).await
+}
+
+/// Signs in with `key`: the `name=value` of the session cookie and its attributes.
+async fn sign_in(s: &Server, key: &str, https: bool) -> (String, String) {
+    let body: String =
+        form_urlencoded::Serializer::new(String::new()).extend_pairs([("key", key), ("next", "/ui/runs")]).finish();
+    let mut r = no_redirects()
+        .post(format!("{}/ui/sign-in", s.url))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if https {
+        r = r.header("x-forwarded-proto", "https");
+    }
+    let p = page(r.body(body).send().await.unwrap()).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    assert_eq!(p.location.as_deref(), Some("/ui/runs"));
+    let set = p.headers.get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie").to_owned();
+    let pair = set.split(';').next().unwrap().trim().to_owned();
+    (pair, set)
+}
+
+/// The value of a hidden input in a page.
+fn hidden(html: &str, name: &str) -> String {
+    let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+async fn the_console_signs_in_and_shows_runs(pg: Option<&str>) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, pg);
+    let ana = s.key("ana", "approver", "ana");
+    let r = s.post_yaml("/workflows", &key, FLOW).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.post("/runs", &key, &json!({"workflow": "launch", "inputs": {}})).await;
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+
+    // Not signed in: every console page sends you to sign in, and back after.
+    let p = with_cookie(&s, "GET", "/ui/inbox", "", None).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/sign-in?next=%2Fui%2Finbox")));
+    let p = with_cookie(&s, "GET", "/ui/sign-in?next=/ui/inbox", "", None).await;
+    assert_eq!(p.status, 200);
+    assert_secure(&p);
+    assert!(p.html.contains(r#"type="password""#), "{}", p.html);
+    // A wrong key: said so, no cookie.
+    let p =
+        with_cookie(&s, "POST", "/ui/sign-in", "", Some(&[("key", "cairn_nope_nope"), ("next", "/ui/inbox")])).await;
+    assert_eq!(p.status, 401, "{}", p.html);
+    assert!(p.html.contains("not known or was revoked") && p.headers.get("set-cookie").is_none());
+    // An open redirect is not possible through `next`.
+    let p = with_cookie(&s, "POST", "/ui/sign-in", "", Some(&[("key", &ana), ("next", "//evil.example/ui")])).await;
+    assert_eq!(p.location.as_deref(), Some("/ui/inbox"));
+
+    let (cookie, attrs) = sign_in(&s, &ana, false).await;
+    for a in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attrs.contains(a), "{attrs}");
+    }
+    assert!(!attrs.contains("Secure"), "no Secure over plain HTTP: {attrs}");
+    let (_, tls) = sign_in(&s, &ana, true).await;
+    assert!(tls.contains("; Secure"), "Secure behind an HTTPS proxy: {tls}");
+
+    // The inbox: what waits for Ana, with a link that answers as her.
+    link(&smtp, "ana@example.com", "brief").await; // the request is recorded
+    let p = with_cookie(&s, "GET", "/ui/inbox", &cookie, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains("Brief for the launch post") && p.html.contains("ana (approver)"), "{}", p.html);
+    let at = p.html.find(&format!("/runs/{run}/steps/brief?token=")).expect("an answer link");
+    let answer: String = p.html[at..].chars().take_while(|c| *c != '"').collect();
+    let f = get(&s, &answer).await;
+    assert_eq!(f.status, 200, "{}", f.html);
+    assert!(f.html.contains("For <strong>ana</strong>"));
+
+    // Runs, filtered; a run with its timeline.
+    let p = with_cookie(&s, "GET", "/ui/runs?status=waiting", &cookie, None).await;
+    assert!(p.html.contains(&format!("/ui/runs/{run}")), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/runs?status=completed&workflow=launch", &cookie, None).await;
+    assert!(p.html.contains("No runs match"), "{}", p.html);
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(
+        p.html.contains("RunStarted") && p.html.contains("InputRequested") && p.html.contains("answer as you"),
+        "{}",
+        p.html
+    );
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{}", uuid_nil()), &cookie, None).await;
+    assert_eq!(p.status, 404);
+
+    // A cookie edited (a later expiry) or made up is no session.
+    let value = cookie.split_once('=').unwrap().1;
+    let bits: Vec<&str> = value.rsplitn(3, '.').collect(); // mac, expiry, key id
+    let later = bits[1].parse::<i64>().unwrap() + 3600;
+    let forged = format!("cairn_session={}.{later}.{}", bits[2], bits[0]);
+    assert_eq!(with_cookie(&s, "GET", "/ui/runs", &forged, None).await.status, 303);
+    let made_up = format!("cairn_session={}.{later}.{}", bits[2], "0".repeat(64));
+    assert_eq!(with_cookie(&s, "GET", "/ui/runs", &made_up, None).await.status, 303);
+
+    // Sign out needs the session's CSRF token.
+    let p = with_cookie(&s, "GET", "/ui/runs", &cookie, None).await;
+    let token = hidden(&p.html, "_csrf");
+    let p = with_cookie(&s, "POST", "/ui/sign-out", &cookie, Some(&[("_csrf", "0000")])).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    let p = with_cookie(&s, "POST", "/ui/sign-out", &cookie, Some(&[("_csrf", &token)])).await;
+    assert_eq!(p.status, 303);
+    assert!(p.headers.get("set-cookie").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("Max-Age=0")));
+
+    // Revoking the key ends its sessions (within the key cache's second).
+    let (cookie, _) = sign_in(&s, &ana, false).await;
+    assert_eq!(with_cookie(&s, "GET", "/ui/runs", &cookie, None).await.status, 200);
+    let o = s.cairn(&["keys", "revoke", "ana"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(with_cookie(&s, "GET", "/ui/runs", &cookie, None).await.status, 303);
+}
+
+#[tokio::test]
+async fn the_console_signs_in_and_shows_runs_sqlite() {
+    the_console_signs_in_and_shows_runs(None).await;
+}
+
+#[tokio::test]
+async fn the_console_signs_in_and_shows_runs_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    the_console_signs_in_and_shows_runs(Some(&url)).await;
+}
+
+/// A session ends when its time is up (`--session-ttl`).
+#[tokio::test]
+async fn a_console_session_expires() {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, _) = serve_with(&smtp, None, &["--session-ttl", "1"]);
+    let viewer = s.key("vic", "viewer", "vic");
+    let (cookie, attrs) = sign_in(&s, &viewer, false).await;
+    assert!(attrs.contains("Max-Age=1"), "{attrs}");
+    assert_eq!(with_cookie(&s, "GET", "/ui/runs", &cookie, None).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let p = with_cookie(&s, "GET", "/ui/runs", &cookie, None).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/sign-in?next=%2Fui%2Fruns")));
 }

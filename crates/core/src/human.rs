@@ -579,6 +579,17 @@ pub fn answer_token_identity(key: &[u8], run_id: Uuid, step: &str, attempt: u32,
     same.then_some(identity)
 }
 
+/// HMAC-SHA-256 under `key` of `purpose`, a NUL and `msg`: a MAC for one
+/// purpose (a session cookie, a CSRF token) that no other purpose's MAC
+/// under the same key can stand in for.
+pub fn keyed_mac(key: &[u8], purpose: &str, msg: &[u8]) -> [u8; 32] {
+    let mut m = Vec::with_capacity(purpose.len() + 1 + msg.len());
+    m.extend_from_slice(purpose.as_bytes());
+    m.push(0);
+    m.extend_from_slice(msg);
+    hmac(key, &m)
+}
+
 /// HMAC-SHA-256 (RFC 2104).
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];

@@ -101,6 +101,13 @@ impl Engine {
         cairn_core::human::answer_token_identity(&self.fx.token_key, run_id, step, attempt, token)
     }
 
+    /// A MAC for `purpose` under this engine's token key (see
+    /// [`cairn_core::human::keyed_mac`]): what a host signs its own
+    /// short-lived credentials with (a console session, a CSRF token).
+    pub fn keyed_mac(&self, purpose: &str, msg: &[u8]) -> [u8; 32] {
+        cairn_core::human::keyed_mac(&self.fx.token_key, purpose, msg)
+    }
+
     /// `w` (compiled from a file, say) with this engine's configuration:
     /// models, prices, people and prompt templates, as the decider sees them.
     pub fn configured(&self, mut w: Workflow) -> Workflow {

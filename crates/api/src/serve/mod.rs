@@ -5,6 +5,7 @@
 //! docs/api.md.
 
 mod api;
+mod console;
 mod docs;
 mod driver;
 mod extract;
@@ -78,6 +79,10 @@ pub struct Args {
     /// until the minute is over (0: no limit).
     #[arg(long, default_value_t = 10)]
     pub max_key_failures: u32,
+    /// How long a console sign-in lasts, in seconds (its cookie's
+    /// lifetime; revoking the key ends it sooner).
+    #[arg(long, default_value_t = 8 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_ttl: u64,
     /// Serve the API only: runs started or answered here are driven by the
     /// `cairn worker` processes (or servers) on the same database.
     #[arg(long)]
@@ -217,6 +222,8 @@ pub struct State {
     access: api::AccessMap,
     timeout: Duration,
     key_failures: refusals::KeyFailures,
+    /// How long a console sign-in lasts.
+    session_ttl: Duration,
 }
 
 impl State {
@@ -240,6 +247,21 @@ impl State {
         }
         let fresh = Keys::load(&self.store).await.map_err(ApiError::internal)?;
         let found = fresh.authenticate(presented).cloned();
+        *self.keys.write().await = (fresh, Instant::now());
+        Ok(found)
+    }
+
+    /// The live (not revoked) key with this id, from the cache when it is
+    /// under a second old: a console session names its key by id.
+    async fn key_by_id(&self, key_id: &str) -> Result<Option<crate::keys::Key>, ApiError> {
+        {
+            let k = self.keys.read().await;
+            if k.1.elapsed() < Duration::from_secs(1) {
+                return Ok(k.0.find(key_id).filter(|k| k.key_id == key_id && !k.revoked).cloned());
+            }
+        }
+        let fresh = Keys::load(&self.store).await.map_err(ApiError::internal)?;
+        let found = fresh.find(key_id).filter(|k| k.key_id == key_id && !k.revoked).cloned();
         *self.keys.write().await = (fresh, Instant::now());
         Ok(found)
     }
@@ -295,10 +317,12 @@ pub async fn run(
         openapi,
         access,
         timeout: Duration::from_secs(args.request_timeout.max(1)),
+        session_ttl: Duration::from_secs(args.session_ttl),
         key_failures: refusals::KeyFailures::new(args.max_key_failures),
     });
     let app = router
         .merge(pages::router())
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

@@ -625,7 +625,7 @@ fn invalid() -> Response {
 }
 
 /// A whole page around `body`, with the security headers.
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -677,7 +677,7 @@ impl Typed {
 }
 
 /// HTML-escapes text for an element or a quoted attribute.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -693,12 +693,12 @@ fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a query value.
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Percent-encodes a path segment (all but RFC 3986's unreserved).
-fn seg(s: &str) -> String {
+pub(super) fn seg(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

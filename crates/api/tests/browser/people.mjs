@@ -77,6 +77,28 @@ try {
     if (!text.includes("Looks right to me")) fail(`the confirmation says: ${text}`);
     await axe(page, "approval confirmation");
     await shot(page, "5-approval-recorded");
+  } else if (mode === "console") {
+    // URL is the sign-in page; the key comes from CAIRN_KEY.
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+    await axe(page, "sign-in");
+    await page.getByLabel("API key").fill(process.env.CAIRN_KEY || "");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Inbox" }).waitFor();
+    if (!(await page.locator("main").innerText()).includes("Brief for the launch post")) fail("the inbox does not show the form");
+    await axe(page, "inbox");
+    await shot(page, "0-inbox");
+    await page.getByRole("link", { name: "Runs" }).click();
+    await page.getByRole("heading", { name: "Runs" }).waitFor();
+    await axe(page, "runs");
+    await page.locator("table a").first().click();
+    await page.getByRole("heading", { name: /^Run / }).waitFor();
+    if (!(await page.locator(".timeline").innerText()).includes("InputRequested")) fail("the timeline lacks InputRequested");
+    await axe(page, "run");
+    await shot(page, "0-run");
+    // Answer from the inbox: the same page as the e-mail's link.
+    await page.getByRole("link", { name: "Inbox" }).click();
+    await page.getByRole("link", { name: "Answer" }).click();
+    await page.getByRole("heading", { name: /Brief for the launch post/ }).waitFor();
   } else {
     fail(`unknown mode ${mode}`);
   }

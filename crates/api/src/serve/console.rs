@@ -1,0 +1,435 @@
+//! The console for signed-in users (issue 18, part 2, first pages): sign in
+//! with an API key, then the inbox (what waits for me, each linking to the
+//! request's page with my own answer token), the runs (filtered and paged
+//! from the read models) and a run (status, inputs, output, error, the
+//! timeline of its events from its stream).
+//!
+//! A session is a cookie the server can check without storing anything, so
+//! any number of API processes share it: the key's id, an expiry and a MAC
+//! under the token key. Every request looks the key up again (the 1 s key
+//! cache), so revoking the key ends its sessions; the role is the key's, as
+//! in the API. The cookie is `HttpOnly; SameSite=Strict; Path=/`, `Secure`
+//! when the request came over HTTPS (`X-Forwarded-Proto: https` from the
+//! proxy in front). Every form carries a CSRF token bound to the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State as S};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use std::fmt::Write as _;
+
+use super::State;
+use super::pages::{esc, page, seg};
+use crate::keys::Key;
+
+const COOKIE: &str = "cairn_session";
+
+/// The console's routes.
+pub fn router() -> Router<Arc<State>> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/inbox") }))
+        .route("/ui/sign-in", get(sign_in_page).post(sign_in))
+        .route("/ui/sign-out", axum::routing::post(sign_out))
+        .route("/ui/inbox", get(inbox))
+        .route("/ui/runs", get(runs))
+        .route("/ui/runs/{id}", get(run))
+}
+
+/// A signed-in user.
+struct Session {
+    key: Key,
+    /// The cookie's value (the CSRF token is derived from it).
+    value: String,
+}
+
+fn mac_hex(state: &State, purpose: &str, msg: &str) -> String {
+    hex::encode(state.engine.keyed_mac(purpose, msg.as_bytes()))
+}
+
+/// The CSRF token of a session.
+fn csrf(state: &State, s: &Session) -> String {
+    mac_hex(state, "cairn-csrf", &s.value)[..32].to_owned()
+}
+
+/// The session the request's cookie names, if it is valid: a MAC made
+/// here, not expired, for a key that exists and is not revoked.
+async fn session(state: &State, headers: &HeaderMap) -> Option<Session> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())?;
+    let mut parts = value.rsplitn(3, '.');
+    let (mac, exp, key_id) = (parts.next()?, parts.next()?, parts.next()?);
+    let want = mac_hex(state, "cairn-session", &format!("{key_id}.{exp}"));
+    let same = want.len() == mac.len() && want.bytes().zip(mac.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    if !same || exp.parse::<i64>().ok()? <= state.engine.clock().now().timestamp() {
+        return None;
+    }
+    let key = state.key_by_id(key_id).await.ok()??;
+    Some(Session { key, value })
+}
+
+/// The user, or the sign-in page (with where to come back to).
+async fn require(state: &State, headers: &HeaderMap, back: &str) -> Result<Session, Response> {
+    match session(state, headers).await {
+        Some(s) => Ok(s),
+        None => Err(Redirect::to(&format!("/ui/sign-in?next={}", super::pages::enc(back))).into_response()),
+    }
+}
+
+/// The frame of a signed-in page: navigation, who is signed in, sign out.
+fn shell(state: &State, s: &Session, title: &str, body: &str) -> Response {
+    let mut nav =
+        String::from("<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a>");
+    let _ = write!(
+        nav,
+        "<form method=\"post\" action=\"/ui/sign-out\" class=\"inline\"><input type=\"hidden\" name=\"_csrf\" value=\"{}\">\
+         <span class=\"who\">{} ({})</span> <button type=\"submit\" class=\"link\">Sign out</button></form></nav>",
+        csrf(state, s),
+        esc(&s.key.identity),
+        s.key.role.name()
+    );
+    page(StatusCode::OK, title, &format!("{nav}{body}"))
+}
+
+#[derive(Deserialize)]
+struct Next {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Only a path on this server (never `//host` or a scheme).
+fn local(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with("/ui") && !n.starts_with("//") && !n.contains("\\") => n.to_owned(),
+        _ => "/ui/inbox".to_owned(),
+    }
+}
+
+async fn sign_in_page(Query(q): Query<Next>) -> Response {
+    sign_in_form(StatusCode::OK, &local(q.next.as_deref()), None)
+}
+
+fn sign_in_form(status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let mut b = String::from("<h1>Sign in</h1>");
+    if let Some(e) = error {
+        let _ = write!(b, "<div class=\"errors\" role=\"alert\"><p>{}</p></div>", esc(e));
+    }
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/ui/sign-in\"><input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <div class=\"field\"><label for=\"f-key\">API key</label>\
+         <input type=\"password\" id=\"f-key\" name=\"key\" autocomplete=\"current-password\" required aria-required=\"true\" aria-describedby=\"f-key-help\">\
+         <p class=\"help\" id=\"f-key-help\">A key from <code>cairn keys create</code>; you act as its identity, with its role.</p></div>\
+         <div class=\"actions\"><button type=\"submit\">Sign in</button></div></form>",
+        esc(next)
+    );
+    page(status, "Sign in", &b)
+}
+
+/// `POST /ui/sign-in`: a key in, a session cookie out. Failures count
+/// against the address like the API's (too many: refused for a while).
+async fn sign_in(S(state): S<Arc<State>>, req: axum::extract::Request) -> Response {
+    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let headers = req.headers().clone();
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        return sign_in_form(StatusCode::PAYLOAD_TOO_LARGE, "/ui/inbox", Some("The form was too large."));
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let next = local(Some(&get("next")));
+    if let Some(ip) = ip
+        && let Some(over) = state.key_failures.over_limit(ip)
+    {
+        let msg = format!("Too many failed sign-ins from this address: try again in {} s.", over.retry_after);
+        return sign_in_form(StatusCode::TOO_MANY_REQUESTS, &next, Some(&msg));
+    }
+    let key = match state.authenticate(&get("key")).await {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            if let Some(ip) = ip {
+                state.key_failures.failed(ip);
+            }
+            let msg = "That key is not known or was revoked. Paste the whole key (it starts with cairn_).";
+            return sign_in_form(StatusCode::UNAUTHORIZED, &next, Some(msg));
+        }
+        Err(e) => {
+            tracing::error!(error = %e.0.detail, "cannot read the keys for a sign-in");
+            return sign_in_form(StatusCode::SERVICE_UNAVAILABLE, &next, Some("Signing in is not possible just now."));
+        }
+    };
+    let exp =
+        state.engine.clock().now().timestamp() + i64::try_from(state.session_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let payload = format!("{}.{exp}", key.key_id);
+    let value = format!("{payload}.{}", mac_hex(&state, "cairn-session", &payload));
+    let https = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        state.session_ttl.as_secs(),
+        if https { "; Secure" } else { "" }
+    );
+    let mut r = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /ui/sign-out` (with the session's CSRF token).
+async fn sign_out(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let given = form.iter().find(|(k, _)| k == "_csrf").map_or("", |(_, v)| v.as_str());
+    if let Some(s) = session(&state, &headers).await
+        && given != csrf(&state, &s)
+    {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not signed out",
+            "<h1>Not signed out</h1><p>The form was not this session's (a missing or wrong CSRF token). \
+             Go back, reload the page and try again.</p>",
+        );
+    }
+    let mut r = Redirect::to("/ui/sign-in").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("cairn_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+/// `GET /ui/inbox`: what waits for me, oldest first, each with a link to
+/// answer it as me.
+async fn inbox(S(state): S<Arc<State>>, headers: HeaderMap) -> Response {
+    let s = match require(&state, &headers, "/ui/inbox").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let rows = match state.read().await {
+        Ok(db) => cairn_projections::queries::inbox(db).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.0.detail.clone()),
+    };
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return unavailable(&e),
+    };
+    let mut b = String::from("<h1>Inbox</h1>");
+    let mine: Vec<_> = rows.into_iter().filter(|r| r.assignee_names().contains(&s.key.identity)).collect();
+    if mine.is_empty() {
+        b.push_str("<p>Nothing waits for you.</p>");
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">What</th><th scope=\"col\">Kind</th><th scope=\"col\">Run</th>\
+             <th scope=\"col\">Asked</th><th scope=\"col\">Deadline</th><th scope=\"col\"><span class=\"sr\">Action</span></th></tr></thead><tbody>",
+        );
+        for r in &mine {
+            let Ok(run) = r.run_id.parse::<uuid::Uuid>() else { continue };
+            // My own answer token for the request's current attempt.
+            let Ok((st, _)) = super::runs::load(&state, run).await else { continue };
+            let Some(h) = st.people.get(&r.step_id) else { continue };
+            let (attempt, what) = (h.attempt, h.title.clone().filter(|t| !t.trim().is_empty()));
+            let token = state.engine.answer_token(run, &r.step_id, attempt, &s.key.identity);
+            let link = format!("/runs/{run}/steps/{}?token={token}", seg(&r.step_id));
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td><a href=\"/ui/runs/{run}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td><a href=\"{}\">Answer</a></td></tr>",
+                esc(what.as_deref().or(r.summary.as_deref()).unwrap_or(&r.step_id)),
+                esc(&r.kind),
+                &r.run_id[..8],
+                esc(&r.requested_at),
+                esc(r.deadline.as_deref().unwrap_or("—")),
+                esc(&link)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    shell(&state, &s, "Inbox", &b)
+}
+
+#[derive(Deserialize)]
+struct RunsQ {
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+const STATUSES: [&str; 5] = ["running", "waiting", "completed", "failed", "cancelled"];
+
+/// `GET /ui/runs`: newest first, by workflow and status, 50 a page.
+async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ>) -> Response {
+    let s = match require(&state, &headers, "/ui/runs").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let workflow = q.workflow.filter(|w| !w.is_empty());
+    let status = q.status.filter(|x| STATUSES.contains(&x.as_str()));
+    let before = q.cursor.as_deref().and_then(|c| c.split_once('~')).map(|(a, b)| (a.to_owned(), b.to_owned()));
+    let f = cairn_projections::queries::RunFilter {
+        workflow: workflow.clone(),
+        status: status.clone(),
+        since: None,
+        until: None,
+        before,
+        limit: 51,
+    };
+    let rows = match state.read().await {
+        Ok(db) => cairn_projections::queries::runs_page(db, &f).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.0.detail.clone()),
+    };
+    let mut rows = match rows {
+        Ok(r) => r,
+        Err(e) => return unavailable(&e),
+    };
+    let more = rows.len() > 50;
+    rows.truncate(50);
+    let mut b = String::from("<h1>Runs</h1><form method=\"get\" action=\"/ui/runs\" class=\"filters\">");
+    let _ = write!(
+        b,
+        "<label for=\"q-workflow\">Workflow</label> <input type=\"text\" id=\"q-workflow\" name=\"workflow\" value=\"{}\"> \
+         <label for=\"q-status\">Status</label> <select id=\"q-status\" name=\"status\"><option value=\"\">any</option>",
+        esc(workflow.as_deref().unwrap_or(""))
+    );
+    for x in STATUSES {
+        let sel = if status.as_deref() == Some(x) { " selected" } else { "" };
+        let _ = write!(b, "<option{sel}>{x}</option>");
+    }
+    b.push_str("</select> <button type=\"submit\">Filter</button></form>");
+    if rows.is_empty() {
+        b.push_str("<p>No runs match.</p>");
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">Run</th><th scope=\"col\">Workflow</th><th scope=\"col\">Status</th>\
+             <th scope=\"col\">Step</th><th scope=\"col\">Started</th><th scope=\"col\">By</th></tr></thead><tbody>",
+        );
+        for r in &rows {
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"/ui/runs/{0}\"><code>{1}</code></a></td><td>{2} v{3}</td><td class=\"status-{4}\">{4}</td><td>{5}</td><td>{6}</td><td>{7}</td></tr>",
+                esc(&r.run_id),
+                esc(r.run_id.get(..8).unwrap_or(&r.run_id)),
+                esc(&r.workflow),
+                r.version,
+                esc(&r.status),
+                esc(r.current_step.as_deref().or(r.failed_step.as_deref()).unwrap_or("")),
+                esc(&r.started_at),
+                esc(&r.started_by)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    if more && let Some(last) = rows.last() {
+        let mut next =
+            format!("/ui/runs?cursor={}", super::pages::enc(&format!("{}~{}", last.started_at, last.run_id)));
+        if let Some(w) = &workflow {
+            let _ = write!(next, "&workflow={}", super::pages::enc(w));
+        }
+        if let Some(x) = &status {
+            let _ = write!(next, "&status={x}");
+        }
+        let _ = write!(b, "<p><a href=\"{}\" rel=\"next\">Older runs</a></p>", esc(&next));
+    }
+    shell(&state, &s, "Runs", &b)
+}
+
+/// `GET /ui/runs/{id}`: the run from its stream.
+async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match require(&state, &headers, &format!("/ui/runs/{}", seg(&id))).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
+    let (st, events) = match super::runs::load(&state, run).await {
+        Ok(x) => x,
+        Err(e) if e.0.status == 404 => return not_found(&state, &s, &id),
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let status = super::runs::status_name(&st);
+    let mut b = format!(
+        "<h1>Run <code>{run}</code></h1><p class=\"meta\">Workflow <strong>{}</strong> v{} · status <strong class=\"status-{status}\">{status}</strong></p>",
+        esc(&st.workflow),
+        st.workflow_version
+    );
+    let json = |v: &serde_json::Value| esc(&serde_json::to_string_pretty(v).unwrap_or_default());
+    let _ = write!(b, "<h2>Inputs</h2><pre>{}</pre>", json(&st.inputs));
+    if let Some(out) = &st.output {
+        let _ = write!(b, "<h2>Output</h2><pre>{}</pre>", json(out));
+    }
+    if let Some((kind, message, step)) = &st.error {
+        let _ = write!(
+            b,
+            "<h2>Error</h2><p class=\"error\"><code>{}</code>{}: {}</p>",
+            esc(kind),
+            step.as_deref().map(|x| format!(" at step <code>{}</code>", esc(x))).unwrap_or_default(),
+            esc(message)
+        );
+    }
+    for (step, h) in st.waiting_for_people() {
+        let mine = h.assignees.contains(&s.key.identity) && !h.decided(&s.key.identity);
+        let _ = write!(
+            b,
+            "<p class=\"notice\">Waiting at <code>{}</code> for {} ({})",
+            esc(step),
+            esc(&h.assignees.join(", ")),
+            esc(&h.kind)
+        );
+        if mine {
+            let token = state.engine.answer_token(run, step, h.attempt, &s.key.identity);
+            let _ = write!(b, " · <a href=\"/runs/{run}/steps/{}?token={token}\">answer as you</a>", seg(step));
+        }
+        b.push_str("</p>");
+    }
+    let _ = write!(
+        b,
+        "<h2>Timeline</h2><p class=\"meta\">{} events, oldest first</p><ol class=\"timeline\">",
+        events.len()
+    );
+    for e in &events {
+        let payload = e.payload_value().unwrap_or_default();
+        let meta: serde_json::Value = serde_json::from_str(&e.metadata).unwrap_or_default();
+        let actor = meta.get("actor").and_then(|a| a.as_str()).unwrap_or("");
+        let step = payload.get("step_id").and_then(|a| a.as_str()).unwrap_or("");
+        let _ = write!(
+            b,
+            "<li><span class=\"v\">{}</span> <time>{}</time> <strong>{}</strong>{}{}<details><summary>payload</summary><pre>{}</pre></details></li>",
+            e.stream_version,
+            esc(&e.recorded_at),
+            esc(&e.event_type),
+            if step.is_empty() { String::new() } else { format!(" <code>{}</code>", esc(step)) },
+            if actor.is_empty() { String::new() } else { format!(" by {}", esc(actor)) },
+            json(&payload)
+        );
+    }
+    b.push_str("</ol>");
+    shell(&state, &s, &format!("Run {}", &id[..8.min(id.len())]), &b)
+}
+
+fn not_found(state: &State, s: &Session, id: &str) -> Response {
+    let mut r = shell(
+        state,
+        s,
+        "No such run",
+        &format!("<h1>No such run</h1><p>No run has the id <code>{}</code>.</p>", esc(id)),
+    );
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+fn unavailable(detail: &str) -> Response {
+    tracing::error!(error = %detail, "a console page cannot be shown");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "<h1>Unavailable</h1><p>This page cannot be shown just now. Try again in a moment.</p>",
+    )
+}
