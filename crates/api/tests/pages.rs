@@ -405,7 +405,9 @@ fn browse(modules: &std::path::Path, chromium: &std::path::Path, mode: &str, url
 /// the form in her inbox and the run's timeline; she opens the form from her e-mail, types a wrong
 /// value and sees the error beside the field, fixes it and sees it recorded;
 /// then approves the draft from her approval e-mail; Ben's approval ends the
-/// run. axe-core finds no serious or critical violation on any page shown.
+/// run. An operator then resumes a failed run from its page, seeing the
+/// plan before it runs. axe-core finds no serious or critical violation on
+/// any page shown.
 /// Screenshots are left in target/screenshots/people/.
 #[tokio::test]
 async fn a_person_answers_in_a_real_browser() {
@@ -444,6 +446,19 @@ async fn a_person_answers_in_a_real_browser() {
     let decided = evs_of(&all, "ApprovalDecided");
     assert_eq!(decided[0]["payload"]["decided_by"], "ana");
     assert_eq!(decided[0]["payload"]["comment"], "Looks right to me");
+
+    // An operator resumes a failed run from its page: the plan first, then the resume.
+    assert_eq!(s.post_yaml("/workflows", &key, FLAKY).await.status, 201);
+    let flaky = s.post("/runs", &key, &json!({"workflow": "flaky"})).await.json["run_id"].as_str().unwrap().to_owned();
+    s.wait_status(&flaky, &key, &["failed"]).await;
+    let op = s.key("olga", "operator", "olga");
+    let u = format!("{}/ui/sign-in?next=/ui/runs/{flaky}", s.url);
+    let (m, c) = browser_tools().unwrap();
+    tokio::task::spawn_blocking(move || browse(&m, &c, "resume", &u, &op)).await.unwrap();
+    let done = s.wait_status(&flaky, &key, &["completed"]).await;
+    assert_eq!(done["output"], json!({"text": "Hello"}));
+    let all = events(&s, &key, &flaky).await;
+    assert_eq!(evs_of(&all, "RunResumed")[0]["payload"]["reason"], "the CMS is back");
 }
 
 fn evs_of<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -599,4 +614,127 @@ async fn a_console_session_expires() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let p = with_cookie(&s, "GET", "/ui/runs", &cookie, None).await;
     assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/sign-in?next=%2Fui%2Fruns")));
+}
+
+const FLAKY: &str = r#"name: flaky
+steps:
+  - id: draft
+    transform: { title: "Hello" }
+  - id: publish
+    task: fail
+    with: { succeed_on_attempt: 3, kind: cms.unavailable }
+    retry: { max_attempts: 2, initial_interval: 10ms }
+  - id: announce
+    task: echo
+    with: { text: "{{ steps.draft.output.title }}" }
+"#;
+
+/// A resume from the console shows the plan first and records nothing
+/// until confirmed, and only as planned; cancel and resume need an
+/// operator's role and the session's CSRF token.
+async fn the_console_plans_a_resume_before_it_runs(pg: Option<&str>) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, pg);
+    let op = s.key("olga", "operator", "olga");
+    let viewer = s.key("vic", "viewer", "vic");
+    assert_eq!(s.post_yaml("/workflows", &key, FLAKY).await.status, 201);
+    let run = s.post("/runs", &key, &json!({"workflow": "flaky"})).await.json["run_id"].as_str().unwrap().to_owned();
+    s.wait_status(&run, &key, &["failed"]).await;
+    let page_of = format!("/ui/runs/{run}");
+
+    // A viewer sees the run, no action, and is refused if they post one anyway.
+    let (vc, _) = sign_in(&s, &viewer, false).await;
+    let p = with_cookie(&s, "GET", &page_of, &vc, None).await;
+    assert!(p.html.contains("failed") && !p.html.contains("Plan a resume"), "{}", p.html);
+    let vt = hidden(&p.html, "_csrf");
+    let p = with_cookie(&s, "POST", &format!("{page_of}/resume"), &vc, Some(&[("_csrf", &vt), ("step", "plan")])).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    assert!(p.html.contains("operator"), "{}", p.html);
+
+    // The operator plans: the diff, and nothing recorded.
+    let (oc, _) = sign_in(&s, &op, false).await;
+    let p = with_cookie(&s, "GET", &page_of, &oc, None).await;
+    assert!(p.html.contains("Plan a resume"), "{}", p.html);
+    let ot = hidden(&p.html, "_csrf");
+    let p =
+        with_cookie(&s, "POST", &format!("{page_of}/resume"), &oc, Some(&[("_csrf", "nope"), ("step", "plan")])).await;
+    assert_eq!(p.status, 403, "a form without the session's CSRF token: {}", p.html);
+    let plan = with_cookie(
+        &s,
+        "POST",
+        &format!("{page_of}/resume"),
+        &oc,
+        Some(&[("_csrf", &ot), ("step", "plan"), ("policy", "failed-only")]),
+    )
+    .await;
+    assert_eq!(plan.status, 200, "{}", plan.html);
+    assert_secure(&plan);
+    for (step, mark) in [("draft", "kept"), ("publish", "rerun"), ("announce", "newly reached")] {
+        assert!(plan.html.contains(&format!("<td><code>{step}</code></td><td>")), "{step}: {}", plan.html);
+        assert!(plan.html.contains(&format!("<td>{mark}</td>")), "{mark}: {}", plan.html);
+    }
+    assert_eq!(s.get(&format!("/runs/{run}"), &key).await.json["status"], "failed", "a plan records nothing");
+    // A plan made at another version of the run is not carried out: shown again.
+    let at = hidden(&plan.html, "at_version");
+    let stale = (at.parse::<u64>().unwrap() - 1).to_string();
+    let p = with_cookie(
+        &s,
+        "POST",
+        &format!("{page_of}/resume"),
+        &oc,
+        Some(&[("_csrf", &ot), ("step", "confirm"), ("at_version", &stale), ("policy", "failed-only")]),
+    )
+    .await;
+    assert!(p.html.contains("changed since that plan was made"), "{}", p.html);
+    assert_eq!(s.get(&format!("/runs/{run}"), &key).await.json["status"], "failed");
+    // Confirmed as planned: resumed, and the run completes.
+    let p = with_cookie(
+        &s,
+        "POST",
+        &format!("{page_of}/resume"),
+        &oc,
+        Some(&[
+            ("_csrf", &ot),
+            ("step", "confirm"),
+            ("at_version", &at),
+            ("policy", "failed-only"),
+            ("reason", "the CMS is back"),
+        ]),
+    )
+    .await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some(page_of.as_str())), "{}", p.html);
+    let done = s.wait_status(&run, &key, &["completed"]).await;
+    assert_eq!(done["output"], json!({"text": "Hello"}));
+    let evs = events(&s, &key, &run).await;
+    let resumed = evs_of(&evs, "RunResumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["payload"]["by"], "olga");
+
+    // Cancel, from the page of a run that waits.
+    assert_eq!(s.post_yaml("/workflows", &key, FLOW).await.status, 201);
+    let waiting =
+        s.post("/runs", &key, &json!({"workflow": "launch"})).await.json["run_id"].as_str().unwrap().to_owned();
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{waiting}"), &oc, None).await;
+    assert!(p.html.contains("Cancel the run"), "{}", p.html);
+    let p = with_cookie(
+        &s,
+        "POST",
+        &format!("/ui/runs/{waiting}/cancel"),
+        &oc,
+        Some(&[("_csrf", &ot), ("reason", "not needed")]),
+    )
+    .await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    assert_eq!(s.get(&format!("/runs/{waiting}"), &key).await.json["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_console_plans_a_resume_before_it_runs_sqlite() {
+    the_console_plans_a_resume_before_it_runs(None).await;
+}
+
+#[tokio::test]
+async fn the_console_plans_a_resume_before_it_runs_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    the_console_plans_a_resume_before_it_runs(Some(&url)).await;
 }

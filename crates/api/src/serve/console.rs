@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 
 use super::State;
 use super::pages::{esc, page, seg};
-use crate::keys::Key;
+use crate::keys::{Key, Role};
 
 const COOKIE: &str = "cairn_session";
 
@@ -38,6 +38,8 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/inbox", get(inbox))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
+        .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
+        .route("/ui/runs/{id}/resume", axum::routing::post(resume))
 }
 
 /// A signed-in user.
@@ -389,6 +391,25 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         }
         b.push_str("</p>");
     }
+    if operates(&s) {
+        let tok = csrf(&state, &s);
+        if !st.status.is_terminal() {
+            let _ = write!(
+                b,
+                "<section aria-labelledby=\"act-h\"><h2 id=\"act-h\">Actions</h2><form method=\"post\" action=\"/ui/runs/{run}/cancel\">\
+                 <input type=\"hidden\" name=\"_csrf\" value=\"{tok}\"><div class=\"field\"><label for=\"f-reason\">Reason <span class=\"optional\">(optional)</span></label>\
+                 <input type=\"text\" id=\"f-reason\" name=\"reason\"></div><button type=\"submit\" class=\"secondary\">Cancel the run</button></form></section>"
+            );
+        } else if status != "completed" {
+            let _ = write!(
+                b,
+                "<section aria-labelledby=\"act-h\"><h2 id=\"act-h\">Actions</h2><form method=\"post\" action=\"/ui/runs/{run}/resume\">\
+                 <input type=\"hidden\" name=\"_csrf\" value=\"{tok}\"><input type=\"hidden\" name=\"step\" value=\"plan\">{}\
+                 <button type=\"submit\">Plan a resume</button> <span class=\"help\">Shows what would run again; nothing is recorded until you confirm.</span></form></section>",
+                resume_fields(status == "cancelled")
+            );
+        }
+    }
     let _ = write!(
         b,
         "<h2>Timeline</h2><p class=\"meta\">{} events, oldest first</p><ol class=\"timeline\">",
@@ -432,4 +453,175 @@ fn unavailable(detail: &str) -> Response {
         "Unavailable",
         "<h1>Unavailable</h1><p>This page cannot be shown just now. Try again in a moment.</p>",
     )
+}
+
+/// Whether the user may act on runs (cancel, resume), as in the API.
+fn operates(s: &Session) -> bool {
+    matches!(s.key.role, Role::Admin | Role::Operator)
+}
+
+/// The resume form's choices.
+fn resume_fields(cancelled: bool) -> String {
+    let mut f = String::from(
+        "<div class=\"field\"><label for=\"f-policy\">Policy</label><select id=\"f-policy\" name=\"policy\">\
+         <option value=\"failed-only\">failed-only: the failed step; completed steps only if what they read changed</option>\
+         <option value=\"downstream\">downstream: the failed step and everything after it</option></select></div>\
+         <div class=\"field\"><label for=\"f-from\">From step <span class=\"optional\">(optional: default, the step that failed)</span></label>\
+         <input type=\"text\" id=\"f-from\" name=\"from\"></div>",
+    );
+    if cancelled {
+        f.push_str("<input type=\"hidden\" name=\"force\" value=\"true\">");
+    }
+    f
+}
+
+/// A form's fields and the user it comes from, CSRF and role checked;
+/// otherwise the page to show instead.
+async fn acting(
+    state: &State,
+    headers: &HeaderMap,
+    body: &[u8],
+    back: &str,
+) -> Result<(Session, Vec<(String, String)>), Response> {
+    let s = require(state, headers, back).await?;
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let given = form.iter().find(|(k, _)| k == "_csrf").map_or("", |(_, v)| v.as_str());
+    if given != csrf(state, &s) {
+        let body = "<h1>Not done</h1><p>The form was not this session's (a missing or wrong CSRF token). \
+                    Go back, reload the page and try again.</p>";
+        return Err(page(StatusCode::FORBIDDEN, "Not done", body));
+    }
+    if !operates(&s) {
+        let body = format!(
+            "<h1>Not allowed</h1><p>Your key's role is <strong>{}</strong>; cancelling and resuming runs needs \
+             <strong>operator</strong> or <strong>admin</strong>, as in the API.</p>",
+            s.key.role.name()
+        );
+        return Err(page(StatusCode::FORBIDDEN, "Not allowed", &body));
+    }
+    Ok((s, form))
+}
+
+/// A page saying an action was not done, and why.
+fn refused(state: &State, s: &Session, title: &str, why: &str, back: &str) -> Response {
+    let body = format!("<h1>{}</h1><p>{}</p><p><a href=\"{back}\">Back to the run</a></p>", esc(title), esc(why));
+    let mut r = shell(state, s, title, &body);
+    *r.status_mut() = StatusCode::CONFLICT;
+    r
+}
+
+/// `POST /ui/runs/{id}/cancel`.
+async fn cancel(
+    S(state): S<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let back = format!("/ui/runs/{}", seg(&id));
+    let (s, form) = match acting(&state, &headers, &body, &back).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
+    let reason = form.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.trim().to_owned()).filter(|r| !r.is_empty());
+    match state.engine.cancel(run, &s.key.identity, reason).await {
+        Ok(()) => Redirect::to(&back).into_response(),
+        Err(e) => refused(&state, &s, "Not cancelled", &e.to_string(), &back),
+    }
+}
+
+/// `POST /ui/runs/{id}/resume`: `step=plan` shows the plan (nothing
+/// recorded); `step=confirm` resumes, only if the run is where the plan
+/// shown was made (its stream version), else shows the plan as it is now.
+async fn resume(
+    S(state): S<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use cairn_runtime::recovery::ResumeRequest;
+    let back = format!("/ui/runs/{}", seg(&id));
+    let (s, form) = match acting(&state, &headers, &body, &back).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let mut req = ResumeRequest::new(&s.key.identity);
+    req.from = Some(get("from")).filter(|f| !f.is_empty());
+    req.policy = if get("policy") == "downstream" {
+        cairn_runtime::run::Policy::Downstream
+    } else {
+        cairn_runtime::run::Policy::FailedOnly
+    };
+    req.force = get("force") == "true";
+    req.reason = Some(get("reason")).filter(|r| !r.is_empty());
+    let plan = match state.engine.plan_resume(run, &req).await {
+        Ok(p) => p,
+        Err(e) => return refused(&state, &s, "Cannot resume", &e.to_string(), &back),
+    };
+    let confirmed = get("step") == "confirm";
+    if confirmed && get("at_version").parse::<u64>().ok() == Some(plan.at_version) {
+        return match state.engine.resume(run, &req).await {
+            Ok(_) => {
+                state.driver.kick(run);
+                Redirect::to(&back).into_response()
+            }
+            Err(e) => refused(&state, &s, "Not resumed", &e.to_string(), &back),
+        };
+    }
+    let mut b = format!("<h1>Resume plan for run <code>{run}</code></h1>");
+    if confirmed {
+        b.push_str(
+            "<p class=\"notice\" role=\"alert\">The run changed since that plan was made; nothing was resumed. \
+             This is the plan now: review it again.</p>",
+        );
+    }
+    let _ = write!(
+        b,
+        "<p class=\"meta\">Workflow <strong>{}</strong> v{} · status {} · from <code>{}</code> · policy {}</p>",
+        esc(&plan.workflow),
+        plan.workflow_version,
+        esc(&plan.status),
+        esc(&plan.from_step),
+        esc(&plan.policy)
+    );
+    b.push_str(
+        "<table class=\"plan\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Kind</th>\
+         <th scope=\"col\">In the resume</th><th scope=\"col\">Why</th></tr></thead><tbody>",
+    );
+    for l in &plan.lines {
+        let mark = serde_json::to_value(l.mark).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let _ = write!(
+            b,
+            "<tr class=\"mark-{mark}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.step),
+            esc(&l.kind),
+            esc(&mark.replace('_', " ")),
+            esc(&l.note)
+        );
+    }
+    b.push_str("</tbody></table>");
+    if !plan.warnings.is_empty() {
+        b.push_str("<div class=\"errors\"><p>Before you resume:</p><ul>");
+        for w in &plan.warnings {
+            let _ = write!(b, "<li>{}</li>", esc(w));
+        }
+        b.push_str("</ul></div>");
+    }
+    let keep = |k: &str| format!("<input type=\"hidden\" name=\"{k}\" value=\"{}\">", esc(&get(k)));
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/ui/runs/{run}/resume\"><input type=\"hidden\" name=\"_csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"step\" value=\"confirm\"><input type=\"hidden\" name=\"at_version\" value=\"{}\">{}{}{}\
+         <div class=\"field\"><label for=\"f-why\">Reason <span class=\"optional\">(optional, recorded)</span></label>\
+         <input type=\"text\" id=\"f-why\" name=\"reason\"></div>\
+         <div class=\"actions\"><button type=\"submit\">Resume as planned</button> <a href=\"{back}\">Back to the run</a></div></form>",
+        csrf(&state, &s),
+        plan.at_version,
+        keep("from"),
+        keep("policy"),
+        keep("force")
+    );
+    shell(&state, &s, "Resume plan", &b)
 }

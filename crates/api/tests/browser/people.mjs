@@ -99,6 +99,21 @@ try {
     await page.getByRole("link", { name: "Inbox" }).click();
     await page.getByRole("link", { name: "Answer" }).click();
     await page.getByRole("heading", { name: /Brief for the launch post/ }).waitFor();
+  } else if (mode === "resume") {
+    // URL is the sign-in page leading to a failed run; the key (an operator's) from CAIRN_KEY.
+    await page.getByLabel("API key").fill(process.env.CAIRN_KEY || "");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: /^Run / }).waitFor();
+    await page.getByRole("button", { name: "Plan a resume" }).click();
+    await page.getByRole("heading", { name: /Resume plan/ }).waitFor();
+    const plan = await page.locator("table.plan").innerText();
+    if (!/publish[\s\S]*rerun/.test(plan) || !/draft[\s\S]*kept/.test(plan)) fail(`the plan shown is: ${plan}`);
+    await axe(page, "resume plan");
+    await shot(page, "6-resume-plan");
+    await page.getByLabel(/Reason/).fill("the CMS is back");
+    await page.getByRole("button", { name: "Resume as planned" }).click();
+    await page.getByRole("heading", { name: /^Run / }).waitFor();
+    await shot(page, "7-resumed");
   } else {
     fail(`unknown mode ${mode}`);
   }
