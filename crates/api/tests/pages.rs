@@ -561,6 +561,15 @@ async fn the_console_signs_in_and_shows_runs(pg: Option<&str>) {
         "{}",
         p.html
     );
+    // The graph: each step's box in its state.
+    assert!(p.html.contains("<svg") && p.html.contains("role=\"img\""), "{}", p.html);
+    let node = |state: &str, y: u32| format!("<g class=\"node state-{state}\"><rect x=\"20\" y=\"{y}\"");
+    assert!(p.html.contains(&node("waiting", 10)) && p.html.contains(&node("not-reached", 86)), "{}", p.html);
+    assert!(
+        p.html.contains("<td><code>brief</code></td><td>form</td><td class=\"state-waiting\">waiting</td>"),
+        "{}",
+        p.html
+    );
     let p = with_cookie(&s, "GET", &format!("/ui/runs/{}", uuid_nil()), &cookie, None).await;
     assert_eq!(p.status, 404);
 
@@ -655,6 +664,18 @@ async fn the_console_plans_a_resume_before_it_runs(pg: Option<&str>) {
     let (oc, _) = sign_in(&s, &op, false).await;
     let p = with_cookie(&s, "GET", &page_of, &oc, None).await;
     assert!(p.html.contains("Plan a resume"), "{}", p.html);
+    for (id, kind, state, visits, attempts) in [
+        ("draft", "transform", "completed", 1, 1),
+        ("publish", "task", "failed", 1, 2),
+        ("announce", "task", "not-reached", 0, 0),
+    ] {
+        let shown = state.replace('-', " ");
+        let row = format!(
+            "<td><code>{id}</code></td><td>{kind}</td><td class=\"state-{state}\">{shown}</td><td>{visits}</td><td>{attempts}</td>"
+        );
+        assert!(p.html.contains(&row), "{row}: {}", p.html);
+    }
+    assert!(p.html.contains("visits 1, attempts 2"), "the graph shows the retries: {}", p.html);
     let ot = hidden(&p.html, "_csrf");
     let p =
         with_cookie(&s, "POST", &format!("{page_of}/resume"), &oc, Some(&[("_csrf", "nope"), ("step", "plan")])).await;
