@@ -24,7 +24,7 @@ use serde::Deserialize;
 use std::fmt::Write as _;
 
 use super::State;
-use super::pages::{esc, page, seg};
+use super::pages::{esc, page, page_with, secure, seg};
 use crate::keys::{Key, Role};
 
 const COOKIE: &str = "cairn_session";
@@ -35,9 +35,11 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui", get(|| async { Redirect::to("/ui/inbox") }))
         .route("/ui/sign-in", get(sign_in_page).post(sign_in))
         .route("/ui/sign-out", axum::routing::post(sign_out))
+        .route("/assets/console.js", get(script))
         .route("/ui/inbox", get(inbox))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
+        .route("/ui/runs/{id}/live", get(live))
         .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
         .route("/ui/runs/{id}/resume", axum::routing::post(resume))
 }
@@ -100,7 +102,46 @@ fn shell(state: &State, s: &Session, title: &str, body: &str) -> Response {
         esc(&s.key.identity),
         s.key.role.name()
     );
-    page(StatusCode::OK, title, &format!("{nav}{body}"))
+    page_with(StatusCode::OK, title, &format!("{nav}{body}"), true)
+}
+
+/// `GET /assets/console.js`: the catalog's event names, then the script.
+async fn script() -> Response {
+    static JS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let js = JS.get_or_init(|| {
+        let names: Vec<&str> = cairn_events::catalog().iter().map(|e| e.event_type).collect();
+        format!(
+            "const CAIRN_EVENT_TYPES = {};\n{}",
+            serde_json::to_string(&names).unwrap_or_else(|_| "[]".into()),
+            include_str!("../../assets/console.js")
+        )
+    });
+    let mut r = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], js.clone()).into_response();
+    secure(&mut r);
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+/// `GET /ui/runs/{id}/live?after=N`: the run's events as server-sent
+/// events, for the signed-in page (the API's `/runs/{id}/live` needs a key
+/// in a header, which a browser's EventSource cannot send).
+async fn live(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<After>) -> Response {
+    if session(&state, &headers).await.is_none() {
+        return (StatusCode::UNAUTHORIZED, "sign in at /ui/sign-in").into_response();
+    }
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return (StatusCode::NOT_FOUND, "no such run").into_response() };
+    let stream = cairn_events::run_stream(run);
+    match state.store.stream_version(&stream).await {
+        Ok(0) => (StatusCode::NOT_FOUND, "no such run").into_response(),
+        Ok(_) => super::live::stream(state.clone(), stream, q.after.unwrap_or(0)),
+        Err(e) => unavailable(&e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -358,7 +399,8 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
     };
     let status = super::runs::status_name(&st);
     let mut b = format!(
-        "<h1>Run <code>{run}</code></h1><p class=\"meta\">Workflow <strong>{}</strong> v{} · status <strong class=\"status-{status}\">{status}</strong></p>",
+        "<div id=\"live\" data-stream=\"/ui/runs/{run}/live\" data-after=\"{}\"><h1>Run <code>{run}</code></h1><div id=\"run-head\" aria-live=\"polite\"><p class=\"meta\">Workflow <strong>{}</strong> v{} · status <strong class=\"status-{status}\">{status}</strong></p>",
+        events.len(),
         esc(&st.workflow),
         st.workflow_version
     );
@@ -391,12 +433,14 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         }
         b.push_str("</p>");
     }
+    b.push_str("</div><div id=\"run-steps\">");
     match state.engine.definition(&st.workflow, st.workflow_version).await {
         Ok(w) => b.push_str(&graph_html(&w, &st, &events)),
         Err(e) => {
             let _ = write!(b, "<p class=\"notice\">The workflow's graph cannot be drawn: {}</p>", esc(&e.to_string()));
         }
     }
+    b.push_str("</div><div id=\"run-actions\">");
     if operates(&s) {
         let tok = csrf(&state, &s);
         if !st.status.is_terminal() {
@@ -418,7 +462,7 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
     }
     let _ = write!(
         b,
-        "<h2>Timeline</h2><p class=\"meta\">{} events, oldest first</p><ol class=\"timeline\">",
+        "</div><h2>Timeline</h2><p class=\"meta\"><span id=\"event-count\">{}</span> events, oldest first</p><ol class=\"timeline\" id=\"timeline\">",
         events.len()
     );
     for e in &events {
@@ -437,7 +481,7 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
             json(&payload)
         );
     }
-    b.push_str("</ol>");
+    b.push_str("</ol></div>");
     shell(&state, &s, &format!("Run {}", &id[..8.min(id.len())]), &b)
 }
 

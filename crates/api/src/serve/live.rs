@@ -230,11 +230,17 @@ pub async fn live(
         }
         None => q.after.map_or(0, |p| p.0),
     };
+    Ok(stream(state, stream_id, after))
+}
+
+/// The server-sent events of a stream after version `after`, then as they
+/// come, until the run's end (`end`) or the client leaves.
+pub(super) fn stream(state: Arc<State>, stream_id: String, after: u64) -> Response {
     let (tx, rx) = mpsc::channel::<Sse>(64);
     tokio::spawn(follow(state, stream_id, after, tx));
     let events =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
-    Ok(axum::response::Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    axum::response::Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 fn sse(r: &RecordedEvent) -> Sse {

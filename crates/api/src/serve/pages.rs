@@ -624,24 +624,39 @@ fn invalid() -> Response {
     page(StatusCode::NOT_FOUND, "Link not valid", body)
 }
 
-/// A whole page around `body`, with the security headers.
+/// A whole page around `body`, with the security headers; no script.
 pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    page_with(status, title, body, false)
+}
+
+/// A whole page; with `script`, the console's one script file (progressive:
+/// every page works without it) and a CSP that allows only that file and
+/// connections back to this server.
+pub(super) fn page_with(status: StatusCode, title: &str, body: &str, script: bool) -> Response {
+    let tag = if script { "<script src=\"/assets/console.js\" defer></script>" } else { "" };
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"referrer\" content=\"no-referrer\">\
-         <title>{} · Cairn</title><link rel=\"stylesheet\" href=\"/assets/cairn.css\"></head>\
+         <title>{} · Cairn</title><link rel=\"stylesheet\" href=\"/assets/cairn.css\">{tag}</head>\
          <body><header><span class=\"brand\">Cairn</span></header><main>{body}</main></body></html>",
         esc(title)
     );
     let mut r = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     secure(&mut r);
+    if script {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(SCRIPTED_CSP));
+    }
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
+/// The console's pages: its own script file only, never inline script.
+const SCRIPTED_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
+                            form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 /// The headers every page and asset carries.
-fn secure(r: &mut Response) {
+pub(super) fn secure(r: &mut Response) {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

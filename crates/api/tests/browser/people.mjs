@@ -97,7 +97,7 @@ try {
     await shot(page, "0-run");
     // Answer from the inbox: the same page as the e-mail's link.
     await page.getByRole("link", { name: "Inbox" }).click();
-    await page.getByRole("link", { name: "Answer" }).click();
+    await page.getByRole("link", { name: "Answer" }).first().click();
     await page.getByRole("heading", { name: /Brief for the launch post/ }).waitFor();
   } else if (mode === "resume") {
     // URL is the sign-in page leading to a failed run; the key (an operator's) from CAIRN_KEY.
@@ -114,6 +114,24 @@ try {
     await page.getByRole("button", { name: "Resume as planned" }).click();
     await page.getByRole("heading", { name: /^Run / }).waitFor();
     await shot(page, "7-resumed");
+  } else if (mode === "live") {
+    // URL is the sign-in page leading to a waiting run's page; the test
+    // answers the run's form once this prints "ready", and the page must
+    // show it without a reload: the timeline and the graph.
+    await page.getByLabel("API key").fill(process.env.CAIRN_KEY || "");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: /^Run / }).waitFor();
+    await page.locator("g.node.state-waiting", { hasText: "brief" }).waitFor();
+    await axe(page, "run page");
+    const loads = [];
+    page.on("load", () => loads.push(Date.now()));
+    console.log("ready");
+    await page.locator("#timeline li", { hasText: "InputSubmitted" }).waitFor({ timeout: 20000 });
+    await page.locator("g.node.state-completed", { hasText: "brief" }).waitFor({ timeout: 20000 });
+    await page.locator("g.node.state-waiting", { hasText: "review" }).waitFor({ timeout: 20000 });
+    if (loads.length) fail("the page was reloaded instead of updated in place");
+    await axe(page, "run page, updated live");
+    await shot(page, "8-live");
   } else {
     fail(`unknown mode ${mode}`);
   }
