@@ -831,3 +831,70 @@ async fn the_console_plans_a_resume_before_it_runs_postgres() {
     let Some(url) = common::fresh_pg_url().await else { return };
     the_console_plans_a_resume_before_it_runs(Some(&url)).await;
 }
+
+/// The workflows' pages: the list, a workflow's versions, source and graph,
+/// and starting a run from a form built from its `inputs` schema (checked
+/// by the schema, each refusal said and what was typed kept).
+async fn the_console_lists_workflows_and_starts_runs(pg: Option<&str>) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, pg);
+    let flow = r#"name: priced
+inputs:
+  type: object
+  properties:
+    total: { type: number, description: "The order's total" }
+    rush: { type: boolean, default: false }
+  required: [total]
+steps:
+  - id: echo
+    task: echo
+    with: { t: "{{ inputs.total }}" }
+"#;
+    assert_eq!(s.post_yaml("/workflows", &key, flow).await.status, 201);
+    let op = s.key("olga", "operator", "olga");
+    let viewer = s.key("vic", "viewer", "vic");
+    let (oc, _) = sign_in(&s, &op, false).await;
+    let p = with_cookie(&s, "GET", "/ui/workflows", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains(r#"<a href="/ui/workflows/priced">priced</a>"#), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/workflows/priced", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("name: priced") && p.html.contains("<g class=\"node state-plain\">"), "{}", p.html);
+    assert!(p.html.contains(r#"name="total""#) && p.html.contains("The order&#39;s total"), "{}", p.html);
+    let token = hidden(&p.html, "_csrf");
+    // A value the schema refuses: said, kept, nothing started.
+    let form = [("_csrf", token.as_str()), ("_version", "1"), ("total", "lots")];
+    let p = with_cookie(&s, "POST", "/ui/workflows/priced/start", &oc, Some(&form)).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(p.html.contains("Nothing was started") && p.html.contains(r#"value="lots""#), "{}", p.html);
+    let r = s.get("/runs?workflow=priced", &key).await;
+    assert_eq!(r.json["items"].as_array().map(Vec::len), Some(0), "{}", r.text);
+    // Right: started, and its page.
+    let form = [("_csrf", token.as_str()), ("_version", "1"), ("total", "12.5"), ("rush", "true")];
+    let p = with_cookie(&s, "POST", "/ui/workflows/priced/start", &oc, Some(&form)).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let run = p.location.unwrap().trim_start_matches("/ui/runs/").to_owned();
+    let done = s.wait_status(&run, &key, &["completed"]).await;
+    assert_eq!(done["inputs"], json!({"total": 12.5, "rush": true}), "{done}");
+    assert_eq!(done["started_by"], "olga");
+    // A viewer sees the workflow but no start form, and may not start.
+    let (vc, _) = sign_in(&s, &viewer, false).await;
+    let p = with_cookie(&s, "GET", "/ui/workflows/priced", &vc, None).await;
+    assert!(!p.html.contains("Start a run"), "{}", p.html);
+    let vt = hidden(&p.html, "_csrf");
+    let form = [("_csrf", vt.as_str()), ("_version", "1"), ("total", "1")];
+    assert_eq!(with_cookie(&s, "POST", "/ui/workflows/priced/start", &vc, Some(&form)).await.status, 403);
+    assert_eq!(with_cookie(&s, "GET", "/ui/workflows/nope", &vc, None).await.status, 404);
+}
+
+#[tokio::test]
+async fn the_console_lists_workflows_and_starts_runs_sqlite() {
+    the_console_lists_workflows_and_starts_runs(None).await;
+}
+
+#[tokio::test]
+async fn the_console_lists_workflows_and_starts_runs_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    the_console_lists_workflows_and_starts_runs(Some(&url)).await;
+}

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use std::fmt::Write as _;
 
 use super::State;
-use super::pages::{esc, page, page_with, secure, seg};
+use super::pages::{Typed, esc, page, page_with, secure, seg};
 use crate::keys::{Key, Role};
 
 const COOKIE: &str = "cairn_session";
@@ -40,6 +40,9 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/live", get(live))
+        .route("/ui/workflows", get(workflows))
+        .route("/ui/workflows/{name}", get(workflow))
+        .route("/ui/workflows/{name}/start", axum::routing::post(start))
         .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
         .route("/ui/runs/{id}/resume", axum::routing::post(resume))
 }
@@ -92,8 +95,9 @@ async fn require(state: &State, headers: &HeaderMap, back: &str) -> Result<Sessi
 
 /// The frame of a signed-in page: navigation, who is signed in, sign out.
 fn shell(state: &State, s: &Session, title: &str, body: &str) -> Response {
-    let mut nav =
-        String::from("<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a>");
+    let mut nav = String::from(
+        "<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a> <a href=\"/ui/workflows\">Workflows</a>",
+    );
     let _ = write!(
         nav,
         "<form method=\"post\" action=\"/ui/sign-out\" class=\"inline\"><input type=\"hidden\" name=\"_csrf\" value=\"{}\">\
@@ -435,7 +439,7 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
     }
     b.push_str("</div><div id=\"run-steps\">");
     match state.engine.definition(&st.workflow, st.workflow_version).await {
-        Ok(w) => b.push_str(&graph_html(&w, &st, &events)),
+        Ok(w) => b.push_str(&graph_html(&w, Some((&st, &events)))),
         Err(e) => {
             let _ = write!(b, "<p class=\"notice\">The workflow's graph cannot be drawn: {}</p>", esc(&e.to_string()));
         }
@@ -706,8 +710,7 @@ fn step_state(st: &cairn_runtime::run::RunState, events: &[cairn_events::Recorde
 /// for screen readers and for copying.
 fn graph_html(
     w: &cairn_runtime::Workflow,
-    st: &cairn_runtime::run::RunState,
-    events: &[cairn_events::RecordedEvent],
+    run: Option<(&cairn_runtime::run::RunState, &[cairn_events::RecordedEvent])>,
 ) -> String {
     use cairn_runtime::{StepKind, Target};
     let steps = &w.steps;
@@ -723,14 +726,16 @@ fn graph_html(
     };
     let mut curve = 0usize;
     for (i, s) in steps.iter().enumerate() {
-        let state = step_state(st, events, &s.id);
-        let visits = st.visits.get(&s.id).copied().unwrap_or(0);
-        let attempts = st.attempts.get(&s.id).copied().unwrap_or(0);
-        summary.push(format!("{} {}", s.id, state.replace('-', " ")));
+        // A definition alone (no run) draws every step plain.
+        let state = run.map_or("plain", |(st, events)| step_state(st, events, &s.id));
+        let visits = run.and_then(|(st, _)| st.visits.get(&s.id).copied()).unwrap_or(0);
+        let attempts = run.and_then(|(st, _)| st.attempts.get(&s.id).copied()).unwrap_or(0);
+        let shown = if state == "plain" { String::new() } else { state.replace('-', " ") };
+        summary.push(format!("{} {shown}", s.id));
         let _ = write!(
             svg,
             "<g class=\"node state-{state}\"><rect x=\"{x}\" y=\"{}\" width=\"{wd}\" height=\"{h}\" rx=\"6\"></rect>\
-             <text x=\"{}\" y=\"{}\" class=\"id\">{}</text><text x=\"{}\" y=\"{}\" class=\"sub\">{} · {}{}</text></g>",
+             <text x=\"{}\" y=\"{}\" class=\"id\">{}</text><text x=\"{}\" y=\"{}\" class=\"sub\">{}{}{}</text></g>",
             y(i),
             x + 10.0,
             y(i) + 19.0,
@@ -738,7 +743,7 @@ fn graph_html(
             x + 10.0,
             y(i) + 36.0,
             s.kind.name(),
-            state.replace('-', " "),
+            if shown.is_empty() { String::new() } else { format!(" · {shown}") },
             if visits > 1 || attempts > 1 {
                 format!(" · visits {visits}, attempts {attempts}")
             } else {
@@ -750,7 +755,7 @@ fn graph_html(
             "<tr><td><code>{}</code></td><td>{}</td><td class=\"state-{state}\">{}</td><td>{visits}</td><td>{attempts}</td></tr>",
             esc(&s.id),
             s.kind.name(),
-            state.replace('-', " ")
+            if shown.is_empty() { "—" } else { shown.as_str() }
         );
         let targets: Vec<Option<usize>> = match &s.kind {
             StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
@@ -784,7 +789,11 @@ fn graph_html(
             }
         }
     }
-    let ended = if st.status.is_terminal() { "state-completed" } else { "state-not-reached" };
+    let ended = match run {
+        Some((st, _)) if st.status.is_terminal() => "state-completed",
+        Some(_) => "state-not-reached",
+        None => "state-plain",
+    };
     let _ = write!(
         svg,
         "<g class=\"node end {ended}\"><rect x=\"{}\" y=\"{end_y}\" width=\"120\" height=\"24\" rx=\"12\"></rect><text x=\"{}\" y=\"{}\" class=\"sub\">end</text></g>",
@@ -799,4 +808,301 @@ fn graph_html(
          <table class=\"steps\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Visits</th><th scope=\"col\">Attempts</th></tr></thead><tbody>{rows}</tbody></table>",
         esc(&summary.join(", "))
     )
+}
+
+/// `GET /ui/workflows`: every workflow, its newest version, archived or not.
+async fn workflows(S(state): S<Arc<State>>, headers: HeaderMap) -> Response {
+    let s = match require(&state, &headers, "/ui/workflows").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let list = match super::workflows::list(S(state.clone())).await {
+        Ok(l) => l.0.items,
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let mut b = String::from("<h1>Workflows</h1>");
+    if list.is_empty() {
+        b.push_str(
+            "<p>No workflow is published yet (<code>cairn publish FILE</code> or <code>POST /workflows</code>).</p>",
+        );
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Newest version</th>\
+             <th scope=\"col\">Published</th><th scope=\"col\">State</th></tr></thead><tbody>",
+        );
+        for w in &list {
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"/ui/workflows/{}\">{}</a></td><td>v{}</td><td>{}</td><td>{}</td></tr>",
+                seg(&w.name),
+                esc(&w.name),
+                w.latest_version,
+                esc(&w.updated_at),
+                if w.archived { "archived" } else { "active" }
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    shell(&state, &s, "Workflows", &b)
+}
+
+#[derive(Deserialize)]
+struct VersionQ {
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+/// `GET /ui/workflows/{name}?version=N`: versions, the source of one (the
+/// newest by default), its graph, and a form to start a run from its
+/// `inputs` schema (operators and admins).
+async fn workflow(
+    S(state): S<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQ>,
+) -> Response {
+    let back = format!("/ui/workflows/{}", seg(&name));
+    let s = match require(&state, &headers, &back).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    workflow_page(&state, &s, &name, q.version, &Typed::default(), None).await
+}
+
+/// The workflow page, with what a refused start form held and why.
+async fn workflow_page(
+    state: &State,
+    s: &Session,
+    name: &str,
+    version: Option<u32>,
+    typed: &Typed,
+    error: Option<&str>,
+) -> Response {
+    let rec = match super::workflows::recorded(state, name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let mut r = shell(
+                state,
+                s,
+                "No such workflow",
+                &format!("<h1>No such workflow</h1><p>No workflow is named <code>{}</code>.</p>", esc(name)),
+            );
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return r;
+        }
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let v = version.unwrap_or(rec.view.latest_version);
+    let Some(i) = rec.view.versions.iter().position(|x| x.version == v) else {
+        let mut r = shell(
+            state,
+            s,
+            "No such version",
+            &format!("<h1>No such version</h1><p><code>{}</code> has no version {v}.</p>", esc(name)),
+        );
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    };
+    let mut b = format!(
+        "<h1>Workflow {}</h1><p class=\"meta\">Version {v} of {}{}</p>",
+        esc(name),
+        rec.view.latest_version,
+        if rec.view.archived { " · archived: takes no new runs" } else { "" }
+    );
+    let w = state.engine.definition(name, v).await;
+    if let Ok(w) = &w
+        && operates(s)
+        && !rec.view.archived
+    {
+        b.push_str(&start_form(state, s, name, v, w, typed, error));
+    }
+    b.push_str("<h2>Versions</h2><table><thead><tr><th scope=\"col\">Version</th><th scope=\"col\">Published</th><th scope=\"col\">By</th><th scope=\"col\">Definition hash</th></tr></thead><tbody>");
+    for x in rec.view.versions.iter().rev() {
+        let _ = write!(
+            b,
+            "<tr><td><a href=\"/ui/workflows/{0}?version={1}\">v{1}</a></td><td>{2}</td><td>{3}</td><td><code>{4}</code></td></tr>",
+            seg(name),
+            x.version,
+            esc(&x.published_at),
+            esc(&x.published_by),
+            esc(x.definition_hash.get(..16).unwrap_or(&x.definition_hash))
+        );
+    }
+    b.push_str("</tbody></table>");
+    match &w {
+        Ok(w) => b.push_str(&graph_html(w, None)),
+        Err(e) => {
+            let _ = write!(b, "<p class=\"notice\">This version no longer compiles: {}</p>", esc(&e.to_string()));
+        }
+    }
+    let _ = write!(
+        b,
+        "<h2>Source (v{v})</h2><pre class=\"source\">{}</pre>",
+        esc(rec.sources.get(i).map_or("", String::as_str))
+    );
+    let mut r = shell(state, s, &format!("Workflow {name}"), &b);
+    if error.is_some() {
+        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    r
+}
+
+/// A form to start a run, its fields from the workflow's `inputs` schema:
+/// text, numbers, yes/no, and JSON for objects and lists.
+fn start_form(
+    state: &State,
+    s: &Session,
+    name: &str,
+    v: u32,
+    w: &cairn_runtime::Workflow,
+    typed: &Typed,
+    error: Option<&str>,
+) -> String {
+    let mut b = format!(
+        "<section aria-labelledby=\"start-h\"><h2 id=\"start-h\">Start a run</h2><form method=\"post\" action=\"/ui/workflows/{}/start\">\
+         <input type=\"hidden\" name=\"_csrf\" value=\"{}\"><input type=\"hidden\" name=\"_version\" value=\"{v}\">",
+        seg(name),
+        csrf(state, s)
+    );
+    if let Some(e) = error {
+        let _ = write!(
+            b,
+            "<div class=\"errors\" role=\"alert\" id=\"errors\"><p>Nothing was started: {}</p></div>",
+            esc(e)
+        );
+    }
+    let schema = w.inputs_schema.clone().unwrap_or(serde_json::Value::Null);
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let props = schema.get("properties").and_then(|p| p.as_object()).cloned().unwrap_or_default();
+    for (field, spec) in &props {
+        let id = format!("i-{field}");
+        let ty = spec.get("type").and_then(|t| t.as_str()).unwrap_or("string");
+        let req = required.contains(&field.as_str());
+        let default =
+            spec.get("default").map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned)).unwrap_or_default();
+        let value = typed.0.get(field.as_str()).and_then(|v| v.first()).cloned().unwrap_or(default);
+        let help = spec.get("description").and_then(|d| d.as_str());
+        let described = if help.is_some() { format!(" aria-describedby=\"{id}-help\"") } else { String::new() };
+        let mark = if req { " <span class=\"required\">(required)</span>" } else { "" };
+        let _ = write!(b, "<div class=\"field\">");
+        match ty {
+            "boolean" => {
+                let _ = write!(b, "<fieldset{described}><legend>{}{mark}</legend>", esc(field));
+                for (val, text) in [("true", "Yes"), ("false", "No")] {
+                    let on = if value == val { " checked" } else { "" };
+                    let _ = write!(
+                        b,
+                        "<label class=\"choice\" for=\"{id}-{val}\"><input type=\"radio\" id=\"{id}-{val}\" name=\"{}\" value=\"{val}\"{on}> {text}</label>",
+                        esc(field)
+                    );
+                }
+                b.push_str("</fieldset>");
+            }
+            "object" | "array" => {
+                let _ = write!(
+                    b,
+                    "<label for=\"{id}\">{} <span class=\"optional\">(JSON)</span>{mark}</label><textarea id=\"{id}\" name=\"{}\" rows=\"4\"{described}>{}</textarea>",
+                    esc(field),
+                    esc(field),
+                    esc(&value)
+                );
+            }
+            _ => {
+                let kind = if ty == "number" || ty == "integer" { "number\" step=\"any" } else { "text" };
+                let _ = write!(
+                    b,
+                    "<label for=\"{id}\">{}{mark}</label><input type=\"{kind}\" id=\"{id}\" name=\"{}\" value=\"{}\"{described}>",
+                    esc(field),
+                    esc(field),
+                    esc(&value)
+                );
+            }
+        }
+        if let Some(h) = help {
+            let _ = write!(b, "<p class=\"help\" id=\"{id}-help\">{}</p>", esc(h));
+        }
+        b.push_str("</div>");
+    }
+    if props.is_empty() {
+        b.push_str("<p class=\"help\">This workflow takes no inputs.</p>");
+    }
+    b.push_str("<div class=\"actions\"><button type=\"submit\">Start</button></div></form></section>");
+    b
+}
+
+/// `POST /ui/workflows/{name}/start`: the inputs typed by the schema (what
+/// does not parse is passed on as typed, for the schema to refuse with its
+/// message); the run's page once started.
+async fn start(
+    S(state): S<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let back = format!("/ui/workflows/{}", seg(&name));
+    let (s, form) = match acting(&state, &headers, &body, &back).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let typed = Typed(form.iter().fold(std::collections::BTreeMap::new(), |mut m, (k, v)| {
+        m.entry(k.clone()).or_insert_with(Vec::new).push(v.clone());
+        m
+    }));
+    let get = |k: &str| typed.0.get(k).and_then(|v| v.first()).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let Ok(version) = get("_version").parse::<u32>() else {
+        return workflow_page(&state, &s, &name, None, &typed, Some("the form named no version")).await;
+    };
+    let w = match state.engine.definition(&name, version).await {
+        Ok(w) => w,
+        Err(e) => return workflow_page(&state, &s, &name, Some(version), &typed, Some(&e.to_string())).await,
+    };
+    let props = w
+        .inputs_schema
+        .as_ref()
+        .and_then(|x| x.get("properties"))
+        .and_then(|p| p.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let mut inputs = serde_json::Map::new();
+    for (field, spec) in &props {
+        let raw = get(field);
+        if raw.is_empty() {
+            continue;
+        }
+        let ty = spec.get("type").and_then(|t| t.as_str()).unwrap_or("string");
+        let v = match ty {
+            "integer" => raw.parse::<i64>().map(serde_json::Value::from).unwrap_or(serde_json::Value::String(raw)),
+            "number" => raw
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(serde_json::Value::String(raw), serde_json::Value::Number),
+            "boolean" => match raw.as_str() {
+                "true" => serde_json::Value::Bool(true),
+                "false" => serde_json::Value::Bool(false),
+                _ => serde_json::Value::String(raw),
+            },
+            "object" | "array" => match serde_json::from_str(&raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    let msg = format!("`{field}` is not JSON: {e}");
+                    return workflow_page(&state, &s, &name, Some(version), &typed, Some(&msg)).await;
+                }
+            },
+            _ => serde_json::Value::String(raw),
+        };
+        inputs.insert(field.clone(), v);
+    }
+    let opts = cairn_runtime::Start { run_id: None, idempotency_key: None, drive: state.driver.drives() };
+    match state.engine.start_with(&w, version, serde_json::Value::Object(inputs), &s.key.identity, opts).await {
+        Ok((id, started)) => {
+            let _ = state.driver.kick_started(id, started, false);
+            Redirect::to(&format!("/ui/runs/{id}")).into_response()
+        }
+        Err(e) => workflow_page(&state, &s, &name, Some(version), &typed, Some(&e.to_string())).await,
+    }
 }

@@ -671,7 +671,7 @@ pub(super) fn secure(r: &mut Response) {
 
 /// What a submitted form held, by name (a name may repeat: multiselect).
 #[derive(Default)]
-struct Typed(BTreeMap<String, Vec<String>>);
+pub(super) struct Typed(pub(super) BTreeMap<String, Vec<String>>);
 
 impl Typed {
     fn from_pairs(pairs: &[(String, String)]) -> Typed {
