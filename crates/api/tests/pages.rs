@@ -886,6 +886,39 @@ steps:
     let form = [("_csrf", vt.as_str()), ("_version", "1"), ("total", "1")];
     assert_eq!(with_cookie(&s, "POST", "/ui/workflows/priced/start", &vc, Some(&form)).await.status, 403);
     assert_eq!(with_cookie(&s, "GET", "/ui/workflows/nope", &vc, None).await.status, 404);
+
+    // Authoring: check (every diagnostic with line and column, what was
+    // typed kept), preview the graph, publish.
+    let p = with_cookie(&s, "GET", "/ui/workflows/new", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    let broken = "name: drafted\nsteps:\n  - id: one\n    task: no_such_task\n  - id: two\n    task: nor_this_one\n";
+    let form = [("_csrf", token.as_str()), ("_action", "check"), ("source", broken)];
+    let p = with_cookie(&s, "POST", "/ui/workflows/new", &oc, Some(&form)).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(p.html.contains("line 4, column") && p.html.contains("no_such_task"), "{}", p.html);
+    assert!(p.html.contains("line 6, column"), "every diagnostic: {}", p.html);
+    assert!(p.html.contains("task: no_such_task") && !p.html.contains("value=\"publish\""), "{}", p.html);
+    let good = "name: drafted\nsteps:\n  - id: one\n    task: echo\n  - id: two\n    transform: { x: \"{{ steps.one.output }}\" }\n";
+    let form = [("_csrf", token.as_str()), ("_action", "check"), ("source", good)];
+    let p = with_cookie(&s, "POST", "/ui/workflows/new", &oc, Some(&form)).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(
+        p.html.contains("No problems") && p.html.contains("<svg") && p.html.contains("value=\"publish\""),
+        "{}",
+        p.html
+    );
+    assert_eq!(s.get("/workflows/drafted", &key).await.status, 404, "a check publishes nothing");
+    // A viewer may check but not publish; a form without the CSRF token does nothing.
+    let form = [("_csrf", vt.as_str()), ("_action", "publish"), ("source", good)];
+    assert_eq!(with_cookie(&s, "POST", "/ui/workflows/new", &vc, Some(&form)).await.status, 403);
+    let form = [("_csrf", "nope"), ("_action", "publish"), ("source", good)];
+    assert_eq!(with_cookie(&s, "POST", "/ui/workflows/new", &oc, Some(&form)).await.status, 403);
+    let form = [("_csrf", token.as_str()), ("_action", "publish"), ("source", good)];
+    let p = with_cookie(&s, "POST", "/ui/workflows/new", &oc, Some(&form)).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/workflows/drafted?version=1")), "{}", p.html);
+    let r = s.get("/workflows/drafted", &key).await;
+    assert_eq!((r.status, r.json["versions"][0]["published_by"].as_str()), (200, Some("olga")), "{}", r.text);
 }
 
 #[tokio::test]

@@ -41,6 +41,7 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/live", get(live))
         .route("/ui/workflows", get(workflows))
+        .route("/ui/workflows/new", get(editor).post(author))
         .route("/ui/workflows/{name}", get(workflow))
         .route("/ui/workflows/{name}/start", axum::routing::post(start))
         .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
@@ -820,7 +821,7 @@ async fn workflows(S(state): S<Arc<State>>, headers: HeaderMap) -> Response {
         Ok(l) => l.0.items,
         Err(e) => return unavailable(&e.0.detail),
     };
-    let mut b = String::from("<h1>Workflows</h1>");
+    let mut b = String::from("<h1>Workflows</h1><p><a href=\"/ui/workflows/new\">Author a workflow</a></p>");
     if list.is_empty() {
         b.push_str(
             "<p>No workflow is published yet (<code>cairn publish FILE</code> or <code>POST /workflows</code>).</p>",
@@ -909,6 +910,13 @@ async fn workflow_page(
         rec.view.latest_version,
         if rec.view.archived { " · archived: takes no new runs" } else { "" }
     );
+    if !rec.view.archived {
+        let _ = write!(
+            b,
+            "<p><a href=\"/ui/workflows/new?from={}\">Edit as a new version</a></p>",
+            super::pages::enc(name)
+        );
+    }
     let w = state.engine.definition(name, v).await;
     if let Ok(w) = &w
         && operates(s)
@@ -1105,4 +1113,148 @@ async fn start(
         }
         Err(e) => workflow_page(&state, &s, &name, Some(version), &typed, Some(&e.to_string())).await,
     }
+}
+
+#[derive(Deserialize)]
+struct From {
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `GET /ui/workflows/new?from=NAME`: the editor, empty or holding the
+/// newest source of NAME (a new version of it).
+async fn editor(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<From>) -> Response {
+    let s = match require(&state, &headers, "/ui/workflows/new").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let source = match q.from.as_deref() {
+        Some(name) => match super::workflows::recorded(&state, name).await {
+            Ok(Some(r)) => r.sources.last().cloned().unwrap_or_default(),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    editor_page(&state, &s, &source, None, None)
+}
+
+/// The editor with what `check` found (`None`: not checked yet).
+fn editor_page(
+    state: &State,
+    s: &Session,
+    source: &str,
+    checked: Option<Result<&cairn_runtime::Workflow, &[cairn_runtime::lang::Diagnostic]>>,
+    not_published: Option<&str>,
+) -> Response {
+    let mut b = String::from(
+        "<h1>Author a workflow</h1><p class=\"help\">Paste or edit the YAML (docs/workflow-language.md), check it, look at its graph, then publish: a new workflow, or a new version of the one it names.</p>",
+    );
+    let mut status = StatusCode::OK;
+    if let Some(why) = not_published {
+        status = StatusCode::CONFLICT;
+        let _ = write!(b, "<div class=\"errors\" role=\"alert\"><p>Not published: {}</p></div>", esc(why));
+    }
+    match checked {
+        Some(Err(d)) => {
+            status = StatusCode::UNPROCESSABLE_ENTITY;
+            let _ = write!(
+                b,
+                "<div class=\"errors\" role=\"alert\" id=\"diagnostics\"><p>{} to fix; nothing was published.</p><ul>",
+                if d.len() == 1 { "One problem".to_owned() } else { format!("{} problems", d.len()) }
+            );
+            for x in d {
+                let _ = write!(
+                    b,
+                    "<li><a href=\"#f-source\">line {}, column {}</a>: {} <code>{}</code>{}</li>",
+                    x.line,
+                    x.column,
+                    esc(&x.message),
+                    esc(x.code),
+                    x.help
+                        .as_deref()
+                        .map(|h| format!("<br><span class=\"help\">{}</span>", esc(h)))
+                        .unwrap_or_default()
+                );
+            }
+            b.push_str("</ul></div>");
+        }
+        Some(Ok(w)) => {
+            let _ = write!(
+                b,
+                "<p class=\"notice\" role=\"status\" id=\"diagnostics\">No problems: <strong>{}</strong> is ready to publish.</p>",
+                esc(&w.name)
+            );
+        }
+        None => {}
+    }
+    let tok = csrf(state, s);
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/ui/workflows/new\"><input type=\"hidden\" name=\"_csrf\" value=\"{tok}\">\
+         <div class=\"field\"><label for=\"f-source\">Definition (YAML)</label><textarea id=\"f-source\" name=\"source\" rows=\"20\" spellcheck=\"false\" class=\"source\">{}</textarea></div>\
+         <div class=\"actions\"><button type=\"submit\" name=\"_action\" value=\"check\" class=\"secondary\">Check</button>{}</div></form>",
+        esc(source),
+        if matches!(checked, Some(Ok(_))) && operates(s) {
+            " <button type=\"submit\" name=\"_action\" value=\"publish\">Publish</button>"
+        } else {
+            ""
+        }
+    );
+    if let Some(Ok(w)) = checked {
+        b.push_str(&graph_html(w, None));
+    }
+    let mut r = shell(state, s, "Author a workflow", &b);
+    *r.status_mut() = status;
+    r
+}
+
+/// `POST /ui/workflows/new`: `check` compiles and shows every diagnostic
+/// (line and column) or the graph; `publish` (operators, admins) publishes
+/// a definition that checks, then opens its page.
+async fn author(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let s = match require(&state, &headers, "/ui/workflows/new").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    if get("_csrf") != csrf(&state, &s) {
+        let body = "<h1>Not done</h1><p>The form was not this session's (a missing or wrong CSRF token). Go back, reload the page and try again.</p>";
+        return page(StatusCode::FORBIDDEN, "Not done", body);
+    }
+    let source = get("source");
+    let w = match super::workflows::compile(&state, &source) {
+        Ok(w) => w,
+        Err(d) => return editor_page(&state, &s, &source, Some(Err(&d)), None),
+    };
+    if get("_action") != "publish" {
+        return editor_page(&state, &s, &source, Some(Ok(&w)), None);
+    }
+    if !operates(&s) {
+        return acting_refusal(&s);
+    }
+    let refused = |why: &str| editor_page(&state, &s, &source, Some(Ok(&w)), Some(why));
+    match super::workflows::recorded(&state, &w.name).await {
+        Ok(Some(r)) if r.view.archived => {
+            return refused(&format!("`{}` is archived; it takes no new versions", w.name));
+        }
+        Ok(_) => {}
+        Err(e) => return unavailable(&e.0.detail),
+    }
+    if let Err(e) = state.engine.check_children(&w).await {
+        return refused(&e.to_string());
+    }
+    match state.engine.publish(&w, &s.key.identity).await {
+        Ok(v) => Redirect::to(&format!("/ui/workflows/{}?version={v}", seg(&w.name))).into_response(),
+        Err(e) => refused(&e.to_string()),
+    }
+}
+
+/// The refusal page of an action a role may not take.
+fn acting_refusal(s: &Session) -> Response {
+    let body = format!(
+        "<h1>Not allowed</h1><p>Your key's role is <strong>{}</strong>; this needs <strong>operator</strong> or <strong>admin</strong>, as in the API.</p>",
+        s.key.role.name()
+    );
+    page(StatusCode::FORBIDDEN, "Not allowed", &body)
 }

@@ -175,7 +175,7 @@ async fn definition_text(req: Request) -> ApiResult<String> {
 }
 
 /// Compiles a definition against this server's tasks, secrets and models.
-fn compile(state: &State, text: &str) -> Result<cairn_runtime::Workflow, Vec<Diagnostic>> {
+pub(super) fn compile(state: &State, text: &str) -> Result<cairn_runtime::Workflow, Vec<Diagnostic>> {
     let e = &state.engine;
     let w = cairn_runtime::lang::parse(text, "body", &e.task_names()).map_err(|d| d.0)?;
     let mut d = cairn_runtime::lang::check_secrets(&w, &e.secret_names(), "body");
