@@ -58,6 +58,7 @@
     const summary = document.createElement("summary");
     summary.textContent = "payload";
     const pre = document.createElement("pre");
+    pre.tabIndex = 0;
     pre.textContent = JSON.stringify(ev.payload, null, 2);
     details.append(summary, pre);
     li.append(details);

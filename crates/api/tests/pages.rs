@@ -919,6 +919,33 @@ steps:
     assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/workflows/drafted?version=1")), "{}", p.html);
     let r = s.get("/workflows/drafted", &key).await;
     assert_eq!((r.status, r.json["versions"][0]["published_by"].as_str()), (200, Some("olga")), "{}", r.text);
+
+    // Audit (operators): who did what, with positions and hashes, by actor.
+    let p = with_cookie(&s, "GET", "/ui/audit?actor=olga", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(
+        p.html.contains("<td>olga</td>")
+            && p.html.contains("WorkflowVersionPublished")
+            && p.html.contains("RunStarted"),
+        "{}",
+        p.html
+    );
+    assert!(!p.html.contains("<td>ops</td>"), "only olga's records: {}", p.html);
+    assert_eq!(with_cookie(&s, "GET", "/ui/audit", &vc, None).await.status, 403, "a viewer may not read the audit log");
+    let p = with_cookie(&s, "GET", "/ui/audit?run=not-a-run", &oc, None).await;
+    assert!(p.html.contains("not a run id"), "{}", p.html);
+    // Costs (any role): tokens of an AI step, by workflow and by model, with bars.
+    let writer = "name: writer\nsteps:\n  - id: draft\n    ai:\n      model: scripted\n      prompt: Write\n      scripted: [{ content: Hello, input_tokens: 12, output_tokens: 34 }]\n";
+    assert_eq!(s.post_yaml("/workflows", &key, writer).await.status, 201);
+    let run = s.post("/runs", &key, &json!({"workflow": "writer"})).await.json["run_id"].as_str().unwrap().to_owned();
+    s.wait_status(&run, &key, &["completed"]).await;
+    let p = with_cookie(&s, "GET", "/ui/costs", &vc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("<tr><td>writer</td><td>1</td><td>12</td><td>34</td>"), "{}", p.html);
+    assert!(p.html.contains("class=\"bar\""), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/costs?by=model", &vc, None).await;
+    assert!(p.html.contains("<strong>model</strong>") && p.html.contains("scripted"), "{}", p.html);
 }
 
 #[tokio::test]

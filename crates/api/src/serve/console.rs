@@ -40,6 +40,8 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/live", get(live))
+        .route("/ui/audit", get(audit))
+        .route("/ui/costs", get(costs))
         .route("/ui/workflows", get(workflows))
         .route("/ui/workflows/new", get(editor).post(author))
         .route("/ui/workflows/{name}", get(workflow))
@@ -97,7 +99,7 @@ async fn require(state: &State, headers: &HeaderMap, back: &str) -> Result<Sessi
 /// The frame of a signed-in page: navigation, who is signed in, sign out.
 fn shell(state: &State, s: &Session, title: &str, body: &str) -> Response {
     let mut nav = String::from(
-        "<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a> <a href=\"/ui/workflows\">Workflows</a>",
+        "<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a> <a href=\"/ui/workflows\">Workflows</a> <a href=\"/ui/audit\">Audit</a> <a href=\"/ui/costs\">Costs</a>",
     );
     let _ = write!(
         nav,
@@ -410,9 +412,9 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         st.workflow_version
     );
     let json = |v: &serde_json::Value| esc(&serde_json::to_string_pretty(v).unwrap_or_default());
-    let _ = write!(b, "<h2>Inputs</h2><pre>{}</pre>", json(&st.inputs));
+    let _ = write!(b, "<h2>Inputs</h2><pre tabindex=\"0\">{}</pre>", json(&st.inputs));
     if let Some(out) = &st.output {
-        let _ = write!(b, "<h2>Output</h2><pre>{}</pre>", json(out));
+        let _ = write!(b, "<h2>Output</h2><pre tabindex=\"0\">{}</pre>", json(out));
     }
     if let Some((kind, message, step)) = &st.error {
         let _ = write!(
@@ -477,7 +479,7 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         let step = payload.get("step_id").and_then(|a| a.as_str()).unwrap_or("");
         let _ = write!(
             b,
-            "<li><span class=\"v\">{}</span> <time>{}</time> <strong>{}</strong>{}{}<details><summary>payload</summary><pre>{}</pre></details></li>",
+            "<li><span class=\"v\">{}</span> <time>{}</time> <strong>{}</strong>{}{}<details><summary>payload</summary><pre tabindex=\"0\">{}</pre></details></li>",
             e.stream_version,
             esc(&e.recorded_at),
             esc(&e.event_type),
@@ -945,7 +947,7 @@ async fn workflow_page(
     }
     let _ = write!(
         b,
-        "<h2>Source (v{v})</h2><pre class=\"source\">{}</pre>",
+        "<h2>Source (v{v})</h2><pre class=\"source\" tabindex=\"0\">{}</pre>",
         esc(rec.sources.get(i).map_or("", String::as_str))
     );
     let mut r = shell(state, s, &format!("Workflow {name}"), &b);
@@ -1257,4 +1259,178 @@ fn acting_refusal(s: &Session) -> Response {
         s.key.role.name()
     );
     page(StatusCode::FORBIDDEN, "Not allowed", &body)
+}
+
+#[derive(Deserialize)]
+struct AuditQ {
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    run: Option<String>,
+    #[serde(default)]
+    cursor: Option<u64>,
+}
+
+/// `GET /ui/audit`: who did what, when, with what outcome, each row with
+/// its position and hash; by actor and run, 100 a page (operators and
+/// admins, as the API's `/audit`).
+async fn audit(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<AuditQ>) -> Response {
+    let s = match require(&state, &headers, "/ui/audit").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !operates(&s) {
+        return acting_refusal(&s);
+    }
+    let actor = q.actor.filter(|a| !a.trim().is_empty());
+    let run_text = q.run.filter(|r| !r.trim().is_empty());
+    let mut b = String::from("<h1>Audit</h1>");
+    let run = match run_text.as_deref().map(|r| r.trim().parse::<uuid::Uuid>()) {
+        Some(Err(_)) => {
+            b.push_str(
+                "<p class=\"errors\" role=\"alert\">The run filter is not a run id (a UUID); it was left out.</p>",
+            );
+            None
+        }
+        Some(Ok(r)) => Some(r),
+        None => None,
+    };
+    let aq = super::reads::AuditQuery {
+        actor: actor.clone(),
+        run,
+        since: None,
+        until: None,
+        cursor: q.cursor.map(super::extract::Pos),
+        limit: Some(100),
+    };
+    let page_rows = match super::reads::audit(S(state.clone()), super::extract::Q(aq)).await {
+        Ok(p) => p.0,
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let _ = write!(
+        b,
+        "<form method=\"get\" action=\"/ui/audit\" class=\"filters\"><label for=\"q-actor\">Actor</label> <input type=\"text\" id=\"q-actor\" name=\"actor\" value=\"{}\"> \
+         <label for=\"q-run\">Run</label> <input type=\"text\" id=\"q-run\" name=\"run\" value=\"{}\"> <button type=\"submit\">Filter</button></form>",
+        esc(actor.as_deref().unwrap_or("")),
+        esc(run_text.as_deref().unwrap_or(""))
+    );
+    if page_rows.items.is_empty() {
+        b.push_str("<p>No records match.</p>");
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">Position</th><th scope=\"col\">When</th><th scope=\"col\">Who</th><th scope=\"col\">What</th>\
+             <th scope=\"col\">Outcome</th><th scope=\"col\">About</th><th scope=\"col\">Hash</th></tr></thead><tbody>",
+        );
+        for r in &page_rows.items {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} <code>{}</code></td><td>{}{}</td><td><code>{}</code></td><td><code title=\"{}\">{}</code></td></tr>",
+                r.position,
+                esc(&r.recorded_at),
+                esc(&r.actor),
+                esc(&r.action),
+                esc(&r.event_type),
+                esc(&r.outcome),
+                r.reason.as_deref().map(|x| format!(" ({})", esc(x))).unwrap_or_default(),
+                esc(&r.resource),
+                esc(&r.hash),
+                esc(r.hash.get(..12).unwrap_or(&r.hash))
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    if let Some(next) = page_rows.next_cursor {
+        let mut url = format!("/ui/audit?cursor={next}");
+        if let Some(a) = &actor {
+            let _ = write!(url, "&actor={}", super::pages::enc(a));
+        }
+        if let Some(r) = &run {
+            let _ = write!(url, "&run={r}");
+        }
+        let _ = write!(b, "<p><a href=\"{}\" rel=\"next\">Later records</a></p>", esc(&url));
+    }
+    b.push_str("<p class=\"help\">For a tamper-evident export with the hash chain, use <code>cairn export</code> or <code>GET /exports/audit</code> (docs/compliance.md).</p>");
+    shell(&state, &s, "Audit", &b)
+}
+
+#[derive(Deserialize)]
+struct CostsQ {
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// `GET /ui/costs?by=workflow|model|day|run`: tokens and money, with a bar
+/// per group (SVG, no script).
+async fn costs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<CostsQ>) -> Response {
+    use super::reads::GroupBy;
+    let s = match require(&state, &headers, "/ui/costs").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (by, name) = match q.by.as_deref() {
+        Some("model") => (GroupBy::Model, "model"),
+        Some("day") => (GroupBy::Day, "day"),
+        Some("run") => (GroupBy::Run, "run"),
+        _ => (GroupBy::Workflow, "workflow"),
+    };
+    let rows = match super::reads::costs(
+        S(state.clone()),
+        super::extract::Q(super::reads::CostsQuery { by: Some(by), since: None }),
+    )
+    .await
+    {
+        Ok(c) => c.0.items,
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let mut b = String::from("<h1>Costs</h1><p class=\"filters\">By ");
+    for x in ["workflow", "model", "day", "run"] {
+        if x == name {
+            let _ = write!(b, "<strong>{x}</strong> ");
+        } else {
+            let _ = write!(b, "<a href=\"/ui/costs?by={x}\">{x}</a> ");
+        }
+    }
+    b.push_str("</p>");
+    if rows.is_empty() {
+        b.push_str("<p>No AI attempt has been recorded yet.</p>");
+        return shell(&state, &s, "Costs", &b);
+    }
+    let max = rows.iter().map(|r| r.cost_micros).max().unwrap_or(0).max(1);
+    let money = |m: i64, c: &Option<String>| format!("{:.4} {}", m as f64 / 1_000_000.0, c.as_deref().unwrap_or(""));
+    let height = 24 * rows.len() + 8;
+    let _ = write!(
+        b,
+        "<figure class=\"chart\"><svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 640 {height}\" width=\"640\" height=\"{height}\" role=\"img\" aria-labelledby=\"chart-d\"><desc id=\"chart-d\">Cost by {name}, the table below in bars</desc>"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let w = 400.0 * r.cost_micros as f64 / max as f64;
+        let y = 4 + 24 * i;
+        let _ = write!(
+            b,
+            "<text x=\"0\" y=\"{}\" class=\"label\">{}</text><rect class=\"bar\" x=\"200\" y=\"{y}\" width=\"{w:.1}\" height=\"18\"></rect><text x=\"{:.1}\" y=\"{}\" class=\"label\">{}</text>",
+            y + 14,
+            esc(r.key.get(..28).unwrap_or(&r.key)),
+            206.0 + w,
+            y + 14,
+            esc(&money(r.cost_micros, &r.currency))
+        );
+    }
+    b.push_str("</svg></figure>");
+    let _ = write!(
+        b,
+        "<table><thead><tr><th scope=\"col\">{name}</th><th scope=\"col\">AI attempts</th><th scope=\"col\">Input tokens</th><th scope=\"col\">Output tokens</th><th scope=\"col\">Cost</th></tr></thead><tbody>"
+    );
+    for r in &rows {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.key),
+            r.attempts,
+            r.input_tokens,
+            r.output_tokens,
+            esc(&money(r.cost_micros, &r.currency))
+        );
+    }
+    b.push_str("</tbody></table>");
+    shell(&state, &s, "Costs", &b)
 }

@@ -551,7 +551,11 @@ fn content_html(b: &mut String, c: &Value) {
             b.push_str("</tbody></table>");
         }
         other => {
-            let _ = write!(b, "<pre>{}</pre>", esc(&serde_json::to_string_pretty(other).unwrap_or_default()));
+            let _ = write!(
+                b,
+                "<pre tabindex=\"0\">{}</pre>",
+                esc(&serde_json::to_string_pretty(other).unwrap_or_default())
+            );
         }
     }
 }

@@ -90,6 +90,17 @@ try {
     await page.getByRole("link", { name: "Runs" }).click();
     await page.getByRole("heading", { name: "Runs" }).waitFor();
     await axe(page, "runs");
+    await page.getByRole("link", { name: "Costs" }).click();
+    await page.getByRole("heading", { name: "Costs" }).waitFor();
+    await axe(page, "costs");
+    await page.getByRole("link", { name: "Workflows" }).click();
+    await page.getByRole("heading", { name: "Workflows" }).waitFor();
+    await axe(page, "workflows");
+    await page.getByRole("link", { name: "launch" }).click();
+    await page.getByRole("heading", { name: /Workflow launch/ }).waitFor();
+    await axe(page, "workflow");
+    await page.getByRole("link", { name: "Runs" }).click();
+    await page.getByRole("heading", { name: "Runs" }).waitFor();
     await page.locator("table a").first().click();
     await page.getByRole("heading", { name: /^Run / }).waitFor();
     if (!(await page.locator(".timeline").innerText()).includes("InputRequested")) fail("the timeline lacks InputRequested");
