@@ -626,6 +626,15 @@ async fn the_console_signs_in_and_shows_runs(pg: Option<&str>) {
     assert!(p.html.contains(&format!("/ui/runs/{run}")), "{}", p.html);
     let p = with_cookie(&s, "GET", "/ui/runs?status=completed&workflow=launch", &cookie, None).await;
     assert!(p.html.contains("No runs match"), "{}", p.html);
+    // By time: a day's bounds include the whole day.
+    let started = s.get(&format!("/runs/{run}"), &key).await.json["started_at"].as_str().unwrap().to_owned();
+    let today = started[..10].to_owned(); // the run's day, whatever the clock says now
+    let p = with_cookie(&s, "GET", &format!("/ui/runs?since={today}&until={today}"), &cookie, None).await;
+    assert!(p.html.contains(&format!("/ui/runs/{run}")), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/runs?until=2001-01-01", &cookie, None).await;
+    assert!(p.html.contains("No runs match"), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/runs?since=yesterday", &cookie, None).await;
+    assert!(p.html.contains("is not a day") && p.html.contains(&format!("/ui/runs/{run}")), "{}", p.html);
     let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert!(
@@ -802,6 +811,21 @@ async fn the_console_plans_a_resume_before_it_runs(pg: Option<&str>) {
     let resumed = evs_of(&evs, "RunResumed");
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0]["payload"]["by"], "olga");
+    // Replay check (any role) and fork (operators) from the run's page.
+    let p = with_cookie(&s, "GET", &format!("{page_of}/replay"), &vc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("The log replays exactly"), "{}", p.html);
+    let p = with_cookie(&s, "POST", &format!("{page_of}/fork"), &vc, Some(&[("_csrf", &vt), ("at", "announce")])).await;
+    assert_eq!(p.status, 403, "a viewer may not fork");
+    let p = with_cookie(&s, "POST", &format!("{page_of}/fork"), &oc, Some(&[("_csrf", &ot), ("at", "nowhere")])).await;
+    assert_eq!(p.status, 409, "{}", p.html);
+    assert!(p.html.contains("Not forked") && p.html.contains("nowhere"), "{}", p.html);
+    let p = with_cookie(&s, "POST", &format!("{page_of}/fork"), &oc, Some(&[("_csrf", &ot), ("at", "announce")])).await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let forked = p.location.unwrap().trim_start_matches("/ui/runs/").to_owned();
+    assert_ne!(forked, run);
+    let done = s.wait_status(&forked, &key, &["completed"]).await;
+    assert_eq!(done["output"], json!({"text": "Hello"}), "{done}");
 
     // Cancel, from the page of a run that waits.
     assert_eq!(s.post_yaml("/workflows", &key, FLOW).await.status, 201);

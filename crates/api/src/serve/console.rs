@@ -47,6 +47,8 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/workflows/{name}", get(workflow))
         .route("/ui/workflows/{name}/start", axum::routing::post(start))
         .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
+        .route("/ui/runs/{id}/replay", get(replay))
+        .route("/ui/runs/{id}/fork", axum::routing::post(fork))
         .route("/ui/runs/{id}/resume", axum::routing::post(resume))
 }
 
@@ -312,6 +314,21 @@ struct RunsQ {
     status: Option<String>,
     #[serde(default)]
     cursor: Option<String>,
+    /// Started on or after this day (`YYYY-MM-DD`, UTC).
+    #[serde(default)]
+    since: Option<String>,
+    /// Started on or before this day (`YYYY-MM-DD`, UTC).
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// A day's start as the read models write times; `Err` for a day that
+/// does not parse.
+fn day_start(day: &str, plus_days: i64) -> Result<String, String> {
+    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("`{day}` is not a day (YYYY-MM-DD)"))?;
+    let t = (d + chrono::Duration::days(plus_days)).and_hms_opt(0, 0, 0).ok_or("no such time")?.and_utc();
+    Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 const STATUSES: [&str; 5] = ["running", "waiting", "completed", "failed", "cancelled"];
@@ -325,11 +342,23 @@ async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ
     let workflow = q.workflow.filter(|w| !w.is_empty());
     let status = q.status.filter(|x| STATUSES.contains(&x.as_str()));
     let before = q.cursor.as_deref().and_then(|c| c.split_once('~')).map(|(a, b)| (a.to_owned(), b.to_owned()));
+    let since_day = q.since.filter(|d| !d.trim().is_empty());
+    let until_day = q.until.filter(|d| !d.trim().is_empty());
+    let mut bad = Vec::new();
+    let mut bound = |day: &Option<String>, plus: i64| match day.as_deref().map(|d| day_start(d, plus)) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            bad.push(e);
+            None
+        }
+        None => None,
+    };
+    let (since, until) = (bound(&since_day, 0), bound(&until_day, 1));
     let f = cairn_projections::queries::RunFilter {
         workflow: workflow.clone(),
         status: status.clone(),
-        since: None,
-        until: None,
+        since,
+        until,
         before,
         limit: 51,
     };
@@ -354,7 +383,16 @@ async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ
         let sel = if status.as_deref() == Some(x) { " selected" } else { "" };
         let _ = write!(b, "<option{sel}>{x}</option>");
     }
-    b.push_str("</select> <button type=\"submit\">Filter</button></form>");
+    let _ = write!(
+        b,
+        "</select> <label for=\"q-since\">From</label> <input type=\"date\" id=\"q-since\" name=\"since\" value=\"{}\"> \
+         <label for=\"q-until\">To</label> <input type=\"date\" id=\"q-until\" name=\"until\" value=\"{}\"> <button type=\"submit\">Filter</button></form>",
+        esc(since_day.as_deref().unwrap_or("")),
+        esc(until_day.as_deref().unwrap_or(""))
+    );
+    for e in &bad {
+        let _ = write!(b, "<p class=\"errors\" role=\"alert\">{}; that bound was left out.</p>", esc(e));
+    }
     if rows.is_empty() {
         b.push_str("<p>No runs match.</p>");
     } else {
@@ -386,6 +424,11 @@ async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ
         }
         if let Some(x) = &status {
             let _ = write!(next, "&status={x}");
+        }
+        for (k, v) in [("since", &since_day), ("until", &until_day)] {
+            if let Some(v) = v {
+                let _ = write!(next, "&{k}={}", super::pages::enc(v));
+            }
         }
         let _ = write!(b, "<p><a href=\"{}\" rel=\"next\">Older runs</a></p>", esc(&next));
     }
@@ -448,8 +491,18 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         }
     }
     b.push_str("</div><div id=\"run-actions\">");
+    let _ = write!(
+        b,
+        "<p><a href=\"/ui/runs/{run}/replay\">Replay check</a>: does today's engine make every decision this log recorded?</p>"
+    );
     if operates(&s) {
         let tok = csrf(&state, &s);
+        let _ = write!(
+            b,
+            "<form method=\"post\" action=\"/ui/runs/{run}/fork\" class=\"filters\"><input type=\"hidden\" name=\"_csrf\" value=\"{tok}\">\
+             <label for=\"f-at\">Fork from step</label> <input type=\"text\" id=\"f-at\" name=\"at\" required aria-required=\"true\"> \
+             <button type=\"submit\" class=\"secondary\">Fork</button> <span class=\"help\">A new run from that step, the outputs before it carried over.</span></form>"
+        );
         if !st.status.is_terminal() {
             let _ = write!(
                 b,
@@ -1433,4 +1486,83 @@ async fn costs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<Cost
     }
     b.push_str("</tbody></table>");
     shell(&state, &s, "Costs", &b)
+}
+
+/// `GET /ui/runs/{id}/replay`: replays the run's log through today's
+/// decider and says whether every recorded decision is still the one made
+/// (any role, as `GET /runs/{id}/replay`).
+async fn replay(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let back = format!("/ui/runs/{}", seg(&id));
+    let s = match require(&state, &headers, &format!("{back}/replay")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
+    let (st, events) = match super::runs::load(&state, run).await {
+        Ok(x) => x,
+        Err(e) if e.0.status == 404 => return not_found(&state, &s, &id),
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let report = match state.engine.definition(&st.workflow, st.workflow_version).await {
+        Ok(w) => cairn_runtime::replay::check(&w, &events).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut b = format!("<h1>Replay check of run <code>{run}</code></h1>");
+    match report {
+        Ok(r) => match &r.divergence {
+            None => {
+                let _ = write!(
+                    b,
+                    "<p class=\"notice\" role=\"status\">The log replays exactly: {} events, {} decisions checked, each the one today's engine makes.</p>",
+                    r.events, r.decisions_checked
+                );
+            }
+            Some(d) => {
+                let pretty = |v: &serde_json::Value| esc(&serde_json::to_string_pretty(v).unwrap_or_default());
+                let _ = write!(
+                    b,
+                    "<div class=\"errors\" role=\"alert\"><p>The log diverges at event {} (position {}): {}</p></div>\
+                     <h2>Recorded</h2><pre tabindex=\"0\">{}</pre><h2>Decided now</h2><pre tabindex=\"0\">{}</pre>",
+                    d.stream_version,
+                    d.global_position,
+                    esc(&d.message),
+                    pretty(&d.recorded),
+                    pretty(&serde_json::Value::Array(d.decided.clone()))
+                );
+            }
+        },
+        Err(e) => {
+            let _ = write!(b, "<p class=\"errors\" role=\"alert\">The run cannot be replayed: {}</p>", esc(&e));
+        }
+    }
+    let _ = write!(b, "<p><a href=\"{back}\">Back to the run</a></p>");
+    shell(&state, &s, "Replay check", &b)
+}
+
+/// `POST /ui/runs/{id}/fork`: a new run from a top-level step of this one,
+/// the outputs recorded before it carried over (operators, admins); opens
+/// the new run's page.
+async fn fork(
+    S(state): S<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let back = format!("/ui/runs/{}", seg(&id));
+    let (s, form) = match acting(&state, &headers, &body, &back).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
+    let at = form.iter().find(|(k, _)| k == "at").map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    if at.is_empty() {
+        return refused(&state, &s, "Not forked", "name the step the new run starts from", &back);
+    }
+    match state.engine.fork(run, &at, serde_json::Map::new(), &s.key.identity).await {
+        Ok(new) => {
+            state.driver.kick(new);
+            Redirect::to(&format!("/ui/runs/{new}")).into_response()
+        }
+        Err(e) => refused(&state, &s, "Not forked", &e.to_string(), &back),
+    }
 }
