@@ -74,3 +74,48 @@
     later();
   });
 })();
+
+// The editor: what Check would say, as you type (the Check button still
+// works without this).
+(() => {
+  "use strict";
+  const source = document.getElementById("f-source");
+  const out = document.getElementById("live-diagnostics");
+  if (!source || !out || !window.fetch) return;
+  const csrf = source.form && source.form.querySelector("input[name=_csrf]");
+  let timer = null;
+  let seq = 0;
+  const show = (res) => {
+    out.textContent = "";
+    const p = document.createElement("p");
+    if (res.valid) {
+      p.className = "notice";
+      p.textContent = `No problems: ${res.name} checks.`;
+      out.append(p);
+      return;
+    }
+    p.className = "error";
+    p.textContent = `${res.diagnostics.length} problem(s):`;
+    const ul = document.createElement("ul");
+    for (const d of res.diagnostics) {
+      const li = document.createElement("li");
+      li.textContent = `line ${d.line}, column ${d.column}: ${d.message} (${d.code})` + (d.help ? ` — ${d.help}` : "");
+      ul.append(li);
+    }
+    out.append(p, ul);
+  };
+  const check = async () => {
+    const mine = ++seq;
+    const body = new URLSearchParams({ _csrf: csrf ? csrf.value : "", source: source.value });
+    try {
+      const r = await fetch("/ui/workflows/check", { method: "POST", body, credentials: "same-origin" });
+      if (r.ok && mine === seq) show(await r.json());
+    } catch (_) {
+      // The Check button still works.
+    }
+  };
+  source.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(check, 400);
+  });
+})();

@@ -933,6 +933,18 @@ steps:
         p.html
     );
     assert_eq!(s.get("/workflows/drafted", &key).await.status, 404, "a check publishes nothing");
+    // The same as you type (the editor's script): JSON, for the session's forms only.
+    let form = [("_csrf", token.as_str()), ("source", broken)];
+    let p = with_cookie(&s, "POST", "/ui/workflows/check", &oc, Some(&form)).await;
+    let v: Value = serde_json::from_str(&p.html).unwrap();
+    assert_eq!(
+        (p.status, v["valid"].as_bool(), v["diagnostics"][0]["line"].as_u64()),
+        (200, Some(false), Some(4)),
+        "{v}"
+    );
+    let form = [("_csrf", "nope"), ("source", broken)];
+    assert_eq!(with_cookie(&s, "POST", "/ui/workflows/check", &oc, Some(&form)).await.status, 403);
+    assert_eq!(with_cookie(&s, "POST", "/ui/workflows/check", "", Some(&form)).await.status, 401);
     // A viewer may check but not publish; a form without the CSRF token does nothing.
     let form = [("_csrf", vt.as_str()), ("_action", "publish"), ("source", good)];
     assert_eq!(with_cookie(&s, "POST", "/ui/workflows/new", &vc, Some(&form)).await.status, 403);

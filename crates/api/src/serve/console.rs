@@ -44,6 +44,7 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/costs", get(costs))
         .route("/ui/workflows", get(workflows))
         .route("/ui/workflows/new", get(editor).post(author))
+        .route("/ui/workflows/check", axum::routing::post(check))
         .route("/ui/workflows/{name}", get(workflow))
         .route("/ui/workflows/{name}/start", axum::routing::post(start))
         .route("/ui/runs/{id}/cancel", axum::routing::post(cancel))
@@ -1247,7 +1248,7 @@ fn editor_page(
         b,
         "<form method=\"post\" action=\"/ui/workflows/new\"><input type=\"hidden\" name=\"_csrf\" value=\"{tok}\">\
          <div class=\"field\"><label for=\"f-source\">Definition (YAML)</label><textarea id=\"f-source\" name=\"source\" rows=\"20\" spellcheck=\"false\" class=\"source\">{}</textarea></div>\
-         <div class=\"actions\"><button type=\"submit\" name=\"_action\" value=\"check\" class=\"secondary\">Check</button>{}</div></form>",
+         <div id=\"live-diagnostics\" aria-live=\"polite\"></div><div class=\"actions\"><button type=\"submit\" name=\"_action\" value=\"check\" class=\"secondary\">Check</button>{}</div></form>",
         esc(source),
         if matches!(checked, Some(Ok(_))) && operates(s) {
             " <button type=\"submit\" name=\"_action\" value=\"publish\">Publish</button>"
@@ -1565,4 +1566,29 @@ async fn fork(
         }
         Err(e) => refused(&state, &s, "Not forked", &e.to_string(), &back),
     }
+}
+
+/// `POST /ui/workflows/check` (form: `_csrf`, `source`): what *Check* finds,
+/// as JSON, for the editor's diagnostics as you type.
+async fn check(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(s) = session(&state, &headers).await else {
+        return (StatusCode::UNAUTHORIZED, "sign in at /ui/sign-in").into_response();
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    if get("_csrf") != csrf(&state, &s) {
+        return (StatusCode::FORBIDDEN, "not this session's form").into_response();
+    }
+    let out = match super::workflows::compile(&state, &get("source")) {
+        Ok(w) => serde_json::json!({"valid": true, "name": w.name, "diagnostics": []}),
+        Err(d) => serde_json::json!({
+            "valid": false,
+            "diagnostics": d.iter().map(|x| serde_json::json!({
+                "line": x.line, "column": x.column, "message": x.message, "code": x.code, "help": x.help,
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    let mut r = axum::Json(out).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }

@@ -87,6 +87,15 @@ try {
     if (!(await page.locator("main").innerText()).includes("Brief for the launch post")) fail("the inbox does not show the form");
     await axe(page, "inbox");
     await shot(page, "0-inbox");
+    // The editor says what is wrong as you type.
+    await page.getByRole("link", { name: "Workflows" }).click();
+    await page.getByRole("link", { name: "Author a workflow" }).click();
+    await page.getByLabel("Definition (YAML)").fill("name: typed\nsteps:\n  - id: one\n    task: no_such_task\n");
+    await page.locator("#live-diagnostics li", { hasText: "line 4, column" }).waitFor({ timeout: 10000 });
+    await page.getByLabel("Definition (YAML)").fill("name: typed\nsteps:\n  - id: one\n    task: echo\n");
+    await page.locator("#live-diagnostics", { hasText: "No problems" }).waitFor({ timeout: 10000 });
+    await axe(page, "editor");
+    await shot(page, "0-editor");
     await page.getByRole("link", { name: "Runs" }).click();
     await page.getByRole("heading", { name: "Runs" }).waitFor();
     await axe(page, "runs");
