@@ -971,6 +971,17 @@ steps:
     assert_eq!(with_cookie(&s, "GET", "/ui/audit", &vc, None).await.status, 403, "a viewer may not read the audit log");
     let p = with_cookie(&s, "GET", "/ui/audit?run=not-a-run", &oc, None).await;
     assert!(p.html.contains("not a run id"), "{}", p.html);
+    // The export downloads from the page, and checks offline.
+    assert!(with_cookie(&s, "GET", "/ui/audit", &oc, None).await.html.contains("/ui/audit/export?format=jsonl"));
+    let p = with_cookie(&s, "GET", "/ui/audit/export?format=jsonl", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    let disposition = p.headers.get("content-disposition").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(disposition.contains("attachment") && disposition.contains("cairn-audit.jsonl"), "{disposition}");
+    let file = s.dir.path().join("downloaded.jsonl");
+    std::fs::write(&file, &p.html).unwrap();
+    let o = s.cairn(&["verify", "--export", &file.display().to_string()]);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(with_cookie(&s, "GET", "/ui/audit/export", &vc, None).await.status, 403);
     // Costs (any role): tokens of an AI step, by workflow and by model, with bars.
     let writer = "name: writer\nsteps:\n  - id: draft\n    ai:\n      model: scripted\n      prompt: Write\n      scripted: [{ content: Hello, input_tokens: 12, output_tokens: 34 }]\n";
     assert_eq!(s.post_yaml("/workflows", &key, writer).await.status, 201);

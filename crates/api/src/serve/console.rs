@@ -41,6 +41,7 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/live", get(live))
         .route("/ui/audit", get(audit))
+        .route("/ui/audit/export", get(export))
         .route("/ui/costs", get(costs))
         .route("/ui/workflows", get(workflows))
         .route("/ui/workflows/new", get(editor).post(author))
@@ -1403,7 +1404,13 @@ async fn audit(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<Audi
         }
         let _ = write!(b, "<p><a href=\"{}\" rel=\"next\">Later records</a></p>", esc(&url));
     }
-    b.push_str("<p class=\"help\">For a tamper-evident export with the hash chain, use <code>cairn export</code> or <code>GET /exports/audit</code> (docs/compliance.md).</p>");
+    let _ = write!(
+        b,
+        "<p>Download the tamper-evident export{} (every event with its hash chain; docs/compliance.md): \
+         <a href=\"/ui/audit/export?format=jsonl{1}\">JSON Lines</a> · <a href=\"/ui/audit/export?format=csv{1}\">CSV</a></p>",
+        if run.is_some() { " of this run" } else { "" },
+        run.map(|r| format!("&run={r}")).unwrap_or_default()
+    );
     shell(&state, &s, "Audit", &b)
 }
 
@@ -1591,4 +1598,44 @@ async fn check(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::By
     let mut r = axum::Json(out).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+#[derive(Deserialize)]
+struct ExportQ {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    run: Option<String>,
+}
+
+/// `GET /ui/audit/export?format=jsonl|csv&run=ID`: the compliance export
+/// (docs/compliance.md) as a download, for operators and admins as
+/// `GET /exports/audit`; recorded like the API's (the export names who took it).
+async fn export(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<ExportQ>) -> Response {
+    use super::reads::{ExportFormat, ExportQuery};
+    let s = match require(&state, &headers, "/ui/audit").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !operates(&s) {
+        return acting_refusal(&s);
+    }
+    let format = if q.format.as_deref() == Some("csv") { ExportFormat::Csv } else { ExportFormat::Jsonl };
+    let run = q.run.as_deref().filter(|r| !r.trim().is_empty()).and_then(|r| r.trim().parse::<uuid::Uuid>().ok());
+    let caller = super::extract::Caller {
+        identity: s.key.identity.clone(),
+        role: s.key.role,
+        key_id: Some(s.key.key_id.clone()),
+    };
+    let query = ExportQuery { format: Some(format), since: None, until: None, run, through: None };
+    match super::reads::export(S(state.clone()), caller, super::extract::Q(query)).await {
+        Ok(mut r) => {
+            let name = if matches!(format, ExportFormat::Csv) { "cairn-audit.csv" } else { "cairn-audit.jsonl" };
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+                r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+        Err(e) => unavailable(&e.0.detail),
+    }
 }
