@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // tests and benchmarks reach the database and the time directly (tampering, floors, fixtures)
 
 // Only this test binary needs the HTTP client (the others stay small).
+#[macro_use]
 mod common;
 #[path = "common/server.rs"]
 mod server;
@@ -56,27 +57,6 @@ steps:
     task: echo
     with: { n: "{{ inputs.n }}" }
 "#;
-
-/// A `sqlite` and a `postgres` test of each `async fn NAME(url: &str)`, in
-/// module `NAME`: a fresh database of each backend (PostgreSQL is required
-/// under CI).
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().expect("dir");
-                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                let Some(url) = crate::common::fresh_pg_url().await else { return };
-                super::$name(&url).await;
-            }
-        }
-    )*};
-}
 
 fn ids(r: &Value) -> Vec<String> {
     r["items"]

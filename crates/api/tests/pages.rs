@@ -8,6 +8,7 @@
 //! records nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[macro_use]
 mod common;
 #[path = "common/server.rs"]
 mod server;
@@ -40,15 +41,15 @@ steps:
       content: "{{ steps.brief.output }}"
 "#;
 
-/// A server on `db` (a fresh SQLite file when `None`) mailing through
-/// `smtp`; the key of an admin.
-fn serve(smtp: &servers::Server, pg: Option<&str>) -> (Server, String) {
-    serve_with(smtp, pg, &[])
+/// A server on the database `db` (its own SQLite file when `None`) mailing
+/// through `smtp`; the key of an admin.
+fn serve(smtp: &servers::Server, db: Option<&str>) -> (Server, String) {
+    serve_with(smtp, db, &[])
 }
 
-fn serve_with(smtp: &servers::Server, pg: Option<&str>, args: &[&str]) -> (Server, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cairn.yaml");
+fn serve_with(smtp: &servers::Server, db: Option<&str>, args: &[&str]) -> (Server, String) {
+    // The config lives beside the SMTP server's mailbox, as long as it.
+    let config = smtp.dir.path().join(format!("cairn-{}.yaml", uuid::Uuid::now_v7().simple()));
     let yaml = format!(
         "email: {{ host: 127.0.0.1, port: {}, tls: none, from: \"Cairn <cairn@example.com>\", base_url: \"http://cairn.local\" }}\npeople:\n  ana: {{ email: ana@example.com }}\n  ben: {{ email: ben@example.com }}\n",
         smtp.port
@@ -56,22 +57,28 @@ fn serve_with(smtp: &servers::Server, pg: Option<&str>, args: &[&str]) -> (Serve
     std::fs::write(&config, yaml).unwrap();
     let config = config.display().to_string();
     let mut env = vec![("CAIRN_CONFIG", config.as_str())];
-    if let Some(url) = pg {
+    if let Some(url) = db {
         env.push(("CAIRN_DATABASE_URL", url));
     }
     let s = Server::start_with(args, &env);
-    std::mem::forget(dir); // the config outlives the test's server
     let key = s.key("admin", "admin", "ops");
     (s, key)
 }
 
-/// The link (path and query) in the newest mail to `to` about `step`.
+/// The link (path and query) in a mail to `to` about `step` of any run
+/// (for a test with one run waiting there; else [`link_of`]).
 async fn link(smtp: &servers::Server, to: &str, step: &str) -> String {
+    link_of(smtp, to, step, "").await
+}
+
+/// The link in the mail to `to` about `step` of run `run` (any run when
+/// empty), waiting up to 20 s for it. (Mails are not in the order sent.)
+async fn link_of(smtp: &servers::Server, to: &str, step: &str, run: &str) -> String {
     let start = Instant::now();
+    let about = format!("{run}/steps/{step}?");
     loop {
         let mails = servers::mails(smtp);
-        let mine =
-            mails.iter().rev().find(|m| m.contains(&format!("To: {to}")) && m.contains(&format!("steps/{step}?")));
+        let mine = mails.iter().find(|m| m.contains(&format!("To: {to}")) && m.contains(&about));
         if let Some(m) = mine {
             let at = m.find("http://cairn.local/").expect("a link");
             let url: String = m[at..].chars().take_while(|c| !c.is_whitespace()).collect();
@@ -157,9 +164,9 @@ fn count(evs: &[Value], kind: &str) -> usize {
     evs.iter().filter(|e| e["event_type"] == kind).count()
 }
 
-async fn people_answer_from_their_links(pg: Option<&str>) {
+async fn people_answer_from_their_links(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
-    let (s, key) = serve(&smtp, pg);
+    let (s, key) = serve(&smtp, Some(db));
     let r = s.post_yaml("/workflows", &key, FLOW).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
@@ -258,8 +265,8 @@ async fn people_answer_from_their_links(pg: Option<&str>) {
 
     // The approval: each approver from their own mail; the content shown as
     // a table, escaped, with its hash and the quorum's progress.
-    let ana = link(&smtp, "ana@example.com", "review").await;
-    let ben = link(&smtp, "ben@example.com", "review").await;
+    let ana = link_of(&smtp, "ana@example.com", "review", &run).await;
+    let ben = link_of(&smtp, "ben@example.com", "review", &run).await;
     assert_ne!(split(&ana).1, split(&ben).1, "each approver has a token of their own");
     let p = get(&s, &ana).await;
     assert_eq!(p.status, 200, "{}", p.html);
@@ -314,9 +321,9 @@ async fn people_answer_from_their_links(pg: Option<&str>) {
 }
 
 /// A request whose deadline passed: its link says so and records nothing.
-async fn an_expired_link_says_so(pg: Option<&str>) {
+async fn an_expired_link_says_so(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
-    let (s, key) = serve(&smtp, pg);
+    let (s, key) = serve(&smtp, Some(db));
     let flow = "name: quick\nsteps:\n  - id: ask\n    form:\n      assignees: [ana]\n      deadline: 1s\n      fields: [{ name: note, required: true }]\n";
     let r = s.post_yaml("/workflows", &key, flow).await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -340,28 +347,6 @@ fn hex(s: &str) -> String {
 
 fn uuid_nil() -> &'static str {
     "00000000-0000-0000-0000-000000000000"
-}
-
-#[tokio::test]
-async fn people_answer_from_their_links_sqlite() {
-    people_answer_from_their_links(None).await;
-}
-
-#[tokio::test]
-async fn people_answer_from_their_links_postgres() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    people_answer_from_their_links(Some(&url)).await;
-}
-
-#[tokio::test]
-async fn an_expired_link_says_so_sqlite() {
-    an_expired_link_says_so(None).await;
-}
-
-#[tokio::test]
-async fn an_expired_link_says_so_postgres() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    an_expired_link_says_so(Some(&url)).await;
 }
 
 /// Node.js, the npm packages (playwright-core, axe-core) that
@@ -475,13 +460,7 @@ async fn a_person_answers_in_a_real_browser() {
     // updates in place (timeline and graph), no reload.
     let watched =
         s.post("/runs", &key, &json!({"workflow": "launch"})).await.json["run_id"].as_str().unwrap().to_owned();
-    let watched_form = loop {
-        let l = link(&smtp, "ana@example.com", "brief").await;
-        if l.contains(&watched) {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let watched_form = link_of(&smtp, "ana@example.com", "brief", &watched).await;
     let watcher = s.key("wes", "operator", "wes");
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (m, c, u) = (modules.clone(), chromium.clone(), format!("{}/ui/sign-in?next=/ui/runs/{watched}", s.url));
@@ -503,10 +482,10 @@ async fn a_person_answers_in_a_real_browser() {
         sub["payload"]["values"],
         json!({"topic": "Launch of Cairn 1.0", "words": 800, "tone": "plain", "channels": ["blog"], "urgent": false})
     );
-    let ana = link(&smtp, "ana@example.com", "review").await;
+    let ana = link_of(&smtp, "ana@example.com", "review", &run).await;
     let u = format!("{}{ana}", s.url);
     tokio::task::spawn_blocking(move || browse(&modules, &chromium, "approve", &u, "")).await.unwrap();
-    let ben = link(&smtp, "ben@example.com", "review").await;
+    let ben = link_of(&smtp, "ben@example.com", "review", &run).await;
     let r = s.get(&format!("/runs/{run}"), &key).await;
     let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
     let (path, token) = split(&ben);
@@ -576,9 +555,9 @@ fn hidden(html: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-async fn the_console_signs_in_and_shows_runs(pg: Option<&str>) {
+async fn the_console_signs_in_and_shows_runs(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
-    let (s, key) = serve(&smtp, pg);
+    let (s, key) = serve(&smtp, Some(db));
     let ana = s.key("ana", "approver", "ana");
     let r = s.post_yaml("/workflows", &key, FLOW).await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -681,17 +660,6 @@ async fn the_console_signs_in_and_shows_runs(pg: Option<&str>) {
     assert_eq!(with_cookie(&s, "GET", "/ui/runs", &cookie, None).await.status, 303);
 }
 
-#[tokio::test]
-async fn the_console_signs_in_and_shows_runs_sqlite() {
-    the_console_signs_in_and_shows_runs(None).await;
-}
-
-#[tokio::test]
-async fn the_console_signs_in_and_shows_runs_postgres() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    the_console_signs_in_and_shows_runs(Some(&url)).await;
-}
-
 /// A session ends when its time is up (`--session-ttl`).
 #[tokio::test]
 async fn a_console_session_expires() {
@@ -722,9 +690,9 @@ steps:
 /// A resume from the console shows the plan first and records nothing
 /// until confirmed, and only as planned; cancel and resume need an
 /// operator's role and the session's CSRF token.
-async fn the_console_plans_a_resume_before_it_runs(pg: Option<&str>) {
+async fn the_console_plans_a_resume_before_it_runs(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
-    let (s, key) = serve(&smtp, pg);
+    let (s, key) = serve(&smtp, Some(db));
     let op = s.key("olga", "operator", "olga");
     let viewer = s.key("vic", "viewer", "vic");
     assert_eq!(s.post_yaml("/workflows", &key, FLAKY).await.status, 201);
@@ -845,23 +813,12 @@ async fn the_console_plans_a_resume_before_it_runs(pg: Option<&str>) {
     assert_eq!(s.get(&format!("/runs/{waiting}"), &key).await.json["status"], "cancelled");
 }
 
-#[tokio::test]
-async fn the_console_plans_a_resume_before_it_runs_sqlite() {
-    the_console_plans_a_resume_before_it_runs(None).await;
-}
-
-#[tokio::test]
-async fn the_console_plans_a_resume_before_it_runs_postgres() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    the_console_plans_a_resume_before_it_runs(Some(&url)).await;
-}
-
 /// The workflows' pages: the list, a workflow's versions, source and graph,
 /// and starting a run from a form built from its `inputs` schema (checked
 /// by the schema, each refusal said and what was typed kept).
-async fn the_console_lists_workflows_and_starts_runs(pg: Option<&str>) {
+async fn the_console_lists_workflows_and_starts_runs(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
-    let (s, key) = serve(&smtp, pg);
+    let (s, key) = serve(&smtp, Some(db));
     let flow = r#"name: priced
 inputs:
   type: object
@@ -995,13 +952,10 @@ steps:
     assert!(p.html.contains("<strong>model</strong>") && p.html.contains("scripted"), "{}", p.html);
 }
 
-#[tokio::test]
-async fn the_console_lists_workflows_and_starts_runs_sqlite() {
-    the_console_lists_workflows_and_starts_runs(None).await;
-}
-
-#[tokio::test]
-async fn the_console_lists_workflows_and_starts_runs_postgres() {
-    let Some(url) = common::fresh_pg_url().await else { return };
-    the_console_lists_workflows_and_starts_runs(Some(&url)).await;
-}
+on_both!(
+    people_answer_from_their_links,
+    an_expired_link_says_so,
+    the_console_signs_in_and_shows_runs,
+    the_console_plans_a_resume_before_it_runs,
+    the_console_lists_workflows_and_starts_runs,
+);

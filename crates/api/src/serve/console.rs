@@ -604,12 +604,7 @@ async fn acting(
         return Err(page(StatusCode::FORBIDDEN, "Not done", body));
     }
     if !operates(&s) {
-        let body = format!(
-            "<h1>Not allowed</h1><p>Your key's role is <strong>{}</strong>; cancelling and resuming runs needs \
-             <strong>operator</strong> or <strong>admin</strong>, as in the API.</p>",
-            s.key.role.name()
-        );
-        return Err(page(StatusCode::FORBIDDEN, "Not allowed", &body));
+        return Err(acting_refusal(&s));
     }
     Ok((s, form))
 }
@@ -1307,6 +1302,16 @@ async fn author(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::B
     }
 }
 
+/// The user, when their role may act (operator, admin); otherwise the
+/// sign-in page or the refusal.
+async fn require_operator(state: &State, headers: &HeaderMap, back: &str) -> Result<Session, Response> {
+    let s = require(state, headers, back).await?;
+    if !operates(&s) {
+        return Err(acting_refusal(&s));
+    }
+    Ok(s)
+}
+
 /// The refusal page of an action a role may not take.
 fn acting_refusal(s: &Session) -> Response {
     let body = format!(
@@ -1330,13 +1335,10 @@ struct AuditQ {
 /// its position and hash; by actor and run, 100 a page (operators and
 /// admins, as the API's `/audit`).
 async fn audit(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<AuditQ>) -> Response {
-    let s = match require(&state, &headers, "/ui/audit").await {
+    let s = match require_operator(&state, &headers, "/ui/audit").await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !operates(&s) {
-        return acting_refusal(&s);
-    }
     let actor = q.actor.filter(|a| !a.trim().is_empty());
     let run_text = q.run.filter(|r| !r.trim().is_empty());
     let mut b = String::from("<h1>Audit</h1>");
@@ -1613,13 +1615,10 @@ struct ExportQ {
 /// `GET /exports/audit`; recorded like the API's (the export names who took it).
 async fn export(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<ExportQ>) -> Response {
     use super::reads::{ExportFormat, ExportQuery};
-    let s = match require(&state, &headers, "/ui/audit").await {
+    let s = match require_operator(&state, &headers, "/ui/audit").await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !operates(&s) {
-        return acting_refusal(&s);
-    }
     let format = if q.format.as_deref() == Some("csv") { ExportFormat::Csv } else { ExportFormat::Jsonl };
     let run = q.run.as_deref().filter(|r| !r.trim().is_empty()).and_then(|r| r.trim().parse::<uuid::Uuid>().ok());
     let caller = super::extract::Caller {

@@ -5,6 +5,28 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A `sqlite` and a `postgres` test of each `async fn NAME(url: &str)`, in
+/// module `NAME`: a fresh database of each backend (PostgreSQL is required
+/// under CI). Use it after `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("dir");
+                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(url) = crate::common::fresh_pg_url().await else { return };
+                super::$name(&url).await;
+            }
+        }
+    )*};
+}
+
 /// Runs `cairn ARGS` on the SQLite database `db`.
 pub fn cairn(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
