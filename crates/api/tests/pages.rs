@@ -725,6 +725,7 @@ async fn the_console_plans_a_resume_before_it_runs(db: &str) {
         assert!(p.html.contains(&row), "{row}: {}", p.html);
     }
     assert!(p.html.contains("visits 1, attempts 2"), "the graph shows the retries: {}", p.html);
+    assert!(p.html.contains("attempt 2 due") && p.html.contains("<code>cms.unavailable</code>"), "{}", p.html);
     let ot = hidden(&p.html, "_csrf");
     let p =
         with_cookie(&s, "POST", &format!("{page_of}/resume"), &oc, Some(&[("_csrf", "nope"), ("step", "plan")])).await;
@@ -944,6 +945,10 @@ steps:
     assert_eq!(s.post_yaml("/workflows", &key, writer).await.status, 201);
     let run = s.post("/runs", &key, &json!({"workflow": "writer"})).await.json["run_id"].as_str().unwrap().to_owned();
     s.wait_status(&run, &key, &["completed"]).await;
+    // The run's timeline says what the AI attempt sent and got back.
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &vc, None).await;
+    assert!(p.html.contains("reply (12 in, 34 out tokens") && p.html.contains("<q>Hello</q>"), "{}", p.html);
+    assert!(p.html.contains("sent: <q>Write</q>"), "{}", p.html);
     let p = with_cookie(&s, "GET", "/ui/costs", &vc, None).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert!(p.html.contains("<tr><td>writer</td><td>1</td><td>12</td><td>34</td>"), "{}", p.html);

@@ -534,12 +534,13 @@ async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>
         let step = payload.get("step_id").and_then(|a| a.as_str()).unwrap_or("");
         let _ = write!(
             b,
-            "<li><span class=\"v\">{}</span> <time>{}</time> <strong>{}</strong>{}{}<details><summary>payload</summary><pre tabindex=\"0\">{}</pre></details></li>",
+            "<li><span class=\"v\">{}</span> <time>{}</time> <strong>{}</strong>{}{}{}<details><summary>payload</summary><pre tabindex=\"0\">{}</pre></details></li>",
             e.stream_version,
             esc(&e.recorded_at),
             esc(&e.event_type),
             if step.is_empty() { String::new() } else { format!(" <code>{}</code>", esc(step)) },
             if actor.is_empty() { String::new() } else { format!(" by {}", esc(actor)) },
+            gist(&e.event_type, &payload),
             json(&payload)
         );
     }
@@ -1637,4 +1638,87 @@ async fn export(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<Exp
         }
         Err(e) => unavailable(&e.0.detail),
     }
+}
+
+/// What matters of an AI attempt, a retry or a decision, in words, beside
+/// its timeline entry (the payload holds the rest): the model and the last
+/// message sent (the errors fed back, on a retry), the reply with its
+/// tokens, cost and time, why an attempt failed or was rejected, when a
+/// retry is due, who decided what on which content.
+fn gist(event_type: &str, p: &serde_json::Value) -> String {
+    let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let num = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let short = |t: &str| {
+        let t: String = t.chars().take(400).collect();
+        esc(&t)
+    };
+    let line = match event_type {
+        "AiAttemptStarted" => {
+            let last = p.get("messages").and_then(|m| m.as_array()).and_then(|m| m.last());
+            let said = last.and_then(|m| m.get("content")).and_then(|c| c.as_str()).unwrap_or("");
+            format!(
+                "attempt {} on <code>{}/{}</code>; sent: <q>{}</q>",
+                num(p.get("attempt")),
+                esc(&text("provider")),
+                esc(&text("model")),
+                short(said)
+            )
+        }
+        "AiAttemptCompleted" => {
+            let u = p.get("usage");
+            let cost = p.get("cost").filter(|c| !c.is_null()).map_or_else(String::new, |c| {
+                format!(
+                    ", {:.6} {}",
+                    num(c.get("micros")) as f64 / 1_000_000.0,
+                    esc(c.get("currency").and_then(|x| x.as_str()).unwrap_or(""))
+                )
+            });
+            format!(
+                "reply ({} in, {} out tokens{cost}, {} ms): <q>{}</q>",
+                num(u.and_then(|u| u.get("input_tokens"))),
+                num(u.and_then(|u| u.get("output_tokens"))),
+                num(p.get("latency_ms")),
+                short(&text("raw_output"))
+            )
+        }
+        "AiAttemptFailed" => format!("failed: <code>{}</code> {}", esc(&text("error_kind")), short(&text("message"))),
+        "AiOutputRejected" => {
+            let errors: Vec<String> = p
+                .get("errors")
+                .and_then(|e| e.as_array())
+                .map(|e| {
+                    e.iter()
+                        .map(|x| {
+                            format!(
+                                "{} {}",
+                                x.get("path").and_then(|v| v.as_str()).unwrap_or(""),
+                                x.get("message").and_then(|v| v.as_str()).unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!("rejected, fed back: {}", short(&errors.join("; ")))
+        }
+        "RetryScheduled" => format!(
+            "attempt {} due {} (after {} ms)",
+            num(p.get("next_attempt")),
+            esc(&text("due_at")),
+            num(p.get("backoff_ms"))
+        ),
+        "ApprovalDecided" => format!(
+            "<strong>{}</strong> {} content <code>{}</code>{}",
+            esc(&text("decided_by")),
+            esc(&text("decision")),
+            esc(text("content_hash").get(..12).unwrap_or("")),
+            p.get("comment").and_then(|c| c.as_str()).map(|c| format!(": “{}”", short(c))).unwrap_or_default()
+        ),
+        "StepFailed" | "RunFailed" => {
+            let kind = text("error_kind");
+            let kind = if kind.is_empty() { text("kind") } else { kind };
+            format!("<code>{}</code> {}", esc(&kind), short(&text("message")))
+        }
+        _ => return String::new(),
+    };
+    format!("<br><span class=\"gist\">{line}</span>")
 }
