@@ -198,8 +198,8 @@ async fn sign_in(S(state): S<Arc<State>>, req: axum::extract::Request) -> Respon
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return sign_in_form(StatusCode::PAYLOAD_TOO_LARGE, "/ui/inbox", Some("The form was too large."));
     };
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let form = Typed::parse(&body);
+    let get = |k: &str| form.field(k);
     let next = local(Some(&get("next")));
     if let Some(ip) = ip
         && let Some(over) = state.key_failures.over_limit(ip)
@@ -240,10 +240,9 @@ async fn sign_in(S(state): S<Arc<State>>, req: axum::extract::Request) -> Respon
 
 /// `POST /ui/sign-out` (with the session's CSRF token).
 async fn sign_out(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let given = form.iter().find(|(k, _)| k == "_csrf").map_or("", |(_, v)| v.as_str());
+    let form = Typed::parse(&body);
     if let Some(s) = session(&state, &headers).await
-        && given != csrf(&state, &s)
+        && !csrf_ok(&state, &s, &form)
     {
         return page(
             StatusCode::FORBIDDEN,
@@ -590,16 +589,10 @@ fn resume_fields(cancelled: bool) -> String {
 
 /// A form's fields and the user it comes from, CSRF and role checked;
 /// otherwise the page to show instead.
-async fn acting(
-    state: &State,
-    headers: &HeaderMap,
-    body: &[u8],
-    back: &str,
-) -> Result<(Session, Vec<(String, String)>), Response> {
+async fn acting(state: &State, headers: &HeaderMap, body: &[u8], back: &str) -> Result<(Session, Typed), Response> {
     let s = require(state, headers, back).await?;
-    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-    let given = form.iter().find(|(k, _)| k == "_csrf").map_or("", |(_, v)| v.as_str());
-    if given != csrf(state, &s) {
+    let form = Typed::parse(body);
+    if !csrf_ok(state, &s, &form) {
         let body = "<h1>Not done</h1><p>The form was not this session's (a missing or wrong CSRF token). \
                     Go back, reload the page and try again.</p>";
         return Err(page(StatusCode::FORBIDDEN, "Not done", body));
@@ -608,6 +601,26 @@ async fn acting(
         return Err(acting_refusal(&s));
     }
     Ok((s, form))
+}
+
+/// Whether a form carries its session's CSRF token.
+fn csrf_ok(state: &State, s: &Session, form: &Typed) -> bool {
+    form.one("_csrf") == csrf(state, s)
+}
+
+/// [`acting`] on run `id`: the user, the form, the run and its page.
+async fn acting_on_run(
+    state: &State,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+) -> Result<(Session, Typed, uuid::Uuid, String), Response> {
+    let back = format!("/ui/runs/{}", seg(id));
+    let (s, form) = acting(state, headers, body, &back).await?;
+    match id.parse::<uuid::Uuid>() {
+        Ok(run) => Ok((s, form, run, back)),
+        Err(_) => Err(not_found(state, &s, id)),
+    }
 }
 
 /// A page saying an action was not done, and why.
@@ -625,13 +638,11 @@ async fn cancel(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let back = format!("/ui/runs/{}", seg(&id));
-    let (s, form) = match acting(&state, &headers, &body, &back).await {
+    let (s, form, run, back) = match acting_on_run(&state, &headers, &id, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
-    let reason = form.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.trim().to_owned()).filter(|r| !r.is_empty());
+    let reason = Some(form.field("reason")).filter(|r| !r.is_empty());
     match state.engine.cancel(run, &s.key.identity, reason).await {
         Ok(()) => Redirect::to(&back).into_response(),
         Err(e) => refused(&state, &s, "Not cancelled", &e.to_string(), &back),
@@ -648,13 +659,11 @@ async fn resume(
     body: axum::body::Bytes,
 ) -> Response {
     use cairn_runtime::recovery::ResumeRequest;
-    let back = format!("/ui/runs/{}", seg(&id));
-    let (s, form) = match acting(&state, &headers, &body, &back).await {
+    let (s, form, run, back) = match acting_on_run(&state, &headers, &id, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let get = |k: &str| form.field(k);
     let mut req = ResumeRequest::new(&s.key.identity);
     req.from = Some(get("from")).filter(|f| !f.is_empty());
     req.policy = if get("policy") == "downstream" {
@@ -1045,7 +1054,7 @@ fn start_form(
         let req = required.contains(&field.as_str());
         let default =
             spec.get("default").map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned)).unwrap_or_default();
-        let value = typed.0.get(field.as_str()).and_then(|v| v.first()).cloned().unwrap_or(default);
+        let value = if typed.0.contains_key(field.as_str()) { typed.one(field).to_owned() } else { default };
         let help = spec.get("description").and_then(|d| d.as_str());
         let described = if help.is_some() { format!(" aria-describedby=\"{id}-help\"") } else { String::new() };
         let mark = if req { " <span class=\"required\">(required)</span>" } else { "" };
@@ -1105,15 +1114,11 @@ async fn start(
     body: axum::body::Bytes,
 ) -> Response {
     let back = format!("/ui/workflows/{}", seg(&name));
-    let (s, form) = match acting(&state, &headers, &body, &back).await {
+    let (s, typed) = match acting(&state, &headers, &body, &back).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let typed = Typed(form.iter().fold(std::collections::BTreeMap::new(), |mut m, (k, v)| {
-        m.entry(k.clone()).or_insert_with(Vec::new).push(v.clone());
-        m
-    }));
-    let get = |k: &str| typed.0.get(k).and_then(|v| v.first()).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let get = |k: &str| typed.field(k);
     let Ok(version) = get("_version").parse::<u32>() else {
         return workflow_page(&state, &s, &name, None, &typed, Some("the form named no version")).await;
     };
@@ -1269,9 +1274,9 @@ async fn author(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::B
         Ok(s) => s,
         Err(r) => return r,
     };
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-    if get("_csrf") != csrf(&state, &s) {
+    let form = Typed::parse(&body);
+    let get = |k: &str| form.one(k).to_owned();
+    if !csrf_ok(&state, &s, &form) {
         let body = "<h1>Not done</h1><p>The form was not this session's (a missing or wrong CSRF token). Go back, reload the page and try again.</p>";
         return page(StatusCode::FORBIDDEN, "Not done", body);
     }
@@ -1559,13 +1564,11 @@ async fn fork(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let back = format!("/ui/runs/{}", seg(&id));
-    let (s, form) = match acting(&state, &headers, &body, &back).await {
+    let (s, form, run, back) = match acting_on_run(&state, &headers, &id, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
-    let at = form.iter().find(|(k, _)| k == "at").map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let at = form.field("at");
     if at.is_empty() {
         return refused(&state, &s, "Not forked", "name the step the new run starts from", &back);
     }
@@ -1584,9 +1587,9 @@ async fn check(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::By
     let Some(s) = session(&state, &headers).await else {
         return (StatusCode::UNAUTHORIZED, "sign in at /ui/sign-in").into_response();
     };
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-    if get("_csrf") != csrf(&state, &s) {
+    let form = Typed::parse(&body);
+    let get = |k: &str| form.one(k).to_owned();
+    if !csrf_ok(&state, &s, &form) {
         return (StatusCode::FORBIDDEN, "not this session's form").into_response();
     }
     let out = match super::workflows::compile(&state, &get("source")) {

@@ -69,14 +69,13 @@ async fn answer(
     Path((id, step)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let token = pairs.iter().find(|(k, _)| k == "_token").map(|(_, v)| v.clone()).unwrap_or_default();
+    let typed = Typed::parse(&body);
+    let token = typed.one("_token").to_owned();
     let r = match open(&state, &id, &step, &token).await {
         Ok(Opened::Open(r)) => r,
         Ok(Opened::Closed(r, why)) => return closed(&r, &why),
         Err(p) => return p,
     };
-    let typed = Typed::from_pairs(&pairs);
     let outcome = if r.wait.kind == "form" {
         let s = Submission { by: r.identity.clone(), token: token.clone(), values: r.values(&typed) };
         state.engine.submit(r.run, &r.step, &s).await
@@ -678,16 +677,23 @@ pub(super) fn secure(r: &mut Response) {
 pub(super) struct Typed(pub(super) BTreeMap<String, Vec<String>>);
 
 impl Typed {
-    fn from_pairs(pairs: &[(String, String)]) -> Typed {
+    /// An `application/x-www-form-urlencoded` body.
+    pub(super) fn parse(body: &[u8]) -> Typed {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (k, v) in pairs {
-            m.entry(k.clone()).or_default().push(v.clone());
+        for (k, v) in form_urlencoded::parse(body).into_owned() {
+            m.entry(k).or_default().push(v);
         }
         Typed(m)
     }
 
-    fn one(&self, name: &str) -> &str {
+    /// The first value of `name`, as sent ("" when absent).
+    pub(super) fn one(&self, name: &str) -> &str {
         self.0.get(name).and_then(|v| v.first()).map_or("", String::as_str)
+    }
+
+    /// The first value of `name`, trimmed.
+    pub(super) fn field(&self, name: &str) -> String {
+        self.one(name).trim().to_owned()
     }
 
     fn all(&self, name: &str) -> Vec<&str> {
