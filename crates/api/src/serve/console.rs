@@ -92,6 +92,34 @@ async fn session(state: &State, headers: &HeaderMap) -> Option<Session> {
     Some(Session { key, value })
 }
 
+/// A signed-in page's user: a handler taking one is only reached with a
+/// valid session; without one the browser goes to the sign-in page, which
+/// brings it back to this page.
+impl axum::extract::FromRequestParts<Arc<State>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &Arc<State>) -> Result<Self, Response> {
+        let back = parts.uri.path_and_query().map_or("/ui", |p| p.as_str()).to_owned();
+        require(state, &parts.headers, &back).await
+    }
+}
+
+/// A user whose role may act (operator, admin), as [`Session`]; others get
+/// the refusal page.
+struct Operator(Session);
+
+impl axum::extract::FromRequestParts<Arc<State>> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &Arc<State>) -> Result<Self, Response> {
+        let s = Session::from_request_parts(parts, state).await?;
+        if !operates(&s) {
+            return Err(acting_refusal(&s));
+        }
+        Ok(Operator(s))
+    }
+}
+
 /// The user, or the sign-in page (with where to come back to).
 async fn require(state: &State, headers: &HeaderMap, back: &str) -> Result<Session, Response> {
     match session(state, headers).await {
@@ -261,11 +289,7 @@ async fn sign_out(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body:
 
 /// `GET /ui/inbox`: what waits for me, oldest first, each with a link to
 /// answer it as me.
-async fn inbox(S(state): S<Arc<State>>, headers: HeaderMap) -> Response {
-    let s = match require(&state, &headers, "/ui/inbox").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn inbox(S(state): S<Arc<State>>, s: Session) -> Response {
     let rows = match state.read().await {
         Ok(db) => cairn_projections::queries::inbox(db).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.0.detail.clone()),
@@ -335,11 +359,7 @@ fn day_start(day: &str, plus_days: i64) -> Result<String, String> {
 const STATUSES: [&str; 5] = ["running", "waiting", "completed", "failed", "cancelled"];
 
 /// `GET /ui/runs`: newest first, by workflow and status, 50 a page.
-async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ>) -> Response {
-    let s = match require(&state, &headers, "/ui/runs").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn runs(S(state): S<Arc<State>>, s: Session, Query(q): Query<RunsQ>) -> Response {
     let workflow = q.workflow.filter(|w| !w.is_empty());
     let status = q.status.filter(|x| STATUSES.contains(&x.as_str()));
     let before = q.cursor.as_deref().and_then(|c| c.split_once('~')).map(|(a, b)| (a.to_owned(), b.to_owned()));
@@ -437,11 +457,7 @@ async fn runs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<RunsQ
 }
 
 /// `GET /ui/runs/{id}`: the run from its stream.
-async fn run(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match require(&state, &headers, &format!("/ui/runs/{}", seg(&id))).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn run(S(state): S<Arc<State>>, s: Session, Path(id): Path<String>) -> Response {
     let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
     let (st, events) = match super::runs::load(&state, run).await {
         Ok(x) => x,
@@ -874,11 +890,7 @@ fn graph_html(
 }
 
 /// `GET /ui/workflows`: every workflow, its newest version, archived or not.
-async fn workflows(S(state): S<Arc<State>>, headers: HeaderMap) -> Response {
-    let s = match require(&state, &headers, "/ui/workflows").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn workflows(S(state): S<Arc<State>>, s: Session) -> Response {
     let list = match super::workflows::list(S(state.clone())).await {
         Ok(l) => l.0.items,
         Err(e) => return unavailable(&e.0.detail),
@@ -920,15 +932,10 @@ struct VersionQ {
 /// `inputs` schema (operators and admins).
 async fn workflow(
     S(state): S<Arc<State>>,
-    headers: HeaderMap,
+    s: Session,
     Path(name): Path<String>,
     Query(q): Query<VersionQ>,
 ) -> Response {
-    let back = format!("/ui/workflows/{}", seg(&name));
-    let s = match require(&state, &headers, &back).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     workflow_page(&state, &s, &name, q.version, &Typed::default(), None).await
 }
 
@@ -1181,11 +1188,7 @@ struct From {
 
 /// `GET /ui/workflows/new?from=NAME`: the editor, empty or holding the
 /// newest source of NAME (a new version of it).
-async fn editor(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<From>) -> Response {
-    let s = match require(&state, &headers, "/ui/workflows/new").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn editor(S(state): S<Arc<State>>, s: Session, Query(q): Query<From>) -> Response {
     let source = match q.from.as_deref() {
         Some(name) => match super::workflows::recorded(&state, name).await {
             Ok(Some(r)) => r.sources.last().cloned().unwrap_or_default(),
@@ -1269,11 +1272,7 @@ fn editor_page(
 /// `POST /ui/workflows/new`: `check` compiles and shows every diagnostic
 /// (line and column) or the graph; `publish` (operators, admins) publishes
 /// a definition that checks, then opens its page.
-async fn author(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let s = match require(&state, &headers, "/ui/workflows/new").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn author(S(state): S<Arc<State>>, s: Session, body: axum::body::Bytes) -> Response {
     let form = Typed::parse(&body);
     let get = |k: &str| form.one(k).to_owned();
     if !csrf_ok(&state, &s, &form) {
@@ -1308,16 +1307,6 @@ async fn author(S(state): S<Arc<State>>, headers: HeaderMap, body: axum::body::B
     }
 }
 
-/// The user, when their role may act (operator, admin); otherwise the
-/// sign-in page or the refusal.
-async fn require_operator(state: &State, headers: &HeaderMap, back: &str) -> Result<Session, Response> {
-    let s = require(state, headers, back).await?;
-    if !operates(&s) {
-        return Err(acting_refusal(&s));
-    }
-    Ok(s)
-}
-
 /// The refusal page of an action a role may not take.
 fn acting_refusal(s: &Session) -> Response {
     let body = format!(
@@ -1340,11 +1329,7 @@ struct AuditQ {
 /// `GET /ui/audit`: who did what, when, with what outcome, each row with
 /// its position and hash; by actor and run, 100 a page (operators and
 /// admins, as the API's `/audit`).
-async fn audit(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<AuditQ>) -> Response {
-    let s = match require_operator(&state, &headers, "/ui/audit").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn audit(S(state): S<Arc<State>>, Operator(s): Operator, Query(q): Query<AuditQ>) -> Response {
     let actor = q.actor.filter(|a| !a.trim().is_empty());
     let run_text = q.run.filter(|r| !r.trim().is_empty());
     let mut b = String::from("<h1>Audit</h1>");
@@ -1430,12 +1415,8 @@ struct CostsQ {
 
 /// `GET /ui/costs?by=workflow|model|day|run`: tokens and money, with a bar
 /// per group (SVG, no script).
-async fn costs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<CostsQ>) -> Response {
+async fn costs(S(state): S<Arc<State>>, s: Session, Query(q): Query<CostsQ>) -> Response {
     use super::reads::GroupBy;
-    let s = match require(&state, &headers, "/ui/costs").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let (by, name) = match q.by.as_deref() {
         Some("model") => (GroupBy::Model, "model"),
         Some("day") => (GroupBy::Day, "day"),
@@ -1507,12 +1488,8 @@ async fn costs(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<Cost
 /// `GET /ui/runs/{id}/replay`: replays the run's log through today's
 /// decider and says whether every recorded decision is still the one made
 /// (any role, as `GET /runs/{id}/replay`).
-async fn replay(S(state): S<Arc<State>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn replay(S(state): S<Arc<State>>, s: Session, Path(id): Path<String>) -> Response {
     let back = format!("/ui/runs/{}", seg(&id));
-    let s = match require(&state, &headers, &format!("{back}/replay")).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let Ok(run) = id.parse::<uuid::Uuid>() else { return not_found(&state, &s, &id) };
     let (st, events) = match super::runs::load(&state, run).await {
         Ok(x) => x,
@@ -1617,12 +1594,8 @@ struct ExportQ {
 /// `GET /ui/audit/export?format=jsonl|csv&run=ID`: the compliance export
 /// (docs/compliance.md) as a download, for operators and admins as
 /// `GET /exports/audit`; recorded like the API's (the export names who took it).
-async fn export(S(state): S<Arc<State>>, headers: HeaderMap, Query(q): Query<ExportQ>) -> Response {
+async fn export(S(state): S<Arc<State>>, Operator(s): Operator, Query(q): Query<ExportQ>) -> Response {
     use super::reads::{ExportFormat, ExportQuery};
-    let s = match require_operator(&state, &headers, "/ui/audit").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let format = if q.format.as_deref() == Some("csv") { ExportFormat::Csv } else { ExportFormat::Jsonl };
     let run = q.run.as_deref().filter(|r| !r.trim().is_empty()).and_then(|r| r.trim().parse::<uuid::Uuid>().ok());
     let caller = super::extract::Caller {
