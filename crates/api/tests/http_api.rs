@@ -986,6 +986,31 @@ steps:
     assert_eq!(by_wf.json["items"][0]["key"], "summarise", "{}", by_wf.text);
     let h = s.get(&format!("/runs/{id}/history"), &k).await;
     assert!(h.json["items"].as_array().expect("items").iter().any(|e| e["input_tokens"] == 120), "{}", h.text);
+    // A range of days: today's attempts are in a range through today, not
+    // in one that ended yesterday; a range the wrong way round is refused.
+    let started = done["started_at"].as_str().expect("started_at");
+    let today: chrono::NaiveDate = started[..10].parse().expect("a day");
+    let yesterday = today.pred_opt().expect("day");
+    let has_run = |c: &server::Resp| c.json["items"].as_array().expect("items").iter().any(|r| r["key"] == id.as_str());
+    let c = s.get(&format!("/costs?by=run&since={today}&until={today}"), &k).await;
+    assert!(has_run(&c), "{}", c.text);
+    let c = s.get(&format!("/costs?by=run&since=2020-01-01&until={yesterday}"), &k).await;
+    assert!(!has_run(&c) && c.status == 200, "{}", c.text);
+    let bad = s.get(&format!("/costs?since={today}&until={yesterday}"), &k).await;
+    assert!(bad.text.contains("swap them"), "{}", bad.text);
+    bad.problem(400, "bad-query");
+    s.get("/costs?until=2026-13-01", &k).await.problem(400, "bad-query");
+    // The CLI reads the same range from the read models.
+    let cli = |args: &[&str]| {
+        let o = s.cairn(args);
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, out) = cli(&["costs", "--by", "run", "--until", &yesterday.to_string()]);
+    assert!(ok && !out.contains(&id), "{out}");
+    let (ok, out) = cli(&["costs", "--by", "run", "--since", &today.to_string()]);
+    assert!(ok && out.contains(&id), "{out}");
+    let (ok, out) = cli(&["costs", "--since", &today.to_string(), "--until", &yesterday.to_string()]);
+    assert!(!ok && out.contains("swap them"), "{out}");
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use server::Server;
 
-const FLOW: &str = r#"name: launch
+const FLOW: &str = r##"name: launch
 steps:
   - id: brief
     form:
@@ -33,13 +33,22 @@ steps:
         - { name: tone, type: select, options: [plain, warm], default: plain }
         - { name: channels, type: multiselect, options: [blog, mail, social] }
         - { name: urgent, type: boolean }
+  - id: write
+    ai:
+      model: scripted
+      prompt: "Write the post about {{ steps.brief.output.topic }}"
+      scripted:
+        - "# Cairn 1.0 is out\n\nWe **ship** durable workflows *today*.\n\n- replay any run\n- resume from the step that broke\n\n<script>alert(1)</script>\n\nSee [docs](https://example.com/docs), not [trap](javascript:alert(1))."
   - id: review
     approval:
       approvers: [ana, ben]
       quorum: all
       summary: "Publish “{{ steps.brief.output.topic }}”?"
-      content: "{{ steps.brief.output }}"
-"#;
+      content:
+        topic: "{{ steps.brief.output.topic }}"
+        words: "{{ steps.brief.output.words }}"
+        draft: "{{ steps.write.output.text }}"
+"##;
 
 /// A server on the database `db` (its own SQLite file when `None`) mailing
 /// through `smtp`; the key of an admin.
@@ -273,6 +282,11 @@ async fn people_answer_from_their_links(db: &str) {
     assert_secure(&p);
     assert!(p.html.contains("<th scope=\"row\">topic</th><td>Launch &lt;post&gt;</td>"), "{}", p.html);
     assert!(!p.html.contains("<post>"), "content is escaped");
+    // The AI draft in it, formatted from its Markdown, and nothing in it acts.
+    assert!(p.html.contains("<h3>Cairn 1.0 is out</h3>") && p.html.contains("<strong>ship</strong>"), "{}", p.html);
+    assert!(p.html.contains("<li>replay any run</li>"), "{}", p.html);
+    assert!(p.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !p.html.contains("javascript:"), "{}", p.html);
+    assert!(p.html.contains(r#"<a href="https://example.com/docs">docs</a>"#), "{}", p.html);
     assert!(p.html.contains("0 of 2 needed (all)"), "{}", p.html);
     let r = s.get(&format!("/runs/{run}"), &key).await;
     let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
@@ -955,6 +969,108 @@ steps:
     assert!(p.html.contains("class=\"bar\""), "{}", p.html);
     let p = with_cookie(&s, "GET", "/ui/costs?by=model", &vc, None).await;
     assert!(p.html.contains("<strong>model</strong>") && p.html.contains("scripted"), "{}", p.html);
+    // A range of days: through today holds the attempt, through yesterday
+    // not; the other groupings keep the range; a bad day is said, not a 500.
+    // The run's day, whatever the clock says now (the attempt's is the same).
+    let started = s.get(&format!("/runs/{run}"), &key).await.json["started_at"].as_str().unwrap().to_owned();
+    let today: chrono::NaiveDate = started[..10].parse().unwrap();
+    let yesterday = today.pred_opt().expect("day");
+    let p = with_cookie(&s, "GET", &format!("/ui/costs?by=workflow&since={today}&until={today}"), &vc, None).await;
+    assert!(p.html.contains("<tr><td>writer</td>"), "{}", p.html);
+    assert!(p.html.contains(&format!("href=\"/ui/costs?by=model&amp;since={today}&amp;until={today}\"")), "{}", p.html);
+    let p = with_cookie(&s, "GET", &format!("/ui/costs?until={yesterday}"), &vc, None).await;
+    assert!(
+        !p.html.contains("<tr><td>writer</td>") && p.html.contains("No AI attempt was recorded in these days"),
+        "{}",
+        p.html
+    );
+    let p = with_cookie(&s, "GET", &format!("/ui/costs?since={today}&until={yesterday}"), &vc, None).await;
+    assert!(p.html.contains("they were swapped") && p.html.contains("<tr><td>writer</td>"), "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/costs?since=someday", &vc, None).await;
+    assert_eq!(p.status, 200);
+    assert!(p.html.contains("`someday` is not a day"), "{}", p.html);
+}
+
+const NESTED: &str = r#"name: nested
+steps:
+  - id: each
+    map:
+      items: [1, 2, 3]
+      steps:
+        - id: price
+          transform: { total: "{{ item }}" }
+  - id: fan
+    parallel:
+      branches:
+        - name: left
+          steps:
+            - id: ask
+              approval: { approvers: [ana], summary: "Go?" }
+        - name: right
+          steps:
+            - id: count
+              transform: { n: 1 }
+            - id: twice
+              transform: { n: 2 }
+  - id: after
+    transform: { done: true }
+"#;
+
+/// The run's graph draws what is inside a parallel (its branches side by
+/// side, each step in its own state) and a map (its steps once, with how
+/// many iterations stand where), and the table names each nested step by
+/// its place.
+async fn the_console_draws_parallel_branches_and_map_items(db: &str) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, Some(db));
+    assert_eq!(s.post_yaml("/workflows", &key, NESTED).await.status, 201);
+    let run = s.post("/runs", &key, &json!({"workflow": "nested"})).await.json["run_id"].as_str().unwrap().to_owned();
+    s.wait_status(&run, &key, &["waiting"]).await;
+    let (cookie, _) = sign_in(&s, &key, false).await;
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    let has = |needle: &str| assert!(p.html.contains(needle), "{needle}: {}", p.html);
+    // Frames for the containers, in the state of what they hold.
+    has("<g class=\"node frame state-completed\">");
+    has("map · 3 items · completed</text>");
+    has("<g class=\"node frame state-waiting\">");
+    has(">parallel · waiting</text>");
+    // The map's step once, with its three iterations; each branch's steps.
+    has(">transform · 3 completed</text>");
+    has(">approval · waiting</text>");
+    has("class=\"branch\">left</text>");
+    has("class=\"branch\">right</text>");
+    for (path, kind, state, shown, visits) in [
+        ("each", "map", "completed", "completed", 1),
+        ("each[each] › price", "transform", "completed", "3 completed", 3),
+        ("fan", "parallel", "waiting", "waiting", 1),
+        ("fan › left › ask", "approval", "waiting", "waiting", 1),
+        ("fan › right › count", "transform", "completed", "completed", 1),
+        ("fan › right › twice", "transform", "completed", "completed", 1),
+        ("after", "transform", "not-reached", "not reached", 0),
+    ] {
+        has(&format!(
+            "<td><code>{path}</code></td><td>{kind}</td><td class=\"state-{state}\">{shown}</td><td>{visits}</td>"
+        ));
+    }
+    // The branches sit side by side: two columns at different x, one y.
+    let x_of = |id: &str| -> (f64, f64) {
+        let at = p.html.find(&format!("class=\"id\">{id}</text>")).expect(id);
+        let head = &p.html[..at];
+        let x = head.rfind("<text x=\"").map(|i| &head[i + 9..]).unwrap();
+        let y = x.split_once("y=\"").unwrap().1;
+        (x.split('"').next().unwrap().parse().unwrap(), y.split('"').next().unwrap().parse().unwrap())
+    };
+    let (ask, count) = (x_of("ask"), x_of("count"));
+    assert!(ask.0 < count.0 && ask.1 == count.1, "ask {ask:?}, count {count:?}");
+    assert!(x_of("twice").1 > count.1, "twice under count");
+    // The workflow's own page draws the same shape, plain.
+    let p = with_cookie(&s, "GET", "/ui/workflows/nested", &cookie, None).await;
+    assert!(
+        p.html.contains("<g class=\"node frame state-plain\">") && p.html.contains("class=\"id\">twice</text>"),
+        "{}",
+        p.html
+    );
 }
 
 on_both!(
@@ -963,4 +1079,5 @@ on_both!(
     the_console_signs_in_and_shows_runs,
     the_console_plans_a_resume_before_it_runs,
     the_console_lists_workflows_and_starts_runs,
+    the_console_draws_parallel_branches_and_map_items,
 );

@@ -48,6 +48,14 @@ pub trait Projection: Send + Sync {
     /// `CREATE TABLE IF NOT EXISTS` statements for its tables with `suffix`.
     fn create(&self, suffix: &str) -> Vec<String>;
 
+    /// `CREATE INDEX IF NOT EXISTS` statements for its live tables (no
+    /// suffix): made at start-up (so an older database gains them) and
+    /// after a rebuild's swap (a rebuild fills its fresh tables without
+    /// them, and the old tables' indexes go with the old tables).
+    fn indexes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether it wants events of this type (others are passed over, but
     /// the checkpoint still moves past them).
     fn wants(&self, event_type: &str) -> bool;

@@ -48,14 +48,20 @@ impl CostsBy {
     }
 }
 
-/// Token and money totals grouped `by`, from `since` (a day, `YYYY-MM-DD`).
-pub async fn costs(db: &ReadDb, by: CostsBy, since: Option<&str>) -> Result<Vec<CostTotal>, DbError> {
+/// Token and money totals grouped `by`, from the day `since` through the
+/// day `until`, both included (days are `YYYY-MM-DD`, UTC).
+pub async fn costs(
+    db: &ReadDb,
+    by: CostsBy,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<Vec<CostTotal>, DbError> {
     let col = by.column();
     let rows = db.rows(
         &format!(
-            "SELECT {col}, CAST(SUM(attempts) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), MAX(currency) FROM costs WHERE day >= $1 GROUP BY {col} ORDER BY {col}"
+            "SELECT {col}, CAST(SUM(attempts) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), MAX(currency) FROM costs WHERE day >= $1 AND day <= $2 GROUP BY {col} ORDER BY {col}"
         ),
-        &[Val::from(since.unwrap_or("0000-00-00"))],
+        &[Val::from(since.unwrap_or("0000-00-00")), Val::from(until.unwrap_or("9999-99-99"))],
     )
     .await?;
     Ok(rows.iter().map(|r| CostTotal::from_vals(r)).collect())
@@ -124,27 +130,41 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-/// A page of runs, newest first.
+/// A page of runs, newest first. Only the filters given are in the
+/// statement, so the planner walks the index that serves them in order
+/// (`runs_by_workflow`, `runs_by_status`, `runs_by_start`) and stops after
+/// a page: a page costs the same on the 100,000th run.
 pub async fn runs_page(db: &ReadDb, f: &RunFilter) -> Result<Vec<RunRow>, DbError> {
-    let (b_at, b_id) = f.before.clone().map_or((Val::Null, Val::from("")), |(a, i)| (Val::from(a), Val::from(i)));
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<Val> = Vec::new();
+    let mut arg = |v: Val| {
+        args.push(v);
+        format!("${}", args.len())
+    };
+    if let Some(w) = &f.workflow {
+        conds.push(format!("workflow = {}", arg(Val::from(w.as_str()))));
+    }
+    if let Some(x) = &f.status {
+        conds.push(format!("status = {}", arg(Val::from(x.as_str()))));
+    }
+    if let Some(t) = &f.since {
+        conds.push(format!("started_at >= {}", arg(Val::from(t.as_str()))));
+    }
+    if let Some(t) = &f.until {
+        conds.push(format!("started_at < {}", arg(Val::from(t.as_str()))));
+    }
+    if let Some((at, id)) = &f.before {
+        let (a, b) = (arg(Val::from(at.as_str())), arg(Val::from(id.as_str())));
+        conds.push(format!("(started_at, run_id) < ({a}, {b})"));
+    }
+    let limit = arg(Val::Int(if f.limit > 0 { f.limit } else { i64::MAX }));
     let sql = format!(
-        "SELECT {} FROM runs WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR started_at >= $3) AND ($4 IS NULL OR started_at < $4) AND ($5 IS NULL OR started_at < $5 OR (started_at = $5 AND run_id < $6)) ORDER BY started_at DESC, run_id DESC LIMIT $7",
-        RunRow::COLUMNS.join(", ")
+        "SELECT {} FROM runs{}{} ORDER BY started_at DESC, run_id DESC LIMIT {limit}",
+        RunRow::COLUMNS.join(", "),
+        if conds.is_empty() { "" } else { " WHERE " },
+        conds.join(" AND ")
     );
-    let rows = db
-        .rows(
-            &sql,
-            &[
-                Val::opt_text(f.workflow.clone()),
-                Val::opt_text(f.status.clone()),
-                Val::opt_text(f.since.clone()),
-                Val::opt_text(f.until.clone()),
-                b_at,
-                b_id,
-                Val::Int(if f.limit > 0 { f.limit } else { i64::MAX }),
-            ],
-        )
-        .await?;
+    let rows = db.rows(&sql, &args).await?;
     Ok(rows.iter().map(|r| RunRow::from_vals(r)).collect())
 }
 

@@ -136,7 +136,7 @@ async fn upgrade(db: &ReadDb, p: &dyn Projection) -> Result<(), DbError> {
     for t in p.tables() {
         tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
     }
-    for ddl in p.create("") {
+    for ddl in p.create("").into_iter().chain(p.indexes()) {
         tx.exec(&ddl, &[]).await?;
     }
     tracing::info!(
@@ -256,7 +256,7 @@ impl Worker {
         .await?;
         for p in projections {
             upgrade(db, &**p).await?;
-            for ddl in p.create("") {
+            for ddl in p.create("").into_iter().chain(p.indexes()) {
                 db.exec(&ddl, &[]).await?;
             }
             db.exec(
@@ -728,6 +728,9 @@ impl Worker {
             for t in p.tables() {
                 tx.exec(&format!("DROP TABLE IF EXISTS {t}"), &[]).await?;
                 tx.exec(&format!("ALTER TABLE {t}{FRESH} RENAME TO {t}"), &[]).await?;
+            }
+            for ddl in p.indexes() {
+                tx.exec(&ddl, &[]).await?;
             }
             tx.exec(
                 &format!("UPDATE {CHECKPOINTS} SET position = $1, generation = generation + 1, updated_at = $2, error = NULL, error_position = NULL WHERE name = $3"),

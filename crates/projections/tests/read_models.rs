@@ -162,6 +162,9 @@ impl Projection for OneByOne {
     fn create(&self, suffix: &str) -> Vec<String> {
         self.0.create(suffix)
     }
+    fn indexes(&self) -> Vec<String> {
+        self.0.indexes()
+    }
     fn wants(&self, t: &str) -> bool {
         self.0.wants(t)
     }
@@ -725,7 +728,79 @@ macro_rules! on_both {
     };
 }
 
+/// The runs list's indexes: on the live table from the start, and still
+/// there after a rebuild and a second rebuild (a rebuild fills fresh
+/// tables without them and makes them after the swap). Every filter and
+/// keyset paging, a page of two at a time, give exactly the runs a direct
+/// sort gives; on SQLite the newest-first page walks its index (no sort).
+async fn the_runs_list_pages_on_its_indexes(store: Arc<dyn EventStore>, db: ReadDb) {
+    use cairn_projections::queries::{RunFilter, runs_page};
+    let worker = Worker::new(store.clone(), db.clone(), models::all()).await.expect("worker");
+    for n in 0..9u128 {
+        // Plans of 1, 2, 3 steps: the runs of two steps fail.
+        let (id, events) = run_events(n, if n % 3 == 0 { "other" } else { "wf" }, &vec![0; 1 + (n % 3) as usize]);
+        append(&store, id, &events, 0).await;
+    }
+    worker.catch_up().await.expect("catch up");
+    let indexes = |db: ReadDb| async move {
+        let sql = if db.is_postgres() {
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'runs' AND schemaname = current_schema() AND indexname LIKE 'runs_by_%' ORDER BY 1"
+        } else {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs' AND name LIKE 'runs_by_%' ORDER BY 1"
+        };
+        let rows = db.rows(sql, &[]).await.expect("indexes");
+        rows.into_iter().map(|r| r[0].as_text().unwrap_or_default().to_owned()).collect::<Vec<_>>()
+    };
+    let want = vec!["runs_by_start", "runs_by_status", "runs_by_workflow"];
+    assert_eq!(indexes(db.clone()).await, want, "at start");
+    worker.rebuild("runs").await.expect("rebuild");
+    assert_eq!(indexes(db.clone()).await, want, "after a rebuild");
+    worker.rebuild("runs").await.expect("rebuild again");
+    assert_eq!(indexes(db.clone()).await, want, "after a second rebuild");
+    if !db.is_postgres() {
+        let plan = db
+            .rows("EXPLAIN QUERY PLAN SELECT run_id FROM runs WHERE workflow = 'wf' ORDER BY started_at DESC, run_id DESC LIMIT 51", &[])
+            .await
+            .expect("plan");
+        let plan = format!("{plan:?}");
+        assert!(plan.contains("runs_by_workflow") && !plan.contains("TEMP B-TREE"), "{plan}");
+    }
+    // Every filter, paged two at a time, against a direct sort.
+    let all = runs_page(&db, &RunFilter::default()).await.expect("all");
+    assert_eq!(all.len(), 9);
+    for (workflow, status) in
+        [(None, None), (Some("wf"), None), (None, Some("failed")), (Some("other"), Some("completed"))]
+    {
+        let mut want: Vec<(String, String)> = all
+            .iter()
+            .filter(|r| workflow.is_none_or(|w| r.workflow == w) && status.is_none_or(|x| r.status == x))
+            .map(|r| (r.started_at.clone(), r.run_id.clone()))
+            .collect();
+        want.sort_by(|a, b| b.cmp(a));
+        assert!(!want.is_empty(), "{workflow:?} {status:?} matches some runs");
+        let mut got = Vec::new();
+        let mut before = None;
+        loop {
+            let f = RunFilter {
+                workflow: workflow.map(str::to_owned),
+                status: status.map(str::to_owned),
+                before: before.clone(),
+                limit: 2,
+                ..RunFilter::default()
+            };
+            let page = runs_page(&db, &f).await.expect("page");
+            got.extend(page.iter().map(|r| (r.started_at.clone(), r.run_id.clone())));
+            match page.last() {
+                Some(r) if page.len() == 2 => before = Some((r.started_at.clone(), r.run_id.clone())),
+                _ => break,
+            }
+        }
+        assert_eq!(got, want, "{workflow:?} {status:?}");
+    }
+}
+
 on_both!(
+    the_runs_list_pages_on_its_indexes,
     an_unappliable_event_is_parked_and_the_rest_goes_on,
     a_history_stopped_by_the_old_key_recovers,
     a_loop_lists_every_visit_and_attempt,

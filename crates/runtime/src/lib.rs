@@ -45,7 +45,7 @@ pub mod lang {
 
 /// A run as its events have it: folded state, status, what it waits for.
 pub mod run {
-    pub use cairn_core::decider::{HumanWait, Policy, RunState, RunStatus, fold};
+    pub use cairn_core::decider::{HumanWait, Policy, RunState, RunStatus, bare, fold};
 }
 
 /// People's answers: a form's submission and an approval's vote, checked

@@ -80,9 +80,12 @@ pub struct CostsArgs {
     /// Group by `run`, `workflow`, `model` or `day`.
     #[arg(long, default_value = "workflow", value_parser = ["run", "workflow", "model", "day"])]
     pub by: String,
-    /// From this day on (`YYYY-MM-DD`).
+    /// From this day on (`YYYY-MM-DD`, UTC).
     #[arg(long)]
-    pub since: Option<String>,
+    pub since: Option<chrono::NaiveDate>,
+    /// Through this day, included (`YYYY-MM-DD`, UTC).
+    #[arg(long)]
+    pub until: Option<chrono::NaiveDate>,
 }
 
 /// Arguments of `cairn audit`.
@@ -305,6 +308,11 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
 
 /// `cairn costs`.
 pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(a), Some(b)) = (args.since, args.until)
+        && a > b
+    {
+        anyhow::bail!("--since {a} is after --until {b}: no day is in that range; swap them");
+    }
     let w = catch_up(database, read).await?;
     let by = match args.by.as_str() {
         "run" => CostsBy::Run,
@@ -313,7 +321,8 @@ pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::
         _ => CostsBy::Workflow,
     };
     out!("{:<40} {:>9} {:>14} {:>14}  cost", args.by, "attempts", "input tokens", "output tokens");
-    for r in queries::costs(w.db(), by, args.since.as_deref()).await? {
+    let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+    for r in queries::costs(w.db(), by, day(args.since).as_deref(), day(args.until).as_deref()).await? {
         let cost = money(r.cost_micros, r.currency.as_deref());
         out!("{:<40} {:>9} {:>14} {:>14}  {cost}", r.key, r.attempts, r.input_tokens, r.output_tokens);
     }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use std::fmt::Write as _;
 
 use super::State;
+use super::graph::graph_html;
 use super::pages::{Typed, esc, page, page_with, secure, seg};
 use crate::keys::{Key, Role};
 
@@ -759,136 +760,6 @@ async fn resume(
     shell(&state, &s, "Resume plan", &b)
 }
 
-/// How a top-level step stands in a run, for the graph.
-fn step_state(st: &cairn_runtime::run::RunState, events: &[cairn_events::RecordedEvent], id: &str) -> &'static str {
-    let failed_here = st.error.as_ref().is_some_and(|(_, _, step)| step.as_deref() == Some(id));
-    if failed_here {
-        "failed"
-    } else if st.waiting_for_people().iter().any(|(i, _)| *i == id) {
-        "waiting"
-    } else if st.in_flight(id) {
-        "running"
-    } else if st.completed.iter().any(|c| c == id) {
-        "completed"
-    } else if events.iter().any(|e| {
-        e.event_type == "StepSkipped"
-            && e.payload_value().ok().and_then(|p| p.get("step_id").and_then(|v| v.as_str()).map(|s| s == id))
-                == Some(true)
-    }) {
-        "skipped"
-    } else {
-        "not-reached"
-    }
-}
-
-/// The workflow's top-level steps as a graph (SVG, no script): a box per
-/// step in the order written, coloured by its state in this run and
-/// labelled with its kind, visits and attempts; an arrow to the next step
-/// written, and a curve on the right to any other target (a `next`, a
-/// branch's or a switch's), the run's end included. A table says the same
-/// for screen readers and for copying.
-fn graph_html(
-    w: &cairn_runtime::Workflow,
-    run: Option<(&cairn_runtime::run::RunState, &[cairn_events::RecordedEvent])>,
-) -> String {
-    use cairn_runtime::{StepKind, Target};
-    let steps = &w.steps;
-    let (x, wd, h, gap) = (20.0_f64, 300.0_f64, 46.0_f64, 30.0_f64);
-    let y = |i: usize| 10.0 + i as f64 * (h + gap);
-    let end_y = y(steps.len());
-    let mut svg = String::new();
-    let mut rows = String::new();
-    let mut summary = Vec::new();
-    let idx = |t: &Target| match t {
-        Target::End => Some(steps.len()),
-        Target::Step(s) => steps.iter().position(|x| &x.id == s),
-    };
-    let mut curve = 0usize;
-    for (i, s) in steps.iter().enumerate() {
-        // A definition alone (no run) draws every step plain.
-        let state = run.map_or("plain", |(st, events)| step_state(st, events, &s.id));
-        let visits = run.and_then(|(st, _)| st.visits.get(&s.id).copied()).unwrap_or(0);
-        let attempts = run.and_then(|(st, _)| st.attempts.get(&s.id).copied()).unwrap_or(0);
-        let shown = if state == "plain" { String::new() } else { state.replace('-', " ") };
-        summary.push(format!("{} {shown}", s.id));
-        let _ = write!(
-            svg,
-            "<g class=\"node state-{state}\"><rect x=\"{x}\" y=\"{}\" width=\"{wd}\" height=\"{h}\" rx=\"6\"></rect>\
-             <text x=\"{}\" y=\"{}\" class=\"id\">{}</text><text x=\"{}\" y=\"{}\" class=\"sub\">{}{}{}</text></g>",
-            y(i),
-            x + 10.0,
-            y(i) + 19.0,
-            esc(&s.id),
-            x + 10.0,
-            y(i) + 36.0,
-            s.kind.name(),
-            if shown.is_empty() { String::new() } else { format!(" · {shown}") },
-            if visits > 1 || attempts > 1 {
-                format!(" · visits {visits}, attempts {attempts}")
-            } else {
-                String::new()
-            }
-        );
-        let _ = write!(
-            rows,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=\"state-{state}\">{}</td><td>{visits}</td><td>{attempts}</td></tr>",
-            esc(&s.id),
-            s.kind.name(),
-            if shown.is_empty() { "—" } else { shown.as_str() }
-        );
-        let targets: Vec<Option<usize>> = match &s.kind {
-            StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
-            StepKind::Switch { cases, default } => cases.iter().map(|(_, t)| idx(t)).chain([idx(default)]).collect(),
-            _ => vec![idx(&s.then)],
-        };
-        let mut seen = Vec::new();
-        for t in targets.into_iter().flatten() {
-            if seen.contains(&t) {
-                continue;
-            }
-            seen.push(t);
-            let (from, to) = (y(i) + h, if t == steps.len() { end_y } else { y(t) });
-            if t == i + 1 {
-                let cx = x + wd / 2.0;
-                let _ = write!(
-                    svg,
-                    "<line class=\"edge\" x1=\"{cx}\" y1=\"{from}\" x2=\"{cx}\" y2=\"{}\" marker-end=\"url(#arrow)\"></line>",
-                    to - 2.0
-                );
-            } else {
-                curve += 1;
-                let right = x + wd;
-                let bulge = right + 24.0 + 14.0 * (curve % 5) as f64;
-                let (y1, y2) = (y(i) + h / 2.0, to + h / 2.0 - if t == steps.len() { h / 2.0 - 12.0 } else { 0.0 });
-                let _ = write!(
-                    svg,
-                    "<path class=\"edge jump\" d=\"M {right} {y1} C {bulge} {y1}, {bulge} {y2}, {} {y2}\" marker-end=\"url(#arrow)\"></path>",
-                    right + 2.0
-                );
-            }
-        }
-    }
-    let ended = match run {
-        Some((st, _)) if st.status.is_terminal() => "state-completed",
-        Some(_) => "state-not-reached",
-        None => "state-plain",
-    };
-    let _ = write!(
-        svg,
-        "<g class=\"node end {ended}\"><rect x=\"{}\" y=\"{end_y}\" width=\"120\" height=\"24\" rx=\"12\"></rect><text x=\"{}\" y=\"{}\" class=\"sub\">end</text></g>",
-        x + wd / 2.0 - 60.0,
-        x + wd / 2.0 - 10.0,
-        end_y + 16.0
-    );
-    let height = end_y + 40.0;
-    format!(
-        "<h2 id=\"graph-h\">Steps</h2><figure class=\"graph\"><svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 440 {height}\" width=\"440\" height=\"{height}\" role=\"img\" aria-labelledby=\"graph-h graph-d\">\
-         <desc id=\"graph-d\">{}</desc><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\"></path></marker></defs>{svg}</svg></figure>\
-         <table class=\"steps\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Visits</th><th scope=\"col\">Attempts</th></tr></thead><tbody>{rows}</tbody></table>",
-        esc(&summary.join(", "))
-    )
-}
-
 /// `GET /ui/workflows`: every workflow, its newest version, archived or not.
 async fn workflows(S(state): S<Arc<State>>, s: Session) -> Response {
     let list = match super::workflows::list(S(state.clone())).await {
@@ -1411,10 +1282,16 @@ async fn audit(S(state): S<Arc<State>>, Operator(s): Operator, Query(q): Query<A
 struct CostsQ {
     #[serde(default)]
     by: Option<String>,
+    /// From this day (`YYYY-MM-DD`, UTC).
+    #[serde(default)]
+    since: Option<String>,
+    /// Through this day, included.
+    #[serde(default)]
+    until: Option<String>,
 }
 
-/// `GET /ui/costs?by=workflow|model|day|run`: tokens and money, with a bar
-/// per group (SVG, no script).
+/// `GET /ui/costs?by=workflow|model|day|run&since=DAY&until=DAY`: tokens
+/// and money in a range of days, with a bar per group (SVG, no script).
 async fn costs(S(state): S<Arc<State>>, s: Session, Query(q): Query<CostsQ>) -> Response {
     use super::reads::GroupBy;
     let (by, name) = match q.by.as_deref() {
@@ -1423,26 +1300,61 @@ async fn costs(S(state): S<Arc<State>>, s: Session, Query(q): Query<CostsQ>) -> 
         Some("run") => (GroupBy::Run, "run"),
         _ => (GroupBy::Workflow, "workflow"),
     };
+    let mut bad = Vec::new();
+    let mut day = |d: &Option<String>| {
+        let d = d.as_deref().map(str::trim).filter(|d| !d.is_empty())?;
+        match chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+            Ok(x) => Some(x),
+            Err(_) => {
+                bad.push(format!("`{d}` is not a day (YYYY-MM-DD); that bound was left out"));
+                None
+            }
+        }
+    };
+    let (mut since, mut until) = (day(&q.since), day(&q.until));
+    if let (Some(a), Some(b)) = (since, until)
+        && a > b
+    {
+        bad.push(format!("From ({a}) was after To ({b}); they were swapped"));
+        (since, until) = (Some(b), Some(a));
+    }
     let rows = match super::reads::costs(
         S(state.clone()),
-        super::extract::Q(super::reads::CostsQuery { by: Some(by), since: None }),
+        super::extract::Q(super::reads::CostsQuery { by: Some(by), since, until }),
     )
     .await
     {
         Ok(c) => c.0.items,
         Err(e) => return unavailable(&e.0.detail),
     };
+    let shown = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default();
+    let range = format!("&since={}&until={}", shown(since), shown(until));
     let mut b = String::from("<h1>Costs</h1><p class=\"filters\">By ");
     for x in ["workflow", "model", "day", "run"] {
         if x == name {
             let _ = write!(b, "<strong>{x}</strong> ");
         } else {
-            let _ = write!(b, "<a href=\"/ui/costs?by={x}\">{x}</a> ");
+            let _ = write!(b, "<a href=\"/ui/costs?by={x}{}\">{x}</a> ", esc(&range));
         }
     }
-    b.push_str("</p>");
+    let _ = write!(
+        b,
+        "</p><form method=\"get\" action=\"/ui/costs\" class=\"filters\"><input type=\"hidden\" name=\"by\" value=\"{name}\">\
+         <label for=\"c-since\">From</label> <input type=\"date\" id=\"c-since\" name=\"since\" value=\"{}\"> \
+         <label for=\"c-until\">To</label> <input type=\"date\" id=\"c-until\" name=\"until\" value=\"{}\"> \
+         <button type=\"submit\">Show</button></form>",
+        shown(since),
+        shown(until)
+    );
+    for e in &bad {
+        let _ = write!(b, "<p class=\"errors\" role=\"alert\">{}.</p>", esc(e));
+    }
     if rows.is_empty() {
-        b.push_str("<p>No AI attempt has been recorded yet.</p>");
+        b.push_str(if since.is_some() || until.is_some() {
+            "<p>No AI attempt was recorded in these days.</p>"
+        } else {
+            "<p>No AI attempt has been recorded yet.</p>"
+        });
         return shell(&state, &s, "Costs", &b);
     }
     let max = rows.iter().map(|r| r.cost_micros).max().unwrap_or(0).max(1);

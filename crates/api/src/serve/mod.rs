@@ -9,6 +9,7 @@ mod console;
 mod docs;
 mod driver;
 mod extract;
+mod graph;
 mod live;
 mod pages;
 mod people;

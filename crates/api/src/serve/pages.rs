@@ -503,11 +503,13 @@ fn lengths(f: &Field) -> String {
     s
 }
 
-/// The content of an approval, readably: text as text (line breaks kept),
-/// an object as a table of its fields, a list of objects as a table with a
-/// column per field, anything else as indented JSON.
+/// The content of an approval, readably: text (an AI draft, say) formatted
+/// from its Markdown with the exact text a click away, an object as a table
+/// of its fields, a list of objects as a table with a column per field,
+/// anything else as indented JSON.
 fn content_html(b: &mut String, c: &Value) {
     let cell = |v: &Value| match v {
+        Value::String(s) if s.contains('\n') => format!("<div class=\"draft\">{}</div>", markdown_html(s)),
         Value::String(s) => esc(s),
         Value::Array(a) if a.iter().all(Value::is_string) => {
             esc(&a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
@@ -517,7 +519,12 @@ fn content_html(b: &mut String, c: &Value) {
     match c {
         Value::Null => b.push_str("<p><em>No content was given with this request.</em></p>"),
         Value::String(s) => {
-            let _ = write!(b, "<div class=\"draft\">{}</div>", esc(s));
+            let _ = write!(
+                b,
+                "<div class=\"draft\">{}</div><details><summary>The exact text approved</summary><pre tabindex=\"0\" class=\"source\">{}</pre></details>",
+                markdown_html(s),
+                esc(s)
+            );
         }
         Value::Object(m) => {
             b.push_str("<table><tbody>");
@@ -557,6 +564,50 @@ fn content_html(b: &mut String, c: &Value) {
             );
         }
     }
+}
+
+/// Markdown (CommonMark with tables, strikethrough and task lists) as
+/// HTML that cannot act: raw HTML in the text is shown as text, a link
+/// keeps its text but loses an address that is not `http`, `https` or
+/// `mailto` (no `javascript:`), an image is its description in italics (no
+/// request leaves the page), and headings start at `h3`, under the page's
+/// own `h1` and `h2`.
+pub(super) fn markdown_html(text: &str) -> String {
+    use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+    let safe = |url: &str| {
+        let u = url.trim_start().to_ascii_lowercase();
+        ["http://", "https://", "mailto:"].iter().any(|p| u.starts_with(p))
+    };
+    let lower = |l: HeadingLevel| match l {
+        HeadingLevel::H1 => HeadingLevel::H3,
+        HeadingLevel::H2 => HeadingLevel::H4,
+        HeadingLevel::H3 => HeadingLevel::H5,
+        _ => HeadingLevel::H6,
+    };
+    // Whether each open link was kept, to drop the end of a dropped one.
+    let mut links: Vec<bool> = Vec::new();
+    let opts = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+    let events = Parser::new_ext(text, opts).filter_map(|e| match e {
+        Event::Html(h) | Event::InlineHtml(h) => Some(Event::Text(h)),
+        Event::Start(Tag::HtmlBlock) => Some(Event::Start(Tag::Paragraph)),
+        Event::End(TagEnd::HtmlBlock) => Some(Event::End(TagEnd::Paragraph)),
+        Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
+            let keep = safe(&dest_url);
+            links.push(keep);
+            keep.then_some(Event::Start(Tag::Link { link_type, dest_url, title, id }))
+        }
+        Event::End(TagEnd::Link) => links.pop().unwrap_or(false).then_some(Event::End(TagEnd::Link)),
+        Event::Start(Tag::Image { .. }) => Some(Event::Start(Tag::Emphasis)),
+        Event::End(TagEnd::Image) => Some(Event::End(TagEnd::Emphasis)),
+        Event::Start(Tag::Heading { level, id, classes, attrs }) => {
+            Some(Event::Start(Tag::Heading { level: lower(level), id, classes, attrs }))
+        }
+        Event::End(TagEnd::Heading(level)) => Some(Event::End(TagEnd::Heading(lower(level)))),
+        other => Some(other),
+    });
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    pulldown_cmark::html::push_html(&mut out, events);
+    out
 }
 
 /// "in 2 h 5 min", "5 min ago".
@@ -733,4 +784,27 @@ pub(super) fn seg(s: &str) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::markdown_html;
+
+    #[test]
+    fn a_draft_is_formatted_and_cannot_act() {
+        let h = markdown_html(
+            "# Launch\n\nWe **ship** on *Monday*.\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n\
+             <script>alert(1)</script>\n\n<img src=x onerror=alert(1)> [docs](https://example.com/d?a=1&b=2) \
+             [trap](javascript:alert(1)) [Trap](  JavaScript:alert(1)) ![logo](https://tracker.example/p.png)",
+        );
+        assert!(h.contains("<h3>Launch</h3>"), "{h}");
+        assert!(h.contains("<strong>ship</strong>") && h.contains("<em>Monday</em>"), "{h}");
+        assert!(h.contains("<li>one</li>") && h.contains("<td>1</td>"), "{h}");
+        assert!(h.contains("<p>&lt;script&gt;alert(1)&lt;/script&gt;\n</p>") && !h.contains("<script"), "{h}");
+        assert!(h.contains("&lt;img src=x onerror=alert(1)&gt;") && !h.contains("<img"), "{h}");
+        assert!(h.contains(r#"<a href="https://example.com/d?a=1&amp;b=2">docs</a>"#), "{h}");
+        assert!(!h.to_ascii_lowercase().contains("javascript"), "{h}");
+        assert!(h.contains("trap") && h.contains("Trap") && h.contains("<em>logo</em>"), "{h}");
+        assert!(!h.contains("tracker.example"), "an image requests nothing: {h}");
+    }
 }

@@ -96,9 +96,12 @@ pub struct CostsQuery {
     /// Group by `run`, `workflow`, `model` or `day` (default `workflow`).
     #[serde(default)]
     pub by: Option<GroupBy>,
-    /// From this day on (`YYYY-MM-DD`).
+    /// From this day on (`YYYY-MM-DD`, UTC).
     #[serde(default)]
     pub since: Option<chrono::NaiveDate>,
+    /// Through this day, included (`YYYY-MM-DD`, UTC).
+    #[serde(default)]
+    pub until: Option<chrono::NaiveDate>,
 }
 
 /// Totals of one group.
@@ -176,9 +179,17 @@ pub async fn costs(S(state): S<Arc<State>>, Q(q): Q<CostsQuery>) -> ApiResult<ax
         GroupBy::Model => (CostsBy::Model, "model"),
         GroupBy::Day => (CostsBy::Day, "day"),
     };
-    let since = q.since.map(|d| d.format("%Y-%m-%d").to_string());
+    if let (Some(a), Some(b)) = (q.since, q.until)
+        && a > b
+    {
+        return Err(ApiError::bad_request(
+            "bad-query",
+            format!("since ({a}) is after until ({b}): no day is in that range; swap them"),
+        ));
+    }
+    let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
     let db = state.read().await?;
-    let rows = cairn_projections::queries::costs(db, by, since.as_deref()).await?;
+    let rows = cairn_projections::queries::costs(db, by, day(q.since).as_deref(), day(q.until).as_deref()).await?;
     let items = rows
         .into_iter()
         .map(|r| CostRow {

@@ -68,6 +68,11 @@ try {
     await page.getByRole("heading", { name: /Approval needed/ }).waitFor();
     const table = await page.locator("section.content table").innerText();
     if (!table.includes("Launch of Cairn 1.0")) fail(`the content shown is: ${table}`);
+    // The AI draft is formatted: its heading and its list, not Markdown marks.
+    const heading = await page.locator("section.content .draft h3").innerText();
+    if (heading !== "Cairn 1.0 is out") fail(`the draft's heading is: ${heading}`);
+    const items = await page.locator("section.content .draft li").count();
+    if (items !== 2) fail(`the draft's list has ${items} items`);
     await axe(page, "approval");
     await shot(page, "4-approval");
     await page.getByLabel(/Comment/).fill("Looks right to me");

@@ -39,6 +39,17 @@ impl Projection for Runs {
         )]
     }
 
+    fn indexes(&self) -> Vec<String> {
+        // A page of runs is newest first, by workflow or status or neither
+        // (`queries::runs_page`): each filter walks its own index in order
+        // and stops after a page, whatever the number of runs.
+        vec![
+            "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at, run_id)".to_owned(),
+            "CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, started_at, run_id)".to_owned(),
+            "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at, run_id)".to_owned(),
+        ]
+    }
+
     fn wants(&self, t: &str) -> bool {
         matches!(
             t,
