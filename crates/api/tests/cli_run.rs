@@ -477,3 +477,60 @@ async fn postgres_limits_are_configurable_and_recorded() {
     let Some(url) = common::fresh_pg_url().await else { return };
     limits_are_configurable_and_recorded(&url).await;
 }
+
+/// Guards end to end through the binary: a false guard records
+/// `StepSkipped` with its reason and the run goes on; a true one runs the
+/// step; inside a map the guard is per item; the runs replay without
+/// divergence.
+async fn guards_skip_steps_and_say_why(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/guarded-steps.yaml").display().to_string();
+    let run = |total: &str| {
+        let out = common::cairn_url(url, &["run", &file, "--input", &format!("total={total}")]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let small = run("40");
+    assert!(small.contains("\"carrier\": \"standard\"") && small.contains("\"wrapped\": 1"), "{small}");
+    let large = run("250");
+    assert!(large.contains("\"carrier\": \"express\"") && large.contains("\"wrapped\": 1"), "{large}");
+    let store = cairn_events::open(url).await.expect("open");
+    let all = store.read_all(1, 100_000).await.expect("read");
+    let skips: Vec<(String, String)> = all
+        .iter()
+        .filter(|r| r.event_type == "StepSkipped")
+        .filter_map(|r| match Event::decode(r) {
+            Ok(Event::StepSkipped(e)) => Some((e.step_id, e.reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skips,
+        vec![
+            ("express".to_owned(), "when: `inputs.total > 100` is false".to_owned()),
+            ("wrap[1].bubble".to_owned(), "when: `item.fragile` is false".to_owned()),
+            ("wrap[1].bubble".to_owned(), "when: `item.fragile` is false".to_owned()),
+        ],
+        "the small order skips express; both skip wrapping the book"
+    );
+    assert_eq!(all.iter().filter(|r| r.event_type == "StepStarted" && r.payload.contains("\"express\"")).count(), 1);
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    for id in runs.lines().filter(|l| l.contains("guarded-shipping")).filter_map(|l| l.split_whitespace().next()) {
+        let replay = common::cairn_url(url, &["replay", id]);
+        assert!(replay.status.success(), "{}", text(&replay));
+    }
+}
+
+mod guards {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::guards_skip_steps_and_say_why(&format!("sqlite://{}", dir.path().join("g.db").display())).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::guards_skip_steps_and_say_why(&url).await;
+    }
+}

@@ -189,6 +189,8 @@ pub struct Step {
     /// Where control goes after it completes (branches and switches decide
     /// for themselves).
     pub then: Target,
+    /// Its guard: when false as control reaches it, the step is skipped.
+    pub when: Option<crate::expr::Condition>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Attempt timeout.

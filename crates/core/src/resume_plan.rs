@@ -283,7 +283,8 @@ impl Refusal {
 /// How every step instance ended in the recorded run, in order of first start.
 struct Recorded {
     order: Vec<String>,
-    /// `completed`, `failed`, `cancelled` or `open`.
+    /// `completed`, `failed`, `cancelled`, `skipped` (its guard was false)
+    /// or `open`.
     last: BTreeMap<String, &'static str>,
 }
 
@@ -296,6 +297,7 @@ fn recorded(events: &[Event]) -> Recorded {
             Event::StepKept(x) => (&x.step_id, "completed"),
             Event::StepCompleted(x) => (&x.step_id, "completed"),
             Event::StepFailed(x) => (&x.step_id, "failed"),
+            Event::StepSkipped(x) if x.guard.is_some() => (&x.step_id, "skipped"),
             Event::StepSkipped(x) => (&x.step_id, "cancelled"),
             _ => continue,
         };
@@ -520,6 +522,14 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
         } else if rerun.contains(i) {
             let m = if *i == from { "runs again: resumed from here" } else { "runs again" };
             (Mark::Rerun, why(m))
+        } else if rec.last.get(i.as_str()) == Some(&"skipped") {
+            let guard = w.step(bare(i)).and_then(|st| st.when.as_ref()).map_or("", |g| g.source());
+            (
+                Mark::RerunIfChanged,
+                format!(
+                    "was skipped (its guard `{guard}` was false): the guard is checked again if the resumed run reaches it"
+                ),
+            )
         } else if maybe.contains(i) {
             let st = w.step(bare(i));
             let reads: Vec<String> = st.map(|st| st.reads.steps.iter().cloned().collect()).unwrap_or_default();

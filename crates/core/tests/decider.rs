@@ -537,3 +537,133 @@ output: "{{ steps.outer.output }}"
         |o: i64| json!([{ "s": 100 + o * 10 + 10, "keys": "o,top" }, { "s": 200 + o * 10 + 10, "keys": "o,top" }]);
     assert_eq!(s.output, Some(json!([row(1), row(2)])));
 }
+
+const GUARDED: &str = "name: w\nsteps:\n  - id: a\n    transform: { n: '{{ inputs.n }}' }\n  - id: big\n    when: steps.a.output.n > 10\n    transform: { big: true }\n    max_visits: 1\n  - id: c\n    transform: { done: true }\n";
+
+fn skipped(step: &str, guard: &str, scope: &str) -> Event {
+    Event::StepSkipped(cairn_events::StepSkipped {
+        step_id: step.into(),
+        reason: format!("when: `{guard}` is false"),
+        scope: scope.into(),
+        guard: Some(guard.into()),
+    })
+}
+
+#[test]
+fn a_false_guard_records_the_skip_and_control_goes_on() {
+    let w = wf(GUARDED);
+    let s = fold(&[
+        started(json!({ "n": 3 })),
+        step_started("a", 1, json!({ "n": 3 })),
+        step_completed("a", 1, json!({ "n": 3 })),
+    ]);
+    let guard = "steps.a.output.n > 10";
+    assert_eq!(decide(&w, &s, t0()), Decision::append(vec![skipped("big", guard, "")]));
+    // Then the step after it; the skipped step has no output, no visit, no attempt.
+    let s = evolve(s, &skipped("big", guard, ""));
+    assert!(!s.outputs.contains_key("big") && !s.visits.contains_key("big") && !s.attempts.contains_key("big"));
+    let d = decide(&w, &s, t0());
+    assert!(matches!(&d.append[..], [Event::StepStarted(e), Event::StepCompleted(_)] if e.step_id == "c"), "{d:?}");
+    // A true guard runs the step as usual.
+    let s = fold(&[
+        started(json!({ "n": 30 })),
+        step_started("a", 1, json!({ "n": 30 })),
+        step_completed("a", 1, json!({ "n": 30 })),
+    ]);
+    let d = decide(&w, &s, t0());
+    assert!(matches!(&d.append[..], [Event::StepStarted(e), Event::StepCompleted(_)] if e.step_id == "big"), "{d:?}");
+}
+
+#[test]
+fn a_guard_that_cannot_be_evaluated_fails_the_step_with_kind_condition() {
+    let w = wf("name: w\nsteps:\n  - id: a\n    when: inputs.flag\n    transform: { x: 1 }\n");
+    let s = fold(&[started(json!({ "flag": "yes" }))]);
+    let d = decide(&w, &s, t0());
+    match &d.append[..] {
+        [Event::StepStarted(st), Event::StepFailed(f)] => {
+            assert_eq!((st.step_id.as_str(), f.error_kind.as_str()), ("a", "condition"));
+            assert!(f.message.contains("its guard `inputs.flag`"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inside_a_map_a_guard_is_checked_for_each_item() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: m\n    map:\n      items: [1, 5, 2]\n      steps:\n        - id: odd\n          when: item % 2 == 1\n          transform: { v: '{{ item }}' }\n",
+    );
+    let mut s = fold(&[started(json!({})), step_started("m", 1, json!({ "items": [1, 5, 2] }))]);
+    let d = decide(&w, &s, t0());
+    let guard = "item % 2 == 1";
+    // Items 0 and 1 run; item 2 is skipped in its own iteration's thread.
+    assert!(d.append.contains(&skipped("m[2].odd", guard, "m[2]")), "{d:?}");
+    assert_eq!(
+        d.append.iter().filter(|e| matches!(e, Event::StepCompleted(c) if c.step_id.starts_with("m["))).count(),
+        2,
+        "{d:?}"
+    );
+    for e in &d.append {
+        s = evolve(s, e);
+    }
+    // The map completes; the skipped item's result is null.
+    let d = decide(&w, &s, t0());
+    assert!(
+        d.append.iter().any(|e| matches!(e, Event::StepCompleted(c) if c.step_id == "m" && c.output == json!([{ "v": 1 }, { "v": 5 }, null]))),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_skipped_step_spends_no_visit_of_a_loop() {
+    // A loop whose guarded step is skipped on every pass: its max_visits
+    // of 1 does not stop the loop.
+    let w = wf(
+        "name: w\nsteps:\n  - id: count\n    task: increment\n    with: \"{{ steps.count.output if steps.count is defined else {'counter': 0} }}\"\n    max_visits: 4\n  - id: never\n    when: 'false'\n    transform: { x: 1 }\n    max_visits: 1\n  - id: again\n    branch: { if: 'steps.count.output.counter < 3', then: count }\n",
+    );
+    let mut s = fold(&[started(json!({}))]);
+    let mut skips = 0;
+    for _ in 0..40 {
+        let d = decide(&w, &s, t0());
+        if d.append.is_empty() && d.execute.is_empty() {
+            break;
+        }
+        for e in &d.append {
+            skips += usize::from(matches!(e, Event::StepSkipped(_)));
+            s = evolve(s, e);
+        }
+        for x in &d.execute {
+            let n = x.input.get("counter").and_then(Value::as_i64).unwrap_or(0);
+            s = evolve(s, &step_completed(&x.step_id, x.attempt, json!({ "counter": n + 1 })));
+        }
+    }
+    assert_eq!(s.status, RunStatus::Completed, "{s:?}");
+    assert_eq!(skips, 3, "skipped on each of the three passes");
+}
+
+#[test]
+fn a_resume_plan_checks_a_skipped_steps_guard_again() {
+    use cairn_core::resume_plan::{Mark, ResumeRequest, plan};
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    transform: { n: '{{ inputs.n }}' }\n  - id: big\n    when: steps.a.output.n > 10\n    transform: { big: true }\n  - id: c\n    task: echo\n",
+    );
+    let mut events = vec![started(json!({ "n": 3 }))];
+    let mut s = fold(&events);
+    for _ in 0..10 {
+        let d = decide(&w, &s, t0());
+        for e in d.append.iter().cloned().chain(d.execute.iter().map(|x| step_failed(&x.step_id, x.attempt, false))) {
+            s = evolve(s, &e);
+            events.push(e);
+        }
+        if s.status != RunStatus::Running {
+            break;
+        }
+    }
+    assert_eq!(s.status, RunStatus::Failed, "{events:?}");
+    let p = plan(&w, &events, &ResumeRequest::new("ops")).expect("plan");
+    let line = p.lines.iter().find(|l| l.step == "big").expect("big is in the plan");
+    assert_eq!(line.mark, Mark::RerunIfChanged, "{line:?}");
+    assert!(line.note.contains("was skipped (its guard `steps.a.output.n > 10` was false)"), "{}", line.note);
+    let c = p.lines.iter().find(|l| l.step == "c").expect("c");
+    assert_eq!(c.mark, Mark::Rerun, "{c:?}");
+}

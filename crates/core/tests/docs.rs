@@ -19,7 +19,7 @@ fn committed_schema_matches_the_language() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "docs/workflow-language.schema.json is out of date; run `CAIRN_UPDATE_DOCS=1 cargo test -p cairn-runtime --test docs` and commit it"
+        "docs/workflow-language.schema.json is out of date; run `CAIRN_UPDATE_DOCS=1 cargo test -p cairn-core --test docs` and commit it"
     );
 }
 

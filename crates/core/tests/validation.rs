@@ -555,3 +555,43 @@ fn rendered_text_that_escapes_past_the_event_limit_is_refused_when_written() {
     let refused = cairn_events::limits::Limits::default().check_payload(&json);
     assert!(refused.is_err(), "the limit on what is written refuses it");
 }
+
+#[test]
+fn guards_are_checked_like_conditions() {
+    // A guard that does not parse, one reading a step that does not exist.
+    check("name: w\nsteps:\n  - id: a\n    when: 'inputs.n >'\n    task: echo\n", "bad-expression", 4, &["inputs.n >"]);
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n  - id: b\n    when: steps.aa.output.ok\n    task: echo\n",
+        "unknown-step-reference",
+        6,
+        &["steps.aa", "did you mean `steps.a`"],
+    );
+    // A guard reading a step that runs after it.
+    check(
+        "name: w\nsteps:\n  - id: a\n    when: steps.b.output.ok\n    task: echo\n  - id: b\n    task: echo\n",
+        "maybe-not-run",
+        4,
+        &["steps.b"],
+    );
+}
+
+#[test]
+fn a_step_after_a_guarded_one_must_guard_its_reads_of_it() {
+    let src = "name: w\nsteps:\n  - id: a\n    when: inputs.go\n    task: echo\n  - id: b\n    task: echo\n    with: '{{ steps.a.output }}'\n";
+    check(src, "maybe-not-run", 6, &["steps.a", "skipped when its guard `inputs.go` is false", "is defined"]);
+    // Guarded, it is fine; so is reading it inside a later container.
+    let ok = "name: w\nsteps:\n  - id: a\n    when: inputs.go\n    task: echo\n  - id: b\n    task: echo\n    with: \"{{ steps.a.output if steps.a is defined else 0 }}\"\n";
+    assert!(diags(ok).is_empty(), "{:?}", diags(ok));
+    let inner = "name: w\nsteps:\n  - id: a\n    when: inputs.go\n    task: echo\n  - id: m\n    map:\n      items: [1]\n      steps:\n        - id: x\n          task: echo\n          with: '{{ steps.a.output }}'\n";
+    check(inner, "maybe-not-run", 10, &["steps.a"]);
+}
+
+#[test]
+fn a_compensation_takes_no_guard() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    compensate: undo\ncompensations:\n  - id: undo\n    when: 'true'\n    task: echo\n",
+        "bad-compensation",
+        7,
+        &["`when`"],
+    );
+}

@@ -215,17 +215,26 @@ pub struct BranchTaken {
     pub target: String,
 }
 
-/// A step that had started will not complete: it was running (or waiting)
-/// in a parallel branch or map iteration when its container failed fast,
-/// and a late result of its attempt is not recorded. Steps a branch or
-/// switch does not go to record nothing (the `BranchTaken` says where the
-/// run went).
+/// A step does not run: either its `when` guard was false when control
+/// reached it (`guard` holds the condition; control goes on to the step
+/// after it, and its output is not set), or it was running (or waiting) in
+/// a parallel branch or map iteration when its container failed fast, and a
+/// late result of its attempt is not recorded. Steps a branch or switch does
+/// not go to record nothing (the `BranchTaken` says where the run went).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepSkipped {
     /// Step id.
     pub step_id: String,
-    /// Why: `cancelled: <container> failed fast (<branch or item> failed)`.
+    /// Why: `when: <condition> is false`, or `cancelled: <container> failed
+    /// fast (<branch or item> failed)`.
     pub reason: String,
+    /// The thread of control it was skipped in (`""`: the top level), for a
+    /// guard.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// The `when` condition that was false; absent for a cancellation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
 }
 
 /// One chat message sent to a model.

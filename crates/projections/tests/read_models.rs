@@ -66,6 +66,8 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
             6 => ev.push(Event::StepSkipped(cairn_events::StepSkipped {
                 step_id: step.clone(),
                 reason: "cancelled: sibling failed".into(),
+                scope: String::new(),
+                guard: None,
             })),
             1 => {
                 ev.push(Event::StepFailed(StepFailed {

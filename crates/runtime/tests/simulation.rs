@@ -192,14 +192,34 @@ impl Gen {
     }
 
     /// Steps inside a parallel branch or a map iteration.
+    /// Sometimes a guard on the step: skipped for some inputs (or, in a
+    /// map, some items), run for the others.
+    fn guarded(&mut self, mut step: StepLines, in_map: bool) -> StepLines {
+        if self.rng.chance(25) {
+            let k = 2 + self.rng.below(2);
+            let on = if in_map { "item" } else { "inputs.n" };
+            step.insert(1, format!("  when: '{on} % {k} != 0'"));
+        }
+        step
+    }
+
     fn nested(&mut self, in_map: bool, depth: u32) -> Vec<StepLines> {
         let mut out = Vec::new();
         for _ in 0..1 + self.rng.below(3) {
             out.push(match self.rng.below(if depth < 2 { 6 } else { 5 }) {
-                0 => self.transform(in_map),
-                1 => self.flaky(false),
+                0 => {
+                    let t = self.transform(in_map);
+                    self.guarded(t, in_map)
+                }
+                1 => {
+                    let f = self.flaky(false);
+                    self.guarded(f, in_map)
+                }
                 2 => self.wait(),
-                3 => self.approval(),
+                3 => {
+                    let a = self.approval();
+                    self.guarded(a, in_map)
+                }
                 4 => self.flaky(false),
                 _ => {
                     if self.rng.chance(50) {
@@ -259,8 +279,14 @@ impl Gen {
         let blocks = 2 + self.rng.below(5);
         for _ in 0..blocks {
             match self.rng.below(12) {
-                0 => out.push(self.transform(false)),
-                1 => out.push(self.flaky(true)),
+                0 => {
+                    let t = self.transform(false);
+                    out.push(self.guarded(t, false));
+                }
+                1 => {
+                    let f = self.flaky(true);
+                    out.push(self.guarded(f, false));
+                }
                 2 => {
                     // A branch that may skip one step.
                     let b = self.id("br");
@@ -712,6 +738,9 @@ async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
     let mut recorded_keys = BTreeSet::new();
     for r in world.store.read_all(1, 1_000_000).await.expect("read") {
         count(&world.stats, &format!("event {}", r.event_type), 1);
+        if r.event_type == "StepSkipped" && r.payload_value().is_ok_and(|p| p.get("guard").is_some()) {
+            count(&world.stats, "guards false", 1);
+        }
         if r.event_type == "RunStarted" {
             count(&world.stats, "runs", 1);
         }
@@ -747,6 +776,8 @@ async fn simulate(postgres: bool) {
         }
     }
     let stats = stats.lock().expect("stats");
+    // The generated constructs were exercised, not merely generated.
+    assert!(stats.get("guards false").is_some_and(|n| *n > 0), "no guard was ever false: {stats:?}");
     let summary: Vec<String> = stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     eprintln!(
         "simulation on {backend}: {} seeds from {} passed every check\n  {}",

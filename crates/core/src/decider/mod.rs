@@ -529,6 +529,16 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 t.cursor = Cursor::Child { step: e.step_id.clone(), attempt: *attempt, child_run_id: e.child_run_id };
             }
         }
+        // A guard was false: control goes on after the step, which did not
+        // run (a cancellation's skip changes nothing: its container fails).
+        Event::StepSkipped(e) if e.guard.is_some() => {
+            if !e.scope.is_empty() {
+                s.scopes.insert(e.step_id.clone(), e.scope.clone());
+            }
+            let t = s.threads.entry(e.scope.clone()).or_default();
+            t.pending_jump = None;
+            t.cursor = Cursor::After { step: e.step_id.clone(), jump: None };
+        }
         Event::StepKept(e) => {
             s.mark_completed(&e.step_id);
             if !e.scope.is_empty() {
@@ -1077,6 +1087,8 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             d.append.push(Event::StepSkipped(StepSkipped {
                 step_id: l,
                 reason: format!("cancelled: `{inst}` failed fast ({} failed)", first_kid.label),
+                scope: String::new(),
+                guard: None,
             }));
         }
         d.append.push(Event::StepFailed(StepFailed {
@@ -1217,6 +1229,33 @@ fn enter(
         && let Some(kept) = r.keep(w, s, st, key, &instance)
     {
         return Ok(vec![Event::StepKept(kept)]);
+    }
+    if let Some(guard) = &st.when {
+        // Checked once per visit, as control reaches the step; a skipped
+        // step is no visit (its `max_visits` is not spent).
+        let ctx = context_with_placeholders(w, s, pre);
+        let attempt = s.next_visit_attempt(&instance);
+        let refused = |kind: &str, e: String| {
+            vec![
+                started(&instance, key, attempt, Value::Null),
+                failed(&instance, attempt, kind, format!("its guard `{}`: {e}", guard.source())),
+            ]
+        };
+        if let Err(e) = guard.check_cost(&ctx) {
+            return Ok(refused("limit", e));
+        }
+        match guard.holds(&ctx) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(vec![Event::StepSkipped(StepSkipped {
+                    step_id: instance.clone(),
+                    reason: format!("when: `{}` is false", guard.source()),
+                    scope: key.to_owned(),
+                    guard: Some(guard.source().to_owned()),
+                })]);
+            }
+            Err(e) => return Ok(refused("condition", e)),
+        }
     }
     let visits = s.visits.get(&instance).copied().unwrap_or(0);
     if let Some(max) = st.max_visits

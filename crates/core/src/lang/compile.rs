@@ -146,6 +146,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     let mut compensations = Vec::new();
     for s in &raw.compensations {
         let jumps = s.branch.is_some()
+            || s.when.is_some()
             || s.switch.is_some()
             || s.wait.is_some()
             || s.next.is_some()
@@ -163,7 +164,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
                 "bad-compensation",
                 format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
                 Some(
-                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `next`, `end` and `compensate` from it"
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `next`, `end`, `when` and `compensate` from it"
                         .into(),
                 ),
             );
@@ -750,9 +751,11 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         StepKind::Approval(_) => Some(crate::human::approval_contract()),
         _ => s.output_contract.clone(),
     };
+    let when = s.when.as_ref().and_then(|w| condition(cx, w));
     let reads = reads_of(&kind, s);
     Some(Step {
         id,
+        when,
         budget,
         resumable: s.resumable.unwrap_or(true),
         reads,
@@ -795,6 +798,9 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
     }
     if let Some(b) = &rs.branch {
         texts.push(b.condition.value.clone());
+    }
+    if let Some(w) = &rs.when {
+        texts.push(w.value.clone());
     }
     if let Some(sw) = &rs.switch {
         texts.extend(sw.cases.iter().map(|c| c.when.value.clone()));
@@ -1086,6 +1092,10 @@ fn check_block(
                         && !dom[user_node].contains(&target)
                     {
                         cx.at(at, "maybe-not-run", format!("{} uses `steps.{step}`, but `{step}` does not run on every path to it", whom()), Some(format!("move the reference after a point every path passes, or guard it: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
+                    } else if let Some(target) = local
+                        && let Some(guard) = &steps[target].when
+                    {
+                        cx.at(at, "maybe-not-run", format!("{} uses `steps.{step}`, but `{step}` is skipped when its guard `{}` is false", whom(), guard.source()), Some(format!("guard the reference too: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
                     }
                     if let (Some(field), Some(props)) =
                         (field, contract.as_ref().and_then(|c| c.get("properties")).and_then(Value::as_object))
@@ -1118,6 +1128,9 @@ fn check_block(
         if let Some(b) = &rs.branch {
             texts.push((&b.condition, b.condition.value.clone()));
         }
+        if let Some(g) = &rs.when {
+            texts.push((g, g.value.clone()));
+        }
         if let Some(sw) = &rs.switch {
             for c in &sw.cases {
                 texts.push((&c.when, c.when.value.clone()));
@@ -1149,7 +1162,9 @@ fn check_block(
             continue;
         }
         let mut seen = outer.clone();
-        seen.extend(dom[i].iter().filter(|&&d| d != i && d < n).map(|&d| steps[d].id.clone()));
+        seen.extend(
+            dom[i].iter().filter(|&&d| d != i && d < n && steps[d].when.is_none()).map(|&d| steps[d].id.clone()),
+        );
         for (rsteps, st) in inner {
             check_block(cx, w, rsteps, st, &seen, None, Some(&s.id));
         }

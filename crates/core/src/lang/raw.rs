@@ -123,6 +123,13 @@ pub struct RawStep {
     /// End the run after this step.
     #[serde(default)]
     pub end: bool,
+    /// A guard (CEL, like a branch's condition): when it is false as
+    /// control reaches the step, the step is skipped (`StepSkipped` with the
+    /// reason) and control goes on to the step after it. Inside a map it is
+    /// checked for each item (`item`, `index`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
     /// How often the step may run in one run; required on every loop.
     #[serde(default)]
     pub max_visits: Option<u32>,
