@@ -534,3 +534,62 @@ mod guards {
         super::guards_skip_steps_and_say_why(&url).await;
     }
 }
+
+/// Errors routed end to end through the binary: a timeout is retried, then
+/// caught and handled (the run completes with the error's kind as data); a
+/// declined card is caught at once and its handler, a `fail` step, fails
+/// the run with its own error and cause, exactly; the runs replay.
+async fn caught_errors_go_to_their_handlers(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/catch-and-fail.yaml").display().to_string();
+    let run = |bank: &str| common::cairn_url(url, &["run", &file, "--input", &format!("bank={bank}")]);
+    let ok = run("ok");
+    assert!(ok.status.success() && text(&ok).contains("\"charged\": true"), "{}", text(&ok));
+    let slow = run("slow");
+    assert!(slow.status.success(), "{}", text(&slow));
+    assert!(text(&slow).contains("\"because\": \"timeout\""), "{}", text(&slow));
+    let declined = run("declines");
+    assert_eq!(declined.status.code(), Some(1), "{}", text(&declined));
+    let store = cairn_events::open(url).await.expect("open");
+    let all: Vec<Event> =
+        store.read_all(1, 100_000).await.expect("read").iter().map(|r| Event::decode(r).expect("decode")).collect();
+    let caught: Vec<(&str, u32, &str, &str)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::ErrorCaught(c) => Some((c.step_id.as_str(), c.attempt, c.error_kind.as_str(), c.next.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        caught,
+        vec![("charge", 2, "timeout", "queue"), ("charge", 1, "card.declined", "declined")],
+        "retried, then caught; not retried, caught at once"
+    );
+    let failed: Vec<(&str, &str, Option<&str>)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunFailed(f) => Some((f.error_kind.as_str(), f.message.as_str(), f.failed_step.as_deref())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![("payment.declined", "the card was declined: insufficient funds", Some("declined"))]);
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    for id in runs.lines().filter(|l| l.contains("charge-card")).filter_map(|l| l.split_whitespace().next()) {
+        let replay = common::cairn_url(url, &["replay", id]);
+        assert!(replay.status.success(), "{}", text(&replay));
+    }
+}
+
+mod caught {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::caught_errors_go_to_their_handlers(&format!("sqlite://{}", dir.path().join("c.db").display())).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::caught_errors_go_to_their_handlers(&url).await;
+    }
+}

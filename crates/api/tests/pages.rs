@@ -1073,6 +1073,26 @@ async fn the_console_draws_parallel_branches_and_map_items(db: &str) {
     );
 }
 
+
+/// A caught failure on the run's page: the step drawn as caught, the
+/// timeline saying what was caught and where control went; a guard's skip
+/// says why.
+async fn the_console_shows_caught_errors_and_skips(db: &str) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, Some(db));
+    let wf = "name: routed\nsteps:\n  - id: maybe\n    when: 'false'\n    transform: { x: 1 }\n  - id: charge\n    task: fail\n    with: { kind: card.declined, retryable: false }\n    catch: [{ errors: [card.declined], next: handle }]\n  - id: fine\n    transform: { ok: true }\n    end: true\n  - id: handle\n    transform: { why: '{{ steps.charge.error.kind }}' }\n";
+    assert_eq!(s.post_yaml("/workflows", &key, wf).await.status, 201);
+    let run = s.post("/runs", &key, &json!({"workflow": "routed"})).await.json["run_id"].as_str().unwrap().to_owned();
+    let done = s.wait_status(&run, &key, &["completed", "failed"]).await;
+    assert_eq!(done["output"], json!({"why": "card.declined"}), "{done}");
+    let (cookie, _) = sign_in(&s, &key, false).await;
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
+    assert!(p.html.contains("<g class=\"node state-caught\">") && p.html.contains(">task · caught</text>"), "{}", p.html);
+    assert!(p.html.contains("<code>card.declined</code> caught after attempt 1; on to <code>handle</code>"), "{}", p.html);
+    assert!(p.html.contains("when: `false` is false") && p.html.contains(">transform · skipped</text>"), "{}", p.html);
+    assert!(p.html.contains(">transform · not reached</text>"), "`fine` is not reached: {}", p.html);
+}
+
 on_both!(
     people_answer_from_their_links,
     an_expired_link_says_so,
@@ -1080,4 +1100,5 @@ on_both!(
     the_console_plans_a_resume_before_it_runs,
     the_console_lists_workflows_and_starts_runs,
     the_console_draws_parallel_branches_and_map_items,
+    the_console_shows_caught_errors_and_skips,
 );

@@ -191,6 +191,8 @@ pub struct Step {
     pub then: Target,
     /// Its guard: when false as control reaches it, the step is skipped.
     pub when: Option<crate::expr::Condition>,
+    /// Where its failure goes instead of failing the run, first match wins.
+    pub catch: Vec<Catcher>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Attempt timeout.
@@ -208,6 +210,33 @@ pub struct Step {
     /// The run data its templates and conditions read (nested steps'
     /// reads included for a container).
     pub reads: Reads,
+}
+
+/// One `catch` entry: the errors it matches and the handler step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catcher {
+    /// Error kinds: exact (`http.status`), a family (`http.*`) or any
+    /// (`*`); empty matches any.
+    pub errors: Vec<String>,
+    /// The handler step (or the end of the step's sequence).
+    pub next: Target,
+}
+
+impl Catcher {
+    /// Whether it handles an error of this kind.
+    pub fn matches(&self, kind: &str) -> bool {
+        self.errors.is_empty() || self.errors.iter().any(|e| error_matches(e, kind))
+    }
+}
+
+/// Whether the error pattern `pattern` (exact, `family.*` or `*`) matches
+/// the kind `kind`.
+pub fn error_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        _ if pattern == "*" => true,
+        Some(family) => kind.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')),
+        None => pattern == kind,
+    }
 }
 
 /// The run data a step reads: what a resume compares to decide whether the
@@ -305,6 +334,14 @@ pub enum StepKind {
     Form(Box<crate::human::FormStep>),
     /// An approval by listed approvers; the run waits for the quorum.
     Approval(Box<crate::human::ApprovalStep>),
+    /// Ends the run (or, in a branch or iteration, its container) as
+    /// failed with a named error and a cause.
+    Fail {
+        /// The error kind.
+        error: String,
+        /// The cause: a template rendering to the message.
+        cause: Value,
+    },
     /// A child run of another published workflow; the step waits for it.
     Workflow {
         /// The child workflow's name.
@@ -351,6 +388,7 @@ impl StepKind {
             StepKind::Ai(_) => "ai",
             StepKind::Form(_) => "form",
             StepKind::Approval(_) => "approval",
+            StepKind::Fail { .. } => "fail",
         }
     }
 }

@@ -283,8 +283,8 @@ impl Refusal {
 /// How every step instance ended in the recorded run, in order of first start.
 struct Recorded {
     order: Vec<String>,
-    /// `completed`, `failed`, `cancelled`, `skipped` (its guard was false)
-    /// or `open`.
+    /// `completed`, `failed`, `cancelled`, `skipped` (its guard was false),
+    /// `caught` (failed, and a `catch` sent control on) or `open`.
     last: BTreeMap<String, &'static str>,
 }
 
@@ -298,6 +298,7 @@ fn recorded(events: &[Event]) -> Recorded {
             Event::StepCompleted(x) => (&x.step_id, "completed"),
             Event::StepFailed(x) => (&x.step_id, "failed"),
             Event::StepSkipped(x) if x.guard.is_some() => (&x.step_id, "skipped"),
+            Event::ErrorCaught(x) => (&x.step_id, "caught"),
             Event::StepSkipped(x) => (&x.step_id, "cancelled"),
             _ => continue,
         };
@@ -522,6 +523,11 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
         } else if rerun.contains(i) {
             let m = if *i == from { "runs again: resumed from here" } else { "runs again" };
             (Mark::Rerun, why(m))
+        } else if rec.last.get(i.as_str()) == Some(&"caught") {
+            (
+                Mark::RerunIfChanged,
+                "failed and its `catch` handled it: it runs again if the resumed run reaches it".to_owned(),
+            )
         } else if rec.last.get(i.as_str()) == Some(&"skipped") {
             let guard = w.step(bare(i)).and_then(|st| st.when.as_ref()).map_or("", |g| g.source());
             (
@@ -710,6 +716,7 @@ fn reachable(w: &Workflow, id: &str) -> BTreeSet<String> {
             }
             _ => {}
         }
+        next.extend(st.catch.iter().map(|c| c.next.name().to_owned()));
         for n in next {
             if n != "end" && w.block_of(&n) == w.block_of(id) && seen.insert(n.clone()) {
                 todo.push(n);

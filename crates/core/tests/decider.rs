@@ -667,3 +667,114 @@ fn a_resume_plan_checks_a_skipped_steps_guard_again() {
     let c = p.lines.iter().find(|l| l.step == "c").expect("c");
     assert_eq!(c.mark, Mark::Rerun, "{c:?}");
 }
+
+const CAUGHT: &str = "name: w\nsteps:\n  - id: charge\n    task: echo\n    retry: { max_attempts: 2, initial_interval: 1s, jitter: 0 }\n    catch:\n      - { errors: [card.declined], next: declined }\n      - { errors: ['http.*'], next: later }\n  - id: ship\n    transform: { ok: true }\n    end: true\n  - id: declined\n    fail: { error: payment.declined, cause: \"declined: {{ steps.charge.error.message }}\" }\n  - id: later\n    transform: { retry_at: tomorrow, why: '{{ steps.charge.error.kind }}' }\n";
+
+fn failed_with(step: &str, attempt: u32, kind: &str, retryable: bool) -> Event {
+    Event::StepFailed(StepFailed {
+        step_id: step.into(),
+        attempt,
+        error_kind: kind.into(),
+        message: format!("{kind} happened"),
+        retryable,
+        retry_after_ms: None,
+    })
+}
+
+#[test]
+fn a_caught_failure_goes_to_its_handler_with_the_error() {
+    let w = wf(CAUGHT);
+    // Retried first, then caught by the entry whose errors match.
+    let s = fold(&[
+        started(json!({})),
+        step_started("charge", 1, json!(null)),
+        failed_with("charge", 1, "http.status", true),
+    ]);
+    assert!(matches!(&decide(&w, &s, t0()).append[..], [Event::RetryScheduled(_)]));
+    let s = fold(&[
+        started(json!({})),
+        step_started("charge", 1, json!(null)),
+        failed_with("charge", 1, "http.status", true),
+        Event::RetryScheduled(cairn_events::RetryScheduled {
+            step_id: "charge".into(),
+            next_attempt: 2,
+            due_at: t0(),
+            backoff_ms: 1000,
+        }),
+        step_started("charge", 2, json!(null)),
+        failed_with("charge", 2, "http.status", true),
+    ]);
+    let d = decide(&w, &s, t0());
+    let caught = Event::ErrorCaught(cairn_events::ErrorCaught {
+        step_id: "charge".into(),
+        attempt: 2,
+        error_kind: "http.status".into(),
+        message: "http.status happened".into(),
+        next: "later".into(),
+    });
+    assert_eq!(d.append, vec![caught.clone()]);
+    // The handler reads the error; the run completes.
+    let s = evolve(s, &caught);
+    let d = decide(&w, &s, t0());
+    match &d.append[..] {
+        [Event::StepStarted(st), Event::StepCompleted(c)] => {
+            assert_eq!(st.step_id, "later");
+            assert_eq!(c.output, json!({ "retry_at": "tomorrow", "why": "http.status" }));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_fail_step_fails_the_run_with_its_error_and_cause() {
+    let w = wf(CAUGHT);
+    let mut s = fold(&[
+        started(json!({})),
+        step_started("charge", 1, json!(null)),
+        failed_with("charge", 1, "card.declined", false),
+    ]);
+    // Not retryable: caught at once, by the first entry.
+    for _ in 0..5 {
+        let d = decide(&w, &s, t0());
+        if d.append.is_empty() {
+            break;
+        }
+        for e in &d.append {
+            s = evolve(s, e);
+        }
+    }
+    assert_eq!(s.status, RunStatus::Failed);
+    let (kind, message, step) = s.error.clone().expect("error");
+    assert_eq!(
+        (kind.as_str(), message.as_str(), step.as_deref()),
+        ("payment.declined", "declined: card.declined happened", Some("declined"))
+    );
+}
+
+#[test]
+fn an_error_no_entry_matches_fails_the_run_as_before() {
+    let w = wf(CAUGHT);
+    let s =
+        fold(&[started(json!({})), step_started("charge", 1, json!(null)), failed_with("charge", 1, "timeout", false)]);
+    let d = decide(&w, &s, t0());
+    assert!(matches!(&d.append[..], [Event::RunFailed(f)] if f.error_kind == "timeout"), "{d:?}");
+}
+
+#[test]
+fn a_fail_step_in_a_branch_is_caught_on_its_parallel() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: fan\n    parallel:\n      branches:\n        - name: a\n          steps:\n            - id: stop\n              fail: { error: nope, cause: no }\n        - name: b\n          steps:\n            - id: fine\n              transform: { x: 1 }\n    catch: [{ errors: [nope], next: recover }]\n  - id: done\n    transform: { ok: true }\n    end: true\n  - id: recover\n    transform: { recovered: '{{ steps.fan.error.kind }}' }\n",
+    );
+    let mut s = fold(&[started(json!({}))]);
+    for _ in 0..10 {
+        let d = decide(&w, &s, t0());
+        if d.append.is_empty() {
+            break;
+        }
+        for e in &d.append {
+            s = evolve(s, e);
+        }
+    }
+    assert_eq!(s.status, RunStatus::Completed, "{s:?}");
+    assert_eq!(s.output, Some(json!({ "recovered": "nope" })));
+}

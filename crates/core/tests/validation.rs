@@ -595,3 +595,45 @@ fn a_compensation_takes_no_guard() {
         &["`when`"],
     );
 }
+
+#[test]
+fn catch_and_fail_are_checked() {
+    // An engine error kind misspelt; a handler that does not exist.
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    catch: [{ errors: [http.stauts], next: b }]\n  - id: b\n    task: echo\n",
+        "unknown-error-kind",
+        5,
+        &["http.stauts", "did you mean `http.status`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    catch: [{ next: bb }]\n  - id: b\n    task: echo\n",
+        "unknown-step",
+        5,
+        &["bb", "did you mean `b`"],
+    );
+    // A catch-all before another entry.
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    catch:\n      - { next: b }\n      - { errors: [timeout], next: b }\n  - id: b\n    task: echo\n",
+        "unreachable-catch",
+        7,
+        &["earlier entry catches every error"],
+    );
+    // A handler reading the output of the step whose error it handles.
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    catch: [{ next: b }]\n    end: true\n  - id: b\n    task: echo\n    with: '{{ steps.a.output }}'\n",
+        "caught-step-output",
+        7,
+        &["steps.a.error"],
+    );
+    // A fail step with a bad kind, or with a retry.
+    check("name: w\nsteps:\n  - id: f\n    fail: { error: 'no way' }\n", "bad-error-kind", 4, &["no way"]);
+    check(
+        "name: w\nsteps:\n  - id: f\n    fail: { error: x }\n    retry: { max_attempts: 2 }\n",
+        "misplaced-field",
+        3,
+        &["fail"],
+    );
+    // Custom kinds and families are the workflow's own: accepted.
+    let ok = "name: w\nsteps:\n  - id: a\n    task: echo\n    catch: [{ errors: [card.declined, 'ai.*', timeout], next: b }]\n    end: true\n  - id: b\n    task: echo\n    with: '{{ steps.a.error }}'\n";
+    assert!(diags(ok).is_empty(), "{:?}", diags(ok));
+}

@@ -721,6 +721,24 @@ pub struct RunResumed {
     pub forced: bool,
 }
 
+/// A step failed for good (retries spent, or an error not retried) and one
+/// of its `catch` entries matched the error: control goes to the handler
+/// step `next`, which reads the error as `steps.ID.error`; the run does not
+/// fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorCaught {
+    /// The failed step (instance).
+    pub step_id: String,
+    /// Its last attempt.
+    pub attempt: u32,
+    /// The error's kind (`http.status`, `timeout`, …).
+    pub error_kind: String,
+    /// The error's message.
+    pub message: String,
+    /// The handler step control goes to (`end`: the step's sequence ends).
+    pub next: String,
+}
+
 /// A run is failing and will first undo its completed steps (a saga): the
 /// compensations run in the listed order (reverse order of completion),
 /// then the run fails with this error.
@@ -1026,7 +1044,7 @@ macro_rules! about_step {
 about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, BranchTaken, StepSkipped,
     AiAttemptStarted, AiAttemptCompleted, AiAttemptFailed, AiOutputRejected, InputRequested, InputSubmitted,
     ApprovalRequested, ApprovalDecided, ApprovalExpired, NotificationSent, NotificationFailed, ChildRunStarted,
-    ChildRunCompleted, StepKept);
+    ChildRunCompleted, StepKept, ErrorCaught);
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
     RunQuarantined, RunReleased);
@@ -1050,7 +1068,7 @@ catalog! {
         AiAttemptFailed = 1, AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
         ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, NotificationFailed = 1, TimerStarted = 1,
         TimerFired = 1, ChildRunStarted = 1, ChildRunCompleted = 1, RunResumed = 1, StepKept = 1,
-        CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
+        ErrorCaught = 1, CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
     "access":

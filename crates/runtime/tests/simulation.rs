@@ -120,6 +120,10 @@ impl Gen {
                 1 + self.rng.below(30)
             ),
         ];
+        if self.rng.chance(20) {
+            // Its failure handled: its sequence (the run, a branch, an item) ends there.
+            s.push("  catch: [{ errors: ['*'], next: end }]".into());
+        }
         if top && self.rng.chance(40) {
             let undo = self.id("undo");
             s.push(format!("  compensate: {undo}"));
@@ -738,6 +742,9 @@ async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
     let mut recorded_keys = BTreeSet::new();
     for r in world.store.read_all(1, 1_000_000).await.expect("read") {
         count(&world.stats, &format!("event {}", r.event_type), 1);
+        if r.event_type == "ErrorCaught" {
+            count(&world.stats, "errors caught", 1);
+        }
         if r.event_type == "StepSkipped" && r.payload_value().is_ok_and(|p| p.get("guard").is_some()) {
             count(&world.stats, "guards false", 1);
         }
@@ -778,6 +785,7 @@ async fn simulate(postgres: bool) {
     let stats = stats.lock().expect("stats");
     // The generated constructs were exercised, not merely generated.
     assert!(stats.get("guards false").is_some_and(|n| *n > 0), "no guard was ever false: {stats:?}");
+    assert!(stats.get("errors caught").is_some_and(|n| *n > 0), "no error was ever caught: {stats:?}");
     let summary: Vec<String> = stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     eprintln!(
         "simulation on {backend}: {} seeds from {} passed every check\n  {}",

@@ -1601,6 +1601,14 @@ fn gist(event_type: &str, p: &serde_json::Value) -> String {
             esc(text("content_hash").get(..12).unwrap_or("")),
             p.get("comment").and_then(|c| c.as_str()).map(|c| format!(": “{}”", short(c))).unwrap_or_default()
         ),
+        "ErrorCaught" => format!(
+            "<code>{}</code> caught after attempt {}; on to <code>{}</code>: {}",
+            esc(&text("error_kind")),
+            num(p.get("attempt")),
+            esc(&text("next")),
+            short(&text("message"))
+        ),
+        "StepSkipped" => short(&text("reason")),
         "StepFailed" | "RunFailed" => {
             let kind = text("error_kind");
             let kind = if kind.is_empty() { text("kind") } else { kind };

@@ -38,7 +38,8 @@ const JUMPS: f64 = 46.0;
 
 /// What one state is called and how it is drawn, most telling first: a
 /// `map`'s box takes the first of its iterations' states in this order.
-const ORDER: [&str; 8] = ["failed", "waiting", "running", "retrying", "stopped", "completed", "skipped", "not-reached"];
+const ORDER: [&str; 9] =
+    ["failed", "waiting", "running", "retrying", "caught", "stopped", "completed", "skipped", "not-reached"];
 
 /// How a run stands at each step of its definition.
 struct Progress<'a> {
@@ -63,6 +64,7 @@ impl<'a> Progress<'a> {
                 "StepSkipped" => "skipped",
                 "StepFailed" => "failed",
                 "RetryScheduled" => "retrying",
+                "ErrorCaught" => "caught",
                 "StepStarted" | "TimerStarted" => "started",
                 _ => continue,
             };
@@ -86,6 +88,7 @@ impl<'a> Progress<'a> {
                 match (*kind, ended) {
                     ("completed", _) => "completed",
                     ("skipped", _) => "skipped",
+                    ("caught", _) => "caught",
                     ("failed", _) | ("retrying", true) => "failed",
                     ("retrying", false) => "retrying",
                     (_, false) => "running",
@@ -182,11 +185,13 @@ fn targets(steps: &[Step], s: &Step) -> Vec<usize> {
         Target::End => Some(steps.len()),
         Target::Step(id) => steps.iter().position(|x| &x.id == id),
     };
-    let all: Vec<Option<usize>> = match &s.kind {
+    let mut all: Vec<Option<usize>> = match &s.kind {
         StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
         StepKind::Switch { cases, default } => cases.iter().map(|(_, t)| idx(t)).chain([idx(default)]).collect(),
+        StepKind::Fail { .. } => Vec::new(),
         _ => vec![idx(&s.then)],
     };
+    all.extend(s.catch.iter().map(|c| idx(&c.next)));
     let mut seen = Vec::new();
     for t in all.into_iter().flatten() {
         if !seen.contains(&t) {

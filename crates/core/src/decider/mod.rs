@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_events::{
-    BranchTaken, CompensationStarted, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted, StepFailed,
-    StepSkipped, StepStarted, TimerFired, TimerStarted,
+    BranchTaken, CompensationStarted, ErrorCaught, Event, RetryScheduled, RunCompleted, RunFailed, StepCompleted,
+    StepFailed, StepSkipped, StepStarted, TimerFired, TimerStarted,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -177,6 +177,9 @@ pub struct RunState {
     pub inputs: Arc<Value>,
     /// Latest output of every completed step instance.
     pub outputs: BTreeMap<String, Arc<Value>>,
+    /// The error of every step instance whose failure a `catch` handled
+    /// (`{ kind, message, attempt }`), until it completes again.
+    pub errors: BTreeMap<String, Arc<Value>>,
     /// Visits per step instance (attempt 1 starts).
     pub visits: BTreeMap<String, u32>,
     /// Threads of control by scope: `""` is the top level.
@@ -480,6 +483,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
                 r.completed(&e.step_id, &e.output);
             }
             s.outputs.insert(e.step_id.clone(), Arc::new(e.output.clone()));
+            s.errors.remove(&e.step_id);
             s.drop_children(&e.step_id);
             let top = !s.scopes.contains_key(&e.step_id);
             if let Some(t) = s.thread_mut(&e.step_id) {
@@ -538,6 +542,18 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             let t = s.threads.entry(e.scope.clone()).or_default();
             t.pending_jump = None;
             t.cursor = Cursor::After { step: e.step_id.clone(), jump: None };
+        }
+        // A failure handled: control goes to the handler, which reads the
+        // error as `steps.ID.error`.
+        Event::ErrorCaught(e) => {
+            s.errors.insert(
+                e.step_id.clone(),
+                Arc::new(json!({ "kind": e.error_kind, "message": e.message, "attempt": e.attempt })),
+            );
+            if let Some(t) = s.thread_mut(&e.step_id) {
+                t.pending_jump = None;
+                t.cursor = Cursor::After { step: e.step_id.clone(), jump: Some(e.next.clone()) };
+            }
         }
         Event::StepKept(e) => {
             s.mark_completed(&e.step_id);
@@ -748,13 +764,18 @@ pub fn context(s: &RunState, instance: &str) -> Scope {
 /// range scans that skip every other iteration's subtree, so the cost does
 /// not grow with the number of iterations.
 fn visible_outputs(s: &RunState, pre: &str) -> Vec<(String, Arc<Value>)> {
+    visible(&s.outputs, pre)
+}
+
+/// The entries of `map` (by step instance) visible from scope `pre`.
+fn visible(map: &BTreeMap<String, Arc<Value>>, pre: &str) -> Vec<(String, Arc<Value>)> {
     use std::ops::Bound::{Excluded, Included, Unbounded};
     let mut out = Vec::new();
     // Each enclosing scope: "", then every prefix of `pre` ending in '.'.
     let scopes = std::iter::once("").chain(pre.match_indices('.').map(|(i, _)| &pre[..=i]));
     for scope in scopes {
         let mut from = Included(scope.to_owned());
-        while let Some((k, v)) = s.outputs.range::<String, _>((from.clone(), Unbounded)).next() {
+        while let Some((k, v)) = map.range::<String, _>((from.clone(), Unbounded)).next() {
             let Some(rest) = k.strip_prefix(scope) else { break };
             match rest.find('[') {
                 // Inside a container: skip past `scope + container + "["…`.
@@ -774,7 +795,11 @@ fn visible_outputs(s: &RunState, pre: &str) -> Vec<(String, Arc<Value>)> {
 fn scope_context(s: &RunState, pre: &str) -> Scope {
     let mut ctx = Scope::new();
     ctx.share("inputs", s.inputs.clone());
-    ctx.outputs("steps", visible_outputs(s, pre));
+    if s.errors.is_empty() {
+        ctx.outputs("steps", visible_outputs(s, pre));
+    } else {
+        ctx.steps("steps", visible_outputs(s, pre), visible(&s.errors, pre));
+    }
     // Inside a map iteration: `item` and `index` of the innermost one.
     if let Some(iteration) = pre.strip_suffix('.')
         && let Some((map, index)) = InstancePath::new(iteration).iteration()
@@ -950,6 +975,18 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                     backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                 }));
                 End::Running
+            } else if let Some(c) = st.catch.iter().find(|c| c.matches(error_kind)) {
+                d.append.push(Event::ErrorCaught(ErrorCaught {
+                    step_id: step.clone(),
+                    attempt: *attempt,
+                    error_kind: error_kind.clone(),
+                    message: message.clone(),
+                    next: c.next.name().to_owned(),
+                }));
+                End::Running
+            } else if matches!(st.kind, StepKind::Fail { .. }) {
+                // A fail step's error and cause are the run's, as written.
+                End::Failed((error_kind.clone(), message.clone(), Some(step.clone())))
             } else {
                 let why = if !*retryable || policy.non_retryable.iter().any(|k| k == error_kind) {
                     "not retryable".to_owned()
@@ -1359,6 +1396,19 @@ fn start_unchecked(
             }
         }
         StepKind::Parallel { .. } => vec![started(step, key, attempt, Value::Null)],
+        StepKind::Fail { error, cause } => match template::render(cause, &ctx) {
+            Ok(v) => {
+                let message = match &v {
+                    Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                };
+                vec![
+                    started(step, key, attempt, json!({ "error": error, "cause": message })),
+                    failed(step, attempt, error, message),
+                ]
+            }
+            Err(e) => render_failed(e.to_string()),
+        },
         StepKind::Ai(a) => match ai::start_input(w, s, a, &ctx) {
             Ok(input) => vec![started(step, key, attempt, input)],
             Err(e) => render_failed(e),

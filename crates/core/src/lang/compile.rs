@@ -147,6 +147,8 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     for s in &raw.compensations {
         let jumps = s.branch.is_some()
             || s.when.is_some()
+            || !s.catch.is_empty()
+            || s.fail.is_some()
             || s.switch.is_some()
             || s.wait.is_some()
             || s.next.is_some()
@@ -164,7 +166,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
                 "bad-compensation",
                 format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
                 Some(
-                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `next`, `end`, `when` and `compensate` from it"
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `fail`, `next`, `end`, `when`, `catch` and `compensate` from it"
                         .into(),
                 ),
             );
@@ -387,6 +389,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.ai.as_ref().map(|_| "ai"),
         s.form.as_ref().map(|_| "form"),
         s.approval.as_ref().map(|_| "approval"),
+        s.fail.as_ref().map(|_| "fail"),
     ]
     .into_iter()
     .flatten()
@@ -402,7 +405,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             "step-kind",
             message,
             Some(
-                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `workflow`, `ai`, `form` or `approval`"
+                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval` or `fail`"
                     .into(),
             ),
         );
@@ -694,9 +697,41 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         super::compile_people::form(cx, &s.id, f)
     } else if let Some(a) = &s.approval {
         super::compile_people::approval(cx, &s.id, a)
+    } else if let Some(f) = &s.fail {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if f.error.value.is_empty() || !f.error.value.chars().all(ok) {
+            cx.at(
+                &f.error,
+                "bad-error-kind",
+                format!("step `{id}`: `{}` is not an error kind", f.error.value),
+                Some("use letters, digits, `_`, `-` and `.`, e.g. `payment.declined`".into()),
+            );
+        }
+        let cause = f.cause.clone().unwrap_or_else(|| Value::String(String::new()));
+        if let Err(e) = template::check(&cause) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `fail.cause`: {e}"), None);
+        }
+        if s.next.is_some() || s.end || !s.catch.is_empty() || s.retry.is_some() {
+            cx.at(
+                &s.id,
+                "misplaced-field",
+                format!("step `{id}` is a `fail` step and has `next`, `end`, `catch` or `retry`"),
+                Some("a fail step ends its run (or branch) with its error: remove them, and catch the error on the step that holds it (a parallel or map) or let it fail the run".into()),
+            );
+        }
+        Some(StepKind::Fail { error: f.error.value.clone(), cause })
     } else {
         None
     };
+    let mut catch = Vec::new();
+    for c in &s.catch {
+        for e in &c.errors {
+            error_pattern(cx, e);
+        }
+        if let Some(next) = target(cx, &c.next, ids) {
+            catch.push(crate::model::Catcher { errors: c.errors.iter().map(|e| e.value.clone()).collect(), next });
+        }
+    }
 
     let mut retry = RetryPolicy::default();
     if let Some(r) = &s.retry {
@@ -752,10 +787,22 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         _ => s.output_contract.clone(),
     };
     let when = s.when.as_ref().and_then(|w| condition(cx, w));
+    // A catch-all before other entries leaves them nothing.
+    if let Some(i) = s.catch.iter().position(|c| c.errors.is_empty() || c.errors.iter().any(|e| e.value == "*"))
+        && let Some(later) = s.catch.get(i + 1)
+    {
+        cx.at(
+            &later.next,
+            "unreachable-catch",
+            format!("step `{id}`: this `catch` entry never matches: an earlier entry catches every error"),
+            Some("put the entries for particular errors first and the catch-all (`*`, or no `errors`) last".into()),
+        );
+    }
     let reads = reads_of(&kind, s);
     Some(Step {
         id,
         when,
+        catch,
         budget,
         resumable: s.resumable.unwrap_or(true),
         reads,
@@ -794,6 +841,7 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
                 add(v);
             }
         }
+        StepKind::Fail { cause, .. } => add(cause),
         StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
     }
     if let Some(b) = &rs.branch {
@@ -865,10 +913,64 @@ fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
         Target::End => None,
         Target::Step(s) => block.iter().position(|x| &x.id == s),
     };
-    match &step.kind {
+    let mut out = match &step.kind {
         StepKind::Branch { then, otherwise, .. } => vec![idx(then), idx(otherwise)],
         StepKind::Switch { cases, default } => cases.iter().map(|(_, t)| idx(t)).chain([idx(default)]).collect(),
+        StepKind::Fail { .. } => vec![None],
         _ => vec![idx(&step.then)],
+    };
+    out.extend(step.catch.iter().map(|c| idx(&c.next)));
+    out
+}
+
+/// The error kinds the engine itself gives, and the families they are in:
+/// a `catch` pattern in one of these families must name one of them.
+pub const ENGINE_ERROR_KINDS: &[&str] = &[
+    "template",
+    "condition",
+    "limit",
+    "contract",
+    "timeout",
+    "max_visits",
+    "task.failed",
+    "http.status",
+    "http.connect",
+    "http.request",
+    "http.timeout",
+    "http.body_too_large",
+    "ai.auth",
+    "ai.config",
+    "ai.connect",
+    "ai.invalid_output",
+    "ai.mode_rejected",
+    "ai.rate_limited",
+    "ai.response",
+    "ai.status",
+    "ai.timeout",
+    "ai.vars",
+    "budget.exceeded",
+    "budget.unpriced",
+    "input.expired",
+    "approval.expired",
+    "approval.rejected",
+];
+
+/// Checks one `catch` error pattern: a kind of the engine's families must
+/// exist (`http.stauts` is a typo, not a custom kind); other kinds are the
+/// workflow's own (from tasks and `fail` steps) and pass.
+fn error_pattern(cx: &mut Ctx<'_>, e: &Spanned<String>) {
+    let p = e.value.as_str();
+    let families = ["http", "ai", "budget", "input", "approval", "task"];
+    let family = p.split_once('.').map(|(f, _)| f);
+    let known = p == "*"
+        || p.strip_suffix(".*").is_some_and(|f| !f.is_empty())
+        || ENGINE_ERROR_KINDS.contains(&p)
+        || family.is_none_or(|f| !families.contains(&f));
+    if !known || p.is_empty() {
+        let help = did_you_mean(p, ENGINE_ERROR_KINDS.iter().copied())
+            .map(|k| format!("did you mean `{k}`?"))
+            .unwrap_or_else(|| format!("`{}.*` matches every error of the family", family.unwrap_or(p)));
+        cx.at(e, "unknown-error-kind", format!("no error kind `{p}`: the engine gives none by that name"), Some(help));
     }
 }
 
@@ -1097,6 +1199,12 @@ fn check_block(
                     {
                         cx.at(at, "maybe-not-run", format!("{} uses `steps.{step}`, but `{step}` is skipped when its guard `{}` is false", whom(), guard.source()), Some(format!("guard the reference too: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition")));
                     }
+                    if let (Some(u), Some(target)) = (user, local)
+                        && text_reads_output(text, &step)
+                        && steps[target].catch.iter().any(|c| c.next == Target::Step(steps[u].id.clone()))
+                    {
+                        cx.at(at, "caught-step-output", format!("step `{}` handles the errors of `{step}` but uses `steps.{step}.output`, which a failed `{step}` does not have", steps[u].id), Some(format!("read the error as `steps.{step}.error` (`kind`, `message`, `attempt`); if the step is also reached when `{step}` succeeded, guard it: `steps.{step}.output if steps.{step}.output is defined else ...`")));
+                    }
                     if let (Some(field), Some(props)) =
                         (field, contract.as_ref().and_then(|c| c.get("properties")).and_then(Value::as_object))
                         && !props.contains_key(&field)
@@ -1123,6 +1231,7 @@ fn check_block(
                     collect_strings(&v, &rs.id, &mut texts);
                 }
             }
+            StepKind::Fail { cause, .. } => collect_strings(cause, &rs.id, &mut texts),
             StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
         }
         if let Some(b) = &rs.branch {
@@ -1265,6 +1374,15 @@ pub fn check_secrets(w: &Workflow, available: &[&str], file: &str) -> Vec<Diagno
 fn ident_at(s: &str) -> &str {
     let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
     &s[..end]
+}
+
+/// Whether `text` reads `steps.STEP.output` unguarded (not `... is defined`).
+fn text_reads_output(text: &str, step: &str) -> bool {
+    let needle = format!("steps.{step}.output");
+    text.match_indices(&needle).any(|(i, _)| {
+        let rest = &text[i + needle.len()..];
+        !rest.trim_start().starts_with("is defined") && !rest.trim_start().starts_with("is not defined")
+    })
 }
 
 /// Finds `inputs.NAME` and `steps.ID[.output.FIELD]` in a template or condition.

@@ -39,6 +39,32 @@ pub struct RawWorkflow {
     pub budget: Option<RawBudget>,
 }
 
+/// One `catch` entry.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatch {
+    /// Error kinds it handles: exact (`http.status`), a family
+    /// (`http.*`), or `*`. Absent: any error.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub errors: Vec<Spanned<String>>,
+    /// The handler step (or `end`: the step's sequence ends).
+    #[schemars(with = "String")]
+    pub next: Spanned<String>,
+}
+
+/// `fail: { error, cause }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFail {
+    /// The error kind the run fails with (letters, digits, `_`, `-`, `.`).
+    #[schemars(with = "String")]
+    pub error: Spanned<String>,
+    /// Why: a template rendering to the run's error message.
+    #[serde(default)]
+    pub cause: Option<Value>,
+}
+
 /// `budget: { max_cost, max_tokens }`: an attempt that would go over is not
 /// made and the step fails (`budget.exceeded`).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -130,6 +156,15 @@ pub struct RawStep {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub when: Option<Spanned<String>>,
+    /// Where the step's failure goes instead of failing the run (after its
+    /// retries): the first entry whose `errors` match the error's kind
+    /// sends control to its `next` step, which reads the error as
+    /// `steps.ID.error`.
+    #[serde(default)]
+    pub catch: Vec<RawCatch>,
+    /// End the run as failed with a named error and a cause.
+    #[serde(default)]
+    pub fail: Option<RawFail>,
     /// How often the step may run in one run; required on every loop.
     #[serde(default)]
     pub max_visits: Option<u32>,

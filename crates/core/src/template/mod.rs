@@ -441,16 +441,27 @@ pub struct Scope {
 #[derive(Debug, Clone, PartialEq)]
 enum Root {
     Value(Arc<Value>),
-    /// Step outputs by step id, read as `{ id: { output: … } }`.
-    Outputs(Arc<Vec<(String, Arc<Value>)>>),
+    /// Step outputs and caught errors by step id, read as
+    /// `{ id: { output: …, error: … } }`.
+    Outputs(Arc<Vec<(String, Arc<Value>)>>, Arc<Vec<(String, Arc<Value>)>>),
 }
 
 impl Root {
     fn to_json(&self) -> Value {
         match self {
             Root::Value(v) => (**v).clone(),
-            Root::Outputs(o) => {
-                Value::Object(o.iter().map(|(k, v)| (k.clone(), serde_json::json!({ "output": **v }))).collect())
+            Root::Outputs(o, e) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in o.iter() {
+                    m.insert(k.clone(), serde_json::json!({ "output": **v }));
+                }
+                for (k, v) in e.iter() {
+                    let entry = m.entry(k.clone()).or_insert_with(|| serde_json::json!({}));
+                    if let Value::Object(x) = entry {
+                        x.insert("error".into(), (**v).clone());
+                    }
+                }
+                Value::Object(m)
             }
         }
     }
@@ -474,7 +485,13 @@ impl Scope {
 
     /// Sets `name` to step outputs by step id, read as `{ id: { output } }`.
     pub fn outputs(&mut self, name: &str, outputs: Vec<(String, Arc<Value>)>) {
-        self.roots.insert(name.to_owned(), Root::Outputs(Arc::new(outputs)));
+        self.roots.insert(name.to_owned(), Root::Outputs(Arc::new(outputs), Arc::default()));
+    }
+
+    /// Sets `name` to step outputs and the errors of failed steps whose
+    /// `catch` handled them, by step id, read as `{ id: { output, error } }`.
+    pub fn steps(&mut self, name: &str, outputs: Vec<(String, Arc<Value>)>, errors: Vec<(String, Arc<Value>)>) {
+        self.roots.insert(name.to_owned(), Root::Outputs(Arc::new(outputs), Arc::new(errors)));
     }
 
     /// Whether `name` is set.
@@ -529,7 +546,7 @@ impl minijinja::value::Object for Roots {
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
         Some(match self.0.get(key.as_str()?)? {
             Root::Value(v) => Json::lift(v, Vec::new(), v),
-            Root::Outputs(o) => minijinja::Value::from_object(Outputs(o.clone())),
+            Root::Outputs(o, e) => minijinja::Value::from_object(Outputs(o.clone(), e.clone())),
         })
     }
 
@@ -538,9 +555,9 @@ impl minijinja::value::Object for Roots {
     }
 }
 
-/// `steps`: `{ id: { output } }` over shared outputs.
+/// `steps`: `{ id: { output, error } }` over shared outputs and caught errors.
 #[derive(Debug)]
-struct Outputs(Arc<Vec<(String, Arc<Value>)>>);
+struct Outputs(Arc<Vec<(String, Arc<Value>)>>, Arc<Vec<(String, Arc<Value>)>>);
 
 impl minijinja::value::Object for Outputs {
     fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
@@ -550,18 +567,26 @@ impl minijinja::value::Object for Outputs {
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
         let key = key.as_str()?;
         // The innermost scope's step comes last and wins.
-        let (_, v) = self.0.iter().rev().find(|(k, _)| k == key)?;
-        Some(minijinja::Value::from_object(Output(v.clone())))
+        let output = self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let error = self.1.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        (output.is_some() || error.is_some()).then(|| minijinja::Value::from_object(Output { output, error }))
     }
 
     fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
-        names(self.0.iter().map(|(k, _)| k))
+        let mut keys: Vec<&String> = self.0.iter().chain(self.1.iter()).map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        names(keys.into_iter())
     }
 }
 
-/// `{ output }` of one step.
+/// `{ output, error }` of one step: what it returned, and the error its
+/// `catch` handled (each only when there is one).
 #[derive(Debug)]
-struct Output(Arc<Value>);
+struct Output {
+    output: Option<Arc<Value>>,
+    error: Option<Arc<Value>>,
+}
 
 impl minijinja::value::Object for Output {
     fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
@@ -569,11 +594,23 @@ impl minijinja::value::Object for Output {
     }
 
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
-        (key.as_str()? == "output").then(|| Json::lift(&self.0, Vec::new(), &self.0))
+        let v = match key.as_str()? {
+            "output" => self.output.as_ref()?,
+            "error" => self.error.as_ref()?,
+            _ => return None,
+        };
+        Some(Json::lift(v, Vec::new(), v))
     }
 
     fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
-        names(["output"].into_iter())
+        let mut n = Vec::new();
+        if self.output.is_some() {
+            n.push("output");
+        }
+        if self.error.is_some() {
+            n.push("error");
+        }
+        names(n.into_iter())
     }
 }
 
