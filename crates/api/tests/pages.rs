@@ -1073,7 +1073,6 @@ async fn the_console_draws_parallel_branches_and_map_items(db: &str) {
     );
 }
 
-
 /// A caught failure on the run's page: the step drawn as caught, the
 /// timeline saying what was caught and where control went; a guard's skip
 /// says why.
@@ -1087,8 +1086,16 @@ async fn the_console_shows_caught_errors_and_skips(db: &str) {
     assert_eq!(done["output"], json!({"why": "card.declined"}), "{done}");
     let (cookie, _) = sign_in(&s, &key, false).await;
     let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
-    assert!(p.html.contains("<g class=\"node state-caught\">") && p.html.contains(">task · caught</text>"), "{}", p.html);
-    assert!(p.html.contains("<code>card.declined</code> caught after attempt 1; on to <code>handle</code>"), "{}", p.html);
+    assert!(
+        p.html.contains("<g class=\"node state-caught\">") && p.html.contains(">task · caught</text>"),
+        "{}",
+        p.html
+    );
+    assert!(
+        p.html.contains("<code>card.declined</code> caught after attempt 1; on to <code>handle</code>"),
+        "{}",
+        p.html
+    );
     assert!(p.html.contains("when: `false` is false") && p.html.contains(">transform · skipped</text>"), "{}", p.html);
     assert!(p.html.contains(">transform · not reached</text>"), "`fine` is not reached: {}", p.html);
 }

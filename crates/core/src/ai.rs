@@ -23,7 +23,7 @@ pub fn default_transport() -> RetryPolicy {
         backoff_coefficient: 2.0,
         max_interval: std::time::Duration::from_secs(30),
         jitter: 0.1,
-        non_retryable: Vec::new(),
+        ..RetryPolicy::default()
     }
 }
 

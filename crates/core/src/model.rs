@@ -193,8 +193,9 @@ pub struct Step {
     pub when: Option<crate::expr::Condition>,
     /// Where its failure goes instead of failing the run, first match wins.
     pub catch: Vec<Catcher>,
-    /// Retry policy.
-    pub retry: RetryPolicy,
+    /// Retriers, matched in order by the error's kind (the first whose
+    /// `errors` match decides); empty: no retry.
+    pub retry: Vec<RetryPolicy>,
     /// Attempt timeout.
     pub timeout: Option<Duration>,
     /// Most visits in one run.
@@ -229,13 +230,15 @@ impl Catcher {
     }
 }
 
-/// Whether the error pattern `pattern` (exact, `family.*` or `*`) matches
-/// the kind `kind`.
+/// Whether the error pattern `pattern` matches the kind `kind`: `*` any;
+/// `family.*` every kind under `family.`; otherwise the kind itself and the
+/// kinds it is the start of (`http.status` matches `http.status.503`).
 pub fn error_matches(pattern: &str, kind: &str) -> bool {
+    let under = |p: &str| kind.strip_prefix(p).is_some_and(|rest| rest.starts_with('.'));
     match pattern.strip_suffix(".*") {
         _ if pattern == "*" => true,
-        Some(family) => kind.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')),
-        None => pattern == kind,
+        Some(family) => under(family),
+        None => pattern == kind || under(pattern),
     }
 }
 
@@ -408,6 +411,12 @@ pub struct RetryPolicy {
     pub jitter: f64,
     /// Error kinds never retried.
     pub non_retryable: Vec<String>,
+    /// The errors this policy (one retrier of a step's list) applies to:
+    /// patterns as in `catch`; empty: any.
+    pub errors: Vec<String>,
+    /// Longest time a visit's retries may go on, from its first failure:
+    /// a retry that would fall due later is not made.
+    pub max_duration: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -419,11 +428,18 @@ impl Default for RetryPolicy {
             max_interval: Duration::from_secs(300),
             jitter: 0.1,
             non_retryable: Vec::new(),
+            errors: Vec::new(),
+            max_duration: None,
         }
     }
 }
 
 impl RetryPolicy {
+    /// Whether this retrier applies to an error of this kind.
+    pub fn matches(&self, kind: &str) -> bool {
+        self.errors.is_empty() || self.errors.iter().any(|e| error_matches(e, kind))
+    }
+
     /// The wait before attempt `next_attempt` (2, 3, …), with jitter drawn
     /// from `seed` so the decision is reproducible on replay.
     pub fn backoff(&self, next_attempt: u32, seed: u64) -> Duration {

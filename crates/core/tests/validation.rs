@@ -637,3 +637,41 @@ fn catch_and_fail_are_checked() {
     let ok = "name: w\nsteps:\n  - id: a\n    task: echo\n    catch: [{ errors: [card.declined, 'ai.*', timeout], next: b }]\n    end: true\n  - id: b\n    task: echo\n    with: '{{ steps.a.error }}'\n";
     assert!(diags(ok).is_empty(), "{:?}", diags(ok));
 }
+
+#[test]
+fn retriers_are_checked() {
+    // A list of retriers: statuses in the kind are known; a typo is not.
+    let ok = "name: w\nsteps:\n  - id: a\n    task: echo\n    retry:\n      - { errors: [http.status.503, timeout], max_attempts: 6, initial_interval: 2s, max_duration: 10m }\n      - { max_attempts: 3 }\n";
+    assert!(diags(ok).is_empty(), "{:?}", diags(ok));
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    retry:\n      - { errors: [http.timout], max_attempts: 2 }\n",
+        "unknown-error-kind",
+        6,
+        &["did you mean `http.timeout`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    retry:\n      - { errors: [http.status.999] }\n",
+        "unknown-error-kind",
+        6,
+        &["http.status.999"],
+    );
+    // A retrier for every error first leaves the next nothing.
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    retry:\n      - { max_attempts: 2 }\n      - { errors: [timeout], max_attempts: 5 }\n",
+        "unreachable-retrier",
+        7,
+        &["retrier 2 never applies"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    retry:\n      - { max_attemps: 2 }\n",
+        "unknown-field",
+        6,
+        &["did you mean `max_attempts`"],
+    );
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    retry: { max_duration: soon }\n",
+        "bad-duration",
+        5,
+        &["soon"],
+    );
+}

@@ -109,7 +109,10 @@ pub async fn send(
     if status >= 400 {
         let retryable = status >= 500 || status == 429 || retry_on_status.contains(&status);
         let snippet: String = text.chars().take(300).collect();
-        let mut e = err("http.status", format!("{url_text} answered {status}: {snippet}"), retryable);
+        // The status in the kind (`http.status.503`), so retriers and
+        // `catch` tell a 500 from a 503; `http.status` matches them all.
+        let mut e =
+            err(&format!("http.status.{status}"), format!("{url_text} answered {status}: {snippet}"), retryable);
         e.retry_after_ms = retry_after_ms;
         return Err(e);
     }

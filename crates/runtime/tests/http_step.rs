@@ -106,6 +106,10 @@ impl Server {
                         }
                         ("/ok", _) => (201, "", json!({ "id": 7, "echo": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null), "auth": headers.get("authorization") }).to_string()),
                         ("/flaky", 1 | 2) => (503, "", "busy".to_owned()),
+                        ("/mixed", 1 | 2) => (503, "", "busy".to_owned()),
+                        ("/mixed", 3) => (500, "", "broken".to_owned()),
+                        ("/mixed", _) => (200, "", json!({ "ok": true }).to_string()),
+                        ("/always503", _) => (503, "", "busy".to_owned()),
                         ("/flaky", _) => (200, "", json!({ "ok": true }).to_string()),
                         ("/limited", 1) => (429, "Retry-After: 1\r\n", "slow down".to_owned()),
                         ("/limited", _) => (200, "", json!({ "ok": true }).to_string()),
@@ -225,7 +229,7 @@ async fn other_client_errors_are_not_retried() {
     let (_, state) = run(&engine, &src, json!({})).await;
     assert_eq!(state.status, RunStatus::Failed);
     let (kind, message, step) = state.error.expect("error");
-    assert_eq!((kind.as_str(), step.as_deref()), ("http.status", Some("call")));
+    assert_eq!((kind.as_str(), step.as_deref()), ("http.status.404", Some("call")));
     assert!(message.contains("404") && message.contains("no such thing"), "{message}");
     assert_eq!(server.calls("/missing").len(), 1);
     // Unless the workflow asks for it.
@@ -298,3 +302,55 @@ async fn a_polling_loop_sends_a_new_key_on_each_visit(store: Arc<dyn EventStore>
 }
 
 both_backends!(a_polling_loop_sends_a_new_key_on_each_visit);
+
+/// Retriers by error class: a 503 is retried by the first retrier (3
+/// attempts of its own) and a 500 by the second (2); each counts the
+/// failures it handled. Past its attempts, past `max_duration`, or with no
+/// retrier for the error, the step fails, saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriers_are_matched_by_the_errors_status() {
+    let server = Server::start().await;
+    let (_dir, store, engine) = setup().await;
+    let flow = |path: &str, retry: &str| {
+        format!(
+            "name: r\nsteps:\n  - id: call\n    http: {{ url: 'http://127.0.0.1:{}{path}' }}\n    retry:\n{retry}",
+            server.port
+        )
+    };
+    let two = "      - { errors: [http.status.503], max_attempts: 3, initial_interval: 10ms, jitter: 0 }\n      - { errors: [http.status], max_attempts: 2, initial_interval: 10ms, jitter: 0 }\n";
+    // 503, 503 (first retrier), 500 (second), then 200.
+    let (id, state) = run(&engine, &flow("/mixed", two), json!({})).await;
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
+    assert_eq!(server.calls("/mixed").len(), 4);
+    let kinds: Vec<String> = store
+        .read_stream(&cairn_events::run_stream(id), 1)
+        .await
+        .expect("read")
+        .iter()
+        .filter_map(|r| match cairn_events::Event::decode(r) {
+            Ok(cairn_events::Event::StepFailed(f)) => Some(f.error_kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["http.status.503", "http.status.503", "http.status.500"]);
+    // Always 503: the first retrier's three attempts, then the run fails.
+    let (_, state) = run(&engine, &flow("/always503", two), json!({})).await;
+    let (kind, message, _) = state.error.expect("failed");
+    assert_eq!(kind, "http.status.503");
+    assert!(message.contains("after 3 attempt(s)"), "{message}");
+    assert_eq!(server.calls("/always503").len(), 3);
+    // No retrier for a 404: one attempt, and it says so.
+    let only503 = "      - { errors: [http.status.503], max_attempts: 5, initial_interval: 10ms }\n";
+    let (_, state) = run(&engine, &flow("/missing", only503), json!({})).await;
+    let (kind, message, _) = state.error.expect("failed");
+    assert_eq!(kind, "http.status.404");
+    assert!(message.contains("no retrier matches its error"), "{message}");
+    assert_eq!(server.calls("/missing").len(), 1);
+    // max_duration: waits of 40 ms, then 80 ms; only the first fits in 100 ms.
+    let bounded = "      - { max_attempts: 10, initial_interval: 40ms, backoff_coefficient: 2, jitter: 0, max_duration: 100ms }\n";
+    let before = server.calls("/always503").len();
+    let (_, state) = run(&engine, &flow("/always503", bounded), json!({})).await;
+    let (_, message, _) = state.error.expect("failed");
+    assert!(message.contains("max_duration"), "{message}");
+    assert_eq!(server.calls("/always503").len() - before, 2, "the first try and one retry");
+}

@@ -457,7 +457,7 @@ steps:
     let id = failed_run(&e, &src, json!({})).await;
     assert_eq!(hits.load(Ordering::SeqCst), 2, "two attempts, both 500");
     let s = e.state(id).await.expect("state");
-    assert_eq!(s.error.as_ref().map(|x| x.0.as_str()), Some("http.status"));
+    assert_eq!(s.error.as_ref().map(|x| x.0.as_str()), Some("http.status.500"));
     fixed.store(true, Ordering::SeqCst);
     let s = resume(&e, id, &req()).await;
     assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);

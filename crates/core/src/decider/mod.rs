@@ -221,6 +221,12 @@ pub struct RunState {
     /// The attempt before the first attempt of each step instance's
     /// current visit: retries count from there.
     pub visit_base: BTreeMap<String, u32>,
+    /// The error kinds of each step instance's failed attempts in its
+    /// current visit: each retrier counts the ones it matched first.
+    pub visit_failures: BTreeMap<String, Vec<String>>,
+    /// When each step instance's current visit first failed (the time its
+    /// first retry was scheduled at): `max_duration` counts from there.
+    pub retrying_since: BTreeMap<String, DateTime<Utc>>,
     /// What its decisions take from the configuration, as recorded when it
     /// started (`None`: a run recorded before that reads it live).
     pub settings: Option<cairn_events::RunSettings>,
@@ -429,6 +435,8 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             if !again {
                 *s.visits.entry(e.step_id.clone()).or_default() += 1;
                 s.visit_base.insert(e.step_id.clone(), e.attempt.saturating_sub(1));
+                s.visit_failures.remove(&e.step_id);
+                s.retrying_since.remove(&e.step_id);
             }
             match s.attempts.get_mut(&e.step_id) {
                 Some(a) => *a = (*a).max(e.attempt),
@@ -495,6 +503,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
         }
         Event::StepFailed(e) => {
+            s.visit_failures.entry(e.step_id.clone()).or_default().push(e.error_kind.clone());
             s.drop_children(&e.step_id);
             if let Some(t) = s.thread_mut(&e.step_id) {
                 t.cursor = Cursor::Failed {
@@ -521,6 +530,10 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             }
         }
         Event::RetryScheduled(e) => {
+            if !s.retrying_since.contains_key(&e.step_id) {
+                let backoff = chrono::Duration::milliseconds(i64::try_from(e.backoff_ms).unwrap_or(i64::MAX));
+                s.retrying_since.insert(e.step_id.clone(), e.due_at - backoff);
+            }
             if let Some(t) = s.thread_mut(&e.step_id) {
                 t.cursor =
                     Cursor::RetryWait { step: e.step_id.clone(), next_attempt: e.next_attempt, due_at: e.due_at };
@@ -959,15 +972,36 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
             let Some(st) = w.step(bare(step)) else {
                 return End::Failed((error_kind.clone(), message.clone(), Some(step.clone())));
             };
-            let policy = &st.retry;
+            // The first retrier whose errors match decides; it counts the
+            // failures of this visit it matched first (one retrier: every
+            // attempt of the visit).
             let base = s.visit_base.get(step.as_str()).copied().unwrap_or(0);
-            let tries = attempt.saturating_sub(base);
-            if *retryable && tries < policy.max_attempts && !policy.non_retryable.iter().any(|k| k == error_kind) {
+            let retrier = st.retry.iter().position(|p| p.matches(error_kind));
+            let tries = retrier.map_or(0, |i| {
+                let kinds = s.visit_failures.get(step.as_str()).map_or(&[][..], Vec::as_slice);
+                kinds.iter().filter(|k| st.retry.iter().position(|p| p.matches(k)) == Some(i)).count() as u32
+            });
+            let policy = retrier.map(|i| &st.retry[i]);
+            let scheduled = policy.filter(|p| {
+                *retryable
+                    && tries < p.max_attempts
+                    && !p.non_retryable.iter().any(|k| crate::model::error_matches(k, error_kind))
+            });
+            let retry = scheduled.map(|p| {
                 let next = attempt + 1;
-                let backoff = policy
-                    .backoff(next - base, seed(s.run_id, step, next))
+                let backoff = p
+                    .backoff(tries + 1, seed(s.run_id, step, next))
                     .max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                 let due_at = now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::zero());
+                (p, next, backoff, due_at)
+            });
+            // Past the retrier's `max_duration` (from the visit's first failure): no more.
+            let over = retry.as_ref().and_then(|(p, _, _, due_at)| {
+                let limit = chrono::Duration::from_std(p.max_duration?).ok()?;
+                let since = s.retrying_since.get(step.as_str()).copied().unwrap_or(now);
+                (*due_at > since + limit).then_some(p.max_duration)
+            });
+            if let (Some((_, next, backoff, due_at)), None) = (retry, over) {
                 d.append.push(Event::RetryScheduled(RetryScheduled {
                     step_id: step.clone(),
                     next_attempt: next,
@@ -988,10 +1022,17 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 // A fail step's error and cause are the run's, as written.
                 End::Failed((error_kind.clone(), message.clone(), Some(step.clone())))
             } else {
-                let why = if !*retryable || policy.non_retryable.iter().any(|k| k == error_kind) {
-                    "not retryable".to_owned()
-                } else {
-                    format!("after {tries} attempt(s)")
+                let why = match (policy, over) {
+                    (_, Some(Some(limit))) => format!("its retries would go past max_duration {limit:?}"),
+                    (None, _) if !st.retry.is_empty() => "no retrier matches its error".to_owned(),
+                    (Some(p), _)
+                        if *retryable
+                            && !p.non_retryable.iter().any(|k| crate::model::error_matches(k, error_kind)) =>
+                    {
+                        format!("after {} attempt(s)", attempt.saturating_sub(base))
+                    }
+                    (None, _) if *retryable => format!("after {} attempt(s)", attempt.saturating_sub(base)),
+                    _ => "not retryable".to_owned(),
                 };
                 End::Failed((
                     error_kind.clone(),

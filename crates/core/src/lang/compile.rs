@@ -733,10 +733,11 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         }
     }
 
-    let mut retry = RetryPolicy::default();
-    if let Some(r) = &s.retry {
-        retry.max_attempts = r.max_attempts.unwrap_or(3);
-        if retry.max_attempts == 0 {
+    let mut retry = Vec::new();
+    let raw_retriers = s.retry.as_deref().unwrap_or_default();
+    for (i, r) in raw_retriers.iter().enumerate() {
+        let mut p = RetryPolicy { max_attempts: r.max_attempts.unwrap_or(3), ..RetryPolicy::default() };
+        if p.max_attempts == 0 {
             cx.at(
                 &s.id,
                 "bad-retry",
@@ -745,24 +746,42 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             );
         }
         if let Some(d) = r.initial_interval.as_ref().and_then(|d| duration(cx, d)) {
-            retry.initial_interval = d;
+            p.initial_interval = d;
         }
         if let Some(d) = r.max_interval.as_ref().and_then(|d| duration(cx, d)) {
-            retry.max_interval = d;
+            p.max_interval = d;
         }
+        p.max_duration = r.max_duration.as_ref().and_then(|d| duration(cx, d));
         if let Some(c) = r.backoff_coefficient {
             if !(1.0..=100.0).contains(&c) {
                 cx.at(&s.id, "bad-retry", format!("step `{id}`: `backoff_coefficient` {c} is outside 1 to 100"), None);
             }
-            retry.backoff_coefficient = c;
+            p.backoff_coefficient = c;
         }
         if let Some(j) = r.jitter {
             if !(0.0..=1.0).contains(&j) {
                 cx.at(&s.id, "bad-retry", format!("step `{id}`: `jitter` {j} is outside 0 to 1"), None);
             }
-            retry.jitter = j;
+            p.jitter = j;
         }
-        retry.non_retryable = r.non_retryable.clone();
+        for e in &r.errors {
+            error_pattern(cx, e);
+        }
+        p.errors = r.errors.iter().map(|e| e.value.clone()).collect();
+        p.non_retryable = r.non_retryable.clone();
+        // A retrier for every error before others leaves them nothing.
+        if (p.errors.is_empty() || p.errors.iter().any(|e| e == "*"))
+            && let Some(later) = raw_retriers.get(i + 1)
+        {
+            let at = later.errors.first().unwrap_or(&s.id);
+            cx.at(
+                at,
+                "unreachable-retrier",
+                format!("step `{id}`: retrier {} never applies: retrier {} handles every error", i + 2, i + 1),
+                Some("list the retriers for particular errors first and the one for any error (no `errors`, or `*`) last".into()),
+            );
+        }
+        retry.push(p);
     }
     let timeout = s.timeout.as_ref().and_then(|t| duration(cx, t));
     if s.max_visits == Some(0) {
@@ -962,7 +981,9 @@ fn error_pattern(cx: &mut Ctx<'_>, e: &Spanned<String>) {
     let p = e.value.as_str();
     let families = ["http", "ai", "budget", "input", "approval", "task"];
     let family = p.split_once('.').map(|(f, _)| f);
+    let status = p.strip_prefix("http.status.").and_then(|n| n.parse::<u16>().ok());
     let known = p == "*"
+        || status.is_some_and(|n| (400..=599).contains(&n))
         || p.strip_suffix(".*").is_some_and(|f| !f.is_empty())
         || ENGINE_ERROR_KINDS.contains(&p)
         || family.is_none_or(|f| !families.contains(&f));

@@ -93,13 +93,15 @@ fn resolve<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
     }
 }
 
-/// The alternative of `s` that describes a node of this shape.
+/// The alternative of `s` that describes a node of this shape, looking
+/// through nested alternatives (an optional field whose type is itself a
+/// choice, such as `retry`: a policy or a list of them).
 fn pick<'a>(root: &'a Value, s: &'a Value, map: bool) -> &'a Value {
     let s = resolve(root, s);
     let alts = s.get("anyOf").or_else(|| s.get("oneOf")).and_then(Value::as_array);
     let Some(alts) = alts else { return s };
     let wanted = if map { "properties" } else { "items" };
-    alts.iter().map(|a| resolve(root, a)).find(|a| a.get(wanted).is_some()).unwrap_or(s)
+    alts.iter().map(|a| pick(root, a, map)).find(|a| a.get(wanted).is_some()).unwrap_or(s)
 }
 
 fn walk(node: &Node, s: &Value, root: &Value, out: &mut Vec<Unknown>) {

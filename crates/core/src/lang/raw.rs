@@ -135,9 +135,11 @@ pub struct RawStep {
     /// What this step's AI attempts may spend in all.
     #[serde(default)]
     pub budget: Option<RawBudget>,
-    /// Retry policy for failed attempts.
-    #[serde(default)]
-    pub retry: Option<RawRetry>,
+    /// Retry policy for failed attempts: one policy, or a list of
+    /// retriers matched in order by the error's kind (`errors`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(with = "Option<RetrySchema>")]
+    pub retry: Option<Vec<RawRetry>>,
     /// Longest an attempt may take, e.g. `30s`, `5m`.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
@@ -276,6 +278,16 @@ pub struct RawHttp {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
+    /// In a list of retriers: the error kinds this one handles, as in
+    /// `catch` (exact, a family `http.*`, `*`); absent: any error.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub errors: Vec<Spanned<String>>,
+    /// Longest time the retries of one visit may go on, from its first
+    /// failure (`10m`): a retry that would fall due later is not made.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub max_duration: Option<Spanned<String>>,
     /// Attempts in all, including the first (default 3).
     #[serde(default)]
     pub max_attempts: Option<u32>,
@@ -521,4 +533,37 @@ pub struct RawApproval {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub on_reject: Option<Spanned<String>>,
+}
+
+/// `retry` as written: one policy or a list of retriers (for the schema).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)] // never built: it only describes the YAML
+enum RetrySchema {
+    /// One policy for every error.
+    One(RawRetry),
+    /// Retriers, matched in order by the error's kind.
+    Many(Vec<RawRetry>),
+}
+
+/// A map or a list of maps, read straight from the YAML (no buffering, so
+/// the source positions inside survive).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRetry>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Vec<RawRetry>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a retry policy (a map) or a list of retriers")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RawRetry::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|r| Some(vec![r]))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::<RawRetry>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Some)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
