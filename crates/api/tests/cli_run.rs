@@ -593,3 +593,44 @@ mod caught {
         super::caught_errors_go_to_their_handlers(&url).await;
     }
 }
+
+/// A race through the binary: the first branch to complete wins at once
+/// (the other waits an hour), the loser's step is cancelled naming the
+/// winner, and the run replays.
+async fn a_race_takes_the_first_branch(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/first-quote-wins.yaml").display().to_string();
+    let out = common::cairn_url(url, &["run", &file]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"supplier\": \"globex\"") && text(&out).contains("\"price\": 135"), "{}", text(&out));
+    let store = cairn_events::open(url).await.expect("open");
+    let all: Vec<Event> =
+        store.read_all(1, 100_000).await.expect("read").iter().map(|r| Event::decode(r).expect("decode")).collect();
+    let skipped: Vec<(&str, &str)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepSkipped(x) => Some((x.step_id.as_str(), x.reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skipped, vec![("acme_busy", "cancelled: `quotes` was won by branch `globex`")]);
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    let id =
+        runs.lines().find(|l| l.contains("first-quote-wins")).and_then(|l| l.split_whitespace().next()).expect("run");
+    let replay = common::cairn_url(url, &["replay", id]);
+    assert!(replay.status.success(), "{}", text(&replay));
+}
+
+mod race {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::a_race_takes_the_first_branch(&format!("sqlite://{}", dir.path().join("r.db").display())).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::a_race_takes_the_first_branch(&url).await;
+    }
+}

@@ -317,6 +317,9 @@ pub enum StepKind {
         fail_fast: bool,
         /// Most branches running at once.
         max_concurrency: Option<u32>,
+        /// A race: the first branch to complete wins, the others are
+        /// cancelled, and the output is `{ winner, output }`.
+        compete: bool,
     },
     /// The same steps for every item of a list; the output lists each
     /// iteration's last output in item order.

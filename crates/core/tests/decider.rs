@@ -778,3 +778,46 @@ fn a_fail_step_in_a_branch_is_caught_on_its_parallel() {
     assert_eq!(s.status, RunStatus::Completed, "{s:?}");
     assert_eq!(s.output, Some(json!({ "recovered": "nope" })));
 }
+
+#[test]
+fn a_race_is_won_by_the_first_branch_to_complete_and_the_others_are_cancelled() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: race\n    parallel:\n      compete: true\n      branches:\n        - name: slow\n          steps:\n            - id: nap\n              wait: { for: 1h }\n        - name: quick\n          steps:\n            - id: fast\n              transform: { v: 1 }\n",
+    );
+    let mut s = fold(&[started(json!({}))]);
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        let d = decide(&w, &s, t0());
+        if d.append.is_empty() {
+            break;
+        }
+        for e in &d.append {
+            s = evolve(s, e);
+            all.push(e.clone());
+        }
+    }
+    assert_eq!(s.status, RunStatus::Completed, "{all:?}");
+    assert_eq!(s.output, Some(json!({ "winner": "quick", "output": { "v": 1 } })));
+    let skipped: Vec<&cairn_events::StepSkipped> =
+        all.iter().filter_map(|e| if let Event::StepSkipped(x) = e { Some(x) } else { None }).collect();
+    assert_eq!(skipped.len(), 1, "{all:?}");
+    assert_eq!(
+        (skipped[0].step_id.as_str(), skipped[0].reason.as_str()),
+        ("nap", "cancelled: `race` was won by branch `quick`")
+    );
+    // Without compete, the same parallel waits for both.
+    let w = wf(
+        "name: w\nsteps:\n  - id: race\n    parallel:\n      branches:\n        - name: slow\n          steps:\n            - id: nap\n              wait: { for: 1h }\n        - name: quick\n          steps:\n            - id: fast\n              transform: { v: 1 }\n",
+    );
+    let mut s = fold(&[started(json!({}))]);
+    for _ in 0..6 {
+        let d = decide(&w, &s, t0());
+        if d.append.is_empty() {
+            break;
+        }
+        for e in &d.append {
+            s = evolve(s, e);
+        }
+    }
+    assert_eq!(s.status, RunStatus::Running);
+}

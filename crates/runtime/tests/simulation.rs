@@ -244,6 +244,10 @@ impl Gen {
         if self.rng.chance(30) {
             s.push("    max_concurrency: 1".into());
         }
+        if self.rng.chance(20) {
+            // A race: the first branch to complete wins.
+            s.push("    compete: true".into());
+        }
         s.push("    branches:".into());
         let retried = self.rng.chance(30);
         for b in 0..2 + self.rng.below(2) {
@@ -742,6 +746,9 @@ async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
     let mut recorded_keys = BTreeSet::new();
     for r in world.store.read_all(1, 1_000_000).await.expect("read") {
         count(&world.stats, &format!("event {}", r.event_type), 1);
+        if r.event_type == "StepSkipped" && r.payload.contains("was won by") {
+            count(&world.stats, "races won", 1);
+        }
         if r.event_type == "ErrorCaught" {
             count(&world.stats, "errors caught", 1);
         }
@@ -786,6 +793,7 @@ async fn simulate(postgres: bool) {
     // The generated constructs were exercised, not merely generated.
     assert!(stats.get("guards false").is_some_and(|n| *n > 0), "no guard was ever false: {stats:?}");
     assert!(stats.get("errors caught").is_some_and(|n| *n > 0), "no error was ever caught: {stats:?}");
+    assert!(stats.get("races won").is_some_and(|n| *n > 0), "no race ever cancelled a loser: {stats:?}");
     let summary: Vec<String> = stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     eprintln!(
         "simulation on {backend}: {} seeds from {} passed every check\n  {}",

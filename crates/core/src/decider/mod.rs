@@ -1099,8 +1099,9 @@ struct Kid<'w> {
 /// fails) the step once they have ended.
 fn container(f: &InFlight<'_>, d: &mut Decision) {
     let InFlight { w, s, st, inst, attempt, input, now } = *f;
+    let compete = matches!(st.kind, StepKind::Parallel { compete: true, .. });
     let (kids, fail_fast, max) = match &st.kind {
-        StepKind::Parallel { branches, fail_fast, max_concurrency } => (
+        StepKind::Parallel { branches, fail_fast, max_concurrency, .. } => (
             branches
                 .iter()
                 .filter_map(|(name, steps)| {
@@ -1148,6 +1149,32 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             _ => None,
         })
         .collect();
+    // A race: the first branch (in listed order) found completed wins; the
+    // others' live steps are cancelled and their late results not recorded.
+    if compete
+        && let Some((winner, Some(End::Completed(v)))) =
+            kids.iter().zip(&ends).find(|(_, e)| matches!(e, Some(End::Completed(_))))
+    {
+        let name = winner.key.strip_prefix(&format!("{inst}.")).unwrap_or(&winner.key).to_owned();
+        let mut live = Vec::new();
+        for (k, e) in kids.iter().zip(&ends) {
+            if matches!(e, Some(End::Running)) {
+                s.live_steps(&k.key, &mut live);
+            }
+        }
+        for l in live {
+            d.append.push(Event::StepSkipped(StepSkipped {
+                step_id: l,
+                reason: format!("cancelled: `{inst}` was won by {}", winner.label),
+                scope: String::new(),
+                guard: None,
+            }));
+        }
+        let output = json!({ "winner": name, "output": v });
+        let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
+        d.append.extend(completed_or_contract(&limits, st, inst, attempt, output));
+        return;
+    }
     if let Some((first_kid, (kind, message, _))) = failures.first()
         && (fail_fast || running + waiting == 0)
     {

@@ -641,6 +641,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             branches,
             fail_fast: p.fail_fast.unwrap_or(true),
             max_concurrency: p.max_concurrency,
+            compete: p.compete,
         })
     } else if let Some(m) = &s.map {
         match &m.items {

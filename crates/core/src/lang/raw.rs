@@ -323,6 +323,10 @@ pub struct RawParallel {
     /// Most branches running at once (default: all).
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// A race: the first branch to complete wins and the others are
+    /// cancelled; the output is `{ winner, output }` (default `false`).
+    #[serde(default)]
+    pub compete: bool,
 }
 
 /// One branch of a `parallel` step.
