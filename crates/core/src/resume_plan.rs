@@ -340,6 +340,13 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
     if let Some(p) = &s.parent {
         return Err(Refusal::ChildRun { run_id, parent: p.run_id, step: p.step_id.clone() });
     }
+    // A saga whose undo stopped at a failed compensation: resume the undo.
+    if let Some(c) = &s.compensating
+        && c.done < c.queue.len()
+        && s.status == RunStatus::Failed
+    {
+        return compensation_plan(&s, c, req, run_id);
+    }
     if s.compensated {
         // Only what ran: a compensation queued after one that failed never did.
         let mut queued: BTreeSet<&str> = BTreeSet::new();
@@ -597,6 +604,73 @@ pub fn plan(w: &Workflow, events: &[Event], req: &ResumeRequest) -> Result<Plan,
         lines,
         warnings,
         inputs: resumed.inputs,
+        at_version: s.version,
+    })
+}
+
+/// The plan that finishes a saga's undo: the compensation that failed runs
+/// again, then those queued after it; the ones that completed stand; the
+/// run then fails with its original error, as a saga does. Inputs cannot
+/// change (the undo reads what the run did) and `from` can only name the
+/// failed compensation.
+fn compensation_plan(
+    s: &RunState,
+    c: &crate::decider::Compensating,
+    req: &ResumeRequest,
+    run_id: Uuid,
+) -> Result<Plan, Refusal> {
+    let failed = c.queue[c.done].clone();
+    if let Some(asked) = req.from.as_deref()
+        && asked != failed
+    {
+        return Err(Refusal::NotReached {
+            run_id,
+            step: asked.to_owned(),
+            hint: format!(
+                "the run failed while undoing its work, at compensation `{failed}`: a resume finishes the undo from there (omit --from)"
+            ),
+        });
+    }
+    if !req.inputs.is_empty() {
+        return Err(Refusal::NotReached {
+            run_id,
+            step: failed.clone(),
+            hint: "a resume that finishes an undo takes no new inputs: the compensations undo what the run did with the inputs it had".to_owned(),
+        });
+    }
+    let mut lines = Vec::new();
+    for (i, id) in c.queue.iter().enumerate() {
+        let (mark, note) = match i.cmp(&c.done) {
+            std::cmp::Ordering::Less => (Mark::Kept, "compensation completed: what it undid stays undone".to_owned()),
+            std::cmp::Ordering::Equal => {
+                (Mark::Rerun, "runs again: resumed from here (the compensation failed)".to_owned())
+            }
+            std::cmp::Ordering::Greater => (Mark::NewlyReached, "compensation still to run".to_owned()),
+        };
+        lines.push(PlanLine { mark, step: id.clone(), kind: "compensation".to_owned(), note });
+    }
+    let (kind, message, step) = &c.error;
+    let plan = ResumePlan {
+        rerun: vec![failed.clone()],
+        kept: c.queue[..c.done].to_vec(),
+        failed: vec![failed.clone()],
+        newly_reached: c.queue[c.done + 1..].to_vec(),
+        ..ResumePlan::default()
+    };
+    Ok(Plan {
+        run_id,
+        workflow: s.workflow.clone(),
+        workflow_version: s.workflow_version,
+        status: format!("{:?}", s.status).to_lowercase(),
+        from_step: failed,
+        policy: req.policy.name().to_owned(),
+        plan,
+        lines,
+        warnings: vec![format!(
+            "the run failed at {} ({kind}: {message}) and was undoing its work; this resume finishes the undo, then the run fails again with that error, as a saga does",
+            step.as_deref().map_or("a step".to_owned(), |st| format!("`{st}`"))
+        )],
+        inputs: None,
         at_version: s.version,
     })
 }

@@ -854,9 +854,12 @@ steps:
     assert_eq!(*s.outputs["each"], json!([{ "item": 1 }, { "item": 5 }, { "item": 3 }]));
 }
 
-/// The refusal to resume a compensated run names the compensations that
-/// ran, not the ones queued behind a failed one (before: every queued one).
-async fn a_compensated_run_is_refused_naming_what_ran(store: Arc<dyn EventStore>) {
+/// A saga whose compensation failed is half undone: a resume plans to run
+/// that compensation again and then the ones queued after it, runs them,
+/// and the run fails again with its original error (a saga ends failed).
+/// A run whose undo finished is still refused, naming what ran. (Before:
+/// refused, `run-compensated`, whatever was left undone.)
+async fn a_saga_whose_compensation_failed_resumes_and_finishes_the_undo(store: Arc<dyn EventStore>) {
     let world = World::default();
     let e = world.engine(&store);
     let src = r#"name: saga
@@ -876,17 +879,54 @@ compensations:
     task: broken
 "#;
     let id = failed_run(&e, src, json!({})).await;
+    let s = e.state(id).await.expect("state");
+    let (_, message, _) = s.error.clone().expect("error");
+    assert!(message.contains("then compensation failed"), "{message}");
+    // The plan: undo_b again (it failed), then undo_a (never ran).
+    let p = e.plan_resume(id, &req()).await.expect("a plan that finishes the undo");
+    assert_eq!(p.from_step, "undo_b");
+    assert_eq!(marks(&p), vec![("undo_b".to_owned(), Mark::Rerun), ("undo_a".to_owned(), Mark::NewlyReached)]);
+    assert!(p.warnings.iter().any(|w| w.contains("finishes the undo, then the run fails again")), "{:?}", p.warnings);
+    // Only from the failed compensation, and with the inputs it had.
+    let mut other = req();
+    other.from = Some("book_a".into());
+    let err = e.plan_resume(id, &other).await.expect_err("from elsewhere");
+    assert!(err.to_string().contains("finishes the undo from there"), "{err}");
+    world.fix();
+    let s = resume(&e, id, &req()).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let (kind, message, step) = s.error.clone().expect("error");
+    assert_eq!((kind.as_str(), step.as_deref()), ("service.down", Some("pay")), "the original error: {message}");
+    assert!(!message.contains("compensation failed"), "{message}");
+    let events = e.events(id).await.expect("events");
+    let completed: Vec<&str> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::StepCompleted(c) if c.step_id.starts_with("undo") => Some(c.step_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, ["undo_b", "undo_a"], "each compensation completed once, in order");
+    assert!(
+        !events.iter().any(|ev| matches!(ev, Event::StepStarted(x) if x.step_id == "pay" && x.attempt > 1)),
+        "pay is not run again"
+    );
+    // The resumed undo replays as it was decided.
+    let (w, _) = common::publish(&e, src).await;
+    let recorded = store.read_stream(&cairn_events::run_stream(id), 1).await.expect("read");
+    let report = cairn_runtime::replay::check(&w, &recorded).expect("replay");
+    assert!(report.divergence.is_none(), "{:?}", report.divergence);
+    // Undone: now refused, naming what ran.
     let err = e.plan_resume(id, &req()).await.expect_err("compensated");
     let text = err.to_string();
     assert!(matches!(err, ResumeError::Refused(Refusal::Compensated { .. })), "{text}");
-    assert!(text.contains("`undo_b` (failed)"), "{text}");
-    assert!(!text.contains("undo_a"), "undo_a never ran: {text}");
+    assert!(text.contains("`undo_a`") && text.contains("`undo_b`"), "{text}");
 }
 
 both_backends!(
     failed_only_runs_the_failed_step_again_and_keeps_the_rest,
     two_concurrent_resumes_one_wins,
-    a_compensated_run_is_refused_naming_what_ran,
+    a_saga_whose_compensation_failed_resumes_and_finishes_the_undo,
 );
 
 mod sqlite_only {

@@ -82,6 +82,18 @@ pub struct Resumed {
 /// Folds `RunResumed`: the run is running again, entering the top-level
 /// step that holds the step resumed from.
 pub(super) fn evolve(s: &mut RunState, e: &RunResumed) {
+    // A saga whose undo stopped at a failed compensation: the undo goes
+    // on from that compensation (the run's error stays the original one).
+    if let Some(c) = &s.compensating
+        && c.queue.get(c.done) == Some(&e.from_step)
+    {
+        s.status = RunStatus::Running;
+        s.error = None;
+        s.output = None;
+        s.threads.clear();
+        s.threads.insert(String::new(), Thread { cursor: Cursor::Compensating, ..Thread::default() });
+        return;
+    }
     let policy = Policy::parse(&e.policy).unwrap_or(Policy::FailedOnly);
     let mut changed_inputs = BTreeSet::new();
     if let (Some(Value::Object(new)), Value::Object(old)) = (&e.inputs, std::sync::Arc::make_mut(&mut s.inputs)) {
