@@ -91,6 +91,7 @@ async fn keep_writing(store: Arc<dyn EventStore>, stop: tokio::sync::watch::Rece
                 parent: None,
                 fork_of: None,
                 settings: None,
+                started_at: None,
             }),
             Event::StepStarted(cairn_events::StepStarted {
                 step_id: "a".into(),
@@ -301,6 +302,7 @@ async fn a_parked_event_is_shown_listed_and_skipped_on_the_record(url: String) {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     });
     let ev = || vec![NewEvent::from_event(&started, Metadata::by("ada"))];
     let stream = cairn_events::run_stream(id);

@@ -634,3 +634,35 @@ mod race {
         super::a_race_takes_the_first_branch(&url).await;
     }
 }
+
+/// A run's own facts through the binary: the output names the run's id,
+/// workflow, version and start, a retry is attempt 2, and the run replays
+/// (the step's UUID is derived, so the replay finds the same one).
+async fn a_run_knows_itself(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/run-context.yaml").display().to_string();
+    let out = common::cairn_url(url, &["--as", "ada", "run", &file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    let id = runs.lines().find(|l| l.contains("run-context")).and_then(|l| l.split_whitespace().next()).expect("run");
+    let t = text(&out);
+    assert!(t.contains(&format!("\"run\": \"{id}")), "{t}");
+    assert!(t.contains("\"workflow\": \"run-context v1\"") && t.contains("\"started_by\": \"ada\""), "{t}");
+    assert!(t.contains("\"reserved_on_attempt\": 2") && t.contains("\"started_at\": \"20"), "{t}");
+    let replay = common::cairn_url(url, &["replay", id]);
+    assert!(replay.status.success(), "{}", text(&replay));
+}
+
+mod run_context {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::a_run_knows_itself(&format!("sqlite://{}", dir.path().join("x.db").display())).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::a_run_knows_itself(&url).await;
+    }
+}

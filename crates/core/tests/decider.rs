@@ -34,6 +34,7 @@ fn started(inputs: Value) -> Event {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     })
 }
 
@@ -820,4 +821,46 @@ fn a_race_is_won_by_the_first_branch_to_complete_and_the_others_are_cancelled() 
         }
     }
     assert_eq!(s.status, RunStatus::Running);
+}
+
+#[test]
+fn templates_see_the_run_itself() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    with: { id: '{{ run.id }}', wf: '{{ run.workflow }}', v: '{{ run.version }}', by: '{{ run.started_by }}', attempt: '{{ run.attempt }}', key: '{{ run.uuid }}', parent: '{{ run.parent_id }}' }\n    retry: { max_attempts: 2, initial_interval: 1s, jitter: 0 }\n    when: run.workflow == 'w' && run.version == 1\n",
+    );
+    let mut first = started(json!({}));
+    if let Event::RunStarted(r) = &mut first {
+        r.parent = Some(cairn_events::ParentRun { run_id: Uuid::from_u128(99), step_id: "spawn".into() });
+    }
+    let s = fold(std::slice::from_ref(&first));
+    let d = decide(&w, &s, t0());
+    let input = match &d.append[..] {
+        [Event::StepStarted(st)] => st.input.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(input["id"], json!(Uuid::from_u128(7).to_string()));
+    assert_eq!((input["wf"].clone(), input["v"].clone(), input["by"].clone()), (json!("w"), json!(1), json!("t")));
+    assert_eq!(input["attempt"], json!(1));
+    assert_eq!(input["parent"], json!(Uuid::from_u128(99).to_string()), "a child run knows its parent");
+    let key = input["key"].as_str().expect("uuid").to_owned();
+    assert!(key.parse::<Uuid>().is_ok(), "{key}");
+    // Deciding again gives the same UUID (a replay finds it); a retry gets its own, and attempt 2.
+    assert_eq!(decide(&w, &s, t0()), d);
+    let s = fold(&[
+        first,
+        step_started("a", 1, input.clone()),
+        step_failed("a", 1, true),
+        Event::RetryScheduled(cairn_events::RetryScheduled {
+            step_id: "a".into(),
+            next_attempt: 2,
+            due_at: t0(),
+            backoff_ms: 1000,
+        }),
+    ]);
+    let retry = match &decide(&w, &s, t0()).append[..] {
+        [Event::StepStarted(st)] => st.input.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retry["attempt"], json!(2));
+    assert_ne!(retry["key"], input["key"]);
 }

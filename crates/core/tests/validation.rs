@@ -675,3 +675,15 @@ fn retriers_are_checked() {
         &["soon"],
     );
 }
+
+#[test]
+fn the_run_fields_are_checked() {
+    check(
+        "name: w\nsteps:\n  - id: a\n    task: echo\n    with: { id: '{{ run.idd }}' }\n",
+        "unknown-run-field",
+        3,
+        &["run.idd", "did you mean `run.id`"],
+    );
+    let ok = "name: w\nsteps:\n  - id: a\n    when: run.attempt == 1\n    task: echo\n    with: { id: '{{ run.id }}', at: '{{ run.started_at }}', key: '{{ run.uuid }}' }\n";
+    assert!(diags(ok).is_empty(), "{:?}", diags(ok));
+}

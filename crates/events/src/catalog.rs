@@ -138,6 +138,10 @@ pub struct RunStarted {
     /// settings were: those read the engine's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RunSettings>,
+    /// When the run started, as the engine's clock read it (templates see
+    /// it as `run.started_at`; absent in runs recorded before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// A step attempt began; recorded before any effect.

@@ -51,6 +51,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
                 parent: None,
                 fork_of: None,
                 settings: None,
+                started_at: None,
             }),
             step("fetch", 1),
             done("fetch"),

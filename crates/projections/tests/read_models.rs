@@ -31,6 +31,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     })];
     for (i, p) in plan.iter().enumerate() {
         let step = format!("s{i}");
@@ -570,6 +571,7 @@ fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     })];
     for visit in 1..=3 {
         ev.push(started("check", 1));

@@ -54,6 +54,7 @@ fn record(w: &cairn_runtime::Workflow) -> Vec<Event> {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     })];
     let mut s = fold(events.iter());
     let now = chrono::Utc::now();

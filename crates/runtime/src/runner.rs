@@ -454,6 +454,7 @@ impl Engine {
             parent,
             fork_of: fork.as_ref().map(|(o, _)| o.clone()),
             settings: cairn_core::settings::resolve(w, &self.fx.config),
+            started_at: Some(self.fx.clock.now()),
         });
         let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];

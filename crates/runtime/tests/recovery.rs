@@ -998,6 +998,7 @@ fn run_started(workflow: &str, inputs: Value) -> Event {
         parent: None,
         fork_of: None,
         settings: None,
+        started_at: None,
     })
 }
 

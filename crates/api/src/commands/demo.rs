@@ -29,6 +29,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 parent: None,
                 fork_of: None,
                 settings: None,
+                started_at: None,
             }),
             "demo",
         ),

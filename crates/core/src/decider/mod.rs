@@ -171,6 +171,10 @@ pub struct RunState {
     pub workflow: String,
     /// Pinned definition version.
     pub workflow_version: u32,
+    /// Who started it.
+    pub started_by: String,
+    /// When it started (runs recorded before this was kept: `None`).
+    pub started_at: Option<DateTime<Utc>>,
     /// Status.
     pub status: RunStatus,
     /// Inputs after defaults.
@@ -415,6 +419,8 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.run_id = Some(e.run_id);
             s.workflow = e.workflow.clone();
             s.workflow_version = e.workflow_version;
+            s.started_by = e.started_by.clone();
+            s.started_at = e.started_at;
             s.status = RunStatus::Running;
             s.inputs = Arc::new(e.inputs.clone());
             s.parent = e.parent.clone();
@@ -805,9 +811,42 @@ fn visible(map: &BTreeMap<String, Arc<Value>>, pre: &str) -> Vec<(String, Arc<Va
     out
 }
 
+/// `run`: what templates and conditions know of the run itself; with a
+/// step attempt, its attempt in the visit and a UUID of its own (derived
+/// from the run, the step and the attempt, so a replay finds the same one).
+pub fn run_context(s: &RunState, attempt: Option<(&str, u32)>) -> Value {
+    let mut run = json!({
+        "id": s.run_id.map(|u| u.to_string()),
+        "workflow": s.workflow,
+        "version": s.workflow_version,
+        "started_by": s.started_by,
+        "started_at": s.started_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        "parent_id": s.parent.as_ref().map(|p| p.run_id.to_string()),
+        "parent_step": s.parent.as_ref().map(|p| p.step_id.clone()),
+    });
+    if let (Some((instance, a)), Value::Object(m)) = (attempt, &mut run) {
+        // A retry counts on within its visit; anything else starts a visit.
+        let retry = s.threads.get(s.scope_of(instance)).is_some_and(|t| {
+            matches!(&t.cursor, Cursor::RetryWait { step, next_attempt, .. } if step == instance && *next_attempt == a)
+        });
+        m.insert("attempt".into(), json!(if retry { s.attempt_in_visit(instance, a) } else { 1 }));
+        let mut h = Sha256::new();
+        h.update(b"cairn-uuid");
+        h.update(s.run_id.map(|r| r.into_bytes()).unwrap_or_default());
+        h.update(instance.as_bytes());
+        h.update(a.to_be_bytes());
+        let d = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d[..16]);
+        m.insert("uuid".into(), json!(uuid::Builder::from_random_bytes(b).into_uuid().to_string()));
+    }
+    run
+}
+
 fn scope_context(s: &RunState, pre: &str) -> Scope {
     let mut ctx = Scope::new();
     ctx.share("inputs", s.inputs.clone());
+    ctx.set("run", run_context(s, None));
     if s.errors.is_empty() {
         ctx.outputs("steps", visible_outputs(s, pre));
     } else {
@@ -1444,7 +1483,8 @@ fn start_unchecked(
 ) -> Vec<Event> {
     let instance = format!("{pre}{}", st.id);
     let step = instance.as_str();
-    let ctx = context_with_placeholders(w, s, pre);
+    let mut ctx = context_with_placeholders(w, s, pre);
+    ctx.set("run", run_context(s, Some((step, attempt))));
     let render_failed =
         |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
     // A condition that could iterate past its budget is not evaluated.

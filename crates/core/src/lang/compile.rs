@@ -879,6 +879,8 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
         for r in references(t) {
             match r {
                 Ref::Input(name) => reads.inputs.insert(name),
+                // The run's own facts do not change on a resume.
+                Ref::Run(_) => false,
                 Ref::Step { step, field } => {
                     match field {
                         Some(f) => reads.fields.insert((step.clone(), f)),
@@ -942,6 +944,10 @@ fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
     out.extend(step.catch.iter().map(|c| idx(&c.next)));
     out
 }
+
+/// What templates and conditions read of the run itself (`run.FIELD`).
+pub const RUN_FIELDS: &[&str] =
+    &["id", "workflow", "version", "started_by", "started_at", "parent_id", "parent_step", "attempt", "uuid"];
 
 /// The error kinds the engine itself gives, and the families they are in:
 /// a `catch` pattern in one of these families must name one of them.
@@ -1137,6 +1143,19 @@ fn check_block(
                         );
                     }
                 }
+                Ref::Run(name) => {
+                    if !RUN_FIELDS.contains(&name.as_str()) {
+                        let help = did_you_mean(&name, RUN_FIELDS.iter().copied())
+                            .map(|s| format!("did you mean `run.{s}`?"))
+                            .unwrap_or_else(|| format!("`run` has: {}", RUN_FIELDS.join(", ")));
+                        cx.at(
+                            at,
+                            "unknown-run-field",
+                            format!("`run.{name}` is not something a run knows of itself"),
+                            Some(help),
+                        );
+                    }
+                }
                 Ref::Step { step, field } => {
                     let Some(referenced) = w.step(&step) else {
                         let help = did_you_mean(&step, cx.all_ids.iter().copied())
@@ -1312,6 +1331,7 @@ fn collect_strings<'a>(v: &Value, at: &'a Spanned<String>, out: &mut Vec<(&'a Sp
 #[derive(Debug, PartialEq, Eq)]
 enum Ref {
     Input(String),
+    Run(String),
     Step { step: String, field: Option<String> },
 }
 
@@ -1413,6 +1433,14 @@ fn references(text: &str) -> Vec<Ref> {
     let bytes = text.as_bytes();
     let boundary =
         |i: usize| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+    for (i, _) in text.match_indices("run.") {
+        if boundary(i) {
+            let name = ident_at(&text[i + 4..]);
+            if !name.is_empty() {
+                out.push(Ref::Run(name.to_owned()));
+            }
+        }
+    }
     for (i, _) in text.match_indices("inputs.") {
         if boundary(i) {
             let name = ident_at(&text[i + 7..]);

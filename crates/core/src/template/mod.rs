@@ -129,7 +129,7 @@ fn sole_expression(s: &str) -> Option<&str> {
 
 /// The names a template may read: `inputs`, `steps`, `secrets`, and
 /// `item` and `index` inside a `map`.
-pub const ROOTS: [&str; 5] = ["inputs", "steps", "secrets", "item", "index"];
+pub const ROOTS: [&str; 6] = ["inputs", "steps", "secrets", "item", "index", "run"];
 
 /// Checks that every template string in `value` compiles, reads only
 /// [`ROOTS`] (and its own loop variables), and uses only filters, tests and
@@ -175,7 +175,7 @@ pub fn check_with(value: &Value, extra_roots: &[&str]) -> Result<(), TemplateErr
         if let Some(v) = vars.first() {
             return Err(err(format!(
                 "`{v}` is not defined in a template; a template reads {}{}",
-                "`inputs`, `steps`, `secrets`, and `item` and `index` inside a map",
+                "`inputs`, `steps`, `secrets`, `run`, and `item` and `index` inside a map",
                 if extra_roots.is_empty() {
                     String::new()
                 } else {
