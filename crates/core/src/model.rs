@@ -320,6 +320,9 @@ pub enum StepKind {
         /// A race: the first branch to complete wins, the others are
         /// cancelled, and the output is `{ winner, output }`.
         compete: bool,
+        /// The output as a list of the branches' outputs in listed order
+        /// (instead of an object keyed by branch name).
+        as_list: bool,
     },
     /// The same steps for every item of a list; the output lists each
     /// iteration's last output in item order.

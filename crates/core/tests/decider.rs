@@ -864,3 +864,26 @@ fn templates_see_the_run_itself() {
     assert_eq!(retry["attempt"], json!(2));
     assert_ne!(retry["key"], input["key"]);
 }
+
+#[test]
+fn a_parallel_can_give_its_results_as_a_list() {
+    let src = |shape: &str| {
+        format!(
+            "name: w\nsteps:\n  - id: p\n    parallel:\n      output: {shape}\n      branches:\n        - name: b\n          steps:\n            - id: two\n              transform: {{ v: 2 }}\n        - name: a\n          steps:\n            - id: one\n              transform: {{ v: 1 }}\n"
+        )
+    };
+    for (shape, want) in
+        [("list", json!([{ "v": 2 }, { "v": 1 }])), ("by_branch", json!({ "b": { "v": 2 }, "a": { "v": 1 } }))]
+    {
+        let w = wf(&src(shape));
+        let mut s = fold(&[started(json!({}))]);
+        for _ in 0..5 {
+            let d = decide(&w, &s, t0());
+            for e in &d.append {
+                s = evolve(s, e);
+            }
+        }
+        assert_eq!(s.status, RunStatus::Completed, "{shape}");
+        assert_eq!(s.output, Some(want), "{shape}: in the branches' listed order");
+    }
+}

@@ -687,3 +687,28 @@ fn the_run_fields_are_checked() {
     let ok = "name: w\nsteps:\n  - id: a\n    when: run.attempt == 1\n    task: echo\n    with: { id: '{{ run.id }}', at: '{{ run.started_at }}', key: '{{ run.uuid }}' }\n";
     assert!(diags(ok).is_empty(), "{:?}", diags(ok));
 }
+
+#[test]
+fn objects_merge_and_values_serialise() {
+    let ctx: cairn_core::template::Scope =
+        serde_json::json!({ "inputs": { "a": { "x": 1, "y": 2 }, "b": { "y": 3, "z": 4 } } }).into();
+    let out =
+        cairn_core::template::render(&serde_json::json!("{{ inputs.a | merge(inputs.b) }}"), &ctx).expect("merge");
+    assert_eq!(out, serde_json::json!({ "x": 1, "y": 3, "z": 4 }), "b wins where both have a key");
+    let out = cairn_core::template::render(&serde_json::json!("{{ inputs.a | merge(inputs.b) | tojson }}"), &ctx)
+        .expect("tojson");
+    assert_eq!(out, serde_json::json!("{\"x\": 1, \"y\": 3, \"z\": 4}"));
+    let bad =
+        cairn_core::template::render(&serde_json::json!("{{ inputs.a | merge(3) }}"), &ctx).expect_err("not an object");
+    assert!(bad.to_string().contains("merge takes two objects"), "{bad}");
+}
+
+#[test]
+fn a_parallels_output_shape_is_checked() {
+    check(
+        "name: w\nsteps:\n  - id: p\n    parallel:\n      output: array\n      branches:\n        - { name: a, steps: [{ id: x, task: echo }] }\n",
+        "bad-parallel-output",
+        5,
+        &["`list`"],
+    );
+}

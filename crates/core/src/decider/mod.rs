@@ -1251,7 +1251,7 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             _ => Value::Null,
         });
         let output = match &st.kind {
-            StepKind::Parallel { branches, .. } => {
+            StepKind::Parallel { branches, as_list: false, .. } => {
                 Value::Object(branches.iter().map(|(n, _)| n.clone()).zip(results).collect())
             }
             _ => Value::Array(results.collect()),

@@ -637,11 +637,36 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             branches.push((name.to_owned(), inner));
         }
         concurrency(cx, s, p.max_concurrency);
+        let as_list = match p.output.as_ref().map(|o| o.value.as_str()) {
+            None | Some("by_branch") => false,
+            Some("list") => true,
+            Some(other) => {
+                let o = p.output.as_ref().map_or(&s.id, |o| o);
+                cx.at(
+                    o,
+                    "bad-parallel-output",
+                    format!("parallel `{id}`: `output: {other}` is not a shape its output takes"),
+                    Some(
+                        "`by_branch` (an object keyed by branch name, the default) or `list` (in listed order)".into(),
+                    ),
+                );
+                false
+            }
+        };
+        if as_list && p.compete {
+            cx.at(
+                p.output.as_ref().map_or(&s.id, |o| o),
+                "misplaced-field",
+                format!("parallel `{id}` is a race and has `output: list`; a race's output is its winner's"),
+                Some("remove `output`, or `compete`".into()),
+            );
+        }
         ok.then(|| StepKind::Parallel {
             branches,
             fail_fast: p.fail_fast.unwrap_or(true),
             max_concurrency: p.max_concurrency,
             compete: p.compete,
+            as_list,
         })
     } else if let Some(m) = &s.map {
         match &m.items {

@@ -327,6 +327,11 @@ pub struct RawParallel {
     /// cancelled; the output is `{ winner, output }` (default `false`).
     #[serde(default)]
     pub compete: bool,
+    /// `by_branch` (default): the output maps each branch name to its
+    /// result; `list`: the results in the branches' listed order.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub output: Option<Spanned<String>>,
 }
 
 /// One branch of a `parallel` step.

@@ -323,6 +323,7 @@ pub(super) fn install(env: &mut Environment<'static>) {
             ("pprint", Value::from_function(f::pprint)),
             ("format", Value::from_function(f::format)),
             ("tojson", Value::from_function(f::tojson)),
+            ("merge", Value::from_function(merge)),
         ]
     };
     for (name, inner) in filters {
@@ -480,4 +481,23 @@ pub(super) fn rewrite<'s>(old: &Instructions<'s>) -> Result<Instructions<'s>, St
         }
     }
     Ok(new)
+}
+
+/// `a | merge(b)`: the members of object `a` with those of `b` over them (a
+/// shallow merge: `b` wins where both have a key).
+fn merge(a: Value, b: Value) -> Result<Value, minijinja::Error> {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for v in [&a, &b] {
+        if v.kind() != minijinja::value::ValueKind::Map {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("merge takes two objects; got {}", v.kind()),
+            ));
+        }
+        for k in v.try_iter()? {
+            let item = v.get_item(&k)?;
+            out.insert(k.to_string(), item);
+        }
+    }
+    Ok(Value::from(out))
 }
