@@ -996,9 +996,10 @@ steps:
     assert!(has_run(&c), "{}", c.text);
     let c = s.get(&format!("/costs?by=run&since=2020-01-01&until={yesterday}"), &k).await;
     assert!(!has_run(&c) && c.status == 200, "{}", c.text);
-    let bad = s.get(&format!("/costs?since={today}&until={yesterday}"), &k).await;
-    assert!(bad.text.contains("swap them"), "{}", bad.text);
-    bad.problem(400, "bad-query");
+    // A reversed range holds no day (as for /runs and /audit): empty, not
+    // an error (schemathesis holds a schema-valid query to a 2xx).
+    let reversed = s.get(&format!("/costs?by=run&since={today}&until={yesterday}"), &k).await;
+    assert_eq!((reversed.status, reversed.json["items"].clone()), (200, json!([])), "{}", reversed.text);
     s.get("/costs?until=2026-13-01", &k).await.problem(400, "bad-query");
     // The CLI reads the same range from the read models.
     let cli = |args: &[&str]| {

@@ -179,14 +179,6 @@ pub async fn costs(S(state): S<Arc<State>>, Q(q): Q<CostsQuery>) -> ApiResult<ax
         GroupBy::Model => (CostsBy::Model, "model"),
         GroupBy::Day => (CostsBy::Day, "day"),
     };
-    if let (Some(a), Some(b)) = (q.since, q.until)
-        && a > b
-    {
-        return Err(ApiError::bad_request(
-            "bad-query",
-            format!("since ({a}) is after until ({b}): no day is in that range; swap them"),
-        ));
-    }
     let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
     let db = state.read().await?;
     let rows = cairn_projections::queries::costs(db, by, day(q.since).as_deref(), day(q.until).as_deref()).await?;
