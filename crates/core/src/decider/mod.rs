@@ -1195,20 +1195,7 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             kids.iter().zip(&ends).find(|(_, e)| matches!(e, Some(End::Completed(_))))
     {
         let name = winner.key.strip_prefix(&format!("{inst}.")).unwrap_or(&winner.key).to_owned();
-        let mut live = Vec::new();
-        for (k, e) in kids.iter().zip(&ends) {
-            if matches!(e, Some(End::Running)) {
-                s.live_steps(&k.key, &mut live);
-            }
-        }
-        for l in live {
-            d.append.push(Event::StepSkipped(StepSkipped {
-                step_id: l,
-                reason: format!("cancelled: `{inst}` was won by {}", winner.label),
-                scope: String::new(),
-                guard: None,
-            }));
-        }
+        cancel_running(s, &kids, &ends, &format!("cancelled: `{inst}` was won by {}", winner.label), d);
         let output = json!({ "winner": name, "output": v });
         let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
         d.append.extend(completed_or_contract(&limits, st, inst, attempt, output));
@@ -1221,20 +1208,7 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
         if failures.len() > 1 {
             message.push_str(&format!(" (and {} more failed)", failures.len() - 1));
         }
-        let mut live = Vec::new();
-        for (k, e) in kids.iter().zip(&ends) {
-            if matches!(e, Some(End::Running)) {
-                s.live_steps(&k.key, &mut live);
-            }
-        }
-        for l in live {
-            d.append.push(Event::StepSkipped(StepSkipped {
-                step_id: l,
-                reason: format!("cancelled: `{inst}` failed fast ({} failed)", first_kid.label),
-                scope: String::new(),
-                guard: None,
-            }));
-        }
+        cancel_running(s, &kids, &ends, &format!("cancelled: `{inst}` failed fast ({} failed)", first_kid.label), d);
         d.append.push(Event::StepFailed(StepFailed {
             step_id: inst.to_owned(),
             attempt,
@@ -1284,6 +1258,26 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
                 return;
             }
         }
+    }
+}
+
+/// Cancels the live steps of the container's running threads: each is
+/// recorded as `StepSkipped` with `reason`, and a late result of its attempt
+/// is not recorded (a failing-fast container, a race's losers).
+fn cancel_running(s: &RunState, kids: &[Kid<'_>], ends: &[Option<End>], reason: &str, d: &mut Decision) {
+    let mut live = Vec::new();
+    for (k, e) in kids.iter().zip(ends) {
+        if matches!(e, Some(End::Running)) {
+            s.live_steps(&k.key, &mut live);
+        }
+    }
+    for l in live {
+        d.append.push(Event::StepSkipped(StepSkipped {
+            step_id: l,
+            reason: reason.to_owned(),
+            scope: String::new(),
+            guard: None,
+        }));
     }
 }
 
