@@ -53,6 +53,23 @@ fn step_failed(step: &str, attempt: u32, retryable: bool) -> Event {
     })
 }
 
+/// Decides and folds until nothing more is decided without an outside
+/// outcome (pure steps, timers not due, caught errors); every event so.
+fn settle(w: &Workflow, mut s: cairn_core::decider::RunState) -> (cairn_core::decider::RunState, Vec<Event>) {
+    let mut all = Vec::new();
+    for _ in 0..50 {
+        let d = decide(w, &s, t0());
+        if d.append.is_empty() {
+            break;
+        }
+        for e in d.append {
+            s = evolve(s, &e);
+            all.push(e);
+        }
+    }
+    (s, all)
+}
+
 fn step_completed(step: &str, attempt: u32, output: Value) -> Event {
     Event::StepCompleted(StepCompleted { step_id: step.into(), attempt, output, duration_ms: 1 })
 }
@@ -729,21 +746,15 @@ fn a_caught_failure_goes_to_its_handler_with_the_error() {
 #[test]
 fn a_fail_step_fails_the_run_with_its_error_and_cause() {
     let w = wf(CAUGHT);
-    let mut s = fold(&[
-        started(json!({})),
-        step_started("charge", 1, json!(null)),
-        failed_with("charge", 1, "card.declined", false),
-    ]);
     // Not retryable: caught at once, by the first entry.
-    for _ in 0..5 {
-        let d = decide(&w, &s, t0());
-        if d.append.is_empty() {
-            break;
-        }
-        for e in &d.append {
-            s = evolve(s, e);
-        }
-    }
+    let (s, _) = settle(
+        &w,
+        fold(&[
+            started(json!({})),
+            step_started("charge", 1, json!(null)),
+            failed_with("charge", 1, "card.declined", false),
+        ]),
+    );
     assert_eq!(s.status, RunStatus::Failed);
     let (kind, message, step) = s.error.clone().expect("error");
     assert_eq!(
@@ -766,16 +777,7 @@ fn a_fail_step_in_a_branch_is_caught_on_its_parallel() {
     let w = wf(
         "name: w\nsteps:\n  - id: fan\n    parallel:\n      branches:\n        - name: a\n          steps:\n            - id: stop\n              fail: { error: nope, cause: no }\n        - name: b\n          steps:\n            - id: fine\n              transform: { x: 1 }\n    catch: [{ errors: [nope], next: recover }]\n  - id: done\n    transform: { ok: true }\n    end: true\n  - id: recover\n    transform: { recovered: '{{ steps.fan.error.kind }}' }\n",
     );
-    let mut s = fold(&[started(json!({}))]);
-    for _ in 0..10 {
-        let d = decide(&w, &s, t0());
-        if d.append.is_empty() {
-            break;
-        }
-        for e in &d.append {
-            s = evolve(s, e);
-        }
-    }
+    let (s, _) = settle(&w, fold(&[started(json!({}))]));
     assert_eq!(s.status, RunStatus::Completed, "{s:?}");
     assert_eq!(s.output, Some(json!({ "recovered": "nope" })));
 }
@@ -785,18 +787,7 @@ fn a_race_is_won_by_the_first_branch_to_complete_and_the_others_are_cancelled() 
     let w = wf(
         "name: w\nsteps:\n  - id: race\n    parallel:\n      compete: true\n      branches:\n        - name: slow\n          steps:\n            - id: nap\n              wait: { for: 1h }\n        - name: quick\n          steps:\n            - id: fast\n              transform: { v: 1 }\n",
     );
-    let mut s = fold(&[started(json!({}))]);
-    let mut all = Vec::new();
-    for _ in 0..6 {
-        let d = decide(&w, &s, t0());
-        if d.append.is_empty() {
-            break;
-        }
-        for e in &d.append {
-            s = evolve(s, e);
-            all.push(e.clone());
-        }
-    }
+    let (s, all) = settle(&w, fold(&[started(json!({}))]));
     assert_eq!(s.status, RunStatus::Completed, "{all:?}");
     assert_eq!(s.output, Some(json!({ "winner": "quick", "output": { "v": 1 } })));
     let skipped: Vec<&cairn_events::StepSkipped> =
@@ -810,16 +801,7 @@ fn a_race_is_won_by_the_first_branch_to_complete_and_the_others_are_cancelled() 
     let w = wf(
         "name: w\nsteps:\n  - id: race\n    parallel:\n      branches:\n        - name: slow\n          steps:\n            - id: nap\n              wait: { for: 1h }\n        - name: quick\n          steps:\n            - id: fast\n              transform: { v: 1 }\n",
     );
-    let mut s = fold(&[started(json!({}))]);
-    for _ in 0..6 {
-        let d = decide(&w, &s, t0());
-        if d.append.is_empty() {
-            break;
-        }
-        for e in &d.append {
-            s = evolve(s, e);
-        }
-    }
+    let (s, _) = settle(&w, fold(&[started(json!({}))]));
     assert_eq!(s.status, RunStatus::Running);
 }
 
@@ -876,13 +858,7 @@ fn a_parallel_can_give_its_results_as_a_list() {
         [("list", json!([{ "v": 2 }, { "v": 1 }])), ("by_branch", json!({ "b": { "v": 2 }, "a": { "v": 1 } }))]
     {
         let w = wf(&src(shape));
-        let mut s = fold(&[started(json!({}))]);
-        for _ in 0..5 {
-            let d = decide(&w, &s, t0());
-            for e in &d.append {
-                s = evolve(s, e);
-            }
-        }
+        let (s, _) = settle(&w, fold(&[started(json!({}))]));
         assert_eq!(s.status, RunStatus::Completed, "{shape}");
         assert_eq!(s.output, Some(want), "{shape}: in the branches' listed order");
     }

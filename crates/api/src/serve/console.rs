@@ -348,11 +348,15 @@ struct RunsQ {
     until: Option<String>,
 }
 
+/// A day typed in a filter (`YYYY-MM-DD`); `Err` says what was wrong.
+fn parse_day(day: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").map_err(|_| format!("`{day}` is not a day (YYYY-MM-DD)"))
+}
+
 /// A day's start as the read models write times; `Err` for a day that
 /// does not parse.
 fn day_start(day: &str, plus_days: i64) -> Result<String, String> {
-    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d")
-        .map_err(|_| format!("`{day}` is not a day (YYYY-MM-DD)"))?;
+    let d = parse_day(day)?;
     let t = (d + chrono::Duration::days(plus_days)).and_hms_opt(0, 0, 0).ok_or("no such time")?.and_utc();
     Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
@@ -1303,13 +1307,7 @@ async fn costs(S(state): S<Arc<State>>, s: Session, Query(q): Query<CostsQ>) -> 
     let mut bad = Vec::new();
     let mut day = |d: &Option<String>| {
         let d = d.as_deref().map(str::trim).filter(|d| !d.is_empty())?;
-        match chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d") {
-            Ok(x) => Some(x),
-            Err(_) => {
-                bad.push(format!("`{d}` is not a day (YYYY-MM-DD); that bound was left out"));
-                None
-            }
-        }
+        parse_day(d).map_err(|e| bad.push(format!("{e}; that bound was left out"))).ok()
     };
     let (mut since, mut until) = (day(&q.since), day(&q.until));
     if let (Some(a), Some(b)) = (since, until)
