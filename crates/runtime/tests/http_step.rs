@@ -301,16 +301,13 @@ async fn a_polling_loop_sends_a_new_key_on_each_visit(store: Arc<dyn EventStore>
     assert_eq!(keys, (1..=3).map(|a| format!("{id}:check:{a}")).collect::<Vec<_>>());
 }
 
-both_backends!(a_polling_loop_sends_a_new_key_on_each_visit);
-
 /// Retriers by error class: a 503 is retried by the first retrier (3
 /// attempts of its own) and a 500 by the second (2); each counts the
 /// failures it handled. Past its attempts, past `max_duration`, or with no
 /// retrier for the error, the step fails, saying which.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retriers_are_matched_by_the_errors_status() {
+async fn retriers_are_matched_by_the_errors_status(store: Arc<dyn EventStore>) {
     let server = Server::start().await;
-    let (_dir, store, engine) = setup().await;
+    let engine = Engine::new(store.clone(), TaskRegistry::builtin());
     let flow = |path: &str, retry: &str| {
         format!(
             "name: r\nsteps:\n  - id: call\n    http: {{ url: 'http://127.0.0.1:{}{path}' }}\n    retry:\n{retry}",
@@ -354,3 +351,5 @@ async fn retriers_are_matched_by_the_errors_status() {
     assert!(message.contains("max_duration"), "{message}");
     assert_eq!(server.calls("/always503").len() - before, 2, "the first try and one retry");
 }
+
+both_backends!(a_polling_loop_sends_a_new_key_on_each_visit, retriers_are_matched_by_the_errors_status);
