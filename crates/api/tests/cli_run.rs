@@ -666,3 +666,136 @@ mod run_context {
         super::a_run_knows_itself(&url).await;
     }
 }
+
+/// A DAG through the binary: a step starts once its last dependency has
+/// completed and no earlier, independent steps overlap (the quick macOS
+/// build completes while the Linux build runs), a guard's skip counts as
+/// done, and the run replays.
+async fn a_dag_starts_each_step_when_its_dependencies_complete(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/release-dag.yaml").display().to_string();
+    let out = common::cairn_url(url, &["run", &file, "--input", "version=2.0.1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("released v2.0.1 (12 pages of docs)"), "{}", text(&out));
+    let store = cairn_events::open(url).await.expect("open");
+    let all: Vec<Event> =
+        store.read_all(1, 100_000).await.expect("read").iter().map(|r| Event::decode(r).expect("decode")).collect();
+    let at = |kind: &str, step: &str| {
+        all.iter()
+            .position(|e| match (kind, e) {
+                ("started", Event::StepStarted(x)) => x.step_id == step,
+                ("completed", Event::StepCompleted(x)) => x.step_id == step,
+                ("skipped", Event::StepSkipped(x)) => x.step_id == step,
+                _ => false,
+            })
+            .unwrap_or_else(|| panic!("no {kind} {step} in {all:#?}"))
+    };
+    let publish = at("started", "publish");
+    let deps = [at("completed", "test_linux"), at("skipped", "sign_mac"), at("completed", "docs")];
+    assert!(deps.iter().all(|&d| d < publish), "publish started before a dependency ended: {deps:?} {publish}");
+    assert_eq!(deps.iter().max(), Some(&at("completed", "test_linux")), "the slow branch ends last");
+    assert!(
+        all[..publish]
+            .iter()
+            .rev()
+            .take_while(|e| !matches!(e, Event::StepCompleted(x) if x.step_id == "test_linux"))
+            .count()
+            <= 1,
+        "publish starts as its last dependency completes: {all:#?}"
+    );
+    assert!(at("started", "test_linux") > at("completed", "build_linux"));
+    assert!(at("completed", "build_mac") < at("completed", "build_linux"), "independent steps overlap");
+    assert!(at("started", "build_mac") < at("completed", "build_linux"));
+    let runs = text(&common::cairn_url(url, &["runs"]));
+    let id = runs.lines().find(|l| l.contains("release-dag")).and_then(|l| l.split_whitespace().next()).expect("run");
+    let replay = common::cairn_url(url, &["replay", id]);
+    assert!(replay.status.success(), "{}", text(&replay));
+}
+
+mod dag {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::a_dag_starts_each_step_when_its_dependencies_complete(&format!(
+            "sqlite://{}",
+            dir.path().join("d.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::a_dag_starts_each_step_when_its_dependencies_complete(&url).await;
+    }
+}
+
+/// An approval with fields through the binary: `cairn run` without a
+/// terminal prints the `cairn approve … --field` command with the fields
+/// it needs; a bad value is refused naming the field (nothing recorded);
+/// the right ones complete the run with them; `--data` works the same.
+async fn an_approval_with_fields_from_the_command_line(url: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("examples/refund-approval.yaml").display().to_string();
+    let started = common::cairn_url(url, &["run", &file, "--input", "order=A-17"]);
+    assert_eq!(started.status.code(), Some(3), "{}", text(&started));
+    let t = text(&started);
+    assert!(t.contains("fields to approve with: amount (number, required"), "{t}");
+    let line = t.lines().find(|l| l.trim_start().starts_with("cairn approve")).expect("approve line");
+    assert!(line.contains("--as lead --field amount=… --field reason=…"), "{line}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (run, step) = (words[2], words[3]);
+    let approve = |extra: &[&str]| {
+        let mut a = vec!["approve", run, step, "--as", "lead"];
+        a.extend_from_slice(extra);
+        common::cairn_url(url, &a)
+    };
+    let refused = approve(&["--field", "amount=900", "--field", "reason=lost"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let r = text(&refused);
+    assert!(r.contains("amount") && r.contains("500") && r.contains("reason"), "{r}");
+    let typo = approve(&["--field", "amount=ten", "--field", "reason=late"]);
+    assert!(text(&typo).contains("amount") && !typo.status.success(), "{}", text(&typo));
+    let done = approve(&["--field", "amount=42.5", "--field", "reason=damaged", "--comment", "box crushed"]);
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let d = text(&done);
+    assert!(
+        d.contains("\"refunded\": 42.5")
+            && d.contains("\"reason\": \"damaged\"")
+            && d.contains("\"decided_by\": \"lead\""),
+        "{d}"
+    );
+
+    // `--data` and a rejection that gives nothing.
+    let started = common::cairn_url(url, &["run", &file, "--input", "order=B-2"]);
+    let t = text(&started);
+    let line = t.lines().find(|l| l.trim_start().starts_with("cairn approve")).expect("approve line");
+    let run = line.split_whitespace().nth(2).expect("run").to_owned();
+    let bad = common::cairn_url(url, &["approve", &run, "review", "--as", "lead", "--data", r#"{"amount": "x"}"#]);
+    assert!(!bad.status.success() && text(&bad).contains("amount"), "{}", text(&bad));
+    let rejected = common::cairn_url(url, &["reject", &run, "review", "--as", "lead", "--comment", "not ours"]);
+    assert_eq!(rejected.status.code(), Some(0), "{}", text(&rejected));
+    assert!(
+        text(&rejected).contains("\"refunded\": 0") && text(&rejected).contains("\"declined\""),
+        "{}",
+        text(&rejected)
+    );
+}
+
+mod approval_fields {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::an_approval_with_fields_from_the_command_line(&format!(
+            "sqlite://{}",
+            dir.path().join("a.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::an_approval_with_fields_from_the_command_line(&url).await;
+    }
+}

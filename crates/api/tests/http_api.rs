@@ -1882,6 +1882,68 @@ async fn a_loop_of_waits_completes_under_the_server(url: &str) {
     assert_eq!(fired, 3, "every wait of the loop fired once: {events}");
 }
 
+/// An approval with typed fields over HTTP: the request lists them in its
+/// `ApprovalRequested`; a decision with bad values is refused (422, each
+/// field named under `/values`) and records nothing; values on an approval
+/// without fields are refused; the right values are the step's output.
+async fn an_approval_decision_carries_checked_values(url: &str) {
+    let s = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let lead = s.key("lead", "approver", "lead");
+    let ops = s.key("ops", "admin", "ops");
+    let wf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/refund-approval.yaml"))
+        .expect("example");
+    assert_eq!(s.post_yaml("/workflows", &ops, &wf).await.status, 201);
+    let run = s.post("/runs", &ops, &json!({"workflow": "refund-approval", "inputs": {"order": "A-17"}})).await;
+    let id = run.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &ops, &["waiting"]).await;
+    let events = s.get(&format!("/runs/{id}/events"), &ops).await.json;
+    let req = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["event_type"] == "ApprovalRequested")
+        .expect("request")
+        .clone();
+    let names: Vec<&str> =
+        req["payload"]["fields"].as_array().expect("fields").iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, ["amount", "reason", "note"], "{req}");
+    let dec = format!("/runs/{id}/steps/review/decision");
+    let bad = s.post(&dec, &lead, &json!({"approve": true, "values": {"amount": 0, "colour": "red"}})).await;
+    bad.problem(422, "invalid-submission");
+    let fields: Vec<&str> =
+        bad.json["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    for f in ["/values/amount", "/values/reason", "/values/colour"] {
+        assert!(fields.contains(&f), "{f} missing in {}", bad.text);
+    }
+    s.post(&dec, &lead, &json!({"approve": true, "values": []})).await.problem(422, "invalid-body");
+    let ok = s
+        .post(&dec, &lead, &json!({"approve": true, "values": {"amount": 80, "reason": "late"}, "comment": "sorry"}))
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    let done = s.wait_status(&id, &ops, &["completed"]).await;
+    assert_eq!(
+        done["output"],
+        json!({"order": "A-17", "refunded": 80, "reason": "late", "decided_by": "lead"}),
+        "{done}"
+    );
+    let events = s.get(&format!("/runs/{id}/events"), &ops).await.json;
+    let decided: Vec<&Value> =
+        events["items"].as_array().expect("items").iter().filter(|e| e["event_type"] == "ApprovalDecided").collect();
+    assert_eq!(decided.len(), 1, "the refusals recorded nothing: {events}");
+    assert_eq!(decided[0]["payload"]["values"], json!({"amount": 80, "reason": "late"}));
+
+    // An approval without fields refuses values instead of dropping them.
+    assert_eq!(s.post_yaml("/workflows", &ops, APPROVAL).await.status, 201);
+    let run = s.post("/runs", &ops, &json!({"workflow": "pay", "inputs": {"amount": 2}})).await;
+    let id = run.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&id, &ops, &["waiting"]).await;
+    let boss = s.key("boss", "approver", "boss");
+    let p =
+        s.post(&format!("/runs/{id}/steps/ask/decision"), &boss, &json!({"approve": true, "values": {"x": 1}})).await;
+    p.problem(422, "invalid-submission");
+    assert!(p.text.contains("asks for no fields"), "{}", p.text);
+}
+
 on_both!(
     a_server_on_two_threads_drives_and_answers,
     a_loop_of_waits_completes_under_the_server,
@@ -1893,6 +1955,7 @@ on_both!(
     an_input_past_the_nesting_limit_is_refused_and_the_read_side_goes_on,
     a_decision_right_after_the_start_is_recorded,
     a_template_cannot_make_the_server_build_gigabytes,
+    an_approval_decision_carries_checked_values,
 );
 
 /// Four servers started at the same moment on a fresh PostgreSQL database

@@ -334,6 +334,62 @@ async fn people_answer_from_their_links(db: &str) {
     assert!(p.html.contains("your answer is recorded"), "{}", p.html);
 }
 
+/// An approval with fields on the approver's page: the fields under the
+/// content, approving without the required ones or with a bad one says so
+/// beside each (what was typed kept, nothing recorded); the right values
+/// complete the step with them.
+async fn an_approver_gives_the_approvals_fields_on_the_page(db: &str) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, Some(db));
+    let wf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/refund-approval.yaml"))
+        .expect("example")
+        .replace("approvers: [lead]", "approvers: [lead@example.com]");
+    assert_eq!(s.post_yaml("/workflows", &key, &wf).await.status, 201);
+    let r = s.post("/runs", &key, &json!({"workflow": "refund-approval"})).await;
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+    let lead = link(&smtp, "lead@example.com", "review").await;
+    let p = get(&s, &lead).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(p.html.contains("<legend>With your approval</legend>"), "{}", p.html);
+    assert!(
+        p.html.contains(r#"<label for="f-amount">Amount to refund <span class="required">(required)</span>"#),
+        "{}",
+        p.html
+    );
+    assert!(
+        p.html.contains(r#"<option value="wrong_item">"#) && p.html.contains("Shown to the customer"),
+        "{}",
+        p.html
+    );
+    let hash =
+        s.get(&format!("/runs/{run}"), &key).await.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
+    let (path, token) = split(&lead);
+    let p = post(&s, path, &[("_token", token), ("_content_hash", &hash), ("_decision", "approve"), ("amount", "900")])
+        .await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(p.html.contains("Nothing was recorded: 2 things to fix"), "{}", p.html);
+    assert!(p.html.contains(r#"name="amount" value="900""#), "what was typed is kept: {}", p.html);
+    assert!(p.html.contains("is required") && p.html.contains("500"), "{}", p.html);
+    assert_eq!(count(&events(&s, &key, &run).await, "ApprovalDecided"), 0);
+    let p = post(
+        &s,
+        path,
+        &[
+            ("_token", token),
+            ("_content_hash", &hash),
+            ("_decision", "approve"),
+            ("amount", "35"),
+            ("reason", "goodwill"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, 303, "{}", p.html);
+    let done = s.wait_status(&run, &key, &["completed"]).await;
+    assert_eq!(done["output"]["refunded"], json!(35.0), "{done}");
+    assert_eq!(done["output"]["reason"], "goodwill", "{done}");
+}
+
 /// A request whose deadline passed: its link says so and records nothing.
 async fn an_expired_link_says_so(db: &str) {
     let Some(smtp) = servers::smtp_on(None) else { return };
@@ -1073,6 +1129,50 @@ async fn the_console_draws_parallel_branches_and_map_items(db: &str) {
     );
 }
 
+/// A dag on the run's page: a frame with its steps in rows by what they
+/// depend on (a step below every step it depends on, independent steps
+/// side by side), an arrow per dependency, the skip of a guard drawn.
+async fn the_console_draws_a_dag_in_rows_by_dependency(db: &str) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, Some(db));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/release-dag.yaml");
+    let wf = std::fs::read_to_string(root).expect("example");
+    assert_eq!(s.post_yaml("/workflows", &key, &wf).await.status, 201);
+    let run =
+        s.post("/runs", &key, &json!({"workflow": "release-dag"})).await.json["run_id"].as_str().unwrap().to_owned();
+    let done = s.wait_status(&run, &key, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (cookie, _) = sign_in(&s, &key, false).await;
+    let p = with_cookie(&s, "GET", &format!("/ui/runs/{run}"), &cookie, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    let has = |needle: &str| assert!(p.html.contains(needle), "{needle}: {}", p.html);
+    has(">dag · completed</text>");
+    for (path, kind, state) in [
+        ("release", "dag", "completed"),
+        ("release › build_linux", "task", "completed"),
+        ("release › sign_mac", "transform", "skipped"),
+        ("release › publish", "transform", "completed"),
+    ] {
+        has(&format!("<td><code>{path}</code></td><td>{kind}</td><td class=\"state-{state}\">"));
+    }
+    let at = |id: &str| -> (f64, f64) {
+        let i = p.html.find(&format!("class=\"id\">{id}</text>")).expect(id);
+        let head = &p.html[..i];
+        let x = head.rfind("<text x=\"").map(|i| &head[i + 9..]).unwrap();
+        let y = x.split_once("y=\"").unwrap().1;
+        (x.split('"').next().unwrap().parse().unwrap(), y.split('"').next().unwrap().parse().unwrap())
+    };
+    let (checkout, linux, mac, docs) = (at("checkout"), at("build_linux"), at("build_mac"), at("docs"));
+    let (test, sign, publish) = (at("test_linux"), at("sign_mac"), at("publish"));
+    assert!(checkout.1 < linux.1 && linux.1 == mac.1 && mac.1 == docs.1, "one row after checkout");
+    assert!(linux.0 < mac.0 && mac.0 < docs.0, "side by side in listed order");
+    assert!(test.1 == sign.1 && test.1 > linux.1 && publish.1 > test.1, "each below what it depends on");
+    // One arrow per dependency (8) inside the frame.
+    let frame =
+        &p.html[p.html.find(">dag · completed</text>").unwrap()..p.html.find("class=\"id\">announce</text>").unwrap()];
+    assert_eq!(frame.matches("<line class=\"edge\"").count(), 8, "{frame}");
+}
+
 /// A caught failure on the run's page: the step drawn as caught, the
 /// timeline saying what was caught and where control went; a guard's skip
 /// says why.
@@ -1108,4 +1208,6 @@ on_both!(
     the_console_lists_workflows_and_starts_runs,
     the_console_draws_parallel_branches_and_map_items,
     the_console_shows_caught_errors_and_skips,
+    the_console_draws_a_dag_in_rows_by_dependency,
+    an_approver_gives_the_approvals_fields_on_the_page,
 );

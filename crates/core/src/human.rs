@@ -197,6 +197,9 @@ pub struct ApprovalStep {
     /// Whether a rejection fails the step (`true`, the default) or
     /// completes it with `approved: false` for the workflow to branch on.
     pub fail_on_reject: bool,
+    /// Typed fields a decision carries (none: approve or reject and a
+    /// comment only).
+    pub fields: Vec<Field>,
 }
 
 /// One problem with a submitted field.
@@ -494,9 +497,10 @@ pub fn form_contract(fields: &[Field]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
-/// The output contract of an approval step.
-pub fn approval_contract() -> Value {
-    json!({
+/// The output contract of an approval step; with fields, `values` holds
+/// the approving decision's (`null` when none approved).
+pub fn approval_contract(fields: &[Field]) -> Value {
+    let mut c = json!({
         "type": "object",
         "properties": {
             "approved": {"type": "boolean"},
@@ -506,7 +510,39 @@ pub fn approval_contract() -> Value {
             "content_hash": {"type": "string"},
         },
         "required": ["approved", "decision", "decisions", "content_hash"],
-    })
+    });
+    if !fields.is_empty() {
+        let mut values = form_contract(fields);
+        values["type"] = json!(["object", "null"]);
+        c["properties"]["values"] = values;
+        if let Some(r) = c["required"].as_array_mut() {
+            r.push(json!("values"));
+        }
+    }
+    c
+}
+
+/// Checks the fields a decision carries: approving must satisfy them
+/// (required ones included); rejecting may give them, each checked as
+/// given. No fields: a decision carries no values.
+pub fn validate_decision(fields: &[Field], approve: bool, submitted: &Value) -> Result<Option<Value>, Vec<FieldError>> {
+    let given =
+        matches!(submitted, Value::Object(m) if !m.is_empty()) || !(submitted.is_null() || submitted.is_object());
+    if fields.is_empty() {
+        return if given {
+            Err(vec![FieldError {
+                field: "_".into(),
+                message: "this approval asks for no fields; decide with approve or reject and a comment".into(),
+            }])
+        } else {
+            Ok(None)
+        };
+    }
+    if approve {
+        return validate(fields, submitted).map(Some);
+    }
+    let optional: Vec<Field> = fields.iter().map(|f| Field { required: false, ..f.clone() }).collect();
+    validate(&optional, submitted).map(|v| given.then_some(v))
 }
 
 /// SHA-256 of a value's canonical JSON (object keys sorted), hex: what an

@@ -89,6 +89,11 @@ pub enum Block {
         /// The map step.
         map: String,
     },
+    /// A step of a `dag` (each its own sequence of one).
+    Dag {
+        /// The dag step.
+        dag: String,
+    },
     /// The workflow's `compensations`.
     Compensation,
 }
@@ -133,6 +138,7 @@ impl Workflow {
                         }
                     }
                     StepKind::Map { steps: inner, .. } => walk(inner, &Block::Map { map: s.id.clone() }, out),
+                    StepKind::Dag { steps: inner, .. } => walk(inner, &Block::Dag { dag: s.id.clone() }, out),
                     _ => {}
                 }
             }
@@ -336,6 +342,19 @@ pub enum StepKind {
         /// Fail as soon as one iteration fails, cancelling the others.
         fail_fast: bool,
     },
+    /// Steps that run as a graph: each starts once every step it depends
+    /// on has completed (or was skipped by its guard); the output maps each
+    /// step id to its output (`null` when skipped).
+    Dag {
+        /// The steps, in listed order; each ends its own thread.
+        steps: Vec<Step>,
+        /// For each step, the indices in `steps` of the steps it depends on.
+        depends_on: Vec<Vec<usize>>,
+        /// Fail as soon as one step fails, cancelling the running ones.
+        fail_fast: bool,
+        /// Most steps running at once.
+        max_concurrency: Option<u32>,
+    },
     /// A model call whose output is checked against the output contract
     /// and retried with the errors fed back.
     Ai(Box<AiStep>),
@@ -379,7 +398,7 @@ impl StepKind {
 
     /// Whether the step holds nested steps.
     pub fn is_container(&self) -> bool {
-        matches!(self, StepKind::Parallel { .. } | StepKind::Map { .. })
+        matches!(self, StepKind::Parallel { .. } | StepKind::Map { .. } | StepKind::Dag { .. })
     }
 
     /// The kind's name in the language.
@@ -393,6 +412,7 @@ impl StepKind {
             StepKind::Http { .. } => "http",
             StepKind::Parallel { .. } => "parallel",
             StepKind::Map { .. } => "map",
+            StepKind::Dag { .. } => "dag",
             StepKind::Workflow { .. } => "workflow",
             StepKind::Ai(_) => "ai",
             StepKind::Form(_) => "form",

@@ -311,6 +311,7 @@ fn simulate(w: &Workflow, x: i64, outcomes: &[u8]) -> (Vec<Event>, Vec<Recorded>
                 decision: if pick % 2 == 0 { "approved" } else { "rejected" }.into(),
                 comment: None,
                 content_hash: h.content_hash.clone(),
+                values: None,
             }));
         } else if let Some(t) = d.wake_at {
             now = t;
@@ -862,4 +863,129 @@ fn a_parallel_can_give_its_results_as_a_list() {
         assert_eq!(s.status, RunStatus::Completed, "{shape}");
         assert_eq!(s.output, Some(want), "{shape}: in the branches' listed order");
     }
+}
+
+const DAG: &str = r#"name: w
+steps:
+  - id: g
+    dag:
+      fail_fast: FAIL_FAST
+      steps:
+        - id: a
+          task: echo
+          with: { v: a }
+        - id: b
+          task: echo
+          with: { v: b }
+        - id: c
+          depends_on: [a, b]
+          task: echo
+          with: { from: "{{ steps.a.output.v }}{{ steps.b.output.v }}" }
+        - id: d
+          depends_on: [a]
+          task: echo
+          with: { v: d }
+        - id: e
+          depends_on: [c, d]
+          transform: { last: "{{ steps.c.output.from }}" }
+"#;
+
+fn started_ids(events: &[Event]) -> Vec<String> {
+    events.iter().filter_map(|e| if let Event::StepStarted(x) = e { Some(x.step_id.clone()) } else { None }).collect()
+}
+
+/// Applies an outcome, then decides and folds until only outside
+/// outcomes are awaited; the steps started on the way.
+fn then_settle(
+    w: &Workflow,
+    s: cairn_core::decider::RunState,
+    e: Event,
+) -> (cairn_core::decider::RunState, Vec<String>) {
+    let (s, all) = settle(w, evolve(s, &e));
+    (s, started_ids(&all))
+}
+
+#[test]
+fn a_dag_step_starts_when_its_last_dependency_completes_and_no_earlier() {
+    let w = wf(&DAG.replace("FAIL_FAST", "true"));
+    let (s, all) = settle(&w, fold(&[started(json!({}))]));
+    assert_eq!(started_ids(&all), ["g", "a", "b"], "the steps with no dependencies start with the dag");
+    let (s, new) = then_settle(&w, s, step_completed("a", 1, json!({ "v": "a" })));
+    assert_eq!(new, ["d"], "`c` waits for `b` too; `d` needed only `a`");
+    let (s, new) = then_settle(&w, s, step_completed("d", 1, json!({ "v": "d" })));
+    assert!(new.is_empty(), "`e` waits for `c`: {new:?}");
+    let (s, new) = then_settle(&w, s, step_completed("b", 1, json!({ "v": "b" })));
+    assert_eq!(new, ["c"], "its last dependency completed");
+    assert_eq!(s.status, RunStatus::Running);
+    let (s, new) = then_settle(&w, s, step_completed("c", 1, json!({ "from": "ab" })));
+    assert_eq!(new, ["e"]);
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_eq!(
+        s.outputs.get("g").map(|v| (**v).clone()),
+        Some(
+            json!({ "a": { "v": "a" }, "b": { "v": "b" }, "c": { "from": "ab" }, "d": { "v": "d" }, "e": { "last": "ab" } })
+        ),
+        "the output maps each step to its output"
+    );
+}
+
+#[test]
+fn a_dag_fails_fast_cancelling_what_runs_or_finishes_what_it_can() {
+    let w = wf(&DAG.replace("FAIL_FAST", "true"));
+    let (s, _) = settle(&w, fold(&[started(json!({}))]));
+    let (s, all) = settle(&w, evolve(s, &step_failed("b", 1, false)));
+    assert_eq!(s.status, RunStatus::Failed, "{all:?}");
+    let cancelled: Vec<&str> = all
+        .iter()
+        .filter_map(|e| if let Event::StepSkipped(x) = e { Some(x.step_id.as_str()) } else { None })
+        .collect();
+    assert_eq!(cancelled, ["a"], "the running step is cancelled");
+    assert!(s.error.as_ref().is_some_and(|(_, m, _)| m.contains("step `b` failed")), "{:?}", s.error);
+
+    // Without fail_fast, what does not depend on the failure still runs;
+    // what does never starts, and the failure names it.
+    let w = wf(&DAG.replace("FAIL_FAST", "false"));
+    let (s, _) = settle(&w, fold(&[started(json!({}))]));
+    let (s, new) = then_settle(&w, s, step_failed("b", 1, false));
+    assert!(new.is_empty(), "{new:?}");
+    assert_eq!(s.status, RunStatus::Running, "`a` still runs");
+    let (s, new) = then_settle(&w, s, step_completed("a", 1, json!({ "v": "a" })));
+    assert_eq!(new, ["d"]);
+    let (s, new) = then_settle(&w, s, step_completed("d", 1, json!({ "v": "d" })));
+    assert!(new.is_empty(), "{new:?}");
+    assert_eq!(s.status, RunStatus::Failed);
+    let message = s.error.as_ref().map(|(_, m, _)| m.clone()).unwrap_or_default();
+    assert!(message.contains("`c`, `e` did not start: a step they depend on failed"), "{message}");
+}
+
+#[test]
+fn a_dag_step_skipped_by_its_guard_or_caught_lets_its_dependents_start() {
+    let w = wf(r#"name: w
+steps:
+  - id: g
+    dag:
+      steps:
+        - id: a
+          task: fail
+          with: { message: down }
+          catch: [{ errors: ["*"], next: end }]
+        - id: b
+          when: "false"
+          transform: { never: true }
+        - id: c
+          depends_on: [a, b]
+          transform:
+            why: "{{ steps.a.error.kind }}"
+            b: "{{ steps.b.output if steps.b is defined else 'skipped' }}"
+"#);
+    let (s, all) = settle(&w, fold(&[started(json!({}))]));
+    assert_eq!(started_ids(&all), ["g", "a"], "{all:?}");
+    assert!(all.iter().any(|e| matches!(e, Event::StepSkipped(x) if x.step_id == "b")), "{all:?}");
+    let (s, new) = then_settle(&w, s, failed_with("a", 1, "task.failed", false));
+    assert_eq!(new, ["c"]);
+    assert_eq!(s.status, RunStatus::Completed, "{s:?}");
+    assert_eq!(
+        s.outputs.get("g").map(|v| (**v).clone()),
+        Some(json!({ "a": null, "b": null, "c": { "why": "task.failed", "b": "skipped" } }))
+    );
 }

@@ -712,3 +712,139 @@ fn a_parallels_output_shape_is_checked() {
         &["`list`"],
     );
 }
+
+#[test]
+fn a_dags_dependencies_are_checked() {
+    let src = r#"name: bad
+steps:
+  - id: before
+    task: echo
+  - id: g
+    dag:
+      max_concurrency: 0
+      steps:
+        - id: a
+          depends_on: [c]
+          task: echo
+        - id: b
+          depends_on: [a, b, a, before, nowhere, cc]
+          task: echo
+        - id: c
+          depends_on: [b]
+          task: echo
+        - id: d
+          next: a
+          task: echo
+        - id: e
+          task: echo
+          catch: [{ next: a }]
+  - id: after
+    depends_on: [g]
+    task: echo
+"#;
+    check(src, "dag-cycle", 10, &["in a cycle", "`a` on `c`", "`c` on `b`", "`b` on `a`", "remove one"]);
+    check(src, "dag-cycle", 13, &["`b` depends on itself"]);
+    check(src, "duplicate-dependency", 13, &["names `a` twice"]);
+    check(
+        src,
+        "unknown-dependency",
+        13,
+        &["`before`, which is not a step of dag `g`", "have completed when it starts"],
+    );
+    check(src, "unknown-dependency", 13, &["`nowhere`, which is no step", "the steps of dag `g`: a, b, c, d, e"]);
+    check(src, "unknown-dependency", 13, &["`cc`", "did you mean `c`?"]);
+    check(src, "dag-routing", 18, &["step `d` of dag `g`", "`depends_on`", "`when`"]);
+    check(src, "dag-routing", 23, &["sends its caught errors to `a`", "`next: end`", "steps.e.error"]);
+    check(src, "bad-concurrency", 5, &["at least 1"]);
+    check(
+        src,
+        "misplaced-field",
+        25,
+        &["`after` has `depends_on`, which only a step of a `dag` takes", "dag: { steps"],
+    );
+    check(
+        "name: e\nsteps:\n  - id: g\n    dag:\n      steps: []\n",
+        "empty-dag",
+        3,
+        &["dag `g` has no steps", "depends_on"],
+    );
+}
+
+#[test]
+fn a_dag_step_reads_only_what_it_depends_on() {
+    let src = r#"name: reads
+steps:
+  - id: before
+    task: echo
+  - id: g
+    dag:
+      steps:
+        - id: a
+          task: echo
+          with: { x: "{{ steps.before.output }}" }
+        - id: b
+          task: echo
+          with: { x: "{{ steps.a.output }}" }
+        - id: b2
+          depends_on: [a]
+          task: echo
+        - id: c
+          depends_on: [b2, b]
+          task: echo
+          with: { x: "{{ steps.a.output }}", y: "{{ steps.b.output }}" }
+        - id: d
+          when: inputs.go
+          depends_on: [c]
+          task: echo
+          catch: [{ next: end }]
+        - id: e
+          depends_on: [d]
+          task: echo
+          with: { x: "{{ steps.d.output }}" }
+        - id: f
+          depends_on: [d]
+          task: echo
+          with: { x: "{{ steps.d.output if steps.d is defined else 0 }}" }
+  - id: after
+    task: echo
+    with: { x: "{{ steps.c.output }}", ok: "{{ steps.g.output.c }}" }
+"#;
+    check(
+        src,
+        "maybe-not-run",
+        11,
+        &["`steps.a`", "not among its dependencies in dag `g`", "add `a` to the `depends_on` of `b`"],
+    );
+    check(src, "maybe-not-run", 26, &["`steps.d`", "its `when` guard may skip it", "steps.d is defined"]);
+    check(src, "nested-step-reference", 34, &["`steps.c`, which is inside dag `g`", "steps.g.output.c"]);
+    // `before` from a dag step, `a` through `b` from `c`, the guarded read in `f`: fine.
+    let all = diags(src);
+    assert_eq!(all.len(), 3, "{all:#?}");
+}
+
+#[test]
+fn an_approvals_fields_are_checked_like_a_forms() {
+    let src = r#"name: pay
+steps:
+  - id: ok
+    approval:
+      approvers: [boss]
+      fields:
+        - { name: amount, type: numbr }
+        - { name: approved, type: boolean }
+        - { name: note }
+        - { name: note }
+  - id: after
+    transform: { x: "{{ steps.ok.output.values.amount }}", y: "{{ steps.ok.output.valeus }}" }
+"#;
+    check(src, "bad-field", 7, &["numbr", "did you mean `number`?"]);
+    check(src, "bad-approval", 8, &["cannot be named `approved`"]);
+    check(src, "bad-approval", 10, &["two fields named `note`"]);
+    // Its output contract has `values` once it has fields.
+    let good = src
+        .replace("type: numbr", "type: number")
+        .replace("        - { name: approved, type: boolean }\n", "")
+        .replace("        - { name: note }\n        - { name: note }\n", "        - { name: note }\n");
+    check(&good, "unknown-output-field", 9, &["`steps.ok.output.valeus`", "did you mean `values`?"]);
+    assert_eq!(diags(&good).len(), 1, "{:#?}", diags(&good));
+}

@@ -513,6 +513,10 @@ pub struct ApprovalRequested {
     /// approvers (decisions made before do not count towards the new quorum).
     #[serde(default)]
     pub escalation: u32,
+    /// Typed fields each decision carries, checked like a form's (none:
+    /// approve or reject and a comment only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FormField>,
 }
 
 /// An approver decided.
@@ -529,6 +533,10 @@ pub struct ApprovalDecided {
     pub comment: Option<String>,
     /// Hash of the content the approver saw.
     pub content_hash: String,
+    /// The request's fields as this approver gave them, checked (absent
+    /// when the approval has no fields, or a rejection gave none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Value>,
 }
 
 /// An approval deadline passed.

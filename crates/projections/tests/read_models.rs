@@ -53,6 +53,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                     deadline: None,
                     token_hash: None,
                     escalation: 0,
+                    fields: Vec::new(),
                 }));
                 for who in ["grace", "ada"].iter().take(1 + usize::from(*p % 2)) {
                     ev.push(Event::ApprovalDecided(cairn_events::ApprovalDecided {
@@ -61,6 +62,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                         decision: "approved".into(),
                         comment: Some("fine".into()),
                         content_hash: "c".into(),
+                        values: None,
                     }));
                 }
             }

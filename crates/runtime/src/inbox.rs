@@ -39,6 +39,9 @@ pub struct Vote {
     /// The hash of the content the approver was shown; refused when the
     /// request's content is no longer that.
     pub content_hash: Option<String>,
+    /// The approval's fields (an object, or `null` for none), checked like
+    /// a form's: approving must satisfy them; rejecting may give them.
+    pub values: Value,
 }
 
 /// The event that got there first.
@@ -392,12 +395,21 @@ impl Engine {
                         current: h.content_hash.clone(),
                     });
                 }
+                let invalid = |errors| HumanError::Invalid { step: step.to_owned(), errors };
+                if let Err(l) = self.fx.config.limits.check_value("/values", &v.values) {
+                    let field = l.path.trim_start_matches("/values/").split('/').next().unwrap_or("_").to_owned();
+                    let field = if field.is_empty() || field == "/values" { "_".to_owned() } else { field };
+                    return Err(invalid(vec![cairn_core::human::FieldError { field, message: l.to_string() }]));
+                }
+                let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
+                let values = cairn_core::human::validate_decision(&fields, v.approve, &v.values).map_err(invalid)?;
                 Ok(Event::ApprovalDecided(ApprovalDecided {
                     step_id: step.to_owned(),
                     decided_by: by,
                     decision: if v.approve { "approved" } else { "rejected" }.into(),
                     comment: v.comment.clone().filter(|c| !c.trim().is_empty()),
                     content_hash: h.content_hash.clone(),
+                    values,
                 }))
             }
         }

@@ -128,7 +128,14 @@ steps:
 "#;
 
 fn vote(by: &str, token: &str, approve: bool) -> Vote {
-    Vote { by: by.into(), token: token.into(), approve, comment: Some(format!("{by} says so")), content_hash: None }
+    Vote {
+        by: by.into(),
+        token: token.into(),
+        approve,
+        comment: Some(format!("{by} says so")),
+        content_hash: None,
+        values: Value::Null,
+    }
 }
 
 async fn an_approval_binds_to_its_content_and_needs_its_quorum(store: Arc<dyn EventStore>) {
@@ -185,6 +192,90 @@ async fn a_rejection_fails_the_step_unless_told_to_continue(store: Arc<dyn Event
     let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
     assert_eq!(s.status, RunStatus::Completed);
     assert_eq!(s.outputs["done"]["approved"], json!(false));
+}
+
+/// A callback with a payload (a task token's): approve or reject plus typed
+/// fields, checked like a form's.
+const REFUND: &str = r#"name: refund
+steps:
+  - id: review
+    approval:
+      approvers: [grace, ada]
+      summary: "Refund order {{ inputs.order }}?"
+      content: { order: "{{ inputs.order }}" }
+      on_reject: continue
+      fields:
+        - { name: amount, type: number, required: true, min: 0.01, max: 500 }
+        - { name: reason, type: select, options: [damaged, late, other], required: true }
+        - { name: note, type: text, max_length: 20 }
+  - id: pay
+    transform: { refund: "{{ steps.review.output.values.amount if steps.review.output.approved else 0 }}" }
+"#;
+
+async fn an_approval_carries_typed_fields_checked_like_a_form(store: Arc<dyn EventStore>) {
+    let e = engine(&store);
+    let id = start(&e, REFUND, json!({"order": "A-17"})).await;
+    let token = e.resume_token(id, "review", 1);
+    let with = |by: &str, approve: bool, values: Value| Vote { values, ..vote(by, &token, approve) };
+    // Approving checks every field at once, each named.
+    let bad = e
+        .decide_approval(
+            id,
+            "review",
+            &with("grace", true, json!({"amount": 900, "note": "x".repeat(30), "colour": "red"})),
+        )
+        .await;
+    let Err(HumanError::Invalid { errors, .. }) = bad else { panic!("{bad:?}") };
+    let named: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(named, ["amount", "reason", "note", "colour"], "{errors:?}");
+    assert!(errors[0].message.contains("500") && errors[1].message.contains("required"), "{errors:?}");
+    assert!(errors[3].message.contains("not a field"), "{errors:?}");
+    // A rejection needs none of them, but what it gives is checked.
+    let r = e.decide_approval(id, "review", &with("ada", false, json!({"reason": "lost"}))).await;
+    assert!(matches!(&r, Err(HumanError::Invalid { errors, .. }) if errors[0].field == "reason"), "{r:?}");
+    // Nothing was recorded by the refusals.
+    let evs = common::events(&store, id).await;
+    assert!(!evs.iter().any(|e| matches!(e, Event::ApprovalDecided(_))), "{evs:?}");
+    e.decide_approval(id, "review", &with("grace", true, json!({"amount": 42.5, "reason": "damaged"})))
+        .await
+        .expect("approve");
+    let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(s.outputs["review"]["values"], json!({"amount": 42.5, "reason": "damaged"}));
+    assert_eq!(s.outputs["review"]["decisions"][0]["values"], json!({"amount": 42.5, "reason": "damaged"}));
+    assert_eq!(*s.outputs["pay"], json!({"refund": 42.5}));
+    let evs = common::events(&store, id).await;
+    let requested =
+        evs.iter().find_map(|e| if let Event::ApprovalRequested(r) = e { Some(r) } else { None }).expect("request");
+    assert_eq!(requested.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["amount", "reason", "note"]);
+    let decided =
+        evs.iter().find_map(|e| if let Event::ApprovalDecided(d) = e { Some(d) } else { None }).expect("decided");
+    assert_eq!(decided.values, Some(json!({"amount": 42.5, "reason": "damaged"})));
+
+    // Rejections that give nothing (both approvers: with quorum `any`, one
+    // rejection leaves the other free to approve): `values` is null.
+    let id = start(&e, REFUND, json!({"order": "B-2"})).await;
+    let token = e.resume_token(id, "review", 1);
+    for by in ["ada", "grace"] {
+        e.decide_approval(id, "review", &Vote { values: Value::Null, ..vote(by, &token, false) })
+            .await
+            .expect("reject");
+    }
+    let s = e.drive(id, &mut |_: &Event| {}).await.expect("drive");
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(
+        (s.outputs["review"]["values"].clone(), (*s.outputs["pay"]).clone()),
+        (Value::Null, json!({"refund": 0}))
+    );
+
+    // An approval without fields refuses values rather than dropping them.
+    let id = start(&e, REVIEW, json!({"body": "b"})).await;
+    let token = e.resume_token(id, "review", 1);
+    let r = e.decide_approval(id, "review", &Vote { values: json!({"amount": 1}), ..vote("ada", &token, true) }).await;
+    assert!(
+        matches!(&r, Err(HumanError::Invalid { errors, .. }) if errors[0].message.contains("asks for no fields")),
+        "{r:?}"
+    );
 }
 
 async fn racing_submissions_record_exactly_one(store: Arc<dyn EventStore>) {
@@ -377,6 +468,7 @@ both_backends!(
     a_form_waits_and_checks_every_submission,
     an_approval_binds_to_its_content_and_needs_its_quorum,
     a_rejection_fails_the_step_unless_told_to_continue,
+    an_approval_carries_typed_fields_checked_like_a_form,
     racing_submissions_record_exactly_one,
     racing_approvers_on_a_quorum_of_one_record_exactly_one,
     deadlines_reject_fail_or_escalate,

@@ -285,6 +285,51 @@ async fn only_the_failed_branch_of_a_parallel_runs_again(store: Arc<dyn EventSto
     assert_eq!(*s.outputs["both"], json!({ "left": { "after": "left" }, "right": { "side": "right" } }));
 }
 
+const DAG: &str = r#"name: graph
+steps:
+  - id: g
+    dag:
+      fail_fast: false
+      steps:
+        - id: a
+          task: ok
+          with: { v: a }
+        - id: b
+          task: broken
+          with: { v: b }
+        - id: c
+          depends_on: [a]
+          task: ok
+          with: { after: "{{ steps.a.output.v }}" }
+        - id: d
+          depends_on: [b, c]
+          task: ok
+          with: { from: "{{ steps.b.output.v }}{{ steps.c.output.after }}" }
+"#;
+
+/// A failed dag resumes from the dag: what completed and reads nothing
+/// that changed is kept; the failed step runs again, then what never
+/// started because it depended on it.
+async fn a_dag_resumes_its_failed_step_and_what_waited_for_it(store: Arc<dyn EventStore>) {
+    let world = World::default();
+    let e = world.engine(&store);
+    let id = failed_run(&e, DAG, json!({})).await;
+    let events = common::events(&store, id).await;
+    assert!(!events.iter().any(|ev| matches!(ev, Event::StepStarted(x) if x.step_id == "d")), "`d` waits for `b`");
+    let plan = e.plan_resume(id, &req()).await.expect("plan");
+    assert_eq!(plan.from_step, "g");
+    assert!(plan.plan.failed.contains(&"b".to_owned()), "{:?}", plan.plan);
+    assert_eq!(plan.plan.kept, vec!["a", "c"]);
+    world.fix();
+    let s = resume(&e, id, &req()).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!((world.calls("a"), world.calls("b"), world.calls("c"), world.calls("d")), (1, 2, 1, 1));
+    let mut k = kept(&common::events(&store, id).await);
+    k.sort();
+    assert_eq!(k, vec!["a", "c"]);
+    assert_eq!(s.outputs["g"]["d"], json!({ "from": "ba" }));
+}
+
 const MAP: &str = r#"name: mapped
 inputs: { type: object, properties: { items: { type: array, default: [1, 2, 3] }, bad: { type: integer, default: 2 } } }
 steps:
@@ -343,7 +388,14 @@ async fn approve(e: &Engine, id: Uuid) {
     let s = e.state(id).await.expect("state");
     let (step, h) = s.waiting_for_people().first().map(|(st, h)| ((*st).to_owned(), (*h).clone())).expect("waits");
     let token = e.resume_token(id, &step, h.attempt);
-    let vote = Vote { by: "grace".into(), token, approve: true, comment: None, content_hash: None };
+    let vote = Vote {
+        by: "grace".into(),
+        token,
+        approve: true,
+        comment: None,
+        content_hash: None,
+        values: serde_json::Value::Null,
+    };
     e.decide_approval(id, &step, &vote).await.expect("approve");
 }
 
@@ -927,6 +979,7 @@ both_backends!(
     failed_only_runs_the_failed_step_again_and_keeps_the_rest,
     two_concurrent_resumes_one_wins,
     a_saga_whose_compensation_failed_resumes_and_finishes_the_undo,
+    a_dag_resumes_its_failed_step_and_what_waited_for_it,
 );
 
 mod sqlite_only {

@@ -66,6 +66,7 @@ async fn parallel_approvals_replay_without_divergence(store: Arc<dyn EventStore>
                 approve: true,
                 comment: None,
                 content_hash: None,
+                values: serde_json::Value::Null,
             };
             engine.decide_approval(id, step, &vote).await.expect("approve");
             engine.drive(id, &mut |_| {}).await.expect("drive");

@@ -1,9 +1,10 @@
 //! Deterministic simulation, in the spirit of FoundationDB's and
 //! TigerBeetle's simulators. From a seed it generates a workflow that mixes
 //! sequences, `branch` and `switch`, loops bounded by `max_visits`,
-//! `parallel` and `map` with nested steps, `wait`, retries of tasks that
-//! fail by a seeded schedule, forms and approvals answered (or left to their
-//! deadlines) at seeded times, AI steps with scripted replies (the first
+//! `parallel` (races too), `dag` and `map` with nested steps, guards,
+//! caught errors, `wait`, retries (one policy, or retriers by error class)
+//! of tasks that fail by a seeded schedule and read the run's own facts,
+//! forms and approvals answered (or left to their deadlines) at seeded times, AI steps with scripted replies (the first
 //! rejected by its contract), child workflows and compensations. It runs it
 //! on the real runner and store, on SQLite and on PostgreSQL, under a
 //! simulated clock that only the simulator moves, and drops the engine at
@@ -110,16 +111,27 @@ impl Gen {
         // completed before it with a `compensate` is undone.
         let p = if top && self.rng.chance(15) { 100 } else { [0, 20, 40, 60][self.rng.below(4) as usize] };
         let ms = self.rng.below(3);
-        let mut s = vec![
-            format!("- id: {id}"),
-            "  task: flaky".into(),
-            format!("  with: {{ p: {p}, ms: {ms} }}"),
-            format!(
+        // Sometimes its input reads the run's own facts (a retry sees its
+        // attempt and a UUID of its own; replay must find the same ones).
+        let run = if self.rng.chance(30) { ", key: \"{{ run.uuid }}\", try: \"{{ run.attempt }}\"" } else { "" };
+        let mut s = vec![format!("- id: {id}"), "  task: flaky".into(), format!("  with: {{ p: {p}, ms: {ms}{run} }}")];
+        if self.rng.chance(35) {
+            // Retriers by error class: the transient kind first, the rest after.
+            s.push(format!(
+                "  retry: [{{ errors: [sim.transient], max_attempts: {}, initial_interval: {}s }}, {{ max_attempts: {}, initial_interval: {}s, max_duration: {}s }}]",
+                2 + self.rng.below(3),
+                1 + self.rng.below(10),
+                1 + self.rng.below(3),
+                1 + self.rng.below(20),
+                20 + self.rng.below(100)
+            ));
+        } else {
+            s.push(format!(
                 "  retry: {{ max_attempts: {}, initial_interval: {}s, backoff_coefficient: 2 }}",
                 1 + self.rng.below(4),
                 1 + self.rng.below(30)
-            ),
-        ];
+            ));
+        }
         if self.rng.chance(20) {
             // Its failure handled: its sequence (the run, a branch, an item) ends there.
             s.push("  catch: [{ errors: ['*'], next: end }]".into());
@@ -225,13 +237,11 @@ impl Gen {
                     self.guarded(a, in_map)
                 }
                 4 => self.flaky(false),
-                _ => {
-                    if self.rng.chance(50) {
-                        self.parallel(depth + 1, in_map)
-                    } else {
-                        self.map(depth + 1)
-                    }
-                }
+                _ => match self.rng.below(3) {
+                    0 => self.parallel(depth + 1, in_map),
+                    1 => self.dag(in_map),
+                    _ => self.map(depth + 1),
+                },
             });
         }
         out
@@ -264,6 +274,38 @@ impl Gen {
         s
     }
 
+    /// A dag: each step depends on some of the ones listed before it (so
+    /// there is no cycle), some guarded, some flaky.
+    fn dag(&mut self, in_map: bool) -> StepLines {
+        let id = self.id("d");
+        let mut s = vec![format!("- id: {id}"), "  dag:".into(), format!("    fail_fast: {}", self.rng.chance(50))];
+        if self.rng.chance(30) {
+            s.push(format!("    max_concurrency: {}", 1 + self.rng.below(2)));
+        }
+        s.push("    steps:".into());
+        let mut ids: Vec<String> = Vec::new();
+        for _ in 0..3 + self.rng.below(3) {
+            let mut node = match self.rng.below(4) {
+                0 | 1 => {
+                    let t = self.transform(in_map);
+                    self.guarded(t, in_map)
+                }
+                2 => self.flaky(false),
+                _ => self.wait(),
+            };
+            let deps: Vec<&str> = ids.iter().filter(|_| self.rng.chance(50)).map(String::as_str).collect();
+            if !deps.is_empty() {
+                node.insert(1, format!("  depends_on: [{}]", deps.join(", ")));
+            }
+            ids.push(node[0].trim_start_matches("- id: ").to_owned());
+            s.extend(indent(&node, 6));
+        }
+        if self.rng.chance(30) {
+            s.push("  retry: { max_attempts: 2, initial_interval: 30s }".into());
+        }
+        s
+    }
+
     fn map(&mut self, depth: u32) -> StepLines {
         let id = self.id("m");
         let mut s = vec![format!("- id: {id}"), "  map:".into(), "    items: \"{{ inputs.items }}\"".into()];
@@ -286,7 +328,7 @@ impl Gen {
         let mut out: Vec<StepLines> = Vec::new();
         let blocks = 2 + self.rng.below(5);
         for _ in 0..blocks {
-            match self.rng.below(12) {
+            match self.rng.below(13) {
                 0 => {
                     let t = self.transform(false);
                     out.push(self.guarded(t, false));
@@ -354,6 +396,7 @@ impl Gen {
                 8 => out.push(self.form()),
                 9 => out.push(self.approval()),
                 10 => out.push(self.ai()),
+                11 => out.push(self.dag(false)),
                 _ => out.push(self.child()),
             }
         }
@@ -415,13 +458,17 @@ impl World {
             let p = input.get("p").and_then(Value::as_u64).unwrap_or(0);
             let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
             let fails = fate(ctx.run_id, &ctx.step_id, ctx.attempt) % 100 < p;
+            let (ctx_run, ctx_step) = (ctx.run_id, format!("{}#{}", ctx.step_id, ctx.attempt));
             async move {
                 if ms > 0 {
                     // Real time, so parallel outcomes interleave differently.
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 if fails {
-                    Err(TaskError::new("sim.flaky", "the seeded schedule says fail", true))
+                    // Two error classes, for retriers that tell them apart.
+                    let kind =
+                        if fate(ctx_run, &ctx_step, 0).is_multiple_of(2) { "sim.transient" } else { "sim.flaky" };
+                    Err(TaskError::new(kind, "the seeded schedule says fail", true))
                 } else {
                     Ok(json!({ "ok": true }))
                 }
@@ -499,7 +546,14 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
                 let values = json!({ "size": 1 + rng.below(9) });
                 engine.submit(id, step, &Submission { by, token, values }).await.map(|_| ())
             } else {
-                let vote = Vote { by, token, approve: rng.chance(80), comment: None, content_hash: None };
+                let vote = Vote {
+                    by,
+                    token,
+                    approve: rng.chance(80),
+                    comment: None,
+                    content_hash: None,
+                    values: serde_json::Value::Null,
+                };
                 engine.decide_approval(id, step, &vote).await.map(|_| ())
             };
             // Another answer may have won (a quorum of `any`): not an error.
@@ -758,7 +812,17 @@ async fn one_seed(seed: u64, postgres: bool, stats: Stats) {
         if r.event_type == "RunStarted" {
             count(&world.stats, "runs", 1);
         }
+        if r.event_type == "StepFailed" && r.payload.contains("sim.transient") {
+            count(&world.stats, "transient failures", 1);
+        }
         if let Ok(Event::StepStarted(s)) = Event::decode(&r) {
+            // A dag's steps run in threads `…d<N>.<step>`.
+            let dag = |seg: &str| {
+                seg.strip_prefix('d').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if s.scope.split('.').rev().nth(1).is_some_and(dag) {
+                count(&world.stats, "dag steps started", 1);
+            }
             let run = r.stream_id.trim_start_matches("run-");
             recorded_keys.insert(format!("{run}:{}:{}", s.step_id, s.attempt));
         }
@@ -794,6 +858,8 @@ async fn simulate(postgres: bool) {
     assert!(stats.get("guards false").is_some_and(|n| *n > 0), "no guard was ever false: {stats:?}");
     assert!(stats.get("errors caught").is_some_and(|n| *n > 0), "no error was ever caught: {stats:?}");
     assert!(stats.get("races won").is_some_and(|n| *n > 0), "no race ever cancelled a loser: {stats:?}");
+    assert!(stats.get("dag steps started").is_some_and(|n| *n > 0), "no dag step ever ran: {stats:?}");
+    assert!(stats.get("transient failures").is_some_and(|n| *n > 0), "no retrier list was exercised: {stats:?}");
     let summary: Vec<String> = stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     eprintln!(
         "simulation on {backend}: {} seeds from {} passed every check\n  {}",

@@ -48,6 +48,13 @@ pub struct DecideArgs {
     /// The content hash you reviewed; refused if the content is no longer that.
     #[arg(long)]
     pub content_hash: Option<String>,
+    /// The approval's fields as one JSON object.
+    #[arg(long, conflicts_with = "fields")]
+    pub data: Option<String>,
+    /// A field of the approval, `name=value`, converted to the field's type
+    /// (repeatable).
+    #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
     /// The resume token from the request (default: derived with this
     /// machine's token key).
     #[arg(long)]
@@ -104,37 +111,8 @@ pub async fn submit(
     };
     anyhow::ensure!(h.kind == "form", "step `{}` is an approval; use `cairn approve` or `cairn reject`", args.step);
     let by = identity_or_hint(setup, &engine, &h)?;
-    let values = match &args.data {
-        Some(d) => serde_json::from_str::<Value>(d)
-            .context("--data is not JSON; pass an object like '{\"topic\": \"Rust\"}'")?,
-        None => {
-            let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
-            let mut m = Map::new();
-            let mut bad = Vec::new();
-            for f in &args.fields {
-                let Some((k, v)) = f.split_once('=') else {
-                    bad.push(format!("`--field {f}` is not NAME=VALUE"));
-                    continue;
-                };
-                match fields.iter().find(|x| x.name == k).map(|field| field.parse_text(v)) {
-                    Some(Ok(value)) => {
-                        m.insert(k.to_owned(), value);
-                    }
-                    Some(Err(e)) => bad.push(format!("{k}: {e}")),
-                    None => {
-                        m.insert(k.to_owned(), Value::String(v.to_owned()));
-                    }
-                }
-            }
-            if !bad.is_empty() {
-                eprintln!("error [invalid-submission]: nothing was submitted:");
-                for b in &bad {
-                    eprintln!("  {b}");
-                }
-                return Ok(codes::exit("invalid-submission"));
-            }
-            Value::Object(m)
-        }
+    let Some(values) = values_from_args(&h, args.data.as_deref(), &args.fields)? else {
+        return Ok(codes::exit("invalid-submission"));
     };
     let token = args.token.unwrap_or_else(|| engine.resume_token(args.run, &args.step, h.attempt));
     match engine.submit(args.run, &args.step, &Submission { by: by.clone(), token, values }).await {
@@ -149,6 +127,42 @@ pub async fn submit(
     continue_run(&engine, database, read, args.run).await
 }
 
+/// The values given as `--data JSON` or `--field NAME=VALUE` (each
+/// converted to its field's type); `None` after saying what was wrong.
+fn values_from_args(h: &HumanWait, data: Option<&str>, given: &[String]) -> anyhow::Result<Option<Value>> {
+    if let Some(d) = data {
+        return serde_json::from_str::<Value>(d)
+            .context("--data is not JSON; pass an object like '{\"topic\": \"Rust\"}'")
+            .map(Some);
+    }
+    let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
+    let mut m = Map::new();
+    let mut bad = Vec::new();
+    for f in given {
+        let Some((k, v)) = f.split_once('=') else {
+            bad.push(format!("`--field {f}` is not NAME=VALUE"));
+            continue;
+        };
+        match fields.iter().find(|x| x.name == k).map(|field| field.parse_text(v)) {
+            Some(Ok(value)) => {
+                m.insert(k.to_owned(), value);
+            }
+            Some(Err(e)) => bad.push(format!("{k}: {e}")),
+            None => {
+                m.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+        }
+    }
+    if bad.is_empty() {
+        return Ok(Some(Value::Object(m)));
+    }
+    eprintln!("error [invalid-submission]: nothing was recorded:");
+    for b in &bad {
+        eprintln!("  {b}");
+    }
+    Ok(None)
+}
+
 /// `cairn approve` / `cairn reject`.
 pub async fn decide(
     database: &str,
@@ -160,7 +174,14 @@ pub async fn decide(
     let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let Some(h) = open_request(&engine, args.run, &args.step).await? else {
         let by = setup.identity(engine.config()).unwrap_or_default();
-        let none = Vote { by, token: String::new(), approve, comment: None, content_hash: None };
+        let none = Vote {
+            by,
+            token: String::new(),
+            approve,
+            comment: None,
+            content_hash: None,
+            values: serde_json::Value::Null,
+        };
         return match engine.decide_approval(args.run, &args.step, &none).await {
             Err(e) => report(e),
             Ok(_) => anyhow::bail!("internal: a closed approval accepted a decision"),
@@ -168,8 +189,11 @@ pub async fn decide(
     };
     anyhow::ensure!(h.kind == "approval", "step `{}` is a form; use `cairn submit`", args.step);
     let by = identity_or_hint(setup, &engine, &h)?;
+    let Some(values) = values_from_args(&h, args.data.as_deref(), &args.fields)? else {
+        return Ok(codes::exit("invalid-submission"));
+    };
     let token = args.token.unwrap_or_else(|| engine.resume_token(args.run, &args.step, h.attempt));
-    let vote = Vote { by: by.clone(), token, approve, comment: args.comment, content_hash: args.content_hash };
+    let vote = Vote { by: by.clone(), token, approve, comment: args.comment, content_hash: args.content_hash, values };
     match engine.decide_approval(args.run, &args.step, &vote).await {
         Ok(r) => out!(
             "{} `{}` as {by}, bound to content {} (stream version {}, position {})",
@@ -256,7 +280,13 @@ pub fn how_to_continue(top: Uuid, waiting: &[(Uuid, String, HumanWait)]) -> Stri
                 h.assignees.join(", ")
             ));
             let who = h.assignees.iter().find(|a| !h.decided(a)).cloned().unwrap_or_default();
-            t.push_str(&format!("      cairn approve {run} {step} --as {who} [--comment …]\n"));
+            let mut with = String::new();
+            if !h.fields.is_empty() {
+                let fields: Vec<String> = h.fields.iter().map(Field::from_recorded).map(|f| describe(&f)).collect();
+                t.push_str(&format!("      fields to approve with: {}\n", fields.join("; ")));
+                with = h.fields.iter().filter(|f| f.required).map(|f| format!(" --field {}=…", f.name)).collect();
+            }
+            t.push_str(&format!("      cairn approve {run} {step} --as {who}{with} [--comment …]\n"));
             t.push_str(&format!("      cairn reject {run} {step} --as {who} --comment …\n"));
         }
     }
@@ -365,48 +395,8 @@ async fn ask_form(
     let mut values = Map::new();
     let mut todo: Vec<&Field> = fields.iter().collect();
     loop {
-        for f in &todo {
-            loop {
-                let mut q = format!("    {}", f.label.as_deref().unwrap_or(&f.name));
-                if let Some(help) = &f.help {
-                    q.push_str(&format!(" — {help}"));
-                }
-                q.push_str(&format!(" [{}", f.kind.name()));
-                if !f.options.is_empty() {
-                    q.push_str(&format!(": {}", f.options.join(", ")));
-                }
-                if let Some(d) = &f.default {
-                    q.push_str(&format!(", default {d}"));
-                } else if !f.required {
-                    q.push_str(", optional");
-                }
-                q.push_str("]: ");
-                let Some(answer) = ask(&q)? else { return Ok(None) };
-                if answer.trim().is_empty() {
-                    values.remove(&f.name);
-                    if f.required && f.default.is_none() {
-                        eprintln!("      ✗ {} is required", f.name);
-                        continue;
-                    }
-                    break;
-                }
-                let v = match f.parse_text(&answer) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        eprintln!("      ✗ {e}");
-                        continue;
-                    }
-                };
-                // Check this field alone now, so the person fixes it at once.
-                let one = serde_json::json!({ f.name.clone(): v.clone() });
-                match cairn_runtime::people::validate(std::slice::from_ref(*f), &one) {
-                    Ok(_) => {
-                        values.insert(f.name.clone(), v);
-                        break;
-                    }
-                    Err(errs) => eprintln!("      ✗ {} {}", f.name, errs[0].message),
-                }
-            }
+        if ask_fields(&todo, &mut values)?.is_none() {
+            return Ok(None);
         }
         let sub = Submission { by: by.to_owned(), token: token.to_owned(), values: Value::Object(values.clone()) };
         match engine.submit(run, step, &sub).await {
@@ -459,18 +449,88 @@ async fn ask_approval(
         }
     };
     let Some(comment) = ask("    comment (optional): ")? else { return Ok(None) };
-    let vote = Vote {
-        by: by.to_owned(),
-        token: token.to_owned(),
-        approve,
-        comment: Some(comment).filter(|c| !c.trim().is_empty()),
-        content_hash: Some(h.content_hash.clone()),
-    };
-    match engine.decide_approval(run, step, &vote).await {
-        Ok(_) => {
-            eprintln!("  ✓ {} `{step}`", if approve { "approved" } else { "rejected" });
-            Ok(Some(()))
+    // An approval's fields are asked for when approving (a rejection needs none).
+    let fields: Vec<Field> = h.fields.iter().map(Field::from_recorded).collect();
+    let mut values = Map::new();
+    let mut todo: Vec<&Field> = if approve { fields.iter().collect() } else { Vec::new() };
+    loop {
+        if ask_fields(&todo, &mut values)?.is_none() {
+            return Ok(None);
         }
-        Err(e) => anyhow::bail!("[{}] {e}", e.code()),
+        let vote = Vote {
+            by: by.to_owned(),
+            token: token.to_owned(),
+            approve,
+            comment: Some(comment.clone()).filter(|c| !c.trim().is_empty()),
+            content_hash: Some(h.content_hash.clone()),
+            values: if values.is_empty() { Value::Null } else { Value::Object(values.clone()) },
+        };
+        match engine.decide_approval(run, step, &vote).await {
+            Ok(_) => {
+                eprintln!("  ✓ {} `{step}`", if approve { "approved" } else { "rejected" });
+                return Ok(Some(()));
+            }
+            Err(HumanError::Invalid { errors, .. }) => {
+                for e in &errors {
+                    eprintln!("      ✗ {}: {}", e.field, e.message);
+                }
+                todo = fields.iter().filter(|f| errors.iter().any(|e| e.field == f.name)).collect();
+                if todo.is_empty() {
+                    anyhow::bail!(
+                        "the decision was refused: {}",
+                        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    );
+                }
+            }
+            Err(e) => anyhow::bail!("[{}] {e}", e.code()),
+        }
     }
+}
+
+/// Asks for each field in turn, checking each answer alone at once so the
+/// person fixes it there; `None` when the input ended.
+fn ask_fields(todo: &[&Field], values: &mut Map<String, Value>) -> anyhow::Result<Option<()>> {
+    for f in todo {
+        loop {
+            let mut q = format!("    {}", f.label.as_deref().unwrap_or(&f.name));
+            if let Some(help) = &f.help {
+                q.push_str(&format!(" — {help}"));
+            }
+            q.push_str(&format!(" [{}", f.kind.name()));
+            if !f.options.is_empty() {
+                q.push_str(&format!(": {}", f.options.join(", ")));
+            }
+            if let Some(d) = &f.default {
+                q.push_str(&format!(", default {d}"));
+            } else if !f.required {
+                q.push_str(", optional");
+            }
+            q.push_str("]: ");
+            let Some(answer) = ask(&q)? else { return Ok(None) };
+            if answer.trim().is_empty() {
+                values.remove(&f.name);
+                if f.required && f.default.is_none() {
+                    eprintln!("      ✗ {} is required", f.name);
+                    continue;
+                }
+                break;
+            }
+            let v = match f.parse_text(&answer) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("      ✗ {e}");
+                    continue;
+                }
+            };
+            let one = serde_json::json!({ f.name.clone(): v.clone() });
+            match cairn_runtime::people::validate(std::slice::from_ref(*f), &one) {
+                Ok(_) => {
+                    values.insert(f.name.clone(), v);
+                    break;
+                }
+                Err(errs) => eprintln!("      ✗ {} {}", f.name, errs[0].message),
+            }
+        }
+    }
+    Ok(Some(()))
 }

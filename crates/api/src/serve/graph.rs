@@ -5,7 +5,9 @@
 //! to the next step written and a curve on the right to any other target
 //! (a `next`, a branch's or a switch's, the end). A `parallel` is a frame
 //! with its branches side by side; a `map` is a frame around the steps each
-//! item runs, drawn once, with how many of its iterations stand where. A
+//! item runs, drawn once, with how many of its iterations stand where; a
+//! `dag` is a frame with its steps in rows by how many steps stand before
+//! them, an arrow from each step to each step that depends on it. A
 //! table under the drawing says the same for screen readers and copying.
 //!
 //! The layout is measured first (every sequence's width and height, from
@@ -152,6 +154,9 @@ enum Shape<'a> {
     Box,
     Parallel(Vec<(&'a str, Seq<'a>)>),
     Map(Seq<'a>),
+    /// Rows of a dag's steps (index in its steps, measured), each row
+    /// depending only on rows above it.
+    Dag(Vec<Vec<(usize, Node<'a>)>>),
 }
 
 fn measure(steps: &[Step]) -> Seq<'_> {
@@ -173,6 +178,29 @@ fn measure_one(step: &Step) -> Node<'_> {
         StepKind::Map { steps, .. } => {
             let body = measure(steps);
             Node { step, w: (body.w + 2.0 * PAD).max(BOX_W), h: HEAD + body.h + PAD, shape: Shape::Map(body) }
+        }
+        StepKind::Dag { steps, depends_on, .. } => {
+            // A step's row: one past the lowest row of what it depends on.
+            let mut row = vec![0usize; steps.len()];
+            for _ in 0..steps.len() {
+                for (i, d) in depends_on.iter().enumerate() {
+                    row[i] = d.iter().map(|&j| row[j] + 1).max().unwrap_or(0);
+                }
+            }
+            let mut rows: Vec<Vec<(usize, Node)>> = Vec::new();
+            for (i, st) in steps.iter().enumerate() {
+                if rows.len() <= row[i] {
+                    rows.resize_with(row[i] + 1, Vec::new);
+                }
+                rows[row[i]].push((i, measure_one(st)));
+            }
+            let width = |r: &Vec<(usize, Node)>| {
+                r.iter().map(|(_, n)| n.w).sum::<f64>() + COL_GAP * r.len().saturating_sub(1) as f64
+            };
+            let w = rows.iter().map(width).fold(0.0, f64::max);
+            let h = rows.iter().map(|r| r.iter().map(|(_, n)| n.h).fold(0.0, f64::max)).sum::<f64>()
+                + GAP * rows.len().saturating_sub(1) as f64;
+            Node { step, w: (w + 2.0 * PAD).max(BOX_W), h: HEAD + h + PAD, shape: Shape::Dag(rows) }
         }
         _ => Node { step, w: BOX_W, h: BOX_H, shape: Shape::Box },
     }
@@ -271,7 +299,7 @@ impl Drawing<'_> {
         while let Some(s) = stack.pop() {
             let inner: Vec<&Step> = match &s.kind {
                 StepKind::Parallel { branches, .. } => branches.iter().flat_map(|(_, b)| b).collect(),
-                StepKind::Map { steps, .. } => steps.iter().collect(),
+                StepKind::Map { steps, .. } | StepKind::Dag { steps, .. } => steps.iter().collect(),
                 _ => Vec::new(),
             };
             for i in inner {
@@ -348,6 +376,33 @@ impl Drawing<'_> {
             }
             (Shape::Map(body), StepKind::Map { steps, .. }) => {
                 self.seq(body, steps, x + PAD, y + HEAD, &format!("{path}{}[each] › ", s.id), None);
+            }
+            (Shape::Dag(rows), StepKind::Dag { depends_on, .. }) => {
+                // Each step's top centre and bottom centre, for the arrows.
+                let mut at: HashMap<usize, (f64, f64, f64)> = HashMap::new();
+                let inner = format!("{path}{} › ", s.id);
+                let mut top = y + HEAD;
+                for r in rows {
+                    let width = r.iter().map(|(_, m)| m.w).sum::<f64>() + COL_GAP * r.len().saturating_sub(1) as f64;
+                    let mut left = x + (n.w - width) / 2.0;
+                    for (i, m) in r {
+                        self.node(m, left, top, &inner);
+                        at.insert(*i, (left + m.w / 2.0, top, top + m.h));
+                        left += m.w + COL_GAP;
+                    }
+                    top += r.iter().map(|(_, m)| m.h).fold(0.0, f64::max) + GAP;
+                }
+                for (i, d) in depends_on.iter().enumerate() {
+                    let Some(&(x2, y2, _)) = at.get(&i) else { continue };
+                    for j in d {
+                        let Some(&(x1, _, y1)) = at.get(j) else { continue };
+                        let _ = write!(
+                            self.svg,
+                            "<line class=\"edge\" x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{}\" marker-end=\"url(#arrow)\"></line>",
+                            y2 - 2.0
+                        );
+                    }
+                }
             }
             _ => {}
         }

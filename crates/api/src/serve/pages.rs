@@ -90,7 +90,9 @@ async fn answer(
         };
         let comment = Some(typed.one("_comment").to_owned()).filter(|c| !c.trim().is_empty());
         let shown = Some(typed.one("_content_hash").to_owned()).filter(|h| !h.is_empty());
-        let v = Vote { by: r.identity.clone(), token: token.clone(), approve, comment, content_hash: shown };
+        // An approval's fields, as typed: checked when approving; a rejection may leave them empty.
+        let values = if r.wait.fields.is_empty() { Value::Null } else { r.values(&typed) };
+        let v = Vote { by: r.identity.clone(), token: token.clone(), approve, comment, content_hash: shown, values };
         state.engine.decide_approval(r.run, &r.step, &v).await
     };
     match outcome {
@@ -197,8 +199,8 @@ async fn open(state: &State, id: &str, step: &str, token: &str) -> Result<Opened
         now,
         wait,
     };
-    let why = if let Some((_, approve, comment, _)) = r.wait.decisions.iter().find(|(by, ..)| *by == identity) {
-        Some(Closed::Decided(*approve, comment.clone()))
+    let why = if let Some(d) = r.wait.decisions.iter().find(|d| d.by == identity) {
+        Some(Closed::Decided(d.approved, d.comment.clone()))
     } else if let Some((by, _)) = &r.wait.submitted {
         Some(Closed::Submitted(by.clone()))
     } else if r.wait.expired || r.wait.deadline.is_some_and(|d| d <= now) {
@@ -318,7 +320,7 @@ impl Request {
             }
             b.push_str("<div class=\"actions\"><button type=\"submit\">Submit</button></div>");
         } else {
-            self.approval_html(&mut b, typed);
+            self.approval_html(&mut b, typed, errors);
         }
         b.push_str("</form>");
         b
@@ -328,13 +330,13 @@ impl Request {
         self.wait.fields.iter().any(|f| f.name == name)
     }
 
-    fn approval_html(&self, b: &mut String, typed: &Typed) {
+    fn approval_html(&self, b: &mut String, typed: &Typed, errors: &[FieldError]) {
         let w = &self.wait;
         b.push_str("<section class=\"content\" aria-labelledby=\"content-h\"><h2 id=\"content-h\">What you are asked to approve</h2>");
         content_html(b, &w.content);
         let _ = write!(b, "<p class=\"hash\">Content hash <code>{}</code></p></section>", esc(&w.content_hash));
-        let round: Vec<_> = w.decisions.iter().filter(|d| d.3 == w.round).collect();
-        let approved = round.iter().filter(|d| d.1).count();
+        let round: Vec<_> = w.decisions.iter().filter(|d| d.round == w.round).collect();
+        let approved = round.iter().filter(|d| d.approved).count();
         let _ = write!(
             b,
             "<section class=\"quorum\" aria-labelledby=\"quorum-h\"><h2 id=\"quorum-h\">Approvals</h2><p>{approved} of {} needed ({}) · approvers: {}</p>",
@@ -344,19 +346,28 @@ impl Request {
         );
         if !round.is_empty() {
             b.push_str("<ul>");
-            for (by, ok, comment, _) in &round {
+            for d in &round {
                 let _ = write!(
                     b,
                     "<li><strong>{}</strong> {}{}</li>",
-                    esc(by),
-                    if *ok { "approved" } else { "rejected" },
-                    comment.as_deref().map(|c| format!(": “{}”", esc(c))).unwrap_or_default()
+                    esc(&d.by),
+                    if d.approved { "approved" } else { "rejected" },
+                    d.comment.as_deref().map(|c| format!(": “{}”", esc(c))).unwrap_or_default()
                 );
             }
             b.push_str("</ul>");
         }
         b.push_str("</section>");
         let _ = write!(b, "<input type=\"hidden\" name=\"_content_hash\" value=\"{}\">", esc(&w.content_hash));
+        if !w.fields.is_empty() {
+            // What an approval carries besides the decision; required ones to approve.
+            b.push_str("<fieldset class=\"decision-fields\"><legend>With your approval</legend>");
+            for f in self.fields() {
+                let err: Vec<&FieldError> = errors.iter().filter(|e| e.field == f.name).collect();
+                field_html(b, &f, typed, !errors.is_empty(), &err);
+            }
+            b.push_str("</fieldset>");
+        }
         let _ = write!(
             b,
             "<div class=\"field\"><label for=\"f-comment\">Comment <span class=\"optional\">(optional)</span></label><textarea id=\"f-comment\" name=\"_comment\" rows=\"3\">{}</textarea></div>",

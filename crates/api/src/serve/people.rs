@@ -83,6 +83,11 @@ pub struct Decide {
     /// The request's resume token; checked when given.
     #[serde(default)]
     pub token: Option<String>,
+    /// The approval's fields (its `ApprovalRequested` lists them), checked
+    /// like a form's: approving must satisfy them, a rejection may give
+    /// them; refused (422, each field named) for an approval without fields.
+    #[serde(default)]
+    pub values: Option<serde_json::Map<String, Value>>,
 }
 
 /// What was recorded.
@@ -213,6 +218,7 @@ pub async fn decide(
         approve: body.approve,
         comment: body.comment,
         content_hash: body.content_hash,
+        values: body.values.map_or(Value::Null, Value::Object),
     };
     let rec = match body.token {
         Some(_) => state.engine.decide_approval(run, &step, &v).await,

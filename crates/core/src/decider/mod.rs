@@ -984,7 +984,7 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                     },
                     None,
                 )),
-                StepKind::Parallel { .. } | StepKind::Map { .. } => {
+                StepKind::Parallel { .. } | StepKind::Map { .. } | StepKind::Dag { .. } => {
                     container(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, d)
                 }
                 StepKind::Ai(a) => ai::decide(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, a, d),
@@ -1171,15 +1171,49 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
                 *max_concurrency,
             )
         }
+        StepKind::Dag { steps, fail_fast, max_concurrency, .. } => (
+            steps
+                .iter()
+                .map(|n| Kid {
+                    key: format!("{inst}.{}", n.id),
+                    prefix: prefix(inst).to_owned(),
+                    first: &n.id,
+                    label: format!("step `{}`", n.id),
+                })
+                .collect(),
+            *fail_fast,
+            *max_concurrency,
+        ),
         _ => return,
+    };
+    let deps = match &st.kind {
+        StepKind::Dag { depends_on, .. } => depends_on.as_slice(),
+        _ => &[],
     };
     let mut inner = Decision::default();
     let mut ends: Vec<Option<End>> = Vec::with_capacity(kids.len());
     for k in &kids {
         ends.push(s.threads.contains_key(&k.key).then(|| thread(w, s, &k.key, now, &mut inner)));
     }
+    // A dag's steps that can never start: one they depend on failed, or
+    // can never start itself (the graph is acyclic, so this settles).
+    let mut blocked = vec![false; kids.len()];
+    let mut changed = !deps.is_empty();
+    while changed {
+        changed = false;
+        for (i, d) in deps.iter().enumerate() {
+            if ends[i].is_none()
+                && !blocked[i]
+                && d.iter().any(|&j| blocked[j] || matches!(ends[j], Some(End::Failed(_))))
+            {
+                blocked[i] = true;
+                changed = true;
+            }
+        }
+    }
+    let ready = |i: usize| deps.get(i).is_none_or(|d| d.iter().all(|&j| matches!(ends[j], Some(End::Completed(_)))));
     let running = ends.iter().filter(|e| matches!(e, Some(End::Running))).count();
-    let waiting = ends.iter().filter(|e| e.is_none()).count();
+    let waiting = ends.iter().zip(&blocked).filter(|(e, b)| e.is_none() && !**b).count();
     let failures: Vec<(&Kid<'_>, &Failure)> = kids
         .iter()
         .zip(&ends)
@@ -1208,6 +1242,13 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
         if failures.len() > 1 {
             message.push_str(&format!(" (and {} more failed)", failures.len() - 1));
         }
+        let never: Vec<&str> = kids.iter().zip(&blocked).filter(|(_, b)| **b).map(|(k, _)| k.first).collect();
+        if !fail_fast && !never.is_empty() {
+            message.push_str(&format!(
+                "; {} did not start: a step they depend on failed",
+                never.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
         cancel_running(s, &kids, &ends, &format!("cancelled: `{inst}` failed fast ({} failed)", first_kid.label), d);
         d.append.push(Event::StepFailed(StepFailed {
             step_id: inst.to_owned(),
@@ -1228,6 +1269,7 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
             StepKind::Parallel { branches, as_list: false, .. } => {
                 Value::Object(branches.iter().map(|(n, _)| n.clone()).zip(results).collect())
             }
+            StepKind::Dag { steps, .. } => Value::Object(steps.iter().map(|n| n.id.clone()).zip(results).collect()),
             _ => Value::Array(results.collect()),
         };
         let limits = crate::settings::Surroundings::of(w, s.settings.as_ref()).limits();
@@ -1236,11 +1278,11 @@ fn container(f: &InFlight<'_>, d: &mut Decision) {
     }
     d.merge(inner);
     let mut free = max.map_or(usize::MAX, |m| (m as usize).saturating_sub(running));
-    for (k, e) in kids.iter().zip(&ends) {
+    for (i, (k, e)) in kids.iter().zip(&ends).enumerate() {
         if free == 0 {
             break;
         }
-        if e.is_some() {
+        if e.is_some() || !ready(i) {
             continue;
         }
         free -= 1;
@@ -1497,7 +1539,7 @@ fn start_unchecked(
                 Err(e) => render_failed(e.to_string()),
             }
         }
-        StepKind::Parallel { .. } => vec![started(step, key, attempt, Value::Null)],
+        StepKind::Parallel { .. } | StepKind::Dag { .. } => vec![started(step, key, attempt, Value::Null)],
         StepKind::Fail { error, cause } => match template::render(cause, &ctx) {
             Ok(v) => {
                 let message = match &v {

@@ -45,8 +45,8 @@ pub struct HumanWait {
     pub content_hash: String,
     /// 0, or 1 once escalated.
     pub round: u32,
-    /// Decisions: who, approved, comment, round.
-    pub decisions: Vec<(String, bool, Option<String>, u32)>,
+    /// Decisions, in the order made.
+    pub decisions: Vec<Decided>,
     /// The form's submission: who, values.
     pub submitted: Option<(String, Value)>,
     /// The current deadline.
@@ -59,6 +59,21 @@ pub struct HumanWait {
     pub expired: bool,
     /// Notifications: (purpose, recipient) → state.
     pub notices: BTreeMap<(String, String), Notice>,
+}
+
+/// One approver's decision, folded from `ApprovalDecided`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decided {
+    /// Who decided.
+    pub by: String,
+    /// Approved (`true`) or rejected.
+    pub approved: bool,
+    /// Why.
+    pub comment: Option<String>,
+    /// The round it counts in (0, or 1 once escalated).
+    pub round: u32,
+    /// The approval's fields as given, checked.
+    pub values: Option<Value>,
 }
 
 /// One notification's progress.
@@ -78,9 +93,9 @@ impl HumanWait {
     pub fn tally(&self) -> (u32, u32) {
         let mut yes = 0;
         let mut no = 0;
-        for (_, approved, _, round) in &self.decisions {
-            if *round == self.round {
-                if *approved { yes += 1 } else { no += 1 }
+        for d in &self.decisions {
+            if d.round == self.round {
+                if d.approved { yes += 1 } else { no += 1 }
             }
         }
         (yes, no)
@@ -88,7 +103,7 @@ impl HumanWait {
 
     /// Whether `who` has decided already.
     pub fn decided(&self, who: &str) -> bool {
-        self.decisions.iter().any(|(by, ..)| by == who)
+        self.decisions.iter().any(|d| d.by == who)
     }
 }
 
@@ -124,6 +139,7 @@ pub(super) fn evolve(s: &mut RunState, event: &Event) -> bool {
             h.content = e.content.clone();
             h.content_hash = e.content_hash.clone();
             h.round = e.escalation;
+            h.fields = e.fields.clone();
             h.deadline = e.deadline;
             h.expired = false;
         }
@@ -135,7 +151,13 @@ pub(super) fn evolve(s: &mut RunState, event: &Event) -> bool {
         Event::ApprovalDecided(e) => {
             if let Some(h) = s.people.get_mut(&e.step_id) {
                 let round = h.round;
-                h.decisions.push((e.decided_by.clone(), e.decision == "approved", e.comment.clone(), round));
+                h.decisions.push(Decided {
+                    by: e.decided_by.clone(),
+                    approved: e.decision == "approved",
+                    comment: e.comment.clone(),
+                    round,
+                    values: e.values.clone(),
+                });
             }
         }
         Event::ApprovalExpired(e) => {
@@ -233,6 +255,7 @@ pub(super) fn approval_input(
         "content": content,
         "deadline": due(now, a.deadline),
         "escalate_to": rendered_list(&a.escalate_to, ctx)?,
+        "fields": a.fields.iter().map(crate::human::Field::recorded).collect::<Vec<FormField>>(),
     }))
 }
 
@@ -267,6 +290,7 @@ pub fn request_event(step_id: &str, kind: &StepKind, input: &Value, token_hash: 
             deadline,
             token_hash: Some(token_hash),
             escalation: 0,
+            fields: input.get("fields").and_then(|f| serde_json::from_value(f.clone()).ok()).unwrap_or_default(),
         })),
         _ => None,
     }
@@ -281,17 +305,24 @@ fn outcome(
     approved: bool,
     decision: &str,
 ) -> Event {
+    let with_fields = !a.fields.is_empty();
     let decisions: Vec<Value> = h
         .decisions
         .iter()
-        .map(|(by, ok, comment, round)| json!({"by": by, "decision": if *ok { "approved" } else { "rejected" }, "comment": comment, "round": round}))
+        .map(|d| {
+            let mut v = json!({"by": d.by, "decision": if d.approved { "approved" } else { "rejected" }, "comment": d.comment, "round": d.round});
+            if with_fields {
+                v["values"] = d.values.clone().unwrap_or(Value::Null);
+            }
+            v
+        })
         .collect();
-    let comment = h.decisions.last().and_then(|(_, _, c, _)| c.clone());
+    let comment = h.decisions.last().and_then(|d| d.comment.clone());
     if !approved && a.fail_on_reject {
         let why = if decision == "expired" {
             "expired: its deadline passed without a decision".to_owned()
         } else {
-            let who: Vec<&str> = h.decisions.iter().filter(|d| !d.1).map(|d| d.0.as_str()).collect();
+            let who: Vec<&str> = h.decisions.iter().filter(|d| !d.approved).map(|d| d.by.as_str()).collect();
             format!(
                 "was rejected by {}{}",
                 who.join(", "),
@@ -309,18 +340,19 @@ fn outcome(
             retry_after_ms: None,
         });
     }
-    Event::StepCompleted(StepCompleted {
-        step_id: inst.to_owned(),
-        attempt,
-        output: json!({
-            "approved": approved,
-            "decision": decision,
-            "comment": comment,
-            "decisions": decisions,
-            "content_hash": h.content_hash,
-        }),
-        duration_ms: 0,
-    })
+    let mut output = json!({
+        "approved": approved,
+        "decision": decision,
+        "comment": comment,
+        "decisions": decisions,
+        "content_hash": h.content_hash,
+    });
+    if with_fields {
+        // The values of the approval that completed the quorum.
+        let by = h.decisions.iter().rev().find(|d| d.approved && d.round == h.round && approved);
+        output["values"] = by.and_then(|d| d.values.clone()).unwrap_or(Value::Null);
+    }
+    Event::StepCompleted(StepCompleted { step_id: inst.to_owned(), attempt, output, duration_ms: 0 })
 }
 
 /// Decides for an in-flight form or approval step.
@@ -453,6 +485,7 @@ fn expire(f: &InFlight<'_>, h: &HumanWait, deadline: DateTime<Utc>, d: &mut Deci
                         .map(|dl| now + chrono::Duration::from_std(dl).unwrap_or(chrono::Duration::zero())),
                     token_hash: Some(h.token_hash.clone()),
                     escalation: h.round + 1,
+                    fields: h.fields.clone(),
                 }));
             } else if a.on_timeout == OnTimeout::Fail && h.round == 0 {
                 d.append.push(Event::StepFailed(StepFailed {

@@ -7,15 +7,13 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
-use super::ctx::{Ctx, duration, valid_ident, valid_step_id};
+use super::compile_dag::dag_before;
+use super::ctx::{Ctx, END, concurrency, duration, valid_ident, valid_step_id};
 use super::diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 use super::raw::{RawStep, RawWorkflow};
 use crate::expr::Condition;
 use crate::model::{Block, RetryPolicy, Step, StepKind, Target, Workflow};
 use crate::template;
-
-/// Reserved target name that ends the run.
-pub const END: &str = "end";
 
 /// The largest `maxItems` of the arrays a JSON Schema describes; `None` when
 /// an array has no `maxItems` (its length is unbounded).
@@ -56,6 +54,9 @@ fn walk_raw<'a>(steps: &'a [RawStep], out: &mut Vec<&'a RawStep>) {
         }
         if let Some(m) = &s.map {
             walk_raw(&m.steps, out);
+        }
+        if let Some(d) = &s.dag {
+            walk_raw(&d.steps, out);
         }
     }
 }
@@ -156,6 +157,8 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
             || s.compensate.is_some()
             || s.parallel.is_some()
             || s.map.is_some()
+            || s.dag.is_some()
+            || !s.depends_on.is_empty()
             || s.workflow.is_some()
             || s.ai.is_some()
             || s.form.is_some()
@@ -166,7 +169,7 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
                 "bad-compensation",
                 format!("compensation `{}` may only do work: a `task`, `transform` or `http`", s.id.value),
                 Some(
-                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval`, `fail`, `next`, `end`, `when`, `catch` and `compensate` from it"
+                    "remove `branch`, `switch`, `wait`, `parallel`, `map`, `dag`, `depends_on`, `workflow`, `ai`, `form`, `approval`, `fail`, `next`, `end`, `when`, `catch` and `compensate` from it"
                         .into(),
                 ),
             );
@@ -300,6 +303,14 @@ fn compile_block(cx: &mut Ctx<'_>, raw_steps: &[RawStep], in_map: bool) -> Vec<S
     let ids: Vec<&str> = raw_steps.iter().map(|s| s.id.value.as_str()).collect();
     let mut steps = Vec::new();
     for (i, s) in raw_steps.iter().enumerate() {
+        if let Some(d) = s.depends_on.first() {
+            cx.at(
+                d,
+                "misplaced-field",
+                format!("step `{}` has `depends_on`, which only a step of a `dag` takes", s.id.value),
+                Some("steps of a sequence run in listed order (or where `next` and branches send control); to start steps as their dependencies complete, list them under `dag: { steps: [...] }`".into()),
+            );
+        }
         let following = match ids.get(i + 1) {
             Some(n) => Target::Step((*n).to_owned()),
             None => Target::End,
@@ -385,6 +396,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
         s.http.as_ref().map(|_| "http"),
         s.parallel.as_ref().map(|_| "parallel"),
         s.map.as_ref().map(|_| "map"),
+        s.dag.as_ref().map(|_| "dag"),
         s.workflow.as_ref().map(|_| "workflow"),
         s.ai.as_ref().map(|_| "ai"),
         s.form.as_ref().map(|_| "form"),
@@ -405,7 +417,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             "step-kind",
             message,
             Some(
-                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `workflow`, `ai`, `form`, `approval` or `fail`"
+                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `dag`, `workflow`, `ai`, `form`, `approval` or `fail`"
                     .into(),
             ),
         );
@@ -453,7 +465,12 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
     }
     if let (Some(t), true) = (
         &s.timeout,
-        s.parallel.is_some() || s.map.is_some() || s.workflow.is_some() || s.form.is_some() || s.approval.is_some(),
+        s.parallel.is_some()
+            || s.map.is_some()
+            || s.dag.is_some()
+            || s.workflow.is_some()
+            || s.form.is_some()
+            || s.approval.is_some(),
     ) {
         cx.at(
             t,
@@ -699,6 +716,8 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             max_concurrency: m.max_concurrency,
             fail_fast: m.fail_fast.unwrap_or(true),
         })
+    } else if let Some(d) = &s.dag {
+        super::compile_dag::dag(cx, s, d, in_map, compile_step)
     } else if let Some(c) = &s.workflow {
         if !valid_ident(&c.name.value) {
             cx.at(&c.name, "bad-name", format!("`{}` is not a workflow name", c.name.value), None);
@@ -828,7 +847,7 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
     let kind = kind?;
     let output_contract = match &kind {
         StepKind::Form(f) => Some(crate::human::form_contract(&f.fields)),
-        StepKind::Approval(_) => Some(crate::human::approval_contract()),
+        StepKind::Approval(a) => Some(crate::human::approval_contract(&a.fields)),
         _ => s.output_contract.clone(),
     };
     let when = s.when.as_ref().and_then(|w| condition(cx, w));
@@ -887,7 +906,11 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
             }
         }
         StepKind::Fail { cause, .. } => add(cause),
-        StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
+        StepKind::Branch { .. }
+        | StepKind::Switch { .. }
+        | StepKind::Wait { .. }
+        | StepKind::Parallel { .. }
+        | StepKind::Dag { .. } => {}
     }
     if let Some(b) = &rs.branch {
         texts.push(b.condition.value.clone());
@@ -919,7 +942,7 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
     }
     let nested: Vec<&Step> = match kind {
         StepKind::Parallel { branches, .. } => branches.iter().flat_map(|(_, b)| b).collect(),
-        StepKind::Map { steps, .. } => steps.iter().collect(),
+        StepKind::Map { steps, .. } | StepKind::Dag { steps, .. } => steps.iter().collect(),
         _ => Vec::new(),
     };
     let inner: HashSet<&str> = nested.iter().map(|s| s.id.as_str()).collect();
@@ -941,17 +964,6 @@ fn reads_whole(text: &str, name: &str) -> bool {
         let after = bytes.get(i + name.len()).copied();
         before && !matches!(after, Some(b'.') | Some(b'_')) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
     })
-}
-
-fn concurrency(cx: &mut Ctx<'_>, s: &RawStep, max: Option<u32>) {
-    if max == Some(0) {
-        cx.at(
-            &s.id,
-            "bad-concurrency",
-            format!("step `{}`: `max_concurrency` must be at least 1", s.id.value),
-            Some("omit it to run everything at once".into()),
-        );
-    }
 }
 
 /// Successor step indices (`None` = end) of a step within its block.
@@ -1152,6 +1164,7 @@ fn check_block(
         .map(|p| p.keys().cloned().collect());
     let check_refs = |cx: &mut Ctx<'_>, at: &Spanned<String>, user: Option<usize>, text: &str| {
         let guarded = guarded_steps(text);
+        let guarded_out = guarded_outputs(text);
         for r in references(text) {
             match r {
                 Ref::Input(name) => {
@@ -1197,7 +1210,14 @@ fn check_block(
                         })
                     };
                     let local = index.get(step.as_str()).copied();
-                    if guarded.contains(&step) || (local.is_none() && outer.contains(&step)) {
+                    let dag_error_read = || {
+                        // A dag step's caught error, read by a step that depends on it.
+                        matches!(w.block_of(&step), Some(Block::Dag { dag }) if within == Some(dag.as_str())
+                            && dag_before(w, dag, user.map_or("", |u| steps[u].id.as_str())).contains(&step))
+                            && referenced.when.is_none()
+                            && (!text_reads_output(text, &step) || guarded_out.contains(&step))
+                    };
+                    if guarded.contains(&step) || (local.is_none() && (outer.contains(&step) || dag_error_read())) {
                         // Guarded (`steps.X is defined` / `has(steps.X)`), or
                         // completed before the enclosing step started.
                     } else if local.is_none() && within == Some(step.as_str()) {
@@ -1223,6 +1243,47 @@ fn check_block(
                                 format!(
                                     "after the parallel step, read its branch's result as `steps.{parallel}.output.{branch}`"
                                 ),
+                            ),
+                            Some(Block::Dag { dag }) if within == Some(dag.as_str()) => {
+                                let user_id = user.map_or("", |u| steps[u].id.as_str());
+                                let before = dag_before(w, dag, user_id);
+                                if before.contains(&step) {
+                                    (
+                                        "maybe-not-run",
+                                        format!(
+                                            "{} uses `steps.{step}`, but `{step}` may end without an output: {}",
+                                            whom(),
+                                            if referenced.when.is_some() {
+                                                "its `when` guard may skip it"
+                                            } else {
+                                                "it catches its errors"
+                                            }
+                                        ),
+                                        if referenced.when.is_some() {
+                                            format!(
+                                                "guard the reference: `{{{{ steps.{step}.output if steps.{step} is defined else ... }}}}` in a template, `has(steps.{step})` in a condition"
+                                            )
+                                        } else {
+                                            format!(
+                                                "guard the reference: `{{{{ steps.{step}.output if steps.{step}.output is defined else ... }}}}` in a template, `has(steps.{step}.output)` in a condition; its error is `steps.{step}.error`"
+                                            )
+                                        },
+                                    )
+                                } else {
+                                    (
+                                        "maybe-not-run",
+                                        format!(
+                                            "{} uses `steps.{step}`, which is not among its dependencies in dag `{dag}`: it may not have run yet",
+                                            whom()
+                                        ),
+                                        format!("add `{step}` to the `depends_on` of `{user_id}`"),
+                                    )
+                                }
+                            }
+                            Some(Block::Dag { dag }) => (
+                                "nested-step-reference",
+                                format!("{} uses `steps.{step}`, which is inside dag `{dag}`", whom()),
+                                format!("after the dag step, read its result as `steps.{dag}.output.{step}`"),
                             ),
                             Some(Block::Map { map }) => (
                                 "nested-step-reference",
@@ -1298,7 +1359,11 @@ fn check_block(
                 }
             }
             StepKind::Fail { cause, .. } => collect_strings(cause, &rs.id, &mut texts),
-            StepKind::Branch { .. } | StepKind::Switch { .. } | StepKind::Wait { .. } | StepKind::Parallel { .. } => {}
+            StepKind::Branch { .. }
+            | StepKind::Switch { .. }
+            | StepKind::Wait { .. }
+            | StepKind::Parallel { .. }
+            | StepKind::Dag { .. } => {}
         }
         if let Some(b) = &rs.branch {
             texts.push((&b.condition, b.condition.value.clone()));
@@ -1331,6 +1396,10 @@ fn check_block(
                 branches.iter().zip(&rp.branches).map(|((_, st), rb)| (rb.steps.as_slice(), st.as_slice())).collect()
             }
             (StepKind::Map { steps: st, .. }, _, Some(rm)) => vec![(rm.steps.as_slice(), st.as_slice())],
+            (StepKind::Dag { steps: st, .. }, _, _) if rs.dag.is_some() => {
+                let rd = rs.dag.as_ref().map_or(&[][..], |d| d.steps.as_slice());
+                (0..st.len()).map(|j| (&rd[j..=j], &st[j..=j])).collect()
+            }
             _ => continue,
         };
         if !reach[i] {
@@ -1341,6 +1410,14 @@ fn check_block(
             dom[i].iter().filter(|&&d| d != i && d < n && steps[d].when.is_none()).map(|&d| steps[d].id.clone()),
         );
         for (rsteps, st) in inner {
+            // A dag's step also sees the steps it depends on (directly or
+            // not) that always end with an output.
+            let mut seen = seen.clone();
+            if let (StepKind::Dag { steps: nodes, .. }, Some(node)) = (&s.kind, st.first()) {
+                seen.extend(dag_before(w, &s.id, &node.id).into_iter().filter(|d| {
+                    nodes.iter().find(|x| &x.id == d).is_some_and(|x| x.when.is_none() && x.catch.is_empty())
+                }));
+            }
             check_block(cx, w, rsteps, st, &seen, None, Some(&s.id));
         }
     }
@@ -1363,10 +1440,22 @@ enum Ref {
 /// Steps whose absence the text tests for (`steps.X is defined`,
 /// `steps.X is not defined`, `has(steps.X)`).
 fn guarded_steps(text: &str) -> Vec<String> {
+    guarded(text, "")
+}
+
+/// The steps whose output the text tests (`steps.X.output is defined`,
+/// `has(steps.X.output)`): enough for a step that may fail and be caught
+/// (it has `steps.X.error`), not for one that may be skipped.
+fn guarded_outputs(text: &str) -> Vec<String> {
+    guarded(text, ".output")
+}
+
+fn guarded(text: &str, member: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, _) in text.match_indices("steps.") {
         let step = ident_at(&text[i + 6..]);
-        let after = text[i + 6 + step.len()..].trim_start();
+        let Some(rest) = text[i + 6 + step.len()..].strip_prefix(member) else { continue };
+        let after = rest.trim_start();
         let tested = after.starts_with("is defined") || after.starts_with("is not defined");
         let has = text[..i].trim_end().ends_with("has(") && after.starts_with(')');
         if !step.is_empty() && (tested || has) {

@@ -432,7 +432,26 @@ pub(super) fn approval(cx: &mut Ctx<'_>, at: &Spanned<String>, a: &RawApproval) 
         check_template(cx, at, "approval", &v);
     }
     let (deadline, reminders) = deadlines(cx, at, a.deadline.as_ref(), &a.reminders);
+    let mut fields = Vec::new();
+    for rf in &a.fields {
+        if fields.iter().any(|x: &Field| x.name == rf.name.value) {
+            cx.at(&rf.name, "bad-approval", format!("approval `{id}` has two fields named `{}`", rf.name.value), None);
+        }
+        if ["approved", "decision", "comment"].contains(&rf.name.value.as_str()) {
+            cx.at(
+                &rf.name,
+                "bad-approval",
+                format!("approval `{id}`: a field cannot be named `{}`, which every decision has", rf.name.value),
+                Some("name it after what it holds, e.g. `approved_amount`".into()),
+            );
+        }
+        fields.extend(field(cx, rf));
+    }
+    if fields.len() != a.fields.len() {
+        return None;
+    }
     Some(StepKind::Approval(Box::new(ApprovalStep {
+        fields,
         approvers: a.approvers.clone(),
         quorum,
         summary,

@@ -65,3 +65,18 @@ pub(super) fn duration(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<std::
         }
     }
 }
+
+/// Reserved target name that ends the run (or the sequence it is in).
+pub const END: &str = "end";
+
+/// Checks a container's `max_concurrency`: at least 1.
+pub(super) fn concurrency(cx: &mut Ctx<'_>, s: &super::raw::RawStep, max: Option<u32>) {
+    if max == Some(0) {
+        cx.at(
+            &s.id,
+            "bad-concurrency",
+            format!("step `{}`: `max_concurrency` must be at least 1", s.id.value),
+            Some("omit it to run everything at once".into()),
+        );
+    }
+}

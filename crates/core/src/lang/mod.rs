@@ -2,14 +2,16 @@
 //! compile (validate → [`crate::Workflow`]).
 
 mod compile;
+mod compile_dag;
 mod compile_people;
 mod ctx;
 pub(crate) mod diagnostic;
 mod fields;
 pub mod raw;
 
-pub use compile::{END, check_secrets, compile};
+pub use compile::{check_secrets, compile};
 pub use compile_people::check_models;
+pub use ctx::END;
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 
 use crate::model::Workflow;

@@ -79,8 +79,8 @@ pub struct RawBudget {
 }
 
 /// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`,
-/// `http`, `parallel`, `map`, `workflow`, `ai`, `form` and `approval` says
-/// what it does.
+/// `http`, `parallel`, `map`, `dag`, `workflow`, `ai`, `form`, `approval` and
+/// `fail` says what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -119,6 +119,15 @@ pub struct RawStep {
     /// Run the same steps for every item of a list.
     #[serde(default)]
     pub map: Option<RawMap>,
+    /// Run steps as a graph: each starts once the steps it `depends_on`
+    /// have completed.
+    #[serde(default)]
+    pub dag: Option<RawDag>,
+    /// Inside a `dag`: the steps of the same dag this one starts after
+    /// (each completed or skipped by its guard).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub depends_on: Vec<Spanned<String>>,
     /// Start a run of another published workflow and wait for it.
     #[serde(default)]
     pub workflow: Option<RawChild>,
@@ -362,6 +371,24 @@ pub struct RawMap {
     pub fail_fast: Option<bool>,
 }
 
+/// `dag: { steps, fail_fast, max_concurrency }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDag {
+    /// The steps; each starts as soon as every step it `depends_on` has
+    /// completed (or was skipped by its guard); one with no `depends_on`
+    /// starts with the dag. The output maps each step id to its output.
+    pub steps: Vec<RawStep>,
+    /// Fail the step as soon as one of its steps fails, cancelling the
+    /// running ones (default `true`); when `false`, every step whose
+    /// dependencies completed runs first.
+    #[serde(default)]
+    pub fail_fast: Option<bool>,
+    /// Most steps running at once (default: all that are ready).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+}
+
 /// `workflow: { name, version, inputs }`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -542,6 +569,12 @@ pub struct RawApproval {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub on_reject: Option<Spanned<String>>,
+    /// Typed fields a decision carries besides approve or reject, checked
+    /// like a form's: an approval must satisfy them (`required` included);
+    /// a rejection may give them, each checked if given. The step's output
+    /// has the approving values as `values`.
+    #[serde(default)]
+    pub fields: Vec<RawField>,
 }
 
 /// `retry` as written: one policy or a list of retriers (for the schema).
