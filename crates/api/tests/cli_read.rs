@@ -98,6 +98,7 @@ async fn keep_writing(store: Arc<dyn EventStore>, stop: tokio::sync::watch::Rece
                 attempt: 1,
                 input: json!({}),
                 scope: String::new(),
+                at: None,
             }),
             Event::StepCompleted(cairn_events::StepCompleted {
                 step_id: "a".into(),

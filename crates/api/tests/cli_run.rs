@@ -649,6 +649,17 @@ async fn a_run_knows_itself(url: &str) {
     assert!(t.contains(&format!("\"run\": \"{id}")), "{t}");
     assert!(t.contains("\"workflow\": \"run-context v1\"") && t.contains("\"started_by\": \"ada\""), "{t}");
     assert!(t.contains("\"reserved_on_attempt\": 2") && t.contains("\"started_at\": \"20"), "{t}");
+    // The time `tag` read is in its output and recorded with its start.
+    let store = cairn_events::open(url).await.expect("open");
+    let all: Vec<Event> =
+        store.read_all(1, 100_000).await.expect("read").iter().map(|r| Event::decode(r).expect("decode")).collect();
+    let read = all.iter().find_map(|e| match e {
+        Event::StepStarted(x) if x.step_id == "tag" => x.at,
+        _ => None,
+    });
+    let read = read.expect("`tag` records the time it read").to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    assert!(t.contains(&format!("\"tagged_at\": \"{read}\"")), "{read} in {t}");
+    assert!(all.iter().any(|e| matches!(e, Event::StepSkipped(x) if x.step_id == "rush" && x.at.is_some())));
     let replay = common::cairn_url(url, &["replay", id]);
     assert!(replay.status.success(), "{}", text(&replay));
 }

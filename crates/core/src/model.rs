@@ -263,6 +263,8 @@ pub struct Reads {
     /// It reads `steps` or `inputs` as a whole (or a prompt template
     /// that Cairn cannot see into): any change counts.
     pub all: bool,
+    /// It reads `run.now`: its start records the time it read.
+    pub now: bool,
 }
 
 /// What a step does.

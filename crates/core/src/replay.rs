@@ -133,7 +133,11 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
             i += 1;
             continue;
         }
-        let d = decide(w, &s, now);
+        let mut d = decide(w, &s, now);
+        // A step that read `run.now` recorded the time it read: decide at it.
+        if let Some(t) = read_time(&d.append, &events[i..]) {
+            d = decide(w, &s, t);
+        }
         let e = &events[i];
         // The decided events, queued per thread of control: the threads of
         // a run (parallel branches, map iterations) progress independently,
@@ -260,6 +264,22 @@ pub fn check(w: &Workflow, recorded: &[RecordedEvent]) -> Result<ReplayReport, D
         }
     }
     Ok(report(&s, events.len(), checked, None))
+}
+
+/// The time a decided step read as `run.now`, as its recorded start (or
+/// skip) says: the decision is then made again at that time.
+/// (A guard read at another time may have skipped what was started, or the
+/// reverse: the step's start or skip, whichever was recorded, says when.)
+fn read_time(decided: &[Event], recorded: &[Event]) -> Option<DateTime<Utc>> {
+    let read = |e: &Event| match e {
+        Event::StepStarted(x) => x.at.map(|t| (x.step_id.clone(), t)),
+        Event::StepSkipped(x) => x.at.map(|t| (x.step_id.clone(), t)),
+        _ => None,
+    };
+    decided
+        .iter()
+        .filter_map(read)
+        .find_map(|(step, _)| recorded.iter().filter_map(read).find_map(|(r, t)| (r == step).then_some(t)))
 }
 
 /// The latest "now" the decision behind a recorded event can have been

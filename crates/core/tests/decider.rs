@@ -39,7 +39,7 @@ fn started(inputs: Value) -> Event {
 }
 
 fn step_started(step: &str, attempt: u32, input: Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.into(), attempt, input, scope: String::new() })
+    Event::StepStarted(StepStarted { step_id: step.into(), attempt, input, scope: String::new(), at: None })
 }
 
 fn step_failed(step: &str, attempt: u32, retryable: bool) -> Event {
@@ -565,6 +565,7 @@ fn skipped(step: &str, guard: &str, scope: &str) -> Event {
         reason: format!("when: `{guard}` is false"),
         scope: scope.into(),
         guard: Some(guard.into()),
+        at: None,
     })
 }
 
@@ -988,4 +989,23 @@ steps:
         s.outputs.get("g").map(|v| (**v).clone()),
         Some(json!({ "a": null, "b": null, "c": { "why": "task.failed", "b": "skipped" } }))
     );
+}
+
+#[test]
+fn a_step_that_reads_the_time_records_it_and_others_do_not() {
+    let w = wf(
+        "name: w\nsteps:\n  - id: a\n    transform: { at: '{{ run.now }}' }\n  - id: b\n    transform: { x: 1 }\n  - id: c\n    when: run.now > '2027-01-01'\n    transform: { x: 2 }\n",
+    );
+    let (s, all) = settle(&w, fold(&[started(json!({}))]));
+    assert_eq!(s.status, RunStatus::Completed, "{all:?}");
+    let read: Vec<(&str, Option<DateTime<Utc>>)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted(x) => Some((x.step_id.as_str(), x.at)),
+            Event::StepSkipped(x) => Some((x.step_id.as_str(), x.at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read, [("a", Some(t0())), ("b", None), ("c", Some(t0()))]);
+    assert_eq!(s.outputs["a"]["at"], json!("2026-11-22T12:00:00.000000Z"));
 }

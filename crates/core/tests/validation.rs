@@ -848,3 +848,10 @@ steps:
     check(&good, "unknown-output-field", 9, &["`steps.ok.output.valeus`", "did you mean `values`?"]);
     assert_eq!(diags(&good).len(), 1, "{:#?}", diags(&good));
 }
+
+#[test]
+fn the_time_is_a_steps_and_not_the_outputs() {
+    let src = "name: t\nsteps:\n  - id: a\n    transform: { at: '{{ run.now }}' }\n    when: run.now > '2026-01-01'\noutput: { at: '{{ run.now }}' }\n";
+    check(src, "misplaced-run-field", 6, &["`run.now`", "transform"]);
+    assert_eq!(diags(src).len(), 1, "{:#?}", diags(src));
+}

@@ -159,6 +159,10 @@ pub struct StepStarted {
     /// enclosing iteration, as step ids are).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The time the step read as `run.now`, recorded when it was first
+    /// evaluated (only for a step that reads it): a replay decides at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// A step attempt succeeded.
@@ -239,6 +243,9 @@ pub struct StepSkipped {
     /// The `when` condition that was false; absent for a cancellation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
+    /// The time the guard read as `run.now`, when it reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// One chat message sent to a model.

@@ -52,6 +52,7 @@ async fn documented_python_verifier_checks_a_real_log() {
             attempt: 1,
             input: serde_json::json!({"é": i}),
             scope: String::new(),
+            at: None,
         });
         let mut meta = Metadata::by("tester");
         meta.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());

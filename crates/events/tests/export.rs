@@ -21,6 +21,7 @@ async fn log() -> (tempfile::TempDir, Arc<dyn EventStore>) {
             // Commas, quotes, new lines and non-ASCII: the CSV must carry them.
             input: json!({ "text": format!("a,b \"q\" {i}\nline two é ✓"), "n": i }),
             scope: String::new(),
+            at: None,
         });
         store
             .append(

@@ -20,6 +20,7 @@ fn ev(n: u64) -> NewEvent {
             attempt: 1,
             input: json!({ "n": n }),
             scope: String::new(),
+            at: None,
         }),
         Metadata::by("tester"),
     )
@@ -415,6 +416,7 @@ async fn payloads_at_the_limits_are_written_and_read_past_them_refused(h: Harnes
                 attempt: 1,
                 input: nested(levels),
                 scope: String::new(),
+                at: None,
             }),
             Metadata::by("tester"),
         )
@@ -432,6 +434,7 @@ async fn payloads_at_the_limits_are_written_and_read_past_them_refused(h: Harnes
                 attempt: 1,
                 input: json!({ "s": "x".repeat(n) }),
                 scope: String::new(),
+                at: None,
             }),
             Metadata::by("tester"),
         )

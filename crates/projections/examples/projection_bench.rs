@@ -27,6 +27,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
             attempt: a,
             input: json!({ "n": n }),
             scope: String::new(),
+            at: None,
         })
     };
     let done = |s: &str| {
@@ -159,7 +160,13 @@ async fn main() {
     for i in 0..500u32 {
         let s = format!("s{i}");
         events.push(NewEvent::from_event(
-            &Event::StepStarted(StepStarted { step_id: s.clone(), attempt: 1, input: json!({}), scope: String::new() }),
+            &Event::StepStarted(StepStarted {
+                step_id: s.clone(),
+                attempt: 1,
+                input: json!({}),
+                scope: String::new(),
+                at: None,
+            }),
             Metadata::by("engine"),
         ));
         if i < 499 {

@@ -36,7 +36,13 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
     for (i, p) in plan.iter().enumerate() {
         let step = format!("s{i}");
         let started = |attempt| {
-            Event::StepStarted(StepStarted { step_id: step.clone(), attempt, input: json!({}), scope: String::new() })
+            Event::StepStarted(StepStarted {
+                step_id: step.clone(),
+                attempt,
+                input: json!({}),
+                scope: String::new(),
+                at: None,
+            })
         };
         ev.push(started(1));
         match p % 7 {
@@ -71,6 +77,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
                 reason: "cancelled: sibling failed".into(),
                 scope: String::new(),
                 guard: None,
+                at: None,
             })),
             1 => {
                 ev.push(Event::StepFailed(StepFailed {
@@ -552,7 +559,13 @@ async fn a_dead_postgres_workers_projections_fail_over_to_another() {
 fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
     let id = Uuid::from_u128(1000 + n);
     let started = |step: &str, attempt| {
-        Event::StepStarted(StepStarted { step_id: step.into(), attempt, input: json!({}), scope: String::new() })
+        Event::StepStarted(StepStarted {
+            step_id: step.into(),
+            attempt,
+            input: json!({}),
+            scope: String::new(),
+            at: None,
+        })
     };
     let done = |step: &str, attempt| {
         Event::StepCompleted(StepCompleted {

@@ -56,6 +56,7 @@ async fn main() {
                         attempt: 1,
                         input: json!(null),
                         scope: format!("each[{}]", version as usize + i),
+                        at: None,
                     });
                     NewEvent::from_event(&e, Metadata::by("bench"))
                 })

@@ -136,9 +136,60 @@ async fn the_state_of_a_run_waiting_for_a_person_says_waiting(store: Arc<dyn Eve
     replays_clean(&store, &w, id).await;
 }
 
+/// `run.now` is read once and recorded: a branch on it, a guard on it and an
+/// input with it replay without divergence, though the replay runs long
+/// after (the decisions were made on a clock in January; the store stamps
+/// events with today). Before the time was recorded, the replay decided at
+/// the events' stamps and took the other branch.
+async fn the_time_a_run_read_replays_as_it_was_read(store: Arc<dyn EventStore>) {
+    use chrono::TimeZone;
+    let january = chrono::Utc.with_ymd_and_hms(2026, 1, 15, 9, 30, 0).single().expect("time");
+    let clock = cairn_events::clock::ManualClock::new(january);
+    let engine = Engine::new(store.clone(), TaskRegistry::builtin()).with_clock(clock.clone());
+    let src = r#"name: clock
+steps:
+  - id: stamp
+    transform: { at: "{{ run.now }}", id: "{{ run.id }}" }
+  - id: season
+    branch: { if: "run.now < '2026-06-01T00:00:00Z'", then: winter, else: summer }
+  - id: summer
+    transform: { season: summer }
+    end: true
+  - id: winter
+    when: "run.now < '2026-02-01T00:00:00Z'"
+    transform: { season: winter }
+  - id: late
+    when: "run.now > '2026-06-01T00:00:00Z'"
+    transform: { late: true }
+"#;
+    let (w, v) = common::publish(&engine, src).await;
+    let id = engine.start(&w, v, json!({}), "test").await.expect("start");
+    let s = engine.drive(id, &mut |_| {}).await.expect("drive");
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(s.outputs["stamp"]["at"], json!("2026-01-15T09:30:00.000000Z"));
+    assert_eq!(s.outputs["winter"]["season"], json!("winter"));
+    assert!(!s.outputs.contains_key("late"), "its guard read January");
+    let evs = common::events(&store, id).await;
+    let at: Vec<(&str, Option<chrono::DateTime<chrono::Utc>>)> = evs
+        .iter()
+        .filter_map(|e| match e {
+            cairn_events::Event::StepStarted(x) => Some((x.step_id.as_str(), x.at)),
+            cairn_events::Event::StepSkipped(x) => Some((x.step_id.as_str(), x.at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [("stamp", Some(january)), ("season", Some(january)), ("winter", Some(january)), ("late", Some(january))],
+        "each step that reads the time records it; the others do not"
+    );
+    replays_clean(&store, &w, id).await;
+}
+
 both_backends!(
     the_state_of_a_run_waiting_for_a_person_says_waiting,
     parallel_branches_replay_without_divergence_in_any_interleaving,
     parallel_approvals_replay_without_divergence,
-    replay_does_not_read_todays_configuration
+    replay_does_not_read_todays_configuration,
+    the_time_a_run_read_replays_as_it_was_read
 );

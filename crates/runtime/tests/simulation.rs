@@ -113,7 +113,11 @@ impl Gen {
         let ms = self.rng.below(3);
         // Sometimes its input reads the run's own facts (a retry sees its
         // attempt and a UUID of its own; replay must find the same ones).
-        let run = if self.rng.chance(30) { ", key: \"{{ run.uuid }}\", try: \"{{ run.attempt }}\"" } else { "" };
+        let run = if self.rng.chance(30) {
+            ", key: \"{{ run.uuid }}\", try: \"{{ run.attempt }}\", at: \"{{ run.now }}\""
+        } else {
+            ""
+        };
         let mut s = vec![format!("- id: {id}"), "  task: flaky".into(), format!("  with: {{ p: {p}, ms: {ms}{run} }}")];
         if self.rng.chance(35) {
             // Retriers by error class: the transient kind first, the rest after.

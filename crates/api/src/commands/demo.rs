@@ -123,7 +123,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn step_started(step: &str, input: serde_json::Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.into(), attempt: 1, input, scope: String::new() })
+    Event::StepStarted(StepStarted { step_id: step.into(), attempt: 1, input, scope: String::new(), at: None })
 }
 
 fn step_completed(step: &str, output: serde_json::Value) -> Event {

@@ -813,8 +813,9 @@ fn visible(map: &BTreeMap<String, Arc<Value>>, pre: &str) -> Vec<(String, Arc<Va
 
 /// `run`: what templates and conditions know of the run itself; with a
 /// step attempt, its attempt in the visit and a UUID of its own (derived
-/// from the run, the step and the attempt, so a replay finds the same one).
-pub fn run_context(s: &RunState, attempt: Option<(&str, u32)>) -> Value {
+/// from the run, the step and the attempt, so a replay finds the same one);
+/// with `now`, the time as `run.now` (recorded by the step that reads it).
+pub fn run_context(s: &RunState, attempt: Option<(&str, u32)>, now: Option<DateTime<Utc>>) -> Value {
     let mut run = json!({
         "id": s.run_id.map(|u| u.to_string()),
         "workflow": s.workflow,
@@ -824,6 +825,9 @@ pub fn run_context(s: &RunState, attempt: Option<(&str, u32)>) -> Value {
         "parent_id": s.parent.as_ref().map(|p| p.run_id.to_string()),
         "parent_step": s.parent.as_ref().map(|p| p.step_id.clone()),
     });
+    if let (Some(t), Value::Object(m)) = (now, &mut run) {
+        m.insert("now".into(), json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
+    }
     if let (Some((instance, a)), Value::Object(m)) = (attempt, &mut run) {
         // A retry counts on within its visit; anything else starts a visit.
         let retry = s.threads.get(s.scope_of(instance)).is_some_and(|t| {
@@ -846,7 +850,7 @@ pub fn run_context(s: &RunState, attempt: Option<(&str, u32)>) -> Value {
 fn scope_context(s: &RunState, pre: &str) -> Scope {
     let mut ctx = Scope::new();
     ctx.share("inputs", s.inputs.clone());
-    ctx.set("run", run_context(s, None));
+    ctx.set("run", run_context(s, None, None));
     if s.errors.is_empty() {
         ctx.outputs("steps", visible_outputs(s, pre));
     } else {
@@ -1319,6 +1323,7 @@ fn cancel_running(s: &RunState, kids: &[Kid<'_>], ends: &[Option<End>], reason: 
             reason: reason.to_owned(),
             scope: String::new(),
             guard: None,
+            at: None,
         }));
     }
 }
@@ -1413,7 +1418,8 @@ fn enter(
     if let Some(guard) = &st.when {
         // Checked once per visit, as control reaches the step; a skipped
         // step is no visit (its `max_visits` is not spent).
-        let ctx = context_with_placeholders(w, s, pre);
+        let mut ctx = context_with_placeholders(w, s, pre);
+        ctx.set("run", run_context(s, None, Some(now)));
         let attempt = s.next_visit_attempt(&instance);
         let refused = |kind: &str, e: String| {
             vec![
@@ -1432,6 +1438,7 @@ fn enter(
                     reason: format!("when: `{}` is false", guard.source()),
                     scope: key.to_owned(),
                     guard: Some(guard.source().to_owned()),
+                    at: st.reads.now.then_some(now),
                 })]);
             }
             Err(e) => return Ok(refused("condition", e)),
@@ -1451,7 +1458,7 @@ fn enter(
 }
 
 fn started(step: &str, key: &str, attempt: u32, input: Value) -> Event {
-    Event::StepStarted(StepStarted { step_id: step.to_owned(), attempt, input, scope: key.to_owned() })
+    Event::StepStarted(StepStarted { step_id: step.to_owned(), attempt, input, scope: key.to_owned(), at: None })
 }
 
 fn failed(step: &str, attempt: u32, kind: &str, message: String) -> Event {
@@ -1496,6 +1503,12 @@ fn completed_or_contract(
 /// fails the attempt (kind `limit`) instead of an append the log refuses.
 fn start(w: &Workflow, s: &RunState, key: &str, pre: &str, st: &Step, attempt: u32, now: DateTime<Utc>) -> Vec<Event> {
     let mut events = start_unchecked(w, s, key, pre, st, attempt, now);
+    // What it read as `run.now`, recorded so a replay decides at the same time.
+    if st.reads.now
+        && let Some(Event::StepStarted(e)) = events.first_mut()
+    {
+        e.at = Some(now);
+    }
     if let Some(Event::StepStarted(e)) = events.first_mut()
         && let Err(l) =
             crate::settings::Surroundings::of(w, s.settings.as_ref()).limits().check_value("/input", &e.input)
@@ -1520,7 +1533,7 @@ fn start_unchecked(
     let instance = format!("{pre}{}", st.id);
     let step = instance.as_str();
     let mut ctx = context_with_placeholders(w, s, pre);
-    ctx.set("run", run_context(s, Some((step, attempt))));
+    ctx.set("run", run_context(s, Some((step, attempt)), Some(now)));
     let render_failed =
         |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
     // A condition that could iterate past its budget is not evaluated.

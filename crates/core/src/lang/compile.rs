@@ -927,8 +927,12 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
         for r in references(t) {
             match r {
                 Ref::Input(name) => reads.inputs.insert(name),
-                // The run's own facts do not change on a resume.
-                Ref::Run(_) => false,
+                // The run's own facts do not change on a resume (its time
+                // is recorded where it is read).
+                Ref::Run(name) => {
+                    reads.now |= name == "now";
+                    false
+                }
                 Ref::Step { step, field } => {
                     match field {
                         Some(f) => reads.fields.insert((step.clone(), f)),
@@ -984,7 +988,7 @@ fn successors(block: &[Step], step: &Step) -> Vec<Option<usize>> {
 
 /// What templates and conditions read of the run itself (`run.FIELD`).
 pub const RUN_FIELDS: &[&str] =
-    &["id", "workflow", "version", "started_by", "started_at", "parent_id", "parent_step", "attempt", "uuid"];
+    &["id", "workflow", "version", "started_by", "started_at", "parent_id", "parent_step", "attempt", "uuid", "now"];
 
 /// The error kinds the engine itself gives, and the families they are in:
 /// a `catch` pattern in one of these families must name one of them.
@@ -1180,6 +1184,18 @@ fn check_block(
                             help.or(Some("declare it under `inputs.properties`".into())),
                         );
                     }
+                }
+                Ref::Run(name) if name == "now" && user.is_none() && within.is_none() => {
+                    cx.at(
+                        at,
+                        "misplaced-run-field",
+                        "the workflow output uses `run.now`, which is a step's time: the output has none recorded"
+                            .into(),
+                        Some(
+                            "read the time in a `transform` step (`{ at: \"{{ run.now }}\" }`) and use its output"
+                                .into(),
+                        ),
+                    );
                 }
                 Ref::Run(name) => {
                     if !RUN_FIELDS.contains(&name.as_str()) {
