@@ -224,6 +224,42 @@ fn a_terminal_run_asks_validates_and_asks_again() {
     assert!(posts[0]["body"].as_str().unwrap_or_default().contains("Durable workflows"));
 }
 
+/// At a terminal, approving asks for the approval's fields, each checked as
+/// it is typed; the run completes with them.
+#[test]
+fn a_terminal_approval_asks_for_its_fields() {
+    if !common::have_script() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    let cmd = format!("'{}' run '{}' --as lead", env!("CARGO_BIN_EXE_cairn"), example("refund-approval.yaml"));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    // Approve, no comment; an amount that is not a number, one too high,
+    // then one; a reason; no note.
+    let answers = "y\n\nabc\n900\n42\ndamaged\n\n";
+    let mut stdin = child.stdin.take().expect("stdin");
+    for line in answers.lines() {
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    let t = text(&out);
+    assert!(t.contains("Amount to refund [number"), "{t}");
+    assert!(t.contains("`abc` is not a number"), "{t}");
+    assert!(t.contains("✗ amount 900 is more than the most allowed, 500"), "{t}");
+    assert!(t.contains("\"refunded\": 42") && t.contains("\"reason\": \"damaged\""), "{t}");
+}
+
 #[test]
 fn models_and_config_are_checked_before_anything_runs() {
     let dir = tempfile::tempdir().expect("tmp");

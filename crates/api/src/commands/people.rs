@@ -404,18 +404,7 @@ async fn ask_form(
                 eprintln!("  ✓ submitted `{step}`");
                 return Ok(Some(()));
             }
-            Err(HumanError::Invalid { errors, .. }) => {
-                for e in &errors {
-                    eprintln!("      ✗ {}: {}", e.field, e.message);
-                }
-                todo = fields.iter().filter(|f| errors.iter().any(|e| e.field == f.name)).collect();
-                if todo.is_empty() {
-                    anyhow::bail!(
-                        "the submission was refused: {}",
-                        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                    );
-                }
-            }
+            Err(HumanError::Invalid { errors, .. }) => todo = ask_again(&fields, &errors, "submission")?,
             Err(e) => anyhow::bail!("[{}] {e}", e.code()),
         }
     }
@@ -470,21 +459,30 @@ async fn ask_approval(
                 eprintln!("  ✓ {} `{step}`", if approve { "approved" } else { "rejected" });
                 return Ok(Some(()));
             }
-            Err(HumanError::Invalid { errors, .. }) => {
-                for e in &errors {
-                    eprintln!("      ✗ {}: {}", e.field, e.message);
-                }
-                todo = fields.iter().filter(|f| errors.iter().any(|e| e.field == f.name)).collect();
-                if todo.is_empty() {
-                    anyhow::bail!(
-                        "the decision was refused: {}",
-                        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                    );
-                }
-            }
+            Err(HumanError::Invalid { errors, .. }) => todo = ask_again(&fields, &errors, "decision")?,
             Err(e) => anyhow::bail!("[{}] {e}", e.code()),
         }
     }
+}
+
+/// After a refused answer: says each problem and returns the fields to ask
+/// for again; a refusal that names none of them ends the prompt.
+fn ask_again<'f>(
+    fields: &'f [Field],
+    errors: &[cairn_runtime::people::FieldError],
+    what: &str,
+) -> anyhow::Result<Vec<&'f Field>> {
+    for e in errors {
+        eprintln!("      ✗ {}: {}", e.field, e.message);
+    }
+    let todo: Vec<&Field> = fields.iter().filter(|f| errors.iter().any(|e| e.field == f.name)).collect();
+    if todo.is_empty() {
+        anyhow::bail!(
+            "the {what} was refused: {}",
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        );
+    }
+    Ok(todo)
 }
 
 /// Asks for each field in turn, checking each answer alone at once so the
