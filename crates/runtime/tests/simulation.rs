@@ -4,8 +4,10 @@
 //! `parallel` (races too), `dag` and `map` with nested steps, guards,
 //! caught errors, `wait`, retries (one policy, or retriers by error class)
 //! of tasks that fail by a seeded schedule and read the run's own facts,
-//! forms and approvals answered (or left to their deadlines) at seeded times, AI steps with scripted replies (the first
-//! rejected by its contract), child workflows and compensations. It runs it
+//! forms and approvals (some with typed fields, a bad value refused first)
+//! answered (or left to their deadlines) at seeded times, AI steps with
+//! scripted replies (the first rejected by its contract), child workflows
+//! and compensations. It runs it
 //! on the real runner and store, on SQLite and on PostgreSQL, under a
 //! simulated clock that only the simulator moves, and drops the engine at
 //! seeded points and continues the run with a fresh one.
@@ -166,6 +168,10 @@ impl Gen {
         ];
         if self.rng.chance(40) {
             s.push(format!("    deadline: {}h", 1 + self.rng.below(48)));
+        }
+        if self.rng.chance(30) {
+            // A decision that carries a typed field: approving must give it.
+            s.push("    fields: [{ name: amount, type: integer, required: true, min: 1, max: 9 }]".into());
         }
         s
     }
@@ -536,28 +542,39 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
         if state.status.is_terminal() {
             return id;
         }
-        let waiting: Vec<(String, String, u32, Vec<String>)> = state
+        let waiting: Vec<(String, String, u32, Vec<String>, bool)> = state
             .waiting_for_people()
             .into_iter()
-            .map(|(step, h)| (step.to_owned(), h.kind.clone(), h.attempt, h.assignees.clone()))
+            .map(|(step, h)| (step.to_owned(), h.kind.clone(), h.attempt, h.assignees.clone(), !h.fields.is_empty()))
             .collect();
         let engine = world.engine();
         if !waiting.is_empty() && rng.chance(75) {
-            let (step, kind, attempt, people) = &waiting[rng.below(waiting.len() as u64) as usize];
+            let (step, kind, attempt, people, fields) = &waiting[rng.below(waiting.len() as u64) as usize];
             let token = engine.resume_token(id, step, *attempt);
             let by = people[rng.below(people.len() as u64) as usize].clone();
             let answer = if kind == "form" {
                 let values = json!({ "size": 1 + rng.below(9) });
                 engine.submit(id, step, &Submission { by, token, values }).await.map(|_| ())
             } else {
-                let vote = Vote {
-                    by,
-                    token,
-                    approve: rng.chance(80),
-                    comment: None,
-                    content_hash: None,
-                    values: serde_json::Value::Null,
-                };
+                let approve = rng.chance(80);
+                let mut vote = Vote { by, token, approve, comment: None, content_hash: None, values: Value::Null };
+                if *fields && approve {
+                    // Sometimes a value out of range first: refused, nothing recorded.
+                    if rng.chance(30) {
+                        vote.values = json!({ "amount": 10 });
+                        let r = engine.decide_approval(id, step, &vote).await;
+                        assert!(
+                            matches!(
+                                &r,
+                                Err(cairn_runtime::people::HumanError::Invalid { .. }
+                                    | cairn_runtime::people::HumanError::Conflict { .. })
+                            ),
+                            "seed {seed}: {r:?}"
+                        );
+                    }
+                    vote.values = json!({ "amount": 1 + rng.below(9) });
+                    count(&world.stats, "approvals with fields", 1);
+                }
                 engine.decide_approval(id, step, &vote).await.map(|_| ())
             };
             // Another answer may have won (a quorum of `any`): not an error.
@@ -863,6 +880,7 @@ async fn simulate(postgres: bool) {
     assert!(stats.get("errors caught").is_some_and(|n| *n > 0), "no error was ever caught: {stats:?}");
     assert!(stats.get("races won").is_some_and(|n| *n > 0), "no race ever cancelled a loser: {stats:?}");
     assert!(stats.get("dag steps started").is_some_and(|n| *n > 0), "no dag step ever ran: {stats:?}");
+    assert!(stats.get("approvals with fields").is_some_and(|n| *n > 0), "no approval carried fields: {stats:?}");
     assert!(stats.get("transient failures").is_some_and(|n| *n > 0), "no retrier list was exercised: {stats:?}");
     let summary: Vec<String> = stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     eprintln!(
