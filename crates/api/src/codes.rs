@@ -73,6 +73,7 @@ pub const CODES: &[Code] = &[
     http("run-compensated", 409),
     http("child-run", 409),
     http("conflict", 409),
+    http("handlers-elsewhere", 409),
     http("body-too-large", 413),
     http("unsupported-media-type", 415),
     http("invalid-body", 422),

@@ -191,3 +191,65 @@ fn on_a_terminal_the_plan_is_coloured_and_the_resume_asks() {
     let yes = on_terminal("y");
     assert!(yes.contains("resumed from `publish`") && yes.contains("Published: Notes on durable workflows"), "{yes}");
 }
+
+/// An embedding program's run, read by the `cairn` binary, which registers
+/// none of its task handlers: replayed, planned and forked (the registry is
+/// needed to execute, not to plan or replay). Before: `cairn replay` exited
+/// 2 and `cairn resume --dry-run` 1 ("no task handler named `shout`").
+async fn an_embedders_run_is_replayed_planned_and_forked_by_the_binary(url: &str) {
+    use cairn_runtime::{Engine, TaskContext, TaskRegistry};
+    use serde_json::json;
+    let store = cairn_events::open(url).await.expect("open");
+    let mut tasks = TaskRegistry::builtin();
+    tasks.register("shout", |input: Value, _ctx: TaskContext| async move {
+        Ok(json!({ "loud": input["text"].as_str().unwrap_or_default().to_uppercase() }))
+    });
+    let engine = Engine::new(store.clone(), tasks);
+    let src = "name: embedded\nsteps:\n  - id: shout\n    task: shout\n    with: { text: hello }\n  - id: publish\n    task: fail\n    with: { kind: cms.down, message: the CMS is down, retryable: false }\n    resumable: true\n";
+    let w = cairn_runtime::lang::parse(src, "embedded.yaml", &engine.task_names()).expect("parse");
+    let v = engine.publish(&w, "embedder").await.expect("publish");
+    let id = engine.start(&w, v, json!({}), "embedder").await.expect("start");
+    let s = engine.drive(id, &mut |_| {}).await.expect("drive");
+    assert_eq!(s.status_name(), "failed", "{:?}", s.error);
+    let run = id.to_string();
+
+    let replay = common::cairn_url(url, &["replay", &run]);
+    assert_eq!(replay.status.code(), Some(0), "{}", text(&replay));
+    let plan = common::cairn_url(url, &["resume", &run, "--dry-run"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let p = text(&plan);
+    assert!(p.contains("= shout") && p.contains("~ publish"), "{p}");
+    let json_plan = common::cairn_url(url, &["resume", &run, "--dry-run", "--format", "json"]);
+    let body: Value = serde_json::from_slice(&json_plan.stdout).expect("a JSON plan");
+    assert_eq!(body["from_step"], "publish", "{body}");
+    // A fork is recorded; it runs on where `shout` is registered, and says so.
+    let fork = common::cairn_url(url, &["fork", &run, "--at", "publish"]);
+    let f = text(&fork);
+    assert_eq!(fork.status.code(), Some(3), "it waits for the process with `shout`: {f}");
+    assert!(f.contains(&format!("forked from run {run} at `publish`")), "{f}");
+    assert!(f.contains("`shout`") && f.contains("registers"), "{f}");
+    let forked = f.split_whitespace().skip_while(|w| *w != "run").nth(1).expect("the new run").to_owned();
+    let forked: uuid::Uuid = forked.trim_end_matches(':').parse().unwrap_or_else(|_| panic!("{f}"));
+    // The embedder goes on with it: `shout` is carried over, `publish` fails again.
+    let s = engine.drive(forked, &mut |_| {}).await.expect("drive the fork");
+    assert_eq!(s.outputs["shout"]["loud"], json!("HELLO"));
+    assert_eq!(s.error.as_ref().map(|e| e.0.as_str()), Some("cms.down"));
+}
+
+mod embedded {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().expect("dir");
+        super::an_embedders_run_is_replayed_planned_and_forked_by_the_binary(&format!(
+            "sqlite://{}",
+            dir.path().join("e.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(url) = crate::common::fresh_pg_url().await else { return };
+        super::an_embedders_run_is_replayed_planned_and_forked_by_the_binary(&url).await;
+    }
+}

@@ -26,6 +26,21 @@ pub enum RunError {
         /// What is wrong.
         message: String,
     },
+    /// The run's next step runs a task handler this process does not
+    /// register (an embedding program's): it goes on in a process that
+    /// registers it; nothing was recorded for the step.
+    #[error(
+        "workflow `{name}` version {version} runs task handlers this process does not register ({}); the run goes on in the process that registers them",
+        .handlers.join(", ")
+    )]
+    HandlersElsewhere {
+        /// Workflow.
+        name: String,
+        /// Version.
+        version: u32,
+        /// The handlers missing here, each as `` `name` ``.
+        handlers: Vec<String>,
+    },
     /// The inputs do not satisfy the workflow's `inputs` schema; nothing was started.
     #[error("the inputs do not satisfy the `inputs` schema of `{workflow}`: {}", cairn_core::contract::describe(.errors))]
     InvalidInputs {
@@ -58,6 +73,7 @@ impl RunError {
             RunError::InvalidInputs { .. } => "invalid-inputs",
             RunError::InvalidState { .. } => "invalid-state",
             RunError::Definition { .. } => "definition",
+            RunError::HandlersElsewhere { .. } => "handlers-elsewhere",
             RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
             RunError::Store(s) if s.is_conflict() => "conflict",
             RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",

@@ -86,7 +86,7 @@ impl Engine {
     /// The definition a run is pinned to; one that is gone or no longer
     /// compiles is [`Refusal::DefinitionGone`].
     async fn pinned(&self, run_id: Uuid, s: &RunState) -> Result<std::sync::Arc<Workflow>, ResumeError> {
-        self.definition(&s.workflow, s.workflow_version).await.map_err(|e| match e {
+        self.recorded_definition(&s.workflow, s.workflow_version).await.map_err(|e| match e {
             RunError::Definition { name, version, message } => {
                 Refusal::DefinitionGone { run_id, workflow: name, version, why: message }.into()
             }

@@ -334,12 +334,49 @@ impl Engine {
         Ok(version)
     }
 
-    /// The definition a run is pinned to, compiled from the stored source.
+    /// The definition a run is pinned to, compiled from the stored source,
+    /// to execute: every task handler it names must be registered here.
     pub async fn definition(&self, name: &str, version: u32) -> Result<Arc<Workflow>, RunError> {
         if let Some(w) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(&(name.to_owned(), version)) {
             return Ok(w.clone());
         }
-        let err = |message: String| RunError::Definition { name: name.to_owned(), version, message };
+        let source = self.published_source(name, version).await?;
+        let mut w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names()).map_err(|d| {
+            match lang::parse_published(&source, &format!("{name}@{version}")) {
+                // It compiles once its handlers are taken as known: they are
+                // registered in another process (an embedding program).
+                Ok(_) => RunError::HandlersElsewhere { name: name.to_owned(), version, handlers: missing_handlers(&d) },
+                Err(_) => {
+                    RunError::Definition { name: name.to_owned(), version, message: format!("no longer compiles: {d}") }
+                }
+            }
+        })?;
+        w.config = self.fx.config.clone();
+        let w = Arc::new(w);
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
+        Ok(w)
+    }
+
+    /// The definition a run is pinned to, to read, plan, replay or fork
+    /// its runs: task handlers it names need not be registered here (they
+    /// execute, they do not decide), so an embedding program's runs are
+    /// read by the `cairn` binary.
+    pub async fn recorded_definition(&self, name: &str, version: u32) -> Result<Arc<Workflow>, RunError> {
+        if let Ok(w) = self.definition(name, version).await {
+            return Ok(w);
+        }
+        let source = self.published_source(name, version).await?;
+        let mut w = lang::parse_published(&source, &format!("{name}@{version}")).map_err(|d| RunError::Definition {
+            name: name.to_owned(),
+            version,
+            message: format!("no longer compiles: {d}"),
+        })?;
+        w.config = self.fx.config.clone();
+        Ok(Arc::new(w))
+    }
+
+    /// The source of a published version.
+    async fn published_source(&self, name: &str, version: u32) -> Result<String, RunError> {
         let events = self.store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
         let mut source = None;
         for e in &events {
@@ -349,13 +386,11 @@ impl Engine {
                 source = Some(p.source);
             }
         }
-        let source = source.ok_or_else(|| err("this version was never published".into()))?;
-        let mut w = lang::parse(&source, &format!("{name}@{version}"), &self.tasks.names())
-            .map_err(|d| err(format!("no longer compiles: {d}")))?;
-        w.config = self.fx.config.clone();
-        let w = Arc::new(w);
-        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert((name.to_owned(), version), w.clone());
-        Ok(w)
+        source.ok_or_else(|| RunError::Definition {
+            name: name.to_owned(),
+            version,
+            message: "this version was never published".into(),
+        })
     }
 
     /// Starts a run of a published version; returns its id. The run's first
@@ -1209,4 +1244,15 @@ impl EffectKey {
             None => true,
         }
     }
+}
+
+/// The task handler names a definition's `unknown-task` diagnostics name.
+fn missing_handlers(d: &lang::Diagnostics) -> Vec<String> {
+    let mut out: Vec<String> =
+        d.0.iter()
+            .filter(|x| x.code == "unknown-task")
+            .filter_map(|x| x.message.split('`').nth(1).map(|n| format!("`{n}`")))
+            .collect();
+    out.dedup();
+    out
 }

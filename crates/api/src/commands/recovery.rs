@@ -267,8 +267,10 @@ pub async fn resume(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Re
             continue;
         }
         eprintln!("run {}: resumed from `{}`", p.run_id, p.from_step);
-        let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
-        let (top, state) = engine.drive_after_answer(p.run_id, &mut |e| display.show(e)).await?;
+        let Some((top, state)) = drive_here(&engine, p.run_id).await? else {
+            last = codes::exit("waiting");
+            continue;
+        };
         match state.status {
             cairn_runtime::run::RunStatus::Completed => completed += 1,
             cairn_runtime::run::RunStatus::Failed => failed += 1,
@@ -380,7 +382,9 @@ pub async fn replay(database: &str, setup: &SetupArgs, args: ReplayArgs) -> anyh
     let s = engine.state(run).await?;
     let w = match new {
         Some(w) => std::sync::Arc::new(w),
-        None => engine.definition(&s.workflow, s.workflow_version).await.context("the run's pinned definition")?,
+        None => {
+            engine.recorded_definition(&s.workflow, s.workflow_version).await.context("the run's pinned definition")?
+        }
     };
     let report = cairn_runtime::replay::check(&w, &recorded)?;
     print_report(&report, args.format)?;
@@ -426,7 +430,7 @@ async fn replay_all(
     for r in runs {
         let recorded = store.read_stream(&cairn_events::run_stream(r.run_id), 1).await?;
         let s = engine.state(r.run_id).await?;
-        let w = engine.definition(&s.workflow, s.workflow_version).await?;
+        let w = engine.recorded_definition(&s.workflow, s.workflow_version).await?;
         let report = cairn_runtime::replay::check(&w, &recorded)?;
         diverged += usize::from(report.divergence.is_some());
         print_report(&report, format)?;
@@ -495,8 +499,28 @@ pub async fn fork(database: &str, read: &ReadArgs, setup: &SetupArgs, args: Fork
         Err(e) => return Ok(refusal(&e, Format::Text)),
     };
     eprintln!("run {id}: forked from run {} at `{}`", args.run, args.at);
-    let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
-    let (top, state) = engine.drive_after_answer(id, &mut |e| display.show(e)).await?;
+    let Some((top, state)) = drive_here(&engine, id).await? else {
+        super::console::project(database, read).await;
+        return Ok(codes::exit("waiting"));
+    };
     super::console::project(database, read).await;
     super::people::finish(&engine, top, &state).await
+}
+
+/// Drives a run this command recorded something for. `None` when its next
+/// step runs a task handler this process does not register (an embedding
+/// program's): what was recorded stands, and the run goes on there.
+async fn drive_here(
+    engine: &Engine,
+    id: uuid::Uuid,
+) -> anyhow::Result<Option<(uuid::Uuid, cairn_runtime::run::RunState)>> {
+    let mut display = super::console::Progress::new(std::io::stderr().is_terminal());
+    match engine.drive_after_answer(id, &mut |e| display.show(e)).await {
+        Ok(x) => Ok(Some(x)),
+        Err(e @ cairn_runtime::RunError::HandlersElsewhere { .. }) => {
+            eprintln!("run {id}: recorded; {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

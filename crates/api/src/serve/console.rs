@@ -506,7 +506,7 @@ async fn run(S(state): S<Arc<State>>, s: Session, Path(id): Path<String>) -> Res
         b.push_str("</p>");
     }
     b.push_str("</div><div id=\"run-steps\">");
-    match state.engine.definition(&st.workflow, st.workflow_version).await {
+    match state.engine.recorded_definition(&st.workflow, st.workflow_version).await {
         Ok(w) => b.push_str(&graph_html(&w, Some((&st, &events)))),
         Err(e) => {
             let _ = write!(b, "<p class=\"notice\">The workflow's graph cannot be drawn: {}</p>", esc(&e.to_string()));
@@ -861,7 +861,7 @@ async fn workflow_page(
             super::pages::enc(name)
         );
     }
-    let w = state.engine.definition(name, v).await;
+    let w = state.engine.recorded_definition(name, v).await;
     if let Ok(w) = &w
         && operates(s)
         && !rec.view.archived
@@ -1406,7 +1406,7 @@ async fn replay(S(state): S<Arc<State>>, s: Session, Path(id): Path<String>) -> 
         Err(e) if e.0.status == 404 => return not_found(&state, &s, &id),
         Err(e) => return unavailable(&e.0.detail),
     };
-    let report = match state.engine.definition(&st.workflow, st.workflow_version).await {
+    let report = match state.engine.recorded_definition(&st.workflow, st.workflow_version).await {
         Ok(w) => cairn_runtime::replay::check(&w, &events).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

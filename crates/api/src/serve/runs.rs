@@ -854,7 +854,7 @@ pub async fn replay_run(
 ) -> ApiResult<axum::Json<cairn_runtime::replay::ReplayReport>> {
     let id = parse_id(&id, "run")?;
     let (s, events) = load(&state, id).await?;
-    let w = state.engine.definition(&s.workflow, s.workflow_version).await?;
+    let w = state.engine.recorded_definition(&s.workflow, s.workflow_version).await?;
     Ok(axum::Json(cairn_runtime::replay::check(&w, &events)?))
 }
 

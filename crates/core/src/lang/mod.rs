@@ -33,6 +33,42 @@ pub fn parse(source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagn
     parse_known(source, file, tasks)
 }
 
+/// Compiles a definition as it was published, to read, plan or replay its
+/// runs: every task handler it names is taken as known (the handlers are
+/// needed to execute its tasks, in the process that registers them, not to
+/// decide what a run did or would do).
+pub fn parse_published(source: &str, file: &str) -> Result<Workflow, Diagnostics> {
+    let names: Vec<String> = match serde_saphyr::from_str::<raw::RawWorkflow>(source) {
+        Ok(r) => {
+            let mut out = Vec::new();
+            task_names(&r.steps, &mut out);
+            task_names(&r.compensations, &mut out);
+            out
+        }
+        Err(_) => Vec::new(),
+    };
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    parse(source, file, &names)
+}
+
+/// The task handler names the steps (nested ones included) use.
+fn task_names(steps: &[raw::RawStep], out: &mut Vec<String>) {
+    for s in steps {
+        if let Some(t) = &s.task {
+            out.push(t.value.clone());
+        }
+        for b in s.parallel.iter().flat_map(|p| &p.branches) {
+            task_names(&b.steps, out);
+        }
+        if let Some(m) = &s.map {
+            task_names(&m.steps, out);
+        }
+        if let Some(d) = &s.dag {
+            task_names(&d.steps, out);
+        }
+    }
+}
+
 fn parse_known(source: &str, file: &str, tasks: &[&str]) -> Result<Workflow, Diagnostics> {
     let raw: raw::RawWorkflow = serde_saphyr::from_str(source).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
