@@ -581,9 +581,35 @@ async fn runs_that_cannot_be_resumed_say_what_to_do_instead(store: Arc<dyn Event
         matches!(err, ResumeError::Refused(Refusal::InvalidInputs { .. })) && err.to_string().contains("/topic"),
         "{err}"
     );
-    // A definition that no longer compiles here (its task is gone).
+    // A process without the run's task handlers (an embedding program's)
+    // plans it all the same: handlers execute, they do not decide.
     let bare = Engine::new(store.clone(), TaskRegistry::builtin());
-    let err = bare.plan_resume(id, &req()).await.expect_err("definition gone");
+    let elsewhere = bare.plan_resume(id, &req()).await.expect("planned without the handlers");
+    let here = e.plan_resume(id, &req()).await.expect("plan");
+    assert_eq!(marks(&elsewhere), marks(&here));
+    // A run whose pinned version is gone (never published here) is refused.
+    let ghost = Uuid::now_v7();
+    let mut started = run_started("ghost", json!({}));
+    if let Event::RunStarted(r) = &mut started {
+        r.run_id = ghost;
+    }
+    let failed = Event::RunFailed(cairn_events::RunFailed {
+        error_kind: "boom".into(),
+        message: "it broke".into(),
+        failed_step: None,
+    });
+    store
+        .append(
+            &cairn_events::run_stream(ghost),
+            cairn_events::ExpectedVersion::NoStream,
+            [started, failed]
+                .iter()
+                .map(|ev| cairn_events::NewEvent::from_event(ev, cairn_events::Metadata::by("t")))
+                .collect(),
+        )
+        .await
+        .expect("append");
+    let err = e.plan_resume(ghost, &req()).await.expect_err("definition gone");
     assert!(
         matches!(err, ResumeError::Refused(Refusal::DefinitionGone { .. })) && err.to_string().contains("version 1"),
         "{err}"

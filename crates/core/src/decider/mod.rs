@@ -1419,7 +1419,9 @@ fn enter(
         // Checked once per visit, as control reaches the step; a skipped
         // step is no visit (its `max_visits` is not spent).
         let mut ctx = context_with_placeholders(w, s, pre);
-        ctx.set("run", run_context(s, None, Some(now)));
+        if st.reads.now {
+            ctx.set("run", run_context(s, None, Some(now)));
+        }
         let attempt = s.next_visit_attempt(&instance);
         let refused = |kind: &str, e: String| {
             vec![
@@ -1533,7 +1535,8 @@ fn start_unchecked(
     let instance = format!("{pre}{}", st.id);
     let step = instance.as_str();
     let mut ctx = context_with_placeholders(w, s, pre);
-    ctx.set("run", run_context(s, Some((step, attempt)), Some(now)));
+    // The time only for a step that reads it (and so records it).
+    ctx.set("run", run_context(s, Some((step, attempt)), st.reads.now.then_some(now)));
     let render_failed =
         |e: String| vec![started(step, key, attempt, Value::Null), failed(step, attempt, "template", e)];
     // A condition that could iterate past its budget is not evaluated.
