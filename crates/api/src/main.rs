@@ -14,7 +14,6 @@ macro_rules! out {
 mod codes;
 mod commands;
 mod keys;
-mod quarantine;
 mod serve;
 
 use std::process::ExitCode;

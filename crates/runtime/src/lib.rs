@@ -22,11 +22,13 @@ mod inbox;
 mod lease;
 mod notify;
 mod provider;
+pub mod quarantine;
 pub mod recovery;
 mod runner;
 mod scan;
 mod tasks;
 pub mod trace;
+pub mod worker;
 
 pub use cairn_core::config::Config;
 pub use cairn_core::model::{RetryPolicy, Step, StepKind, Target, Workflow};
@@ -36,6 +38,7 @@ pub use lease::DEFAULT_LEASE_TIMEOUT;
 pub use runner::{Engine, Start};
 pub use scan::RunSummary;
 pub use tasks::{TaskContext, TaskError, TaskHandler, TaskRegistry};
+pub use worker::Worker;
 
 /// The workflow language: parse a definition, check it against the
 /// configuration and the secrets, its JSON Schema.

@@ -180,7 +180,7 @@ pub async fn run(
 /// Drives every run that started and has not ended to its end.
 pub async fn continue_interrupted(engine: &Engine) -> anyhow::Result<usize> {
     let runs = engine.unfinished_runs().await?;
-    let ledger = crate::quarantine::Ledger::read(engine.store()).await?;
+    let ledger = cairn_runtime::quarantine::Ledger::read(engine.store()).await?;
     let mut moved = 0;
     for run_id in &runs {
         if ledger.is_quarantined(*run_id) {

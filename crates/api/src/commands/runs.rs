@@ -136,7 +136,7 @@ pub enum QuarantineCommand {
 /// Runs `cairn quarantine`.
 pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open_existing(database).await?;
-    let ledger = crate::quarantine::Ledger::read(&store).await?;
+    let ledger = cairn_runtime::quarantine::Ledger::read(&store).await?;
     match cmd {
         QuarantineCommand::List => {
             if ledger.quarantined.is_empty() && ledger.suspects.is_empty() {
@@ -159,7 +159,7 @@ pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Resul
             let by = std::env::var("CAIRN_IDENTITY")
                 .or_else(|_| std::env::var("USER"))
                 .unwrap_or_else(|_| "operator".into());
-            crate::quarantine::release(&store, run, &by, reason).await?;
+            cairn_runtime::quarantine::release(&store, run, &by, reason).await?;
             // Due now for whichever worker polls next.
             let now = cairn_events::clock::ClockHandle::default().now().timestamp_millis();
             store.set_wake(&cairn_events::run_stream(run), Some(now)).await?;

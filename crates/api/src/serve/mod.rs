@@ -7,7 +7,7 @@
 mod api;
 mod console;
 mod docs;
-mod driver;
+
 mod extract;
 mod graph;
 mod live;
@@ -193,7 +193,7 @@ pub async fn worker(
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
     let engine = Arc::new(args.lease.apply(engine).with_offloaded_decisions());
-    let driver = driver::Driver::new(engine.clone(), true);
+    let driver = cairn_runtime::worker::Driver::new(engine.clone(), true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let timers = tokio::spawn(driver.clone().run(stop_rx));
     {
@@ -217,7 +217,7 @@ pub struct State {
     keys: tokio::sync::RwLock<(Keys, Instant)>,
     auth: bool,
     anonymous: String,
-    driver: Arc<driver::Driver>,
+    driver: Arc<cairn_runtime::worker::Driver>,
     tail: Arc<live::Tail>,
     openapi: serde_json::Value,
     access: api::AccessMap,
@@ -302,7 +302,7 @@ pub async fn run(
              refused: create one with `cairn keys create --name NAME --role admin`"
         );
     }
-    let driver = driver::Driver::new(engine.clone(), !args.no_worker);
+    let driver = cairn_runtime::worker::Driver::new(engine.clone(), !args.no_worker);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tail = live::Tail::spawn(store.clone(), stop_rx.clone()).await;
     let (router, openapi, access) = routes::api();

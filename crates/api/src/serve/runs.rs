@@ -507,7 +507,7 @@ async fn wait_for_end(
     state: &State,
     id: Uuid,
     wait: Duration,
-    drive: Option<super::driver::DriveEnd>,
+    drive: Option<cairn_runtime::worker::DriveEnd>,
 ) -> ApiResult<()> {
     let deadline = tokio::time::Instant::now() + wait;
     if let Some(drive) = drive {

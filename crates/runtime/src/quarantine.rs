@@ -47,7 +47,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Reads the ledger from the log.
-    pub async fn read(store: &Arc<dyn EventStore>) -> anyhow::Result<Ledger> {
+    pub async fn read(store: &Arc<dyn EventStore>) -> Result<Ledger, crate::RunError> {
         let mut l = Ledger::default();
         // Runs on probation whose `ProbationPassed` has not come yet.
         let mut open: HashMap<Uuid, u32> = HashMap::new();

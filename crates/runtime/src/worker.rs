@@ -1,4 +1,5 @@
-//! The worker: drives runs in the background, each by one task at a time (a
+//! The worker (`cairn serve`'s and `cairn worker`'s, and an embedding
+//! program's: [`Worker::spawn`]): drives runs in the background, each by one task at a time (a
 //! kick while it is being driven drives it once more afterwards), and only
 //! runs this worker holds a lease on (the engine claims before it drives;
 //! a run another live worker holds is left to it).
@@ -12,7 +13,7 @@
 //! while it waits; the wheel sleeps until the earliest due time, so a timer
 //! fires when it is due, not on the next tick of a poll. Start-up drives
 //! unfinished runs on probation and never drives a quarantined one
-//! (crate::quarantine).
+//! ([`crate::quarantine`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,8 @@ use std::time::Duration;
 
 use crate::quarantine::{self, Ledger};
 
-use cairn_runtime::Engine;
-use cairn_runtime::run::RunState;
+use crate::Engine;
+use crate::run::RunState;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -207,7 +208,7 @@ impl Driver {
                         }
                         ended = top == run && state.status.is_terminal();
                     }
-                    Err(cairn_runtime::RunError::Store(e)) if e.kind() == cairn_events::StoreErrorKind::Fenced => {
+                    Err(crate::RunError::Store(e)) if e.kind() == cairn_events::StoreErrorKind::Fenced => {
                         // Taken over by another worker (this one was cut
                         // off for longer than the lease timeout): its run now.
                         tracing::warn!(run_id = %run, "the run was taken over by another worker");
@@ -317,7 +318,7 @@ impl Driver {
         let listed = async {
             let indexed: HashSet<String> = self.engine.store().indexed().await?.into_iter().collect();
             let runs = self.engine.unfinished_runs().await?;
-            Ok::<_, anyhow::Error>(
+            Ok::<_, crate::RunError>(
                 runs.into_iter().filter(|r| !indexed.contains(&cairn_events::run_stream(*r))).collect::<Vec<_>>(),
             )
         };
@@ -349,7 +350,7 @@ impl Driver {
     /// probation: first each suspect alone, quarantining one a process
     /// died driving [`quarantine::DEATHS`] times in a row, then the rest
     /// together.
-    async fn take_over(self: &Arc<Self>, runs: Vec<Uuid>) -> anyhow::Result<()> {
+    async fn take_over(self: &Arc<Self>, runs: Vec<Uuid>) -> Result<(), crate::RunError> {
         let _one = self.taking_over.lock().await;
         let store = self.engine.store().clone();
         let ledger = Ledger::read(&store).await?;
@@ -506,5 +507,47 @@ impl Driver {
                 self.kick(id);
             }
         }
+    }
+}
+
+/// A worker running in the background of an embedding program: the same
+/// driver `cairn serve` runs, so the program's runs get their timers,
+/// wake-ups (answers recorded by other processes), leases and takeovers
+/// of dead workers' runs without driving anything itself.
+pub struct Worker {
+    driver: Arc<Driver>,
+    stop: tokio::sync::watch::Sender<bool>,
+    timers: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Starts the worker on `engine` (give the engine a worker id and
+    /// lease with [`Engine::with_worker`] when several processes share the
+    /// database): it continues the unfinished runs and drives every run
+    /// that comes due. Call inside a Tokio runtime.
+    pub fn spawn(engine: Arc<Engine>) -> Worker {
+        let driver = Driver::new(engine, true);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let timers = tokio::spawn(driver.clone().run(stop_rx));
+        let d = driver.clone();
+        tokio::spawn(async move { d.resume_unfinished().await });
+        Worker { driver, stop, timers }
+    }
+
+    /// Drives a run now (one just started, or answered in this process).
+    pub fn kick(&self, run: Uuid) {
+        self.driver.kick(run);
+    }
+
+    /// The driver, for a host that also serves requests.
+    pub fn driver(&self) -> &Arc<Driver> {
+        &self.driver
+    }
+
+    /// Stops taking runs and retires this worker (its leases are given up,
+    /// so another worker takes its runs at once); what was recorded stands.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.timers.await;
     }
 }
