@@ -102,7 +102,14 @@ pub struct Driver {
     /// Who waits for a drive here to stop, by run: told whether the drive
     /// ended the run.
     ends: Mutex<HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<bool>>>>,
+    /// Runs whose next step runs a task handler this process does not
+    /// register (an embedding program's), until when: one claimed meanwhile
+    /// is let go at once, for the process that registers it.
+    elsewhere: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
+
+/// How long a run whose handlers are elsewhere is let go untried.
+const ELSEWHERE: Duration = Duration::from_secs(60);
 
 /// Whether a drive of a run here ended it, once the drive stops.
 pub type DriveEnd = tokio::sync::oneshot::Receiver<bool>;
@@ -120,6 +127,7 @@ impl Driver {
             rearm: tokio::sync::Notify::new(),
             taking_over: tokio::sync::Mutex::new(()),
             ends: Mutex::new(HashMap::new()),
+            elsewhere: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,6 +143,27 @@ impl Driver {
 
     fn is_quarantined(&self, run: Uuid) -> bool {
         self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).contains(&run)
+    }
+
+    /// Notes that `run` is let go untried until `until` (and forgets the
+    /// runs whose time is up).
+    fn leave(&self, run: Uuid, until: DateTime<Utc>) {
+        let now = self.engine.clock().now();
+        let mut e = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        e.retain(|_, t| *t > now);
+        e.insert(run, until);
+    }
+
+    fn is_elsewhere(&self, run: Uuid) -> bool {
+        let mut e = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        match e.get(&run) {
+            Some(until) if *until > self.engine.clock().now() => true,
+            Some(_) => {
+                e.remove(&run);
+                false
+            }
+            None => false,
+        }
     }
 
     fn is_active(&self, run: Uuid) -> bool {
@@ -178,6 +207,14 @@ impl Driver {
             tracing::warn!(run_id = %run, "not driving a quarantined run (cairn quarantine release)");
             return false;
         }
+        if self.is_elsewhere(run) {
+            // Its handlers are in another process: let the lease go at once.
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                let _ = engine.release(run).await;
+            });
+            return false;
+        }
         {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tx) = watch {
@@ -212,6 +249,14 @@ impl Driver {
                         // Taken over by another worker (this one was cut
                         // off for longer than the lease timeout): its run now.
                         tracing::warn!(run_id = %run, "the run was taken over by another worker");
+                    }
+                    Err(e @ crate::RunError::HandlersElsewhere { .. }) => {
+                        // Not a failure: the run is due for the process that
+                        // has its handlers; its wake-up stays due for it.
+                        tracing::info!(run_id = %run, error = %e, "leaving the run to the process with its task handlers");
+                        let until = me.engine.clock().now() + chrono::Duration::from_std(ELSEWHERE).unwrap_or_default();
+                        me.leave(run, until);
+                        let _ = me.engine.release(run).await;
                     }
                     Err(e) => {
                         tracing::error!(run_id = %run, error = %e, "driving the run failed; trying again in 30 s");

@@ -68,4 +68,33 @@ async fn the_library_worker_drives_an_embedders_runs_through_their_timers(store:
     worker.stop().await;
 }
 
-both_backends!(the_library_worker_drives_an_embedders_runs_through_their_timers);
+/// A worker without the embedder's handler (a `cairn serve` on the same
+/// database) that gets the run first lets it go at once: the embedder's
+/// worker drives it to the end. Before, the first worker held on, retrying
+/// every 30 s, and the run waited.
+async fn a_worker_without_the_handler_leaves_the_run_to_the_one_with_it(store: Arc<dyn EventStore>) {
+    let lease = cairn_runtime::DEFAULT_LEASE_TIMEOUT;
+    let bare = Arc::new(Engine::new(store.clone(), TaskRegistry::builtin()).with_worker("serve-1", lease));
+    let bare_worker = Worker::spawn(bare.clone());
+    let mut tasks = TaskRegistry::builtin();
+    tasks.register("shout", shout);
+    let engine = Arc::new(Engine::new(store.clone(), tasks).with_worker("embedder-1", lease));
+    let (w, v) = common::publish(&engine, NAP).await;
+    // Started through the process without the handler, and kicked there.
+    let id = bare.start(&w, v, json!({ "word": "mine" }), "embedder").await.expect("start");
+    bare_worker.kick(id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = Worker::spawn(engine.clone());
+    let started = Instant::now();
+    let s = ended(&engine, id).await;
+    assert_eq!(s.status, RunStatus::Completed, "{:?}", s.error);
+    assert_eq!(s.outputs["second"]["loud"], json!("MINE AGAIN"));
+    assert!(started.elapsed() < Duration::from_secs(15), "it waited {:?}", started.elapsed());
+    worker.stop().await;
+    bare_worker.stop().await;
+}
+
+both_backends!(
+    the_library_worker_drives_an_embedders_runs_through_their_timers,
+    a_worker_without_the_handler_leaves_the_run_to_the_one_with_it
+);
