@@ -290,8 +290,22 @@ impl Engine {
                 if let Some(winner) = winner(&recorded, &decoded, step, a.by(), None) {
                     return Err(HumanError::Conflict { step: step.to_owned(), winner });
                 }
-                // Started, its request about to be recorded: wait for it.
-                if state.in_flight(step) && since.elapsed() < Self::REQUEST_GRACE {
+                // Started, its request about to be recorded: wait for it
+                // (only for a step of the kind answered whose request is not
+                // recorded yet; a form's answer to an approval is refused now).
+                let requested =
+                    state.people.get(step).is_some_and(|h| h.attempt > 0 && h.attempt == state.attempt_of(step));
+                let of_kind = match self.definition(&state.workflow, state.workflow_version).await {
+                    Ok(w) => w.step(cairn_core::decider::bare(step)).is_some_and(|st| {
+                        matches!(
+                            (&st.kind, kind),
+                            (cairn_core::model::StepKind::Form(_), "form")
+                                | (cairn_core::model::StepKind::Approval(_), "approval")
+                        )
+                    }),
+                    Err(_) => true,
+                };
+                if state.in_flight(step) && of_kind && !requested && since.elapsed() < Self::REQUEST_GRACE {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     continue;
                 }

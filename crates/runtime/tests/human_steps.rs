@@ -268,6 +268,16 @@ async fn an_approval_carries_typed_fields_checked_like_a_form(store: Arc<dyn Eve
         (Value::Null, json!({"refund": 0}))
     );
 
+    // A form's answer to an approval that waits is refused at once (it
+    // waited out the 10 s grace for a request about to be recorded: the
+    // HTTP request timed out; schemathesis found it).
+    let id = start(&e, REVIEW, json!({"body": "b"})).await;
+    let token = e.resume_token(id, "review", 1);
+    let began = std::time::Instant::now();
+    let r = e.submit(id, "review", &sub("ada", &token, json!({"x": 1}))).await;
+    assert!(matches!(&r, Err(HumanError::NotWaiting { .. })), "{r:?}");
+    assert!(began.elapsed() < Duration::from_secs(2), "refused after {:?}", began.elapsed());
+
     // An approval without fields refuses values rather than dropping them.
     let id = start(&e, REVIEW, json!({"body": "b"})).await;
     let token = e.resume_token(id, "review", 1);
