@@ -179,6 +179,28 @@ fn a_rejected_post_is_shelved_with_the_reason() {
     assert!(cms.posts().is_empty(), "nothing was published");
 }
 
+/// Runs `cmd` under a real terminal (`script`) on the database `db`,
+/// typing `answers` a line at a time; everything it printed.
+fn at_a_terminal(db: &Path, cmd: &str, answers: &str) -> String {
+    let mut child = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for line in answers.lines() {
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    text(&out)
+}
+
 #[test]
 fn a_terminal_run_asks_validates_and_asks_again() {
     if !common::have_script() {
@@ -193,26 +215,9 @@ fn a_terminal_run_asks_validates_and_asks_again() {
         example("blog-post.yaml"),
         cms.url()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script");
     // Answers in order: a too-short topic, then a good one; the default
     // audience; a length that is not a number, then one; then the approval.
-    let answers = "Du\nDurable workflows\n\nabc\n500\nmaybe\ny\nLooks good\n";
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in answers.lines() {
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
-        stdin.flush().expect("flush");
-        std::thread::sleep(std::time::Duration::from_millis(150));
-    }
-    let out = child.wait_with_output().expect("wait");
-    drop(stdin);
-    let t = text(&out);
+    let t = at_a_terminal(&db, &cmd, "Du\nDurable workflows\n\nabc\n500\nmaybe\ny\nLooks good\n");
     assert!(t.contains("Brief for a new blog post"), "{t}");
     assert!(t.contains("has 2 characters; at least 3 are needed"), "{t}");
     assert!(t.contains("`abc` is not a whole number"), "{t}");
@@ -234,26 +239,9 @@ fn a_terminal_approval_asks_for_its_fields() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("c.db");
     let cmd = format!("'{}' run '{}' --as lead", env!("CARGO_BIN_EXE_cairn"), example("refund-approval.yaml"));
-    let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script");
     // Approve, no comment; an amount that is not a number, one too high,
     // then one; a reason; no note.
-    let answers = "y\n\nabc\n900\n42\ndamaged\n\n";
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in answers.lines() {
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
-        stdin.flush().expect("flush");
-        std::thread::sleep(std::time::Duration::from_millis(150));
-    }
-    let out = child.wait_with_output().expect("wait");
-    drop(stdin);
-    let t = text(&out);
+    let t = at_a_terminal(&db, &cmd, "y\n\nabc\n900\n42\ndamaged\n\n");
     assert!(t.contains("Amount to refund [number"), "{t}");
     assert!(t.contains("`abc` is not a number"), "{t}");
     assert!(t.contains("✗ amount 900 is more than the most allowed, 500"), "{t}");

@@ -65,7 +65,7 @@ fn main() {
                 let (id, s) = engine.run(&w, version, json!({ "n": i }), "bench", &mut quiet).await.unwrap();
                 assert_eq!(s.status, RunStatus::Running, "parked on the approval");
                 let token = engine.resume_token(id, "review", 1);
-                let vote = Vote { by: "editor".into(), token, approve: true, comment: None, content_hash: None, values: serde_json::Value::Null };
+                let vote = Vote::new("editor", token, true);
                 engine.decide_approval(id, "review", &vote).await.unwrap();
                 let s = engine.drive(id, &mut quiet).await.unwrap();
                 assert_eq!(s.status, RunStatus::Completed);

@@ -44,6 +44,13 @@ pub struct Vote {
     pub values: Value,
 }
 
+impl Vote {
+    /// A decision with no comment, no content hash to check and no values.
+    pub fn new(by: impl Into<String>, token: impl Into<String>, approve: bool) -> Vote {
+        Vote { by: by.into(), token: token.into(), approve, comment: None, content_hash: None, values: Value::Null }
+    }
+}
+
 /// The event that got there first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Winner {
@@ -295,17 +302,8 @@ impl Engine {
                 // recorded yet; a form's answer to an approval is refused now).
                 let requested =
                     state.people.get(step).is_some_and(|h| h.attempt > 0 && h.attempt == state.attempt_of(step));
-                let of_kind = match self.definition(&state.workflow, state.workflow_version).await {
-                    Ok(w) => w.step(cairn_core::decider::bare(step)).is_some_and(|st| {
-                        matches!(
-                            (&st.kind, kind),
-                            (cairn_core::model::StepKind::Form(_), "form")
-                                | (cairn_core::model::StepKind::Approval(_), "approval")
-                        )
-                    }),
-                    Err(_) => true,
-                };
-                if state.in_flight(step) && of_kind && !requested && since.elapsed() < Self::REQUEST_GRACE {
+                let about_to_ask = state.in_flight(step) && !requested && since.elapsed() < Self::REQUEST_GRACE;
+                if about_to_ask && self.asks(&state, step, kind).await {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     continue;
                 }
@@ -337,6 +335,21 @@ impl Engine {
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(RunError::from(e).into()),
             }
+        }
+    }
+
+    /// Whether `step` of the run's definition is a step of this kind
+    /// (`form` or `approval`); an unreadable definition is taken to be.
+    async fn asks(&self, state: &RunState, step: &str, kind: &str) -> bool {
+        match self.definition(&state.workflow, state.workflow_version).await {
+            Ok(w) => w.step(cairn_core::decider::bare(step)).is_some_and(|st| {
+                matches!(
+                    (&st.kind, kind),
+                    (cairn_core::model::StepKind::Form(_), "form")
+                        | (cairn_core::model::StepKind::Approval(_), "approval")
+                )
+            }),
+            Err(_) => true,
         }
     }
 

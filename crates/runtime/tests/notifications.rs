@@ -84,25 +84,11 @@ async fn requests_and_reminders_are_emailed_and_recorded() {
     assert!(!ada.contains(&token), "one approver's token is not in another's mail");
     // Grace's token does not answer as Ada, another approver of the same request.
     assert!(ada.contains(&e.answer_token(id, "review", 1, "ada@example.com")), "{ada}");
-    let as_ada = Vote {
-        by: "ada@example.com".into(),
-        token: token.clone(),
-        approve: false,
-        comment: None,
-        content_hash: None,
-        values: serde_json::Value::Null,
-    };
+    let as_ada = Vote::new("ada@example.com", token.clone(), false);
     let refused = e.decide_approval(id, "review", &as_ada).await.expect_err("grace's token answers as ada");
     assert!(matches!(refused, cairn_runtime::people::HumanError::BadToken { .. }), "{refused}");
     // A decision from a link in the mail completes the run.
-    let vote = Vote {
-        by: "grace".into(),
-        token,
-        approve: true,
-        comment: None,
-        content_hash: None,
-        values: serde_json::Value::Null,
-    };
+    let vote = Vote::new("grace", token, true);
     e.decide_approval(id, "review", &vote).await.expect("decide");
     assert_eq!(e.drive(id, &mut |_: &Event| {}).await.expect("drive").status, RunStatus::Completed);
 }

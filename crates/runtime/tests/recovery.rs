@@ -388,14 +388,7 @@ async fn approve(e: &Engine, id: Uuid) {
     let s = e.state(id).await.expect("state");
     let (step, h) = s.waiting_for_people().first().map(|(st, h)| ((*st).to_owned(), (*h).clone())).expect("waits");
     let token = e.resume_token(id, &step, h.attempt);
-    let vote = Vote {
-        by: "grace".into(),
-        token,
-        approve: true,
-        comment: None,
-        content_hash: None,
-        values: serde_json::Value::Null,
-    };
+    let vote = Vote::new("grace", token, true);
     e.decide_approval(id, &step, &vote).await.expect("approve");
 }
 

@@ -557,7 +557,7 @@ async fn run_one(world: &World, rng: &mut Rng, seed: u64) -> Uuid {
                 engine.submit(id, step, &Submission { by, token, values }).await.map(|_| ())
             } else {
                 let approve = rng.chance(80);
-                let mut vote = Vote { by, token, approve, comment: None, content_hash: None, values: Value::Null };
+                let mut vote = Vote::new(by, token, approve);
                 if *fields && approve {
                     // Sometimes a value out of range first: refused, nothing recorded.
                     if rng.chance(30) {

@@ -174,14 +174,7 @@ pub async fn decide(
     let engine = super::setup::engine(database, setup, super::setup::load_secrets(None)?).await?;
     let Some(h) = open_request(&engine, args.run, &args.step).await? else {
         let by = setup.identity(engine.config()).unwrap_or_default();
-        let none = Vote {
-            by,
-            token: String::new(),
-            approve,
-            comment: None,
-            content_hash: None,
-            values: serde_json::Value::Null,
-        };
+        let none = Vote::new(by, String::new(), approve);
         return match engine.decide_approval(args.run, &args.step, &none).await {
             Err(e) => report(e),
             Ok(_) => anyhow::bail!("internal: a closed approval accepted a decision"),
