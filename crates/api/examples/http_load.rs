@@ -19,13 +19,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_events::{Event, EventStore};
-use cairn_runtime::run::RunStatus;
-use cairn_runtime::{Engine, TaskRegistry};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[path = "../../runtime/examples/bench/mod.rs"]
 mod bench;
+#[path = "server/in_process.rs"]
+mod in_process;
 mod server;
 
 use server::{cairn_binary, serve};
@@ -80,50 +79,6 @@ impl Client {
     }
 }
 
-/// W10 in this process: its figures, the floor's, and the CPU time this
-/// process spent per run.
-async fn in_process(
-    dir: &std::path::Path,
-    pg: bool,
-    runs: usize,
-    conc: usize,
-) -> (bench::Figures, bench::Figures, f64) {
-    let (floor, store): (bench::Floor, Arc<dyn EventStore>) = if pg {
-        use sqlx::Executor;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(16)
-            .connect(&server::fresh_pg_db("cairn_http_floor").await)
-            .await
-            .unwrap();
-        pool.execute(
-            "CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, k TEXT NOT NULL, v INTEGER NOT NULL, payload TEXT NOT NULL)",
-        )
-        .await
-        .unwrap();
-        let url = server::fresh_pg_db("cairn_http_w10").await;
-        (bench::Floor::Pg(pool), cairn_events::open(&url).await.unwrap())
-    } else {
-        let store = cairn_events::sqlite::SqliteStore::open(dir.join("w10.db"), Default::default()).await.unwrap();
-        (bench::sqlite_floor(dir).await, store)
-    };
-    let floor = bench::measure_floor(floor, 10, 50, runs, conc).await;
-    let engine = Arc::new(Engine::new(store, TaskRegistry::builtin()));
-    let w = Arc::new(cairn_runtime::lang::parse(W10, "w10.yaml", &engine.task_names()).unwrap());
-    let version = engine.publish(&w, "bench").await.unwrap();
-    let cpu = bench::cpu_time("self");
-    let ours = bench::measure(50, runs, conc, move |_| {
-        let (engine, w) = (engine.clone(), w.clone());
-        async move {
-            let mut quiet = |_: &Event| {};
-            let (_, s) = engine.run(&w, version, json!({}), "bench", &mut quiet).await.unwrap();
-            assert_eq!(s.status, RunStatus::Completed);
-        }
-    })
-    .await;
-    let cpu_ms = (bench::cpu_time("self") - cpu).as_secs_f64() * 1000.0 / (50 + runs) as f64;
-    (ours, floor, cpu_ms)
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (one_by_one, closed, starts, conc, inflight) =
@@ -132,7 +87,7 @@ fn main() {
     let dir = tempfile::tempdir_in(".").unwrap();
     let pg = std::env::args().any(|a| a == "--postgres");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (w10, floor, w10_cpu) = rt.block_on(in_process(dir.path(), pg, closed, conc));
+    let (w10, floor, w10_cpu) = rt.block_on(in_process::w10(dir.path(), pg, closed, conc));
     let (server, key) = if pg {
         let db = rt.block_on(server::fresh_pg_db("cairn_http"));
         let key = server::admin_key(&bin, &db);

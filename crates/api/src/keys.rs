@@ -24,11 +24,26 @@ pub enum Role {
     Approver,
     /// Read only.
     Viewer,
+    /// Poll task queues, heartbeat, complete and fail tasks, and nothing
+    /// else (not even read): for external task workers.
+    Worker,
 }
 
 impl Role {
     /// Every role's name.
-    pub const NAMES: &'static str = "admin, operator, approver, viewer";
+    pub const NAMES: &'static str = "admin, operator, approver, viewer, worker";
+
+    /// Whether a key of this role may call what needs `needed`: the task
+    /// operations (`worker`) admit workers, operators and admins; the
+    /// others, this role or a stronger one (admin > operator > approver >
+    /// viewer), never a worker.
+    pub fn may(self, needed: Role) -> bool {
+        match (self, needed) {
+            (_, Role::Worker) => matches!(self, Role::Admin | Role::Operator | Role::Worker),
+            (Role::Worker, _) => false,
+            _ => self <= needed,
+        }
+    }
 
     /// Parses a role name.
     pub fn parse(s: &str) -> Option<Role> {
@@ -37,6 +52,7 @@ impl Role {
             "operator" => Role::Operator,
             "approver" => Role::Approver,
             "viewer" => Role::Viewer,
+            "worker" => Role::Worker,
             _ => return None,
         })
     }
@@ -48,6 +64,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Approver => "approver",
             Role::Viewer => "viewer",
+            Role::Worker => "worker",
         }
     }
 }

@@ -924,25 +924,8 @@ async fn traces_go_to_the_otlp_endpoint_one_per_run_a_span_per_step() {
 /// started with curl, approved, completed.
 #[test]
 fn the_readme_http_example_works_as_written() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = common::readme_block("http-example");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let script = script.replace("8080", &port.to_string());
     let dir = tempfile::tempdir().expect("tmp");
-    let path = common::path_with_cairn(dir.path());
-    let out_path = dir.path().join("out");
-    let out = std::fs::File::create(&out_path).expect("out");
-    let status = std::process::Command::new("timeout")
-        .args(["60", "bash", "-c", &format!("set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}")])
-        .current_dir(&root)
-        .env("PATH", path)
-        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.path().join("c.db").display()))
-        .env("CAIRN_TOKEN_KEY", "readme-token-key-0123456789abcdef0123456789")
-        .stdout(out.try_clone().expect("clone"))
-        .stderr(out)
-        .status()
-        .expect("bash");
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let (status, text) = common::run_readme_block("http-example", dir.path(), &[], 60);
     assert!(status.success(), "{text}");
     assert!(text.contains("\"name\":\"approve-payment\""), "the workflow was not created:\n{text}");
     assert!(text.contains("\"kind\":\"approval\"") && text.contains("Pay 120 to ACME Ltd?"), "the inbox:\n{text}");

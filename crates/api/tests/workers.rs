@@ -6,6 +6,7 @@
 //! (one file, several processes) and PostgreSQL.
 #![allow(clippy::disallowed_methods)] // tests reach the time directly
 
+#[macro_use]
 mod common;
 #[path = "common/counter.rs"]
 mod counter;
@@ -19,24 +20,6 @@ use std::time::{Duration, Instant};
 use counter::Counter;
 use serde_json::json;
 use server::Server;
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().expect("dir");
-                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(url) = crate::common::fresh_pg_url().await else { return };
-                super::$name(&url).await;
-            }
-        }
-    )*};
-}
 
 /// Two calls around a one-second wait, keyed by the run's input.
 fn two_calls(url: &str) -> String {
@@ -321,7 +304,7 @@ impl Drop for Worker {
     }
 }
 
-on_both!(
+on_both_mt!(
     servers_starting_beside_live_ones_never_repeat_an_effect,
     a_killed_servers_runs_are_taken_over_by_the_survivor,
     a_cli_runs_deadline_fires_under_a_running_server,

@@ -9,6 +9,10 @@ use serde_json::Value;
 pub use crate::duration::parse_duration;
 use crate::expr::Condition;
 
+/// How long a claimed `queue` task may go without a heartbeat unless the
+/// step says.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An `http` step's request timeout when it names none.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -277,6 +281,15 @@ pub enum StepKind {
         /// Input template.
         input: Value,
     },
+    /// Work done by external workers polling a task queue over HTTP.
+    Queue {
+        /// The queue.
+        queue: String,
+        /// Input template.
+        input: Value,
+        /// Longest a claimed task may go without a heartbeat.
+        heartbeat_timeout: Duration,
+    },
     /// A pure computation of the output from a template.
     Transform {
         /// Output template.
@@ -390,6 +403,7 @@ impl StepKind {
         matches!(
             self,
             StepKind::Task { .. }
+                | StepKind::Queue { .. }
                 | StepKind::Http { .. }
                 | StepKind::Workflow { .. }
                 | StepKind::Ai(_)
@@ -407,6 +421,7 @@ impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
             StepKind::Task { .. } => "task",
+            StepKind::Queue { .. } => "queue",
             StepKind::Transform { .. } => "transform",
             StepKind::Branch { .. } => "branch",
             StepKind::Switch { .. } => "switch",

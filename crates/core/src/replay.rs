@@ -55,6 +55,7 @@ fn external(e: &Event) -> bool {
             | Event::ApprovalDecided(_)
             | Event::RunCancelled(_)
             | Event::RunResumed(_)
+            | Event::TaskClaimed(_)
             | Event::NotificationSent(_)
             | Event::NotificationFailed(_)
     )

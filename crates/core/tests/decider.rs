@@ -1009,3 +1009,61 @@ fn a_step_that_reads_the_time_records_it_and_others_do_not() {
     assert_eq!(read, [("a", Some(t0())), ("b", None), ("c", Some(t0()))]);
     assert_eq!(s.outputs["a"]["at"], json!("2026-11-22T12:00:00.000000Z"));
 }
+
+const QUEUED: &str = "name: w\nsteps:\n  - id: a\n    queue: jobs\n    with: { n: '{{ inputs.n }}' }\n    heartbeat_timeout: 5s\n    timeout: 1m\n    retry: { max_attempts: 2, initial_interval: 1s, jitter: 0 }\n";
+
+#[test]
+fn a_queue_step_is_offered_with_its_start_and_waits_holding_nothing() {
+    let w = wf(QUEUED);
+    let s = fold(&[started(json!({ "n": 5 }))]);
+    let d = decide(&w, &s, t0());
+    let offer = Event::TaskOffered(cairn_events::TaskOffered {
+        step_id: "a".into(),
+        attempt: 1,
+        queue: "jobs".into(),
+        heartbeat_timeout_ms: 5000,
+        expires_at: Some(t0() + Duration::minutes(1)),
+    });
+    assert_eq!(d.append, vec![step_started("a", 1, json!({ "n": 5 })), offer.clone()]);
+    // Then it waits for a worker: nothing to execute, parked, woken at the timeout.
+    let s = fold(&[started(json!({ "n": 5 })), step_started("a", 1, json!({ "n": 5 })), offer.clone()]);
+    let d = decide(&w, &s, t0() + Duration::seconds(10));
+    assert!(d.append.is_empty() && d.execute.is_empty() && d.parked, "{d:?}");
+    assert_eq!(d.wake_at, Some(t0() + Duration::minutes(1)));
+    // A claim changes none of that; an attempt started without its offer
+    // (an older engine) is offered now.
+    let claimed = Event::TaskClaimed(cairn_events::TaskClaimed {
+        step_id: "a".into(),
+        attempt: 1,
+        worker: "w1".into(),
+        by: "k".into(),
+        token_hash: "h".into(),
+        heartbeat_by: t0() + Duration::seconds(5),
+    });
+    let s2 = evolve(s.clone(), &claimed);
+    assert_eq!(decide(&w, &s2, t0() + Duration::seconds(10)).wake_at, Some(t0() + Duration::minutes(1)));
+    let bare = fold(&[started(json!({ "n": 5 })), step_started("a", 1, json!({ "n": 5 }))]);
+    assert!(matches!(&decide(&w, &bare, t0()).append[..], [Event::TaskOffered(_)]));
+    // Past the timeout: the attempt fails with `timeout` (retryable), naming the worker.
+    let d = decide(&w, &s2, t0() + Duration::minutes(2));
+    match &d.append[..] {
+        [Event::StepFailed(f)] => {
+            assert_eq!((f.error_kind.as_str(), f.retryable), ("timeout", true));
+            assert!(f.message.contains("worker `w1` claimed it"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A heartbeat timeout (recorded by the engine's worker) is retried as attempt 2, offered again.
+    let lapsed = Event::StepFailed(StepFailed {
+        step_id: "a".into(),
+        attempt: 1,
+        error_kind: "heartbeat-timeout".into(),
+        message: "gone".into(),
+        retryable: true,
+        retry_after_ms: None,
+    });
+    let s3 = evolve(s2, &lapsed);
+    assert_eq!(s3.tasks[&("a".to_owned(), 1)].outcome.as_deref(), Some("heartbeat-timeout"));
+    let (_, events) = settle(&w, s3);
+    assert!(matches!(&events[..], [Event::RetryScheduled(r)] if r.next_attempt == 2), "{events:?}");
+}

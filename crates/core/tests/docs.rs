@@ -86,6 +86,9 @@ fn every_field_and_code_is_documented() {
         "unknown-model",
         "unknown-prompt-template",
         "missing-api-key",
+        "bad-queue-name",
+        "bad-heartbeat-timeout",
+        "secret-to-queue",
     ] {
         assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
     }

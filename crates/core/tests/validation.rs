@@ -855,3 +855,30 @@ fn the_time_is_a_steps_and_not_the_outputs() {
     check(src, "misplaced-run-field", 6, &["`run.now`", "transform"]);
     assert_eq!(diags(src).len(), 1, "{:#?}", diags(src));
 }
+
+#[test]
+fn queue_steps_are_checked() {
+    let src = r#"name: q
+steps:
+  - id: a
+    queue: "no spaces"
+    with: { x: 1 }
+  - id: b
+    queue: fine.name
+    heartbeat_timeout: 100ms
+  - id: c
+    task: echo
+    heartbeat_timeout: 5s
+  - id: d
+    queue: pay
+    with: { key: "{{ secrets.STRIPE_KEY }}" }
+"#;
+    check(src, "bad-queue-name", 4, &["no spaces", "letters, digits"]);
+    check(src, "bad-heartbeat-timeout", 8, &["100ms", "under a second"]);
+    check(src, "misplaced-field", 11, &["`heartbeat_timeout`", "only a `queue` step"]);
+    check(src, "secret-to-queue", 13, &["`pay`", "own environment"]);
+    // A well-formed one is valid, `with` and all.
+    let ok = "name: ok\nsteps:\n  - id: a\n    queue: triage.clean\n    with: { t: '{{ inputs.t }}' }\n    \
+              heartbeat_timeout: 10s\n    timeout: 5m\n    retry: { max_attempts: 3 }\n";
+    assert!(diags(ok).is_empty(), "{:?}", diags(ok));
+}

@@ -197,6 +197,47 @@ pub struct StepFailed {
     pub retry_after_ms: Option<u64>,
 }
 
+/// A `queue` step attempt was offered on its task queue: an external
+/// worker polling the queue may claim it. Recorded with the attempt's
+/// `StepStarted`; the write side's task index gets the offer in the same
+/// transaction (and drops it with the attempt's outcome).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskOffered {
+    /// Step id.
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The task queue.
+    pub queue: String,
+    /// How long a claimed task may go without a heartbeat before the attempt
+    /// fails with `heartbeat-timeout` (milliseconds).
+    pub heartbeat_timeout_ms: u64,
+    /// When the attempt fails with `timeout` if no worker has finished it
+    /// (the step's `timeout`, counted from the offer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A worker claimed an offered task: it now heartbeats and completes or
+/// fails the attempt with the task token it was given. The task index
+/// records the claim in the same transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskClaimed {
+    /// Step id.
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The worker as it named itself when polling.
+    pub worker: String,
+    /// The identity of the API key it polled with.
+    pub by: String,
+    /// SHA-256 of the task token (the token itself is never recorded).
+    pub token_hash: String,
+    /// The first heartbeat is due by then (the step's heartbeat timeout
+    /// from the claim); the task index keeps the deadline heartbeats move.
+    pub heartbeat_by: DateTime<Utc>,
+}
+
 /// A failed attempt will be retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RetryScheduled {
@@ -1063,7 +1104,7 @@ macro_rules! about_step {
 about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, BranchTaken, StepSkipped,
     AiAttemptStarted, AiAttemptCompleted, AiAttemptFailed, AiOutputRejected, InputRequested, InputSubmitted,
     ApprovalRequested, ApprovalDecided, ApprovalExpired, NotificationSent, NotificationFailed, ChildRunStarted,
-    ChildRunCompleted, StepKept, ErrorCaught);
+    ChildRunCompleted, StepKept, ErrorCaught, TaskOffered, TaskClaimed);
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
     RunQuarantined, RunReleased);
@@ -1082,7 +1123,7 @@ impl AboutStep for TimerStarted {
 
 catalog! {
     "run":
-        RunStarted = 1, StepStarted = 1, StepCompleted = 1, StepFailed = 2, RetryScheduled = 1,
+        RunStarted = 1, StepStarted = 1, StepCompleted = 1, StepFailed = 2, TaskOffered = 1, TaskClaimed = 1, RetryScheduled = 1,
         BranchTaken = 1, StepSkipped = 1, AiAttemptStarted = 1, AiAttemptCompleted = 1,
         AiAttemptFailed = 1, AiOutputRejected = 1, InputRequested = 1, InputSubmitted = 1, ApprovalRequested = 1,
         ApprovalDecided = 1, ApprovalExpired = 1, NotificationSent = 1, NotificationFailed = 1, TimerStarted = 1,

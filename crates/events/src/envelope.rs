@@ -194,6 +194,52 @@ pub struct Fence {
     pub token: i64,
 }
 
+/// A task of the task queues (see the `tasks` migration): a `queue` step
+/// attempt offered to external workers, and its claim once a worker has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// The run's stream.
+    pub stream_id: String,
+    /// The step instance.
+    pub step_id: String,
+    /// The attempt.
+    pub attempt: i64,
+    /// The queue.
+    pub queue: String,
+    /// How long a claim may go without a heartbeat (milliseconds).
+    pub heartbeat_ms: i64,
+    /// SHA-256 of the claim's task token; `None` while offered.
+    pub token_hash: Option<String>,
+    /// The worker that claimed it, as it named itself.
+    pub worker: Option<String>,
+    /// When it was claimed (milliseconds since the epoch).
+    pub claimed_ms: Option<i64>,
+    /// When the claim lapses without a heartbeat.
+    pub beat_by_ms: Option<i64>,
+}
+
+impl TaskRow {
+    /// A row as the task SQL selects it.
+    #[allow(clippy::type_complexity)]
+    pub fn from_tuple(
+        t: (String, String, i64, String, i64, Option<String>, Option<String>, Option<i64>, Option<i64>),
+    ) -> TaskRow {
+        let (stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, claimed_ms, beat_by_ms) = t;
+        TaskRow { stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, claimed_ms, beat_by_ms }
+    }
+}
+
+/// One queue's tasks: offered (waiting for a worker) and claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The queue.
+    pub queue: String,
+    /// Tasks waiting for a worker.
+    pub offered: i64,
+    /// Tasks a worker holds.
+    pub claimed: i64,
+}
+
 /// A change to the wake-up index, written in the same transaction as the
 /// events it goes with: when the run of `stream_id` next needs a worker
 /// (`due_ms`, milliseconds since the epoch; 0 while a worker is driving it,

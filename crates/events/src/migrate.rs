@@ -26,6 +26,7 @@ static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
         (20261122000001, "events", include_str!("../../../migrations/sqlite/20261122000001_events.sql")),
         (20261206000001, "health", include_str!("../../../migrations/sqlite/20261206000001_health.sql")),
         (20261206000002, "leases", include_str!("../../../migrations/sqlite/20261206000002_leases.sql")),
+        (20261207000001, "tasks", include_str!("../../../migrations/sqlite/20261207000001_tasks.sql")),
     ])
 });
 static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
@@ -33,6 +34,7 @@ static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
         (20261122000001, "events", include_str!("../../../migrations/postgres/20261122000001_events.sql")),
         (20261206000001, "health", include_str!("../../../migrations/postgres/20261206000001_health.sql")),
         (20261206000002, "leases", include_str!("../../../migrations/postgres/20261206000002_leases.sql")),
+        (20261207000001, "tasks", include_str!("../../../migrations/postgres/20261207000001_tasks.sql")),
     ])
 });
 

@@ -354,6 +354,30 @@ impl EventStore for SqliteStore {
     }
 
     crate::store::lease_methods!();
+    crate::store::task_methods!();
+
+    fn offered_tasks<'a>(
+        &'a self,
+        queues: &'a [String],
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<crate::TaskRow>>> {
+        Box::pin(async move {
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                format!(
+                    "SELECT {} FROM cairn_tasks WHERE token_hash IS NULL AND queue IN (SELECT value FROM json_each($1)) ORDER BY offered_at LIMIT $2",
+                    crate::store::TASK_COLUMNS
+                )
+            });
+            sqlx::query_as::<_, crate::store::TaskTuple>(AssertSqlSafe(sql.as_str()))
+                .bind(serde_json::to_string(queues).unwrap_or_default())
+                .bind(limit)
+                .fetch_all(self.read_pool())
+                .await
+                .map(|r| r.into_iter().map(crate::TaskRow::from_tuple).collect())
+                .map_err(|e| self.db_err(e))
+        })
+    }
 
     fn claim_due<'a>(
         &'a self,
@@ -487,6 +511,11 @@ impl EventStore for SqliteStore {
 impl SqliteStore {
     /// The connection lease statements run on: the held appender, so they
     /// queue behind appends instead of contending for the write lock.
+    /// The pool the task index is read on (never the appender).
+    fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     async fn lease_conn(&self) -> StoreResult<tokio::sync::MutexGuard<'_, SqliteConnection>> {
         Ok(self.appender.lock().await)
     }

@@ -303,6 +303,112 @@ macro_rules! lease_methods {
 }
 pub(crate) use lease_methods;
 
+/// The task-queue methods of [`EventStore`] but the claim (the same SQL
+/// on both backends).
+macro_rules! task_methods {
+    () => {
+        fn beat_task<'a>(
+            &'a self,
+            stream_id: &'a str,
+            step_id: &'a str,
+            attempt: i64,
+            token_hash: &'a str,
+            now_ms: i64,
+        ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, i64>(
+                    "UPDATE cairn_tasks SET beat_by_ms = $5 + heartbeat_ms \
+                     WHERE stream_id = $1 AND step_id = $2 AND attempt = $3 AND token_hash = $4 RETURNING beat_by_ms",
+                )
+                .bind(stream_id)
+                .bind(step_id)
+                .bind(attempt)
+                .bind(token_hash)
+                .bind(now_ms)
+                .fetch_optional(&mut *self.lease_conn().await?)
+                .await
+                .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn task<'a>(
+            &'a self,
+            stream_id: &'a str,
+            step_id: &'a str,
+            attempt: i64,
+        ) -> BoxFuture<'a, StoreResult<Option<crate::TaskRow>>> {
+            Box::pin(async move {
+                sqlx::query_as::<_, crate::store::TaskTuple>(crate::store::TASK_SQL)
+                    .bind(stream_id)
+                    .bind(step_id)
+                    .bind(attempt)
+                    .fetch_optional(self.read_pool())
+                    .await
+                    .map(|r| r.map(crate::TaskRow::from_tuple))
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn lapsed_tasks(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, StoreResult<Vec<crate::TaskRow>>> {
+            Box::pin(async move {
+                sqlx::query_as::<_, crate::store::TaskTuple>(crate::store::LAPSED_TASKS_SQL)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(self.read_pool())
+                    .await
+                    .map(|r| r.into_iter().map(crate::TaskRow::from_tuple).collect())
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn drop_task<'a>(
+            &'a self,
+            stream_id: &'a str,
+            step_id: &'a str,
+            attempt: i64,
+        ) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM cairn_tasks WHERE stream_id = $1 AND step_id = $2 AND attempt = $3")
+                    .bind(stream_id)
+                    .bind(step_id)
+                    .bind(attempt)
+                    .execute(&mut *self.lease_conn().await?)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
+        fn queue_depths(&self) -> BoxFuture<'_, StoreResult<Vec<crate::QueueDepth>>> {
+            Box::pin(async move {
+                sqlx::query_as::<_, (String, i64, i64)>(
+                    "SELECT queue, SUM(CASE WHEN token_hash IS NULL THEN 1 ELSE 0 END) AS offered, \
+                     SUM(CASE WHEN token_hash IS NULL THEN 0 ELSE 1 END) AS claimed \
+                     FROM cairn_tasks GROUP BY queue ORDER BY queue",
+                )
+                .fetch_all(self.read_pool())
+                .await
+                .map(|r| r.into_iter().map(|(queue, offered, claimed)| crate::QueueDepth { queue, offered, claimed }).collect())
+                .map_err(|e| self.db_err(e))
+            })
+        }
+    };
+}
+pub(crate) use task_methods;
+
+/// A [`crate::TaskRow`] as selected.
+pub(crate) type TaskTuple =
+    (String, String, i64, String, i64, Option<String>, Option<String>, Option<i64>, Option<i64>);
+
+/// Columns of a [`crate::TaskRow`].
+pub(crate) const TASK_COLUMNS: &str =
+    "stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, claimed_ms, beat_by_ms";
+pub(crate) const TASK_SQL: &str = "SELECT stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, \
+     claimed_ms, beat_by_ms FROM cairn_tasks WHERE stream_id = $1 AND step_id = $2 AND attempt = $3";
+pub(crate) const LAPSED_TASKS_SQL: &str = "SELECT stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, \
+     worker, claimed_ms, beat_by_ms FROM cairn_tasks WHERE token_hash IS NOT NULL AND beat_by_ms < $1 \
+     ORDER BY beat_by_ms LIMIT $2";
+
 /// Runs the write probe, `run(recorded_at)`, noting its outcome.
 pub(crate) async fn probe_with<W, F, Fut>(w: &W, run: F) -> StoreResult<()>
 where
@@ -515,6 +621,63 @@ pub trait EventStore: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         let _ = (worker, stale_before_ms, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Up to `limit` tasks of `queues` no worker has claimed, longest
+    /// offered first (a worker claims one by appending its `TaskClaimed`
+    /// to the run, with the expected version: of two racing claims one is
+    /// recorded).
+    fn offered_tasks<'a>(
+        &'a self,
+        queues: &'a [String],
+        limit: i64,
+    ) -> BoxFuture<'a, StoreResult<Vec<crate::TaskRow>>> {
+        let _ = (queues, limit);
+        Box::pin(async { Err(StoreError::InvalidAppend("this store keeps no task queues".into())) })
+    }
+
+    /// Moves a claimed task's heartbeat deadline to `now_ms` plus its
+    /// heartbeat timeout; the new deadline, or `None` when the claim of
+    /// `token_hash` no longer holds (finished, lapsed, or never made).
+    fn beat_task<'a>(
+        &'a self,
+        stream_id: &'a str,
+        step_id: &'a str,
+        attempt: i64,
+        token_hash: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        let _ = (stream_id, step_id, attempt, token_hash, now_ms);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The task of a step attempt, if it is offered or claimed.
+    fn task<'a>(
+        &'a self,
+        stream_id: &'a str,
+        step_id: &'a str,
+        attempt: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<crate::TaskRow>>> {
+        let _ = (stream_id, step_id, attempt);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Up to `limit` claimed tasks whose heartbeat deadline is before `now_ms`.
+    fn lapsed_tasks(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, StoreResult<Vec<crate::TaskRow>>> {
+        let _ = (now_ms, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Takes a task out of the queues (its attempt is no longer in flight:
+    /// a cancelled branch's, say).
+    fn drop_task<'a>(&'a self, stream_id: &'a str, step_id: &'a str, attempt: i64) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (stream_id, step_id, attempt);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Every queue with tasks, with how many are offered and claimed.
+    fn queue_depths(&self) -> BoxFuture<'_, StoreResult<Vec<crate::QueueDepth>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 

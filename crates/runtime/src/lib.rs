@@ -23,6 +23,7 @@ mod lease;
 mod notify;
 mod provider;
 pub mod quarantine;
+mod queue;
 pub mod recovery;
 mod runner;
 mod scan;
@@ -31,10 +32,12 @@ pub mod trace;
 pub mod worker;
 
 pub use cairn_core::config::Config;
+pub use cairn_core::decider::ENGINE_KINDS as ENGINE_TASK_ERRORS;
 pub use cairn_core::model::{RetryPolicy, Step, StepKind, Target, Workflow};
 pub use cairn_core::secrets::Secrets;
 pub use error::RunError;
 pub use lease::DEFAULT_LEASE_TIMEOUT;
+pub use queue::{Task, TaskAck, TaskQueueError};
 pub use runner::{Engine, Start};
 pub use scan::RunSummary;
 pub use tasks::{TaskContext, TaskError, TaskHandler, TaskRegistry};
@@ -43,7 +46,7 @@ pub use worker::Worker;
 /// The workflow language: parse a definition, check it against the
 /// configuration and the secrets, its JSON Schema.
 pub mod lang {
-    pub use cairn_core::lang::{Diagnostic, Diagnostics, check_models, check_secrets, parse, schema};
+    pub use cairn_core::lang::{Diagnostic, Diagnostics, check_models, check_secrets, parse, schema, valid_queue_name};
 }
 
 /// A run as its events have it: folded state, status, what it waits for.

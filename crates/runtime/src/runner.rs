@@ -26,6 +26,9 @@ use cairn_core::lang;
 use cairn_core::model::{StepKind, Workflow};
 use cairn_core::secrets::Secrets;
 
+/// Most running runs whose last read state [`Engine::state`] keeps.
+const STATES_CACHED: usize = 4096;
+
 /// Options of [`Engine::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct Start {
@@ -57,9 +60,11 @@ pub type Observer<'a> = &'a mut (dyn FnMut(&Event) + Send);
 /// Runs workflows durably against an event store.
 pub struct Engine {
     pub(crate) store: Arc<dyn EventStore>,
-    commits: GroupCommit,
+    pub(crate) commits: GroupCommit,
     tasks: TaskRegistry,
     definitions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    /// The last state read of running runs (see [`Engine::state`]).
+    states: Mutex<HashMap<Uuid, RunState>>,
     actor: String,
     /// What the effects use: HTTP client, configuration, secrets, the token
     /// key, and the clock "now" comes from for every decision, timer and retry.
@@ -123,6 +128,7 @@ impl Engine {
             store,
             tasks,
             definitions: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
             actor: "engine".into(),
             fx: crate::effects::Effects {
                 secrets: Secrets::default(),
@@ -588,18 +594,31 @@ impl Engine {
         let wake =
             cairn_events::Wake { stream_id: stream_id.clone(), due_ms: Some(self.fx.clock.now().timestamp_millis()) };
         let append = StreamAppend { stream_id, expected, events };
-        self.store.append_guarded(vec![append], Vec::new(), vec![wake]).await.map(|mut r| r.remove(0))
+        // Through the group commit: answers arriving together (task
+        // workers' completions, say) share one transaction.
+        self.commits.append_guarded(append, None, vec![wake]).await
     }
 
     /// The folded state of a run.
     pub async fn state(&self, run_id: Uuid) -> Result<RunState, RunError> {
-        let events = self.store.read_stream(&cairn_events::run_stream(run_id), 1).await?;
-        if events.is_empty() {
+        // A stream only grows: fold what was recorded since the state read last.
+        let cached = self.states.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).cloned();
+        let mut s = cached.unwrap_or_default();
+        let events = self.store.read_stream(&cairn_events::run_stream(run_id), s.version + 1).await?;
+        if events.is_empty() && s.version == 0 {
             return Err(RunError::UnknownRun(run_id));
         }
-        let mut s = RunState::default();
         for e in &events {
             s = evolve(s, &Event::decode(e)?);
+        }
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if states.len() >= STATES_CACHED && !states.contains_key(&run_id) {
+            states.clear();
+        }
+        if !s.status.is_terminal() {
+            states.insert(run_id, s.clone());
+        } else {
+            states.remove(&run_id);
         }
         Ok(s)
     }
@@ -918,6 +937,20 @@ impl Engine {
             effect => self.perform(run_id, &step_id, attempt, effect, input, timeout).await,
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(vec![self.outcome_event(w, step_id, attempt, outcome, duration_ms)])
+    }
+
+    /// The event that records an attempt's outcome: the output checked
+    /// against the limits and the step's `output_contract` (a breach fails
+    /// the attempt, not retried), secrets scrubbed.
+    pub(crate) fn outcome_event(
+        &self,
+        w: &Workflow,
+        step_id: String,
+        attempt: u32,
+        outcome: Result<Value, TaskError>,
+        duration_ms: u64,
+    ) -> Event {
         let contract = w.step(bare(&step_id)).and_then(|s| s.output_contract.as_ref());
         // An output too deep or too large to record fails the attempt
         // (kind `limit`, not retried) instead of an append the log refuses.
@@ -933,7 +966,7 @@ impl Engine {
             )),
             _ => Ok(output),
         });
-        Ok(vec![match outcome {
+        match outcome {
             Ok(mut output) => {
                 self.fx.secrets.scrub(&mut output);
                 Event::StepCompleted(StepCompleted { step_id, attempt, output, duration_ms })
@@ -946,7 +979,7 @@ impl Engine {
                 retryable: e.retryable,
                 retry_after_ms: e.retry_after_ms,
             }),
-        }])
+        }
     }
 
     /// The latest published version of a workflow.

@@ -70,6 +70,9 @@ const RELEASES: Duration = Duration::from_secs(2);
 /// How often this worker claims due runs from the wake-up index.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How often the worker looks for task claims whose heartbeat lapsed.
+const REAP: Duration = Duration::from_millis(500);
+
 /// How far ahead a poll claims runs (more than [`POLL`], so a timer is in
 /// the wheel before it is due); a run waiting longer is not held.
 const HORIZON: Duration = Duration::from_millis(1500);
@@ -308,6 +311,20 @@ impl Driver {
         }
     }
 
+    /// Fails the queue tasks whose worker stopped heartbeating, and drives
+    /// their runs (the retry policy offers the task again).
+    async fn reap(self: &Arc<Self>) {
+        match self.engine.reap_tasks().await {
+            Ok(runs) => {
+                for run in runs {
+                    tracing::info!(run_id = %run, "a task worker stopped heartbeating: its attempt failed");
+                    self.kick(run);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for lapsed task claims"),
+        }
+    }
+
     /// Claims the runs due within [`HORIZON`] that no live worker holds:
     /// those due now are driven, the others wait in the wheel.
     async fn poll(self: &Arc<Self>) {
@@ -511,6 +528,7 @@ impl Driver {
         }
         let clock = self.engine.clock();
         let mut releases = tokio::time::Instant::now();
+        let mut reaped = tokio::time::Instant::now();
         let mut polled = tokio::time::Instant::now() - POLL;
         // Commits (this process's; on PostgreSQL every process's, by
         // NOTIFY) may have made runs due: poll soon, at most every EAGER.
@@ -521,6 +539,10 @@ impl Driver {
             if releases.elapsed() >= RELEASES {
                 releases = tokio::time::Instant::now();
                 self.follow_releases().await;
+            }
+            if reaped.elapsed() >= REAP {
+                reaped = tokio::time::Instant::now();
+                self.reap().await;
             }
             if polled.elapsed() >= POLL || (soon && polled.elapsed() >= EAGER) {
                 polled = tokio::time::Instant::now();

@@ -224,9 +224,22 @@ pub async fn finish(engine: &Engine, run: Uuid, state: &RunState) -> anyhow::Res
         }
         RunStatus::Running => {
             let waiting = engine.waiting(run).await?;
-            if waiting.is_empty() {
+            let tasks: Vec<String> = state
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.outcome.is_none())
+                .map(|((step, attempt), t)| format!("step `{step}` attempt {attempt} on queue `{}`", t.queue))
+                .collect();
+            if !tasks.is_empty() {
+                eprintln!(
+                    "  ⏸ run {run} waits for a task worker ({}); it holds nothing while it waits.
+                         Workers reach Cairn over HTTP: start `cairn serve` on this database and a worker polling                      the queue (docs/api.md, \"Task queues\"); the run goes on when the worker answers.",
+                    tasks.join(", ")
+                );
+            }
+            if waiting.is_empty() && tasks.is_empty() {
                 eprintln!("run {run} is waiting on a timer; `cairn continue` finishes it once it is due");
-            } else {
+            } else if !waiting.is_empty() {
                 eprint!("{}", how_to_continue(run, &waiting));
             }
             Ok(codes::exit("waiting"))

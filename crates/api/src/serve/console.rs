@@ -90,6 +90,10 @@ async fn session(state: &State, headers: &HeaderMap) -> Option<Session> {
         return None;
     }
     let key = state.key_by_id(key_id).await.ok()??;
+    // A worker key never has a session (defence in depth: none is issued).
+    if key.role == Role::Worker {
+        return None;
+    }
     Some(Session { key, value })
 }
 
@@ -250,6 +254,10 @@ async fn sign_in(S(state): S<Arc<State>>, req: axum::extract::Request) -> Respon
             return sign_in_form(StatusCode::SERVICE_UNAVAILABLE, &next, Some("Signing in is not possible just now."));
         }
     };
+    if key.role == Role::Worker {
+        let msg = "A worker key only polls and answers tasks; sign in with a viewer, approver, operator or admin key.";
+        return sign_in_form(StatusCode::FORBIDDEN, &next, Some(msg));
+    }
     let exp =
         state.engine.clock().now().timestamp() + i64::try_from(state.session_ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let payload = format!("{}.{exp}", key.key_id);

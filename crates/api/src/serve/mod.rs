@@ -18,6 +18,7 @@ mod reads;
 mod refusals;
 mod routes;
 mod runs;
+mod tasks;
 mod telemetry;
 mod workflows;
 
@@ -66,6 +67,10 @@ pub struct Args {
     /// (streams, once started, are not cut).
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
+    /// Longest a task worker's poll (`POST /tasks/poll`) waits for a task,
+    /// in seconds (also never past the request timeout less two seconds).
+    #[arg(long, default_value_t = 20)]
+    pub max_poll_wait: u64,
     /// A file of `NAME=value` secret lines, added to the
     /// `CAIRN_SECRET_<NAME>` environment variables.
     #[arg(long)]
@@ -222,6 +227,8 @@ pub struct State {
     openapi: serde_json::Value,
     access: api::AccessMap,
     timeout: Duration,
+    /// Longest a task poll waits.
+    max_poll_wait: Duration,
     key_failures: refusals::KeyFailures,
     /// How long a console sign-in lasts.
     session_ttl: Duration,
@@ -318,6 +325,7 @@ pub async fn run(
         openapi,
         access,
         timeout: Duration::from_secs(args.request_timeout.max(1)),
+        max_poll_wait: Duration::from_secs(args.max_poll_wait),
         session_ttl: Duration::from_secs(args.session_ttl),
         key_failures: refusals::KeyFailures::new(args.max_key_failures),
     });
@@ -497,15 +505,16 @@ async fn check(
     };
     attempt.actor = caller.identity.clone();
     attempt.key_id = caller.key_id.clone();
-    if caller.role > needed {
+    if !caller.role.may(needed) {
+        let why = match (caller.role, needed) {
+            (Role::Worker, _) => "a worker key may only poll, heartbeat, complete and fail tasks".to_owned(),
+            (_, Role::Worker) => "task operations need a key of the worker, operator or admin role".to_owned(),
+            _ => format!("it needs the {} role or a stronger one", needed.name()),
+        };
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!(
-                "a key with the {} role may not do this; it needs the {} role or a stronger one",
-                caller.role.name(),
-                needed.name()
-            ),
+            format!("a key with the {} role may not do this; {why}", caller.role.name()),
         ));
     }
     req.extensions_mut().insert(caller);

@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::api::{Api, Finished, In, op};
-use super::{docs, live, people, reads, runs, workflows};
+use super::{docs, live, people, reads, runs, tasks, workflows};
 use crate::keys::Role;
 
 fn definition_body() -> Vec<(&'static str, serde_json::Value)> {
@@ -296,6 +296,45 @@ pub fn api() -> Finished {
         .error(404, "No such run.")
         .error(409, "Nothing waits at that step, the content changed, or this approver already decided (`winner` names the event).");
     api.add(o, people::decide);
+
+    // ---- task queues
+    let o = op(Method::POST, "/tasks/poll", "poll_tasks", "tasks", "Long-poll task queues for work")
+        .describe("Claims up to `max` tasks of the named queues, longest offered first, waiting up to `wait_ms` for one when none is offered. Each claim is recorded in its run (`TaskClaimed`, with the worker's name). Heartbeat each task at a third of its `heartbeat_timeout_ms`, then complete or fail it with its `token`; a task whose heartbeats stop is failed with `heartbeat-timeout` and the step's retry policy offers it again. An empty list after the wait: poll again. The protocol is in docs/api.md.")
+        .role(Role::Worker)
+        .json_body::<tasks::Poll>(api)
+        .ok::<tasks::Polled>(api, 200, "The tasks claimed, possibly none.");
+    api.add(o, tasks::poll);
+    let o = op(Method::POST, "/tasks/heartbeat", "heartbeat_task", "tasks", "Keep a claimed task")
+        .describe("Moves the claim's heartbeat deadline to now plus the step's `heartbeat_timeout`. A refusal (409) means the worker should stop: the attempt expired, was cancelled or was answered.")
+        .role(Role::Worker)
+        .json_body::<tasks::Heartbeat>(api)
+        .ok::<tasks::Beat>(api, 200, "The claim holds until `heartbeat_by`.")
+        .error(400, "The token is malformed (`bad-task-token`).")
+        .error(404, "No claim of that task has this token (`unknown-task`).")
+        .error(409, "The attempt expired (`task-expired`), was cancelled (`task-cancelled`) or was answered (`task-finished`): stop working on it.");
+    api.add(o, tasks::heartbeat);
+    let o = op(Method::POST, "/tasks/complete", "complete_task", "tasks", "Complete a claimed task with its output")
+        .describe("Records the attempt's output (checked against the step's `output_contract` and the limits; a breach is recorded as the attempt's failure) and the run goes on. Completing again with the same token answers `recorded: false`; an attempt that expired or was cancelled records nothing.")
+        .role(Role::Worker)
+        .json_body::<tasks::Complete>(api)
+        .ok::<tasks::Answer>(api, 200, "Recorded (or recorded before by this token).")
+        .error(400, "The token is malformed (`bad-task-token`).")
+        .error(404, "No claim of that task has this token (`unknown-task`).")
+        .error(409, "The attempt expired (`task-expired`), was cancelled (`task-cancelled`), or this token failed it (`task-finished`); nothing was recorded.");
+    api.add(o, tasks::complete);
+    let o = op(Method::POST, "/tasks/fail", "fail_task", "tasks", "Fail a claimed task")
+        .describe("Records the attempt's failure with the worker's error kind; the step's `retry` and `catch` decide what follows (`retryable: false` stops retries). Failing again with the same token answers `recorded: false`.")
+        .role(Role::Worker)
+        .json_body::<tasks::Fail>(api)
+        .ok::<tasks::Answer>(api, 200, "Recorded (or recorded before by this token).")
+        .error(400, "The token is malformed (`bad-task-token`).")
+        .error(404, "No claim of that task has this token (`unknown-task`).")
+        .error(409, "The attempt expired (`task-expired`), was cancelled (`task-cancelled`), or this token completed it (`task-finished`); nothing was recorded.");
+    api.add(o, tasks::fail);
+    let o = op(Method::GET, "/queues", "list_queues", "tasks", "Task queues and their depths")
+        .role(Role::Viewer)
+        .ok::<tasks::Queues>(api, 200, "Every queue with tasks offered or claimed.");
+    api.add(o, tasks::queues);
 
     // ---- audit, costs, export
     let o = op(Method::GET, "/audit", "audit", "audit", "Who did what, when, with what outcome")

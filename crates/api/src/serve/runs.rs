@@ -358,7 +358,7 @@ pub struct StateQuery {
 pub struct HistoryEntry {
     /// Position of the event that made it.
     pub position: i64,
-    /// `attempt`, `ai_attempt`, `branch`, `retry`, `skip`, `submission`, `decision`, …
+    /// `attempt`, `retry`, `branch`, `ai`, `input`, `approval`, `claim` (a task worker took a `queue` step attempt; `actor` is the worker), `child`, `kept`, …
     pub kind: String,
     /// The step.
     pub step_id: String,

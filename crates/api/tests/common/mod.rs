@@ -27,6 +27,65 @@ macro_rules! on_both {
     )*};
 }
 
+/// [`on_both`] on a multi-threaded runtime (two workers): for tests whose
+/// servers and clients run beside each other.
+#[allow(unused_macros)]
+macro_rules! on_both_mt {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("dir");
+                super::$name(&format!("sqlite://{}", dir.path().join("cairn.db").display())).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(url) = crate::common::fresh_pg_url().await else { return };
+                super::$name(&url).await;
+            }
+        }
+    )*};
+}
+
+/// Runs the README's shell block marked `marker` from the repository root
+/// with `cairn` on the PATH, a fresh SQLite database in `dir`, its port
+/// 8080 moved to a free one and `replace` applied, under `timeout`
+/// seconds; every job it started is killed at the end. Its status and
+/// output (stdout and stderr).
+pub fn run_readme_block(
+    marker: &str,
+    dir: &Path,
+    replace: &[(&str, &str)],
+    timeout: u32,
+) -> (std::process::ExitStatus, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut script = readme_block(marker).replace("8080", &port.to_string());
+    for (from, to) in replace {
+        script = script.replace(from, to);
+    }
+    let path = path_with_cairn(dir);
+    let out_path = dir.join("out");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let status = Command::new("timeout")
+        .args([
+            &timeout.to_string(),
+            "bash",
+            "-c",
+            &format!("set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}"),
+        ])
+        .current_dir(&root)
+        .env("PATH", path)
+        .env("CAIRN_DATABASE_URL", format!("sqlite://{}", dir.join("c.db").display()))
+        .env("CAIRN_TOKEN_KEY", "readme-token-key-0123456789abcdef0123456789")
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .status()
+        .expect("bash");
+    (status, std::fs::read_to_string(&out_path).unwrap_or_default())
+}
+
 /// Runs `cairn ARGS` on the SQLite database `db`.
 pub fn cairn(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))

@@ -28,10 +28,12 @@ use crate::template::{self, Scope};
 
 mod ai;
 mod people;
+mod queue;
 mod resume;
 
 pub use ai::{AiOutcome, AiProgress};
 pub use people::{HumanWait, Notice, request_event};
+pub use queue::{Claim, ENGINE_KINDS, TaskState};
 pub use resume::{Policy, Resumed};
 pub use resume::{ancestors as resume_ancestors, container_of as container_of_key};
 
@@ -208,6 +210,8 @@ pub struct RunState {
     pub ai: BTreeMap<String, AiProgress>,
     /// Forms and approvals requested, by step instance.
     pub people: BTreeMap<String, HumanWait>,
+    /// Tasks offered to external workers, by step instance and attempt.
+    pub tasks: BTreeMap<(String, u32), TaskState>,
     /// Money the run's AI attempts spent, in micros.
     pub spent_micros: u64,
     /// Tokens the run's AI attempts used.
@@ -411,7 +415,11 @@ fn prefix(instance: &str) -> &str {
 /// Folds one event into the state.
 pub fn evolve(mut s: RunState, event: &Event) -> RunState {
     s.version += 1;
-    if ai::evolve(&mut s, event) || ai::evolve_timer(&mut s, event) || people::evolve(&mut s, event) {
+    if ai::evolve(&mut s, event)
+        || ai::evolve_timer(&mut s, event)
+        || people::evolve(&mut s, event)
+        || queue::evolve(&mut s, event)
+    {
         return s;
     }
     match event {
@@ -995,6 +1003,12 @@ fn thread(w: &Workflow, s: &RunState, key: &str, now: DateTime<Utc>, d: &mut Dec
                 StepKind::Form(_) | StepKind::Approval(_) => {
                     people::decide(&InFlight { w, s, st, inst: step, attempt: *attempt, input, now }, d)
                 }
+                StepKind::Queue { queue, heartbeat_timeout, .. } => queue::decide(
+                    &InFlight { w, s, st, inst: step, attempt: *attempt, input, now },
+                    queue,
+                    *heartbeat_timeout,
+                    d,
+                ),
                 // Pure steps record start and outcome together; an in-flight
                 // pure step can only come from an interrupted older engine.
                 _ => d.append.extend(start(w, s, key, prefix(step), st, *attempt, now)),
@@ -1555,6 +1569,15 @@ fn start_unchecked(
                 Err(e) => render_failed(e.to_string()),
             }
         }
+        StepKind::Queue { input, queue: q, heartbeat_timeout } => match template::render(input, &ctx) {
+            Ok(input) => {
+                vec![
+                    started(step, key, attempt, input),
+                    queue::offer(step, attempt, q, *heartbeat_timeout, st.timeout, now),
+                ]
+            }
+            Err(e) => render_failed(e.to_string()),
+        },
         StepKind::Parallel { .. } | StepKind::Dag { .. } => vec![started(step, key, attempt, Value::Null)],
         StepKind::Fail { error, cause } => match template::render(cause, &ctx) {
             Ok(v) => {

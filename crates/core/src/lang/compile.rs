@@ -207,6 +207,24 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
         if let Some(u) = rs.wait.as_ref().and_then(|w| w.until.as_ref()) {
             push(u);
         }
+        if let (Some(q), Some(v)) = (&rs.queue, &rs.with_input) {
+            let mut passed = false;
+            let _ = template::walk_strings::<()>(v, &mut |t| {
+                passed |= !secret_names(t).is_empty();
+                Ok(())
+            });
+            if passed {
+                cx.at(
+                    q,
+                    "secret-to-queue",
+                    format!(
+                        "step `{}` passes a secret to the workers of queue `{}`, outside this process",
+                        rs.id.value, q.value
+                    ),
+                    Some("let the worker read the secret from its own environment; pass secrets only to `task` and `http` steps".into()),
+                );
+            }
+        }
         for v in super::compile_people::texts(rs) {
             let mut shown = false;
             let _ = template::walk_strings::<()>(&v, &mut |t| {
@@ -384,11 +402,20 @@ fn condition(cx: &mut Ctx<'_>, span: &Spanned<String>) -> Option<Condition> {
     }
 }
 
+/// A task queue's name: what workers poll, in URLs and logs.
+pub fn valid_queue_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 100
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+}
+
 fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], in_map: bool) -> Option<Step> {
     let id = s.id.value.clone();
     let tasks = cx.tasks;
     let kinds: Vec<&str> = [
         s.task.as_ref().map(|_| "task"),
+        s.queue.as_ref().map(|_| "queue"),
         s.transform.as_ref().map(|_| "transform"),
         s.branch.as_ref().map(|_| "branch"),
         s.switch.as_ref().map(|_| "switch"),
@@ -417,18 +444,26 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             "step-kind",
             message,
             Some(
-                "give it exactly one of `task`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `dag`, `workflow`, `ai`, `form`, `approval` or `fail`"
+                "give it exactly one of `task`, `queue`, `transform`, `branch`, `switch`, `wait`, `http`, `parallel`, `map`, `dag`, `workflow`, `ai`, `form`, `approval` or `fail`"
                     .into(),
             ),
         );
         return None;
     }
-    if s.with_input.is_some() && s.task.is_none() {
+    if s.with_input.is_some() && s.task.is_none() && s.queue.is_none() {
         cx.at(
             &s.id,
             "misplaced-field",
-            format!("step `{id}` has `with`, which only a `task` step takes"),
+            format!("step `{id}` has `with`, which only a `task` or `queue` step takes"),
             Some("remove `with`, or make the step a task".into()),
+        );
+    }
+    if let (Some(h), None) = (&s.heartbeat_timeout, &s.queue) {
+        cx.at(
+            h,
+            "misplaced-field",
+            format!("step `{id}` has `heartbeat_timeout`, which only a `queue` step takes"),
+            Some("remove `heartbeat_timeout` (use `timeout` to bound an attempt)".into()),
         );
     }
     let jumps = s.branch.is_some() || s.switch.is_some();
@@ -517,6 +552,39 @@ fn compile_step(cx: &mut Ctx<'_>, s: &RawStep, following: Target, ids: &[&str], 
             cx.at(handler, "unknown-task", format!("no task handler named `{}`", handler.value), Some(help));
         }
         Some(StepKind::Task { handler: handler.value.clone(), input: s.with_input.clone().unwrap_or(Value::Null) })
+    } else if let Some(q) = &s.queue {
+        if !valid_queue_name(&q.value) {
+            cx.at(
+                q,
+                "bad-queue-name",
+                format!("`{}` is not a queue name", q.value),
+                Some("use 1 to 100 letters, digits, `_`, `-`, `.` or `:`, starting with a letter or digit".into()),
+            );
+        }
+        let heartbeat_timeout = match &s.heartbeat_timeout {
+            Some(h) => match duration(cx, h) {
+                Some(d) if d < std::time::Duration::from_secs(1) => {
+                    cx.at(
+                        h,
+                        "bad-heartbeat-timeout",
+                        format!("step `{id}`: `heartbeat_timeout` {} is under a second", h.value),
+                        Some("give workers at least `1s` between heartbeats (they beat at a third of it)".into()),
+                    );
+                    crate::model::DEFAULT_HEARTBEAT_TIMEOUT
+                }
+                Some(d) => d,
+                None => crate::model::DEFAULT_HEARTBEAT_TIMEOUT,
+            },
+            None => crate::model::DEFAULT_HEARTBEAT_TIMEOUT,
+        };
+        if let Err(e) = template::check(&s.with_input.clone().unwrap_or(Value::Null)) {
+            cx.at(&s.id, "bad-template", format!("step `{id}` `with`: {e}"), None);
+        }
+        Some(StepKind::Queue {
+            queue: q.value.clone(),
+            input: s.with_input.clone().unwrap_or(Value::Null),
+            heartbeat_timeout,
+        })
     } else if let Some(t) = &s.transform {
         Some(StepKind::Transform { output: t.clone() })
     } else if let Some(b) = &s.branch {
@@ -891,7 +959,7 @@ fn reads_of(kind: &StepKind, rs: &RawStep) -> crate::model::Reads {
         });
     };
     match kind {
-        StepKind::Task { input, .. } => add(input),
+        StepKind::Task { input, .. } | StepKind::Queue { input, .. } => add(input),
         StepKind::Transform { output } => add(output),
         StepKind::Wait { until: Some(u), .. } => add(u),
         StepKind::Http { request, .. } => add(request),
@@ -1363,7 +1431,7 @@ fn check_block(
     for (i, (s, rs)) in steps.iter().zip(raw_steps).enumerate() {
         let mut texts: Vec<(&Spanned<String>, String)> = Vec::new();
         match &s.kind {
-            StepKind::Task { input, .. } => collect_strings(input, &rs.id, &mut texts),
+            StepKind::Task { input, .. } | StepKind::Queue { input, .. } => collect_strings(input, &rs.id, &mut texts),
             StepKind::Transform { output } => collect_strings(output, &rs.id, &mut texts),
             StepKind::Wait { until: Some(u), .. } => collect_strings(u, &rs.id, &mut texts),
             StepKind::Http { request, .. } => collect_strings(request, &rs.id, &mut texts),

@@ -9,7 +9,7 @@ pub(crate) mod diagnostic;
 mod fields;
 pub mod raw;
 
-pub use compile::{check_secrets, compile};
+pub use compile::{check_secrets, compile, valid_queue_name};
 pub use compile_people::check_models;
 pub use ctx::END;
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};

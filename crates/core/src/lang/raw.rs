@@ -78,7 +78,7 @@ pub struct RawBudget {
     pub max_tokens: Option<u64>,
 }
 
-/// One step. Exactly one of `task`, `transform`, `branch`, `switch`, `wait`,
+/// One step. Exactly one of `task`, `queue`, `transform`, `branch`, `switch`, `wait`,
 /// `http`, `parallel`, `map`, `dag`, `workflow`, `ai`, `form`, `approval` and
 /// `fail` says what it does.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -95,7 +95,21 @@ pub struct RawStep {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub task: Option<Spanned<String>>,
-    /// The task's input: a template.
+    /// Hand the work to external workers polling this task queue over HTTP
+    /// (in any language; the protocol is in docs/api.md): a worker claims
+    /// the task, heartbeats while it works, and completes or fails it. Its
+    /// input is `with`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub queue: Option<Spanned<String>>,
+    /// For a `queue` step: how long a worker that claimed the task may go
+    /// without a heartbeat before the attempt fails with
+    /// `heartbeat-timeout` (retried by `retry`, so offered again), e.g.
+    /// `10s`. Default 30s.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub heartbeat_timeout: Option<Spanned<String>>,
+    /// The input of a `task` or `queue` step: a template.
     #[serde(default, rename = "with")]
     pub with_input: Option<Value>,
     /// Compute an output from a template, with no side effect.

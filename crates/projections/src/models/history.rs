@@ -71,6 +71,7 @@ impl Projection for StepHistory {
                 | "AiAttemptFailed"
                 | "AiOutputRejected"
                 | "InputSubmitted"
+                | "TaskClaimed"
                 | "ApprovalDecided"
                 | "ApprovalExpired"
                 | "ChildRunStarted"
@@ -109,7 +110,7 @@ pub struct HistoryRow {
     pub entry: String,
     /// That position.
     pub position: i64,
-    /// `attempt`, `retry`, `branch`, `ai`, `input`, `approval`, `child`, `kept`, …
+    /// `attempt`, `retry`, `branch`, `ai`, `input`, `approval`, `claim`, `child`, `kept`, …
     pub kind: String,
     /// The step instance.
     pub step_id: String,
@@ -558,6 +559,15 @@ impl StepHistory {
                             .attempt(attempt, visit)
                             .actor(s.submitted_by.as_str())
                             .detail(short(&s.values, 200)),
+                    )?;
+                }
+                Event::TaskClaimed(s) => {
+                    let (_, visit) = on(&f.current(tx, run, &s.step_id).await?);
+                    f.create(
+                        HistoryRow::new(run, r, "claim", &s.step_id, "claimed")
+                            .attempt(i64::from(s.attempt), visit)
+                            .actor(s.worker.as_str())
+                            .detail(format!("claimed by worker `{}` (key identity `{}`)", s.worker, s.by)),
                     )?;
                 }
                 Event::ApprovalDecided(s) => {
