@@ -259,7 +259,35 @@ async fn timeouts_and_cancellation_reach_the_worker(url: &str) {
     assert_eq!(s.get("/queues", &k.viewer).await.json["queues"], json!([]));
 }
 
+/// The queue survives a restart: a task offered (and one claimed) before
+/// the server stopped is served by the next server on the same database;
+/// the claimed one's worker goes on heartbeating and completes it.
+async fn the_queue_survives_a_restart(url: &str) {
+    let (mut s, k) = setup(url);
+    // A heartbeat timeout the restart cannot outlast.
+    let flow = FLOW.replace("name: q", "name: q30").replace("heartbeat_timeout: 2s", "heartbeat_timeout: 60s");
+    assert_eq!(s.post_yaml("/workflows", &k.ops, &flow).await.status, 201);
+    let claimed = start(&s, &k, "q30", json!({ "n": 10 })).await;
+    let t = poll(&s, &k.worker, "jobs.a", "before", 5000).await;
+    let token = t[0]["token"].as_str().expect("token").to_owned();
+    let offered = start(&s, &k, "q30", json!({ "n": 20 })).await;
+    assert!(s.terminate().is_some_and(|e| e.success()), "{}", s.logs());
+    let s2 = Server::start_with(&[], &[("CAIRN_DATABASE_URL", url)]);
+    let q = s2.get("/queues", &k.viewer).await;
+    assert_eq!(q.json["queues"], json!([{ "queue": "jobs.a", "offered": 1, "claimed": 1 }]), "{}", q.text);
+    assert_eq!(s2.post("/tasks/heartbeat", &k.worker, &json!({ "token": token })).await.status, 200);
+    let again = poll(&s2, &k.worker, "jobs.a", "after", 5000).await;
+    assert_eq!(again[0]["run_id"], offered.as_str(), "{again:?}");
+    for (tok, out) in [(token.as_str(), 1), (again[0]["token"].as_str().expect("token"), 2)] {
+        let r = s2.post("/tasks/complete", &k.worker, &json!({ "token": tok, "output": out })).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(s2.wait_status(&claimed, &k.ops, &["completed"]).await["output"], json!({ "got": 1 }));
+    assert_eq!(s2.wait_status(&offered, &k.ops, &["completed"]).await["output"], json!({ "got": 2 }));
+}
+
 on_both_mt!(
+    the_queue_survives_a_restart,
     a_worker_polls_heartbeats_and_completes_once,
     a_lapsed_heartbeat_offers_the_task_again,
     a_workers_failure_is_retried_by_the_policy,
