@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use std::sync::OnceLock;
-
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -289,30 +287,10 @@ impl EventStore for PgStore {
     }
 
     crate::store::lease_methods!();
-    crate::store::task_methods!();
-
-    fn offered_tasks<'a>(
-        &'a self,
-        queues: &'a [String],
-        limit: i64,
-    ) -> BoxFuture<'a, StoreResult<Vec<crate::TaskRow>>> {
-        Box::pin(async move {
-            static SQL: OnceLock<String> = OnceLock::new();
-            let sql = SQL.get_or_init(|| {
-                format!(
-                    "SELECT {} FROM cairn_tasks WHERE token_hash IS NULL AND queue = ANY($1) ORDER BY offered_at LIMIT $2",
-                    crate::store::TASK_COLUMNS
-                )
-            });
-            sqlx::query_as::<_, crate::store::TaskTuple>(AssertSqlSafe(sql.as_str()))
-                .bind(queues)
-                .bind(limit)
-                .fetch_all(self.read_pool())
-                .await
-                .map(|r| r.into_iter().map(crate::TaskRow::from_tuple).collect())
-                .map_err(|e| self.db_err(e))
-        })
-    }
+    // The offered tasks of a list of queues (a JSON array of names).
+    crate::store::task_methods!(
+        "SELECT stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, claimed_ms, beat_by_ms FROM cairn_tasks WHERE token_hash IS NULL AND queue IN (SELECT json_array_elements_text($1::json)) ORDER BY offered_at LIMIT $2"
+    );
 
     fn claim_due<'a>(
         &'a self,

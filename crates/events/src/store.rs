@@ -303,10 +303,28 @@ macro_rules! lease_methods {
 }
 pub(crate) use lease_methods;
 
-/// The task-queue methods of [`EventStore`] but the claim (the same SQL
-/// on both backends).
+/// The task-queue methods of [`EventStore`] (the same SQL on both
+/// backends but `$offered`, which selects the offered tasks of the queues
+/// bound as a JSON array of names).
 macro_rules! task_methods {
-    () => {
+    ($offered:literal) => {
+        fn offered_tasks<'a>(
+            &'a self,
+            queues: &'a [String],
+            limit: i64,
+        ) -> BoxFuture<'a, StoreResult<Vec<crate::TaskRow>>> {
+            Box::pin(async move {
+                let queues = serde_json::to_string(queues).unwrap_or_default();
+                sqlx::query_as::<_, crate::store::TaskTuple>($offered)
+                    .bind(queues)
+                    .bind(limit)
+                    .fetch_all(self.read_pool())
+                    .await
+                    .map(|r| r.into_iter().map(crate::TaskRow::from_tuple).collect())
+                    .map_err(|e| self.db_err(e))
+            })
+        }
+
         fn beat_task<'a>(
             &'a self,
             stream_id: &'a str,
@@ -400,9 +418,6 @@ pub(crate) use task_methods;
 pub(crate) type TaskTuple =
     (String, String, i64, String, i64, Option<String>, Option<String>, Option<i64>, Option<i64>);
 
-/// Columns of a [`crate::TaskRow`].
-pub(crate) const TASK_COLUMNS: &str =
-    "stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, claimed_ms, beat_by_ms";
 pub(crate) const TASK_SQL: &str = "SELECT stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, worker, \
      claimed_ms, beat_by_ms FROM cairn_tasks WHERE stream_id = $1 AND step_id = $2 AND attempt = $3";
 pub(crate) const LAPSED_TASKS_SQL: &str = "SELECT stream_id, step_id, attempt, queue, heartbeat_ms, token_hash, \

@@ -59,6 +59,8 @@ pub struct Task {
 /// What an answer to a task did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskAck {
+    /// The run answered (due for a worker when `recorded`).
+    pub run_id: Uuid,
     /// Whether this call recorded it (`false`: the same answer was
     /// recorded before, by this token).
     pub recorded: bool,
@@ -443,6 +445,7 @@ impl Engine {
                 // The same answer again: what was recorded.
                 Some("completed") if completing => {
                     return Ok(TaskAck {
+                        run_id: t.run_id,
                         recorded: false,
                         outcome: "completed".into(),
                         error_kind: None,
@@ -451,6 +454,7 @@ impl Engine {
                 }
                 Some(kind) if !completing && !ENGINE_KINDS.contains(&kind) && kind != "completed" => {
                     return Ok(TaskAck {
+                        run_id: t.run_id,
                         recorded: false,
                         outcome: "failed".into(),
                         error_kind: Some(kind.to_owned()),
@@ -472,12 +476,19 @@ impl Engine {
             let event = self.outcome_event(&w, t.step.clone(), t.attempt, outcome.clone(), duration_ms);
             let ack = match &event {
                 Event::StepFailed(f) => TaskAck {
+                    run_id: t.run_id,
                     recorded: true,
                     outcome: "failed".into(),
                     error_kind: Some(f.error_kind.clone()),
                     message: Some(f.message.clone()),
                 },
-                _ => TaskAck { recorded: true, outcome: "completed".into(), error_kind: None, message: None },
+                _ => TaskAck {
+                    run_id: t.run_id,
+                    recorded: true,
+                    outcome: "completed".into(),
+                    error_kind: None,
+                    message: None,
+                },
             };
             let by = task.claim.map(|c| c.by).unwrap_or_default();
             let new = NewEvent::from_event(&event, crate::trace::metadata(&by, t.run_id, &event));

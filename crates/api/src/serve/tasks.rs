@@ -197,7 +197,11 @@ fn refused(e: TaskQueueError) -> ApiError {
     }
 }
 
-fn ack(a: TaskAck) -> axum::Json<Answer> {
+/// What an answer did; a recorded one drives its run on here at once.
+fn ack(state: &State, a: TaskAck) -> axum::Json<Answer> {
+    if a.recorded {
+        state.driver.kick(a.run_id);
+    }
     axum::Json(Answer { recorded: a.recorded, outcome: a.outcome, error_kind: a.error_kind, message: a.message })
 }
 
@@ -276,12 +280,7 @@ pub async fn heartbeat(S(state): S<Arc<State>>, JsonBody(body): JsonBody<Heartbe
 /// `POST /tasks/complete`.
 pub async fn complete(S(state): S<Arc<State>>, JsonBody(body): JsonBody<Complete>) -> ApiResult<axum::Json<Answer>> {
     let a = state.engine.complete_task(&body.token, body.output).await.map_err(refused)?;
-    if a.recorded
-        && let Ok(run) = run_of(&body.token)
-    {
-        state.driver.kick(run);
-    }
-    Ok(ack(a))
+    Ok(ack(&state, a))
 }
 
 /// `POST /tasks/fail`.
@@ -309,12 +308,7 @@ pub async fn fail(S(state): S<Arc<State>>, JsonBody(body): JsonBody<Fail>) -> Ap
         retry_after_ms: e.retry_after_ms,
     };
     let a = state.engine.fail_task(&body.token, error).await.map_err(refused)?;
-    if a.recorded
-        && let Ok(run) = run_of(&body.token)
-    {
-        state.driver.kick(run);
-    }
-    Ok(ack(a))
+    Ok(ack(&state, a))
 }
 
 /// `GET /queues`.
@@ -326,9 +320,4 @@ pub async fn queues(S(state): S<Arc<State>>) -> ApiResult<axum::Json<Queues>> {
             .map(|d| QueueOut { queue: d.queue, offered: d.offered, claimed: d.claimed })
             .collect(),
     }))
-}
-
-/// The run a (well-formed) token names.
-fn run_of(token: &str) -> Result<uuid::Uuid, ()> {
-    token.split('.').nth(1).and_then(|r| uuid::Uuid::parse_str(r).ok()).ok_or(())
 }
