@@ -317,7 +317,7 @@ impl Engine {
             let after = evolve(state, &events[0]);
             let now = self.fx.clock.now();
             let events = self
-                .think(move || {
+                .think(&w.clone(), move || {
                     let _ = crate::runner::settle(&w, after, &mut events, now);
                     events
                 })

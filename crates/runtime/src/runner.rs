@@ -29,6 +29,18 @@ use cairn_core::secrets::Secrets;
 /// Most running runs whose last read state [`Engine::state`] keeps.
 const STATES_CACHED: usize = 4096;
 
+/// An inline decision slower than this counts as slow (see
+/// [`Engine::think`]); [`SLOW_DECISIONS`] slow ones in a row, or one over
+/// [`INLINE_DECISION_MAX`], move its definition's runs to the blocking pool
+/// (one preempted decision on a busy machine does not).
+pub const INLINE_DECISION_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How many slow inline decisions in a row move a definition to the pool.
+pub const SLOW_DECISIONS: u8 = 3;
+
+/// One inline decision slower than this moves its definition to the pool.
+pub const INLINE_DECISION_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Options of [`Engine::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct Start {
@@ -72,6 +84,10 @@ pub struct Engine {
     /// Whether deciding runs on the blocking pool (a server: one busy run
     /// never stalls other requests) or inline (the CLI, benchmarks).
     offload: bool,
+    /// When offloading: whether a definition (by its hash) decides cheaply
+    /// enough to decide inline, and how many of its inline decisions in a
+    /// row were slow (see [`Engine::think`]).
+    light: Mutex<HashMap<String, (bool, u8)>>,
     /// This engine as a worker: the runs it holds (when the store keeps
     /// leases; see [`Engine::with_worker`]).
     leases: Option<Arc<crate::lease::Leases>>,
@@ -139,6 +155,7 @@ impl Engine {
                 clock: cairn_events::clock::ClockHandle::default(),
             },
             offload: false,
+            light: Mutex::new(HashMap::new()),
             leases: keeps_leases.then(|| {
                 Arc::new(crate::lease::Leases::new(
                     crate::lease::Leases::fresh_id(),
@@ -221,24 +238,69 @@ impl Engine {
     /// blocking pool rather than the async executor: a run whose templates
     /// or conditions are expensive then never delays other requests or
     /// runs, a request timeout can answer while it works, and a server on
-    /// one async thread decides on the other cores. For servers; in-process
-    /// use decides inline, which is cheaper per step.
+    /// one async thread decides on the other cores. Runs of a definition
+    /// that decides cheaply are still decided inline (no comprehension, no
+    /// template statement; moved to the pool for good by slow decisions,
+    /// see [`INLINE_DECISION_SLOW`]): the hop to the pool and back costs more
+    /// than such a decision. For servers; in-process use decides inline.
     pub fn with_offloaded_decisions(mut self) -> Self {
         self.offload = true;
         self
     }
 
-    /// Runs the CPU-bound `f` off the async executor when offloading (see
-    /// [`Engine::with_offloaded_decisions`]), inline otherwise.
-    pub(crate) async fn think<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// Runs the CPU-bound decision `f` for a run of `w` off the async
+    /// executor when offloading (see [`Engine::with_offloaded_decisions`]),
+    /// inline otherwise, or when `w` decides cheaply: a definition with no
+    /// comprehension in its conditions and no template statement (`{%`,
+    /// `range(`) costs time linear in its (bounded) data, a few
+    /// microseconds a step, less than the hop to another thread. Slow
+    /// inline decisions (see [`INLINE_DECISION_SLOW`]) move the definition
+    /// to the blocking pool from then on.
+    pub(crate) async fn think<T: Send + 'static>(&self, w: &Workflow, f: impl FnOnce() -> T + Send + 'static) -> T {
         if !(self.offload && tokio::runtime::Handle::try_current().is_ok()) {
             return f();
+        }
+        if self.decides_lightly(w) {
+            let t = std::time::Instant::now();
+            let v = f();
+            let took = t.elapsed();
+            let mut light = self.light.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((inline, slow)) = light.get_mut(&w.definition_hash) {
+                *slow = if took > INLINE_DECISION_SLOW { slow.saturating_add(1) } else { 0 };
+                *inline &= *slow < SLOW_DECISIONS && took <= INLINE_DECISION_MAX;
+            }
+            return v;
         }
         match tokio::task::spawn_blocking(f).await {
             Ok(v) => v,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => panic!("the decider's blocking task was cancelled: {e}"),
         }
+    }
+
+    /// Whether runs of `w` are decided on the thread that drives them (the
+    /// CLI and embedding programs always; a server when `w` decides cheaply,
+    /// see [`Engine::with_offloaded_decisions`]) rather than on the
+    /// blocking pool.
+    pub fn decides_inline(&self, w: &Workflow) -> bool {
+        !self.offload || self.decides_lightly(w)
+    }
+
+    /// Whether runs of `w` decide inline on a server (see [`Engine::think`]).
+    fn decides_lightly(&self, w: &Workflow) -> bool {
+        let mut light = self.light.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((l, _)) = light.get(&w.definition_hash) {
+            return *l;
+        }
+        if light.len() >= 4096 {
+            light.clear();
+        }
+        // The compiled steps, not the source: YAML escapes cannot hide a marker.
+        let compiled = format!("{:?}{:?}{:?}", w.steps, w.compensations, w.output);
+        let heavy = ["{%", "range(", ".all(", ".exists(", ".exists_one(", ".map(", ".filter("];
+        let l = !heavy.iter().any(|m| compiled.contains(m));
+        light.insert(w.definition_hash.clone(), (l, 0));
+        l
     }
 
     /// Uses this configuration: AI providers and models, prices, email,
@@ -505,7 +567,7 @@ impl Engine {
         }
         let now = self.fx.clock.now();
         let (state, events, next) = self
-            .think(move || {
+            .think(&bound.clone(), move || {
                 let (state, next) = settle(&bound, state, &mut events, now);
                 (state, events, next)
             })
@@ -777,7 +839,7 @@ impl Engine {
                 None => {
                     let (now, wf, s) = (self.fx.clock.now(), w.clone(), std::mem::take(&mut state));
                     let (s, d) = self
-                        .think(move || {
+                        .think(&w, move || {
                             let d = decide(&wf, &s, now);
                             (s, d)
                         })
@@ -879,7 +941,7 @@ impl Engine {
     ) -> Result<Option<Decision>, RunError> {
         let (now, wf, before) = (self.fx.clock.now(), w.clone(), state.clone());
         let (after, next, events) = self
-            .think(move || {
+            .think(w, move || {
                 let (after, next) = settle(&wf, events.iter().fold(before, evolve), &mut events, now);
                 (after, next, events)
             })

@@ -317,7 +317,46 @@ async fn run_starts_and_drives_showing_every_event(store: Arc<dyn EventStore>) {
     assert_eq!(state, e.state(id).await.expect("state"), "the state it returns is the log's");
 }
 
+/// A server decides a run of a cheap definition inline (the hop to the
+/// blocking pool and back cost more than W10's decisions: 0.46x in-process
+/// over HTTP before, 0.56x after) and a run whose conditions or templates
+/// can loop on the blocking pool, also when the loop is hidden by a YAML
+/// escape; a cheap-looking definition whose decision took long
+/// (`INLINE_DECISION_MAX`) is moved to the pool for good. Every run completes either way.
+async fn a_server_decides_cheap_runs_inline_and_costly_ones_on_the_pool(store: Arc<dyn EventStore>) {
+    let e = engine(&store).with_offloaded_decisions();
+    let parse = |src: &str| cairn_runtime::lang::parse(src, "t.yaml", &e.task_names()).expect("parse");
+    let w10 = parse(include_str!("../examples/w10.yaml"));
+    let comprehension = parse(
+        "name: loops\ninputs: { type: object, properties: { items: { type: array } } }\nsteps:\n  - id: c\n    branch: { if: \"inputs.items.all(a, a >= 0)\", then: done }\n  - id: done\n    transform: { ok: true }\n",
+    );
+    let statement = parse(
+        "name: hidden\nsteps:\n  - id: t\n    transform: { n: \"\\x7B% for i in [1, 2] %}{{ i }}\\x7B% endfor %}\" }\n",
+    );
+    assert!(!statement.source.contains("{%"), "the statement is hidden in the source");
+    let copy = parse(
+        "name: copy\ninputs: { type: object, properties: { items: { type: array } } }\nsteps:\n  - id: t\n    transform: { items: \"{{ inputs.items }}\" }\n",
+    );
+    assert!(e.decides_inline(&w10) && e.decides_inline(&copy), "cheap definitions are decided inline");
+    assert!(!e.decides_inline(&comprehension) && !e.decides_inline(&statement), "loops go to the pool");
+    assert!(Engine::new(store.clone(), TaskRegistry::builtin()).decides_inline(&comprehension), "in-process: inline");
+
+    for (w, inputs) in [(&w10, json!({})), (&comprehension, json!({"items": [1, 2]})), (&statement, json!({}))] {
+        let v = e.publish(w, "t").await.expect("publish");
+        let (_, state) = e.run(w, v, inputs, "t", &mut |_: &Event| {}).await.expect("run");
+        assert_eq!(state.status, RunStatus::Completed, "{}: {:?}", w.name, state.error);
+    }
+    // 400,000 items copied by one template: over the limit of one decision.
+    let v = e.publish(&copy, "t").await.expect("publish");
+    let items: Vec<u32> = (0..400_000).collect();
+    let (_, state) = e.run(&copy, v, json!({"items": items}), "t", &mut |_: &Event| {}).await.expect("run");
+    assert_eq!(state.status, RunStatus::Completed, "{:?}", state.error);
+    assert!(!e.decides_inline(&copy), "a slow decision moves its definition to the pool");
+    assert!(e.decides_inline(&w10), "and no other");
+}
+
 both_backends!(
+    a_server_decides_cheap_runs_inline_and_costly_ones_on_the_pool,
     run_starts_and_drives_showing_every_event,
     inputs_and_outputs_are_checked_against_their_schemas,
     a_failing_run_undoes_its_completed_steps_in_reverse_order,
