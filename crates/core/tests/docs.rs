@@ -93,3 +93,39 @@ fn every_field_and_code_is_documented() {
         assert!(md.contains(&format!("`{code}`")), "diagnostic code `{code}` is not documented");
     }
 }
+
+/// What an editor set up as docs/workflow-language.md says (the
+/// yaml-language-server modeline or `yaml.schemas`) checks a file against:
+/// every example, modeline included, satisfies the committed schema, and a
+/// misspelt field is flagged.
+#[test]
+fn the_editor_schema_accepts_every_example() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(docs().join("workflow-language.schema.json")).expect("schema"))
+            .expect("json");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let dir = docs().join("../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).expect("read");
+        let doc: serde_json::Value = serde_saphyr::from_str(&src).expect("yaml");
+        let errors: Vec<String> =
+            validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        n += 1;
+    }
+    assert!(n >= 5, "{n} examples");
+    let modeline = std::fs::read_to_string(dir.join("branch-on-input.yaml")).expect("example");
+    assert!(
+        modeline.starts_with("# yaml-language-server: $schema=../docs/workflow-language.schema.json\n"),
+        "the example the README runs shows the modeline"
+    );
+    let typo: serde_json::Value =
+        serde_saphyr::from_str("name: w\nsteps:\n  - id: a\n    task: echo\n    retyr: { max_attempts: 2 }\n")
+            .expect("yaml");
+    assert!(!validator.is_valid(&typo), "a misspelt field is flagged");
+}

@@ -26,12 +26,11 @@ pub fn cairn_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().and_then(|p| p.parent()).unwrap().join("cairn");
     if let Ok(cargo) = std::env::var("CARGO") {
-        let release = exe.to_string_lossy().contains("/release/");
+        // target/<profile>/examples/…: build the binary of the same profile.
+        let dir = exe.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).unwrap().to_string_lossy();
+        let profile = if dir == "debug" { "dev".to_owned() } else { dir.into_owned() };
         let mut c = Command::new(cargo);
-        c.args(["build", "-q", "-p", "cairn-api", "--bin", "cairn"]);
-        if release {
-            c.arg("--release");
-        }
+        c.args(["build", "-q", "-p", "cairn-api", "--bin", "cairn", "--profile", &profile]);
         assert!(c.status().unwrap().success(), "building cairn failed");
     }
     assert!(bin.exists(), "{} is missing: cargo build --release -p cairn-api", bin.display());
