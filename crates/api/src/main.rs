@@ -50,8 +50,21 @@ enum Command {
     /// Validate workflow files and publish each as a new version (when
     /// changed), e.g. child workflows that `workflow` steps start.
     Publish(commands::run::PublishArgs),
-    /// List runs with their status.
-    Runs,
+    /// List runs with their status; filter by workflow, status and start
+    /// time; as a table, JSON or ids.
+    Runs(commands::runs::ListArgs),
+    /// Start a published workflow by name; print the run id (`--wait`:
+    /// drive it here and print its output).
+    Start(commands::run::StartArgs),
+    /// The published workflows: list them, show one's versions and source.
+    #[command(subcommand)]
+    Workflows(commands::workflows::WorkflowsCommand),
+    /// Print a shell completion script: `cairn completions bash >
+    /// /etc/bash_completion.d/cairn` (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show one run, event by event.
     Show(commands::runs::ShowArgs),
     /// Cancel a running run.
@@ -158,9 +171,16 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Continue => commands::run::continue_command(&cli.database, &cli.read, &cli.setup).await,
             Command::Publish(args) => commands::run::publish(&cli.database, &cli.setup, args).await,
-            Command::Runs => commands::runs::list(&cli.database, &cli.read).await,
+            Command::Runs(args) => commands::runs::list(&cli.database, &cli.read, args).await,
+            Command::Start(args) => commands::run::start(&cli.database, &cli.read, &cli.setup, args).await,
+            Command::Workflows(cmd) => commands::workflows::run(&cli.database, &cli.read, cmd).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Show(args) => commands::runs::show(&cli.database, args).await,
-            Command::Cancel(args) => commands::runs::cancel(&cli.database, args).await,
+            Command::Cancel(args) => commands::runs::cancel(&cli.database, cli.setup.identity.as_deref(), args).await,
             Command::Quarantine(cmd) => commands::runs::quarantine(&cli.database, cmd).await,
             Command::Resume(args) => commands::recovery::resume(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Replay(args) => commands::recovery::replay(&cli.database, &cli.setup, args).await,

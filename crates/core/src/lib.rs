@@ -13,7 +13,7 @@ pub mod ai;
 pub mod config;
 pub mod contract;
 pub mod decider;
-mod duration;
+pub mod duration;
 pub mod expr;
 pub mod human;
 pub mod lang;

@@ -46,6 +46,7 @@ pub use worker::Worker;
 /// The workflow language: parse a definition, check it against the
 /// configuration and the secrets, its JSON Schema.
 pub mod lang {
+    pub use cairn_core::duration::parse_duration;
     pub use cairn_core::lang::{Diagnostic, Diagnostics, check_models, check_secrets, parse, schema, valid_queue_name};
 }
 

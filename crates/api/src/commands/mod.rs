@@ -13,3 +13,4 @@ pub mod runs;
 pub mod setup;
 pub mod validate;
 pub mod verify;
+pub mod workflows;

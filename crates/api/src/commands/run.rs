@@ -256,3 +256,116 @@ pub async fn continue_command(
     out!("{n} run(s) continued");
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `cairn start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The published workflow: `NAME` (its latest version) or
+    /// `NAME@VERSION` (`cairn workflows list`).
+    #[arg(value_name = "NAME[@VERSION]")]
+    pub workflow: String,
+    /// An input, `name=value` (JSON when it parses as JSON, else a string).
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+    /// A JSON file with the inputs (an object); `--input` values override it.
+    #[arg(long)]
+    pub input_file: Option<std::path::PathBuf>,
+    /// Drive the run here until it ends or waits, then print its output
+    /// (exit codes as `cairn run`). Without it the run is recorded and left
+    /// to a worker (`cairn serve`, `cairn worker`, or `cairn continue`).
+    #[arg(long)]
+    pub wait: bool,
+    /// A file of `NAME=value` secret lines (with `--wait`).
+    #[arg(long)]
+    pub secrets_file: Option<std::path::PathBuf>,
+    /// `text`: the run id (with `--wait`, then the output); `json`: an
+    /// object with `run_id`, `status` and, when it ended, `output` or `error`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::recovery::Format,
+}
+
+/// `cairn start NAME`: starts a published workflow; prints the run id.
+pub async fn start(
+    database: &str,
+    read: &crate::commands::read::ReadArgs,
+    setup: &super::setup::SetupArgs,
+    args: StartArgs,
+) -> anyhow::Result<ExitCode> {
+    let json = args.format == super::recovery::Format::Json;
+    let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
+    let secrets = super::setup::load_secrets(args.secrets_file.as_deref())?;
+    let engine = super::setup::engine(database, setup, secrets).await?;
+    let (name, pinned) = match args.workflow.rsplit_once('@') {
+        Some((n, v)) => match v.parse::<u32>() {
+            Ok(v) => (n, Some(v)),
+            Err(_) => anyhow::bail!("`{}`: the version after `@` must be a number, e.g. `{n}@2`", args.workflow),
+        },
+        None => (args.workflow.as_str(), None),
+    };
+    let latest = engine.latest_version(name).await?;
+    let Some(version) = pinned.or(latest) else {
+        eprintln!("error: no workflow named `{name}` is published; `cairn publish FILE` publishes it");
+        return Ok(codes::exit("unknown-workflow"));
+    };
+    if latest.is_none_or(|l| version > l) || version == 0 {
+        eprintln!("error: workflow `{name}` has no version {version} (the latest is {})", latest.unwrap_or(0));
+        return Ok(codes::exit("unknown-version"));
+    }
+    let w = engine.definition(name, version).await?;
+    let started_by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
+    let run_id = match engine.start(&w, version, inputs, &started_by).await {
+        Ok(id) => id,
+        Err(cairn_runtime::RunError::InvalidInputs { workflow, errors }) => {
+            eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
+            for e in &errors {
+                eprintln!("  {}: {}", e.path, e.message);
+            }
+            eprintln!("nothing was started; pass valid values with --input NAME=VALUE");
+            return Ok(codes::exit("invalid-inputs"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !args.wait {
+        if json {
+            out!("{}", serde_json::json!({ "run_id": run_id, "status": "running" }));
+        } else {
+            out!("{run_id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        out!("{run_id}");
+    }
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut display = super::console::Progress::new(tty);
+    let mut progress = |e: &Event| {
+        if !json {
+            display.show(e);
+        }
+    };
+    let projector = Projector::start(engine.store().clone(), database, read).await;
+    let state = engine.drive(run_id, &mut progress).await?;
+    if let Some(p) = projector {
+        p.finish().await;
+    }
+    if json {
+        let waiting = state.status == RunStatus::Running;
+        let mut v = serde_json::json!({
+            "run_id": run_id,
+            "status": if waiting { "waiting".to_owned() } else { format!("{:?}", state.status).to_lowercase() },
+        });
+        if let Some(o) = &state.output {
+            v["output"] = o.clone();
+        }
+        if let Some((kind, message, step)) = &state.error {
+            v["error"] = serde_json::json!({ "kind": kind, "message": message, "step": step });
+        }
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(match state.status {
+            RunStatus::Completed => ExitCode::SUCCESS,
+            RunStatus::Running => codes::exit("waiting"),
+            _ => codes::exit("run-failed"),
+        });
+    }
+    super::people::finish(&engine, run_id, &state).await
+}

@@ -26,18 +26,106 @@ pub struct CancelArgs {
     /// Why.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Who is cancelling.
-    #[arg(long = "as", default_value = "cli")]
-    pub actor: String,
 }
 
-/// Lists every run, oldest first, from the `runs` read model.
-pub async fn list(database: &str, read: &crate::commands::read::ReadArgs) -> anyhow::Result<ExitCode> {
+/// Arguments of `cairn runs`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only runs of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only runs with this status.
+    #[arg(long, value_parser = ["running", "waiting", "completed", "failed", "cancelled"])]
+    pub status: Option<String>,
+    /// Only runs started at or after this time: RFC 3339
+    /// (`2026-12-01T09:00:00Z`), a day (`2026-12-01`, UTC) or an age
+    /// (`90m`, `2h`, `7d`: that long ago).
+    #[arg(long, value_parser = since)]
+    pub since: Option<String>,
+    /// At most this many runs: the newest (still listed oldest first).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: Option<i64>,
+    /// `text`: a table; `json`: an array of runs (every column of the
+    /// `runs` read model); `ids`: one run id per line, for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ListFormat,
+}
+
+/// How `cairn runs` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// A table for people.
+    Text,
+    /// A JSON array.
+    Json,
+    /// One run id per line.
+    Ids,
+}
+
+/// `--since`: RFC 3339, a day or an age, as the read model's timestamps
+/// (RFC 3339 UTC, microseconds) so they compare as text.
+pub(crate) fn since(s: &str) -> Result<String, String> {
+    let at = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        t.with_timezone(&chrono::Utc)
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        d.and_time(chrono::NaiveTime::MIN).and_utc()
+    } else if let Ok(age) = cairn_runtime::lang::parse_duration(s) {
+        cairn_events::clock::ClockHandle::default().now()
+            - chrono::Duration::from_std(age).map_err(|e| e.to_string())?
+    } else {
+        return Err(format!(
+            "`{s}` is not a time: write RFC 3339 (`2026-12-01T09:00:00Z`), a day (`2026-12-01`) or an age (`2h`, `7d`)"
+        ));
+    };
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// Lists runs, oldest first, from the `runs` read model.
+pub async fn list(database: &str, read: &crate::commands::read::ReadArgs, args: ListArgs) -> anyhow::Result<ExitCode> {
     let w = crate::commands::read::catch_up(database, read).await?;
-    out!("{:<40} {:<24} {:>3} {:<10} {:<27} current step", "run", "workflow", "v", "status", "started (UTC)");
-    for r in cairn_projections::queries::runs(w.db(), i64::MAX).await? {
-        let step = r.current_step.unwrap_or_default();
-        out!("{:<40} {:<24} {:>3} {:<10} {:<27} {step}", r.run_id, r.workflow, r.version, r.status, r.started_at);
+    let f = cairn_projections::queries::RunFilter {
+        workflow: args.workflow,
+        status: args.status,
+        since: args.since,
+        limit: args.limit.unwrap_or(0),
+        ..Default::default()
+    };
+    let mut rows = cairn_projections::queries::runs_page(w.db(), &f).await?;
+    rows.reverse();
+    match args.format {
+        ListFormat::Ids => {
+            for r in &rows {
+                out!("{}", r.run_id);
+            }
+        }
+        ListFormat::Json => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "run_id": r.run_id, "workflow": r.workflow, "version": r.version, "status": r.status,
+                        "current_step": r.current_step, "started_at": r.started_at, "ended_at": r.ended_at,
+                        "started_by": r.started_by, "parent_run_id": r.parent_run_id, "error_kind": r.error_kind,
+                        "error_message": r.error_message, "failed_step": r.failed_step,
+                    })
+                })
+                .collect();
+            out!("{}", serde_json::to_string_pretty(&items)?);
+        }
+        ListFormat::Text => {
+            out!("{:<40} {:<24} {:>3} {:<10} {:<27} current step", "run", "workflow", "v", "status", "started (UTC)");
+            for r in rows {
+                let step = r.current_step.unwrap_or_default();
+                out!(
+                    "{:<40} {:<24} {:>3} {:<10} {:<27} {step}",
+                    r.run_id,
+                    r.workflow,
+                    r.version,
+                    r.status,
+                    r.started_at
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -100,10 +188,11 @@ pub async fn show(database: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels a running run.
-pub async fn cancel(database: &str, args: CancelArgs) -> anyhow::Result<ExitCode> {
+/// As `--as IDENTITY` (the global option; default `cli`).
+pub async fn cancel(database: &str, actor: Option<&str>, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let store = cairn_events::open(database).await?;
     let engine = Engine::new(store, TaskRegistry::builtin());
-    match engine.cancel(args.run, &args.actor, args.reason).await {
+    match engine.cancel(args.run, actor.unwrap_or("cli"), args.reason).await {
         Ok(()) => {
             out!("cancelled run {}", args.run);
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,135 @@
+//! `cairn workflows list|show`: the published workflows, from their streams.
+
+use crate::codes;
+use std::process::ExitCode;
+
+use cairn_events::{Event, EventStore};
+
+use super::recovery::Format;
+
+/// `cairn workflows`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkflowsCommand {
+    /// Every published workflow: name, latest version, archived, last published.
+    List {
+        /// `text` (a table) or `json` (an array).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// One workflow: its versions (who published each, when, its hash) and
+    /// the source of one (`NAME@VERSION`; default the latest).
+    Show {
+        /// `NAME` or `NAME@VERSION`.
+        #[arg(value_name = "NAME[@VERSION]")]
+        name: String,
+        /// `text` or `json` (the versions and the source).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+/// A workflow as its stream has it.
+struct Published {
+    name: String,
+    archived: bool,
+    /// (version, hash, by, at, source), oldest first.
+    versions: Vec<(u32, String, String, String, String)>,
+}
+
+async fn published(store: &dyn EventStore, name: &str) -> anyhow::Result<Option<Published>> {
+    let events = store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut p = Published { name: name.to_owned(), archived: false, versions: Vec::new() };
+    for r in &events {
+        match Event::decode(r)? {
+            Event::WorkflowVersionPublished(v) => {
+                p.versions.push((v.version, v.definition_hash, v.published_by, r.recorded_at.clone(), v.source))
+            }
+            Event::WorkflowArchived(_) => p.archived = true,
+            _ => {}
+        }
+    }
+    Ok(Some(p))
+}
+
+fn summary(p: &Published) -> serde_json::Value {
+    let last = p.versions.last();
+    serde_json::json!({
+        "name": p.name,
+        "latest_version": last.map_or(0, |v| v.0),
+        "archived": p.archived,
+        "updated_at": last.map(|v| v.3.clone()),
+    })
+}
+
+/// Runs `cairn workflows …`.
+pub async fn run(database: &str, read: &super::read::ReadArgs, cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WorkflowsCommand::List { format } => {
+            let w = super::read::catch_up(database, read).await?;
+            let store = cairn_events::open_existing(database).await?;
+            let mut all = Vec::new();
+            for stream in cairn_projections::queries::workflow_streams(w.db()).await? {
+                let Some(name) = stream.strip_prefix("workflow-") else { continue };
+                if let Some(p) = published(&*store, name).await? {
+                    all.push(p);
+                }
+            }
+            if format == Format::Json {
+                out!("{}", serde_json::to_string_pretty(&all.iter().map(summary).collect::<Vec<_>>())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!("{:<32} {:>6} {:<9} last published (UTC)", "workflow", "latest", "archived");
+            for p in &all {
+                let last = p.versions.last();
+                let (v, at) = last.map_or((0, ""), |v| (v.0, v.3.as_str()));
+                out!("{:<32} {:>6} {:<9} {at}", p.name, v, if p.archived { "yes" } else { "no" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowsCommand::Show { name, format } => {
+            let (name, version) = match name.rsplit_once('@') {
+                Some((n, v)) => match v.parse::<u32>() {
+                    Ok(v) => (n.to_owned(), Some(v)),
+                    Err(_) => anyhow::bail!("`{name}`: the version after `@` must be a number, e.g. `{n}@2`"),
+                },
+                None => (name, None),
+            };
+            let store = cairn_events::open_existing(database).await?;
+            let Some(p) = published(&*store, &name).await? else {
+                eprintln!(
+                    "error: no workflow named `{name}` in {}; `cairn workflows list` lists them",
+                    store.describe()
+                );
+                return Ok(codes::exit("unknown-workflow"));
+            };
+            let pick = version.unwrap_or_else(|| p.versions.last().map_or(0, |v| v.0));
+            let Some(chosen) = p.versions.iter().find(|v| v.0 == pick) else {
+                let have: Vec<String> = p.versions.iter().map(|v| v.0.to_string()).collect();
+                eprintln!("error: workflow `{name}` has no version {pick}; it has {}", have.join(", "));
+                return Ok(codes::exit("unknown-version"));
+            };
+            if format == Format::Json {
+                let mut v = summary(&p);
+                v["versions"] = p
+                    .versions
+                    .iter()
+                    .map(|x| serde_json::json!({"version": x.0, "definition_hash": x.1, "published_by": x.2, "published_at": x.3}))
+                    .collect();
+                v["version"] = pick.into();
+                v["source"] = chosen.4.clone().into();
+                out!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!("workflow {}{}", p.name, if p.archived { " (archived)" } else { "" });
+            for (v, hash, by, at, _) in &p.versions {
+                out!("  v{v:<4} {at}  by {by:<16} sha256:{}", &hash[..hash.len().min(16)]);
+            }
+            out!("--- v{pick} ---");
+            out!("{}", chosen.4.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The CLI for scripts: `cairn runs` filters (`--workflow`, `--status`,
+//! `--since`, `--limit`) and formats (`json`, `ids`), `cairn start NAME`
+//! (a published workflow by name; `--wait`), `cairn workflows list|show`
+//! and shell completions. Before: `cairn runs` had no filters (the README
+//! scraped it with `awk`), there was no way to start a published workflow
+//! by name, and no completions. On SQLite and PostgreSQL.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::{example, text};
+use serde_json::{Value, json};
+
+fn json_of(url: &str, args: &[&str]) -> Value {
+    let out = common::cairn_url(url, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&out)))
+}
+
+fn lines(url: &str, args: &[&str]) -> Vec<String> {
+    let out = common::cairn_url(url, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn scripting(url: &str) {
+    // One completed run, then a published workflow started by name three ways.
+    let ran = common::cairn_url(url, &["run", &example("branch-on-input.yaml"), "--input", "total=250"]);
+    assert!(ran.status.success(), "{}", text(&ran));
+    let published = common::cairn_url(url, &["publish", &example("approve-payment.yaml")]);
+    assert!(published.status.success(), "{}", text(&published));
+
+    // Refusals say what was wrong and record nothing.
+    let unknown = common::cairn_url(url, &["start", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(text(&unknown).contains("no workflow named `nope`") && text(&unknown).contains("cairn publish"));
+    let version = common::cairn_url(url, &["start", "approve-payment@7"]);
+    assert!(!version.status.success() && text(&version).contains("has no version 7 (the latest is 1)"));
+    let bad = common::cairn_url(url, &["start", "approve-payment", "--input", "amount=oops", "--input", "payee=x"]);
+    assert!(!bad.status.success() && text(&bad).contains("/amount") && text(&bad).contains("nothing was started"));
+    assert_eq!(lines(url, &["runs", "--format", "ids"]).len(), 1, "no run was recorded by a refusal");
+
+    // Without --wait: the run id, left to a worker (`continue` is one).
+    let started = lines(url, &["start", "approve-payment", "-i", "amount=5", "-i", "payee=ACME"]);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let left = started[0].clone();
+    assert!(uuid::Uuid::parse_str(&left).is_ok(), "{left}");
+    // --wait drives it here: waiting for the approval, exit 3; as JSON.
+    let out = common::cairn_url(
+        url,
+        &["start", "approve-payment@1", "-i", "amount=7", "-i", "payee=ACME", "--wait", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let waited: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(waited["status"], "waiting", "{waited}");
+    let done = json_of(url, &["start", "order-routing", "-i", "total=20", "--wait", "--format", "json"]);
+    assert_eq!(
+        (done["status"].as_str(), &done["output"]),
+        (Some("completed"), &json!({"charged": 24.0, "customer": "ada"}))
+    );
+
+    // `runs`: filters and formats.
+    let all = json_of(url, &["runs", "--format", "json"]);
+    let all = all.as_array().expect("an array");
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0]["started_at"].as_str() <= w[1]["started_at"].as_str()), "oldest first");
+    for field in ["run_id", "workflow", "version", "status", "current_step", "started_at", "ended_at", "error_kind"] {
+        assert!(all[0].get(field).is_some(), "{field} in {}", all[0]);
+    }
+    let completed = lines(url, &["runs", "--status", "completed", "--format", "ids"]);
+    assert_eq!(completed.len(), 2, "{completed:?}");
+    assert_eq!(completed[1], done["run_id"].as_str().expect("id"), "the newest last");
+    let payments = lines(url, &["runs", "--workflow", "approve-payment", "--format", "ids"]);
+    assert_eq!(payments, [left.clone(), waited["run_id"].as_str().expect("id").to_owned()]);
+    assert_eq!(
+        lines(url, &["runs", "--workflow", "approve-payment", "--limit", "1", "--format", "ids"]),
+        payments[1..]
+    );
+    assert_eq!(lines(url, &["runs", "--since", "1h", "--format", "ids"]).len(), 4);
+    assert!(lines(url, &["runs", "--since", "2099-01-01", "--format", "ids"]).is_empty());
+    assert!(lines(url, &["runs", "--since", "2099-01-01T00:00:00+02:00", "--format", "ids"]).is_empty());
+    let table = lines(url, &["runs", "--status", "waiting"]);
+    assert!(table[0].starts_with("run ") && table.len() == 2 && table[1].contains("approve-payment"), "{table:?}");
+    let since = common::cairn_url(url, &["runs", "--since", "tomorrow"]);
+    assert_eq!(since.status.code(), Some(2), "{}", text(&since));
+    assert!(text(&since).contains("`tomorrow` is not a time") && text(&since).contains("2026-12-01"));
+    let status = common::cairn_url(url, &["runs", "--status", "done"]);
+    assert!(!status.status.success() && text(&status).contains("completed"), "{}", text(&status));
+
+    // The run left to a worker is driven by one.
+    assert!(common::cairn_url(url, &["continue"]).status.success());
+    let left_now = json_of(url, &["runs", "--workflow", "approve-payment", "--status", "waiting", "--format", "json"]);
+    assert_eq!(left_now.as_array().map(Vec::len), Some(2), "both wait for the approval now: {left_now}");
+
+    // `workflows list|show`.
+    let list = json_of(url, &["workflows", "list", "--format", "json"]);
+    let names: Vec<&str> = list.as_array().expect("array").iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(names, ["approve-payment", "order-routing"]);
+    assert_eq!(list[0]["latest_version"], 1);
+    let table = lines(url, &["workflows", "list"]);
+    assert!(table.len() == 3 && table[1].starts_with("approve-payment"), "{table:?}");
+    let show = json_of(url, &["workflows", "show", "order-routing@1", "--format", "json"]);
+    let source = std::fs::read_to_string(example("branch-on-input.yaml")).expect("example");
+    assert_eq!((show["version"].as_u64(), show["source"].as_str()), (Some(1), Some(source.as_str())));
+    assert_eq!(show["versions"][0]["published_by"], "cli", "{show}");
+    let text_show = text(&common::cairn_url(url, &["workflows", "show", "approve-payment"]));
+    assert!(text_show.contains("workflow approve-payment") && text_show.contains("--- v1 ---"), "{text_show}");
+    let missing = common::cairn_url(url, &["workflows", "show", "order-routing@3"]);
+    assert!(!missing.status.success() && text(&missing).contains("has no version 3; it has 1"), "{}", text(&missing));
+    let none = common::cairn_url(url, &["workflows", "show", "nope"]);
+    assert!(!none.status.success() && text(&none).contains("cairn workflows list"), "{}", text(&none));
+}
+
+#[test]
+fn the_cli_scripts_well_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    scripting(&format!("sqlite://{}", dir.path().join("c.db").display()));
+}
+
+#[tokio::test]
+async fn the_cli_scripts_well_on_postgres() {
+    let Some(url) = common::fresh_pg_url().await else { return };
+    tokio::task::spawn_blocking(move || scripting(&url)).await.expect("join");
+}
+
+/// Completions for every shell clap knows; bash's parses (`bash -n`) and
+/// completes the subcommands added here. Building them checks the whole
+/// command tree (before: `cancel --as` clashed with the global `--as`).
+#[test]
+fn completions_are_printed_for_every_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("c.db");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = common::cairn(&db, &["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 10_000, "{shell}: {}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in ["workflows", "start", "runs", "completions"] {
+            assert!(script.contains(sub), "{shell} completes `{sub}`");
+        }
+        if shell == "bash" {
+            let path = dir.path().join("cairn.bash");
+            std::fs::write(&path, &out.stdout).expect("write");
+            let check = std::process::Command::new("bash").arg("-n").arg(&path).output().expect("bash");
+            assert!(check.status.success(), "{}", text(&check));
+        }
+    }
+    assert!(!db.exists(), "printing completions touches no database");
+    let bad = common::cairn(&db, &["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
