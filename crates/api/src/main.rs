@@ -115,7 +115,7 @@ enum Command {
     /// Who did what, when, with what outcome, with each event's position and hash.
     Audit(commands::read::AuditArgs),
     /// Forms and approvals waiting for people.
-    Inbox,
+    Inbox(commands::read::InboxArgs),
     /// API keys for the HTTP API: create (shown once), list, revoke.
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
             Command::History(args) => commands::read::history(&cli.database, &cli.read, args).await,
             Command::Costs(args) => commands::read::costs(&cli.database, &cli.read, args).await,
             Command::Audit(args) => commands::read::audit(&cli.database, &cli.read, args).await,
-            Command::Inbox => commands::read::inbox(&cli.database, &cli.read).await,
+            Command::Inbox(args) => commands::read::inbox(&cli.database, &cli.read, args).await,
             Command::Keys(cmd) => commands::keys::run(&cli.database, &cli.setup, cmd).await,
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,

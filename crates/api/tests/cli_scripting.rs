@@ -1,7 +1,7 @@
 //! The CLI for scripts: `cairn runs` filters (`--workflow`, `--status`,
 //! `--since`, `--limit`) and formats (`json`, `ids`), `cairn start NAME`
-//! (a published workflow by name; `--wait`), `cairn workflows list|show`
-//! and shell completions. Before: `cairn runs` had no filters (the README
+//! (a published workflow by name; `--wait`), `cairn workflows list|show`,
+//! `--format json` on history, inbox, audit and costs, and shell completions. Before: `cairn runs` had no filters (the README
 //! scraped it with `awk`), there was no way to start a published workflow
 //! by name, and no completions. On SQLite and PostgreSQL.
 #![allow(missing_docs)]
@@ -91,6 +91,20 @@ fn scripting(url: &str) {
     assert!(common::cairn_url(url, &["continue"]).status.success());
     let left_now = json_of(url, &["runs", "--workflow", "approve-payment", "--status", "waiting", "--format", "json"]);
     assert_eq!(left_now.as_array().map(Vec::len), Some(2), "both wait for the approval now: {left_now}");
+
+    // The other read commands as JSON.
+    let routed = done["run_id"].as_str().expect("id");
+    let history = json_of(url, &["history", routed, "--format", "json"]);
+    assert_eq!((history["run_id"].as_str(), history["status"].as_str()), (Some(routed), Some("completed")));
+    let entries = history["entries"].as_array().expect("entries");
+    assert!(entries.iter().any(|e| e["step_id"] == "greet" && e["status"] == "completed"), "{history}");
+    let inbox = json_of(url, &["inbox", "--format", "json"]);
+    assert_eq!(inbox.as_array().map(Vec::len), Some(2), "{inbox}");
+    assert!(inbox[0]["kind"] == "approval" && inbox[0]["step_id"] == "approve", "{inbox}");
+    let audit = json_of(url, &["audit", "--run", routed, "--format", "json"]);
+    let audit = audit.as_array().expect("array");
+    assert!(!audit.is_empty() && audit.iter().all(|a| a["hash"].as_str().is_some_and(|h| h.len() == 64)), "{audit:?}");
+    assert!(json_of(url, &["costs", "--by", "model", "--format", "json"]).is_array());
 
     // `workflows list|show`.
     let list = json_of(url, &["workflows", "list", "--format", "json"]);

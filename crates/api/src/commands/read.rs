@@ -72,6 +72,17 @@ pub enum ProjectionsCommand {
 pub struct HistoryArgs {
     /// The run id.
     pub run: String,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::recovery::Format,
+}
+
+/// Arguments of `cairn inbox`.
+#[derive(Debug, clap::Args)]
+pub struct InboxArgs {
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::recovery::Format,
 }
 
 /// Arguments of `cairn costs`.
@@ -86,6 +97,9 @@ pub struct CostsArgs {
     /// Through this day, included (`YYYY-MM-DD`, UTC).
     #[arg(long)]
     pub until: Option<chrono::NaiveDate>,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::recovery::Format,
 }
 
 /// Arguments of `cairn audit`.
@@ -106,6 +120,9 @@ pub struct AuditArgs {
     /// At most this many rows.
     #[arg(long, default_value_t = 1000)]
     pub limit: i64,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: super::recovery::Format,
 }
 
 /// Opens the store, the read models and a worker over them.
@@ -258,6 +275,30 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
         eprintln!("error: no run with id {} (see `cairn runs`)", args.run);
         return Ok(codes::exit("unknown-run"));
     };
+    if args.format == super::recovery::Format::Json {
+        let entries: Vec<serde_json::Value> = queries::history(w.db(), &args.run)
+            .await?
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "entry": r.entry, "position": r.position, "kind": r.kind, "step_id": r.step_id,
+                    "attempt": r.attempt, "visit": r.visit, "status": r.status, "started_at": r.started_at,
+                    "ended_at": r.ended_at, "duration_ms": r.duration_ms, "error_kind": r.error_kind,
+                    "error_message": r.error_message, "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens, "cost_micros": r.cost_micros, "actor": r.actor,
+                    "detail": r.detail,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "run_id": run.run_id, "workflow": run.workflow, "version": run.version, "status": run.status,
+            "started_at": run.started_at, "ended_at": run.ended_at, "started_by": run.started_by,
+            "error_kind": run.error_kind, "error_message": run.error_message, "failed_step": run.failed_step,
+            "entries": entries,
+        });
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     out!(
         "run {} — {} v{} — {} — started {} by {}",
         run.run_id,
@@ -320,9 +361,23 @@ pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::
         "day" => CostsBy::Day,
         _ => CostsBy::Workflow,
     };
-    out!("{:<40} {:>9} {:>14} {:>14}  cost", args.by, "attempts", "input tokens", "output tokens");
     let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
-    for r in queries::costs(w.db(), by, day(args.since).as_deref(), day(args.until).as_deref()).await? {
+    let rows = queries::costs(w.db(), by, day(args.since).as_deref(), day(args.until).as_deref()).await?;
+    if args.format == super::recovery::Format::Json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    args.by.as_str(): r.key, "attempts": r.attempts, "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens, "cost": r.cost_micros as f64 / 1e6, "currency": r.currency,
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!("{:<40} {:>9} {:>14} {:>14}  cost", args.by, "attempts", "input tokens", "output tokens");
+    for r in rows {
         let cost = money(r.cost_micros, r.currency.as_deref());
         out!("{:<40} {:>9} {:>14} {:>14}  {cost}", r.key, r.attempts, r.input_tokens, r.output_tokens);
     }
@@ -340,6 +395,21 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
         limit: args.limit,
         after: None,
     };
+    let rows = queries::audit(w.db(), &f).await?;
+    if args.format == super::recovery::Format::Json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "position": r.position, "recorded_at": r.recorded_at, "actor": r.actor, "action": r.action,
+                    "event_type": r.event_type, "outcome": r.outcome, "origin": r.origin, "resource": r.resource,
+                    "hash": r.hash, "denied": r.denied,
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     out!(
         "{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} hash",
         "position",
@@ -349,7 +419,7 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
         "outcome",
         "resource"
     );
-    for r in queries::audit(w.db(), &f).await? {
+    for r in rows {
         let hash: String = r.hash.chars().take(16).collect();
         out!(
             "{:>8} {:<27} {:<12} {:<22} {:<8} {:<48} {hash}…",
@@ -365,9 +435,23 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
 }
 
 /// `cairn inbox`.
-pub async fn inbox(database: &str, read: &ReadArgs) -> anyhow::Result<ExitCode> {
+pub async fn inbox(database: &str, read: &ReadArgs, args: InboxArgs) -> anyhow::Result<ExitCode> {
     let w = catch_up(database, read).await?;
     let rows = queries::inbox(w.db()).await?;
+    if args.format == super::recovery::Format::Json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "run_id": r.run_id, "step_id": r.step_id, "kind": r.kind, "assignees": r.assignees,
+                    "summary": r.summary, "requested_at": r.requested_at, "deadline": r.deadline,
+                    "status": r.status, "decisions": r.decisions,
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if rows.is_empty() {
         out!("nothing waits for people");
     }
