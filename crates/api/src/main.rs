@@ -59,6 +59,9 @@ enum Command {
     /// The published workflows: list them, show one's versions and source.
     #[command(subcommand)]
     Workflows(commands::workflows::WorkflowsCommand),
+    /// Runs, failure rate and p50/p95 durations by workflow and by step
+    /// over a period.
+    Report(commands::report::Args),
     /// Print a shell completion script: `cairn completions bash >
     /// /etc/bash_completion.d/cairn` (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
             Command::Runs(args) => commands::runs::list(&cli.database, &cli.read, args).await,
             Command::Start(args) => commands::run::start(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Workflows(cmd) => commands::workflows::run(&cli.database, &cli.read, cmd).await,
+            Command::Report(args) => commands::report::run(&cli.database, &cli.read, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;
                 clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());

@@ -1,7 +1,8 @@
 //! The CLI for scripts: `cairn runs` filters (`--workflow`, `--status`,
 //! `--since`, `--limit`) and formats (`json`, `ids`), `cairn start NAME`
 //! (a published workflow by name; `--wait`), `cairn workflows list|show`,
-//! `--format json` on history, inbox, audit and costs, and shell completions. Before: `cairn runs` had no filters (the README
+//! `--format json` on history, inbox, audit and costs, `cairn report`, and
+//! shell completions. Before: `cairn runs` had no filters (the README
 //! scraped it with `awk`), there was no way to start a published workflow
 //! by name, and no completions. On SQLite and PostgreSQL.
 #![allow(missing_docs)]
@@ -105,6 +106,31 @@ fn scripting(url: &str) {
     let audit = audit.as_array().expect("array");
     assert!(!audit.is_empty() && audit.iter().all(|a| a["hash"].as_str().is_some_and(|h| h.len() == 64)), "{audit:?}");
     assert!(json_of(url, &["costs", "--by", "model", "--format", "json"]).is_array());
+
+    // `report`: runs and failure rate by workflow, attempts by step, p50/p95.
+    let report = json_of(url, &["report", "--since", "1h", "--format", "json"]);
+    let routing = &report["workflows"]["order-routing"];
+    assert_eq!((routing["total"].as_u64(), routing["by_status"]["completed"].as_u64()), (Some(2), Some(2)), "{report}");
+    assert_eq!(routing["failure_rate"], 0.0);
+    assert!(routing["p50_ms"].is_u64() && routing["p95_ms"].as_u64() >= routing["p50_ms"].as_u64(), "{routing}");
+    let payment = &report["workflows"]["approve-payment"];
+    assert_eq!((payment["total"].as_u64(), payment["by_status"]["waiting"].as_u64()), (Some(2), Some(2)), "{report}");
+    assert!(payment["failure_rate"].is_null() && payment["p50_ms"].is_null(), "nothing ended: {payment}");
+    let steps = report["steps"].as_array().expect("steps");
+    let standard =
+        steps.iter().find(|s| s["workflow"] == "order-routing" && s["step"] == "standard").expect("standard");
+    assert_eq!(
+        (standard["total"].as_u64(), standard["by_status"]["failed"].as_u64()),
+        (Some(3), Some(2)),
+        "{standard}"
+    );
+    let text_report = lines(url, &["report", "--workflow", "order-routing"]);
+    assert!(text_report.iter().any(|l| l.starts_with("order-routing") && l.contains("66.7%")), "{text_report:?}");
+    assert!(!text_report.iter().any(|l| l.contains("approve-payment")), "filtered: {text_report:?}");
+    let empty = json_of(url, &["report", "--since", "2099-01-01", "--format", "json"]);
+    assert!(empty["workflows"].as_object().is_some_and(|w| w.is_empty()) && empty["steps"] == json!([]), "{empty}");
+    let swapped = common::cairn_url(url, &["report", "--since", "1h", "--until", "2h"]);
+    assert!(!swapped.status.success() && text(&swapped).contains("swap them"), "{}", text(&swapped));
 
     // `workflows list|show`.
     let list = json_of(url, &["workflows", "list", "--format", "json"]);

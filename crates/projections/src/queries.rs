@@ -180,3 +180,40 @@ pub async fn workflow_streams(db: &ReadDb) -> Result<Vec<String>, DbError> {
         .filter_map(|r| r.into_iter().next().and_then(|v| v.as_text().map(str::to_owned)))
         .collect())
 }
+
+/// The step attempts (`attempt` and `ai` entries of the history) of the
+/// runs that `f` selects (its workflow, status, since and until; no
+/// limit): `(workflow, step, status, duration in ms)`, for reports.
+pub async fn step_attempts(db: &ReadDb, f: &RunFilter) -> Result<Vec<(String, String, String, Option<i64>)>, DbError> {
+    let mut conds = vec!["h.kind IN ('attempt', 'ai')".to_owned()];
+    let mut args: Vec<Val> = Vec::new();
+    let mut arg = |v: Val| {
+        args.push(v);
+        format!("${}", args.len())
+    };
+    if let Some(w) = &f.workflow {
+        conds.push(format!("r.workflow = {}", arg(Val::from(w.as_str()))));
+    }
+    if let Some(x) = &f.status {
+        conds.push(format!("r.status = {}", arg(Val::from(x.as_str()))));
+    }
+    if let Some(t) = &f.since {
+        conds.push(format!("r.started_at >= {}", arg(Val::from(t.as_str()))));
+    }
+    if let Some(t) = &f.until {
+        conds.push(format!("r.started_at < {}", arg(Val::from(t.as_str()))));
+    }
+    let sql = format!(
+        "SELECT r.workflow, h.step_id, h.status, h.duration_ms FROM step_history h JOIN runs r ON r.run_id = h.run_id WHERE {} ORDER BY r.workflow, h.step_id",
+        conds.join(" AND ")
+    );
+    Ok(db
+        .rows(&sql, &args)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let text = |i: usize| r.get(i).and_then(Val::as_text).unwrap_or_default().to_owned();
+            (text(0), text(1), text(2), r.get(3).and_then(Val::as_int))
+        })
+        .collect())
+}

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod people;
 pub mod read;
 pub mod recovery;
+pub mod report;
 pub mod run;
 pub mod runs;
 pub mod setup;
