@@ -4,6 +4,7 @@ pub mod console;
 pub mod demo;
 pub mod events;
 pub mod export;
+pub mod format;
 pub mod keys;
 pub mod people;
 pub mod read;

@@ -74,7 +74,7 @@ pub struct HistoryArgs {
     pub run: String,
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: super::recovery::Format,
+    pub format: super::format::Format,
 }
 
 /// Arguments of `cairn inbox`.
@@ -82,7 +82,7 @@ pub struct HistoryArgs {
 pub struct InboxArgs {
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: super::recovery::Format,
+    pub format: super::format::Format,
 }
 
 /// Arguments of `cairn costs`.
@@ -99,7 +99,7 @@ pub struct CostsArgs {
     pub until: Option<chrono::NaiveDate>,
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: super::recovery::Format,
+    pub format: super::format::Format,
 }
 
 /// Arguments of `cairn audit`.
@@ -122,7 +122,7 @@ pub struct AuditArgs {
     pub limit: i64,
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: super::recovery::Format,
+    pub format: super::format::Format,
 }
 
 /// Opens the store, the read models and a worker over them.
@@ -275,7 +275,7 @@ pub async fn history(database: &str, read: &ReadArgs, args: HistoryArgs) -> anyh
         eprintln!("error: no run with id {} (see `cairn runs`)", args.run);
         return Ok(codes::exit("unknown-run"));
     };
-    if args.format == super::recovery::Format::Json {
+    if args.format == super::format::Format::Json {
         let entries: Vec<serde_json::Value> = queries::history(w.db(), &args.run)
             .await?
             .into_iter()
@@ -363,7 +363,7 @@ pub async fn costs(database: &str, read: &ReadArgs, args: CostsArgs) -> anyhow::
     };
     let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
     let rows = queries::costs(w.db(), by, day(args.since).as_deref(), day(args.until).as_deref()).await?;
-    if args.format == super::recovery::Format::Json {
+    if args.format == super::format::Format::Json {
         let items: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
@@ -396,7 +396,7 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
         after: None,
     };
     let rows = queries::audit(w.db(), &f).await?;
-    if args.format == super::recovery::Format::Json {
+    if args.format == super::format::Format::Json {
         let items: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
@@ -438,7 +438,7 @@ pub async fn audit(database: &str, read: &ReadArgs, args: AuditArgs) -> anyhow::
 pub async fn inbox(database: &str, read: &ReadArgs, args: InboxArgs) -> anyhow::Result<ExitCode> {
     let w = catch_up(database, read).await?;
     let rows = queries::inbox(w.db()).await?;
-    if args.format == super::recovery::Format::Json {
+    if args.format == super::format::Format::Json {
         let items: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {

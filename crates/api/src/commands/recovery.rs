@@ -17,14 +17,7 @@ use uuid::Uuid;
 use super::read::ReadArgs;
 use super::setup::SetupArgs;
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// For people (coloured on a terminal).
-    Text,
-    /// JSON, for tools.
-    Json,
-}
+pub use super::format::Format;
 
 /// Arguments of `cairn resume`.
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use cairn_projections::queries;
 
-use super::recovery::Format;
+use super::format::Format;
 
 /// Arguments of `cairn report`.
 #[derive(Debug, clap::Args)]

@@ -281,7 +281,7 @@ pub struct StartArgs {
     /// `text`: the run id (with `--wait`, then the output); `json`: an
     /// object with `run_id`, `status` and, when it ended, `output` or `error`.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: super::recovery::Format,
+    pub format: super::format::Format,
 }
 
 /// `cairn start NAME`: starts a published workflow; prints the run id.
@@ -291,7 +291,7 @@ pub async fn start(
     setup: &super::setup::SetupArgs,
     args: StartArgs,
 ) -> anyhow::Result<ExitCode> {
-    let json = args.format == super::recovery::Format::Json;
+    let json = args.format == super::format::Format::Json;
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let secrets = super::setup::load_secrets(args.secrets_file.as_deref())?;
     let engine = super::setup::engine(database, setup, secrets).await?;

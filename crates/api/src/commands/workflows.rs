@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use cairn_events::{Event, EventStore};
 
-use super::recovery::Format;
+use super::format::Format;
 
 /// `cairn workflows`.
 #[derive(Debug, clap::Subcommand)]
