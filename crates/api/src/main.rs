@@ -56,7 +56,8 @@ enum Command {
     /// Start a published workflow by name; print the run id (`--wait`:
     /// drive it here and print its output).
     Start(commands::run::StartArgs),
-    /// The published workflows: list them, show one's versions and source.
+    /// The published workflows: list them, show one's versions and source,
+    /// archive one.
     #[command(subcommand)]
     Workflows(commands::workflows::WorkflowsCommand),
     /// Runs, failure rate and p50/p95 durations by workflow and by step
@@ -176,7 +177,9 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::run::publish(&cli.database, &cli.setup, args).await,
             Command::Runs(args) => commands::runs::list(&cli.database, &cli.read, args).await,
             Command::Start(args) => commands::run::start(&cli.database, &cli.read, &cli.setup, args).await,
-            Command::Workflows(cmd) => commands::workflows::run(&cli.database, &cli.read, cmd).await,
+            Command::Workflows(cmd) => {
+                commands::workflows::run(&cli.database, &cli.read, cli.setup.identity.as_deref(), cmd).await
+            }
             Command::Report(args) => commands::report::run(&cli.database, &cli.read, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

@@ -1,8 +1,9 @@
 //! The CLI for scripts: `cairn runs` filters (`--workflow`, `--status`,
 //! `--since`, `--limit`) and formats (`json`, `ids`), `cairn start NAME`
 //! (a published workflow by name; `--wait`), `cairn workflows list|show`,
-//! `--format json` on history, inbox, audit and costs, `cairn report`, and
-//! shell completions. Before: `cairn runs` had no filters (the README
+//! `cairn workflows archive`, `--format json` on history, inbox, audit, costs,
+//! keys, projections status and quarantine, `cairn report`, and shell
+//! completions. Before: `cairn runs` had no filters (the README
 //! scraped it with `awk`), there was no way to start a published workflow
 //! by name, and no completions. On SQLite and PostgreSQL.
 #![allow(missing_docs)]
@@ -149,6 +150,36 @@ fn scripting(url: &str) {
     assert!(!missing.status.success() && text(&missing).contains("has no version 3; it has 1"), "{}", text(&missing));
     let none = common::cairn_url(url, &["workflows", "show", "nope"]);
     assert!(!none.status.success() && text(&none).contains("cairn workflows list"), "{}", text(&none));
+
+    // An archived workflow takes no new runs, from the CLI as over HTTP.
+    let archived = common::cairn_url(url, &["workflows", "archive", "order-routing", "--as", "ops"]);
+    assert!(archived.status.success(), "{}", text(&archived));
+    let list = json_of(url, &["workflows", "list", "--format", "json"]);
+    assert_eq!((list[1]["name"].as_str(), list[1]["archived"].as_bool()), (Some("order-routing"), Some(true)));
+    let refused = common::cairn_url(url, &["start", "order-routing", "-i", "total=20"]);
+    assert!(!refused.status.success() && text(&refused).contains("is archived"), "{}", text(&refused));
+    assert_eq!(lines(url, &["runs", "--workflow", "order-routing", "--format", "ids"]).len(), 2, "nothing started");
+    let audit = text(&common::cairn_url(url, &["audit", "--actor", "ops"]));
+    assert!(audit.contains("order-routing"), "the archive is in the audit log: {audit}");
+
+    // The other lists as JSON.
+    let quarantine = json_of(url, &["quarantine", "list", "--format", "json"]);
+    assert_eq!(quarantine, json!({"quarantined": [], "probation": []}));
+    let status = json_of(url, &["projections", "status", "--format", "json"]);
+    let status = status.as_array().expect("array");
+    assert!(!status.is_empty() && status.iter().all(|p| p["lag_events"] == 0 && p["stopped"].is_null()), "{status:?}");
+    let created = common::cairn_url(url, &["keys", "create", "--name", "bot", "--role", "viewer"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let keys = json_of(url, &["keys", "list", "--format", "json"]);
+    assert_eq!(
+        (keys[0]["name"].as_str(), keys[0]["role"].as_str(), keys[0]["revoked"].as_bool()),
+        (Some("bot"), Some("viewer"), Some(false))
+    );
+    assert!(
+        !String::from_utf8_lossy(&created.stdout).trim().is_empty()
+            && !keys.to_string().contains(String::from_utf8_lossy(&created.stdout).trim()),
+        "never the secret"
+    );
 }
 
 #[test]

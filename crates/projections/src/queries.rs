@@ -130,29 +130,36 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
+/// The conditions on `runs` (its columns prefixed by `prefix`) of the
+/// filter's workflow, status, since and until, with their arguments
+/// (`$1`…), for the statements that select runs.
+fn run_conditions(f: &RunFilter, prefix: &str) -> (Vec<String>, Vec<Val>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<Val> = Vec::new();
+    for (col, op, v) in [
+        ("workflow", "=", &f.workflow),
+        ("status", "=", &f.status),
+        ("started_at", ">=", &f.since),
+        ("started_at", "<", &f.until),
+    ] {
+        if let Some(v) = v {
+            args.push(Val::from(v.as_str()));
+            conds.push(format!("{prefix}{col} {op} ${}", args.len()));
+        }
+    }
+    (conds, args)
+}
+
 /// A page of runs, newest first. Only the filters given are in the
 /// statement, so the planner walks the index that serves them in order
 /// (`runs_by_workflow`, `runs_by_status`, `runs_by_start`) and stops after
 /// a page: a page costs the same on the 100,000th run.
 pub async fn runs_page(db: &ReadDb, f: &RunFilter) -> Result<Vec<RunRow>, DbError> {
-    let mut conds: Vec<String> = Vec::new();
-    let mut args: Vec<Val> = Vec::new();
+    let (mut conds, mut args) = run_conditions(f, "");
     let mut arg = |v: Val| {
         args.push(v);
         format!("${}", args.len())
     };
-    if let Some(w) = &f.workflow {
-        conds.push(format!("workflow = {}", arg(Val::from(w.as_str()))));
-    }
-    if let Some(x) = &f.status {
-        conds.push(format!("status = {}", arg(Val::from(x.as_str()))));
-    }
-    if let Some(t) = &f.since {
-        conds.push(format!("started_at >= {}", arg(Val::from(t.as_str()))));
-    }
-    if let Some(t) = &f.until {
-        conds.push(format!("started_at < {}", arg(Val::from(t.as_str()))));
-    }
     if let Some((at, id)) = &f.before {
         let (a, b) = (arg(Val::from(at.as_str())), arg(Val::from(id.as_str())));
         conds.push(format!("(started_at, run_id) < ({a}, {b})"));
@@ -185,24 +192,8 @@ pub async fn workflow_streams(db: &ReadDb) -> Result<Vec<String>, DbError> {
 /// runs that `f` selects (its workflow, status, since and until; no
 /// limit): `(workflow, step, status, duration in ms)`, for reports.
 pub async fn step_attempts(db: &ReadDb, f: &RunFilter) -> Result<Vec<(String, String, String, Option<i64>)>, DbError> {
-    let mut conds = vec!["h.kind IN ('attempt', 'ai')".to_owned()];
-    let mut args: Vec<Val> = Vec::new();
-    let mut arg = |v: Val| {
-        args.push(v);
-        format!("${}", args.len())
-    };
-    if let Some(w) = &f.workflow {
-        conds.push(format!("r.workflow = {}", arg(Val::from(w.as_str()))));
-    }
-    if let Some(x) = &f.status {
-        conds.push(format!("r.status = {}", arg(Val::from(x.as_str()))));
-    }
-    if let Some(t) = &f.since {
-        conds.push(format!("r.started_at >= {}", arg(Val::from(t.as_str()))));
-    }
-    if let Some(t) = &f.until {
-        conds.push(format!("r.started_at < {}", arg(Val::from(t.as_str()))));
-    }
+    let (mut conds, args) = run_conditions(f, "r.");
+    conds.push("h.kind IN ('attempt', 'ai')".to_owned());
     let sql = format!(
         "SELECT r.workflow, h.step_id, h.status, h.duration_ms FROM step_history h JOIN runs r ON r.run_id = h.run_id WHERE {} ORDER BY r.workflow, h.step_id",
         conds.join(" AND ")

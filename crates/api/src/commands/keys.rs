@@ -22,7 +22,11 @@ pub enum KeysCommand {
         identity: Option<String>,
     },
     /// List keys (never their secrets).
-    List,
+    List {
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::format::Format,
+    },
     /// Say whose a key is (read from CAIRN_API_KEY or standard input, never
     /// an argument); exit 1 when it is unknown or revoked.
     Check,
@@ -61,8 +65,21 @@ pub async fn run(database: &str, setup: &super::setup::SetupArgs, cmd: KeysComma
             eprintln!("send it as `Authorization: Bearer <key>`");
             out!("{full}");
         }
-        KeysCommand::List => {
+        KeysCommand::List { format } => {
             let keys = Keys::load(&store).await?;
+            if format == super::format::Format::Json {
+                let all: Vec<serde_json::Value> = keys
+                    .all()
+                    .map(|k| {
+                        serde_json::json!({
+                            "key_id": k.key_id, "name": k.name, "role": k.role.name(),
+                            "identity": k.identity, "revoked": k.revoked,
+                        })
+                    })
+                    .collect();
+                out!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut any = false;
             for k in keys.all() {
                 any = true;

@@ -25,7 +25,11 @@ pub struct ReadArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ProjectionsCommand {
     /// Each projection's checkpoint, the log's head, and the lag.
-    Status,
+    Status {
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::format::Format,
+    },
     /// Run the projections as a worker until interrupted (Ctrl-C).
     Run {
         /// Poll interval when no wake-up arrives, in milliseconds.
@@ -150,7 +154,24 @@ pub async fn catch_up(database: &str, read: &ReadArgs) -> anyhow::Result<Worker>
 pub async fn projections(database: &str, read: &ReadArgs, cmd: ProjectionsCommand) -> anyhow::Result<ExitCode> {
     let (store, w) = worker(database, read).await?;
     match cmd {
-        ProjectionsCommand::Status => {
+        ProjectionsCommand::Status { format: super::format::Format::Json } => {
+            let all = w.status().await?;
+            let items: Vec<serde_json::Value> = all
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name, "position": s.position, "head": s.head, "lag_events": s.lag_events,
+                        "lag_seconds": s.lag_seconds, "parked": s.parked,
+                        "stopped": s.error.as_ref().map(|(at, e)| serde_json::json!({"position": at, "error": e})),
+                    })
+                })
+                .collect();
+            out!("{}", serde_json::to_string_pretty(&items)?);
+            if all.iter().any(|s| s.error.is_some()) {
+                return Ok(codes::exit("projection-stopped"));
+            }
+        }
+        ProjectionsCommand::Status { .. } => {
             out!("{:<14} {:>10} {:>10} {:>10} {:>9}  state", "projection", "checkpoint", "head", "lag", "lag (s)");
             let mut stopped = false;
             for s in w.status().await? {

@@ -148,12 +148,7 @@ pub async fn run(
     let (run_id, mut state) = match engine.run(&workflow, version, inputs, &started_by, &mut progress).await {
         Ok(done) => done,
         Err(cairn_runtime::RunError::InvalidInputs { workflow, errors }) => {
-            eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
-            for e in &errors {
-                eprintln!("  {}: {}", e.path, e.message);
-            }
-            eprintln!("nothing was run; pass valid values with --input NAME=VALUE");
-            return Ok(codes::exit("invalid-inputs"));
+            return Ok(invalid_inputs(&workflow, &errors, "run"));
         }
         Err(cairn_runtime::RunError::Definition { name, message, .. }) => {
             eprintln!("error: child workflow `{name}`: {message}");
@@ -175,6 +170,17 @@ pub async fn run(
         p.finish().await;
     }
     super::people::finish(&engine, run_id, &state).await
+}
+
+/// Says which inputs do not satisfy `workflow`'s `inputs` schema and that
+/// nothing was `done`; the exit code.
+fn invalid_inputs(workflow: &str, errors: &[cairn_events::SchemaViolation], done: &str) -> ExitCode {
+    eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
+    for e in errors {
+        eprintln!("  {}: {}", e.path, e.message);
+    }
+    eprintln!("nothing was {done}; pass valid values with --input NAME=VALUE");
+    codes::exit("invalid-inputs")
 }
 
 /// Drives every run that started and has not ended to its end.
@@ -311,17 +317,16 @@ pub async fn start(
         eprintln!("error: workflow `{name}` has no version {version} (the latest is {})", latest.unwrap_or(0));
         return Ok(codes::exit("unknown-version"));
     }
+    if super::workflows::published(&**engine.store(), name).await?.is_some_and(|p| p.archived) {
+        eprintln!("error: workflow `{name}` is archived and takes no new runs");
+        return Ok(codes::exit("workflow-archived"));
+    }
     let w = engine.definition(name, version).await?;
     let started_by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
     let run_id = match engine.start(&w, version, inputs, &started_by).await {
         Ok(id) => id,
         Err(cairn_runtime::RunError::InvalidInputs { workflow, errors }) => {
-            eprintln!("error: the inputs do not satisfy the `inputs` schema of `{workflow}`:");
-            for e in &errors {
-                eprintln!("  {}: {}", e.path, e.message);
-            }
-            eprintln!("nothing was started; pass valid values with --input NAME=VALUE");
-            return Ok(codes::exit("invalid-inputs"));
+            return Ok(invalid_inputs(&workflow, &errors, "started"));
         }
         Err(e) => return Err(e.into()),
     };

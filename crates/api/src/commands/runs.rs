@@ -210,7 +210,11 @@ pub async fn cancel(database: &str, actor: Option<&str>, args: CancelArgs) -> an
 pub enum QuarantineCommand {
     /// List quarantined runs, and runs on probation (a process died while
     /// driving them, or is driving them now).
-    List,
+    List {
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::format::Format,
+    },
     /// Release a quarantined run: `cairn serve` drives it again (a running
     /// server within seconds), as do `cairn continue` and `cairn run`.
     Release {
@@ -227,7 +231,22 @@ pub async fn quarantine(database: &str, cmd: QuarantineCommand) -> anyhow::Resul
     let store = cairn_events::open_existing(database).await?;
     let ledger = cairn_runtime::quarantine::Ledger::read(&store).await?;
     match cmd {
-        QuarantineCommand::List => {
+        QuarantineCommand::List { format: super::format::Format::Json } => {
+            let quarantined: Vec<serde_json::Value> = ledger
+                .quarantined
+                .iter()
+                .map(|(run, (q, at))| serde_json::json!({ "run_id": run, "since": at, "reason": q.reason }))
+                .collect();
+            let mut suspects: Vec<_> = ledger.suspects.iter().collect();
+            suspects.sort();
+            let probation: Vec<serde_json::Value> = suspects
+                .into_iter()
+                .map(|(run, deaths)| serde_json::json!({ "run_id": run, "deaths": deaths }))
+                .collect();
+            let v = serde_json::json!({ "quarantined": quarantined, "probation": probation });
+            out!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        QuarantineCommand::List { .. } => {
             if ledger.quarantined.is_empty() && ledger.suspects.is_empty() {
                 out!("no run is quarantined or on probation");
             }

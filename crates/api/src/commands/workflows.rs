@@ -26,17 +26,25 @@ pub enum WorkflowsCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Archive a workflow: it takes no new runs (its runs go on); recorded
+    /// as `--as IDENTITY` (default `cli`).
+    Archive {
+        /// The workflow's name.
+        name: String,
+    },
 }
 
 /// A workflow as its stream has it.
-struct Published {
+pub(crate) struct Published {
     name: String,
-    archived: bool,
+    /// Archived: takes no new runs.
+    pub(crate) archived: bool,
     /// (version, hash, by, at, source), oldest first.
     versions: Vec<(u32, String, String, String, String)>,
 }
 
-async fn published(store: &dyn EventStore, name: &str) -> anyhow::Result<Option<Published>> {
+/// The workflow `name` as its stream has it; `None` when never published.
+pub(crate) async fn published(store: &dyn EventStore, name: &str) -> anyhow::Result<Option<Published>> {
     let events = store.read_stream(&cairn_events::workflow_stream(name), 1).await?;
     if events.is_empty() {
         return Ok(None);
@@ -64,9 +72,37 @@ fn summary(p: &Published) -> serde_json::Value {
     })
 }
 
-/// Runs `cairn workflows …`.
-pub async fn run(database: &str, read: &super::read::ReadArgs, cmd: WorkflowsCommand) -> anyhow::Result<ExitCode> {
+/// Runs `cairn workflows …` (as `actor`, the global `--as`).
+pub async fn run(
+    database: &str,
+    read: &super::read::ReadArgs,
+    actor: Option<&str>,
+    cmd: WorkflowsCommand,
+) -> anyhow::Result<ExitCode> {
     match cmd {
+        WorkflowsCommand::Archive { name } => {
+            let store = cairn_events::open_existing(database).await?;
+            let stream = cairn_events::workflow_stream(&name);
+            let Some(p) = published(&*store, &name).await? else {
+                eprintln!("error: no workflow named `{name}`; `cairn workflows list` lists them");
+                return Ok(codes::exit("unknown-workflow"));
+            };
+            if !p.archived {
+                let by = actor.unwrap_or("cli");
+                let e =
+                    Event::WorkflowArchived(cairn_events::WorkflowArchived { name: name.clone(), by: by.to_owned() });
+                let version = store.read_stream(&stream, 1).await?.len() as u64;
+                store
+                    .append(
+                        &stream,
+                        cairn_events::ExpectedVersion::Exact(version),
+                        vec![cairn_events::NewEvent::from_event(&e, cairn_events::Metadata::by(by))],
+                    )
+                    .await?;
+            }
+            out!("workflow {name} is archived: it takes no new runs");
+            Ok(ExitCode::SUCCESS)
+        }
         WorkflowsCommand::List { format } => {
             let w = super::read::catch_up(database, read).await?;
             let store = cairn_events::open_existing(database).await?;
