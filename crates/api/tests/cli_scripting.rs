@@ -180,6 +180,28 @@ fn scripting(url: &str) {
             && !keys.to_string().contains(String::from_utf8_lossy(&created.stdout).trim()),
         "never the secret"
     );
+
+    // An idempotency key starts at most one run (per identity); a retry
+    // prints the first run; the same key with other inputs is refused.
+    let keyed = |amount: &str, extra: &[&str]| {
+        let mut a = vec!["start", "approve-payment", "-i", amount, "-i", "payee=K", "--idempotency-key", "k1"];
+        a.extend_from_slice(extra);
+        common::cairn_url(url, &a)
+    };
+    let first = keyed("amount=9", &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    let again = keyed("amount=9", &[]);
+    assert!(again.status.success() && text(&again).contains("started with this key already"), "{}", text(&again));
+    assert_eq!(again.stdout, first.stdout, "the same run");
+    let other = keyed("amount=10", &[]);
+    assert!(!other.status.success() && text(&other).contains("another request"), "{}", text(&other));
+    let someone = keyed("amount=9", &["--as", "someone"]);
+    assert!(someone.status.success() && someone.stdout != first.stdout, "a key is per identity: {}", text(&someone));
+    assert_eq!(
+        lines(url, &["runs", "--workflow", "approve-payment", "--format", "ids"]).len(),
+        4,
+        "two new runs, not four"
+    );
 }
 
 #[test]

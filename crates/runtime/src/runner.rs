@@ -55,6 +55,25 @@ pub struct Start {
     pub drive: bool,
 }
 
+impl Start {
+    /// The run id an idempotency key names: the same identity and key
+    /// always give the same id, so the event store's "no such stream yet"
+    /// check lets exactly one start through (the HTTP API's
+    /// `Idempotency-Key` and `cairn start --idempotency-key` share it).
+    pub fn idempotent_id(identity: &str, key: &str) -> Uuid {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"cairn-idempotency\0");
+        h.update(identity.as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        let d = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d[..16]);
+        uuid::Builder::from_custom_bytes(b).into_uuid()
+    }
+}
+
 /// Where a run comes from, beside its workflow and inputs.
 #[derive(Debug, Default)]
 pub(crate) struct Origin {
@@ -465,6 +484,42 @@ impl Engine {
     /// pure decisions (up to the first effect) are recorded with `RunStarted`.
     pub async fn start(&self, w: &Workflow, version: u32, inputs: Value, started_by: &str) -> Result<Uuid, RunError> {
         Ok(self.start_with(w, version, inputs, started_by, Start::default()).await?.0)
+    }
+
+    /// Whether run `id` (an idempotency key's, see [`Start::idempotent_id`])
+    /// was started by the same request: `None` when no run has that id;
+    /// `Some(Err(why))` when it started another workflow, another version
+    /// (only when `pinned`: without one the key stands for the version the
+    /// first request got, so a retry after a deploy is the same request) or
+    /// other inputs (defaults filled in by the version it started with).
+    pub async fn same_start(
+        &self,
+        id: Uuid,
+        w: &Workflow,
+        version: u32,
+        pinned: bool,
+        inputs: &Value,
+    ) -> Result<Option<Result<(), String>>, RunError> {
+        let events = self.store.read_stream(&cairn_events::run_stream(id), 1).await?;
+        let Some(first) = events.first() else { return Ok(None) };
+        let Ok(Event::RunStarted(started)) = Event::decode(first) else {
+            return Ok(Some(Err(format!("run {id} does not begin with RunStarted: the key cannot be used"))));
+        };
+        let first_version = if pinned { version } else { started.workflow_version };
+        let same_version = started.workflow == w.name && started.workflow_version == first_version;
+        let with_defaults = if same_version && first_version != version {
+            self.definition(&started.workflow, first_version).await?.inputs_with_defaults(inputs)
+        } else {
+            w.inputs_with_defaults(inputs)
+        };
+        if same_version && started.inputs == with_defaults {
+            return Ok(Some(Ok(())));
+        }
+        let what = if same_version { "with other inputs".to_owned() } else { format!("not v{version}") };
+        Ok(Some(Err(format!(
+            "this idempotency key already started run {id} with another request ({} v{}, {what}); use a new key for a new run",
+            started.workflow, started.workflow_version
+        ))))
     }
 
     /// Starts a run with a chosen id and idempotency key; gives its id and

@@ -284,6 +284,11 @@ pub struct StartArgs {
     /// A file of `NAME=value` secret lines (with `--wait`).
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Start at most one run for this key (per `--as` identity, shared with
+    /// the HTTP API's `Idempotency-Key`): a retry with the same workflow and
+    /// inputs prints the run the first try started; other inputs are refused.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// `text`: the run id (with `--wait`, then the output); `json`: an
     /// object with `run_id`, `status` and, when it ended, `output` or `error`.
     #[arg(long, value_enum, default_value = "text")]
@@ -323,8 +328,22 @@ pub async fn start(
     }
     let w = engine.definition(name, version).await?;
     let started_by = setup.identity(engine.config()).unwrap_or_else(|| "cli".into());
-    let run_id = match engine.start(&w, version, inputs, &started_by).await {
-        Ok(id) => id,
+    let keyed = args.idempotency_key.as_ref().map(|k| cairn_runtime::Start::idempotent_id(&started_by, k));
+    if let Some(id) = keyed {
+        match engine.same_start(id, &w, version, pinned.is_some(), &inputs).await? {
+            None => {}
+            Some(Ok(())) => eprintln!("run {id} was started with this key already"),
+            Some(Err(why)) => {
+                eprintln!("error: {why}");
+                return Ok(codes::exit("idempotency-key-reused"));
+            }
+        }
+    }
+    let opts = cairn_runtime::Start { run_id: keyed, idempotency_key: args.idempotency_key.clone(), drive: false };
+    let run_id = match engine.start_with(&w, version, inputs, &started_by, opts).await {
+        Ok((id, _)) => id,
+        // Started with this key already (above, or by a racing start).
+        Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && keyed.is_some() => keyed.unwrap_or_default(),
         Err(cairn_runtime::RunError::InvalidInputs { workflow, errors }) => {
             return Ok(invalid_inputs(&workflow, &errors, "started"));
         }

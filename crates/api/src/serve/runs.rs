@@ -455,22 +455,6 @@ fn view(run_id: Uuid, s: &RunState, events: &[RecordedEvent]) -> ApiResult<RunVi
     })
 }
 
-/// The run id an idempotency key names: the same caller and key always
-/// give the same id, so the event store's "no such stream yet" check lets
-/// exactly one start through.
-fn idempotent_id(caller: &Caller, key: &str) -> Uuid {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"cairn-idempotency\0");
-    h.update(caller.identity.as_bytes());
-    h.update([0]);
-    h.update(key.as_bytes());
-    let d = h.finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    uuid::Builder::from_custom_bytes(b).into_uuid()
-}
-
 /// `Prefer: wait=N` (RFC 7240), if asked: how long to wait for the run to
 /// end before answering. As the RFC says, a preference the server does not
 /// understand is ignored, a `wait` whose value is not a number of seconds
@@ -570,7 +554,7 @@ pub async fn start(
     }
     let w = state.engine.definition(&body.workflow, version).await?;
     let inputs = Value::Object(body.inputs.unwrap_or_default());
-    let run_id = key.as_ref().map(|k| idempotent_id(&caller, k));
+    let run_id = key.as_ref().map(|k| cairn_runtime::Start::idempotent_id(&caller.identity, k));
     let pinned = body.version.is_some();
     if let Some(id) = run_id
         && let Some(r) = replay(&state, id, &w, version, pinned, &inputs, wait).await?
@@ -623,30 +607,16 @@ async fn replay(
     inputs: &Value,
     wait: Option<Duration>,
 ) -> ApiResult<Option<Response>> {
-    let events = state.store.read_stream(&cairn_events::run_stream(id), 1).await?;
-    let Some(first) = events.first() else { return Ok(None) };
-    let Event::RunStarted(started) = Event::decode(first)? else {
-        return Err(ApiError::internal("a run stream does not begin with RunStarted"));
-    };
-    let first_version = if pinned { version } else { started.workflow_version };
-    let same_version = started.workflow == w.name && started.workflow_version == first_version;
-    // Defaults are filled in by the version the run started with.
-    let with_defaults = if same_version && first_version != version {
-        state.engine.definition(&started.workflow, first_version).await?.inputs_with_defaults(inputs)
-    } else {
-        w.inputs_with_defaults(inputs)
-    };
-    if !same_version || started.inputs != with_defaults {
-        let what = if same_version { "with other inputs".to_owned() } else { format!("not v{version}") };
-        return Err(ApiError::unprocessable(
-            "idempotency-key-reused",
-            format!(
-                "this Idempotency-Key already started run {id} with another request ({} v{}, {what}); \
-                 use a new key for a new run",
-                started.workflow, started.workflow_version
-            ),
-            vec![FieldProblem::new("Idempotency-Key", "already used for a different request")],
-        ));
+    match state.engine.same_start(id, w, version, pinned, inputs).await? {
+        None => return Ok(None),
+        Some(Ok(())) => {}
+        Some(Err(why)) => {
+            return Err(ApiError::unprocessable(
+                "idempotency-key-reused",
+                why.replace("idempotency key", "Idempotency-Key"),
+                vec![FieldProblem::new("Idempotency-Key", "already used for a different request")],
+            ));
+        }
     }
     if let Some(w) = wait {
         wait_for_end(state, id, w, None).await?;
