@@ -129,3 +129,14 @@ fn the_editor_schema_accepts_every_example() {
             .expect("yaml");
     assert!(!validator.is_valid(&typo), "a misspelt field is flagged");
 }
+
+/// The licence the workspace declares is the one in `LICENSE` (before:
+/// `license = "Apache-2.0"` with no LICENSE file).
+#[test]
+fn the_declared_licence_is_in_the_repository() {
+    let root = docs().join("..");
+    let license = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"), "Apache-2.0 text");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("license = \"Apache-2.0\""), "the workspace declares Apache-2.0");
+}

@@ -81,6 +81,13 @@ fn generator(contract: Contract) -> SchemaGenerator {
     s.definitions_path = "/components/schemas".into();
     s.meta_schema = None;
     s.contract = contract;
+    // Every subschema an object (`items: true` → `{}`): JSON Schema 2020-12
+    // allows booleans, but client generators (openapi-python-client,
+    // openapi-generator) read only objects; `additionalProperties` keeps its
+    // boolean, which they all read.
+    let mut objects = schemars::transform::ReplaceBoolSchemas::default();
+    objects.skip_additional_properties = true;
+    s.transforms.push(Box::new(objects));
     s.into_generator()
 }
 
@@ -395,56 +402,6 @@ impl Api {
             },
             "security": [{ "apiKey": [] }],
         });
-        let mut doc = doc;
-        no_boolean_schemas(&mut doc);
         (router, doc, self.access)
-    }
-}
-
-/// Writes every boolean subschema (`items: true`, a property that is
-/// `true`) as the object it means (`{}`, or `{"not": {}}` for `false`):
-/// JSON Schema 2020-12 allows both, but client generators
-/// (openapi-python-client, openapi-generator) only read objects.
-/// `additionalProperties` keeps its boolean, which every generator reads.
-fn no_boolean_schemas(v: &mut Value) {
-    fn schema(v: &mut Value) {
-        match v {
-            Value::Bool(b) => *v = if *b { json!({}) } else { json!({"not": {}}) },
-            Value::Object(o) => {
-                for (k, sub) in o.iter_mut() {
-                    match k.as_str() {
-                        "items" | "not" | "contains" | "propertyNames" | "if" | "then" | "else"
-                        | "unevaluatedItems" => schema(sub),
-                        "additionalProperties" | "unevaluatedProperties" if sub.is_object() => schema(sub),
-                        "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
-                            if let Value::Object(m) = sub {
-                                m.values_mut().for_each(schema);
-                            }
-                        }
-                        "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
-                            if let Value::Array(a) = sub {
-                                a.iter_mut().for_each(schema);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    match v {
-        Value::Object(o) => {
-            for (k, sub) in o.iter_mut() {
-                match (k.as_str(), sub) {
-                    ("schema", sub) => schema(sub),
-                    ("schemas", Value::Object(m)) => m.values_mut().for_each(schema),
-                    ("example" | "examples", _) => {}
-                    (_, sub) => no_boolean_schemas(sub),
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(no_boolean_schemas),
-        _ => {}
     }
 }
