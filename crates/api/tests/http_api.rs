@@ -1927,7 +1927,119 @@ async fn an_approval_decision_carries_checked_values(url: &str) {
     assert!(p.text.contains("asks for no fields"), "{}", p.text);
 }
 
+/// `/metrics` (issue 21 point 4): a scrape needs a key; the counters move
+/// with what the server did (runs started and ended by workflow and status,
+/// step durations, failures, retries, AI attempts, tokens and cost, the
+/// lateness of a timer), and the gauges read at scrape time follow the
+/// task queue and the read models.
+async fn metrics_count_what_the_server_did(url: &str) {
+    let cfg = tempfile::tempdir().expect("dir");
+    let cfg_path = cfg.path().join("cairn.yaml");
+    std::fs::write(
+        &cfg_path,
+        "models:\n  priced:\n    provider: scripted\n    model: scripted\n    input_per_million: 2.0\n    \
+         output_per_million: 4.0\n    currency: EUR\n",
+    )
+    .expect("config");
+    let s = Server::start_with(&["--config", cfg_path.to_str().expect("path")], &[("CAIRN_DATABASE_URL", url)]);
+    let k = s.key("root", "admin", "root");
+    let viewer = s.key("prom", "viewer", "prometheus");
+    s.send("GET", "/metrics", None, None, &[]).await.problem(401, "unauthenticated");
+    let before = s.metrics(&viewer).await;
+    assert_eq!(before.get("cairn_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0, "{}", before.1);
+    assert!(before.1.contains("# HELP cairn_projection_lag_events"), "{}", before.1);
+
+    let flows = [
+        "name: quick\nsteps:\n  - id: a\n    task: echo\n    with: { n: 1 }\n  - id: b\n    task: echo\n    with: { n: 2 }\n",
+        "name: flaky\nsteps:\n  - id: boom\n    task: fail\n    with: { kind: net.reset, retryable: true }\n    \
+         retry: { max_attempts: 2, initial_interval: 10ms }\n",
+        "name: nap\nsteps:\n  - id: pause\n    wait: { for: 1s }\n",
+        "name: long\nsteps:\n  - id: pause\n    wait: { for: 1h }\n",
+        "name: queued\nsteps:\n  - id: work\n    queue: metrics.q\n",
+        "name: summarise\nsteps:\n  - id: sum\n    ai:\n      model: priced\n      prompt: Summarise.\n      scripted:\n        \
+         - '{\"oops\": 1}'\n        - { content: '{\"summary\": \"quiet\"}', input_tokens: 120, output_tokens: 30 }\n    \
+         output_contract: { type: object, required: [summary], properties: { summary: { type: string } } }\n",
+    ];
+    for f in flows {
+        let r = s.post_yaml("/workflows", &k, f).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let start = |wf: &'static str| {
+        let s = &s;
+        let k = k.clone();
+        async move {
+            let body = json!({ "workflow": wf }).to_string().into_bytes();
+            let r = s.send("POST", "/runs", Some(&k), Some(("application/json", body)), &[("prefer", "wait=20")]).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            r.json
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(start("quick").await["status"], "completed");
+    }
+    assert_eq!(start("flaky").await["status"], "failed");
+    assert_eq!(start("nap").await["status"], "completed");
+    assert_eq!(start("summarise").await["status"], "completed");
+    let long =
+        s.post("/runs", &k, &json!({ "workflow": "long" })).await.json["run_id"].as_str().expect("id").to_owned();
+    let r = s.post(&format!("/runs/{long}/cancel"), &k, &json!({ "reason": "not needed" })).await;
+    assert!(r.status < 300, "{}", r.text);
+    let queued = s.post("/runs", &k, &json!({ "workflow": "queued" })).await;
+    assert_eq!(queued.status, 201, "{}", queued.text);
+
+    let m = s.metrics(&viewer).await;
+    let wf = |w| [("workflow", w)];
+    let ended = |w, status| m.get("cairn_runs_ended_total", &[("workflow", w), ("status", status)]);
+    assert_eq!(m.get("cairn_runs_started_total", &wf("quick")), 2.0, "{}", m.1);
+    assert_eq!(ended("quick", "completed"), 2.0, "{}", m.1);
+    assert_eq!(ended("flaky", "failed"), 1.0, "{}", m.1);
+    assert_eq!(ended("long", "cancelled"), 1.0, "{}", m.1);
+    assert_eq!(ended("nap", "completed"), 1.0, "{}", m.1);
+    assert_eq!(m.get("cairn_runs_started_total", &wf("queued")), 1.0, "{}", m.1);
+    assert_eq!(ended("queued", "completed"), 0.0, "{}", m.1);
+    // Histograms: a count per completed step attempt; the nap run lasted its second.
+    let steps = |step| m.get("cairn_step_duration_seconds_count", &[("workflow", "quick"), ("step", step)]);
+    assert_eq!((steps("a"), steps("b")), (2.0, 2.0), "{}", m.1);
+    let nap = [("workflow", "nap"), ("status", "completed")];
+    assert_eq!(m.get("cairn_run_duration_seconds_count", &nap), 1.0, "{}", m.1);
+    assert!(m.get("cairn_run_duration_seconds_sum", &nap) >= 1.0, "{}", m.1);
+    assert_eq!(
+        m.get("cairn_run_duration_seconds_bucket", &[("workflow", "nap"), ("status", "completed"), ("le", "0.5")]),
+        0.0,
+        "{}",
+        m.1
+    );
+    // Two failed attempts of the flaky step, one retry between them.
+    let boom = [("workflow", "flaky"), ("step", "boom"), ("error_kind", "net.reset")];
+    assert_eq!(m.get("cairn_step_failures_total", &boom), 2.0, "{}", m.1);
+    assert_eq!(m.get("cairn_retries_total", &[("workflow", "flaky"), ("step", "boom")]), 1.0, "{}", m.1);
+    // The AI step: its tokens and their price, in millionths of a euro.
+    let ai =
+        |k: &str, v: &str| m.get(&format!("cairn_ai_{k}"), &[("workflow", "summarise"), v.split_once('=').expect("l")]);
+    assert!(ai("attempts_total", "outcome=completed") >= 2.0, "{}", m.1);
+    assert!(ai("tokens_total", "direction=input") >= 120.0, "{}", m.1);
+    assert!(ai("tokens_total", "direction=output") >= 30.0, "{}", m.1);
+    assert!(ai("cost_micros_total", "currency=EUR") >= 360.0, "120 × 2 + 30 × 4 µ€: {}", m.1);
+    // The nap's timer was woken (its lateness observed).
+    assert!(m.get("cairn_wakeup_lateness_seconds_count", &[]) >= 1.0, "{}", m.1);
+    // Gauges at scrape: the queued task waits; the read models are there.
+    assert_eq!(m.get("cairn_task_queue_tasks", &[("queue", "metrics.q"), ("state", "offered")]), 1.0, "{}", m.1);
+    assert!(m.1.contains("cairn_projection_lag_events{projection=\"runs\"}"), "{}", m.1);
+    assert_eq!(m.get("cairn_runs_quarantined", &[]), 0.0, "{}", m.1);
+    // The queue drained: 0, not its last depth.
+    let w = s.key("w", "worker", "w");
+    let r = s.post("/tasks/poll", &w, &json!({ "queues": ["metrics.q"], "worker": "w1", "wait_ms": 2000 })).await;
+    let token = r.json["tasks"][0]["token"].as_str().unwrap_or_else(|| panic!("{}", r.text)).to_owned();
+    let r = s.post("/tasks/complete", &w, &json!({ "token": token, "output": { "ok": true } })).await;
+    assert!(r.status < 300, "{}", r.text);
+    s.wait_status(queued.json["run_id"].as_str().expect("id"), &k, &["completed"]).await;
+    let m = s.metrics(&viewer).await;
+    assert_eq!(m.get("cairn_task_queue_tasks", &[("queue", "metrics.q"), ("state", "offered")]), 0.0, "{}", m.1);
+    assert_eq!(m.get("cairn_runs_ended_total", &[("workflow", "queued"), ("status", "completed")]), 1.0, "{}", m.1);
+}
+
 on_both!(
+    metrics_count_what_the_server_did,
     a_server_on_two_threads_drives_and_answers,
     a_loop_of_waits_completes_under_the_server,
     a_start_can_wait_for_the_run_to_end,

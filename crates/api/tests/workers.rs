@@ -132,6 +132,9 @@ async fn a_killed_servers_runs_are_taken_over_by_the_survivor(url: &str) {
     }
     let log = survivor.logs();
     assert!(log.contains("taking over the runs of a worker that is gone"), "{log}");
+    // Counted: each of the ten runs was taken over once.
+    let m = survivor.metrics(&key).await;
+    assert_eq!(m.get("cairn_lease_takeovers_total", &[]), 10.0, "{}", m.1);
     // The log is intact.
     let v = survivor.cairn(&["verify"]);
     assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
@@ -180,9 +183,27 @@ async fn an_api_process_and_a_worker_process_split_the_work(url: &str) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(counter.total(), 0, "the API process drives nothing");
     assert_eq!(api.get(&format!("/runs/{id}"), &key).await.json["status"], "running");
-    let mut worker = Worker::start(&api.db_url, api.dir.path());
+    let mut worker = Worker::start_with(&api.db_url, api.dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
     all_reach(&api, &key, std::slice::from_ref(&id), "completed", Duration::from_secs(10)).await;
     assert_eq!((counter.count("first-1"), counter.count("second-1")), (1, 1));
+    // Each process counts what it did: the API process started the run,
+    // the worker drove it to its end (and woke it from its timer).
+    let run = [("workflow", "two-calls")];
+    let ended = [("workflow", "two-calls"), ("status", "completed")];
+    let m = api.metrics(&key).await;
+    assert_eq!(
+        (m.get("cairn_runs_started_total", &run), m.get("cairn_runs_ended_total", &ended)),
+        (1.0, 0.0),
+        "{}",
+        m.1
+    );
+    let url = worker.metrics.clone().unwrap_or_else(|| panic!("no metrics address: {}", worker.logs()));
+    let text = api.client().get(&url).send().await.expect("scrape").text().await.expect("text");
+    let w = server::Scrape::parse(&text);
+    assert_eq!(w.get("cairn_runs_ended_total", &ended), 1.0, "{text}");
+    let steps = [("workflow", "two-calls"), ("step", "second")];
+    assert_eq!(w.get("cairn_step_duration_seconds_count", &steps), 1.0, "{text}");
+    assert!(w.get("cairn_wakeup_lateness_seconds_count", &[]) >= 1.0, "{text}");
     // Without projections in the background, a read brings them up first.
     let list = api.get("/runs?status=completed", &key).await;
     assert!(list.text.contains(&id), "{}", list.text);
@@ -264,21 +285,38 @@ async fn waits_in_a_row_each_fire_when_due(url: &str) {
 struct Worker {
     child: Child,
     log: std::path::PathBuf,
+    /// Its `/metrics` URL, when started with `--metrics-listen`.
+    metrics: Option<String>,
 }
 
 impl Worker {
-    fn start(db_url: &str, dir: &std::path::Path) -> Worker {
+    fn start_with(db_url: &str, dir: &std::path::Path, args: &[&str]) -> Worker {
+        use std::io::BufRead;
         let log = dir.join(format!("worker-{}.log", uuid::Uuid::now_v7().simple()));
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("worker")
+            .args(args)
             .current_dir(dir)
             .env("CAIRN_DATABASE_URL", db_url)
             .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("start cairn worker");
-        Worker { child, log }
+        // Its first lines: the metrics address (if asked), then `worker ID on DB`.
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut metrics = None;
+        for line in lines.by_ref() {
+            let line = line.expect("read the worker's output");
+            if let Some(url) = line.strip_prefix("metrics on ") {
+                metrics = Some(url.to_owned());
+            }
+            if line.starts_with("worker ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Worker { child, log, metrics }
     }
 
     fn logs(&self) -> String {

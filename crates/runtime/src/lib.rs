@@ -20,6 +20,7 @@ mod error;
 mod http;
 mod inbox;
 mod lease;
+pub mod metrics;
 mod notify;
 mod provider;
 pub mod quarantine;

@@ -493,7 +493,15 @@ impl Engine {
             let by = task.claim.map(|c| c.by).unwrap_or_default();
             let new = NewEvent::from_event(&event, crate::trace::metadata(&by, t.run_id, &event));
             match self.append_due_now(t.run_id, ExpectedVersion::Exact(state.version), vec![new]).await {
-                Ok(_) => return Ok(ack),
+                Ok(_) => {
+                    crate::metrics::recorded(
+                        &state.workflow,
+                        state.started_at,
+                        std::slice::from_ref(&event),
+                        self.clock().now(),
+                    );
+                    return Ok(ack);
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(RunError::from(e).into()),
             }
@@ -550,7 +558,15 @@ impl Engine {
             });
             let new = NewEvent::from_event(&event, crate::trace::metadata("cairn", run_id, &event));
             match self.append_due_now(run_id, ExpectedVersion::Exact(state.version), vec![new]).await {
-                Ok(_) => failed.push(run_id),
+                Ok(_) => {
+                    crate::metrics::recorded(
+                        &state.workflow,
+                        state.started_at,
+                        std::slice::from_ref(&event),
+                        self.clock().now(),
+                    );
+                    failed.push(run_id);
+                }
                 // Answered meanwhile, or another worker reaped it: the next pass sees.
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e.into()),

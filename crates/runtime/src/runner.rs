@@ -591,6 +591,7 @@ impl Engine {
         let Origin { parent, idempotency_key, fork } = origin;
         let bound = self.bound(w, version).await?;
         let w = &*bound;
+        let workflow = w.name.clone();
         let inputs = w.inputs_with_defaults(&inputs);
         // Before the schema check (which recurses): what is too deep or too
         // large to record is refused, and nothing is written.
@@ -643,6 +644,7 @@ impl Engine {
         }
         let claimed = fence.is_some();
         self.append_fenced(run_id, ExpectedVersion::NoStream, new, vec![wake.clone()], fence).await?;
+        crate::metrics::recorded(&workflow, state.started_at, &events, now);
         // Held unless it ended at once (the append let it go).
         if let Some(l) = &self.leases
             && claimed
@@ -762,7 +764,10 @@ impl Engine {
             // Ended: out of the wake-up index.
             let wake = cairn_events::Wake { stream_id: stream.clone(), due_ms: None };
             match self.store.append_guarded(vec![append], Vec::new(), vec![wake]).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    crate::metrics::recorded(&s.workflow, s.started_at, std::slice::from_ref(&e), self.fx.clock.now());
+                    break;
+                }
                 Err(err) if err.is_conflict() => {
                     for r in self.store.read_stream(&stream, s.version + 1).await? {
                         s = evolve(s, &Event::decode(&r)?);
@@ -1017,6 +1022,7 @@ impl Engine {
         match self.append(run_id, ExpectedVersion::Exact(state.version), new, wakes).await {
             Ok(_) => {
                 *woke = Some(wake.due_ms);
+                crate::metrics::recorded(&after.workflow, after.started_at, &events, now);
                 for e in &events {
                     observer(e);
                 }

@@ -55,9 +55,10 @@ impl Waits {
 
     /// Takes the runs due by `now`, earliest first (a drive puts a run back
     /// with its next due time).
-    fn take_due(&mut self, now: DateTime<Utc>) -> Vec<Uuid> {
-        let due: Vec<Uuid> = self.by_time.iter().take_while(|(at, _)| *at <= now).map(|(_, run)| *run).collect();
-        for run in &due {
+    fn take_due(&mut self, now: DateTime<Utc>) -> Vec<(Uuid, DateTime<Utc>)> {
+        let due: Vec<(Uuid, DateTime<Utc>)> =
+            self.by_time.iter().take_while(|(at, _)| *at <= now).map(|(at, run)| (*run, *at)).collect();
+        for (run, _) in &due {
             self.remove(*run);
         }
         due
@@ -348,6 +349,7 @@ impl Driver {
                         orphans.push(run);
                     }
                 } else if at <= now {
+                    crate::metrics::woke(at, now);
                     self.kick(run);
                 } else if !self.is_active(run) {
                     self.waits.lock().unwrap_or_else(|p| p.into_inner()).insert(run, at);
@@ -355,6 +357,7 @@ impl Driver {
                 }
             }
             if !orphans.is_empty() {
+                crate::metrics::took_over(orphans.len());
                 tracing::info!(runs = orphans.len(), "taking over the runs of a worker that is gone");
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -570,7 +573,8 @@ impl Driver {
             }
             let now = clock.now();
             let due = self.waits.lock().unwrap_or_else(|p| p.into_inner()).take_due(now);
-            for id in due {
+            for (id, at) in due {
+                crate::metrics::woke(at, now);
                 self.kick(id);
             }
         }

@@ -11,6 +11,7 @@ mod docs;
 mod extract;
 mod graph;
 mod live;
+mod metrics;
 mod pages;
 mod people;
 mod problem;
@@ -165,6 +166,11 @@ pub struct WorkerArgs {
     /// `CAIRN_SECRET_<NAME>` environment variables.
     #[arg(long)]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Serve this worker's metrics at `http://ADDR/metrics` in the
+    /// Prometheus format (no key is asked: listen on a loopback or private
+    /// address). `cairn serve` has them at its own `/metrics`.
+    #[arg(long, env = "CAIRN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub lease: LeaseArgs,
     #[command(flatten)]
@@ -196,10 +202,22 @@ pub async fn worker(
 ) -> anyhow::Result<ExitCode> {
     telemetry::init(&args.log_format)?;
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
+    let metrics_at = match &args.metrics_listen {
+        Some(a) => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {a}: {e}; give an address like 127.0.0.1:9464"))?,
+        ),
+        None => None,
+    };
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
     let engine = Arc::new(args.lease.apply(engine).with_offloaded_decisions());
     let driver = cairn_runtime::worker::Driver::new(engine.clone(), true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = metrics_at {
+        let m = metrics::Metrics::install()?;
+        let local = metrics::serve_for_worker(addr, m, engine.store().clone(), stop_rx.clone()).await?;
+        out!("metrics on http://{local}/metrics");
+    }
     let timers = tokio::spawn(driver.clone().run(stop_rx));
     {
         let d = driver.clone();
@@ -232,6 +250,8 @@ pub struct State {
     key_failures: refusals::KeyFailures,
     /// How long a console sign-in lasts.
     session_ttl: Duration,
+    /// The process's counters, rendered at `/metrics`.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
@@ -328,6 +348,7 @@ pub async fn run(
         max_poll_wait: Duration::from_secs(args.max_poll_wait),
         session_ttl: Duration::from_secs(args.session_ttl),
         key_failures: refusals::KeyFailures::new(args.max_key_failures),
+        metrics: metrics::Metrics::install()?,
     });
     let app = router
         .merge(pages::router())

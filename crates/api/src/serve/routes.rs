@@ -35,6 +35,16 @@ pub fn api() -> Finished {
         .ok::<docs::Ready>(api, 200, "Ready.")
         .error(503, "The database does not answer, or a projection stopped.");
     api.add(o, docs::readyz);
+    let o = op(Method::GET, "/metrics", "metrics", "system", "Metrics in the Prometheus text format")
+        .describe(
+            "Runs started and ended by workflow and status, run and step durations (histograms), step failures, \
+             retries, AI attempts, tokens and cost, wake-up lateness and lease takeovers, counted by this process; \
+             projection lag, parked events, task queue depths and quarantined runs, read at each scrape. For \
+             Prometheus: `authorization: {credentials: cairn_…}` with a viewer key. See docs/operations.md.",
+        )
+        .role(Role::Viewer)
+        .reply(200, "The metrics.", vec![("text/plain", json!({"type": "string"}))]);
+    api.add(o, super::metrics::get);
     let o = op(Method::GET, "/openapi.json", "openapi", "system", "This document (OpenAPI 3.1)").reply(
         200,
         "The document.",

@@ -191,3 +191,52 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A scrape in the Prometheus text format, by series: `name{k="v",…}` with
+/// the labels sorted, to its value.
+pub struct Scrape(pub std::collections::BTreeMap<String, f64>, pub String);
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let mut series = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line:?}"));
+            let key = match name.split_once('{') {
+                None => name.to_owned(),
+                Some((n, rest)) => {
+                    let inner = rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels: {line:?}"));
+                    let mut labels: Vec<&str> = inner.split("\",").map(|l| l.trim_end_matches('"')).collect();
+                    labels.sort_unstable();
+                    let labels: Vec<String> = labels.iter().map(|l| format!("{l}\"")).collect();
+                    format!("{n}{{{}}}", labels.join(","))
+                }
+            };
+            series.insert(key, value);
+        }
+        Scrape(series, text.to_owned())
+    }
+
+    /// The value of `name` with exactly these labels (0 when absent: a
+    /// counter that never moved is not rendered).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        l.sort_unstable();
+        let key = if l.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", l.join(",")) };
+        self.0.get(&key).copied().unwrap_or(0.0)
+    }
+}
+
+impl Server {
+    /// `GET /metrics` with `key`, parsed.
+    pub async fn metrics(&self, key: &str) -> Scrape {
+        let r = self.get("/metrics", key).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            r.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+            "{:?}",
+            r.headers
+        );
+        Scrape::parse(&r.text)
+    }
+}
