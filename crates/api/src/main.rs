@@ -60,6 +60,10 @@ enum Command {
     /// archive one.
     #[command(subcommand)]
     Workflows(commands::workflows::WorkflowsCommand),
+    /// Schedules: runs started at the times a cron expression names (in a
+    /// time zone), fired by the servers and workers on the database.
+    #[command(subcommand)]
+    Schedules(commands::schedules::SchedulesCommand),
     /// Runs, failure rate and p50/p95 durations by workflow and by step
     /// over a period.
     Report(commands::report::Args),
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             Command::Workflows(cmd) => {
                 commands::workflows::run(&cli.database, &cli.read, cli.setup.identity.as_deref(), cmd).await
             }
+            Command::Schedules(cmd) => commands::schedules::run(&cli.database, &cli.read, &cli.setup, cmd).await,
             Command::Report(args) => commands::report::run(&cli.database, &cli.read, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

@@ -92,6 +92,7 @@ async fn keep_writing(store: Arc<dyn EventStore>, stop: tokio::sync::watch::Rece
                 fork_of: None,
                 settings: None,
                 started_at: None,
+                schedule: None,
             }),
             Event::StepStarted(cairn_events::StepStarted {
                 step_id: "a".into(),
@@ -304,6 +305,7 @@ async fn a_parked_event_is_shown_listed_and_skipped_on_the_record(url: String) {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     });
     let ev = || vec![NewEvent::from_event(&started, Metadata::by("ada"))];
     let stream = cairn_events::run_stream(id);

@@ -281,6 +281,80 @@ async fn waits_in_a_row_each_fire_when_due(url: &str) {
     assert!(whole < Duration::from_millis(4500), "lateness does not add up: {whole:?} for 4 s of waits ({late:?})");
 }
 
+/// Schedules under three worker processes (issue 21 point 1): a schedule
+/// that fires every second, defined over HTTP on an API process that drives
+/// nothing, fired by three `cairn worker`s: each second has one firing and
+/// one run, every run names the schedule, and all complete. Pausing stops
+/// it; the list shows it paused; bad definitions are refused with what to
+/// fix, and nothing is recorded for them.
+async fn a_schedule_fires_once_per_time_under_three_workers(url: &str) {
+    let api = start(url, &["--no-worker"]);
+    let key = api.key("root", "admin", "root");
+    let quick = "name: tick\nsteps:\n  - id: a\n    task: echo\n    with: { n: '{{ inputs.n }}' }\n";
+    assert_eq!(api.post_yaml("/workflows", &key, quick).await.status, 201);
+    let body = |cron: &str, extra: serde_json::Value| {
+        let mut b = json!({ "workflow": "tick", "cron": cron, "inputs": { "n": 7 }, "overlap": "allow_all" });
+        for (k, v) in extra.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        b.to_string().into_bytes()
+    };
+    let put = |name: &str, b: Vec<u8>| {
+        let (api, key, name) = (&api, key.clone(), name.to_owned());
+        async move { api.send("PUT", &format!("/schedules/{name}"), Some(&key), Some(("application/json", b)), &[]).await }
+    };
+    // Refused, each with what to fix; nothing recorded.
+    put("bad", body("61 * * * *", json!({}))).await.problem(422, "invalid-schedule");
+    put("bad", body("* * * * *", json!({ "timezone": "Mars/Olympus" }))).await.problem(422, "invalid-schedule");
+    put("bad", body("* * * * *", json!({ "overlap": "sometimes" }))).await.problem(422, "invalid-schedule");
+    put("bad", body("* * * * *", json!({ "jitter": "soon" }))).await.problem(422, "invalid-schedule");
+    api.get("/schedules/bad", &key).await.problem(404, "unknown-schedule");
+
+    let workers: Vec<Worker> = (0..3).map(|_| Worker::start_with(&api.db_url, api.dir.path(), &[])).collect();
+    let r = put("every-second", body("* * * * * *", json!({ "timezone": "Europe/Stockholm" }))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["state"], "active", "{}", r.text);
+    assert_eq!(r.json["next_firings"].as_array().map(Vec::len), Some(5), "{}", r.text);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let r = api.post("/schedules/every-second/pause", &key, &json!({ "reason": "test over" })).await;
+    assert_eq!((r.status, r.json["state"].as_str()), (200, Some("paused")), "{}", r.text);
+    let list = api.get("/schedules", &key).await;
+    assert_eq!(list.json["items"][0]["name"], "every-second", "{}", list.text);
+    assert_eq!(list.json["items"][0]["next_firings"], json!([]), "{}", list.text);
+
+    let o = api.cairn(&["events", "--stream", "schedule-every-second"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fired: Vec<(String, String)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event_type"] == "ScheduleFired")
+        .map(|e| {
+            let p = match e["payload"].as_str() {
+                Some(text) => serde_json::from_str(text).expect("payload"),
+                None => e["payload"].clone(),
+            };
+            (p["nominal_at"].as_str().unwrap_or("").to_owned(), p["run_id"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert!(fired.len() >= 3, "fired every second for 4.5 s: {fired:?}\n{}", workers[0].logs());
+    let times: std::collections::BTreeSet<_> = fired.iter().map(|f| f.0.clone()).collect();
+    let runs: std::collections::BTreeSet<_> = fired.iter().map(|f| f.1.clone()).collect();
+    assert_eq!((times.len(), runs.len()), (fired.len(), fired.len()), "one firing and one run per time: {fired:?}");
+    all_reach(&api, &key, &runs.iter().cloned().collect::<Vec<_>>(), "completed", Duration::from_secs(15)).await;
+    let all = api.get("/runs?workflow=tick&limit=200", &key).await;
+    let listed = all.json["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, runs.len(), "no run but the firings': {}", all.text);
+    let one = api.get(&format!("/runs/{}/events", runs.iter().next().expect("a run")), &key).await;
+    let started = &one.json["items"][0]["payload"];
+    assert_eq!(started["schedule"]["name"], "every-second", "{}", one.text);
+    assert_eq!(started["started_by"], "schedule:every-second", "{}", one.text);
+    // Paused: nothing more fires.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = api.get("/runs?workflow=tick&limit=200", &key).await;
+    assert_eq!(again.json["items"].as_array().map_or(0, Vec::len), listed, "paused: {}", again.text);
+    drop(workers);
+}
+
 /// A `cairn worker` process.
 struct Worker {
     child: Child,
@@ -349,4 +423,5 @@ on_both_mt!(
     an_api_process_and_a_worker_process_split_the_work,
     a_run_recorded_before_the_index_still_fires_its_timer,
     waits_in_a_row_each_fire_when_due,
+    a_schedule_fires_once_per_time_under_three_workers,
 );

@@ -21,6 +21,7 @@ pub mod model;
 pub mod path;
 pub mod replay;
 pub mod resume_plan;
+pub mod schedule;
 pub mod secrets;
 pub mod settings;
 pub mod template;

@@ -35,6 +35,7 @@ fn started(inputs: Value) -> Event {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     })
 }
 

@@ -142,6 +142,19 @@ pub struct RunStarted {
     /// it as `run.started_at`; absent in runs recorded before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// Set when a schedule started this run: which, and for what time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleOrigin>,
+}
+
+/// The schedule firing that started a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleOrigin {
+    /// The schedule's name (its stream is `schedule-<name>`).
+    pub name: String,
+    /// The time its expression named (the run may start later: jitter,
+    /// catch-up, a buffered firing, a backfill).
+    pub nominal_at: DateTime<Utc>,
 }
 
 /// A step attempt began; recorded before any effect.
@@ -1002,6 +1015,106 @@ pub struct RunReleased {
     pub reason: Option<String>,
 }
 
+/// A schedule was defined, or redefined (stream `schedule-<name>`): from
+/// now on, a run of `workflow` starts at each time `cron` names in
+/// `timezone`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleDefined {
+    /// The schedule's name.
+    pub name: String,
+    /// The workflow each firing starts.
+    pub workflow: String,
+    /// The version pinned, or none for the latest published at each firing.
+    #[serde(default)]
+    pub workflow_version: Option<u32>,
+    /// The cron expression (5 fields, or 6 with seconds first; names such
+    /// as `MON` and `JAN`; `@daily` and the like).
+    pub cron: String,
+    /// The IANA time zone the expression is read in (`Europe/Stockholm`).
+    pub timezone: String,
+    /// The inputs of each run.
+    pub inputs: Value,
+    /// What a firing does while an earlier run of the schedule is still
+    /// running: `skip`, `buffer_one`, `allow_all` or `cancel_other`.
+    pub overlap: String,
+    /// How far back, after downtime, missed firings are still made, in
+    /// milliseconds (older ones are recorded as skipped).
+    pub catchup_window_ms: u64,
+    /// Most delay added to each firing (the same for every worker: derived
+    /// from the schedule and the nominal time), in milliseconds.
+    pub jitter_ms: u64,
+    /// When it was defined: firings before this are never made.
+    pub defined_at: DateTime<Utc>,
+    /// Who defined it.
+    pub by: String,
+}
+
+/// A schedule was paused: it fires nothing until resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SchedulePaused {
+    /// Who paused it.
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A paused schedule was resumed: firings from `at` on are made (none of
+/// the paused time is caught up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleResumed {
+    /// Who resumed it.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A schedule was deleted: it fires nothing more; its runs and history stay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleDeleted {
+    /// Who deleted it.
+    pub by: String,
+}
+
+/// A schedule fired: a run started for one nominal time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleFired {
+    /// The time the expression named.
+    pub nominal_at: DateTime<Utc>,
+    /// The run it started (its `RunStarted` names the schedule and this time).
+    pub run_id: Uuid,
+    /// Part of a backfill of a past range.
+    #[serde(default)]
+    pub backfill: bool,
+    /// Earlier runs of the schedule seen ended (they no longer overlap).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<Uuid>,
+    /// Earlier runs this firing cancelled (overlap `cancel_other`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<Uuid>,
+}
+
+/// A firing of a schedule was not made, or was put off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleSkipped {
+    /// The (first) nominal time not fired.
+    pub nominal_at: DateTime<Utc>,
+    /// The last nominal time not fired, for a range (missed firings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// `overlap` (an earlier run still running), `buffered` (put off until
+    /// the running one ends: overlap `buffer_one`), `missed` (older than
+    /// the catch-up window after downtime) or `refused` (the run could not
+    /// start: the workflow archived, its inputs no longer valid).
+    pub reason: String,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Earlier runs of the schedule seen ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<Uuid>,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -1107,7 +1220,8 @@ about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, Bra
     ChildRunCompleted, StepKept, ErrorCaught, TaskOffered, TaskClaimed);
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
-    RunQuarantined, RunReleased);
+    RunQuarantined, RunReleased, ScheduleDefined, SchedulePaused, ScheduleResumed, ScheduleDeleted, ScheduleFired,
+    ScheduleSkipped);
 
 impl AboutStep for AccessDenied {
     fn step(&self) -> Option<&str> {
@@ -1131,6 +1245,9 @@ catalog! {
         ErrorCaught = 1, CompensationStarted = 1, RunCompleted = 1, RunFailed = 1, RunCancelled = 1;
     "workflow":
         WorkflowVersionPublished = 1, WorkflowArchived = 1;
+    "schedule":
+        ScheduleDefined = 1, SchedulePaused = 1, ScheduleResumed = 1, ScheduleDeleted = 1, ScheduleFired = 1,
+        ScheduleSkipped = 1;
     "access":
         ApiKeyCreated = 1, ApiKeyRevoked = 1, AccessDenied = 1;
     "operations":

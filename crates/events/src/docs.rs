@@ -28,6 +28,7 @@ pub fn events_markdown() -> String {
     for (group, title) in [
         ("run", "Run events (stream `run-<uuid>`)"),
         ("workflow", "Workflow events (stream `workflow-<name>`)"),
+        ("schedule", "Schedule events (stream `schedule-<name>`)"),
         ("access", "Access events (stream `apikeys`)"),
         ("operations", "Operations events (stream `operations`)"),
     ] {

@@ -275,6 +275,11 @@ pub fn run_stream(run_id: Uuid) -> String {
     format!("run-{run_id}")
 }
 
+/// Stream id of a schedule.
+pub fn schedule_stream(name: &str) -> String {
+    format!("schedule-{name}")
+}
+
 /// The stream of API key creations and revocations.
 pub const API_KEYS_STREAM: &str = "apikeys";
 

@@ -53,6 +53,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
                 fork_of: None,
                 settings: None,
                 started_at: None,
+                schedule: None,
             }),
             step("fetch", 1),
             done("fetch"),

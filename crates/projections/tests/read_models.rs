@@ -32,6 +32,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     })];
     for (i, p) in plan.iter().enumerate() {
         let step = format!("s{i}");
@@ -587,6 +588,7 @@ fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     })];
     for visit in 1..=3 {
         ev.push(started("check", 1));

@@ -55,6 +55,7 @@ fn record(w: &cairn_runtime::Workflow) -> Vec<Event> {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     })];
     let mut s = fold(events.iter());
     let now = chrono::Utc::now();

@@ -53,6 +53,16 @@ pub enum RunError {
     /// size); nothing was written.
     #[error("{0}")]
     Limit(Box<cairn_events::limits::LimitError>),
+    /// A schedule request was refused (`invalid-schedule`,
+    /// `unknown-schedule`, `schedule-deleted`, `out-of-range`); nothing was
+    /// recorded.
+    #[error("{message}")]
+    Schedule {
+        /// The code.
+        code: &'static str,
+        /// What was wrong and what to do.
+        message: String,
+    },
     /// The run cannot be changed in its state.
     #[error("run {run_id} is {status}: {message}")]
     InvalidState {
@@ -74,6 +84,7 @@ impl RunError {
             RunError::InvalidState { .. } => "invalid-state",
             RunError::Definition { .. } => "definition",
             RunError::HandlersElsewhere { .. } => "handlers-elsewhere",
+            RunError::Schedule { code, .. } => code,
             RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
             RunError::Store(s) if s.is_conflict() => "conflict",
             RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",

@@ -156,19 +156,25 @@ impl Leases {
         store: &Arc<dyn EventStore>,
         by: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>, bool)>, RunError> {
+    ) -> Result<crate::runner::Claimed, RunError> {
         self.ensure_beating(store).await?;
         let got = store.claim_due(&self.id, by.timestamp_millis(), wall_ms() - self.timeout_ms(), limit).await?;
         let mut out = Vec::with_capacity(got.len());
+        let mut schedules = Vec::new();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, token, due) in got {
+            if let Some(name) = stream.strip_prefix("schedule-") {
+                // Held until its tick is recorded, then released.
+                schedules.push((name.to_owned(), DateTime::from_timestamp_millis(due).unwrap_or_default()));
+                continue;
+            }
             let Some(run) = stream.strip_prefix("run-").and_then(|s| Uuid::parse_str(s).ok()) else { continue };
             held.insert(run, token);
             // A first claim has token 1; a lease still there, held by
             // another, is raised.
             out.push((run, DateTime::from_timestamp_millis(due).unwrap_or_default(), token > 1));
         }
-        Ok(out)
+        Ok(crate::runner::Claimed { runs: out, schedules })
     }
 
     /// The fence that takes a new run's lease in the append that creates
@@ -195,6 +201,12 @@ impl Leases {
     /// Forgets `run` (taken over by another worker).
     pub(crate) fn lost(&self, run: Uuid) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&run);
+    }
+
+    /// Lets a schedule's claim go (its tick is recorded).
+    pub(crate) async fn release_schedule(&self, store: &Arc<dyn EventStore>, name: &str) -> Result<(), RunError> {
+        store.release(&cairn_events::schedule_stream(name), &self.id).await?;
+        Ok(())
     }
 
     pub(crate) async fn release(&self, store: &Arc<dyn EventStore>, run: Uuid) -> Result<(), RunError> {

@@ -41,6 +41,10 @@ pub const WAKEUP_LATENESS: &str = "cairn_wakeup_lateness_seconds";
 /// Runs this worker took over from a worker that was gone.
 pub const LEASE_TAKEOVERS: &str = "cairn_lease_takeovers_total";
 
+/// Firings of a schedule, by schedule and outcome (`fired`, or the
+/// reason it was skipped).
+pub const SCHEDULE_FIRINGS: &str = "cairn_schedule_firings_total";
+
 /// Describes every metric above (their `# HELP` lines); call once after
 /// installing a recorder.
 pub fn describe() {
@@ -60,6 +64,10 @@ pub fn describe() {
         "Time between when a run was due (a timer, a backoff, an answer) and when a worker woke it."
     );
     describe_counter!(LEASE_TAKEOVERS, "Runs taken over from a worker that was gone.");
+    describe_counter!(
+        SCHEDULE_FIRINGS,
+        "Schedule firings, by schedule and outcome (fired, or why skipped: overlap, buffered, missed, refused)."
+    );
 }
 
 /// Counts what `events`, just recorded for a run of `workflow` that
@@ -134,4 +142,16 @@ pub(crate) fn woke(due: DateTime<Utc>, now: DateTime<Utc>) {
 /// `n` runs taken over.
 pub(crate) fn took_over(n: usize) {
     metrics::counter!(LEASE_TAKEOVERS).increment(n as u64);
+}
+
+/// What a schedule's tick recorded.
+pub(crate) fn schedule_recorded(name: &str, events: &[Event]) {
+    for e in events {
+        let outcome = match e {
+            Event::ScheduleFired(_) => "fired".to_owned(),
+            Event::ScheduleSkipped(k) => k.reason.clone(),
+            _ => continue,
+        };
+        metrics::counter!(SCHEDULE_FIRINGS, "schedule" => name.to_owned(), "outcome" => outcome).increment(1);
+    }
 }

@@ -83,6 +83,19 @@ pub(crate) struct Origin {
     pub(crate) idempotency_key: Option<String>,
     /// For a fork: where from, and the carried `StepKept` events.
     pub(crate) fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
+    /// The schedule firing that starts it.
+    pub(crate) schedule: Option<cairn_events::ScheduleOrigin>,
+}
+
+/// What a worker's claim of due work took: runs (with when each was due
+/// and whether it was taken over from a worker that died) and schedules
+/// (with when each is due), held until let go.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Runs.
+    pub runs: Vec<(Uuid, chrono::DateTime<Utc>, bool)>,
+    /// Schedules, by name.
+    pub schedules: Vec<(String, chrono::DateTime<Utc>)>,
 }
 
 /// Receives every event the runner appends, for progress displays.
@@ -233,14 +246,18 @@ impl Engine {
     /// dead worker's runs) that no live worker holds, at most `limit`;
     /// returns each with when it is due and whether it was taken over from
     /// a worker that died (or retired) holding it.
-    pub async fn claim_due(
-        &self,
-        by: chrono::DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<(Uuid, chrono::DateTime<Utc>, bool)>, RunError> {
+    pub async fn claim_due(&self, by: chrono::DateTime<Utc>, limit: i64) -> Result<Claimed, RunError> {
         match &self.leases {
             Some(l) => l.claim_due(&self.store, by, limit).await,
-            None => Ok(Vec::new()),
+            None => Ok(Claimed::default()),
+        }
+    }
+
+    /// Lets this worker's claim of a schedule go (after its tick).
+    pub async fn release_schedule(&self, name: &str) -> Result<(), RunError> {
+        match &self.leases {
+            Some(l) => l.release_schedule(&self.store, name).await,
+            None => Ok(()),
         }
     }
 
@@ -588,7 +605,7 @@ impl Engine {
         origin: Origin,
         claim: bool,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
-        let Origin { parent, idempotency_key, fork } = origin;
+        let Origin { parent, idempotency_key, fork, schedule } = origin;
         let bound = self.bound(w, version).await?;
         let w = &*bound;
         let workflow = w.name.clone();
@@ -614,6 +631,7 @@ impl Engine {
             fork_of: fork.as_ref().map(|(o, _)| o.clone()),
             settings: cairn_core::settings::resolve(w, &self.fx.config),
             started_at: Some(self.fx.clock.now()),
+            schedule,
         });
         let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];
@@ -761,9 +779,14 @@ impl Engine {
             let new = vec![NewEvent::from_event(&e, crate::trace::metadata(by, run_id, &e))];
             let append =
                 StreamAppend { stream_id: stream.clone(), expected: ExpectedVersion::Exact(s.version), events: new };
-            // Ended: out of the wake-up index.
-            let wake = cairn_events::Wake { stream_id: stream.clone(), due_ms: None };
-            match self.store.append_guarded(vec![append], Vec::new(), vec![wake]).await {
+            // Ended: out of the wake-up index; its schedule woken (a
+            // firing may wait for it to end).
+            let mut wakes = vec![cairn_events::Wake { stream_id: stream.clone(), due_ms: None }];
+            if let Some(name) = &s.schedule {
+                let due = Some(self.fx.clock.now().timestamp_millis());
+                wakes.push(cairn_events::Wake { stream_id: cairn_events::schedule_stream(name), due_ms: due });
+            }
+            match self.store.append_guarded(vec![append], Vec::new(), wakes).await {
                 Ok(_) => {
                     crate::metrics::recorded(&s.workflow, s.started_at, std::slice::from_ref(&e), self.fx.clock.now());
                     break;
@@ -1014,10 +1037,15 @@ impl Engine {
         if *woke != Some(wake.due_ms) {
             wakes.push(wake.clone());
         }
-        // A child that ended wakes the parent waiting for it.
+        // A child that ended wakes the parent waiting for it; a scheduled
+        // run, its schedule (a firing may wait for it to end).
         if ended && let Some(p) = &after.parent {
             let due = Some(self.fx.clock.now().timestamp_millis());
             wakes.push(cairn_events::Wake { stream_id: cairn_events::run_stream(p.run_id), due_ms: due });
+        }
+        if ended && let Some(name) = &after.schedule {
+            let due = Some(self.fx.clock.now().timestamp_millis());
+            wakes.push(cairn_events::Wake { stream_id: cairn_events::schedule_stream(name), due_ms: due });
         }
         match self.append(run_id, ExpectedVersion::Exact(state.version), new, wakes).await {
             Ok(_) => {

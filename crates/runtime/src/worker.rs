@@ -338,10 +338,13 @@ impl Driver {
                     return;
                 }
             };
-            let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= POLL_BATCH;
+            let full = i64::try_from(due.runs.len() + due.schedules.len()).unwrap_or(i64::MAX) >= POLL_BATCH;
+            for (name, at) in due.schedules {
+                self.tick_schedule(name, at);
+            }
             // Taken over: a worker held it and is gone (on probation here).
             let mut orphans = Vec::new();
-            for (run, at, taken_over) in due {
+            for (run, at, taken_over) in due.runs {
                 if self.is_quarantined(run) {
                     self.set_aside(run).await;
                 } else if taken_over {
@@ -370,6 +373,28 @@ impl Driver {
                 return;
             }
         }
+    }
+
+    /// A schedule this worker claimed: at its due time, its tick (the runs
+    /// of its firings started, the firings recorded with its next due
+    /// time), then the claim let go. Early or late, a tick does what is
+    /// due at the time it runs.
+    fn tick_schedule(self: &Arc<Self>, name: String, at: DateTime<Utc>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let clock = me.engine.clock().clone();
+            let now = clock.now();
+            if at > now {
+                clock.sleep_until(at).await;
+            }
+            crate::metrics::woke(at, clock.now());
+            if let Err(e) = me.engine.tick_schedule(&name).await {
+                tracing::error!(schedule = %name, error = %e, "cannot fire the schedule; it is tried again at the next poll");
+            }
+            if let Err(e) = me.engine.release_schedule(&name).await {
+                tracing::warn!(schedule = %name, error = %e, "cannot let the schedule's claim go; it lapses with the lease timeout");
+            }
+        });
     }
 
     /// Drives every run that started and has not ended, that no live

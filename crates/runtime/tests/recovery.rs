@@ -1071,6 +1071,7 @@ fn run_started(workflow: &str, inputs: Value) -> Event {
         fork_of: None,
         settings: None,
         started_at: None,
+        schedule: None,
     })
 }
 

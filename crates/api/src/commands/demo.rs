@@ -30,6 +30,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 fork_of: None,
                 settings: None,
                 started_at: None,
+                schedule: None,
             }),
             "demo",
         ),

@@ -12,6 +12,7 @@ pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod runs;
+pub mod schedules;
 pub mod setup;
 pub mod validate;
 pub mod verify;

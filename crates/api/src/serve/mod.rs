@@ -19,6 +19,7 @@ mod reads;
 mod refusals;
 mod routes;
 mod runs;
+mod schedules;
 mod tasks;
 mod telemetry;
 mod workflows;

@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::api::{Api, Finished, In, op};
-use super::{docs, live, people, reads, runs, tasks, workflows};
+use super::{docs, live, people, reads, runs, schedules, tasks, workflows};
 use crate::keys::Role;
 
 fn definition_body() -> Vec<(&'static str, serde_json::Value)> {
@@ -144,6 +144,61 @@ pub fn api() -> Finished {
         .error(404, "No such workflow.")
         .error(409, "The workflow changed at the same moment; try again.");
     api.add(o, workflows::archive);
+
+    // ---- schedules
+    let o = op(Method::GET, "/schedules", "list_schedules", "schedules", "List schedules with their next firings")
+        .role(Role::Viewer)
+        .ok::<schedules::ScheduleList>(api, 200, "Schedules by name (deleted ones too, with the state `deleted`).");
+    api.add(o, schedules::list);
+    let o = op(Method::PUT, "/schedules/{name}", "define_schedule", "schedules", "Define or redefine a schedule")
+        .describe("From now on a run of the workflow starts at each time the cron expression names in the time zone (DST handled: a time skipped by the change fires just after it, a repeated one fires once). Redefining moves on from now; a deleted schedule comes back. The expression, zone, policy, workflow and inputs are checked first: nothing is recorded when one is wrong. See docs/operations.md \"Schedules\".")
+        .role(Role::Operator)
+        .path_param("name", "Letters, digits, `-`, `_`, `.`.")
+        .json_body::<schedules::DefineSchedule>(api)
+        .ok::<crate::commands::schedules::ScheduleView>(api, 200, "Defined; with its next firings.")
+        .error(409, "Changed at the same moment; try again.")
+        .error(422, "A bad expression, zone, overlap policy, duration, workflow or inputs.");
+    api.add(o, schedules::define);
+    let o = op(Method::GET, "/schedules/{name}", "get_schedule", "schedules", "A schedule with its next firings")
+        .role(Role::Viewer)
+        .path_param("name", "The schedule's name.")
+        .ok::<crate::commands::schedules::ScheduleView>(api, 200, "The schedule.")
+        .error(404, "No such schedule.");
+    api.add(o, schedules::get);
+    let o = op(Method::DELETE, "/schedules/{name}", "delete_schedule", "schedules", "Delete a schedule")
+        .describe("It fires nothing more; its runs and its history stay.")
+        .role(Role::Operator)
+        .path_param("name", "The schedule's name.")
+        .ok::<crate::commands::schedules::ScheduleView>(api, 200, "Deleted.")
+        .error(404, "No such schedule.")
+        .error(409, "Already deleted, or changed at the same moment.");
+    api.add(o, schedules::delete);
+    let o = op(Method::POST, "/schedules/{name}/pause", "pause_schedule", "schedules", "Pause a schedule")
+        .role(Role::Operator)
+        .path_param("name", "The schedule's name.")
+        .optional_json_body::<schedules::PauseSchedule>(api)
+        .ok::<crate::commands::schedules::ScheduleView>(api, 200, "Paused (pausing twice is harmless).")
+        .error(404, "No such schedule.")
+        .error(409, "Deleted, or changed at the same moment.");
+    api.add(o, schedules::pause);
+    let o = op(Method::POST, "/schedules/{name}/resume", "resume_schedule", "schedules", "Resume a paused schedule")
+        .describe("Firings go on from now; the paused time is not caught up.")
+        .role(Role::Operator)
+        .path_param("name", "The schedule's name.")
+        .ok::<crate::commands::schedules::ScheduleView>(api, 200, "Active.")
+        .error(404, "No such schedule.")
+        .error(409, "Deleted, or changed at the same moment.");
+    api.add(o, schedules::resume);
+    let o = op(Method::POST, "/schedules/{name}/backfill", "backfill_schedule", "schedules", "Backfill a past range")
+        .describe("Starts a run for each time the expression names in `[from, to]` (at most 1,000), whatever runs already; a time that has its run is left as it is, so repeating a backfill starts nothing new.")
+        .role(Role::Operator)
+        .path_param("name", "The schedule's name.")
+        .json_body::<schedules::Backfill>(api)
+        .ok::<schedules::Backfilled>(api, 200, "Each time with its run.")
+        .error(404, "No such schedule.")
+        .error(409, "Deleted.")
+        .error(422, "A range reversed, in the future or of more than 1,000 firings.");
+    api.add(o, schedules::backfill);
 
     // ---- runs
     let o = op(Method::POST, "/runs", "start_run", "runs", "Start a run")

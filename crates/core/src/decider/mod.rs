@@ -218,6 +218,8 @@ pub struct RunState {
     pub spent_tokens: u64,
     /// The parent run, for a child run.
     pub parent: Option<cairn_events::ParentRun>,
+    /// The schedule that started it, by name.
+    pub schedule: Option<String>,
     /// The highest attempt recorded per step instance.
     pub attempts: BTreeMap<String, u32>,
     /// Set once the run was resumed: what the resume keeps and re-runs.
@@ -432,6 +434,7 @@ pub fn evolve(mut s: RunState, event: &Event) -> RunState {
             s.status = RunStatus::Running;
             s.inputs = Arc::new(e.inputs.clone());
             s.parent = e.parent.clone();
+            s.schedule = e.schedule.as_ref().map(|o| o.name.clone());
             s.settings = e.settings.clone();
             s.threads.insert(String::new(), Thread { cursor: Cursor::Start, ..Thread::default() });
         }
