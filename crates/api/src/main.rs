@@ -64,6 +64,10 @@ enum Command {
     /// time zone), fired by the servers and workers on the database.
     #[command(subcommand)]
     Schedules(commands::schedules::SchedulesCommand),
+    /// Webhook triggers: `POST /hooks/NAME` on `cairn serve` starts a run
+    /// when the delivery's signature (GitHub or Stripe style) matches.
+    #[command(subcommand)]
+    Triggers(commands::triggers::TriggersCommand),
     /// Runs, failure rate and p50/p95 durations by workflow and by step
     /// over a period.
     Report(commands::report::Args),
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
                 commands::workflows::run(&cli.database, &cli.read, cli.setup.identity.as_deref(), cmd).await
             }
             Command::Schedules(cmd) => commands::schedules::run(&cli.database, &cli.read, &cli.setup, cmd).await,
+            Command::Triggers(cmd) => commands::triggers::run(&cli.database, &cli.read, &cli.setup, cmd).await,
             Command::Report(args) => commands::report::run(&cli.database, &cli.read, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

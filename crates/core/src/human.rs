@@ -627,7 +627,7 @@ pub fn keyed_mac(key: &[u8], purpose: &str, msg: &[u8]) -> [u8; 32] {
 }
 
 /// HMAC-SHA-256 (RFC 2104).
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
     if key.len() > 64 {
         k[..32].copy_from_slice(&Sha256::digest(key));

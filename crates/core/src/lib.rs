@@ -25,5 +25,6 @@ pub mod schedule;
 pub mod secrets;
 pub mod settings;
 pub mod template;
+pub mod trigger;
 
 pub use model::{RetryPolicy, Step, StepKind, Target, Workflow};

@@ -53,6 +53,11 @@ impl Secrets {
         self.values.insert(name.to_owned(), value.to_owned());
     }
 
+    /// The value of secret `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// Secret names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.values.keys().map(String::as_str).collect()

@@ -1115,6 +1115,46 @@ pub struct ScheduleSkipped {
     pub ended: Vec<Uuid>,
 }
 
+/// A webhook trigger was defined, or redefined (stream `trigger-<name>`):
+/// `POST /hooks/<name>` with a valid signature starts a run of `workflow`.
+/// The signing secret is named, never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerDefined {
+    /// The trigger's name (the hook's path).
+    pub name: String,
+    /// The workflow each delivery starts.
+    pub workflow: String,
+    /// The version pinned, or none for the latest at each delivery.
+    #[serde(default)]
+    pub workflow_version: Option<u32>,
+    /// The run's inputs: a JSON value whose strings are templates over
+    /// `body` (the delivery's JSON body, or its text) and `headers`
+    /// (lowercase names).
+    pub inputs: Value,
+    /// How deliveries are signed: `github` (`X-Hub-Signature-256`) or
+    /// `stripe` (`Stripe-Signature`, with a timestamp).
+    pub signature: String,
+    /// The secret that signs them, by name (`CAIRN_SECRET_<NAME>`).
+    pub secret: String,
+    /// Where a delivery's id is: `header:<Name>` or `body:<JSON pointer>`;
+    /// it is the run's idempotency key, so a replayed delivery starts
+    /// nothing new.
+    pub delivery_id: String,
+    /// Oldest a signed timestamp may be, in seconds (`stripe`).
+    pub tolerance_seconds: u64,
+    /// When it was defined.
+    pub defined_at: DateTime<Utc>,
+    /// Who defined it.
+    pub by: String,
+}
+
+/// A webhook trigger was deleted: its hook answers 404 from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerDeleted {
+    /// Who deleted it.
+    pub by: String,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -1221,7 +1261,7 @@ about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, Bra
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
     RunQuarantined, RunReleased, ScheduleDefined, SchedulePaused, ScheduleResumed, ScheduleDeleted, ScheduleFired,
-    ScheduleSkipped);
+    ScheduleSkipped, TriggerDefined, TriggerDeleted);
 
 impl AboutStep for AccessDenied {
     fn step(&self) -> Option<&str> {
@@ -1248,6 +1288,8 @@ catalog! {
     "schedule":
         ScheduleDefined = 1, SchedulePaused = 1, ScheduleResumed = 1, ScheduleDeleted = 1, ScheduleFired = 1,
         ScheduleSkipped = 1;
+    "trigger":
+        TriggerDefined = 1, TriggerDeleted = 1;
     "access":
         ApiKeyCreated = 1, ApiKeyRevoked = 1, AccessDenied = 1;
     "operations":

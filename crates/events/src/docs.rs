@@ -29,6 +29,7 @@ pub fn events_markdown() -> String {
         ("run", "Run events (stream `run-<uuid>`)"),
         ("workflow", "Workflow events (stream `workflow-<name>`)"),
         ("schedule", "Schedule events (stream `schedule-<name>`)"),
+        ("trigger", "Trigger events (stream `trigger-<name>`)"),
         ("access", "Access events (stream `apikeys`)"),
         ("operations", "Operations events (stream `operations`)"),
     ] {

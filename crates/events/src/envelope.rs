@@ -280,6 +280,11 @@ pub fn schedule_stream(name: &str) -> String {
     format!("schedule-{name}")
 }
 
+/// Stream id of a webhook trigger.
+pub fn trigger_stream(name: &str) -> String {
+    format!("trigger-{name}")
+}
+
 /// The stream of API key creations and revocations.
 pub const API_KEYS_STREAM: &str = "apikeys";
 

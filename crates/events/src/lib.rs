@@ -41,7 +41,7 @@ pub use catalog::*;
 pub use chain::{GENESIS_HASH, HashedFields, canonical_bytes, event_hash};
 pub use envelope::{
     API_KEYS_STREAM, AppendResult, ExpectedVersion, Fence, Metadata, NewEvent, QueueDepth, RecordedEvent, StreamAppend,
-    TaskRow, Wake, format_timestamp, run_stream, schedule_stream, workflow_stream,
+    TaskRow, Wake, format_timestamp, run_stream, schedule_stream, trigger_stream, workflow_stream,
 };
 #[cfg(feature = "store")]
 pub use open::{DEFAULT_DATABASE_URL, open, open_existing};

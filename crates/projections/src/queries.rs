@@ -198,6 +198,16 @@ pub async fn schedule_streams(db: &ReadDb) -> Result<Vec<String>, DbError> {
         .collect())
 }
 
+/// Every webhook trigger's stream that was ever defined (`trigger-<name>`).
+pub async fn trigger_streams(db: &ReadDb) -> Result<Vec<String>, DbError> {
+    Ok(db
+        .rows("SELECT DISTINCT resource FROM audit_log WHERE event_type = 'TriggerDefined' ORDER BY resource", &[])
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().and_then(|v| v.as_text().map(str::to_owned)))
+        .collect())
+}
+
 /// The step attempts (`attempt` and `ai` entries of the history) of the
 /// runs that `f` selects (its workflow, status, since and until; no
 /// limit): `(workflow, step, status, duration in ms)`, for reports.

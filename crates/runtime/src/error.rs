@@ -53,11 +53,12 @@ pub enum RunError {
     /// size); nothing was written.
     #[error("{0}")]
     Limit(Box<cairn_events::limits::LimitError>),
-    /// A schedule request was refused (`invalid-schedule`,
-    /// `unknown-schedule`, `schedule-deleted`, `out-of-range`); nothing was
-    /// recorded.
+    /// A request about a schedule or a webhook trigger was refused
+    /// (`invalid-schedule`, `unknown-schedule`, `schedule-deleted`,
+    /// `out-of-range`, `invalid-trigger`, `unknown-trigger`,
+    /// `bad-signature`, `bad-delivery`); nothing was recorded.
     #[error("{message}")]
-    Schedule {
+    Refused {
         /// The code.
         code: &'static str,
         /// What was wrong and what to do.
@@ -84,7 +85,7 @@ impl RunError {
             RunError::InvalidState { .. } => "invalid-state",
             RunError::Definition { .. } => "definition",
             RunError::HandlersElsewhere { .. } => "handlers-elsewhere",
-            RunError::Schedule { code, .. } => code,
+            RunError::Refused { code, .. } => code,
             RunError::Limit(_) | RunError::Store(StoreError::LimitExceeded { .. }) => "limit-exceeded",
             RunError::Store(s) if s.is_conflict() => "conflict",
             RunError::Store(StoreError::Database { .. } | StoreError::Unavailable { .. }) => "store-unavailable",

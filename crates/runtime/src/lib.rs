@@ -31,6 +31,7 @@ mod scan;
 mod schedules;
 mod tasks;
 pub mod trace;
+mod triggers;
 pub mod worker;
 
 pub use cairn_core::config::Config;
@@ -46,6 +47,7 @@ pub use runner::{Engine, Start};
 pub use scan::RunSummary;
 pub use schedules::ScheduleRequest;
 pub use tasks::{TaskContext, TaskError, TaskHandler, TaskRegistry};
+pub use triggers::{Delivered, TriggerRequest};
 pub use worker::Worker;
 
 /// The workflow language: parse a definition, check it against the

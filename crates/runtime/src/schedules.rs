@@ -49,11 +49,11 @@ pub struct ScheduleRequest {
 }
 
 fn invalid(message: impl Into<String>) -> RunError {
-    RunError::Schedule { code: "invalid-schedule", message: message.into() }
+    RunError::Refused { code: "invalid-schedule", message: message.into() }
 }
 
 fn unknown(name: &str) -> RunError {
-    RunError::Schedule {
+    RunError::Refused {
         code: "unknown-schedule",
         message: format!("no schedule named `{name}`; `cairn schedules list` lists them"),
     }
@@ -80,7 +80,7 @@ impl Engine {
     async fn live_schedule(&self, name: &str) -> Result<Schedule, RunError> {
         let s = self.schedule(name).await?.ok_or_else(|| unknown(name))?;
         if s.deleted {
-            return Err(RunError::Schedule {
+            return Err(RunError::Refused {
                 code: "schedule-deleted",
                 message: format!("schedule `{name}` was deleted; define it again to use the name"),
             });
@@ -198,14 +198,14 @@ impl Engine {
         let s = self.live_schedule(name).await?;
         let def = s.definition.clone().ok_or_else(|| unknown(name))?;
         if to < from {
-            return Err(RunError::Schedule {
+            return Err(RunError::Refused {
                 code: "out-of-range",
                 message: format!("the range ends ({to}) before it starts ({from}); swap them"),
             });
         }
         let now = self.fx.clock.now();
         if to > now {
-            return Err(RunError::Schedule {
+            return Err(RunError::Refused {
                 code: "out-of-range",
                 message: format!("a backfill covers past times; {to} is later than now ({now})"),
             });
@@ -213,7 +213,7 @@ impl Engine {
         let first = from - chrono::Duration::milliseconds(1);
         let times = def.spec.between(first, to, schedule::MAX_BACKFILL + 1);
         if times.len() > schedule::MAX_BACKFILL {
-            return Err(RunError::Schedule {
+            return Err(RunError::Refused {
                 code: "out-of-range",
                 message: format!(
                     "the range names more than {} firings; backfill a shorter range at a time",

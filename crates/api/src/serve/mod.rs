@@ -22,6 +22,7 @@ mod runs;
 mod schedules;
 mod tasks;
 mod telemetry;
+mod triggers;
 mod workflows;
 
 use std::net::SocketAddr;

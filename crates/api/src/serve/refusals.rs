@@ -26,6 +26,7 @@ pub fn is_refusal(code: &str) -> bool {
             | "bad-token"
             | "invalid-submission"
             | "too-many-failures"
+            | "bad-signature"
     )
 }
 

@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::api::{Api, Finished, In, op};
-use super::{docs, live, people, reads, runs, schedules, tasks, workflows};
+use super::{docs, live, people, reads, runs, schedules, tasks, triggers, workflows};
 use crate::keys::Role;
 
 fn definition_body() -> Vec<(&'static str, serde_json::Value)> {
@@ -199,6 +199,45 @@ pub fn api() -> Finished {
         .error(409, "Deleted.")
         .error(422, "A range reversed, in the future or of more than 1,000 firings.");
     api.add(o, schedules::backfill);
+
+    // ---- webhook triggers
+    let o = op(Method::GET, "/triggers", "list_triggers", "triggers", "List webhook triggers")
+        .role(Role::Viewer)
+        .ok::<triggers::TriggerList>(api, 200, "Triggers by name.");
+    api.add(o, triggers::list);
+    let o = op(Method::PUT, "/triggers/{name}", "define_trigger", "triggers", "Define or redefine a webhook trigger")
+        .describe("`POST /hooks/{name}` then starts a run of the workflow for each delivery whose signature matches: `github` (`X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>`) or `stripe` (`Stripe-Signature: t=<unix time>,v1=<HMAC-SHA256 of \"t.body\">`, refused when older than the tolerance). The secret is named (`CAIRN_SECRET_<NAME>` on the server), never sent or stored. The delivery id is the run's idempotency key. See docs/operations.md \"Webhook triggers\".")
+        .role(Role::Admin)
+        .path_param("name", "Letters, digits, `-`, `_`, `.`.")
+        .json_body::<triggers::DefineTrigger>(api)
+        .ok::<crate::commands::triggers::TriggerView>(api, 200, "Defined.")
+        .error(409, "Changed at the same moment; try again.")
+        .error(422, "A bad name, style, delivery-id place, template, workflow, or a secret the server does not have.");
+    api.add(o, triggers::define);
+    let o = op(Method::GET, "/triggers/{name}", "get_trigger", "triggers", "A webhook trigger")
+        .role(Role::Viewer)
+        .path_param("name", "The trigger's name.")
+        .ok::<crate::commands::triggers::TriggerView>(api, 200, "The trigger.")
+        .error(404, "No such trigger.");
+    api.add(o, triggers::get);
+    let o = op(Method::DELETE, "/triggers/{name}", "delete_trigger", "triggers", "Delete a webhook trigger")
+        .role(Role::Admin)
+        .path_param("name", "The trigger's name.")
+        .reply(204, "Deleted: its hook answers 404.", Vec::new())
+        .error(404, "No such trigger.")
+        .error(409, "Changed at the same moment; try again.");
+    api.add(o, triggers::delete);
+    let o = op(Method::POST, "/hooks/{name}", "deliver_hook", "triggers", "Deliver a webhook (no API key: signed)")
+        .describe("Verifies the signature against the raw body, finds the delivery id, maps the body (JSON, or text) and headers to the inputs, and starts the run. A delivery id seen before starts nothing and answers 200 with its run. A bad signature is answered 401 `bad-signature` and recorded as a refused request (`GET /audit?outcome=denied`).")
+        .path_param("name", "The trigger's name.")
+        .body(vec![("application/json", json!({})), ("text/plain", json!({"type": "string"}))])
+        .ok::<triggers::Delivery>(api, 201, "A run started.")
+        .ok::<triggers::Delivery>(api, 200, "This delivery id started a run before: nothing new.")
+        .error(400, "No delivery id, or the body and headers do not map to the inputs.")
+        .error(401, "The signature is missing, malformed, too old or does not match.")
+        .error(404, "No such trigger.")
+        .error(422, "The mapped inputs do not satisfy the workflow's `inputs` schema.");
+    api.add(o, triggers::hook);
 
     // ---- runs
     let o = op(Method::POST, "/runs", "start_run", "runs", "Start a run")

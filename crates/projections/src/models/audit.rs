@@ -53,6 +53,8 @@ fn action(t: &str) -> &'static str {
         "ScheduleDeleted" => "delete schedule",
         "ScheduleFired" => "fire schedule",
         "ScheduleSkipped" => "skip schedule firing",
+        "TriggerDefined" => "define trigger",
+        "TriggerDeleted" => "delete trigger",
         "ApiKeyCreated" => "create API key",
         "ApiKeyRevoked" => "revoke API key",
         "ParkedEventRetried" => "retry parked event",
