@@ -68,6 +68,14 @@ enum Command {
     /// when the delivery's signature (GitHub or Stripe style) matches.
     #[command(subcommand)]
     Triggers(commands::triggers::TriggersCommand),
+    /// Lifecycle subscriptions: run and step events delivered (signed, at
+    /// least once, with retries) to an endpoint, or starting a workflow.
+    #[command(subcommand)]
+    Subscriptions(commands::subscriptions::SubscriptionsCommand),
+    /// The delivery log of the subscriptions: pending, delivered and dead
+    /// deliveries; put a dead one back.
+    #[command(subcommand)]
+    Deliveries(commands::subscriptions::DeliveriesCommand),
     /// Runs, failure rate and p50/p95 durations by workflow and by step
     /// over a period.
     Report(commands::report::Args),
@@ -190,6 +198,10 @@ fn main() -> ExitCode {
             }
             Command::Schedules(cmd) => commands::schedules::run(&cli.database, &cli.read, &cli.setup, cmd).await,
             Command::Triggers(cmd) => commands::triggers::run(&cli.database, &cli.read, &cli.setup, cmd).await,
+            Command::Subscriptions(cmd) => commands::subscriptions::subscriptions(&cli.database, &cli.setup, cmd).await,
+            Command::Deliveries(cmd) => {
+                commands::subscriptions::deliveries_command(&cli.database, &cli.setup, cmd).await
+            }
             Command::Report(args) => commands::report::run(&cli.database, &cli.read, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

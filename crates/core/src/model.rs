@@ -43,6 +43,8 @@ pub struct Workflow {
     pub children: Vec<String>,
     /// The run's AI budget.
     pub budget: Budget,
+    /// Its lifecycle hooks (`on:`), in the order written by event.
+    pub hooks: Vec<Hook>,
     /// Every `model:` its AI steps name, for checking against the config.
     pub model_refs: Vec<ModelRef>,
     /// The engine's surroundings (models, prices, notifications, prompt
@@ -100,6 +102,32 @@ pub enum Block {
     },
     /// The workflow's `compensations`.
     Compensation,
+}
+
+/// The lifecycle events hooks and subscriptions name.
+pub const LIFECYCLE_EVENTS: [&str; 7] = [
+    "run.started",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "step.failed",
+    "approval.requested",
+    "approval.expired",
+];
+
+/// A lifecycle hook of a workflow (`on:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// The event (one of [`LIFECYCLE_EVENTS`]).
+    pub event: String,
+    /// Where to POST it.
+    pub url: Option<String>,
+    /// The signing secret's name.
+    pub secret: Option<String>,
+    /// Or the workflow to start.
+    pub start: Option<String>,
+    /// Attempts before dead.
+    pub max_attempts: u32,
 }
 
 /// A use of `secrets.NAME`, for checking that the secret exists.

@@ -1155,6 +1155,92 @@ pub struct TriggerDeleted {
     pub by: String,
 }
 
+/// An operator subscribed to lifecycle events (stream `subscriptions`):
+/// each matching event is delivered to `url` (signed), or starts the
+/// workflow `start`, at least once, with retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubscriptionDefined {
+    /// The subscription's name.
+    pub name: String,
+    /// The lifecycle events it wants: `run.started`, `run.completed`,
+    /// `run.failed`, `run.cancelled`, `step.failed`, `approval.requested`,
+    /// `approval.expired`, or `*` for all of them.
+    pub events: Vec<String>,
+    /// Only runs of these workflows (empty: every workflow).
+    #[serde(default)]
+    pub workflows: Vec<String>,
+    /// Where to POST each event (signed with `secret`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The signing secret's name (`CAIRN_SECRET_<NAME>`), for `url`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Or: a workflow to start for each event (inputs: the event).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Attempts before a delivery is set aside as dead.
+    pub max_attempts: u32,
+    /// The log position it was defined at: events after it are delivered.
+    pub from_position: u64,
+    /// Who defined it.
+    pub by: String,
+}
+
+/// A subscription was deleted: nothing more is delivered for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubscriptionDeleted {
+    /// The subscription.
+    pub name: String,
+    /// Who deleted it.
+    pub by: String,
+}
+
+/// One attempt to deliver an event to a subscription (stream `deliveries`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryAttempted {
+    /// The delivery: `<subscription>@<position>`.
+    pub id: String,
+    /// The subscription.
+    pub subscription: String,
+    /// The event's log position.
+    pub position: u64,
+    /// Its lifecycle name (`run.failed`).
+    pub event: String,
+    /// Its run.
+    #[serde(default)]
+    pub run_id: Option<Uuid>,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// `delivered`, `failed` (tried again at `next_at`) or `dead` (no
+    /// attempts left: set aside until an operator retries it).
+    pub outcome: String,
+    /// The endpoint's HTTP status, if it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When it is tried again.
+    #[serde(default)]
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// An operator put a dead delivery back to be tried again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryRequeued {
+    /// The delivery.
+    pub id: String,
+    /// Who.
+    pub by: String,
+}
+
+/// The dispatcher has looked at every event up to `position`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveriesScanned {
+    /// The last log position looked at.
+    pub position: u64,
+}
+
 /// One entry of the catalog, for docs and schema listings.
 #[derive(Debug, Clone)]
 pub struct EventInfo {
@@ -1261,7 +1347,8 @@ about_step!(step_id: StepStarted, StepCompleted, StepFailed, RetryScheduled, Bra
 about_step!(none: RunStarted, TimerFired, RunResumed, CompensationStarted, RunCompleted, RunFailed, RunCancelled,
     WorkflowVersionPublished, WorkflowArchived, ApiKeyCreated, ApiKeyRevoked, ParkedEventRetried, ParkedEventSkipped, RunsOnProbation, ProbationPassed,
     RunQuarantined, RunReleased, ScheduleDefined, SchedulePaused, ScheduleResumed, ScheduleDeleted, ScheduleFired,
-    ScheduleSkipped, TriggerDefined, TriggerDeleted);
+    ScheduleSkipped, TriggerDefined, TriggerDeleted, SubscriptionDefined, SubscriptionDeleted, DeliveryAttempted,
+    DeliveryRequeued, DeliveriesScanned);
 
 impl AboutStep for AccessDenied {
     fn step(&self) -> Option<&str> {
@@ -1290,6 +1377,9 @@ catalog! {
         ScheduleSkipped = 1;
     "trigger":
         TriggerDefined = 1, TriggerDeleted = 1;
+    "delivery":
+        SubscriptionDefined = 1, SubscriptionDeleted = 1, DeliveryAttempted = 1, DeliveryRequeued = 1,
+        DeliveriesScanned = 1;
     "access":
         ApiKeyCreated = 1, ApiKeyRevoked = 1, AccessDenied = 1;
     "operations":

@@ -30,6 +30,7 @@ pub fn events_markdown() -> String {
         ("workflow", "Workflow events (stream `workflow-<name>`)"),
         ("schedule", "Schedule events (stream `schedule-<name>`)"),
         ("trigger", "Trigger events (stream `trigger-<name>`)"),
+        ("delivery", "Subscription and delivery events (streams `subscriptions` and `deliveries`)"),
         ("access", "Access events (stream `apikeys`)"),
         ("operations", "Operations events (stream `operations`)"),
     ] {

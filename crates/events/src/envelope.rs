@@ -285,6 +285,11 @@ pub fn trigger_stream(name: &str) -> String {
     format!("trigger-{name}")
 }
 
+/// The stream of lifecycle subscriptions.
+pub const SUBSCRIPTIONS_STREAM: &str = "subscriptions";
+/// The stream of deliveries to subscriptions (attempts, requeues, scans).
+pub const DELIVERIES_STREAM: &str = "deliveries";
+
 /// The stream of API key creations and revocations.
 pub const API_KEYS_STREAM: &str = "apikeys";
 

@@ -40,8 +40,9 @@ mod verify;
 pub use catalog::*;
 pub use chain::{GENESIS_HASH, HashedFields, canonical_bytes, event_hash};
 pub use envelope::{
-    API_KEYS_STREAM, AppendResult, ExpectedVersion, Fence, Metadata, NewEvent, QueueDepth, RecordedEvent, StreamAppend,
-    TaskRow, Wake, format_timestamp, run_stream, schedule_stream, trigger_stream, workflow_stream,
+    API_KEYS_STREAM, AppendResult, DELIVERIES_STREAM, ExpectedVersion, Fence, Metadata, NewEvent, QueueDepth,
+    RecordedEvent, SUBSCRIPTIONS_STREAM, StreamAppend, TaskRow, Wake, format_timestamp, run_stream, schedule_stream,
+    trigger_stream, workflow_stream,
 };
 #[cfg(feature = "store")]
 pub use open::{DEFAULT_DATABASE_URL, open, open_existing};

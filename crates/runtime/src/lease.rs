@@ -203,6 +203,17 @@ impl Leases {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&run);
     }
 
+    /// Claims a stream that is not a run's (the dispatcher's): its token
+    /// while this worker holds it, `None` while another live worker does.
+    pub(crate) async fn claim_stream(
+        self: &Arc<Self>,
+        store: &Arc<dyn EventStore>,
+        stream: &str,
+    ) -> Result<Option<i64>, RunError> {
+        self.ensure_beating(store).await?;
+        Ok(store.claim(stream, &self.id, wall_ms() - self.timeout_ms()).await?)
+    }
+
     /// Lets a schedule's claim go (its tick is recorded).
     pub(crate) async fn release_schedule(&self, store: &Arc<dyn EventStore>, name: &str) -> Result<(), RunError> {
         store.release(&cairn_events::schedule_stream(name), &self.id).await?;

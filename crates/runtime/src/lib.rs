@@ -15,6 +15,7 @@
 //! ([`trace`]). Everything else is the crate's own.
 
 mod commit;
+pub mod deliveries;
 mod effects;
 mod error;
 mod http;

@@ -45,6 +45,9 @@ pub const LEASE_TAKEOVERS: &str = "cairn_lease_takeovers_total";
 /// reason it was skipped).
 pub const SCHEDULE_FIRINGS: &str = "cairn_schedule_firings_total";
 
+/// Delivery attempts to subscriptions, by subscription and outcome.
+pub const DELIVERIES: &str = "cairn_deliveries_total";
+
 /// Describes every metric above (their `# HELP` lines); call once after
 /// installing a recorder.
 pub fn describe() {
@@ -64,6 +67,10 @@ pub fn describe() {
         "Time between when a run was due (a timer, a backoff, an answer) and when a worker woke it."
     );
     describe_counter!(LEASE_TAKEOVERS, "Runs taken over from a worker that was gone.");
+    describe_counter!(
+        DELIVERIES,
+        "Delivery attempts to subscriptions, by subscription and outcome (delivered, failed, dead)."
+    );
     describe_counter!(
         SCHEDULE_FIRINGS,
         "Schedule firings, by schedule and outcome (fired, or why skipped: overlap, buffered, missed, refused)."
@@ -154,4 +161,10 @@ pub(crate) fn schedule_recorded(name: &str, events: &[Event]) {
         };
         metrics::counter!(SCHEDULE_FIRINGS, "schedule" => name.to_owned(), "outcome" => outcome).increment(1);
     }
+}
+
+/// A delivery attempt recorded.
+pub(crate) fn delivered(subscription: &str, outcome: &str) {
+    metrics::counter!(DELIVERIES, "subscription" => subscription.to_owned(), "outcome" => outcome.to_owned())
+        .increment(1);
 }

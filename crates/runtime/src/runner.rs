@@ -253,6 +253,16 @@ impl Engine {
         }
     }
 
+    /// Claims a stream that is not a run's for this worker (the delivery
+    /// dispatcher's): its lease token while held, `None` while another live
+    /// worker holds it or this engine is not a worker.
+    pub async fn claim_stream(&self, stream: &str) -> Result<Option<i64>, RunError> {
+        match &self.leases {
+            Some(l) => l.claim_stream(&self.store, stream).await,
+            None => Ok(None),
+        }
+    }
+
     /// Lets this worker's claim of a schedule go (after its tick).
     pub async fn release_schedule(&self, name: &str) -> Result<(), RunError> {
         match &self.leases {

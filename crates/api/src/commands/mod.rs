@@ -14,6 +14,7 @@ pub mod run;
 pub mod runs;
 pub mod schedules;
 pub mod setup;
+pub mod subscriptions;
 pub mod triggers;
 pub mod validate;
 pub mod verify;

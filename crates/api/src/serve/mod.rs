@@ -20,6 +20,7 @@ mod refusals;
 mod routes;
 mod runs;
 mod schedules;
+mod subscriptions;
 mod tasks;
 mod telemetry;
 mod triggers;
@@ -220,7 +221,8 @@ pub async fn worker(
         let local = metrics::serve_for_worker(addr, m, engine.store().clone(), stop_rx.clone()).await?;
         out!("metrics on http://{local}/metrics");
     }
-    let timers = tokio::spawn(driver.clone().run(stop_rx));
+    let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
+    tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx));
     {
         let d = driver.clone();
         tokio::spawn(async move { d.resume_unfinished().await });
@@ -384,6 +386,10 @@ pub async fn run(
         Some(finished)
     };
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
+    // Lifecycle deliveries: one dispatcher across the processes that drive runs.
+    if !args.no_worker {
+        tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
+    }
     let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
     // Runs a crash or restart left unfinished continue, on probation, while
     // requests are served.

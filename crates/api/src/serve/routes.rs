@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::api::{Api, Finished, In, op};
-use super::{docs, live, people, reads, runs, schedules, tasks, triggers, workflows};
+use super::{docs, live, people, reads, runs, schedules, subscriptions, tasks, triggers, workflows};
 use crate::keys::Role;
 
 fn definition_body() -> Vec<(&'static str, serde_json::Value)> {
@@ -230,7 +230,7 @@ pub fn api() -> Finished {
     let o = op(Method::POST, "/hooks/{name}", "deliver_hook", "triggers", "Deliver a webhook (no API key: signed)")
         .describe("Verifies the signature against the raw body, finds the delivery id, maps the body (JSON, or text) and headers to the inputs, and starts the run. A delivery id seen before starts nothing and answers 200 with its run. A bad signature is answered 401 `bad-signature` and recorded as a refused request (`GET /audit?outcome=denied`).")
         .path_param("name", "The trigger's name.")
-        .body(vec![("application/json", json!({})), ("text/plain", json!({"type": "string"}))])
+        .body(vec![("application/json", json!({"description": "The provider's payload, as it sends it: the signature covers these exact bytes."}))])
         .ok::<triggers::Delivery>(api, 201, "A run started.")
         .ok::<triggers::Delivery>(api, 200, "This delivery id started a run before: nothing new.")
         .error(400, "No delivery id, or the body and headers do not map to the inputs.")
@@ -238,6 +238,40 @@ pub fn api() -> Finished {
         .error(404, "No such trigger.")
         .error(422, "The mapped inputs do not satisfy the workflow's `inputs` schema.");
     api.add(o, triggers::hook);
+
+    // ---- lifecycle subscriptions and deliveries
+    let o = op(Method::GET, "/subscriptions", "list_subscriptions", "subscriptions", "List lifecycle subscriptions")
+        .role(Role::Viewer)
+        .ok::<subscriptions::SubscriptionList>(api, 200, "Subscriptions by name.");
+    api.add(o, subscriptions::list);
+    let o = op(Method::PUT, "/subscriptions/{name}", "define_subscription", "subscriptions", "Subscribe to lifecycle events")
+        .describe("Each matching event (after this moment) is POSTed to `url`, signed (`Cairn-Signature: t=<unix time>,v1=<HMAC-SHA256 of \"t.body\">` with the named secret), or starts the workflow `start`; at least once, retried with backoff (1 s, 2 s, 4 s, … up to 5 minutes), dead after `max_attempts`. Deliveries never delay or fail the run they are about. See docs/operations.md \"Lifecycle subscriptions\".")
+        .role(Role::Admin)
+        .path_param("name", "Letters, digits, `-`, `_`, `.`.")
+        .json_body::<subscriptions::DefineSubscription>(api)
+        .ok::<crate::commands::subscriptions::SubscriptionView>(api, 200, "Subscribed.")
+        .error(422, "Unknown events, a bad URL, a secret the server does not have, or an unknown workflow.");
+    api.add(o, subscriptions::define);
+    let o =
+        op(Method::DELETE, "/subscriptions/{name}", "delete_subscription", "subscriptions", "Delete a subscription")
+            .role(Role::Admin)
+            .path_param("name", "The subscription's name.")
+            .reply(204, "Deleted.", Vec::new())
+            .error(404, "No such subscription.");
+    api.add(o, subscriptions::delete);
+    let o = op(Method::GET, "/deliveries", "list_deliveries", "subscriptions", "The delivery log, newest first")
+        .describe("Every delivery with its status (`pending`: tried again at `next_at`; `delivered`; `dead`: no attempts left, until retried), attempts, last HTTP status and error.")
+        .role(Role::Operator)
+        .query::<subscriptions::DeliveryQuery>(api)
+        .ok::<subscriptions::DeliveryList>(api, 200, "Deliveries.");
+    api.add(o, subscriptions::deliveries);
+    let o = op(Method::POST, "/deliveries/{id}/retry", "retry_delivery", "subscriptions", "Put a dead delivery back")
+        .role(Role::Operator)
+        .path_param("id", "`SUBSCRIPTION@POSITION`.")
+        .reply(202, "Pending again: the dispatcher tries it at once.", Vec::new())
+        .error(404, "No such delivery.")
+        .error(409, "The delivery is not dead.");
+    api.add(o, subscriptions::retry);
 
     // ---- runs
     let o = op(Method::POST, "/runs", "start_run", "runs", "Start a run")

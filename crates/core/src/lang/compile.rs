@@ -282,9 +282,11 @@ pub fn compile(raw: RawWorkflow, source: &str, file: &str, tasks: &[&str]) -> Re
     children.sort();
     children.dedup();
     let budget = super::compile_people::budget(&mut cx, &raw.name, raw.budget.as_ref());
+    let hooks = hooks(&mut cx, raw.on.as_ref(), &mut secret_refs);
     let model_refs = std::mem::take(&mut cx.models);
     let mut workflow = Workflow {
         budget,
+        hooks,
         model_refs,
         config: Default::default(),
         compensations,
@@ -1659,6 +1661,70 @@ fn references(text: &str) -> Vec<Ref> {
         let after = &rest[step.len()..];
         let field = after.strip_prefix(".output.").map(ident_at).filter(|f| !f.is_empty()).map(str::to_owned);
         out.push(Ref::Step { step: step.to_owned(), field });
+    }
+    out
+}
+
+/// The lifecycle hooks of `on:`, checked.
+fn hooks(
+    cx: &mut Ctx<'_>,
+    on: Option<&Spanned<std::collections::BTreeMap<String, Vec<super::raw::RawHook>>>>,
+    secret_refs: &mut Vec<crate::model::SecretRef>,
+) -> Vec<crate::model::Hook> {
+    use crate::model::{Hook, LIFECYCLE_EVENTS};
+    let Some(on) = on else { return Vec::new() };
+    let mut out = Vec::new();
+    for (event, list) in &on.value {
+        if !LIFECYCLE_EVENTS.contains(&event.as_str()) {
+            cx.at(
+                on,
+                "unknown-event",
+                format!("`on` names `{event}`, which is not a lifecycle event"),
+                Some(format!("use one of {}", LIFECYCLE_EVENTS.join(", "))),
+            );
+            continue;
+        }
+        for h in list {
+            match (&h.url, &h.start) {
+                (Some(url), None) => {
+                    let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+                    if !ok {
+                        cx.at(on, "bad-hook", format!("`on.{event}`: `{url}` is not an http or https URL"), None);
+                    }
+                    match &h.secret {
+                        Some(name) => secret_refs.push(crate::model::SecretRef {
+                            name: name.clone(),
+                            line: on.referenced.line(),
+                            column: on.referenced.column(),
+                        }),
+                        None => cx.at(
+                            on,
+                            "bad-hook",
+                            format!("`on.{event}`: a `url` hook needs a `secret` to sign its deliveries with"),
+                            Some("name a secret: `secret: OPS_HOOK` (set CAIRN_SECRET_OPS_HOOK)".into()),
+                        ),
+                    }
+                }
+                (None, Some(w)) => {
+                    if w.is_empty() || !w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                        cx.at(on, "bad-hook", format!("`on.{event}`: `{w}` is not a workflow name"), None);
+                    }
+                }
+                _ => cx.at(
+                    on,
+                    "bad-hook",
+                    format!("`on.{event}`: a hook has either `url` (with `secret`) or `start`, not both"),
+                    None,
+                ),
+            }
+            out.push(Hook {
+                event: event.clone(),
+                url: h.url.clone(),
+                secret: h.secret.clone(),
+                start: h.start.clone(),
+                max_attempts: h.max_attempts.unwrap_or(8).clamp(1, 100),
+            });
+        }
     }
     out
 }

@@ -37,6 +37,32 @@ pub struct RawWorkflow {
     /// What the run's AI attempts may spend in all.
     #[serde(default)]
     pub budget: Option<RawBudget>,
+    /// Lifecycle hooks, by event (`run.started`, `run.completed`,
+    /// `run.failed`, `run.cancelled`, `step.failed`, `approval.requested`,
+    /// `approval.expired`): endpoints to POST the event to (signed) or
+    /// workflows to start, at least once, with retries. They never delay or
+    /// fail the run.
+    #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, Vec<RawHook>>>")]
+    pub on: Option<Spanned<std::collections::BTreeMap<String, Vec<RawHook>>>>,
+}
+
+/// One lifecycle hook: `url` (with `secret`) or `start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    /// POST the event here (http or https), signed with `secret`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The signing secret's name (`CAIRN_SECRET_<NAME>`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Or: start this workflow, with the event as its input `event`.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Attempts before the delivery is set aside as dead (default 8).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
 }
 
 /// One `catch` entry.
