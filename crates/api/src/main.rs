@@ -15,6 +15,7 @@ mod codes;
 mod commands;
 mod keys;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -93,6 +93,7 @@ async fn keep_writing(store: Arc<dyn EventStore>, stop: tokio::sync::watch::Rece
                 settings: None,
                 started_at: None,
                 schedule: None,
+                trace_parent: None,
             }),
             Event::StepStarted(cairn_events::StepStarted {
                 step_id: "a".into(),
@@ -306,6 +307,7 @@ async fn a_parked_event_is_shown_listed_and_skipped_on_the_record(url: String) {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     });
     let ev = || vec![NewEvent::from_event(&started, Metadata::by("ada"))];
     let stream = cairn_events::run_stream(id);

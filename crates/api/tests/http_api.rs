@@ -866,58 +866,136 @@ async fn json_logs_carry_request_ids() {
     assert!(lines.iter().any(|l| l["span"]["request_id"] == id.as_str() && l["status"] == 401), "{logs}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_go_to_the_otlp_endpoint_one_per_run_a_span_per_step() {
     use std::sync::{Arc, Mutex};
-    // An OTLP/HTTP receiver on a real socket, keeping what it is sent.
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    // An OTLP/HTTP receiver on a real socket, keeping what it is sent and
+    // the headers it came with; and an endpoint for an `http` step that
+    // keeps the `traceparent` it is sent.
+    type Kept = Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>;
+    let got: Kept = Arc::default();
     let keep = got.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let keep = keep.clone();
-            async move {
-                keep.lock().expect("lock").push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                "{}"
-            }
-        }),
-    );
+    let calls: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let keep = keep.clone();
+                async move {
+                    keep.lock().expect("lock").push((headers, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    "{}"
+                }
+            }),
+        )
+        .route(
+            "/step",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    seen.lock().expect("lock").push(tp);
+                    axum::Json(json!({ "ok": true }))
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     let endpoint = format!("http://{addr}");
-    let s = Server::start_with(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_SERVICE_NAME", "orders-engine"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret,x-tenant=acme"),
+    ];
+    let s = Server::start_with(&[], &otel);
     let k = s.key("root", "admin", "root");
     assert_eq!(s.post_yaml("/workflows", &k, ECHO).await.status, 201);
+    let called = format!(
+        "name: called\nsteps:\n  - id: notify\n    http: {{ method: POST, url: 'http://{addr}/step', body: {{ a: 1 }} }}\n"
+    );
+    assert_eq!(s.post_yaml("/workflows", &k, &called).await.status, 201);
     let id = s.post("/runs", &k, &json!({"workflow": "echo"})).await.json["run_id"].as_str().expect("id").to_owned();
     s.wait_status(&id, &k, &["completed"]).await;
-    let trace = id.replace('-', "");
-    let mut spans: Vec<Value> = Vec::new();
-    for _ in 0..100 {
-        spans = got
-            .lock()
-            .expect("lock")
-            .iter()
-            .flat_map(|b| b["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
-            .filter(|sp| sp["traceId"] == trace.as_str())
-            .collect();
-        if spans.iter().any(|sp| sp["name"] == "run echo") {
-            break;
+    // A caller's traceparent: the run's trace links to the caller's span.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = json!({"workflow": "called"}).to_string().into_bytes();
+    let r = s.send("POST", "/runs", Some(&k), Some(("application/json", body)), &[("traceparent", caller)]).await;
+    let called_id = r.json["run_id"].as_str().expect("id").to_owned();
+    s.wait_status(&called_id, &k, &["completed"]).await;
+
+    let spans_of = |run: &str, name: &str| {
+        let trace = run.replace('-', "");
+        for _ in 0..100 {
+            let spans: Vec<Value> = got
+                .lock()
+                .expect("lock")
+                .iter()
+                .flat_map(|(_, b)| {
+                    b["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default()
+                })
+                .filter(|sp| sp["traceId"] == trace.as_str())
+                .collect();
+            if spans.iter().any(|sp| sp["name"] == name) {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let run = spans.iter().find(|sp| sp["name"] == "run echo").unwrap_or_else(|| panic!("no run span: {spans:?}"));
+        panic!("no span `{name}` of run {run}: {:?}", got.lock().expect("lock"));
+    };
+    let spans = spans_of(&id, "run echo");
+    let run = spans.iter().find(|sp| sp["name"] == "run echo").expect("run span");
     let step = spans.iter().find(|sp| sp["name"] == "step one").unwrap_or_else(|| panic!("no step span: {spans:?}"));
     assert_eq!(step["parentSpanId"], run["spanId"]);
-    assert!(run["parentSpanId"].is_null());
+    assert!(run["parentSpanId"].is_null() || run["parentSpanId"] == "", "{run}");
     // The span ids are the ones in the events' metadata.
     let events = s.get(&format!("/runs/{id}/events"), &k).await.json;
     let started = events["items"].as_array().expect("items").iter().find(|e| e["event_type"] == "StepStarted").cloned();
     assert_eq!(started.map(|e| e["metadata"]["span_id"].clone()), Some(step["spanId"].clone()));
     assert_eq!(events["items"][0]["metadata"]["span_id"], run["spanId"]);
-    let t0: u128 = step["startTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("start");
-    let t1: u128 = step["endTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("end");
+    let nanos = |v: &Value| v.as_str().and_then(|t| t.parse::<u128>().ok()).or_else(|| v.as_u64().map(u128::from));
+    let t0 = nanos(&step["startTimeUnixNano"]).expect("start");
+    let t1 = nanos(&step["endTimeUnixNano"]).expect("end");
     assert!(t1 >= t0 && t0 > 0);
+    // The configured service name and headers.
+    let (headers, body) = got.lock().expect("lock")[0].clone();
+    assert_eq!(headers.get("x-api-key").and_then(|v| v.to_str().ok()), Some("s3cret"));
+    assert_eq!(headers.get("x-tenant").and_then(|v| v.to_str().ok()), Some("acme"));
+    let attrs = body["resourceSpans"][0]["resource"]["attributes"].as_array().cloned().unwrap_or_default();
+    let service = attrs.iter().find(|a| a["key"] == "service.name").map(|a| a["value"]["stringValue"].clone());
+    assert_eq!(service, Some(json!("orders-engine")), "{body}");
+    // The http step was sent its attempt's span as traceparent; the run
+    // links to the caller's span.
+    let spans = spans_of(&called_id, "run called");
+    let notify = spans.iter().find(|sp| sp["name"] == "step notify").expect("step span");
+    let sent = calls.lock().expect("lock").clone();
+    let want = format!("00-{}-{}-01", called_id.replace('-', ""), notify["spanId"].as_str().expect("span id"));
+    assert_eq!(sent, vec![Some(want)]);
+    let run = spans.iter().find(|sp| sp["name"] == "run called").expect("run span");
+    assert_eq!(run["links"][0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "{run}");
+    assert_eq!(run["links"][0]["spanId"], "00f067aa0ba902b7", "{run}");
+
+    // `cairn run` exports its run's spans too.
+    let file = s.dir.path().join("local.yaml");
+    std::fs::write(&file, "name: local\nsteps:\n  - id: only\n    task: echo\n    with: { n: 1 }\n").expect("write");
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["run", file.to_str().expect("path"), "--database"])
+        .arg(format!("sqlite://{}", dir.path().join("c.db").display()))
+        .envs(otel)
+        .output()
+        .expect("cairn run");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    let local = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .flat_map(|(_, b)| b["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+        .filter(|sp| sp["name"] == "run local")
+        .count();
+    assert_eq!(local, 1, "{text}");
 }
 
 /// The README's HTTP example works as written: a server, a workflow, a run

@@ -1201,6 +1201,48 @@ async fn the_console_shows_caught_errors_and_skips(db: &str) {
     assert!(p.html.contains(">transform · not reached</text>"), "`fine` is not reached: {}", p.html);
 }
 
+/// The console lists schedules with their next firings, and the delivery
+/// log (dead letters included) for operators.
+async fn the_console_lists_schedules_and_deliveries(db: &str) {
+    let Some(smtp) = servers::smtp_on(None) else { return };
+    let (s, key) = serve(&smtp, Some(db));
+    let flow = "name: nightly\nsteps:\n  - id: a\n    task: echo\n    with: { n: 1 }\n";
+    assert_eq!(s.post_yaml("/workflows", &key, flow).await.status, 201);
+    let body = json!({ "workflow": "nightly", "cron": "0 30 2 * * *", "timezone": "Europe/Stockholm" });
+    let r = s
+        .send(
+            "PUT",
+            "/schedules/nightly-report",
+            Some(&key),
+            Some(("application/json", body.to_string().into_bytes())),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let next = r.json["next_firings"][0].as_str().expect("a next firing").to_owned();
+    let op = s.key("olga", "operator", "olga");
+    let viewer = s.key("vic", "viewer", "vic");
+    let (oc, _) = sign_in(&s, &op, false).await;
+    let p = with_cookie(&s, "GET", "/ui/schedules", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert_secure(&p);
+    assert!(
+        p.html.contains("nightly-report") && p.html.contains("<code>0 30 2 * * *</code> in Europe/Stockholm"),
+        "{}",
+        p.html
+    );
+    assert!(p.html.contains(&next) && p.html.contains("active"), "{}", p.html);
+    assert!(p.html.contains(r#"<a href="/ui/schedules">Schedules</a>"#), "in the console's navigation: {}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/deliveries?status=dead", &oc, None).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("No delivery here"), "{}", p.html);
+    let (vc, _) = sign_in(&s, &viewer, false).await;
+    let p = with_cookie(&s, "GET", "/ui/deliveries", &vc, None).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    let p = with_cookie(&s, "GET", "/ui/schedules", "", None).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/ui/sign-in?next=%2Fui%2Fschedules")));
+}
+
 on_both!(
     people_answer_from_their_links,
     an_expired_link_says_so,
@@ -1211,4 +1253,5 @@ on_both!(
     the_console_shows_caught_errors_and_skips,
     the_console_draws_a_dag_in_rows_by_dependency,
     an_approver_gives_the_approvals_fields_on_the_page,
+    the_console_lists_schedules_and_deliveries,
 );

@@ -36,6 +36,7 @@ fn started(inputs: Value) -> Event {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     })
 }
 

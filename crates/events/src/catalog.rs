@@ -145,6 +145,10 @@ pub struct RunStarted {
     /// Set when a schedule started this run: which, and for what time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleOrigin>,
+    /// The W3C `traceparent` of the request that started it, when it sent
+    /// one: the run's trace links to the caller's span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// The schedule firing that started a run.

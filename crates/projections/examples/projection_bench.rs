@@ -54,6 +54,7 @@ fn run(n: u64) -> (String, Vec<Event>) {
                 settings: None,
                 started_at: None,
                 schedule: None,
+                trace_parent: None,
             }),
             step("fetch", 1),
             done("fetch"),

@@ -33,6 +33,7 @@ fn run_events(n: u128, workflow: &str, plan: &[u8]) -> (Uuid, Vec<Event>) {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     })];
     for (i, p) in plan.iter().enumerate() {
         let step = format!("s{i}");
@@ -589,6 +590,7 @@ fn old_loop_run(n: u128) -> (Uuid, Vec<Event>) {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     })];
     for visit in 1..=3 {
         ev.push(started("check", 1));

@@ -56,6 +56,7 @@ fn record(w: &cairn_runtime::Workflow) -> Vec<Event> {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     })];
     let mut s = fold(events.iter());
     let now = chrono::Utc::now();

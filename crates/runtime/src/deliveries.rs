@@ -616,7 +616,8 @@ impl Dispatcher {
             .map_err(|x| err(x.to_string()))?
             .ok_or_else(|| err(format!("workflow `{workflow}` is not published")))?;
         let w = e.definition(workflow, version).await.map_err(|x| err(x.to_string()))?;
-        let opts = Start { run_id: Some(run_id), idempotency_key: Some(a.id.clone()), drive: false };
+        let opts =
+            Start { run_id: Some(run_id), idempotency_key: Some(a.id.clone()), drive: false, trace_parent: None };
         match e.start_with(&w, version, json!({ "event": event }), &by, opts).await {
             Ok(_) => Ok(None),
             Err(RunError::Store(x)) if x.is_conflict() => Ok(None),

@@ -34,6 +34,7 @@ pub async fn send(
     timeout: Duration,
     idempotency_key: &str,
     retry_on_status: &[u16],
+    traceparent: &str,
 ) -> Result<Value, TaskError> {
     let method = request.get("method").and_then(Value::as_str).unwrap_or("GET").to_ascii_uppercase();
     let method = reqwest::Method::from_bytes(method.as_bytes())
@@ -57,7 +58,13 @@ pub async fn send(
         }
     }
     let mut rb = client.request(method, url).timeout(timeout).header("Idempotency-Key", idempotency_key);
-    if let Some(h) = request.get("headers").and_then(Value::as_object) {
+    let headers = request.get("headers").and_then(Value::as_object);
+    // The step attempt's span, as the W3C trace context says (unless the
+    // step sets its own).
+    if !headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("traceparent"))) {
+        rb = rb.header("traceparent", traceparent);
+    }
+    if let Some(h) = headers {
         for (k, v) in h {
             rb = rb.header(k.as_str(), scalar(v));
         }

@@ -156,7 +156,7 @@ impl Leases {
         store: &Arc<dyn EventStore>,
         by: DateTime<Utc>,
         limit: i64,
-    ) -> Result<crate::runner::Claimed, RunError> {
+    ) -> Result<Claimed, RunError> {
         self.ensure_beating(store).await?;
         let got = store.claim_due(&self.id, by.timestamp_millis(), wall_ms() - self.timeout_ms(), limit).await?;
         let mut out = Vec::with_capacity(got.len());
@@ -174,7 +174,7 @@ impl Leases {
             // another, is raised.
             out.push((run, DateTime::from_timestamp_millis(due).unwrap_or_default(), token > 1));
         }
-        Ok(crate::runner::Claimed { runs: out, schedules })
+        Ok(Claimed { runs: out, schedules })
     }
 
     /// The fence that takes a new run's lease in the append that creates
@@ -244,6 +244,17 @@ impl Drop for Leases {
             task.abort();
         }
     }
+}
+
+/// What a worker's claim of due work took: runs (with when each was due
+/// and whether it was taken over from a worker that died) and schedules
+/// (with when each is due), held until let go.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Runs.
+    pub runs: Vec<(Uuid, chrono::DateTime<Utc>, bool)>,
+    /// Schedules, by name.
+    pub schedules: Vec<(String, chrono::DateTime<Utc>)>,
 }
 
 /// The wake-up index entry for a run after a decision: due at once while

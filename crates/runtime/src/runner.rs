@@ -53,6 +53,9 @@ pub struct Start {
     /// picks it up meanwhile. Otherwise the run is due for whichever
     /// worker claims it first.
     pub drive: bool,
+    /// The caller's W3C `traceparent`, recorded so the run's trace links
+    /// to the caller's span.
+    pub trace_parent: Option<String>,
 }
 
 impl Start {
@@ -85,17 +88,8 @@ pub(crate) struct Origin {
     pub(crate) fork: Option<(cairn_events::ForkOrigin, Vec<Event>)>,
     /// The schedule firing that starts it.
     pub(crate) schedule: Option<cairn_events::ScheduleOrigin>,
-}
-
-/// What a worker's claim of due work took: runs (with when each was due
-/// and whether it was taken over from a worker that died) and schedules
-/// (with when each is due), held until let go.
-#[derive(Debug, Default)]
-pub struct Claimed {
-    /// Runs.
-    pub runs: Vec<(Uuid, chrono::DateTime<Utc>, bool)>,
-    /// Schedules, by name.
-    pub schedules: Vec<(String, chrono::DateTime<Utc>)>,
+    /// The caller's W3C `traceparent`.
+    pub(crate) trace_parent: Option<String>,
 }
 
 /// Receives every event the runner appends, for progress displays.
@@ -246,10 +240,10 @@ impl Engine {
     /// dead worker's runs) that no live worker holds, at most `limit`;
     /// returns each with when it is due and whether it was taken over from
     /// a worker that died (or retired) holding it.
-    pub async fn claim_due(&self, by: chrono::DateTime<Utc>, limit: i64) -> Result<Claimed, RunError> {
+    pub async fn claim_due(&self, by: chrono::DateTime<Utc>, limit: i64) -> Result<crate::lease::Claimed, RunError> {
         match &self.leases {
             Some(l) => l.claim_due(&self.store, by, limit).await,
-            None => Ok(Claimed::default()),
+            None => Ok(crate::lease::Claimed::default()),
         }
     }
 
@@ -565,7 +559,8 @@ impl Engine {
     ) -> Result<(Uuid, RunState), RunError> {
         self.check_children(w).await?;
         let id = opts.run_id.unwrap_or_else(Uuid::now_v7);
-        let origin = Origin { idempotency_key: opts.idempotency_key, ..Origin::default() };
+        let origin =
+            Origin { idempotency_key: opts.idempotency_key, trace_parent: opts.trace_parent, ..Origin::default() };
         let (id, _, state) = self.start_run(w, version, inputs, started_by, id, origin, opts.drive).await?;
         Ok((id, state))
     }
@@ -615,7 +610,7 @@ impl Engine {
         origin: Origin,
         claim: bool,
     ) -> Result<(Uuid, Vec<Event>, RunState), RunError> {
-        let Origin { parent, idempotency_key, fork, schedule } = origin;
+        let Origin { parent, idempotency_key, fork, schedule, trace_parent } = origin;
         let bound = self.bound(w, version).await?;
         let w = &*bound;
         let workflow = w.name.clone();
@@ -642,6 +637,7 @@ impl Engine {
             settings: cairn_core::settings::resolve(w, &self.fx.config),
             started_at: Some(self.fx.clock.now()),
             schedule,
+            trace_parent,
         });
         let mut state = evolve(RunState::default(), &event);
         let mut events = vec![event];
@@ -1337,7 +1333,12 @@ impl Engine {
             Effect::Http { retry_on_status } => {
                 let key = ctx.idempotency_key();
                 let t = timeout.unwrap_or(cairn_core::model::DEFAULT_HTTP_TIMEOUT);
-                return crate::http::send(&self.fx.http, &input, t, &key, &retry_on_status).await;
+                let traceparent = format!(
+                    "00-{}-{}-01",
+                    crate::trace::trace_id(run_id),
+                    crate::trace::step_span(run_id, step_id, attempt)
+                );
+                return crate::http::send(&self.fx.http, &input, t, &key, &retry_on_status, &traceparent).await;
             }
             Effect::Task { handler } => match self.tasks.get(&handler) {
                 None => {

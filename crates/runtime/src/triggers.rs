@@ -174,7 +174,7 @@ impl Engine {
                 format!("workflow `{}` is archived and takes no new runs", d.workflow),
             ));
         }
-        let opts = Start { run_id: Some(run_id), idempotency_key: Some(id.clone()), drive };
+        let opts = Start { run_id: Some(run_id), idempotency_key: Some(id.clone()), drive, trace_parent: None };
         match self.start_with(&w, version, inputs, &by, opts).await {
             Ok((run_id, s)) => Ok((Delivered { run_id, delivery_id: id, started: true }, s)),
             // The same delivery at the same moment: the other started it.

@@ -1072,6 +1072,7 @@ fn run_started(workflow: &str, inputs: Value) -> Event {
         settings: None,
         started_at: None,
         schedule: None,
+        trace_parent: None,
     })
 }
 

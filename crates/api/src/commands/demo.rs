@@ -31,6 +31,7 @@ pub async fn run(database: &str) -> anyhow::Result<ExitCode> {
                 settings: None,
                 started_at: None,
                 schedule: None,
+                trace_parent: None,
             }),
             "demo",
         ),

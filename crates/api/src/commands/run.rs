@@ -169,7 +169,26 @@ pub async fn run(
     if let Some(p) = projector {
         p.finish().await;
     }
+    export_trace(&engine, run_id).await;
     super::people::finish(&engine, run_id, &state).await
+}
+
+/// Sends the run's spans when an OTLP endpoint is configured (a failure
+/// to send is said, and changes nothing about the run).
+async fn export_trace(engine: &Engine, run_id: uuid::Uuid) {
+    if !crate::telemetry::configured() {
+        return;
+    }
+    let events = match engine.store().read_stream(&cairn_events::run_stream(run_id), 1).await {
+        Ok(rs) => rs.into_iter().filter_map(|r| Event::decode(&r).ok().map(|e| (r, e))).collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!("warning: cannot read run {run_id} to export its trace: {e}");
+            return;
+        }
+    };
+    if let Err(e) = crate::telemetry::export_runs(&events).await {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// Says which inputs do not satisfy `workflow`'s `inputs` schema and that
@@ -339,7 +358,12 @@ pub async fn start(
             }
         }
     }
-    let opts = cairn_runtime::Start { run_id: keyed, idempotency_key: args.idempotency_key.clone(), drive: false };
+    let opts = cairn_runtime::Start {
+        run_id: keyed,
+        idempotency_key: args.idempotency_key.clone(),
+        drive: false,
+        trace_parent: None,
+    };
     let run_id = match engine.start_with(&w, version, inputs, &started_by, opts).await {
         Ok((id, _)) => id,
         // Started with this key already (above, or by a racing start).
@@ -372,6 +396,7 @@ pub async fn start(
     if let Some(p) = projector {
         p.finish().await;
     }
+    export_trace(&engine, run_id).await;
     if json {
         let waiting = state.status == RunStatus::Running;
         let mut v = serde_json::json!({

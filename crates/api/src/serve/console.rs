@@ -45,6 +45,8 @@ pub fn router() -> Router<Arc<State>> {
         .route("/ui/audit/export", get(export))
         .route("/ui/costs", get(costs))
         .route("/ui/workflows", get(workflows))
+        .route("/ui/schedules", get(schedules))
+        .route("/ui/deliveries", get(deliveries))
         .route("/ui/workflows/new", get(editor).post(author))
         .route("/ui/workflows/check", axum::routing::post(check))
         .route("/ui/workflows/{name}", get(workflow))
@@ -136,7 +138,7 @@ async fn require(state: &State, headers: &HeaderMap, back: &str) -> Result<Sessi
 /// The frame of a signed-in page: navigation, who is signed in, sign out.
 fn shell(state: &State, s: &Session, title: &str, body: &str) -> Response {
     let mut nav = String::from(
-        "<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a> <a href=\"/ui/workflows\">Workflows</a> <a href=\"/ui/audit\">Audit</a> <a href=\"/ui/costs\">Costs</a>",
+        "<nav aria-label=\"Console\"><a href=\"/ui/inbox\">Inbox</a> <a href=\"/ui/runs\">Runs</a> <a href=\"/ui/workflows\">Workflows</a> <a href=\"/ui/schedules\">Schedules</a> <a href=\"/ui/deliveries\">Deliveries</a> <a href=\"/ui/audit\">Audit</a> <a href=\"/ui/costs\">Costs</a>",
     );
     let _ = write!(
         nav,
@@ -804,6 +806,108 @@ async fn workflows(S(state): S<Arc<State>>, s: Session) -> Response {
     shell(&state, &s, "Workflows", &b)
 }
 
+/// `GET /ui/schedules`: every schedule with its state, next firings and
+/// last firing (its run linked).
+async fn schedules(S(state): S<Arc<State>>, s: Session) -> Response {
+    let list = match super::schedules::list(S(state.clone())).await {
+        Ok(l) => l.0.items,
+        Err(e) => return unavailable(&e.0.detail),
+    };
+    let mut b = String::from("<h1>Schedules</h1>");
+    if list.is_empty() {
+        b.push_str(
+            "<p>No schedule is defined (<code>cairn schedules create</code> or <code>PUT /schedules/{name}</code>).</p>",
+        );
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">Schedule</th><th scope=\"col\">Workflow</th><th scope=\"col\">When</th>\
+             <th scope=\"col\">State</th><th scope=\"col\">Next firings (UTC)</th><th scope=\"col\">Last firing</th>\
+             <th scope=\"col\">Fired / skipped</th></tr></thead><tbody>",
+        );
+        for v in &list {
+            let next = if v.next_firings.is_empty() {
+                "—".to_owned()
+            } else {
+                v.next_firings.iter().take(3).map(|t| esc(t)).collect::<Vec<_>>().join("<br>")
+            };
+            let last = match (&v.last_fired_at, v.last_run_id) {
+                (Some(at), Some(run)) => format!("<a href=\"/ui/runs/{run}\">{}</a>", esc(at)),
+                _ => "—".to_owned(),
+            };
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td><a href=\"/ui/workflows/{}\">{}</a></td><td><code>{}</code> in {} ({})</td><td>{}{}</td>\
+                 <td>{next}</td><td>{last}</td><td>{} / {}</td></tr>",
+                esc(&v.name),
+                seg(&v.workflow),
+                esc(&v.workflow),
+                esc(&v.cron),
+                esc(&v.timezone),
+                esc(&v.overlap),
+                esc(&v.state),
+                v.paused_reason.as_deref().map(|r| format!(": {}", esc(r))).unwrap_or_default(),
+                v.fired,
+                v.skipped
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    shell(&state, &s, "Schedules", &b)
+}
+
+#[derive(Deserialize)]
+struct DeliveriesQ {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// `GET /ui/deliveries?status=dead`: the delivery log of the lifecycle
+/// subscriptions and hooks, newest first (operators and admins).
+async fn deliveries(S(state): S<Arc<State>>, s: Session, Query(q): Query<DeliveriesQ>) -> Response {
+    if !s.key.role.may(Role::Operator) {
+        return page_with(
+            StatusCode::FORBIDDEN,
+            "Deliveries",
+            "<h1>Deliveries</h1><p>The delivery log is for operators and admins.</p>",
+            true,
+        );
+    }
+    let status = q.status.filter(|x| matches!(x.as_str(), "pending" | "delivered" | "dead"));
+    let list = match crate::commands::subscriptions::deliveries(&state.engine, status.as_deref(), None, 200).await {
+        Ok(l) => l,
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    let mut b = String::from(
+        "<h1>Deliveries</h1><p><a href=\"/ui/deliveries\">All</a> · <a href=\"/ui/deliveries?status=pending\">Pending</a> · \
+         <a href=\"/ui/deliveries?status=dead\">Dead</a> (put one back with <code>cairn deliveries retry ID</code>)</p>",
+    );
+    if list.is_empty() {
+        b.push_str("<p>No delivery here.</p>");
+    } else {
+        b.push_str(
+            "<table><thead><tr><th scope=\"col\">Delivery</th><th scope=\"col\">Event</th><th scope=\"col\">Run</th>\
+             <th scope=\"col\">Status</th><th scope=\"col\">Attempts</th><th scope=\"col\">Last error</th>\
+             <th scope=\"col\">Next attempt</th></tr></thead><tbody>",
+        );
+        for d in &list {
+            let run = d.run_id.map_or_else(|| "—".to_owned(), |r| format!("<a href=\"/ui/runs/{r}\">{r}</a>"));
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{run}</td><td class=\"status-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.id),
+                esc(&d.event),
+                esc(&d.status),
+                esc(&d.status),
+                d.attempts,
+                esc(d.last_error.as_deref().unwrap_or("")),
+                esc(d.next_at.as_deref().unwrap_or("—")),
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
+    shell(&state, &s, "Deliveries", &b)
+}
+
 #[derive(Deserialize)]
 struct VersionQ {
     #[serde(default)]
@@ -1053,7 +1157,7 @@ async fn start(
         };
         inputs.insert(field.clone(), v);
     }
-    let opts = cairn_runtime::Start { run_id: None, idempotency_key: None, drive: state.driver.drives() };
+    let opts = cairn_runtime::Start { drive: state.driver.drives(), ..Default::default() };
     match state.engine.start_with(&w, version, serde_json::Value::Object(inputs), &s.key.identity, opts).await {
         Ok((id, started)) => {
             let _ = state.driver.kick_started(id, started, false);

@@ -22,7 +22,6 @@ mod runs;
 mod schedules;
 mod subscriptions;
 mod tasks;
-mod telemetry;
 mod triggers;
 mod workflows;
 
@@ -203,7 +202,7 @@ pub async fn worker(
     setup: &crate::commands::setup::SetupArgs,
     args: WorkerArgs,
 ) -> anyhow::Result<ExitCode> {
-    telemetry::init(&args.log_format)?;
+    crate::telemetry::init(&args.log_format)?;
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     let metrics_at = match &args.metrics_listen {
         Some(a) => Some(
@@ -222,7 +221,8 @@ pub async fn worker(
         out!("metrics on http://{local}/metrics");
     }
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
-    tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx));
+    tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
+    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx)?;
     {
         let d = driver.clone();
         tokio::spawn(async move { d.resume_unfinished().await });
@@ -233,6 +233,9 @@ pub async fn worker(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = timers.await;
+    if let Some(e) = exporter {
+        let _ = e.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -306,7 +309,7 @@ pub async fn run(
     setup: &crate::commands::setup::SetupArgs,
     args: Args,
 ) -> anyhow::Result<ExitCode> {
-    telemetry::init(&args.log_format)?;
+    crate::telemetry::init(&args.log_format)?;
     let addr: SocketAddr = args
         .listen
         .parse()
@@ -390,7 +393,7 @@ pub async fn run(
     if !args.no_worker {
         tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
     }
-    let exporter = telemetry::spawn_exporter(store.clone(), stop_rx.clone());
+    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx.clone())?;
     // Runs a crash or restart left unfinished continue, on probation, while
     // requests are served.
     {

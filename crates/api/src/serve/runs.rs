@@ -525,6 +525,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     Ok(Some(k.to_owned()))
 }
 
+/// The caller's W3C `traceparent`, when it is a valid one (an invalid one
+/// is ignored, as the recommendation says).
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    crate::telemetry::parse_traceparent(v).map(|_| v.trim().to_owned())
+}
+
 /// `POST /runs`.
 pub async fn start(
     S(state): S<Arc<State>>,
@@ -567,7 +574,12 @@ pub async fn start(
             format!("workflow `{}` is archived and takes no new runs", body.workflow),
         ));
     }
-    let opts = cairn_runtime::Start { run_id, idempotency_key: key.clone(), drive: state.driver.drives() };
+    let opts = cairn_runtime::Start {
+        run_id,
+        idempotency_key: key.clone(),
+        drive: state.driver.drives(),
+        trace_parent: traceparent(&headers),
+    };
     let (id, started) = match state.engine.start_with(&w, version, inputs.clone(), &caller.identity, opts).await {
         Ok(started) => started,
         Err(cairn_runtime::RunError::Store(e)) if e.is_conflict() && run_id.is_some() => {

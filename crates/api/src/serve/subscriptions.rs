@@ -119,7 +119,11 @@ pub async fn deliveries(S(state): S<Arc<State>>, Q(q): Q<DeliveryQuery>) -> ApiR
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Dead => "dead",
     });
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(super::problem::ApiError::bad_request("bad-query", "limit must be between 1 and 1000"));
+    }
+    let limit = limit as usize;
     let items =
         crate::commands::subscriptions::deliveries(&state.engine, status, q.subscription.as_deref(), limit).await?;
     Ok(axum::Json(DeliveryList { items }))
