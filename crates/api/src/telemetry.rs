@@ -315,6 +315,7 @@ async fn export(
     let from = store.head_position().await.unwrap_or(0) + 1;
     let mut sub = cairn_events::subscribe(store, from);
     let mut spans = Spans::default();
+    let mut claimed: Option<(bool, tokio::time::Instant)> = None;
     loop {
         let batch = tokio::select! {
             _ = stop.changed() => return,
@@ -337,12 +338,20 @@ async fn export(
         if done.is_empty() {
             continue;
         }
-        // Only the holder sends (an engine that is no worker sends alone).
-        let sends = match engine.claim_stream(TELEMETRY_LEASE).await {
-            Ok(held) => held.is_some() || engine.worker_id().is_none(),
-            Err(e) => {
-                tracing::warn!(error = %e, "trace exporter cannot claim its lease");
-                false
+        // Only the holder sends (an engine that is no worker sends alone);
+        // the claim is made again every few seconds.
+        let sends = match claimed {
+            Some((held, at)) if at.elapsed() < Duration::from_secs(3) => held,
+            _ => {
+                let held = match engine.claim_stream(TELEMETRY_LEASE).await {
+                    Ok(held) => held.is_some() || engine.worker_id().is_none(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "trace exporter cannot claim its lease");
+                        false
+                    }
+                };
+                claimed = Some((held, tokio::time::Instant::now()));
+                held
             }
         };
         if sends && let Err(e) = exporter.export(done).await {

@@ -43,6 +43,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Events read per pass.
 const BATCH: usize = 500;
 
+/// Soonest a pass follows the one before (commits wake the dispatcher).
+const EVERY: Duration = Duration::from_millis(250);
+
+/// How long a claim of the `deliveries` lease is trusted before it is made
+/// again (a takeover meanwhile makes the fenced append fail, not record).
+const RECLAIM: Duration = Duration::from_secs(3);
+
 /// How often the scanned position is recorded while events go by.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
@@ -192,12 +199,7 @@ impl Engine {
     /// here, or the workflow to start; nothing is recorded when one is wrong.
     pub async fn define_subscription(&self, r: SubscriptionRequest, by: &str) -> Result<SubscriptionDefined, RunError> {
         let bad = |m: String| refused("invalid-subscription", m);
-        if r.name.is_empty()
-            || r.name.len() > 100
-            || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(bad(format!("subscription name `{}`: use 1 to 100 letters, digits, `-`, `_` or `.`", r.name)));
-        }
+        crate::error::check_name("subscription", &r.name, "invalid-subscription")?;
         if r.events.is_empty() {
             return Err(bad(format!("name the events it wants: {} (or `*`)", LIFECYCLE.join(", "))));
         }
@@ -296,6 +298,8 @@ pub struct Dispatcher {
     runs: std::sync::Mutex<HashMap<Uuid, (String, u32)>>,
     /// Workflow versions' hooks (`on:`).
     hooks: std::sync::Mutex<HashMap<(String, u32), Hooks>>,
+    /// The lease's token and when it was claimed.
+    claimed: std::sync::Mutex<Option<(i64, tokio::time::Instant)>>,
 }
 
 /// A workflow version's hooks.
@@ -322,7 +326,13 @@ impl Dispatcher {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        Arc::new(Dispatcher { engine, http, runs: Default::default(), hooks: Default::default() })
+        Arc::new(Dispatcher {
+            engine,
+            http,
+            runs: Default::default(),
+            hooks: Default::default(),
+            claimed: Default::default(),
+        })
     }
 
     /// Runs until `stop`.
@@ -331,6 +341,7 @@ impl Dispatcher {
         let mut ledger: Option<Ledger> = None;
         let mut checkpointed = tokio::time::Instant::now();
         loop {
+            let began = tokio::time::Instant::now();
             let pause = match self.pass(&mut ledger, &mut checkpointed).await {
                 Ok(true) => Duration::from_millis(50),
                 Ok(false) => Duration::from_secs(1),
@@ -345,6 +356,13 @@ impl Dispatcher {
                 _ = commits.changed() => {}
                 () = tokio::time::sleep(pause) => {}
             }
+            // Commits come by the thousand under load: one pass takes them
+            // all, at most every EVERY.
+            let wait = EVERY.saturating_sub(began.elapsed());
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
@@ -356,10 +374,21 @@ impl Dispatcher {
         checkpointed: &mut tokio::time::Instant,
     ) -> Result<bool, RunError> {
         let e = &self.engine;
-        let Some(token) = e.claim_stream(DELIVERIES_STREAM).await? else {
-            // Another process dispatches.
-            *ledger = None;
-            return Ok(false);
+        let held = *self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let token = match held {
+            Some((t, at)) if at.elapsed() < RECLAIM => t,
+            _ => {
+                let got = e.claim_stream(DELIVERIES_STREAM).await?;
+                *self.claimed.lock().unwrap_or_else(|p| p.into_inner()) = got.map(|t| (t, tokio::time::Instant::now()));
+                match got {
+                    Some(t) => t,
+                    None => {
+                        // Another process dispatches.
+                        *ledger = None;
+                        return Ok(false);
+                    }
+                }
+            }
         };
         let fence = Fence {
             stream_id: DELIVERIES_STREAM.to_owned(),
@@ -371,6 +400,10 @@ impl Dispatcher {
         for r in e.store().read_stream(DELIVERIES_STREAM, l.version + 1).await? {
             l.apply(&r)?;
         }
+        // New events first, then the subscriptions: one defined after the
+        // read starts after every event in it.
+        let from = l.scanned + 1;
+        let batch = e.store().read_all(from, BATCH).await?;
         let subs = e.subscriptions().await?;
         let now = e.clock().now();
         let mut todo = Vec::new();
@@ -401,8 +434,6 @@ impl Dispatcher {
             });
         }
         // New events.
-        let from = l.scanned + 1;
-        let batch = e.store().read_all(from, BATCH).await?;
         let mut scanned = l.scanned;
         for r in &batch {
             scanned = r.global_position;
@@ -450,7 +481,11 @@ impl Dispatcher {
             let new = events.iter().map(|x| NewEvent::from_event(x, Metadata::by("cairn"))).collect();
             let append =
                 StreamAppend { stream_id: DELIVERIES_STREAM.to_owned(), expected: ExpectedVersion::Any, events: new };
-            e.store().append_guarded(vec![append], vec![fence], Vec::new()).await?;
+            if let Err(x) = e.store().append_guarded(vec![append], vec![fence], Vec::new()).await {
+                // Taken over (fenced): claim again on the next pass.
+                *self.claimed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(x.into());
+            }
             for x in &events {
                 if let Event::DeliveryAttempted(a) = x {
                     crate::metrics::delivered(&a.subscription, &a.outcome);

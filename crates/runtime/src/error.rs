@@ -76,6 +76,21 @@ pub enum RunError {
     },
 }
 
+/// Checks the name of a schedule, trigger or subscription (it is part of
+/// a stream id and of a URL path): 1 to 100 letters, digits, `-`, `_`, `.`.
+pub(crate) fn check_name(what: &str, name: &str, code: &'static str) -> Result<(), RunError> {
+    if !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Ok(());
+    }
+    Err(RunError::Refused {
+        code,
+        message: format!("{what} name `{name}`: use 1 to 100 letters, digits, `-`, `_` or `.`"),
+    })
+}
+
 impl RunError {
     /// Its code in the registry of error codes (docs/errors.md).
     pub fn code(&self) -> &'static str {

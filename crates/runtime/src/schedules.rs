@@ -22,9 +22,6 @@ use uuid::Uuid;
 use crate::runner::Origin;
 use crate::{Engine, RunError};
 
-/// Longest a schedule's name may be.
-const MAX_NAME: usize = 100;
-
 /// What defining a schedule asks for.
 #[derive(Debug, Clone)]
 pub struct ScheduleRequest {
@@ -93,15 +90,7 @@ impl Engine {
     /// expression, the zone, the policy, the workflow and the inputs first:
     /// nothing is recorded when any is wrong.
     pub async fn define_schedule(&self, r: ScheduleRequest, by: &str) -> Result<Schedule, RunError> {
-        if r.name.is_empty()
-            || r.name.len() > MAX_NAME
-            || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(format!(
-                "schedule name `{}`: use 1 to {MAX_NAME} letters, digits, `-`, `_` or `.`",
-                r.name
-            )));
-        }
+        crate::error::check_name("schedule", &r.name, "invalid-schedule")?;
         let Some(latest) = self.latest_version(&r.workflow).await? else {
             return Err(invalid(format!(
                 "no workflow named `{}` is published; publish it first (cairn workflows, POST /workflows)",

@@ -71,12 +71,7 @@ impl Engine {
     /// wrong.
     pub async fn define_trigger(&self, r: TriggerRequest, by: &str) -> Result<TriggerDefined, RunError> {
         let bad = |m: String| refused("invalid-trigger", m);
-        if r.name.is_empty()
-            || r.name.len() > 100
-            || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(bad(format!("trigger name `{}`: use 1 to 100 letters, digits, `-`, `_` or `.`", r.name)));
-        }
+        crate::error::check_name("trigger", &r.name, "invalid-trigger")?;
         let delivery_id = r.delivery_id.clone().unwrap_or_else(|| trigger::default_delivery_id(&r.signature).into());
         trigger::check(&r.signature, &delivery_id, &r.inputs).map_err(bad)?;
         if self.fx.secrets.get(&r.secret).is_none() {

@@ -325,13 +325,8 @@ pub async fn start(
     let inputs = parse_inputs(&args.inputs, args.input_file.as_deref())?;
     let secrets = super::setup::load_secrets(args.secrets_file.as_deref())?;
     let engine = super::setup::engine(database, setup, secrets).await?;
-    let (name, pinned) = match args.workflow.rsplit_once('@') {
-        Some((n, v)) => match v.parse::<u32>() {
-            Ok(v) => (n, Some(v)),
-            Err(_) => anyhow::bail!("`{}`: the version after `@` must be a number, e.g. `{n}@2`", args.workflow),
-        },
-        None => (args.workflow.as_str(), None),
-    };
+    let (name, pinned) = super::name_version(&args.workflow)?;
+    let name = name.as_str();
     let latest = engine.latest_version(name).await?;
     let Some(version) = pinned.or(latest) else {
         eprintln!("error: no workflow named `{name}` is published; `cairn publish FILE` publishes it");

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use cairn_runtime::schedule::Schedule;
-use cairn_runtime::{Engine, RunError, ScheduleRequest};
+use cairn_runtime::{Engine, ScheduleRequest};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -182,16 +182,6 @@ pub enum SchedulesCommand {
     },
 }
 
-fn refused(e: RunError) -> anyhow::Result<ExitCode> {
-    match e.code() {
-        "internal" | "store-unavailable" => Err(e.into()),
-        code => {
-            eprintln!("error [{code}]: {e}");
-            Ok(codes::exit(code))
-        }
-    }
-}
-
 fn duration(flag: &str, s: &str) -> anyhow::Result<std::time::Duration> {
     cairn_runtime::lang::parse_duration(s).map_err(|e| anyhow::anyhow!("--{flag} {s}: {e}"))
 }
@@ -231,13 +221,7 @@ pub async fn run(
     let engine = super::setup::engine(database, setup, cairn_runtime::Secrets::default()).await?;
     match cmd {
         SchedulesCommand::Create { name, workflow, cron, timezone, inputs, overlap, catchup_window, jitter } => {
-            let (workflow, version) = match workflow.rsplit_once('@') {
-                Some((w, v)) => match v.parse::<u32>() {
-                    Ok(v) => (w.to_owned(), Some(v)),
-                    Err(_) => anyhow::bail!("--workflow {workflow}: the version after `@` is not a number"),
-                },
-                None => (workflow, None),
-            };
+            let (workflow, version) = super::name_version(&workflow)?;
             let mut values = serde_json::Map::new();
             for kv in &inputs {
                 let Some((k, v)) = kv.split_once('=') else {
@@ -264,7 +248,7 @@ pub async fn run(
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => refused(e),
+                Err(e) => super::refused(e),
             }
         }
         SchedulesCommand::List { format } => {
@@ -305,7 +289,7 @@ pub async fn run(
                 out!("schedule {name} is paused");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
         SchedulesCommand::Resume { name } => match engine.resume_schedule(&name, &by).await {
             Ok(s) => {
@@ -313,14 +297,14 @@ pub async fn run(
                 out!("schedule {name} is active; next firing {}", next.first().map_or("-".into(), |t| time(*t)));
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
         SchedulesCommand::Delete { name } => match engine.delete_schedule(&name, &by).await {
             Ok(()) => {
                 out!("schedule {name} is deleted; its runs stay");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
         SchedulesCommand::Backfill { name, from, to } => match engine.backfill_schedule(&name, from, to, &by).await {
             Ok(list) => {
@@ -329,7 +313,7 @@ pub async fn run(
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
     }
 }

@@ -11,7 +11,6 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::format::Format;
-use crate::codes;
 
 /// A subscription as the CLI and the API show it (its secret by name only).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -176,16 +175,6 @@ pub enum DeliveriesCommand {
     },
 }
 
-fn refused(e: RunError) -> anyhow::Result<ExitCode> {
-    match e.code() {
-        "internal" | "store-unavailable" => Err(e.into()),
-        code => {
-            eprintln!("error [{code}]: {e}");
-            Ok(codes::exit(code))
-        }
-    }
-}
-
 /// Runs a `cairn subscriptions` command.
 pub async fn subscriptions(
     database: &str,
@@ -202,7 +191,7 @@ pub async fn subscriptions(
                     out!("subscription {} to {}", d.name, d.events.join(", "));
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => refused(e),
+                Err(e) => super::refused(e),
             }
         }
         SubscriptionsCommand::List { format } => {
@@ -224,7 +213,7 @@ pub async fn subscriptions(
                 out!("subscription {name} is deleted");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
     }
 }
@@ -256,7 +245,7 @@ pub async fn deliveries_command(
                 out!("delivery {id} is pending again");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
     }
 }

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use cairn_events::TriggerDefined;
-use cairn_runtime::{Engine, RunError, TriggerRequest};
+use cairn_runtime::{Engine, TriggerRequest};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
@@ -118,16 +118,6 @@ pub enum TriggersCommand {
     },
 }
 
-fn refused(e: RunError) -> anyhow::Result<ExitCode> {
-    match e.code() {
-        "internal" | "store-unavailable" => Err(e.into()),
-        code => {
-            eprintln!("error [{code}]: {e}");
-            Ok(codes::exit(code))
-        }
-    }
-}
-
 fn print(v: &TriggerView, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
         out!("{}", serde_json::to_string_pretty(v)?);
@@ -154,13 +144,7 @@ pub async fn run(
     let engine = super::setup::engine(database, setup, secrets).await?;
     match cmd {
         TriggersCommand::Create { name, workflow, signature, secret, delivery_id, inputs, tolerance } => {
-            let (workflow, version) = match workflow.rsplit_once('@') {
-                Some((w, v)) => match v.parse::<u32>() {
-                    Ok(v) => (w.to_owned(), Some(v)),
-                    Err(_) => anyhow::bail!("--workflow {workflow}: the version after `@` is not a number"),
-                },
-                None => (workflow, None),
-            };
+            let (workflow, version) = super::name_version(&workflow)?;
             let mut map = serde_json::Map::new();
             for kv in &inputs {
                 let Some((k, v)) = kv.split_once('=') else { anyhow::bail!("--input {kv}: write NAME=TEMPLATE") };
@@ -181,7 +165,7 @@ pub async fn run(
                     print(&view(&d), Format::Text)?;
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => refused(e),
+                Err(e) => super::refused(e),
             }
         }
         TriggersCommand::List { format } => {
@@ -212,7 +196,7 @@ pub async fn run(
                 out!("trigger {name} is deleted");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => refused(e),
+            Err(e) => super::refused(e),
         },
     }
 }

@@ -126,13 +126,7 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         WorkflowsCommand::Show { name, format } => {
-            let (name, version) = match name.rsplit_once('@') {
-                Some((n, v)) => match v.parse::<u32>() {
-                    Ok(v) => (n.to_owned(), Some(v)),
-                    Err(_) => anyhow::bail!("`{name}`: the version after `@` must be a number, e.g. `{n}@2`"),
-                },
-                None => (name, None),
-            };
+            let (name, version) = super::name_version(&name)?;
             let store = cairn_events::open_existing(database).await?;
             let Some(p) = published(&*store, &name).await? else {
                 eprintln!(
