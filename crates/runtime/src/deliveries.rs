@@ -438,6 +438,16 @@ impl Dispatcher {
         for r in &batch {
             scanned = r.global_position;
             let Ok(ev) = Event::decode(r) else { continue };
+            // A run started in this batch needs no read to know its workflow.
+            if let (Event::RunStarted(s), Some(run)) =
+                (&ev, r.stream_id.strip_prefix("run-").and_then(|x| Uuid::parse_str(x).ok()))
+            {
+                let mut m = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+                if m.len() > 10_000 {
+                    m.clear();
+                }
+                m.insert(run, (s.workflow.clone(), s.workflow_version));
+            }
             let Some(name) = lifecycle(&ev) else { continue };
             let hooked = self.hook_subs(r, name).await?;
             let mut workflow = None;
