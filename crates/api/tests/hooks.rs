@@ -11,18 +11,11 @@ mod server;
 
 use serde_json::{Value, json};
 use server::Server;
-use sha2::{Digest, Sha256};
 
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const STRIPE_SECRET: &str = "whsec_test_0123456789";
 
-fn hmac(key: &[u8], msg: &[u8]) -> String {
-    let mut k = [0u8; 64];
-    k[..key.len()].copy_from_slice(key);
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(msg).finalize();
-    hex::encode(Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
-}
+use common::hmac_hex as hmac;
 
 async fn deliver(s: &Server, hook: &str, body: &str, headers: &[(&str, &str)]) -> server::Resp {
     s.send("POST", &format!("/hooks/{hook}"), None, Some(("application/json", body.as_bytes().to_vec())), headers).await

@@ -15,17 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use server::Server;
-use sha2::{Digest, Sha256};
 
 const SECRET: &str = "subscription-secret-0123";
 
-fn hmac(key: &[u8], msg: &[u8]) -> String {
-    let mut k = [0u8; 64];
-    k[..key.len()].copy_from_slice(key);
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(msg).finalize();
-    hex::encode(Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
-}
+use common::hmac_hex as hmac;
 
 async fn put(s: &Server, key: &str, name: &str, body: Value) -> server::Resp {
     let b = body.to_string().into_bytes();

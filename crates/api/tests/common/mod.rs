@@ -177,3 +177,14 @@ pub async fn run_sql(url: &str, statements: &[&str]) {
         }
     }
 }
+
+/// HMAC-SHA-256 of `msg` under `key` (RFC 2104), hex: what a webhook
+/// receiver or sender computes, written independently of Cairn's own.
+pub fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(msg).finalize();
+    hex::encode(Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize())
+}
