@@ -60,7 +60,7 @@ fn serve_with(smtp: &servers::Server, db: Option<&str>, args: &[&str]) -> (Serve
     // The config lives beside the SMTP server's mailbox, as long as it.
     let config = smtp.dir.path().join(format!("cairn-{}.yaml", uuid::Uuid::now_v7().simple()));
     let yaml = format!(
-        "email: {{ host: 127.0.0.1, port: {}, tls: none, from: \"Cairn <cairn@example.com>\", base_url: \"http://cairn.local\" }}\npeople:\n  ana: {{ email: ana@example.com }}\n  ben: {{ email: ben@example.com }}\n",
+        "email: {{ host: 127.0.0.1, port: {}, tls: none, from: \"Cairn <cairn@example.com>\", base_url: \"http://cairn.local\", retry_interval: 1s }}\npeople:\n  ana: {{ email: ana@example.com }}\n  ben: {{ email: ben@example.com }}\n",
         smtp.port
     );
     std::fs::write(&config, yaml).unwrap();
@@ -76,13 +76,14 @@ fn serve_with(smtp: &servers::Server, db: Option<&str>, args: &[&str]) -> (Serve
 
 /// The link (path and query) in a mail to `to` about `step` of any run
 /// (for a test with one run waiting there; else [`link_of`]).
-async fn link(smtp: &servers::Server, to: &str, step: &str) -> String {
-    link_of(smtp, to, step, "").await
+async fn link(s: &Server, smtp: &servers::Server, to: &str, step: &str) -> String {
+    link_of(s, smtp, to, step, "").await
 }
 
 /// The link in the mail to `to` about `step` of run `run` (any run when
-/// empty), waiting up to 20 s for it. (Mails are not in the order sent.)
-async fn link_of(smtp: &servers::Server, to: &str, step: &str, run: &str) -> String {
+/// empty), waiting up to 30 s for it (mails are not in the order sent); when
+/// none comes, the server's and the mail server's logs say why.
+async fn link_of(s: &Server, smtp: &servers::Server, to: &str, step: &str, run: &str) -> String {
     let start = Instant::now();
     let about = format!("{run}/steps/{step}?");
     loop {
@@ -93,7 +94,12 @@ async fn link_of(smtp: &servers::Server, to: &str, step: &str, run: &str) -> Str
             let url: String = m[at..].chars().take_while(|c| !c.is_whitespace()).collect();
             return url.trim_start_matches("http://cairn.local").to_owned();
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no mail to {to} about {step}: {mails:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no mail to {to} about {step}: {mails:?}\n== server\n{}\n== smtp\n{}",
+            s.logs(),
+            std::fs::read_to_string(smtp.dir.path().join("server.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -183,7 +189,7 @@ async fn people_answer_from_their_links(db: &str) {
     let run = r.json["run_id"].as_str().unwrap().to_owned();
 
     // The form, from the link in Ana's mail.
-    let brief = link(&smtp, "ana@example.com", "brief").await;
+    let brief = link(&s, &smtp, "ana@example.com", "brief").await;
     let (path, token) = split(&brief);
     assert!(token.starts_with("cat_"), "a personal token: {token}");
     let p = get(&s, &brief).await;
@@ -274,8 +280,8 @@ async fn people_answer_from_their_links(db: &str) {
 
     // The approval: each approver from their own mail; the content shown as
     // a table, escaped, with its hash and the quorum's progress.
-    let ana = link_of(&smtp, "ana@example.com", "review", &run).await;
-    let ben = link_of(&smtp, "ben@example.com", "review", &run).await;
+    let ana = link_of(&s, &smtp, "ana@example.com", "review", &run).await;
+    let ben = link_of(&s, &smtp, "ben@example.com", "review", &run).await;
     assert_ne!(split(&ana).1, split(&ben).1, "each approver has a token of their own");
     let p = get(&s, &ana).await;
     assert_eq!(p.status, 200, "{}", p.html);
@@ -347,7 +353,7 @@ async fn an_approver_gives_the_approvals_fields_on_the_page(db: &str) {
     assert_eq!(s.post_yaml("/workflows", &key, &wf).await.status, 201);
     let r = s.post("/runs", &key, &json!({"workflow": "refund-approval"})).await;
     let run = r.json["run_id"].as_str().unwrap().to_owned();
-    let lead = link(&smtp, "lead@example.com", "review").await;
+    let lead = link(&s, &smtp, "lead@example.com", "review").await;
     let p = get(&s, &lead).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert_secure(&p);
@@ -399,7 +405,7 @@ async fn an_expired_link_says_so(db: &str) {
     assert_eq!(r.status, 201, "{}", r.text);
     let r = s.post("/runs", &key, &json!({"workflow": "quick"})).await;
     let run = r.json["run_id"].as_str().unwrap().to_owned();
-    let l = link(&smtp, "ana@example.com", "ask").await;
+    let l = link(&s, &smtp, "ana@example.com", "ask").await;
     assert_eq!(get(&s, &l).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let p = get(&s, &l).await;
@@ -525,12 +531,12 @@ async fn a_person_answers_in_a_real_browser() {
     assert_eq!(r.status, 201, "{}", r.text);
     let r = s.post("/runs", &key, &json!({"workflow": "launch"})).await;
     let run = r.json["run_id"].as_str().unwrap().to_owned();
-    let form = link(&smtp, "ana@example.com", "brief").await;
+    let form = link(&s, &smtp, "ana@example.com", "brief").await;
     // An operator watches another run of it: answered meanwhile, its page
     // updates in place (timeline and graph), no reload.
     let watched =
         s.post("/runs", &key, &json!({"workflow": "launch"})).await.json["run_id"].as_str().unwrap().to_owned();
-    let watched_form = link_of(&smtp, "ana@example.com", "brief", &watched).await;
+    let watched_form = link_of(&s, &smtp, "ana@example.com", "brief", &watched).await;
     let watcher = s.key("wes", "operator", "wes");
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (m, c, u) = (modules.clone(), chromium.clone(), format!("{}/ui/sign-in?next=/ui/runs/{watched}", s.url));
@@ -552,10 +558,10 @@ async fn a_person_answers_in_a_real_browser() {
         sub["payload"]["values"],
         json!({"topic": "Launch of Cairn 1.0", "words": 800, "tone": "plain", "channels": ["blog"], "urgent": false})
     );
-    let ana = link_of(&smtp, "ana@example.com", "review", &run).await;
+    let ana = link_of(&s, &smtp, "ana@example.com", "review", &run).await;
     let u = format!("{}{ana}", s.url);
     tokio::task::spawn_blocking(move || browse(&modules, &chromium, "approve", &u, "")).await.unwrap();
-    let ben = link_of(&smtp, "ben@example.com", "review", &run).await;
+    let ben = link_of(&s, &smtp, "ben@example.com", "review", &run).await;
     let r = s.get(&format!("/runs/{run}"), &key).await;
     let hash = r.json["waiting"][0]["content_hash"].as_str().unwrap().to_owned();
     let (path, token) = split(&ben);
@@ -659,7 +665,7 @@ async fn the_console_signs_in_and_shows_runs(db: &str) {
     assert!(tls.contains("; Secure"), "Secure behind an HTTPS proxy: {tls}");
 
     // The inbox: what waits for Ana, with a link that answers as her.
-    link(&smtp, "ana@example.com", "brief").await; // the request is recorded
+    link(&s, &smtp, "ana@example.com", "brief").await; // the request is recorded
     let p = with_cookie(&s, "GET", "/ui/inbox", &cookie, None).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert_secure(&p);

@@ -220,6 +220,7 @@ impl Effects {
                 identity: Some(identity.to_owned()),
             }),
             Err(error) => {
+                tracing::warn!(%run_id, step_id, recipient = address, attempt = send_attempt, %error, "a notification was not sent");
                 let retry_at = (send_attempt < cfg.max_attempts).then(|| {
                     let wait = cfg.retry_interval.saturating_mul(1 << (send_attempt - 1).min(16));
                     self.clock.now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero())
