@@ -254,11 +254,8 @@ pub fn configured() -> bool {
 pub fn exporter() -> anyhow::Result<(opentelemetry_otlp::SpanExporter, String)> {
     use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _};
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let protocol = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| "http/protobuf".into());
-    let mut exporter = match protocol.trim() {
+    let protocol = protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+    let mut exporter = match protocol.as_str() {
         "grpc" => SpanExporter::builder().with_tonic().with_protocol(Protocol::Grpc).build(),
         "http/json" => SpanExporter::builder()
             .with_http()
@@ -273,16 +270,34 @@ pub fn exporter() -> anyhow::Result<(opentelemetry_otlp::SpanExporter, String)> 
         other => anyhow::bail!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: use grpc, http/protobuf or http/json"),
     }
     .map_err(|e| anyhow::anyhow!("cannot set up the OTLP exporter: {e}"))?;
-    exporter.set_resource(&resource());
+    exporter.set_resource(&resource(false));
     Ok((exporter, protocol))
 }
 
-/// This process as OpenTelemetry describes it.
-fn resource() -> opentelemetry_sdk::Resource {
-    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
-    let b = opentelemetry_sdk::Resource::builder()
+/// The OTLP protocol: the signal's own variable (`specific`), else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf` (the
+/// specification's default).
+pub fn protocol(specific: &str) -> String {
+    [specific, "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+        .map_or_else(|| "http/protobuf".into(), |v| v.trim().to_owned())
+}
+
+/// This process as OpenTelemetry describes it: `OTEL_SERVICE_NAME` (default
+/// `cairn`) and `OTEL_RESOURCE_ATTRIBUTES`, the version, and with
+/// `instance`, a `service.instance.id` of this process unless the variables
+/// give one (metrics need it: two processes' cumulative series must not
+/// merge; a trace is one run's wherever it was sent from).
+pub fn resource(instance: bool) -> opentelemetry_sdk::Resource {
+    let attrs = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let named =
+        std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty()) || attrs.contains("service.name=");
+    let mut b = opentelemetry_sdk::Resource::builder()
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if instance && !attrs.contains("service.instance.id=") {
+        b = b.with_attribute(opentelemetry::KeyValue::new("service.instance.id", Uuid::now_v7().to_string()));
+    }
     if named { b.build() } else { b.with_service_name("cairn").build() }
 }
 
@@ -290,7 +305,10 @@ fn resource() -> opentelemetry_sdk::Resource {
 /// drives runs folds the log into spans, and the one holding the
 /// `telemetry` lease sends them, so a trace is sent once however many
 /// processes there are (another takes over within the lease timeout).
-pub fn spawn_exporter(
+///
+/// Call it before the process drives anything: it follows the log from the
+/// head it reads now, so the spans of a run driven at start-up are sent.
+pub async fn spawn_exporter(
     engine: Arc<cairn_runtime::Engine>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -298,8 +316,9 @@ pub fn spawn_exporter(
         return Ok(None);
     }
     let (exporter, protocol) = exporter()?;
+    let from = engine.store().head_position().await.map_err(|e| anyhow::anyhow!("cannot read the log: {e}"))? + 1;
     tracing::info!(protocol = %protocol, "exporting traces over OTLP");
-    Ok(Some(tokio::spawn(export(engine, exporter, stop))))
+    Ok(Some(tokio::spawn(export(engine, exporter, from, stop))))
 }
 
 /// The stream whose lease says which process sends the spans.
@@ -308,11 +327,11 @@ const TELEMETRY_LEASE: &str = "telemetry";
 async fn export(
     engine: Arc<cairn_runtime::Engine>,
     exporter: opentelemetry_otlp::SpanExporter,
+    from: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use opentelemetry_sdk::trace::SpanExporter as _;
     let store = engine.store().clone();
-    let from = store.head_position().await.unwrap_or(0) + 1;
     let mut sub = cairn_events::subscribe(store, from);
     let mut spans = Spans::default();
     let mut claimed: Option<(bool, tokio::time::Instant)> = None;

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Queues seen at an earlier scrape: one gone empty reads 0, not its
     /// last depth.
     queues: Mutex<BTreeSet<String>>,
+    /// The OTLP meter provider, when metrics are sent over OTLP too.
+    otlp: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Metrics {
@@ -50,11 +52,23 @@ impl Metrics {
         if let Some(m) = ONE.get() {
             return Ok(m.clone());
         }
-        let handle = PrometheusBuilder::new()
+        let prometheus = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
             .map_err(|e| anyhow::anyhow!("cannot set up metrics: {e}"))?
-            .install_recorder()
-            .map_err(|e| anyhow::anyhow!("cannot set up metrics: {e}"))?;
+            .build_recorder();
+        let handle = prometheus.handle();
+        let otlp = if super::otlp::configured() { Some(super::otlp::provider()?) } else { None };
+        let installed = match &otlp {
+            Some(p) => metrics::set_global_recorder(
+                metrics_util::layers::FanoutBuilder::default()
+                    .add_recorder(prometheus)
+                    .add_recorder(super::otlp::Recorder::new(p, SECONDS))
+                    .build(),
+            )
+            .map_err(|e| e.to_string()),
+            None => metrics::set_global_recorder(prometheus).map_err(|e| e.to_string()),
+        };
+        installed.map_err(|e| anyhow::anyhow!("cannot set up metrics: {e}"))?;
         cairn_runtime::metrics::describe();
         use metrics::{describe_gauge, gauge};
         describe_gauge!(PROJECTION_LAG_EVENTS, "Events a projection has still to apply.");
@@ -68,7 +82,7 @@ impl Metrics {
         describe_gauge!(QUARANTINED, "Runs in quarantine (cairn quarantine list).");
         describe_gauge!(BUILD_INFO, "Always 1; the version of this process.");
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-        let m = Arc::new(Metrics { handle, queues: Mutex::new(BTreeSet::new()) });
+        let m = Arc::new(Metrics { handle, queues: Mutex::new(BTreeSet::new()), otlp });
         let m = ONE.get_or_init(|| m).clone();
         let h = m.handle.clone();
         tokio::spawn(async move {
@@ -83,6 +97,40 @@ impl Metrics {
     /// The text of a scrape: the gauges read now from `store` (and the read
     /// models, when this process has them), then everything rendered.
     pub async fn scrape(&self, store: &Arc<dyn EventStore>, read: Option<&Worker>) -> String {
+        self.refresh(store, read).await;
+        self.handle.render()
+    }
+
+    /// When metrics go over OTLP: reads the gauges again twice per export
+    /// interval until `stop`, then sends what is left (the exporter sends
+    /// on its own cadence meanwhile).
+    pub fn spawn_otlp(
+        self: &Arc<Self>,
+        store: Arc<dyn EventStore>,
+        read: Option<Arc<Worker>>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let provider = self.otlp.clone()?;
+        let m = self.clone();
+        Some(tokio::spawn(async move {
+            let every = super::otlp::refresh_interval();
+            loop {
+                m.refresh(&store, read.as_deref()).await;
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+            m.refresh(&store, read.as_deref()).await;
+            let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "cannot send the last metrics to the OTLP endpoint");
+            }
+        }))
+    }
+
+    /// Reads the gauges that are not counted as things happen.
+    async fn refresh(&self, store: &Arc<dyn EventStore>, read: Option<&Worker>) {
         use metrics::gauge;
         if let Some(read) = read {
             match read.status().await {
@@ -117,7 +165,6 @@ impl Metrics {
             Ok(l) => gauge!(QUARANTINED).set(l.quarantined.len() as f64),
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the quarantine"),
         }
-        self.handle.render()
     }
 }
 

@@ -12,6 +12,7 @@ mod extract;
 mod graph;
 mod live;
 mod metrics;
+mod otlp;
 mod pages;
 mod people;
 mod problem;
@@ -215,14 +216,18 @@ pub async fn worker(
     let engine = Arc::new(args.lease.apply(engine).with_offloaded_decisions());
     let driver = cairn_runtime::worker::Driver::new(engine.clone(), true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = metrics_at {
+    let mut otlp_metrics = None;
+    if metrics_at.is_some() || otlp::configured() {
         let m = metrics::Metrics::install()?;
-        let local = metrics::serve_for_worker(addr, m, engine.store().clone(), stop_rx.clone()).await?;
-        out!("metrics on http://{local}/metrics");
+        otlp_metrics = m.spawn_otlp(engine.store().clone(), None, stop_rx.clone());
+        if let Some(addr) = metrics_at {
+            let local = metrics::serve_for_worker(addr, m, engine.store().clone(), stop_rx.clone()).await?;
+            out!("metrics on http://{local}/metrics");
+        }
     }
+    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx.clone()).await?;
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
-    tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
-    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx)?;
+    tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx));
     {
         let d = driver.clone();
         tokio::spawn(async move { d.resume_unfinished().await });
@@ -235,6 +240,9 @@ pub async fn worker(
     let _ = timers.await;
     if let Some(e) = exporter {
         let _ = e.await;
+    }
+    if let Some(m) = otlp_metrics {
+        let _ = m.await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -388,12 +396,13 @@ pub async fn run(
         })?;
         Some(finished)
     };
+    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx.clone()).await?;
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
     // Lifecycle deliveries: one dispatcher across the processes that drive runs.
     if !args.no_worker {
         tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
     }
-    let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx.clone())?;
+    let otlp_metrics = state.metrics.spawn_otlp(store.clone(), Some(worker.clone()), stop_rx.clone());
     // Runs a crash or restart left unfinished continue, on probation, while
     // requests are served.
     {
@@ -425,6 +434,9 @@ pub async fn run(
     let _ = timers.await;
     if let Some(e) = exporter {
         let _ = e.await;
+    }
+    if let Some(m) = otlp_metrics {
+        let _ = m.await;
     }
     Ok(ExitCode::SUCCESS)
 }

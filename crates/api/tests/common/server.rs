@@ -76,6 +76,7 @@ impl Server {
             .env("CAIRN_TOKEN_KEY", "test-token-key-0123456789abcdef0123456789")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
         for (k, v) in env {
