@@ -14,6 +14,7 @@ macro_rules! out {
 mod codes;
 mod commands;
 mod keys;
+mod mcp;
 mod serve;
 mod telemetry;
 
@@ -152,6 +153,9 @@ enum Command {
     /// Drive runs without serving the API: any number of workers (and
     /// servers) share one database; a dead worker's runs are taken over.
     Worker(serve::WorkerArgs),
+    /// Serve the Model Context Protocol over stdio on this database, acting
+    /// as `--as` (docs/mcp.md); `cairn serve` has it over HTTP at /mcp.
+    Mcp(mcp::Args),
 }
 
 fn main() -> ExitCode {
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
             Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,
+            Command::Mcp(args) => mcp::stdio(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Serve(_) | Command::Worker(_) => unreachable!("served above"),
         };
         commands::setup::retire_workers().await;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_events::{AiCostEstimate, Event, ResumePlan, RunResumed, SchemaViolation, StepCompleted};
 use chrono::Utc;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -57,7 +57,7 @@ impl ResumeRequest {
 }
 
 /// How a step fares in a plan, against the run's original path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mark {
     /// Completed before; its output is kept.
@@ -73,7 +73,7 @@ pub enum Mark {
 }
 
 /// One line of a plan's diff.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanLine {
     /// How the step fares.
     pub mark: Mark,
@@ -87,7 +87,7 @@ pub struct PlanLine {
 
 /// A resume plan: what `RunResumed` will record, and the diff shown to
 /// whoever asks.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Plan {
     /// The run.
     pub run_id: Uuid,

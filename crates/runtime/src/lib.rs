@@ -55,7 +55,9 @@ pub use worker::Worker;
 /// configuration and the secrets, its JSON Schema.
 pub mod lang {
     pub use cairn_core::duration::parse_duration;
-    pub use cairn_core::lang::{Diagnostic, Diagnostics, check_models, check_secrets, parse, schema, valid_queue_name};
+    pub use cairn_core::lang::{
+        Diagnostic, Diagnostics, check_models, check_secrets, parse, parse_published, schema, valid_queue_name,
+    };
 }
 
 /// A run as its events have it: folded state, status, what it waits for.

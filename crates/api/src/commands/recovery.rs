@@ -119,19 +119,24 @@ fn inputs(list: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
 
 /// Prints a plan as a diff against the run's original path.
 fn print_plan(p: &Plan) -> anyhow::Result<()> {
-    let paint = colour();
+    use std::io::Write as _;
+    write!(std::io::stdout().lock(), "{}", plan_text(p, colour()))?;
+    Ok(())
+}
+
+/// A plan as a diff against the run's original path (`paint`: in colour),
+/// as `cairn resume --dry-run` prints it and `cairn mcp` returns it.
+pub(crate) fn plan_text(p: &Plan, paint: bool) -> String {
+    use std::fmt::Write as _;
     let c = |code: &str, s: &str| if paint { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_owned() };
-    out!(
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "plan: resume run {} ({} v{}, {}) from `{}`, policy {}",
-        p.run_id,
-        p.workflow,
-        p.workflow_version,
-        p.status,
-        p.from_step,
-        p.policy
+        p.run_id, p.workflow, p.workflow_version, p.status, p.from_step, p.policy
     );
     if let Some(i) = &p.inputs {
-        out!("  with inputs {i}");
+        let _ = writeln!(o, "  with inputs {i}");
     }
     let width = p.lines.iter().map(|l| l.step.len()).max().unwrap_or(4).max(4);
     for l in &p.lines {
@@ -142,20 +147,24 @@ fn print_plan(p: &Plan) -> anyhow::Result<()> {
             Mark::NewlyReached => ("+", "32"),
             Mark::NoLongerReached => ("-", "31"),
         };
-        out!("  {} {:<width$}  {:<9} {}", c(code, sign), l.step, l.kind, l.note);
+        let _ = writeln!(o, "  {} {:<width$}  {:<9} {}", c(code, sign), l.step, l.kind, l.note);
     }
     if !p.plan.ai_costs.is_empty() {
-        out!(
+        let _ = writeln!(
+            o,
             "estimated AI cost of what may run again: {:.6} ({} step(s), from what they cost last time)",
             p.plan.estimated_cost,
             p.plan.ai_costs.len()
         );
     }
     for w in &p.warnings {
-        out!("{} {w}", c("33", "note:"));
+        let _ = writeln!(o, "{} {w}", c("33", "note:"));
     }
-    out!("legend: = kept  ~ runs again  ? runs again if what it reads changes  + newly reached  - no longer reached");
-    Ok(())
+    let _ = writeln!(
+        o,
+        "legend: = kept  ~ runs again  ? runs again if what it reads changes  + newly reached  - no longer reached"
+    );
+    o
 }
 
 fn refusal(e: &ResumeError, format: Format) -> ExitCode {

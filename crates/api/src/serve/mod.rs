@@ -330,6 +330,82 @@ pub async fn run(
         );
         return Ok(crate::codes::exit("insecure-listen"));
     }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let running = start(database, read, setup, &args).await?;
+    // MCP over streamable HTTP at /mcp: each tool call is a request to the
+    // API with the caller's key.
+    let mcp = crate::mcp::router(running.app.clone(), running.stop.clone(), !args.no_auth, args.max_body_bytes);
+    let app = running.app.clone().merge(mcp);
+    let local = listener.local_addr()?;
+    out!("listening on http://{local}");
+    tracing::info!(address = %local, database = %running.state.store.describe(), auth = !args.no_auth, "serving");
+    // Ctrl-C or SIGTERM: stop taking requests, let the ones in flight
+    // finish, stop the background tasks. Nothing is lost either way: what
+    // was recorded is durable, and a run cut off continues on the next start.
+    let stop_tx = running.stop_tx.clone();
+    let shutdown = async move {
+        signalled().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    // Small responses and SSE events go out at once (no Nagle delay against
+    // the client's delayed ACK: 40 ms per request otherwise).
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    running.finish().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A server's engine, read models, routes and background work, started
+/// but not listening: `cairn serve` puts it on a socket, `cairn mcp` on
+/// stdio.
+pub struct Running {
+    /// Every route, with its state and middleware (authorization, framing).
+    pub app: axum::Router,
+    state: Arc<State>,
+    /// Says stop to the background work.
+    pub stop_tx: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Turns `true` when the background work is told to stop.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    projections: Option<tokio::sync::oneshot::Receiver<()>>,
+    timers: tokio::task::JoinHandle<()>,
+    exporter: Option<tokio::task::JoinHandle<()>>,
+    otlp_metrics: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the background work and waits for it.
+    pub async fn finish(self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(p) = self.projections {
+            let _ = p.await;
+        }
+        let _ = self.timers.await;
+        if let Some(e) = self.exporter {
+            let _ = e.await;
+        }
+        if let Some(m) = self.otlp_metrics {
+            let _ = m.await;
+        }
+    }
+}
+
+/// Builds and starts a server's parts (see [`Running`]); prints nothing on
+/// stdout.
+pub async fn start(
+    database: &str,
+    read: &crate::commands::read::ReadArgs,
+    setup: &crate::commands::setup::SetupArgs,
+    args: &Args,
+) -> anyhow::Result<Running> {
     let secrets = crate::commands::setup::load_secrets(args.secrets_file.as_deref())?;
     // Deciding runs off the async executor: a busy run never stalls requests.
     let engine = crate::commands::setup::engine(database, setup, secrets).await?;
@@ -374,11 +450,6 @@ pub async fn run(
         .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), frame))
         .with_state(state.clone());
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    out!("listening on http://{local}");
-    tracing::info!(address = %local, database = %store.describe(), auth = !args.no_auth, "serving");
     // The read models follow the log on a thread of their own, beside the
     // one answering requests and driving runs.
     let projections = if args.no_projections {
@@ -397,48 +468,19 @@ pub async fn run(
         Some(finished)
     };
     let exporter = crate::telemetry::spawn_exporter(engine.clone(), stop_rx.clone()).await?;
+    let otlp_metrics = state.metrics.spawn_otlp(store.clone(), Some(worker.clone()), stop_rx.clone());
     let timers = tokio::spawn(driver.clone().run(stop_rx.clone()));
     // Lifecycle deliveries: one dispatcher across the processes that drive runs.
     if !args.no_worker {
         tokio::spawn(cairn_runtime::deliveries::Dispatcher::new(engine.clone()).run(stop_rx.clone()));
     }
-    let otlp_metrics = state.metrics.spawn_otlp(store.clone(), Some(worker.clone()), stop_rx.clone());
     // Runs a crash or restart left unfinished continue, on probation, while
     // requests are served.
     {
         let d = driver.clone();
         tokio::spawn(async move { d.resume_unfinished().await });
     }
-    // Ctrl-C or SIGTERM: stop taking requests, let the ones in flight
-    // finish, stop the background tasks. Nothing is lost either way: what
-    // was recorded is durable, and a run cut off continues on the next start.
-    let shutdown = async move {
-        signalled().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    };
-    // Small responses and SSE events go out at once (no Nagle delay against
-    // the client's delayed ACK: 40 ms per request otherwise).
-    use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    if let Some(p) = projections {
-        let _ = p.await;
-    }
-    let _ = timers.await;
-    if let Some(e) = exporter {
-        let _ = e.await;
-    }
-    if let Some(m) = otlp_metrics {
-        let _ = m.await;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Running { app, state, stop_tx: Arc::new(stop_tx), stop: stop_rx, projections, timers, exporter, otlp_metrics })
 }
 
 async fn not_found(req: Request) -> ApiError {
