@@ -153,6 +153,13 @@ enum Command {
     /// Drive runs without serving the API: any number of workers (and
     /// servers) share one database; a dead worker's runs are taken over.
     Worker(serve::WorkerArgs),
+    /// Write a new workflow from a template (`--list` shows them).
+    New(commands::author::NewArgs),
+    /// Draw a workflow file as Mermaid, Graphviz DOT or SVG.
+    Graph(commands::author::GraphArgs),
+    /// Explain a workflow file: what each step reads and produces, the
+    /// fields available to it, and reads no contract guarantees.
+    Explain(commands::author::ExplainArgs),
     /// Serve the Model Context Protocol over stdio on this database, acting
     /// as `--as` (docs/mcp.md); `cairn serve` has it over HTTP at /mcp.
     Mcp(mcp::Args),
@@ -235,6 +242,9 @@ fn main() -> ExitCode {
             Command::Submit(args) => commands::people::submit(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Approve(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, true).await,
             Command::Reject(args) => commands::people::decide(&cli.database, &cli.read, &cli.setup, args, false).await,
+            Command::New(args) => commands::author::new(args),
+            Command::Graph(args) => commands::author::graph(args),
+            Command::Explain(args) => commands::author::explain_command(args),
             Command::Mcp(args) => mcp::stdio(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Serve(_) | Command::Worker(_) => unreachable!("served above"),
         };

@@ -465,55 +465,6 @@ pub fn tools() -> Vec<Tool> {
     ]
 }
 
-/// What a step reads, produces and has available: the contracts resource.
-fn contracts(w: &cairn_runtime::Workflow) -> Value {
-    let mut available: Vec<String> = match &w.inputs_schema {
-        Some(s) => {
-            s["properties"].as_object().map(|p| p.keys().map(|k| format!("inputs.{k}")).collect()).unwrap_or_default()
-        }
-        None => Vec::new(),
-    };
-    let mut contracts: std::collections::BTreeMap<&str, &Value> = std::collections::BTreeMap::new();
-    let mut steps = Vec::new();
-    for s in &w.steps {
-        // Reads of a field another step's contract does not require.
-        let unguaranteed: Vec<String> = s
-            .reads
-            .fields
-            .iter()
-            .filter(|(id, field)| {
-                contracts.get(id.as_str()).is_some_and(|c| {
-                    !c["required"].as_array().is_some_and(|r| r.iter().any(|x| x.as_str() == Some(field.as_str())))
-                })
-            })
-            .map(|(id, field)| format!("steps.{id}.output.{field}"))
-            .collect();
-        steps.push(json!({
-            "id": s.id,
-            "kind": s.kind.name(),
-            "output_contract": s.output_contract,
-            "reads": {
-                "steps": s.reads.steps,
-                "fields": s.reads.fields.iter().map(|(i, f)| format!("steps.{i}.output.{f}")).collect::<Vec<_>>(),
-                "inputs": s.reads.inputs,
-            },
-            "available": available,
-            "not_guaranteed": unguaranteed,
-        }));
-        match &s.output_contract {
-            Some(c) => {
-                contracts.insert(&s.id, c);
-                match c["properties"].as_object() {
-                    Some(p) => available.extend(p.keys().map(|k| format!("steps.{}.output.{k}", s.id))),
-                    None => available.push(format!("steps.{}.output", s.id)),
-                }
-            }
-            None => available.push(format!("steps.{}.output", s.id)),
-        }
-    }
-    json!({ "workflow": w.name, "steps": steps })
-}
-
 impl ServerHandler for Mcp {
     fn get_info(&self) -> InitializeResult {
         let caps = ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build();
@@ -647,7 +598,7 @@ impl ServerHandler for Mcp {
                 let source = fetch(format!("/workflows/{}/versions/{}", encode(name), encode(v))).await?;
                 let w = cairn_runtime::lang::parse_published(source["source"].as_str().unwrap_or_default(), name)
                     .map_err(|e| ErrorData::internal_error(format!("the definition does not compile: {e:?}"), None))?;
-                serde_json::to_string_pretty(&contracts(&w)).unwrap_or_default()
+                serde_json::to_string_pretty(&crate::commands::author::explain(&w)).unwrap_or_default()
             }
             _ => return Err(not_found()),
         };

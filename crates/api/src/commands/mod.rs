@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod author;
 pub mod console;
 pub mod demo;
 pub mod events;

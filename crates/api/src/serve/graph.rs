@@ -208,7 +208,7 @@ fn measure_one(step: &Step) -> Node<'_> {
 
 /// Where control may go after a step: indexes in its sequence
 /// (`steps.len()` for the end of the sequence).
-fn targets(steps: &[Step], s: &Step) -> Vec<usize> {
+pub(crate) fn targets(steps: &[Step], s: &Step) -> Vec<usize> {
     let idx = |t: &Target| match t {
         Target::End => Some(steps.len()),
         Target::Step(id) => steps.iter().position(|x| &x.id == id),
@@ -412,6 +412,43 @@ impl Drawing<'_> {
 /// The workflow's steps as a graph (SVG) and a table; with a run, each
 /// step coloured by its state and labelled with its visits and attempts.
 pub(super) fn graph_html(w: &Workflow, run: Option<(&RunState, &[RecordedEvent])>) -> String {
+    let (svg, summary, rows) = draw(w, run);
+    format!(
+        "<h2 id=\"graph-h\">Steps</h2><figure class=\"graph\">{svg}</figure>\
+         <table class=\"steps\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Visits</th><th scope=\"col\">Attempts</th></tr></thead><tbody>{rows}</tbody></table>",
+    )
+    .replacen("<desc id=\"graph-d\">", &format!("<desc id=\"graph-d\">{}", esc(&summary)), 1)
+}
+
+/// The colours of the console's stylesheet, for a drawing on its own.
+const STANDALONE_STYLE: &str = "svg.graph{background:#fff}\
+.graph rect{fill:#fff;stroke:#4f5863;stroke-width:1.5}\
+.graph text{font:13px system-ui,sans-serif;fill:#1b1f24}\
+.graph text.id{font-weight:700}\
+.graph text.branch{font-style:italic;fill:#4f5863}\
+.graph .edge{stroke:#4f5863;stroke-width:1.5;fill:none}\
+.graph marker path{fill:#4f5863}\
+.graph .frame>rect{fill-opacity:.35}";
+
+/// `cairn graph --format svg`: the workflow drawn as the console draws it,
+/// as an SVG document with its own style (no script, no external file).
+pub(crate) fn svg_document(w: &Workflow) -> String {
+    let (svg, summary, _) = draw(w, None);
+    let svg = svg
+        .replacen("<svg ", "<svg class=\"graph\" ", 1)
+        .replacen(
+            "<desc id=\"graph-d\">",
+            &format!("<title>{}</title><desc id=\"graph-d\">{}", esc(&w.name), esc(&summary)),
+            1,
+        )
+        .replacen("<defs>", &format!("<style>{STANDALONE_STYLE}</style><defs>"), 1)
+        .replace(" aria-labelledby=\"graph-h graph-d\"", " aria-labelledby=\"graph-d\"");
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{svg}\n")
+}
+
+/// The drawing (an `<svg>` element with an empty `<desc>`), its summary
+/// and the table's rows.
+fn draw(w: &Workflow, run: Option<(&RunState, &[RecordedEvent])>) -> (String, String, String) {
     let seq = measure(&w.steps);
     let (x, y) = (20.0, 10.0);
     let end_y = y + seq.h + GAP;
@@ -437,12 +474,10 @@ pub(super) fn graph_html(w: &Workflow, run: Option<(&RunState, &[RecordedEvent])
         end_y + 16.0
     );
     let (width, height) = (x + seq.w + 40.0, end_y + 40.0);
-    format!(
-        "<h2 id=\"graph-h\">Steps</h2><figure class=\"graph\"><svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-labelledby=\"graph-h graph-d\">\
-         <desc id=\"graph-d\">{}</desc><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\"></path></marker></defs>{}</svg></figure>\
-         <table class=\"steps\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Visits</th><th scope=\"col\">Attempts</th></tr></thead><tbody>{}</tbody></table>",
-        esc(&d.summary.join(", ")),
-        d.svg,
-        d.rows
-    )
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-labelledby=\"graph-h graph-d\">\
+         <desc id=\"graph-d\"></desc><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\"></path></marker></defs>{}</svg>",
+        d.svg
+    );
+    (svg, d.summary.join(", "), d.rows)
 }

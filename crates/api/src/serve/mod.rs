@@ -9,7 +9,7 @@ mod console;
 mod docs;
 
 mod extract;
-mod graph;
+pub(crate) mod graph;
 mod live;
 mod metrics;
 mod otlp;
