@@ -14,9 +14,11 @@ macro_rules! out {
 mod codes;
 mod commands;
 mod keys;
+mod local;
 mod mcp;
 mod serve;
 mod telemetry;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -160,6 +162,9 @@ enum Command {
     /// Explain a workflow file: what each step reads and produces, the
     /// fields available to it, and reads no contract guarantees.
     Explain(commands::author::ExplainArgs),
+    /// Runs, a run's steps and timeline, resume plans and the inbox in the
+    /// terminal, acting as `--as` (docs/tui.md).
+    Tui(tui::Args),
     /// Serve the Model Context Protocol over stdio on this database, acting
     /// as `--as` (docs/mcp.md); `cairn serve` has it over HTTP at /mcp.
     Mcp(mcp::Args),
@@ -245,6 +250,7 @@ fn main() -> ExitCode {
             Command::New(args) => commands::author::new(args),
             Command::Graph(args) => commands::author::graph(args),
             Command::Explain(args) => commands::author::explain_command(args),
+            Command::Tui(args) => tui::run(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Mcp(args) => mcp::stdio(&cli.database, &cli.read, &cli.setup, args).await,
             Command::Serve(_) | Command::Worker(_) => unreachable!("served above"),
         };

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use axum::http::{Method, Request, header};
+use axum::http::Method;
+
+use crate::local::Body;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse,
     GetPromptResult, Implementation, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
@@ -42,8 +44,7 @@ impl Mcp {
         Mcp { app }
     }
 
-    /// One request to the API: its status and body (JSON, or the text as a
-    /// JSON string).
+    /// One request to the API (with the caller's key over HTTP).
     async fn api(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -52,33 +53,13 @@ impl Mcp {
         body: Option<Body>,
         headers: &[(&str, String)],
     ) -> Result<(u16, Value), ErrorData> {
-        use tower::ServiceExt as _;
-        let mut b = Request::builder().method(method).uri(path);
-        // Over HTTP the caller's key goes with every request.
-        if let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>()
-            && let Some(auth) = parts.headers.get(header::AUTHORIZATION)
-        {
-            b = b.header(header::AUTHORIZATION, auth.clone());
-        }
-        for (k, v) in headers {
-            b = b.header(*k, v.as_str());
-        }
-        let req = match body {
-            Some(Body::Json(v)) => {
-                b.header(header::CONTENT_TYPE, "application/json").body(axum::body::Body::from(v.to_string()))
-            }
-            Some(Body::Yaml(y)) => b.header(header::CONTENT_TYPE, "application/yaml").body(axum::body::Body::from(y)),
-            None => b.body(axum::body::Body::empty()),
-        }
-        .map_err(|e| ErrorData::invalid_params(format!("cannot make the request: {e}"), None))?;
-        let r = self.app.clone().oneshot(req).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let status = r.status().as_u16();
-        let bytes = axum::body::to_bytes(r.into_body(), 64 << 20)
+        let auth = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get(axum::http::header::AUTHORIZATION).cloned());
+        crate::local::request(&self.app, method, path, body, headers, auth)
             .await
-            .map_err(|e| ErrorData::internal_error(format!("cannot read the answer: {e}"), None))?;
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Ok((status, value))
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))
     }
 
     /// A tool's answer from an API answer: the JSON as structured content,
@@ -255,12 +236,6 @@ impl Mcp {
             other => return Err(ErrorData::invalid_params(format!("no tool `{other}`; tools/list has them"), None)),
         })
     }
-}
-
-/// A request body.
-enum Body {
-    Json(Value),
-    Yaml(String),
 }
 
 fn encode(s: &str) -> String {
@@ -723,17 +698,9 @@ pub async fn stdio(
     setup: &crate::commands::setup::SetupArgs,
     args: Args,
 ) -> anyhow::Result<std::process::ExitCode> {
-    use clap::Parser as _;
     use rmcp::ServiceExt as _;
     crate::telemetry::init("text")?;
-    #[derive(clap::Parser)]
-    struct Serve {
-        #[command(flatten)]
-        args: crate::serve::Args,
-    }
-    let mut serve = Serve::try_parse_from(["cairn-mcp", "--no-auth"])?.args;
-    serve.secrets_file = args.secrets_file;
-    let running = crate::serve::start(database, read, setup, &serve).await?;
+    let running = crate::local::start(database, read, setup, args.secrets_file).await?;
     let service = Mcp::new(running.app.clone())
         .serve(rmcp::transport::stdio())
         .await
