@@ -32,6 +32,7 @@ pub enum Req {
     Plan(String),
     Resume(String),
     Source { run: String, step: String, workflow: String, version: u64 },
+    Definition { run: String, workflow: String, version: u64 },
     Decide { run: String, step: String, approve: bool, comment: String },
     Submit { run: String, step: String, values: Map<String, Value> },
 }
@@ -60,7 +61,7 @@ impl Req {
                 format!("/runs/{id}/resume"),
                 Some(Body::Json(json!({"reason": "resumed from cairn tui"}))),
             ),
-            Req::Source { workflow, version, .. } => {
+            Req::Source { workflow, version, .. } | Req::Definition { workflow, version, .. } => {
                 (Method::GET, format!("/workflows/{}/versions/{version}", enc(workflow)), None)
             }
             Req::Decide { run, step, approve, comment } => {
@@ -120,6 +121,9 @@ pub struct App {
     pub selected: usize,
     pub run: Value,
     pub history: Vec<Value>,
+    /// The run's definition as an indented list (depth, id, kind), for the
+    /// step graph; with the run it is of.
+    pub graph: (String, Vec<(usize, String, &'static str)>),
     pub plan_text: String,
     pub inbox: Vec<Value>,
     pub inbox_selected: usize,
@@ -171,6 +175,7 @@ impl App {
             selected: 0,
             run: Value::Null,
             history: Vec::new(),
+            graph: (String::new(), Vec::new()),
             plan_text: String::new(),
             inbox: Vec::new(),
             inbox_selected: 0,
@@ -421,7 +426,44 @@ impl App {
                     version: v["version"].as_u64().unwrap_or(1),
                 }];
             }
-            Req::Run(_) => self.run = v,
+            Req::Run(id) => {
+                self.run = v;
+                // The definition once per run, for the step graph.
+                if self.graph.0 != *id {
+                    return vec![Req::Definition {
+                        run: id.clone(),
+                        workflow: s(&self.run, "workflow"),
+                        version: self.run["version"].as_u64().unwrap_or(1),
+                    }];
+                }
+            }
+            Req::Definition { run, .. } => {
+                fn walk(steps: &[cairn_runtime::Step], depth: usize, out: &mut Vec<(usize, String, &'static str)>) {
+                    use cairn_runtime::StepKind;
+                    for st in steps {
+                        out.push((depth, st.id.clone(), st.kind.name()));
+                        match &st.kind {
+                            StepKind::Parallel { branches, .. } => {
+                                for (name, inner) in branches {
+                                    out.push((depth + 1, name.clone(), "branch"));
+                                    walk(inner, depth + 2, out);
+                                }
+                            }
+                            StepKind::Map { steps: inner, .. } | StepKind::Dag { steps: inner, .. } => {
+                                walk(inner, depth + 1, out)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                if let Ok(w) =
+                    cairn_runtime::lang::parse_published(v["source"].as_str().unwrap_or_default(), "workflow")
+                {
+                    walk(&w.steps, 0, &mut out);
+                }
+                self.graph = (run.clone(), out);
+            }
             Req::History(_) => self.history = v["items"].as_array().cloned().unwrap_or_default(),
             Req::Inbox => {
                 self.inbox = v["items"].as_array().cloned().unwrap_or_default();
@@ -585,28 +627,39 @@ impl App {
             ));
         }
         f.render_widget(Paragraph::new(head).wrap(Wrap { trim: true }), top);
-        // Each step once, with its latest state, in the order first reached.
-        let mut order: Vec<(String, String)> = Vec::new();
-        for h in &self.history {
-            let (step, status) = (s(h, "step_id"), s(h, "status"));
-            if step.is_empty() || s(h, "kind") == "ai" {
-                continue;
-            }
-            match order.iter_mut().find(|(x, _)| *x == step) {
-                Some(e) => e.1 = status,
-                None => order.push((step, status)),
-            }
-        }
+        // The definition's steps, nested as written, each with its latest
+        // state (a step inside a map or parallel: its instances' latest).
+        let latest = |id: &str| {
+            self.history
+                .iter()
+                .rfind(|h| {
+                    let step = s(h, "step_id");
+                    s(h, "kind") != "ai" && (step == id || step.ends_with(&format!(".{id}")))
+                })
+                .map(|h| s(h, "status"))
+        };
         let glyph = |st: &str| match st {
             "completed" => "✓",
             "failed" => "✗",
             "waiting" | "requested" => "⏸",
             "skipped" => "↷",
+            "" => "·",
             _ => "●",
         };
-        let step_lines: Vec<Line> = order
+        let step_lines: Vec<Line> = self
+            .graph
+            .1
             .iter()
-            .map(|(step, st)| Line::styled(format!("{} {step}  {st}", glyph(st)), status_style(st)))
+            .map(|(depth, id, kind)| {
+                let st = if *kind == "branch" { String::new() } else { latest(id).unwrap_or_default() };
+                let pad = "  ".repeat(*depth);
+                if *kind == "branch" {
+                    Line::raw(format!("{pad}┆ {id}"))
+                } else {
+                    let state = if st.is_empty() { "not reached".to_owned() } else { st.clone() };
+                    Line::styled(format!("{pad}{} {id} ({kind}) {state}", glyph(&st)), status_style(&st))
+                }
+            })
             .collect();
         f.render_widget(Paragraph::new(step_lines).block(Block::bordered().title(" steps ")), steps);
         let events: Vec<Line> = self
@@ -819,6 +872,11 @@ mod tests {
             json!({"run_id": RUN, "workflow": "flaky", "version": 1, "status": "failed", "started_at": "2026-12-08T02:00:42.983031Z", "started_by": "ana",
                    "error": {"step": "publish", "kind": "cms.unavailable", "message": "the CMS did not answer"}}),
         );
+        let Some(def) = app.apply(&Req::Run(RUN.into()), 200, app.run.clone()).pop() else {
+            panic!("asks for the definition")
+        };
+        let source = "name: flaky\nsteps:\n  - id: draft\n    transform: { title: Hello }\n  - id: publish\n    task: fail\n    with: { kind: cms.unavailable }\n  - id: announce\n    task: echo\n    with: { text: \"{{ steps.draft.output.title }}\" }\n";
+        app.apply(&def, 200, json!({ "source": source }));
         let h = |step: &str, kind: &str, status: &str, at: &str, err: &str| json!({"step_id": step, "kind": kind, "status": status, "started_at": at, "error_message": err, "detail": ""});
         app.apply(
             &Req::History(RUN.into()),
