@@ -188,7 +188,7 @@ fn main() -> ExitCode {
         };
         return finish(runtime.block_on(async {
             match cli.command {
-                Command::Serve(args) => serve::run(&cli.database, &cli.read, &cli.setup, args).await,
+                Command::Serve(args) => serve::listen::run(&cli.database, &cli.read, &cli.setup, args).await,
                 Command::Worker(args) => serve::worker(&cli.database, &cli.setup, args).await,
                 _ => unreachable!("matched above"),
             }

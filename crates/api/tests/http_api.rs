@@ -11,6 +11,7 @@ mod server;
 
 use std::time::Duration;
 
+use common::ECHO;
 use serde_json::{Value, json};
 use server::Server;
 
@@ -44,18 +45,6 @@ steps:
         - { name: words, type: integer, min: 100, max: 2000, default: 400 }
   - id: done
     transform: { topic: "{{ steps.brief.output.topic }}" }
-"#;
-
-const ECHO: &str = r#"
-name: echo
-inputs:
-  type: object
-  properties:
-    n: { type: integer, default: 0 }
-steps:
-  - id: one
-    task: echo
-    with: { n: "{{ inputs.n }}" }
 "#;
 
 fn ids(r: &Value) -> Vec<String> {

@@ -14,20 +14,9 @@ mod server;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::ECHO;
 use serde_json::{Value, json};
 use server::Server;
-
-const ECHO: &str = r#"
-name: echo
-inputs:
-  type: object
-  properties:
-    n: { type: integer, default: 0 }
-steps:
-  - id: one
-    task: echo
-    with: { n: "{{ inputs.n }}" }
-"#;
 
 /// What a receiver was sent: the path, the headers, the body as OTLP/JSON.
 type Kept = Arc<Mutex<Vec<(String, axum::http::HeaderMap, Value)>>>;

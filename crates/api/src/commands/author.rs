@@ -185,6 +185,34 @@ fn edges<'a>(steps: &'a [Step], prefix: &str) -> Vec<(String, &'a Step, Vec<Edge
         .collect()
 }
 
+/// An edge to draw: from and to node ids, its label, whether it is a
+/// `catch` (drawn dashed).
+struct Link {
+    from: String,
+    to: String,
+    label: &'static str,
+    caught: bool,
+}
+
+/// The edges of a sequence, with `end` the node its end goes to (none
+/// inside a container: its sequence flows out of the container).
+fn links(steps: &[Step], prefix: &str, end: Option<&str>) -> Vec<Link> {
+    let mut out = Vec::new();
+    for (path, s, to) in edges(steps, prefix) {
+        for (t, label) in to {
+            let target = match (&t, end) {
+                (Some(p), _) => node_id(p),
+                (None, Some(e)) => e.to_owned(),
+                (None, None) => continue,
+            };
+            let caught =
+                s.catch.iter().any(|c| Some(c.next.name()) == t.as_deref().map(|p| p.rsplit('.').next().unwrap_or(p)));
+            out.push(Link { from: node_id(&path), to: target, label, caught });
+        }
+    }
+    out
+}
+
 /// Mermaid (`flowchart TD`): a node per step, a subgraph per container
 /// (a `parallel`'s branches side by side, a `map`'s steps once, a `dag`
 /// with its dependencies), and the end.
@@ -242,24 +270,13 @@ pub fn mermaid(w: &Workflow) -> String {
                 }
             }
         }
-        for (path, s, to) in edges(steps, prefix) {
-            for (t, label) in to {
-                let target = match (&t, end) {
-                    (Some(p), _) => node_id(p),
-                    (None, Some(e)) => e.to_owned(),
-                    (None, None) => continue,
-                };
-                let caught = s
-                    .catch
-                    .iter()
-                    .any(|c| Some(c.next.name()) == t.as_deref().map(|p| p.rsplit('.').next().unwrap_or(p)));
-                let label = if caught && label.is_empty() { "on error" } else { label };
-                let arrow = if caught { "-.->" } else { "-->" };
-                if label.is_empty() {
-                    let _ = writeln!(o, "{pad}{} {arrow} {target}", node_id(&path));
-                } else {
-                    let _ = writeln!(o, "{pad}{} {arrow}|{label}| {target}", node_id(&path));
-                }
+        for l in links(steps, prefix, end) {
+            let label = if l.caught && l.label.is_empty() { "on error" } else { l.label };
+            let arrow = if l.caught { "-.->" } else { "-->" };
+            if label.is_empty() {
+                let _ = writeln!(o, "{pad}{} {arrow} {}", l.from, l.to);
+            } else {
+                let _ = writeln!(o, "{pad}{} {arrow}|{label}| {}", l.from, l.to);
             }
         }
     }
@@ -331,27 +348,16 @@ pub fn dot(w: &Workflow) -> String {
                 _ => {}
             }
         }
-        for (path, s, to) in edges(steps, prefix) {
-            for (t, label) in to {
-                let target = match (&t, end) {
-                    (Some(p), _) => node_id(p),
-                    (None, Some(e)) => e.to_owned(),
-                    (None, None) => continue,
-                };
-                let caught = s
-                    .catch
-                    .iter()
-                    .any(|c| Some(c.next.name()) == t.as_deref().map(|p| p.rsplit('.').next().unwrap_or(p)));
-                let mut attrs = Vec::new();
-                if !label.is_empty() {
-                    attrs.push(format!("label=\"{label}\""));
-                }
-                if caught {
-                    attrs.push("style=dashed".into());
-                }
-                let attrs = if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) };
-                let _ = writeln!(o, "  {} -> {target}{attrs};", node_id(&path));
+        for l in links(steps, prefix, end) {
+            let mut attrs = Vec::new();
+            if !l.label.is_empty() {
+                attrs.push(format!("label=\"{}\"", l.label));
             }
+            if l.caught {
+                attrs.push("style=dashed".into());
+            }
+            let attrs = if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) };
+            let _ = writeln!(o, "  {} -> {}{attrs};", l.from, l.to);
         }
     }
     seq(&mut o, &w.steps, "", Some("s_end"), &q);

@@ -86,6 +86,19 @@ pub fn run_readme_block(
     (status, std::fs::read_to_string(&out_path).unwrap_or_default())
 }
 
+/// A workflow of one `echo` step of its input `n` (default 0).
+pub const ECHO: &str = r#"
+name: echo
+inputs:
+  type: object
+  properties:
+    n: { type: integer, default: 0 }
+steps:
+  - id: one
+    task: echo
+    with: { n: "{{ inputs.n }}" }
+"#;
+
 /// Runs `cairn ARGS` on the SQLite database `db`.
 pub fn cairn(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
