@@ -47,6 +47,16 @@ pub async fn request(
     Ok((status, value))
 }
 
+/// Arguments of the commands that stand on a local server (`cairn mcp`,
+/// `cairn tui`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// A file of `NAME=value` secret lines, added to the
+    /// `CAIRN_SECRET_<NAME>` environment variables.
+    #[arg(long)]
+    pub secrets_file: Option<std::path::PathBuf>,
+}
+
 /// The server's parts, started without a listener as `--as` (or
 /// `anonymous`) with every permission: what `cairn mcp` over stdio and
 /// `cairn tui` stand on (a local database is trusted as given).
@@ -54,7 +64,7 @@ pub async fn start(
     database: &str,
     read: &crate::commands::read::ReadArgs,
     setup: &crate::commands::setup::SetupArgs,
-    secrets_file: Option<std::path::PathBuf>,
+    args: Args,
 ) -> anyhow::Result<crate::serve::Running> {
     use clap::Parser as _;
     #[derive(clap::Parser)]
@@ -63,6 +73,6 @@ pub async fn start(
         args: crate::serve::Args,
     }
     let mut serve = Serve::try_parse_from(["cairn", "--no-auth"])?.args;
-    serve.secrets_file = secrets_file;
+    serve.secrets_file = args.secrets_file;
     crate::serve::start(database, read, setup, &serve).await
 }

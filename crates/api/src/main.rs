@@ -164,10 +164,10 @@ enum Command {
     Explain(commands::author::ExplainArgs),
     /// Runs, a run's steps and timeline, resume plans and the inbox in the
     /// terminal, acting as `--as` (docs/tui.md).
-    Tui(tui::Args),
+    Tui(local::Args),
     /// Serve the Model Context Protocol over stdio on this database, acting
     /// as `--as` (docs/mcp.md); `cairn serve` has it over HTTP at /mcp.
-    Mcp(mcp::Args),
+    Mcp(local::Args),
 }
 
 fn main() -> ExitCode {

@@ -294,8 +294,13 @@ fn run_id() -> Value {
     json!({ "type": "string", "format": "uuid", "description": "The run's id." })
 }
 
-/// The tools, in the order a person would reach for them.
-pub fn tools() -> Vec<Tool> {
+/// The tools, in the order a person would reach for them (made once).
+pub fn tools() -> &'static [Tool] {
+    static TOOLS: std::sync::OnceLock<Vec<Tool>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(make_tools)
+}
+
+fn make_tools() -> Vec<Tool> {
     let object = |props: Value, required: &[&str]| json!({ "type": "object", "properties": props, "required": required, "additionalProperties": false });
     let inputs = json!({ "type": "object", "description": "Inputs, checked against the workflow's `inputs` schema." });
     let resume_props = json!({
@@ -458,11 +463,11 @@ impl ServerHandler for Mcp {
         _: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        Ok(ListToolsResult::with_all_items(tools().to_vec()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|t| t.name == name)
+        tools().iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
@@ -680,15 +685,6 @@ pub fn router(
     axum::Router::new().nest_service("/mcp", service)
 }
 
-/// Arguments of `cairn mcp`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// A file of `NAME=value` secret lines, added to the
-    /// `CAIRN_SECRET_<NAME>` environment variables.
-    #[arg(long)]
-    pub secrets_file: Option<std::path::PathBuf>,
-}
-
 /// `cairn mcp`: MCP over stdio on the local database, acting as `--as`
 /// (trusted as given, as every command on a local database is), until the
 /// client closes the session. Logs go to stderr; stdout is the protocol's.
@@ -696,11 +692,11 @@ pub async fn stdio(
     database: &str,
     read: &crate::commands::read::ReadArgs,
     setup: &crate::commands::setup::SetupArgs,
-    args: Args,
+    args: crate::local::Args,
 ) -> anyhow::Result<std::process::ExitCode> {
     use rmcp::ServiceExt as _;
     crate::telemetry::init("text")?;
-    let running = crate::local::start(database, read, setup, args.secrets_file).await?;
+    let running = crate::local::start(database, read, setup, args).await?;
     let service = Mcp::new(running.app.clone())
         .serve(rmcp::transport::stdio())
         .await

@@ -736,22 +736,13 @@ impl App {
     }
 }
 
-/// Arguments of `cairn tui`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// A file of `NAME=value` secret lines, added to the
-    /// `CAIRN_SECRET_<NAME>` environment variables.
-    #[arg(long)]
-    pub secrets_file: Option<std::path::PathBuf>,
-}
-
 /// `cairn tui`: until `q`. Runs resumed or answered here are driven by this
 /// process while it is open (and by any worker on the database).
 pub async fn run(
     database: &str,
     read: &crate::commands::read::ReadArgs,
     setup: &crate::commands::setup::SetupArgs,
-    args: Args,
+    args: crate::local::Args,
 ) -> anyhow::Result<std::process::ExitCode> {
     use std::io::IsTerminal as _;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
@@ -760,7 +751,7 @@ pub async fn run(
         );
         return Ok(crate::codes::exit("usage"));
     }
-    let running = crate::local::start(database, read, setup, args.secrets_file).await?;
+    let running = crate::local::start(database, read, setup, args).await?;
     let identity = setup.identity.clone().unwrap_or_else(|| "anonymous".into());
     let mut app = App::new(&identity);
     let mut terminal = ratatui::init();
